@@ -1,0 +1,223 @@
+// The vocabulary shared by the Raft core, its driver, the log store, the transports and the state
+// machine: log entries, persistent state, peer messages, and the interfaces the driver plugs into.
+// Names follow the Raft paper (term, votedFor, commitIndex, lastApplied, matchIndex, nextIndex).
+
+/** A node's id: a small non-negative integer, its position in the cluster's address list. */
+export type NodeId = number;
+
+/** No node (no vote cast, leader unknown). */
+export const NONE: NodeId = -1;
+
+export const enum EntryType {
+  /** A client command: `data` is opaque to Raft and handed to the state machine. */
+  Normal = 0,
+  /** The empty entry a new leader appends to commit entries of earlier terms (§5.4.2, §8). */
+  Noop = 1,
+}
+
+export interface Entry {
+  index: number;
+  term: number;
+  type: EntryType;
+  data: Uint8Array;
+}
+
+/** What must be durable before a node answers a vote or an append (Figure 2, "persistent state"). */
+export interface HardState {
+  term: number;
+  votedFor: NodeId;
+  commitIndex: number;
+}
+
+/** Identifies the state a snapshot captures: everything up to and including `index`. */
+export interface SnapshotMeta {
+  index: number;
+  term: number;
+  members: NodeId[];
+}
+
+/**
+ * Peer messages. Every message carries the sender's term; a receiver that sees a higher term
+ * steps down first (§5.1). Vote messages with `preVote` do not change anyone's term (§9.6).
+ */
+export type Message =
+  | {
+      type: "RequestVote";
+      from: NodeId;
+      to: NodeId;
+      term: number;
+      lastLogIndex: number;
+      lastLogTerm: number;
+      preVote: boolean;
+    }
+  | {
+      type: "RequestVoteResponse";
+      from: NodeId;
+      to: NodeId;
+      term: number;
+      voteGranted: boolean;
+      preVote: boolean;
+    }
+  | {
+      type: "AppendEntries";
+      from: NodeId;
+      to: NodeId;
+      term: number;
+      prevLogIndex: number;
+      prevLogTerm: number;
+      entries: Entry[];
+      leaderCommit: number;
+    }
+  | {
+      type: "AppendEntriesResponse";
+      from: NodeId;
+      to: NodeId;
+      term: number;
+      success: boolean;
+      /** On success: the index of the last entry now matching the leader's log. */
+      matchIndex: number;
+      /** On rejection (fast backtracking): the follower's conflicting term and its first index, or its log length. */
+      conflictTerm: number;
+      conflictIndex: number;
+    }
+  | {
+      type: "Heartbeat";
+      from: NodeId;
+      to: NodeId;
+      term: number;
+      /** min(leader commitIndex, follower matchIndex): never asks a follower to commit what it may not hold. */
+      commitIndex: number;
+      /** ReadIndex round this heartbeat confirms leadership for (0 = none). */
+      readContext: number;
+    }
+  | {
+      type: "HeartbeatResponse";
+      from: NodeId;
+      to: NodeId;
+      term: number;
+      readContext: number;
+    }
+  | {
+      /** Sent by the core; the driver attaches the snapshot byte stream from the state machine. */
+      type: "InstallSnapshot";
+      from: NodeId;
+      to: NodeId;
+      term: number;
+      snapshot: SnapshotMeta;
+    }
+  | {
+      type: "InstallSnapshotResponse";
+      from: NodeId;
+      to: NodeId;
+      term: number;
+      success: boolean;
+      /** The follower's last log index after installing (the snapshot index on success). */
+      matchIndex: number;
+    }
+  | {
+      /** Leadership transfer: the receiver campaigns at once, skipping PreVote (§3.10 of the thesis). */
+      type: "TimeoutNow";
+      from: NodeId;
+      to: NodeId;
+      term: number;
+    };
+
+export type MessageType = Message["type"];
+
+export type RaftRole = "Leader" | "Follower" | "Candidate" | "PreCandidate";
+
+/**
+ * The replicated state machine, as the driver sees it. Committed entries arrive in log order,
+ * each index exactly once per lifetime of the machine's durable state.
+ */
+export interface StateMachine {
+  /** Applies committed entries in order. Must not fsync: the Raft log is the write-ahead log. */
+  apply(entries: Entry[]): Promise<void>;
+  /** Index of the last entry applied (in memory or on disk). */
+  lastApplied(): number;
+  /**
+   * Highest applied index the state machine has made durable on its own (a synced WAL or flushed
+   * tables). The Raft log may be compacted only up to this index; after a crash, replay starts here.
+   */
+  durableAppliedIndex(): number;
+  /** Forces the applied state to disk; returns the now-durable applied index. */
+  sync(): Promise<number>;
+  /**
+   * A consistent point-in-time image of the applied state as a stream of chunks. `meta.index` is
+   * the applied index it captures. The stream must be readable while writes continue.
+   */
+  snapshot(): Promise<{ meta: SnapshotMeta; chunks: AsyncIterable<Uint8Array> }>;
+  /** Replaces the whole state with the snapshot read from `chunks`; atomic across crashes. */
+  restore(meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>): Promise<void>;
+}
+
+/**
+ * How a node reaches its peers. Delivery is unreliable: messages may be lost, duplicated,
+ * delayed or reordered; Raft tolerates all of it. `send` never throws for a network fault.
+ */
+export interface Transport {
+  send(messages: Message[]): void;
+  /** Streams a snapshot to a peer; resolves with the peer's answer, rejects on a network fault. */
+  sendSnapshot(
+    message: Extract<Message, { type: "InstallSnapshot" }>,
+    chunks: AsyncIterable<Uint8Array>,
+  ): Promise<Extract<Message, { type: "InstallSnapshotResponse" }>>;
+  /** Registers the receiving side. Called once by the driver before any traffic. */
+  listen(handler: TransportHandler): void;
+  close(): Promise<void>;
+}
+
+export interface TransportHandler {
+  onMessages(messages: Message[]): void;
+  onSnapshot(
+    message: Extract<Message, { type: "InstallSnapshot" }>,
+    chunks: AsyncIterable<Uint8Array>,
+  ): Promise<Extract<Message, { type: "InstallSnapshotResponse" }>>;
+}
+
+/** Thrown (or returned) when a request needs the leader and this node is not it. */
+export class NotLeaderError extends Error {
+  readonly code = "NOT_LEADER";
+  constructor(
+    readonly leaderId: NodeId,
+    message = leaderId === NONE
+      ? "this node is not the leader and no leader is known yet; retry shortly"
+      : `this node is not the leader; node ${leaderId} is`,
+  ) {
+    super(message);
+    this.name = "NotLeaderError";
+  }
+}
+
+/**
+ * The durable Raft log (implemented by `log-store.ts` on real files, and by the simulator's disk).
+ * Entries between the last snapshot and `lastIndex()` are held in memory as well as on disk; their
+ * number is bounded by the snapshot threshold, which compacts the prefix.
+ */
+export interface LogStore {
+  /** State recovered at open (term 0, no vote, commit 0 for a new log). */
+  hardState(): HardState;
+  /** The compaction point: entries up to and including `index` are gone (index 0, term 0 when none). */
+  snapshotMeta(): SnapshotMeta;
+  /** First index held (snapshotMeta().index + 1). */
+  firstIndex(): number;
+  /** Last index held (snapshotMeta().index when empty). */
+  lastIndex(): number;
+  /** Term of the entry at `index`, for snapshotMeta().index <= index <= lastIndex(); else undefined. */
+  term(index: number): number | undefined;
+  /** Entries in [lo, hi), at most `maxBytes` of payload (always at least one entry if any exist). */
+  entries(lo: number, hi: number, maxBytes?: number): Entry[];
+  /**
+   * Makes `hardState` (if given) and `entries` durable. When entries[0].index <= lastIndex(), the
+   * conflicting suffix from entries[0].index on is truncated first. Resolves after fsync; calls
+   * that arrive while a sync is in flight share the next one (group commit).
+   */
+  save(hardState: HardState | null, entries: Entry[]): Promise<void>;
+  /** Drops entries up to and including `meta.index` (which must be held or equal the snapshot). */
+  compact(meta: SnapshotMeta): Promise<void>;
+  /** Discards every entry; the log continues after `meta.index` (after installing a snapshot). */
+  resetToSnapshot(meta: SnapshotMeta): Promise<void>;
+  /** Bytes on disk. */
+  sizeBytes(): number;
+  close(): Promise<void>;
+}
