@@ -221,3 +221,27 @@ export interface LogStore {
   sizeBytes(): number;
   close(): Promise<void>;
 }
+
+/** A linearizable read the leader has confirmed: serve `context`'s read once lastApplied >= index. */
+export interface ReadState {
+  context: number;
+  index: number;
+}
+
+/**
+ * What the core asks its driver to do next (etcd's Ready). The driver must, in order:
+ * 1. persist `hardState` and `entries` (one fsync) and install `snapshot` if set,
+ * 2. then send `messages` (a vote or append answer is never sent before it is durable),
+ * 3. apply `committedEntries` to the state machine, serve `readStates` once applied,
+ * 4. call `advance(ready)`.
+ */
+export interface Ready {
+  hardState: HardState | null;
+  entries: Entry[];
+  messages: Message[];
+  committedEntries: Entry[];
+  snapshot: SnapshotMeta | null;
+  readStates: ReadState[];
+  /** Set when role or leader changed. */
+  softState: { role: RaftRole; leaderId: NodeId; term: number } | null;
+}
