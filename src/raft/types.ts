@@ -133,8 +133,10 @@ export type RaftRole = "Leader" | "Follower" | "Candidate" | "PreCandidate";
 export interface StateMachine {
   /** Applies committed entries in order. Must not fsync: the Raft log is the write-ahead log. */
   apply(entries: Entry[]): Promise<void>;
-  /** Index of the last entry applied (in memory or on disk). */
+  /** Index of the last entry applied (in memory or on disk); 0 for an empty machine. */
   lastApplied(): number;
+  /** Term of that entry (0 for an empty machine): with the index, where a restarted log must resume. */
+  lastAppliedTerm(): number;
   /**
    * Highest applied index the state machine has made durable on its own (a synced WAL or flushed
    * tables). The Raft log may be compacted only up to this index; after a crash, replay starts here.
