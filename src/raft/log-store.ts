@@ -1,0 +1,608 @@
+// The durable Raft log on real files: CRC-framed records in numbered segment files, group-committed
+// fsyncs, suffix truncation, prefix compaction and torn-tail recovery. Byte layout: FORMAT.md.
+
+import * as fs from "node:fs";
+import * as path from "node:path";
+import {
+  decodeEntry,
+  decodeHardState,
+  decodeMeta,
+  decodeSegmentHeader,
+  entryRecordBytes,
+  findValidFrameAfter,
+  HARD_STATE_RECORD_BYTES,
+  metaRecordBytes,
+  type RawRecord,
+  readFrame,
+  RecordType,
+  SEGMENT_HEADER_RECORD_BYTES,
+  writeEntryRecord,
+  writeHardStateRecord,
+  writeMetaRecord,
+  writeSegmentHeaderRecord,
+} from "./log-record.ts";
+import { type Entry, type HardState, type LogStore, NONE, type SnapshotMeta } from "./types.ts";
+
+export type LogStoreErrorCode = "CORRUPTION" | "RECORD_TOO_LARGE" | "OUT_OF_RANGE" | "INVALID_ARGUMENT" | "CLOSED" | "IO";
+
+export class LogStoreError extends Error {
+  constructor(
+    readonly code: LogStoreErrorCode,
+    message: string,
+    readonly file?: string,
+    readonly offset?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "LogStoreError";
+  }
+}
+
+export interface FileLogStoreOptions {
+  /** A segment is closed and a new one started once it would grow past this (default 64 MiB). */
+  segmentBytes?: number;
+}
+
+/** What open() did to a torn last record (a crash mid-write): the bytes it cut off. */
+export interface RecoveryReport {
+  file: string;
+  offset: number;
+  truncatedBytes: number;
+  reason: string;
+}
+
+export interface LogStoreStats {
+  saves: number;
+  /** write(2) calls carrying log records. */
+  writes: number;
+  /** fdatasync/fsync calls on segment files (directory fsyncs counted apart). */
+  fsyncs: number;
+  dirFsyncs: number;
+  bytesWritten: number;
+  segments: number;
+  recovery: RecoveryReport | null;
+}
+
+const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
+const MIN_SEGMENT_BYTES = 4096;
+/** Room at the start of each segment for its header and hard state records. */
+const SEGMENT_OVERHEAD = SEGMENT_HEADER_RECORD_BYTES + HARD_STATE_RECORD_BYTES;
+const COMPACTION_FILE = "compaction-meta";
+const SEGMENT_PATTERN = /^log-(\d{16})\.seg$/;
+const EMPTY_META: SnapshotMeta = { index: 0, term: 0, members: [] };
+
+const segmentName = (seq: number) => `log-${String(seq).padStart(16, "0")}.seg`;
+
+interface Segment {
+  seq: number;
+  path: string;
+  size: number;
+  /** Highest entry index (or Reset index) ever written to it: it may go once compaction passes this. */
+  maxIndex: number;
+}
+
+/** Records encoded by one save, waiting for the next flush. */
+interface PendingRecord {
+  bytes: Uint8Array;
+  hardState: HardState | null;
+  maxIndex: number;
+}
+
+interface Batch {
+  records: PendingRecord[];
+  done: Promise<void>;
+}
+
+export class FileLogStore implements LogStore {
+  private readonly segmentBytes: number;
+  private segments: Segment[] = [];
+  private active!: fs.promises.FileHandle;
+  private hard: HardState = { term: 0, votedFor: NONE, commitIndex: 0 };
+  /** The last hard state written to the files (repeated at the top of every new segment). */
+  private writtenHard: HardState = { term: 0, votedFor: NONE, commitIndex: 0 };
+  private snapshot: SnapshotMeta = EMPTY_META;
+  /** entries[i].index === snapshot.index + 1 + i. */
+  private log: Entry[] = [];
+  /** Serializes all disk work; each flush, compaction and reset runs after the previous one. */
+  private queueTail: Promise<void> = Promise.resolve();
+  /** The queued flush that has not started yet: saves made now join it (group commit). */
+  private openBatch: Batch | null = null;
+  private failure: LogStoreError | null = null;
+  private closed = false;
+  private counters = { saves: 0, writes: 0, fsyncs: 0, dirFsyncs: 0, bytesWritten: 0 };
+  private recovery: RecoveryReport | null = null;
+
+  private constructor(
+    readonly dir: string,
+    options: FileLogStoreOptions,
+  ) {
+    this.segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+    if (!Number.isSafeInteger(this.segmentBytes) || this.segmentBytes < MIN_SEGMENT_BYTES) {
+      throw new LogStoreError("INVALID_ARGUMENT", `segmentBytes must be an integer >= ${MIN_SEGMENT_BYTES}`);
+    }
+  }
+
+  /** Opens (creating if needed) the log in `dir`, recovering from a crash mid-write. */
+  static async open(dir: string, options: FileLogStoreOptions = {}): Promise<FileLogStore> {
+    const store = new FileLogStore(dir, options);
+    await store.recover();
+    return store;
+  }
+
+  // ---- LogStore: reads -------------------------------------------------------------------------
+
+  hardState(): HardState {
+    return { ...this.hard };
+  }
+
+  snapshotMeta(): SnapshotMeta {
+    return { ...this.snapshot, members: [...this.snapshot.members] };
+  }
+
+  firstIndex(): number {
+    return this.snapshot.index + 1;
+  }
+
+  lastIndex(): number {
+    return this.snapshot.index + this.log.length;
+  }
+
+  term(index: number): number | undefined {
+    if (index === this.snapshot.index) return this.snapshot.term;
+    return this.log[index - this.snapshot.index - 1]?.term;
+  }
+
+  entries(lo: number, hi: number, maxBytes = Infinity): Entry[] {
+    if (lo < this.firstIndex() || hi > this.lastIndex() + 1 || lo > hi) {
+      throw new LogStoreError(
+        "OUT_OF_RANGE",
+        `entries [${lo}, ${hi}) requested; the log holds [${this.firstIndex()}, ${this.lastIndex() + 1})`,
+      );
+    }
+    const out: Entry[] = [];
+    let bytes = 0;
+    for (let i = lo; i < hi; i++) {
+      const entry = this.log[i - this.snapshot.index - 1];
+      bytes += entry.data.length;
+      if (out.length > 0 && bytes > maxBytes) break;
+      out.push(entry);
+    }
+    return out;
+  }
+
+  sizeBytes(): number {
+    return this.segments.reduce((sum, s) => sum + s.size, 0);
+  }
+
+  stats(): LogStoreStats {
+    return { ...this.counters, segments: this.segments.length, recovery: this.recovery };
+  }
+
+  // ---- LogStore: writes ------------------------------------------------------------------------
+
+  save(hardState: HardState | null, entries: Entry[]): Promise<void> {
+    const refused = this.refusal();
+    if (refused) return Promise.reject(refused);
+    try {
+      this.checkAppend(entries);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const records = this.encode(hardState, entries);
+    // Memory first: the next save's conflict check must see this one even before it is durable.
+    if (entries.length > 0) {
+      this.log.length = entries[0].index - this.snapshot.index - 1;
+      for (const entry of entries) this.log.push(entry);
+    }
+    if (hardState) this.hard = { ...hardState };
+    this.counters.saves++;
+
+    let batch = this.openBatch;
+    if (!batch) {
+      const fresh: Batch = { records: [], done: Promise.resolve() };
+      fresh.done = this.enqueue(async () => {
+        if (this.openBatch === fresh) this.openBatch = null;
+        await this.flush(fresh.records);
+      });
+      this.openBatch = batch = fresh;
+    }
+    for (const record of records) batch.records.push(record);
+    return batch.done;
+  }
+
+  compact(meta: SnapshotMeta): Promise<void> {
+    const refused = this.refusal();
+    if (refused) return Promise.reject(refused);
+    if (meta.index <= this.snapshot.index) return this.enqueue(async () => {});
+    if (meta.index > this.lastIndex() || this.term(meta.index) !== meta.term) {
+      return Promise.reject(
+        new LogStoreError(
+          "INVALID_ARGUMENT",
+          `cannot compact to index ${meta.index} term ${meta.term}: the log holds up to ${this.lastIndex()} ` +
+            `and has term ${this.term(meta.index)} there`,
+        ),
+      );
+    }
+    this.log.splice(0, meta.index - this.snapshot.index);
+    this.snapshot = { ...meta, members: [...meta.members] };
+    this.openBatch = null;
+    return this.enqueue(async () => {
+      await this.writeCompactionMeta(meta);
+      await this.dropSegmentsThrough(meta.index, false);
+    });
+  }
+
+  resetToSnapshot(meta: SnapshotMeta): Promise<void> {
+    const refused = this.refusal();
+    if (refused) return Promise.reject(refused);
+    if (meta.index < this.snapshot.index) {
+      return Promise.reject(
+        new LogStoreError(
+          "INVALID_ARGUMENT",
+          `cannot reset to snapshot index ${meta.index}: the log is already compacted through ${this.snapshot.index}`,
+        ),
+      );
+    }
+    this.log = [];
+    this.snapshot = { ...meta, members: [...meta.members] };
+    this.openBatch = null;
+    return this.enqueue(async () => {
+      // A fresh segment that starts with the Reset: until it is durable, the old log stays valid.
+      await this.startSegment(meta);
+      await this.writeCompactionMeta(meta);
+      await this.dropSegmentsThrough(Infinity, true);
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.openBatch = null;
+    await this.queueTail;
+    await this.active.close();
+  }
+
+  // ---- the write path --------------------------------------------------------------------------
+
+  private refusal(): LogStoreError | null {
+    if (this.failure) return this.failure;
+    if (this.closed) return new LogStoreError("CLOSED", `log store ${this.dir} is closed`);
+    return null;
+  }
+
+  private checkAppend(entries: Entry[]): void {
+    if (entries.length === 0) return;
+    const first = entries[0].index;
+    if (first <= this.snapshot.index || first > this.lastIndex() + 1) {
+      throw new LogStoreError(
+        "INVALID_ARGUMENT",
+        `cannot append at index ${first}: the log holds [${this.firstIndex()}, ${this.lastIndex()}]`,
+      );
+    }
+    const limit = this.segmentBytes - SEGMENT_OVERHEAD;
+    entries.forEach((entry, i) => {
+      if (entry.index !== first + i) {
+        throw new LogStoreError("INVALID_ARGUMENT", `entries are not contiguous at index ${entry.index}`);
+      }
+      if (entryRecordBytes(entry) > limit) {
+        throw new LogStoreError(
+          "RECORD_TOO_LARGE",
+          `entry ${entry.index} needs ${entryRecordBytes(entry)} bytes; a log record is limited to ${limit} ` +
+            `bytes by segmentBytes=${this.segmentBytes}: split the command or raise segmentBytes`,
+        );
+      }
+    });
+  }
+
+  /** One buffer per save; each record a view into it so a flush can split them across segments. */
+  private encode(hardState: HardState | null, entries: Entry[]): PendingRecord[] {
+    let size = hardState ? HARD_STATE_RECORD_BYTES : 0;
+    for (const entry of entries) size += entryRecordBytes(entry);
+    const buf = new Uint8Array(size);
+    const view = new DataView(buf.buffer);
+    const records: PendingRecord[] = [];
+    let at = 0;
+    // Entries before the hard state: a commitIndex must never be durable ahead of the entries it covers.
+    for (const entry of entries) {
+      const end = writeEntryRecord(buf, view, at, entry);
+      records.push({ bytes: buf.subarray(at, end), hardState: null, maxIndex: entry.index });
+      at = end;
+    }
+    if (hardState) {
+      const end = writeHardStateRecord(buf, view, at, hardState);
+      records.push({ bytes: buf.subarray(at, end), hardState: { ...hardState }, maxIndex: 0 });
+    }
+    return records;
+  }
+
+  private enqueue(op: () => Promise<void>): Promise<void> {
+    const run = this.queueTail.then(async () => {
+      if (this.failure) throw this.failure;
+      try {
+        await op();
+      } catch (err) {
+        // After a failed write or fsync the file's state is unknown (fsyncgate): never ack again.
+        this.failure =
+          err instanceof LogStoreError
+            ? err
+            : new LogStoreError("IO", `log store ${this.dir}: ${(err as Error).message}`, undefined, undefined, {
+                cause: err,
+              });
+        throw this.failure;
+      }
+    });
+    this.queueTail = run.catch(() => {});
+    return run;
+  }
+
+  /** Writes the records (one write per segment touched) and syncs them. */
+  private async flush(records: PendingRecord[]): Promise<void> {
+    let i = 0;
+    while (i < records.length) {
+      const segment = this.activeSegment();
+      let bytes = 0;
+      let j = i;
+      while (j < records.length && segment.size + bytes + records[j].bytes.length <= this.segmentBytes) {
+        bytes += records[j].bytes.length;
+        j++;
+      }
+      if (j === i) {
+        await this.startSegment(null);
+        continue;
+      }
+      const buf = new Uint8Array(bytes);
+      let at = 0;
+      for (let k = i; k < j; k++) {
+        buf.set(records[k].bytes, at);
+        at += records[k].bytes.length;
+        segment.maxIndex = Math.max(segment.maxIndex, records[k].maxIndex);
+        const hs = records[k].hardState;
+        if (hs) this.writtenHard = hs;
+      }
+      await this.writeAll(buf, segment.size);
+      segment.size += bytes;
+      i = j;
+    }
+    if (records.length > 0) await this.syncActive();
+  }
+
+  private activeSegment(): Segment {
+    return this.segments[this.segments.length - 1];
+  }
+
+  private async writeAll(buf: Uint8Array, position: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesWritten } = await this.active.write(buf, done, buf.length - done, position + done);
+      if (bytesWritten <= 0) throw new Error(`short write to ${this.activeSegment().path}`);
+      done += bytesWritten;
+    }
+    this.counters.writes++;
+    this.counters.bytesWritten += buf.length;
+  }
+
+  private async syncActive(): Promise<void> {
+    await this.active.datasync();
+    this.counters.fsyncs++;
+  }
+
+  /**
+   * Seals the active segment and starts the next, which opens with a header, the current hard state
+   * and, for resetToSnapshot, the Reset record. Durable (file and directory) before it returns.
+   */
+  private async startSegment(reset: SnapshotMeta | null): Promise<void> {
+    const previous = this.segments.length > 0 ? this.activeSegment() : null;
+    if (previous) {
+      await this.syncActive();
+      await this.active.close();
+    }
+    const seq = previous ? previous.seq + 1 : 1;
+    const segment: Segment = { seq, path: path.join(this.dir, segmentName(seq)), size: 0, maxIndex: 0 };
+    const size = SEGMENT_OVERHEAD + (reset ? metaRecordBytes(reset) : 0);
+    const buf = new Uint8Array(size);
+    const view = new DataView(buf.buffer);
+    let at = writeSegmentHeaderRecord(buf, view, 0, seq);
+    // The hard state in memory may be ahead of what is written (saves pending behind this reset):
+    // only what the file stream has seen belongs here.
+    at = writeHardStateRecord(buf, view, at, this.writtenHard);
+    if (reset) {
+      at = writeMetaRecord(buf, view, at, RecordType.Reset, reset);
+      segment.maxIndex = reset.index;
+    }
+    this.active = await fs.promises.open(segment.path, "wx+");
+    this.segments.push(segment);
+    await this.writeAll(buf, 0);
+    segment.size = at;
+    await this.syncActive();
+    await this.syncDir();
+  }
+
+  private async syncDir(): Promise<void> {
+    const handle = await fs.promises.open(this.dir, "r");
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    this.counters.dirFsyncs++;
+  }
+
+  /** The compaction point, atomically replaced: write a temp file, sync, rename, sync the directory. */
+  private async writeCompactionMeta(meta: SnapshotMeta): Promise<void> {
+    const buf = new Uint8Array(metaRecordBytes(meta));
+    writeMetaRecord(buf, new DataView(buf.buffer), 0, RecordType.CompactionMeta, meta);
+    const target = path.join(this.dir, COMPACTION_FILE);
+    const temp = `${target}.tmp`;
+    const handle = await fs.promises.open(temp, "w");
+    try {
+      await handle.write(buf, 0, buf.length, 0);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await fs.promises.rename(temp, target);
+    await this.syncDir();
+  }
+
+  /** Deletes the oldest segments (never the active one) whose records all lie at or below `index`. */
+  private async dropSegmentsThrough(index: number, all: boolean): Promise<void> {
+    let dropped = 0;
+    while (this.segments.length - dropped > 1) {
+      const segment = this.segments[dropped];
+      if (!all && segment.maxIndex > index) break;
+      await fs.promises.unlink(segment.path);
+      dropped++;
+    }
+    if (dropped > 0) {
+      this.segments.splice(0, dropped);
+      await this.syncDir();
+    }
+  }
+
+  // ---- recovery --------------------------------------------------------------------------------
+
+  private async recover(): Promise<void> {
+    await fs.promises.mkdir(this.dir, { recursive: true });
+    await fs.promises.rm(path.join(this.dir, `${COMPACTION_FILE}.tmp`), { force: true });
+    this.snapshot = await this.readCompactionMeta();
+
+    const names = (await fs.promises.readdir(this.dir)).filter((n) => SEGMENT_PATTERN.test(n)).sort();
+    for (let i = 0; i < names.length; i++) {
+      const seq = Number(SEGMENT_PATTERN.exec(names[i])![1]);
+      if (i > 0 && seq !== this.segments[i - 1].seq + 1) {
+        throw new LogStoreError(
+          "CORRUPTION",
+          `segment ${segmentName(this.segments[i - 1].seq + 1)} is missing (found ${names[i]} next)`,
+          path.join(this.dir, names[i]),
+          0,
+        );
+      }
+      const segment: Segment = { seq, path: path.join(this.dir, names[i]), size: 0, maxIndex: 0 };
+      this.segments.push(segment);
+      await this.replaySegment(segment, i === names.length - 1);
+    }
+    const last = this.segments.length > 0 ? this.activeSegment() : null;
+    if (last && last.size === 0) {
+      // Torn while being created: nothing in it was ever acknowledged.
+      this.segments.pop();
+      await fs.promises.unlink(last.path);
+      await this.syncDir();
+    }
+    this.writtenHard = { ...this.hard };
+    if (this.segments.length === 0) {
+      await this.startSegment(null);
+    } else {
+      this.active = await fs.promises.open(this.activeSegment().path, "r+");
+    }
+  }
+
+  private async readCompactionMeta(): Promise<SnapshotMeta> {
+    const file = path.join(this.dir, COMPACTION_FILE);
+    let buf: Uint8Array;
+    try {
+      buf = new Uint8Array(await fs.promises.readFile(file));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return EMPTY_META;
+      throw err;
+    }
+    const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    const frame = readFrame(buf, view, 0, buf.length);
+    const meta = typeof frame === "string" ? frame : decodeMeta(view, frame);
+    if (typeof meta === "string" || (typeof frame !== "string" && frame.type !== RecordType.CompactionMeta)) {
+      throw new LogStoreError("CORRUPTION", `corrupt compaction meta in ${file} at offset 0: ${meta}`, file, 0);
+    }
+    return meta;
+  }
+
+  /** Replays one segment's records into memory; truncates a torn tail of the last segment. */
+  private async replaySegment(segment: Segment, isLast: boolean): Promise<void> {
+    const buf = new Uint8Array(await fs.promises.readFile(segment.path));
+    const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    const corrupt = (offset: number, what: string) =>
+      new LogStoreError(
+        "CORRUPTION",
+        `corrupt Raft log segment ${segment.path} at offset ${offset}: ${what}; ` +
+          `the log cannot be trusted past this point (restore this node from a peer)`,
+        segment.path,
+        offset,
+      );
+    let offset = 0;
+    while (offset < buf.length) {
+      const frame = readFrame(buf, view, offset, buf.length);
+      if (typeof frame === "string") {
+        if (!isLast || findValidFrameAfter(buf, view, offset, buf.length) >= 0) throw corrupt(offset, frame);
+        await this.truncateTornTail(segment, offset, buf.length - offset, frame);
+        break;
+      }
+      const problem = this.replayRecord(segment, frame.type, offset, buf, view, frame);
+      if (problem) throw corrupt(offset, problem);
+      offset = frame.end;
+    }
+    segment.size = offset;
+  }
+
+  /** Applies one record to the in-memory log; returns a problem description when it is invalid. */
+  private replayRecord(
+    segment: Segment,
+    type: RecordType,
+    offset: number,
+    buf: Uint8Array,
+    view: DataView,
+    frame: RawRecord,
+  ): string | null {
+    if ((offset === 0) !== (type === RecordType.SegmentHeader)) {
+      return offset === 0 ? "segment does not start with a header" : "segment header in the middle of a segment";
+    }
+    switch (type) {
+      case RecordType.SegmentHeader: {
+        const header = decodeSegmentHeader(view, frame);
+        if (typeof header === "string") return header;
+        return header.seq === segment.seq ? null : `header names segment ${header.seq}`;
+      }
+      case RecordType.HardState: {
+        const hs = decodeHardState(view, frame);
+        if (typeof hs === "string") return hs;
+        this.hard = hs;
+        return null;
+      }
+      case RecordType.Entry: {
+        const entry = decodeEntry(buf, view, frame);
+        if (typeof entry === "string") return entry;
+        segment.maxIndex = Math.max(segment.maxIndex, entry.index);
+        // Each entry record means "truncate after index - 1, then append". At or below the
+        // compaction point the entry itself is gone, but its truncation of what follows still holds.
+        if (entry.index <= this.snapshot.index) {
+          this.log.length = 0;
+          return null;
+        }
+        if (entry.index > this.lastIndex() + 1) {
+          return `entry ${entry.index} leaves a gap after index ${this.lastIndex()}`;
+        }
+        this.log.length = entry.index - this.snapshot.index - 1;
+        this.log.push(entry);
+        return null;
+      }
+      case RecordType.Reset: {
+        const meta = decodeMeta(view, frame);
+        if (typeof meta === "string") return meta;
+        segment.maxIndex = Math.max(segment.maxIndex, meta.index);
+        this.log.length = 0;
+        if (meta.index >= this.snapshot.index) this.snapshot = meta;
+        return null;
+      }
+      case RecordType.CompactionMeta:
+        return "compaction meta record inside a segment";
+    }
+  }
+
+  private async truncateTornTail(segment: Segment, offset: number, bytes: number, reason: string): Promise<void> {
+    const handle = await fs.promises.open(segment.path, "r+");
+    try {
+      await handle.truncate(offset);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    this.recovery = { file: segment.path, offset, truncatedBytes: bytes, reason };
+  }
+}
