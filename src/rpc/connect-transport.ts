@@ -1,0 +1,258 @@
+// The production Raft Transport: binary Connect over one persistent HTTP/2 connection per peer.
+// Sends are pipelined and bounded per peer; a message that cannot go out now is dropped (Raft
+// retransmits), never queued without limit. Also serves the receiving side (raftpb.RaftService).
+
+import { Code, ConnectError, createClient, type Client, type ConnectRouter } from "@connectrpc/connect";
+import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { create } from "@bufbuild/protobuf";
+import {
+  MessageBatchSchema,
+  RaftService,
+  SnapshotChunkSchema,
+  type Message as WireMessage,
+  type SnapshotChunk,
+} from "../gen/raftpb/raft_pb.ts";
+import type { Message, NodeId, Transport, TransportHandler } from "../raft/types.ts";
+import { RaftCodecError, decodeMessage, encodeMessage } from "./raft-codec.ts";
+
+type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
+type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
+
+export interface ConnectTransportOptions {
+  /** This node's id: messages arriving for another id are refused (a sign of swapped -addrs). */
+  id: NodeId;
+  /** Base URL of every peer, e.g. { 1: "http://localhost:5002" }. This node's own entry is ignored. */
+  peers: ReadonlyMap<NodeId, string> | Readonly<Record<number, string>>;
+  /** Send RPCs in flight per peer before further batches to it are dropped. */
+  maxInflightPerPeer?: number;
+  /** Deadline of one Send RPC; frees its in-flight slot when a peer hangs. */
+  sendTimeoutMs?: number;
+  /** Largest slice of snapshot data per streamed message (bigger chunks are split). */
+  snapshotChunkBytes?: number;
+  /** Per-message limit for incoming peer messages (a batch of AppendEntries, a snapshot chunk). */
+  readMaxBytes?: number;
+}
+
+export const DEFAULT_RAFT_READ_MAX_BYTES = 64 * 1024 * 1024;
+
+interface Peer {
+  id: NodeId;
+  url: string;
+  session: Http2SessionManager;
+  client: Client<typeof RaftService>;
+  inflight: number;
+  lastError: string | null;
+}
+
+/** Counters for observability and tests. */
+export interface TransportStats {
+  sentBatches: number;
+  sentMessages: number;
+  droppedMessages: number;
+  failedBatches: number;
+}
+
+export class ConnectTransport implements Transport {
+  private readonly peers = new Map<NodeId, Peer>();
+  private readonly abort = new AbortController();
+  private handler: TransportHandler | null = null;
+  private closed = false;
+  private readonly maxInflight: number;
+  private readonly sendTimeoutMs: number;
+  private readonly chunkBytes: number;
+  private readonly readMaxBytes: number;
+  readonly stats: TransportStats = { sentBatches: 0, sentMessages: 0, droppedMessages: 0, failedBatches: 0 };
+
+  constructor(private readonly options: ConnectTransportOptions) {
+    this.maxInflight = options.maxInflightPerPeer ?? 32;
+    this.sendTimeoutMs = options.sendTimeoutMs ?? 5_000;
+    this.chunkBytes = options.snapshotChunkBytes ?? 1024 * 1024;
+    this.readMaxBytes = options.readMaxBytes ?? DEFAULT_RAFT_READ_MAX_BYTES;
+    if (this.chunkBytes + 1024 > this.readMaxBytes) {
+      throw new RangeError(`snapshotChunkBytes ${this.chunkBytes} does not fit readMaxBytes ${this.readMaxBytes}`);
+    }
+    const entries = options.peers instanceof Map ? [...options.peers] : Object.entries(options.peers).map(([k, v]) => [Number(k), v] as const);
+    for (const [id, url] of entries) {
+      if (id === options.id) continue;
+      // One session manager per peer keeps one HTTP/2 connection and reconnects after faults;
+      // pings detect a dead peer whose TCP connection did not close.
+      const session = new Http2SessionManager(url, { pingIntervalMs: 5_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 });
+      const transport = createConnectTransport({
+        baseUrl: url,
+        httpVersion: "2",
+        useBinaryFormat: true,
+        sessionManager: session,
+        readMaxBytes: this.readMaxBytes,
+        writeMaxBytes: this.readMaxBytes,
+        acceptCompression: [],
+      });
+      this.peers.set(id, { id, url, session, client: createClient(RaftService, transport), inflight: 0, lastError: null });
+    }
+  }
+
+  /** Groups messages per destination and sends one batch RPC to each, without waiting. Never throws. */
+  send(messages: Message[]): void {
+    if (this.closed) return;
+    const batches = new Map<NodeId, WireMessage[]>();
+    for (const message of messages) {
+      const peer = this.peers.get(message.to);
+      if (peer === undefined) {
+        this.stats.droppedMessages++;
+        continue;
+      }
+      let wire: WireMessage;
+      try {
+        wire = encodeMessage(message);
+      } catch (error) {
+        this.stats.droppedMessages++;
+        console.error(`kvraft transport: dropping unencodable ${message.type} to ${message.to}: ${(error as Error).message}`);
+        continue;
+      }
+      const batch = batches.get(peer.id);
+      if (batch === undefined) batches.set(peer.id, [wire]);
+      else batch.push(wire);
+    }
+    for (const [id, batch] of batches) this.sendBatch(this.peers.get(id)!, batch);
+  }
+
+  private sendBatch(peer: Peer, batch: WireMessage[]): void {
+    if (peer.inflight >= this.maxInflight) {
+      this.stats.droppedMessages += batch.length;
+      return;
+    }
+    peer.inflight++;
+    this.stats.sentBatches++;
+    this.stats.sentMessages += batch.length;
+    peer.client
+      .send(create(MessageBatchSchema, { messages: batch }), { signal: this.abort.signal, timeoutMs: this.sendTimeoutMs })
+      .then(
+        () => {
+          peer.lastError = null;
+        },
+        (error: unknown) => {
+          this.stats.failedBatches++;
+          this.noteError(peer, error);
+        },
+      )
+      .finally(() => {
+        peer.inflight--;
+      });
+  }
+
+  /** Network faults are normal (a peer is down); configuration errors are worth one line each time they change. */
+  private noteError(peer: Peer, error: unknown): void {
+    const connectError = ConnectError.from(error);
+    const text = `${Code[connectError.code]}: ${connectError.rawMessage}`;
+    if (connectError.code === Code.FailedPrecondition && peer.lastError !== text) {
+      console.error(`kvraft transport: peer ${peer.id} at ${peer.url} refused messages: ${connectError.rawMessage}`);
+    }
+    peer.lastError = text;
+  }
+
+  /** The last error seen sending to `peer`, or null after a success. */
+  lastError(peer: NodeId): string | null {
+    return this.peers.get(peer)?.lastError ?? null;
+  }
+
+  async sendSnapshot(message: InstallSnapshot, chunks: AsyncIterable<Uint8Array>): Promise<InstallSnapshotResponse> {
+    if (this.closed) throw new Error("transport is closed");
+    const peer = this.peers.get(message.to);
+    if (peer === undefined) throw new Error(`no address for node ${message.to}`);
+    const header = encodeMessage(message);
+    const chunkBytes = this.chunkBytes;
+    async function* stream(): AsyncIterable<SnapshotChunk> {
+      // The header rides on the first message; empty chunks are skipped, oversized ones split.
+      let pending: WireMessage | undefined = header;
+      for await (const data of chunks) {
+        for (let offset = 0; offset < data.length; offset += chunkBytes) {
+          yield create(SnapshotChunkSchema, { header: pending, data: data.subarray(offset, offset + chunkBytes) });
+          pending = undefined;
+        }
+      }
+      if (pending !== undefined) yield create(SnapshotChunkSchema, { header: pending });
+    }
+    const wire = await peer.client.installSnapshot(stream(), { signal: this.abort.signal });
+    const response = decodeMessage(wire);
+    if (response.type !== "InstallSnapshotResponse") {
+      throw new RaftCodecError(`peer ${peer.id} answered InstallSnapshot with ${response.type}`);
+    }
+    return response;
+  }
+
+  listen(handler: TransportHandler): void {
+    if (this.handler !== null) throw new Error("ConnectTransport.listen called twice");
+    this.handler = handler;
+  }
+
+  /** Registers raftpb.RaftService on a router (the node's RpcServer), delivering to the listen() handler. */
+  registerRoutes(router: ConnectRouter): void {
+    router.service(
+      RaftService,
+      {
+        send: (batch) => {
+          const messages = batch.messages.map((wire) => this.decodeForMe(wire));
+          // Before listen() the node is still opening: dropping is what the network could do too.
+          if (this.handler !== null && !this.closed && messages.length > 0) this.handler.onMessages(messages);
+          return {};
+        },
+        installSnapshot: async (requests) => {
+          const handler = this.handler;
+          if (handler === null || this.closed) {
+            throw new ConnectError("this node is not ready to receive a snapshot", Code.Unavailable);
+          }
+          const iterator = requests[Symbol.asyncIterator]();
+          const first = await iterator.next();
+          if (first.done === true || first.value.header === undefined) {
+            throw new ConnectError("InstallSnapshot stream must start with a header message", Code.InvalidArgument);
+          }
+          const header = this.decodeForMe(first.value.header);
+          if (header.type !== "InstallSnapshot") {
+            throw new ConnectError(`InstallSnapshot header is a ${header.type} message`, Code.InvalidArgument);
+          }
+          const firstData = first.value.data;
+          async function* data(): AsyncIterable<Uint8Array> {
+            if (firstData.length > 0) yield firstData;
+            for (;;) {
+              const next = await iterator.next();
+              if (next.done === true) return;
+              if (next.value.data.length > 0) yield next.value.data;
+            }
+          }
+          try {
+            return encodeMessage(await handler.onSnapshot(header, data()));
+          } catch (error) {
+            // Peers are trusted: pass the receiver's reason back to the sender's log.
+            if (error instanceof ConnectError) throw error;
+            throw new ConnectError(`installing the snapshot failed: ${(error as Error).message ?? String(error)}`, Code.Internal);
+          }
+        },
+      },
+      { readMaxBytes: this.readMaxBytes },
+    );
+  }
+
+  private decodeForMe(wire: WireMessage): Message {
+    let message: Message;
+    try {
+      message = decodeMessage(wire);
+    } catch (error) {
+      if (error instanceof RaftCodecError) throw new ConnectError(error.message, Code.InvalidArgument);
+      throw error;
+    }
+    if (message.to !== this.options.id) {
+      throw new ConnectError(
+        `message for node ${message.to} arrived at node ${this.options.id}: the nodes disagree on -addrs`,
+        Code.FailedPrecondition,
+      );
+    }
+    return message;
+  }
+
+  /** Aborts in-flight calls and closes every peer connection. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.abort.abort(new Error("transport closed"));
+    for (const peer of this.peers.values()) peer.session.abort();
+  }
+}

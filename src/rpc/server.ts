@@ -1,0 +1,238 @@
+// One cleartext port per node serving every Connect-RPC client: it sniffs the HTTP/2 connection
+// preface on each accepted socket and hands the socket to a node:http2 server (h2c: gRPC, Connect,
+// gRPC-Web) or to a node:http server (HTTP/1.1: browsers, curl), both running the same routes.
+// Also owns CORS and graceful shutdown. See DESIGN.md §5 and anchors/README.md for why this setup.
+
+import * as http from "node:http";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import { cors, type ConnectRouter } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+
+/** The bytes every HTTP/2 client sends first (RFC 9113 §3.4). */
+const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
+
+/** Default per-message limit for requests: the client API never needs more. */
+export const DEFAULT_READ_MAX_BYTES = 4 * 1024 * 1024;
+
+export interface RpcServerOptions {
+  /** Interface to bind ("127.0.0.1", "::", "localhost", ...). Default 127.0.0.1. */
+  host?: string;
+  /** TCP port; 0 picks a free one (read it back from `port`). */
+  port: number;
+  /** Connect routes, shared by the HTTP/1.1 and the HTTP/2 side. */
+  routes: (router: ConnectRouter) => void;
+  /** Browser origins allowed by CORS, e.g. "http://localhost:8080"; "*" allows any. Empty: no CORS. */
+  corsOrigins?: readonly string[];
+  /** How long browsers may cache a preflight answer. */
+  corsMaxAgeSeconds?: number;
+  /** Per-message request limit for routes that set none of their own. */
+  readMaxBytes?: number;
+  /** A socket that has not sent its first bytes within this time is closed. */
+  firstBytesTimeoutMs?: number;
+  /** How long close() lets in-flight calls finish before cutting connections. */
+  shutdownGraceMs?: number;
+}
+
+/** The port could not be bound; `code` says why ("port_in_use", "permission_denied", "listen_failed"). */
+export class ListenError extends Error {
+  constructor(
+    readonly code: "port_in_use" | "permission_denied" | "listen_failed",
+    message: string,
+  ) {
+    super(message);
+    this.name = "ListenError";
+  }
+}
+
+const ALLOW_METHODS = cors.allowedMethods.join(", ");
+const ALLOW_HEADERS = [...cors.allowedHeaders, "Authorization"].join(", ");
+const EXPOSE_HEADERS = cors.exposedHeaders.join(", ");
+
+type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
+type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
+
+export class RpcServer {
+  private readonly sockets = new Set<net.Socket>();
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private closing: Promise<void> | null = null;
+
+  private constructor(
+    private readonly tcp: net.Server,
+    private readonly h1: http.Server,
+    private readonly h2: http2.Http2Server,
+    readonly host: string,
+    readonly port: number,
+    private readonly options: RpcServerOptions,
+    private readonly shutdown: AbortController,
+  ) {}
+
+  /** Binds the port and starts serving. Rejects with ListenError when the port cannot be bound. */
+  static async start(options: RpcServerOptions): Promise<RpcServer> {
+    const host = options.host ?? "127.0.0.1";
+    const shutdown = new AbortController();
+    const adapter = connectNodeAdapter({
+      routes: options.routes,
+      readMaxBytes: options.readMaxBytes ?? DEFAULT_READ_MAX_BYTES,
+      shutdownSignal: shutdown.signal,
+      // A misspelled field or enum name must fail loudly: ignoring it would turn {"op":"TRUNCATE"}
+      // into the default op, PUT.
+      jsonOptions: { ignoreUnknownFields: false },
+    });
+    const allowed = new Set(options.corsOrigins ?? []);
+    const maxAge = String(options.corsMaxAgeSeconds ?? 7200);
+    let server: RpcServer | null = null;
+
+    const handle = (request: NodeRequest, nodeResponse: NodeResponse): void => {
+      // http and http2 responses share the calls used here; TS cannot call through their union.
+      const response = nodeResponse as http.ServerResponse;
+      const origin = request.headers.origin;
+      if (typeof origin === "string" && (allowed.has("*") || allowed.has(origin))) {
+        response.setHeader("Access-Control-Allow-Origin", origin);
+        response.setHeader("Vary", "Origin");
+        response.setHeader("Access-Control-Expose-Headers", EXPOSE_HEADERS);
+        if (request.method === "OPTIONS") {
+          response.setHeader("Access-Control-Allow-Methods", ALLOW_METHODS);
+          response.setHeader("Access-Control-Allow-Headers", ALLOW_HEADERS);
+          response.setHeader("Access-Control-Max-Age", maxAge);
+          response.writeHead(204);
+          response.end();
+          return;
+        }
+      } else if (request.method === "OPTIONS" && typeof origin === "string") {
+        // A preflight from an origin not on the list: say so instead of a bare 404.
+        response.writeHead(403, { "Content-Type": "text/plain; charset=utf-8" });
+        response.end(`origin ${origin} is not allowed; start the server with --cors-origin ${origin}\n`);
+        return;
+      }
+      // While closing, tell HTTP/1.1 clients not to reuse the connection.
+      if (server?.closing && "shouldKeepAlive" in response) response.shouldKeepAlive = false;
+      adapter(request, nodeResponse);
+    };
+
+    const h1 = http.createServer(handle);
+    h1.on("clientError", (error: NodeJS.ErrnoException, socket: net.Socket) => {
+      if (socket.writable && error.code !== "ECONNRESET") {
+        socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+      }
+      socket.destroy();
+    });
+    const h2 = http2.createServer({}, handle);
+    const tcp = net.createServer();
+
+    await new Promise<void>((resolve, reject) => {
+      const onError = (error: NodeJS.ErrnoException) => {
+        tcp.off("listening", onListening);
+        reject(listenError(error, host, options.port));
+      };
+      const onListening = () => {
+        tcp.off("error", onError);
+        resolve();
+      };
+      tcp.once("error", onError);
+      tcp.once("listening", onListening);
+      tcp.listen({ host, port: options.port, exclusive: true });
+    });
+
+    const address = tcp.address();
+    const port = typeof address === "object" && address !== null ? address.port : options.port;
+    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown);
+    server.wire();
+    return server;
+  }
+
+  private wire(): void {
+    this.tcp.on("connection", (socket) => this.accept(socket));
+    this.tcp.on("error", (error) => console.error(`kvraft rpc: listener error: ${error.message}`));
+    this.h2.on("session", (session) => {
+      this.sessions.add(session);
+      session.once("close", () => this.sessions.delete(session));
+      if (this.closing) session.close();
+    });
+  }
+
+  /** Reads just enough of a new connection to tell HTTP/2 from HTTP/1.1, then hands it over. */
+  private accept(socket: net.Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    socket.once("close", () => this.sockets.delete(socket));
+    socket.on("error", () => socket.destroy());
+    let seen: Buffer = Buffer.alloc(0);
+    const timer = setTimeout(() => socket.destroy(), this.options.firstBytesTimeoutMs ?? 10_000);
+    const onData = (chunk: Buffer) => {
+      seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
+      const n = Math.min(seen.length, HTTP2_PREFACE.length);
+      const isHttp2 = seen.subarray(0, n).equals(HTTP2_PREFACE.subarray(0, n));
+      if (isHttp2 && seen.length < HTTP2_PREFACE.length) return; // a prefix so far: read on
+      clearTimeout(timer);
+      socket.off("data", onData);
+      socket.off("close", onClose);
+      socket.pause();
+      socket.unshift(seen);
+      (isHttp2 ? this.h2 : this.h1).emit("connection", socket);
+      socket.resume();
+    };
+    const onClose = () => clearTimeout(timer);
+    socket.on("data", onData);
+    socket.once("close", onClose);
+  }
+
+  /** The URL clients use to reach this server, e.g. "http://127.0.0.1:5001". */
+  get url(): string {
+    const host = this.host.includes(":") ? `[${this.host}]` : this.host;
+    return `http://${host}:${this.port}`;
+  }
+
+  /**
+   * Graceful stop: no new connections, in-flight calls finish (HTTP/2 sessions get GOAWAY,
+   * HTTP/1.1 connections close after their current response), and after `shutdownGraceMs`
+   * whatever is left is aborted and its sockets destroyed. Idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    const listenerClosed = new Promise<void>((resolve) => this.tcp.close(() => resolve()));
+    for (const session of this.sessions) session.close();
+    this.h1.closeIdleConnections();
+    const drained = this.waitForSockets();
+    const grace = this.options.shutdownGraceMs ?? 5_000;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<"expired">((resolve) => {
+      timer = setTimeout(() => resolve("expired"), grace);
+    });
+    const outcome = await Promise.race([drained.then(() => "drained" as const), expired]);
+    clearTimeout(timer);
+    if (outcome === "expired") {
+      this.shutdown.abort();
+      for (const session of this.sessions) session.destroy();
+      for (const socket of this.sockets) socket.destroy();
+    }
+    await listenerClosed;
+  }
+
+  private async waitForSockets(): Promise<void> {
+    // Bounded: close() races this against the grace timer.
+    while (this.sockets.size > 0) {
+      this.h1.closeIdleConnections();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+}
+
+function listenError(error: NodeJS.ErrnoException, host: string, port: number): ListenError {
+  const where = `${host}:${port}`;
+  switch (error.code) {
+    case "EADDRINUSE":
+      return new ListenError("port_in_use", `cannot listen on ${where}: the port is already in use (another kvserver running?)`);
+    case "EACCES":
+      return new ListenError("permission_denied", `cannot listen on ${where}: permission denied (ports below 1024 need privileges)`);
+    default:
+      return new ListenError("listen_failed", `cannot listen on ${where}: ${error.message}`);
+  }
+}
