@@ -49,6 +49,12 @@ export type Message =
       lastLogIndex: number;
       lastLogTerm: number;
       preVote: boolean;
+      /**
+       * Set by a candidate campaigning on the leader's TimeoutNow (leadership transfer): voters
+       * grant it even while they still hear from that leader (the CheckQuorum lease). On the wire
+       * (raftpb.Message) it travels in the `ok` field, which REQUEST_VOTE does not otherwise use.
+       */
+      transfer?: boolean;
     }
   | {
       type: "RequestVoteResponse";
@@ -74,7 +80,10 @@ export type Message =
       to: NodeId;
       term: number;
       success: boolean;
-      /** On success: the index of the last entry now matching the leader's log. */
+      /**
+       * On success: the index of the last entry now matching the leader's log. On rejection: the
+       * prevLogIndex that was rejected, so the leader can tell a stale rejection from a current one.
+       */
       matchIndex: number;
       /** On rejection (fast backtracking): the follower's conflicting term and its first index, or its log length. */
       conflictTerm: number;
@@ -98,7 +107,17 @@ export type Message =
       readContext: number;
     }
   | {
-      /** Sent by the core; the driver attaches the snapshot byte stream from the state machine. */
+      /**
+       * Emitted by the leader's core in Ready.messages when a follower needs compacted entries;
+       * `snapshot` is then the core's compaction point. The driver does not send it as is: it takes
+       * the state machine's current snapshot (whose meta.index may be higher), puts that meta in
+       * the message and streams the chunks with Transport.sendSnapshot; it steps the answer into
+       * the core, or calls reportSnapshot(to, false) if the stream failed.
+       * Receiver: acceptSnapshot(m) (true ⇒ restore the state machine from the stream), then
+       * step(m) in either case; the core answers with an InstallSnapshotResponse in Ready.messages
+       * and, if it installed the snapshot, sets Ready.snapshot (reset the log store to it).
+       * The driver must not apply entries or step other messages between acceptSnapshot and step.
+       */
       type: "InstallSnapshot";
       from: NodeId;
       to: NodeId;

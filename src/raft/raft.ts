@@ -1,0 +1,779 @@
+// The Raft consensus core: a deterministic state machine with no I/O, no clock and no ambient
+// randomness. The driver feeds it ticks, messages and proposals and carries out its Ready.
+
+import { Progress } from "./progress.ts";
+import { MajorityConfig, VoteResult } from "./quorum.ts";
+import { RaftLog } from "./raft-log.ts";
+import { ReadOnly } from "./read-only.ts";
+import {
+  EntryType,
+  NONE,
+  type Entry,
+  type HardState,
+  type Message,
+  type NodeId,
+  type RaftRole,
+  type ReadState,
+  type Ready,
+  type SnapshotMeta,
+} from "./types.ts";
+
+export interface RaftConfig {
+  id: NodeId;
+  /** All voting members, including `id` (static membership). */
+  peers: NodeId[];
+  /** Election timeout base: a follower campaigns after a random timeout in [electionTicks, 2*electionTicks). */
+  electionTicks: number;
+  /** A leader sends heartbeats every heartbeatTicks (must be < electionTicks). */
+  heartbeatTicks: number;
+  /** Seeded uniform [0,1) source: the only randomness the core uses. */
+  random: () => number;
+  preVote: boolean;
+  checkQuorum: boolean;
+  /** AppendEntries in flight per follower in replicate state. */
+  maxInflight: number;
+  /** Payload bytes per AppendEntries; a message always carries at least one entry if any are due. */
+  maxBytesPerAppend: number;
+  /** Bound on uncommitted entries; propose fails fast with "backpressure" beyond it (default 10000). */
+  maxPendingProposals?: number;
+  /** Bound on ReadIndex requests waiting for confirmation (default 10000). */
+  maxPendingReads?: number;
+  /** Payload bytes of committed entries per Ready (default 16 MiB; always at least one entry). */
+  maxCommittedBytesPerReady?: number;
+}
+
+export interface RaftInitialState {
+  /** As persisted. */
+  hardState: HardState;
+  /** Log compaction point ({index:0, term:0, members: peers} when none). */
+  snapshot: SnapshotMeta;
+  /** Persisted entries after snapshot.index, in order. */
+  entries: Entry[];
+  /** The state machine's applied index: committed entries after it are re-delivered in committedEntries. */
+  appliedIndex: number;
+}
+
+export type ProposeResult =
+  | { ok: true; index: number; term: number }
+  | { ok: false; leaderId: NodeId; reason: "not-leader" | "backpressure" | "transferring" };
+
+export type ReadIndexResult = { ok: true } | { ok: false; leaderId: NodeId; reason?: "not-leader" | "backpressure" };
+
+export interface ProgressStatus {
+  matchIndex: number;
+  nextIndex: number;
+  state: string;
+  inflight: number;
+}
+
+export interface RaftStatus {
+  id: NodeId;
+  role: RaftRole;
+  term: number;
+  leaderId: NodeId;
+  commitIndex: number;
+  appliedIndex: number;
+  firstIndex: number;
+  lastIndex: number;
+  votedFor: NodeId;
+  progress?: Record<NodeId, ProgressStatus>;
+}
+
+type MessageOf<T extends Message["type"]> = Extract<Message, { type: T }>;
+type CampaignKind = "pre-vote" | "election" | "transfer";
+
+export class Raft {
+  readonly id: NodeId;
+  private readonly config: Required<RaftConfig>;
+  private readonly voters: MajorityConfig;
+  private readonly log: RaftLog;
+
+  private term: number;
+  private votedFor: NodeId;
+  private role: RaftRole = "Follower";
+  private leaderId: NodeId = NONE;
+
+  private electionElapsed = 0;
+  private heartbeatElapsed = 0;
+  private randomizedElectionTimeout = 0;
+
+  private votes = new Map<NodeId, boolean>();
+  private progress = new Map<NodeId, Progress>();
+  private readonly readOnly: ReadOnly;
+  /** Reads that arrived before this leader committed an entry of its term. */
+  private deferredReads: number[] = [];
+  private leadTransferee: NodeId = NONE;
+  /** Proposals or reads waiting for the next ready() to go out as one broadcast. */
+  private appendBroadcastPending = false;
+  private readBroadcastPending = false;
+
+  private messages: Message[] = [];
+  private readStates: ReadState[] = [];
+  private snapshotToInstall: SnapshotMeta | null = null;
+  private prevHardState: HardState;
+  private prevSoft: { role: RaftRole; leaderId: NodeId };
+  private outstanding: Ready | null = null;
+
+  constructor(config: RaftConfig, initial: RaftInitialState) {
+    validateConfig(config);
+    this.config = {
+      maxPendingProposals: 10_000,
+      maxPendingReads: 10_000,
+      maxCommittedBytesPerReady: 16 * 1024 * 1024,
+      ...config,
+    };
+    this.id = config.id;
+    this.voters = new MajorityConfig(config.peers);
+    const hs = initial.hardState;
+    this.log = new RaftLog(initial.snapshot, initial.entries, hs.commitIndex, initial.appliedIndex);
+    if (hs.term < this.log.lastTerm()) throw new RangeError(`persisted term ${hs.term} is below the last log term ${this.log.lastTerm()}`);
+    this.term = hs.term;
+    this.votedFor = hs.votedFor;
+    this.prevHardState = { ...hs };
+    this.prevSoft = { role: this.role, leaderId: this.leaderId };
+    this.readOnly = new ReadOnly(this.config.maxPendingReads);
+    this.resetRandomizedElectionTimeout();
+  }
+
+  // ---- Driver inputs ---------------------------------------------------------------------------
+
+  tick(): void {
+    if (this.role === "Leader") this.tickHeartbeat();
+    else this.tickElection();
+  }
+
+  propose(data: Uint8Array[]): ProposeResult {
+    if (data.length === 0) throw new RangeError("propose needs at least one command");
+    if (this.role !== "Leader") return { ok: false, leaderId: this.leaderId, reason: "not-leader" };
+    if (this.leadTransferee !== NONE) return { ok: false, leaderId: this.leaderId, reason: "transferring" };
+    const uncommitted = this.log.lastIndex() - this.log.commitIndex;
+    if (uncommitted + data.length > this.config.maxPendingProposals) return { ok: false, leaderId: this.id, reason: "backpressure" };
+    const first = this.log.lastIndex() + 1;
+    this.appendEntries(data.map((d, i) => ({ index: first + i, term: this.term, type: EntryType.Normal, data: d })));
+    // Sent on the next ready(): proposals arriving together leave in one AppendEntries.
+    this.appendBroadcastPending = true;
+    return { ok: true, index: first, term: this.term };
+  }
+
+  readIndex(context: number): ReadIndexResult {
+    if (this.role !== "Leader") return { ok: false, leaderId: this.leaderId, reason: "not-leader" };
+    if (this.voters.voters.length === 1) {
+      this.readStates.push({ context, index: this.log.commitIndex });
+      return { ok: true };
+    }
+    if (this.readOnly.size + this.deferredReads.length >= this.config.maxPendingReads) {
+      return { ok: false, leaderId: this.id, reason: "backpressure" };
+    }
+    if (!this.committedInCurrentTerm()) {
+      // Until an entry of this term commits, this leader's commitIndex may lag the cluster's (§6.4).
+      this.deferredReads.push(context);
+      return { ok: true };
+    }
+    this.readOnly.add(context, this.log.commitIndex);
+    this.readBroadcastPending = true;
+    return { ok: true };
+  }
+
+  transferLeadership(to: NodeId): void {
+    if (!this.voters.voters.includes(to)) throw new RangeError(`transferLeadership: ${to} is not a member`);
+    if (this.role !== "Leader" || to === this.id || this.leadTransferee === to) return;
+    this.leadTransferee = to;
+    this.electionElapsed = 0; // the transfer is abandoned after one election timeout
+    const pr = this.progressOf(to);
+    if (pr.matchIndex === this.log.lastIndex()) this.send({ type: "TimeoutNow", from: this.id, to, term: this.term });
+    else this.sendAppend(to);
+  }
+
+  reportUnreachable(to: NodeId): void {
+    const pr = this.progress.get(to);
+    if (this.role !== "Leader" || pr === undefined) return;
+    if (pr.state === "replicate") pr.becomeProbe();
+  }
+
+  reportSnapshot(to: NodeId, success: boolean): void {
+    const pr = this.progress.get(to);
+    if (this.role !== "Leader" || pr === undefined || pr.state !== "snapshot") return;
+    if (!success) pr.pendingSnapshot = 0;
+    pr.becomeProbe();
+    pr.probeSent = true; // wait for the next heartbeat's answer before probing again
+  }
+
+  /**
+   * Receiver-side pre-check of an InstallSnapshot before the driver restores the state machine.
+   * True iff the sender is the current leader and the snapshot is ahead of our commitIndex; the
+   * driver then restores and calls step(message). Either way it calls step(message) to get the answer.
+   */
+  acceptSnapshot(message: MessageOf<"InstallSnapshot">): boolean {
+    if (message.term < this.term) return false;
+    if (message.term > this.term || this.role !== "Follower" || this.leaderId !== message.from) {
+      this.becomeFollower(message.term, message.from);
+    }
+    this.electionElapsed = 0;
+    return message.snapshot.index > this.log.commitIndex;
+  }
+
+  /** The driver compacted its durable log through meta.index (<= appliedIndex). */
+  compact(meta: SnapshotMeta): void {
+    this.log.compact(meta);
+  }
+
+  step(m: Message): void {
+    if (m.to !== this.id) throw new RangeError(`node ${this.id} was handed a message addressed to ${m.to}`);
+    if (!this.voters.voters.includes(m.from) || m.from === this.id) return; // not a peer: ignore
+    if (m.term > this.term) {
+      if (m.type === "RequestVote") {
+        const inLease = this.config.checkQuorum && this.leaderId !== NONE && this.electionElapsed < this.config.electionTicks;
+        // A node that heard from a live leader within the election timeout ignores (pre)votes
+        // (leader lease, §4.2.3 of the thesis), unless the leader itself asked for the election.
+        if (inLease && m.transfer !== true) return;
+      }
+      if (m.type === "RequestVote" && m.preVote) {
+        // A pre-vote does not change anyone's term.
+      } else if (m.type === "RequestVoteResponse" && m.preVote && m.voteGranted) {
+        // Granted pre-votes carry the term we would campaign in.
+      } else if (m.type === "AppendEntries" || m.type === "Heartbeat" || m.type === "InstallSnapshot") {
+        this.becomeFollower(m.term, m.from);
+      } else {
+        this.becomeFollower(m.term, NONE);
+      }
+    } else if (m.term < this.term) {
+      this.answerStaleMessage(m);
+      return;
+    }
+
+    switch (m.type) {
+      case "RequestVote":
+        this.handleRequestVote(m);
+        return;
+      case "RequestVoteResponse":
+        this.handleVoteResponse(m);
+        return;
+      case "AppendEntries":
+      case "Heartbeat":
+      case "InstallSnapshot":
+        if (this.role === "Leader") {
+          throw new Error(`invariant: leader ${this.id} received ${m.type} from ${m.from} in its own term ${this.term}`);
+        }
+        if (this.role !== "Follower" || this.leaderId !== m.from) this.becomeFollower(this.term, m.from);
+        this.electionElapsed = 0;
+        if (m.type === "AppendEntries") this.handleAppendEntries(m);
+        else if (m.type === "Heartbeat") this.handleHeartbeat(m);
+        else this.handleInstallSnapshot(m);
+        return;
+      case "AppendEntriesResponse":
+        if (this.role === "Leader") this.handleAppendResponse(m);
+        return;
+      case "HeartbeatResponse":
+        if (this.role === "Leader") this.handleHeartbeatResponse(m);
+        return;
+      case "InstallSnapshotResponse":
+        if (this.role === "Leader") this.handleSnapshotResponse(m);
+        return;
+      case "TimeoutNow":
+        if (this.role === "Follower") this.campaign("transfer");
+        return;
+      default:
+        assertNever(m);
+    }
+  }
+
+  // ---- Ready / advance -------------------------------------------------------------------------
+
+  hasReady(): boolean {
+    if (this.outstanding !== null) return false;
+    return (
+      this.appendBroadcastPending ||
+      this.readBroadcastPending ||
+      this.messages.length > 0 ||
+      this.readStates.length > 0 ||
+      this.snapshotToInstall !== null ||
+      this.log.stableIndex < this.log.lastIndex() ||
+      this.log.appliedIndex < this.log.commitIndex ||
+      !sameHardState(this.hardState(), this.prevHardState) ||
+      this.role !== this.prevSoft.role ||
+      this.leaderId !== this.prevSoft.leaderId
+    );
+  }
+
+  /** What to persist, send and apply next. Call advance(ready) before the next ready(). */
+  ready(): Ready {
+    if (this.outstanding !== null) throw new Error("Raft.ready() called again before advance() of the previous Ready");
+    this.flushBroadcasts();
+    const hs = this.hardState();
+    const softChanged = this.role !== this.prevSoft.role || this.leaderId !== this.prevSoft.leaderId;
+    const rd: Ready = {
+      hardState: sameHardState(hs, this.prevHardState) ? null : hs,
+      entries: this.log.unstableEntries(),
+      messages: this.messages,
+      committedEntries: this.log.nextCommitted(this.config.maxCommittedBytesPerReady),
+      snapshot: this.snapshotToInstall,
+      readStates: this.readStates,
+      softState: softChanged ? { role: this.role, leaderId: this.leaderId, term: this.term } : null,
+    };
+    this.messages = [];
+    this.readStates = [];
+    this.snapshotToInstall = null;
+    this.prevSoft = { role: this.role, leaderId: this.leaderId };
+    this.outstanding = rd;
+    return rd;
+  }
+
+  /** The driver persisted, sent and applied everything in `rd`. */
+  advance(rd: Ready): void {
+    if (rd !== this.outstanding) throw new Error("Raft.advance() must be given the Ready last returned by ready()");
+    this.outstanding = null;
+    if (rd.hardState !== null) this.prevHardState = rd.hardState;
+    // The log may have changed since ready(): an entry still holding the term it had in `rd`
+    // proves (log matching) that everything up to it is what was persisted.
+    for (let i = rd.entries.length - 1; i >= 0; i--) {
+      const e = rd.entries[i] as Entry;
+      if (this.log.term(e.index) === e.term) {
+        if (e.index > this.log.stableIndex) this.log.stableIndex = e.index;
+        break;
+      }
+    }
+    const lastCommitted = rd.committedEntries[rd.committedEntries.length - 1];
+    if (lastCommitted !== undefined && lastCommitted.index > this.log.appliedIndex) this.log.appliedTo(lastCommitted.index);
+  }
+
+  // ---- Inspection ------------------------------------------------------------------------------
+
+  status(): RaftStatus {
+    const s: RaftStatus = {
+      id: this.id,
+      role: this.role,
+      term: this.term,
+      leaderId: this.leaderId,
+      commitIndex: this.log.commitIndex,
+      appliedIndex: this.log.appliedIndex,
+      firstIndex: this.log.firstIndex(),
+      lastIndex: this.log.lastIndex(),
+      votedFor: this.votedFor,
+    };
+    if (this.role === "Leader") {
+      s.progress = {};
+      for (const [id, pr] of this.progress) {
+        s.progress[id] = { matchIndex: pr.matchIndex, nextIndex: pr.nextIndex, state: pr.state, inflight: pr.inflights.size };
+      }
+    }
+    return s;
+  }
+
+  /** Read-only view of the in-memory log (used by the simulator's invariant checks). */
+  get raftLog(): Pick<RaftLog, "snapshot" | "term" | "entry" | "firstIndex" | "lastIndex" | "commitIndex" | "heldEntries"> {
+    return this.log;
+  }
+
+  // ---- Roles -----------------------------------------------------------------------------------
+
+  private hardState(): HardState {
+    return { term: this.term, votedFor: this.votedFor, commitIndex: this.log.commitIndex };
+  }
+
+  private reset(term: number): void {
+    if (this.term !== term) {
+      if (term < this.term) throw new Error(`invariant: term moving backwards from ${this.term} to ${term}`);
+      this.term = term;
+      this.votedFor = NONE;
+    }
+    this.leaderId = NONE;
+    this.electionElapsed = 0;
+    this.heartbeatElapsed = 0;
+    this.resetRandomizedElectionTimeout();
+    this.votes.clear();
+    this.progress.clear();
+    this.readOnly.reset();
+    this.deferredReads = [];
+    this.leadTransferee = NONE;
+    this.appendBroadcastPending = false;
+    this.readBroadcastPending = false;
+  }
+
+  private becomeFollower(term: number, leaderId: NodeId): void {
+    this.reset(term);
+    this.role = "Follower";
+    this.leaderId = leaderId;
+  }
+
+  private becomePreCandidate(): void {
+    if (this.role === "Leader") throw new Error("invariant: a leader cannot become a pre-candidate");
+    // Keeps term and vote: a pre-vote only asks whether an election could be won.
+    this.reset(this.term);
+    this.role = "PreCandidate";
+  }
+
+  private becomeCandidate(): void {
+    if (this.role === "Leader") throw new Error("invariant: a leader cannot become a candidate");
+    this.reset(this.term + 1);
+    this.votedFor = this.id;
+    this.role = "Candidate";
+  }
+
+  private becomeLeader(): void {
+    if (this.role !== "Candidate") throw new Error(`invariant: only a candidate becomes leader (was ${this.role})`);
+    this.reset(this.term);
+    this.role = "Leader";
+    this.leaderId = this.id;
+    const last = this.log.lastIndex();
+    for (const id of this.voters.voters) {
+      const pr = new Progress(id, last + 1, this.config.maxInflight);
+      // Everyone counts as recently active for the first CheckQuorum round.
+      pr.recentActive = true;
+      if (id === this.id) {
+        pr.matchIndex = last;
+        pr.becomeReplicate();
+      }
+      this.progress.set(id, pr);
+    }
+    // The no-op commits every earlier-term entry this leader holds (§5.4.2, §8).
+    this.appendEntries([{ index: last + 1, term: this.term, type: EntryType.Noop, data: new Uint8Array(0) }]);
+    this.broadcastAppend();
+  }
+
+  private campaign(kind: CampaignKind): void {
+    if (!this.voters.voters.includes(this.id)) return;
+    let voteTerm: number;
+    if (kind === "pre-vote") {
+      this.becomePreCandidate();
+      voteTerm = this.term + 1;
+    } else {
+      this.becomeCandidate();
+      voteTerm = this.term;
+    }
+    this.votes.set(this.id, true);
+    if (this.voters.voteResult(this.votes) === VoteResult.Won) {
+      if (kind === "pre-vote") this.campaign("election");
+      else this.becomeLeader();
+      return;
+    }
+    for (const to of this.voters.voters) {
+      if (to === this.id) continue;
+      this.send({
+        type: "RequestVote",
+        from: this.id,
+        to,
+        term: voteTerm,
+        lastLogIndex: this.log.lastIndex(),
+        lastLogTerm: this.log.lastTerm(),
+        preVote: kind === "pre-vote",
+        ...(kind === "transfer" ? { transfer: true } : {}),
+      });
+    }
+  }
+
+  private tickElection(): void {
+    this.electionElapsed++;
+    if (this.electionElapsed >= this.randomizedElectionTimeout) {
+      this.electionElapsed = 0;
+      this.campaign(this.config.preVote ? "pre-vote" : "election");
+    }
+  }
+
+  private tickHeartbeat(): void {
+    this.heartbeatElapsed++;
+    this.electionElapsed++;
+    if (this.electionElapsed >= this.config.electionTicks) {
+      this.electionElapsed = 0;
+      if (this.config.checkQuorum) {
+        const active = this.voters.hasQuorum((id) => id === this.id || this.progressOf(id).recentActive);
+        for (const [id, pr] of this.progress) pr.recentActive = id === this.id;
+        if (!active) {
+          // Cut off from a majority for a whole election timeout: stop accepting work (§6.2).
+          this.becomeFollower(this.term, NONE);
+          return;
+        }
+      }
+      this.leadTransferee = NONE; // a transfer not done within an election timeout is abandoned
+    }
+    if (this.heartbeatElapsed >= this.config.heartbeatTicks) {
+      this.heartbeatElapsed = 0;
+      this.broadcastHeartbeat();
+    }
+  }
+
+  private resetRandomizedElectionTimeout(): void {
+    const r = this.config.random();
+    if (!(r >= 0 && r < 1)) throw new RangeError(`RaftConfig.random() must return a number in [0,1), got ${r}`);
+    this.randomizedElectionTimeout = this.config.electionTicks + Math.floor(r * this.config.electionTicks);
+  }
+
+  // ---- Votes -----------------------------------------------------------------------------------
+
+  private handleRequestVote(m: MessageOf<"RequestVote">): void {
+    const canVote =
+      this.votedFor === m.from ||
+      (this.votedFor === NONE && this.leaderId === NONE) ||
+      (m.preVote && m.term > this.term);
+    const granted = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm);
+    this.send({
+      type: "RequestVoteResponse",
+      from: this.id,
+      to: m.from,
+      term: granted ? m.term : this.term,
+      voteGranted: granted,
+      preVote: m.preVote,
+    });
+    if (granted && !m.preVote) {
+      this.votedFor = m.from;
+      this.electionElapsed = 0;
+    }
+  }
+
+  private handleVoteResponse(m: MessageOf<"RequestVoteResponse">): void {
+    // A granted pre-vote counts only for the term this pre-campaign asks about (not an older one).
+    const expected =
+      this.role === "PreCandidate"
+        ? m.preVote && (!m.voteGranted || m.term === this.term + 1)
+        : this.role === "Candidate"
+          ? !m.preVote
+          : false;
+    if (!expected) return;
+    this.votes.set(m.from, m.voteGranted);
+    const result = this.voters.voteResult(this.votes);
+    if (result === VoteResult.Won) {
+      if (this.role === "PreCandidate") this.campaign("election");
+      else this.becomeLeader();
+    } else if (result === VoteResult.Lost) {
+      this.becomeFollower(this.term, NONE);
+    }
+  }
+
+  /** Tells a stale sender our term so that a deposed leader or pre-candidate learns it at once. */
+  private answerStaleMessage(m: Message): void {
+    if (!(this.config.checkQuorum || this.config.preVote)) return;
+    const base = { from: this.id, to: m.from, term: this.term };
+    if (m.type === "AppendEntries" || m.type === "Heartbeat") {
+      this.send({ ...base, type: "AppendEntriesResponse", success: false, matchIndex: 0, conflictTerm: 0, conflictIndex: 0 });
+    } else if (m.type === "RequestVote" && m.preVote) {
+      this.send({ ...base, type: "RequestVoteResponse", voteGranted: false, preVote: true });
+    } else if (m.type === "InstallSnapshot") {
+      this.send({ ...base, type: "InstallSnapshotResponse", success: false, matchIndex: 0 });
+    }
+  }
+
+  // ---- Follower side of replication ------------------------------------------------------------
+
+  private handleAppendEntries(m: MessageOf<"AppendEntries">): void {
+    const reply = (success: boolean, matchIndex: number, conflictTerm = 0, conflictIndex = 0) =>
+      this.send({ type: "AppendEntriesResponse", from: this.id, to: m.from, term: this.term, success, matchIndex, conflictTerm, conflictIndex });
+    if (m.prevLogIndex < this.log.commitIndex) {
+      // Everything up to our commitIndex matches the leader's log already (a stale or duplicate append).
+      reply(true, this.log.commitIndex);
+      return;
+    }
+    if (this.log.matchTerm(m.prevLogIndex, m.prevLogTerm)) {
+      const lastNew = this.log.appendFromLeader(m.prevLogIndex, m.entries);
+      this.log.commitTo(Math.min(m.leaderCommit, lastNew));
+      reply(true, lastNew);
+      return;
+    }
+    // Rejected: matchIndex names the rejected prevLogIndex so the leader can spot stale answers.
+    if (m.prevLogIndex > this.log.lastIndex()) {
+      reply(false, m.prevLogIndex, 0, this.log.lastIndex() + 1);
+      return;
+    }
+    const conflictTerm = this.log.term(m.prevLogIndex);
+    if (conflictTerm === undefined) throw new Error(`invariant: no term for index ${m.prevLogIndex} >= commitIndex ${this.log.commitIndex}`);
+    let conflictIndex = m.prevLogIndex;
+    while (conflictIndex - 1 > this.log.commitIndex && this.log.term(conflictIndex - 1) === conflictTerm) conflictIndex--;
+    reply(false, m.prevLogIndex, conflictTerm, conflictIndex);
+  }
+
+  private handleHeartbeat(m: MessageOf<"Heartbeat">): void {
+    this.log.commitTo(Math.min(m.commitIndex, this.log.lastIndex()));
+    this.send({ type: "HeartbeatResponse", from: this.id, to: m.from, term: this.term, readContext: m.readContext });
+  }
+
+  private handleInstallSnapshot(m: MessageOf<"InstallSnapshot">): void {
+    const reply = (matchIndex: number) =>
+      this.send({ type: "InstallSnapshotResponse", from: this.id, to: m.from, term: this.term, success: true, matchIndex });
+    if (m.snapshot.index <= this.log.commitIndex) {
+      // Already have it (acceptSnapshot said no, so the state machine was not touched).
+      reply(this.log.commitIndex);
+      return;
+    }
+    this.log.restore(m.snapshot);
+    this.snapshotToInstall = { index: m.snapshot.index, term: m.snapshot.term, members: [...m.snapshot.members] };
+    reply(m.snapshot.index);
+  }
+
+  // ---- Leader side of replication --------------------------------------------------------------
+
+  private progressOf(id: NodeId): Progress {
+    const pr = this.progress.get(id);
+    if (pr === undefined) throw new Error(`invariant: no progress for ${id} on leader ${this.id}`);
+    return pr;
+  }
+
+  private appendEntries(entries: Entry[]): void {
+    this.log.append(entries);
+    this.progressOf(this.id).maybeUpdate(this.log.lastIndex());
+    this.maybeCommit();
+  }
+
+  /** Commits the highest index a quorum holds, but only if it is of this term (§5.4.2, Figure 8). */
+  private maybeCommit(): boolean {
+    const index = this.voters.committedIndex((id) => this.progressOf(id).matchIndex);
+    if (index <= this.log.commitIndex || this.log.term(index) !== this.term) return false;
+    const firstOfTerm = !this.committedInCurrentTerm();
+    this.log.commitTo(index);
+    if (firstOfTerm && this.deferredReads.length > 0) {
+      for (const context of this.deferredReads) this.readOnly.add(context, this.log.commitIndex);
+      this.deferredReads = [];
+      this.readBroadcastPending = true;
+    }
+    return true;
+  }
+
+  private committedInCurrentTerm(): boolean {
+    return this.log.term(this.log.commitIndex) === this.term;
+  }
+
+  private flushBroadcasts(): void {
+    if (this.role !== "Leader") return;
+    if (this.appendBroadcastPending) {
+      this.appendBroadcastPending = false;
+      this.broadcastAppend();
+    }
+    if (this.readBroadcastPending) {
+      this.readBroadcastPending = false;
+      this.broadcastHeartbeat();
+    }
+  }
+
+  private broadcastAppend(): void {
+    for (const id of this.voters.voters) if (id !== this.id) this.sendAppend(id);
+  }
+
+  private broadcastHeartbeat(): void {
+    const round = this.readOnly.currentRound();
+    for (const id of this.voters.voters) {
+      if (id === this.id) continue;
+      const commitIndex = Math.min(this.progressOf(id).matchIndex, this.log.commitIndex);
+      this.send({ type: "Heartbeat", from: this.id, to: id, term: this.term, commitIndex, readContext: round });
+    }
+  }
+
+  /** Sends the follower what it needs next; false if nothing was sent. */
+  private sendAppend(to: NodeId, sendIfEmpty = true): boolean {
+    const pr = this.progressOf(to);
+    if (pr.isPaused()) return false;
+    const prevLogIndex = pr.nextIndex - 1;
+    const prevLogTerm = this.log.term(prevLogIndex);
+    if (prevLogTerm === undefined) {
+      if (prevLogIndex > this.log.lastIndex()) throw new Error(`invariant: nextIndex ${pr.nextIndex} of ${to} beyond last index ${this.log.lastIndex()}`);
+      // The entries it needs are compacted: the driver streams the state machine's snapshot.
+      pr.becomeSnapshot(this.log.snapshot.index);
+      this.send({ type: "InstallSnapshot", from: this.id, to, term: this.term, snapshot: { ...this.log.snapshot, members: [...this.log.snapshot.members] } });
+      return true;
+    }
+    const entries = this.log.slice(pr.nextIndex, this.log.lastIndex() + 1, this.config.maxBytesPerAppend);
+    if (entries.length === 0 && !sendIfEmpty) return false;
+    this.send({ type: "AppendEntries", from: this.id, to, term: this.term, prevLogIndex, prevLogTerm, entries, leaderCommit: this.log.commitIndex });
+    pr.sentEntries(prevLogIndex + entries.length, entries.length);
+    return true;
+  }
+
+  private handleAppendResponse(m: MessageOf<"AppendEntriesResponse">): void {
+    const pr = this.progressOf(m.from);
+    pr.recentActive = true;
+    if (!m.success) {
+      if (pr.maybeDecreaseTo(m.matchIndex, this.nextIndexHint(m))) {
+        if (pr.state === "replicate") pr.becomeProbe();
+        this.sendAppend(m.from);
+      }
+      return;
+    }
+    if (m.matchIndex > this.log.lastIndex()) {
+      throw new Error(`invariant: follower ${m.from} acknowledged index ${m.matchIndex} beyond leader's last index ${this.log.lastIndex()}`);
+    }
+    const wasPaused = pr.isPaused();
+    if (!pr.maybeUpdate(m.matchIndex)) return;
+    if (pr.state === "probe") pr.becomeReplicate();
+    else if (pr.state === "snapshot" && pr.matchIndex >= pr.pendingSnapshot) pr.becomeReplicate();
+    else if (pr.state === "replicate") pr.inflights.freeLE(pr.matchIndex);
+    if (this.maybeCommit()) this.broadcastAppend();
+    else if (wasPaused) this.sendAppend(m.from);
+    // Fill the window: bounded by maxInflight, as each send either adds an inflight or sends nothing.
+    while (this.sendAppend(m.from, false)) {
+      if (pr.state !== "replicate") break;
+    }
+    if (m.from === this.leadTransferee && pr.matchIndex === this.log.lastIndex()) {
+      this.send({ type: "TimeoutNow", from: this.id, to: m.from, term: this.term });
+    }
+  }
+
+  /** Where to resume after a rejection, from the follower's conflicting term and its first index. */
+  private nextIndexHint(m: MessageOf<"AppendEntriesResponse">): number {
+    if (m.conflictTerm > 0) {
+      // If we hold entries of conflictTerm, resume right after our last one of them.
+      for (let i = Math.min(m.matchIndex, this.log.lastIndex()); i > this.log.snapshot.index; i--) {
+        const t = this.log.term(i) as number;
+        if (t === m.conflictTerm) return i + 1;
+        if (t < m.conflictTerm) break;
+      }
+    }
+    return Math.max(1, m.conflictIndex);
+  }
+
+  private handleHeartbeatResponse(m: MessageOf<"HeartbeatResponse">): void {
+    const pr = this.progressOf(m.from);
+    pr.recentActive = true;
+    pr.probeSent = false;
+    // A full window whose appends were all lost would never drain: free one so an append goes
+    // out, and the follower's rejection (or acceptance) resynchronises.
+    if (pr.state === "replicate" && pr.inflights.full()) pr.inflights.freeFirst();
+    if (pr.matchIndex < this.log.lastIndex()) this.sendAppend(m.from);
+    if (m.readContext > 0) {
+      const confirmed = this.readOnly.ack(m.from, m.readContext, (acked) =>
+        this.voters.committedIndex((id) => (id === this.id ? Number.MAX_SAFE_INTEGER : (acked.get(id) ?? 0))),
+      );
+      for (const rs of confirmed) this.readStates.push(rs);
+    }
+  }
+
+  private handleSnapshotResponse(m: MessageOf<"InstallSnapshotResponse">): void {
+    const pr = this.progressOf(m.from);
+    pr.recentActive = true;
+    if (m.success) {
+      if (m.matchIndex > this.log.lastIndex()) {
+        throw new Error(`invariant: follower ${m.from} installed snapshot ${m.matchIndex} beyond leader's last index ${this.log.lastIndex()}`);
+      }
+      pr.maybeUpdate(m.matchIndex);
+      if (pr.state !== "replicate") pr.becomeReplicate();
+      if (this.maybeCommit()) this.broadcastAppend();
+      else this.sendAppend(m.from);
+    } else if (pr.state === "snapshot") {
+      this.reportSnapshot(m.from, false);
+    }
+  }
+
+  private send(m: Message): void {
+    this.messages.push(m);
+  }
+}
+
+function sameHardState(a: HardState, b: HardState): boolean {
+  return a.term === b.term && a.votedFor === b.votedFor && a.commitIndex === b.commitIndex;
+}
+
+function assertNever(x: never): never {
+  throw new Error(`unhandled message ${JSON.stringify(x)}`);
+}
+
+function validateConfig(c: RaftConfig): void {
+  const positive = (name: string, v: number) => {
+    if (!Number.isInteger(v) || v < 1) throw new RangeError(`RaftConfig.${name} must be a positive integer, got ${v}`);
+  };
+  positive("electionTicks", c.electionTicks);
+  positive("heartbeatTicks", c.heartbeatTicks);
+  positive("maxInflight", c.maxInflight);
+  positive("maxBytesPerAppend", c.maxBytesPerAppend);
+  if (c.maxPendingProposals !== undefined) positive("maxPendingProposals", c.maxPendingProposals);
+  if (c.maxPendingReads !== undefined) positive("maxPendingReads", c.maxPendingReads);
+  if (c.maxCommittedBytesPerReady !== undefined) positive("maxCommittedBytesPerReady", c.maxCommittedBytesPerReady);
+  if (c.heartbeatTicks >= c.electionTicks) {
+    throw new RangeError(`RaftConfig.heartbeatTicks (${c.heartbeatTicks}) must be below electionTicks (${c.electionTicks})`);
+  }
+  if (!c.peers.includes(c.id)) throw new RangeError(`RaftConfig.peers [${c.peers.join(", ")}] must include this node's id ${c.id}`);
+}
