@@ -1,0 +1,151 @@
+// Command encoding, the session table's deterministic expiry, and the snapshot stream's framing
+// (round trip, chunk bounds, truncation and corruption detection). No storage involved.
+import { describe, expect, test } from "bun:test";
+import { decodeCommand, encodeCommand, OP_APPEND, OP_CLOSE } from "../../src/kv/command.ts";
+import { KVCorruptionError } from "../../src/kv/errors.ts";
+import { RESULT_NO_KEY, RESULT_OK, SessionTable, type Session } from "../../src/kv/sessions.ts";
+import { decodeSnapshot, encodeSnapshot, type SnapshotRecord } from "../../src/kv/snapshot-stream.ts";
+
+const text = new TextDecoder();
+const bytes = (s: string) => new TextEncoder().encode(s);
+
+describe("command encoding", () => {
+  test("round trip keeps every field, including negative and large ids and UTF-8", () => {
+    const encoded = encodeCommand({ op: "Append", clientId: -5n, commandId: (1n << 62n) + 3n, key: "ключ", value: "v\u0000ü" });
+    const decoded = decodeCommand(encoded, 7);
+    expect(decoded.op).toBe(OP_APPEND);
+    expect(decoded.clientId).toBe(-5n);
+    expect(decoded.commandId).toBe((1n << 62n) + 3n);
+    expect(text.decode(decoded.key)).toBe("ключ");
+    expect(text.decode(decoded.value)).toBe("v\u0000ü");
+    expect(decodeCommand(encodeCommand({ op: "Close", clientId: 1n, commandId: 0n, key: "", value: "" }), 1).op).toBe(OP_CLOSE);
+  });
+
+  test("malformed commands are named corruption with the entry index", () => {
+    const good = encodeCommand({ op: "Put", clientId: 1n, commandId: 1n, key: "k", value: "v" });
+    expect(() => decodeCommand(good.subarray(0, 10), 42)).toThrow(/log entry 42/);
+    const badVersion = good.slice();
+    badVersion[0] = 9;
+    expect(() => decodeCommand(badVersion, 1)).toThrow(KVCorruptionError);
+    const badOp = good.slice();
+    badOp[1] = 77;
+    expect(() => decodeCommand(badOp, 1)).toThrow(/unknown op code 77/);
+    const badLength = good.slice();
+    new DataView(badLength.buffer).setUint32(18, 1000, true);
+    expect(() => decodeCommand(badLength, 1)).toThrow(/runs past/);
+  });
+});
+
+describe("session table", () => {
+  const s = (clientId: number, lastIndex: number): Session => ({ clientId: BigInt(clientId), commandId: 1n, lastIndex, result: RESULT_OK });
+
+  test("a session untouched for more than ttlEntries entries expires", () => {
+    const table = new SessionTable({ ttlEntries: 10, maxSessions: 100 });
+    table.record(s(1, 1));
+    table.record(s(2, 5));
+    expect(table.expire(11).map((x) => x.clientId)).toEqual([]);
+    expect(table.expire(12).map((x) => x.clientId)).toEqual([1n]);
+    table.record(s(2, 12)); // touched again: its clock restarts
+    expect(table.expire(20)).toEqual([]);
+    expect(table.expire(23).map((x) => x.clientId)).toEqual([2n]);
+    expect(table.size).toBe(0);
+  });
+
+  test("beyond maxSessions the least recently touched is evicted", () => {
+    const table = new SessionTable({ ttlEntries: 1000, maxSessions: 2 });
+    table.record(s(1, 1));
+    table.record(s(2, 2));
+    table.record(s(1, 3));
+    expect(table.record(s(3, 4)).map((x) => x.clientId)).toEqual([2n]);
+    expect([...table.values()].map((x) => x.clientId)).toEqual([1n, 3n]);
+  });
+
+  test("load restores LRU order from lastIndex and trims to the limit", () => {
+    const table = new SessionTable({ ttlEntries: 1000, maxSessions: 2 });
+    const dropped = table.load([s(3, 30), s(1, 10), s(2, 20)]);
+    expect(dropped.map((x) => x.clientId)).toEqual([1n]);
+    expect([...table.values()].map((x) => x.clientId)).toEqual([2n, 3n]);
+  });
+
+  test("rejects nonsensical limits", () => {
+    expect(() => new SessionTable({ ttlEntries: 0, maxSessions: 1 })).toThrow(RangeError);
+  });
+});
+
+async function* fromArray<T>(items: T[]): AsyncGenerator<T> {
+  for (const item of items) yield item;
+}
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
+
+function samplePairs(n: number): [Uint8Array, Uint8Array][] {
+  return Array.from({ length: n }, (_, i) => [bytes(`key-${String(i).padStart(5, "0")}`), bytes("v".repeat(i % 300))]);
+}
+
+const header = { version: 1, index: 99, term: 7, members: [0, 1, 2] };
+const sessions: Session[] = [
+  { clientId: -1n, commandId: 5n, lastIndex: 90, result: RESULT_OK },
+  { clientId: 12n, commandId: 1n, lastIndex: 95, result: RESULT_NO_KEY },
+];
+
+describe("snapshot stream", () => {
+  test("round trip with chunks never above the chunk size", async () => {
+    const pairs = samplePairs(2000);
+    const chunks = await collect(encodeSnapshot(header, fromArray(sessions), fromArray(pairs), 4096));
+    expect(chunks.length).toBeGreaterThan(10);
+    for (const c of chunks) expect(c.length).toBeLessThanOrEqual(4096);
+    const records = await collect(decodeSnapshot(fromArray(chunks)));
+    expect(records[0]).toEqual({ type: "header", header });
+    const gotSessions = records.flatMap((r) => (r.type === "sessions" ? r.sessions : []));
+    expect(gotSessions).toEqual(sessions);
+    const gotPairs = records.flatMap((r) => (r.type === "pairs" ? r.pairs : []));
+    expect(gotPairs.length).toBe(2000);
+    expect(gotPairs.map(([k, v]) => [text.decode(k), v.length])).toEqual(pairs.map(([k, v]) => [text.decode(k), v.length]));
+    expect(records.at(-1)).toEqual({ type: "trailer", sessions: 2, pairs: 2000 });
+  });
+
+  test("a value larger than a chunk spans several chunks", async () => {
+    const big: [Uint8Array, Uint8Array] = [bytes("big"), new Uint8Array(10_000).fill(7)];
+    const chunks = await collect(encodeSnapshot(header, fromArray([]), fromArray([big]), 1024));
+    for (const c of chunks) expect(c.length).toBeLessThanOrEqual(1024);
+    const pairs = (await collect(decodeSnapshot(fromArray(chunks)))).flatMap((r: SnapshotRecord) => (r.type === "pairs" ? r.pairs : []));
+    expect(pairs[0][1]).toEqual(big[1]);
+  });
+
+  test("a stream cut at any chunk boundary is detected as truncated", async () => {
+    const chunks = await collect(encodeSnapshot(header, fromArray(sessions), fromArray(samplePairs(300)), 512));
+    for (let keep = 0; keep < chunks.length; keep++) {
+      await expect(collect(decodeSnapshot(fromArray(chunks.slice(0, keep))))).rejects.toThrow(/truncated|starts with/);
+    }
+  });
+
+  test("a stream cut mid-chunk is detected", async () => {
+    const chunks = await collect(encodeSnapshot(header, fromArray(sessions), fromArray(samplePairs(300)), 512));
+    const cut = [...chunks.slice(0, 3), chunks[3].subarray(0, 100)];
+    await expect(collect(decodeSnapshot(fromArray(cut)))).rejects.toThrow(/truncated/);
+  });
+
+  test("a flipped byte anywhere is detected", async () => {
+    const chunks = await collect(encodeSnapshot(header, fromArray(sessions), fromArray(samplePairs(100)), 256));
+    const flat = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+    let offset = 0;
+    for (const c of chunks) {
+      flat.set(c, offset);
+      offset += c.length;
+    }
+    for (let position = 0; position < flat.length; position += 37) {
+      const damaged = flat.slice();
+      damaged[position] ^= 0x10;
+      await expect(collect(decodeSnapshot(fromArray([damaged])))).rejects.toThrow(KVCorruptionError);
+    }
+  });
+
+  test("data after the trailer is rejected", async () => {
+    const chunks = await collect(encodeSnapshot(header, fromArray([]), fromArray(samplePairs(3)), 4096));
+    await expect(collect(decodeSnapshot(fromArray([...chunks, ...chunks])))).rejects.toThrow(/after its trailer|second header/);
+  });
+});
