@@ -96,6 +96,8 @@ export function encodeMessage(message: Message): WireMessage {
       wire.logIndex = u64(message.lastLogIndex, "lastLogIndex");
       wire.logTerm = u64(message.lastLogTerm, "lastLogTerm");
       wire.preVote = message.preVote;
+      // types.ts: a transfer campaign travels in `ok`, which REQUEST_VOTE does not otherwise use.
+      wire.ok = message.transfer === true;
       break;
     case "RequestVoteResponse":
       wire.type = WireMessageType.REQUEST_VOTE_RESPONSE;
@@ -160,6 +162,7 @@ export function decodeMessage(wire: WireMessage): Message {
         lastLogIndex: num(wire.logIndex, "lastLogIndex"),
         lastLogTerm: num(wire.logTerm, "lastLogTerm"),
         preVote: wire.preVote,
+        ...(wire.ok ? { transfer: true } : {}),
       };
     case WireMessageType.REQUEST_VOTE_RESPONSE:
       return { type: "RequestVoteResponse", from, to, term, voteGranted: wire.ok, preVote: wire.preVote };

@@ -9,6 +9,7 @@ const big = Number.MAX_SAFE_INTEGER;
 
 const samples: Message[] = [
   { type: "RequestVote", from: 0, to: 2, term: 7, lastLogIndex: 41, lastLogTerm: 6, preVote: true },
+  { type: "RequestVote", from: 1, to: 2, term: 8, lastLogIndex: 41, lastLogTerm: 7, preVote: false, transfer: true },
   { type: "RequestVote", from: 1, to: 0, term: big, lastLogIndex: big, lastLogTerm: big - 1, preVote: false },
   { type: "RequestVoteResponse", from: 2, to: 0, term: 7, voteGranted: true, preVote: true },
   { type: "RequestVoteResponse", from: 2, to: 0, term: 8, voteGranted: false, preVote: false },

@@ -1,0 +1,123 @@
+// Clerk against three in-process nodes with scripted behaviour: leader hints, timeouts, dead
+// nodes, refusals, bounded give-up, and the same commandId on every retry of one operation.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { Clerk, ClerkError } from "../../src/kv/client.ts";
+import { registerKVService, type KVBackend, type KVErr } from "../../src/rpc/kv-handlers.ts";
+import { RpcServer } from "../../src/rpc/server.ts";
+
+type Call = { node: number; op: string; key: string; clientId: bigint; commandId: bigint };
+const calls: Call[] = [];
+const data = new Map<string, string>();
+/** Which node leads; others answer ErrWrongLeader with this hint (or none when hint is false). */
+let leader = 2;
+let hint = true;
+/** The leader answers ErrTimeout this many times before it succeeds. */
+let timeoutsLeft = 0;
+
+function node(id: number): KVBackend {
+  return {
+    async command(args) {
+      calls.push({ node: id, op: args.op, key: args.key, clientId: args.clientId, commandId: args.commandId });
+      if (args.key.startsWith("bad")) throw Object.assign(new Error("key must not start with bad"), { code: "invalid_argument" });
+      if (id !== leader) return hint ? { err: "ErrWrongLeader" as KVErr, value: "", leaderId: leader } : { err: "ErrWrongLeader" as KVErr, value: "" };
+      if (timeoutsLeft > 0) {
+        timeoutsLeft--;
+        return { err: "ErrTimeout" as KVErr, value: "" };
+      }
+      if (args.op === "Get") return data.has(args.key) ? { err: "OK", value: data.get(args.key)! } : { err: "ErrNoKey", value: "" };
+      if (args.op === "Delete") return data.delete(args.key) ? { err: "OK", value: "" } : { err: "ErrNoKey", value: "" };
+      data.set(args.key, (args.op === "Append" ? (data.get(args.key) ?? "") : "") + args.value);
+      return { err: "OK", value: "" };
+    },
+    async getStatus() {
+      return { id, state: id === leader ? "Leader" : "Follower", term: 3, lastApplied: 7, commitIndex: 7, storageSize: 100, leaderId: leader, members: [0, 1, 2], snapshotIndex: 0 };
+    },
+  };
+}
+
+const servers: RpcServer[] = [];
+let addrs: string[] = [];
+const transport = (baseUrl: string) => createConnectTransport({ baseUrl, httpVersion: "2" });
+
+beforeAll(async () => {
+  for (const id of [0, 1, 2]) servers.push(await RpcServer.start({ port: 0, routes: (r) => registerKVService(r, node(id)) }));
+  addrs = servers.map((s) => `127.0.0.1:${s.port}`);
+});
+afterAll(async () => {
+  for (const server of servers) await server.close();
+});
+
+describe("Clerk", () => {
+  test("put/append/get/delete, following the leader hint", async () => {
+    leader = 2;
+    hint = true;
+    calls.length = 0;
+    const clerk = new Clerk({ addrs, transport });
+    await clerk.put("a", "1");
+    expect(calls.map((c) => c.node)).toEqual([0, 2]); // asked 0, told "2 leads", went there
+    await clerk.append("a", "2");
+    expect(await clerk.get("a")).toBe("12");
+    expect(await clerk.delete("a")).toBe(true);
+    expect(await clerk.delete("a")).toBe(false);
+    expect(await clerk.get("a")).toBeNull();
+    expect(calls.slice(2).every((c) => c.node === 2)).toBe(true); // remembered the leader
+    const ids = calls.map((c) => c.commandId);
+    expect(ids).toEqual([1n, 1n, 2n, 3n, 4n, 5n, 6n]);
+    expect(new Set(calls.map((c) => c.clientId)).size).toBe(1);
+    expect(clerk.clientId > 0n && clerk.clientId < 1n << 63n).toBe(true);
+  });
+
+  test("without hints, ErrTimeout and a dead node: tries the next node, same commandId throughout", async () => {
+    leader = 1;
+    hint = false;
+    timeoutsLeft = 2;
+    calls.length = 0;
+    const deadAddrs = [addrs[0]!, addrs[1]!, "127.0.0.1:1"]; // node 2 unreachable
+    const clerk = new Clerk({ addrs: deadAddrs, transport, backoffMs: 5 });
+    await clerk.put("b", "x");
+    expect(calls.length).toBeGreaterThanOrEqual(4);
+    expect(new Set(calls.map((c) => c.commandId))).toEqual(new Set([1n]));
+    expect(calls.at(-1)).toMatchObject({ node: 1, op: "Put" });
+    expect(data.get("b")).toBe("x");
+  });
+
+  test("a refused request fails at once with its reason", async () => {
+    const clerk = new Clerk({ addrs, transport });
+    const error = await clerk.put("bad-key", "v").then(() => null, (e: unknown) => e);
+    expect(error).toBeInstanceOf(ClerkError);
+    expect((error as ClerkError).code).toBe("invalid_argument");
+    expect((error as ClerkError).message).toContain("must not start with bad");
+  });
+
+  test("no leader anywhere: gives up within the operation timeout with a clear error", async () => {
+    leader = 99;
+    hint = false;
+    const clerk = new Clerk({ addrs, transport, operationTimeoutMs: 300, backoffMs: 5 });
+    const started = Date.now();
+    const error = await clerk.get("c").then(() => null, (e: unknown) => e);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect((error as ClerkError).code).toBe("timeout");
+    expect((error as ClerkError).message).toMatch(/GET\("c"\) gave up after \d+ ms.*not the leader/);
+    leader = 2;
+  });
+
+  test("getStatus asks every node and marks the unreachable Offline", async () => {
+    const clerk = new Clerk({ addrs: [addrs[0]!, "127.0.0.1:1", addrs[2]!], transport, statusTimeoutMs: 500 });
+    const rows = await clerk.getStatus();
+    expect(rows.map((r) => r.state)).toEqual(["Follower", "Offline", "Leader"]);
+    expect(rows[0]).toMatchObject({ online: true, id: 0, term: 3n, lastApplied: 7n, storageSize: 100n });
+    expect(rows[1]).toMatchObject({ online: false, address: "127.0.0.1:1" });
+  });
+
+  test("concurrent operations on one Clerk run one at a time, in order", async () => {
+    leader = 2;
+    hint = true;
+    calls.length = 0;
+    const clerk = new Clerk({ addrs, transport });
+    await Promise.all(Array.from({ length: 10 }, (_, i) => clerk.append("seq", String(i))));
+    expect(data.get("seq")).toBe("0123456789");
+    const leaderCalls = calls.filter((c) => c.node === 2).map((c) => c.commandId);
+    expect(leaderCalls).toEqual([...leaderCalls].sort((a, b) => (a < b ? -1 : 1)));
+  });
+});
