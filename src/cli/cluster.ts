@@ -1,3 +1,104 @@
-// Local 3-node cluster launcher. The serving layer (kvserver processes) is not built yet.
-console.error("kvraft: `bun run cluster` needs the serving layer (kvserver), which is not built yet.");
-process.exit(1);
+// bun run cluster: a local 3-node kvraft cluster on localhost:5001-5003 (data under ./data/node-<i>),
+// three kvserver child processes with their output prefixed; Ctrl-C or SIGTERM stops all three.
+// Extra arguments are passed to every kvserver (e.g. bun run cluster --cors-origin http://localhost:8080).
+
+import * as path from "node:path";
+
+const ADDRS = ["localhost:5001", "localhost:5002", "localhost:5003"];
+const KVSERVER = path.join(import.meta.dir, "kvserver.ts");
+const STOP_GRACE_MS = 10_000;
+
+type Child = { id: number; proc: Bun.Subprocess<"ignore", "pipe", "pipe">; serving: boolean; exited: boolean };
+
+async function pipeLines(stream: ReadableStream<Uint8Array>, prefix: string, out: NodeJS.WriteStream, onLine: (line: string) => void) {
+  const decoder = new TextDecoder();
+  let pending = "";
+  for await (const chunk of stream) {
+    pending += decoder.decode(chunk, { stream: true });
+    let newline: number;
+    while ((newline = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, newline);
+      pending = pending.slice(newline + 1);
+      out.write(`${prefix}${line}\n`);
+      onLine(line);
+    }
+  }
+  if (pending !== "") out.write(`${prefix}${pending}\n`);
+}
+
+async function main(): Promise<number> {
+  const extra = process.argv.slice(2);
+  const children: Child[] = [];
+  let stopping = false;
+  let announced = false;
+
+  const stopAll = async (reason: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    console.log(`[cluster] ${reason}: stopping the nodes`);
+    for (const child of children) if (!child.exited) child.proc.kill("SIGTERM");
+    const deadline = setTimeout(() => {
+      for (const child of children) {
+        if (!child.exited) {
+          console.log(`[cluster] node ${child.id} (pid ${child.proc.pid}) did not stop in time; killing it`);
+          child.proc.kill("SIGKILL");
+        }
+      }
+    }, STOP_GRACE_MS);
+    await Promise.all(children.map((c) => c.proc.exited));
+    clearTimeout(deadline);
+  };
+
+  for (let id = 0; id < ADDRS.length; id++) {
+    const proc = Bun.spawn(["bun", KVSERVER, "-id", String(id), "-addrs", ADDRS.join(","), "-db", path.join("data", `node-${id}`), ...extra], {
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const child: Child = { id, proc, serving: false, exited: false };
+    children.push(child);
+    const prefix = `[node ${id}] `;
+    const onLine = (line: string) => {
+      if (!child.serving && line.includes("serving on")) {
+        child.serving = true;
+        if (!announced && children.length === ADDRS.length && children.every((c) => c.serving)) {
+          announced = true;
+          console.log(
+            `[cluster] all ${ADDRS.length} nodes serving on ${ADDRS.join(", ")}. Try:\n` +
+              `  bun run kvclient -op put -key hello -value world\n` +
+              `  bun run kvclient -op get -key hello\n` +
+              `  bun run kvclient -op status\n` +
+              `  curl -s -H 'Content-Type: application/json' -d '{"key":"hello","op":"GET"}' http://localhost:5001/kvraftpb.KVService/Command\n` +
+              `[cluster] Ctrl-C stops all three.`,
+          );
+        }
+      }
+    };
+    void pipeLines(proc.stdout, prefix, process.stdout, onLine);
+    void pipeLines(proc.stderr, prefix, process.stderr, () => {});
+    void proc.exited.then((code) => {
+      child.exited = true;
+      if (stopping) return;
+      console.log(`[cluster] node ${id} (pid ${proc.pid}) exited with code ${code}`);
+      if (!child.serving) void stopAll(`node ${id} failed to start`);
+      else if (children.every((c) => c.exited)) void stopAll("every node exited");
+    });
+  }
+
+  const done = new Promise<void>((resolve) => {
+    process.on("SIGINT", () => void stopAll("SIGINT").then(resolve));
+    process.on("SIGTERM", () => void stopAll("SIGTERM").then(resolve));
+    const poll = setInterval(() => {
+      if (children.every((c) => c.exited)) {
+        clearInterval(poll);
+        resolve();
+      }
+    }, 200);
+  });
+  await done;
+  const clean = children.every((c) => c.proc.exitCode === 0);
+  console.log(`[cluster] stopped${clean ? "" : " (some nodes did not exit cleanly)"}`);
+  return clean && announced ? 0 : 1;
+}
+
+main().then((code) => process.exit(code));

@@ -1,0 +1,95 @@
+// The data directory's identity file: which node of which cluster owns the directory. A node
+// started on another node's directory (or another cluster's) would corrupt both; refuse instead.
+
+import * as fs from "node:fs";
+import * as path from "node:path";
+
+export const IDENTITY_FILE = "KVRAFT_NODE.json";
+
+export interface NodeIdentity {
+  format: 1;
+  nodeId: number;
+  /** The cluster's address list in node-id order: the cluster's identity. */
+  addrs: string[];
+}
+
+/** The data directory cannot be used by this node; the message says why and what to do. */
+export class DataDirError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DataDirError";
+  }
+}
+
+/**
+ * Creates `dir` if needed and checks (or, on first start, writes) its identity file.
+ * Throws DataDirError for a directory of another node or cluster, or one that cannot be used.
+ */
+export function claimDataDir(dir: string, nodeId: number, addrs: readonly string[]): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    fs.accessSync(dir, fs.constants.R_OK | fs.constants.W_OK | fs.constants.X_OK);
+  } catch (error) {
+    throw new DataDirError(`cannot use data directory ${dir}: ${(error as Error).message}`);
+  }
+  if (!fs.statSync(dir).isDirectory()) throw new DataDirError(`data directory ${dir} is not a directory`);
+  const file = path.join(dir, IDENTITY_FILE);
+  let text: string | null = null;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") {
+      throw new DataDirError(`cannot read ${file}: ${(error as Error).message}`);
+    }
+  }
+  if (text === null) {
+    // A leftover temp file is a first start that crashed before its rename: not foreign data.
+    fs.rmSync(`${file}.tmp`, { force: true });
+    const entries = fs.readdirSync(dir);
+    if (entries.length > 0) {
+      throw new DataDirError(
+        `data directory ${dir} is not empty but has no ${IDENTITY_FILE}: it was not made by kvserver ` +
+          `(or belongs to something else); choose another -db or empty it`,
+      );
+    }
+    writeIdentity(dir, file, { format: 1, nodeId, addrs: [...addrs] });
+    return;
+  }
+  let identity: NodeIdentity;
+  try {
+    identity = JSON.parse(text) as NodeIdentity;
+    if (identity.format !== 1 || !Number.isInteger(identity.nodeId) || !Array.isArray(identity.addrs)) throw new Error("unexpected shape");
+  } catch (error) {
+    throw new DataDirError(`${file} is damaged (${(error as Error).message}); restore it or choose another -db`);
+  }
+  if (identity.nodeId !== nodeId) {
+    throw new DataDirError(
+      `data directory ${dir} belongs to node ${identity.nodeId}, not node ${nodeId}: ` +
+        `start node ${nodeId} with its own -db (e.g. -db ${dir}-${nodeId})`,
+    );
+  }
+  if (identity.addrs.join(",") !== addrs.join(",")) {
+    throw new DataDirError(
+      `data directory ${dir} belongs to the cluster -addrs "${identity.addrs.join(",")}", not "${addrs.join(",")}": ` +
+        `pass the same -addrs as before, or if the cluster really moved, edit ${file}`,
+    );
+  }
+}
+
+function writeIdentity(dir: string, file: string, identity: NodeIdentity): void {
+  const temp = `${file}.tmp`;
+  const fd = fs.openSync(temp, "w");
+  try {
+    fs.writeSync(fd, JSON.stringify(identity, null, 2) + "\n");
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(temp, file);
+  const dirFd = fs.openSync(dir, "r");
+  try {
+    fs.fsyncSync(dirFd);
+  } finally {
+    fs.closeSync(dirFd);
+  }
+}
