@@ -1,0 +1,252 @@
+// Data and index blocks: entries with prefix-compressed internal keys, a restart point every
+// `restartInterval` entries (full key stored there, for binary search), and a restart array.
+import { ByteWriter, compareEncodedInternal, readU32, trailerSeq, writeTrailer } from "./coding.ts";
+import { corruption } from "./errors.ts";
+import type { InternalIterator } from "./iterator.ts";
+
+export class BlockBuilder {
+  private readonly out = new ByteWriter(8192);
+  private restarts: number[] = [0];
+  private counter = 0;
+  private last = new Uint8Array(256);
+  private lastLen = 0;
+  private scratch = new Uint8Array(256);
+  entries = 0;
+
+  constructor(private readonly restartInterval = 16) {}
+
+  get empty(): boolean {
+    return this.entries === 0;
+  }
+  /** Size of the block if finished now. */
+  get estimatedSize(): number {
+    return this.out.pos + this.restarts.length * 4 + 4;
+  }
+
+  /** Adds internal key (userKey, seq, kind); keys must arrive in internal order. */
+  add(userKey: Uint8Array, seq: number, kind: number, value: Uint8Array): void {
+    const klen = userKey.length + 8;
+    if (this.scratch.length < klen) this.scratch = new Uint8Array(klen * 2);
+    this.scratch.set(userKey, 0);
+    writeTrailer(this.scratch, userKey.length, seq, kind);
+    this.addEncoded(this.scratch, klen, value);
+  }
+
+  /** Adds an already encoded internal key key[0, klen). */
+  addEncoded(key: Uint8Array, klen: number, value: Uint8Array): void {
+    let shared = 0;
+    if (this.counter < this.restartInterval) {
+      const n = Math.min(this.lastLen, klen);
+      while (shared < n && this.last[shared] === key[shared]) shared++;
+    } else {
+      this.restarts.push(this.out.pos);
+      this.counter = 0;
+    }
+    const w = this.out;
+    w.varint(shared);
+    w.varint(klen - shared);
+    w.varint(value.length);
+    w.bytes(key, shared, klen);
+    w.bytes(value);
+    if (this.last.length < klen) {
+      const next = new Uint8Array(klen * 2);
+      next.set(this.last.subarray(0, this.lastLen));
+      this.last = next;
+    }
+    this.last.set(key.subarray(shared, klen), shared);
+    this.lastLen = klen;
+    this.counter++;
+    this.entries++;
+  }
+
+  /** The last key added, encoded (a view valid until the next add). */
+  lastKey(): Uint8Array {
+    return this.last.subarray(0, this.lastLen);
+  }
+
+  /** Appends the finished block (contents only, no trailer) to `dst` and resets. */
+  finishInto(dst: ByteWriter): void {
+    for (const r of this.restarts) this.out.u32(r);
+    this.out.u32(this.restarts.length);
+    dst.bytes(this.out.buf, 0, this.out.pos);
+    this.out.reset();
+    this.restarts = [0];
+    this.counter = 0;
+    this.lastLen = 0;
+    this.entries = 0;
+  }
+}
+
+/** Cursor over one block. A malformed block throws CORRUPTION naming the file and block offset. */
+export class BlockIterator implements InternalIterator {
+  private data: Uint8Array = new Uint8Array(0);
+  private restartsOffset = 0;
+  private numRestarts = 0;
+  private cur = -1; // offset of current entry; -1 when invalid
+  private nextOff = 0;
+  private keyBuf = new Uint8Array(64);
+  private keyLen = 0;
+  private valStart = 0;
+  private valLen = 0;
+  private userKey: Uint8Array = this.keyBuf.subarray(0, 0);
+  private entrySeq = 0;
+
+  private file = "block";
+  private blockOffset = 0;
+
+  constructor(data?: Uint8Array, file?: string, blockOffset?: number) {
+    if (data) this.reset(data, file, blockOffset);
+  }
+
+  reset(data: Uint8Array, file = "block", blockOffset = 0): void {
+    this.file = file;
+    this.blockOffset = blockOffset;
+    if (data.length < 4) throw this.fail("block too short");
+    this.data = data;
+    this.numRestarts = readU32(data, data.length - 4);
+    this.restartsOffset = data.length - 4 - this.numRestarts * 4;
+    if (this.numRestarts === 0 || this.restartsOffset < 0) throw this.fail("bad restart array");
+    this.cur = -1;
+  }
+
+  private fail(what: string): Error {
+    return corruption(this.file, this.blockOffset, what);
+  }
+
+  valid(): boolean {
+    return this.cur >= 0;
+  }
+
+  private restartPoint(i: number): number {
+    return readU32(this.data, this.restartsOffset + i * 4);
+  }
+
+  /** Decodes the entry at `off` (whose shared prefix is already in keyBuf). */
+  private parse(off: number): void {
+    const d = this.data;
+    let p = off;
+    let shared = d[p++];
+    if (shared >= 0x80) ({ v: shared, p } = varintSlow(d, p - 1));
+    let nonShared = d[p++];
+    if (nonShared >= 0x80) ({ v: nonShared, p } = varintSlow(d, p - 1));
+    let valLen = d[p++];
+    if (valLen >= 0x80) ({ v: valLen, p } = varintSlow(d, p - 1));
+    const klen = shared + nonShared;
+    if (shared > this.keyLen || klen < 8 || p + nonShared + valLen > this.restartsOffset) {
+      throw this.fail(`bad entry at offset ${off} within the block`);
+    }
+    if (this.keyBuf.length < klen) {
+      const next = new Uint8Array(klen * 2);
+      next.set(this.keyBuf.subarray(0, shared));
+      this.keyBuf = next;
+    }
+    this.keyBuf.set(d.subarray(p, p + nonShared), shared);
+    this.keyLen = klen;
+    this.valStart = p + nonShared;
+    this.valLen = valLen;
+    this.cur = off;
+    this.nextOff = this.valStart + valLen;
+    this.userKey = this.keyBuf.subarray(0, klen - 8);
+    this.entrySeq = trailerSeq(this.keyBuf, klen - 8);
+  }
+
+  seekToFirst(): void {
+    this.keyLen = 0;
+    if (this.restartsOffset === 0) this.cur = -1;
+    else this.parse(0);
+  }
+
+  seekToLast(): void {
+    this.keyLen = 0;
+    if (this.restartsOffset === 0) {
+      this.cur = -1;
+      return;
+    }
+    this.parse(this.restartPoint(this.numRestarts - 1));
+    while (this.nextOff < this.restartsOffset) this.parse(this.nextOff);
+  }
+
+  seek(key: Uint8Array, seq: number): void {
+    if (this.restartsOffset === 0) {
+      this.cur = -1;
+      return;
+    }
+    // Binary search the restart points for the last one whose key is before the target.
+    let lo = 0;
+    let hi = this.numRestarts - 1;
+    const d = this.data;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      let p = this.restartPoint(mid);
+      let nonShared: number;
+      p++; // shared is 0 at a restart point
+      nonShared = d[p++];
+      if (nonShared >= 0x80) ({ v: nonShared, p } = varintSlow(d, p - 1));
+      const vl = d[p++];
+      if (vl >= 0x80) p = varintSlow(d, p - 1).p;
+      if (compareEncodedInternal(d, p, p + nonShared, key, seq, 1) < 0) lo = mid;
+      else hi = mid - 1;
+    }
+    this.keyLen = 0;
+    this.parse(this.restartPoint(lo));
+    for (;;) {
+      if (compareEncodedInternal(this.keyBuf, 0, this.keyLen, key, seq, 1) >= 0) return;
+      if (this.nextOff >= this.restartsOffset) {
+        this.cur = -1;
+        return;
+      }
+      this.parse(this.nextOff);
+    }
+  }
+
+  next(): void {
+    if (this.nextOff >= this.restartsOffset) this.cur = -1;
+    else this.parse(this.nextOff);
+  }
+
+  prev(): void {
+    const target = this.cur;
+    if (target <= 0) {
+      this.cur = -1;
+      return;
+    }
+    let r = this.numRestarts - 1;
+    while (r > 0 && this.restartPoint(r) >= target) r--;
+    this.keyLen = 0;
+    this.parse(this.restartPoint(r));
+    while (this.nextOff < target) this.parse(this.nextOff);
+  }
+
+  key(): Uint8Array {
+    return this.userKey;
+  }
+  seq(): number {
+    return this.entrySeq;
+  }
+  kind(): number {
+    return this.keyBuf[this.keyLen - 8];
+  }
+  value(): Uint8Array {
+    return this.data.subarray(this.valStart, this.valStart + this.valLen);
+  }
+  /** The encoded internal key (view valid until the cursor moves). */
+  internalKey(): Uint8Array {
+    return this.keyBuf.subarray(0, this.keyLen);
+  }
+  close(): void {
+    this.cur = -1;
+  }
+}
+
+function varintSlow(d: Uint8Array, p: number): { v: number; p: number } {
+  let v = 0;
+  let mul = 1;
+  for (let i = 0; i < 5 && p < d.length; i++) {
+    const b = d[p++];
+    v += (b & 0x7f) * mul;
+    if (b < 0x80) return { v, p };
+    mul *= 128;
+  }
+  // An impossible length: the bounds check in parse() reports the entry as corrupt.
+  return { v: Number.MAX_SAFE_INTEGER, p };
+}

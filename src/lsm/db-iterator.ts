@@ -1,0 +1,322 @@
+// The user-facing iterator: turns the merged stream of internal entries into the live key/value
+// pairs visible at one sequence number, within bounds, forward or reverse (LevelDB's DBIter).
+import { compareBytes, KIND_DEL, MAX_SEQ } from "./coding.ts";
+import { LsmError } from "./errors.ts";
+import type { InternalIterator } from "./iterator.ts";
+
+export interface IteratorOptions {
+  gt?: Uint8Array;
+  gte?: Uint8Array;
+  lt?: Uint8Array;
+  lte?: Uint8Array;
+  reverse?: boolean;
+  /** Maximum entries returned; negative or absent means no limit. */
+  limit?: number;
+}
+
+/**
+ * Live entries at `seq`, in user key order, with seek/next/prev in both directions.
+ * Moving forward, the internal cursor sits on the current entry; moving backward, it sits just
+ * before every version of the current key, and the current key/value are held copied.
+ */
+class UserEntryCursor {
+  private forward = true;
+  private ok = false;
+  private savedKey: Uint8Array = new Uint8Array(0);
+  private savedValue: Uint8Array = new Uint8Array(0);
+
+  constructor(private readonly iter: InternalIterator, private readonly seq: number) {}
+
+  valid(): boolean {
+    return this.ok;
+  }
+  key(): Uint8Array {
+    return this.forward ? this.iter.key() : this.savedKey;
+  }
+  value(): Uint8Array {
+    return this.forward ? this.iter.value() : this.savedValue;
+  }
+
+  seekToFirst(): void {
+    this.forward = true;
+    this.iter.seekToFirst();
+    this.findNext(false);
+  }
+  seekToLast(): void {
+    this.forward = false;
+    this.iter.seekToLast();
+    this.findPrev();
+  }
+  /** First live key ≥ key. */
+  seek(key: Uint8Array): void {
+    this.forward = true;
+    this.iter.seek(key, this.seq);
+    this.findNext(false);
+  }
+  /** Last live key ≤ key. */
+  seekForPrev(key: Uint8Array): void {
+    this.forward = false;
+    // (key, seq 0) sorts after every real version of key: land on the first entry past key.
+    this.iter.seek(key, 0);
+    if (this.iter.valid()) this.iter.prev();
+    else this.iter.seekToLast();
+    this.findPrev();
+  }
+
+  next(): void {
+    if (!this.forward) {
+      this.forward = true;
+      if (this.iter.valid()) this.iter.next();
+      else this.iter.seekToFirst();
+      if (!this.iter.valid()) {
+        this.ok = false;
+        return;
+      }
+      // savedKey holds the key to step past.
+    } else {
+      this.savedKey = this.iter.key().slice();
+      this.iter.next();
+    }
+    this.findNext(true);
+  }
+
+  prev(): void {
+    if (this.forward) {
+      this.savedKey = this.iter.key().slice();
+      for (;;) {
+        this.iter.prev();
+        if (!this.iter.valid()) {
+          this.ok = false;
+          this.forward = false;
+          return;
+        }
+        if (compareBytes(this.iter.key(), this.savedKey) < 0) break;
+      }
+      this.forward = false;
+    }
+    this.findPrev();
+  }
+
+  private findNext(skipping: boolean): void {
+    const it = this.iter;
+    for (; it.valid(); it.next()) {
+      if (it.seq() > this.seq) continue;
+      if (skipping && compareBytes(it.key(), this.savedKey) <= 0) continue;
+      if (it.kind() === KIND_DEL) {
+        this.savedKey = it.key().slice();
+        skipping = true;
+        continue;
+      }
+      this.ok = true;
+      return;
+    }
+    this.ok = false;
+  }
+
+  private findPrev(): void {
+    const it = this.iter;
+    let kind = KIND_DEL;
+    while (it.valid()) {
+      if (it.seq() <= this.seq) {
+        if (kind !== KIND_DEL && compareBytes(it.key(), this.savedKey) < 0) break;
+        kind = it.kind();
+        if (kind === KIND_DEL) {
+          this.savedKey = it.key().slice();
+        } else {
+          this.savedKey = it.key().slice();
+          this.savedValue = it.value().slice();
+        }
+      }
+      it.prev();
+    }
+    if (kind === KIND_DEL) {
+      this.ok = false;
+      this.forward = true;
+      return;
+    }
+    this.ok = true;
+  }
+
+  close(): void {
+    this.iter.close();
+    this.ok = false;
+  }
+}
+
+function checkBound(name: string, v: unknown): Uint8Array | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!(v instanceof Uint8Array)) throw new LsmError("INVALID_ARGUMENT", `iterator option ${name} must be a Uint8Array`);
+  return v;
+}
+
+/**
+ * A positioned iterator over live entries: seek/next/prev/valid/key/value/close, batch reads via
+ * nextv(n), and `for await` support. Keys and values returned are fresh copies. The iterator
+ * pins the version and snapshot it was created with until close() (or the loop ends).
+ */
+export class LsmIterator implements AsyncIterable<[Uint8Array, Uint8Array]> {
+  private readonly cursor: UserEntryCursor;
+  private readonly lower?: Uint8Array;
+  private readonly lowerInclusive: boolean;
+  private readonly upper?: Uint8Array;
+  private readonly upperInclusive: boolean;
+  readonly reverse: boolean;
+  private remaining: number;
+  private closed = false;
+
+  constructor(internal: InternalIterator, seq: number, opts: IteratorOptions, private readonly onClose: () => void) {
+    this.cursor = new UserEntryCursor(internal, seq > MAX_SEQ ? MAX_SEQ : seq);
+    const gt = checkBound("gt", opts.gt);
+    const gte = checkBound("gte", opts.gte);
+    const lt = checkBound("lt", opts.lt);
+    const lte = checkBound("lte", opts.lte);
+    // gt/lt win over gte/lte when both are given, as abstract-level specifies.
+    this.lower = gt ?? gte;
+    this.lowerInclusive = gt === undefined;
+    this.upper = lt ?? lte;
+    this.upperInclusive = lt === undefined;
+    this.reverse = opts.reverse === true;
+    this.remaining = opts.limit === undefined || opts.limit === null || opts.limit < 0 ? Infinity : opts.limit;
+    try {
+      this.seekToStart();
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+  }
+
+  private check(): void {
+    if (this.closed) throw new LsmError("CLOSED", "iterator used after close()");
+  }
+
+  private aboveLower(k: Uint8Array): boolean {
+    if (this.lower === undefined) return true;
+    const c = compareBytes(k, this.lower);
+    return this.lowerInclusive ? c >= 0 : c > 0;
+  }
+  private belowUpper(k: Uint8Array): boolean {
+    if (this.upper === undefined) return true;
+    const c = compareBytes(k, this.upper);
+    return this.upperInclusive ? c <= 0 : c < 0;
+  }
+
+  /** Moves to the first entry in iteration order. */
+  seekToStart(): void {
+    this.check();
+    if (this.reverse) this.seekBackward(this.upper, this.upperInclusive);
+    else this.seekForward(this.lower, this.lowerInclusive);
+  }
+
+  private seekForward(key: Uint8Array | undefined, inclusive: boolean): void {
+    const c = this.cursor;
+    if (key === undefined) c.seekToFirst();
+    else {
+      c.seek(key);
+      if (!inclusive && c.valid() && compareBytes(c.key(), key) === 0) c.next();
+    }
+  }
+  private seekBackward(key: Uint8Array | undefined, inclusive: boolean): void {
+    const c = this.cursor;
+    if (key === undefined) c.seekToLast();
+    else {
+      c.seekForPrev(key);
+      if (!inclusive && c.valid() && compareBytes(c.key(), key) === 0) c.prev();
+    }
+  }
+
+  /**
+   * Forward: the first entry with key ≥ target; reverse: the last entry with key ≤ target
+   * (clamped to the bounds).
+   */
+  seek(target: Uint8Array): void {
+    this.check();
+    if (!(target instanceof Uint8Array)) throw new LsmError("INVALID_ARGUMENT", "seek target must be a Uint8Array");
+    if (this.reverse) {
+      if (this.upper !== undefined && compareBytes(target, this.upper) >= 0) this.seekBackward(this.upper, this.upperInclusive);
+      else this.seekBackward(target, true);
+    } else {
+      if (this.lower !== undefined && compareBytes(target, this.lower) <= 0) this.seekForward(this.lower, this.lowerInclusive);
+      else this.seekForward(target, true);
+    }
+  }
+
+  /** True if positioned on an entry inside the bounds and within the limit. */
+  valid(): boolean {
+    if (this.closed || this.remaining <= 0 || !this.cursor.valid()) return false;
+    const k = this.cursor.key();
+    return this.aboveLower(k) && this.belowUpper(k);
+  }
+
+  key(): Uint8Array {
+    if (!this.valid()) throw new LsmError("INVALID_ARGUMENT", "iterator is not positioned on an entry");
+    return this.cursor.key().slice();
+  }
+  value(): Uint8Array {
+    if (!this.valid()) throw new LsmError("INVALID_ARGUMENT", "iterator is not positioned on an entry");
+    return this.cursor.value().slice();
+  }
+
+  /** Advances in iteration order (counts one entry against the limit). */
+  next(): void {
+    this.check();
+    if (!this.cursor.valid()) return;
+    this.remaining--;
+    if (this.reverse) this.cursor.prev();
+    else this.cursor.next();
+  }
+
+  /** Steps against iteration order. */
+  prev(): void {
+    this.check();
+    if (!this.cursor.valid()) {
+      this.seekToEnd();
+      return;
+    }
+    if (this.reverse) this.cursor.next();
+    else this.cursor.prev();
+  }
+
+  private seekToEnd(): void {
+    if (this.reverse) this.seekForward(this.lower, this.lowerInclusive);
+    else this.seekBackward(this.upper, this.upperInclusive);
+  }
+
+  /** Up to n entries from the current position onward; the cursor moves past them. */
+  nextv(n: number): [Uint8Array, Uint8Array][] {
+    this.check();
+    const out: [Uint8Array, Uint8Array][] = [];
+    while (out.length < n && this.valid()) {
+      out.push([this.cursor.key().slice(), this.cursor.value().slice()]);
+      this.next();
+    }
+    return out;
+  }
+
+  /** The current entry (copied) and a move to the next, or undefined at the end. */
+  read(): [Uint8Array, Uint8Array] | undefined {
+    this.check();
+    if (!this.valid()) return undefined;
+    const entry: [Uint8Array, Uint8Array] = [this.cursor.key().slice(), this.cursor.value().slice()];
+    this.next();
+    return entry;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.cursor.close();
+    this.onClose();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<[Uint8Array, Uint8Array]> {
+    try {
+      for (;;) {
+        const e = this.read();
+        if (e === undefined) return;
+        yield e;
+      }
+    } finally {
+      this.close();
+    }
+  }
+}

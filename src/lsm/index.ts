@@ -1,0 +1,9 @@
+// Public surface of the LSM engine; other layers import only from here.
+export { DB, Snapshot } from "./db.ts";
+export type { DBIteratorOptions, DBStats, ReadOptions, WriteOptions } from "./db.ts";
+export { LsmIterator } from "./db-iterator.ts";
+export type { IteratorOptions } from "./db-iterator.ts";
+export { LsmError } from "./errors.ts";
+export type { LsmErrorCode } from "./errors.ts";
+export type { DBOptions } from "./options.ts";
+export type { BatchOp } from "./batch.ts";

@@ -1,0 +1,85 @@
+// Options of DB.open with their defaults and bounds; every limit the engine enforces is here.
+import { LsmError } from "./errors.ts";
+import type { Logger } from "./manifest.ts";
+
+export interface DBOptions {
+  /** Memtable size that triggers a flush to an L0 table. Default 4 MiB. */
+  memtableBytes?: number;
+  /** Frozen memtables waiting for flush before writers wait. Default 2. */
+  maxImmutableMemtables?: number;
+  /** Block cache capacity. Default 8 MiB. */
+  blockCacheBytes?: number;
+  /** Open table files kept in the table cache. Default 500. */
+  maxOpenFiles?: number;
+  /** Uncompressed data block size. Default 4 KiB. */
+  blockSize?: number;
+  /** Keys between restart points in a data block. Default 16. */
+  blockRestartInterval?: number;
+  /** Bloom filter bits per key. Default 10 (~1% false positives). */
+  bloomBitsPerKey?: number;
+  /** Target size of compaction output tables. Default 2 MiB. */
+  targetFileSize?: number;
+  /** Maximum bytes of L1; each deeper level ×10. Default 10 MiB. */
+  level1MaxBytes?: number;
+  /** L0 table count that starts a compaction. Default 4. */
+  l0CompactionTrigger?: number;
+  /** L0 table count at which each write is delayed 1 ms. Default 8. */
+  l0SlowdownTrigger?: number;
+  /** L0 table count at which writes wait for compaction. Default 12. */
+  l0StopTrigger?: number;
+  maxKeyBytes?: number; // default 64 KiB
+  maxValueBytes?: number; // default 64 MiB
+  maxBatchBytes?: number; // default 256 MiB
+  /** Receives recovery warnings (e.g. a truncated torn WAL tail). Default console.warn. */
+  logger?: Logger;
+}
+
+export type ResolvedOptions = Required<DBOptions>;
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
+  if (o === null || typeof o !== "object") throw new LsmError("INVALID_ARGUMENT", "options must be an object");
+  const r: ResolvedOptions = {
+    memtableBytes: o.memtableBytes ?? 4 * MiB,
+    maxImmutableMemtables: o.maxImmutableMemtables ?? 2,
+    blockCacheBytes: o.blockCacheBytes ?? 8 * MiB,
+    maxOpenFiles: o.maxOpenFiles ?? 500,
+    blockSize: o.blockSize ?? 4 * KiB,
+    blockRestartInterval: o.blockRestartInterval ?? 16,
+    bloomBitsPerKey: o.bloomBitsPerKey ?? 10,
+    targetFileSize: o.targetFileSize ?? 2 * MiB,
+    level1MaxBytes: o.level1MaxBytes ?? 10 * MiB,
+    l0CompactionTrigger: o.l0CompactionTrigger ?? 4,
+    l0SlowdownTrigger: o.l0SlowdownTrigger ?? 8,
+    l0StopTrigger: o.l0StopTrigger ?? 12,
+    maxKeyBytes: o.maxKeyBytes ?? 64 * KiB,
+    maxValueBytes: o.maxValueBytes ?? 64 * MiB,
+    maxBatchBytes: o.maxBatchBytes ?? 256 * MiB,
+    logger: o.logger ?? ((m: string) => console.warn(m)),
+  };
+  const range = (name: keyof ResolvedOptions, lo: number, hi: number): void => {
+    const v = r[name] as number;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi) {
+      throw new LsmError("INVALID_ARGUMENT", `option ${name} must be an integer in [${lo}, ${hi}], got ${v}`);
+    }
+  };
+  range("memtableBytes", 4 * KiB, 1024 * MiB);
+  range("maxImmutableMemtables", 1, 16);
+  range("blockCacheBytes", 0, 64 * 1024 * MiB);
+  range("maxOpenFiles", 8, 1_000_000);
+  range("blockSize", 256, 1 * MiB);
+  range("blockRestartInterval", 1, 1024);
+  range("bloomBitsPerKey", 1, 64);
+  range("targetFileSize", 16 * KiB, 1024 * MiB);
+  range("level1MaxBytes", 64 * KiB, 1024 * 1024 * MiB);
+  range("l0CompactionTrigger", 1, 1000);
+  range("l0SlowdownTrigger", r.l0CompactionTrigger, 1000);
+  range("l0StopTrigger", r.l0SlowdownTrigger, 1000);
+  range("maxKeyBytes", 1, 16 * MiB);
+  range("maxValueBytes", 0, 1024 * MiB);
+  range("maxBatchBytes", 1024, 2048 * MiB);
+  if (typeof r.logger !== "function") throw new LsmError("INVALID_ARGUMENT", "option logger must be a function");
+  return r;
+}

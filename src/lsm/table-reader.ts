@@ -1,0 +1,242 @@
+// Reads one SSTable: footer, index and filter are loaded at open and kept while the table is in
+// the table cache; data blocks are read with pread, checksum-verified, and cached by offset.
+import * as fs from "node:fs";
+import { crc32cUpdate, unmaskCrc } from "../util/crc32c.ts";
+import { BlockIterator } from "./block.ts";
+import { bloomHash, bloomMayContain } from "./bloom.ts";
+import type { BlockCache, BlockMap, Releasable } from "./cache.ts";
+import { ByteReader, compareBytes, readU32 } from "./coding.ts";
+import { corruption, ioError } from "./errors.ts";
+import type { InternalIterator } from "./iterator.ts";
+import { BLOCK_TRAILER, FOOTER_SIZE, TABLE_MAGIC_HI, TABLE_MAGIC_LO } from "./table-builder.ts";
+
+export interface TableGetResult {
+  kind: number;
+  value: Uint8Array;
+}
+
+export class TableReader implements Releasable {
+  private refs = 1; // the opener's reference (normally the table cache)
+  private fd: number;
+  private readonly blocks: BlockMap = new Map();
+  private readonly index: Uint8Array;
+  private readonly filter: Uint8Array;
+  private readonly indexIter: BlockIterator;
+  private readonly dataIter = new BlockIterator();
+  bloomSkips = 0;
+
+  private constructor(
+    readonly name: string,
+    readonly fileNumber: number,
+    readonly fileSize: number,
+    fd: number,
+    private readonly cache: BlockCache,
+  ) {
+    this.fd = fd;
+    if (fileSize < FOOTER_SIZE) throw corruption(name, 0, `file too short for a table (${fileSize} bytes)`);
+    const footerOffset = fileSize - FOOTER_SIZE;
+    const footer = this.pread(footerOffset, FOOTER_SIZE);
+    if (readU32(footer, 32) !== TABLE_MAGIC_LO || readU32(footer, 36) !== TABLE_MAGIC_HI) {
+      throw corruption(name, footerOffset + 32, "bad table magic number (not a table, or truncated)");
+    }
+    if (unmaskCrc(readU32(footer, 28)) !== crc32cUpdate(0, footer, 0, 28)) {
+      throw corruption(name, footerOffset, "footer checksum mismatch");
+    }
+    const r = new ByteReader(footer);
+    const indexOffset = r.u64();
+    const indexSize = r.u32();
+    const filterOffset = r.u64();
+    const filterSize = r.u32();
+    this.index = this.readBlock(indexOffset, indexSize, false);
+    this.filter = this.readBlock(filterOffset, filterSize, false);
+    this.indexIter = new BlockIterator(this.index, name, indexOffset);
+  }
+
+  /** Opens a table file (synchronously: open is rare and the table cache keeps it). */
+  static open(path: string, name: string, fileNumber: number, fileSize: number, cache: BlockCache): TableReader {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, "r");
+    } catch (e) {
+      throw ioError(name, "open", e);
+    }
+    try {
+      return new TableReader(name, fileNumber, fileSize, fd, cache);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  ref(): void {
+    this.refs++;
+  }
+
+  release(): void {
+    if (--this.refs > 0) return;
+    this.cache.dropOwner(this.blocks);
+    try {
+      fs.closeSync(this.fd);
+    } catch {}
+    this.fd = -1;
+  }
+
+  private pread(offset: number, size: number): Uint8Array {
+    if (offset + size > this.fileSize) throw corruption(this.name, offset, `block of ${size} bytes runs past end of file`);
+    const buf = new Uint8Array(size);
+    let done = 0;
+    try {
+      while (done < size) {
+        const n = fs.readSync(this.fd, buf, done, size - done, offset + done);
+        if (n === 0) throw corruption(this.name, offset, "unexpected end of file");
+        done += n;
+      }
+    } catch (e) {
+      if (e instanceof Error && e.name === "LsmError") throw e;
+      throw ioError(this.name, "read", e);
+    }
+    return buf;
+  }
+
+  /** Reads and verifies the block at `offset` (contents `size` bytes plus trailer). */
+  readBlock(offset: number, size: number, fillCache: boolean): Uint8Array {
+    const cached = this.cache.get(this.blocks, offset);
+    if (cached !== undefined) return cached;
+    const buf = this.pread(offset, size + BLOCK_TRAILER);
+    const expected = unmaskCrc(readU32(buf, size + 1));
+    if (crc32cUpdate(0, buf, 0, size + 1) !== expected) {
+      throw corruption(this.name, offset, "block checksum mismatch");
+    }
+    if (buf[size] !== 0) throw corruption(this.name, offset, `unknown block type ${buf[size]}`);
+    const block = buf.subarray(0, size);
+    if (fillCache) this.cache.insert(this.blocks, offset, block);
+    return block;
+  }
+
+  /** Decodes the block handle stored as an index value. */
+  blockHandle(v: Uint8Array): { offset: number; size: number } {
+    try {
+      const r = new ByteReader(v);
+      return { offset: r.varint(), size: r.varint() };
+    } catch {
+      throw corruption(this.name, 0, "bad block handle in index");
+    }
+  }
+
+  /** The newest entry for `key` visible at `seq`, or undefined if the table has none. */
+  get(key: Uint8Array, seq: number): TableGetResult | undefined {
+    if (!bloomMayContain(this.filter, bloomHash(key))) {
+      this.bloomSkips++;
+      return undefined;
+    }
+    const idx = this.indexIter;
+    idx.seek(key, seq);
+    if (!idx.valid()) return undefined;
+    const h = this.blockHandle(idx.value());
+    const data = this.dataIter;
+    data.reset(this.readBlock(h.offset, h.size, true), this.name, h.offset);
+    data.seek(key, seq);
+    if (!data.valid() || compareBytes(data.key(), key) !== 0) return undefined;
+    return { kind: data.kind(), value: data.value() };
+  }
+
+  /** File offset where `key` would be: the start of its data block (for approximateSize). */
+  approximateOffsetOf(key: Uint8Array): number {
+    const idx = new BlockIterator(this.index, this.name, 0);
+    idx.seek(key, Number.MAX_SAFE_INTEGER);
+    if (!idx.valid()) return this.fileSize;
+    return this.blockHandle(idx.value()).offset;
+  }
+
+  /** An iterator that holds a reference to this table until closed. */
+  iterator(fillCache = true): TableIterator {
+    this.ref();
+    return new TableIterator(this, new BlockIterator(this.index, this.name, 0), fillCache);
+  }
+}
+
+/** Two-level iteration: the index block picks a data block, the data block iterator walks it. */
+export class TableIterator implements InternalIterator {
+  private data: BlockIterator | null = null;
+  private dataOffset = -1;
+  private readonly blockIter = new BlockIterator();
+  private closed = false;
+
+  constructor(
+    private readonly table: TableReader,
+    private readonly index: BlockIterator,
+    private readonly fillCache: boolean,
+  ) {}
+
+  private loadBlock(): boolean {
+    if (!this.index.valid()) {
+      this.data = null;
+      return false;
+    }
+    const h = this.table.blockHandle(this.index.value());
+    if (h.offset !== this.dataOffset || this.data === null) {
+      this.blockIter.reset(this.table.readBlock(h.offset, h.size, this.fillCache), this.table.name, h.offset);
+      this.dataOffset = h.offset;
+    }
+    this.data = this.blockIter;
+    return true;
+  }
+  private skipForward(): void {
+    while (this.data !== null && !this.data.valid()) {
+      this.index.next();
+      if (!this.loadBlock()) return;
+      this.data!.seekToFirst();
+    }
+  }
+  private skipBackward(): void {
+    while (this.data !== null && !this.data.valid()) {
+      this.index.prev();
+      if (!this.loadBlock()) return;
+      this.data!.seekToLast();
+    }
+  }
+  valid(): boolean {
+    return this.data !== null && this.data.valid();
+  }
+  seekToFirst(): void {
+    this.index.seekToFirst();
+    if (this.loadBlock()) this.data!.seekToFirst();
+    this.skipForward();
+  }
+  seekToLast(): void {
+    this.index.seekToLast();
+    if (this.loadBlock()) this.data!.seekToLast();
+    this.skipBackward();
+  }
+  seek(key: Uint8Array, seq: number): void {
+    this.index.seek(key, seq);
+    if (this.loadBlock()) this.data!.seek(key, seq);
+    this.skipForward();
+  }
+  next(): void {
+    this.data!.next();
+    this.skipForward();
+  }
+  prev(): void {
+    this.data!.prev();
+    this.skipBackward();
+  }
+  key(): Uint8Array {
+    return this.data!.key();
+  }
+  seq(): number {
+    return this.data!.seq();
+  }
+  kind(): number {
+    return this.data!.kind();
+  }
+  value(): Uint8Array {
+    return this.data!.value();
+  }
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.data = null;
+    this.table.release();
+  }
+}

@@ -1,0 +1,295 @@
+// Write-ahead log in LevelDB's log format (32 KiB blocks, FULL/FIRST/MIDDLE/LAST fragments), used
+// for the WAL and the manifest. The writer group-commits fsyncs; the reader tells a torn tail
+// (truncate and warn) from corruption in the middle (refuse to open).
+import * as fs from "node:fs";
+import { crc32cUpdate, maskCrc, unmaskCrc } from "../util/crc32c.ts";
+import { readU32, writeU32 } from "./coding.ts";
+import { corruption, ioError } from "./errors.ts";
+
+export const BLOCK_SIZE = 32 * 1024;
+export const HEADER_SIZE = 7;
+export const RECORD_FULL = 1;
+export const RECORD_FIRST = 2;
+export const RECORD_MIDDLE = 3;
+export const RECORD_LAST = 4;
+
+/** Checksums of the one-byte record types, precomputed: the CRC covers type then payload. */
+const TYPE_CRC = [0, 1, 2, 3, 4].map((t) => crc32cUpdate(0, new Uint8Array([t])));
+
+/** Staged bytes beyond this are written out at once instead of at the end of the tick. */
+const STAGE_FLUSH_BYTES = 1 << 20;
+
+interface SyncWaiter {
+  target: number;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+/**
+ * Appends records to one log file. Records are staged in memory and handed to the OS with one
+ * write(2) per tick (`flushed()`), so concurrent writers share a system call; `sync()` callers
+ * share fdatasyncs: while one is in flight, the next group queues behind it.
+ */
+export class LogWriter {
+  private readonly fd: number;
+  private stage: Uint8Array = new Uint8Array(64 * 1024);
+  private staged = 0;
+  private blockOffset: number;
+  /** Bytes handed to the OS, and bytes known durable. */
+  private written: number;
+  private synced: number;
+  private syncing = false;
+  private waiters: SyncWaiter[] = [];
+  private flushPromise: Promise<void> | null = null;
+  private failure: Error | null = null;
+  private closed = false;
+
+  constructor(readonly path: string, readonly name: string, existingSize = 0) {
+    try {
+      this.fd = fs.openSync(path, existingSize > 0 ? "a" : "w");
+    } catch (e) {
+      throw ioError(name, "open", e);
+    }
+    this.written = existingSize;
+    this.synced = existingSize;
+    this.blockOffset = existingSize % BLOCK_SIZE;
+  }
+
+  /** Bytes in the file once staged data is written. */
+  get size(): number {
+    return this.written + this.staged;
+  }
+
+  /** Appends one record (fragmented across blocks as needed) to the stage. */
+  add(payload: Uint8Array): void {
+    if (this.failure) throw this.failure;
+    let left = payload.length;
+    let pos = 0;
+    let first = true;
+    // Worst case: one header per block plus padding of one block tail.
+    this.reserve(left + HEADER_SIZE * (Math.ceil(left / (BLOCK_SIZE - HEADER_SIZE)) + 1) + HEADER_SIZE);
+    do {
+      const room = BLOCK_SIZE - this.blockOffset;
+      if (room < HEADER_SIZE) {
+        // Too small for a header: zero-fill the block tail (the reader skips it).
+        this.stage.fill(0, this.staged, this.staged + room);
+        this.staged += room;
+        this.blockOffset = 0;
+        continue;
+      }
+      const avail = room - HEADER_SIZE;
+      const n = left < avail ? left : avail;
+      const last = n === left;
+      const type = first && last ? RECORD_FULL : first ? RECORD_FIRST : last ? RECORD_LAST : RECORD_MIDDLE;
+      const h = this.staged;
+      const crc = maskCrc(crc32cUpdate(TYPE_CRC[type], payload, pos, pos + n));
+      writeU32(this.stage, h, crc);
+      this.stage[h + 4] = n & 0xff;
+      this.stage[h + 5] = n >>> 8;
+      this.stage[h + 6] = type;
+      this.stage.set(payload.subarray(pos, pos + n), h + HEADER_SIZE);
+      this.staged += HEADER_SIZE + n;
+      this.blockOffset += HEADER_SIZE + n;
+      pos += n;
+      left -= n;
+      first = false;
+    } while (left > 0);
+    if (this.staged >= STAGE_FLUSH_BYTES) this.flush();
+  }
+
+  private reserve(extra: number): void {
+    if (this.staged + extra <= this.stage.length) return;
+    let size = this.stage.length * 2;
+    while (size < this.staged + extra) size *= 2;
+    const next = new Uint8Array(size);
+    next.set(this.stage.subarray(0, this.staged));
+    this.stage = next;
+  }
+
+  /** Writes staged records to the OS now (they then survive a crash of this process). */
+  flush(): void {
+    if (this.staged === 0) return;
+    if (this.failure) throw this.failure;
+    try {
+      let off = 0;
+      while (off < this.staged) off += fs.writeSync(this.fd, this.stage, off, this.staged - off);
+    } catch (e) {
+      this.failure = ioError(this.name, "write", e);
+      throw this.failure;
+    }
+    this.written += this.staged;
+    this.staged = 0;
+    if (this.stage.length > 4 * STAGE_FLUSH_BYTES) this.stage = new Uint8Array(64 * 1024);
+  }
+
+  /** Resolves once everything added so far is written to the OS; one write(2) per tick. */
+  flushed(): Promise<void> {
+    if (this.flushPromise) return this.flushPromise;
+    this.flushPromise = new Promise<void>((resolve, reject) => {
+      queueMicrotask(() => {
+        this.flushPromise = null;
+        try {
+          this.flush();
+          resolve();
+        } catch (e) {
+          reject(e);
+        }
+      });
+    });
+    return this.flushPromise;
+  }
+
+  /** Resolves once everything added so far is on stable storage. */
+  sync(): Promise<void> {
+    try {
+      this.flush();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (this.synced >= this.written) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.waiters.push({ target: this.written, resolve, reject });
+      this.startSync();
+    });
+  }
+
+  private startSync(): void {
+    if (this.syncing || this.waiters.length === 0) return;
+    if (this.failure) {
+      for (const w of this.waiters.splice(0)) w.reject(this.failure);
+      return;
+    }
+    this.syncing = true;
+    const target = this.written;
+    fs.fdatasync(this.fd, (err) => {
+      this.syncing = false;
+      if (err) {
+        // After a failed fsync the page cache state is unknown: never claim durability again.
+        this.failure = ioError(this.name, "fdatasync", err);
+        for (const w of this.waiters.splice(0)) w.reject(this.failure);
+        return;
+      }
+      this.synced = target;
+      const still: SyncWaiter[] = [];
+      for (const w of this.waiters) (w.target <= target ? w.resolve() : still.push(w));
+      this.waiters = still;
+      this.startSync();
+    });
+  }
+
+  /** Flushes, fsyncs if `durable`, and closes the file. */
+  async close(durable = true): Promise<void> {
+    if (this.closed) return;
+    try {
+      if (durable) await this.sync();
+      else this.flush();
+    } finally {
+      this.closed = true;
+      try {
+        fs.closeSync(this.fd);
+      } catch {
+        // Closing can only fail for a bad fd; nothing is lost by ignoring it.
+      }
+    }
+  }
+}
+
+export interface LogReadResult {
+  /** Offset just past the last intact record: where a torn tail starts, or the file size. */
+  validEnd: number;
+  /** Why the tail was dropped, if it was. */
+  tornTail?: string;
+}
+
+/**
+ * Calls `onRecord(payload, offset)` for each record of a whole log file held in `data`.
+ * A record cut off by the end of the file, or a damaged last record followed only by zeros, is a
+ * torn tail (reported in the result). Damage anywhere else throws LsmError CORRUPTION.
+ */
+export function readLog(
+  data: Uint8Array,
+  name: string,
+  onRecord: (payload: Uint8Array, offset: number) => void,
+): LogReadResult {
+  const len = data.length;
+  let pos = 0;
+  let parts: Uint8Array[] | null = null;
+  let partsStart = 0;
+  let lastRecordEnd = 0;
+  const torn = (reason: string, at: number): LogReadResult => ({ validEnd: parts ? partsStart : at, tornTail: reason });
+  while (pos < len) {
+    const room = BLOCK_SIZE - (pos % BLOCK_SIZE);
+    if (room < HEADER_SIZE) {
+      pos += room;
+      continue;
+    }
+    if (pos + HEADER_SIZE > len) {
+      if (allZero(data, pos, len)) break;
+      return torn(`record header cut off at offset ${pos}`, pos);
+    }
+    const length = data[pos + 4] | (data[pos + 5] << 8);
+    const type = data[pos + 6];
+    if (type === 0 && length === 0 && allZero(data, pos, len)) {
+      // A zero-filled tail (preallocated or never written by a crash): no record here.
+      if (pos < len) return { validEnd: parts ? partsStart : pos, tornTail: parts ? `unfinished record at offset ${partsStart}` : undefined };
+      break;
+    }
+    const end = pos + HEADER_SIZE + length;
+    if (end > len) return torn(`record at offset ${pos} cut off by end of file`, pos);
+    if (length > room - HEADER_SIZE || type < RECORD_FULL || type > RECORD_LAST) {
+      if (allZero(data, end, len) && end >= len - BLOCK_SIZE) return torn(`damaged last record at offset ${pos}`, pos);
+      throw corruption(name, pos, `bad record header (type ${type}, length ${length})`);
+    }
+    const expected = unmaskCrc(readU32(data, pos));
+    const actual = crc32cUpdate(TYPE_CRC[type], data, pos + HEADER_SIZE, end);
+    if (expected !== actual) {
+      if (allZero(data, end, len)) return torn(`checksum mismatch in last record at offset ${pos}`, pos);
+      throw corruption(name, pos, "log record checksum mismatch");
+    }
+    const payload = data.subarray(pos + HEADER_SIZE, end);
+    switch (type) {
+      case RECORD_FULL:
+        if (parts) throw corruption(name, pos, "full record inside a fragmented record");
+        onRecord(payload, pos);
+        lastRecordEnd = end;
+        break;
+      case RECORD_FIRST:
+        if (parts) throw corruption(name, pos, "first fragment inside a fragmented record");
+        parts = [payload];
+        partsStart = pos;
+        break;
+      case RECORD_MIDDLE:
+        if (!parts) throw corruption(name, pos, "middle fragment without a first");
+        parts.push(payload);
+        break;
+      case RECORD_LAST: {
+        if (!parts) throw corruption(name, pos, "last fragment without a first");
+        parts.push(payload);
+        onRecord(concat(parts), partsStart);
+        parts = null;
+        lastRecordEnd = end;
+        break;
+      }
+    }
+    pos = end;
+  }
+  if (parts) return { validEnd: partsStart, tornTail: `unfinished record at offset ${partsStart}` };
+  return { validEnd: Math.max(lastRecordEnd, Math.min(pos, len)) };
+}
+
+function allZero(data: Uint8Array, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) if (data[i] !== 0) return false;
+  return true;
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
