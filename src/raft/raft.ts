@@ -209,7 +209,16 @@ export class Raft {
       this.becomeFollower(message.term, message.from);
     }
     this.electionElapsed = 0;
-    return message.snapshot.index > this.log.commitIndex;
+    return this.snapshotNeedsRestore(message.snapshot);
+  }
+
+  /**
+   * A snapshot replaces the log only if it is ahead of our commitIndex and our log does not
+   * already hold its last entry: entries we hold past it may have been acknowledged as durable
+   * to the leader and must not be dropped.
+   */
+  private snapshotNeedsRestore(meta: SnapshotMeta): boolean {
+    return meta.index > this.log.commitIndex && !this.log.matchTerm(meta.index, meta.term);
   }
 
   /** The driver compacted its durable log through meta.index (<= appliedIndex). */
@@ -590,6 +599,12 @@ export class Raft {
     if (m.snapshot.index <= this.log.commitIndex) {
       // Already have it (acceptSnapshot said no, so the state machine was not touched).
       reply(this.log.commitIndex);
+      return;
+    }
+    if (!this.snapshotNeedsRestore(m.snapshot)) {
+      // Our log holds the snapshot's last entry: it is committed, so just fast-forward.
+      this.log.commitTo(m.snapshot.index);
+      reply(m.snapshot.index);
       return;
     }
     this.log.restore(m.snapshot);

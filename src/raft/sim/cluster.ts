@@ -1,0 +1,360 @@
+// A deterministic simulated cluster of Raft cores: one seeded Rng drives the network, the faults
+// and every node's election timeouts; time is counted in ticks. Tests and the CLI build on it.
+
+import { Rng } from "../../util/rng.ts";
+import type { ProposeResult, RaftConfig, ReadIndexResult } from "../raft.ts";
+import { EntryType, NONE, type NodeId, type ReadState } from "../types.ts";
+import { EventRing, InvariantViolation, Oracle, entryDigest } from "./checker.ts";
+import { RELIABLE, SimNetwork, type Envelope, type NetworkOptions } from "./network.ts";
+import { SimNode, type CrashPoint, type SimHost } from "./sim-node.ts";
+
+export interface ClusterOptions {
+  seed: number;
+  nodes: number;
+  network?: NetworkOptions;
+  electionTicks?: number;
+  heartbeatTicks?: number;
+  preVote?: boolean;
+  checkQuorum?: boolean;
+  maxInflight?: number;
+  maxBytesPerAppend?: number;
+  maxPendingProposals?: number;
+  /** Compact a node's log after this many applied entries (0 = never). */
+  snapshotEvery?: number;
+  /** The command line that replays this run, printed with every invariant violation. */
+  replay?: string;
+}
+
+export interface ReadRecord {
+  context: number;
+  node: NodeId;
+  /** Highest commitIndex anywhere when the read was requested: the read must see at least it. */
+  required: number;
+  /** Filled in when the leader confirmed the read. */
+  index?: number;
+}
+
+export class SimCluster implements SimHost {
+  readonly rng: Rng;
+  readonly network: SimNetwork;
+  readonly oracle: Oracle;
+  readonly events = new EventRing(30);
+  readonly nodes: SimNode[];
+  readonly stats = { snapshotsSent: 0, snapshotsInstalled: 0, compactions: 0, elections: 0, crashes: 0, restarts: 0, partitions: 0 };
+  readonly reads = new Map<number, ReadRecord>();
+  private time = 0;
+  private readonly seed: number;
+  private readonly replay: string;
+
+  constructor(options: ClusterOptions) {
+    if (!Number.isInteger(options.nodes) || options.nodes < 1 || options.nodes > 15) {
+      throw new RangeError(`a simulated cluster needs 1..15 nodes, got ${options.nodes}`);
+    }
+    this.seed = options.seed;
+    this.replay = options.replay ?? `bun run sim --seed ${options.seed} --nodes ${options.nodes}`;
+    this.rng = new Rng(options.seed);
+    this.network = new SimNetwork(options.nodes, this.rng, options.network ?? RELIABLE);
+    this.oracle = new Oracle((invariant, detail) => this.fail(invariant, detail));
+    const peers = Array.from({ length: options.nodes }, (_, i) => i);
+    const electionTicks = options.electionTicks ?? 10;
+    const maxDelay = (options.network ?? RELIABLE).maxDelay;
+    this.nodes = peers.map((id) => {
+      const config: RaftConfig = {
+        id,
+        peers,
+        electionTicks,
+        heartbeatTicks: options.heartbeatTicks ?? 2,
+        random: () => this.rng.next(),
+        preVote: options.preVote ?? true,
+        checkQuorum: options.checkQuorum ?? true,
+        maxInflight: options.maxInflight ?? 8,
+        maxBytesPerAppend: options.maxBytesPerAppend ?? 4096,
+        ...(options.maxPendingProposals !== undefined ? { maxPendingProposals: options.maxPendingProposals } : {}),
+      };
+      return new SimNode(id, config, this, options.snapshotEvery ?? 0, 4 * maxDelay + 2 * electionTicks);
+    });
+    for (const n of this.nodes) n.start();
+  }
+
+  // ---- SimHost ---------------------------------------------------------------------------------
+
+  now(): number {
+    return this.time;
+  }
+
+  send(envelope: Envelope): void {
+    this.network.send(envelope, this.time);
+  }
+
+  note(text: string): void {
+    this.events.add({ tick: this.time, text });
+  }
+
+  fail(invariant: string, detail: string): never {
+    throw new InvariantViolation(this.seed, invariant, detail, this.events.lines(), this.replay);
+  }
+
+  onReadState(node: NodeId, rs: ReadState): void {
+    const r = this.reads.get(rs.context);
+    if (r === undefined) this.fail("read index", `node ${node} confirmed read ${rs.context}, which nobody asked for`);
+    if (r.index !== undefined) return; // confirmed before (a duplicate heartbeat answer)
+    if (r.node !== node) this.fail("read index", `read ${rs.context} asked of node ${r.node} was confirmed by node ${node}`);
+    if (rs.index < r.required) {
+      this.fail("read index", `node ${node} confirmed read ${rs.context} at index ${rs.index}, but index ${r.required} was already committed when it was asked`);
+    }
+    r.index = rs.index;
+    this.note(`n${node} confirmed read ${rs.context} at index ${rs.index}`);
+  }
+
+  crash(id: NodeId, why = "killed"): void {
+    const n = this.nodes[id]!;
+    if (!n.alive) return;
+    n.stop();
+    this.stats.crashes++;
+    this.note(`n${id} crashed (${why})`);
+  }
+
+  // ---- Time ------------------------------------------------------------------------------------
+
+  get tickCount(): number {
+    return this.time;
+  }
+
+  /** One tick: deliver the messages due now, tick every live node, check the invariants. */
+  tick(): void {
+    this.time++;
+    for (const env of this.network.takeDue(this.time)) {
+      const node = this.nodes[env.message.to]!;
+      if (!node.alive) continue;
+      this.events.add({ tick: this.time, message: env.message, note: "deliver" });
+      this.guard(() => node.deliver(env));
+    }
+    for (const node of this.nodes) this.guard(() => node.tick());
+    this.checkLogMatching();
+    this.checkDurability();
+  }
+
+  run(ticks: number): void {
+    for (let i = 0; i < ticks; i++) this.tick();
+  }
+
+  /** Ticks until `done()` holds (checked before each tick); false if maxTicks pass first. */
+  runUntil(done: () => boolean, maxTicks: number): boolean {
+    for (let i = 0; i < maxTicks; i++) {
+      if (done()) return true;
+      this.tick();
+    }
+    return done();
+  }
+
+  /** Turns an assertion thrown inside a core into a report with the seed and recent events. */
+  private guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      if (e instanceof InvariantViolation) throw e;
+      this.fail("core assertion", e instanceof Error ? (e.stack ?? e.message) : String(e));
+    }
+  }
+
+  // ---- Cluster view ----------------------------------------------------------------------------
+
+  alive(id: NodeId): boolean {
+    return this.nodes[id]!.alive;
+  }
+
+  status(id: NodeId) {
+    const raft = this.nodes[id]!.raft;
+    if (raft === null) throw new Error(`node ${id} is down`);
+    return raft.status();
+  }
+
+  /** The live leader with the highest term, or NONE. */
+  leader(): NodeId {
+    let best = NONE;
+    let bestTerm = -1;
+    for (const n of this.nodes) {
+      if (n.raft === null) continue;
+      const s = n.raft.status();
+      if (s.role === "Leader" && s.term > bestTerm) {
+        best = n.id;
+        bestTerm = s.term;
+      }
+    }
+    return best;
+  }
+
+  /** Live leaders per term (more than one per term is an invariant violation caught elsewhere). */
+  leaders(): { id: NodeId; term: number }[] {
+    const out: { id: NodeId; term: number }[] = [];
+    for (const n of this.nodes) {
+      if (n.raft === null) continue;
+      const s = n.raft.status();
+      if (s.role === "Leader") out.push({ id: n.id, term: s.term });
+    }
+    return out;
+  }
+
+  maxTerm(): number {
+    let t = 0;
+    for (const n of this.nodes) if (n.raft !== null) t = Math.max(t, n.raft.status().term);
+    return t;
+  }
+
+  /** Number of nodes (live or not) whose state machine has applied `index`. */
+  appliedCount(index: number): number {
+    let count = 0;
+    for (const n of this.nodes) if (n.applied >= index) count++;
+    return count;
+  }
+
+  /** Whether the entry applied at `index` carries exactly `data` (the oracle has the digest). */
+  appliedDataIs(index: number, data: Uint8Array): boolean {
+    const rec = this.oracle.at(index);
+    return rec !== undefined && rec.digest === entryDigest({ index, term: rec.term, type: EntryType.Normal, data });
+  }
+
+  // ---- Client operations -----------------------------------------------------------------------
+
+  propose(id: NodeId, data: Uint8Array[]): ProposeResult {
+    const n = this.nodes[id]!;
+    if (n.raft === null) return { ok: false, leaderId: NONE, reason: "not-leader" };
+    const result = n.raft.propose(data);
+    if (result.ok) this.note(`n${id} accepted ${data.length} proposal(s) at ${result.index} term ${result.term}`);
+    this.guard(() => n.processReady());
+    return result;
+  }
+
+  readIndex(id: NodeId, context: number): ReadIndexResult {
+    const n = this.nodes[id]!;
+    if (n.raft === null) return { ok: false, leaderId: NONE, reason: "not-leader" };
+    if (this.reads.has(context)) throw new RangeError(`read context ${context} used twice`);
+    let required = this.oracle.maxApplied;
+    for (const other of this.nodes) if (other.raft !== null) required = Math.max(required, other.raft.status().commitIndex);
+    const result = n.raft.readIndex(context);
+    if (result.ok) this.reads.set(context, { context, node: id, required });
+    this.guard(() => n.processReady());
+    return result;
+  }
+
+  transferLeadership(from: NodeId, to: NodeId): void {
+    const n = this.nodes[from]!;
+    if (n.raft === null) return;
+    this.note(`n${from} asked to transfer leadership to n${to}`);
+    n.raft.transferLeadership(to);
+    this.guard(() => n.processReady());
+  }
+
+  // ---- Faults ----------------------------------------------------------------------------------
+
+  /** Kills a node now, or arms a crash at a point of its next Ready. */
+  crashAt(id: NodeId, point: CrashPoint | "now"): void {
+    const n = this.nodes[id]!;
+    if (!n.alive) return;
+    if (point === "now") this.crash(id);
+    else {
+      n.armedCrash = point;
+      this.note(`n${id} will crash ${point}`);
+    }
+  }
+
+  restart(id: NodeId): void {
+    const n = this.nodes[id]!;
+    if (n.alive) return;
+    this.guard(() => n.start());
+    this.stats.restarts++;
+    this.note(`n${id} restarted (term ${n.disk.hardState.term}, log ${n.disk.logSnapshot.index}+${n.disk.entries.length}, state machine at ${n.applied})`);
+    this.guard(() => n.processReady());
+  }
+
+  isolate(id: NodeId): void {
+    this.network.isolate(id);
+    this.stats.partitions++;
+    this.note(`n${id} disconnected`);
+  }
+
+  reconnect(id: NodeId): void {
+    this.network.reconnect(id);
+    this.note(`n${id} reconnected`);
+  }
+
+  partition(groups: NodeId[][]): void {
+    this.network.partition(groups);
+    this.stats.partitions++;
+    this.note(`partition ${groups.map((g) => `[${g.join(",")}]`).join(" | ")}`);
+  }
+
+  blockOneWay(from: NodeId, to: NodeId): void {
+    this.network.blockOneWay(from, to);
+    this.stats.partitions++;
+    this.note(`one-way cut n${from} -> n${to}`);
+  }
+
+  heal(): void {
+    this.network.heal();
+    this.note("network healed");
+  }
+
+  setNetwork(options: NetworkOptions): void {
+    this.network.setOptions(options);
+  }
+
+  // ---- Continuous invariants -------------------------------------------------------------------
+
+  /** Log matching: if two logs hold an entry with the same index and term, they agree up to it. */
+  private checkLogMatching(): void {
+    const live = this.nodes.filter((n) => n.raft !== null);
+    for (let a = 0; a < live.length; a++) {
+      for (let b = a + 1; b < live.length; b++) {
+        const la = live[a]!.raft!.raftLog;
+        const lb = live[b]!.raft!.raftLog;
+        const lo = Math.max(la.snapshot.index, lb.snapshot.index);
+        let i = Math.min(la.lastIndex(), lb.lastIndex());
+        while (i >= lo && la.term(i) !== lb.term(i)) i--;
+        for (; i > lo; i--) {
+          const ea = la.entry(i)!;
+          const eb = lb.entry(i)!;
+          if (ea.term !== eb.term || ea.type !== eb.type || !sameBytes(ea.data, eb.data)) {
+            this.fail("log matching", `nodes ${live[a]!.id} and ${live[b]!.id} agree on a later entry but differ at index ${i} (terms ${ea.term}, ${eb.term})`);
+          }
+        }
+        if (i === lo && lo > 0 && la.term(lo) !== lb.term(lo)) {
+          this.fail("log matching", `nodes ${live[a]!.id} and ${live[b]!.id} agree on a later entry but differ at index ${lo}`);
+        }
+      }
+    }
+  }
+
+  /** Committed entries are never lost: the newest applied entry is durable on a majority. */
+  private checkDurability(): void {
+    const index = this.oracle.maxApplied;
+    if (index === 0) return;
+    const term = this.oracle.at(index)!.term;
+    let holders = 0;
+    for (const n of this.nodes) {
+      const d = n.disk;
+      const held = d.entries[index - d.logSnapshot.index - 1];
+      if (d.smSnapshot.meta.index >= index || d.logSnapshot.index >= index || (held !== undefined && held.term === term)) holders++;
+    }
+    if (holders < Math.floor(this.nodes.length / 2) + 1) {
+      this.fail("committed entries durable", `applied entry ${index} (term ${term}) is durable on only ${holders} of ${this.nodes.length} nodes`);
+    }
+  }
+
+  describe(): string {
+    return this.nodes
+      .map((n) => {
+        if (n.raft === null) return `n${n.id}: down`;
+        const s = n.raft.status();
+        return `n${n.id}: ${s.role} term=${s.term} commit=${s.commitIndex} applied=${s.appliedIndex} log=${s.firstIndex}..${s.lastIndex}`;
+      })
+      .join("; ");
+  }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a === b) return true;
+  if (a.byteLength !== b.byteLength) return false;
+  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false;
+  return true;
+}

@@ -1,0 +1,225 @@
+// One simulated server: a Raft core, its driver loop (persist → send → apply → advance), a disk
+// that keeps only what was persisted, and a hash-chain state machine with snapshots.
+
+import { Raft, type RaftConfig } from "../raft.ts";
+import { NONE, type Entry, type HardState, type Message, type NodeId, type ReadState, type SnapshotMeta } from "../types.ts";
+import { mix, entryDigest, type Oracle } from "./checker.ts";
+import type { Envelope } from "./network.ts";
+
+/** Where an armed crash strikes while the driver handles a Ready. */
+export type CrashPoint = "before-persist" | "after-persist" | "after-send";
+
+/** What survives a crash: the Raft log store's contents and the state machine's last snapshot. */
+export interface SimDisk {
+  hardState: HardState;
+  /** The log's compaction point. */
+  logSnapshot: SnapshotMeta;
+  /** Entries after logSnapshot.index. */
+  entries: Entry[];
+  /** The state machine's durable image (written at compaction or when a snapshot is installed). */
+  smSnapshot: { meta: SnapshotMeta; state: number };
+}
+
+export const INITIAL_STATE = 0x2545f491;
+
+/** The services a node needs from the simulated world around it. */
+export interface SimHost {
+  now(): number;
+  send(envelope: Envelope): void;
+  crash(id: NodeId, why: string): void;
+  fail(invariant: string, detail: string): never;
+  note(text: string): void;
+  onReadState(node: NodeId, rs: ReadState): void;
+  readonly oracle: Oracle;
+  readonly stats: { snapshotsSent: number; snapshotsInstalled: number; compactions: number; elections: number };
+}
+
+export class SimNode {
+  raft: Raft | null = null;
+  readonly disk: SimDisk;
+  /** The in-memory state machine (lost on crash, rebuilt from smSnapshot and the log). */
+  applied = 0;
+  appliedTerm = 0;
+  state = INITIAL_STATE;
+  armedCrash: CrashPoint | null = null;
+  /** Highest commitIndex seen in this incarnation (commitIndex must never decrease). */
+  private lifetimeCommit = 0;
+  /** Snapshot transfers this node (as leader) has in flight: peer → tick sent. */
+  private readonly snapshotsOut = new Map<NodeId, number>();
+
+  constructor(
+    readonly id: NodeId,
+    private readonly config: RaftConfig,
+    private readonly host: SimHost,
+    /** Compact after this many applied entries beyond the last snapshot (0 = never). */
+    private readonly snapshotEvery: number,
+    /** Ticks after which an unanswered snapshot transfer counts as failed. */
+    private readonly snapshotTimeout: number,
+  ) {
+    const members = [...config.peers];
+    this.disk = {
+      hardState: { term: 0, votedFor: NONE, commitIndex: 0 },
+      logSnapshot: { index: 0, term: 0, members },
+      entries: [],
+      smSnapshot: { meta: { index: 0, term: 0, members }, state: INITIAL_STATE },
+    };
+  }
+
+  get alive(): boolean {
+    return this.raft !== null;
+  }
+
+  /** Boots (or reboots) from the disk alone, as a real process would after kill -9. */
+  start(): void {
+    const d = this.disk;
+    const sm = d.smSnapshot.meta;
+    // A snapshot installed into the state machine may be ahead of the log's reset (crash in
+    // between): the log must resume where the state machine stands.
+    if (sm.index > d.logSnapshot.index) {
+      const held = d.entries[sm.index - d.logSnapshot.index - 1];
+      d.entries = held !== undefined && held.term === sm.term ? d.entries.slice(sm.index - d.logSnapshot.index) : [];
+      d.logSnapshot = { ...sm, members: [...sm.members] };
+      if (d.hardState.term < sm.term) d.hardState = { term: sm.term, votedFor: NONE, commitIndex: d.hardState.commitIndex };
+    }
+    this.applied = sm.index;
+    this.appliedTerm = sm.term;
+    this.state = d.smSnapshot.state;
+    this.raft = new Raft(this.config, {
+      hardState: { ...d.hardState },
+      snapshot: { ...d.logSnapshot, members: [...d.logSnapshot.members] },
+      entries: d.entries.slice(),
+      appliedIndex: sm.index,
+    });
+    this.lifetimeCommit = this.raft.status().commitIndex;
+    this.snapshotsOut.clear();
+    this.armedCrash = null;
+  }
+
+  stop(): void {
+    this.raft = null;
+    this.armedCrash = null;
+    this.snapshotsOut.clear();
+  }
+
+  tick(): void {
+    const raft = this.raft;
+    if (raft === null) return;
+    raft.tick();
+    for (const [to, sentAt] of this.snapshotsOut) {
+      if (this.host.now() - sentAt > this.snapshotTimeout) {
+        this.snapshotsOut.delete(to);
+        raft.reportSnapshot(to, false);
+      }
+    }
+    this.processReady();
+  }
+
+  deliver(env: Envelope): void {
+    const raft = this.raft;
+    if (raft === null) return;
+    const m = env.message;
+    if (m.type === "InstallSnapshot") {
+      if (env.payload === undefined) this.host.fail("simulator", `InstallSnapshot ${m.from}->${m.to} without a payload`);
+      if (raft.acceptSnapshot(m)) {
+        // Restore the state machine from the streamed image (atomic and durable), then tell the core.
+        this.host.oracle.onRestore(this.id, m.snapshot.index, m.snapshot.term, env.payload.state);
+        this.applied = m.snapshot.index;
+        this.appliedTerm = m.snapshot.term;
+        this.state = env.payload.state;
+        this.disk.smSnapshot = { meta: { ...m.snapshot, members: [...m.snapshot.members] }, state: env.payload.state };
+        this.host.stats.snapshotsInstalled++;
+        this.host.note(`n${this.id} installed snapshot ${m.snapshot.index}/${m.snapshot.term} from n${m.from}`);
+      }
+    } else if (m.type === "InstallSnapshotResponse") {
+      this.snapshotsOut.delete(m.from);
+    }
+    raft.step(m);
+    this.processReady();
+  }
+
+  /** The driver loop: for each Ready, persist, then send, then apply, then advance. */
+  processReady(): void {
+    for (let rounds = 0; this.raft !== null && this.raft.hasReady(); rounds++) {
+      if (rounds > 10_000) this.host.fail("simulator", `node ${this.id}'s Ready loop did not settle`);
+      const raft = this.raft;
+      const rd = raft.ready();
+      if (this.armedCrash === "before-persist") return this.host.crash(this.id, "before persisting a Ready");
+      this.persist(rd.hardState, rd.entries, rd.snapshot);
+      if (this.armedCrash === "after-persist") return this.host.crash(this.id, "after persisting, before sending");
+      if (rd.softState !== null) {
+        this.host.note(`n${this.id} is ${rd.softState.role} in term ${rd.softState.term} (leader ${rd.softState.leaderId})`);
+        if (rd.softState.role === "Leader") this.onBecameLeader(rd.softState.term);
+      }
+      for (const m of rd.messages) this.sendMessage(m);
+      if (this.armedCrash === "after-send") return this.host.crash(this.id, "after sending, before applying");
+      for (const e of rd.committedEntries) this.apply(e);
+      for (const rs of rd.readStates) this.host.onReadState(this.id, rs);
+      raft.advance(rd);
+      this.maybeCompact();
+      const commit = raft.status().commitIndex;
+      if (commit < this.lifetimeCommit) this.host.fail("commitIndex monotonic", `node ${this.id}'s commitIndex fell from ${this.lifetimeCommit} to ${commit}`);
+      this.lifetimeCommit = commit;
+    }
+  }
+
+  private persist(hardState: HardState | null, entries: Entry[], snapshot: SnapshotMeta | null): void {
+    const d = this.disk;
+    if (snapshot !== null) {
+      d.logSnapshot = { ...snapshot, members: [...snapshot.members] };
+      d.entries = [];
+    }
+    if (entries.length > 0) {
+      const first = entries[0]!.index;
+      const lastOnDisk = d.logSnapshot.index + d.entries.length;
+      if (first <= d.logSnapshot.index || first > lastOnDisk + 1) {
+        this.host.fail("simulator", `node ${this.id} asked to persist entries from ${first}; disk holds ${d.logSnapshot.index + 1}..${lastOnDisk}`);
+      }
+      d.entries = d.entries.slice(0, first - d.logSnapshot.index - 1).concat(entries);
+    }
+    if (hardState !== null) d.hardState = { ...hardState };
+  }
+
+  private sendMessage(m: Message): void {
+    if (m.type === "InstallSnapshot") {
+      // The driver streams the state machine's current image, not the log's compaction point.
+      const meta: SnapshotMeta = { index: this.applied, term: this.appliedTerm, members: [...this.config.peers] };
+      this.snapshotsOut.set(m.to, this.host.now());
+      this.host.stats.snapshotsSent++;
+      this.host.send({ message: { ...m, snapshot: meta }, payload: { state: this.state }, sentAt: this.host.now() });
+      return;
+    }
+    this.host.send({ message: m, sentAt: this.host.now() });
+  }
+
+  private apply(e: Entry): void {
+    if (e.index !== this.applied + 1) this.host.fail("simulator", `node ${this.id} was handed entry ${e.index} to apply after ${this.applied}`);
+    this.state = mix(this.state, entryDigest(e));
+    this.applied = e.index;
+    this.appliedTerm = e.term;
+    this.host.oracle.onApply(this.id, e, this.state);
+  }
+
+  private maybeCompact(): void {
+    const raft = this.raft!;
+    if (this.snapshotEvery <= 0 || this.applied - this.disk.logSnapshot.index < this.snapshotEvery) return;
+    const meta: SnapshotMeta = { index: this.applied, term: this.appliedTerm, members: [...this.config.peers] };
+    this.disk.smSnapshot = { meta, state: this.state };
+    this.disk.entries = this.disk.entries.slice(meta.index - this.disk.logSnapshot.index);
+    this.disk.logSnapshot = { ...meta, members: [...meta.members] };
+    raft.compact(meta);
+    this.host.stats.compactions++;
+  }
+
+  /** Leader completeness: a new leader holds every entry the cluster has applied. */
+  private onBecameLeader(term: number): void {
+    if (this.host.oracle.onLeader(this.id, term)) this.host.stats.elections++;
+    const log = this.raft!.raftLog;
+    const oracle = this.host.oracle;
+    for (let i = Math.max(1, log.snapshot.index); i <= oracle.maxApplied; i++) {
+      const t = log.term(i);
+      if (t !== oracle.at(i)!.term) {
+        this.host.fail("leader completeness", `node ${this.id} became leader of term ${term} holding term ${t} at index ${i}, where term ${oracle.at(i)!.term} was applied`);
+      }
+    }
+  }
+}
