@@ -1,0 +1,325 @@
+// RaftNode clusters in simulated time: elections, replication, crash/restart, partitions,
+// snapshots streamed to a lagging follower, ReadIndex, disk failures, and a real on-disk log.
+
+import { afterEach, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import {
+  FileLogStore,
+  MemoryLogStore,
+  NotLeaderError,
+  NodeStoppedError,
+  type NodeId,
+  type RaftNode,
+  SimCluster,
+  type SimClusterOptions,
+} from "../../src/raft/index.ts";
+import { ListMachine } from "./list-machine.ts";
+
+const enc = new TextEncoder();
+const clusters: SimCluster<ListMachine>[] = [];
+afterEach(async () => {
+  for (const c of clusters.splice(0)) await c.stop();
+});
+
+function cluster(size: number, seed: number, extra: Partial<SimClusterOptions<ListMachine>> = {}): SimCluster<ListMachine> {
+  const c = new SimCluster<ListMachine>({
+    ids: Array.from({ length: size }, (_, i) => i),
+    seed,
+    stateMachine: (_id, previous) => previous?.recover() ?? new ListMachine(),
+    ...extra,
+  });
+  clusters.push(c);
+  return c;
+}
+
+/** Proposes each command to whoever leads now, retrying through elections. */
+async function proposeAll(c: SimCluster<ListMachine>, commands: string[]): Promise<void> {
+  for (const command of commands) {
+    for (let attempt = 0; ; attempt++) {
+      if (attempt > 50) throw new Error(`could not propose ${command}: no stable leader`);
+      const leader = c.leader();
+      if (leader) {
+        try {
+          await leader.propose(enc.encode(command));
+          break;
+        } catch (err) {
+          if (!(err instanceof NotLeaderError)) throw err;
+        }
+      }
+      await c.runFor(20);
+    }
+  }
+}
+
+function appliedEverywhere(c: SimCluster<ListMachine>, count: number, ids = [...c.nodes.keys()]): boolean {
+  return ids.every((id) => c.machines.get(id)!.commands.length >= count);
+}
+
+/** State machine safety: every node's applied list is a prefix of the longest one, no violations. */
+function expectConsistent(c: SimCluster<ListMachine>): void {
+  const lists = [...c.machines.values()].map((m) => m.commands);
+  const longest = lists.reduce((a, b) => (b.length > a.length ? b : a));
+  for (const [id, m] of c.machines) {
+    expect(m.violations).toEqual([]);
+    expect(m.commands).toEqual(longest.slice(0, m.commands.length));
+    expect(c.fatal.get(id)).toBeUndefined();
+  }
+}
+
+const commands = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}-${i}`);
+
+describe("RaftNode cluster (simulated)", () => {
+  test("3 nodes elect one leader and apply 100 commands in the same order", async () => {
+    const c = cluster(3, 1);
+    await c.start();
+    const leader = await c.waitForLeader();
+    const leaders = [...c.nodes.values()].filter((n) => n.status().role === "Leader");
+    expect(leaders).toHaveLength(1);
+    await c.runUntil(() => [...c.nodes.values()].every((n) => n.status().leaderId === leader.id), 5_000, "followers learning the leader");
+    for (const node of c.nodes.values()) expect(node.status().leaderId).toBe(leader.id);
+
+    const cmds = commands("c", 100);
+    await proposeAll(c, cmds);
+    await c.runUntil(() => appliedEverywhere(c, 100), 10_000, "all nodes applying 100 commands");
+    for (const m of c.machines.values()) expect(m.commands).toEqual(cmds);
+    expectConsistent(c);
+  });
+
+  test("5 nodes agree under loss, duplication and reordering", async () => {
+    const c = cluster(5, 2, { faults: { minDelayMs: 1, maxDelayMs: 15, lossRate: 0.05, duplicateRate: 0.05 } });
+    await c.start();
+    await c.waitForLeader();
+    const cmds = commands("lossy", 100);
+    await proposeAll(c, cmds);
+    await c.runUntil(() => appliedEverywhere(c, 100), 30_000, "all nodes applying 100 commands");
+    expectConsistent(c);
+    // Every command proposed exactly once and accepted is applied exactly once.
+    expect(new Set(c.machines.get(0)!.commands).size).toBe(c.machines.get(0)!.commands.length);
+    expect(c.network.stats().dropped).toBeGreaterThan(0);
+    expect(c.network.stats().duplicated).toBeGreaterThan(0);
+  });
+
+  test("a crashed leader restarts from its durable log and loses nothing committed", async () => {
+    const c = cluster(3, 3);
+    await c.start();
+    const first = await c.waitForLeader();
+    await proposeAll(c, commands("before", 50));
+    await c.runUntil(() => appliedEverywhere(c, 50), 10_000, "first 50 applied");
+
+    await c.crash(first.id);
+    const second = await c.waitForLeader();
+    expect(second.id).not.toBe(first.id);
+    await proposeAll(c, commands("after", 50));
+    await c.runUntil(() => appliedEverywhere(c, 100), 10_000, "next 50 applied by the survivors");
+
+    const restarted = await c.restart(first.id);
+    await c.runUntil(() => appliedEverywhere(c, 100), 10_000, "restarted node catching up");
+    expect(restarted.status().role).toBe("Follower");
+    expect(c.machines.get(first.id)!.commands).toEqual([...commands("before", 50), ...commands("after", 50)]);
+    expectConsistent(c);
+  });
+
+  test("unsynced log writes are lost on a crash, never half-applied", async () => {
+    const c = cluster(3, 4);
+    await c.start();
+    const leader = await c.waitForLeader();
+    await proposeAll(c, commands("ok", 10));
+    await c.runUntil(() => appliedEverywhere(c, 10), 10_000, "first 10 applied");
+    // The leader's disk stops syncing: its proposals are never durable, so never sent or committed.
+    (c.logs.get(leader.id) as MemoryLogStore).holdSyncs(true);
+    await leader.propose(enc.encode("lost"));
+    await c.runFor(5);
+    await c.crash(leader.id);
+    await c.restart(leader.id);
+    await proposeAll(c, commands("more", 5));
+    await c.runUntil(() => appliedEverywhere(c, 15), 10_000, "all 15 applied");
+    for (const m of c.machines.values()) expect(m.commands).not.toContain("lost");
+    expectConsistent(c);
+  });
+
+  test("a partitioned leader is replaced; after healing its uncommitted entries are dropped", async () => {
+    const c = cluster(5, 5);
+    await c.start();
+    const old = await c.waitForLeader();
+    await proposeAll(c, commands("pre", 10));
+    await c.runUntil(() => appliedEverywhere(c, 10), 10_000, "first 10 applied");
+
+    const others = [...c.nodes.keys()].filter((id) => id !== old.id);
+    c.network.partition([old.id], others);
+    await old.propose(enc.encode("orphan")); // accepted locally, can never commit
+    await c.runUntil(() => {
+      const l = c.leader();
+      return l !== undefined && l.id !== old.id;
+    }, 10_000, "a new leader in the majority");
+    await c.runUntil(() => old.status().role !== "Leader", 10_000, "old leader stepping down (check quorum)");
+    await proposeAll(c, commands("majority", 20));
+    await c.runUntil(() => appliedEverywhere(c, 30, others), 10_000, "majority applying");
+    expect(c.machines.get(old.id)!.commands.length).toBe(10);
+
+    c.network.heal();
+    await c.runUntil(() => appliedEverywhere(c, 30), 10_000, "old leader catching up after heal");
+    for (const m of c.machines.values()) expect(m.commands).not.toContain("orphan");
+    expectConsistent(c);
+  });
+
+  test("a one-way partition does not wedge the cluster", async () => {
+    const c = cluster(3, 6);
+    await c.start();
+    const leader = await c.waitForLeader();
+    const follower = [...c.nodes.keys()].find((id) => id !== leader.id)!;
+    c.network.blockOneWay(leader.id, follower); // the follower hears nothing but can still talk
+    await proposeAll(c, commands("oneway", 20));
+    await c.runFor(2_000);
+    c.network.heal();
+    await c.runUntil(() => appliedEverywhere(c, 20), 20_000, "all nodes applying after the one-way block");
+    expectConsistent(c);
+  });
+
+  test("a lagging follower catches up through a snapshot streamed in several chunks", async () => {
+    const c = cluster(3, 7, {
+      stateMachine: (_id, previous) => previous?.recover() ?? new ListMachine(undefined, 10),
+      node: { snapshotThreshold: 20, snapshotChunkBytes: 64 },
+    });
+    await c.start();
+    const leader = await c.waitForLeader();
+    const lagging = [...c.nodes.keys()].find((id) => id !== leader.id)!;
+    c.network.disconnect(lagging);
+    await proposeAll(c, commands("snap", 150));
+    await c.runUntil(() => appliedEverywhere(c, 150, [...c.nodes.keys()].filter((id) => id !== lagging)), 20_000, "majority applying");
+    const compactedTo = c.node(leader.id).status().snapshotIndex;
+    expect(compactedTo).toBeGreaterThan(c.machines.get(lagging)!.lastApplied());
+
+    c.network.reconnect(lagging);
+    await c.runUntil(() => appliedEverywhere(c, 150), 20_000, "lagging follower catching up");
+    expect(c.machines.get(lagging)!.restores).toBeGreaterThanOrEqual(1);
+    expect(c.node(lagging).status().snapshotsReceived).toBeGreaterThanOrEqual(1);
+    expect(c.network.stats().snapshotChunks).toBeGreaterThan(1);
+    expect(c.node(lagging).status().snapshotIndex).toBeGreaterThan(0);
+    // The follower keeps replicating normally after the install.
+    await proposeAll(c, commands("post", 10));
+    await c.runUntil(() => appliedEverywhere(c, 160), 10_000, "replication after the snapshot");
+    expectConsistent(c);
+  });
+
+  test("a follower that crashes after restoring a snapshot but before resetting its log recovers", async () => {
+    const c = cluster(3, 8, {
+      stateMachine: (_id, previous) => previous?.recover() ?? new ListMachine(undefined, 5),
+      node: { snapshotThreshold: 10, snapshotChunkBytes: 128 },
+    });
+    await c.start();
+    const leader = await c.waitForLeader();
+    const lagging = [...c.nodes.keys()].find((id) => id !== leader.id)!;
+    c.network.disconnect(lagging);
+    await proposeAll(c, commands("x", 60));
+    await c.runUntil(() => c.node(leader.id).status().snapshotIndex > 0, 20_000, "leader compacting");
+    // The lagging node's log will not sync: it restores the machine, then "crashes" before the reset.
+    (c.logs.get(lagging) as MemoryLogStore).holdSyncs(true);
+    c.network.reconnect(lagging);
+    await c.runUntil(() => c.machines.get(lagging)!.restores > 0, 20_000, "snapshot restored");
+    await c.crash(lagging);
+    await c.restart(lagging); // machine ahead of the log: the driver resets the log to it
+    await c.runUntil(() => appliedEverywhere(c, 60), 20_000, "recovered follower caught up");
+    expectConsistent(c);
+  });
+
+  test("readIndex on the leader is confirmed and applied; followers answer NotLeaderError with the leader", async () => {
+    const c = cluster(3, 9);
+    await c.start();
+    const leader = await c.waitForLeader();
+    await proposeAll(c, commands("r", 5));
+    await c.runUntil(() => appliedEverywhere(c, 5), 5_000, "5 commands applied");
+    let readAt = -1;
+    leader.readIndex().then((index) => (readAt = index));
+    await c.runUntil(() => readAt >= 0, 5_000, "read index confirmed");
+    expect(readAt).toBeGreaterThanOrEqual(6); // 5 commands + the leader's no-op
+    expect(c.machines.get(leader.id)!.lastApplied()).toBeGreaterThanOrEqual(readAt);
+
+    const follower = c.node([...c.nodes.keys()].find((id) => id !== leader.id)!);
+    const err = await follower.readIndex().catch((e) => e);
+    expect(err).toBeInstanceOf(NotLeaderError);
+    expect(err.leaderId).toBe(leader.id);
+    const proposeErr = await follower.propose(enc.encode("nope")).catch((e) => e);
+    expect(proposeErr).toBeInstanceOf(NotLeaderError);
+    expect(proposeErr.leaderId).toBe(leader.id);
+  });
+
+  test("a leader cut off from its quorum cannot serve a read", async () => {
+    const c = cluster(3, 10);
+    await c.start();
+    const leader = await c.waitForLeader();
+    c.network.partition([leader.id], [...c.nodes.keys()].filter((id) => id !== leader.id));
+    let outcome: unknown = null;
+    leader.readIndex().then(
+      (index) => (outcome = index),
+      (err) => (outcome = err),
+    );
+    await c.runUntil(() => outcome !== null, 10_000, "isolated leader's read failing");
+    expect(outcome).toBeInstanceOf(Error);
+  });
+
+  test("a disk failure stops the node, surfaces the error, and nothing after it is acknowledged", async () => {
+    const c = cluster(3, 11);
+    await c.start();
+    const leader = await c.waitForLeader();
+    const victim = [...c.nodes.keys()].find((id) => id !== leader.id)!;
+    (c.logs.get(victim) as MemoryLogStore).failSyncs(new Error("EIO: simulated disk failure"));
+    await proposeAll(c, commands("d", 5));
+    await c.runUntil(() => c.node(victim).status().stopped, 5_000, "victim stopping");
+    expect(c.node(victim).status().fatal).toMatch(/EIO/);
+    expect(c.fatal.get(victim)?.message).toMatch(/EIO/);
+    await expect(c.node(victim).propose(enc.encode("x"))).rejects.toBeInstanceOf(NodeStoppedError);
+    // The other two still form a quorum.
+    await c.runUntil(() => appliedEverywhere(c, 5, [...c.nodes.keys()].filter((id) => id !== victim)), 10_000, "survivors applying");
+    c.fatal.delete(victim);
+    expectConsistent(c);
+  });
+
+  test("leadership transfer moves the leader to the chosen node", async () => {
+    const c = cluster(3, 12);
+    await c.start();
+    const leader = await c.waitForLeader();
+    await proposeAll(c, commands("t", 3));
+    const target = [...c.nodes.keys()].find((id) => id !== leader.id)!;
+    leader.transferLeadership(target);
+    await c.runUntil(() => c.leader()?.id === target, 5_000, "transfer to the target");
+    await proposeAll(c, commands("t2", 3));
+    await c.runUntil(() => appliedEverywhere(c, 6), 5_000, "applying after transfer");
+    expectConsistent(c);
+  });
+});
+
+describe("RaftNode cluster on real log files", () => {
+  test("3 nodes with FileLogStore replicate, stop, and replay the log into fresh machines", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-node-"));
+    try {
+      const dirOf = (id: NodeId) => path.join(root, `node-${id}`);
+      const c = cluster(3, 13, {
+        logStore: async (id, previous) => {
+          await previous?.close();
+          return FileLogStore.open(dirOf(id), { segmentBytes: 16 * 1024 });
+        },
+        // A machine with no durability: after a restart everything is replayed from the log.
+        stateMachine: () => new ListMachine(),
+      });
+      await c.start();
+      await c.waitForLeader();
+      const cmds = commands("disk", 40);
+      await proposeAll(c, cmds);
+      await c.runUntil(() => appliedEverywhere(c, 40), 20_000, "all applying 40 commands");
+      expect((c.logs.get(0) as FileLogStore).stats().fsyncs).toBeGreaterThan(0);
+      for (const id of [0, 1, 2]) await c.crash(id as NodeId);
+      for (const id of [0, 1, 2]) await c.restart(id as NodeId);
+      // Committed entries are replayed after the (empty) machine's applied index 0.
+      await c.runUntil(() => appliedEverywhere(c, 40), 20_000, "replay after restart");
+      for (const m of c.machines.values()) expect(m.commands.slice(0, 40)).toEqual(cmds);
+      await c.stop();
+      for (const log of c.logs.values()) await log.close();
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+export type { RaftNode };
