@@ -1,0 +1,103 @@
+// `bun run sim --seed S [--nodes N] [--steps K] [--kv]`: one deterministic randomized fault
+// schedule; prints one summary line (same seed ⇒ same bytes), or the violated invariant and exits 1.
+
+import { existsSync } from "node:fs";
+
+import { InvariantViolation, replayCommand, runRandomSchedule } from "../raft/sim/index.ts";
+
+const USAGE = "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--kv]";
+
+export interface SimCliOptions {
+  seed: number;
+  nodes: number;
+  steps: number;
+  kv: boolean;
+  /** Flags this parser does not know, passed through to the KV simulator. */
+  extra: string[];
+}
+
+export class UsageError extends Error {
+  readonly code = "USAGE";
+}
+
+export function parseSimArgs(argv: string[]): SimCliOptions {
+  const out: SimCliOptions = { seed: NaN, nodes: 5, steps: 2000, kv: false, extra: [] };
+  const int = (name: string, raw: string | undefined, lo: number, hi: number): number => {
+    if (raw === undefined || !/^\d+$/.test(raw)) throw new UsageError(`--${name} needs an integer, got ${raw === undefined ? "nothing" : JSON.stringify(raw)}`);
+    const v = Number(raw);
+    if (v < lo || v > hi) throw new UsageError(`--${name} must be in ${lo}..${hi}, got ${v}`);
+    return v;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const eq = arg.indexOf("=");
+    const flag = eq >= 0 ? arg.slice(0, eq) : arg;
+    const value = () => (eq >= 0 ? arg.slice(eq + 1) : argv[++i]);
+    switch (flag) {
+      case "--seed":
+        out.seed = int("seed", value(), 0, Number.MAX_SAFE_INTEGER);
+        break;
+      case "--nodes":
+        out.nodes = int("nodes", value(), 1, 15);
+        break;
+      case "--steps":
+        out.steps = int("steps", value(), 0, 10_000_000);
+        break;
+      case "--kv":
+        out.kv = true;
+        break;
+      case "-h":
+      case "--help":
+        throw new UsageError("help");
+      default:
+        if (out.kv || argv.includes("--kv")) out.extra.push(arg);
+        else throw new UsageError(`unknown flag ${JSON.stringify(arg)}`);
+    }
+  }
+  if (Number.isNaN(out.seed)) throw new UsageError("--seed is required (any non-negative integer; the same seed replays the same run)");
+  return out;
+}
+
+async function runKv(options: SimCliOptions): Promise<number> {
+  const url = new URL("../kv/sim.ts", import.meta.url);
+  if (!existsSync(url)) {
+    console.error("kvraft sim: KV mode (--kv) is not built yet (src/kv/sim.ts is missing).");
+    return 2;
+  }
+  // A computed specifier: the KV simulator is optional at type-check time.
+  const mod = (await import(url.href)) as { runKvSim?: (o: SimCliOptions) => unknown };
+  if (typeof mod.runKvSim !== "function") {
+    console.error("kvraft sim: KV mode (--kv) is not built yet (src/kv/sim.ts exports no runKvSim).");
+    return 2;
+  }
+  const line = await mod.runKvSim(options);
+  if (typeof line === "string") console.log(line);
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let options: SimCliOptions;
+  try {
+    options = parseSimArgs(argv);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    if (e.message !== "help") console.error(`kvraft sim: ${e.message}`);
+    console.error(USAGE);
+    return e.message === "help" ? 0 : 2;
+  }
+  try {
+    if (options.kv) return await runKv(options);
+    console.log(runRandomSchedule(options).line);
+    return 0;
+  } catch (e) {
+    if (e instanceof InvariantViolation || (e instanceof Error && (e as { code?: string }).code === "INVARIANT_VIOLATION")) {
+      console.error((e as Error).message);
+      return 1;
+    }
+    console.error(`seed ${options.seed}: the simulation crashed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    console.error(`replay: ${replayCommand(options)}`);
+    return 1;
+  }
+}
+
+if (import.meta.main) process.exit(await main(process.argv.slice(2)));
