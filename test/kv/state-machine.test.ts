@@ -1,0 +1,252 @@
+// KVStateMachine on a real LSM: apply semantics, exactly-once sessions, restart from the LSM,
+// snapshot streams taken while writes continue, and atomic install that survives a broken stream.
+import { afterEach, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { encodeCommand, type WriteCommand } from "../../src/kv/command.ts";
+import { KVStateMachine, type AppliedCommand } from "../../src/kv/state-machine.ts";
+import { RESULT_NO_KEY, RESULT_OK } from "../../src/kv/sessions.ts";
+import { EntryType, type Entry } from "../../src/raft/index.ts";
+
+const dirs: string[] = [];
+const machines: KVStateMachine[] = [];
+afterEach(async () => {
+  for (const m of machines.splice(0)) await m.close().catch(() => {});
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-sm-"));
+  dirs.push(dir);
+  return dir;
+}
+
+async function open(dir: string, extra: Partial<Parameters<typeof KVStateMachine.open>[0]> = {}): Promise<KVStateMachine> {
+  const m = await KVStateMachine.open({ dir, members: [0, 1, 2], memtableBytes: 64 << 10, blockCacheBytes: 64 << 10, ...extra });
+  machines.push(m);
+  return m;
+}
+
+async function reopen(m: KVStateMachine, dir: string, extra: Partial<Parameters<typeof KVStateMachine.open>[0]> = {}): Promise<KVStateMachine> {
+  await m.close();
+  machines.splice(machines.indexOf(m), 1);
+  return open(dir, extra);
+}
+
+const text = new TextDecoder();
+const read = (m: KVStateMachine, key: string) => {
+  const v = m.read(key);
+  return v === null ? null : text.decode(v);
+};
+
+/** Builds consecutive entries from index `first` in term `term`. */
+function entries(first: number, term: number, commands: (Partial<WriteCommand> | "noop")[]): Entry[] {
+  return commands.map((c, i) =>
+    c === "noop"
+      ? { index: first + i, term, type: EntryType.Noop, data: new Uint8Array(0) }
+      : {
+          index: first + i,
+          term,
+          type: EntryType.Normal,
+          data: encodeCommand({ op: "Put", clientId: 1n, commandId: BigInt(first + i), key: "k", value: "", ...c }),
+        },
+  );
+}
+
+async function collect(chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = [];
+  for await (const c of chunks) out.push(c);
+  return out;
+}
+
+async function* replay(chunks: Uint8Array[], failAfter = Infinity): AsyncGenerator<Uint8Array> {
+  let n = 0;
+  for (const c of chunks) {
+    if (n++ >= failAfter) throw new Error("network: link went down mid-stream");
+    yield c;
+  }
+}
+
+describe("apply", () => {
+  test("Put, Append, Delete in one batch see each other; Noop advances the index", async () => {
+    const m = await open(tempDir());
+    const seen: AppliedCommand[] = [];
+    m.listener = { applied: (c) => seen.push(...c), restored: () => {} };
+    await m.apply(
+      entries(1, 1, [
+        "noop",
+        { op: "Put", key: "a", value: "1" },
+        { op: "Append", key: "a", value: "2" },
+        { op: "Append", key: "b", value: "x" },
+        { op: "Delete", key: "c" },
+        { op: "Delete", key: "b" },
+      ]),
+    );
+    expect(m.lastApplied()).toBe(6);
+    expect(m.lastAppliedTerm()).toBe(1);
+    expect(read(m, "a")).toBe("12");
+    expect(read(m, "b")).toBeNull();
+    expect(seen.map((c) => [c.index, c.result])).toEqual([
+      [1, RESULT_OK],
+      [2, RESULT_OK],
+      [3, RESULT_OK],
+      [4, RESULT_OK],
+      [5, RESULT_NO_KEY],
+      [6, RESULT_OK],
+    ]);
+  });
+
+  test("a retried command (same clientId, commandId) is answered but not applied again", async () => {
+    const m = await open(tempDir());
+    await m.apply(entries(1, 1, [{ op: "Append", key: "k", value: "x", clientId: 7n, commandId: 1n }]));
+    await m.apply(entries(2, 2, [{ op: "Append", key: "k", value: "x", clientId: 7n, commandId: 1n }]));
+    await m.apply(entries(3, 2, [{ op: "Append", key: "k", value: "y", clientId: 7n, commandId: 2n }]));
+    // An older command arriving late is not applied either.
+    await m.apply(entries(4, 2, [{ op: "Append", key: "k", value: "x", clientId: 7n, commandId: 1n }]));
+    expect(read(m, "k")).toBe("xy");
+    expect(m.session(7n)?.commandId).toBe(2n);
+  });
+
+  test("entries at or below the applied index are skipped; a gap is refused", async () => {
+    const m = await open(tempDir());
+    await m.apply(entries(1, 1, [{ op: "Append", key: "k", value: "a", clientId: 1n, commandId: 1n }]));
+    await m.apply(entries(1, 1, [{ op: "Append", key: "k", value: "a", clientId: 2n, commandId: 1n }, { op: "Append", key: "k", value: "b", clientId: 2n, commandId: 2n }]));
+    expect(read(m, "k")).toBe("ab");
+    await expect(m.apply(entries(9, 1, ["noop"]))).rejects.toThrow(/apply gap/);
+  });
+
+  test("restart resumes from the LSM: applied index, term, data and sessions", async () => {
+    const dir = tempDir();
+    let m = await open(dir);
+    await m.apply(entries(1, 3, [{ op: "Put", key: "a", value: "v", clientId: 5n, commandId: 9n }, "noop"]));
+    await m.sync();
+    expect(m.durableAppliedIndex()).toBe(2);
+    m = await reopen(m, dir);
+    expect(m.lastApplied()).toBe(2);
+    expect(m.lastAppliedTerm()).toBe(3);
+    expect(read(m, "a")).toBe("v");
+    expect(m.session(5n)).toMatchObject({ commandId: 9n, lastIndex: 1 });
+    // The driver replays from the log: nothing at or below 2 is applied twice.
+    await m.apply(entries(1, 3, [{ op: "Append", key: "a", value: "v", clientId: 6n, commandId: 1n }, "noop", { op: "Append", key: "a", value: "w", clientId: 6n, commandId: 2n }]));
+    expect(read(m, "a")).toBe("vw");
+  });
+
+  test("sessions expire by log index (TTL) and by count (LRU), identically after restart", async () => {
+    const dir = tempDir();
+    let m = await open(dir, { sessionTtlEntries: 5, maxSessions: 3 });
+    await m.apply(entries(1, 1, [1n, 2n, 3n, 4n].map((c) => ({ op: "Put", key: `k${c}`, value: "v", clientId: c, commandId: 1n }) as const)));
+    // maxSessions 3: client 1 (least recently used) is gone.
+    expect([1n, 2n, 3n, 4n].map((c) => m.session(c) !== undefined)).toEqual([false, true, true, true]);
+    await m.apply(entries(5, 1, ["noop", "noop", "noop", "noop"])); // index 8: client 2 (last 2) untouched for 6 > 5 entries
+    expect(m.session(2n)).toBeUndefined();
+    expect(m.session(3n)).toBeDefined();
+    m = await reopen(m, dir, { sessionTtlEntries: 5, maxSessions: 3 });
+    expect(m.session(2n)).toBeUndefined();
+    expect(m.session(3n)).toBeDefined();
+    expect(m.sessionCount).toBe(2);
+    // Outside the window, a retry is applied again: the documented at-most-once limit.
+    await m.apply(entries(9, 1, [{ op: "Append", key: "dup", value: "x", clientId: 1n, commandId: 1n }]));
+    expect(read(m, "dup")).toBe("x");
+  });
+
+  test("a large apply is split into several atomic batches, each with its applied index", async () => {
+    const dir = tempDir();
+    let m = await open(dir, { maxBatchBytes: 10_000 });
+    const big = "z".repeat(3000);
+    await m.apply(entries(1, 1, Array.from({ length: 20 }, (_, i) => ({ op: "Put", key: `k${i}`, value: big, clientId: 1n, commandId: BigInt(i + 1) }) as const)));
+    expect(m.lastApplied()).toBe(20);
+    m = await reopen(m, dir);
+    expect(m.lastApplied()).toBe(20);
+    expect(read(m, "k19")).toBe(big);
+  });
+});
+
+describe("snapshot and restore", () => {
+  async function fill(m: KVStateMachine, n: number, valueBytes: number): Promise<void> {
+    const value = "v".repeat(valueBytes);
+    for (let start = 1; start <= n; start += 100) {
+      const cmds = Array.from({ length: Math.min(100, n - start + 1) }, (_, i) => ({ op: "Put", key: `key-${start + i}`, value, clientId: BigInt(start + i), commandId: 1n }) as const);
+      await m.apply(entries(m.lastApplied() + 1, 2, cmds));
+    }
+  }
+
+  test("a snapshot taken before more writes restores exactly the state at its index", async () => {
+    const source = await open(tempDir(), { snapshotChunkBytes: 4096 });
+    await fill(source, 500, 100);
+    const { meta, chunks } = await source.snapshot();
+    expect(meta).toEqual({ index: 500, term: 2, members: [0, 1, 2] });
+    // Writes after the snapshot must not leak into its stream.
+    await source.apply(entries(501, 3, [{ op: "Put", key: "key-1", value: "changed", clientId: 999n, commandId: 1n }, { op: "Put", key: "late", value: "x", clientId: 999n, commandId: 2n }]));
+    const collected = await collect(chunks);
+    for (const c of collected) expect(c.length).toBeLessThanOrEqual(4096);
+
+    const targetDir = tempDir();
+    const target = await open(targetDir);
+    await target.apply(entries(1, 1, [{ op: "Put", key: "stale", value: "old", clientId: 1n, commandId: 1n }]));
+    let restored = 0;
+    target.listener = { applied: () => {}, restored: () => restored++ };
+    await target.restore(meta, replay(collected));
+    expect(restored).toBe(1);
+    expect(target.lastApplied()).toBe(500);
+    expect(target.lastAppliedTerm()).toBe(2);
+    expect(target.durableAppliedIndex()).toBe(500);
+    expect(read(target, "stale")).toBeNull();
+    expect(read(target, "key-1")).toBe("v".repeat(100));
+    expect(read(target, "key-500")).toBe("v".repeat(100));
+    expect(read(target, "late")).toBeNull();
+    expect(target.session(250n)?.commandId).toBe(1n);
+    expect(target.session(999n)).toBeUndefined();
+    // Exactly one state directory remains, and it is what CURRENT names.
+    const states = fs.readdirSync(targetDir).filter((n) => n.startsWith("state-"));
+    expect(states).toEqual([fs.readFileSync(path.join(targetDir, "CURRENT"), "utf8").trim()]);
+    // The install is durable: a restart sees it.
+    const again = await reopen(target, targetDir);
+    expect(again.lastApplied()).toBe(500);
+    expect(read(again, "key-77")).toBe("v".repeat(100));
+  });
+
+  test("a stream that fails midway leaves the old state intact, in memory and on disk", async () => {
+    const source = await open(tempDir(), { snapshotChunkBytes: 2048 });
+    await fill(source, 300, 50);
+    const { meta, chunks } = await source.snapshot();
+    const collected = await collect(chunks);
+    expect(collected.length).toBeGreaterThan(4);
+
+    const targetDir = tempDir();
+    let target = await open(targetDir);
+    await target.apply(entries(1, 1, [{ op: "Put", key: "mine", value: "kept", clientId: 4n, commandId: 3n }]));
+    await expect(target.restore(meta, replay(collected, Math.floor(collected.length / 2)))).rejects.toThrow(/link went down/);
+    expect(target.lastApplied()).toBe(1);
+    expect(read(target, "mine")).toBe("kept");
+    expect(read(target, "key-1")).toBeNull();
+    expect(target.session(4n)?.commandId).toBe(3n);
+    expect(fs.readdirSync(targetDir).filter((n) => n.startsWith("state-"))).toEqual(["state-1"]);
+    // A truncated stream (ends early without error) is refused the same way.
+    await expect(target.restore(meta, replay(collected.slice(0, -1)))).rejects.toThrow(/truncated/);
+    // So is a stream for a different index than the install asked for.
+    await expect(target.restore({ ...meta, index: meta.index + 1 }, replay(collected))).rejects.toThrow(/index/);
+    target = await reopen(target, targetDir);
+    expect(read(target, "mine")).toBe("kept");
+    expect(target.lastApplied()).toBe(1);
+    // And the machine still works: a good stream installs.
+    await target.restore(meta, replay(collected));
+    expect(read(target, "key-300")).toBe("v".repeat(50));
+  });
+
+  test("leftovers of an install interrupted by a crash are removed at open", async () => {
+    const dir = tempDir();
+    let m = await open(dir);
+    await m.apply(entries(1, 1, [{ op: "Put", key: "a", value: "1" }]));
+    await m.close();
+    machines.splice(machines.indexOf(m), 1);
+    // A crash after building state-2 but before the pointer switch.
+    fs.mkdirSync(path.join(dir, "state-2"));
+    fs.writeFileSync(path.join(dir, "state-2", "junk"), "partial");
+    fs.writeFileSync(path.join(dir, "CURRENT.tmp"), "state-2\n");
+    m = await open(dir);
+    expect(read(m, "a")).toBe("1");
+    expect(fs.existsSync(path.join(dir, "state-2"))).toBe(false);
+    expect(fs.existsSync(path.join(dir, "CURRENT.tmp"))).toBe(false);
+  });
+});
