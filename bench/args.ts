@@ -1,0 +1,130 @@
+// Command line of `bun bench`: which suites, how big, where results go. Bad input raises
+// UsageError (exit status 2) with a message that says what to type instead.
+
+export const SUITES = ["lsm", "raft", "cluster"] as const;
+export type SuiteName = (typeof SUITES)[number];
+
+export interface BenchOptions {
+  suites: SuiteName[];
+  quick: boolean;
+  json: string | null;
+  vsEtcd: boolean;
+  big: boolean;
+  /** Repeated runs per side of every comparison (median and spread reported). */
+  runs: number;
+  /** LSM key count (db_bench's --num). */
+  lsmKeys: number | null;
+  /** Seconds per cluster load point. */
+  seconds: number | null;
+  resultsDir: string;
+  help: boolean;
+}
+
+export class UsageError extends Error {
+  readonly code = "BENCH_USAGE";
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+export const USAGE = `usage: bun bench [lsm|raft|cluster ...] [options]
+
+Runs throughput benchmarks of kvraft side by side with LevelDB (classic-level) and etcd, alternating
+the systems inside one run, and prints medians with min–max spread and ours/theirs ratios. Tables go
+to stdout, progress to stderr, SVG charts to the results directory.
+
+suites (default: all)
+  lsm        db_bench workloads: our LSM engine vs LevelDB through classic-level, in process
+  raft       proposals committed per second on 3 and 5 in-process Raft nodes with real log stores
+  cluster    three kvserver processes on 127.0.0.1 under a closed-loop load generator
+
+options
+  --quick            a small version of every chosen suite (about a minute in all)
+  --runs N           runs per side of each comparison (default 3, 1 with --quick)
+  --keys N           LSM key count (default 1,000,000; 50,000 with --quick)
+  --seconds S        seconds per cluster load point (default 10; 2 with --quick)
+  --vs-etcd          cluster: also run a 3-member etcd (needs \`etcd\` on PATH) and compare
+  --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
+  --json FILE        write every result, the machine and the versions to FILE
+  --results-dir DIR  where SVG charts go (default bench/results)
+  -h, --help         this text
+`;
+
+function positiveInt(flag: string, value: string | undefined, max: number): number {
+  if (value === undefined) throw new UsageError(`${flag} needs a value, e.g. ${flag} 3`);
+  const n = Number(value.replaceAll("_", "").replaceAll(",", ""));
+  if (!Number.isInteger(n) || n < 1 || n > max) {
+    throw new UsageError(`${flag} must be a whole number from 1 to ${max}, got "${value}"`);
+  }
+  return n;
+}
+
+export function parseArgs(argv: readonly string[], defaultResultsDir: string): BenchOptions {
+  const o: BenchOptions = {
+    suites: [],
+    quick: false,
+    json: null,
+    vsEtcd: false,
+    big: false,
+    runs: 0,
+    lsmKeys: null,
+    seconds: null,
+    resultsDir: defaultResultsDir,
+    help: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const [flag, inline] = arg.startsWith("--") && arg.includes("=") ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)] : [arg, undefined];
+    const value = () => inline ?? argv[++i];
+    switch (flag) {
+      case "-h":
+      case "--help":
+        o.help = true;
+        break;
+      case "--quick":
+        o.quick = true;
+        break;
+      case "--vs-etcd":
+        o.vsEtcd = true;
+        break;
+      case "--big":
+        o.big = true;
+        break;
+      case "--json": {
+        const file = value();
+        if (!file || file.startsWith("-")) throw new UsageError("--json needs a file name, e.g. --json bench/results/run.json");
+        o.json = file;
+        break;
+      }
+      case "--results-dir": {
+        const dir = value();
+        if (!dir || dir.startsWith("-")) throw new UsageError("--results-dir needs a directory");
+        o.resultsDir = dir;
+        break;
+      }
+      case "--runs":
+        o.runs = positiveInt("--runs", value(), 99);
+        break;
+      case "--keys":
+        o.lsmKeys = positiveInt("--keys", value(), 100_000_000);
+        break;
+      case "--seconds":
+        o.seconds = positiveInt("--seconds", value(), 3600);
+        break;
+      default:
+        if ((SUITES as readonly string[]).includes(arg)) {
+          if (!o.suites.includes(arg as SuiteName)) o.suites.push(arg as SuiteName);
+        } else if (arg.startsWith("-")) {
+          throw new UsageError(`unknown option "${arg}" (see bun bench --help)`);
+        } else {
+          throw new UsageError(`unknown suite "${arg}": choose from ${SUITES.join(", ")}`);
+        }
+    }
+  }
+  if (o.suites.length === 0) o.suites = [...SUITES];
+  if (o.runs === 0) o.runs = o.quick ? 1 : 3;
+  if (o.vsEtcd && !o.suites.includes("cluster")) throw new UsageError("--vs-etcd applies to the cluster suite; add `cluster`");
+  if (o.big && !o.suites.includes("lsm")) throw new UsageError("--big applies to the lsm suite; add `lsm`");
+  return o;
+}
