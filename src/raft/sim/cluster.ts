@@ -226,15 +226,24 @@ export class SimCluster implements SimHost {
   }
 
   readIndex(id: NodeId, context: number): ReadIndexResult {
+    return this.readIndexMany(id, [context])[0]!;
+  }
+
+  /** Several reads handed to the core before its next Ready (as a busy driver would). */
+  readIndexMany(id: NodeId, contexts: number[]): ReadIndexResult[] {
     const n = this.nodes[id]!;
-    if (n.raft === null) return { ok: false, leaderId: NONE, reason: "not-leader" };
-    if (this.reads.has(context)) throw new RangeError(`read context ${context} used twice`);
+    const raft = n.raft;
+    if (raft === null) return contexts.map(() => ({ ok: false, leaderId: NONE, reason: "not-leader" }));
     let required = this.oracle.maxApplied;
     for (const other of this.nodes) if (other.raft !== null) required = Math.max(required, other.raft.status().commitIndex);
-    const result = n.raft.readIndex(context);
-    if (result.ok) this.reads.set(context, { context, node: id, required });
+    const results = contexts.map((context) => {
+      if (this.reads.has(context)) throw new RangeError(`read context ${context} used twice`);
+      const result = raft.readIndex(context);
+      if (result.ok) this.reads.set(context, { context, node: id, required });
+      return result;
+    });
     this.guard(() => n.processReady());
-    return result;
+    return results;
   }
 
   transferLeadership(from: NodeId, to: NodeId): void {
