@@ -1,0 +1,86 @@
+// The memtable's internal key order (user key ascending, newest seq first) and the merging
+// iterator that combines several sorted sources, in both directions.
+import { describe, expect, test } from "bun:test";
+import { KIND_DEL, KIND_PUT } from "../../src/lsm/coding.ts";
+import { MergingIterator, type InternalIterator } from "../../src/lsm/iterator.ts";
+import { Memtable } from "../../src/lsm/memtable.ts";
+import { bytes, key, rng, text } from "./helpers.ts";
+
+function dump(it: InternalIterator): string[] {
+  const out: string[] = [];
+  for (it.seekToFirst(); it.valid(); it.next()) out.push(`${text(it.key())}@${it.seq()}`);
+  return out;
+}
+
+describe("memtable", () => {
+  test("orders by user key, then newest sequence first", () => {
+    const m = new Memtable(1);
+    m.add(bytes("b"), 1, KIND_PUT, bytes("b1"));
+    m.add(bytes("a"), 2, KIND_PUT, bytes("a2"));
+    m.add(bytes("b"), 3, KIND_DEL, new Uint8Array(0));
+    m.add(bytes("ab"), 4, KIND_PUT, bytes("ab4"));
+    m.add(bytes("a"), 5, KIND_PUT, bytes("a5"));
+    expect(dump(m.iterator())).toEqual(["a@5", "a@2", "ab@4", "b@3", "b@1"]);
+    expect(text(m.get(bytes("a"), 10)!.value)).toBe("a5");
+    expect(text(m.get(bytes("a"), 4)!.value)).toBe("a2");
+    expect(m.get(bytes("a"), 1)).toBeUndefined();
+    expect(m.get(bytes("b"), 3)!.kind).toBe(KIND_DEL);
+    expect(text(m.get(bytes("b"), 2)!.value)).toBe("b1");
+    expect(m.get(bytes("c"), 10)).toBeUndefined();
+  });
+
+  test("random inserts come out sorted; prev walks the same order backwards", () => {
+    const m = new Memtable(1);
+    const r = rng(7);
+    const expected: string[] = [];
+    for (let seq = 1; seq <= 2000; seq++) {
+      const k = (r() * 500) | 0;
+      m.add(key(k), seq, KIND_PUT, bytes(String(seq)));
+      expected.push(`${text(key(k))}@${seq}`);
+    }
+    expected.sort((a, b) => {
+      const [ka, sa] = a.split("@");
+      const [kb, sb] = b.split("@");
+      return ka < kb ? -1 : ka > kb ? 1 : Number(sb) - Number(sa);
+    });
+    const it = m.iterator();
+    expect(dump(it)).toEqual(expected);
+    const back: string[] = [];
+    for (it.seekToLast(); it.valid(); it.prev()) back.push(`${text(it.key())}@${it.seq()}`);
+    expect(back).toEqual(expected.slice().reverse());
+    expect(m.count).toBe(2000);
+    expect(m.bytes).toBeGreaterThan(2000 * 11);
+  });
+});
+
+describe("merging iterator", () => {
+  test("merges sources in internal order and switches direction in the middle", () => {
+    const a = new Memtable(1);
+    const b = new Memtable(2);
+    const c = new Memtable(3);
+    for (let i = 0; i < 30; i++) {
+      const target = [a, b, c][i % 3];
+      target.add(key(i), 100 + i, KIND_PUT, bytes(`v${i}`));
+    }
+    b.add(key(3), 500, KIND_PUT, bytes("newer")); // same key in two sources
+    const it = new MergingIterator([a.iterator(), b.iterator(), c.iterator()]);
+    const all = dump(it);
+    expect(all.length).toBe(31);
+    expect(all.slice(3, 5)).toEqual(["key00000003@500", "key00000003@103"]);
+    it.seek(key(10), Number.MAX_SAFE_INTEGER);
+    expect(text(it.key())).toBe("key00000010");
+    it.next();
+    expect(text(it.key())).toBe("key00000011");
+    it.prev();
+    expect(text(it.key())).toBe("key00000010");
+    it.prev();
+    expect(text(it.key())).toBe("key00000009");
+    it.next();
+    it.next();
+    expect(text(it.key())).toBe("key00000011");
+    it.seekToLast();
+    expect(text(it.key())).toBe("key00000029");
+    it.prev();
+    expect(text(it.key())).toBe("key00000028");
+  });
+});
