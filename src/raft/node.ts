@@ -306,9 +306,14 @@ export class RaftNode {
     };
   }
 
-  /** True when no cycle is running or due: everything handed to the node has been processed. */
+  /**
+   * True when no cycle is running or due: everything handed to the node has been processed. While a
+   * snapshot is being received the node waits on the network, which only simulated time advances.
+   */
   isIdle(): boolean {
-    return this.stopped || (this.cycle === null && !this.cycleQueued && !this.restoring && !this.raft.hasReady());
+    if (this.stopped) return true;
+    if (this.cycle !== null || this.cycleQueued) return false;
+    return this.restoring || !this.raft.hasReady();
   }
 
   /** Stops ticking and receiving, drains the running cycle; closes nothing it did not open. */
@@ -332,6 +337,8 @@ export class RaftNode {
       if (!this.cycle && !this.stopped) {
         this.cycle = this.runCycles().finally(() => {
           this.cycle = null;
+          // Work that arrived after the loop's last hasReady() check but before this point.
+          if (!this.stopped && !this.restoring && this.raft.hasReady()) this.kick();
         });
       }
     });

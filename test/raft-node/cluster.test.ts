@@ -218,8 +218,12 @@ describe("RaftNode cluster (simulated)", () => {
     (c.logs.get(lagging) as MemoryLogStore).holdSyncs(true);
     c.network.reconnect(lagging);
     await c.runUntil(() => c.machines.get(lagging)!.restores > 0, 20_000, "snapshot restored");
+    const restoredAt = c.machines.get(lagging)!.lastApplied();
     await c.crash(lagging);
+    const durableLog = (c.logs.get(lagging) as MemoryLogStore).reopen();
+    expect(durableLog.lastIndex()).toBeLessThan(restoredAt); // the crash left the log behind the machine
     await c.restart(lagging); // machine ahead of the log: the driver resets the log to it
+    expect(c.logs.get(lagging)!.snapshotMeta().index).toBe(restoredAt);
     await c.runUntil(() => appliedEverywhere(c, 60), 20_000, "recovered follower caught up");
     expectConsistent(c);
   });
