@@ -278,6 +278,30 @@ describe("FileLogStore", () => {
     await reopened.close();
   });
 
+  test("a segment torn while being created (no valid header) is removed on open", async () => {
+    const store = await FileLogStore.open(dir);
+    await store.save(null, range(1, 3, 1));
+    await store.close();
+    const torn = path.join(dir, "log-0000000000000002.seg");
+    fs.writeFileSync(torn, new Uint8Array([1, 2, 3, 4, 5]));
+    const reopened = await FileLogStore.open(dir);
+    expect(fs.existsSync(torn)).toBe(false);
+    expect(reopened.lastIndex()).toBe(3);
+    await reopened.save(null, [entry(4, 1)]);
+    await reopened.close();
+    expect(segmentFiles()).toEqual(["log-0000000000000001.seg"]);
+  });
+
+  test("a missing segment in the middle is corruption", async () => {
+    const store = await FileLogStore.open(dir, { segmentBytes: 4096 });
+    await store.save(null, range(1, 300, 1));
+    await store.close();
+    const names = segmentFiles();
+    expect(names.length).toBeGreaterThan(2);
+    fs.unlinkSync(path.join(dir, names[1]));
+    await expect(FileLogStore.open(dir, { segmentBytes: 4096 })).rejects.toMatchObject({ code: "CORRUPTION" });
+  });
+
   test("a closed store refuses writes", async () => {
     const store = await FileLogStore.open(dir);
     await store.close();
