@@ -130,64 +130,27 @@ export async function leveldbEngine(): Promise<BenchEngine> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Ours (src/lsm), loaded at run time so the harness works before the engine lands.
+// Ours (src/lsm), loaded at run time: when the engine fails to load, LevelDB's side still runs.
 
 const OUR_ENGINE = path.resolve(import.meta.dir, "../src/lsm/index.ts");
-
-/** The surface of src/lsm's DB the bench uses (see src/lsm/index.ts). */
-interface OurDb {
-  put(key: Uint8Array, value: Uint8Array, options?: { sync?: boolean }): Promise<void>;
-  del(key: Uint8Array, options?: { sync?: boolean }): Promise<void>;
-  write(ops: WriteOp[], options?: { sync?: boolean }): Promise<void>;
-  get(key: Uint8Array): Promise<Uint8Array | undefined>;
-  getSync(key: Uint8Array): Uint8Array | undefined;
-  iterator(options?: { gte?: Uint8Array; limit?: number }): AsyncIterable<unknown>;
-  stats(): Record<string, unknown>;
-  close(): Promise<void>;
-}
-
-/** A synchronous cursor, when the engine exposes one (LevelDB's Iterator: Seek/Valid/Next). */
-interface OurCursor {
-  seek(key: Uint8Array): void;
-  seekToFirst(): void;
-  valid(): boolean;
-  next(): void;
-  close(): void;
-}
-
-interface OurModule {
-  DB: { open(dir: string, options?: { memtableBytes?: number; blockCacheBytes?: number }): Promise<OurDb> };
-}
+type OurModule = typeof import("../src/lsm/index.ts");
 
 /** Why our engine cannot be benchmarked, or null when it can. */
 export function ourEngineMissing(): string | null {
   return fs.existsSync(OUR_ENGINE) ? null : "src/lsm/index.ts does not exist yet (engine not landed)";
 }
 
-function openCursor(db: OurDb): OurCursor | null {
-  const candidate = db as unknown as Record<string, unknown>;
-  for (const name of ["cursor", "rawIterator", "lowLevelIterator", "syncIterator"]) {
-    if (typeof candidate[name] === "function") return (candidate[name] as () => OurCursor).call(db);
-  }
-  return null;
-}
-
 export async function ourEngine(): Promise<BenchEngine> {
   const missing = ourEngineMissing();
   if (missing) throw new Error(missing);
-  const mod = (await import(OUR_ENGINE)) as OurModule;
+  const { DB } = (await import(OUR_ENGINE)) as OurModule;
   return {
     system: "ours",
     label: "kvraft LSM",
-    bulkScan: "sync cursor",
-    bulkSeek: "sync cursor",
+    bulkScan: "nextv(1000)",
+    bulkSeek: "nextv(10)",
     async open(dir) {
-      const db = await mod.DB.open(dir);
-      const cursorOrThrow = () => {
-        const c = openCursor(db);
-        if (!c) throw new Error("src/lsm DB exposes no synchronous cursor (expected cursor())");
-        return c;
-      };
+      const db = await DB.open(dir);
       return {
         put: (key, value, sync) => db.put(key, value, sync ? { sync: true } : undefined),
         del: (key) => db.del(key),
@@ -202,37 +165,36 @@ export async function ourEngine(): Promise<BenchEngine> {
         },
         async scanBulk(b) {
           const start = performance.now();
-          const c = cursorOrThrow();
+          const it = db.iterator();
           let n = 0;
           try {
-            for (c.seekToFirst(); c.valid(); c.next()) if (entriesDone(b, ++n)) break;
+            for (;;) {
+              const entries = it.nextv(1000);
+              if (entries.length === 0) break;
+              n += entries.length;
+              b.progress?.tick(n);
+              if (n >= b.count) break;
+            }
           } finally {
-            c.close();
+            it.close();
           }
-          return { ops: n, seconds: (performance.now() - start) / 1000, capped: false };
+          return { ops: Math.min(n, b.count), seconds: (performance.now() - start) / 1000, capped: false };
         },
         seeker(mode) {
-          if (mode === "stepwise") {
-            return {
-              async seek(key, n) {
-                let read = 0;
-                for await (const _ of db.iterator({ gte: key, limit: n })) read++;
-                return read;
-              },
-              close() {},
-            };
-          }
-          const c = cursorOrThrow();
+          // Like LevelDB's side: one long-lived iterator per reader, repositioned by seek().
+          const it = db.iterator();
           return {
             seek(key, n) {
+              it.seek(key);
+              if (mode === "bulk") return it.nextv(n).length;
               let read = 0;
-              for (c.seek(key); read < n && c.valid(); c.next()) read++;
+              while (read < n && it.read() !== undefined) read++;
               return read;
             },
-            close: () => c.close(),
+            close: () => it.close(),
           };
         },
-        stats: () => db.stats(),
+        stats: () => ({ ...db.stats() }),
         close: () => db.close(),
       };
     },
