@@ -25,6 +25,7 @@ export class Progress {
       isTTY: Boolean(process.stderr.isTTY),
       columns: process.stderr.columns,
     },
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   /** Begins a step; `total` in `unit`s (ops, ms) drives the bar, 0 for an open-ended step. */
@@ -32,7 +33,7 @@ export class Progress {
     this.label = label;
     this.total = total;
     this.unit = unit;
-    this.startedAt = performance.now();
+    this.startedAt = this.now();
     this.lastDraw = 0;
     this.calls = 0;
     if (this.sink.isTTY) this.draw(0);
@@ -45,7 +46,7 @@ export class Progress {
    */
   tick(done: number): void {
     if ((++this.calls & 255) !== 0 && done < this.total) return;
-    const now = performance.now();
+    const now = this.now();
     if (this.sink.isTTY) {
       if (now - this.lastDraw >= TTY_REDRAW_MS) this.draw(done);
     } else if (now - (this.lastDraw || this.startedAt) >= PLAIN_HEARTBEAT_MS) {
@@ -77,7 +78,7 @@ export class Progress {
   }
 
   private draw(done: number): void {
-    const now = performance.now();
+    const now = this.now();
     this.lastDraw = now;
     const width = 24;
     const fraction = this.total > 0 ? Math.min(1, done / this.total) : 0;
