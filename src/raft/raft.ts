@@ -657,7 +657,19 @@ export class Raft {
   }
 
   private broadcastAppend(): void {
-    for (const id of this.voters.voters) if (id !== this.id) this.sendAppend(id);
+    for (const id of this.voters.voters) {
+      if (id === this.id) continue;
+      if (!this.sendAppend(id)) continue;
+      this.fillWindow(id);
+    }
+  }
+
+  /** Pipelines further appends to a replicating follower until its in-flight window is full. */
+  private fillWindow(id: NodeId): void {
+    const pr = this.progressOf(id);
+    while (pr.state === "replicate" && this.sendAppend(id, false)) {
+      // Each send adds an in-flight append (bounded by maxInflight) or sends nothing and stops.
+    }
   }
 
   private broadcastHeartbeat(): void {
@@ -709,10 +721,7 @@ export class Raft {
     else if (pr.state === "replicate") pr.inflights.freeLE(pr.matchIndex);
     if (this.maybeCommit()) this.broadcastAppend();
     else if (wasPaused) this.sendAppend(m.from);
-    // Fill the window: bounded by maxInflight, as each send either adds an inflight or sends nothing.
-    while (this.sendAppend(m.from, false)) {
-      if (pr.state !== "replicate") break;
-    }
+    this.fillWindow(m.from);
     if (m.from === this.leadTransferee && pr.matchIndex === this.log.lastIndex()) {
       this.send({ type: "TimeoutNow", from: this.id, to: m.from, term: this.term });
     }
