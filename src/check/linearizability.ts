@@ -147,19 +147,40 @@ function checkKey(key: string, all: Operation[], deadline: number): KeyOutcome {
   let best = { depth: -1, prefix: [] as number[], stuck: [] as number[] };
   let iterations = 0;
 
+  // Put and Delete not yet linearized. While there are none, the value can only grow (Append),
+  // so every observed Get still to come must extend the current value: a strong, sound prune that
+  // keeps append-heavy histories (many concurrent appends, one read) linear instead of factorial.
+  let resetters = ops.reduce((n, op) => n + (isResetter(op) ? 1 : 0), 0);
+  const reads = ops
+    .map((op, i) => ({ op, i }))
+    .filter(({ op }) => op.input.op === "Get" && op.return !== Infinity && op.output !== null)
+    .sort((a, b) => a.op.return - b.op.return || a.i - b.i)
+    .map(({ i }) => i);
+  /** The read that last ruled a candidate out by the prune: part of the explanation. */
+  let pruneBlocker = -1;
+
   let entry = head.next;
   while (head.next !== null) {
     if ((++iterations & 1023) === 0 && performance.now() > deadline) return { result: "timeout" };
     const node = entry!;
     if (node.isCall) {
       const op = ops[node.op];
-      const next = states.step(state, node.op, op);
+      let next = states.step(state, node.op, op);
+      const remainingResetters = resetters - (isResetter(op) ? 1 : 0);
+      if (next >= 0 && remainingResetters === 0) {
+        const blocker = laterReadBlocking(reads, linearized, node.op, ops, states.value(next));
+        if (blocker >= 0) {
+          next = -1;
+          pruneBlocker = blocker;
+        }
+      }
       if (next >= 0) {
         const hi = (hashHi ^ zobrist.hi[node.op]) >>> 0;
         const lo = (hashLo ^ zobrist.lo[node.op]) >>> 0;
         linearized[node.op >>> 5] |= 1 << (node.op & 31);
         if (cacheInsert(cache, hi * 0x200000 + (lo & 0x1fffff), linearized, next)) {
           calls.push({ node, state });
+          resetters = remainingResetters;
           state = next;
           hashHi = hi;
           hashLo = lo;
@@ -172,11 +193,17 @@ function checkKey(key: string, all: Operation[], deadline: number): KeyOutcome {
       entry = node.next;
     } else {
       // A return whose op is not linearized yet: every candidate before it failed; backtrack.
-      if (calls.length > best.depth) best = { depth: calls.length, prefix: calls.map((c) => c.node.op), stuck: candidatesBefore(head, node) };
+      if (calls.length > best.depth) {
+        const stuck = candidatesBefore(head, node);
+        if (pruneBlocker >= 0 && !stuck.includes(pruneBlocker)) stuck.push(pruneBlocker);
+        best = { depth: calls.length, prefix: calls.map((c) => c.node.op), stuck };
+      }
+      pruneBlocker = -1;
       const top = calls.pop();
       if (top === undefined) return illegal(key, ops, best);
       state = top.state;
       const id = top.node.op;
+      if (isResetter(ops[id])) resetters++;
       linearized[id >>> 5] &= ~(1 << (id & 31));
       hashHi = (hashHi ^ zobrist.hi[id]) >>> 0;
       hashLo = (hashLo ^ zobrist.lo[id]) >>> 0;
@@ -185,6 +212,34 @@ function checkKey(key: string, all: Operation[], deadline: number): KeyOutcome {
     }
   }
   return { result: "ok" };
+}
+
+function isResetter(op: Operation): boolean {
+  return op.input.op === "Put" || op.input.op === "Delete";
+}
+
+/** How many unlinearized reads `laterReadBlocking` compares against (earliest-returning first). */
+const PRUNE_READS = 8;
+
+/**
+ * With only Appends and Gets left, checks that Gets still to be linearized can see `value` or
+ * an extension of it. `reads` are the observed Gets by return time. Returns the index of a Get
+ * that cannot (this branch is dead), or -1.
+ */
+function laterReadBlocking(reads: number[], linearized: Uint32Array, linearizing: number, ops: Operation[], value: string | null): number {
+  let checked = 0;
+  for (let i = 0; i < reads.length && checked < PRUNE_READS; i++) {
+    const id = reads[i];
+    if (id === linearizing || (linearized[id >>> 5] & (1 << (id & 31))) !== 0) continue;
+    checked++;
+    const output = ops[id].output!;
+    if (output.err === "ErrNoKey") {
+      if (value !== null) return id;
+    } else if (output.err === "OK" && value !== null && !output.value.startsWith(value)) {
+      return id;
+    }
+  }
+  return -1;
 }
 
 function buildEventList(ops: Operation[]): EventNode {
@@ -288,6 +343,10 @@ class StateTable {
     const to = outcome.ok ? this.intern(outcome.state) : -1;
     if (opIndex < 0x100000) this.transitions.set(memoKey, to);
     return to;
+  }
+
+  value(id: number): KeyState {
+    return this.values[id];
   }
 
   private intern(value: KeyState): number {

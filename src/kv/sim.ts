@@ -1,0 +1,471 @@
+// Simulated KV clusters: real KVServers (real LSM in temp dirs, MemoryLogStore for the Raft log)
+// on a SimNetwork and SimClock, a retrying test Clerk that records every operation, and MIT
+// 6.824's kvraft workload (GenericTest) with crashes, partitions and an unreliable network.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { checkHistory, type CheckResult, type Operation } from "../check/index.ts";
+import { MemoryLogStore, SimClock, SimNetwork } from "../raft/index.ts";
+import { Rng } from "../util/rng.ts";
+import { crc32cUpdate } from "../util/crc32c.ts";
+import { KVError } from "./errors.ts";
+import { KVServer, type CommandArgs, type CommandReply, type KVLimits, type KVOp, type KVStateOptions } from "./server.ts";
+
+/** How long a simulated client waits for a lost request or reply before trying again. */
+const RPC_TIMEOUT_MS = 100;
+
+export interface KvSimClusterOptions {
+  servers: number;
+  seed: number;
+  unreliable?: boolean;
+  /** Raft log entries past the durable applied index before the log is compacted. */
+  snapshotThreshold?: number;
+  snapshotChunkBytes?: number;
+  state?: KVStateOptions;
+  limits?: KVLimits;
+  tickMs?: number;
+  electionTicks?: number;
+}
+
+const UNRELIABLE = { minDelayMs: 1, maxDelayMs: 12, lossRate: 0.1, duplicateRate: 0.05 };
+const RELIABLE = { minDelayMs: 1, maxDelayMs: 3, lossRate: 0, duplicateRate: 0 };
+
+export class KvSimCluster {
+  readonly clock = new SimClock();
+  readonly rng: Rng;
+  readonly net: SimNetwork;
+  readonly servers: (KVServer | null)[];
+  readonly root: string;
+  private readonly stores: MemoryLogStore[];
+  private unreliable = false;
+  crashes = 0;
+  partitions = 0;
+
+  private constructor(readonly options: KvSimClusterOptions) {
+    this.rng = new Rng(options.seed);
+    this.net = new SimNetwork(this.clock, this.rng.fork(), RELIABLE);
+    this.servers = new Array(options.servers).fill(null);
+    this.stores = Array.from({ length: options.servers }, () => new MemoryLogStore());
+    this.root = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-sim-"));
+  }
+
+  static async start(options: KvSimClusterOptions): Promise<KvSimCluster> {
+    const cluster = new KvSimCluster(options);
+    try {
+      cluster.setUnreliable(options.unreliable ?? false);
+      for (let i = 0; i < options.servers; i++) await cluster.startServer(i);
+    } catch (error) {
+      await cluster.close();
+      throw error;
+    }
+    return cluster;
+  }
+
+  get size(): number {
+    return this.servers.length;
+  }
+
+  setUnreliable(unreliable: boolean): void {
+    this.unreliable = unreliable;
+    this.net.setFaults(unreliable ? UNRELIABLE : RELIABLE);
+  }
+
+  async startServer(i: number): Promise<void> {
+    if (this.servers[i] !== null) throw new Error(`server ${i} is already running`);
+    const o = this.options;
+    this.servers[i] = await KVServer.open({
+      id: i,
+      peers: Array.from({ length: this.size }, (_, j) => j),
+      dir: path.join(this.root, `node-${i}`),
+      transport: this.net.transport(i),
+      clock: this.clock,
+      logStore: this.stores[i],
+      raft: {
+        tickMs: o.tickMs ?? 10,
+        electionTicks: o.electionTicks ?? 10,
+        heartbeatTicks: 1,
+        seed: (o.seed * 7919 + i * 104729 + this.crashes) >>> 0,
+        snapshotThreshold: o.snapshotThreshold,
+        snapshotChunkBytes: o.snapshotChunkBytes,
+      },
+      state: { memtableBytes: 64 << 10, blockCacheBytes: 64 << 10, ...o.state },
+      limits: o.limits,
+    });
+  }
+
+  /** The process dies: unsynced Raft log writes are lost; the LSM keeps what it wrote. */
+  async crash(i: number): Promise<void> {
+    const server = this.servers[i];
+    if (server === null) return;
+    this.servers[i] = null;
+    this.crashes++;
+    this.stores[i].crash();
+    await server.close();
+    this.stores[i] = this.stores[i].reopen();
+  }
+
+  async crashAll(): Promise<void> {
+    for (let i = 0; i < this.size; i++) await this.crash(i);
+  }
+
+  async restartAll(): Promise<void> {
+    for (let i = 0; i < this.size; i++) if (this.servers[i] === null) await this.startServer(i);
+  }
+
+  /** Splits the servers into groups that cannot reach each other (replacing any earlier split). */
+  partition(groups: number[][]): void {
+    this.net.heal();
+    this.partitions++;
+    for (let a = 0; a < groups.length; a++) {
+      for (let b = a + 1; b < groups.length; b++) this.net.partition(groups[a], groups[b]);
+    }
+  }
+
+  heal(): void {
+    this.net.heal();
+  }
+
+  /** Resolves after `ms` of simulated time. */
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.clock.setTimeout(resolve, ms));
+  }
+
+  /** Advances simulated time by `ms`, one millisecond at a time, letting I/O and promises run between. */
+  async run(ms: number): Promise<void> {
+    const end = this.clock.now() + ms;
+    while (this.clock.now() < end) {
+      this.clock.advance(1);
+      await yieldToIO();
+    }
+  }
+
+  /** Advances simulated time until `promise` settles; fails after `maxMs` of simulated time. */
+  async until<T>(promise: Promise<T>, maxMs = 60_000): Promise<T> {
+    let settled = false;
+    promise.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    const deadline = this.clock.now() + maxMs;
+    await yieldToIO();
+    while (!settled) {
+      if (this.clock.now() >= deadline) throw new Error(`simulation: nothing settled within ${maxMs} ms of simulated time`);
+      this.clock.advance(1);
+      await yieldToIO();
+    }
+    return promise;
+  }
+
+  /**
+   * One client RPC to server `i`: a network delay each way; on an unreliable network the request
+   * or the reply may be lost (the client then hears nothing for RPC_TIMEOUT_MS).
+   */
+  async call(i: number, args: CommandArgs): Promise<CommandReply | null> {
+    const server = this.servers[i];
+    if (server === null || (this.unreliable && this.rng.chance(0.1))) {
+      await this.sleep(RPC_TIMEOUT_MS);
+      return null;
+    }
+    await this.sleep(this.rng.range(1, 3));
+    let reply: CommandReply;
+    try {
+      reply = await server.command(args);
+    } catch (error) {
+      if (error instanceof KVError && error.code !== "invalid_argument") {
+        await this.sleep(RPC_TIMEOUT_MS);
+        return null;
+      }
+      throw error;
+    }
+    if (this.unreliable && this.rng.chance(0.1)) {
+      await this.sleep(RPC_TIMEOUT_MS);
+      return null;
+    }
+    await this.sleep(this.rng.range(1, 3));
+    return reply;
+  }
+
+  /** Raft log bytes of every running server. */
+  logBytes(): number[] {
+    return this.servers.map((_, i) => this.stores[i].sizeBytes());
+  }
+
+  async close(): Promise<void> {
+    for (let i = 0; i < this.size; i++) {
+      const server = this.servers[i];
+      this.servers[i] = null;
+      await server?.close().catch(() => {});
+    }
+    fs.rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+function yieldToIO(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * The test Clerk: retries one operation with the same commandId until a server answers OK or
+ * ErrNoKey, following leader hints and rotating through servers; records call and return times.
+ */
+export class KvSimClerk {
+  private leader: number;
+  private nextCommandId = 0n;
+  private reachable: number[];
+
+  constructor(
+    private readonly cluster: KvSimCluster,
+    readonly clientId: bigint,
+    private readonly history: Operation[],
+    private readonly deadlineMs = 60_000,
+    /** The servers this client can talk to (a client inside a partition); default all. */
+    reachable?: number[],
+  ) {
+    this.reachable = reachable ?? Array.from({ length: cluster.size }, (_, i) => i);
+    this.leader = this.reachable[0];
+  }
+
+  /** Changes which servers this client can talk to (all when omitted), e.g. after a heal. */
+  reach(servers?: number[]): void {
+    this.reachable = servers ?? Array.from({ length: this.cluster.size }, (_, i) => i);
+    if (!this.reachable.includes(this.leader)) this.leader = this.reachable[0];
+  }
+
+  get(key: string): Promise<CommandReply> {
+    return this.op("Get", key, "");
+  }
+  put(key: string, value: string): Promise<CommandReply> {
+    return this.op("Put", key, value);
+  }
+  append(key: string, value: string): Promise<CommandReply> {
+    return this.op("Append", key, value);
+  }
+  delete(key: string): Promise<CommandReply> {
+    return this.op("Delete", key, "");
+  }
+
+  async op(op: KVOp, key: string, value: string): Promise<CommandReply> {
+    const commandId = ++this.nextCommandId;
+    const clock = this.cluster.clock;
+    const record: Operation = { clientId: this.clientId, input: { op, key, value }, output: null, call: clock.now(), return: Infinity };
+    this.history.push(record);
+    const giveUp = clock.now() + this.deadlineMs;
+    while (clock.now() < giveUp) {
+      const reply = await this.cluster.call(this.leader, { key, value, op, clientId: this.clientId, commandId });
+      if (reply !== null && (reply.err === "OK" || reply.err === "ErrNoKey")) {
+        record.output = { err: reply.err, value: reply.value };
+        record.return = clock.now();
+        return reply;
+      }
+      if (reply?.leaderId !== undefined && reply.leaderId !== this.leader && this.reachable.includes(reply.leaderId)) {
+        this.leader = reply.leaderId;
+      } else {
+        this.leader = this.reachable[(this.reachable.indexOf(this.leader) + 1) % this.reachable.length];
+      }
+    }
+    throw new Error(`client ${this.clientId}: ${op} ${JSON.stringify(key)} got no answer in ${this.deadlineMs} ms of simulated time`);
+  }
+}
+
+/**
+ * 6.824's checkClntAppends: client `client` appended "x client j y" for j = 0..count-1 to its key,
+ * in order; each must appear exactly once, in order. Returns the problems found.
+ */
+export function checkClientAppends(client: number, value: string, count: number): string[] {
+  const problems: string[] = [];
+  let lastOffset = -1;
+  for (let j = 0; j < count; j++) {
+    const token = `x ${client} ${j} y`;
+    const offset = value.indexOf(token);
+    if (offset < 0) {
+      problems.push(`client ${client}: append ${JSON.stringify(token)} was lost`);
+      continue;
+    }
+    if (value.lastIndexOf(token) !== offset) problems.push(`client ${client}: append ${JSON.stringify(token)} was applied twice`);
+    if (offset < lastOffset) problems.push(`client ${client}: append ${JSON.stringify(token)} is out of order`);
+    lastOffset = offset;
+  }
+  // Anything beyond the expected tokens (e.g. an append the client never acknowledged) is suspect too.
+  const extra = value.replace(/x \d+ \d+ y/g, "");
+  if (extra.length > 0) problems.push(`client ${client}: unexpected text in its key: ${JSON.stringify(extra.slice(0, 60))}`);
+  return problems;
+}
+
+export interface WorkloadOptions {
+  seed: number;
+  servers: number;
+  clients: number;
+  unreliable: boolean;
+  crash: boolean;
+  partitions: boolean;
+  /** Clients use a few shared keys with Put/Append/Get (checked only by linearizability). */
+  randomKeys: boolean;
+  iterations: number;
+  /** Simulated time of load per iteration. */
+  iterationMs: number;
+  /** Ends an iteration early once this many operations completed in it. */
+  opsPerIteration?: number;
+  snapshotThreshold?: number;
+  /** Fails when a server's Raft log exceeds this many bytes at the end of an iteration. */
+  maxLogBytes?: number;
+  state?: KVStateOptions;
+}
+
+export interface WorkloadResult {
+  history: Operation[];
+  failures: string[];
+  check: CheckResult;
+  operations: number;
+  appendsAudited: number;
+  crashes: number;
+  partitions: number;
+  snapshotsInstalled: number;
+  /** CRC-32C of the history (ops, outputs, times): equal across runs of one seed when deterministic. */
+  hash: string;
+}
+
+/** MIT 6.824 kvraft GenericTest, in simulated time, with every history checked. */
+export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
+  const cluster = await KvSimCluster.start({
+    servers: o.servers,
+    seed: o.seed,
+    unreliable: o.unreliable,
+    snapshotThreshold: o.snapshotThreshold,
+    state: o.state,
+  });
+  const history: Operation[] = [];
+  const failures: string[] = [];
+  let appendsAudited = 0;
+  let snapshotsInstalled = 0;
+  try {
+    for (let iteration = 0; iteration < o.iterations; iteration++) {
+      const done = { value: false };
+      let completed = 0;
+      const clients = Array.from({ length: o.clients }, async (_, client) => {
+        const rng = new Rng((o.seed * 31 + iteration * 977 + client * 13) >>> 0);
+        const clerk = new KvSimClerk(cluster, BigInt(iteration * 1000 + client + 1), history);
+        const ownKey = String(client);
+        let last = "";
+        let appended = 0;
+        if (!o.randomKeys) await clerk.put(ownKey, "");
+        while (!done.value) {
+          const key = o.randomKeys ? String(rng.int(3)) : ownKey;
+          const r = rng.next();
+          if (r < 0.5) {
+            const token = o.randomKeys ? `x ${client} ${appended} r` : `x ${client} ${appended} y`;
+            await clerk.append(key, token);
+            last += token;
+            appended++;
+          } else if (o.randomKeys && r < 0.6) {
+            await clerk.put(key, `p ${client} ${appended++} `);
+          } else {
+            const reply = await clerk.get(key);
+            if (!o.randomKeys && reply.value !== last) {
+              failures.push(`client ${client}: Get(${key}) returned ${JSON.stringify(reply.value.slice(-60))}, expected …${JSON.stringify(last.slice(-60))}`);
+            }
+          }
+          completed++;
+        }
+        return { clerk, key: ownKey, appended };
+      });
+      const partitioner = o.partitions ? runPartitioner(cluster, done) : Promise.resolve();
+      const end = cluster.clock.now() + o.iterationMs;
+      while (cluster.clock.now() < end && (o.opsPerIteration === undefined || completed < o.opsPerIteration)) await cluster.run(10);
+      done.value = true;
+      await cluster.until(partitioner);
+      cluster.heal();
+      if (o.crash) {
+        await cluster.crashAll();
+        await cluster.restartAll();
+      }
+      const results = await cluster.until(Promise.all(clients), 120_000);
+      if (!o.randomKeys) {
+        for (const [client, result] of results.entries()) {
+          const reply = await cluster.until(result.clerk.get(result.key));
+          failures.push(...checkClientAppends(client, reply.value, result.appended));
+          appendsAudited += result.appended;
+        }
+      }
+      if (o.maxLogBytes !== undefined) {
+        // Compaction runs after apply; give it a moment of quiet before measuring.
+        await cluster.run(200);
+        cluster.logBytes().forEach((bytes, i) => {
+          if (bytes > o.maxLogBytes!) failures.push(`server ${i}: Raft log is ${bytes} bytes, above the bound ${o.maxLogBytes}`);
+        });
+      }
+    }
+    for (const server of cluster.servers) if (server !== null) snapshotsInstalled += (await server.getStatus()).snapshotsInstalled;
+  } finally {
+    await cluster.close();
+  }
+  const check = checkHistory(history, { timeoutMs: 20_000 });
+  if (check.result === "illegal") failures.push(check.explanation);
+  if (check.result === "timeout") failures.push(check.explanation);
+  return {
+    history,
+    failures,
+    check,
+    operations: history.length,
+    appendsAudited,
+    crashes: cluster.crashes,
+    partitions: cluster.partitions,
+    snapshotsInstalled,
+    hash: hashHistory(history),
+  };
+}
+
+/** Every 100-300 ms, a fresh random split of the servers into two groups (6.824's partitioner). */
+async function runPartitioner(cluster: KvSimCluster, done: { value: boolean }): Promise<void> {
+  while (!done.value) {
+    const groups: number[][] = [[], []];
+    for (let i = 0; i < cluster.size; i++) groups[cluster.rng.int(2)].push(i);
+    cluster.partition(groups);
+    await cluster.sleep(cluster.rng.range(100, 300));
+  }
+}
+
+function hashHistory(history: Operation[]): string {
+  const encoder = new TextEncoder();
+  let crc = 0;
+  for (const op of history) {
+    const line = `${op.clientId}|${op.input.op}|${op.input.key}|${op.input.value}|${op.output?.err}|${op.output?.value}|${op.call}|${op.return}\n`;
+    crc = crc32cUpdate(crc, encoder.encode(line));
+  }
+  return crc.toString(16).padStart(8, "0");
+}
+
+export interface KvSimOptions {
+  seed: number;
+  nodes: number;
+  /** Client operations to run (spread over three crash/restart rounds). */
+  steps: number;
+}
+
+/**
+ * Randomized client load under every fault (unreliable network, partitions, crashes, snapshots),
+ * checked for linearizability. The line ends `ok hash=<hex>` or `FAIL … hash=<hex>`.
+ */
+export async function runKvSim(options: KvSimOptions): Promise<{ line: string; ok: boolean }> {
+  const iterations = 3;
+  const result = await runWorkload({
+    seed: options.seed,
+    servers: options.nodes,
+    clients: 5,
+    unreliable: true,
+    crash: true,
+    partitions: true,
+    randomKeys: true,
+    iterations,
+    iterationMs: 20_000,
+    opsPerIteration: Math.max(1, Math.ceil(options.steps / iterations)),
+    snapshotThreshold: 50,
+  });
+  const ok = result.failures.length === 0;
+  const summary =
+    `kv ${options.nodes} nodes, ${result.operations} ops, ${result.crashes} crashes, ${result.partitions} partitions, ` +
+    `${result.snapshotsInstalled} snapshots installed, linearizability ${result.check.result}`;
+  const line = ok
+    ? `seed ${options.seed}: ${summary} ok hash=${result.hash}`
+    : `seed ${options.seed}: ${summary} FAIL ${result.failures[0]} hash=${result.hash}`;
+  return { line, ok };
+}
