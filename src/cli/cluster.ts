@@ -2,15 +2,17 @@
 // three kvserver child processes with their output prefixed; Ctrl-C or SIGTERM stops all three.
 // Extra arguments are passed to every kvserver (e.g. bun run cluster --cors-origin http://localhost:8080).
 
+import { spawn, type ChildProcessByStdio } from "node:child_process";
 import * as path from "node:path";
+import type { Readable } from "node:stream";
 
 const ADDRS = ["localhost:5001", "localhost:5002", "localhost:5003"];
 const KVSERVER = path.join(import.meta.dir, "kvserver.ts");
 const STOP_GRACE_MS = 10_000;
 
-type Child = { id: number; proc: Bun.Subprocess<"ignore", "pipe", "pipe">; serving: boolean; exited: boolean };
+type Child = { id: number; proc: ChildProcessByStdio<null, Readable, Readable>; exited: Promise<number | null>; serving: boolean; done: boolean };
 
-async function pipeLines(stream: ReadableStream<Uint8Array>, prefix: string, out: NodeJS.WriteStream, onLine: (line: string) => void) {
+async function pipeLines(stream: Readable, prefix: string, out: NodeJS.WriteStream, onLine: (line: string) => void) {
   const decoder = new TextDecoder();
   let pending = "";
   for await (const chunk of stream) {
@@ -36,26 +38,28 @@ async function main(): Promise<number> {
     if (stopping) return;
     stopping = true;
     console.log(`[cluster] ${reason}: stopping the nodes`);
-    for (const child of children) if (!child.exited) child.proc.kill("SIGTERM");
+    for (const child of children) if (!child.done) child.proc.kill("SIGTERM");
     const deadline = setTimeout(() => {
       for (const child of children) {
-        if (!child.exited) {
+        if (!child.done) {
           console.log(`[cluster] node ${child.id} (pid ${child.proc.pid}) did not stop in time; killing it`);
           child.proc.kill("SIGKILL");
         }
       }
     }, STOP_GRACE_MS);
-    await Promise.all(children.map((c) => c.proc.exited));
+    await Promise.all(children.map((c) => c.exited));
     clearTimeout(deadline);
   };
 
   for (let id = 0; id < ADDRS.length; id++) {
-    const proc = Bun.spawn(["bun", KVSERVER, "-id", String(id), "-addrs", ADDRS.join(","), "-db", path.join("data", `node-${id}`), ...extra], {
-      stdin: "ignore",
-      stdout: "pipe",
-      stderr: "pipe",
+    // Each node in its own process group: a terminal's Ctrl-C reaches only this launcher, which
+    // then stops every node once, by PID (a second signal would make a node skip its clean close).
+    const proc = spawn(process.execPath, [KVSERVER, "-id", String(id), "-addrs", ADDRS.join(","), "-db", path.join("data", `node-${id}`), ...extra], {
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
     });
-    const child: Child = { id, proc, serving: false, exited: false };
+    const exited = new Promise<number | null>((resolve) => proc.once("exit", (code) => resolve(code)));
+    const child: Child = { id, proc, exited, serving: false, done: false };
     children.push(child);
     const prefix = `[node ${id}] `;
     const onLine = (line: string) => {
@@ -76,12 +80,12 @@ async function main(): Promise<number> {
     };
     void pipeLines(proc.stdout, prefix, process.stdout, onLine);
     void pipeLines(proc.stderr, prefix, process.stderr, () => {});
-    void proc.exited.then((code) => {
-      child.exited = true;
+    void exited.then((code) => {
+      child.done = true;
       if (stopping) return;
       console.log(`[cluster] node ${id} (pid ${proc.pid}) exited with code ${code}`);
       if (!child.serving) void stopAll(`node ${id} failed to start`);
-      else if (children.every((c) => c.exited)) void stopAll("every node exited");
+      else if (children.every((c) => c.done)) void stopAll("every node exited");
     });
   }
 
@@ -89,7 +93,7 @@ async function main(): Promise<number> {
     process.on("SIGINT", () => void stopAll("SIGINT").then(resolve));
     process.on("SIGTERM", () => void stopAll("SIGTERM").then(resolve));
     const poll = setInterval(() => {
-      if (children.every((c) => c.exited)) {
+      if (children.every((c) => c.done)) {
         clearInterval(poll);
         resolve();
       }
