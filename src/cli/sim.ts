@@ -70,9 +70,24 @@ async function runKv(options: SimCliOptions): Promise<number> {
     console.error("kvraft sim: KV mode (--kv) is not built yet (src/kv/sim.ts exports no runKvSim).");
     return 2;
   }
-  const line = await mod.runKvSim(options);
-  if (typeof line === "string") console.log(line);
-  return 0;
+  // runKvSim returns its summary line, or { line, ok } (ok false ⇒ a violated check ⇒ exit 1).
+  const result = await mod.runKvSim(options);
+  if (typeof result === "string") {
+    console.log(result);
+    return 0;
+  }
+  if (result !== null && typeof result === "object" && typeof (result as { line?: unknown }).line === "string") {
+    const { line, ok } = result as { line: string; ok?: boolean };
+    if (ok === false) {
+      console.error(line);
+      console.error(`replay: bun run sim --kv --seed ${options.seed} --nodes ${options.nodes} --steps ${options.steps}`);
+      return 1;
+    }
+    console.log(line);
+    return 0;
+  }
+  console.error("kvraft sim: src/kv/sim.ts runKvSim returned no summary line");
+  return 1;
 }
 
 export async function main(argv: string[]): Promise<number> {
