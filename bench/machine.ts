@@ -19,6 +19,8 @@ export interface Versions {
   leveldb: string | null;
   etcd: string | null;
   kvraft: string;
+  /** The commit measured, with "+dirty" when the working tree has changes. */
+  commit: string | null;
 }
 
 export function machineInfo(): MachineInfo {
@@ -72,6 +74,13 @@ export function etcdVersion(): string | null {
   return out.stdout.toString().match(/etcd Version:\s*(\S+)/)?.[1] ?? null;
 }
 
+function gitCommit(): string | null {
+  const head = Bun.spawnSync(["git", "rev-parse", "--short", "HEAD"], { cwd: ROOT, stdout: "pipe", stderr: "ignore" });
+  if (head.exitCode !== 0) return null;
+  const dirty = Bun.spawnSync(["git", "status", "--porcelain", "--untracked-files=no"], { cwd: ROOT, stdout: "pipe", stderr: "ignore" });
+  return head.stdout.toString().trim() + (dirty.stdout.toString().trim() ? "+dirty" : "");
+}
+
 export function versions(): Versions {
   return {
     bun: Bun.version,
@@ -79,6 +88,7 @@ export function versions(): Versions {
     leveldb: leveldbVersion(),
     etcd: etcdVersion(),
     kvraft: packageVersion(ROOT) ?? "unknown",
+    commit: gitCommit(),
   };
 }
 
@@ -86,6 +96,6 @@ export function describeMachine(m: MachineInfo, v: Versions): string {
   const gib = (m.memoryBytes / 1024 ** 3).toFixed(1);
   return [
     `machine: ${m.cores} cores, ${gib} GiB, ${m.cpuModel}, ${m.kernel}, load ${m.loadAverage.join(" ")}`,
-    `versions: Bun ${v.bun}, classic-level ${v.classicLevel ?? "absent"} (LevelDB ${v.leveldb ?? "?"}), etcd ${v.etcd ?? "not on PATH"}, kvraft ${v.kvraft}`,
+    `versions: Bun ${v.bun}, classic-level ${v.classicLevel ?? "absent"} (LevelDB ${v.leveldb ?? "?"}), etcd ${v.etcd ?? "not on PATH"}, kvraft ${v.kvraft} (${v.commit ?? "no git"})`,
   ].join("\n");
 }
