@@ -88,8 +88,9 @@ export class BlockIterator implements InternalIterator {
   private keyLen = 0;
   private valStart = 0;
   private valLen = 0;
-  private userKey: Uint8Array = this.keyBuf.subarray(0, 0);
-  private entrySeq = 0;
+  // Decoded lazily: a seek parses many entries but reads the key of one.
+  private userKey: Uint8Array | null = null;
+  private entrySeq = -1;
 
   private file = "block";
   private blockOffset = 0;
@@ -140,14 +141,16 @@ export class BlockIterator implements InternalIterator {
       next.set(this.keyBuf.subarray(0, shared));
       this.keyBuf = next;
     }
-    this.keyBuf.set(d.subarray(p, p + nonShared), shared);
+    const kb = this.keyBuf;
+    if (nonShared <= 32) for (let i = 0; i < nonShared; i++) kb[shared + i] = d[p + i];
+    else kb.set(d.subarray(p, p + nonShared), shared);
     this.keyLen = klen;
     this.valStart = p + nonShared;
     this.valLen = valLen;
     this.cur = off;
     this.nextOff = this.valStart + valLen;
-    this.userKey = this.keyBuf.subarray(0, klen - 8);
-    this.entrySeq = trailerSeq(this.keyBuf, klen - 8);
+    this.userKey = null;
+    this.entrySeq = -1;
   }
 
   seekToFirst(): void {
@@ -218,9 +221,10 @@ export class BlockIterator implements InternalIterator {
   }
 
   key(): Uint8Array {
-    return this.userKey;
+    return (this.userKey ??= this.keyBuf.subarray(0, this.keyLen - 8));
   }
   seq(): number {
+    if (this.entrySeq < 0) this.entrySeq = trailerSeq(this.keyBuf, this.keyLen - 8);
     return this.entrySeq;
   }
   kind(): number {

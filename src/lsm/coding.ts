@@ -145,7 +145,14 @@ export class ByteWriter {
   bytes(src: Uint8Array, start = 0, end = src.length): void {
     const n = end - start;
     this.ensure(n);
-    this.buf.set(n === src.length ? src : src.subarray(start, end), this.pos);
+    if (n <= 32) {
+      // Short copies: a loop beats creating a subarray view for TypedArray.set.
+      const b = this.buf;
+      const p = this.pos;
+      for (let i = 0; i < n; i++) b[p + i] = src[start + i];
+    } else {
+      this.buf.set(n === src.length ? src : src.subarray(start, end), this.pos);
+    }
     this.pos += n;
   }
   lengthPrefixed(src: Uint8Array): void {

@@ -177,16 +177,17 @@ export class LsmIterator implements AsyncIterable<[Uint8Array, Uint8Array]> {
     this.upperInclusive = lt === undefined;
     this.reverse = opts.reverse === true;
     this.remaining = opts.limit === undefined || opts.limit === null || opts.limit < 0 ? Infinity : opts.limit;
-    try {
-      this.seekToStart();
-    } catch (e) {
-      this.close();
-      throw e;
-    }
   }
+
+  /** Positioning is deferred to first use: an iterator made only to seek reads no start blocks. */
+  private positioned = false;
 
   private check(): void {
     if (this.closed) throw new LsmError("CLOSED", "iterator used after close()");
+    if (!this.positioned) {
+      this.positioned = true;
+      this.seekToStart();
+    }
   }
 
   private aboveLower(k: Uint8Array): boolean {
@@ -202,7 +203,8 @@ export class LsmIterator implements AsyncIterable<[Uint8Array, Uint8Array]> {
 
   /** Moves to the first entry in iteration order. */
   seekToStart(): void {
-    this.check();
+    if (this.closed) throw new LsmError("CLOSED", "iterator used after close()");
+    this.positioned = true;
     if (this.reverse) this.seekBackward(this.upper, this.upperInclusive);
     else this.seekForward(this.lower, this.lowerInclusive);
   }
@@ -229,7 +231,8 @@ export class LsmIterator implements AsyncIterable<[Uint8Array, Uint8Array]> {
    * (clamped to the bounds).
    */
   seek(target: Uint8Array): void {
-    this.check();
+    if (this.closed) throw new LsmError("CLOSED", "iterator used after close()");
+    this.positioned = true;
     if (!(target instanceof Uint8Array)) throw new LsmError("INVALID_ARGUMENT", "seek target must be a Uint8Array");
     if (this.reverse) {
       if (this.upper !== undefined && compareBytes(target, this.upper) >= 0) this.seekBackward(this.upper, this.upperInclusive);
@@ -242,7 +245,9 @@ export class LsmIterator implements AsyncIterable<[Uint8Array, Uint8Array]> {
 
   /** True if positioned on an entry inside the bounds and within the limit. */
   valid(): boolean {
-    if (this.closed || this.remaining <= 0 || !this.cursor.valid()) return false;
+    if (this.closed) return false;
+    this.check();
+    if (this.remaining <= 0 || !this.cursor.valid()) return false;
     const k = this.cursor.key();
     return this.aboveLower(k) && this.belowUpper(k);
   }

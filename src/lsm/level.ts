@@ -3,7 +3,7 @@
 import { mkdir, readdir } from "node:fs/promises";
 import { AbstractIterator, AbstractLevel, AbstractSnapshot } from "abstract-level";
 import type { AbstractDatabaseOptions } from "abstract-level";
-import { DB, type Snapshot } from "./index.ts";
+import { DB, type BatchOp, type DBIteratorOptions, type LsmIterator, type Snapshot } from "./index.ts";
 
 /** Formats the engine accepts natively; every other encoding is transcoded to one of these. */
 type Format = "buffer" | "view" | "utf8";
@@ -60,18 +60,14 @@ const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder();
 
 /**
- * Keys and values handed to the engine are copied: a caller may reuse its buffer after the
- * write resolves, and the engine keeps what it is given in the memtable.
+ * No copy: the engine encodes every write into its own batch buffer before write() returns, and
+ * bounds and seek targets are only compared.
  */
 function toBytes(data: Data): Uint8Array {
-  return typeof data === "string" ? textEncoder.encode(data) : data.slice();
-}
-
-/** Bounds and seek targets are only compared, never stored: no copy needed. */
-function toBoundBytes(data: Data): Uint8Array {
   return typeof data === "string" ? textEncoder.encode(data) : data;
 }
 
+/** The engine hands out fresh copies of keys and values, so wrapping them shares nothing. */
 function fromBytes(bytes: Uint8Array, format: Format): Data {
   switch (format) {
     case "utf8":
@@ -83,61 +79,22 @@ function fromBytes(bytes: Uint8Array, format: Format): Data {
   }
 }
 
-function compareBytes(a: Uint8Array, b: Uint8Array): number {
-  return Buffer.compare(a, b);
-}
-
-interface Bound {
-  key: Uint8Array;
-  inclusive: boolean;
-}
-
-/** A key range with at most one lower and one upper bound (gte wins over gt, lte over lt). */
-interface Range {
-  lower?: Bound;
-  upper?: Bound;
-}
-
-function normalizeRange(options: RangeOptions): Range {
-  const range: Range = {};
-  if (options.gte !== undefined) range.lower = { key: toBoundBytes(options.gte), inclusive: true };
-  else if (options.gt !== undefined) range.lower = { key: toBoundBytes(options.gt), inclusive: false };
-  if (options.lte !== undefined) range.upper = { key: toBoundBytes(options.lte), inclusive: true };
-  else if (options.lt !== undefined) range.upper = { key: toBoundBytes(options.lt), inclusive: false };
+/**
+ * The engine's range options for abstract-level's: at most one lower and one upper bound, where
+ * abstract-level gives gte precedence over gt and lte over lt.
+ */
+function engineRange(options: RangeOptions): IteratorRange {
+  const range: IteratorRange = { reverse: options.reverse };
+  if (options.gte !== undefined) range.gte = toBytes(options.gte);
+  else if (options.gt !== undefined) range.gt = toBytes(options.gt);
+  if (options.lte !== undefined) range.lte = toBytes(options.lte);
+  else if (options.lt !== undefined) range.lt = toBytes(options.lt);
   return range;
 }
+type IteratorRange = Omit<DBIteratorOptions, "limit" | "snapshot">;
 
-/** Narrows a range so that it starts at `target` (forward) or ends at it (reverse). */
-function narrowRange(range: Range, target: Uint8Array, reverse: boolean): Range {
-  if (reverse) {
-    if (range.upper !== undefined && compareBytes(target, range.upper.key) >= 0) return range;
-    return { lower: range.lower, upper: { key: target, inclusive: true } };
-  }
-  if (range.lower !== undefined && compareBytes(target, range.lower.key) <= 0) return range;
-  return { lower: { key: target, inclusive: true }, upper: range.upper };
-}
-
-function engineIteratorOptions(range: Range, reverse: boolean, snapshot: Snapshot) {
-  const options: {
-    gt?: Uint8Array;
-    gte?: Uint8Array;
-    lt?: Uint8Array;
-    lte?: Uint8Array;
-    reverse: boolean;
-    snapshot: Snapshot;
-  } = { reverse, snapshot };
-  if (range.lower !== undefined) {
-    if (range.lower.inclusive) options.gte = range.lower.key;
-    else options.gt = range.lower.key;
-  }
-  if (range.upper !== undefined) {
-    if (range.upper.inclusive) options.lte = range.upper.key;
-    else options.lt = range.upper.key;
-  }
-  return options;
-}
-
-const ENGINE_BATCH_OPS = 1000;
+/** Deletes per engine batch in clear(), and entries read per step of all(). */
+const CHUNK_ENTRIES = 1000;
 
 /** An explicit snapshot: a token wrapping one engine snapshot, released on close. */
 class LsmSnapshot extends (AbstractSnapshot as unknown as new (options: object) => AbstractSnapshot) {
@@ -154,40 +111,28 @@ class LsmSnapshot extends (AbstractSnapshot as unknown as new (options: object) 
 }
 
 type Entry = [Data | undefined, Data | undefined];
-type Cursor = AsyncIterator<[Uint8Array, Uint8Array]>;
 
 /**
- * Reads one snapshot (its own, taken synchronously at creation, or an explicit one) through
- * an engine iterator; seek() replaces that engine iterator with one over a narrowed range of
- * the same snapshot, so a seek never sees writes made after the iterator was created.
+ * Wraps one engine iterator. The engine iterator fixes its sequence number (or the explicit
+ * snapshot's) when created, synchronously, which is abstract-level's implicit snapshot; its
+ * seek() stays within the range and the snapshot, so seek never sees later writes.
  */
-class LsmIterator extends (AbstractIterator as unknown as new (db: object, options: IteratorOptions) => {
+class LsmLevelIterator extends (AbstractIterator as unknown as new (db: object, options: IteratorOptions) => {
   readonly count: number;
   readonly limit: number;
 }) {
-  readonly #engine: DB;
-  readonly #snapshot: Snapshot;
-  readonly #ownsSnapshot: boolean;
-  readonly #range: Range;
-  readonly #reverse: boolean;
+  /** Null when created over an explicit snapshot that was already closed: reads fail. */
+  readonly #cursor: LsmIterator | null;
   readonly #keys: boolean;
   readonly #values: boolean;
   readonly #keyFormat: Format;
   readonly #valueFormat: Format;
   readonly #signal: AbortSignal | undefined;
-  #activeRange: Range;
-  #cursor: Cursor | null = null;
-  /** return() of a cursor abandoned by seek(); awaited before the next read or on close. */
-  #abandoned: Promise<unknown> | null = null;
 
   constructor(db: object, engine: DB, options: IteratorOptions) {
     super(db, options);
-    this.#engine = engine;
-    this.#ownsSnapshot = options.snapshot === undefined;
-    this.#snapshot = options.snapshot?.engineSnapshot ?? engine.snapshot();
-    this.#range = normalizeRange(options);
-    this.#activeRange = this.#range;
-    this.#reverse = options.reverse;
+    const snapshot = options.snapshot?.engineSnapshot;
+    this.#cursor = snapshot?.isReleased ? null : engine.iterator({ ...engineRange(options), snapshot });
     this.#keys = options.keys;
     this.#values = options.values;
     this.#keyFormat = options.keyEncoding;
@@ -195,19 +140,17 @@ class LsmIterator extends (AbstractIterator as unknown as new (db: object, optio
     this.#signal = options.signal;
   }
 
-  async #pull(): Promise<[Uint8Array, Uint8Array] | undefined> {
-    if (this.#abandoned !== null) {
-      const abandoned = this.#abandoned;
-      this.#abandoned = null;
-      await abandoned;
-    }
-    if (this.#cursor === null) {
-      const options = engineIteratorOptions(this.#activeRange, this.#reverse, this.#snapshot);
-      this.#cursor = this.#engine.iterator(options)[Symbol.asyncIterator]();
-    }
-    const result = await this.#cursor.next();
+  /**
+   * Engine reads are synchronous. Each read step starts after one microtask, so an abort
+   * signalled right after a call began is honored, and long all() calls yield between chunks.
+   */
+  async #step(): Promise<LsmIterator> {
+    await null;
     if (this.#signal?.aborted) throw new LsmLevelError("LEVEL_ABORTED", "Operation has been aborted");
-    return result.done ? undefined : result.value;
+    if (this.#cursor === null) {
+      throw new LsmLevelError("LEVEL_SNAPSHOT_NOT_OPEN", "Snapshot is not open: cannot read an iterator created after snapshot.close()");
+    }
+    return this.#cursor;
   }
 
   #entry(key: Uint8Array, value: Uint8Array): Entry {
@@ -218,46 +161,32 @@ class LsmIterator extends (AbstractIterator as unknown as new (db: object, optio
   }
 
   async _next(): Promise<Entry | undefined> {
-    const item = await this.#pull();
+    const item = (await this.#step()).read();
     return item === undefined ? undefined : this.#entry(item[0], item[1]);
   }
 
   async _nextv(size: number): Promise<Entry[]> {
+    return (await this.#step()).nextv(size).map(([key, value]) => this.#entry(key, value));
+  }
+
+  async _all(): Promise<Entry[]> {
+    let wanted = this.limit === Infinity ? Infinity : this.limit - this.count;
     const entries: Entry[] = [];
-    while (entries.length < size) {
-      const item = await this.#pull();
-      if (item === undefined) break;
-      entries.push(this.#entry(item[0], item[1]));
+    while (wanted > 0) {
+      const chunk = (await this.#step()).nextv(Math.min(wanted, CHUNK_ENTRIES));
+      for (const [key, value] of chunk) entries.push(this.#entry(key, value));
+      if (chunk.length < CHUNK_ENTRIES) break;
+      wanted -= chunk.length;
     }
     return entries;
   }
 
-  async _all(): Promise<Entry[]> {
-    return this._nextv(this.limit === Infinity ? Infinity : this.limit - this.count);
-  }
-
   _seek(target: Data): void {
-    this.#abandonCursor();
-    this.#activeRange = narrowRange(this.#range, toBoundBytes(target), this.#reverse);
-  }
-
-  #abandonCursor(): void {
-    const cursor = this.#cursor;
-    this.#cursor = null;
-    if (cursor?.return !== undefined) {
-      const previous = this.#abandoned;
-      this.#abandoned = Promise.all([previous, cursor.return()]);
-    }
+    this.#cursor?.seek(toBytes(target));
   }
 
   async _close(): Promise<void> {
-    this.#abandonCursor();
-    try {
-      await this.#abandoned;
-    } finally {
-      this.#abandoned = null;
-      if (this.#ownsSnapshot) this.#snapshot.release();
-    }
+    this.#cursor?.close();
   }
 }
 
@@ -332,38 +261,34 @@ export class LsmLevel<K = string, V = string> extends AbstractLevel<Data, K, V> 
   }
 
   async _get(key: Data, options: ReadOptions): Promise<Data | undefined> {
-    const value = await this.#db.get(toBoundBytes(key), { snapshot: options.snapshot?.engineSnapshot });
+    const value = await this.#db.get(toBytes(key), { snapshot: options.snapshot?.engineSnapshot });
     return value === undefined ? undefined : fromBytes(value, options.valueEncoding);
   }
 
   _getSync(key: Data, options: ReadOptions): Data | undefined {
-    const value = this.#db.getSync(toBoundBytes(key), { snapshot: options.snapshot?.engineSnapshot });
+    const value = this.#db.getSync(toBytes(key), { snapshot: options.snapshot?.engineSnapshot });
     return value === undefined ? undefined : fromBytes(value, options.valueEncoding);
   }
 
   async _getMany(keys: Data[], options: ReadOptions): Promise<(Data | undefined)[]> {
-    const values = await this.#readMany(keys, options);
-    return values.map((value) => (value === undefined ? undefined : fromBytes(value, options.valueEncoding)));
+    return this.#readMany(keys, options).map((value) =>
+      value === undefined ? undefined : fromBytes(value, options.valueEncoding),
+    );
   }
 
   async _has(key: Data, options: ReadOptions): Promise<boolean> {
-    return (await this.#db.get(toBoundBytes(key), { snapshot: options.snapshot?.engineSnapshot })) !== undefined;
+    return (await this.#db.get(toBytes(key), { snapshot: options.snapshot?.engineSnapshot })) !== undefined;
   }
 
   async _hasMany(keys: Data[], options: ReadOptions): Promise<boolean[]> {
-    const values = await this.#readMany(keys, options);
-    return values.map((value) => value !== undefined);
+    return this.#readMany(keys, options).map((value) => value !== undefined);
   }
 
-  /** Reads several keys from one snapshot, so the answers are mutually consistent. */
-  async #readMany(keys: Data[], options: ReadOptions): Promise<(Uint8Array | undefined)[]> {
+  /** Engine point reads are synchronous: one pass sees a single state, like a snapshot. */
+  #readMany(keys: Data[], options: ReadOptions): (Uint8Array | undefined)[] {
     const db = this.#db;
-    const snapshot = options.snapshot?.engineSnapshot ?? db.snapshot();
-    try {
-      return await Promise.all(keys.map((key) => db.get(toBoundBytes(key), { snapshot })));
-    } finally {
-      if (options.snapshot === undefined) snapshot.release();
-    }
+    const readOptions = { snapshot: options.snapshot?.engineSnapshot };
+    return keys.map((key) => db.getSync(toBytes(key), readOptions));
   }
 
   async _put(key: Data, value: Data, options: WriteOptions): Promise<void> {
@@ -375,38 +300,38 @@ export class LsmLevel<K = string, V = string> extends AbstractLevel<Data, K, V> 
   }
 
   async _batch(operations: BatchOperation[], options: WriteOptions): Promise<void> {
-    const ops = operations.map((op) =>
+    const ops: BatchOp[] = operations.map((op) =>
       op.type === "put"
-        ? { type: "put" as const, key: toBytes(op.key), value: toBytes(op.value as Data) }
-        : { type: "del" as const, key: toBytes(op.key) },
+        ? { type: "put", key: toBytes(op.key), value: toBytes(op.value as Data) }
+        : { type: "del", key: toBytes(op.key) },
     );
     await this.#db.write(ops, { sync: options.sync === true });
   }
 
-  /** Deletes a range as it stood when clear() was called, in bounded batches (not atomic). */
+  /**
+   * Deletes the range as it stood when clear() was called (the engine iterator pins that
+   * state), in batches of bounded size: not atomic, as abstract-level allows.
+   */
   async _clear(options: RangeOptions): Promise<void> {
     const db = this.#db;
-    const snapshot = options.snapshot?.engineSnapshot ?? db.snapshot();
+    const cursor = db.iterator({
+      ...engineRange(options),
+      limit: options.limit,
+      snapshot: options.snapshot?.engineSnapshot,
+    });
     try {
-      let remaining = options.limit < 0 ? Infinity : options.limit;
-      let pending: { type: "del"; key: Uint8Array }[] = [];
-      const range = normalizeRange(options);
-      for await (const [key] of db.iterator(engineIteratorOptions(range, options.reverse, snapshot))) {
-        if (remaining-- <= 0) break;
-        pending.push({ type: "del", key });
-        if (pending.length >= ENGINE_BATCH_OPS) {
-          await db.write(pending);
-          pending = [];
-        }
+      for (;;) {
+        const chunk = cursor.nextv(CHUNK_ENTRIES);
+        if (chunk.length === 0) break;
+        await db.write(chunk.map(([key]): BatchOp => ({ type: "del", key })));
       }
-      if (pending.length > 0) await db.write(pending);
     } finally {
-      if (options.snapshot === undefined) snapshot.release();
+      cursor.close();
     }
   }
 
-  _iterator(options: IteratorOptions): LsmIterator {
-    return new LsmIterator(this, this.#db, options);
+  _iterator(options: IteratorOptions): LsmLevelIterator {
+    return new LsmLevelIterator(this, this.#db, options);
   }
 
   _snapshot(options: object): LsmSnapshot {
@@ -433,7 +358,7 @@ export class LsmLevel<K = string, V = string> extends AbstractLevel<Data, K, V> 
     // keyEncoding(undefined) returns the default encoding; the declared overloads only accept
     // known encoding names as literal types.
     const keyEncoding = this.keyEncoding as (this: LsmLevel<K, V>, name?: string) => { encode(key: K): Data };
-    return toBoundBytes(keyEncoding.call(this, options?.keyEncoding).encode(key));
+    return toBytes(keyEncoding.call(this, options?.keyEncoding).encode(key));
   }
 }
 

@@ -124,8 +124,8 @@ export class TableReader implements Releasable {
   }
 
   /** The newest entry for `key` visible at `seq`, or undefined if the table has none. */
-  get(key: Uint8Array, seq: number): TableGetResult | undefined {
-    if (!bloomMayContain(this.filter, bloomHash(key))) {
+  get(key: Uint8Array, seq: number, hash = bloomHash(key)): TableGetResult | undefined {
+    if (!bloomMayContain(this.filter, hash)) {
       this.bloomSkips++;
       return undefined;
     }

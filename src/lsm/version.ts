@@ -3,6 +3,7 @@
 import {
   ByteReader, ByteWriter, compareBytes, compareEncodedInternal, compareEncodedInternalKeys, internalUserKey, KIND_PUT,
 } from "./coding.ts";
+import { bloomHash } from "./bloom.ts";
 import { corruption } from "./errors.ts";
 import type { InternalIterator } from "./iterator.ts";
 import type { TableGetResult, TableIterator, TableReader } from "./table-reader.ts";
@@ -140,11 +141,12 @@ export class Version {
 
   /** Newest entry for `key` at or before `seq` in the tables of this version. */
   get(key: Uint8Array, seq: number, open: TableOpener): TableGetResult | undefined {
+    const hash = bloomHash(key);
     const l0 = this.levels[0];
     for (let i = l0.length - 1; i >= 0; i--) {
       const f = l0[i];
       if (compareBytes(key, f.smallestUser) < 0 || compareBytes(key, f.largestUser) > 0) continue;
-      const r = open(f).get(key, seq);
+      const r = open(f).get(key, seq, hash);
       if (r !== undefined) return r;
     }
     for (let level = 1; level < NUM_LEVELS; level++) {
@@ -154,7 +156,7 @@ export class Version {
       if (i >= files.length) continue;
       const f = files[i];
       if (compareBytes(key, f.smallestUser) < 0) continue;
-      const r = open(f).get(key, seq);
+      const r = open(f).get(key, seq, hash);
       if (r !== undefined) return r;
     }
     return undefined;
