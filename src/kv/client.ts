@@ -23,9 +23,14 @@ export interface ClerkOptions {
   statusTimeoutMs?: number;
   /** Defaults to a random 63-bit id. */
   clientId?: bigint;
+  /**
+   * Largest key + value this Clerk sends (default 4 MiB, the server's request limit): a bigger
+   * one fails at once instead of being refused by every node in turn.
+   */
+  maxRequestBytes?: number;
 }
 
-export type ClerkErrorCode = "timeout" | "invalid_argument" | "resource_exhausted" | "rejected";
+export type ClerkErrorCode = "timeout" | "invalid_argument" | "rejected";
 
 /**
  * An operation failed. With "timeout" a write may or may not have been applied (its outcome is
@@ -70,6 +75,21 @@ function randomClientId(): bigint {
   return id === 0n ? 1n : id;
 }
 
+/** Bytes of `text` in UTF-8, counted without encoding it. */
+function utf8Length(text: string): number {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0x80) bytes += 1;
+    else if (unit < 0x800) bytes += 2;
+    else if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      bytes += 4; // a surrogate pair is one 4-byte code point
+      i++;
+    } else bytes += 3;
+  }
+  return bytes;
+}
+
 export function toBaseUrl(address: string): string {
   return /^https?:\/\//.test(address) ? address.replace(/\/+$/, "") : `http://${address}`;
 }
@@ -96,6 +116,7 @@ export class Clerk {
       backoffMs: options.backoffMs ?? 25,
       maxBackoffMs: options.maxBackoffMs ?? 400,
       statusTimeoutMs: options.statusTimeoutMs ?? 1_000,
+      maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
     };
   }
 
@@ -156,6 +177,10 @@ export class Clerk {
     // One commandId for every retry of this operation: the session table answers a repeat.
     const commandId = this.nextCommandId++;
     const request = { key, value, op, clientId: this.clientId, commandId };
+    const size = utf8Length(key) + utf8Length(value);
+    if (size > this.options.maxRequestBytes) {
+      throw new ClerkError("invalid_argument", `key and value are ${size} bytes; requests are limited to ${this.options.maxRequestBytes}`);
+    }
     const started = Date.now();
     const deadline = started + this.options.operationTimeoutMs;
     const n = this.clients.length;
@@ -166,7 +191,8 @@ export class Clerk {
       const remaining = deadline - Date.now();
       if (remaining <= 0) break;
       const node = this.leader;
-      let moveOn: boolean;
+      /** "next": try another node; "stay": the node is the leader but busy, ask it again. */
+      let retry: "next" | "stay";
       try {
         const response = await this.clients[node]!.command(request, {
           timeoutMs: Math.max(1, Math.min(this.options.callTimeoutMs, remaining)),
@@ -184,12 +210,12 @@ export class Clerk {
               this.leader = hint;
               continue;
             }
-            moveOn = true;
+            retry = "next";
             break;
           }
           case "ErrTimeout":
             lastProblem = `node ${node} timed out committing the command`;
-            moveOn = true;
+            retry = "next";
             break;
           default:
             throw new ClerkError("rejected", `node ${node} answered with unknown err "${response.err}"`);
@@ -198,22 +224,23 @@ export class Clerk {
         if (error instanceof ClerkError) throw error;
         const connectError = ConnectError.from(error);
         if (connectError.code === Code.InvalidArgument) throw new ClerkError("invalid_argument", connectError.rawMessage);
-        if (connectError.code === Code.ResourceExhausted) throw new ClerkError("resource_exhausted", connectError.rawMessage);
-        if (!RETRYABLE.has(connectError.code)) {
+        lastProblem = `node ${node} (${this.addrs[node]}): ${connectError.message}`;
+        if (connectError.code === Code.ResourceExhausted) {
+          // Backpressure (too many commands in flight): the request itself was checked above.
+          retry = "stay";
+        } else if (RETRYABLE.has(connectError.code)) {
+          retry = "next";
+        } else {
           throw new ClerkError("rejected", `node ${node} (${this.addrs[node]}) refused: ${connectError.message}`);
         }
-        lastProblem = `node ${node} (${this.addrs[node]}): ${connectError.message}`;
-        moveOn = true;
       }
-      if (moveOn) {
-        hintJumps = 0;
-        this.leader = (node + 1) % n;
-        // Back off once per full round of nodes, not after every node: a dead node costs one RPC.
-        if (this.leader === 0 || n === 1) {
-          const pause = Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now()));
-          await new Promise((resolve) => setTimeout(resolve, pause));
-          backoff = Math.min(backoff * 2, this.options.maxBackoffMs);
-        }
+      hintJumps = 0;
+      if (retry === "next") this.leader = (node + 1) % n;
+      // Back off once per full round of nodes, not after every node: a dead node costs one RPC.
+      if (retry === "stay" || this.leader === 0 || n === 1) {
+        const pause = Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now()));
+        await new Promise((resolve) => setTimeout(resolve, pause));
+        backoff = Math.min(backoff * 2, this.options.maxBackoffMs);
       }
     }
     const name = Op[op] ?? String(op);

@@ -121,3 +121,35 @@ describe("Clerk", () => {
     expect(leaderCalls).toEqual([...leaderCalls].sort((a, b) => (a < b ? -1 : 1)));
   });
 });
+
+describe("Clerk limits and backpressure", () => {
+  test("a request over maxRequestBytes fails at once, without an RPC", async () => {
+    calls.length = 0;
+    const clerk = new Clerk({ addrs, transport, maxRequestBytes: 1000 });
+    const error = await clerk.put("k", "é".repeat(600)).then(() => null, (e: unknown) => e);
+    expect((error as ClerkError).code).toBe("invalid_argument");
+    expect((error as ClerkError).message).toContain("1201 bytes");
+    expect(calls).toHaveLength(0);
+  });
+
+  test("resource_exhausted (backpressure) is retried on the same node until it clears", async () => {
+    const busy: KVBackend = {
+      ...node(0),
+      async command(args) {
+        calls.push({ node: 0, op: args.op, key: args.key, clientId: args.clientId, commandId: args.commandId });
+        if (calls.length < 3) throw Object.assign(new Error("too many commands in flight"), { code: "resource_exhausted" });
+        return { err: "OK", value: "" };
+      },
+    };
+    const local = await RpcServer.start({ port: 0, routes: (r) => registerKVService(r, busy) });
+    try {
+      calls.length = 0;
+      const clerk = new Clerk({ addrs: [`127.0.0.1:${local.port}`], transport, backoffMs: 5 });
+      await clerk.put("k", "v");
+      expect(calls).toHaveLength(3);
+      expect(new Set(calls.map((c) => c.commandId)).size).toBe(1);
+    } finally {
+      await local.close();
+    }
+  });
+});
