@@ -32,6 +32,10 @@ export interface RpcServerOptions {
   firstBytesTimeoutMs?: number;
   /** How long close() lets in-flight calls finish before cutting connections. */
   shutdownGraceMs?: number;
+  /** Open connections before new ones are refused. */
+  maxConnections?: number;
+  /** Concurrent calls per HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS). */
+  maxStreamsPerConnection?: number;
 }
 
 /** The port could not be bound; `code` says why ("port_in_use", "permission_denied", "listen_failed"). */
@@ -117,8 +121,9 @@ export class RpcServer {
       }
       socket.destroy();
     });
-    const h2 = http2.createServer({}, handle);
+    const h2 = http2.createServer({ settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 256 } }, handle);
     const tcp = net.createServer();
+    tcp.maxConnections = options.maxConnections ?? 4096;
 
     await new Promise<void>((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException) => {

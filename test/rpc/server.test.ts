@@ -274,3 +274,32 @@ describe("lifecycle", () => {
     }
   });
 });
+
+describe("connection limits", () => {
+  test("connections over maxConnections are refused; the server keeps serving the others", async () => {
+    const local = await RpcServer.start({ port: 0, routes: (router) => registerKVService(router, fakeBackend()), maxConnections: 2 });
+    const held: net.Socket[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        const socket = net.connect(local.port, "127.0.0.1");
+        await new Promise((resolve) => socket.once("connect", resolve));
+        held.push(socket);
+      }
+      await Bun.sleep(50);
+      const third = await new Promise<string>((resolve) => {
+        const socket = net.connect(local.port, "127.0.0.1", () => socket.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        socket.on("data", () => resolve("answered"));
+        socket.on("close", () => resolve("closed"));
+        socket.on("error", () => resolve("closed"));
+      });
+      expect(third).toBe("closed");
+      held.pop()!.destroy();
+      await Bun.sleep(50);
+      const response = await fetch(`${local.url}/kvraftpb.KVService/Command`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ key: "a", op: "GET" }) });
+      expect(await response.json()).toEqual({ err: "ErrNoKey" });
+    } finally {
+      for (const socket of held) socket.destroy();
+      await local.close();
+    }
+  });
+});
