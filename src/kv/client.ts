@@ -185,14 +185,18 @@ export class Clerk {
     const deadline = started + this.options.operationTimeoutMs;
     const n = this.clients.length;
     let backoff = this.options.backoffMs;
-    let hintJumps = 0;
+    /** Unsuccessful RPCs since the last pause: after a full round of them, back off. */
+    let failedInRound = 0;
     let lastProblem = "no attempt made";
     for (let attempt = 1; attempt <= this.options.maxAttempts; attempt++) {
       const remaining = deadline - Date.now();
       if (remaining <= 0) break;
       const node = this.leader;
-      /** "next": try another node; "stay": the node is the leader but busy, ask it again. */
-      let retry: "next" | "stay";
+      /**
+       * "hinted": go to the node named as leader; "next": try the following node; "stay": the
+       * node is the leader but busy, ask it again.
+       */
+      let retry: "hinted" | "next" | "stay";
       try {
         const response = await this.clients[node]!.command(request, {
           timeoutMs: Math.max(1, Math.min(this.options.callTimeoutMs, remaining)),
@@ -204,13 +208,13 @@ export class Clerk {
           case "ErrWrongLeader": {
             const hint = response.leaderId === undefined ? -1 : Number(response.leaderId);
             lastProblem = `node ${node} is not the leader`;
-            // Follow a hint at once, but not around a loop of stale hints.
-            if (hint >= 0 && hint < n && hint !== node && hintJumps < n) {
-              hintJumps++;
+            // Follow a hint at once; a stale hint (to a dead node) costs one RPC of the round.
+            if (hint >= 0 && hint < n && hint !== node) {
               this.leader = hint;
-              continue;
+              retry = "hinted";
+            } else {
+              retry = "next";
             }
-            retry = "next";
             break;
           }
           case "ErrTimeout":
@@ -234,10 +238,11 @@ export class Clerk {
           throw new ClerkError("rejected", `node ${node} (${this.addrs[node]}) refused: ${connectError.message}`);
         }
       }
-      hintJumps = 0;
       if (retry === "next") this.leader = (node + 1) % n;
-      // Back off once per full round of nodes, not after every node: a dead node costs one RPC.
-      if (retry === "stay" || this.leader === 0 || n === 1) {
+      // Back off once per round of n failures, not after each: one dead node costs one RPC, while
+      // stale hints and a leaderless cluster cannot spin through the attempts.
+      if (retry === "stay" || ++failedInRound >= n) {
+        failedInRound = 0;
         const pause = Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now()));
         await new Promise((resolve) => setTimeout(resolve, pause));
         backoff = Math.min(backoff * 2, this.options.maxBackoffMs);

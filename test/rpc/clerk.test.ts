@@ -153,3 +153,19 @@ describe("Clerk limits and backpressure", () => {
     }
   });
 });
+
+describe("Clerk against stale hints", () => {
+  test("hints naming a dead node do not spin: rounds back off until the deadline", async () => {
+    leader = 0; // the live nodes (1, 2) both name node 0, which is down
+    hint = true;
+    calls.length = 0;
+    const clerk = new Clerk({ addrs: ["127.0.0.1:1", addrs[1]!, addrs[2]!], transport, operationTimeoutMs: 1_000, backoffMs: 20, maxBackoffMs: 200 });
+    const started = Date.now();
+    const error = await clerk.get("x").then(() => null, (e: unknown) => e);
+    expect((error as ClerkError).code).toBe("timeout");
+    // It ran out of time (the deadline), not out of attempts (200).
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1_000);
+    expect(calls.length).toBeLessThan(100);
+    leader = 2;
+  });
+});
