@@ -147,10 +147,16 @@ function checkKey(key: string, all: Operation[], deadline: number): KeyOutcome {
   let best = { depth: -1, prefix: [] as number[], stuck: [] as number[] };
   let iterations = 0;
 
-  // Put and Delete not yet linearized. While there are none, the value can only grow (Append),
-  // so every observed Get still to come must extend the current value: a strong, sound prune that
-  // keeps append-heavy histories (many concurrent appends, one read) linear instead of factorial.
-  let resetters = ops.reduce((n, op) => n + (isResetter(op) ? 1 : 0), 0);
+  // Pruning by reads: a Get that must precede every Put and Delete not yet linearized (it returns
+  // before any of them is called) can only see the current value extended by Appends. So the
+  // value after a candidate step must be a prefix of what such a Get observed (or absent, if it
+  // observed ErrNoKey); otherwise the branch is dead. Sound, and it keeps append-heavy histories
+  // near-linear instead of factorial.
+  const resetters = ops
+    .map((op, i) => ({ op, i }))
+    .filter(({ op }) => isResetter(op))
+    .sort((a, b) => a.op.call - b.op.call || a.i - b.i)
+    .map(({ i }) => i);
   const reads = ops
     .map((op, i) => ({ op, i }))
     .filter(({ op }) => op.input.op === "Get" && op.return !== Infinity && op.output !== null)
@@ -166,9 +172,9 @@ function checkKey(key: string, all: Operation[], deadline: number): KeyOutcome {
     if (node.isCall) {
       const op = ops[node.op];
       let next = states.step(state, node.op, op);
-      const remainingResetters = resetters - (isResetter(op) ? 1 : 0);
-      if (next >= 0 && remainingResetters === 0) {
-        const blocker = laterReadBlocking(reads, linearized, node.op, ops, states.value(next));
+      if (next >= 0 && reads.length > 0) {
+        const horizon = firstPendingCall(resetters, linearized, node.op, ops);
+        const blocker = laterReadBlocking(reads, linearized, node.op, ops, states.value(next), horizon);
         if (blocker >= 0) {
           next = -1;
           pruneBlocker = blocker;
@@ -178,9 +184,10 @@ function checkKey(key: string, all: Operation[], deadline: number): KeyOutcome {
         const hi = (hashHi ^ zobrist.hi[node.op]) >>> 0;
         const lo = (hashLo ^ zobrist.lo[node.op]) >>> 0;
         linearized[node.op >>> 5] |= 1 << (node.op & 31);
-        if (cacheInsert(cache, hi * 0x200000 + (lo & 0x1fffff), linearized, next)) {
+        // The key mixes in the state: one set of ops reached in many orders has many states.
+        const key = ((hi ^ Math.imul(next, 0x9e3779b1)) >>> 0) * 0x200000 + (lo & 0x1fffff);
+        if (cacheInsert(cache, key, linearized, next)) {
           calls.push({ node, state });
-          resetters = remainingResetters;
           state = next;
           hashHi = hi;
           hashLo = lo;
@@ -203,7 +210,6 @@ function checkKey(key: string, all: Operation[], deadline: number): KeyOutcome {
       if (top === undefined) return illegal(key, ops, best);
       state = top.state;
       const id = top.node.op;
-      if (isResetter(ops[id])) resetters++;
       linearized[id >>> 5] &= ~(1 << (id & 31));
       hashHi = (hashHi ^ zobrist.hi[id]) >>> 0;
       hashLo = (hashLo ^ zobrist.lo[id]) >>> 0;
@@ -218,21 +224,39 @@ function isResetter(op: Operation): boolean {
   return op.input.op === "Put" || op.input.op === "Delete";
 }
 
-/** How many unlinearized reads `laterReadBlocking` compares against (earliest-returning first). */
+/** How many constrained reads `laterReadBlocking` compares against (earliest-returning first). */
 const PRUNE_READS = 8;
 
+/** Call time of the earliest-called op in `ids` (sorted by call) not linearized; Infinity if none. */
+function firstPendingCall(ids: number[], linearized: Uint32Array, linearizing: number, ops: Operation[]): number {
+  for (const id of ids) {
+    if (id === linearizing || (linearized[id >>> 5] & (1 << (id & 31))) !== 0) continue;
+    return ops[id].call;
+  }
+  return Infinity;
+}
+
 /**
- * With only Appends and Gets left, checks that Gets still to be linearized can see `value` or
- * an extension of it. `reads` are the observed Gets by return time. Returns the index of a Get
- * that cannot (this branch is dead), or -1.
+ * Checks that the unlinearized Gets returning before `horizon` (the first call of a pending Put
+ * or Delete) can see `value` or an extension of it. `reads` are observed Gets by return time.
+ * Returns the index of a Get that cannot (this branch is dead), or -1.
  */
-function laterReadBlocking(reads: number[], linearized: Uint32Array, linearizing: number, ops: Operation[], value: string | null): number {
+function laterReadBlocking(
+  reads: number[],
+  linearized: Uint32Array,
+  linearizing: number,
+  ops: Operation[],
+  value: string | null,
+  horizon: number,
+): number {
   let checked = 0;
   for (let i = 0; i < reads.length && checked < PRUNE_READS; i++) {
     const id = reads[i];
+    const op = ops[id];
+    if (op.return >= horizon) break;
     if (id === linearizing || (linearized[id >>> 5] & (1 << (id & 31))) !== 0) continue;
     checked++;
-    const output = ops[id].output!;
+    const output = op.output!;
     if (output.err === "ErrNoKey") {
       if (value !== null) return id;
     } else if (output.err === "OK" && value !== null && !output.value.startsWith(value)) {
@@ -331,17 +355,19 @@ function makeZobrist(n: number): { hi: Uint32Array; lo: Uint32Array } {
 class StateTable {
   private readonly values: KeyState[] = [null];
   private readonly ids = new Map<string, number>();
-  private readonly transitions = new Map<number, number>();
+  /** Per operation: from-state id → to-state id (-1 when the op's output contradicts the model). */
+  private readonly transitions: Map<number, number>[] = [];
 
   /** The state after `op` from state `from`, or -1 when the op's output contradicts the model. */
   step(from: number, opIndex: number, op: Operation): number {
-    const memoKey = from * 0x100000 + opIndex;
-    const known = this.transitions.get(memoKey);
+    let memo = this.transitions[opIndex];
+    if (memo === undefined) this.transitions[opIndex] = memo = new Map();
+    const known = memo.get(from);
     if (known !== undefined) return known;
     const observed = op.return !== Infinity;
     const outcome = stepKv(this.values[from], op.input, op.output, observed);
     const to = outcome.ok ? this.intern(outcome.state) : -1;
-    if (opIndex < 0x100000) this.transitions.set(memoKey, to);
+    memo.set(from, to);
     return to;
   }
 

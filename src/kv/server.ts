@@ -206,6 +206,16 @@ export class KVServer {
     };
   }
 
+  /**
+   * This replica's applied value of `key`, without ReadIndex: possibly stale, never
+   * linearizable. For diagnostics and tests that inspect one replica; clients use command().
+   */
+  readLocal(key: string): string | null {
+    if (this.closed) throw new KVError("unavailable", `node ${this.id} is closed`);
+    const value = this.machine.read(key);
+    return value === null ? null : decoder.decode(value);
+  }
+
   /** Stops Raft, answers every waiting command with ErrWrongLeader, closes storage. */
   async close(): Promise<void> {
     if (this.closed) return;

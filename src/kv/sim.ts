@@ -349,7 +349,8 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
         let appended = 0;
         if (!o.randomKeys) await clerk.put(ownKey, "");
         while (!done.value) {
-          const key = o.randomKeys ? String(rng.int(3)) : ownKey;
+          // 6.824 draws random keys from as many keys as there are clients.
+          const key = o.randomKeys ? String(rng.int(o.clients)) : ownKey;
           const r = rng.next();
           if (r < 0.5) {
             const token = o.randomKeys ? `x ${client} ${appended} r` : `x ${client} ${appended} y`;
