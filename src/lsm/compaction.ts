@@ -13,7 +13,7 @@ import { emptyEdit, fileMeta, LevelIterator, NUM_LEVELS, type FileMeta, type Tab
 export class Pacer {
   private last = performance.now();
   private count = 0;
-  constructor(private readonly sliceMs = 2) {}
+  constructor(private readonly sliceMs = 1) {}
   /** Call per unit of work; resolves immediately most of the time. */
   maybeYield(): Promise<void> | null {
     if ((++this.count & 63) !== 0) return null;

@@ -400,7 +400,7 @@ export class DB {
     let t = this.tableCache.get(f.number);
     if (t === undefined) {
       const name = tableFileName(f.number);
-      t = TableReader.open(path.join(this.dir, name), name, f.number, f.size, this.blockCache);
+      t = TableReader.open(path.join(this.dir, name), name, f.number, f.size, this.blockCache, this.opts.mmapTables);
       this.tableCache.insert(f.number, t);
     }
     return t;

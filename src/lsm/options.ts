@@ -27,6 +27,8 @@ export interface DBOptions {
   l0SlowdownTrigger?: number;
   /** L0 table count at which writes wait for compaction. Default 12. */
   l0StopTrigger?: number;
+  /** Read tables through a read-only memory map (Bun.mmap) instead of pread. Default true. */
+  mmapTables?: boolean;
   maxKeyBytes?: number; // default 64 KiB
   maxValueBytes?: number; // default 64 MiB
   maxBatchBytes?: number; // default 256 MiB
@@ -54,13 +56,14 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
     l0CompactionTrigger: o.l0CompactionTrigger ?? 4,
     l0SlowdownTrigger: o.l0SlowdownTrigger ?? 8,
     l0StopTrigger: o.l0StopTrigger ?? 12,
+    mmapTables: o.mmapTables ?? true,
     maxKeyBytes: o.maxKeyBytes ?? 64 * KiB,
     maxValueBytes: o.maxValueBytes ?? 64 * MiB,
     maxBatchBytes: o.maxBatchBytes ?? 256 * MiB,
     logger: o.logger ?? ((m: string) => console.warn(m)),
   };
   const range = (name: keyof ResolvedOptions, lo: number, hi: number): void => {
-    const v = r[name] as number;
+    const v = r[name] as unknown as number;
     if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi) {
       throw new LsmError("INVALID_ARGUMENT", `option ${name} must be an integer in [${lo}, ${hi}], got ${v}`);
     }
@@ -80,6 +83,7 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
   range("maxKeyBytes", 1, 16 * MiB);
   range("maxValueBytes", 0, 1024 * MiB);
   range("maxBatchBytes", 1024, 2048 * MiB);
+  if (typeof r.mmapTables !== "boolean") throw new LsmError("INVALID_ARGUMENT", "option mmapTables must be a boolean");
   if (typeof r.logger !== "function") throw new LsmError("INVALID_ARGUMENT", "option logger must be a function");
   return r;
 }

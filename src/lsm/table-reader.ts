@@ -19,6 +19,8 @@ export class TableReader implements Releasable {
   private refs = 1; // the opener's reference (normally the table cache)
   private fd: number;
   private readonly blocks: BlockMap = new Map();
+  /** The file mapped read-only (tables are immutable), or null to read with pread. */
+  private map: Uint8Array | null;
   private readonly index: Uint8Array;
   private readonly filter: Uint8Array;
   private readonly indexIter: BlockIterator;
@@ -31,8 +33,11 @@ export class TableReader implements Releasable {
     readonly fileSize: number,
     fd: number,
     private readonly cache: BlockCache,
+    path: string,
+    useMmap: boolean,
   ) {
     this.fd = fd;
+    this.map = useMmap ? mapFile(path, fileSize) : null;
     if (fileSize < FOOTER_SIZE) throw corruption(name, 0, `file too short for a table (${fileSize} bytes)`);
     const footerOffset = fileSize - FOOTER_SIZE;
     const footer = this.pread(footerOffset, FOOTER_SIZE);
@@ -53,7 +58,7 @@ export class TableReader implements Releasable {
   }
 
   /** Opens a table file (synchronously: open is rare and the table cache keeps it). */
-  static open(path: string, name: string, fileNumber: number, fileSize: number, cache: BlockCache): TableReader {
+  static open(path: string, name: string, fileNumber: number, fileSize: number, cache: BlockCache, useMmap = true): TableReader {
     let fd: number;
     try {
       fd = fs.openSync(path, "r");
@@ -61,7 +66,7 @@ export class TableReader implements Releasable {
       throw ioError(name, "open", e);
     }
     try {
-      return new TableReader(name, fileNumber, fileSize, fd, cache);
+      return new TableReader(name, fileNumber, fileSize, fd, cache, path, useMmap);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -75,6 +80,7 @@ export class TableReader implements Releasable {
   release(): void {
     if (--this.refs > 0) return;
     this.cache.dropOwner(this.blocks);
+    this.map = null; // the mapping goes with its last view
     try {
       fs.closeSync(this.fd);
     } catch {}
@@ -83,6 +89,8 @@ export class TableReader implements Releasable {
 
   private pread(offset: number, size: number): Uint8Array {
     if (offset + size > this.fileSize) throw corruption(this.name, offset, `block of ${size} bytes runs past end of file`);
+    // A mapped table is read without a system call or copy; the CRC check below still runs.
+    if (this.map !== null) return this.map.subarray(offset, offset + size);
     const buf = new Uint8Array(size);
     let done = 0;
     try {
@@ -152,6 +160,18 @@ export class TableReader implements Releasable {
   iterator(fillCache = true): TableIterator {
     this.ref();
     return new TableIterator(this, new BlockIterator(this.index, this.name, 0), fillCache);
+  }
+}
+
+/** Maps a table file read-only with Bun.mmap; null when unavailable or the size disagrees. */
+function mapFile(path: string, fileSize: number): Uint8Array | null {
+  const bun = (globalThis as { Bun?: { mmap?: (p: string, o: { shared: boolean }) => Uint8Array } }).Bun;
+  if (bun?.mmap === undefined || fileSize === 0) return null;
+  try {
+    const m = bun.mmap(path, { shared: false });
+    return m.length === fileSize ? m : null;
+  } catch {
+    return null;
   }
 }
 
