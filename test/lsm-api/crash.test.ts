@@ -130,7 +130,7 @@ test("acknowledged writes survive SIGKILL at random moments (sync, group commit,
         stderr: "pipe",
       });
       const ready = await waitForReady(child.stdout);
-      if (ready) await Bun.sleep(20 + random(400));
+      if (ready) await Bun.sleep(20 + random(800));
       child.kill("SIGKILL");
       await child.exited;
       if (!ready || child.signalCode !== "SIGKILL") {

@@ -8,11 +8,11 @@ import { join } from "node:path";
 import { DB, type Snapshot } from "../../src/lsm/index.ts";
 
 const OPERATIONS = 30_000;
-const TIME_BUDGET_MS = 25_000;
+const TIME_BUDGET_MS = 20_000;
 const REOPEN_EVERY = 4_000;
 const MAX_LIVE_SNAPSHOTS = 4;
 // A small memtable so that the run crosses many flushes and compactions.
-const ENGINE_OPTIONS = { memtableBytes: 32 * 1024 };
+const ENGINE_OPTIONS = { memtableBytes: 64 * 1024 };
 
 const dirs: string[] = [];
 afterAll(() => {
@@ -66,7 +66,7 @@ function randomKey(random: Random): Uint8Array {
 
 function randomValue(random: Random): Uint8Array {
   const roll = random.float();
-  const length = roll < 0.1 ? 0 : roll < 0.9 ? random.int(120) : 1000 + random.int(3000);
+  const length = roll < 0.1 ? 0 : roll < 0.97 ? random.int(120) : 1000 + random.int(3000);
   const value = new Uint8Array(length);
   for (let i = 0; i < length; i++) value[i] = random.int(256);
   return value;
@@ -117,6 +117,8 @@ interface RangeQuery {
   lte?: Uint8Array;
   reverse?: boolean;
   limit?: number;
+  /** Read `after` entries, then seek(target), then read the rest. */
+  seek?: { after: number; target: Uint8Array };
 }
 
 function randomRange(random: Random): RangeQuery {
@@ -128,7 +130,9 @@ function randomRange(random: Random): RangeQuery {
   if (upperKind === 1) query.lt = randomKey(random);
   if (upperKind === 2) query.lte = randomKey(random);
   if (random.chance(0.5)) query.reverse = true;
-  if (random.chance(0.6)) query.limit = random.int(40);
+  // Mostly limited: unlimited scans of the whole key space cost time without finding more.
+  if (random.chance(0.95)) query.limit = random.int(60);
+  if (random.chance(0.25)) query.seek = { after: random.int(5), target: randomKey(random) };
   return query;
 }
 
@@ -136,7 +140,9 @@ function describeRange(query: RangeQuery): string {
   return JSON.stringify(query, (_name, value) => (value instanceof Uint8Array ? hex(value) : value));
 }
 
-function expectedRange(model: Model, query: RangeQuery): [string, string][] {
+type Entries = [string, Uint8Array][];
+
+function expectedRange(model: Model, query: RangeQuery): Entries {
   let start = 0;
   let end = model.sorted.length;
   if (query.gt !== undefined) {
@@ -151,16 +157,59 @@ function expectedRange(model: Model, query: RangeQuery): [string, string][] {
     end = model.lowerBound(bound);
     if (model.sorted[end] === bound) end++;
   }
-  const keys = start < end ? model.sorted.slice(start, end) : [];
-  if (query.reverse) keys.reverse();
-  const limited = query.limit === undefined ? keys : keys.slice(0, query.limit);
-  return limited.map((key) => [key, hex(model.get(key)!)]);
+  const inRange = start < end ? model.sorted.slice(start, end) : [];
+  if (query.reverse) inRange.reverse();
+  let limit = query.limit ?? Infinity;
+  let keys: string[];
+  if (query.seek === undefined) {
+    keys = inRange.slice(0, limit);
+  } else {
+    // The first entries as usual; after the seek, the range from the target on, and the limit
+    // counts every entry returned before and after the seek.
+    const before = inRange.slice(0, Math.min(limit, query.seek.after));
+    limit -= before.length;
+    const target = hex(query.seek.target);
+    const after = inRange.filter((key) => (query.reverse ? key <= target : key >= target));
+    keys = [...before, ...after.slice(0, limit)];
+  }
+  return keys.map((key) => [key, model.get(key)!]);
 }
 
-async function actualRange(db: DB, query: RangeQuery, snapshot?: Snapshot): Promise<[string, string][]> {
-  const entries: [string, string][] = [];
-  for await (const [key, value] of db.iterator({ ...query, snapshot })) entries.push([hex(key), hex(value)]);
-  return entries;
+type ReadMode = "forAwait" | "nextv" | "read";
+
+/** Reads a range through one of the iterator's three read paths. */
+async function actualRange(db: DB, query: RangeQuery, mode: ReadMode, snapshot?: Snapshot): Promise<Entries> {
+  const { seek, ...options } = query;
+  const entries: Entries = [];
+  if (mode === "forAwait" && seek === undefined) {
+    for await (const [key, value] of db.iterator({ ...options, snapshot })) entries.push([hex(key), value]);
+    return entries;
+  }
+  const iterator = db.iterator({ ...options, snapshot });
+  const drain = (count: number) => {
+    const stop = entries.length + count;
+    while (entries.length < stop) {
+      if (mode === "nextv") {
+        const chunk = iterator.nextv(Math.min(stop - entries.length, 16));
+        if (chunk.length === 0) return;
+        for (const [key, value] of chunk) entries.push([hex(key), value]);
+      } else {
+        const entry = iterator.read();
+        if (entry === undefined) return;
+        entries.push([hex(entry[0]), entry[1]]);
+      }
+    }
+  };
+  try {
+    if (seek !== undefined) {
+      drain(seek.after);
+      iterator.seek(seek.target);
+    }
+    drain(Infinity);
+    return entries;
+  } finally {
+    iterator.close();
+  }
 }
 
 interface SavedSnapshot {
@@ -168,7 +217,15 @@ interface SavedSnapshot {
   model: Model;
 }
 
-async function runModel(seed: number): Promise<{ operations: number; reopens: number; checks: number }> {
+interface ModelResult {
+  operations: number;
+  reopens: number;
+  checks: number;
+  flushes: number;
+  compactions: number;
+}
+
+async function runModel(seed: number): Promise<ModelResult> {
   const random = makeRandom(seed);
   const dir = mkdtempSync(join(tmpdir(), "lsm-model-"));
   dirs.push(dir);
@@ -187,6 +244,15 @@ async function runModel(seed: number): Promise<{ operations: number; reopens: nu
   let operation = 0;
   let reopens = 0;
   let checks = 0;
+  let flushes = 0;
+  let compactions = 0;
+  const closeDb = async () => {
+    const stats = db.stats();
+    flushes += stats.flushes;
+    compactions += stats.compactions;
+    open = false;
+    await db.close();
+  };
 
   const fail = (what: string): never => {
     throw new Error(`seed ${seed}, operation ${operation}: ${what}`);
@@ -200,16 +266,19 @@ async function runModel(seed: number): Promise<{ operations: number; reopens: nu
     }
   };
   const checkRange = async (query: RangeQuery, expected: Model, snapshot?: Snapshot) => {
-    const got = await actualRange(db, query, snapshot);
+    const mode = random.pick(["forAwait", "nextv", "read"] as const);
+    const got = await actualRange(db, query, mode, snapshot);
     const want = expectedRange(expected, query);
     checks++;
-    if (JSON.stringify(got) !== JSON.stringify(want)) {
-      const index = got.findIndex((entry, i) => want[i] === undefined || entry[0] !== want[i][0] || entry[1] !== want[i][1]);
-      const first = index === -1 ? want.length : index;
-      const show = (entry: [string, string] | undefined) =>
-        entry === undefined ? "end" : `${entry[0]}=${entry[1].slice(0, 16)}${entry[1].length > 16 ? "…" : ""}`;
-      fail(`iterator(${describeRange(query)})${snapshot ? " at snapshot" : ""}: got ${got.length} entries, ` +
-        `model ${want.length}; first difference at #${first}: got ${show(got[first])}, model ${show(want[first])}`);
+    const length = Math.max(got.length, want.length);
+    for (let i = 0; i < length; i++) {
+      const a = got[i];
+      const b = want[i];
+      if (a !== undefined && b !== undefined && a[0] === b[0] && Buffer.compare(a[1], b[1]) === 0) continue;
+      const show = (entry: [string, Uint8Array] | undefined) =>
+        entry === undefined ? "end" : `${entry[0]}=${hex(entry[1].subarray(0, 8))}${entry[1].length > 8 ? "…" : ""}`;
+      fail(`iterator(${describeRange(query)}) read by ${mode}${snapshot ? " at snapshot" : ""}: got ${got.length} entries, ` +
+        `model ${want.length}; first difference at #${i}: got ${show(a)}, model ${show(b)}`);
     }
   };
   const releaseAll = () => {
@@ -220,17 +289,17 @@ async function runModel(seed: number): Promise<{ operations: number; reopens: nu
   try {
     for (; operation < OPERATIONS && performance.now() - started < TIME_BUDGET_MS; operation++) {
       const roll = random.float();
-      if (roll < 0.35) {
+      if (roll < 0.45) {
         const key = randomKey(random);
         const value = randomValue(random);
         await db.put(key, value, { sync: random.chance(0.01) });
         model.set(hex(key), value);
         remember(key);
-      } else if (roll < 0.47) {
+      } else if (roll < 0.57) {
         const key = someKey();
         await db.del(key);
         model.delete(hex(key));
-      } else if (roll < 0.55) {
+      } else if (roll < 0.65) {
         // A batch may touch one key several times: the last operation on it wins.
         const ops: ({ type: "put"; key: Uint8Array; value: Uint8Array } | { type: "del"; key: Uint8Array })[] = [];
         const count = 1 + random.int(30);
@@ -245,7 +314,7 @@ async function runModel(seed: number): Promise<{ operations: number; reopens: nu
             remember(op.key);
           } else model.delete(hex(op.key));
         }
-      } else if (roll < 0.72) {
+      } else if (roll < 0.8) {
         const key = someKey();
         if (random.chance(0.3)) {
           const want = model.get(hex(key));
@@ -257,12 +326,12 @@ async function runModel(seed: number): Promise<{ operations: number; reopens: nu
         } else {
           await checkGet(key, model);
         }
-      } else if (roll < 0.86) {
+      } else if (roll < 0.94) {
         await checkRange(randomRange(random), model);
-      } else if (roll < 0.88) {
+      } else if (roll < 0.945) {
         if (snapshots.length >= MAX_LIVE_SNAPSHOTS) snapshots.shift()!.snapshot.release();
         snapshots.push({ snapshot: db.snapshot(), model: model.clone() });
-      } else if (roll < 0.92) {
+      } else if (roll < 0.9985) {
         if (snapshots.length > 0) {
           const saved = random.pick(snapshots);
           const keys = saved.model.sorted;
@@ -272,7 +341,7 @@ async function runModel(seed: number): Promise<{ operations: number; reopens: nu
           }
           await checkRange(randomRange(random), saved.model, saved.snapshot);
         }
-      } else if (roll < 0.925) {
+      } else {
         const a = randomKey(random);
         const b = randomKey(random);
         const [start, end] = Buffer.compare(a, b) <= 0 ? [a, b] : [b, a];
@@ -283,8 +352,7 @@ async function runModel(seed: number): Promise<{ operations: number; reopens: nu
         // Snapshots do not survive a close: check the oldest one once more, then release all.
         if (snapshots.length > 0) await checkRange({}, snapshots[0].model, snapshots[0].snapshot);
         releaseAll();
-        open = false;
-        await db.close();
+        await closeDb();
         db = await DB.open(dir, ENGINE_OPTIONS);
         open = true;
         reopens++;
@@ -296,12 +364,11 @@ async function runModel(seed: number): Promise<{ operations: number; reopens: nu
     releaseAll();
     await checkRange({}, model);
     await checkRange({ reverse: true }, model);
-    open = false;
-    await db.close();
+    await closeDb();
     db = await DB.open(dir, ENGINE_OPTIONS);
     open = true;
     await checkRange({}, model);
-    return { operations: operation, reopens: reopens + 1, checks };
+    return { operations: operation, reopens: reopens + 1, checks, flushes, compactions };
   } catch (error) {
     console.error(`LSM model test failed: replay with LSM_MODEL_SEED=${seed}`);
     throw error;
@@ -314,7 +381,12 @@ async function runModel(seed: number): Promise<{ operations: number; reopens: nu
 test("random operations agree with an in-memory sorted map across flushes, compactions and reopens", async () => {
   const seed = process.env.LSM_MODEL_SEED !== undefined ? Number(process.env.LSM_MODEL_SEED) : (Math.random() * 2 ** 32) >>> 0;
   const result = await runModel(seed);
-  console.log(`model test seed ${seed}: ${result.operations} operations, ${result.reopens} reopens, ${result.checks} checks`);
+  console.log(
+    `model test seed ${seed}: ${result.operations} operations, ${result.reopens} reopens, ` +
+      `${result.flushes} flushes, ${result.compactions} compactions, ${result.checks} checks`,
+  );
   expect(result.operations).toBeGreaterThanOrEqual(5_000);
+  expect(result.flushes).toBeGreaterThan(0);
+  expect(result.compactions).toBeGreaterThan(0);
   expect(result.checks).toBeGreaterThan(1_000);
 }, 60_000);
