@@ -10,6 +10,7 @@ import { DataDirError } from "./identity.ts";
 import { serveNode, type ServingNode } from "./serve-node.ts";
 
 const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
+const SHUTDOWN_LIMIT_MS = 20_000;
 
 const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] [--cors-origin ORIGIN,...]
 
@@ -127,6 +128,11 @@ async function main(argv: string[]): Promise<number> {
       }
       stopping = true;
       console.log(`kvserver: node ${id} got ${signal}; finishing in-flight requests and closing`);
+      // Bounded: a close that hangs must not keep the process (and its port) forever.
+      setTimeout(() => {
+        console.error(`kvserver: node ${id} did not close within ${SHUTDOWN_LIMIT_MS} ms; exiting anyway`);
+        resolve(1);
+      }, SHUTDOWN_LIMIT_MS).unref();
       node.close().then(
         () => {
           console.log(`kvserver: node ${id} stopped`);
