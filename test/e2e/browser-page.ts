@@ -12,6 +12,11 @@ async function run(): Promise<unknown> {
   const params = new URLSearchParams(here.search);
   const addrs = params.get("addrs")!.split(",");
   const key = params.get("key")!;
+  if (params.get("mode") === "probe") {
+    // One plain call, no retries: its error is exactly what the browser did with the response.
+    const client = createClient(KVService, createConnectTransport({ baseUrl: `http://${addrs[0]}` }));
+    return { status: (await client.getStatus({})).state };
+  }
   const operationTimeoutMs = Number(params.get("timeoutMs") ?? "15000");
   const clerk = new Clerk({ addrs, transport: (baseUrl) => createConnectTransport({ baseUrl }), operationTimeoutMs });
   await clerk.put(key, "from");
