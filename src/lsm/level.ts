@@ -3,7 +3,7 @@
 import { mkdir, readdir } from "node:fs/promises";
 import { AbstractIterator, AbstractLevel, AbstractSnapshot } from "abstract-level";
 import type { AbstractDatabaseOptions } from "abstract-level";
-import { DB, type BatchOp, type DBIteratorOptions, type LsmIterator, type Snapshot } from "./index.ts";
+import { DB, LsmError, type BatchOp, type DBIteratorOptions, type LsmIterator, type Snapshot } from "./index.ts";
 
 /** Formats the engine accepts natively; every other encoding is transcoded to one of these. */
 type Format = "buffer" | "view" | "utf8";
@@ -49,8 +49,8 @@ interface BatchOperation {
 /** Errors with the `code` property abstract-level consumers switch on. */
 export class LsmLevelError extends Error {
   readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
     this.name = code === "LEVEL_ABORTED" ? "AbortError" : "LsmLevelError";
     this.code = code;
   }
@@ -251,7 +251,14 @@ export class LsmLevel<K = string, V = string> extends AbstractLevel<Data, K, V> 
       );
     }
     await mkdir(this.#location, { recursive: true });
-    this.#engine = await DB.open(this.#location, this.#engineOptions);
+    try {
+      this.#engine = await DB.open(this.#location, this.#engineOptions);
+    } catch (error) {
+      if (error instanceof LsmError && error.code === "LOCKED") {
+        throw new LsmLevelError("LEVEL_LOCKED", error.message, { cause: error });
+      }
+      throw error;
+    }
   }
 
   async _close(): Promise<void> {
