@@ -10,6 +10,8 @@ export interface BenchOptions {
   json: string | null;
   vsEtcd: boolean;
   big: boolean;
+  /** Key count of the --big fillrandom. */
+  bigKeys: number;
   /** Repeated runs per side of every comparison (median and spread reported). */
   runs: number;
   /** LSM key count (db_bench's --num). */
@@ -46,6 +48,7 @@ options
   --seconds S        seconds per cluster load point (default 10; 2 with --quick)
   --vs-etcd          cluster: also run a 3-member etcd (needs \`etcd\` on PATH) and compare
   --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
+  --big-keys N       the same with N keys
   --json FILE        write every result, the machine and the versions to FILE
   --results-dir DIR  where SVG charts go (default bench/results)
   -h, --help         this text
@@ -67,6 +70,7 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
     json: null,
     vsEtcd: false,
     big: false,
+    bigKeys: 10_000_000,
     runs: 0,
     lsmKeys: null,
     seconds: null,
@@ -103,6 +107,10 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
         o.resultsDir = dir;
         break;
       }
+      case "--big-keys":
+        o.bigKeys = positiveInt("--big-keys", value(), 1_000_000_000);
+        o.big = true;
+        break;
       case "--runs":
         o.runs = positiveInt("--runs", value(), 99);
         break;

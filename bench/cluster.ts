@@ -291,6 +291,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
         yLabel: "p99 latency, ms",
         log: true,
         format: formatMillis,
+        tickFormat: formatCount,
         categories,
         series: seriesFor((p) => p.latency.p99, () => false),
       }),

@@ -305,7 +305,7 @@ export async function runLsmSuite(o: BenchOptions, progress: Progress): Promise<
   let big: Awaited<ReturnType<Runner["big"]>> | null = null;
   const ours = engines.find((e) => e.system === "ours");
   if (o.big) {
-    if (ours) big = await runner.big(ours, 10_000_000);
+    if (ours) big = await runner.big(ours, o.bigKeys);
     else notes.push("--big: skipped, our engine is not there");
   }
 

@@ -46,7 +46,7 @@ export class Progress {
     const now = this.now();
     if (this.sink.isTTY) {
       if (now - this.lastDraw >= TTY_REDRAW_MS) this.draw(done);
-    } else if (now - (this.lastDraw || this.startedAt) >= PLAIN_HEARTBEAT_MS) {
+    } else if (now - (this.lastDraw || this.startedAt) >= PLAIN_HEARTBEAT_MS && !(this.total > 0 && done >= this.total)) {
       this.lastDraw = now;
       this.sink.write(`  … ${this.label}: ${this.describe(done, now)}\n`);
     }

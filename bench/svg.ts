@@ -29,6 +29,8 @@ export interface BarChartSpec {
   /** Log scale suits values spanning several orders of magnitude. */
   log?: boolean;
   format?: (n: number) => string;
+  /** Axis labels; defaults to `format`. */
+  tickFormat?: (n: number) => string;
 }
 
 export interface LineChartSpec {
@@ -41,6 +43,8 @@ export interface LineChartSpec {
   series: (Series & { points: (Summary | null)[]; dashed?: boolean })[];
   log?: boolean;
   format?: (n: number) => string;
+  /** Axis labels; defaults to `format`. */
+  tickFormat?: (n: number) => string;
 }
 
 const FONT = `font-family="system-ui, -apple-system, Segoe UI, sans-serif"`;
@@ -103,41 +107,54 @@ function header(width: number, height: number, title: string, subtitle?: string)
   return out;
 }
 
-function legend(series: Series[], x: number, y: number): string[] {
+/** Legend entries laid out left to right, wrapping to a new row at `maxX`; returns SVG and rows used. */
+function legend(series: Series[], x: number, y: number, maxX: number): { svg: string[]; rows: number } {
   const out: string[] = [];
   let cx = x;
+  let cy = y;
+  let rows = 1;
   series.forEach((s, i) => {
     const color = s.color ?? PALETTE[i % PALETTE.length];
-    out.push(`<rect x="${num(cx)}" y="${y - 10}" width="12" height="12" fill="${color}"/>`);
-    out.push(`<text x="${num(cx + 16)}" y="${y}" fill="#222">${escapeXml(s.name)}</text>`);
-    cx += 28 + s.name.length * 7;
+    const itemWidth = 28 + s.name.length * 7;
+    if (cx > x && cx + itemWidth > maxX) {
+      cx = x;
+      cy += LEGEND_ROW;
+      rows++;
+    }
+    out.push(`<rect x="${num(cx)}" y="${cy - 10}" width="12" height="12" fill="${color}"/>`);
+    out.push(`<text x="${num(cx + 16)}" y="${cy}" fill="#222">${escapeXml(s.name)}</text>`);
+    cx += itemWidth;
   });
-  return out;
+  return { svg: out, rows };
 }
+
+const LEGEND_ROW = 18;
 
 /** Grouped horizontal bars, one group per workload, one bar per series, whiskers from min to max. */
 export function barChart(spec: BarChartSpec): string {
   const format = spec.format ?? formatCount;
+  const tickFormat = spec.tickFormat ?? format;
   const labelWidth = Math.max(80, Math.min(320, 12 + 7 * Math.max(0, ...spec.groups.map((g) => g.label.length))));
   const noteWidth = spec.groups.some((g) => g.note) ? 70 : 0;
   const plotWidth = 560;
   const barHeight = 14;
   const groupGap = 10;
-  const top = 70;
   const groupHeight = spec.series.length * barHeight + groupGap;
   const plotHeight = Math.max(groupHeight, spec.groups.length * groupHeight);
   const left = 16 + labelWidth;
   const width = left + plotWidth + 60 + noteWidth;
+  const legendBlock = legend(spec.series, left, 58, width - 16);
+  const top = 70 + (legendBlock.rows - 1) * LEGEND_ROW;
   const height = top + plotHeight + 48;
   const { max, minPositive } = extent(spec.groups.flatMap((g) => g.values));
   const scale = makeScale(max, minPositive, spec.log ?? false);
   const x = (v: number) => left + scale.at(v) * plotWidth;
 
   const out = header(width, height, spec.title, spec.subtitle);
-  out.push(...legend(spec.series, left, 58));
+  out.push(...legendBlock.svg);
   for (const t of scale.ticks) {
     out.push(`<line x1="${num(x(t))}" y1="${top - 4}" x2="${num(x(t))}" y2="${top + plotHeight}" stroke="#e3e3e3"/>`);
-    out.push(`<text x="${num(x(t))}" y="${top + plotHeight + 16}" text-anchor="middle" fill="#555">${escapeXml(format(t))}</text>`);
+    out.push(`<text x="${num(x(t))}" y="${top + plotHeight + 16}" text-anchor="middle" fill="#555">${escapeXml(tickFormat(t))}</text>`);
   }
   out.push(
     `<text x="${num(left + plotWidth / 2)}" y="${top + plotHeight + 36}" text-anchor="middle" fill="#333">${escapeXml(spec.unit)}${spec.log ? " (log scale)" : ""}</text>`,
@@ -181,11 +198,13 @@ export function barChart(spec: BarChartSpec): string {
 /** Lines over equally spaced categories, a dot per point, whiskers from min to max. */
 export function lineChart(spec: LineChartSpec): string {
   const format = spec.format ?? formatCount;
+  const tickFormat = spec.tickFormat ?? format;
   const left = 80;
-  const top = 70;
   const plotWidth = Math.max(240, spec.categories.length * 110);
   const plotHeight = 280;
   const width = left + plotWidth + 40;
+  const legendBlock = legend(spec.series, left, 58, width - 16);
+  const top = 70 + (legendBlock.rows - 1) * LEGEND_ROW;
   const height = top + plotHeight + 56;
   const { max, minPositive } = extent(spec.series.flatMap((s) => s.points));
   const scale = makeScale(max, minPositive, spec.log ?? false);
@@ -194,10 +213,10 @@ export function lineChart(spec: LineChartSpec): string {
   const y = (v: number) => top + plotHeight - scale.at(v) * plotHeight;
 
   const out = header(width, height, spec.title, spec.subtitle);
-  out.push(...legend(spec.series, left, 58));
+  out.push(...legendBlock.svg);
   for (const t of scale.ticks) {
     out.push(`<line x1="${left}" y1="${num(y(t))}" x2="${left + plotWidth}" y2="${num(y(t))}" stroke="#e3e3e3"/>`);
-    out.push(`<text x="${left - 6}" y="${num(y(t) + 4)}" text-anchor="end" fill="#555">${escapeXml(format(t))}</text>`);
+    out.push(`<text x="${left - 6}" y="${num(y(t) + 4)}" text-anchor="end" fill="#555">${escapeXml(tickFormat(t))}</text>`);
   }
   spec.categories.forEach((c, i) => {
     out.push(`<text x="${num(x(i))}" y="${top + plotHeight + 18}" text-anchor="middle" fill="#555">${escapeXml(c)}</text>`);
