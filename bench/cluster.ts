@@ -168,7 +168,15 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
     for (const workload of WORKLOADS) {
       for (const clients of plan.clients) {
         await alternate(clusters, plan.runs, async (c) => {
-          points.push(await runPoint(c, workload, clients, plan, progress));
+          try {
+            points.push(await runPoint(c, workload, clients, plan, progress));
+          } catch (e) {
+            // One failed point (a generator that could not connect, a leader lost for too long)
+            // is reported; the other points and the other system still run.
+            const message = (e instanceof Error ? e.message : String(e)).split("\n")[0];
+            progress.finish(`failed: ${message}`);
+            notes.push(`${c.label} ${workload} ×${clients}: point failed: ${message}`);
+          }
         });
       }
     }
