@@ -78,6 +78,7 @@ async function main(argv: string[]): Promise<number> {
       finishedAt: new Date().toISOString(),
       options: o,
       machine,
+      loadAverageAtEnd: machineInfo().loadAverage,
       versions: vers,
       suites: Object.fromEntries(results.map((r) => [r.suite, { title: r.title, notes: r.notes, data: r.data }])),
       failures,
