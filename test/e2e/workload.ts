@@ -21,8 +21,11 @@ export async function runWorkload(options: {
   keys: string[];
   stop: Promise<void>;
   maxOpsPerClient: number;
+  /** Counts acknowledged appends as they happen, so a test can wait for progress. */
+  progress?: { acked: number };
 }): Promise<WorkloadResult> {
   const result: WorkloadResult = { history: [], acked: new Map(), unknown: new Map(), errors: [] };
+  const progress = options.progress ?? { acked: 0 };
   let stopped = false;
   void options.stop.then(() => (stopped = true));
   const push = (map: Map<string, string[]>, key: string, token: string) => {
@@ -51,6 +54,7 @@ export async function runWorkload(options: {
             await clerk.append(key, token);
             result.history.push({ clientId: c, input: { op: "Append", key, value: token }, output: { err: "OK", value: "" }, call, return: performance.now() });
             push(result.acked, key, token);
+            progress.acked++;
           }
         } catch (error) {
           if (!(error instanceof ClerkError) || error.code !== "timeout") throw error;
