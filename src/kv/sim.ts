@@ -149,7 +149,9 @@ export class KvSimCluster {
     const deadline = this.clock.now() + maxMs;
     await yieldToIO();
     while (!settled) {
-      if (this.clock.now() >= deadline) throw new Error(`simulation: nothing settled within ${maxMs} ms of simulated time`);
+      if (this.clock.now() >= deadline) {
+        throw new Error(`simulation: nothing settled within ${maxMs} ms of simulated time; servers: ${await this.describe()}`);
+      }
       this.clock.advance(1);
       await yieldToIO();
     }
@@ -185,17 +187,31 @@ export class KvSimCluster {
     return reply;
   }
 
+  /** One line per server: role, term, applied and commit index (for failure messages). */
+  async describe(): Promise<string> {
+    const parts: string[] = [];
+    for (const [i, server] of this.servers.entries()) {
+      if (server === null) {
+        parts.push(`${i}: down`);
+        continue;
+      }
+      const s = await server.getStatus();
+      parts.push(`${i}: ${s.state} term ${s.term} applied ${s.lastApplied} commit ${s.commitIndex} snapshot ${s.snapshotIndex}`);
+    }
+    return parts.join("; ");
+  }
+
   /** Raft log bytes of every running server. */
   logBytes(): number[] {
     return this.servers.map((_, i) => this.stores[i].sizeBytes());
   }
 
   async close(): Promise<void> {
-    for (let i = 0; i < this.size; i++) {
-      const server = this.servers[i];
+    const closing = this.servers.map((server, i) => {
       this.servers[i] = null;
-      await server?.close().catch(() => {});
-    }
+      return server?.close().catch(() => {});
+    });
+    await this.until(Promise.all(closing), 60_000).catch(() => {});
     fs.rmSync(this.root, { recursive: true, force: true });
   }
 }
@@ -376,8 +392,9 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       await cluster.until(partitioner);
       cluster.heal();
       if (o.crash) {
-        await cluster.crashAll();
-        await cluster.restartAll();
+        // Simulated time keeps running while servers close: a close may wait for a network hop.
+        await cluster.until(cluster.crashAll());
+        await cluster.until(cluster.restartAll());
       }
       const results = await cluster.until(Promise.all(clients), 120_000);
       if (!o.randomKeys) {

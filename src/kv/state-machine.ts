@@ -80,6 +80,8 @@ export class KVStateMachine implements StateMachine {
   /** Set when an LSM write failed after memory changed: memory and disk may disagree; stop. */
   private failure: unknown = null;
   private closed = false;
+  /** close() was called: an install in progress gives up at its next record. */
+  private closing = false;
   /** apply, restore and close run one at a time. */
   private exclusive: Promise<unknown> = Promise.resolve();
 
@@ -100,7 +102,8 @@ export class KVStateMachine implements StateMachine {
       snapshotChunkBytes: 1 << 20,
       syncEveryEntries: 10_000,
       maxBatchBytes: 4 << 20,
-      ...options,
+      // An option given as undefined means "the default", not "none".
+      ...(Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as KVStateMachineOptions),
     };
     fs.mkdirSync(full.dir, { recursive: true });
     let generation = readPointer(full.dir);
@@ -206,6 +209,7 @@ export class KVStateMachine implements StateMachine {
   }
 
   close(): Promise<void> {
+    this.closing = true;
     return this.serialize(async () => {
       if (this.closed) return;
       this.closed = true;
@@ -358,7 +362,7 @@ export class KVStateMachine implements StateMachine {
     fs.rmSync(dir, { recursive: true, force: true });
     const db = await DB.open(dir, lsmOptions(this.options));
     try {
-      await fillFromSnapshot(db, meta, chunks, this.options.maxBatchBytes);
+      await fillFromSnapshot(db, meta, chunks, this.options.maxBatchBytes, () => this.closing);
       await db.sync();
       // The switch: after this rename the new state is the state, crash or not.
       writePointer(this.options.dir, generation);
@@ -401,11 +405,18 @@ export class KVStateMachine implements StateMachine {
 }
 
 /** Writes a snapshot stream into an empty database; throws (leaving it partial) on any defect. */
-async function fillFromSnapshot(db: DB, meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>, maxBatchBytes: number): Promise<void> {
+async function fillFromSnapshot(
+  db: DB,
+  meta: SnapshotMeta,
+  chunks: AsyncIterable<Uint8Array>,
+  maxBatchBytes: number,
+  closing: () => boolean,
+): Promise<void> {
   let batch: BatchOp[] = [];
   let batchBytes = 0;
   let complete = false;
   for await (const record of decodeSnapshot(chunks)) {
+    if (closing()) throw new Error("snapshot install abandoned: the state machine is closing");
     switch (record.type) {
       case "header":
         if (record.header.index !== meta.index || record.header.term !== meta.term) {
