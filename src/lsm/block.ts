@@ -233,6 +233,9 @@ export class BlockIterator implements InternalIterator {
   value(): Uint8Array {
     return this.data.subarray(this.valStart, this.valStart + this.valLen);
   }
+  valueCopy(): Uint8Array {
+    return this.data.slice(this.valStart, this.valStart + this.valLen);
+  }
   /** The encoded internal key (view valid until the cursor moves). */
   internalKey(): Uint8Array {
     return this.keyBuf.subarray(0, this.keyLen);

@@ -22,6 +22,7 @@ export interface IteratorOptions {
 class UserEntryCursor {
   private forward = true;
   private ok = false;
+  /** A stable copy: the key to step past (forward) or the current key (backward). */
   private savedKey: Uint8Array = new Uint8Array(0);
   private savedValue: Uint8Array = new Uint8Array(0);
 
@@ -30,11 +31,17 @@ class UserEntryCursor {
   valid(): boolean {
     return this.ok;
   }
+  /** A view, valid until the cursor moves. */
   key(): Uint8Array {
     return this.forward ? this.iter.key() : this.savedKey;
   }
+  /** A view, valid until the cursor moves. */
   value(): Uint8Array {
     return this.forward ? this.iter.value() : this.savedValue;
+  }
+  /** A fresh copy of the current value. */
+  valueCopy(): Uint8Array {
+    return this.forward ? this.iter.valueCopy() : this.savedValue.slice();
   }
 
   seekToFirst(): void {
@@ -63,7 +70,11 @@ class UserEntryCursor {
     this.findPrev();
   }
 
-  next(): void {
+  /**
+   * Moves to the next live key. `currentKey`, if given, is a stable copy of the current key
+   * the caller already made (nextv copies every key it returns), so stepping costs no copy.
+   */
+  next(currentKey?: Uint8Array): void {
     if (!this.forward) {
       this.forward = true;
       if (this.iter.valid()) this.iter.next();
@@ -74,7 +85,7 @@ class UserEntryCursor {
       }
       // savedKey holds the key to step past.
     } else {
-      this.savedKey = this.iter.key().slice();
+      this.savedKey = currentKey ?? this.iter.key().slice();
       this.iter.next();
     }
     this.findNext(true);
@@ -99,8 +110,9 @@ class UserEntryCursor {
 
   private findNext(skipping: boolean): void {
     const it = this.iter;
+    const seq = this.seq;
     for (; it.valid(); it.next()) {
-      if (it.seq() > this.seq) continue;
+      if (it.seq() > seq) continue;
       if (skipping && compareBytes(it.key(), this.savedKey) <= 0) continue;
       if (it.kind() === KIND_DEL) {
         this.savedKey = it.key().slice();
@@ -120,12 +132,8 @@ class UserEntryCursor {
       if (it.seq() <= this.seq) {
         if (kind !== KIND_DEL && compareBytes(it.key(), this.savedKey) < 0) break;
         kind = it.kind();
-        if (kind === KIND_DEL) {
-          this.savedKey = it.key().slice();
-        } else {
-          this.savedKey = it.key().slice();
-          this.savedValue = it.value().slice();
-        }
+        this.savedKey = it.key().slice();
+        if (kind !== KIND_DEL) this.savedValue = it.valueCopy();
       }
       it.prev();
     }
@@ -290,20 +298,25 @@ export class LsmIterator implements AsyncIterable<[Uint8Array, Uint8Array]> {
   nextv(n: number): [Uint8Array, Uint8Array][] {
     this.check();
     const out: [Uint8Array, Uint8Array][] = [];
-    while (out.length < n && this.valid()) {
-      out.push([this.cursor.key().slice(), this.cursor.value().slice()]);
-      this.next();
+    const c = this.cursor;
+    const reverse = this.reverse;
+    // One bounds check, one copy of key and value per entry; the cursor hands out views.
+    while (out.length < n && this.remaining > 0 && c.valid()) {
+      const k = c.key();
+      if (!this.aboveLower(k) || !this.belowUpper(k)) break;
+      const key = k.slice();
+      out.push([key, c.valueCopy()]);
+      this.remaining--;
+      if (reverse) c.prev();
+      else c.next(key);
     }
     return out;
   }
 
   /** The current entry (copied) and a move to the next, or undefined at the end. */
   read(): [Uint8Array, Uint8Array] | undefined {
-    this.check();
-    if (!this.valid()) return undefined;
-    const entry: [Uint8Array, Uint8Array] = [this.cursor.key().slice(), this.cursor.value().slice()];
-    this.next();
-    return entry;
+    const e = this.nextv(1);
+    return e.length === 0 ? undefined : e[0];
   }
 
   close(): void {
@@ -313,15 +326,42 @@ export class LsmIterator implements AsyncIterable<[Uint8Array, Uint8Array]> {
     this.onClose();
   }
 
-  async *[Symbol.asyncIterator](): AsyncIterator<[Uint8Array, Uint8Array]> {
-    try {
-      for (;;) {
-        const e = this.read();
-        if (e === undefined) return;
-        yield e;
-      }
-    } finally {
+  /**
+   * `for await` support. Entries are read ahead synchronously in batches (growing from a few to
+   * ASYNC_BATCH_MAX) and served from that buffer, so a step costs a resolved promise, not a
+   * generator resumption and a cursor move. Ending the loop (or break/throw) closes the iterator.
+   */
+  [Symbol.asyncIterator](): AsyncIterator<[Uint8Array, Uint8Array]> {
+    let buffer: [Uint8Array, Uint8Array][] = [];
+    let pos = 0;
+    let batch = 4;
+    const done: IteratorResult<[Uint8Array, Uint8Array]> = { value: undefined, done: true };
+    const finish = (): Promise<IteratorResult<[Uint8Array, Uint8Array]>> => {
+      buffer = [];
+      pos = 0;
       this.close();
-    }
+      return Promise.resolve(done);
+    };
+    return {
+      next: (): Promise<IteratorResult<[Uint8Array, Uint8Array]>> => {
+        if (pos === buffer.length) {
+          if (this.closed) return Promise.resolve(done);
+          try {
+            buffer = this.nextv(batch);
+          } catch (e) {
+            this.close();
+            return Promise.reject(e);
+          }
+          pos = 0;
+          if (batch < ASYNC_BATCH_MAX) batch *= 2;
+          if (buffer.length === 0) return finish();
+        }
+        return Promise.resolve({ value: buffer[pos++], done: false });
+      },
+      return: finish,
+    };
   }
 }
+
+/** Largest read-ahead of the async iterator (entries). */
+const ASYNC_BATCH_MAX = 256;

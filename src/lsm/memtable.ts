@@ -172,6 +172,9 @@ export class MemtableIterator implements InternalIterator {
   value(): Uint8Array {
     return this.node!.value;
   }
+  valueCopy(): Uint8Array {
+    return this.node!.value.slice();
+  }
   close(): void {
     this.node = null;
   }

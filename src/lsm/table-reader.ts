@@ -253,6 +253,9 @@ export class TableIterator implements InternalIterator {
   value(): Uint8Array {
     return this.data!.value();
   }
+  valueCopy(): Uint8Array {
+    return this.data!.valueCopy();
+  }
   close(): void {
     if (this.closed) return;
     this.closed = true;

@@ -253,6 +253,9 @@ export class LevelIterator implements InternalIterator {
   value(): Uint8Array {
     return this.table!.value();
   }
+  valueCopy(): Uint8Array {
+    return this.table!.valueCopy();
+  }
   close(): void {
     this.table?.close();
     this.table = null;
