@@ -17,7 +17,7 @@ import {
 import { encodeCommand } from "./command.ts";
 import { KVError } from "./errors.ts";
 import { RESULT_NO_KEY, type ResultCode } from "./sessions.ts";
-import { KVStateMachine, type AppliedCommand } from "./state-machine.ts";
+import { KVStateMachine, type AppliedCommand, type KVStateMachineOptions } from "./state-machine.ts";
 
 export type KVOp = "Get" | "Put" | "Append" | "Delete";
 export type KVErr = "OK" | "ErrNoKey" | "ErrWrongLeader" | "ErrTimeout";
@@ -78,6 +78,8 @@ export interface KVRaftOptions {
 export interface KVStateOptions {
   memtableBytes?: number;
   blockCacheBytes?: number;
+  /** Further LSM options (see DBOptions). */
+  lsm?: KVStateMachineOptions["lsm"];
   sessionTtlEntries?: number;
   maxSessions?: number;
   syncEveryEntries?: number;

@@ -3,7 +3,7 @@
 // streams snapshots from an LSM snapshot, and installs them into a fresh LSM switched atomically.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { DB } from "../lsm/index.ts";
+import { DB, type DBIteratorOptions, type DBOptions } from "../lsm/index.ts";
 import { EntryType, type Entry, type NodeId, type SnapshotMeta, type StateMachine } from "../raft/index.ts";
 import { OP_APPEND, OP_CLOSE, OP_DELETE, OP_PUT, decodeCommand } from "./command.ts";
 import { KVCorruptionError } from "./errors.ts";
@@ -40,6 +40,8 @@ export interface KVStateMachineOptions {
   members: NodeId[];
   memtableBytes?: number;
   blockCacheBytes?: number;
+  /** Further LSM options (table size, mmap, compaction triggers); memtableBytes/blockCacheBytes above win. */
+  lsm?: DBOptions;
   /** A session untouched for more than this many log entries expires. Default 1,000,000. */
   sessionTtlEntries?: number;
   /** Live sessions at most; the least recently used is evicted beyond it. Default 100,000. */
@@ -102,6 +104,7 @@ export class KVStateMachine implements StateMachine {
       snapshotChunkBytes: 1 << 20,
       syncEveryEntries: 10_000,
       maxBatchBytes: 4 << 20,
+      lsm: {},
       // An option given as undefined means "the default", not "none".
       ...(Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as KVStateMachineOptions),
     };
@@ -180,12 +183,12 @@ export class KVStateMachine implements StateMachine {
       const header = { version: SNAPSHOT_FORMAT_VERSION, index, term, members };
       const chunkBytes = this.options.snapshotChunkBytes;
       async function* sessions(): AsyncGenerator<Session> {
-        for await (const [key, value] of db.iterator({ gte: SESSION_PREFIX, lt: SESSION_END, snapshot: snap })) {
+        for await (const [key, value] of scan(db, { gte: SESSION_PREFIX, lt: SESSION_END, snapshot: snap })) {
           yield decodeSession(clientIdOfSessionKey(key), value);
         }
       }
       async function* pairs(): AsyncGenerator<[Uint8Array, Uint8Array]> {
-        for await (const [key, value] of db.iterator({ gte: USER_START, lt: USER_END, snapshot: snap })) {
+        for await (const [key, value] of scan(db, { gte: USER_START, lt: USER_END, snapshot: snap })) {
           yield [key.subarray(1), value];
         }
       }
@@ -362,7 +365,9 @@ export class KVStateMachine implements StateMachine {
     fs.rmSync(dir, { recursive: true, force: true });
     const db = await DB.open(dir, lsmOptions(this.options));
     try {
-      await fillFromSnapshot(db, meta, chunks, this.options.maxBatchBytes, () => this.closing);
+      // Batches of about one chunk: the install holds O(chunk) bytes, whatever the state's size.
+      const batchBytes = Math.min(this.options.maxBatchBytes, this.options.snapshotChunkBytes);
+      await fillFromSnapshot(db, meta, chunks, batchBytes, () => this.closing);
       await db.sync();
       // The switch: after this rename the new state is the state, crash or not.
       writePointer(this.options.dir, generation);
@@ -451,8 +456,21 @@ async function fillFromSnapshot(
   await db.write(batch);
 }
 
-function lsmOptions(options: Required<KVStateMachineOptions>): { memtableBytes: number; blockCacheBytes: number } {
-  return { memtableBytes: options.memtableBytes, blockCacheBytes: options.blockCacheBytes };
+/**
+ * Entries of a range one at a time. (The LSM iterator's `for await` reads ahead a batch of
+ * entries; with large values that batch, not the chunk size, would bound a snapshot's memory.)
+ */
+async function* scan(db: DB, options: DBIteratorOptions): AsyncGenerator<[Uint8Array, Uint8Array]> {
+  const iterator = db.iterator(options);
+  try {
+    for (let entry = iterator.read(); entry !== undefined; entry = iterator.read()) yield entry;
+  } finally {
+    iterator.close();
+  }
+}
+
+function lsmOptions(options: Required<KVStateMachineOptions>): DBOptions {
+  return { ...options.lsm, memtableBytes: options.memtableBytes, blockCacheBytes: options.blockCacheBytes };
 }
 
 function stateDir(dir: string, generation: number): string {
