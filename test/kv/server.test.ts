@@ -1,0 +1,168 @@
+// KVServer's contract with its callers: typed errors for bad input and overload, leader hints,
+// timeouts, duplicate answers from the session table, status, and restart from real files.
+import { describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { KVError, KVServer, KvSimCluster, type CommandArgs, type CommandReply, type KVLimits } from "../../src/kv/index.ts";
+import { SimClock, SimNetwork } from "../../src/raft/index.ts";
+import { Rng } from "../../src/util/rng.ts";
+import { TIMEOUT } from "./workload.ts";
+
+async function leaderOf(cluster: KvSimCluster): Promise<number> {
+  for (let attempt = 0; attempt < 500; attempt++) {
+    for (const [i, server] of cluster.servers.entries()) {
+      if (server !== null && (await server.getStatus()).state === "Leader") return i;
+    }
+    await cluster.run(10);
+  }
+  throw new Error(`no leader: ${await cluster.describe()}`);
+}
+
+const args = (over: Partial<CommandArgs>): CommandArgs => ({ key: "k", value: "", op: "Get", clientId: 1n, commandId: 1n, ...over });
+
+async function withCluster(fn: (cluster: KvSimCluster) => Promise<void>, limits?: KVLimits): Promise<void> {
+  const cluster = await KvSimCluster.start({ servers: 3, seed: 51, limits });
+  try {
+    await fn(cluster);
+  } finally {
+    await cluster.close();
+  }
+}
+
+describe("KVServer", () => {
+  test("bad input is refused with a typed invalid_argument error that says what to change", () =>
+    withCluster(
+      async (cluster) => {
+        const server = cluster.servers[0]!;
+        const refused = async (a: CommandArgs, pattern: RegExp) => {
+          const error = await server.command(a).then(
+            () => null,
+            (e) => e,
+          );
+          expect(error).toBeInstanceOf(KVError);
+          expect(error.code).toBe("invalid_argument");
+          expect(error.message).toMatch(pattern);
+        };
+        await refused(args({ key: "" }), /key is empty/);
+        await refused(args({ key: "k".repeat(65) }), /65 bytes; keys are limited to 64/);
+        await refused(args({ key: "ü".repeat(33) }), /66 bytes/); // bytes, not characters
+        await refused(args({ op: "Put", value: "v".repeat(101) }), /101 bytes; values are limited to 100/);
+        await refused(args({ op: "Frobnicate" as never }), /unknown op "Frobnicate"/);
+        await refused(args({ clientId: 1 as never }), /64-bit integers/);
+      },
+      { maxKeyBytes: 64, maxValueBytes: 100 },
+    ),
+  TIMEOUT);
+
+  test("followers answer ErrWrongLeader with the leader's id; reads and deletes report ErrNoKey", () =>
+    withCluster(async (cluster) => {
+      const leader = await leaderOf(cluster);
+      await cluster.run(100); // followers hear from the leader
+      const follower = (leader + 1) % 3;
+      const reply = await cluster.until(cluster.servers[follower]!.command(args({ op: "Put", value: "v" })));
+      expect(reply).toEqual({ err: "ErrWrongLeader", value: "", leaderId: leader });
+
+      const server = cluster.servers[leader]!;
+      const run = (a: Partial<CommandArgs>) => cluster.until(server.command(args(a)));
+      expect(await run({ op: "Get", key: "missing" })).toEqual({ err: "ErrNoKey", value: "" });
+      expect(await run({ op: "Delete", key: "missing", commandId: 1n })).toEqual({ err: "ErrNoKey", value: "" });
+      expect(await run({ op: "Put", key: "a", value: "1", commandId: 2n })).toEqual({ err: "OK", value: "" });
+      expect(await run({ op: "Append", key: "a", value: "2", commandId: 3n })).toEqual({ err: "OK", value: "" });
+      expect(await run({ op: "Get", key: "a" })).toEqual({ err: "OK", value: "12" });
+      expect(await run({ op: "Delete", key: "a", commandId: 4n })).toEqual({ err: "OK", value: "" });
+      expect(await run({ op: "Get", key: "a" })).toEqual({ err: "ErrNoKey", value: "" });
+    }),
+  TIMEOUT);
+
+  test("a retried write is answered from the session table without a new log entry", () =>
+    withCluster(async (cluster) => {
+      const server = cluster.servers[await leaderOf(cluster)]!;
+      const put = args({ op: "Append", key: "a", value: "x", clientId: 9n, commandId: 5n });
+      expect(await cluster.until(server.command(put))).toEqual({ err: "OK", value: "" });
+      const before = (await server.getStatus()).lastApplied;
+      expect(await cluster.until(server.command(put))).toEqual({ err: "OK", value: "" });
+      // An older command of the same client is acknowledged too (the client has moved on).
+      expect(await cluster.until(server.command({ ...put, commandId: 4n }))).toEqual({ err: "OK", value: "" });
+      expect((await server.getStatus()).lastApplied).toBe(before);
+      expect(await cluster.until(server.command(args({ key: "a" })))).toEqual({ err: "OK", value: "x" });
+    }),
+  TIMEOUT);
+
+  test("a leader cut off from its followers times out, and backpressure fails fast", () =>
+    withCluster(
+      async (cluster) => {
+        const leader = await leaderOf(cluster);
+        const server = cluster.servers[leader]!;
+        cluster.partition([[leader], [0, 1, 2].filter((i) => i !== leader)]);
+        const pending = [0, 1].map((i) => server.command(args({ op: "Put", key: `p${i}`, value: "v", clientId: BigInt(10 + i) })));
+        await expect(server.command(args({ op: "Put", key: "over", value: "v", clientId: 20n }))).rejects.toMatchObject({
+          code: "resource_exhausted",
+        });
+        const replies: CommandReply[] = await cluster.until(Promise.all(pending));
+        for (const reply of replies) expect(["ErrTimeout", "ErrWrongLeader"]).toContain(reply.err);
+        const read = await cluster.until(server.command(args({ op: "Get", key: "p0" })));
+        expect(["ErrTimeout", "ErrWrongLeader"]).toContain(read.err);
+      },
+      { maxPendingCommands: 2, commandTimeoutMs: 500 },
+    ),
+  TIMEOUT);
+
+  test("status reports role, indexes, storage and membership", () =>
+    withCluster(async (cluster) => {
+      const leader = await leaderOf(cluster);
+      const server = cluster.servers[leader]!;
+      await cluster.until(server.command(args({ op: "Put", key: "a", value: "v".repeat(1000) })));
+      const status = await server.getStatus();
+      expect(status).toMatchObject({ id: leader, state: "Leader", leaderId: leader, members: [0, 1, 2] });
+      expect(status.term).toBeGreaterThan(0);
+      expect(status.commitIndex).toBeGreaterThanOrEqual(2);
+      expect(status.lastApplied).toBe(status.commitIndex);
+      expect(status.storageSize).toBeGreaterThan(1000);
+      expect(status.sessions).toBe(1);
+    }),
+  TIMEOUT);
+});
+
+test("a single node on real files (FileLogStore + LSM) restarts with its data", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-server-"));
+  const clock = new SimClock();
+  const network = new SimNetwork(clock, new Rng(7));
+  const open = () => KVServer.open({ id: 0, peers: [0], dir, transport: network.transport(0), clock, raft: { tickMs: 10, seed: 1 } });
+  const drive = async <T>(promise: Promise<T>): Promise<T> => {
+    let done = false;
+    promise.finally(() => (done = true)).catch(() => {});
+    // Real fsyncs here: let one real millisecond pass per simulated one, so disk time and
+    // simulated time stay comparable (else timeouts fire while an fsync is still running).
+    for (let i = 0; i < 10_000 && !done; i++) {
+      clock.advance(1);
+      await Bun.sleep(1);
+    }
+    return promise;
+  };
+  const electSelf = async (server: KVServer) => {
+    for (let i = 0; i < 100 && (await server.getStatus()).state !== "Leader"; i++) await drive(Promise.resolve(clock.advance(10)));
+    expect((await server.getStatus()).state).toBe("Leader");
+  };
+  try {
+    let server = await open();
+    await electSelf(server);
+    expect(fs.existsSync(path.join(dir, "raft"))).toBe(true);
+    expect(fs.existsSync(path.join(dir, "state"))).toBe(true);
+    for (let i = 1; i <= 20; i++) {
+      const reply = await drive(server.command({ op: "Append", key: "log", value: `${i},`, clientId: 1n, commandId: BigInt(i) }));
+      expect(reply.err).toBe("OK");
+    }
+    await server.close();
+    server = await open();
+    await electSelf(server);
+    const reply = await drive(server.command({ op: "Get", key: "log", value: "", clientId: 1n, commandId: 21n }));
+    expect(reply).toEqual({ err: "OK", value: Array.from({ length: 20 }, (_, i) => `${i + 1},`).join("") });
+    // The session survived too: command 20 again is not applied twice.
+    expect((await drive(server.command({ op: "Append", key: "log", value: "20,", clientId: 1n, commandId: 20n }))).err).toBe("OK");
+    expect((await drive(server.command({ op: "Get", key: "log", value: "", clientId: 1n, commandId: 22n }))).value.endsWith("19,20,")).toBe(true);
+    await server.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}, TIMEOUT);
