@@ -236,6 +236,28 @@ export class BlockIterator implements InternalIterator {
   valueCopy(): Uint8Array {
     return this.data.slice(this.valStart, this.valStart + this.valLen);
   }
+
+  /** Set by decodeHandle(): the block handle stored as the current value (index blocks). */
+  handleOffset = 0;
+  handleSize = 0;
+  /** Decodes the current value as `varint offset | varint size` without allocating. */
+  decodeHandle(): void {
+    const d = this.data;
+    const end = this.valStart + this.valLen;
+    let p = this.valStart;
+    let v = 0;
+    let mul = 1;
+    let b = 0x80;
+    for (let i = 0; i < 8 && p < end && b >= 0x80; i++, mul *= 128) v += ((b = d[p++]) & 0x7f) * mul;
+    if (b >= 0x80) throw this.fail("bad block handle in index");
+    this.handleOffset = v;
+    v = 0;
+    mul = 1;
+    b = 0x80;
+    for (let i = 0; i < 8 && p < end && b >= 0x80; i++, mul *= 128) v += ((b = d[p++]) & 0x7f) * mul;
+    if (b >= 0x80 || p !== end) throw this.fail("bad block handle in index");
+    this.handleSize = v;
+  }
   /** The encoded internal key (view valid until the cursor moves). */
   internalKey(): Uint8Array {
     return this.keyBuf.subarray(0, this.keyLen);

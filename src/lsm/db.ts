@@ -3,6 +3,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BATCH_HEADER, encodeBatch, forEachBatchOp, opSize, setBatchSeq, type BatchOp } from "./batch.ts";
+import { bloomHash } from "./bloom.ts";
 import { BlockCache, TableCache } from "./cache.ts";
 import { compareBytes, KIND_PUT } from "./coding.ts";
 import {
@@ -299,8 +300,7 @@ export class DB {
       this.setBackgroundError(e);
       throw e;
     }
-    const mem = this.mem;
-    forEachBatchOp(encoded, (kind, key, value, s) => mem.add(key, s, kind, value));
+    this.mem.addBatch(encoded, seq, count, BATCH_HEADER);
     this.lastSeq = seq + count - 1;
     this.stats_.userBytes += encoded.length - BATCH_HEADER;
     return sync ? this.wal.sync() : this.wal.flushed();
@@ -385,15 +385,21 @@ export class DB {
     this.checkOpen();
     checkKey(key, this.opts);
     const seq = this.snapshotSeq(opts);
-    let r = this.mem.get(key, seq);
-    for (let i = this.imms.length - 1; r === undefined && i >= 0; i--) r = this.imms[i].get(key, seq);
-    if (r === undefined) r = this.versions.current.get(key, seq, this.ctx.open);
+    const hash = bloomHash(key);
+    let r = this.mem.get(key, seq, hash);
+    for (let i = this.imms.length - 1; r === undefined && i >= 0; i--) r = this.imms[i].get(key, seq, hash);
+    if (r === undefined) r = this.versions.current.get(key, seq, this.ctx.open, hash);
     if (r === undefined || r.kind !== KIND_PUT) return undefined;
     return r.value.slice();
   }
 
-  async get(key: Uint8Array, opts?: ReadOptions): Promise<Uint8Array | undefined> {
-    return this.getSync(key, opts);
+  /** getSync as a promise (the read itself is synchronous: no extra tick, no async frame). */
+  get(key: Uint8Array, opts?: ReadOptions): Promise<Uint8Array | undefined> {
+    try {
+      return Promise.resolve(this.getSync(key, opts));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   private openTable(f: FileMeta): TableReader {

@@ -121,16 +121,6 @@ export class TableReader implements Releasable {
     return block;
   }
 
-  /** Decodes the block handle stored as an index value. */
-  blockHandle(v: Uint8Array): { offset: number; size: number } {
-    try {
-      const r = new ByteReader(v);
-      return { offset: r.varint(), size: r.varint() };
-    } catch {
-      throw corruption(this.name, 0, "bad block handle in index");
-    }
-  }
-
   /** The newest entry for `key` visible at `seq`, or undefined if the table has none. */
   get(key: Uint8Array, seq: number, hash = bloomHash(key)): TableGetResult | undefined {
     if (!bloomMayContain(this.filter, hash)) {
@@ -140,9 +130,10 @@ export class TableReader implements Releasable {
     const idx = this.indexIter;
     idx.seek(key, seq);
     if (!idx.valid()) return undefined;
-    const h = this.blockHandle(idx.value());
+    idx.decodeHandle();
+    const offset = idx.handleOffset;
     const data = this.dataIter;
-    data.reset(this.readBlock(h.offset, h.size, true), this.name, h.offset);
+    data.reset(this.readBlock(offset, idx.handleSize, true), this.name, offset);
     data.seek(key, seq);
     if (!data.valid() || compareBytes(data.key(), key) !== 0) return undefined;
     return { kind: data.kind(), value: data.value() };
@@ -153,7 +144,8 @@ export class TableReader implements Releasable {
     const idx = new BlockIterator(this.index, this.name, 0);
     idx.seek(key, Number.MAX_SAFE_INTEGER);
     if (!idx.valid()) return this.fileSize;
-    return this.blockHandle(idx.value()).offset;
+    idx.decodeHandle();
+    return idx.handleOffset;
   }
 
   /** An iterator that holds a reference to this table until closed. */
@@ -193,10 +185,12 @@ export class TableIterator implements InternalIterator {
       this.data = null;
       return false;
     }
-    const h = this.table.blockHandle(this.index.value());
-    if (h.offset !== this.dataOffset || this.data === null) {
-      this.blockIter.reset(this.table.readBlock(h.offset, h.size, this.fillCache), this.table.name, h.offset);
-      this.dataOffset = h.offset;
+    const index = this.index;
+    index.decodeHandle();
+    const offset = index.handleOffset;
+    if (offset !== this.dataOffset || this.data === null) {
+      this.blockIter.reset(this.table.readBlock(offset, index.handleSize, this.fillCache), this.table.name, offset);
+      this.dataOffset = offset;
     }
     this.data = this.blockIter;
     return true;

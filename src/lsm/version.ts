@@ -140,8 +140,7 @@ export class Version {
   }
 
   /** Newest entry for `key` at or before `seq` in the tables of this version. */
-  get(key: Uint8Array, seq: number, open: TableOpener): TableGetResult | undefined {
-    const hash = bloomHash(key);
+  get(key: Uint8Array, seq: number, open: TableOpener, hash = bloomHash(key)): TableGetResult | undefined {
     const l0 = this.levels[0];
     for (let i = l0.length - 1; i >= 0; i--) {
       const f = l0[i];

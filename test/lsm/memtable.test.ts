@@ -29,6 +29,35 @@ describe("memtable", () => {
     expect(m.get(bytes("c"), 10)).toBeUndefined();
   });
 
+  test("point reads through the hash index agree with a search at every snapshot", () => {
+    const m = new Memtable(1);
+    const r = rng(11);
+    // Every (key, seq) written, to answer "newest version at or below seq" by brute force.
+    const versions = new Map<number, { seq: number; kind: number; value: string }[]>();
+    for (let seq = 1; seq <= 3000; seq++) {
+      // A few hot keys get dozens of versions (more than a point read walks before searching).
+      const k = r() < 0.3 ? (r() * 3) | 0 : (r() * 800) | 0;
+      const kind = r() < 0.1 ? KIND_DEL : KIND_PUT;
+      const value = kind === KIND_PUT ? `v${seq}` : "";
+      m.add(key(k), seq, kind, bytes(value));
+      const list = versions.get(k) ?? [];
+      list.push({ seq, kind, value });
+      versions.set(k, list);
+    }
+    for (let probe = 0; probe < 3000; probe++) {
+      const k = (r() * 900) | 0; // some keys were never written
+      const at = 1 + ((r() * 3000) | 0);
+      const newest = (versions.get(k) ?? []).filter((v) => v.seq <= at).pop();
+      const got = m.get(key(k), at);
+      if (newest === undefined) {
+        expect(got).toBeUndefined();
+      } else {
+        expect(got?.kind).toBe(newest.kind);
+        expect(text(got!.value)).toBe(newest.value);
+      }
+    }
+  });
+
   test("random inserts come out sorted; prev walks the same order backwards", () => {
     const m = new Memtable(1);
     const r = rng(7);
