@@ -118,6 +118,8 @@ export class KVStateMachine implements StateMachine {
     const db = await DB.open(stateDir(full.dir, generation), lsmOptions(full));
     const sessions = new SessionTable({ ttlEntries: full.sessionTtlEntries, maxSessions: full.maxSessions });
     const machine = new KVStateMachine(full, db, generation, [...full.members], sessions);
+    // What the LSM recovered may sit in files never fsynced; make it durable before calling it so.
+    await db.sync();
     await machine.loadFromDb();
     return machine;
   }
@@ -192,15 +194,8 @@ export class KVStateMachine implements StateMachine {
           yield [key.subarray(1), value];
         }
       }
-      async function* chunks(): AsyncGenerator<Uint8Array> {
-        try {
-          yield* encodeSnapshot(header, sessions(), pairs(), chunkBytes);
-        } finally {
-          snap.release();
-        }
-      }
       handedOver = true;
-      return { meta, chunks: chunks() };
+      return { meta, chunks: releasingStream(encodeSnapshot(header, sessions(), pairs(), chunkBytes), () => snap.release()) };
     } finally {
       // The stream owns the LSM snapshot from here; it releases it when finished or abandoned.
       if (!handedOver) snap.release();
@@ -393,7 +388,7 @@ export class KVStateMachine implements StateMachine {
     const { index, term } = appliedRecord ? decodeApplied(appliedRecord) : { index: 0, term: 0 };
     this.applied = index;
     this.appliedTerm = term;
-    // Whatever survived a restart is on disk: the LSM recovers only what its WAL or tables hold.
+    // Callers sync before loading (open) or loaded a synced database (restore).
     this.durable = index;
     const membersRecord = this.db.getSync(MEMBERS_KEY);
     if (membersRecord) this.members = decodeMembers(membersRecord);
@@ -454,6 +449,43 @@ async function fillFromSnapshot(
   batch.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(meta.index, meta.term) });
   batch.push({ type: "put", key: MEMBERS_KEY, value: encodeMembers(meta.members) });
   await db.write(batch);
+}
+
+/**
+ * Wraps a stream so `release` runs exactly once when it ends, fails, or is abandoned through
+ * return() — even before the first next(), when a generator's own `finally` would never run.
+ */
+function releasingStream(inner: AsyncGenerator<Uint8Array>, release: () => void): AsyncIterableIterator<Uint8Array> {
+  let released = false;
+  const once = (): void => {
+    if (!released) {
+      released = true;
+      release();
+    }
+  };
+  return {
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    async next(): Promise<IteratorResult<Uint8Array>> {
+      try {
+        const result = await inner.next();
+        if (result.done) once();
+        return result;
+      } catch (error) {
+        once();
+        throw error;
+      }
+    },
+    async return(): Promise<IteratorResult<Uint8Array>> {
+      try {
+        await inner.return(undefined);
+      } finally {
+        once();
+      }
+      return { done: true, value: undefined };
+    },
+  };
 }
 
 /**

@@ -250,3 +250,20 @@ describe("snapshot and restore", () => {
     expect(fs.existsSync(path.join(dir, "CURRENT.tmp"))).toBe(false);
   });
 });
+
+test("an abandoned snapshot stream releases its LSM snapshot, even if never read", async () => {
+  const m = await open(tempDir());
+  await m.apply(entries(1, 1, [{ op: "Put", key: "a", value: "1" }]));
+  const db = (m as unknown as { db: { stats(): { liveSnapshots: number } } }).db;
+  const unread = await m.snapshot();
+  expect(db.stats().liveSnapshots).toBe(1);
+  await (unread.chunks as AsyncIterableIterator<Uint8Array>).return!();
+  expect(db.stats().liveSnapshots).toBe(0);
+  const partly = await m.snapshot();
+  const iterator = (partly.chunks as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
+  await iterator.next();
+  await iterator.return!();
+  const whole = await m.snapshot();
+  await collect(whole.chunks);
+  expect(db.stats().liveSnapshots).toBe(0);
+});
