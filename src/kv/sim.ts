@@ -145,6 +145,29 @@ export class KvSimCluster {
     await yieldToIO();
   }
 
+  /**
+   * For steps that wait on real disk I/O (opening and closing servers): simulated time moves
+   * one millisecond per real millisecond, so it cannot race ahead of an fsync. Fails after
+   * `maxRealMs`.
+   */
+  async untilReal<T>(promise: Promise<T>, maxRealMs = 60_000): Promise<T> {
+    let settled = false;
+    promise.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    const deadline = performance.now() + maxRealMs;
+    await yieldToIO();
+    while (!settled) {
+      if (performance.now() >= deadline) {
+        throw new Error(`simulation: nothing settled within ${maxRealMs} real ms; servers: ${await this.describe()}`);
+      }
+      this.clock.advance(1);
+      await Bun.sleep(1);
+    }
+    return promise;
+  }
+
   /** Advances simulated time until `promise` settles; fails after `maxMs` of simulated time. */
   async until<T>(promise: Promise<T>, maxMs = 60_000): Promise<T> {
     let settled = false;
@@ -223,7 +246,7 @@ export class KvSimCluster {
       this.servers[i] = null;
       return server?.close().catch(() => {});
     });
-    await this.until(Promise.all(closing), 60_000).catch(() => {});
+    await this.untilReal(Promise.all(closing)).catch(() => {});
     fs.rmSync(this.root, { recursive: true, force: true });
   }
 }
@@ -409,9 +432,10 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       await cluster.until(partitioner);
       cluster.heal();
       if (o.crash) {
-        // Simulated time keeps running while servers close: a close may wait for a network hop.
-        await cluster.until(cluster.crashAll());
-        await cluster.until(cluster.restartAll());
+        // Simulated time keeps running while servers close (a close may wait for a network hop),
+        // but no faster than real time: closing and opening storage does real fsyncs.
+        await cluster.untilReal(cluster.crashAll());
+        await cluster.untilReal(cluster.restartAll());
       }
       const results = await cluster.until(Promise.all(clients), 120_000);
       if (!o.randomKeys) {

@@ -53,7 +53,7 @@ test("install of an 8 MiB state on a lagging follower keeps memory bounded", asy
       if (status.snapshotsInstalled > 0 && status.lastApplied >= leaderStatus.snapshotIndex) break;
       if (steps > 120_000) throw new Error(`follower never caught up: ${await cluster.describe()}`);
       await cluster.run(1);
-      if (++steps % 20 === 0) peak = Math.max(peak, liveHeap());
+      if (++steps % 40 === 0) peak = Math.max(peak, liveHeap());
     }
     peak = Math.max(peak, liveHeap());
     const growth = peak - baseline;

@@ -5,7 +5,7 @@ import { runWorkload, type WorkloadOptions } from "../../src/kv/sim.ts";
 /** Per-test limit: scenarios take a few seconds; this only stops a hung one. */
 export const TIMEOUT = 60_000;
 
-const base = { seed: 1, servers: 5, clients: 1, unreliable: false, crash: false, partitions: false, randomKeys: false, iterations: 3, iterationMs: 1500, opsPerIteration: 250 };
+const base = { seed: 1, servers: 5, clients: 1, unreliable: false, crash: false, partitions: false, randomKeys: false, iterations: 3, iterationMs: 2000, opsPerIteration: 300 };
 
 /** Runs the 6.824 GenericTest workload and asserts it found nothing wrong. */
 export async function generic(options: Partial<WorkloadOptions>, minOperations = 20): Promise<void> {
