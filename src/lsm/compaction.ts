@@ -34,24 +34,27 @@ export interface CompactionContext {
   targetFileSize: number;
   l0CompactionTrigger: number;
   level1MaxBytes: number;
-  newFileNumber(): number;
+  /** A fresh file number (a promise in the table worker, which asks the main thread). */
+  newFileNumber(): number | Promise<number>;
   /** Numbers of tables being written: never deleted as obsolete. */
   pendingOutputs: Set<number>;
   open: TableOpener;
   aborted(): boolean;
   /** Called with the size of each table written (for write amplification stats). */
   onTableWritten(bytes: number): void;
+  /** How long background work may run before yielding to the event loop (default 1 ms). */
+  sliceMs?: number;
 }
 
 export const ABORTED = "compaction aborted: database closing";
 
 /** Writes the entries of `iter` (from its current position) into one table. */
 export async function writeTable(ctx: CompactionContext, iter: InternalIterator): Promise<FileMeta | null> {
-  const number = ctx.newFileNumber();
+  const number = await ctx.newFileNumber();
   ctx.pendingOutputs.add(number);
   const name = tableFileName(number);
   const builder = new TableBuilder(path.join(ctx.dir, name), name, ctx.table);
-  const pacer = new Pacer();
+  const pacer = new Pacer(ctx.sliceMs);
   try {
     for (; iter.valid(); iter.next()) {
       builder.add(iter.key(), iter.seq(), iter.kind(), iter.value());
@@ -189,7 +192,7 @@ export async function runCompaction(
   let currentKey = new Uint8Array(0);
   let hasCurrent = false;
   let lastSeqForKey = MAX_SEQ;
-  const pacer = new Pacer();
+  const pacer = new Pacer(ctx.sliceMs);
   try {
     for (iter.seekToFirst(); iter.valid(); iter.next()) {
       const key = iter.key();
@@ -208,7 +211,7 @@ export async function runCompaction(
       lastSeqForKey = seq;
       if (!drop) {
         if (builder === null) {
-          builderNumber = ctx.newFileNumber();
+          builderNumber = await ctx.newFileNumber();
           ctx.pendingOutputs.add(builderNumber);
           const name = tableFileName(builderNumber);
           builder = new TableBuilder(path.join(ctx.dir, name), name, ctx.table);

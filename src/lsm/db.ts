@@ -3,6 +3,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BATCH_HEADER, encodeBatch, forEachBatchOp, opSize, setBatchSeq, type BatchOp } from "./batch.ts";
+import { TableWorker } from "./background.ts";
 import { bloomHash } from "./bloom.ts";
 import { BlockCache, TableCache } from "./cache.ts";
 import { compareBytes, KIND_PUT } from "./coding.ts";
@@ -18,7 +19,8 @@ import { fsyncDir, logFileName, tableFileName, VersionSet } from "./manifest.ts"
 import { Memtable } from "./memtable.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
 import { TableReader } from "./table-reader.ts";
-import { emptyEdit, NUM_LEVELS, type FileMeta, type Version } from "./version.ts";
+import { fromWire, toWire } from "./table-jobs.ts";
+import { emptyEdit, NUM_LEVELS, type FileMeta, type Version, type VersionEdit } from "./version.ts";
 import { LogWriter, readLog } from "./wal.ts";
 
 export interface WriteOptions {
@@ -94,13 +96,17 @@ export class DB {
   private writeTail: Promise<void> = Promise.resolve();
   private queuedWriters = 0;
   private openIterators = 0;
+  private readonly unlinking = new Set<Promise<void>>();
   private readonly ctx: CompactionContext;
+  /** Builds tables off the event loop; null when options.backgroundThread is false. */
+  private readonly worker: TableWorker | null;
   private stats_ = { userBytes: 0, walBytesBase: 0, tableBytes: 0, compactions: 0, flushes: 0 };
 
   private constructor(readonly dir: string, private readonly opts: ResolvedOptions, private readonly lock: DirLock) {
     this.versions = new VersionSet(dir, opts.logger);
     this.blockCache = new BlockCache(opts.blockCacheBytes);
     this.tableCache = new TableCache(opts.maxOpenFiles);
+    this.worker = opts.backgroundThread ? new TableWorker() : null;
     this.ctx = {
       dir,
       table: { blockSize: opts.blockSize, restartInterval: opts.blockRestartInterval, bloomBitsPerKey: opts.bloomBitsPerKey },
@@ -473,9 +479,7 @@ export class DB {
     while (this.imms.length > 0 && !this.closing && !this.bgError) {
       const imm = this.imms[0];
       try {
-        const iter = imm.iterator();
-        iter.seekToFirst();
-        const f = await writeTable(this.ctx, iter);
+        const f = await this.writeMemtable(imm);
         await this.walClosing.get(imm.walNumber);
         const edit = emptyEdit();
         edit.logNumber = this.imms.length > 1 ? this.imms[1].walNumber : this.mem.walNumber;
@@ -493,6 +497,36 @@ export class DB {
       }
       this.notifyProgress();
       this.maybeScheduleCompaction();
+    }
+  }
+
+  /** Writes a frozen memtable as a table, in the table worker when it can. */
+  private async writeMemtable(imm: Memtable): Promise<FileMeta | null> {
+    if (this.worker === null || !imm.batchesComplete) {
+      const iter = imm.iterator();
+      iter.seekToFirst();
+      return writeTable(this.ctx, iter);
+    }
+    const number = this.versions.newFileNumber();
+    this.pendingOutputs.add(number);
+    try {
+      let total = 0;
+      for (const b of imm.batches) total += b.length;
+      const batches = new Uint8Array(total);
+      const batchEnds: number[] = [];
+      let end = 0;
+      for (const b of imm.batches) {
+        batches.set(b, end);
+        end += b.length;
+        batchEnds.push(end);
+      }
+      const r = await this.worker.flush({ type: "flush", dir: this.dir, number, batches, batchEnds, table: this.ctx.table });
+      this.stats_.tableBytes += r.tableBytes;
+      if (r.file === null) this.pendingOutputs.delete(number);
+      return r.file === null ? null : fromWire(r.file);
+    } catch (e) {
+      this.pendingOutputs.delete(number);
+      throw e;
     }
   }
 
@@ -553,7 +587,7 @@ export class DB {
     const version = this.versions.current;
     this.versions.ref(version);
     try {
-      const edit = isTrivialMove(this.ctx, c) ? trivialMoveEdit(c) : await runCompaction(this.ctx, version, c, this.smallestSnapshot());
+      const edit = isTrivialMove(this.ctx, c) ? trivialMoveEdit(c) : await this.merge(version, c);
       await this.versions.logAndApply(edit, this.lastSeq);
       for (const [, f] of edit.added) this.pendingOutputs.delete(f.number);
       this.stats_.compactions++;
@@ -563,6 +597,48 @@ export class DB {
     } finally {
       this.versions.unref(version);
       this.deleteObsoleteFiles();
+    }
+  }
+
+  /** Runs a compaction's merge, in the table worker when there is one. */
+  private async merge(version: Version, c: Compaction): Promise<VersionEdit> {
+    const smallestSnapshot = this.smallestSnapshot();
+    if (this.worker === null) return runCompaction(this.ctx, version, c, smallestSnapshot);
+    const numbers: number[] = [];
+    try {
+      const r = await this.worker.compact(
+        {
+          type: "compact",
+          dir: this.dir,
+          level: c.level,
+          inputs: [c.inputs[0].map(toWire), c.inputs[1].map(toWire)],
+          levels: version.levels.map((files) => files.map(toWire)),
+          smallestSnapshot,
+          targetFileSize: this.ctx.targetFileSize,
+          l0CompactionTrigger: this.ctx.l0CompactionTrigger,
+          level1MaxBytes: this.ctx.level1MaxBytes,
+          table: this.ctx.table,
+          mmapTables: this.opts.mmapTables,
+        },
+        () => {
+          const n = this.versions.newFileNumber();
+          this.pendingOutputs.add(n);
+          numbers.push(n);
+          return n;
+        },
+      );
+      this.stats_.tableBytes += r.tableBytes;
+      const edit = emptyEdit();
+      for (const [which, files] of c.inputs.entries()) for (const f of files) edit.deleted.push([c.level + which, f.number]);
+      for (const f of r.added) edit.added.push([c.level + 1, fromWire(f)]);
+      edit.compactPointers.push([c.level, r.compactPointer]);
+      // Outputs the edit does not name (none, normally) are no longer pending.
+      const added = new Set(r.added.map((f) => f.number));
+      for (const n of numbers) if (!added.has(n)) this.pendingOutputs.delete(n);
+      return edit;
+    } catch (e) {
+      for (const n of numbers) this.pendingOutputs.delete(n);
+      throw e;
     }
   }
 
@@ -585,10 +661,14 @@ export class DB {
     }
   }
 
+  /**
+   * Deletes a file without blocking the event loop (freeing a large file's blocks takes the
+   * kernel a while); compactRange and close wait for deletions still running.
+   */
   private unlinkQuietly(name: string): void {
-    try {
-      fs.unlinkSync(path.join(this.dir, name));
-    } catch {}
+    const done = new Promise<void>((resolve) => fs.unlink(path.join(this.dir, name), () => resolve()));
+    this.unlinking.add(done);
+    void done.then(() => this.unlinking.delete(done));
   }
 
   /**
@@ -625,6 +705,7 @@ export class DB {
     });
     this.notifyProgress();
     this.maybeScheduleCompaction();
+    await Promise.all(this.unlinking);
   }
 
   // ---- introspection -------------------------------------------------------------------------
@@ -687,9 +768,11 @@ export class DB {
     if (this.closed) return;
     this.closed = true;
     this.closing = true;
+    this.worker?.abort();
     this.notifyProgress();
     await this.writeTail;
     await Promise.allSettled([this.flushing, this.compacting, this.compactionLock]);
+    this.worker?.terminate();
     let failure: unknown = null;
     try {
       await this.wal.close(true);
@@ -699,6 +782,7 @@ export class DB {
     await Promise.allSettled([...this.walClosing.values()]);
     await this.versions.close().catch((e) => (failure ??= e));
     this.tableCache.clear();
+    await Promise.all(this.unlinking);
     this.lock.release();
     if (failure) throw failure;
   }

@@ -13,8 +13,6 @@ const MAX_VERSION_WALK = 8;
 
 class Node {
   readonly next: (Node | null)[];
-  /** Next node whose key has the same hash (a different key), in the hash index. */
-  hashNext: Node | null = null;
   constructor(
     readonly key: Uint8Array,
     readonly seq: number,
@@ -22,7 +20,65 @@ class Node {
     readonly value: Uint8Array,
     height: number,
   ) {
-    this.next = new Array(height).fill(null);
+    // Literals for the common heights (3 of 4 nodes have height 1): cheaper than Array(n).fill.
+    this.next = height === 1 ? [null] : height === 2 ? [null, null] : new Array<Node | null>(height).fill(null);
+  }
+}
+
+/**
+ * Open-addressing hash table from user key to its newest node (linear probing, load ≤ 1/2).
+ * Entries are never removed: a memtable only grows until it is frozen and dropped.
+ */
+class KeyIndex {
+  private slots: (Node | undefined)[] = new Array<Node | undefined>(1024);
+  private hashes = new Int32Array(1024);
+  private mask = 1023;
+  private size = 0;
+
+  /** The newest node of `key`, or undefined. */
+  get(key: Uint8Array, hash: number): Node | undefined {
+    const h = hash | 0;
+    const slots = this.slots;
+    for (let i = h & this.mask; ; i = (i + 1) & this.mask) {
+      const n = slots[i];
+      if (n === undefined) return undefined;
+      if (this.hashes[i] === h && bytesEqual(n.key, key)) return n;
+    }
+  }
+
+  /** Makes `node` the indexed node of its key if it is newer than the one there. */
+  put(node: Node, hash: number): void {
+    const h = hash | 0;
+    const slots = this.slots;
+    let i = h & this.mask;
+    for (; ; i = (i + 1) & this.mask) {
+      const n = slots[i];
+      if (n === undefined) break;
+      if (this.hashes[i] === h && bytesEqual(n.key, node.key)) {
+        if (node.seq > n.seq) slots[i] = node;
+        return;
+      }
+    }
+    slots[i] = node;
+    this.hashes[i] = h;
+    if (++this.size * 2 > slots.length) this.grow();
+  }
+
+  private grow(): void {
+    const oldSlots = this.slots;
+    const oldHashes = this.hashes;
+    const cap = oldSlots.length * 2;
+    this.slots = new Array<Node | undefined>(cap);
+    this.hashes = new Int32Array(cap);
+    this.mask = cap - 1;
+    for (let j = 0; j < oldSlots.length; j++) {
+      const n = oldSlots[j];
+      if (n === undefined) continue;
+      let i = oldHashes[j] & this.mask;
+      while (this.slots[i] !== undefined) i = (i + 1) & this.mask;
+      this.slots[i] = n;
+      this.hashes[i] = oldHashes[j];
+    }
   }
 }
 
@@ -43,14 +99,19 @@ export class Memtable {
   private readonly prevScratch: Node[] = new Array(MAX_HEIGHT);
   private rnd = 0x2545f491;
   /**
-   * bloomHash(user key) → newest node of each key with that hash (chained by hashNext). Point
-   * reads skip the skiplist search: inserts come in sequence order, so the node indexed for a key
-   * is its newest, and its older versions follow it in the skiplist.
+   * User key → its newest node. Point reads skip the skiplist search: the indexed node is the
+   * key's newest, and its older versions follow it in the skiplist.
    */
-  private readonly index = new Map<number, Node>();
+  private readonly index = new KeyIndex();
   /** Approximate bytes held: key + value + per-entry overhead. */
   bytes = 0;
   count = 0;
+  /**
+   * The write batches inserted with addBatch, in sequence order: the table worker rebuilds the
+   * memtable's contents from them. Complete only when every entry came that way.
+   */
+  readonly batches: Uint8Array[] = [];
+  private batchOps = 0;
   /** Number of the WAL file holding this memtable's writes. */
   constructor(readonly walNumber: number) {}
 
@@ -94,33 +155,9 @@ export class Memtable {
       node.next[level] = prev[level].next[level];
       prev[level].next[level] = node;
     }
-    this.indexNode(node, hash);
+    this.index.put(node, hash);
     this.bytes += key.length + value.length + ENTRY_OVERHEAD;
     this.count++;
-  }
-
-  private indexNode(node: Node, hash: number): void {
-    const head = this.index.get(hash);
-    if (head === undefined) {
-      this.index.set(hash, node);
-      return;
-    }
-    let before: Node | null = null;
-    let n: Node | null = head;
-    while (n !== null && !bytesEqual(n.key, node.key)) {
-      before = n;
-      n = n.hashNext;
-    }
-    if (n === null) {
-      node.hashNext = head;
-      this.index.set(hash, node);
-    } else if (node.seq > n.seq) {
-      // The new node replaces the key's older newest version in the chain.
-      node.hashNext = n.hashNext;
-      n.hashNext = null;
-      if (before === null) this.index.set(hash, node);
-      else before.hashNext = node;
-    }
   }
 
   /**
@@ -128,6 +165,8 @@ export class Memtable {
    * each op, keeping views into the batch buffer. Avoids a callback and reader per op.
    */
   addBatch(b: Uint8Array, seq: number, count: number, start: number): void {
+    this.batches.push(b);
+    this.batchOps += count;
     let p = start;
     for (let i = 0; i < count; i++) {
       const kind = b[p++];
@@ -157,6 +196,11 @@ export class Memtable {
       this.add(key, seq + i, kind, value);
     }
     if (p !== b.length) throw new Error(`memtable: write batch decoded to ${p} of ${b.length} bytes`);
+  }
+
+  /** True when `batches` holds every entry (none was added one by one). */
+  get batchesComplete(): boolean {
+    return this.batchOps === this.count;
   }
 
   /** First node at or after (key, seq) in internal order. */
@@ -207,9 +251,8 @@ export class Memtable {
    * `hash` is bloomHash(key), computed once per read for every memtable and table.
    */
   get(key: Uint8Array, seq: number, hash = bloomHash(key)): MemGetResult | undefined {
-    let n: Node | null = this.index.get(hash) ?? null;
-    while (n !== null && !bytesEqual(n.key, key)) n = n.hashNext;
-    if (n === null) return undefined;
+    let n = this.index.get(key, hash);
+    if (n === undefined) return undefined;
     for (let walked = 0; n.seq > seq; walked++) {
       if (walked === MAX_VERSION_WALK) {
         // Many versions newer than the snapshot: search instead of walking them.

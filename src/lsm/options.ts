@@ -29,6 +29,11 @@ export interface DBOptions {
   l0StopTrigger?: number;
   /** Read tables through a read-only memory map (Bun.mmap) instead of pread. Default true. */
   mmapTables?: boolean;
+  /**
+   * Build tables (memtable flushes, compaction merges) in a Worker thread, off the event loop.
+   * Default true; false runs them on the main thread in ~1 ms slices.
+   */
+  backgroundThread?: boolean;
   maxKeyBytes?: number; // default 64 KiB
   maxValueBytes?: number; // default 64 MiB
   maxBatchBytes?: number; // default 256 MiB
@@ -57,6 +62,7 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
     l0SlowdownTrigger: o.l0SlowdownTrigger ?? 8,
     l0StopTrigger: o.l0StopTrigger ?? 12,
     mmapTables: o.mmapTables ?? true,
+    backgroundThread: o.backgroundThread ?? true,
     maxKeyBytes: o.maxKeyBytes ?? 64 * KiB,
     maxValueBytes: o.maxValueBytes ?? 64 * MiB,
     maxBatchBytes: o.maxBatchBytes ?? 256 * MiB,
@@ -84,6 +90,7 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
   range("maxValueBytes", 0, 1024 * MiB);
   range("maxBatchBytes", 1024, 2048 * MiB);
   if (typeof r.mmapTables !== "boolean") throw new LsmError("INVALID_ARGUMENT", "option mmapTables must be a boolean");
+  if (typeof r.backgroundThread !== "boolean") throw new LsmError("INVALID_ARGUMENT", "option backgroundThread must be a boolean");
   if (typeof r.logger !== "function") throw new LsmError("INVALID_ARGUMENT", "option logger must be a function");
   return r;
 }

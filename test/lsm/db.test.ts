@@ -56,80 +56,86 @@ describe("DB", () => {
     expect(db.getSync(bytes("empty"))).toEqual(new Uint8Array(0));
   });
 
-  test("data survives reopen across many flushes and compactions", async () => {
-    dir = tempDir("db");
-    db = await DB.open(dir, small);
-    const r = rng(42);
-    const model = new Map<number, string>();
-    for (let round = 0; round < 40; round++) {
-      const ops = [];
-      for (let i = 0; i < 250; i++) {
-        const k = (r() * 3000) | 0;
-        if (r() < 0.15) {
-          ops.push({ type: "del" as const, key: key(k) });
-          model.delete(k);
-        } else {
-          const v = `v${round}-${i}-${"x".repeat((r() * 200) | 0)}`;
-          ops.push({ type: "put" as const, key: key(k), value: bytes(v) });
-          model.set(k, v);
+  // Tables are built in the table worker by default; the main-thread path must agree.
+  for (const backgroundThread of [true, false]) {
+    const mode = backgroundThread ? "tables built in the worker" : "tables built on the main thread";
+    const opts = { ...small, backgroundThread };
+
+    test(`data survives reopen across many flushes and compactions (${mode})`, async () => {
+      dir = tempDir("db");
+      db = await DB.open(dir, opts);
+      const r = rng(42);
+      const model = new Map<number, string>();
+      for (let round = 0; round < 40; round++) {
+        const ops = [];
+        for (let i = 0; i < 250; i++) {
+          const k = (r() * 3000) | 0;
+          if (r() < 0.15) {
+            ops.push({ type: "del" as const, key: key(k) });
+            model.delete(k);
+          } else {
+            const v = `v${round}-${i}-${"x".repeat((r() * 200) | 0)}`;
+            ops.push({ type: "put" as const, key: key(k), value: bytes(v) });
+            model.set(k, v);
+          }
+        }
+        await db.write(ops);
+        if (round === 20) {
+          await db.close();
+          db = await DB.open(dir, opts);
         }
       }
-      await db.write(ops);
-      if (round === 20) {
-        await db.close();
-        db = await DB.open(dir, small);
-      }
-    }
-    const s = db.stats();
-    expect(s.flushes + s.compactions).toBeGreaterThan(0);
-    await db.close();
-    db = await DB.open(dir, small);
-    const before = db.stats();
-    expect(before.levels.reduce((a, l) => a + l.files, 0)).toBeGreaterThan(1);
-    for (let k = 0; k < 3000; k++) expect(text(db.getSync(key(k)))).toBe(model.get(k));
-    const expected = [...model.keys()].sort((a, b) => a - b).map((k) => `${text(key(k))}=${model.get(k)}`);
-    expect(await collect(db)).toEqual(expected);
-    await db.compactRange();
-    const after = db.stats();
-    expect(after.levels[0].files).toBe(0);
-    expect(await collect(db)).toEqual(expected);
-    // Only live tables, the current WAL and manifest remain on disk.
-    const ssts = fs.readdirSync(dir).filter((n) => n.endsWith(".sst")).length;
-    expect(ssts).toBe(after.levels.reduce((a, l) => a + l.files, 0));
-    expect(fs.readdirSync(dir).filter((n) => n.endsWith(".log")).length).toBeLessThanOrEqual(1 + after.immutableMemtables);
-  });
+      const s = db.stats();
+      expect(s.flushes + s.compactions).toBeGreaterThan(0);
+      await db.close();
+      db = await DB.open(dir, opts);
+      const before = db.stats();
+      expect(before.levels.reduce((a, l) => a + l.files, 0)).toBeGreaterThan(1);
+      for (let k = 0; k < 3000; k++) expect(text(db.getSync(key(k)))).toBe(model.get(k));
+      const expected = [...model.keys()].sort((a, b) => a - b).map((k) => `${text(key(k))}=${model.get(k)}`);
+      expect(await collect(db)).toEqual(expected);
+      await db.compactRange();
+      const after = db.stats();
+      expect(after.levels[0].files).toBe(0);
+      expect(await collect(db)).toEqual(expected);
+      // Only live tables, the current WAL and manifest remain on disk.
+      const ssts = fs.readdirSync(dir).filter((n) => n.endsWith(".sst")).length;
+      expect(ssts).toBe(after.levels.reduce((a, l) => a + l.files, 0));
+      expect(fs.readdirSync(dir).filter((n) => n.endsWith(".log")).length).toBeLessThanOrEqual(1 + after.immutableMemtables);
+    });
 
-  test("a snapshot sees its point in time while writes, flushes and compactions go on", async () => {
-    dir = tempDir("db");
-    db = await DB.open(dir, small);
-    for (let i = 0; i < 500; i++) await db.put(key(i), bytes(`old${i}`));
-    const snap = db.snapshot();
-    const it = db.iterator({ snapshot: snap, gte: key(100), lt: key(110) });
-    for (let round = 0; round < 20; round++) {
-      const ops = [];
-      for (let i = 0; i < 500; i++) {
-        ops.push(i % 2 === 0 ? { type: "del" as const, key: key(i) } : { type: "put" as const, key: key(i), value: bytes(`new${round}-${"y".repeat(100)}`) });
+    test(`a snapshot sees its point in time while writes, flushes and compactions go on (${mode})`, async () => {
+      dir = tempDir("db");
+      db = await DB.open(dir, opts);
+      for (let i = 0; i < 500; i++) await db.put(key(i), bytes(`old${i}`));
+      const snap = db.snapshot();
+      const it = db.iterator({ snapshot: snap, gte: key(100), lt: key(110) });
+      for (let round = 0; round < 20; round++) {
+        const ops = [];
+        for (let i = 0; i < 500; i++) {
+          ops.push(i % 2 === 0 ? { type: "del" as const, key: key(i) } : { type: "put" as const, key: key(i), value: bytes(`new${round}-${"y".repeat(100)}`) });
+        }
+        await db.write(ops);
       }
-      await db.write(ops);
-    }
-    await db.put(key(10_000), bytes("after"));
-    await db.compactRange();
-    expect(db.stats().compactions).toBeGreaterThan(0);
-    for (let i = 0; i < 500; i += 7) expect(text(db.getSync(key(i), { snapshot: snap }))).toBe(`old${i}`);
-    expect(db.getSync(key(10_000), { snapshot: snap })).toBeUndefined();
-    expect(db.getSync(key(2))).toBeUndefined();
-    const viaIterator = it.nextv(100).map(([k, v]) => `${text(k)}=${text(v)}`);
-    expect(viaIterator.length).toBe(10);
-    expect(viaIterator[0]).toBe("key00000100=old100");
-    it.close();
-    const all = await collect(db, { snapshot: snap });
-    expect(all.length).toBe(500);
-    snap.release();
-    snap.release(); // idempotent
-    await expectCode(() => db!.getSync(key(1), { snapshot: snap }), "INVALID_ARGUMENT");
-    await db.compactRange();
-    expect((await collect(db)).length).toBe(251);
-  });
+      await db.put(key(10_000), bytes("after"));
+      await db.compactRange();
+      expect(db.stats().compactions).toBeGreaterThan(0);
+      for (let i = 0; i < 500; i += 7) expect(text(db.getSync(key(i), { snapshot: snap }))).toBe(`old${i}`);
+      expect(db.getSync(key(10_000), { snapshot: snap })).toBeUndefined();
+      expect(db.getSync(key(2))).toBeUndefined();
+      const viaIterator = it.nextv(100).map(([k, v]) => `${text(k)}=${text(v)}`);
+      expect(viaIterator.length).toBe(10);
+      expect(viaIterator[0]).toBe("key00000100=old100");
+      it.close();
+      const all = await collect(db, { snapshot: snap });
+      expect(all.length).toBe(500);
+      snap.release();
+      snap.release(); // idempotent
+      await expectCode(() => db!.getSync(key(1), { snapshot: snap }), "INVALID_ARGUMENT");
+      await db.compactRange();
+      expect((await collect(db)).length).toBe(251);
+    });
+  }
 
   test("iterator bounds, reverse, limit, seek and direction changes", async () => {
     dir = tempDir("db");

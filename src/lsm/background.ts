@@ -1,0 +1,111 @@
+// The main thread's handle on the table worker (table-worker.ts): starts it on first use, sends
+// flush and compaction jobs, answers its requests for file numbers, and turns its failures back
+// into LsmErrors. The worker is unreferenced while idle, so it never keeps a process alive.
+import { LsmError, type LsmErrorCode } from "./errors.ts";
+import type { CompactJob, CompactResult, FlushJob, FlushResult, FromWorker, WireError } from "./table-jobs.ts";
+
+type JobBody<T> = T extends { id: number } ? Omit<T, "id"> : never;
+
+interface Pending {
+  resolve(result: unknown): void;
+  reject(e: unknown): void;
+  /** Called when the worker asks for a file number; returns it (the DB marks it pending). */
+  newFileNumber(): number;
+}
+
+export class TableWorker {
+  private worker: Worker | null = null;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private failure: Error | null = null;
+  /** Shared with compaction jobs: set to 1 when the database closes, so merges stop early. */
+  readonly abortFlag = new Int32Array(new SharedArrayBuffer(4));
+
+  private start(): Worker {
+    if (this.worker !== null) return this.worker;
+    const w = new Worker(new URL("./table-worker.ts", import.meta.url).href);
+    w.onmessage = (e: MessageEvent<FromWorker>) => this.onMessage(e.data);
+    w.onerror = (e: ErrorEvent) => this.fail(new LsmError("BACKGROUND", `table worker failed: ${e.message}`));
+    this.worker = w;
+    return w;
+  }
+
+  private onMessage(m: FromWorker): void {
+    const p = this.pending.get(m.id);
+    if (p === undefined) return;
+    switch (m.type) {
+      case "fileNumber":
+        this.worker!.postMessage({ type: "fileNumber", id: m.id, number: p.newFileNumber() });
+        return;
+      case "done":
+        this.finish(m.id);
+        p.resolve(m.result);
+        return;
+      case "error":
+        this.finish(m.id);
+        p.reject(toError(m.error));
+        return;
+    }
+  }
+
+  private finish(id: number): void {
+    this.pending.delete(id);
+    if (this.pending.size === 0) this.worker?.unref();
+  }
+
+  private fail(e: Error): void {
+    this.failure = e;
+    const all = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of all) p.reject(e);
+    this.worker?.terminate();
+    this.worker = null;
+  }
+
+  private run<T>(job: JobBody<FlushJob> | JobBody<CompactJob>, newFileNumber: () => number): Promise<T> {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, newFileNumber });
+      const w = this.start();
+      w.ref();
+      // A flush's batch buffer is handed over, not copied: the caller built it for this job.
+      if (job.type === "flush") w.postMessage({ ...job, id }, [job.batches.buffer as ArrayBuffer]);
+      else w.postMessage({ ...job, id });
+    });
+  }
+
+  flush(job: JobBody<FlushJob>): Promise<FlushResult> {
+    return this.run<FlushResult>(job, () => {
+      throw new Error("a flush job never asks for file numbers");
+    });
+  }
+
+  compact(job: Omit<JobBody<CompactJob>, "abort">, newFileNumber: () => number): Promise<CompactResult> {
+    return this.run<CompactResult>({ ...job, abort: this.abortFlag }, newFileNumber);
+  }
+
+  /** Asks running merges to stop (they fail with the ABORTED message). */
+  abort(): void {
+    Atomics.store(this.abortFlag, 0, 1);
+  }
+
+  /** Stops the thread; jobs still pending are rejected. */
+  terminate(): void {
+    const w = this.worker;
+    this.worker = null;
+    if (w === null) return;
+    const all = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of all) p.reject(new LsmError("CLOSED", "table worker stopped"));
+    w.terminate();
+  }
+}
+
+const CODES = new Set<LsmErrorCode>(["CORRUPTION", "INVALID_ARGUMENT", "LIMIT", "CLOSED", "LOCKED", "IO", "BACKGROUND"]);
+
+function toError(e: WireError): Error {
+  const code = e.code as LsmErrorCode | undefined;
+  if (code !== undefined && CODES.has(code)) return new LsmError(code, e.message, e.file, e.offset);
+  return new Error(e.message);
+}

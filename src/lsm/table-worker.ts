@@ -1,0 +1,42 @@
+// Entry point of the table worker thread (started by background.ts): receives flush and
+// compaction jobs, runs them (table-jobs.ts) and posts back results or errors.
+import type { LsmError } from "./errors.ts";
+import { compactTables, flushBatches, type FromWorker, type ToWorker } from "./table-jobs.ts";
+
+declare const self: {
+  postMessage(m: FromWorker): void;
+  onmessage: ((e: MessageEvent<ToWorker>) => void) | null;
+};
+
+const numberWaiters = new Map<number, (n: number) => void>();
+const send = (m: FromWorker): void => self.postMessage(m);
+
+self.onmessage = (e) => {
+  const m = e.data;
+  if (m.type === "fileNumber") {
+    const w = numberWaiters.get(m.id);
+    numberWaiters.delete(m.id);
+    w?.(m.number);
+    return;
+  }
+  const run =
+    m.type === "flush"
+      ? flushBatches(m)
+      : compactTables(m, () =>
+          new Promise<number>((resolve) => {
+            numberWaiters.set(m.id, resolve);
+            send({ type: "fileNumber", id: m.id });
+          }),
+        );
+  run.then(
+    (result) => send({ type: "done", id: m.id, result }),
+    (err: unknown) => {
+      const x = err as Partial<LsmError> | null;
+      send({
+        type: "error",
+        id: m.id,
+        error: { message: x?.message ?? String(err), code: x?.code, file: x?.file, offset: x?.offset },
+      });
+    },
+  );
+};
