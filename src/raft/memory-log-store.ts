@@ -148,6 +148,11 @@ export class MemoryLogStore implements LogStore {
 
   // ---- simulation controls ---------------------------------------------------------------------
 
+  /** True while syncs are deliberately held: a node waiting on this store is stuck by design. */
+  get holdingSyncs(): boolean {
+    return this.held;
+  }
+
   /** While held, writes stay unsynced (their promises pending) until release or crash. */
   holdSyncs(hold: boolean): void {
     this.held = hold;

@@ -11,21 +11,28 @@ import type { LogStore, NodeId, StateMachine } from "./types.ts";
 export interface SettleOptions {
   /** True once nothing is in flight; settle() yields to the event loop until then. */
   isIdle?: () => boolean;
-  /** Bound on event-loop turns per settle (default 2 000). */
-  maxTurns?: number;
+  /** Bound on real time one settle may wait for isIdle() (default 10 000 ms). */
+  maxWaitMs?: number;
 }
 
 const macrotask = () => new Promise<void>((resolve) => setImmediate(resolve));
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
- * Lets promise chains and real I/O callbacks run: yields macrotasks until isIdle() holds (at least
- * two turns, at most maxTurns). Simulated time does not move.
+ * Lets promise chains and real I/O callbacks run: yields to the event loop until isIdle() holds
+ * (at least two turns). Simulated time does not move. The bound is in real time, not in turns: on
+ * a loaded machine one fsync can outlast thousands of turns, and letting simulated time run on
+ * while a node is still persisting would fire election timers no real deployment would see.
  */
 export async function settle(options: SettleOptions = {}): Promise<void> {
-  const maxTurns = options.maxTurns ?? 2_000;
-  for (let turn = 0; turn < maxTurns; turn++) {
-    await macrotask();
+  const deadline = performance.now() + (options.maxWaitMs ?? 10_000);
+  for (let turn = 0; ; turn++) {
+    // Spin on macrotasks briefly (I/O completions arrive within a few turns on a quiet machine),
+    // then sleep a millisecond at a time so a slow disk does not cost a busy core.
+    if (turn < 200) await macrotask();
+    else await sleep(1);
     if (turn >= 1 && (options.isIdle?.() ?? true)) return;
+    if (performance.now() > deadline) return;
   }
 }
 
@@ -117,7 +124,12 @@ export class SimCluster<SM extends StateMachine> {
   }
 
   isIdle(): boolean {
-    for (const node of this.nodes.values()) if (!node.isIdle()) return false;
+    for (const [id, node] of this.nodes) {
+      // A node whose simulated disk is held on purpose cannot become idle; waiting for it is pointless.
+      const log = this.logs.get(id);
+      if (log instanceof MemoryLogStore && log.holdingSyncs) continue;
+      if (!node.isIdle()) return false;
+    }
     return this.options.isIdle?.() ?? true;
   }
 
