@@ -346,6 +346,7 @@ export async function runLsmSuite(o: BenchOptions, progress: Progress): Promise<
     subtitle: `${plan.keys.toLocaleString("en-US")} keys × (16 B key + 100 B value), median of ${plan.runs} run(s), whiskers min–max`,
     unit: "operations per second",
     log: true,
+    noteHeader: "ours/LevelDB",
     series: engines.map((e) => ({ name: e.label, color: e.system === "ours" ? "#2f6fdf" : "#e0782f" })),
     groups: runner.comparisons.map((c) => {
       const s = summaries(c);

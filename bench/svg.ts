@@ -26,6 +26,8 @@ export interface BarChartSpec {
   unit: string;
   series: Series[];
   groups: BarGroup[];
+  /** Heading over the notes column, e.g. "ours/LevelDB". */
+  noteHeader?: string;
   /** Log scale suits values spanning several orders of magnitude. */
   log?: boolean;
   format?: (n: number) => string;
@@ -135,7 +137,7 @@ export function barChart(spec: BarChartSpec): string {
   const format = spec.format ?? formatCount;
   const tickFormat = spec.tickFormat ?? format;
   const labelWidth = Math.max(80, Math.min(320, 12 + 7 * Math.max(0, ...spec.groups.map((g) => g.label.length))));
-  const noteWidth = spec.groups.some((g) => g.note) ? 70 : 0;
+  const noteWidth = spec.groups.some((g) => g.note) ? 90 : 0;
   const plotWidth = 560;
   const barHeight = 14;
   const groupGap = 10;
@@ -159,6 +161,9 @@ export function barChart(spec: BarChartSpec): string {
   out.push(
     `<text x="${num(left + plotWidth / 2)}" y="${top + plotHeight + 36}" text-anchor="middle" fill="#333">${escapeXml(spec.unit)}${spec.log ? " (log scale)" : ""}</text>`,
   );
+  if (noteWidth && spec.noteHeader) {
+    out.push(`<text x="${left + plotWidth + 60}" y="${top - 6}" fill="#555" font-size="11">${escapeXml(spec.noteHeader)}</text>`);
+  }
   spec.groups.forEach((g, gi) => {
     const gy = top + gi * groupHeight;
     out.push(
