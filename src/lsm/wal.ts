@@ -19,28 +19,34 @@ const TYPE_CRC = [0, 1, 2, 3, 4].map((t) => crc32cUpdate(0, new Uint8Array([t]))
 /** Staged bytes beyond this are written out at once instead of at the end of the tick. */
 const STAGE_FLUSH_BYTES = 1 << 20;
 
-interface SyncWaiter {
+interface Waiter {
   target: number;
   resolve: () => void;
   reject: (e: unknown) => void;
 }
 
 /**
- * Appends records to one log file. Records are staged in memory and handed to the OS with one
- * write(2) per tick (`flushed()`), so concurrent writers share a system call; `sync()` callers
+ * Appends records to one log file. Records are staged in memory and handed to the OS by one
+ * write(2) at a time, run off the event loop (the thread pool behind fs.write): writers arriving
+ * while a write is in flight are staged and share the next one. `flushed()` resolves once a
+ * writer's bytes are in the OS (they then survive a crash of this process); `sync()` callers
  * share fdatasyncs: while one is in flight, the next group queues behind it.
  */
 export class LogWriter {
   private readonly fd: number;
   private stage: Uint8Array = new Uint8Array(64 * 1024);
+  /** The buffer of the write in flight; it becomes the stage again when the write completes. */
+  private spare: Uint8Array | null = new Uint8Array(64 * 1024);
   private staged = 0;
   private blockOffset: number;
-  /** Bytes handed to the OS, and bytes known durable. */
+  /** Bytes handed to the OS (write completed), and bytes known durable. */
   private written: number;
   private synced: number;
+  private writing = false;
+  private writeScheduled = false;
   private syncing = false;
-  private waiters: SyncWaiter[] = [];
-  private flushPromise: Promise<void> | null = null;
+  private writeWaiters: Waiter[] = [];
+  private syncWaiters: Waiter[] = [];
   private failure: Error | null = null;
   private closed = false;
 
@@ -55,10 +61,11 @@ export class LogWriter {
     this.blockOffset = existingSize % BLOCK_SIZE;
   }
 
-  /** Bytes in the file once staged data is written. */
+  /** Bytes in the file once staged and in-flight data is written. */
   get size(): number {
-    return this.written + this.staged;
+    return this.written + this.inFlight + this.staged;
   }
+  private inFlight = 0;
 
   /** Appends one record (fragmented across blocks as needed) to the stage. */
   add(payload: Uint8Array): void {
@@ -94,7 +101,7 @@ export class LogWriter {
       left -= n;
       first = false;
     } while (left > 0);
-    if (this.staged >= STAGE_FLUSH_BYTES) this.flush();
+    if (this.staged >= STAGE_FLUSH_BYTES) this.startWrite();
   }
 
   private reserve(extra: number): void {
@@ -106,59 +113,98 @@ export class LogWriter {
     this.stage = next;
   }
 
-  /** Writes staged records to the OS now (they then survive a crash of this process). */
-  flush(): void {
-    if (this.staged === 0) return;
-    if (this.failure) throw this.failure;
-    try {
-      let off = 0;
-      while (off < this.staged) off += fs.writeSync(this.fd, this.stage, off, this.staged - off);
-    } catch (e) {
-      this.failure = ioError(this.name, "write", e);
-      throw this.failure;
-    }
-    this.written += this.staged;
-    this.staged = 0;
-    if (this.stage.length > 4 * STAGE_FLUSH_BYTES) this.stage = new Uint8Array(64 * 1024);
+  /** Byte position the file reaches once everything added so far is written. */
+  private get end(): number {
+    return this.written + this.inFlight + this.staged;
   }
 
-  /** Resolves once everything added so far is written to the OS; one write(2) per tick. */
-  flushed(): Promise<void> {
-    if (this.flushPromise) return this.flushPromise;
-    this.flushPromise = new Promise<void>((resolve, reject) => {
-      queueMicrotask(() => {
-        this.flushPromise = null;
-        try {
-          this.flush();
-          resolve();
-        } catch (e) {
-          reject(e);
-        }
-      });
+  /** Writes the stage at the end of this tick, so every writer of the tick shares one write(2). */
+  private scheduleWrite(): void {
+    if (this.writeScheduled || this.writing) return;
+    this.writeScheduled = true;
+    queueMicrotask(() => {
+      this.writeScheduled = false;
+      this.startWrite();
     });
-    return this.flushPromise;
+  }
+
+  /** Hands the stage to the OS unless a write is already in flight (its completion restarts). */
+  private startWrite(): void {
+    if (this.writing || this.staged === 0 || this.failure) return;
+    const buf = this.stage;
+    const len = this.staged;
+    this.stage = this.spare ?? new Uint8Array(64 * 1024);
+    this.spare = null;
+    this.staged = 0;
+    this.inFlight = len;
+    this.writing = true;
+    let off = 0;
+    const step = (err: NodeJS.ErrnoException | null, n: number): void => {
+      if (err) return this.writeFailed(err);
+      off += n;
+      if (off < len) {
+        fs.write(this.fd, buf, off, len - off, null, step);
+        return;
+      }
+      this.writing = false;
+      this.inFlight = 0;
+      this.written += len;
+      // Keep the buffer for reuse unless a burst grew it far beyond the usual size.
+      this.spare = buf.length > 4 * STAGE_FLUSH_BYTES ? null : buf;
+      this.settleWrites();
+      if (this.staged > 0) this.startWrite();
+    };
+    fs.write(this.fd, buf, 0, len, null, step);
+  }
+
+  private writeFailed(err: unknown): void {
+    this.writing = false;
+    this.failure = ioError(this.name, "write", err);
+    for (const w of this.writeWaiters.splice(0)) w.reject(this.failure);
+    for (const w of this.syncWaiters.splice(0)) w.reject(this.failure);
+  }
+
+  private settleWrites(): void {
+    if (this.writeWaiters.length > 0) {
+      const still: Waiter[] = [];
+      for (const w of this.writeWaiters) (w.target <= this.written ? w.resolve() : still.push(w));
+      this.writeWaiters = still;
+    }
+    this.startSync();
+  }
+
+  /** Resolves once everything added so far is written to the OS. */
+  flushed(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    const target = this.end;
+    if (target <= this.written) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.writeWaiters.push({ target, resolve, reject });
+      this.scheduleWrite();
+    });
   }
 
   /** Resolves once everything added so far is on stable storage. */
   sync(): Promise<void> {
-    try {
-      this.flush();
-    } catch (e) {
-      return Promise.reject(e);
-    }
-    if (this.synced >= this.written) return Promise.resolve();
+    if (this.failure) return Promise.reject(this.failure);
+    const target = this.end;
+    if (this.synced >= target) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      this.waiters.push({ target: this.written, resolve, reject });
+      this.syncWaiters.push({ target, resolve, reject });
+      this.scheduleWrite();
       this.startSync();
     });
   }
 
+  /** Starts an fdatasync covering every completed write, if a waiter needs one. */
   private startSync(): void {
-    if (this.syncing || this.waiters.length === 0) return;
+    if (this.syncing || this.syncWaiters.length === 0) return;
     if (this.failure) {
-      for (const w of this.waiters.splice(0)) w.reject(this.failure);
+      for (const w of this.syncWaiters.splice(0)) w.reject(this.failure);
       return;
     }
+    // Only bytes whose write completed can be made durable; waiters beyond them wait for it.
+    if (!this.syncWaiters.some((w) => w.target <= this.written)) return;
     this.syncing = true;
     const target = this.written;
     fs.fdatasync(this.fd, (err) => {
@@ -166,23 +212,24 @@ export class LogWriter {
       if (err) {
         // After a failed fsync the page cache state is unknown: never claim durability again.
         this.failure = ioError(this.name, "fdatasync", err);
-        for (const w of this.waiters.splice(0)) w.reject(this.failure);
+        for (const w of this.syncWaiters.splice(0)) w.reject(this.failure);
+        for (const w of this.writeWaiters.splice(0)) w.reject(this.failure);
         return;
       }
       this.synced = target;
-      const still: SyncWaiter[] = [];
-      for (const w of this.waiters) (w.target <= target ? w.resolve() : still.push(w));
-      this.waiters = still;
+      const still: Waiter[] = [];
+      for (const w of this.syncWaiters) (w.target <= target ? w.resolve() : still.push(w));
+      this.syncWaiters = still;
       this.startSync();
     });
   }
 
-  /** Flushes, fsyncs if `durable`, and closes the file. */
+  /** Writes what is staged, fsyncs if `durable`, and closes the file. */
   async close(durable = true): Promise<void> {
     if (this.closed) return;
     try {
       if (durable) await this.sync();
-      else this.flush();
+      else await this.flushed();
     } finally {
       this.closed = true;
       try {

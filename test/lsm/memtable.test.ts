@@ -1,7 +1,7 @@
 // The memtable's internal key order (user key ascending, newest seq first) and the merging
 // iterator that combines several sorted sources, in both directions.
 import { describe, expect, test } from "bun:test";
-import { KIND_DEL, KIND_PUT } from "../../src/lsm/coding.ts";
+import { compareBytes, KIND_DEL, KIND_PUT } from "../../src/lsm/coding.ts";
 import { MergingIterator, type InternalIterator } from "../../src/lsm/iterator.ts";
 import { Memtable } from "../../src/lsm/memtable.ts";
 import { bytes, key, rng, text } from "./helpers.ts";
@@ -27,6 +27,36 @@ describe("memtable", () => {
     expect(m.get(bytes("b"), 3)!.kind).toBe(KIND_DEL);
     expect(text(m.get(bytes("b"), 2)!.value)).toBe("b1");
     expect(m.get(bytes("c"), 10)).toBeUndefined();
+  });
+
+  test("keys that differ late, only in length, or in zero and 0xff bytes sort as unsigned bytes", () => {
+    const m = new Memtable(1);
+    const r = rng(5);
+    const keys: Uint8Array[] = [new Uint8Array(0)];
+    for (let i = 0; i < 400; i++) {
+      // Lengths around the 18 bytes held as numbers in each node; bytes drawn from {0, 1, 0xfe, 0xff}.
+      const k = new Uint8Array((r() * 26) | 0);
+      for (let j = 0; j < k.length; j++) k[j] = [0, 1, 0xfe, 0xff][(r() * 4) | 0];
+      if (r() < 0.3 && keys.length > 1) k.set(keys[keys.length - 1].subarray(0, Math.min(k.length, keys[keys.length - 1].length)));
+      keys.push(k);
+    }
+    keys.forEach((k, i) => m.add(k, i + 1, KIND_PUT, bytes(String(i))));
+    const expected = keys
+      .map((k, i) => ({ k, seq: i + 1 }))
+      .sort((a, b) => compareBytes(a.k, b.k) || b.seq - a.seq)
+      .map((e) => `${[...e.k].join(".")}@${e.seq}`);
+    const it = m.iterator();
+    const got: string[] = [];
+    for (it.seekToFirst(); it.valid(); it.next()) got.push(`${[...it.key()].join(".")}@${it.seq()}`);
+    expect(got).toEqual(expected);
+    // Seeks land on the first entry at or after the target, also for absent targets.
+    for (let i = 0; i < 200; i++) {
+      const target = keys[(r() * keys.length) | 0].slice();
+      if (r() < 0.5 && target.length > 0) target[target.length - 1] ^= 1;
+      it.seek(target, Number.MAX_SAFE_INTEGER);
+      const first = expected.find((e) => compareBytes(new Uint8Array(e.split("@")[0] === "" ? [] : e.split("@")[0].split(".").map(Number)), target) >= 0);
+      expect(it.valid() ? `${[...it.key()].join(".")}@${it.seq()}` : undefined).toBe(first);
+    }
   });
 
   test("point reads through the hash index agree with a search at every snapshot", () => {
