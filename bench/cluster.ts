@@ -8,7 +8,7 @@ import type { BenchOptions } from "./args.ts";
 import { kvserverMissing, rssOf, startEtcd, startKvraft, type Cluster } from "./clusters.ts";
 import type { LoadConfig, LoadResult, Workload } from "./loadgen.ts";
 import { etcdBinary } from "./machine.ts";
-import { spawnTracked } from "./proc.ts";
+import { cpuSeconds, sleep, spawnTracked } from "./proc.ts";
 import type { Progress } from "./progress.ts";
 import { alternate, type SuiteResult } from "./report.ts";
 import { Histogram, latencyMillis, ratio, summarize, type LatencySummary, type Summary } from "./stats.ts";
@@ -134,6 +134,18 @@ async function startOrNote(label: string, start: () => Promise<Cluster>, cluster
   }
 }
 
+/**
+ * Cores each member burns with no load at all (ticks, heartbeats, timers): what every per-op CPU
+ * figure at low load carries on top of the work itself.
+ */
+async function idleCores(cluster: Cluster, ms: number): Promise<number[]> {
+  const before = cluster.members.map((m) => cpuSeconds(m.process.pid) ?? NaN);
+  const t0 = performance.now();
+  await sleep(ms);
+  const seconds = (performance.now() - t0) / 1000;
+  return cluster.members.map((m, i) => ((cpuSeconds(m.process.pid) ?? NaN) - before[i]) / seconds);
+}
+
 function summaryOf(points: PointRun[], pick: (p: PointRun) => number | null): Summary | null {
   const values = points.map(pick).filter((v): v is number => v !== null && Number.isFinite(v));
   return values.length ? summarize(values) : null;
@@ -150,6 +162,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
   const clusters: Cluster[] = [];
   const points: PointRun[] = [];
   const restarts: Record<string, number> = {};
+  const idle: Record<string, number[]> = {};
   const memory: Record<string, { rss: number; peakRss: number }[]> = {};
   try {
     const missing = kvserverMissing();
@@ -165,6 +178,11 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
     }
     progress.log(`[cluster] ${clusters.map((c) => c.label).join(" / ")}, 3 members each, ${plan.seconds} s per point, clients ${plan.clients.join(", ")}, ${plan.runs} run(s)`);
     for (const c of clusters) await preload(c, plan.preloadKeys, progress);
+    for (const c of clusters) {
+      progress.start(`[cluster] ${c.label} idle CPU`, 0, "ms");
+      idle[c.system] = await idleCores(c, o.quick ? 1000 : 3000);
+      progress.finish(`${idle[c.system].map((x) => x.toFixed(3)).join(" + ")} cores with no load`);
+    }
     for (const workload of WORKLOADS) {
       for (const clients of plan.clients) {
         await alternate(clusters, plan.runs, async (c) => {
@@ -271,6 +289,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
   }
   for (const s of systems) {
     const mem = memory[s] ?? [];
+    if (idle[s]) notes.push(`${labelOf(s)}: idle CPU per member with no load ${idle[s].map((x) => x.toFixed(3)).join(" + ")} cores`);
     notes.push(`${labelOf(s)}: RSS per member ${mem.map((m) => formatBytes(m.rss)).join(", ")} (peak ${mem.map((m) => formatBytes(m.peakRss)).join(", ")})`);
     if (restarts[s] !== undefined) notes.push(`${labelOf(s)}: a follower killed with SIGKILL served again (caught up) ${Math.round(restarts[s])} ms after restart`);
   }
@@ -311,7 +330,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
     tables,
     notes,
     charts,
-    data: { plan, points, restartsMs: restarts, memory },
+    data: { plan, points, restartsMs: restarts, memory, idleCores: idle },
   };
 }
 
