@@ -1,15 +1,25 @@
-// The memtable: a skiplist of internal entries (user key, seq, kind, value) kept in internal key
-// order, a hash index from user key to its newest entry for point reads, and byte accounting so
-// the DB knows when to freeze and flush it.
+// The memtable: entries (user key, seq, kind, value) in internal key order, kept in sorted
+// leaves of up to 64 entries whose first 18 key bytes sit as numbers in typed arrays (a search
+// compares numbers in a few cache lines instead of chasing a pointer per step, as a skiplist
+// does); a hash index from user key to its newest entry for point reads; byte accounting so the
+// DB knows when to freeze and flush it.
 import { bloomHash } from "./bloom.ts";
-import { bytesEqual, KIND_PUT, MAX_SEQ } from "./coding.ts";
+import { bytesEqual, KIND_PUT } from "./coding.ts";
 import type { InternalIterator } from "./iterator.ts";
 
-const MAX_HEIGHT = 12;
-/** Bookkeeping per entry beyond key and value bytes: node object, next array, views, index slot. */
+/** Entries per leaf; a full leaf splits in two halves. */
+const LEAF_MAX = 64;
+/** Bookkeeping per entry beyond key and value bytes: node object, views, leaf and index slots. */
 const ENTRY_OVERHEAD = 128;
-/** Older versions a point read walks from the newest before it searches the skiplist instead. */
-const MAX_VERSION_WALK = 8;
+
+class Node {
+  constructor(
+    readonly key: Uint8Array,
+    readonly seq: number,
+    readonly kind: number,
+    readonly value: Uint8Array,
+  ) {}
+}
 
 /** Key bytes [start, start + 6) as a big-endian integer, zero-padded past the key's end. */
 function word(key: Uint8Array, start: number): number {
@@ -25,28 +35,38 @@ function word(key: Uint8Array, start: number): number {
   return v;
 }
 
-/** Bytes of the key held as three 48-bit numbers in each node (see before()). */
+/** Key bytes held as three 48-bit numbers per entry (see compareAt()). */
 const WORDS_BYTES = 18;
 
-class Node {
-  readonly next: (Node | null)[];
-  /** The first 18 key bytes, zero-padded, as three exact integers: most comparisons end here. */
-  readonly w0: number;
-  readonly w1: number;
-  readonly w2: number;
-  constructor(
-    readonly key: Uint8Array,
-    readonly seq: number,
-    readonly kind: number,
-    readonly value: Uint8Array,
-    height: number,
-  ) {
-    this.w0 = word(key, 0);
-    this.w1 = word(key, 6);
-    this.w2 = word(key, 12);
-    // Literals for the common heights (3 of 4 nodes have height 1): cheaper than Array(n).fill.
-    this.next = height === 1 ? [null] : height === 2 ? [null, null] : new Array<Node | null>(height).fill(null);
+/** Up to LEAF_MAX consecutive entries and their key words. */
+class Leaf {
+  count = 0;
+  readonly w0 = new Float64Array(LEAF_MAX);
+  readonly w1 = new Float64Array(LEAF_MAX);
+  readonly w2 = new Float64Array(LEAF_MAX);
+  readonly nodes: Node[] = [];
+}
+
+/**
+ * Compares the entry with words (a0, a1, a2) and node n against the target (tKey, tSeq) with
+ * words t0..t2, in internal order: negative if the entry comes first. Equal words mean equal
+ * zero-padded first 18 bytes: the rest of the bytes then decide, and if one key ends within
+ * them it is a prefix of the other (its padding matches zeros) and sorts first. Newer seq first.
+ */
+function compareEntry(
+  a0: number, a1: number, a2: number, n: Node,
+  tKey: Uint8Array, tSeq: number, t0: number, t1: number, t2: number,
+): number {
+  if (a0 !== t0) return a0 < t0 ? -1 : 1;
+  if (a1 !== t1) return a1 < t1 ? -1 : 1;
+  if (a2 !== t2) return a2 < t2 ? -1 : 1;
+  const a = n.key;
+  const len = a.length < tKey.length ? a.length : tKey.length;
+  for (let i = WORDS_BYTES; i < len; i++) {
+    if (a[i] !== tKey[i]) return a[i] - tKey[i];
   }
+  if (a.length !== tKey.length) return a.length - tKey.length;
+  return n.seq === tSeq ? 0 : n.seq > tSeq ? -1 : 1;
 }
 
 /**
@@ -106,65 +126,68 @@ class KeyIndex {
   }
 }
 
-/**
- * Is node (key, seq) before the target in internal order? The target is (tKey, tSeq) with
- * t0..t2 its words. Equal words mean equal zero-padded first 18 bytes: the rest of the bytes
- * then decide, and if one key ends within them it is a prefix of the other (padding is zeros,
- * so the longer key's extra bytes there are zeros) and sorts first. Seqs are unique per key.
- */
-function before(n: Node, tKey: Uint8Array, tSeq: number, t0: number, t1: number, t2: number): boolean {
-  if (n.w0 !== t0) return n.w0 < t0;
-  if (n.w1 !== t1) return n.w1 < t1;
-  if (n.w2 !== t2) return n.w2 < t2;
-  const a = n.key;
-  const len = a.length < tKey.length ? a.length : tKey.length;
-  for (let i = WORDS_BYTES; i < len; i++) {
-    if (a[i] !== tKey[i]) return a[i] < tKey[i];
-  }
-  if (a.length !== tKey.length) return a.length < tKey.length;
-  return n.seq > tSeq;
-}
-
 export interface MemGetResult {
   kind: number;
   value: Uint8Array;
 }
 
 export class Memtable {
-  private readonly head = new Node(new Uint8Array(0), MAX_SEQ, 0, new Uint8Array(0), MAX_HEIGHT);
-  private height = 1;
-  private readonly prevScratch: Node[] = new Array(MAX_HEIGHT);
-  private rnd = 0x2545f491;
+  /** Sorted, non-empty (except a lone first leaf), each leaf's entries before the next leaf's. */
+  private leaves: Leaf[] = [new Leaf()];
+  /** Key words of each leaf's first entry, for the search that picks a leaf. */
+  private f0 = new Float64Array(64);
+  private f1 = new Float64Array(64);
+  private f2 = new Float64Array(64);
+  /** Bumped by every insert: iterators positioned before it find their place again. */
+  modifications = 0;
   /**
-   * User key → its newest node. Point reads skip the skiplist search: the indexed node is the
-   * key's newest, and its older versions follow it in the skiplist.
+   * User key → its newest node. A point read for the newest version needs no search; inserts
+   * come in sequence order, so the node indexed for a key is its newest.
    */
   private readonly index = new KeyIndex();
-  /** Approximate bytes held: key + value + per-entry overhead. */
-  bytes = 0;
-  count = 0;
   /**
    * The write batches inserted with addBatch, in sequence order: the table worker rebuilds the
    * memtable's contents from them. Complete only when every entry came that way.
    */
   readonly batches: Uint8Array[] = [];
   private batchOps = 0;
+  /** Approximate bytes held: key + value + per-entry overhead. */
+  bytes = 0;
+  count = 0;
   /** Number of the WAL file holding this memtable's writes. */
   constructor(readonly walNumber: number) {}
 
-  private randomHeight(): number {
-    let h = 1;
-    // xorshift32; branching factor 4 as in LevelDB.
-    let x = this.rnd;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.rnd = x >>> 0;
-    while (h < MAX_HEIGHT && (x & 3) === 0) {
-      h++;
-      x >>>= 2;
+  get leafCount(): number {
+    return this.leaves.length;
+  }
+  leaf(i: number): Leaf {
+    return this.leaves[i];
+  }
+
+  /** Index of the last leaf whose first entry is at or before the target (0 if none is). */
+  private findLeaf(tKey: Uint8Array, tSeq: number, t0: number, t1: number, t2: number): number {
+    const leaves = this.leaves;
+    let lo = 0;
+    let hi = leaves.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (compareEntry(this.f0[mid], this.f1[mid], this.f2[mid], leaves[mid].nodes[0], tKey, tSeq, t0, t1, t2) <= 0) lo = mid;
+      else hi = mid - 1;
     }
-    return h;
+    return lo;
+  }
+
+  /** Index of the first entry of `leaf` at or after the target (leaf.count if none). */
+  private lowerBound(leaf: Leaf, tKey: Uint8Array, tSeq: number, t0: number, t1: number, t2: number): number {
+    let lo = 0;
+    let hi = leaf.count;
+    const { w0, w1, w2, nodes } = leaf;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (compareEntry(w0[mid], w1[mid], w2[mid], nodes[mid], tKey, tSeq, t0, t1, t2) < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 
   /**
@@ -172,32 +195,68 @@ export class Memtable {
    * Key and value are kept by reference.
    */
   add(key: Uint8Array, seq: number, kind: number, value: Uint8Array, hash = bloomHash(key)): void {
-    const prev = this.prevScratch;
-    const node = new Node(key, seq, kind, value, this.randomHeight());
-    const t0 = node.w0;
-    const t1 = node.w1;
-    const t2 = node.w2;
-    let x = this.head;
-    for (let level = this.height - 1; level >= 0; level--) {
-      let n = x.next[level];
-      while (n !== null && before(n, key, seq, t0, t1, t2)) {
-        x = n;
-        n = x.next[level];
-      }
-      prev[level] = x;
+    const node = new Node(key, seq, kind, value);
+    const t0 = word(key, 0);
+    const t1 = word(key, 6);
+    const t2 = word(key, 12);
+    const li = this.findLeaf(key, seq, t0, t1, t2);
+    const leaf = this.leaves[li];
+    const at = this.lowerBound(leaf, key, seq, t0, t1, t2);
+    const n = leaf.count;
+    if (at < n) {
+      leaf.w0.copyWithin(at + 1, at, n);
+      leaf.w1.copyWithin(at + 1, at, n);
+      leaf.w2.copyWithin(at + 1, at, n);
+      leaf.nodes.splice(at, 0, node);
+    } else {
+      leaf.nodes.push(node);
     }
-    const h = node.next.length;
-    if (h > this.height) {
-      for (let level = this.height; level < h; level++) prev[level] = this.head;
-      this.height = h;
-    }
-    for (let level = 0; level < h; level++) {
-      node.next[level] = prev[level].next[level];
-      prev[level].next[level] = node;
-    }
+    leaf.w0[at] = t0;
+    leaf.w1[at] = t1;
+    leaf.w2[at] = t2;
+    leaf.count = n + 1;
+    if (at === 0) this.setFirst(li, leaf);
+    if (leaf.count === LEAF_MAX) this.split(li);
     this.index.put(node, hash);
+    this.modifications++;
     this.bytes += key.length + value.length + ENTRY_OVERHEAD;
     this.count++;
+  }
+
+  private setFirst(li: number, leaf: Leaf): void {
+    this.f0[li] = leaf.w0[0];
+    this.f1[li] = leaf.w1[0];
+    this.f2[li] = leaf.w2[0];
+  }
+
+  /** Moves the upper half of a full leaf into a new leaf right after it. */
+  private split(li: number): void {
+    const left = this.leaves[li];
+    const right = new Leaf();
+    const half = LEAF_MAX >>> 1;
+    right.w0.set(left.w0.subarray(half, LEAF_MAX));
+    right.w1.set(left.w1.subarray(half, LEAF_MAX));
+    right.w2.set(left.w2.subarray(half, LEAF_MAX));
+    for (let i = half; i < LEAF_MAX; i++) right.nodes.push(left.nodes[i]);
+    right.count = LEAF_MAX - half;
+    left.nodes.length = half;
+    left.count = half;
+    const n = this.leaves.length;
+    if (n === this.f0.length) {
+      const grow = (a: Float64Array<ArrayBuffer>): Float64Array<ArrayBuffer> => {
+        const b = new Float64Array(a.length * 2);
+        b.set(a);
+        return b;
+      };
+      this.f0 = grow(this.f0);
+      this.f1 = grow(this.f1);
+      this.f2 = grow(this.f2);
+    }
+    this.f0.copyWithin(li + 2, li + 1, n);
+    this.f1.copyWithin(li + 2, li + 1, n);
+    this.f2.copyWithin(li + 2, li + 1, n);
+    this.leaves.splice(li + 1, 0, right);
+    this.setFirst(li + 1, right);
   }
 
   /**
@@ -243,53 +302,19 @@ export class Memtable {
     return this.batchOps === this.count;
   }
 
-  /** First node at or after (key, seq) in internal order. */
-  findGreaterOrEqual(key: Uint8Array, seq: number): Node | null {
+  /**
+   * Position of the first entry at or after (key, seq) in internal order, as leaf index and
+   * entry index; leaf index === leafCount when there is none.
+   */
+  seekPosition(key: Uint8Array, seq: number): [number, number] {
     const t0 = word(key, 0);
     const t1 = word(key, 6);
     const t2 = word(key, 12);
-    let x = this.head;
-    for (let level = this.height - 1; level >= 0; level--) {
-      let n = x.next[level];
-      while (n !== null && before(n, key, seq, t0, t1, t2)) {
-        x = n;
-        n = x.next[level];
-      }
-      if (level === 0) return n;
-    }
-    return null;
-  }
-
-  /** Last node strictly before (key, seq), or null. */
-  findLessThan(key: Uint8Array, seq: number): Node | null {
-    const t0 = word(key, 0);
-    const t1 = word(key, 6);
-    const t2 = word(key, 12);
-    let x = this.head;
-    for (let level = this.height - 1; level >= 0; level--) {
-      let n = x.next[level];
-      while (n !== null && before(n, key, seq, t0, t1, t2)) {
-        x = n;
-        n = x.next[level];
-      }
-    }
-    return x === this.head ? null : x;
-  }
-
-  findLast(): Node | null {
-    let x = this.head;
-    for (let level = this.height - 1; level >= 0; level--) {
-      let n = x.next[level];
-      while (n !== null) {
-        x = n;
-        n = x.next[level];
-      }
-    }
-    return x === this.head ? null : x;
-  }
-
-  first(): Node | null {
-    return this.head.next[0];
+    const li = this.findLeaf(key, seq, t0, t1, t2);
+    const leaf = this.leaves[li];
+    const at = this.lowerBound(leaf, key, seq, t0, t1, t2);
+    if (at < leaf.count) return [li, at];
+    return li + 1 < this.leaves.length ? [li + 1, 0] : [this.leaves.length, 0];
   }
 
   /**
@@ -297,19 +322,14 @@ export class Memtable {
    * `hash` is bloomHash(key), computed once per read for every memtable and table.
    */
   get(key: Uint8Array, seq: number, hash = bloomHash(key)): MemGetResult | undefined {
-    let n = this.index.get(key, hash);
-    if (n === undefined) return undefined;
-    for (let walked = 0; n.seq > seq; walked++) {
-      if (walked === MAX_VERSION_WALK) {
-        // Many versions newer than the snapshot: search instead of walking them.
-        const found = this.findGreaterOrEqual(key, seq);
-        return found !== null && bytesEqual(found.key, key) ? found : undefined;
-      }
-      const older: Node | null = n.next[0];
-      if (older === null || !bytesEqual(older.key, key)) return undefined;
-      n = older;
-    }
-    return n;
+    const newest = this.index.get(key, hash);
+    if (newest === undefined) return undefined;
+    if (newest.seq <= seq) return newest;
+    // Versions newer than the snapshot: search for the newest at or below seq.
+    const [li, at] = this.seekPosition(key, seq);
+    if (li === this.leaves.length) return undefined;
+    const n = this.leaves[li].nodes[at];
+    return bytesEqual(n.key, key) ? n : undefined;
   }
 
   iterator(): MemtableIterator {
@@ -319,27 +339,67 @@ export class Memtable {
 
 const EMPTY = new Uint8Array(0);
 
+/**
+ * Cursor over a memtable, which may still take inserts: inserts shift entries within and
+ * between leaves, so after one the cursor finds its entry again (entries are never removed).
+ */
 export class MemtableIterator implements InternalIterator {
   private node: Node | null = null;
+  private leafIndex = 0;
+  private entry = 0;
+  private seen = 0;
   constructor(private readonly table: Memtable) {}
+
+  private load(leafIndex: number, entry: number): void {
+    const t = this.table;
+    if (leafIndex >= t.leafCount || leafIndex < 0) {
+      this.node = null;
+      return;
+    }
+    const leaf = t.leaf(leafIndex);
+    if (entry >= leaf.count || entry < 0) {
+      this.node = null;
+      return;
+    }
+    this.leafIndex = leafIndex;
+    this.entry = entry;
+    this.node = leaf.nodes[entry];
+    this.seen = t.modifications;
+  }
+
+  /** Re-finds the current entry if the memtable changed since it was found. */
+  private settle(): void {
+    if (this.seen === this.table.modifications) return;
+    const n = this.node!;
+    const [li, at] = this.table.seekPosition(n.key, n.seq);
+    this.load(li, at);
+  }
+
   valid(): boolean {
     return this.node !== null;
   }
   seekToFirst(): void {
-    this.node = this.table.first();
+    this.load(0, 0);
   }
   seekToLast(): void {
-    this.node = this.table.findLast();
+    const last = this.table.leafCount - 1;
+    this.load(last, this.table.leaf(last).count - 1);
   }
   seek(key: Uint8Array, seq: number): void {
-    this.node = this.table.findGreaterOrEqual(key, seq);
+    const [li, at] = this.table.seekPosition(key, seq);
+    this.load(li, at);
   }
   next(): void {
-    this.node = this.node!.next[0];
+    this.settle();
+    const leaf = this.table.leaf(this.leafIndex);
+    if (this.entry + 1 < leaf.count) this.load(this.leafIndex, this.entry + 1);
+    else this.load(this.leafIndex + 1, 0);
   }
   prev(): void {
-    const n = this.node!;
-    this.node = this.table.findLessThan(n.key, n.seq);
+    this.settle();
+    if (this.entry > 0) this.load(this.leafIndex, this.entry - 1);
+    else if (this.leafIndex > 0) this.load(this.leafIndex - 1, this.table.leaf(this.leafIndex - 1).count - 1);
+    else this.node = null;
   }
   key(): Uint8Array {
     return this.node!.key;

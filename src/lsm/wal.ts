@@ -94,7 +94,8 @@ export class LogWriter {
       this.stage[h + 4] = n & 0xff;
       this.stage[h + 5] = n >>> 8;
       this.stage[h + 6] = type;
-      this.stage.set(payload.subarray(pos, pos + n), h + HEADER_SIZE);
+      // Whole payloads (the usual case) are copied without making a view first.
+      this.stage.set(n === payload.length ? payload : payload.subarray(pos, pos + n), h + HEADER_SIZE);
       this.staged += HEADER_SIZE + n;
       this.blockOffset += HEADER_SIZE + n;
       pos += n;

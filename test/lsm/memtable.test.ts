@@ -59,6 +59,39 @@ describe("memtable", () => {
     }
   });
 
+  test("an iterator keeps its place while inserts split leaves around it", () => {
+    const m = new Memtable(1);
+    const r = rng(9);
+    const all: { k: number; seq: number }[] = [];
+    let seq = 0;
+    const insert = (): void => {
+      const k = (r() * 5000) | 0;
+      m.add(key(k), ++seq, KIND_PUT, bytes(`${seq}`));
+      all.push({ k, seq });
+    };
+    // Keys are ASCII, so string order is byte order.
+    const order = (): string[] =>
+      all
+        .map((e) => ({ name: text(key(e.k))!, seq: e.seq }))
+        .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : b.seq - a.seq))
+        .map((e) => `${e.name}@${e.seq}`);
+    for (let i = 0; i < 300; i++) insert();
+    const it = m.iterator();
+    it.seek(key(2500), Number.MAX_SAFE_INTEGER);
+    let forward = true;
+    for (let step = 0; step < 300 && it.valid(); step++) {
+      const here = `${text(it.key())}@${it.seq()}`;
+      for (let i = 0; i < 4; i++) insert(); // enough inserts to split leaves near the cursor
+      if (step % 60 === 59) forward = !forward;
+      const now = order();
+      const at = now.indexOf(here);
+      if (forward) it.next();
+      else it.prev();
+      const expected = forward ? now[at + 1] : now[at - 1];
+      expect(it.valid() ? `${text(it.key())}@${it.seq()}` : undefined).toBe(expected);
+    }
+  });
+
   test("point reads through the hash index agree with a search at every snapshot", () => {
     const m = new Memtable(1);
     const r = rng(11);
