@@ -53,6 +53,8 @@ export interface RecoveryReport {
 
 export interface LogStoreStats {
   saves: number;
+  /** Saves that changed only commitIndex: written with a later batch, never synced on their own. */
+  lazyHardStates: number;
   /** write(2) calls carrying log records. */
   writes: number;
   /** fdatasync/fsync calls on segment files (directory fsyncs counted apart). */
@@ -107,9 +109,15 @@ export class FileLogStore implements LogStore {
   private queueTail: Promise<void> = Promise.resolve();
   /** The queued flush that has not started yet: saves made now join it (group commit). */
   private openBatch: Batch | null = null;
+  /**
+   * A hard state whose only change is commitIndex, not yet handed to a batch: it costs no fsync of
+   * its own and rides with the next save that must sync (or close). commitIndex is recoverable —
+   * the leader re-sends it, and the state machine's applied index bounds it from below at restart.
+   */
+  private lazyHard: HardState | null = null;
   private failure: LogStoreError | null = null;
   private closed = false;
-  private counters = { saves: 0, writes: 0, fsyncs: 0, dirFsyncs: 0, bytesWritten: 0 };
+  private counters = { saves: 0, lazyHardStates: 0, writes: 0, fsyncs: 0, dirFsyncs: 0, bytesWritten: 0 };
   private recovery: RecoveryReport | null = null;
 
   private constructor(
@@ -188,7 +196,24 @@ export class FileLogStore implements LogStore {
     } catch (err) {
       return Promise.reject(err);
     }
-    const records = this.encode(hardState, entries);
+    // etcd's MustSync: only new entries or a changed term/vote need an fsync before the caller
+    // may act; a commitIndex-only change is written with the next batch that syncs anyway.
+    const mustSync =
+      entries.length > 0 ||
+      (hardState !== null && (hardState.term !== this.hard.term || hardState.votedFor !== this.hard.votedFor));
+    if (!mustSync) {
+      if (hardState !== null) {
+        this.hard = { ...hardState };
+        this.counters.saves++;
+        this.counters.lazyHardStates++;
+        if (this.openBatch) this.openBatch.records.push(...this.encode(hardState, []));
+        else this.lazyHard = this.hard;
+      }
+      return Promise.resolve();
+    }
+    // A pending commit-only hard state goes after these entries, unless a newer hard state does.
+    const records = this.encode(hardState ?? this.lazyHard, entries);
+    this.lazyHard = null;
     // Memory first: the next save's conflict check must see this one even before it is durable.
     if (entries.length > 0) {
       this.log.length = entries[0].index - this.snapshot.index - 1;
@@ -256,6 +281,10 @@ export class FileLogStore implements LogStore {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    const lazy = this.lazyHard;
+    this.lazyHard = null;
+    // A clean shutdown leaves the newest commitIndex on disk: a restart replays less.
+    if (lazy !== null && this.failure === null) await this.enqueue(() => this.flush(this.encode(lazy, []))).catch(() => {});
     this.closed = true;
     this.openBatch = null;
     await this.queueTail;

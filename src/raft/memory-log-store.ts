@@ -96,6 +96,10 @@ export class MemoryLogStore implements LogStore {
     }
     const saved = entries.slice();
     const hs = hardState ? { ...hardState } : null;
+    // As FileLogStore (MustSync): a commitIndex-only change is written but not synced on its own,
+    // so a crash may lose it — which is what recovery must cope with.
+    const mustSync =
+      saved.length > 0 || (hs !== null && (hs.term !== this.current.hard.term || hs.votedFor !== this.current.hard.votedFor));
     const apply = (target: DurableImage) => {
       if (saved.length > 0) {
         target.log.length = saved[0].index - target.snapshot.index - 1;
@@ -105,6 +109,10 @@ export class MemoryLogStore implements LogStore {
     };
     apply(this.current);
     this.counters.saves++;
+    if (!mustSync) {
+      this.unsynced.push(apply);
+      return Promise.resolve();
+    }
     return this.write(apply);
   }
 

@@ -231,7 +231,10 @@ export interface LogStore {
   /**
    * Makes `hardState` (if given) and `entries` durable. When entries[0].index <= lastIndex(), the
    * conflicting suffix from entries[0].index on is truncated first. Resolves after fsync; calls
-   * that arrive while a sync is in flight share the next one (group commit).
+   * that arrive while a sync is in flight share the next one (group commit). Exception (etcd's
+   * MustSync): a save with no entries whose hard state differs from the last one only in
+   * commitIndex may resolve at once and become durable with a later save — commitIndex is
+   * recoverable, term and votedFor are not.
    */
   save(hardState: HardState | null, entries: Entry[]): Promise<void>;
   /** Drops entries up to and including `meta.index` (which must be held or equal the snapshot). */

@@ -158,6 +158,23 @@ describe("MemoryLogStore", () => {
     expect([again.firstIndex(), again.lastIndex(), again.term(20)]).toEqual([21, 20, 3]);
   });
 
+  test("a commitIndex-only hard state is not synced on its own and is lost by a crash (MustSync)", async () => {
+    const store = new MemoryLogStore();
+    await store.save({ term: 1, votedFor: 0, commitIndex: 0 }, [entry(1), entry(2)]);
+    await store.save({ term: 1, votedFor: 0, commitIndex: 2 }, []);
+    expect(store.stats()).toEqual({ saves: 2, fsyncs: 1 });
+    expect(store.hardState().commitIndex).toBe(2);
+    store.crash();
+    const next = store.reopen();
+    expect(next.hardState()).toEqual({ term: 1, votedFor: 0, commitIndex: 0 });
+    // It rides with the next synced save; a vote change is never lazy.
+    await next.save({ term: 1, votedFor: 0, commitIndex: 2 }, []);
+    await next.save({ term: 2, votedFor: 1, commitIndex: 2 }, []);
+    expect(next.stats().fsyncs).toBe(1);
+    next.crash();
+    expect(next.reopen().hardState()).toEqual({ term: 2, votedFor: 1, commitIndex: 2 });
+  });
+
   test("an injected sync failure rejects the write and kills the store", async () => {
     const store = new MemoryLogStore();
     store.failSyncs(new Error("EIO"));

@@ -142,6 +142,35 @@ describe("FileLogStore", () => {
     await reopened.close();
   });
 
+  test("a commitIndex-only hard state costs no fsync; it rides with the next synced save", async () => {
+    const store = await FileLogStore.open(dir);
+    await store.save({ term: 1, votedFor: 0, commitIndex: 0 }, range(1, 5, 1));
+    const synced = store.stats().fsyncs;
+    await store.save({ term: 1, votedFor: 0, commitIndex: 3 }, []);
+    expect(store.stats().fsyncs).toBe(synced);
+    expect(store.stats().lazyHardStates).toBe(1);
+    expect(store.hardState().commitIndex).toBe(3);
+    // Not on disk yet: a process dying now would restart from commitIndex 0 (recoverable).
+    const crashed = await FileLogStore.open(dir);
+    expect(crashed.hardState()).toEqual({ term: 1, votedFor: 0, commitIndex: 0 });
+    await crashed.close();
+    // The next save that must sync carries it, after its own entries.
+    await store.save(null, [entry(6, 1)]);
+    expect(store.stats().fsyncs).toBe(synced + 1);
+    const afterSync = await FileLogStore.open(dir);
+    expect(afterSync.hardState()).toEqual({ term: 1, votedFor: 0, commitIndex: 3 });
+    expect(afterSync.lastIndex()).toBe(6);
+    await afterSync.close();
+    // A term or vote change always syncs; close writes a pending commitIndex.
+    await store.save({ term: 2, votedFor: 1, commitIndex: 3 }, []);
+    expect(store.stats().fsyncs).toBe(synced + 2);
+    await store.save({ term: 2, votedFor: 1, commitIndex: 6 }, []);
+    await store.close();
+    const reopened = await FileLogStore.open(dir);
+    expect(reopened.hardState()).toEqual({ term: 2, votedFor: 1, commitIndex: 6 });
+    await reopened.close();
+  });
+
   test("an entry larger than a segment allows is refused with advice", async () => {
     const store = await FileLogStore.open(dir, { segmentBytes: 4096 });
     const big: Entry = { index: 1, term: 1, type: EntryType.Normal, data: new Uint8Array(5000) };

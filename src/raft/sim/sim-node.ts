@@ -176,7 +176,12 @@ export class SimNode {
       }
       d.entries = d.entries.slice(0, first - d.logSnapshot.index - 1).concat(entries);
     }
-    if (hardState !== null) d.hardState = { ...hardState };
+    if (hardState === null) return;
+    // MustSync (as the log stores do): a commitIndex-only change costs no fsync and may be lost in
+    // a crash. The simulated disk keeps the harshest case: it is never written on its own.
+    const commitOnly =
+      entries.length === 0 && snapshot === null && hardState.term === d.hardState.term && hardState.votedFor === d.hardState.votedFor;
+    if (!commitOnly) d.hardState = { ...hardState };
   }
 
   private sendMessage(m: Message): void {
