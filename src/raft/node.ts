@@ -359,21 +359,21 @@ export class RaftNode {
   }
 
   private async handleReady(rd: Ready): Promise<void> {
-    // 1. Durable before anything is said about it.
+    // 1. The leader's own messages go out while its log write runs (thesis §10.2.1): they claim
+    //    nothing about this node's disk, and the core counts the leader's own entries toward
+    //    commit only once advance() reports them durable. Everything else waits for the write.
+    let early: Message[] | null = null;
+    let late: Message[] | null = null;
+    for (const m of rd.messages) {
+      if (isLeaderMessage(m)) (early ??= []).push(m);
+      else (late ??= []).push(m);
+    }
+    if (early !== null) this.dispatch(early);
+    // 2. Durable before anything else is said about it.
     if (rd.snapshot) await this.log.resetToSnapshot(rd.snapshot);
     if (rd.hardState || rd.entries.length > 0) await this.log.save(rd.hardState, rd.entries);
     if (this.stopped) return;
-    // 2. Send.
-    const outgoing: Message[] = [];
-    for (const m of rd.messages) {
-      if (m.type === "InstallSnapshot") this.sendSnapshot(m);
-      else if (m.type === "InstallSnapshotResponse" && this.snapshotAnswers.has(m.to)) {
-        this.snapshotAnswers.get(m.to)!(m);
-        this.snapshotAnswers.delete(m.to);
-      }
-      else outgoing.push(m);
-    }
-    if (outgoing.length > 0) this.transport.send(outgoing);
+    if (late !== null) this.dispatch(late);
     // The core answers an installed snapshot in the first Ready after step(); none means no answer.
     this.settleSnapshotAnswers();
     // 3. Apply, then serve reads.
@@ -384,6 +384,18 @@ export class RaftNode {
     }
     this.serveReads();
     if (rd.softState && rd.softState.role !== "Leader") this.failUnconfirmedReads(rd.softState.leaderId);
+  }
+
+  private dispatch(messages: Message[]): void {
+    let outgoing: Message[] | null = null;
+    for (const m of messages) {
+      if (m.type === "InstallSnapshot") this.sendSnapshot(m);
+      else if (m.type === "InstallSnapshotResponse" && this.snapshotAnswers.has(m.to)) {
+        this.snapshotAnswers.get(m.to)!(m);
+        this.snapshotAnswers.delete(m.to);
+      } else (outgoing ??= []).push(m);
+    }
+    if (outgoing !== null) this.transport.send(outgoing);
   }
 
   private serveReads(): void {
@@ -564,6 +576,11 @@ export class RaftNode {
     this.settleSnapshotAnswers();
     if (error) this.opts.onFatal?.(error);
   }
+}
+
+/** Messages only a leader sends, which carry no claim about the sender's own disk. */
+function isLeaderMessage(m: Message): boolean {
+  return m.type === "AppendEntries" || m.type === "Heartbeat" || m.type === "InstallSnapshot";
 }
 
 /** Re-cuts a stream into chunks of at most `max` bytes, joining small ones. */

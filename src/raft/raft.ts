@@ -343,6 +343,7 @@ export class Raft {
     }
     const lastCommitted = rd.committedEntries[rd.committedEntries.length - 1];
     if (lastCommitted !== undefined && lastCommitted.index > this.log.appliedIndex) this.log.appliedTo(lastCommitted.index);
+    if (this.role === "Leader") this.leaderPersisted();
   }
 
   // ---- Inspection ------------------------------------------------------------------------------
@@ -429,7 +430,8 @@ export class Raft {
       // Everyone counts as recently active for the first CheckQuorum round.
       pr.recentActive = true;
       if (id === this.id) {
-        pr.matchIndex = last;
+        // Only what is durable here counts toward commit (an outstanding Ready may still be saving).
+        pr.matchIndex = this.log.stableIndex;
         pr.becomeReplicate();
       }
       this.progress.set(id, pr);
@@ -620,10 +622,18 @@ export class Raft {
     return pr;
   }
 
+  /**
+   * The leader's own append. It does not count toward commit yet: the driver may send these
+   * entries to followers before its own write is durable (thesis §10.2.1), so the leader's
+   * matchIndex advances only when advance() reports them stable (see leaderPersisted).
+   */
   private appendEntries(entries: Entry[]): void {
     this.log.append(entries);
-    this.progressOf(this.id).maybeUpdate(this.log.lastIndex());
-    this.maybeCommit();
+  }
+
+  /** The leader's own log is durable through stableIndex: count it, as a follower's ack would. */
+  private leaderPersisted(): void {
+    if (this.progressOf(this.id).maybeUpdate(this.log.stableIndex) && this.maybeCommit()) this.broadcastAppend();
   }
 
   /** Commits the highest index a quorum holds, but only if it is of this term (§5.4.2, Figure 8). */

@@ -255,7 +255,10 @@ export interface ReadState {
 /**
  * What the core asks its driver to do next (etcd's Ready). The driver must, in order:
  * 1. persist `hardState` and `entries` (one fsync) and install `snapshot` if set,
- * 2. then send `messages` (a vote or append answer is never sent before it is durable),
+ * 2. then send `messages` (a vote or append answer is never sent before it is durable). A leader's
+ *    own AppendEntries, Heartbeat and InstallSnapshot may leave before or during step 1 (thesis
+ *    §10.2.1): the core counts the leader's entries toward commit only once advance() reports them,
+ *    durable,
  * 3. apply `committedEntries` to the state machine, serve `readStates` once applied,
  * 4. call `advance(ready)`.
  */

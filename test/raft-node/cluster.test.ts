@@ -138,21 +138,46 @@ describe("RaftNode cluster (simulated)", () => {
     expectConsistent(c);
   });
 
-  test("unsynced log writes are lost on a crash, never half-applied", async () => {
+  test("a leader's own unsynced entry does not count toward commit (leader + one follower is not enough)", async () => {
     const c = cluster(3, 4);
     await c.start();
     const leader = await c.waitForLeader();
     await proposeAll(c, commands("ok", 10));
     await c.runUntil(() => appliedEverywhere(c, 10), 10_000, "first 10 applied");
-    // The leader's disk stops syncing: its proposals are never durable, so never sent or committed.
+    const [follower, down] = [...c.nodes.keys()].filter((id) => id !== leader.id);
+    await c.crash(down!);
+    // The leader's disk stops syncing; its AppendEntries still go out in parallel (thesis §10.2.1).
     (c.logs.get(leader.id) as MemoryLogStore).holdSyncs(true);
-    await leader.propose(enc.encode("lost"));
-    await c.runFor(5);
+    const { index } = await leader.propose(enc.encode("pending"));
+    await c.runUntil(() => c.node(follower!).status().lastIndex >= index, 1_000, "the follower holding the entry");
+    await c.runFor(200);
+    // Durable on one of three disks only: not committed, not applied, not acknowledged.
+    expect(leader.status().commitIndex).toBeLessThan(index);
+    for (const m of c.machines.values()) expect(m.commands).not.toContain("pending");
     await c.crash(leader.id);
     await c.restart(leader.id);
+    await c.restart(down!);
     await proposeAll(c, commands("more", 5));
     await c.runUntil(() => appliedEverywhere(c, 15), 10_000, "all 15 applied");
-    for (const m of c.machines.values()) expect(m.commands).not.toContain("lost");
+    expectConsistent(c);
+  });
+
+  test("followers persist in parallel with the leader: a majority of others commits while the leader's disk lags", async () => {
+    const c = cluster(3, 4);
+    await c.start();
+    const leader = await c.waitForLeader();
+    await proposeAll(c, commands("ok", 10));
+    await c.runUntil(() => appliedEverywhere(c, 10), 10_000, "first 10 applied");
+    (c.logs.get(leader.id) as MemoryLogStore).holdSyncs(true);
+    const { index } = await leader.propose(enc.encode("parallel"));
+    await c.runUntil(() => leader.status().commitIndex >= index, 1_000, "commit by the two followers' disks");
+    // The leader never applies before its own write completes (apply follows the cycle's save).
+    expect(c.machines.get(leader.id)!.commands).not.toContain("parallel");
+    // It was on a majority of disks, so it survives losing the leader's unsynced write.
+    await c.crash(leader.id);
+    await c.restart(leader.id);
+    await c.runUntil(() => appliedEverywhere(c, 11), 10_000, "the committed entry applied everywhere");
+    for (const m of c.machines.values()) expect(m.commands[10]).toBe("parallel");
     expectConsistent(c);
   });
 

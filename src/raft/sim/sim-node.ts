@@ -143,14 +143,16 @@ export class SimNode {
       if (rounds > 10_000) this.host.fail("simulator", `node ${this.id}'s Ready loop did not settle`);
       const raft = this.raft;
       const rd = raft.ready();
-      if (this.armedCrash === "before-persist") return this.host.crash(this.id, "before persisting a Ready");
-      this.persist(rd.hardState, rd.entries, rd.snapshot);
-      if (this.armedCrash === "after-persist") return this.host.crash(this.id, "after persisting, before sending");
       if (rd.softState !== null) {
         this.host.note(`n${this.id} is ${rd.softState.role} in term ${rd.softState.term} (leader ${rd.softState.leaderId})`);
         if (rd.softState.role === "Leader") this.onBecameLeader(rd.softState.term);
       }
-      for (const m of rd.messages) this.sendMessage(m);
+      // As node.ts: a leader's own messages leave before its write (thesis §10.2.1), the rest after.
+      for (const m of rd.messages) if (isLeaderMessage(m)) this.sendMessage(m);
+      if (this.armedCrash === "before-persist") return this.host.crash(this.id, "before persisting a Ready");
+      this.persist(rd.hardState, rd.entries, rd.snapshot);
+      if (this.armedCrash === "after-persist") return this.host.crash(this.id, "after persisting, before sending");
+      for (const m of rd.messages) if (!isLeaderMessage(m)) this.sendMessage(m);
       if (this.armedCrash === "after-send") return this.host.crash(this.id, "after sending, before applying");
       for (const e of rd.committedEntries) this.apply(e);
       for (const rs of rd.readStates) this.host.onReadState(this.id, rs);
@@ -227,4 +229,8 @@ export class SimNode {
       }
     }
   }
+}
+
+function isLeaderMessage(m: Message): boolean {
+  return m.type === "AppendEntries" || m.type === "Heartbeat" || m.type === "InstallSnapshot";
 }
