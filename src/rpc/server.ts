@@ -8,6 +8,8 @@ import * as http2 from "node:http2";
 import * as net from "node:net";
 import { cors, type ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { Http1Lane, type LaneHost } from "./http1-lane.ts";
+import { UnaryRoutes } from "./unary-routes.ts";
 
 /** The bytes every HTTP/2 client sends first (RFC 9113 §3.4). */
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -36,6 +38,13 @@ export interface RpcServerOptions {
   maxConnections?: number;
   /** Concurrent calls per HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS). */
   maxStreamsPerConnection?: number;
+  /**
+   * Answer plain Connect unary calls over HTTP/1.1 in the server's own lane instead of node:http
+   * and the universal handler (default true; false sends every HTTP/1.1 connection to node:http).
+   */
+  fastLane?: boolean;
+  /** An HTTP/1.1 connection of the fast lane with no call running is closed after this long quiet. */
+  keepAliveTimeoutMs?: number;
 }
 
 /** The port could not be bound; `code` says why ("port_in_use", "permission_denied", "listen_failed"). */
@@ -59,6 +68,9 @@ type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
 export class RpcServer {
   private readonly sockets = new Set<net.Socket>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly lanes = new Set<Http1Lane>();
+  private readonly laneHost: LaneHost;
+  private sweeper: ReturnType<typeof setInterval> | null = null;
   private closing: Promise<void> | null = null;
 
   private constructor(
@@ -69,19 +81,26 @@ export class RpcServer {
     readonly port: number,
     private readonly options: RpcServerOptions,
     private readonly shutdown: AbortController,
-  ) {}
+    unary: UnaryRoutes,
+  ) {
+    this.laneHost = { routes: unary, fallback: h1, shutdownSignal: shutdown.signal, closing: () => this.closing !== null };
+  }
 
   /** Binds the port and starts serving. Rejects with ListenError when the port cannot be bound. */
   static async start(options: RpcServerOptions): Promise<RpcServer> {
     const host = options.host ?? "127.0.0.1";
     const shutdown = new AbortController();
+    const readMaxBytes = options.readMaxBytes ?? DEFAULT_READ_MAX_BYTES;
+    // A misspelled field or enum name must fail loudly: ignoring it would turn {"op":"TRUNCATE"}
+    // into the default op, PUT.
+    const jsonOptions = { ignoreUnknownFields: false };
+    const unary = new UnaryRoutes({ readMaxBytes, jsonOptions });
     const adapter = connectNodeAdapter({
-      routes: options.routes,
-      readMaxBytes: options.readMaxBytes ?? DEFAULT_READ_MAX_BYTES,
+      // The fast lane answers the unary methods registered here; everything else runs through the adapter.
+      routes: (router) => options.routes(unary.recording(router)),
+      readMaxBytes,
       shutdownSignal: shutdown.signal,
-      // A misspelled field or enum name must fail loudly: ignoring it would turn {"op":"TRUNCATE"}
-      // into the default op, PUT.
-      jsonOptions: { ignoreUnknownFields: false },
+      jsonOptions,
     });
     const allowed = new Set(options.corsOrigins ?? []);
     const maxAge = String(options.corsMaxAgeSeconds ?? 7200);
@@ -141,7 +160,7 @@ export class RpcServer {
 
     const address = tcp.address();
     const port = typeof address === "object" && address !== null ? address.port : options.port;
-    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown);
+    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary);
     server.wire();
     return server;
   }
@@ -154,6 +173,15 @@ export class RpcServer {
       session.once("close", () => this.sessions.delete(session));
       if (this.closing) session.close();
     });
+    if (this.options.fastLane !== false) {
+      const keepAlive = this.options.keepAliveTimeoutMs ?? 5_000;
+      // One coarse sweep instead of a timer per connection.
+      this.sweeper = setInterval(() => {
+        const now = Date.now();
+        for (const lane of this.lanes) if (now - lane.lastActive > keepAlive) lane.closeIfIdle();
+      }, Math.min(1_000, keepAlive));
+      this.sweeper.unref?.();
+    }
   }
 
   /** Reads just enough of a new connection to tell HTTP/2 from HTTP/1.1, then hands it over. */
@@ -175,6 +203,12 @@ export class RpcServer {
       clearTimeout(timer);
       socket.off("data", onData);
       socket.off("close", onClose);
+      if (!isHttp2 && this.sweeper !== null) {
+        const lane = new Http1Lane(socket, this.laneHost, (done) => this.lanes.delete(done));
+        this.lanes.add(lane);
+        lane.start(seen);
+        return;
+      }
       socket.pause();
       socket.unshift(seen);
       (isHttp2 ? this.h2 : this.h1).emit("connection", socket);
@@ -203,7 +237,9 @@ export class RpcServer {
 
   private async doClose(): Promise<void> {
     const listenerClosed = new Promise<void>((resolve) => this.tcp.close(() => resolve()));
+    if (this.sweeper !== null) clearInterval(this.sweeper);
     for (const session of this.sessions) session.close();
+    for (const lane of this.lanes) lane.closeIfIdle();
     this.h1.closeIdleConnections();
     const drained = this.waitForSockets();
     const grace = this.options.shutdownGraceMs ?? 5_000;
@@ -225,6 +261,7 @@ export class RpcServer {
     // Bounded: close() races this against the grace timer.
     while (this.sockets.size > 0) {
       this.h1.closeIdleConnections();
+      for (const lane of this.lanes) lane.closeIfIdle();
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
