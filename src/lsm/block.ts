@@ -25,15 +25,30 @@ export class BlockBuilder {
 
   /** Adds internal key (userKey, seq, kind); keys must arrive in internal order. */
   add(userKey: Uint8Array, seq: number, kind: number, value: Uint8Array): void {
-    const klen = userKey.length + 8;
+    this.addFrom(userKey, 0, userKey.length, seq, kind, value, 0, value.length);
+  }
+
+  /** add() for a user key at keySrc[kStart, kEnd) and a value at valSrc[vStart, vEnd). */
+  addFrom(
+    keySrc: Uint8Array, kStart: number, kEnd: number, seq: number, kind: number,
+    valSrc: Uint8Array, vStart: number, vEnd: number,
+  ): void {
+    const ulen = kEnd - kStart;
+    const klen = ulen + 8;
     if (this.scratch.length < klen) this.scratch = new Uint8Array(klen * 2);
-    this.scratch.set(userKey, 0);
-    writeTrailer(this.scratch, userKey.length, seq, kind);
-    this.addEncoded(this.scratch, klen, value);
+    const sc = this.scratch;
+    if (ulen <= 32) for (let i = 0; i < ulen; i++) sc[i] = keySrc[kStart + i];
+    else sc.set(keySrc.subarray(kStart, kEnd), 0);
+    writeTrailer(sc, ulen, seq, kind);
+    this.addEncodedFrom(sc, klen, valSrc, vStart, vEnd);
   }
 
   /** Adds an already encoded internal key key[0, klen). */
   addEncoded(key: Uint8Array, klen: number, value: Uint8Array): void {
+    this.addEncodedFrom(key, klen, value, 0, value.length);
+  }
+
+  private addEncodedFrom(key: Uint8Array, klen: number, valSrc: Uint8Array, vStart: number, vEnd: number): void {
     let shared = 0;
     if (this.counter < this.restartInterval) {
       const n = Math.min(this.lastLen, klen);
@@ -45,15 +60,17 @@ export class BlockBuilder {
     const w = this.out;
     w.varint(shared);
     w.varint(klen - shared);
-    w.varint(value.length);
+    w.varint(vEnd - vStart);
     w.bytes(key, shared, klen);
-    w.bytes(value);
+    w.bytes(valSrc, vStart, vEnd);
     if (this.last.length < klen) {
       const next = new Uint8Array(klen * 2);
       next.set(this.last.subarray(0, this.lastLen));
       this.last = next;
     }
-    this.last.set(key.subarray(shared, klen), shared);
+    const last = this.last;
+    if (klen - shared <= 32) for (let i = shared; i < klen; i++) last[i] = key[i];
+    else last.set(key.subarray(shared, klen), shared);
     this.lastLen = klen;
     this.counter++;
     this.entries++;

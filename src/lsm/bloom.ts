@@ -1,19 +1,19 @@
 // Bloom filter over the user keys of one table: ~1% false positives at 10 bits per key, no false
 // negatives. Double hashing (one 32-bit hash, rotated delta) as in LevelDB's filter policy.
 
-/** 32-bit hash of key bytes (Murmur-style mixing, 4 bytes at a time). */
-export function bloomHash(key: Uint8Array): number {
+/** 32-bit hash of key[start, end) (Murmur-style mixing, 4 bytes at a time). */
+export function bloomHash(key: Uint8Array, start = 0, end = key.length): number {
   const m = 0xc6a4a793;
-  let h = (0xbc9f1d34 ^ Math.imul(key.length, m)) >>> 0;
-  let i = 0;
-  const n = key.length;
-  for (; i + 4 <= n; i += 4) {
+  const n = end - start;
+  let h = (0xbc9f1d34 ^ Math.imul(n, m)) >>> 0;
+  let i = start;
+  for (; i + 4 <= end; i += 4) {
     const w = key[i] | (key[i + 1] << 8) | (key[i + 2] << 16) | (key[i + 3] << 24);
     h = (h + w) >>> 0;
     h = Math.imul(h, m) >>> 0;
     h ^= h >>> 16;
   }
-  const rest = n - i;
+  const rest = end - i;
   if (rest === 3) h = (h + (key[i + 2] << 16)) >>> 0;
   if (rest >= 2) h = (h + (key[i + 1] << 8)) >>> 0;
   if (rest >= 1) {

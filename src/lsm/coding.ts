@@ -60,11 +60,15 @@ export function encodeInternalKey(userKey: Uint8Array, seq: number, kind: number
 
 export function writeTrailer(buf: Uint8Array, pos: number, seq: number, kind: number): void {
   buf[pos] = kind;
-  let s = seq;
-  for (let i = 1; i < 8; i++) {
-    buf[pos + i] = s % 256;
-    s = Math.floor(s / 256);
-  }
+  const lo = seq >>> 0; // low 32 bits (seq is a non-negative integer below 2^53)
+  const hi = (seq - lo) / 0x100000000;
+  buf[pos + 1] = lo & 0xff;
+  buf[pos + 2] = (lo >>> 8) & 0xff;
+  buf[pos + 3] = (lo >>> 16) & 0xff;
+  buf[pos + 4] = lo >>> 24;
+  buf[pos + 5] = hi & 0xff;
+  buf[pos + 6] = (hi >>> 8) & 0xff;
+  buf[pos + 7] = (hi >>> 16) & 0xff;
 }
 
 export function trailerSeq(buf: Uint8Array, pos: number): number {

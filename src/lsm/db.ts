@@ -98,8 +98,12 @@ export class DB {
   private openIterators = 0;
   private readonly unlinking = new Set<Promise<void>>();
   private readonly ctx: CompactionContext;
-  /** Builds tables off the event loop; null when options.backgroundThread is false. */
+  /**
+   * Build tables off the event loop (null when options.backgroundThread is false). Flushes get a
+   * thread of their own so they never queue behind a long merge: writers wait on flushes.
+   */
   private readonly worker: TableWorker | null;
+  private readonly compactionWorker: TableWorker | null;
   private stats_ = { userBytes: 0, walBytesBase: 0, tableBytes: 0, compactions: 0, flushes: 0 };
 
   private constructor(readonly dir: string, private readonly opts: ResolvedOptions, private readonly lock: DirLock) {
@@ -107,6 +111,7 @@ export class DB {
     this.blockCache = new BlockCache(opts.blockCacheBytes);
     this.tableCache = new TableCache(opts.maxOpenFiles);
     this.worker = opts.backgroundThread ? new TableWorker() : null;
+    this.compactionWorker = opts.backgroundThread ? new TableWorker() : null;
     this.ctx = {
       dir,
       table: { blockSize: opts.blockSize, restartInterval: opts.blockRestartInterval, bloomBitsPerKey: opts.bloomBitsPerKey },
@@ -603,10 +608,10 @@ export class DB {
   /** Runs a compaction's merge, in the table worker when there is one. */
   private async merge(version: Version, c: Compaction): Promise<VersionEdit> {
     const smallestSnapshot = this.smallestSnapshot();
-    if (this.worker === null) return runCompaction(this.ctx, version, c, smallestSnapshot);
+    if (this.compactionWorker === null) return runCompaction(this.ctx, version, c, smallestSnapshot);
     const numbers: number[] = [];
     try {
-      const r = await this.worker.compact(
+      const r = await this.compactionWorker.compact(
         {
           type: "compact",
           dir: this.dir,
@@ -769,10 +774,12 @@ export class DB {
     this.closed = true;
     this.closing = true;
     this.worker?.abort();
+    this.compactionWorker?.abort();
     this.notifyProgress();
     await this.writeTail;
     await Promise.allSettled([this.flushing, this.compacting, this.compactionLock]);
     this.worker?.terminate();
+    this.compactionWorker?.terminate();
     let failure: unknown = null;
     try {
       await this.wal.close(true);

@@ -32,7 +32,9 @@ export class TableBuilder {
   private readonly index = new BlockBuilder(1);
   private hashes = new Uint32Array(1024);
   private hashCount = 0;
-  private lastUserKey: Uint8Array | null = null;
+  /** The user key of the last entry (the bloom filter hashes each distinct user key once). */
+  private lastUserKey = new Uint8Array(64);
+  private lastUserKeyLen = 0;
   private pendingIndex = false;
   private pendingKey = new Uint8Array(64);
   private pendingKeyLen = 0;
@@ -57,20 +59,40 @@ export class TableBuilder {
 
   /** Adds an entry; entries must arrive in internal key order. */
   add(userKey: Uint8Array, seq: number, kind: number, value: Uint8Array): void {
+    this.addFrom(userKey, 0, userKey.length, seq, kind, value, 0, value.length);
+  }
+
+  /** add() for a user key at keySrc[kStart, kEnd) and a value at valSrc[vStart, vEnd): no views. */
+  addFrom(
+    keySrc: Uint8Array, kStart: number, kEnd: number, seq: number, kind: number,
+    valSrc: Uint8Array, vStart: number, vEnd: number,
+  ): void {
     if (this.pendingIndex) this.emitIndexEntry();
-    this.data.add(userKey, seq, kind, value);
+    this.data.addFrom(keySrc, kStart, kEnd, seq, kind, valSrc, vStart, vEnd);
     if (this.smallest === null) this.smallest = this.data.lastKey().slice();
-    if (this.lastUserKey === null || compareBytes(this.lastUserKey, userKey) !== 0) {
+    if (!this.sameAsLastUserKey(keySrc, kStart, kEnd)) {
       if (this.hashCount === this.hashes.length) {
         const next = new Uint32Array(this.hashes.length * 2);
         next.set(this.hashes);
         this.hashes = next;
       }
-      this.hashes[this.hashCount++] = bloomHash(userKey);
-      this.lastUserKey = userKey.slice();
+      this.hashes[this.hashCount++] = bloomHash(keySrc, kStart, kEnd);
+      const n = kEnd - kStart;
+      if (this.lastUserKey.length < n) this.lastUserKey = new Uint8Array(n * 2);
+      const last = this.lastUserKey;
+      for (let i = 0; i < n; i++) last[i] = keySrc[kStart + i];
+      this.lastUserKeyLen = n;
     }
     this.entries++;
     if (this.data.estimatedSize >= this.opts.blockSize) this.finishDataBlock();
+  }
+
+  private sameAsLastUserKey(src: Uint8Array, start: number, end: number): boolean {
+    const n = end - start;
+    if (this.entries === 0 || n !== this.lastUserKeyLen) return false;
+    const last = this.lastUserKey;
+    for (let i = 0; i < n; i++) if (last[i] !== src[start + i]) return false;
+    return true;
   }
 
   private finishDataBlock(): void {

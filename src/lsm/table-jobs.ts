@@ -2,9 +2,9 @@
 // carry them between threads. The worker writes table files only; the manifest stays with the
 // main thread, which turns each result into a version edit.
 import * as path from "node:path";
-import { forEachBatchOp } from "./batch.ts";
+import { BATCH_HEADER, forEachBatchOp } from "./batch.ts";
 import { BlockCache, TableCache } from "./cache.ts";
-import { compareBytes } from "./coding.ts";
+import { KIND_PUT, readU32, readU64 } from "./coding.ts";
 import { runCompaction, type Compaction, type CompactionContext } from "./compaction.ts";
 import { tableFileName } from "./manifest.ts";
 import { TableBuilder, type TableOptions } from "./table-builder.ts";
@@ -88,36 +88,94 @@ export function fromWire(f: WireFile): FileMeta {
   return fileMeta(f.number, f.size, f.smallest, f.largest);
 }
 
+/** Key bytes [start, start + 6) of buf (up to end) as a big-endian integer, zero-padded. */
+function word(buf: Uint8Array, start: number, end: number): number {
+  let v = 0;
+  for (let i = start; i < start + 6; i++) v = v * 256 + (i < end ? buf[i] : 0);
+  return v;
+}
+
 /**
- * Writes one table from a memtable's batches: decodes every op, sorts them in internal key order
- * (user key ascending, newest first) and builds the table. Returns null for an empty memtable.
+ * Writes one table from a memtable's batches: decodes every op (as offsets into the batch
+ * buffer, after checking each batch parses: see forEachBatchOp), sorts them in internal key
+ * order (user key ascending, newest first) and builds the table. Returns null for an empty
+ * memtable.
  */
 export async function flushBatches(job: FlushJob): Promise<FlushResult> {
-  const keys: Uint8Array[] = [];
-  const values: Uint8Array[] = [];
-  const seqs: number[] = [];
-  const kinds: number[] = [];
+  const buf = job.batches;
+  let total = 0;
   let start = 0;
   for (const end of job.batchEnds) {
-    const b = job.batches.subarray(start, end);
+    const b = buf.subarray(start, end);
+    forEachBatchOp(b, () => total++, "memtable batch", start); // validates; the decode below trusts it
     start = end;
-    forEachBatchOp(b, (kind, key, value, seq) => {
-      keys.push(key);
-      values.push(value);
-      seqs.push(seq);
-      kinds.push(kind);
-    });
   }
-  if (keys.length === 0) return { file: null, tableBytes: 0 };
-  const order = new Uint32Array(keys.length);
-  for (let i = 0; i < order.length; i++) order[i] = i;
-  order.sort((a, b) => compareBytes(keys[a], keys[b]) || seqs[b] - seqs[a]);
+  if (total === 0) return { file: null, tableBytes: 0 };
+  const keyStart = new Int32Array(total);
+  const keyEnd = new Int32Array(total);
+  const valStart = new Int32Array(total);
+  const valEnd = new Int32Array(total);
+  const seqs = new Float64Array(total);
+  const kinds = new Uint8Array(total);
+  const w0 = new Float64Array(total);
+  const w1 = new Float64Array(total);
+  const w2 = new Float64Array(total);
+  let n = 0;
+  start = 0;
+  for (const end of job.batchEnds) {
+    const seq = readU64(buf, start);
+    const count = readU32(buf, start + 8);
+    let p = start + BATCH_HEADER;
+    for (let i = 0; i < count; i++, n++) {
+      const kind = buf[p++];
+      let len = 0;
+      for (let mul = 1; ; mul *= 128) {
+        const x = buf[p++];
+        len += (x & 0x7f) * mul;
+        if (x < 0x80) break;
+      }
+      keyStart[n] = p;
+      keyEnd[n] = p + len;
+      w0[n] = word(buf, p, p + len);
+      w1[n] = word(buf, p + 6, p + len);
+      w2[n] = word(buf, p + 12, p + len);
+      p += len;
+      len = 0;
+      if (kind === KIND_PUT) {
+        for (let mul = 1; ; mul *= 128) {
+          const x = buf[p++];
+          len += (x & 0x7f) * mul;
+          if (x < 0x80) break;
+        }
+      }
+      valStart[n] = p;
+      valEnd[n] = p + len;
+      p += len;
+      seqs[n] = seq + i;
+      kinds[n] = kind;
+    }
+    start = end;
+  }
+  // Most comparisons end on the first 18 key bytes held as numbers.
+  const order: number[] = new Array<number>(total);
+  for (let i = 0; i < total; i++) order[i] = i;
+  order.sort((a, b) => {
+    if (w0[a] !== w0[b]) return w0[a] - w0[b];
+    if (w1[a] !== w1[b]) return w1[a] - w1[b];
+    if (w2[a] !== w2[b]) return w2[a] - w2[b];
+    // Equal words: equal zero-padded first 18 bytes. The bytes after them decide, then length
+    // (a key ending early is a prefix of the other, whose extra bytes were zeros).
+    const c = compareRangeBytes(buf, keyStart[a] + 18, keyEnd[a], keyStart[b] + 18, keyEnd[b]);
+    if (c !== 0) return c;
+    const lengths = keyEnd[a] - keyStart[a] - (keyEnd[b] - keyStart[b]);
+    return lengths !== 0 ? lengths : seqs[b] - seqs[a];
+  });
   const name = tableFileName(job.number);
   const builder = new TableBuilder(path.join(job.dir, name), name, job.table);
   try {
-    for (let i = 0; i < order.length; i++) {
+    for (let i = 0; i < total; i++) {
       const j = order[i];
-      builder.add(keys[j], seqs[j], kinds[j], values[j]);
+      builder.addFrom(buf, keyStart[j], keyEnd[j], seqs[j], kinds[j], buf, valStart[j], valEnd[j]);
     }
     const built = await builder.finish();
     return {
@@ -128,6 +186,16 @@ export async function flushBatches(job: FlushJob): Promise<FlushResult> {
     builder.abandon();
     throw e;
   }
+}
+
+/** Order of the first differing byte of buf[a, aEnd) and buf[b, bEnd), 0 if none differs. */
+function compareRangeBytes(buf: Uint8Array, a: number, aEnd: number, b: number, bEnd: number): number {
+  const n = Math.min(aEnd - a, bEnd - b);
+  for (let i = 0; i < n; i++) {
+    const d = buf[a + i] - buf[b + i];
+    if (d !== 0) return d;
+  }
+  return 0;
 }
 
 /**
