@@ -1,10 +1,12 @@
-// The production Raft Transport: binary Connect over one persistent HTTP/2 connection per peer.
-// Sends are pipelined and bounded per peer; a message that cannot go out now is dropped (Raft
-// retransmits), never queued without limit. Also serves the receiving side (raftpb.RaftService).
+// The production Raft Transport: one long-lived client-streaming call per peer (RaftService/Stream,
+// see peer-link.ts) carries every batch of messages as one frame; InstallSnapshot streams on its
+// own call; unary Send is the fallback for peers without Stream. Everything is bounded per peer: a
+// message that cannot go out now is dropped (Raft retransmits), never queued without limit. Also
+// serves the receiving side (raftpb.RaftService).
 
 import { Code, ConnectError, createClient, type Client, type ConnectRouter } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import {
   MessageBatchSchema,
   RaftService,
@@ -14,6 +16,7 @@ import {
 } from "../gen/raftpb/raft_pb.ts";
 import type { Message, NodeId, Transport, TransportHandler } from "../raft/types.ts";
 import { RaftCodecError, decodeMessage, encodeMessage } from "./raft-codec.ts";
+import { PeerLink, PeerLinkError, envelope } from "./peer-link.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -23,8 +26,14 @@ export interface ConnectTransportOptions {
   id: NodeId;
   /** Base URL of every peer, e.g. { 1: "http://localhost:5002" }. This node's own entry is ignored. */
   peers: ReadonlyMap<NodeId, string> | Readonly<Record<number, string>>;
-  /** Send RPCs in flight per peer before further batches to it are dropped. */
+  /** Send RPCs in flight per peer before further batches to it are dropped (unary fallback). */
   maxInflightPerPeer?: number;
+  /** Bytes waiting for a peer's stream (connecting, or behind flow control) before frames are dropped. */
+  maxQueuedBytesPerPeer?: number;
+  /** A batch to one peer is cut into frames of about this many bytes (the receiver's readMaxBytes bounds one frame). */
+  maxFrameBytes?: number;
+  /** Use the long-lived Stream call (default true); false sends every batch as a unary Send. */
+  streaming?: boolean;
   /** Deadline of one Send RPC; frees its in-flight slot when a peer hangs. */
   sendTimeoutMs?: number;
   /** Largest slice of snapshot data per streamed message (bigger chunks are split). */
@@ -40,9 +49,17 @@ interface Peer {
   url: string;
   session: Http2SessionManager;
   client: Client<typeof RaftService>;
+  /** The message stream; null when streaming is off. */
+  link: PeerLink | null;
+  /** Until this time (ms, performance.now) batches use unary Send: the peer has no Stream route. */
+  unaryUntil: number;
   inflight: number;
   lastError: string | null;
 }
+
+/** How long a peer that answered Stream with "unimplemented" is sent unary calls before trying again. */
+const UNARY_FALLBACK_MS = 60_000;
+const STREAM_PATH = `/${RaftService.typeName}/${RaftService.method.stream.name}`;
 
 /** Counters for observability and tests. */
 export interface TransportStats {
@@ -58,6 +75,7 @@ export class ConnectTransport implements Transport {
   private handler: TransportHandler | null = null;
   private closed = false;
   private readonly maxInflight: number;
+  private readonly maxFrameBytes: number;
   private readonly sendTimeoutMs: number;
   private readonly chunkBytes: number;
   private readonly readMaxBytes: number;
@@ -65,6 +83,8 @@ export class ConnectTransport implements Transport {
 
   constructor(private readonly options: ConnectTransportOptions) {
     this.maxInflight = options.maxInflightPerPeer ?? 32;
+    this.maxFrameBytes = options.maxFrameBytes ?? 4 * 1024 * 1024;
+    const maxQueuedBytes = options.maxQueuedBytesPerPeer ?? 16 * 1024 * 1024;
     this.sendTimeoutMs = options.sendTimeoutMs ?? 5_000;
     this.chunkBytes = options.snapshotChunkBytes ?? 1024 * 1024;
     this.readMaxBytes = options.readMaxBytes ?? DEFAULT_RAFT_READ_MAX_BYTES;
@@ -86,7 +106,20 @@ export class ConnectTransport implements Transport {
         writeMaxBytes: this.readMaxBytes,
         acceptCompression: [],
       });
-      this.peers.set(id, { id, url, session, client: createClient(RaftService, transport), inflight: 0, lastError: null });
+      const peer: Peer = { id, url, session, client: createClient(RaftService, transport), link: null, unaryUntil: 0, inflight: 0, lastError: null };
+      if (options.streaming !== false) {
+        peer.link = new PeerLink({
+          url,
+          path: STREAM_PATH,
+          maxQueuedBytes,
+          pingIntervalMs: 5_000,
+          pingTimeoutMs: 5_000,
+          backoffMinMs: 20,
+          backoffMaxMs: 1_000,
+          onError: (error) => this.linkFailed(peer, error),
+        });
+      }
+      this.peers.set(id, peer);
     }
   }
 
@@ -112,7 +145,42 @@ export class ConnectTransport implements Transport {
       if (batch === undefined) batches.set(peer.id, [wire]);
       else batch.push(wire);
     }
-    for (const [id, batch] of batches) this.sendBatch(this.peers.get(id)!, batch);
+    for (const [id, batch] of batches) {
+      const peer = this.peers.get(id)!;
+      if (peer.link !== null && performance.now() >= peer.unaryUntil) this.streamBatch(peer, peer.link, batch);
+      else this.sendBatch(peer, batch);
+    }
+  }
+
+  /** One frame per batch (cut at maxFrameBytes), written onto the peer's open stream. */
+  private streamBatch(peer: Peer, link: PeerLink, batch: WireMessage[]): void {
+    let start = 0;
+    while (start < batch.length) {
+      let end = start;
+      let bytes = 0;
+      while (end < batch.length && (end === start || bytes + approximateSize(batch[end]!) <= this.maxFrameBytes)) {
+        bytes += approximateSize(batch[end]!);
+        end++;
+      }
+      const messages = start === 0 && end === batch.length ? batch : batch.slice(start, end);
+      const frame = envelope(toBinary(MessageBatchSchema, create(MessageBatchSchema, { messages })));
+      if (link.write(frame)) {
+        this.stats.sentBatches++;
+        this.stats.sentMessages += messages.length;
+      } else {
+        this.stats.droppedMessages += messages.length;
+      }
+      start = end;
+    }
+  }
+
+  private linkFailed(peer: Peer, error: PeerLinkError): void {
+    this.stats.failedBatches++;
+    if (error.code === "unimplemented") {
+      if (peer.unaryUntil === 0) console.error(`kvraft transport: peer ${peer.id} at ${peer.url} has no Stream route; using unary Send`);
+      peer.unaryUntil = performance.now() + UNARY_FALLBACK_MS;
+    }
+    this.noteError(peer, new ConnectError(error.message, codeOf(error.code)));
   }
 
   private sendBatch(peer: Peer, batch: WireMessage[]): void {
@@ -190,9 +258,12 @@ export class ConnectTransport implements Transport {
       RaftService,
       {
         send: (batch) => {
-          const messages = batch.messages.map((wire) => this.decodeForMe(wire));
-          // Before listen() the node is still opening: dropping is what the network could do too.
-          if (this.handler !== null && !this.closed && messages.length > 0) this.handler.onMessages(messages);
+          this.deliver(batch.messages);
+          return {};
+        },
+        stream: async (batches) => {
+          // Lives as long as the sender's link; ends when the sender half-closes (or on a bad message).
+          for await (const batch of batches) this.deliver(batch.messages);
           return {};
         },
         installSnapshot: async (requests) => {
@@ -231,6 +302,12 @@ export class ConnectTransport implements Transport {
     );
   }
 
+  private deliver(wires: WireMessage[]): void {
+    const messages = wires.map((wire) => this.decodeForMe(wire));
+    // Before listen() the node is still opening: dropping is what the network could do too.
+    if (this.handler !== null && !this.closed && messages.length > 0) this.handler.onMessages(messages);
+  }
+
   private decodeForMe(wire: WireMessage): Message {
     let message: Message;
     try {
@@ -253,6 +330,23 @@ export class ConnectTransport implements Transport {
     if (this.closed) return;
     this.closed = true;
     this.abort.abort(new Error("transport closed"));
-    for (const peer of this.peers.values()) peer.session.abort();
+    for (const peer of this.peers.values()) {
+      peer.link?.close();
+      peer.session.abort();
+    }
   }
+}
+
+/** Payload bytes a message adds to a frame, closely enough to cut frames. */
+function approximateSize(message: WireMessage): number {
+  let bytes = 64;
+  for (const entry of message.entries) bytes += entry.data.length + 32;
+  return bytes;
+}
+
+function codeOf(name: string): Code {
+  const camel = name.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+  const key = (camel.charAt(0).toUpperCase() + camel.slice(1)) as keyof typeof Code;
+  const code = Code[key];
+  return typeof code === "number" ? code : Code.Unknown;
 }

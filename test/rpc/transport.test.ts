@@ -1,8 +1,10 @@
-// Two ConnectTransports talking over 127.0.0.1: batched sends, multi-chunk snapshot streams,
-// refusal of misaddressed messages, dropping (not queueing) towards a dead peer.
+// Two ConnectTransports talking over 127.0.0.1: batches as frames of one long-lived stream per peer
+// (and the unary fallback), multi-chunk snapshot streams, refusal of misaddressed messages,
+// dropping (not queueing) towards a dead peer, reconnecting after a peer restarts, draining on close.
 import * as net from "node:net";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { ConnectTransport } from "../../src/rpc/connect-transport.ts";
+import { RaftService } from "../../src/gen/raftpb/raft_pb.ts";
 import { RpcServer } from "../../src/rpc/server.ts";
 import type { Message, TransportHandler } from "../../src/raft/types.ts";
 
@@ -148,17 +150,21 @@ describe("ConnectTransport", () => {
     }
   });
 
-  test("towards a dead peer, sends fail quietly and in-flight stays bounded (drops, no queue)", async () => {
+  test("towards a dead peer, frames wait only up to maxQueuedBytesPerPeer and the rest are dropped", async () => {
     const dead = await RpcServer.start({ port: 0, routes: () => {} });
     const url = dead.url;
     await dead.close();
-    const lonely = new ConnectTransport({ id: 0, peers: { 2: url }, maxInflightPerPeer: 4 });
+    const lonely = new ConnectTransport({ id: 0, peers: { 2: url }, maxQueuedBytesPerPeer: 256 });
     try {
       for (let i = 0; i < 100; i++) lonely.send([{ type: "Heartbeat", from: 0, to: 2, term: 1, commitIndex: 0, readContext: 0 }]);
-      expect(lonely.stats.sentBatches).toBeLessThanOrEqual(4);
-      expect(lonely.stats.droppedMessages).toBeGreaterThanOrEqual(96);
-      await until(() => lonely.stats.failedBatches === lonely.stats.sentBatches, "failures");
+      expect(lonely.stats.sentBatches).toBeLessThan(20);
+      expect(lonely.stats.droppedMessages).toBe(100 - lonely.stats.sentBatches);
+      await until(() => lonely.stats.failedBatches > 0, "the stream failing");
       expect(lonely.lastError(2)).toMatch(/unavailable|Unavailable|ECONNREFUSED|connect/i);
+      // While the link backs off, sends are dropped at once.
+      const dropped = lonely.stats.droppedMessages;
+      lonely.send([{ type: "Heartbeat", from: 0, to: 2, term: 1, commitIndex: 0, readContext: 0 }]);
+      expect(lonely.stats.droppedMessages).toBe(dropped + 1);
       // Messages for a node with no address are dropped, never thrown.
       lonely.send([{ type: "TimeoutNow", from: 0, to: 7, term: 1 }]);
       const error = await lonely.sendSnapshot({ type: "InstallSnapshot", from: 0, to: 2, term: 1, snapshot: { index: 1, term: 1, members: [] } }, (async function* () {})()).then(() => null, (e: Error) => e);
@@ -167,6 +173,83 @@ describe("ConnectTransport", () => {
       await lonely.close();
     }
   });
+
+  test("with streaming off, unary Sends towards a dead peer stay bounded in flight", async () => {
+    const dead = await RpcServer.start({ port: 0, routes: () => {} });
+    const url = dead.url;
+    await dead.close();
+    const lonely = new ConnectTransport({ id: 0, peers: { 2: url }, maxInflightPerPeer: 4, streaming: false });
+    try {
+      for (let i = 0; i < 100; i++) lonely.send([{ type: "Heartbeat", from: 0, to: 2, term: 1, commitIndex: 0, readContext: 0 }]);
+      expect(lonely.stats.sentBatches).toBeLessThanOrEqual(4);
+      expect(lonely.stats.droppedMessages).toBeGreaterThanOrEqual(96);
+      await until(() => lonely.stats.failedBatches === lonely.stats.sentBatches, "failures");
+      expect(lonely.lastError(2)).toMatch(/unavailable|Unavailable|ECONNREFUSED|connect/i);
+    } finally {
+      await lonely.close();
+    }
+  });
+
+  test("a peer without the Stream route gets unary Sends instead", async () => {
+    const recorder = new Recorder();
+    // An older node: RaftService without Stream (the router answers it with unimplemented).
+    const old = await RpcServer.start({
+      port: 0,
+      routes: (router) =>
+        router.service(RaftService, {
+          send: (batch) => {
+            recorder.onMessages(batch.messages.map((m) => ({ type: "TimeoutNow", from: Number(m.from), to: Number(m.to), term: Number(m.term) })));
+            return {};
+          },
+        }),
+    });
+    const sender = new ConnectTransport({ id: 0, peers: { 1: old.url } });
+    try {
+      sender.send([{ type: "TimeoutNow", from: 0, to: 1, term: 1 }]); // lost with the refused stream
+      await until(() => sender.stats.failedBatches > 0, "the stream refused");
+      expect(sender.lastError(1)).toMatch(/Unimplemented/);
+      sender.send([{ type: "TimeoutNow", from: 0, to: 1, term: 2 }]);
+      await until(() => recorder.messages.length === 1, "unary delivery");
+      expect(recorder.messages[0]!.term).toBe(2);
+    } finally {
+      await sender.close();
+      await old.close();
+    }
+  });
+
+  test("after the peer restarts, the link reopens and delivery resumes; the server drains at once on close", async () => {
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const start = async (recorder: Recorder) => {
+      const receiver = new ConnectTransport({ id: 1, peers: { 0: "http://127.0.0.1:1" } });
+      receiver.listen(recorder);
+      // A long grace: close() returning promptly proves the open stream was ended, not cut.
+      const server = await RpcServer.start({ port, shutdownGraceMs: 60_000, routes: (router) => receiver.registerRoutes(router) });
+      return { receiver, server };
+    };
+    const first = new Recorder();
+    let peer = await start(first);
+    const sender = new ConnectTransport({ id: 0, peers: { 1: url } });
+    try {
+      const heartbeat = (term: number): Message => ({ type: "Heartbeat", from: 0, to: 1, term, commitIndex: 0, readContext: 0 });
+      sender.send([heartbeat(1)]);
+      await until(() => first.messages.length === 1, "first delivery");
+      await peer.server.close(); // GOAWAY: the sender ends its stream so the server can drain
+      await peer.receiver.close();
+      const second = new Recorder();
+      peer = await start(second);
+      for (let term = 2; second.messages.length === 0; term++) {
+        if (term > 300) throw new Error("no delivery after the peer restarted");
+        sender.send([heartbeat(term)]);
+        await Bun.sleep(20);
+      }
+      expect(second.messages[0]!.type).toBe("Heartbeat");
+    } finally {
+      await sender.close();
+      await peer.server.close();
+      await peer.receiver.close();
+    }
+  }, 20_000);
 
   test("close() is idempotent and later sends are ignored", async () => {
     const t = new ConnectTransport({ id: 0, peers: { 1: nodes[1]!.server.url } });
