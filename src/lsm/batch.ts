@@ -42,22 +42,24 @@ export function encodeBatch(ops: readonly BatchOp[], totalSize: number): Uint8Ar
   let p = BATCH_HEADER;
   for (let i = 0; i < ops.length; i++) {
     const op = ops[i];
+    const key = op.key;
+    b[p++] = op.type === "put" ? KIND_PUT : KIND_DEL;
+    p = putVarint(b, p, key.length);
+    p = putBytes(b, p, key);
     if (op.type === "put") {
-      b[p++] = KIND_PUT;
-      p = putVarint(b, p, op.key.length);
-      b.set(op.key, p);
-      p += op.key.length;
       p = putVarint(b, p, op.value.length);
-      b.set(op.value, p);
-      p += op.value.length;
-    } else {
-      b[p++] = KIND_DEL;
-      p = putVarint(b, p, op.key.length);
-      b.set(op.key, p);
-      p += op.key.length;
+      p = putBytes(b, p, op.value);
     }
   }
   return b;
+}
+
+/** Copies src into b at p; short arrays by a loop (cheaper than a native set call). */
+function putBytes(b: Uint8Array, p: number, src: Uint8Array): number {
+  const n = src.length;
+  if (n <= 32) for (let i = 0; i < n; i++) b[p + i] = src[i];
+  else b.set(src, p);
+  return p + n;
 }
 
 export function setBatchSeq(b: Uint8Array, seq: number): void {

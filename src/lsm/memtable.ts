@@ -12,18 +12,46 @@ const LEAF_MAX = 64;
 /** Bookkeeping per entry beyond key and value bytes: node object, views, leaf and index slots. */
 const ENTRY_OVERHEAD = 128;
 
+/**
+ * One entry. Key and value live in a write batch buffer at [keyStart, keyEnd) and
+ * [valStart, valEnd); views of them are made on first use only (most entries are never read
+ * before the memtable is flushed, and a view costs an allocation).
+ */
 class Node {
+  private keyView: Uint8Array | null = null;
+  private valueView: Uint8Array | null = null;
   constructor(
-    readonly key: Uint8Array,
+    readonly buf: Uint8Array,
+    readonly keyStart: number,
+    readonly keyEnd: number,
+    readonly valBuf: Uint8Array,
+    readonly valStart: number,
+    readonly valEnd: number,
     readonly seq: number,
     readonly kind: number,
-    readonly value: Uint8Array,
   ) {}
+  get key(): Uint8Array {
+    return (this.keyView ??= this.buf.subarray(this.keyStart, this.keyEnd));
+  }
+  get value(): Uint8Array {
+    return (this.valueView ??= this.valBuf.subarray(this.valStart, this.valEnd));
+  }
+  valueCopy(): Uint8Array {
+    return this.valBuf.slice(this.valStart, this.valEnd);
+  }
+  /** Is this node's key equal to t[tStart, tEnd)? */
+  keyEquals(t: Uint8Array, tStart = 0, tEnd = t.length): boolean {
+    const b = this.buf;
+    const start = this.keyStart;
+    const n = tEnd - tStart;
+    if (this.keyEnd - start !== n) return false;
+    for (let i = 0; i < n; i++) if (b[start + i] !== t[tStart + i]) return false;
+    return true;
+  }
 }
 
-/** Key bytes [start, start + 6) as a big-endian integer, zero-padded past the key's end. */
-function word(key: Uint8Array, start: number): number {
-  const n = key.length;
+/** Key bytes [start, start + 6) as a big-endian integer, zero-padded past the key's end n. */
+function word(key: Uint8Array, start: number, n = key.length): number {
   if (start + 6 <= n) {
     return (
       (key[start] * 0x10000 + key[start + 1] * 0x100 + key[start + 2]) * 0x1000000 +
@@ -55,17 +83,19 @@ class Leaf {
  */
 function compareEntry(
   a0: number, a1: number, a2: number, n: Node,
-  tKey: Uint8Array, tSeq: number, t0: number, t1: number, t2: number,
+  tBuf: Uint8Array, tStart: number, tLen: number, tSeq: number, t0: number, t1: number, t2: number,
 ): number {
   if (a0 !== t0) return a0 < t0 ? -1 : 1;
   if (a1 !== t1) return a1 < t1 ? -1 : 1;
   if (a2 !== t2) return a2 < t2 ? -1 : 1;
-  const a = n.key;
-  const len = a.length < tKey.length ? a.length : tKey.length;
+  const a = n.buf;
+  const start = n.keyStart;
+  const aLen = n.keyEnd - start;
+  const len = aLen < tLen ? aLen : tLen;
   for (let i = WORDS_BYTES; i < len; i++) {
-    if (a[i] !== tKey[i]) return a[i] - tKey[i];
+    if (a[start + i] !== tBuf[tStart + i]) return a[start + i] - tBuf[tStart + i];
   }
-  if (a.length !== tKey.length) return a.length - tKey.length;
+  if (aLen !== tLen) return aLen - tLen;
   return n.seq === tSeq ? 0 : n.seq > tSeq ? -1 : 1;
 }
 
@@ -86,7 +116,7 @@ class KeyIndex {
     for (let i = h & this.mask; ; i = (i + 1) & this.mask) {
       const n = slots[i];
       if (n === undefined) return undefined;
-      if (this.hashes[i] === h && bytesEqual(n.key, key)) return n;
+      if (this.hashes[i] === h && n.keyEquals(key)) return n;
     }
   }
 
@@ -98,7 +128,7 @@ class KeyIndex {
     for (; ; i = (i + 1) & this.mask) {
       const n = slots[i];
       if (n === undefined) break;
-      if (this.hashes[i] === h && bytesEqual(n.key, node.key)) {
+      if (this.hashes[i] === h && n.keyEquals(node.buf, node.keyStart, node.keyEnd)) {
         if (node.seq > n.seq) slots[i] = node;
         return;
       }
@@ -165,26 +195,26 @@ export class Memtable {
   }
 
   /** Index of the last leaf whose first entry is at or before the target (0 if none is). */
-  private findLeaf(tKey: Uint8Array, tSeq: number, t0: number, t1: number, t2: number): number {
+  private findLeaf(tBuf: Uint8Array, tStart: number, tLen: number, tSeq: number, t0: number, t1: number, t2: number): number {
     const leaves = this.leaves;
     let lo = 0;
     let hi = leaves.length - 1;
     while (lo < hi) {
       const mid = (lo + hi + 1) >>> 1;
-      if (compareEntry(this.f0[mid], this.f1[mid], this.f2[mid], leaves[mid].nodes[0], tKey, tSeq, t0, t1, t2) <= 0) lo = mid;
+      if (compareEntry(this.f0[mid], this.f1[mid], this.f2[mid], leaves[mid].nodes[0], tBuf, tStart, tLen, tSeq, t0, t1, t2) <= 0) lo = mid;
       else hi = mid - 1;
     }
     return lo;
   }
 
   /** Index of the first entry of `leaf` at or after the target (leaf.count if none). */
-  private lowerBound(leaf: Leaf, tKey: Uint8Array, tSeq: number, t0: number, t1: number, t2: number): number {
+  private lowerBound(leaf: Leaf, tBuf: Uint8Array, tStart: number, tLen: number, tSeq: number, t0: number, t1: number, t2: number): number {
     let lo = 0;
     let hi = leaf.count;
     const { w0, w1, w2, nodes } = leaf;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (compareEntry(w0[mid], w1[mid], w2[mid], nodes[mid], tKey, tSeq, t0, t1, t2) < 0) lo = mid + 1;
+      if (compareEntry(w0[mid], w1[mid], w2[mid], nodes[mid], tBuf, tStart, tLen, tSeq, t0, t1, t2) < 0) lo = mid + 1;
       else hi = mid;
     }
     return lo;
@@ -195,13 +225,20 @@ export class Memtable {
    * Key and value are kept by reference.
    */
   add(key: Uint8Array, seq: number, kind: number, value: Uint8Array, hash = bloomHash(key)): void {
-    const node = new Node(key, seq, kind, value);
-    const t0 = word(key, 0);
-    const t1 = word(key, 6);
-    const t2 = word(key, 12);
-    const li = this.findLeaf(key, seq, t0, t1, t2);
+    this.insert(new Node(key, 0, key.length, value, 0, value.length, seq, kind), hash);
+  }
+
+  private insert(node: Node, hash: number): void {
+    const buf = node.buf;
+    const ks = node.keyStart;
+    const ke = node.keyEnd;
+    const seq = node.seq;
+    const t0 = word(buf, ks, ke);
+    const t1 = word(buf, ks + 6, ke);
+    const t2 = word(buf, ks + 12, ke);
+    const li = this.findLeaf(buf, ks, ke - ks, seq, t0, t1, t2);
     const leaf = this.leaves[li];
-    const at = this.lowerBound(leaf, key, seq, t0, t1, t2);
+    const at = this.lowerBound(leaf, buf, ks, ke - ks, seq, t0, t1, t2);
     const n = leaf.count;
     if (at < n) {
       leaf.w0.copyWithin(at + 1, at, n);
@@ -219,7 +256,7 @@ export class Memtable {
     if (leaf.count === LEAF_MAX) this.split(li);
     this.index.put(node, hash);
     this.modifications++;
-    this.bytes += key.length + value.length + ENTRY_OVERHEAD;
+    this.bytes += ke - ks + node.valEnd - node.valStart + ENTRY_OVERHEAD;
     this.count++;
   }
 
@@ -261,7 +298,7 @@ export class Memtable {
 
   /**
    * Decodes a write batch (encoded by this process, so well-formed: see batch.ts) and inserts
-   * each op, keeping views into the batch buffer. Avoids a callback and reader per op.
+   * each op as offsets into the batch buffer (no views, no callback or reader per op).
    */
   addBatch(b: Uint8Array, seq: number, count: number, start: number): void {
     this.batches.push(b);
@@ -277,11 +314,11 @@ export class Memtable {
         if (x < 0x80) break;
         shift *= 128;
       }
-      const key = b.subarray(p, p + len);
+      const keyStart = p;
       p += len;
-      let value: Uint8Array = EMPTY;
+      const keyEnd = p;
+      len = 0;
       if (kind === KIND_PUT) {
-        len = 0;
         shift = 1;
         for (;;) {
           const x = b[p++];
@@ -289,10 +326,9 @@ export class Memtable {
           if (x < 0x80) break;
           shift *= 128;
         }
-        value = b.subarray(p, p + len);
-        p += len;
       }
-      this.add(key, seq + i, kind, value);
+      this.insert(new Node(b, keyStart, keyEnd, b, p, p + len, seq + i, kind), bloomHash(b, keyStart, keyEnd));
+      p += len;
     }
     if (p !== b.length) throw new Error(`memtable: write batch decoded to ${p} of ${b.length} bytes`);
   }
@@ -310,9 +346,9 @@ export class Memtable {
     const t0 = word(key, 0);
     const t1 = word(key, 6);
     const t2 = word(key, 12);
-    const li = this.findLeaf(key, seq, t0, t1, t2);
+    const li = this.findLeaf(key, 0, key.length, seq, t0, t1, t2);
     const leaf = this.leaves[li];
-    const at = this.lowerBound(leaf, key, seq, t0, t1, t2);
+    const at = this.lowerBound(leaf, key, 0, key.length, seq, t0, t1, t2);
     if (at < leaf.count) return [li, at];
     return li + 1 < this.leaves.length ? [li + 1, 0] : [this.leaves.length, 0];
   }
@@ -329,7 +365,7 @@ export class Memtable {
     const [li, at] = this.seekPosition(key, seq);
     if (li === this.leaves.length) return undefined;
     const n = this.leaves[li].nodes[at];
-    return bytesEqual(n.key, key) ? n : undefined;
+    return n.keyEquals(key) ? n : undefined;
   }
 
   iterator(): MemtableIterator {
@@ -371,7 +407,7 @@ export class MemtableIterator implements InternalIterator {
   private settle(): void {
     if (this.seen === this.table.modifications) return;
     const n = this.node!;
-    const [li, at] = this.table.seekPosition(n.key, n.seq);
+    const [li, at] = this.table.seekPosition(n.key, n.seq); // the key view is made once per node
     this.load(li, at);
   }
 
@@ -414,7 +450,7 @@ export class MemtableIterator implements InternalIterator {
     return this.node!.value;
   }
   valueCopy(): Uint8Array {
-    return this.node!.value.slice();
+    return this.node!.valueCopy();
   }
   close(): void {
     this.node = null;
