@@ -15,8 +15,9 @@ import {
   type Transport,
 } from "../raft/index.ts";
 import { encodeCommand } from "./command.ts";
+import { DeadlineQueue, type Deadline } from "./deadlines.ts";
 import { KVError } from "./errors.ts";
-import { RESULT_NO_KEY, type ResultCode } from "./sessions.ts";
+import { RESULT_NO_KEY } from "./sessions.ts";
 import { KVStateMachine, type AppliedCommand, type KVStateMachineOptions } from "./state-machine.ts";
 
 export type KVOp = "Get" | "Put" | "Append" | "Delete";
@@ -99,19 +100,74 @@ export interface KVServerOptions {
   limits?: KVLimits;
 }
 
-interface Waiter {
-  index: number;
-  term: number;
-  clientId: bigint;
-  commandId: bigint;
-  timer: TimerHandle;
-  resolve: (reply: CommandReply) => void;
+/** A proposed write waiting for its entry to apply. */
+class WriteWaiter implements Deadline {
+  settled = false;
+  constructor(
+    readonly index: number,
+    readonly term: number,
+    readonly clientId: bigint,
+    readonly commandId: bigint,
+    readonly deadline: number,
+    private readonly server: KVServer,
+    private readonly resolve: (reply: CommandReply) => void,
+  ) {}
+
+  expire(): void {
+    this.server.finishWrite(this, TIMEOUT);
+  }
+
+  settle(reply: CommandReply): void {
+    this.settled = true;
+    this.resolve(reply);
+  }
 }
+
+/** A linearizable Get waiting for a ReadIndex round that started after it arrived. */
+class ReadWaiter implements Deadline {
+  settled = false;
+  constructor(
+    readonly key: string,
+    readonly deadline: number,
+    private readonly server: KVServer,
+    private readonly resolve: (reply: CommandReply) => void,
+    private readonly reject: (error: unknown) => void,
+  ) {}
+
+  expire(): void {
+    if (this.settled) return;
+    this.settle(TIMEOUT);
+    this.server.readExpired();
+  }
+
+  settle(reply: CommandReply): void {
+    this.settled = true;
+    this.resolve(reply);
+  }
+
+  fail(error: unknown): void {
+    this.settled = true;
+    this.reject(error);
+  }
+}
+
+/** ReadIndex rounds in flight at once; Gets beyond them wait for the next round. */
+const MAX_READ_ROUNDS = 2;
+
+const TIMEOUT: CommandReply = Object.freeze({ err: "ErrTimeout", value: "" }) as CommandReply;
+const WRONG_LEADER: CommandReply = Object.freeze({ err: "ErrWrongLeader", value: "" }) as CommandReply;
+const OK: CommandReply = Object.freeze({ err: "OK", value: "" }) as CommandReply;
+const NO_KEY: CommandReply = Object.freeze({ err: "ErrNoKey", value: "" }) as CommandReply;
 
 const OPS = new Set<string>(["Get", "Put", "Append", "Delete"]);
 
 export class KVServer {
-  private readonly waiters = new Map<number, Waiter>();
+  private readonly waiters = new Map<number, WriteWaiter>();
+  private readonly deadlines: DeadlineQueue;
+  /** Gets that arrived after the ReadIndex round in flight was asked for: they share the next one. */
+  private readQueue: ReadWaiter[] = [];
+  /** Gets each ReadIndex round in flight will answer. */
+  private readonly readRounds = new Set<ReadWaiter[]>();
   private pending = 0;
   private closed = false;
   private readonly maxKeyBytes: number;
@@ -132,6 +188,7 @@ export class KVServer {
     this.maxValueBytes = limits.maxValueBytes ?? 1 << 20;
     this.maxPending = limits.maxPendingCommands ?? 10_000;
     this.timeoutMs = limits.commandTimeoutMs ?? 500;
+    this.deadlines = new DeadlineQueue(clock);
     machine.listener = {
       applied: (commands) => this.onApplied(commands),
       restored: (meta) => this.onRestored(meta),
@@ -176,7 +233,7 @@ export class KVServer {
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */
   async command(args: CommandArgs): Promise<CommandReply> {
     this.validate(args);
-    if (this.closed) return { err: "ErrWrongLeader", value: "" };
+    if (this.closed) return WRONG_LEADER;
     if (this.pending >= this.maxPending) {
       throw new KVError(
         "resource_exhausted",
@@ -222,7 +279,11 @@ export class KVServer {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const waiter of [...this.waiters.values()]) this.finish(waiter, { err: "ErrWrongLeader", value: "" });
+    for (const waiter of [...this.waiters.values()]) this.finishWrite(waiter, WRONG_LEADER);
+    for (const waiter of [...[...this.readRounds].flat(), ...this.readQueue]) if (!waiter.settled) waiter.settle(WRONG_LEADER);
+    this.readRounds.clear();
+    this.readQueue = [];
+    this.deadlines.clear();
     await this.node.stop();
     await this.machine.close();
     await this.ownedLogStore?.close();
@@ -235,12 +296,13 @@ export class KVServer {
     if (typeof args.key !== "string" || args.key.length === 0) {
       throw new KVError("invalid_argument", "the key is empty: every command needs a non-empty key");
     }
-    const keyBytes = Buffer.byteLength(args.key, "utf8");
+    // A UTF-16 code unit is at most 3 UTF-8 bytes: short strings need no byte count.
+    const keyBytes = args.key.length * 3 <= this.maxKeyBytes ? 0 : Buffer.byteLength(args.key, "utf8");
     if (keyBytes > this.maxKeyBytes) {
       throw new KVError("invalid_argument", `the key is ${keyBytes} bytes; keys are limited to ${this.maxKeyBytes} bytes`);
     }
     if (typeof args.value !== "string") throw new KVError("invalid_argument", "the value must be a string");
-    const valueBytes = Buffer.byteLength(args.value, "utf8");
+    const valueBytes = args.value.length * 3 <= this.maxValueBytes ? 0 : Buffer.byteLength(args.value, "utf8");
     if (valueBytes > this.maxValueBytes) {
       throw new KVError(
         "invalid_argument",
@@ -252,18 +314,64 @@ export class KVServer {
     }
   }
 
-  /** A linearizable read: confirm leadership for the current commit index, then read applied state. */
-  private async get(key: string): Promise<CommandReply> {
-    let confirmed: boolean;
-    try {
-      confirmed = await this.withTimeout(this.node.readIndex().then(() => true));
-    } catch (error) {
-      return this.rejection(error);
-    }
-    if (!confirmed) return { err: "ErrTimeout", value: "" };
-    if (this.closed) return { err: "ErrWrongLeader", value: "" };
+  /**
+   * A linearizable read. Gets are batched much as etcd batches them: at most MAX_READ_ROUNDS
+   * ReadIndex rounds in flight, and every Get that arrives meanwhile shares the next round (one
+   * heartbeat round confirms them all; a round per Get would cost two peer RPCs per Get). Once the
+   * node has applied through the round's index the values are read from the LSM synchronously.
+   * Two rounds rather than etcd's one: a Get arriving just after a round left then waits about one
+   * round trip, not one and a half.
+   */
+  private get(key: string): Promise<CommandReply> {
+    return new Promise<CommandReply>((resolve, reject) => {
+      const waiter = new ReadWaiter(key, this.clock.now() + this.timeoutMs, this, resolve, reject);
+      this.readQueue.push(waiter);
+      this.deadlines.add(waiter);
+      if (this.readRounds.size < MAX_READ_ROUNDS) this.startReadRound();
+    });
+  }
+
+  private startReadRound(): void {
+    const round = this.readQueue;
+    this.readQueue = [];
+    this.readRounds.add(round);
+    const done = (): void => {
+      if (!this.readRounds.delete(round)) return; // abandoned after its Gets timed out
+      if (this.readQueue.length > 0 && !this.closed) this.startReadRound();
+    };
+    this.node.readIndex().then(
+      () => {
+        for (const waiter of round) if (!waiter.settled) waiter.settle(this.closed ? WRONG_LEADER : this.readApplied(waiter.key));
+        done();
+      },
+      (error: unknown) => {
+        let reply: CommandReply | null = null;
+        let failure: unknown = null;
+        try {
+          reply = this.rejection(error);
+        } catch (typed) {
+          failure = typed;
+        }
+        for (const waiter of round) {
+          if (waiter.settled) continue;
+          if (reply !== null) waiter.settle(reply);
+          else waiter.fail(failure);
+        }
+        done();
+      },
+    );
+  }
+
+  /** A Get timed out: a round whose Gets all have no longer holds later Gets back. */
+  readExpired(): void {
+    for (const round of this.readRounds) if (round.every((waiter) => waiter.settled)) this.readRounds.delete(round);
+    if (this.readQueue.length > 0 && !this.readQueue.some((waiter) => !waiter.settled)) this.readQueue = [];
+    if (this.readQueue.length > 0 && this.readRounds.size < MAX_READ_ROUNDS) this.startReadRound();
+  }
+
+  private readApplied(key: string): CommandReply {
     const value = this.machine.read(key);
-    return value === null ? { err: "ErrNoKey", value: "" } : { err: "OK", value: decoder.decode(value) };
+    return value === null ? NO_KEY : { err: "OK", value: decoder.decode(value) };
   }
 
   private async write(args: CommandArgs): Promise<CommandReply> {
@@ -279,18 +387,12 @@ export class KVServer {
     return new Promise<CommandReply>((resolve) => {
       const previous = this.waiters.get(proposed.index);
       // An older waiter at this index belongs to a term whose entry was overwritten.
-      if (previous !== undefined) this.finish(previous, { err: "ErrWrongLeader", value: "" });
-      const waiter: Waiter = {
-        index: proposed.index,
-        term: proposed.term,
-        clientId: args.clientId,
-        commandId: args.commandId,
-        resolve,
-        timer: this.clock.setTimeout(() => this.finish(waiter, { err: "ErrTimeout", value: "" }), this.timeoutMs),
-      };
+      if (previous !== undefined) this.finishWrite(previous, WRONG_LEADER);
+      const waiter = new WriteWaiter(proposed.index, proposed.term, args.clientId, args.commandId, this.clock.now() + this.timeoutMs, this, resolve);
       this.waiters.set(proposed.index, waiter);
+      this.deadlines.add(waiter);
       // Applied already (between the append and this continuation)? The session table knows.
-      if (this.machine.lastApplied() >= proposed.index) this.finish(waiter, this.settledBySession(waiter));
+      if (this.machine.lastApplied() >= proposed.index) this.finishWrite(waiter, this.settledBySession(waiter));
     });
   }
 
@@ -300,32 +402,32 @@ export class KVServer {
       const waiter = this.waiters.get(applied.index);
       if (waiter === undefined) continue;
       // A different term at our index: the leader that took our proposal lost it.
-      this.finish(waiter, applied.term === waiter.term ? { err: resultErr(applied.result), value: "" } : { err: "ErrWrongLeader", value: "" });
+      this.finishWrite(waiter, applied.term !== waiter.term ? WRONG_LEADER : applied.result === RESULT_NO_KEY ? NO_KEY : OK);
     }
   }
 
   private onRestored(meta: SnapshotMeta): void {
     for (const waiter of [...this.waiters.values()]) {
-      if (waiter.index <= meta.index) this.finish(waiter, this.settledBySession(waiter));
+      if (waiter.index <= meta.index) this.finishWrite(waiter, this.settledBySession(waiter));
     }
   }
 
   /** The outcome of a proposal whose entry was applied without us seeing it (snapshot, race). */
-  private settledBySession(waiter: Waiter): CommandReply {
-    return this.answerFromSession(waiter.clientId, waiter.commandId) ?? { err: "ErrWrongLeader", value: "" };
+  private settledBySession(waiter: WriteWaiter): CommandReply {
+    return this.answerFromSession(waiter.clientId, waiter.commandId) ?? WRONG_LEADER;
   }
 
   private answerFromSession(clientId: bigint, commandId: bigint): CommandReply | null {
     const session = this.machine.session(clientId);
     if (session === undefined || commandId > session.commandId) return null;
-    return { err: commandId === session.commandId ? resultErr(session.result) : "OK", value: "" };
+    return commandId === session.commandId && session.result === RESULT_NO_KEY ? NO_KEY : OK;
   }
 
-  private finish(waiter: Waiter, reply: CommandReply): void {
+  /** Answers a write waiter once (a deadline, an apply, a restore or close may each try). */
+  finishWrite(waiter: WriteWaiter, reply: CommandReply): void {
     if (this.waiters.get(waiter.index) !== waiter) return;
     this.waiters.delete(waiter.index);
-    this.clock.clearTimeout(waiter.timer);
-    waiter.resolve(reply);
+    waiter.settle(reply);
   }
 
   /** Maps the driver's refusals to replies (try another node, retry) or typed errors. */
@@ -349,30 +451,9 @@ export class KVServer {
         throw new KVError("unavailable", `node ${this.id} could not take the command: ${message}`, { cause: error });
     }
   }
-
-  /** Resolves with the promise's value, or false when commandTimeoutMs passes first. */
-  private withTimeout<T>(promise: Promise<T>): Promise<T | false> {
-    return new Promise<T | false>((resolve, reject) => {
-      const timer = this.clock.setTimeout(() => resolve(false), this.timeoutMs);
-      promise.then(
-        (value) => {
-          this.clock.clearTimeout(timer);
-          resolve(value);
-        },
-        (error) => {
-          this.clock.clearTimeout(timer);
-          reject(error);
-        },
-      );
-    });
-  }
 }
 
 const decoder = new TextDecoder();
-
-function resultErr(result: ResultCode): KVErr {
-  return result === RESULT_NO_KEY ? "ErrNoKey" : "OK";
-}
 
 function definedOnly<T extends object>(options: T): Partial<T> {
   return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
