@@ -426,7 +426,7 @@ export class RaftNode {
    */
   private async maybeCompact(): Promise<void> {
     const point = this.log.snapshotMeta().index;
-    const applied = this.raft.status().appliedIndex;
+    const applied = this.raft.appliedIndex;
     if (applied - point <= this.opts.snapshotThreshold) return;
     let durable = Math.min(this.sm.durableAppliedIndex(), applied);
     if (durable - point <= this.opts.snapshotThreshold) {

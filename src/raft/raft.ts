@@ -348,6 +348,11 @@ export class Raft {
 
   // ---- Inspection ------------------------------------------------------------------------------
 
+  /** The applied index, without building a whole status (the driver asks once per cycle). */
+  get appliedIndex(): number {
+    return this.log.appliedIndex;
+  }
+
   status(): RaftStatus {
     const s: RaftStatus = {
       id: this.id,
@@ -633,7 +638,7 @@ export class Raft {
 
   /** The leader's own log is durable through stableIndex: count it, as a follower's ack would. */
   private leaderPersisted(): void {
-    if (this.progressOf(this.id).maybeUpdate(this.log.stableIndex) && this.maybeCommit()) this.broadcastAppend();
+    if (this.progressOf(this.id).maybeUpdate(this.log.stableIndex)) this.maybeCommit();
   }
 
   /** Commits the highest index a quorum holds, but only if it is of this term (§5.4.2, Figure 8). */
@@ -729,8 +734,11 @@ export class Raft {
     if (pr.state === "probe") pr.becomeReplicate();
     else if (pr.state === "snapshot" && pr.matchIndex >= pr.pendingSnapshot) pr.becomeReplicate();
     else if (pr.state === "replicate") pr.inflights.freeLE(pr.matchIndex);
-    if (this.maybeCommit()) this.broadcastAppend();
-    else if (wasPaused) this.sendAppend(m.from);
+    // Followers learn a new commitIndex from the next AppendEntries or Heartbeat (within one
+    // heartbeat interval), not from a round of empty appends per commit: that round would double
+    // the messages of every write at low load, and nothing waits on a follower's commitIndex.
+    this.maybeCommit();
+    if (wasPaused) this.sendAppend(m.from);
     this.fillWindow(m.from);
     if (m.from === this.leadTransferee && pr.matchIndex === this.log.lastIndex()) {
       this.send({ type: "TimeoutNow", from: this.id, to: m.from, term: this.term });
@@ -775,8 +783,8 @@ export class Raft {
       }
       pr.maybeUpdate(m.matchIndex);
       if (pr.state !== "replicate") pr.becomeReplicate();
-      if (this.maybeCommit()) this.broadcastAppend();
-      else this.sendAppend(m.from);
+      this.maybeCommit();
+      this.sendAppend(m.from);
     } else if (pr.state === "snapshot") {
       this.reportSnapshot(m.from, false);
     }
