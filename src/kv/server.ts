@@ -53,6 +53,8 @@ export interface KVStatus {
   sessions: number;
   /** Snapshots this node has installed from a leader since it started. */
   snapshotsInstalled: number;
+  /** ReadIndex rounds this node has asked for since it started (Gets share rounds). */
+  readIndexRounds: number;
 }
 
 export interface KVLimits {
@@ -168,6 +170,8 @@ export class KVServer {
   private readQueue: ReadWaiter[] = [];
   /** Gets each ReadIndex round in flight will answer. */
   private readonly readRounds = new Set<ReadWaiter[]>();
+  private readIndexRounds = 0;
+  private readRoundScheduled = false;
   private pending = 0;
   private closed = false;
   private readonly maxKeyBytes: number;
@@ -262,6 +266,7 @@ export class KVServer {
       snapshotIndex: status.snapshotIndex,
       sessions: this.machine.sessionCount,
       snapshotsInstalled: status.snapshotsReceived,
+      readIndexRounds: this.readIndexRounds,
     };
   }
 
@@ -327,7 +332,17 @@ export class KVServer {
       const waiter = new ReadWaiter(key, this.clock.now() + this.timeoutMs, this, resolve, reject);
       this.readQueue.push(waiter);
       this.deadlines.add(waiter);
-      if (this.readRounds.size < MAX_READ_ROUNDS) this.startReadRound();
+      this.scheduleReadRound();
+    });
+  }
+
+  /** Starts a round at the end of this turn, so Gets that arrive together share it. */
+  private scheduleReadRound(): void {
+    if (this.readRoundScheduled || this.readRounds.size >= MAX_READ_ROUNDS) return;
+    this.readRoundScheduled = true;
+    queueMicrotask(() => {
+      this.readRoundScheduled = false;
+      if (this.readQueue.length > 0 && !this.closed && this.readRounds.size < MAX_READ_ROUNDS) this.startReadRound();
     });
   }
 
@@ -335,9 +350,10 @@ export class KVServer {
     const round = this.readQueue;
     this.readQueue = [];
     this.readRounds.add(round);
+    this.readIndexRounds++;
     const done = (): void => {
       if (!this.readRounds.delete(round)) return; // abandoned after its Gets timed out
-      if (this.readQueue.length > 0 && !this.closed) this.startReadRound();
+      if (this.readQueue.length > 0) this.scheduleReadRound();
     };
     this.node.readIndex().then(
       () => {
@@ -366,7 +382,7 @@ export class KVServer {
   readExpired(): void {
     for (const round of this.readRounds) if (round.every((waiter) => waiter.settled)) this.readRounds.delete(round);
     if (this.readQueue.length > 0 && !this.readQueue.some((waiter) => !waiter.settled)) this.readQueue = [];
-    if (this.readQueue.length > 0 && this.readRounds.size < MAX_READ_ROUNDS) this.startReadRound();
+    if (this.readQueue.length > 0) this.scheduleReadRound();
   }
 
   private readApplied(key: string): CommandReply {

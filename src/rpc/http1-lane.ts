@@ -25,6 +25,8 @@ export interface LaneHost {
   shutdownSignal: AbortSignal;
   /** True once the server is closing: answers say Connection: close. */
   closing(): boolean;
+  /** Counters the server exposes: calls the lane answered, connections it gave to node:http. */
+  stats: { laneCalls: number; laneHandovers: number };
 }
 
 /** A request the lane parsed and will answer. */
@@ -112,6 +114,7 @@ export class Http1Lane {
       const body = this.buffer.subarray(parsed.headEnd, parsed.total);
       this.buffer = parsed.total === this.buffer.length ? null : this.buffer.subarray(parsed.total);
       this.busy = true;
+      this.host.stats.laneCalls++;
       callUnary(route, parsed.format, body, this.source(parsed)).then(
         (answer) => this.answer(answer, parsed.close),
         (error) => {
@@ -240,6 +243,7 @@ export class Http1Lane {
   /** Gives the connection and every unanswered byte to node:http; the lane is done with it. */
   private handOver(): void {
     this.handedOver = true;
+    this.host.stats.laneHandovers++;
     const rest = this.buffer;
     this.buffer = null;
     this.socket.off("data", this.onData);

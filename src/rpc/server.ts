@@ -70,6 +70,8 @@ export class RpcServer {
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly lanes = new Set<Http1Lane>();
   private readonly laneHost: LaneHost;
+  /** HTTP/1.1 calls the fast lane answered, and connections it handed to node:http. */
+  readonly stats = { laneCalls: 0, laneHandovers: 0 };
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private closing: Promise<void> | null = null;
 
@@ -83,7 +85,7 @@ export class RpcServer {
     private readonly shutdown: AbortController,
     unary: UnaryRoutes,
   ) {
-    this.laneHost = { routes: unary, fallback: h1, shutdownSignal: shutdown.signal, closing: () => this.closing !== null };
+    this.laneHost = { routes: unary, fallback: h1, shutdownSignal: shutdown.signal, closing: () => this.closing !== null, stats: this.stats };
   }
 
   /** Binds the port and starts serving. Rejects with ListenError when the port cannot be bound. */

@@ -21,6 +21,8 @@ async function leaderOf(cluster: KvSimCluster): Promise<number> {
 
 const args = (over: Partial<CommandArgs>): CommandArgs => ({ key: "k", value: "", op: "Get", clientId: 1n, commandId: 1n, ...over });
 
+// Tests that need a stable leader drive the simulation with untilReal (simulated time follows real
+// time), so a slow real fsync on a loaded machine cannot outlast an election timeout mid-test.
 async function withCluster(fn: (cluster: KvSimCluster) => Promise<void>, limits?: KVLimits): Promise<void> {
   const cluster = await KvSimCluster.start({ servers: 3, seed: 51, limits });
   try {
@@ -60,11 +62,11 @@ describe("KVServer", () => {
       const leader = await leaderOf(cluster);
       await cluster.run(100); // followers hear from the leader
       const follower = (leader + 1) % 3;
-      const reply = await cluster.until(cluster.servers[follower]!.command(args({ op: "Put", value: "v" })));
+      const reply = await cluster.untilReal(cluster.servers[follower]!.command(args({ op: "Put", value: "v" })));
       expect(reply).toEqual({ err: "ErrWrongLeader", value: "", leaderId: leader });
 
       const server = cluster.servers[leader]!;
-      const run = (a: Partial<CommandArgs>) => cluster.until(server.command(args(a)));
+      const run = (a: Partial<CommandArgs>) => cluster.untilReal(server.command(args(a)));
       expect(await run({ op: "Get", key: "missing" })).toEqual({ err: "ErrNoKey", value: "" });
       expect(await run({ op: "Delete", key: "missing", commandId: 1n })).toEqual({ err: "ErrNoKey", value: "" });
       expect(await run({ op: "Put", key: "a", value: "1", commandId: 2n })).toEqual({ err: "OK", value: "" });
@@ -79,13 +81,13 @@ describe("KVServer", () => {
     withCluster(async (cluster) => {
       const server = cluster.servers[await leaderOf(cluster)]!;
       const put = args({ op: "Append", key: "a", value: "x", clientId: 9n, commandId: 5n });
-      expect(await cluster.until(server.command(put))).toEqual({ err: "OK", value: "" });
+      expect(await cluster.untilReal(server.command(put))).toEqual({ err: "OK", value: "" });
       const before = (await server.getStatus()).lastApplied;
-      expect(await cluster.until(server.command(put))).toEqual({ err: "OK", value: "" });
+      expect(await cluster.untilReal(server.command(put))).toEqual({ err: "OK", value: "" });
       // An older command of the same client is acknowledged too (the client has moved on).
-      expect(await cluster.until(server.command({ ...put, commandId: 4n }))).toEqual({ err: "OK", value: "" });
+      expect(await cluster.untilReal(server.command({ ...put, commandId: 4n }))).toEqual({ err: "OK", value: "" });
       expect((await server.getStatus()).lastApplied).toBe(before);
-      expect(await cluster.until(server.command(args({ key: "a" })))).toEqual({ err: "OK", value: "x" });
+      expect(await cluster.untilReal(server.command(args({ key: "a" })))).toEqual({ err: "OK", value: "x" });
     }),
   TIMEOUT);
 
@@ -108,11 +110,33 @@ describe("KVServer", () => {
     ),
   TIMEOUT);
 
+  test("concurrent Gets share ReadIndex rounds and each sees every write acknowledged before it", () =>
+    withCluster(async (cluster) => {
+      const server = cluster.servers[await leaderOf(cluster)]!;
+      // Simulated time follows real time here, so real fsyncs cannot outlast an election timeout.
+      const run = (a: Partial<CommandArgs>) => cluster.untilReal(server.command(args(a)));
+      for (let i = 0; i < 10; i++) expect((await run({ op: "Put", key: `r${i}`, value: `v${i}`, clientId: 30n, commandId: BigInt(i + 1) })).err).toBe("OK");
+      const before = (await server.getStatus()).readIndexRounds;
+      const gets = Array.from({ length: 60 }, (_, i) => server.command(args({ op: "Get", key: `r${i % 12}` })));
+      const replies = await cluster.untilReal(Promise.all(gets));
+      replies.forEach((reply, i) => {
+        expect(reply).toEqual(i % 12 < 10 ? { err: "OK", value: `v${i % 12}` } : { err: "ErrNoKey", value: "" });
+      });
+      // 60 Gets issued in one turn share one round.
+      expect((await server.getStatus()).readIndexRounds - before).toBe(1);
+      // A Get that arrives after a write was acknowledged sees it, even with a round in flight.
+      const inFlight = server.command(args({ op: "Get", key: "late" }));
+      expect((await run({ op: "Put", key: "late", value: "seen", clientId: 31n, commandId: 1n })).err).toBe("OK");
+      expect(await run({ op: "Get", key: "late" })).toEqual({ err: "OK", value: "seen" });
+      expect(["OK", "ErrNoKey"]).toContain((await cluster.untilReal(inFlight)).err);
+    }),
+  TIMEOUT);
+
   test("status reports role, indexes, storage and membership", () =>
     withCluster(async (cluster) => {
       const leader = await leaderOf(cluster);
       const server = cluster.servers[leader]!;
-      await cluster.until(server.command(args({ op: "Put", key: "a", value: "v".repeat(1000) })));
+      await cluster.untilReal(server.command(args({ op: "Put", key: "a", value: "v".repeat(1000) })));
       const status = await server.getStatus();
       expect(status).toMatchObject({ id: leader, state: "Leader", leaderId: leader, members: [0, 1, 2] });
       expect(status.term).toBeGreaterThan(0);
