@@ -314,7 +314,10 @@ export class DB {
     this.mem.addBatch(encoded, seq, count, BATCH_HEADER);
     this.lastSeq = seq + count - 1;
     this.stats_.userBytes += encoded.length - BATCH_HEADER;
-    return sync ? this.wal.sync() : this.wal.flushed();
+    if (!sync) return this.wal.flushed();
+    // Durable only with every earlier write: older logs still closing are fsynced by close().
+    const synced = this.wal.sync();
+    return this.walClosing.size === 0 ? synced : Promise.all([...this.walClosing.values(), synced]).then(() => {});
   }
 
   private mustWait(): boolean {
@@ -365,6 +368,9 @@ export class DB {
     const old = this.wal;
     this.stats_.walBytesBase += old.size;
     const oldNumber = this.mem.walNumber;
+    // Writes to the new log start once the old log's last bytes are written: writes reach the OS
+    // in commit order, so a crash leaves a prefix of them (no holes).
+    next.startAfter(old.flushed());
     // The old log is fsynced before close, so db.sync() and pending sync writers stay covered.
     const closing = old.close(true);
     this.walClosing.set(oldNumber, closing);

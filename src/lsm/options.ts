@@ -7,7 +7,11 @@ export interface DBOptions {
   memtableBytes?: number;
   /** Frozen memtables waiting for flush before writers wait. Default 2. */
   maxImmutableMemtables?: number;
-  /** Block cache capacity. Default 8 MiB. */
+  /**
+   * Bytes of checksum-verified blocks kept for reuse (a miss reads and CRC-checks the block).
+   * With mmapTables the cached blocks are views of the mapped file (page cache, not heap), so a
+   * larger cache costs little memory of its own. Default 32 MiB.
+   */
   blockCacheBytes?: number;
   /** Open table files kept in the table cache. Default 500. */
   maxOpenFiles?: number;
@@ -51,7 +55,7 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
   const r: ResolvedOptions = {
     memtableBytes: o.memtableBytes ?? 4 * MiB,
     maxImmutableMemtables: o.maxImmutableMemtables ?? 2,
-    blockCacheBytes: o.blockCacheBytes ?? 8 * MiB,
+    blockCacheBytes: o.blockCacheBytes ?? 32 * MiB,
     maxOpenFiles: o.maxOpenFiles ?? 500,
     blockSize: o.blockSize ?? 4 * KiB,
     blockRestartInterval: o.blockRestartInterval ?? 16,

@@ -49,6 +49,8 @@ export class LogWriter {
   private syncWaiters: Waiter[] = [];
   private failure: Error | null = null;
   private closed = false;
+  /** True while an earlier log's last writes are still in flight (see startAfter). */
+  private gated = false;
 
   constructor(readonly path: string, readonly name: string, existingSize = 0) {
     try {
@@ -129,9 +131,28 @@ export class LogWriter {
     });
   }
 
+  /**
+   * Holds this log's writes until `before` (the previous log's flushed()) settles. Writes to two
+   * logs run concurrently otherwise, and a crash could keep a later write in the new log while
+   * losing an earlier one still in flight to the old: recovery would see a hole.
+   */
+  startAfter(before: Promise<void>): void {
+    this.gated = true;
+    before.then(
+      () => {
+        this.gated = false;
+        this.startWrite();
+      },
+      (e: unknown) => {
+        this.gated = false;
+        this.writeFailed(e);
+      },
+    );
+  }
+
   /** Hands the stage to the OS unless a write is already in flight (its completion restarts). */
   private startWrite(): void {
-    if (this.writing || this.staged === 0 || this.failure) return;
+    if (this.writing || this.gated || this.staged === 0 || this.failure) return;
     const buf = this.stage;
     const len = this.staged;
     this.stage = this.spare ?? new Uint8Array(64 * 1024);
@@ -160,7 +181,7 @@ export class LogWriter {
 
   private writeFailed(err: unknown): void {
     this.writing = false;
-    this.failure = ioError(this.name, "write", err);
+    this.failure = err instanceof Error && err.name === "LsmError" ? err : ioError(this.name, "write", err);
     for (const w of this.writeWaiters.splice(0)) w.reject(this.failure);
     for (const w of this.syncWaiters.splice(0)) w.reject(this.failure);
   }

@@ -59,6 +59,41 @@ describe("corruption", () => {
     await db.close();
   });
 
+  for (const backgroundThread of [true, false]) {
+    test(`a compaction that reads a damaged table fails with the file named (${backgroundThread ? "worker" : "main thread"})`, async () => {
+      const dir = tempDir("corrupt");
+      dirs.push(dir);
+      const opts = { backgroundThread, logger: () => {} };
+      let db = await DB.open(dir, opts);
+      const ops = [];
+      for (let i = 0; i < 2000; i++) ops.push({ type: "put" as const, key: key(i), value: bytes(`value-${i}-${"z".repeat(50)}`) });
+      await db.write(ops);
+      await db.compactRange();
+      await db.close();
+      const ssts = fs.readdirSync(dir).filter((n) => n.endsWith(".sst"));
+      expect(ssts.length).toBe(1);
+      const file = path.join(dir, ssts[0]);
+      const data = fs.readFileSync(file);
+      data[100] ^= 0x04; // inside the first data block
+      fs.writeFileSync(file, data);
+
+      db = await DB.open(dir, opts);
+      await db.put(key(5), bytes("new")); // something to merge with the damaged table
+      let err: unknown;
+      try {
+        await db.compactRange();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(LsmError);
+      expect((err as LsmError).code).toBe("CORRUPTION");
+      expect((err as LsmError).file).toBe(ssts[0]);
+      // The damaged table is still the live one: nothing was replaced by a partial merge.
+      expect(fs.existsSync(file)).toBe(true);
+      await db.close();
+    });
+  }
+
   test("a flipped byte in the middle of the WAL fails open with file and offset", async () => {
     const dir = tempDir("corrupt");
     const crashDir = tempDir("corrupt-crash");

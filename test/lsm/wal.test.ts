@@ -112,4 +112,24 @@ describe("write-ahead log", () => {
     await w.close(true);
     expect(readAll(file).records.length).toBe(50);
   });
+
+  test("a new log's writes wait for the previous log's last writes (a crash leaves a prefix)", async () => {
+    dir = tempDir("wal");
+    const first = new LogWriter(path.join(dir, "000001.log"), "000001.log");
+    const second = new LogWriter(path.join(dir, "000002.log"), "000002.log");
+    const done: string[] = [];
+    // A large write to the old log and a tiny one to the new: ungated, the tiny one would finish first.
+    for (let i = 0; i < 64; i++) first.add(record(60_000, i));
+    const firstWritten = first.flushed();
+    second.startAfter(firstWritten);
+    second.add(record(10, 1));
+    const secondWritten = second.flushed().then(() => {
+      done.push("second");
+      expect(fs.statSync(path.join(dir, "000001.log")).size).toBe(first.size);
+    });
+    await Promise.all([firstWritten.then(() => done.push("first")), secondWritten]);
+    expect(done).toEqual(["first", "second"]);
+    await first.close(true);
+    await second.close(true);
+  });
 });
