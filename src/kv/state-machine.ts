@@ -267,6 +267,11 @@ export class KVStateMachine implements StateMachine {
       this.listener?.applied(done);
     };
 
+    // Only a batch with an Append or a Delete reads what it wrote earlier: a Put-only batch (the
+    // common case) skips the per-key string conversion of the pending-values index.
+    const readsOwnWrites = entries.some(
+      (entry) => entry.type !== EntryType.Noop && entry.data.length > 1 && (entry.data[1] === OP_APPEND || entry.data[1] === OP_DELETE),
+    );
     const current = (key: Uint8Array): Uint8Array | null => {
       const pending = pendingValues.get(latin1(key));
       if (pending !== undefined) return pending;
@@ -306,7 +311,7 @@ export class KVStateMachine implements StateMachine {
         case OP_PUT: {
           const value = command.value.slice();
           ops.push({ type: "put", key, value });
-          pendingValues.set(latin1(key), value);
+          if (readsOwnWrites) pendingValues.set(latin1(key), value);
           opBytes += key.length + value.length;
           result = RESULT_OK;
           break;

@@ -14,6 +14,7 @@ import {
   type UniversalHandlerOptions,
 } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, errorToJsonBytes, trailerMux } from "@connectrpc/connect/protocol-connect";
+import { flatJson, type FlatJson } from "./flat-json.ts";
 
 type JsonWriteOptions = NonNullable<UniversalHandlerOptions["jsonOptions"]>;
 
@@ -25,6 +26,9 @@ export interface UnaryRoute {
   readonly readMaxBytes: number;
   readonly serialization: MethodSerializationLookup<DescMessage, DescMessage>;
   readonly jsonOptions: JsonWriteOptions | undefined;
+  /** JSON without reflection for flat request/response messages (null: the library's codec only). */
+  readonly flatInput: FlatJson | null;
+  readonly flatOutput: FlatJson | null;
   readonly impl: (request: unknown, context: HandlerContext) => unknown;
 }
 
@@ -46,6 +50,9 @@ export interface CallSource {
   /** Aborted when the client goes away or the server shuts down. */
   signal(): AbortSignal;
 }
+
+const utf8 = new TextDecoder();
+const utf8Out = new TextEncoder();
 
 export const CONTENT_TYPE_JSON = "application/json";
 export const CONTENT_TYPE_PROTO = "application/proto";
@@ -113,6 +120,9 @@ export class UnaryRoutes {
       readMaxBytes,
       serialization: createMethodSerializationLookup(method, undefined, jsonOptions, limits),
       jsonOptions,
+      flatInput: flatJson(method.input),
+      // Write options (emit defaults, enum numbers, proto names) change the output: the library's job.
+      flatOutput: Object.keys(jsonOptions ?? {}).every((k) => k === "ignoreUnknownFields") ? flatJson(method.output) : null,
       impl,
     });
   }
@@ -123,10 +133,10 @@ export async function callUnary(route: UnaryRoute, format: "json" | "proto", bod
   const binary = format === "proto";
   const context = new LaneContext(route, source);
   try {
-    const input = route.serialization.getI(binary).parse(body);
+    const input = (!binary && route.flatInput?.parse(utf8.decode(body))) || route.serialization.getI(binary).parse(body);
     const output = await route.impl(input, context);
     const message = isMessage(output, route.method.output as DescMessage) ? output : create(route.method.output, output as never);
-    const encoded = route.serialization.getO(binary).serialize(message);
+    const encoded = !binary && route.flatOutput !== null ? utf8Out.encode(route.flatOutput.write(message)) : route.serialization.getO(binary).serialize(message);
     return { status: 200, contentType: binary ? CONTENT_TYPE_PROTO : CONTENT_TYPE_JSON, body: encoded, headers: context.takeHeaders() };
   } catch (e) {
     const error = e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
