@@ -6,7 +6,7 @@
 
 import { Code, ConnectError, createClient, type Client, type ConnectRouter } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import {
   MessageBatchSchema,
   RaftService,
@@ -16,7 +16,8 @@ import {
 } from "../gen/raftpb/raft_pb.ts";
 import type { Message, NodeId, Transport, TransportHandler } from "../raft/types.ts";
 import { RaftCodecError, decodeMessage, encodeMessage } from "./raft-codec.ts";
-import { PeerLink, PeerLinkError, envelope } from "./peer-link.ts";
+import { PeerLink, PeerLinkError } from "./peer-link.ts";
+import { type PreparedMessage, batchFieldBytes, decodeMessageBytes, encodeBatchFrame, prepareMessage } from "./raft-wire.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -123,52 +124,62 @@ export class ConnectTransport implements Transport {
     }
   }
 
-  /** Groups messages per destination and sends one batch RPC to each, without waiting. Never throws. */
+  /**
+   * Groups messages per destination and sends each group as one frame on the peer's stream (or one
+   * unary Send), without waiting. Never throws: an unencodable message is dropped and logged.
+   */
   send(messages: Message[]): void {
     if (this.closed) return;
-    const batches = new Map<NodeId, WireMessage[]>();
+    const groups = new Map<NodeId, Message[]>();
     for (const message of messages) {
-      const peer = this.peers.get(message.to);
-      if (peer === undefined) {
+      if (!this.peers.has(message.to)) {
         this.stats.droppedMessages++;
         continue;
       }
-      let wire: WireMessage;
-      try {
-        wire = encodeMessage(message);
-      } catch (error) {
-        this.stats.droppedMessages++;
-        console.error(`kvraft transport: dropping unencodable ${message.type} to ${message.to}: ${(error as Error).message}`);
-        continue;
-      }
-      const batch = batches.get(peer.id);
-      if (batch === undefined) batches.set(peer.id, [wire]);
-      else batch.push(wire);
+      const group = groups.get(message.to);
+      if (group === undefined) groups.set(message.to, [message]);
+      else group.push(message);
     }
-    for (const [id, batch] of batches) {
+    for (const [id, group] of groups) {
       const peer = this.peers.get(id)!;
-      if (peer.link !== null && performance.now() >= peer.unaryUntil) this.streamBatch(peer, peer.link, batch);
-      else this.sendBatch(peer, batch);
+      if (peer.link !== null && performance.now() >= peer.unaryUntil) this.streamBatch(peer.link, group);
+      else {
+        const wires = this.encodeAll(group, encodeMessage);
+        if (wires.length > 0) this.sendBatch(peer, wires);
+      }
     }
   }
 
-  /** One frame per batch (cut at maxFrameBytes), written onto the peer's open stream. */
-  private streamBatch(peer: Peer, link: PeerLink, batch: WireMessage[]): void {
+  private encodeAll<T>(messages: Message[], encode: (m: Message) => T): T[] {
+    const out: T[] = [];
+    for (const message of messages) {
+      try {
+        out.push(encode(message));
+      } catch (error) {
+        this.stats.droppedMessages++;
+        console.error(`kvraft transport: dropping unencodable ${message.type} to ${message.to}: ${(error as Error).message}`);
+      }
+    }
+    return out;
+  }
+
+  /** One frame per group (cut at maxFrameBytes), written onto the peer's open stream. */
+  private streamBatch(link: PeerLink, group: Message[]): void {
+    const prepared = this.encodeAll(group, prepareMessage);
     let start = 0;
-    while (start < batch.length) {
+    while (start < prepared.length) {
       let end = start;
       let bytes = 0;
-      while (end < batch.length && (end === start || bytes + approximateSize(batch[end]!) <= this.maxFrameBytes)) {
-        bytes += approximateSize(batch[end]!);
+      while (end < prepared.length && (end === start || bytes + batchFieldBytes(prepared[end]!) <= this.maxFrameBytes)) {
+        bytes += batchFieldBytes(prepared[end]!);
         end++;
       }
-      const messages = start === 0 && end === batch.length ? batch : batch.slice(start, end);
-      const frame = envelope(toBinary(MessageBatchSchema, create(MessageBatchSchema, { messages })));
-      if (link.write(frame)) {
+      const part: PreparedMessage[] = start === 0 && end === prepared.length ? prepared : prepared.slice(start, end);
+      if (link.write(encodeBatchFrame(part))) {
         this.stats.sentBatches++;
-        this.stats.sentMessages += messages.length;
+        this.stats.sentMessages += part.length;
       } else {
-        this.stats.droppedMessages += messages.length;
+        this.stats.droppedMessages += part.length;
       }
       start = end;
     }
@@ -261,9 +272,9 @@ export class ConnectTransport implements Transport {
           this.deliver(batch.messages);
           return {};
         },
-        stream: async (batches) => {
+        stream: async (frames) => {
           // Lives as long as the sender's link; ends when the sender half-closes (or on a bad message).
-          for await (const batch of batches) this.deliver(batch.messages);
+          for await (const frame of frames) this.deliverBytes(frame.messages);
           return {};
         },
         installSnapshot: async (requests) => {
@@ -276,7 +287,8 @@ export class ConnectTransport implements Transport {
           if (first.done === true || first.value.header === undefined) {
             throw new ConnectError("InstallSnapshot stream must start with a header message", Code.InvalidArgument);
           }
-          const header = this.decodeForMe(first.value.header);
+          const wireHeader = first.value.header;
+          const header = this.decodeForMe(() => decodeMessage(wireHeader));
           if (header.type !== "InstallSnapshot") {
             throw new ConnectError(`InstallSnapshot header is a ${header.type} message`, Code.InvalidArgument);
           }
@@ -303,15 +315,22 @@ export class ConnectTransport implements Transport {
   }
 
   private deliver(wires: WireMessage[]): void {
-    const messages = wires.map((wire) => this.decodeForMe(wire));
+    this.hand(wires.map((wire) => this.decodeForMe(() => decodeMessage(wire))));
+  }
+
+  private deliverBytes(encoded: Uint8Array[]): void {
+    this.hand(encoded.map((bytes) => this.decodeForMe(() => decodeMessageBytes(bytes))));
+  }
+
+  private hand(messages: Message[]): void {
     // Before listen() the node is still opening: dropping is what the network could do too.
     if (this.handler !== null && !this.closed && messages.length > 0) this.handler.onMessages(messages);
   }
 
-  private decodeForMe(wire: WireMessage): Message {
+  private decodeForMe(decode: () => Message): Message {
     let message: Message;
     try {
-      message = decodeMessage(wire);
+      message = decode();
     } catch (error) {
       if (error instanceof RaftCodecError) throw new ConnectError(error.message, Code.InvalidArgument);
       throw error;
@@ -335,13 +354,6 @@ export class ConnectTransport implements Transport {
       peer.session.abort();
     }
   }
-}
-
-/** Payload bytes a message adds to a frame, closely enough to cut frames. */
-function approximateSize(message: WireMessage): number {
-  let bytes = 64;
-  for (const entry of message.entries) bytes += entry.data.length + 32;
-  return bytes;
 }
 
 function codeOf(name: string): Code {

@@ -254,15 +254,6 @@ export class PeerLink {
   }
 }
 
-/** Connect's streaming envelope: flags (0 = message, 2 = end of stream), big-endian length, payload. */
-export function envelope(payload: Uint8Array): Uint8Array {
-  const frame = new Uint8Array(5 + payload.length);
-  frame[0] = 0;
-  new DataView(frame.buffer).setUint32(1, payload.length);
-  frame.set(payload, 5);
-  return frame;
-}
-
 /** The error a finished Stream call reported, if any (HTTP status or the end-of-stream record). */
 function responseError(status: number, body: Uint8Array): PeerLinkError | null {
   if (status === 404) return new PeerLinkError("unimplemented", "the peer does not serve RaftService/Stream (older version?)");

@@ -83,136 +83,192 @@ function decodeSnapshotMeta(meta: WireSnapshotMeta | undefined): SnapshotMeta {
   };
 }
 
-/** Core message → wire message. Throws RaftCodecError only for numbers that are not safe integers. */
-export function encodeMessage(message: Message): WireMessage {
-  const wire = create(MessageSchema, {
-    from: u64(message.from, "from"),
-    to: u64(message.to, "to"),
-    term: u64(message.term, "term"),
-  });
+/**
+ * The flat form of raftpb.Message with JS numbers: what both encodings (protobuf-es objects here,
+ * hand-written bytes in raft-wire.ts) map to and from, so the meaning of each field lives in one place.
+ */
+export interface FlatMessage {
+  type: WireMessageType;
+  from: number;
+  to: number;
+  term: number;
+  logIndex: number;
+  logTerm: number;
+  entries: Entry[];
+  commit: number;
+  ok: boolean;
+  preVote: boolean;
+  matchIndex: number;
+  conflictTerm: number;
+  conflictIndex: number;
+  readContext: number;
+  snapshot: SnapshotMeta | undefined;
+}
+
+/** Core message → flat wire fields (unused fields zero, as proto3 defaults). */
+export function toFlat(message: Message): FlatMessage {
+  const flat: FlatMessage = {
+    type: WireMessageType.MESSAGE_UNSPECIFIED,
+    from: message.from,
+    to: message.to,
+    term: message.term,
+    logIndex: 0,
+    logTerm: 0,
+    entries: NO_ENTRIES,
+    commit: 0,
+    ok: false,
+    preVote: false,
+    matchIndex: 0,
+    conflictTerm: 0,
+    conflictIndex: 0,
+    readContext: 0,
+    snapshot: undefined,
+  };
   switch (message.type) {
     case "RequestVote":
-      wire.type = WireMessageType.REQUEST_VOTE;
-      wire.logIndex = u64(message.lastLogIndex, "lastLogIndex");
-      wire.logTerm = u64(message.lastLogTerm, "lastLogTerm");
-      wire.preVote = message.preVote;
+      flat.type = WireMessageType.REQUEST_VOTE;
+      flat.logIndex = message.lastLogIndex;
+      flat.logTerm = message.lastLogTerm;
+      flat.preVote = message.preVote;
       // types.ts: a transfer campaign travels in `ok`, which REQUEST_VOTE does not otherwise use.
-      wire.ok = message.transfer === true;
+      flat.ok = message.transfer === true;
       break;
     case "RequestVoteResponse":
-      wire.type = WireMessageType.REQUEST_VOTE_RESPONSE;
-      wire.ok = message.voteGranted;
-      wire.preVote = message.preVote;
+      flat.type = WireMessageType.REQUEST_VOTE_RESPONSE;
+      flat.ok = message.voteGranted;
+      flat.preVote = message.preVote;
       break;
     case "AppendEntries":
-      wire.type = WireMessageType.APPEND_ENTRIES;
-      wire.logIndex = u64(message.prevLogIndex, "prevLogIndex");
-      wire.logTerm = u64(message.prevLogTerm, "prevLogTerm");
-      wire.entries = message.entries.map(encodeEntry);
-      wire.commit = u64(message.leaderCommit, "leaderCommit");
+      flat.type = WireMessageType.APPEND_ENTRIES;
+      flat.logIndex = message.prevLogIndex;
+      flat.logTerm = message.prevLogTerm;
+      flat.entries = message.entries;
+      flat.commit = message.leaderCommit;
       break;
     case "AppendEntriesResponse":
-      wire.type = WireMessageType.APPEND_ENTRIES_RESPONSE;
-      wire.ok = message.success;
-      wire.matchIndex = u64(message.matchIndex, "matchIndex");
-      wire.conflictTerm = u64(message.conflictTerm, "conflictTerm");
-      wire.conflictIndex = u64(message.conflictIndex, "conflictIndex");
+      flat.type = WireMessageType.APPEND_ENTRIES_RESPONSE;
+      flat.ok = message.success;
+      flat.matchIndex = message.matchIndex;
+      flat.conflictTerm = message.conflictTerm;
+      flat.conflictIndex = message.conflictIndex;
       break;
     case "Heartbeat":
-      wire.type = WireMessageType.HEARTBEAT;
-      wire.commit = u64(message.commitIndex, "commitIndex");
-      wire.readContext = u64(message.readContext, "readContext");
+      flat.type = WireMessageType.HEARTBEAT;
+      flat.commit = message.commitIndex;
+      flat.readContext = message.readContext;
       break;
     case "HeartbeatResponse":
-      wire.type = WireMessageType.HEARTBEAT_RESPONSE;
-      wire.readContext = u64(message.readContext, "readContext");
+      flat.type = WireMessageType.HEARTBEAT_RESPONSE;
+      flat.readContext = message.readContext;
       break;
     case "InstallSnapshot":
-      wire.type = WireMessageType.INSTALL_SNAPSHOT;
-      wire.snapshot = encodeSnapshotMeta(message.snapshot);
+      flat.type = WireMessageType.INSTALL_SNAPSHOT;
+      flat.snapshot = message.snapshot;
       break;
     case "InstallSnapshotResponse":
-      wire.type = WireMessageType.INSTALL_SNAPSHOT_RESPONSE;
-      wire.ok = message.success;
-      wire.matchIndex = u64(message.matchIndex, "matchIndex");
+      flat.type = WireMessageType.INSTALL_SNAPSHOT_RESPONSE;
+      flat.ok = message.success;
+      flat.matchIndex = message.matchIndex;
       break;
     case "TimeoutNow":
-      wire.type = WireMessageType.TIMEOUT_NOW;
+      flat.type = WireMessageType.TIMEOUT_NOW;
       break;
     default: {
       const unreachable: never = message;
       throw new RaftCodecError(`unknown raft message ${JSON.stringify(unreachable)}`);
     }
   }
-  return wire;
+  return flat;
 }
 
-/** Wire message → core message. Throws RaftCodecError for an unknown type or out-of-range number. */
-export function decodeMessage(wire: WireMessage): Message {
-  const from = num(wire.from, "from");
-  const to = num(wire.to, "to");
-  const term = num(wire.term, "term");
-  switch (wire.type) {
+/** Flat wire fields → core message. Throws RaftCodecError for an unknown type or a missing snapshot. */
+export function fromFlat(f: FlatMessage): Message {
+  const { from, to, term } = f;
+  switch (f.type) {
     case WireMessageType.REQUEST_VOTE:
       return {
         type: "RequestVote",
         from,
         to,
         term,
-        lastLogIndex: num(wire.logIndex, "lastLogIndex"),
-        lastLogTerm: num(wire.logTerm, "lastLogTerm"),
-        preVote: wire.preVote,
-        ...(wire.ok ? { transfer: true } : {}),
+        lastLogIndex: f.logIndex,
+        lastLogTerm: f.logTerm,
+        preVote: f.preVote,
+        ...(f.ok ? { transfer: true } : {}),
       };
     case WireMessageType.REQUEST_VOTE_RESPONSE:
-      return { type: "RequestVoteResponse", from, to, term, voteGranted: wire.ok, preVote: wire.preVote };
+      return { type: "RequestVoteResponse", from, to, term, voteGranted: f.ok, preVote: f.preVote };
     case WireMessageType.APPEND_ENTRIES:
-      return {
-        type: "AppendEntries",
-        from,
-        to,
-        term,
-        prevLogIndex: num(wire.logIndex, "prevLogIndex"),
-        prevLogTerm: num(wire.logTerm, "prevLogTerm"),
-        entries: wire.entries.map(decodeEntry),
-        leaderCommit: num(wire.commit, "leaderCommit"),
-      };
+      return { type: "AppendEntries", from, to, term, prevLogIndex: f.logIndex, prevLogTerm: f.logTerm, entries: f.entries, leaderCommit: f.commit };
     case WireMessageType.APPEND_ENTRIES_RESPONSE:
       return {
         type: "AppendEntriesResponse",
         from,
         to,
         term,
-        success: wire.ok,
-        matchIndex: num(wire.matchIndex, "matchIndex"),
-        conflictTerm: num(wire.conflictTerm, "conflictTerm"),
-        conflictIndex: num(wire.conflictIndex, "conflictIndex"),
+        success: f.ok,
+        matchIndex: f.matchIndex,
+        conflictTerm: f.conflictTerm,
+        conflictIndex: f.conflictIndex,
       };
     case WireMessageType.HEARTBEAT:
-      return {
-        type: "Heartbeat",
-        from,
-        to,
-        term,
-        commitIndex: num(wire.commit, "commitIndex"),
-        readContext: num(wire.readContext, "readContext"),
-      };
+      return { type: "Heartbeat", from, to, term, commitIndex: f.commit, readContext: f.readContext };
     case WireMessageType.HEARTBEAT_RESPONSE:
-      return { type: "HeartbeatResponse", from, to, term, readContext: num(wire.readContext, "readContext") };
+      return { type: "HeartbeatResponse", from, to, term, readContext: f.readContext };
     case WireMessageType.INSTALL_SNAPSHOT:
-      return { type: "InstallSnapshot", from, to, term, snapshot: decodeSnapshotMeta(wire.snapshot) };
+      if (f.snapshot === undefined) throw new RaftCodecError("InstallSnapshot message carries no snapshot metadata");
+      return { type: "InstallSnapshot", from, to, term, snapshot: f.snapshot };
     case WireMessageType.INSTALL_SNAPSHOT_RESPONSE:
-      return {
-        type: "InstallSnapshotResponse",
-        from,
-        to,
-        term,
-        success: wire.ok,
-        matchIndex: num(wire.matchIndex, "matchIndex"),
-      };
+      return { type: "InstallSnapshotResponse", from, to, term, success: f.ok, matchIndex: f.matchIndex };
     case WireMessageType.TIMEOUT_NOW:
       return { type: "TimeoutNow", from, to, term };
     default:
-      throw new RaftCodecError(`raft message has unknown type ${wire.type as number}`);
+      throw new RaftCodecError(`raft message has unknown type ${f.type as number}`);
   }
+}
+
+const NO_ENTRIES: Entry[] = [];
+
+/** Core message → protobuf-es message. Throws RaftCodecError only for numbers that are not safe integers. */
+export function encodeMessage(message: Message): WireMessage {
+  const f = toFlat(message);
+  const wire = create(MessageSchema, {
+    type: f.type,
+    from: u64(f.from, "from"),
+    to: u64(f.to, "to"),
+    term: u64(f.term, "term"),
+    logIndex: u64(f.logIndex, "logIndex"),
+    logTerm: u64(f.logTerm, "logTerm"),
+    entries: f.entries.map(encodeEntry),
+    commit: u64(f.commit, "commit"),
+    ok: f.ok,
+    preVote: f.preVote,
+    matchIndex: u64(f.matchIndex, "matchIndex"),
+    conflictTerm: u64(f.conflictTerm, "conflictTerm"),
+    conflictIndex: u64(f.conflictIndex, "conflictIndex"),
+    readContext: u64(f.readContext, "readContext"),
+  });
+  if (f.snapshot !== undefined) wire.snapshot = encodeSnapshotMeta(f.snapshot);
+  return wire;
+}
+
+/** Protobuf-es message → core message. Throws RaftCodecError for an unknown type or out-of-range number. */
+export function decodeMessage(wire: WireMessage): Message {
+  return fromFlat({
+    type: wire.type,
+    from: num(wire.from, "from"),
+    to: num(wire.to, "to"),
+    term: num(wire.term, "term"),
+    logIndex: num(wire.logIndex, "logIndex"),
+    logTerm: num(wire.logTerm, "logTerm"),
+    entries: wire.entries.map(decodeEntry),
+    commit: num(wire.commit, "commit"),
+    ok: wire.ok,
+    preVote: wire.preVote,
+    matchIndex: num(wire.matchIndex, "matchIndex"),
+    conflictTerm: num(wire.conflictTerm, "conflictTerm"),
+    conflictIndex: num(wire.conflictIndex, "conflictIndex"),
+    readContext: num(wire.readContext, "readContext"),
+    snapshot: wire.snapshot === undefined ? undefined : decodeSnapshotMeta(wire.snapshot),
+  });
 }

@@ -13,7 +13,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file raftpb/raft.proto.
  */
 export const file_raftpb_raft: GenFile = /*@__PURE__*/
-  fileDesc("ChFyYWZ0cGIvcmFmdC5wcm90bxIGcmFmdHBiIlMKBUVudHJ5Eg0KBWluZGV4GAEgASgEEgwKBHRlcm0YAiABKAQSHwoEdHlwZRgDIAEoDjIRLnJhZnRwYi5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCI8CgxTbmFwc2hvdE1ldGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIPCgdtZW1iZXJzGAMgAygEIskCCgdNZXNzYWdlEiEKBHR5cGUYASABKA4yEy5yYWZ0cGIuTWVzc2FnZVR5cGUSDAoEZnJvbRgCIAEoBBIKCgJ0bxgDIAEoBBIMCgR0ZXJtGAQgASgEEhEKCWxvZ19pbmRleBgFIAEoBBIQCghsb2dfdGVybRgGIAEoBBIeCgdlbnRyaWVzGAcgAygLMg0ucmFmdHBiLkVudHJ5Eg4KBmNvbW1pdBgIIAEoBBIKCgJvaxgJIAEoCBIQCghwcmVfdm90ZRgKIAEoCBITCgttYXRjaF9pbmRleBgLIAEoBBIVCg1jb25mbGljdF90ZXJtGAwgASgEEhYKDmNvbmZsaWN0X2luZGV4GA0gASgEEhQKDHJlYWRfY29udGV4dBgOIAEoBBImCghzbmFwc2hvdBgPIAEoCzIULnJhZnRwYi5TbmFwc2hvdE1ldGEiMQoMTWVzc2FnZUJhdGNoEiEKCG1lc3NhZ2VzGAEgAygLMg8ucmFmdHBiLk1lc3NhZ2UiDgoMU2VuZFJlc3BvbnNlIj4KDVNuYXBzaG90Q2h1bmsSHwoGaGVhZGVyGAEgASgLMg8ucmFmdHBiLk1lc3NhZ2USDAoEZGF0YRgCIAEoDCotCglFbnRyeVR5cGUSEAoMRU5UUllfTk9STUFMEAASDgoKRU5UUllfTk9PUBABKvEBCgtNZXNzYWdlVHlwZRIXChNNRVNTQUdFX1VOU1BFQ0lGSUVEEAASEAoMUkVRVUVTVF9WT1RFEAESGQoVUkVRVUVTVF9WT1RFX1JFU1BPTlNFEAISEgoOQVBQRU5EX0VOVFJJRVMQAxIbChdBUFBFTkRfRU5UUklFU19SRVNQT05TRRAEEg0KCUhFQVJUQkVBVBAFEhYKEkhFQVJUQkVBVF9SRVNQT05TRRAGEhQKEElOU1RBTExfU05BUFNIT1QQBxIdChlJTlNUQUxMX1NOQVBTSE9UX1JFU1BPTlNFEAgSDwoLVElNRU9VVF9OT1cQCTK2AQoLUmFmdFNlcnZpY2USMgoEU2VuZBIULnJhZnRwYi5NZXNzYWdlQmF0Y2gaFC5yYWZ0cGIuU2VuZFJlc3BvbnNlEjYKBlN0cmVhbRIULnJhZnRwYi5NZXNzYWdlQmF0Y2gaFC5yYWZ0cGIuU2VuZFJlc3BvbnNlKAESOwoPSW5zdGFsbFNuYXBzaG90EhUucmFmdHBiLlNuYXBzaG90Q2h1bmsaDy5yYWZ0cGIuTWVzc2FnZSgBYgZwcm90bzM");
+  fileDesc("ChFyYWZ0cGIvcmFmdC5wcm90bxIGcmFmdHBiIlMKBUVudHJ5Eg0KBWluZGV4GAEgASgEEgwKBHRlcm0YAiABKAQSHwoEdHlwZRgDIAEoDjIRLnJhZnRwYi5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCI8CgxTbmFwc2hvdE1ldGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIPCgdtZW1iZXJzGAMgAygEIskCCgdNZXNzYWdlEiEKBHR5cGUYASABKA4yEy5yYWZ0cGIuTWVzc2FnZVR5cGUSDAoEZnJvbRgCIAEoBBIKCgJ0bxgDIAEoBBIMCgR0ZXJtGAQgASgEEhEKCWxvZ19pbmRleBgFIAEoBBIQCghsb2dfdGVybRgGIAEoBBIeCgdlbnRyaWVzGAcgAygLMg0ucmFmdHBiLkVudHJ5Eg4KBmNvbW1pdBgIIAEoBBIKCgJvaxgJIAEoCBIQCghwcmVfdm90ZRgKIAEoCBITCgttYXRjaF9pbmRleBgLIAEoBBIVCg1jb25mbGljdF90ZXJtGAwgASgEEhYKDmNvbmZsaWN0X2luZGV4GA0gASgEEhQKDHJlYWRfY29udGV4dBgOIAEoBBImCghzbmFwc2hvdBgPIAEoCzIULnJhZnRwYi5TbmFwc2hvdE1ldGEiMQoMTWVzc2FnZUJhdGNoEiEKCG1lc3NhZ2VzGAEgAygLMg8ucmFmdHBiLk1lc3NhZ2UiIQoNTWVzc2FnZUZyYW1lcxIQCghtZXNzYWdlcxgBIAMoDCIOCgxTZW5kUmVzcG9uc2UiPgoNU25hcHNob3RDaHVuaxIfCgZoZWFkZXIYASABKAsyDy5yYWZ0cGIuTWVzc2FnZRIMCgRkYXRhGAIgASgMKi0KCUVudHJ5VHlwZRIQCgxFTlRSWV9OT1JNQUwQABIOCgpFTlRSWV9OT09QEAEq8QEKC01lc3NhZ2VUeXBlEhcKE01FU1NBR0VfVU5TUEVDSUZJRUQQABIQCgxSRVFVRVNUX1ZPVEUQARIZChVSRVFVRVNUX1ZPVEVfUkVTUE9OU0UQAhISCg5BUFBFTkRfRU5UUklFUxADEhsKF0FQUEVORF9FTlRSSUVTX1JFU1BPTlNFEAQSDQoJSEVBUlRCRUFUEAUSFgoSSEVBUlRCRUFUX1JFU1BPTlNFEAYSFAoQSU5TVEFMTF9TTkFQU0hPVBAHEh0KGUlOU1RBTExfU05BUFNIT1RfUkVTUE9OU0UQCBIPCgtUSU1FT1VUX05PVxAJMrcBCgtSYWZ0U2VydmljZRIyCgRTZW5kEhQucmFmdHBiLk1lc3NhZ2VCYXRjaBoULnJhZnRwYi5TZW5kUmVzcG9uc2USNwoGU3RyZWFtEhUucmFmdHBiLk1lc3NhZ2VGcmFtZXMaFC5yYWZ0cGIuU2VuZFJlc3BvbnNlKAESOwoPSW5zdGFsbFNuYXBzaG90EhUucmFmdHBiLlNuYXBzaG90Q2h1bmsaDy5yYWZ0cGIuTWVzc2FnZSgBYgZwcm90bzM");
 
 /**
  * @generated from message raftpb.Entry
@@ -188,6 +188,27 @@ export const MessageBatchSchema: GenMessage<MessageBatch> = /*@__PURE__*/
   messageDesc(file_raftpb_raft, 3);
 
 /**
+ * What Stream carries: wire-identical to MessageBatch (an embedded message and bytes share one
+ * encoding), declared as bytes so the receiver decodes each Message with its own codec
+ * (src/rpc/raft-wire.ts) instead of through reflection.
+ *
+ * @generated from message raftpb.MessageFrames
+ */
+export type MessageFrames = Message$1<"raftpb.MessageFrames"> & {
+  /**
+   * @generated from field: repeated bytes messages = 1;
+   */
+  messages: Uint8Array[];
+};
+
+/**
+ * Describes the message raftpb.MessageFrames.
+ * Use `create(MessageFramesSchema)` to create a new message.
+ */
+export const MessageFramesSchema: GenMessage<MessageFrames> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 4);
+
+/**
  * @generated from message raftpb.SendResponse
  */
 export type SendResponse = Message$1<"raftpb.SendResponse"> & {
@@ -198,7 +219,7 @@ export type SendResponse = Message$1<"raftpb.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_raftpb_raft, 4);
+  messageDesc(file_raftpb_raft, 5);
 
 /**
  * InstallSnapshot as a client stream: the first chunk carries the header message, every chunk
@@ -223,7 +244,7 @@ export type SnapshotChunk = Message$1<"raftpb.SnapshotChunk"> & {
  * Use `create(SnapshotChunkSchema)` to create a new message.
  */
 export const SnapshotChunkSchema: GenMessage<SnapshotChunk> = /*@__PURE__*/
-  messageDesc(file_raftpb_raft, 5);
+  messageDesc(file_raftpb_raft, 6);
 
 /**
  * @generated from enum raftpb.EntryType
@@ -330,7 +351,7 @@ export const RaftService: GenService<{
    */
   stream: {
     methodKind: "client_streaming";
-    input: typeof MessageBatchSchema;
+    input: typeof MessageFramesSchema;
     output: typeof SendResponseSchema;
   },
   /**
