@@ -1,6 +1,8 @@
-// The main thread's handle on the table worker (table-worker.ts): starts it on first use, sends
+// The main thread's handle on a table worker (table-worker.ts): starts it on first use, sends
 // flush and compaction jobs, answers its requests for file numbers, and turns its failures back
-// into LsmErrors. The worker is unreferenced while idle, so it never keeps a process alive.
+// into LsmErrors. Workers are shared by every database of the process (one for flushes, one for
+// merges), so threads and their warmed-up code outlive any one database; a worker is
+// unreferenced while idle, so it never keeps a process alive.
 import { LsmError, type LsmErrorCode } from "./errors.ts";
 import type { CompactJob, CompactResult, FlushJob, FlushResult, FromWorker, WireError } from "./table-jobs.ts";
 
@@ -17,14 +19,12 @@ export class TableWorker {
   private worker: Worker | null = null;
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
-  private failure: Error | null = null;
-  /** Shared with compaction jobs: set to 1 when the database closes, so merges stop early. */
-  readonly abortFlag = new Int32Array(new SharedArrayBuffer(4));
 
   private start(): Worker {
     if (this.worker !== null) return this.worker;
     const w = new Worker(new URL("./table-worker.ts", import.meta.url).href);
     w.onmessage = (e: MessageEvent<FromWorker>) => this.onMessage(e.data);
+    // A dead worker fails its jobs (their databases turn read-only); the next job starts a new one.
     w.onerror = (e: ErrorEvent) => this.fail(new LsmError("BACKGROUND", `table worker failed: ${e.message}`));
     this.worker = w;
     return w;
@@ -54,7 +54,6 @@ export class TableWorker {
   }
 
   private fail(e: Error): void {
-    this.failure = e;
     const all = [...this.pending.values()];
     this.pending.clear();
     for (const p of all) p.reject(e);
@@ -63,7 +62,6 @@ export class TableWorker {
   }
 
   private run<T>(job: JobBody<FlushJob> | JobBody<CompactJob>, newFileNumber: () => number): Promise<T> {
-    if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, newFileNumber });
@@ -81,13 +79,9 @@ export class TableWorker {
     });
   }
 
-  compact(job: Omit<JobBody<CompactJob>, "abort">, newFileNumber: () => number): Promise<CompactResult> {
-    return this.run<CompactResult>({ ...job, abort: this.abortFlag }, newFileNumber);
-  }
-
-  /** Asks running merges to stop (they fail with the ABORTED message). */
-  abort(): void {
-    Atomics.store(this.abortFlag, 0, 1);
+  /** `job.abort` is the database's flag: set to 1, the merge stops (failing with ABORTED). */
+  compact(job: JobBody<CompactJob>, newFileNumber: () => number): Promise<CompactResult> {
+    return this.run<CompactResult>(job, newFileNumber);
   }
 
   /** Stops the thread; jobs still pending are rejected. */
@@ -100,6 +94,16 @@ export class TableWorker {
     for (const p of all) p.reject(new LsmError("CLOSED", "table worker stopped"));
     w.terminate();
   }
+}
+
+let shared: { flush: TableWorker; compaction: TableWorker } | null = null;
+
+/**
+ * The process's table workers: flushes get a thread of their own so they never queue behind a
+ * long merge (writers wait on flushes, not on merges).
+ */
+export function sharedTableWorkers(): { flush: TableWorker; compaction: TableWorker } {
+  return (shared ??= { flush: new TableWorker(), compaction: new TableWorker() });
 }
 
 const CODES = new Set<LsmErrorCode>(["CORRUPTION", "INVALID_ARGUMENT", "LIMIT", "CLOSED", "LOCKED", "IO", "BACKGROUND"]);

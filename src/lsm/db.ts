@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BATCH_HEADER, encodeBatch, forEachBatchOp, opSize, setBatchSeq, type BatchOp } from "./batch.ts";
-import { TableWorker } from "./background.ts";
+import { sharedTableWorkers, type TableWorker } from "./background.ts";
 import { bloomHash } from "./bloom.ts";
 import { BlockCache, TableCache } from "./cache.ts";
 import { compareBytes, KIND_PUT } from "./coding.ts";
@@ -98,20 +98,20 @@ export class DB {
   private openIterators = 0;
   private readonly unlinking = new Set<Promise<void>>();
   private readonly ctx: CompactionContext;
-  /**
-   * Build tables off the event loop (null when options.backgroundThread is false). Flushes get a
-   * thread of their own so they never queue behind a long merge: writers wait on flushes.
-   */
+  /** Build tables off the event loop (null when options.backgroundThread is false). */
   private readonly worker: TableWorker | null;
   private readonly compactionWorker: TableWorker | null;
+  /** Set to 1 at close: this database's merges in the worker stop early. */
+  private readonly abortFlag = new Int32Array(new SharedArrayBuffer(4));
   private stats_ = { userBytes: 0, walBytesBase: 0, tableBytes: 0, compactions: 0, flushes: 0 };
 
   private constructor(readonly dir: string, private readonly opts: ResolvedOptions, private readonly lock: DirLock) {
     this.versions = new VersionSet(dir, opts.logger);
     this.blockCache = new BlockCache(opts.blockCacheBytes);
     this.tableCache = new TableCache(opts.maxOpenFiles);
-    this.worker = opts.backgroundThread ? new TableWorker() : null;
-    this.compactionWorker = opts.backgroundThread ? new TableWorker() : null;
+    const workers = opts.backgroundThread ? sharedTableWorkers() : null;
+    this.worker = workers?.flush ?? null;
+    this.compactionWorker = workers?.compaction ?? null;
     this.ctx = {
       dir,
       table: { blockSize: opts.blockSize, restartInterval: opts.blockRestartInterval, bloomBitsPerKey: opts.bloomBitsPerKey },
@@ -630,6 +630,7 @@ export class DB {
           level1MaxBytes: this.ctx.level1MaxBytes,
           table: this.ctx.table,
           mmapTables: this.opts.mmapTables,
+          abort: this.abortFlag,
         },
         () => {
           const n = this.versions.newFileNumber();
@@ -779,13 +780,10 @@ export class DB {
     if (this.closed) return;
     this.closed = true;
     this.closing = true;
-    this.worker?.abort();
-    this.compactionWorker?.abort();
+    Atomics.store(this.abortFlag, 0, 1);
     this.notifyProgress();
     await this.writeTail;
     await Promise.allSettled([this.flushing, this.compacting, this.compactionLock]);
-    this.worker?.terminate();
-    this.compactionWorker?.terminate();
     let failure: unknown = null;
     try {
       await this.wal.close(true);

@@ -253,7 +253,7 @@ export class Memtable {
     leaf.w2[at] = t2;
     leaf.count = n + 1;
     if (at === 0) this.setFirst(li, leaf);
-    if (leaf.count === LEAF_MAX) this.split(li);
+    if (leaf.count === LEAF_MAX) this.split(li, at === LEAF_MAX - 1 && li === this.leaves.length - 1);
     this.index.put(node, hash);
     this.modifications++;
     this.bytes += ke - ks + node.valEnd - node.valStart + ENTRY_OVERHEAD;
@@ -266,11 +266,14 @@ export class Memtable {
     this.f2[li] = leaf.w2[0];
   }
 
-  /** Moves the upper half of a full leaf into a new leaf right after it. */
-  private split(li: number): void {
+  /**
+   * Moves the upper half of a full leaf into a new leaf right after it. When the last leaf
+   * fills by appends (ascending keys), only the last entry moves: leaves stay full.
+   */
+  private split(li: number, appending: boolean): void {
     const left = this.leaves[li];
     const right = new Leaf();
-    const half = LEAF_MAX >>> 1;
+    const half = appending ? LEAF_MAX - 1 : LEAF_MAX >>> 1;
     right.w0.set(left.w0.subarray(half, LEAF_MAX));
     right.w1.set(left.w1.subarray(half, LEAF_MAX));
     right.w2.set(left.w2.subarray(half, LEAF_MAX));
