@@ -1,7 +1,8 @@
 // A focused micro-benchmark of the LSM engine against LevelDB (classic-level) in one process:
 // selected db_bench workloads, engines alternating run by run, median of runs and ratio.
 //
-//   bun bench/lsm-profile.ts [--n 200000] [--runs 3] [--only readseq,seekrandom] [--engines ours,leveldb]
+//   bun bench/lsm-profile.ts [--n 200000] [--runs 3] [--warmup 50000] [--only readseq-nextv,seekrandom-nextv10]
+//                            [--engines ours,leveldb] [--sync-ops 1000]
 //   bun --cpu-prof --cpu-prof-dir=/tmp/prof bench/lsm-profile.ts --engines ours --only readseq
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -20,7 +21,9 @@ function arg(name: string, fallback: string): string {
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
 }
 
-const N = Number(arg("n", "200000"));
+let N = Number(arg("n", "200000"));
+/** Entries of an unmeasured first pass per engine (JIT warm-up of our JS code); 0 to skip. */
+const WARMUP = Number(arg("warmup", String(Math.min(50_000, Math.floor(N / 4)))));
 const RUNS = Number(arg("runs", "3"));
 const only = new Set(arg("only", WORKLOADS.join(",")).split(",")) as Set<string>;
 const engineNames = arg("engines", "ours,leveldb").split(",");
@@ -144,6 +147,13 @@ async function main(): Promise<void> {
   for (const name of engineNames) engines.push(name === "ours" ? await ourEngine() : await leveldbEngine());
   const results = new Map<string, Map<Workload, number[]>>();
   for (const e of engines) results.set(e.system, new Map());
+  if (WARMUP > 0) {
+    const measured = N;
+    N = WARMUP;
+    for (const e of engines) await runEngine(e, 100);
+    N = measured;
+    console.error(`warm-up pass of ${WARMUP} entries per engine done (not counted)`);
+  }
   for (let run = 0; run < RUNS; run++) {
     // Alternate who goes first, so drift of the machine falls on both.
     const orderOfEngines = run % 2 === 0 ? engines : engines.slice().reverse();
