@@ -274,6 +274,11 @@ export class KVServer {
    * This replica's applied value of `key`, without ReadIndex: possibly stale, never
    * linearizable. For diagnostics and tests that inspect one replica; clients use command().
    */
+  /** True when the Raft driver has nothing in flight (for simulations that wait on real I/O). */
+  isIdle(): boolean {
+    return this.node.isIdle();
+  }
+
   readLocal(key: string): string | null {
     if (this.closed) throw new KVError("unavailable", `node ${this.id} is closed`);
     const value = this.machine.read(key);

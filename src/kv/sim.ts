@@ -1,6 +1,7 @@
 // Simulated KV clusters: real KVServers (real LSM in temp dirs, MemoryLogStore for the Raft log)
 // on a SimNetwork and SimClock, a retrying test Clerk that records every operation, and MIT
 // 6.824's kvraft workload (GenericTest) with crashes, partitions and an unreliable network.
+import { settle } from "../raft/testing.ts";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -139,10 +140,14 @@ export class KvSimCluster {
     while (this.clock.now() < end) await this.step();
   }
 
-  /** One simulated millisecond, then one turn of the event loop for promises and real I/O. */
+  /**
+   * One simulated millisecond, then the event loop runs until every server's Raft driver is idle
+   * (bounded in real time): simulated time does not race ahead of a real fsync or LSM write, so a
+   * loaded machine slows a run down instead of starving it of progress.
+   */
   private async step(): Promise<void> {
     this.clock.advance(1);
-    await yieldToIO();
+    await settle({ isIdle: () => this.servers.every((server) => server === null || server.isIdle()) });
   }
 
   /**
