@@ -92,6 +92,10 @@ export class ConnectTransport implements Transport {
     if (this.chunkBytes + 1024 > this.readMaxBytes) {
       throw new RangeError(`snapshotChunkBytes ${this.chunkBytes} does not fit readMaxBytes ${this.readMaxBytes}`);
     }
+    if (!(this.maxFrameBytes > 0 && this.maxFrameBytes <= this.readMaxBytes / 2)) {
+      throw new RangeError(`maxFrameBytes ${this.maxFrameBytes} must be positive and at most half of readMaxBytes ${this.readMaxBytes}`);
+    }
+    if (!(maxQueuedBytes > 0)) throw new RangeError(`maxQueuedBytesPerPeer must be positive, got ${maxQueuedBytes}`);
     const entries = options.peers instanceof Map ? [...options.peers] : Object.entries(options.peers).map(([k, v]) => [Number(k), v] as const);
     for (const [id, url] of entries) {
       if (id === options.id) continue;
