@@ -178,11 +178,11 @@ export class LsmIterator implements AsyncIterable<[Uint8Array, Uint8Array]> {
     const gte = checkBound("gte", opts.gte);
     const lt = checkBound("lt", opts.lt);
     const lte = checkBound("lte", opts.lte);
-    // gt/lt win over gte/lte when both are given, as abstract-level specifies.
-    this.lower = gt ?? gte;
-    this.lowerInclusive = gt === undefined;
-    this.upper = lt ?? lte;
-    this.upperInclusive = lt === undefined;
+    // gte/lte take precedence over gt/lt when both are given, as abstract-level specifies.
+    this.lower = gte ?? gt;
+    this.lowerInclusive = gte !== undefined;
+    this.upper = lte ?? lt;
+    this.upperInclusive = lte !== undefined;
     this.reverse = opts.reverse === true;
     this.remaining = opts.limit === undefined || opts.limit === null || opts.limit < 0 ? Infinity : opts.limit;
   }

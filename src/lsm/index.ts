@@ -7,3 +7,5 @@ export { LsmError } from "./errors.ts";
 export type { LsmErrorCode } from "./errors.ts";
 export type { DBOptions } from "./options.ts";
 export type { BatchOp } from "./batch.ts";
+// The abstract-level adapter (LsmLevel) is a separate entry point, `src/lsm/level.ts`, so the
+// engine's users do not load abstract-level unless they want the Level ecosystem.
