@@ -31,6 +31,21 @@ function lastSegmentPath(): string {
   const names = segmentFiles();
   return path.join(dir, names[names.length - 1]);
 }
+/** Where a segment's records end (segments are preallocated: the file is longer, zero-filled). */
+function dataEnd(file: string): number {
+  const bytes = fs.readFileSync(file);
+  let at = 0;
+  while (at + 9 <= bytes.length && bytes[at + 8] !== 0) at += 9 + bytes.readUInt32LE(at + 4);
+  return at;
+}
+function overwrite(file: string, offset: number, data: Uint8Array): void {
+  const fd = fs.openSync(file, "r+");
+  try {
+    fs.writeSync(fd, data, 0, data.length, offset);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
 
 describe("FileLogStore", () => {
   test("a new log is empty; appended entries and hard state survive reopen", async () => {
@@ -182,21 +197,47 @@ describe("FileLogStore", () => {
     await store.close();
   });
 
-  test("a record cut off mid-write is truncated and reported", async () => {
-    const store = await FileLogStore.open(dir);
+  test("a record cut off mid-write (file grown, no preallocation) is cut and reported", async () => {
+    const store = await FileLogStore.open(dir, { preallocate: false });
     await store.save({ term: 1, votedFor: 0, commitIndex: 0 }, range(1, 9, 1));
     await store.save(null, [entry(10, 1)]);
     await store.close();
     const file = lastSegmentPath();
     const size = fs.statSync(file).size;
+    expect(size).toBe(dataEnd(file));
     fs.truncateSync(file, size - 7); // the last entry record loses its tail
+
+    const reopened = await FileLogStore.open(dir, { preallocate: false });
+    expect(reopened.lastIndex()).toBe(9);
+    const recovery = reopened.stats().recovery!;
+    expect(recovery.file).toBe(file);
+    expect(recovery.reason).toBe("truncated payload");
+    expect(recovery.truncatedBytes).toBe(size - 7 - recovery.offset);
+    await reopened.save(null, [entry(10, 1, "rewritten")]);
+    await reopened.close();
+    const again = await FileLogStore.open(dir);
+    expect(text(again.entries(10, 11)[0])).toBe("rewritten");
+    expect(again.stats().recovery).toBeNull();
+    await again.close();
+  });
+
+  test("a torn record followed by zeros in a preallocated segment is zeroed, reported and overwritten", async () => {
+    const store = await FileLogStore.open(dir);
+    await store.save({ term: 1, votedFor: 0, commitIndex: 0 }, range(1, 9, 1));
+    await store.save(null, [entry(10, 1, "x".repeat(200))]);
+    await store.close();
+    const file = lastSegmentPath();
+    const end = dataEnd(file);
+    expect(fs.statSync(file).size).toBeGreaterThan(end);
+    overwrite(file, end - 100, new Uint8Array(100)); // the last record's second half never reached disk
 
     const reopened = await FileLogStore.open(dir);
     expect(reopened.lastIndex()).toBe(9);
     const recovery = reopened.stats().recovery!;
     expect(recovery.file).toBe(file);
-    expect(recovery.reason).toBe("truncated payload");
-    expect(fs.statSync(file).size).toBe(recovery.offset);
+    expect(recovery.reason).toBe("checksum mismatch");
+    expect(recovery.truncatedBytes).toBe(end - 100 - recovery.offset);
+    expect(dataEnd(file)).toBe(recovery.offset); // the torn bytes are now zeros
     await reopened.save(null, [entry(10, 1, "rewritten")]);
     await reopened.close();
     const again = await FileLogStore.open(dir);
@@ -210,10 +251,11 @@ describe("FileLogStore", () => {
     await store.save(null, range(1, 5, 1));
     await store.close();
     const file = lastSegmentPath();
-    const validSize = fs.statSync(file).size;
+    const validSize = dataEnd(file);
     let seed = 12345;
     const garbage = Uint8Array.from({ length: 300 }, () => (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24);
-    fs.appendFileSync(file, garbage);
+    garbage[299] |= 1;
+    overwrite(file, validSize, garbage);
 
     const reopened = await FileLogStore.open(dir);
     expect(reopened.lastIndex()).toBe(5);
@@ -221,15 +263,19 @@ describe("FileLogStore", () => {
     await reopened.close();
   });
 
-  test("zeros after the last record (file grown, data never written) are a torn tail", async () => {
-    const store = await FileLogStore.open(dir);
+  test("zeros after the last record (file grown, data never written) are the clean end of the log", async () => {
+    const store = await FileLogStore.open(dir, { preallocate: false });
     await store.save(null, range(1, 5, 1));
     await store.close();
     fs.appendFileSync(lastSegmentPath(), new Uint8Array(4096));
     const reopened = await FileLogStore.open(dir);
     expect(reopened.lastIndex()).toBe(5);
-    expect(reopened.stats().recovery?.truncatedBytes).toBe(4096);
+    expect(reopened.stats().recovery).toBeNull();
+    await reopened.save(null, [entry(6, 1)]);
     await reopened.close();
+    const again = await FileLogStore.open(dir);
+    expect(again.entries(1, 7).map(text)).toEqual(range(1, 6, 1).map(text));
+    await again.close();
   });
 
   test("a flipped byte before the tail fails open with the file and offset", async () => {
@@ -238,7 +284,7 @@ describe("FileLogStore", () => {
     await store.close();
     const file = lastSegmentPath();
     const bytes = fs.readFileSync(file);
-    const target = Math.floor(bytes.length / 2);
+    const target = Math.floor(dataEnd(file) / 2);
     bytes[target] ^= 0x40;
     fs.writeFileSync(file, bytes);
 
@@ -272,8 +318,7 @@ describe("FileLogStore", () => {
     await store.save(null, range(1, 200, 1));
     await store.close();
     const first = path.join(dir, segmentFiles()[0]);
-    const bytes = fs.readFileSync(first);
-    fs.writeFileSync(first, bytes.subarray(0, bytes.length - 3));
+    overwrite(first, dataEnd(first) - 3, new Uint8Array(3));
     const err = await FileLogStore.open(dir, { segmentBytes: 4096 }).catch((e) => e);
     expect(err).toMatchObject({ code: "CORRUPTION", file: first });
   });
