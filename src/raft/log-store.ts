@@ -536,7 +536,7 @@ export class FileLogStore implements LogStore {
     }
     // The spare gets its header and becomes durable before the rename: a file under a segment name
     // always starts with a valid header, and everything after the written records is zeros.
-    const spare = await this.takeSpare();
+    const spare = await this.takeSpare(previous !== null);
     try {
       await this.writeAll(spare.handle, buf, 0);
       await spare.handle.datasync();
@@ -641,11 +641,12 @@ export class FileLogStore implements LogStore {
   }
 
   /** The prepared spare, waiting for (or starting) its preparation when there is none yet. */
-  private async takeSpare(): Promise<Spare> {
+  private async takeSpare(rollover: boolean): Promise<Spare> {
     if (this.spare) {
       this.counters.sparesUsed++;
     } else {
-      this.counters.spareWaits++;
+      // The first segment of a new (or reset-to-empty) log has nothing to roll over from.
+      if (rollover) this.counters.spareWaits++;
       this.sparePrep ??= this.prepareSpare();
       await this.sparePrep;
       this.throwBackgroundError();

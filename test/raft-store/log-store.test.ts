@@ -376,6 +376,95 @@ describe("FileLogStore", () => {
     await expect(FileLogStore.open(dir, { segmentBytes: 4096 })).rejects.toMatchObject({ code: "CORRUPTION" });
   });
 
+  test("appends overwrite preallocated zeros ahead of them and survive reopen", async () => {
+    const store = await FileLogStore.open(dir, { segmentBytes: 64 * 1024 });
+    const file = lastSegmentPath();
+    expect(fs.statSync(file).size).toBe(64 * 1024); // the whole (small) segment zero-filled at creation
+    expect(store.stats().preallocatedBytes).toBe(64 * 1024);
+    await store.save({ term: 1, votedFor: 0, commitIndex: 2 }, range(1, 20, 1));
+    expect(fs.statSync(file).size).toBe(64 * 1024);
+    expect(store.stats().allocationWaits).toBe(0);
+    await store.close();
+
+    const reopened = await FileLogStore.open(dir, { segmentBytes: 64 * 1024 });
+    expect(reopened.stats().recovery).toBeNull();
+    expect(reopened.entries(1, 21).map(text)).toEqual(range(1, 20, 1).map(text));
+    await reopened.save(null, range(21, 30, 1));
+    await reopened.close();
+    const again = await FileLogStore.open(dir, { segmentBytes: 64 * 1024 });
+    expect(again.entries(1, 31).map(text)).toEqual(range(1, 30, 1).map(text));
+    expect(again.hardState().commitIndex).toBe(2);
+    await again.close();
+    expect(segmentFiles()).toHaveLength(1);
+  });
+
+  test("a large segment is zero-filled step by step ahead of the appends", async () => {
+    const segmentBytes = 16 * 1024 * 1024;
+    const store = await FileLogStore.open(dir, { segmentBytes });
+    const file = lastSegmentPath();
+    const step = fs.statSync(file).size;
+    expect(step).toBeLessThan(segmentBytes);
+    const big = (i: number): Entry => ({ index: i, term: 1, type: EntryType.Normal, data: new Uint8Array(256 * 1024).fill(i) });
+    // Past half a step: the next step is filled in the background, before the appends reach it.
+    for (let i = 1; i <= 10; i++) await store.save(null, [big(i)]);
+    await store.close(); // waits for background fills
+    expect(fs.statSync(file).size).toBe(2 * step);
+    const reopened = await FileLogStore.open(dir, { segmentBytes });
+    expect(reopened.lastIndex()).toBe(10);
+    expect(reopened.entries(7, 8)[0].data[100]).toBe(7);
+    await reopened.close();
+  });
+
+  test("a spare segment is prepared in the background and used on rollover", async () => {
+    const segmentBytes = 64 * 1024;
+    const store = await FileLogStore.open(dir, { segmentBytes });
+    expect(store.stats().spareReady).toBe(false);
+    let index = 0;
+    const fill = async (until: () => boolean) => {
+      for (let n = 0; n < 2000 && !until(); n++) {
+        await store.save(null, [entry(++index, 1, "v".repeat(500))]);
+      }
+    };
+    await fill(() => dataEnd(lastSegmentPath()) >= segmentBytes / 2);
+    // Preparation runs beside the appends; give it a bounded moment.
+    for (let n = 0; n < 400 && !store.stats().spareReady; n++) await Bun.sleep(5);
+    expect(store.stats().spareReady).toBe(true);
+    expect(fs.statSync(path.join(dir, "segment.spare")).size).toBe(segmentBytes);
+    await fill(() => segmentFiles().length > 1);
+    const stats = store.stats();
+    expect(stats.segments).toBe(2);
+    expect(stats.sparesUsed).toBe(1);
+    expect(stats.spareWaits).toBe(0);
+    expect(fs.statSync(lastSegmentPath()).size).toBe(segmentBytes);
+    await store.close();
+
+    const reopened = await FileLogStore.open(dir, { segmentBytes });
+    expect(reopened.lastIndex()).toBe(index);
+    expect(reopened.entries(1, index + 1).map(text)).toEqual(
+      Array.from({ length: index }, (_, i) => text(entry(i + 1, 1, "v".repeat(500)))),
+    );
+    await reopened.close();
+    expect(fs.existsSync(path.join(dir, "segment.spare"))).toBe(false);
+  });
+
+  test("a log written without preallocation is extended in place when reopened with it", async () => {
+    const plain = await FileLogStore.open(dir, { preallocate: false, segmentBytes: 4096 });
+    await plain.save({ term: 1, votedFor: 0, commitIndex: 0 }, range(1, 100, 1));
+    await plain.save(null, range(101, 200, 1));
+    await plain.close();
+    const sizes = segmentFiles().map((n) => fs.statSync(path.join(dir, n)).size);
+    expect(sizes.length).toBeGreaterThan(1);
+    expect(sizes[sizes.length - 1]).toBe(dataEnd(lastSegmentPath()));
+    const store = await FileLogStore.open(dir, { segmentBytes: 4096 });
+    await store.save(null, range(201, 300, 2));
+    await store.close();
+    expect(fs.statSync(lastSegmentPath()).size).toBe(4096);
+    const reopened = await FileLogStore.open(dir, { segmentBytes: 4096 });
+    expect(reopened.entries(1, 301).map(text)).toEqual([...range(1, 200, 1), ...range(201, 300, 2)].map(text));
+    expect(reopened.stats().recovery).toBeNull();
+    await reopened.close();
+  });
+
   test("a closed store refuses writes", async () => {
     const store = await FileLogStore.open(dir);
     await store.close();
@@ -413,6 +502,8 @@ describe("FileLogStore under kill -9", () => {
       await child.exited;
       expect(acks).toBeGreaterThan(0);
 
+      // The writer preallocates: every segment file is a whole zero-filled 64 KiB.
+      for (const name of segmentFiles()) expect(fs.statSync(path.join(dir, name)).size).toBe(64 * 1024);
       const store = await FileLogStore.open(dir, { segmentBytes: 64 * 1024 });
       expect(store.lastIndex()).toBeGreaterThanOrEqual(highestAck);
       expect(store.hardState().commitIndex).toBeGreaterThanOrEqual(highestAck);
