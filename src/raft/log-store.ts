@@ -884,6 +884,7 @@ function endOfNonZero(buf: Uint8Array, from: number): number {
     if (buf[end - 1] !== 0) return end;
     end--;
   }
+  if (end === from) return from;
   const wordsFrom = Math.ceil((buf.byteOffset + from) / 8);
   const words = new BigUint64Array(buf.buffer, 0, (buf.byteOffset + end) / 8);
   let w = words.length;
