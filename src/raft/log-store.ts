@@ -235,6 +235,7 @@ export class FileLogStore implements LogStore {
     return out;
   }
 
+  /** Bytes of records in the segments; preallocated zeros (up to one segment and a spare) excluded. */
   sizeBytes(): number {
     return this.segments.reduce((sum, s) => sum + s.size, 0);
   }
