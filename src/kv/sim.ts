@@ -28,6 +28,14 @@ export interface KvSimClusterOptions {
   electionTicks?: number;
 }
 
+/** A client RPC that reaches its server at `due` (delivered in step(), sorted, never mid-I/O). */
+interface PendingCall {
+  due: number;
+  clientId: bigint;
+  seq: number;
+  run: () => void;
+}
+
 const UNRELIABLE = { minDelayMs: 1, maxDelayMs: 12, lossRate: 0.1, duplicateRate: 0.05 };
 const RELIABLE = { minDelayMs: 1, maxDelayMs: 3, lossRate: 0, duplicateRate: 0 };
 
@@ -43,10 +51,16 @@ export class KvSimCluster {
   partitions = 0;
   /** Snapshots installed by server incarnations that have since crashed. */
   private installedBeforeCrash = 0;
+  private calls: PendingCall[] = [];
+  private callSeq = 0;
+  /** Times still() gave up waiting with simulated time frozen and let it run (breaks replay). */
+  stillFallbacks = 0;
 
   private constructor(readonly options: KvSimClusterOptions) {
     this.rng = new Rng(options.seed);
-    this.net = new SimNetwork(this.clock, this.rng.fork(), RELIABLE);
+    // Replay mode: per-link fault streams and sorted deliveries, so real I/O timing within one
+    // simulated millisecond does not change what the network does.
+    this.net = new SimNetwork(this.clock, this.rng.fork(), RELIABLE, { linkSeed: options.seed });
     this.servers = new Array(options.servers).fill(null);
     this.stores = Array.from({ length: options.servers }, () => new MemoryLogStore());
     this.root = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-sim-"));
@@ -103,6 +117,8 @@ export class KvSimCluster {
     this.servers[i] = null;
     this.crashes++;
     this.installedBeforeCrash += (await server.getStatus()).snapshotsInstalled;
+    // Off the network at once: snapshot hops to or from it fail now, so closing needs no simulated time.
+    this.net.down(i);
     this.stores[i].crash();
     await server.close();
     this.stores[i] = this.stores[i].reopen();
@@ -146,14 +162,62 @@ export class KvSimCluster {
    * loaded machine slows a run down instead of starving it of progress.
    */
   private async step(): Promise<void> {
+    this.tick();
+    await settle({ isIdle: () => this.isIdle() });
+  }
+
+  /** One simulated millisecond: its timers, then its network deliveries and client calls. */
+  private tick(): void {
     this.clock.advance(1);
-    await settle({ isIdle: () => this.servers.every((server) => server === null || server.isIdle()) });
+    // Synchronously after the timers, before any I/O callback can run: every input of this
+    // millisecond reaches the servers in an order fixed by the seed.
+    this.net.deliverDue();
+    this.deliverCalls();
+  }
+
+  private isIdle(): boolean {
+    return this.net.isIdle() && this.servers.every((server) => server === null || server.isIdle());
+  }
+
+  private deliverCalls(): void {
+    if (this.calls.length === 0) return;
+    const now = this.clock.now();
+    const due = this.calls.filter((c) => c.due <= now);
+    if (due.length === 0) return;
+    this.calls = this.calls.filter((c) => c.due > now);
+    due.sort((a, b) => a.due - b.due || (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : a.seq - b.seq));
+    for (const call of due) call.run();
   }
 
   /**
-   * For steps that wait on real disk I/O (opening and closing servers): simulated time moves
-   * one millisecond per real millisecond, so it cannot race ahead of an fsync. Fails after
-   * `maxRealMs`.
+   * Awaits `promise` (opening or closing servers: real disk I/O) with simulated time standing
+   * still, so the schedule does not depend on how long the disk takes. If it has not settled
+   * after `stillMs` real ms, something waits on simulated time: it then runs as in untilReal()
+   * and stillFallbacks counts it (that run is no longer replayable).
+   */
+  async still<T>(promise: Promise<T>, stillMs = 20_000): Promise<T> {
+    let settled = false;
+    promise.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    const deadline = performance.now() + stillMs;
+    while (!settled && performance.now() < deadline) await Bun.sleep(1);
+    if (settled) return promise;
+    this.stillFallbacks++;
+    return this.untilReal(promise);
+  }
+
+  /** An Rng for one client, from the cluster seed and the client id (independent of call order). */
+  clientRng(clientId: bigint): Rng {
+    const id = Number(BigInt.asUintN(32, clientId));
+    return new Rng(((this.options.seed % 1_000_000_007) * 4_294_967_296 + id * 2_654_435_761) % Number.MAX_SAFE_INTEGER);
+  }
+
+  /**
+   * Simulated time moves one millisecond per real millisecond until `promise` settles (for tests
+   * that drive one server call by hand; not replayable: how far time moves depends on the disk).
+   * Fails after `maxRealMs`.
    */
   async untilReal<T>(promise: Promise<T>, maxRealMs = 60_000): Promise<T> {
     let settled = false;
@@ -167,7 +231,7 @@ export class KvSimCluster {
       if (performance.now() >= deadline) {
         throw new Error(`simulation: nothing settled within ${maxRealMs} real ms; servers: ${await this.describe()}`);
       }
-      this.clock.advance(1);
+      this.tick();
       await Bun.sleep(1);
     }
     return promise;
@@ -195,29 +259,44 @@ export class KvSimCluster {
    * One client RPC to server `i`: a network delay each way; on an unreliable network the request
    * or the reply may be lost (the client then hears nothing for RPC_TIMEOUT_MS).
    */
-  async call(i: number, args: CommandArgs): Promise<CommandReply | null> {
-    const server = this.servers[i];
-    if (server === null || (this.unreliable && this.rng.chance(0.1))) {
+  async call(i: number, args: CommandArgs, rng: Rng = this.rng): Promise<CommandReply | null> {
+    const lost = this.unreliable && rng.chance(0.1);
+    const delay = rng.range(1, 3);
+    if (this.servers[i] === null || lost) {
       await this.sleep(RPC_TIMEOUT_MS);
       return null;
     }
-    await this.sleep(this.rng.range(1, 3));
-    let reply: CommandReply;
+    let reply: CommandReply | null;
     try {
-      reply = await server.command(args);
+      reply = await this.atServer(delay, args.clientId, () => this.servers[i]?.command(args) ?? null);
     } catch (error) {
-      if (error instanceof KVError && error.code !== "invalid_argument") {
-        await this.sleep(RPC_TIMEOUT_MS);
-        return null;
-      }
-      throw error;
+      if (error instanceof KVError && error.code !== "invalid_argument") reply = null;
+      else throw error;
     }
-    if (this.unreliable && this.rng.chance(0.1)) {
+    if (reply === null || (this.unreliable && rng.chance(0.1))) {
       await this.sleep(RPC_TIMEOUT_MS);
       return null;
     }
-    await this.sleep(this.rng.range(1, 3));
+    await this.sleep(rng.range(1, 3));
     return reply;
+  }
+
+  /** Runs `fn` at a server after `delay` ms, in step(), ordered by client among same-time calls. */
+  private atServer<T>(delay: number, clientId: bigint, fn: () => Promise<T> | T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.calls.push({
+        due: this.clock.now() + delay,
+        clientId,
+        seq: this.callSeq++,
+        run: () => {
+          try {
+            Promise.resolve(fn()).then(resolve, reject);
+          } catch (error) {
+            reject(error);
+          }
+        },
+      });
+    });
   }
 
   /** Snapshots installed by every server incarnation so far. */
@@ -249,9 +328,10 @@ export class KvSimCluster {
   async close(): Promise<void> {
     const closing = this.servers.map((server, i) => {
       this.servers[i] = null;
+      this.net.down(i);
       return server?.close().catch(() => {});
     });
-    await this.untilReal(Promise.all(closing)).catch(() => {});
+    await this.still(Promise.all(closing)).catch(() => {});
     fs.rmSync(this.root, { recursive: true, force: true });
   }
 }
@@ -269,6 +349,8 @@ export class KvSimClerk {
   private leader: number;
   private nextCommandId = 0n;
   private reachable: number[];
+  /** This client's own draws (request and reply loss and delay): independent of other clients. */
+  private readonly rng: Rng;
 
   constructor(
     private readonly cluster: KvSimCluster,
@@ -280,6 +362,7 @@ export class KvSimClerk {
   ) {
     this.reachable = reachable ?? Array.from({ length: cluster.size }, (_, i) => i);
     this.leader = this.reachable[0];
+    this.rng = cluster.clientRng(clientId);
   }
 
   /** Changes which servers this client can talk to (all when omitted), e.g. after a heal. */
@@ -308,7 +391,7 @@ export class KvSimClerk {
     this.history.push(record);
     const giveUp = clock.now() + this.deadlineMs;
     while (clock.now() < giveUp) {
-      const reply = await this.cluster.call(this.leader, { key, value, op, clientId: this.clientId, commandId });
+      const reply = await this.cluster.call(this.leader, { key, value, op, clientId: this.clientId, commandId }, this.rng);
       if (reply !== null && (reply.err === "OK" || reply.err === "ErrNoKey")) {
         record.output = { err: reply.err, value: reply.value };
         record.return = clock.now();
@@ -378,9 +461,10 @@ export interface WorkloadResult {
   partitions: number;
   snapshotsInstalled: number;
   /**
-   * CRC-32C of the history (ops, outputs, times). Not reproducible across runs of one seed: the
-   * LSM does real file I/O (fsync, background flush and compaction) whose duration shifts the
-   * simulated schedule. The Raft-only simulator (`bun run sim` without --kv) is deterministic.
+   * CRC-32C of the history (ops, outputs, times), in (call, client) order. The same options give
+   * the same hash: the real LSM I/O of a simulated millisecond finishes before the next one
+   * starts, and every input of a millisecond (timers, network deliveries, client calls) reaches
+   * the servers in an order fixed by the seed, not by which I/O finished first.
    */
   hash: string;
 }
@@ -430,17 +514,17 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
         }
         return { clerk, key: ownKey, appended };
       });
-      const partitioner = o.partitions ? runPartitioner(cluster, done) : Promise.resolve();
+      const partitioner = o.partitions ? runPartitioner(cluster, done, new Rng((o.seed * 131 + iteration * 7 + 5) % Number.MAX_SAFE_INTEGER)) : Promise.resolve();
       const end = cluster.clock.now() + o.iterationMs;
       while (cluster.clock.now() < end && (o.opsPerIteration === undefined || completed < o.opsPerIteration)) await cluster.run(10);
       done.value = true;
       await cluster.until(partitioner);
       cluster.heal();
       if (o.crash) {
-        // Simulated time keeps running while servers close (a close may wait for a network hop),
-        // but no faster than real time: closing and opening storage does real fsyncs.
-        await cluster.untilReal(cluster.crashAll());
-        await cluster.untilReal(cluster.restartAll());
+        // Simulated time stands still while servers close and open (real fsyncs): crash() takes a
+        // server off the network first, so no close waits on a network hop.
+        await cluster.still(cluster.crashAll());
+        await cluster.still(cluster.restartAll());
       }
       const results = await cluster.until(Promise.all(clients), 120_000);
       if (!o.randomKeys) {
@@ -462,6 +546,10 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
   } finally {
     await cluster.close();
   }
+  // Operations started in one simulated millisecond were recorded in the order their promises
+  // resumed; (call time, client) is the order the seed fixes.
+  history.sort((a, b) => a.call - b.call || (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0));
+  if (cluster.stillFallbacks > 0) failures.push(`simulation: ${cluster.stillFallbacks} server open/close waited on simulated time (not replayable)`);
   const check = checkHistory(history, { timeoutMs: 20_000 });
   if (check.result === "illegal") failures.push(check.explanation);
   if (check.result === "timeout") failures.push(check.explanation);
@@ -478,14 +566,21 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
   };
 }
 
-/** Every 100-300 ms, a fresh random split of the servers into two groups (6.824's partitioner). */
-async function runPartitioner(cluster: KvSimCluster, done: { value: boolean }): Promise<void> {
-  while (!done.value) {
-    const groups: number[][] = [[], []];
-    for (let i = 0; i < cluster.size; i++) groups[cluster.rng.int(2)].push(i);
-    cluster.partition(groups);
-    await cluster.sleep(cluster.rng.range(100, 300));
-  }
+/**
+ * Every 100-300 ms, a fresh random split of the servers into two groups (6.824's partitioner).
+ * Runs inside clock timer callbacks, so a split happens before any I/O of that millisecond.
+ */
+function runPartitioner(cluster: KvSimCluster, done: { value: boolean }, rng: Rng): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const split = (): void => {
+      if (done.value) return resolve();
+      const groups: number[][] = [[], []];
+      for (let i = 0; i < cluster.size; i++) groups[rng.int(2)].push(i);
+      cluster.partition(groups);
+      cluster.clock.setTimeout(split, rng.range(100, 300));
+    };
+    split();
+  });
 }
 
 function hashHistory(history: Operation[]): string {
@@ -507,8 +602,8 @@ export interface KvSimOptions {
 
 /**
  * Randomized client load under every fault (unreliable network, partitions, crashes, snapshots),
- * checked for linearizability. The line ends `ok hash=<hex>` or `FAIL … hash=<hex>`; a seed
- * chooses the faults and the load, but with the real LSM underneath a run is not replayed exactly.
+ * checked for linearizability. The line ends `ok hash=<hex>` or `FAIL … hash=<hex>`; one seed
+ * replays one run, byte for byte (test/kv/sim-determinism.test.ts).
  */
 export async function runKvSim(options: KvSimOptions): Promise<{ line: string; ok: boolean }> {
   const iterations = 3;
