@@ -47,6 +47,8 @@ export interface DBStats {
   lastSequence: number;
   blockCache: { bytes: number; capacity: number; hits: number; misses: number };
   openTables: number;
+  /** Bytes of table files the open tables read through a memory map (≤ maxMappedBytes). */
+  mappedTableBytes: number;
   liveSnapshots: number;
   compactions: number;
   flushes: number;
@@ -79,6 +81,11 @@ export class DB {
   private readonly versions: VersionSet;
   private readonly blockCache: BlockCache;
   private readonly tableCache: TableCache<TableReader>;
+  /** Bytes of table files currently mapped by open tables (bounded by opts.maxMappedBytes). */
+  private mappedBytes = 0;
+  private readonly onUnmap = (size: number): void => {
+    this.mappedBytes -= size;
+  };
   private mem!: Memtable;
   private imms: Memtable[] = []; // oldest first
   private wal!: LogWriter;
@@ -423,7 +430,10 @@ export class DB {
     let t = this.tableCache.get(f.number);
     if (t === undefined) {
       const name = tableFileName(f.number);
-      t = TableReader.open(path.join(this.dir, name), name, f.number, f.size, this.blockCache, this.opts.mmapTables);
+      // Map while the mapped bytes stay within budget (mapped pages count in RSS); pread beyond.
+      const mmap = this.opts.mmapTables && this.mappedBytes + f.size <= this.opts.maxMappedBytes;
+      t = TableReader.open(path.join(this.dir, name), name, f.number, f.size, this.blockCache, { mmap, onUnmap: this.onUnmap });
+      if (t.mapped) this.mappedBytes += f.size;
       this.tableCache.insert(f.number, t);
     }
     return t;
@@ -629,7 +639,6 @@ export class DB {
           l0CompactionTrigger: this.ctx.l0CompactionTrigger,
           level1MaxBytes: this.ctx.level1MaxBytes,
           table: this.ctx.table,
-          mmapTables: this.opts.mmapTables,
           abort: this.abortFlag,
         },
         () => {
@@ -741,6 +750,7 @@ export class DB {
       lastSequence: this.lastSeq,
       blockCache: { bytes: this.blockCache.bytes, capacity: this.blockCache.capacity, hits: this.blockCache.hits, misses: this.blockCache.misses },
       openTables: this.tableCache.size,
+      mappedTableBytes: this.mappedBytes,
       liveSnapshots: this.snapshots.size,
       compactions: this.stats_.compactions,
       flushes: this.stats_.flushes,

@@ -34,6 +34,11 @@ export interface DBOptions {
   /** Read tables through a read-only memory map (Bun.mmap) instead of pread. Default true. */
   mmapTables?: boolean;
   /**
+   * Most bytes of table files mapped at once (mapped pages that reads touch count in RSS);
+   * tables opened beyond it are read with pread into the block cache. Default 64 MiB.
+   */
+  maxMappedBytes?: number;
+  /**
    * Build tables (memtable flushes, compaction merges) in a Worker thread, off the event loop.
    * Default true; false runs them on the main thread in ~1 ms slices.
    */
@@ -66,6 +71,7 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
     l0SlowdownTrigger: o.l0SlowdownTrigger ?? 8,
     l0StopTrigger: o.l0StopTrigger ?? 12,
     mmapTables: o.mmapTables ?? true,
+    maxMappedBytes: o.maxMappedBytes ?? 64 * MiB,
     backgroundThread: o.backgroundThread ?? true,
     maxKeyBytes: o.maxKeyBytes ?? 64 * KiB,
     maxValueBytes: o.maxValueBytes ?? 64 * MiB,
@@ -90,6 +96,7 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
   range("l0CompactionTrigger", 1, 1000);
   range("l0SlowdownTrigger", r.l0CompactionTrigger, 1000);
   range("l0StopTrigger", r.l0SlowdownTrigger, 1000);
+  range("maxMappedBytes", 0, 1024 * 1024 * MiB);
   range("maxKeyBytes", 1, 16 * MiB);
   range("maxValueBytes", 0, 1024 * MiB);
   range("maxBatchBytes", 1024, 2048 * MiB);

@@ -48,7 +48,6 @@ export interface CompactJob {
   l0CompactionTrigger: number;
   level1MaxBytes: number;
   table: TableOptions;
-  mmapTables: boolean;
   /** Int32Array over a SharedArrayBuffer: [0] !== 0 asks the job to stop (database closing). */
   abort: Int32Array;
 }
@@ -211,6 +210,8 @@ function compareRangeBytes(buf: Uint8Array, a: number, aEnd: number, b: number, 
  * Merges a compaction's inputs into new tables. `newFileNumber` asks the main thread (which
  * marks each number as a pending output); `aborted` is read from the shared flag.
  */
+const COMPACTION_READAHEAD = 256 * 1024;
+
 export async function compactTables(job: CompactJob, newFileNumber: () => Promise<number>): Promise<CompactResult> {
   // Input tables are opened for this job only, without caching blocks: each is read once.
   const cache = new BlockCache(0);
@@ -228,7 +229,9 @@ export async function compactTables(job: CompactJob, newFileNumber: () => Promis
       let t = tables.get(f.number);
       if (t === undefined) {
         const name = tableFileName(f.number);
-        t = TableReader.open(path.join(job.dir, name), name, f.number, f.size, cache, job.mmapTables);
+        // pread in 256 KiB chunks, not a map: each input is read once, front to back, and mapped
+        // pages would count in the process's RSS until the mapping is collected.
+        t = TableReader.open(path.join(job.dir, name), name, f.number, f.size, cache, { mmap: false, readaheadBytes: COMPACTION_READAHEAD });
         tables.insert(f.number, t);
       }
       return t;

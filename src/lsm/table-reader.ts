@@ -15,12 +15,29 @@ export interface TableGetResult {
   value: Uint8Array;
 }
 
+/** How a table file is read: mapped, or with pread (optionally in large sequential chunks). */
+export interface TableReadMode {
+  /** Map the file read-only (Bun.mmap): no copy per block, but touched pages count in RSS. */
+  mmap: boolean;
+  /**
+   * pread granularity for a one-pass sequential reader (compaction input): blocks are served
+   * from chunks of this many bytes, one system call per chunk instead of one per block. 0: off.
+   */
+  readaheadBytes?: number;
+  /** Called once when a mapped table is released (the DB's mapped-bytes budget). */
+  onUnmap?: (fileSize: number) => void;
+}
+
 export class TableReader implements Releasable {
   private refs = 1; // the opener's reference (normally the table cache)
   private fd: number;
   private readonly blocks: BlockMap = new Map();
   /** The file mapped read-only (tables are immutable), or null to read with pread. */
   private map: Uint8Array | null;
+  private readonly readahead: number;
+  private chunk: Uint8Array | null = null;
+  private chunkOffset = 0;
+  private readonly onUnmap: ((fileSize: number) => void) | undefined;
   private readonly index: Uint8Array;
   private readonly filter: Uint8Array;
   private readonly indexIter: BlockIterator;
@@ -34,10 +51,12 @@ export class TableReader implements Releasable {
     fd: number,
     private readonly cache: BlockCache,
     path: string,
-    useMmap: boolean,
+    mode: TableReadMode,
   ) {
     this.fd = fd;
-    this.map = useMmap ? mapFile(path, fileSize) : null;
+    this.map = mode.mmap ? mapFile(path, fileSize) : null;
+    this.readahead = mode.readaheadBytes ?? 0;
+    this.onUnmap = this.map !== null ? mode.onUnmap : undefined;
     if (fileSize < FOOTER_SIZE) throw corruption(name, 0, `file too short for a table (${fileSize} bytes)`);
     const footerOffset = fileSize - FOOTER_SIZE;
     const footer = this.pread(footerOffset, FOOTER_SIZE);
@@ -58,7 +77,7 @@ export class TableReader implements Releasable {
   }
 
   /** Opens a table file (synchronously: open is rare and the table cache keeps it). */
-  static open(path: string, name: string, fileNumber: number, fileSize: number, cache: BlockCache, useMmap = true): TableReader {
+  static open(path: string, name: string, fileNumber: number, fileSize: number, cache: BlockCache, mode: TableReadMode = { mmap: true }): TableReader {
     let fd: number;
     try {
       fd = fs.openSync(path, "r");
@@ -66,11 +85,16 @@ export class TableReader implements Releasable {
       throw ioError(name, "open", e);
     }
     try {
-      return new TableReader(name, fileNumber, fileSize, fd, cache, path, useMmap);
+      return new TableReader(name, fileNumber, fileSize, fd, cache, path, mode);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
     }
+  }
+
+  /** Whether the file is read through a memory map (false if mapping was not asked or failed). */
+  get mapped(): boolean {
+    return this.map !== null;
   }
 
   ref(): void {
@@ -80,7 +104,9 @@ export class TableReader implements Releasable {
   release(): void {
     if (--this.refs > 0) return;
     this.cache.dropOwner(this.blocks);
+    if (this.map !== null) this.onUnmap?.(this.fileSize);
     this.map = null; // the mapping goes with its last view
+    this.chunk = null;
     try {
       fs.closeSync(this.fd);
     } catch {}
@@ -91,6 +117,24 @@ export class TableReader implements Releasable {
     if (offset + size > this.fileSize) throw corruption(this.name, offset, `block of ${size} bytes runs past end of file`);
     // A mapped table is read without a system call or copy; the CRC check below still runs.
     if (this.map !== null) return this.map.subarray(offset, offset + size);
+    if (this.readahead > 0) return this.readAhead(offset, size);
+    return this.readExact(offset, size);
+  }
+
+  /** Serves [offset, offset+size) from the current chunk, reading a new chunk when it is not there. */
+  private readAhead(offset: number, size: number): Uint8Array {
+    const c = this.chunk;
+    if (c !== null && offset >= this.chunkOffset && offset + size <= this.chunkOffset + c.length) {
+      return c.subarray(offset - this.chunkOffset, offset - this.chunkOffset + size);
+    }
+    // A fresh chunk each time: blocks handed out earlier stay valid views of the old one.
+    const len = Math.min(this.fileSize - offset, Math.max(size, this.readahead));
+    this.chunk = this.readExact(offset, len);
+    this.chunkOffset = offset;
+    return this.chunk.subarray(0, size);
+  }
+
+  private readExact(offset: number, size: number): Uint8Array {
     const buf = new Uint8Array(size);
     let done = 0;
     try {
@@ -153,6 +197,11 @@ export class TableReader implements Releasable {
     this.ref();
     return new TableIterator(this, new BlockIterator(this.index, this.name, 0), fillCache);
   }
+}
+
+/** Whether this process can map files (Bun.mmap). */
+export function canMapTables(): boolean {
+  return typeof (globalThis as { Bun?: { mmap?: unknown } }).Bun?.mmap === "function";
 }
 
 /** Maps a table file read-only with Bun.mmap; null when unavailable or the size disagrees. */

@@ -240,6 +240,26 @@ describe("DB", () => {
     expect(db.approximateSize(key(5000), key(6000))).toBe(0);
   });
 
+  test("tables are mapped only within maxMappedBytes; the rest are read with pread", async () => {
+    dir = tempDir("db");
+    const budget = 150 * 1024;
+    db = await DB.open(dir, { ...small, maxMappedBytes: budget });
+    for (let b = 0; b < 6000; b += 100) {
+      const ops = [];
+      for (let i = b; i < b + 100; i++) ops.push({ type: "put" as const, key: key(i), value: new Uint8Array(100).fill(i & 0xff) });
+      await db.write(ops);
+    }
+    await db.compactRange();
+    expect(db.stats().levels.reduce((n, l) => n + l.files, 0)).toBeGreaterThan(4);
+    for (let i = 0; i < 6000; i += 7) expect(db.getSync(key(i))).toEqual(new Uint8Array(100).fill(i & 0xff));
+    const s = db.stats();
+    expect(s.openTables).toBeGreaterThan(4);
+    expect(s.mappedTableBytes).toBeGreaterThan(0);
+    expect(s.mappedTableBytes).toBeLessThanOrEqual(budget);
+    expect(s.diskBytes).toBeGreaterThan(budget * 2); // so some tables were read with pread
+    expect((await collect(db)).length).toBe(6000);
+  });
+
   test("recovery truncates a torn WAL tail and warns", async () => {
     dir = tempDir("db");
     db = await DB.open(dir);
