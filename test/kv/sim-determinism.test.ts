@@ -90,6 +90,7 @@ describe("KV simulator replay", () => {
         const first = await runKvSim({ seed, nodes: 5, steps: 120 });
         const second = await runKvSim({ seed, nodes: 5, steps: 120 });
         expect(first.ok).toBe(true);
+        expect(first.line).not.toContain("NOT REPLAYABLE");
         expect(second.line).toBe(first.line);
         expect(first.line).toMatch(new RegExp(`^seed ${seed}: .* ok hash=[0-9a-f]{8}$`));
         lines.push(first.line.replace(/^seed \d+: /, ""));
@@ -120,6 +121,7 @@ describe("KV simulator replay", () => {
       const b = await runWorkload(options);
       expect(a.failures).toEqual([]);
       expect(b.failures).toEqual([]);
+      expect([a.replayBreaks, b.replayBreaks]).toEqual([0, 0]);
       expect(b.hash).toBe(a.hash);
       expect(b.snapshotsInstalled).toBe(a.snapshotsInstalled);
       expect(b.partitions).toBe(a.partitions);
