@@ -79,6 +79,11 @@ export class KVStateMachine implements StateMachine {
   private appliedTerm = 0;
   private durable = 0;
   private syncing: Promise<unknown> | null = null;
+
+  /** True while a background sync of the LSM is running (simulations wait for it). */
+  get syncInFlight(): boolean {
+    return this.syncing !== null;
+  }
   /** Set when an LSM write failed after memory changed: memory and disk may disagree; stop. */
   private failure: unknown = null;
   private closed = false;
