@@ -17,7 +17,8 @@ import {
 import type { Message, NodeId, Transport, TransportHandler } from "../raft/types.ts";
 import { RaftCodecError, decodeMessage, encodeMessage } from "./raft-codec.ts";
 import { PeerLink, PeerLinkError } from "./peer-link.ts";
-import { type PreparedMessage, batchFieldBytes, decodeMessageBytes, encodeBatchFrame, prepareMessage } from "./raft-wire.ts";
+import { frameRoutesOf } from "./frame-lane.ts";
+import { type PreparedMessage, batchFieldBytes, decodeBatchBytes, decodeMessageBytes, encodeBatchFrame, prepareMessage } from "./raft-wire.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -269,6 +270,9 @@ export class ConnectTransport implements Transport {
 
   /** Registers raftpb.RaftService on a router (the node's RpcServer), delivering to the listen() handler. */
   registerRoutes(router: ConnectRouter): void {
+    // On an RpcServer, Stream frames are read straight off the HTTP/2 stream (frame-lane.ts); the
+    // Connect registration below still serves every other client of the method.
+    frameRoutesOf(router)?.add(STREAM_PATH, { readMaxBytes: this.readMaxBytes, onFrame: (payload) => this.deliverFrame(payload) });
     router.service(
       RaftService,
       {
@@ -324,6 +328,19 @@ export class ConnectTransport implements Transport {
 
   private deliverBytes(encoded: Uint8Array[]): void {
     this.hand(encoded.map((bytes) => this.decodeForMe(() => decodeMessageBytes(bytes))));
+  }
+
+  /** One MessageFrames payload, decoded in place. */
+  private deliverFrame(payload: Uint8Array): void {
+    let messages: Message[];
+    try {
+      messages = decodeBatchBytes(payload);
+    } catch (error) {
+      if (error instanceof RaftCodecError) throw new ConnectError(error.message, Code.InvalidArgument);
+      throw error;
+    }
+    for (const message of messages) this.decodeForMe(() => message);
+    this.hand(messages);
   }
 
   private hand(messages: Message[]): void {

@@ -450,3 +450,25 @@ function decodeSnapshotMeta(buf: Uint8Array, start: number, end: number, into: S
   }
   return meta;
 }
+
+/**
+ * Reads a raftpb.MessageBatch / MessageFrames payload (bytes [start, end) of `buf`): every
+ * field-1 message, in order; unknown fields are skipped. The peer stream's receiving side uses this
+ * on the envelope payload directly, without the generated code's per-message byte copies.
+ */
+export function decodeBatchBytes(buf: Uint8Array, start = 0, end = buf.length): Message[] {
+  const r = new Reader(buf, start, end);
+  const out: Message[] = [];
+  while (r.pos < r.end) {
+    const tag = r.varint("batch tag");
+    const field = tag >>> 3;
+    const wireType = tag & 7;
+    if (field === 1 && wireType === LEN) {
+      const [s, e] = r.span("messages");
+      out.push(decodeMessageBytes(buf, s, e));
+    } else if (field === 1) {
+      throw new RaftCodecError(`raft batch field 1 has wire type ${wireType}, expected ${LEN}`);
+    } else r.skip(wireType, field);
+  }
+  return out;
+}

@@ -8,6 +8,7 @@ import * as http2 from "node:http2";
 import * as net from "node:net";
 import { cors, type ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { FrameRoutes, isPlainConnectStream, serveFrameStream } from "./frame-lane.ts";
 import { Http1Lane, type LaneHost } from "./http1-lane.ts";
 import { UnaryRoutes } from "./unary-routes.ts";
 
@@ -97,9 +98,11 @@ export class RpcServer {
     // into the default op, PUT.
     const jsonOptions = { ignoreUnknownFields: false };
     const unary = new UnaryRoutes({ readMaxBytes, jsonOptions });
+    const frames = new FrameRoutes();
     const adapter = connectNodeAdapter({
-      // The fast lane answers the unary methods registered here; everything else runs through the adapter.
-      routes: (router) => options.routes(unary.recording(router)),
+      // The fast lane answers the unary methods registered here, the frame lane the frame routes
+      // registered through frameRoutesOf(router); everything else runs through the adapter.
+      routes: (router) => options.routes(frames.exposeOn(unary.recording(router))),
       readMaxBytes,
       shutdownSignal: shutdown.signal,
       jsonOptions,
@@ -143,6 +146,7 @@ export class RpcServer {
       socket.destroy();
     });
     const h2 = http2.createServer({ settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 256 } }, handle);
+    if (frames.size > 0) routeFrameStreams(h2, frames, shutdown.signal);
     const tcp = net.createServer();
     tcp.maxConnections = options.maxConnections ?? 4096;
 
@@ -267,6 +271,24 @@ export class RpcServer {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
+}
+
+/**
+ * Puts the frame lane in front of node:http2's request handler: a plain Connect stream to a frame
+ * route is served on the raw stream, every other stream reaches the compat layer as before.
+ */
+function routeFrameStreams(h2: http2.Http2Server, frames: FrameRoutes, shutdown: AbortSignal): void {
+  const compat = h2.listeners("stream") as ((...args: unknown[]) => void)[];
+  h2.removeAllListeners("stream");
+  h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => {
+    const path = headers[":path"];
+    const route = typeof path === "string" ? frames.get(path) : undefined;
+    if (route !== undefined && isPlainConnectStream(headers)) {
+      serveFrameStream(stream, route, shutdown);
+      return;
+    }
+    for (const listener of compat) listener.call(h2, stream, headers, ...rest);
+  });
 }
 
 function listenError(error: NodeJS.ErrnoException, host: string, port: number): ListenError {
