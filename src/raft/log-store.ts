@@ -1,42 +1,37 @@
-// The durable Raft log on real files: CRC-framed records in zero-preallocated segment files,
-// group-committed fsyncs, suffix truncation, prefix compaction and torn-tail recovery. Layout: FORMAT.md.
+// The durable Raft log on real files (FileLogStore): the LogStore API over CRC-framed segments,
+// group-committed fsyncs, suffix truncation, prefix compaction and reset. Layout: FORMAT.md;
+// segment space in log-preallocation.ts, reading back on open in log-recovery.ts.
 
 import * as fs from "node:fs";
 import * as path from "node:path";
 import {
-  decodeEntry,
-  decodeHardState,
-  decodeMeta,
-  decodeSegmentHeader,
   entryRecordBytes,
-  findValidFrameAfter,
   HARD_STATE_RECORD_BYTES,
   metaRecordBytes,
-  type RawRecord,
-  readFrame,
   RecordType,
-  SEGMENT_HEADER_RECORD_BYTES,
   writeEntryRecord,
   writeHardStateRecord,
   writeMetaRecord,
   writeSegmentHeaderRecord,
 } from "./log-record.ts";
+import { ioError, LogStoreError } from "./log-error.ts";
+import {
+  EMPTY_META,
+  newCounters,
+  type Segment,
+  SEGMENT_OVERHEAD,
+  segmentName,
+  SPARE_FILE,
+  syncDir,
+  writeAll,
+  writeCompactionMeta,
+} from "./log-files.ts";
+import { SegmentPreallocator } from "./log-preallocation.ts";
+import { recoverLog, type RecoveryReport } from "./log-recovery.ts";
 import { type Entry, type HardState, type LogStore, NONE, type SnapshotMeta } from "./types.ts";
 
-export type LogStoreErrorCode = "CORRUPTION" | "RECORD_TOO_LARGE" | "OUT_OF_RANGE" | "INVALID_ARGUMENT" | "CLOSED" | "IO";
-
-export class LogStoreError extends Error {
-  constructor(
-    readonly code: LogStoreErrorCode,
-    message: string,
-    readonly file?: string,
-    readonly offset?: number,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-    this.name = "LogStoreError";
-  }
-}
+export { LogStoreError, type LogStoreErrorCode } from "./log-error.ts";
+export type { RecoveryReport } from "./log-recovery.ts";
 
 export interface FileLogStoreOptions {
   /** A segment is closed and a new one started once it would grow past this (default 64 MiB). */
@@ -47,14 +42,6 @@ export interface FileLogStoreOptions {
    * file costs (about half the latency). false grows files as records are appended.
    */
   preallocate?: boolean;
-}
-
-/** What open() did to a torn last record (a crash mid-write): the bytes it cut off. */
-export interface RecoveryReport {
-  file: string;
-  offset: number;
-  truncatedBytes: number;
-  reason: string;
 }
 
 export interface LogStoreStats {
@@ -83,35 +70,6 @@ export interface LogStoreStats {
 
 const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
 const MIN_SEGMENT_BYTES = 4096;
-/** Room at the start of each segment for its header and hard state records. */
-const SEGMENT_OVERHEAD = SEGMENT_HEADER_RECORD_BYTES + HARD_STATE_RECORD_BYTES;
-const COMPACTION_FILE = "compaction-meta";
-/** Batches up to this size are written synchronously (see writeAll). */
-const SYNC_WRITE_BYTES = 64 * 1024;
-const SEGMENT_PATTERN = /^log-(\d{16})\.seg$/;
-/** The next segment, zero-filled ahead of time; renamed into place (header written) on rollover. */
-const SPARE_FILE = "segment.spare";
-/** Segment space is zero-filled in steps of this much (or the whole segment when smaller). */
-const PREALLOCATE_STEP = 4 * 1024 * 1024;
-/** Zero buffer shared by every store: allocated on first use, never written to. */
-let zeroChunk: Uint8Array | null = null;
-function zeros(): Uint8Array {
-  zeroChunk ??= new Uint8Array(PREALLOCATE_STEP);
-  return zeroChunk;
-}
-const EMPTY_META: SnapshotMeta = { index: 0, term: 0, members: [] };
-
-const segmentName = (seq: number) => `log-${String(seq).padStart(16, "0")}.seg`;
-
-interface Segment {
-  seq: number;
-  path: string;
-  size: number;
-  /** Bytes of the file known zero-filled or written and synced: appends never write past this. */
-  allocated: number;
-  /** Highest entry index (or Reset index) ever written to it: it may go once compaction passes this. */
-  maxIndex: number;
-}
 
 /** Records encoded by one save, waiting for the next flush. */
 interface PendingRecord {
@@ -125,22 +83,11 @@ interface Batch {
   done: Promise<void>;
 }
 
-interface Spare {
-  handle: fs.promises.FileHandle;
-  allocated: number;
-}
-
 export class FileLogStore implements LogStore {
   private readonly segmentBytes: number;
   private readonly preallocate: boolean;
-  /** Zero-fill step: PREALLOCATE_STEP, or the whole segment when that is smaller. */
-  private readonly step: number;
-  /** A background zero fill of the active segment; never rejects (errors go to backgroundError). */
-  private extending: Promise<void> | null = null;
-  private spare: Spare | null = null;
-  /** A background spare preparation; never rejects (errors go to backgroundError). */
-  private sparePrep: Promise<void> | null = null;
-  private backgroundError: unknown = null;
+  /** Zero-filled space ahead of the appends and the spare segment (used only when preallocate). */
+  private readonly space: SegmentPreallocator;
   private segments: Segment[] = [];
   private active!: fs.promises.FileHandle;
   private hard: HardState = { term: 0, votedFor: NONE, commitIndex: 0 };
@@ -161,18 +108,7 @@ export class FileLogStore implements LogStore {
   private lazyHard: HardState | null = null;
   private failure: LogStoreError | null = null;
   private closed = false;
-  private counters = {
-    saves: 0,
-    lazyHardStates: 0,
-    writes: 0,
-    fsyncs: 0,
-    dirFsyncs: 0,
-    bytesWritten: 0,
-    preallocatedBytes: 0,
-    sparesUsed: 0,
-    spareWaits: 0,
-    allocationWaits: 0,
-  };
+  private readonly counters = newCounters();
   private recovery: RecoveryReport | null = null;
 
   private constructor(
@@ -184,7 +120,7 @@ export class FileLogStore implements LogStore {
       throw new LogStoreError("INVALID_ARGUMENT", `segmentBytes must be an integer >= ${MIN_SEGMENT_BYTES}`);
     }
     this.preallocate = options.preallocate ?? true;
-    this.step = Math.min(PREALLOCATE_STEP, this.segmentBytes);
+    this.space = new SegmentPreallocator(dir, this.segmentBytes, this.counters);
   }
 
   /** Opens (creating if needed) the log in `dir`, recovering from a crash mid-write. */
@@ -244,7 +180,7 @@ export class FileLogStore implements LogStore {
     return {
       ...this.counters,
       segments: this.segments.length,
-      spareReady: this.spare !== null,
+      spareReady: this.space.spareReady,
       recovery: this.recovery,
     };
   }
@@ -315,7 +251,7 @@ export class FileLogStore implements LogStore {
     this.snapshot = { ...meta, members: [...meta.members] };
     this.openBatch = null;
     return this.enqueue(async () => {
-      await this.writeCompactionMeta(meta);
+      await writeCompactionMeta(this.dir, meta, this.counters);
       await this.dropSegmentsThrough(meta.index, false);
     });
   }
@@ -337,7 +273,7 @@ export class FileLogStore implements LogStore {
     return this.enqueue(async () => {
       // A fresh segment that starts with the Reset: until it is durable, the old log stays valid.
       await this.startSegment(meta);
-      await this.writeCompactionMeta(meta);
+      await writeCompactionMeta(this.dir, meta, this.counters);
       await this.dropSegmentsThrough(Infinity, true);
     });
   }
@@ -351,19 +287,17 @@ export class FileLogStore implements LogStore {
     this.closed = true;
     this.openBatch = null;
     await this.queueTail;
-    await this.settleBackground();
+    await this.space.settleBackground();
     await this.active.close();
-    // The spare stays on disk zero-filled; open removes it (it holds nothing of the log).
-    await this.spare?.handle.close();
-    this.spare = null;
+    await this.space.closeSpare();
   }
 
   // ---- the write path --------------------------------------------------------------------------
 
   private refusal(): LogStoreError | null {
     if (this.failure) return this.failure;
-    if (this.backgroundError !== null) {
-      this.failure = this.ioError(this.backgroundError);
+    if (this.space.backgroundError !== null) {
+      this.failure = ioError(this.dir, this.space.backgroundError);
       return this.failure;
     }
     if (this.closed) return new LogStoreError("CLOSED", `log store ${this.dir} is closed`);
@@ -422,19 +356,12 @@ export class FileLogStore implements LogStore {
         await op();
       } catch (err) {
         // After a failed write or fsync the file's state is unknown (fsyncgate): never ack again.
-        this.failure = this.ioError(err);
+        this.failure = ioError(this.dir, err);
         throw this.failure;
       }
     });
     this.queueTail = run.catch(() => {});
     return run;
-  }
-
-  private ioError(err: unknown): LogStoreError {
-    if (err instanceof LogStoreError) return err;
-    return new LogStoreError("IO", `log store ${this.dir}: ${(err as Error).message}`, undefined, undefined, {
-      cause: err,
-    });
   }
 
   /** Writes the records (one write per segment touched) and syncs them. */
@@ -462,7 +389,7 @@ export class FileLogStore implements LogStore {
         if (hs) this.writtenHard = hs;
       }
       await this.ensureAllocated(segment, segment.size + bytes);
-      await this.writeAll(this.active, buf, segment.size);
+      await writeAll(this.active, buf, segment.size, segment.path, this.counters);
       segment.size += bytes;
       i = j;
     }
@@ -472,29 +399,6 @@ export class FileLogStore implements LogStore {
 
   private activeSegment(): Segment {
     return this.segments[this.segments.length - 1];
-  }
-
-  private async writeAll(handle: fs.promises.FileHandle, buf: Uint8Array, position: number): Promise<void> {
-    let done = 0;
-    if (buf.length <= SYNC_WRITE_BYTES) {
-      // Copying a small batch into the page cache takes microseconds: cheaper on the event loop
-      // than a trip through the thread pool. The fsync that follows stays asynchronous.
-      while (done < buf.length) {
-        const written = fs.writeSync(handle.fd, buf, done, buf.length - done, position + done);
-        if (written <= 0) throw new Error(`short write to ${this.activeSegment().path}`);
-        done += written;
-      }
-      this.counters.writes++;
-      this.counters.bytesWritten += buf.length;
-      return;
-    }
-    while (done < buf.length) {
-      const { bytesWritten } = await handle.write(buf, done, buf.length - done, position + done);
-      if (bytesWritten <= 0) throw new Error(`short write to ${this.activeSegment().path}`);
-      done += bytesWritten;
-    }
-    this.counters.writes++;
-    this.counters.bytesWritten += buf.length;
   }
 
   private async syncActive(): Promise<void> {
@@ -509,7 +413,7 @@ export class FileLogStore implements LogStore {
   private async startSegment(reset: SnapshotMeta | null): Promise<void> {
     const previous = this.segments.length > 0 ? this.activeSegment() : null;
     if (previous) {
-      await this.settleExtension();
+      await this.space.settleExtension();
       await this.syncActive();
       await this.active.close();
     }
@@ -529,7 +433,7 @@ export class FileLogStore implements LogStore {
     if (!this.preallocate) {
       this.active = await fs.promises.open(segment.path, "wx+");
       this.segments.push(segment);
-      await this.writeAll(this.active, buf, 0);
+      await writeAll(this.active, buf, 0, segment.path, this.counters);
       segment.size = at;
       await this.syncActive();
       await this.syncDir();
@@ -537,9 +441,9 @@ export class FileLogStore implements LogStore {
     }
     // The spare gets its header and becomes durable before the rename: a file under a segment name
     // always starts with a valid header, and everything after the written records is zeros.
-    const spare = await this.takeSpare(previous !== null);
+    const spare = await this.space.takeSpare(previous !== null);
     try {
-      await this.writeAll(spare.handle, buf, 0);
+      await writeAll(spare.handle, buf, 0, path.join(this.dir, SPARE_FILE), this.counters);
       await spare.handle.datasync();
       this.counters.fsyncs++;
       if (fs.existsSync(segment.path)) throw new Error(`segment ${segment.path} already exists`);
@@ -555,148 +459,22 @@ export class FileLogStore implements LogStore {
     await this.syncDir();
   }
 
-  // ---- preallocation ---------------------------------------------------------------------------
+  // ---- segment files ---------------------------------------------------------------------------
 
-  /** Waits until the active segment has zero-filled space through `end` (normally already true). */
+  /** Waits for zero-filled space through `end` in the active segment (preallocation only). */
   private async ensureAllocated(segment: Segment, end: number): Promise<void> {
     if (!this.preallocate) return;
-    while (segment.allocated < end) {
-      this.counters.allocationWaits++;
-      if (this.extending === null) this.extending = this.extend(segment, this.active, end);
-      await this.extending;
-      this.throwBackgroundError();
-    }
+    await this.space.ensureAllocated(segment, this.active, end);
   }
 
-  /**
-   * Zero-fills the active segment from its allocated end to at least `end` (rounded up to a step)
-   * and syncs it. Disjoint from the appends, which stay below `allocated`, so both may run at once.
-   */
-  private extend(segment: Segment, handle: fs.promises.FileHandle, end: number): Promise<void> {
-    const target = Math.min(this.segmentBytes, Math.ceil(end / this.step) * this.step);
-    const run = async () => {
-      await this.fillZeros(handle, segment.allocated, target);
-      await handle.sync();
-      this.counters.fsyncs++;
-      segment.allocated = target;
-    };
-    return run()
-      .catch((err) => {
-        this.backgroundError ??= err;
-      })
-      .finally(() => {
-        this.extending = null;
-      });
-  }
-
-  private async fillZeros(handle: fs.promises.FileHandle, from: number, to: number): Promise<void> {
-    const chunk = zeros();
-    for (let at = from; at < to; ) {
-      const { bytesWritten } = await handle.write(chunk, 0, Math.min(chunk.length, to - at), at);
-      if (bytesWritten <= 0) throw new Error(`short write while zero-filling ${this.dir}`);
-      at += bytesWritten;
-      this.counters.preallocatedBytes += bytesWritten;
-    }
-  }
-
-  /**
-   * After a flush: start zero-filling the next step of the active segment once less than half a step
-   * is left, and prepare a spare segment once the active one is half full. Both run in the
-   * background; a flush waits for them only when it outruns them.
-   */
+  /** After a flush: let the background preallocation get ahead of the next appends. */
   private prepareAhead(): void {
-    if (!this.preallocate || this.closed || this.backgroundError !== null) return;
-    const segment = this.activeSegment();
-    if (
-      this.extending === null &&
-      segment.allocated < this.segmentBytes &&
-      segment.allocated - segment.size < this.step / 2
-    ) {
-      this.extending = this.extend(segment, this.active, segment.allocated + this.step);
-    }
-    if (this.spare === null && this.sparePrep === null && segment.size >= this.segmentBytes / 2) {
-      this.sparePrep = this.prepareSpare();
-    }
+    if (!this.preallocate || this.closed) return;
+    this.space.prepareAhead(this.activeSegment(), this.active);
   }
 
-  private prepareSpare(): Promise<void> {
-    const run = async () => {
-      const handle = await fs.promises.open(path.join(this.dir, SPARE_FILE), "w+");
-      try {
-        await this.fillZeros(handle, 0, this.step);
-        await handle.sync();
-        this.counters.fsyncs++;
-      } catch (err) {
-        await handle.close().catch(() => {});
-        throw err;
-      }
-      this.spare = { handle, allocated: this.step };
-    };
-    return run()
-      .catch((err) => {
-        this.backgroundError ??= err;
-      })
-      .finally(() => {
-        this.sparePrep = null;
-      });
-  }
-
-  /** The prepared spare, waiting for (or starting) its preparation when there is none yet. */
-  private async takeSpare(rollover: boolean): Promise<Spare> {
-    if (this.spare) {
-      this.counters.sparesUsed++;
-    } else {
-      // The first segment of a new (or reset-to-empty) log has nothing to roll over from.
-      if (rollover) this.counters.spareWaits++;
-      this.sparePrep ??= this.prepareSpare();
-      await this.sparePrep;
-      this.throwBackgroundError();
-    }
-    const spare = this.spare;
-    if (!spare) throw new Error(`spare segment in ${this.dir} was not prepared`);
-    this.spare = null;
-    return spare;
-  }
-
-  private async settleExtension(): Promise<void> {
-    if (this.extending) await this.extending;
-    this.throwBackgroundError();
-  }
-
-  private async settleBackground(): Promise<void> {
-    if (this.extending) await this.extending;
-    if (this.sparePrep) await this.sparePrep;
-  }
-
-  private throwBackgroundError(): void {
-    if (this.backgroundError !== null) throw this.ioError(this.backgroundError);
-  }
-
-  private async syncDir(): Promise<void> {
-    const handle = await fs.promises.open(this.dir, "r");
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    this.counters.dirFsyncs++;
-  }
-
-  /** The compaction point, atomically replaced: write a temp file, sync, rename, sync the directory. */
-  private async writeCompactionMeta(meta: SnapshotMeta): Promise<void> {
-    const buf = new Uint8Array(metaRecordBytes(meta));
-    writeMetaRecord(buf, new DataView(buf.buffer), 0, RecordType.CompactionMeta, meta);
-    const target = path.join(this.dir, COMPACTION_FILE);
-    const temp = `${target}.tmp`;
-    const handle = await fs.promises.open(temp, "w");
-    try {
-      await handle.write(buf, 0, buf.length, 0);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await fs.promises.rename(temp, target);
-    await this.syncDir();
+  private syncDir(): Promise<void> {
+    return syncDir(this.dir, this.counters);
   }
 
   /** Deletes the oldest segments (never the active one) whose records all lie at or below `index`. */
@@ -717,34 +495,12 @@ export class FileLogStore implements LogStore {
   // ---- recovery --------------------------------------------------------------------------------
 
   private async recover(): Promise<void> {
-    await fs.promises.mkdir(this.dir, { recursive: true });
-    await fs.promises.rm(path.join(this.dir, `${COMPACTION_FILE}.tmp`), { force: true });
-    // A spare holds no records (it gets its header only just before its rename): prepare it afresh.
-    await fs.promises.rm(path.join(this.dir, SPARE_FILE), { force: true });
-    this.snapshot = await this.readCompactionMeta();
-
-    const names = (await fs.promises.readdir(this.dir)).filter((n) => SEGMENT_PATTERN.test(n)).sort();
-    for (let i = 0; i < names.length; i++) {
-      const seq = Number(SEGMENT_PATTERN.exec(names[i])![1]);
-      if (i > 0 && seq !== this.segments[i - 1].seq + 1) {
-        throw new LogStoreError(
-          "CORRUPTION",
-          `segment ${segmentName(this.segments[i - 1].seq + 1)} is missing (found ${names[i]} next)`,
-          path.join(this.dir, names[i]),
-          0,
-        );
-      }
-      const segment: Segment = { seq, path: path.join(this.dir, names[i]), size: 0, allocated: 0, maxIndex: 0 };
-      this.segments.push(segment);
-      await this.replaySegment(segment, i === names.length - 1);
-    }
-    const last = this.segments.length > 0 ? this.activeSegment() : null;
-    if (last && last.size === 0) {
-      // Torn while being created: nothing in it was ever acknowledged.
-      this.segments.pop();
-      await fs.promises.unlink(last.path);
-      await this.syncDir();
-    }
+    const recovered = await recoverLog(this.dir, this.counters);
+    this.hard = recovered.hard;
+    this.snapshot = recovered.snapshot;
+    this.log = recovered.log;
+    this.segments = recovered.segments;
+    this.recovery = recovered.recovery;
     this.writtenHard = { ...this.hard };
     if (this.segments.length === 0) {
       await this.startSegment(null);
@@ -753,147 +509,4 @@ export class FileLogStore implements LogStore {
     }
     this.prepareAhead();
   }
-
-  private async readCompactionMeta(): Promise<SnapshotMeta> {
-    const file = path.join(this.dir, COMPACTION_FILE);
-    let buf: Uint8Array;
-    try {
-      buf = new Uint8Array(await fs.promises.readFile(file));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return EMPTY_META;
-      throw err;
-    }
-    const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    const frame = readFrame(buf, view, 0, buf.length);
-    const meta = typeof frame === "string" ? frame : decodeMeta(view, frame);
-    if (typeof meta === "string" || (typeof frame !== "string" && frame.type !== RecordType.CompactionMeta)) {
-      throw new LogStoreError("CORRUPTION", `corrupt compaction meta in ${file} at offset 0: ${meta}`, file, 0);
-    }
-    return meta;
-  }
-
-  /**
-   * Replays one segment's records into memory. The first bad frame ends the segment: followed only
-   * by zeros it is its clean end (preallocated space); otherwise, in the last segment and with no
-   * valid record anywhere after it, a torn tail, which is zeroed; anything else is corruption.
-   */
-  private async replaySegment(segment: Segment, isLast: boolean): Promise<void> {
-    const buf = new Uint8Array(await fs.promises.readFile(segment.path));
-    const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    const corrupt = (offset: number, what: string) =>
-      new LogStoreError(
-        "CORRUPTION",
-        `corrupt Raft log segment ${segment.path} at offset ${offset}: ${what}; ` +
-          `the log cannot be trusted past this point (restore this node from a peer)`,
-        segment.path,
-        offset,
-      );
-    let offset = 0;
-    while (offset < buf.length) {
-      const frame = readFrame(buf, view, offset, buf.length);
-      if (typeof frame === "string") {
-        const dirtyEnd = endOfNonZero(buf, offset);
-        if (dirtyEnd === offset) break;
-        if (!isLast || findValidFrameAfter(buf, view, offset, buf.length) >= 0) throw corrupt(offset, frame);
-        await this.zeroTornTail(segment, offset, dirtyEnd, frame);
-        break;
-      }
-      const problem = this.replayRecord(segment, frame.type, offset, buf, view, frame);
-      if (problem) throw corrupt(offset, problem);
-      offset = frame.end;
-    }
-    segment.size = offset;
-    segment.allocated = buf.length;
-  }
-
-  /** Applies one record to the in-memory log; returns a problem description when it is invalid. */
-  private replayRecord(
-    segment: Segment,
-    type: RecordType,
-    offset: number,
-    buf: Uint8Array,
-    view: DataView,
-    frame: RawRecord,
-  ): string | null {
-    if ((offset === 0) !== (type === RecordType.SegmentHeader)) {
-      return offset === 0 ? "segment does not start with a header" : "segment header in the middle of a segment";
-    }
-    switch (type) {
-      case RecordType.SegmentHeader: {
-        const header = decodeSegmentHeader(view, frame);
-        if (typeof header === "string") return header;
-        return header.seq === segment.seq ? null : `header names segment ${header.seq}`;
-      }
-      case RecordType.HardState: {
-        const hs = decodeHardState(view, frame);
-        if (typeof hs === "string") return hs;
-        this.hard = hs;
-        return null;
-      }
-      case RecordType.Entry: {
-        const entry = decodeEntry(buf, view, frame);
-        if (typeof entry === "string") return entry;
-        segment.maxIndex = Math.max(segment.maxIndex, entry.index);
-        // Each entry record means "truncate after index - 1, then append". At or below the
-        // compaction point the entry itself is gone, but its truncation of what follows still holds.
-        if (entry.index <= this.snapshot.index) {
-          this.log.length = 0;
-          return null;
-        }
-        if (entry.index > this.lastIndex() + 1) {
-          return `entry ${entry.index} leaves a gap after index ${this.lastIndex()}`;
-        }
-        this.log.length = entry.index - this.snapshot.index - 1;
-        this.log.push(entry);
-        return null;
-      }
-      case RecordType.Reset: {
-        const meta = decodeMeta(view, frame);
-        if (typeof meta === "string") return meta;
-        segment.maxIndex = Math.max(segment.maxIndex, meta.index);
-        this.log.length = 0;
-        if (meta.index >= this.snapshot.index) this.snapshot = meta;
-        return null;
-      }
-      case RecordType.CompactionMeta:
-        return "compaction meta record inside a segment";
-    }
-  }
-
-  /**
-   * Overwrites a torn tail [offset, end) with zeros and syncs: the space stays allocated, and no
-   * remnant of an unacknowledged write can line up behind a later, shorter record and replay.
-   */
-  private async zeroTornTail(segment: Segment, offset: number, end: number, reason: string): Promise<void> {
-    const handle = await fs.promises.open(segment.path, "r+");
-    try {
-      await this.fillZeros(handle, offset, end);
-      this.counters.preallocatedBytes -= end - offset; // repair, not preallocation
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    this.recovery = { file: segment.path, offset, truncatedBytes: end - offset, reason };
-  }
-}
-
-/** One past the last non-zero byte of buf[from, length), or `from` when that range is all zeros. */
-function endOfNonZero(buf: Uint8Array, from: number): number {
-  let end = buf.length;
-  // Backwards, eight bytes at a time where aligned: a 64 MiB preallocated tail is scanned on open.
-  while (end > from && (buf.byteOffset + end) % 8 !== 0) {
-    if (buf[end - 1] !== 0) return end;
-    end--;
-  }
-  if (end === from) return from;
-  const wordsFrom = Math.ceil((buf.byteOffset + from) / 8);
-  const words = new BigUint64Array(buf.buffer, 0, (buf.byteOffset + end) / 8);
-  let w = words.length;
-  while (w > wordsFrom && words[w - 1] === 0n) w--;
-  end = Math.min(end, w * 8 - buf.byteOffset);
-  while (end > from) {
-    if (buf[end - 1] !== 0) return end;
-    end--;
-  }
-  return from;
 }
