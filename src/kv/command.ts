@@ -1,6 +1,7 @@
 // The Raft log payload of one client write: a fixed 22-byte header, then the key, then the value
 // (layout in FORMAT.md). Decoding hands out byte views, so applying never converts to strings.
 import { KVCorruptionError } from "./errors.ts";
+import { readInt64, readUint32LE, writeInt64, writeUint32LE } from "./keys.ts";
 
 export const COMMAND_FORMAT_VERSION = 1;
 
@@ -38,18 +39,28 @@ export interface DecodedCommand {
 const encoder = new TextEncoder();
 
 export function encodeCommand(command: WriteCommand): Uint8Array {
-  const key = encoder.encode(command.key);
-  const value = encoder.encode(command.value);
-  const out = new Uint8Array(COMMAND_HEADER_BYTES + key.length + value.length);
-  const view = new DataView(out.buffer);
+  // One allocation: the byte lengths first, then the strings written in place.
+  const keyBytes = Buffer.byteLength(command.key, "utf8");
+  const valueBytes = Buffer.byteLength(command.value, "utf8");
+  const out = new Uint8Array(COMMAND_HEADER_BYTES + keyBytes + valueBytes);
   out[0] = COMMAND_FORMAT_VERSION;
   out[1] = OP_CODES[command.op];
-  view.setBigInt64(2, command.clientId, true);
-  view.setBigInt64(10, command.commandId, true);
-  view.setUint32(18, key.length, true);
-  out.set(key, COMMAND_HEADER_BYTES);
-  out.set(value, COMMAND_HEADER_BYTES + key.length);
+  writeInt64(out, 2, command.clientId, true);
+  writeInt64(out, 10, command.commandId, true);
+  writeUint32LE(out, 18, keyBytes);
+  writeString(out, COMMAND_HEADER_BYTES, command.key, keyBytes);
+  writeString(out, COMMAND_HEADER_BYTES + keyBytes, command.value, valueBytes);
   return out;
+}
+
+/** Writes `text` (`bytes` long in UTF-8) at `offset`: ASCII by a plain loop, anything else by encodeInto. */
+function writeString(out: Uint8Array, offset: number, text: string, bytes: number): void {
+  if (bytes === text.length) {
+    // As many bytes as code units: every character is ASCII.
+    for (let i = 0; i < bytes; i++) out[offset + i] = text.charCodeAt(i);
+    return;
+  }
+  encoder.encodeInto(text, out.subarray(offset, offset + bytes));
 }
 
 export function decodeCommand(data: Uint8Array, index: number): DecodedCommand {
@@ -63,15 +74,14 @@ export function decodeCommand(data: Uint8Array, index: number): DecodedCommand {
   if (op !== OP_PUT && op !== OP_APPEND && op !== OP_DELETE && op !== OP_CLOSE) {
     throw new KVCorruptionError(`log entry ${index}: unknown op code ${op}`);
   }
-  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
-  const keyLength = view.getUint32(18, true);
+  const keyLength = readUint32LE(data, 18);
   if (COMMAND_HEADER_BYTES + keyLength > data.length) {
     throw new KVCorruptionError(`log entry ${index}: key length ${keyLength} runs past the ${data.length}-byte command`);
   }
   return {
     op,
-    clientId: view.getBigInt64(2, true),
-    commandId: view.getBigInt64(10, true),
+    clientId: readInt64(data, 2, true),
+    commandId: readInt64(data, 10, true),
     key: data.subarray(COMMAND_HEADER_BYTES, COMMAND_HEADER_BYTES + keyLength),
     value: data.subarray(COMMAND_HEADER_BYTES + keyLength),
   };

@@ -1,5 +1,6 @@
 // The client session table: clientId → (last commandId, its answer, index of the entry that last
 // touched it). Duplicate detection for exactly-once writes; expiry decided by log indexes only.
+import { readInt64, readUint64LE, writeInt64, writeUint64LE } from "./keys.ts";
 
 /** Answer codes a write can have; stored in one byte. */
 export const RESULT_OK = 0;
@@ -18,9 +19,8 @@ export const SESSION_RECORD_BYTES = 17;
 
 export function encodeSession(session: Session): Uint8Array {
   const out = new Uint8Array(SESSION_RECORD_BYTES);
-  const view = new DataView(out.buffer);
-  view.setBigInt64(0, session.commandId, true);
-  view.setBigUint64(8, BigInt(session.lastIndex), true);
+  writeInt64(out, 0, session.commandId, true);
+  writeUint64LE(out, 8, session.lastIndex);
   out[16] = session.result;
   return out;
 }
@@ -29,10 +29,9 @@ export function decodeSession(clientId: bigint, value: Uint8Array): Session {
   if (value.length !== SESSION_RECORD_BYTES) {
     throw new RangeError(`session record of client ${clientId} is ${value.length} bytes, expected ${SESSION_RECORD_BYTES}`);
   }
-  const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
   const result = value[16];
   if (result !== RESULT_OK && result !== RESULT_NO_KEY) throw new RangeError(`session record of client ${clientId} has unknown result ${result}`);
-  return { clientId, commandId: view.getBigInt64(0, true), lastIndex: Number(view.getBigUint64(8, true)), result };
+  return { clientId, commandId: readInt64(value, 0, true), lastIndex: readUint64LE(value, 8), result };
 }
 
 export interface SessionLimits {

@@ -3,7 +3,8 @@
 import { describe, expect, test } from "bun:test";
 import { decodeCommand, encodeCommand, OP_APPEND, OP_CLOSE } from "../../src/kv/command.ts";
 import { KVCorruptionError } from "../../src/kv/errors.ts";
-import { RESULT_NO_KEY, RESULT_OK, SessionTable, type Session } from "../../src/kv/sessions.ts";
+import { decodeApplied, encodeApplied, sessionKey } from "../../src/kv/keys.ts";
+import { RESULT_NO_KEY, RESULT_OK, SessionTable, decodeSession, encodeSession, type Session } from "../../src/kv/sessions.ts";
 import { decodeSnapshot, encodeSnapshot, type SnapshotRecord } from "../../src/kv/snapshot-stream.ts";
 
 const text = new TextDecoder();
@@ -19,6 +20,34 @@ describe("command encoding", () => {
     expect(text.decode(decoded.key)).toBe("ключ");
     expect(text.decode(decoded.value)).toBe("v\u0000ü");
     expect(decodeCommand(encodeCommand({ op: "Close", clientId: 1n, commandId: 0n, key: "", value: "" }), 1).op).toBe(OP_CLOSE);
+  });
+
+  test("byte layout matches FORMAT.md: little-endian ids and key length, ASCII and UTF-8 in place", () => {
+    for (const [key, value] of [["k1", "ascii value"], ["ключ", "\ud83d\ude00 emoji"], ["lone\ud800", "x"]] as const) {
+      const encoded = encodeCommand({ op: "Put", clientId: -2n, commandId: 0x0102030405060708n, key, value });
+      const view = new DataView(encoded.buffer, encoded.byteOffset, encoded.byteLength);
+      const keyBytes = bytes(key);
+      expect(view.getBigInt64(2, true)).toBe(-2n);
+      expect(view.getBigInt64(10, true)).toBe(0x0102030405060708n);
+      expect(view.getUint32(18, true)).toBe(keyBytes.length);
+      expect([...encoded.subarray(22)]).toEqual([...keyBytes, ...bytes(value)]);
+    }
+  });
+
+  test("session and applied records keep their layout and round trip up to 2^53", () => {
+    const session: Session = { clientId: -7n, commandId: -(1n << 63n), lastIndex: 2 ** 53 - 1, result: RESULT_NO_KEY };
+    const record = encodeSession(session);
+    const view = new DataView(record.buffer);
+    expect(view.getBigInt64(0, true)).toBe(-(1n << 63n));
+    expect(view.getBigUint64(8, true)).toBe(2n ** 53n - 1n);
+    expect(decodeSession(-7n, record)).toEqual(session);
+    const key = sessionKey(-7n);
+    expect(new DataView(key.buffer).getBigInt64(2, false)).toBe(-7n);
+    const applied = encodeApplied(2 ** 40 + 5, 3);
+    expect(new DataView(applied.buffer).getBigUint64(0, true)).toBe(2n ** 40n + 5n);
+    expect(decodeApplied(applied)).toEqual({ index: 2 ** 40 + 5, term: 3 });
+    new DataView(applied.buffer).setBigUint64(8, 2n ** 60n, true);
+    expect(() => decodeApplied(applied)).toThrow(RangeError);
   });
 
   test("malformed commands are named corruption with the entry index", () => {
