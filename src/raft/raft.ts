@@ -1,10 +1,11 @@
 // The Raft consensus core: a deterministic state machine with no I/O, no clock and no ambient
 // randomness. The driver feeds it ticks, messages and proposals and carries out its Ready.
+// Roles, votes and the follower side live here; the leader's replication in replication.ts.
 
-import { Progress } from "./progress.ts";
 import { MajorityConfig, VoteResult } from "./quorum.ts";
 import { RaftLog } from "./raft-log.ts";
 import { ReadOnly } from "./read-only.ts";
+import { type ProgressStatus, Replication } from "./replication.ts";
 import {
   EntryType,
   NONE,
@@ -59,12 +60,7 @@ export type ProposeResult =
 
 export type ReadIndexResult = { ok: true } | { ok: false; leaderId: NodeId; reason?: "not-leader" | "backpressure" };
 
-export interface ProgressStatus {
-  matchIndex: number;
-  nextIndex: number;
-  state: string;
-  inflight: number;
-}
+export type { ProgressStatus } from "./replication.ts";
 
 export interface RaftStatus {
   id: NodeId;
@@ -98,7 +94,8 @@ export class Raft {
   private randomizedElectionTimeout = 0;
 
   private votes = new Map<NodeId, boolean>();
-  private progress = new Map<NodeId, Progress>();
+  /** The leader's view of its followers: non-null exactly while role is Leader. */
+  private replication: Replication | null = null;
   private readonly readOnly: ReadOnly;
   /** Reads that arrived before this leader committed an entry of its term. */
   private deferredReads: number[] = [];
@@ -179,23 +176,17 @@ export class Raft {
     if (this.role !== "Leader" || to === this.id || this.leadTransferee === to) return;
     this.leadTransferee = to;
     this.electionElapsed = 0; // the transfer is abandoned after one election timeout
-    const pr = this.progressOf(to);
-    if (pr.matchIndex === this.log.lastIndex()) this.send({ type: "TimeoutNow", from: this.id, to, term: this.term });
-    else this.sendAppend(to);
+    const replication = this.leader();
+    if (replication.progressOf(to).matchIndex === this.log.lastIndex()) this.send({ type: "TimeoutNow", from: this.id, to, term: this.term });
+    else replication.sendAppend(to);
   }
 
   reportUnreachable(to: NodeId): void {
-    const pr = this.progress.get(to);
-    if (this.role !== "Leader" || pr === undefined) return;
-    if (pr.state === "replicate") pr.becomeProbe();
+    this.replication?.unreachable(to);
   }
 
   reportSnapshot(to: NodeId, success: boolean): void {
-    const pr = this.progress.get(to);
-    if (this.role !== "Leader" || pr === undefined || pr.state !== "snapshot") return;
-    if (!success) pr.pendingSnapshot = 0;
-    pr.becomeProbe();
-    pr.probeSent = true; // wait for the next heartbeat's answer before probing again
+    this.replication?.snapshotReported(to, success);
   }
 
   /**
@@ -276,7 +267,7 @@ export class Raft {
         if (this.role === "Leader") this.handleHeartbeatResponse(m);
         return;
       case "InstallSnapshotResponse":
-        if (this.role === "Leader") this.handleSnapshotResponse(m);
+        if (this.role === "Leader") this.leader().handleSnapshotResponse(m);
         return;
       case "TimeoutNow":
         if (this.role === "Follower") this.campaign("transfer");
@@ -343,7 +334,7 @@ export class Raft {
     }
     const lastCommitted = rd.committedEntries[rd.committedEntries.length - 1];
     if (lastCommitted !== undefined && lastCommitted.index > this.log.appliedIndex) this.log.appliedTo(lastCommitted.index);
-    if (this.role === "Leader") this.leaderPersisted();
+    this.replication?.leaderPersisted();
   }
 
   // ---- Inspection ------------------------------------------------------------------------------
@@ -365,12 +356,7 @@ export class Raft {
       lastIndex: this.log.lastIndex(),
       votedFor: this.votedFor,
     };
-    if (this.role === "Leader") {
-      s.progress = {};
-      for (const [id, pr] of this.progress) {
-        s.progress[id] = { matchIndex: pr.matchIndex, nextIndex: pr.nextIndex, state: pr.state, inflight: pr.inflights.size };
-      }
-    }
+    if (this.replication !== null) s.progress = this.replication.status();
     return s;
   }
 
@@ -396,7 +382,7 @@ export class Raft {
     this.heartbeatElapsed = 0;
     this.resetRandomizedElectionTimeout();
     this.votes.clear();
-    this.progress.clear();
+    this.replication = null;
     this.readOnly.reset();
     this.deferredReads = [];
     this.leadTransferee = NONE;
@@ -430,20 +416,20 @@ export class Raft {
     this.role = "Leader";
     this.leaderId = this.id;
     const last = this.log.lastIndex();
-    for (const id of this.voters.voters) {
-      const pr = new Progress(id, last + 1, this.config.maxInflight);
-      // Everyone counts as recently active for the first CheckQuorum round.
-      pr.recentActive = true;
-      if (id === this.id) {
-        // Only what is durable here counts toward commit (an outstanding Ready may still be saving).
-        pr.matchIndex = this.log.stableIndex;
-        pr.becomeReplicate();
-      }
-      this.progress.set(id, pr);
-    }
+    const replication = new Replication({
+      id: this.id,
+      term: this.term,
+      log: this.log,
+      voters: this.voters,
+      maxInflight: this.config.maxInflight,
+      maxBytesPerAppend: this.config.maxBytesPerAppend,
+      send: (m) => this.send(m),
+      onCommit: (firstOfTerm) => this.committed(firstOfTerm),
+    });
+    this.replication = replication;
     // The no-op commits every earlier-term entry this leader holds (§5.4.2, §8).
     this.appendEntries([{ index: last + 1, term: this.term, type: EntryType.Noop, data: new Uint8Array(0) }]);
-    this.broadcastAppend();
+    replication.broadcastAppend();
   }
 
   private campaign(kind: CampaignKind): void {
@@ -491,9 +477,7 @@ export class Raft {
     if (this.electionElapsed >= this.config.electionTicks) {
       this.electionElapsed = 0;
       if (this.config.checkQuorum) {
-        const active = this.voters.hasQuorum((id) => id === this.id || this.progressOf(id).recentActive);
-        for (const [id, pr] of this.progress) pr.recentActive = id === this.id;
-        if (!active) {
+        if (!this.leader().quorumActive()) {
           // Cut off from a majority for a whole election timeout: stop accepting work (§6.2).
           this.becomeFollower(this.term, NONE);
           return;
@@ -503,7 +487,7 @@ export class Raft {
     }
     if (this.heartbeatElapsed >= this.config.heartbeatTicks) {
       this.heartbeatElapsed = 0;
-      this.broadcastHeartbeat();
+      this.leader().broadcastHeartbeat(this.readOnly.currentRound());
     }
   }
 
@@ -619,40 +603,29 @@ export class Raft {
     reply(m.snapshot.index);
   }
 
-  // ---- Leader side of replication --------------------------------------------------------------
+  // ---- Leader side (replication itself is in replication.ts) -----------------------------------
 
-  private progressOf(id: NodeId): Progress {
-    const pr = this.progress.get(id);
-    if (pr === undefined) throw new Error(`invariant: no progress for ${id} on leader ${this.id}`);
-    return pr;
+  private leader(): Replication {
+    if (this.replication === null) throw new Error(`invariant: node ${this.id} is ${this.role}, not the leader`);
+    return this.replication;
   }
 
   /**
    * The leader's own append. It does not count toward commit yet: the driver may send these
    * entries to followers before its own write is durable (thesis §10.2.1), so the leader's
-   * matchIndex advances only when advance() reports them stable (see leaderPersisted).
+   * matchIndex advances only when advance() reports them stable (Replication.leaderPersisted).
    */
   private appendEntries(entries: Entry[]): void {
     this.log.append(entries);
   }
 
-  /** The leader's own log is durable through stableIndex: count it, as a follower's ack would. */
-  private leaderPersisted(): void {
-    if (this.progressOf(this.id).maybeUpdate(this.log.stableIndex)) this.maybeCommit();
-  }
-
-  /** Commits the highest index a quorum holds, but only if it is of this term (§5.4.2, Figure 8). */
-  private maybeCommit(): boolean {
-    const index = this.voters.committedIndex((id) => this.progressOf(id).matchIndex);
-    if (index <= this.log.commitIndex || this.log.term(index) !== this.term) return false;
-    const firstOfTerm = !this.committedInCurrentTerm();
-    this.log.commitTo(index);
+  /** commitIndex advanced: reads held back until this term committed an entry may now go ahead. */
+  private committed(firstOfTerm: boolean): void {
     if (firstOfTerm && this.deferredReads.length > 0) {
       for (const context of this.deferredReads) this.readOnly.add(context, this.log.commitIndex);
       this.deferredReads = [];
       this.readBroadcastPending = true;
     }
-    return true;
   }
 
   private committedInCurrentTerm(): boolean {
@@ -660,133 +633,31 @@ export class Raft {
   }
 
   private flushBroadcasts(): void {
-    if (this.role !== "Leader") return;
+    if (this.replication === null) return;
     if (this.appendBroadcastPending) {
       this.appendBroadcastPending = false;
-      this.broadcastAppend();
+      this.replication.broadcastAppend();
     }
     if (this.readBroadcastPending) {
       this.readBroadcastPending = false;
-      this.broadcastHeartbeat();
+      this.replication.broadcastHeartbeat(this.readOnly.currentRound());
     }
-  }
-
-  private broadcastAppend(): void {
-    for (const id of this.voters.voters) {
-      if (id === this.id) continue;
-      if (!this.sendAppend(id)) continue;
-      this.fillWindow(id);
-    }
-  }
-
-  /** Pipelines further appends to a replicating follower until its in-flight window is full. */
-  private fillWindow(id: NodeId): void {
-    const pr = this.progressOf(id);
-    while (pr.state === "replicate" && this.sendAppend(id, false)) {
-      // Each send adds an in-flight append (bounded by maxInflight) or sends nothing and stops.
-    }
-  }
-
-  private broadcastHeartbeat(): void {
-    const round = this.readOnly.currentRound();
-    for (const id of this.voters.voters) {
-      if (id === this.id) continue;
-      const commitIndex = Math.min(this.progressOf(id).matchIndex, this.log.commitIndex);
-      this.send({ type: "Heartbeat", from: this.id, to: id, term: this.term, commitIndex, readContext: round });
-    }
-  }
-
-  /** Sends the follower what it needs next; false if nothing was sent. */
-  private sendAppend(to: NodeId, sendIfEmpty = true): boolean {
-    const pr = this.progressOf(to);
-    if (pr.isPaused()) return false;
-    const prevLogIndex = pr.nextIndex - 1;
-    const prevLogTerm = this.log.term(prevLogIndex);
-    if (prevLogTerm === undefined) {
-      if (prevLogIndex > this.log.lastIndex()) throw new Error(`invariant: nextIndex ${pr.nextIndex} of ${to} beyond last index ${this.log.lastIndex()}`);
-      // The entries it needs are compacted: the driver streams the state machine's snapshot.
-      pr.becomeSnapshot(this.log.snapshot.index);
-      this.send({ type: "InstallSnapshot", from: this.id, to, term: this.term, snapshot: { ...this.log.snapshot, members: [...this.log.snapshot.members] } });
-      return true;
-    }
-    const entries = this.log.slice(pr.nextIndex, this.log.lastIndex() + 1, this.config.maxBytesPerAppend);
-    if (entries.length === 0 && !sendIfEmpty) return false;
-    this.send({ type: "AppendEntries", from: this.id, to, term: this.term, prevLogIndex, prevLogTerm, entries, leaderCommit: this.log.commitIndex });
-    pr.sentEntries(prevLogIndex + entries.length, entries.length);
-    return true;
   }
 
   private handleAppendResponse(m: MessageOf<"AppendEntriesResponse">): void {
-    const pr = this.progressOf(m.from);
-    pr.recentActive = true;
-    if (!m.success) {
-      if (pr.maybeDecreaseTo(m.matchIndex, this.nextIndexHint(m))) {
-        if (pr.state === "replicate") pr.becomeProbe();
-        this.sendAppend(m.from);
-      }
-      return;
-    }
-    if (m.matchIndex > this.log.lastIndex()) {
-      throw new Error(`invariant: follower ${m.from} acknowledged index ${m.matchIndex} beyond leader's last index ${this.log.lastIndex()}`);
-    }
-    const wasPaused = pr.isPaused();
-    if (!pr.maybeUpdate(m.matchIndex)) return;
-    if (pr.state === "probe") pr.becomeReplicate();
-    else if (pr.state === "snapshot" && pr.matchIndex >= pr.pendingSnapshot) pr.becomeReplicate();
-    else if (pr.state === "replicate") pr.inflights.freeLE(pr.matchIndex);
-    // Followers learn a new commitIndex from the next AppendEntries or Heartbeat (within one
-    // heartbeat interval), not from a round of empty appends per commit: that round would double
-    // the messages of every write at low load, and nothing waits on a follower's commitIndex.
-    this.maybeCommit();
-    if (wasPaused) this.sendAppend(m.from);
-    this.fillWindow(m.from);
-    if (m.from === this.leadTransferee && pr.matchIndex === this.log.lastIndex()) {
+    if (!this.leader().handleAppendResponse(m)) return;
+    if (m.from === this.leadTransferee && this.leader().progressOf(m.from).matchIndex === this.log.lastIndex()) {
       this.send({ type: "TimeoutNow", from: this.id, to: m.from, term: this.term });
     }
   }
 
-  /** Where to resume after a rejection, from the follower's conflicting term and its first index. */
-  private nextIndexHint(m: MessageOf<"AppendEntriesResponse">): number {
-    if (m.conflictTerm > 0) {
-      // If we hold entries of conflictTerm, resume right after our last one of them.
-      for (let i = Math.min(m.matchIndex, this.log.lastIndex()); i > this.log.snapshot.index; i--) {
-        const t = this.log.term(i) as number;
-        if (t === m.conflictTerm) return i + 1;
-        if (t < m.conflictTerm) break;
-      }
-    }
-    return Math.max(1, m.conflictIndex);
-  }
-
   private handleHeartbeatResponse(m: MessageOf<"HeartbeatResponse">): void {
-    const pr = this.progressOf(m.from);
-    pr.recentActive = true;
-    pr.probeSent = false;
-    // A full window whose appends were all lost would never drain: free one so an append goes
-    // out, and the follower's rejection (or acceptance) resynchronises.
-    if (pr.state === "replicate" && pr.inflights.full()) pr.inflights.freeFirst();
-    if (pr.matchIndex < this.log.lastIndex()) this.sendAppend(m.from);
+    this.leader().handleHeartbeatResponse(m);
     if (m.readContext > 0) {
       const confirmed = this.readOnly.ack(m.from, m.readContext, (acked) =>
         this.voters.committedIndex((id) => (id === this.id ? Number.MAX_SAFE_INTEGER : (acked.get(id) ?? 0))),
       );
       for (const rs of confirmed) this.readStates.push(rs);
-    }
-  }
-
-  private handleSnapshotResponse(m: MessageOf<"InstallSnapshotResponse">): void {
-    const pr = this.progressOf(m.from);
-    pr.recentActive = true;
-    if (m.success) {
-      if (m.matchIndex > this.log.lastIndex()) {
-        throw new Error(`invariant: follower ${m.from} installed snapshot ${m.matchIndex} beyond leader's last index ${this.log.lastIndex()}`);
-      }
-      pr.maybeUpdate(m.matchIndex);
-      if (pr.state !== "replicate") pr.becomeReplicate();
-      this.maybeCommit();
-      this.sendAppend(m.from);
-    } else if (pr.state === "snapshot") {
-      this.reportSnapshot(m.from, false);
     }
   }
 

@@ -1,0 +1,225 @@
+// The leader's side of log replication for one term: per-follower Progress, building AppendEntries,
+// heartbeats and InstallSnapshot, handling the answers, and advancing commitIndex. Pure, no I/O.
+
+import { Progress } from "./progress.ts";
+import type { MajorityConfig } from "./quorum.ts";
+import type { RaftLog } from "./raft-log.ts";
+import type { Message, NodeId } from "./types.ts";
+
+type MessageOf<T extends Message["type"]> = Extract<Message, { type: T }>;
+
+export interface ProgressStatus {
+  matchIndex: number;
+  nextIndex: number;
+  state: string;
+  inflight: number;
+}
+
+export interface ReplicationContext {
+  id: NodeId;
+  /** The leader's term: a Replication lives for exactly one term of leadership. */
+  term: number;
+  log: RaftLog;
+  voters: MajorityConfig;
+  maxInflight: number;
+  maxBytesPerAppend: number;
+  send: (m: Message) => void;
+  /** commitIndex advanced; firstOfTerm when it is the first entry of this term to commit. */
+  onCommit: (firstOfTerm: boolean) => void;
+}
+
+export class Replication {
+  private readonly progress = new Map<NodeId, Progress>();
+
+  constructor(private readonly ctx: ReplicationContext) {
+    const last = ctx.log.lastIndex();
+    for (const id of ctx.voters.voters) {
+      const pr = new Progress(id, last + 1, ctx.maxInflight);
+      // Everyone counts as recently active for the first CheckQuorum round.
+      pr.recentActive = true;
+      if (id === ctx.id) {
+        // Only what is durable here counts toward commit (an outstanding Ready may still be saving).
+        pr.matchIndex = ctx.log.stableIndex;
+        pr.becomeReplicate();
+      }
+      this.progress.set(id, pr);
+    }
+  }
+
+  progressOf(id: NodeId): Progress {
+    const pr = this.progress.get(id);
+    if (pr === undefined) throw new Error(`invariant: no progress for ${id} on leader ${this.ctx.id}`);
+    return pr;
+  }
+
+  status(): Record<NodeId, ProgressStatus> {
+    const out: Record<NodeId, ProgressStatus> = {};
+    for (const [id, pr] of this.progress) {
+      out[id] = { matchIndex: pr.matchIndex, nextIndex: pr.nextIndex, state: pr.state, inflight: pr.inflights.size };
+    }
+    return out;
+  }
+
+  /**
+   * CheckQuorum at the end of an election timeout: whether a quorum was heard from since the last
+   * check. Starts the next round (everyone but the leader inactive again).
+   */
+  quorumActive(): boolean {
+    const active = this.ctx.voters.hasQuorum((id) => id === this.ctx.id || this.progressOf(id).recentActive);
+    for (const [id, pr] of this.progress) pr.recentActive = id === this.ctx.id;
+    return active;
+  }
+
+  /** The leader's own log is durable through stableIndex: count it, as a follower's ack would. */
+  leaderPersisted(): void {
+    if (this.progressOf(this.ctx.id).maybeUpdate(this.ctx.log.stableIndex)) this.maybeCommit();
+  }
+
+  unreachable(to: NodeId): void {
+    const pr = this.progress.get(to);
+    if (pr === undefined) return;
+    if (pr.state === "replicate") pr.becomeProbe();
+  }
+
+  snapshotReported(to: NodeId, success: boolean): void {
+    const pr = this.progress.get(to);
+    if (pr === undefined || pr.state !== "snapshot") return;
+    if (!success) pr.pendingSnapshot = 0;
+    pr.becomeProbe();
+    pr.probeSent = true; // wait for the next heartbeat's answer before probing again
+  }
+
+  // ---- sending ---------------------------------------------------------------------------------
+
+  broadcastAppend(): void {
+    for (const id of this.ctx.voters.voters) {
+      if (id === this.ctx.id) continue;
+      if (!this.sendAppend(id)) continue;
+      this.fillWindow(id);
+    }
+  }
+
+  broadcastHeartbeat(readContext: number): void {
+    const { id: from, term, log } = this.ctx;
+    for (const id of this.ctx.voters.voters) {
+      if (id === from) continue;
+      const commitIndex = Math.min(this.progressOf(id).matchIndex, log.commitIndex);
+      this.ctx.send({ type: "Heartbeat", from, to: id, term, commitIndex, readContext });
+    }
+  }
+
+  /** Sends the follower what it needs next; false if nothing was sent. */
+  sendAppend(to: NodeId, sendIfEmpty = true): boolean {
+    const { id: from, term, log } = this.ctx;
+    const pr = this.progressOf(to);
+    if (pr.isPaused()) return false;
+    const prevLogIndex = pr.nextIndex - 1;
+    const prevLogTerm = log.term(prevLogIndex);
+    if (prevLogTerm === undefined) {
+      if (prevLogIndex > log.lastIndex()) throw new Error(`invariant: nextIndex ${pr.nextIndex} of ${to} beyond last index ${log.lastIndex()}`);
+      // The entries it needs are compacted: the driver streams the state machine's snapshot.
+      pr.becomeSnapshot(log.snapshot.index);
+      this.ctx.send({ type: "InstallSnapshot", from, to, term, snapshot: { ...log.snapshot, members: [...log.snapshot.members] } });
+      return true;
+    }
+    const entries = log.slice(pr.nextIndex, log.lastIndex() + 1, this.ctx.maxBytesPerAppend);
+    if (entries.length === 0 && !sendIfEmpty) return false;
+    this.ctx.send({ type: "AppendEntries", from, to, term, prevLogIndex, prevLogTerm, entries, leaderCommit: log.commitIndex });
+    pr.sentEntries(prevLogIndex + entries.length, entries.length);
+    return true;
+  }
+
+  /** Pipelines further appends to a replicating follower until its in-flight window is full. */
+  private fillWindow(id: NodeId): void {
+    const pr = this.progressOf(id);
+    while (pr.state === "replicate" && this.sendAppend(id, false)) {
+      // Each send adds an in-flight append (bounded by maxInflight) or sends nothing and stops.
+    }
+  }
+
+  // ---- answers ---------------------------------------------------------------------------------
+
+  /** True when the answer moved the follower's matchIndex forward. */
+  handleAppendResponse(m: MessageOf<"AppendEntriesResponse">): boolean {
+    const log = this.ctx.log;
+    const pr = this.progressOf(m.from);
+    pr.recentActive = true;
+    if (!m.success) {
+      if (pr.maybeDecreaseTo(m.matchIndex, this.nextIndexHint(m))) {
+        if (pr.state === "replicate") pr.becomeProbe();
+        this.sendAppend(m.from);
+      }
+      return false;
+    }
+    if (m.matchIndex > log.lastIndex()) {
+      throw new Error(`invariant: follower ${m.from} acknowledged index ${m.matchIndex} beyond leader's last index ${log.lastIndex()}`);
+    }
+    const wasPaused = pr.isPaused();
+    if (!pr.maybeUpdate(m.matchIndex)) return false;
+    if (pr.state === "probe") pr.becomeReplicate();
+    else if (pr.state === "snapshot" && pr.matchIndex >= pr.pendingSnapshot) pr.becomeReplicate();
+    else if (pr.state === "replicate") pr.inflights.freeLE(pr.matchIndex);
+    // Followers learn a new commitIndex from the next AppendEntries or Heartbeat (within one
+    // heartbeat interval), not from a round of empty appends per commit: that round would double
+    // the messages of every write at low load, and nothing waits on a follower's commitIndex.
+    this.maybeCommit();
+    if (wasPaused) this.sendAppend(m.from);
+    this.fillWindow(m.from);
+    return true;
+  }
+
+  /** The follower is alive: resume a stalled probe or window (read confirmation is the caller's). */
+  handleHeartbeatResponse(m: MessageOf<"HeartbeatResponse">): void {
+    const pr = this.progressOf(m.from);
+    pr.recentActive = true;
+    pr.probeSent = false;
+    // A full window whose appends were all lost would never drain: free one so an append goes
+    // out, and the follower's rejection (or acceptance) resynchronises.
+    if (pr.state === "replicate" && pr.inflights.full()) pr.inflights.freeFirst();
+    if (pr.matchIndex < this.ctx.log.lastIndex()) this.sendAppend(m.from);
+  }
+
+  handleSnapshotResponse(m: MessageOf<"InstallSnapshotResponse">): void {
+    const log = this.ctx.log;
+    const pr = this.progressOf(m.from);
+    pr.recentActive = true;
+    if (m.success) {
+      if (m.matchIndex > log.lastIndex()) {
+        throw new Error(`invariant: follower ${m.from} installed snapshot ${m.matchIndex} beyond leader's last index ${log.lastIndex()}`);
+      }
+      pr.maybeUpdate(m.matchIndex);
+      if (pr.state !== "replicate") pr.becomeReplicate();
+      this.maybeCommit();
+      this.sendAppend(m.from);
+    } else if (pr.state === "snapshot") {
+      this.snapshotReported(m.from, false);
+    }
+  }
+
+  /** Where to resume after a rejection, from the follower's conflicting term and its first index. */
+  private nextIndexHint(m: MessageOf<"AppendEntriesResponse">): number {
+    const log = this.ctx.log;
+    if (m.conflictTerm > 0) {
+      // If we hold entries of conflictTerm, resume right after our last one of them.
+      for (let i = Math.min(m.matchIndex, log.lastIndex()); i > log.snapshot.index; i--) {
+        const t = log.term(i) as number;
+        if (t === m.conflictTerm) return i + 1;
+        if (t < m.conflictTerm) break;
+      }
+    }
+    return Math.max(1, m.conflictIndex);
+  }
+
+  // ---- commit ----------------------------------------------------------------------------------
+
+  /** Commits the highest index a quorum holds, but only if it is of this term (§5.4.2, Figure 8). */
+  private maybeCommit(): boolean {
+    const { log, term } = this.ctx;
+    const index = this.ctx.voters.committedIndex((id) => this.progressOf(id).matchIndex);
+    if (index <= log.commitIndex || log.term(index) !== term) return false;
+    const firstOfTerm = log.term(log.commitIndex) !== term;
+    log.commitTo(index);
+    this.ctx.onCommit(firstOfTerm);
+    return true;
+  }
+}
