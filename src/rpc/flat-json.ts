@@ -15,7 +15,12 @@ type Reader = (value: unknown) => unknown;
 interface FlatField {
   field: DescField;
   read: Reader;
+  /** 1 << the field's position: a bit of the parse's seen-mask. */
+  bit: number;
 }
+
+/** Fields a flat codec takes: their seen-set is one 31-bit integer, not a Set per parse. */
+const MAX_FLAT_FIELDS = 31;
 
 export interface FlatJson {
   /** The message, or undefined when the text is not the plain case (malformed, unknown keys, ...). */
@@ -26,13 +31,15 @@ export interface FlatJson {
 
 /** A codec for `schema`, or null when some field is not flat (messages, lists, maps, bytes, floats, oneofs). */
 export function flatJson(schema: DescMessage): FlatJson | null {
+  if (schema.fields.length > MAX_FLAT_FIELDS) return null;
   const byName = new Map<string, FlatField>();
-  for (const field of schema.fields) {
+  for (const [position, field] of schema.fields.entries()) {
     if (field.oneof !== undefined) return null;
     const read = reader(field);
     if (read === null) return null;
-    byName.set(field.jsonName, { field, read });
-    byName.set(field.name, { field, read });
+    const flat = { field, read, bit: 1 << position };
+    byName.set(field.jsonName, flat);
+    byName.set(field.name, flat);
   }
   return {
     parse(text: string): Message | undefined {
@@ -44,18 +51,20 @@ export function flatJson(schema: DescMessage): FlatJson | null {
       }
       if (typeof json !== "object" || json === null || Array.isArray(json)) return undefined;
       const message = create(schema) as unknown as Record<string, unknown>;
-      const seen = new Set<DescField>();
+      let seen = 0;
+      let members = 0;
       for (const key in json) {
         const flat = byName.get(key);
-        if (flat === undefined || seen.has(flat.field)) return undefined;
-        seen.add(flat.field);
+        if (flat === undefined || (seen & flat.bit) !== 0) return undefined;
+        seen |= flat.bit;
+        members++;
         const value = flat.read((json as Record<string, unknown>)[key]);
         if (value === undefined) return undefined;
         message[flat.field.localName] = value;
       }
       // JSON.parse keeps the last of duplicate names; protobuf JSON refuses them. Every value here
       // is a scalar, so each member of the raw text has exactly one ':' outside strings.
-      if (memberCount(text) !== seen.size) return undefined;
+      if (memberCount(text) !== members) return undefined;
       return message as unknown as Message;
     },
     write(message: Message): string {

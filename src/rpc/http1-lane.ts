@@ -39,6 +39,21 @@ interface Parsed {
   head: string;
 }
 
+/** "HTTP/1.1 <status> <reason>\r\nContent-Type: <type>\r\nContent-Length: " by status and type. */
+const headPrefixes = new Map<string, string>();
+/** Bounds the cache: statuses × content types the routes answer with are a handful. */
+const MAX_HEAD_PREFIXES = 64;
+
+function headPrefix(status: number, contentType: string): string {
+  const key = `${status} ${contentType}`;
+  let prefix = headPrefixes.get(key);
+  if (prefix === undefined) {
+    prefix = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Unknown"}\r\nContent-Type: ${contentType}\r\nContent-Length: `;
+    if (headPrefixes.size < MAX_HEAD_PREFIXES) headPrefixes.set(key, prefix);
+  }
+  return prefix;
+}
+
 let cachedDate = "";
 let cachedDateSecond = -1;
 function httpDate(): string {
@@ -132,9 +147,7 @@ export class Http1Lane {
     if (this.ended) return;
     this.lastActive = Date.now();
     const closeAfter = close || this.host.closing();
-    let head =
-      `HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status] ?? "Unknown"}\r\n` +
-      `Content-Type: ${answer.contentType}\r\nContent-Length: ${answer.body.byteLength}\r\nDate: ${httpDate()}\r\n`;
+    let head = `${headPrefix(answer.status, answer.contentType)}${answer.body.byteLength}\r\nDate: ${httpDate()}\r\n`;
     if (answer.headers !== null) {
       answer.headers.forEach((value, name) => {
         if (name === "content-type" || name === "content-length" || !safeHeader(name, value)) return;
