@@ -5,6 +5,7 @@
 import { MajorityConfig, VoteResult } from "./quorum.ts";
 import { RaftLog } from "./raft-log.ts";
 import { ReadOnly } from "./read-only.ts";
+import { type RaftConfig, validateConfig } from "./raft-config.ts";
 import { type ProgressStatus, Replication } from "./replication.ts";
 import {
   EntryType,
@@ -18,30 +19,6 @@ import {
   type Ready,
   type SnapshotMeta,
 } from "./types.ts";
-
-export interface RaftConfig {
-  id: NodeId;
-  /** All voting members, including `id` (static membership). */
-  peers: NodeId[];
-  /** Election timeout base: a follower campaigns after a random timeout in [electionTicks, 2*electionTicks). */
-  electionTicks: number;
-  /** A leader sends heartbeats every heartbeatTicks (must be < electionTicks). */
-  heartbeatTicks: number;
-  /** Seeded uniform [0,1) source: the only randomness the core uses. */
-  random: () => number;
-  preVote: boolean;
-  checkQuorum: boolean;
-  /** AppendEntries in flight per follower in replicate state. */
-  maxInflight: number;
-  /** Payload bytes per AppendEntries; a message always carries at least one entry if any are due. */
-  maxBytesPerAppend: number;
-  /** Bound on uncommitted entries; propose fails fast with "backpressure" beyond it (default 10000). */
-  maxPendingProposals?: number;
-  /** Bound on ReadIndex requests waiting for confirmation (default 10000). */
-  maxPendingReads?: number;
-  /** Payload bytes of committed entries per Ready (default 16 MiB; always at least one entry). */
-  maxCommittedBytesPerReady?: number;
-}
 
 export interface RaftInitialState {
   /** As persisted. */
@@ -61,6 +38,7 @@ export type ProposeResult =
 export type ReadIndexResult = { ok: true } | { ok: false; leaderId: NodeId; reason?: "not-leader" | "backpressure" };
 
 export type { ProgressStatus } from "./replication.ts";
+export type { RaftConfig } from "./raft-config.ts";
 
 export interface RaftStatus {
   id: NodeId;
@@ -672,21 +650,4 @@ function sameHardState(a: HardState, b: HardState): boolean {
 
 function assertNever(x: never): never {
   throw new Error(`unhandled message ${JSON.stringify(x)}`);
-}
-
-function validateConfig(c: RaftConfig): void {
-  const positive = (name: string, v: number) => {
-    if (!Number.isInteger(v) || v < 1) throw new RangeError(`RaftConfig.${name} must be a positive integer, got ${v}`);
-  };
-  positive("electionTicks", c.electionTicks);
-  positive("heartbeatTicks", c.heartbeatTicks);
-  positive("maxInflight", c.maxInflight);
-  positive("maxBytesPerAppend", c.maxBytesPerAppend);
-  if (c.maxPendingProposals !== undefined) positive("maxPendingProposals", c.maxPendingProposals);
-  if (c.maxPendingReads !== undefined) positive("maxPendingReads", c.maxPendingReads);
-  if (c.maxCommittedBytesPerReady !== undefined) positive("maxCommittedBytesPerReady", c.maxCommittedBytesPerReady);
-  if (c.heartbeatTicks >= c.electionTicks) {
-    throw new RangeError(`RaftConfig.heartbeatTicks (${c.heartbeatTicks}) must be below electionTicks (${c.electionTicks})`);
-  }
-  if (!c.peers.includes(c.id)) throw new RangeError(`RaftConfig.peers [${c.peers.join(", ")}] must include this node's id ${c.id}`);
 }

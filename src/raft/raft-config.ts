@@ -1,0 +1,44 @@
+// The Raft core's configuration: timing, limits and the seeded randomness, checked on construction.
+
+import type { NodeId } from "./types.ts";
+
+export interface RaftConfig {
+  id: NodeId;
+  /** All voting members, including `id` (static membership). */
+  peers: NodeId[];
+  /** Election timeout base: a follower campaigns after a random timeout in [electionTicks, 2*electionTicks). */
+  electionTicks: number;
+  /** A leader sends heartbeats every heartbeatTicks (must be < electionTicks). */
+  heartbeatTicks: number;
+  /** Seeded uniform [0,1) source: the only randomness the core uses. */
+  random: () => number;
+  preVote: boolean;
+  checkQuorum: boolean;
+  /** AppendEntries in flight per follower in replicate state. */
+  maxInflight: number;
+  /** Payload bytes per AppendEntries; a message always carries at least one entry if any are due. */
+  maxBytesPerAppend: number;
+  /** Bound on uncommitted entries; propose fails fast with "backpressure" beyond it (default 10000). */
+  maxPendingProposals?: number;
+  /** Bound on ReadIndex requests waiting for confirmation (default 10000). */
+  maxPendingReads?: number;
+  /** Payload bytes of committed entries per Ready (default 16 MiB; always at least one entry). */
+  maxCommittedBytesPerReady?: number;
+}
+
+export function validateConfig(c: RaftConfig): void {
+  const positive = (name: string, v: number) => {
+    if (!Number.isInteger(v) || v < 1) throw new RangeError(`RaftConfig.${name} must be a positive integer, got ${v}`);
+  };
+  positive("electionTicks", c.electionTicks);
+  positive("heartbeatTicks", c.heartbeatTicks);
+  positive("maxInflight", c.maxInflight);
+  positive("maxBytesPerAppend", c.maxBytesPerAppend);
+  if (c.maxPendingProposals !== undefined) positive("maxPendingProposals", c.maxPendingProposals);
+  if (c.maxPendingReads !== undefined) positive("maxPendingReads", c.maxPendingReads);
+  if (c.maxCommittedBytesPerReady !== undefined) positive("maxCommittedBytesPerReady", c.maxCommittedBytesPerReady);
+  if (c.heartbeatTicks >= c.electionTicks) {
+    throw new RangeError(`RaftConfig.heartbeatTicks (${c.heartbeatTicks}) must be below electionTicks (${c.electionTicks})`);
+  }
+  if (!c.peers.includes(c.id)) throw new RangeError(`RaftConfig.peers [${c.peers.join(", ")}] must include this node's id ${c.id}`);
+}
