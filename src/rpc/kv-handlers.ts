@@ -46,6 +46,14 @@ const OPS: Record<number, KVOp> = {
   [Op.DELETE]: "Delete",
 };
 
+/**
+ * Answers with no value and no leader hint (every write's, and every miss's): one frozen message
+ * each, so the fast lane encodes each once (it caches the bytes of frozen messages).
+ */
+const BARE_RESPONSES = new Map<string, CommandResponse>(
+  (["OK", "ErrNoKey", "ErrWrongLeader", "ErrTimeout"] as const).map((err) => [err, Object.freeze(create(CommandResponseSchema, { err }))]),
+);
+
 /** KVError codes (src/kv) → Connect codes. */
 const ERROR_CODES: Record<string, Code> = {
   invalid_argument: Code.InvalidArgument,
@@ -83,10 +91,13 @@ export function registerKVService(
           clientId: request.clientId,
           commandId: request.commandId,
         });
-        const response = create(CommandResponseSchema, { err: result.err, value: result.value });
-        if (result.err === "ErrWrongLeader" && result.leaderId !== undefined && result.leaderId >= 0) {
-          response.leaderId = BigInt(result.leaderId);
+        const hinted = result.err === "ErrWrongLeader" && result.leaderId !== undefined && result.leaderId >= 0;
+        if (result.value === "" && !hinted) {
+          const bare = BARE_RESPONSES.get(result.err);
+          if (bare !== undefined) return bare;
         }
+        const response = create(CommandResponseSchema, { err: result.err, value: result.value });
+        if (hinted) response.leaderId = BigInt(result.leaderId!);
         return response;
       } catch (error) {
         throw toConnectError(error);

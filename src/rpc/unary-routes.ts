@@ -4,7 +4,7 @@
 // Decoding, encoding and error bodies use connect-es's own functions, so answers match the
 // standard path byte for byte; anything outside the plain case is left to that path.
 
-import { create, isMessage, type DescMessage, type DescMethod, type DescService } from "@bufbuild/protobuf";
+import { create, isMessage, type DescMessage, type Message, type DescMethod, type DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextValues, type ConnectRouter, type ContextValues, type HandlerContext } from "@connectrpc/connect";
 import {
   createMethodSerializationLookup,
@@ -53,6 +53,12 @@ export interface CallSource {
 
 const utf8 = new TextDecoder();
 const utf8Out = new TextEncoder();
+
+/**
+ * JSON bytes of frozen output messages (an implementation's constant answers, such as a write's
+ * bare OK): a frozen message cannot change, so its encoding is made once. Weak: no growth.
+ */
+const frozenJson = new WeakMap<object, Uint8Array>();
 
 export const CONTENT_TYPE_JSON = "application/json";
 export const CONTENT_TYPE_PROTO = "application/proto";
@@ -136,7 +142,7 @@ export async function callUnary(route: UnaryRoute, format: "json" | "proto", bod
     const input = (!binary && route.flatInput?.parse(utf8.decode(body))) || route.serialization.getI(binary).parse(body);
     const output = await route.impl(input, context);
     const message = isMessage(output, route.method.output as DescMessage) ? output : create(route.method.output, output as never);
-    const encoded = !binary && route.flatOutput !== null ? utf8Out.encode(route.flatOutput.write(message)) : route.serialization.getO(binary).serialize(message);
+    const encoded = !binary && route.flatOutput !== null ? flatBytes(route.flatOutput, message) : route.serialization.getO(binary).serialize(message);
     return { status: 200, contentType: binary ? CONTENT_TYPE_PROTO : CONTENT_TYPE_JSON, body: encoded, headers: context.takeHeaders() };
   } catch (e) {
     const error = e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
@@ -149,6 +155,16 @@ export async function callUnary(route: UnaryRoute, format: "json" | "proto", bod
   } finally {
     context.finish();
   }
+}
+
+function flatBytes(codec: FlatJson, message: Message): Uint8Array {
+  if (!Object.isFrozen(message)) return utf8Out.encode(codec.write(message));
+  let bytes = frozenJson.get(message);
+  if (bytes === undefined) {
+    bytes = utf8Out.encode(codec.write(message));
+    frozenJson.set(message, bytes);
+  }
+  return bytes;
 }
 
 function hasEntries(headers: Headers): boolean {
