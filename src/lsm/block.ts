@@ -105,7 +105,9 @@ export class BlockIterator implements InternalIterator {
   private keyLen = 0;
   private valStart = 0;
   private valLen = 0;
-  // Decoded lazily: a seek parses many entries but reads the key of one.
+  // Decoded lazily: a seek parses many entries but reads the key of one. The user key view
+  // stays valid while keyBuf and the key's length stay the same (keyBuf is rewritten in place),
+  // so a scan over equal-length keys makes one view per block iterator, not one per entry.
   private userKey: Uint8Array | null = null;
   private entrySeq = -1;
 
@@ -157,16 +159,17 @@ export class BlockIterator implements InternalIterator {
       const next = new Uint8Array(klen * 2);
       next.set(this.keyBuf.subarray(0, shared));
       this.keyBuf = next;
+      this.userKey = null;
     }
     const kb = this.keyBuf;
     if (nonShared <= 32) for (let i = 0; i < nonShared; i++) kb[shared + i] = d[p + i];
     else kb.set(d.subarray(p, p + nonShared), shared);
+    if (this.userKey !== null && this.userKey.length !== klen - 8) this.userKey = null;
     this.keyLen = klen;
     this.valStart = p + nonShared;
     this.valLen = valLen;
     this.cur = off;
     this.nextOff = this.valStart + valLen;
-    this.userKey = null;
     this.entrySeq = -1;
   }
 
