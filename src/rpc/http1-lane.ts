@@ -237,7 +237,7 @@ export class Http1Lane {
 
   private source(parsed: Parsed): CallSource {
     return {
-      url: `http://${this.socket.localAddress ?? "localhost"}:${this.socket.localPort ?? 0}${parsed.path}`,
+      url: () => `http://${this.socket.localAddress ?? "localhost"}:${this.socket.localPort ?? 0}${parsed.path}`,
       headers: () => headerPairs(parsed.head),
       signal: () => {
         if (this.socketAbort === null) {

@@ -44,7 +44,8 @@ export interface UnaryAnswer {
 
 /** Request facts an implementation may look at through its HandlerContext, produced on demand. */
 export interface CallSource {
-  url: string;
+  /** The request URL, built only if an implementation asks (it costs socket address lookups). */
+  url(): string;
   /** Request headers as name/value pairs (names lower-case). */
   headers(): Iterable<[string, string]>;
   /** Aborted when the client goes away or the server shuts down. */
@@ -181,7 +182,6 @@ class LaneContext implements HandlerContext {
   readonly requestMethod = "POST";
   readonly method: DescMethod;
   readonly service: DescService;
-  readonly url: string;
   private requestHeaders: Headers | null = null;
   private responseHeaders: Headers | null = null;
   private responseTrailers: Headers | null = null;
@@ -195,7 +195,10 @@ class LaneContext implements HandlerContext {
   ) {
     this.method = route.method;
     this.service = route.service;
-    this.url = source.url;
+  }
+
+  get url(): string {
+    return this.source.url();
   }
 
   readonly timeoutMs = (): number | undefined => undefined;
