@@ -160,6 +160,12 @@ describe("Raft Stream over the frame lane", () => {
       }
       expect(await client.stream(frames())).toBeDefined();
       expect(got.map((m) => m.term)).toEqual([1, 101, 2, 102, 3, 103, 4, 104, 5, 105]);
+      // A message for another node is refused with the transport's own reason.
+      async function* wrong() {
+        yield create(MessageFramesSchema, { messages: [encodeMessageBytes({ ...beat(9), to: 0 })] });
+      }
+      const refused = await Promise.race([client.stream(wrong()).then(() => "accepted", (e: Error) => e.message), Bun.sleep(2000).then(() => "no answer")]);
+      expect(refused).toMatch(/disagree on -addrs/);
     } finally {
       sessionManager.abort();
       await transport.close();
