@@ -77,6 +77,11 @@ function checkKey(key: unknown, opts: ResolvedOptions): asserts key is Uint8Arra
   }
 }
 
+/** Write bytes per millisecond of delay for each L0 table at or past l0SlowdownTrigger. */
+const SLOWDOWN_BYTES_PER_MS = 64 * 1024;
+/** Longest delay of one write by the slowdown (the hard stop at l0StopTrigger is separate). */
+const SLOWDOWN_MAX_MS = 50;
+
 export class DB {
   private readonly versions: VersionSet;
   private readonly blockCache: BlockCache;
@@ -260,7 +265,7 @@ export class DB {
     // Writers that must wait for room queue in order, so a later write never overtakes one.
     this.queuedWriters++;
     const step = this.writeTail.then(async () => {
-      await this.waitForRoom();
+      await this.waitForRoom(encoded.length);
       return { done: this.commit(encoded, ops.length, sync) };
     });
     this.writeTail = step.then(
@@ -336,7 +341,18 @@ export class DB {
     return this.versions.current.levels[0].length >= this.opts.l0SlowdownTrigger;
   }
 
-  private async waitForRoom(): Promise<void> {
+  /**
+   * Delay of one write while L0 is at or past the slowdown trigger: proportional to the batch's
+   * bytes (a fixed 1 ms per write, LevelDB's rule, barely slows writers of 1000-key batches) and
+   * to how far L0 is past the trigger, so writers yield more of the machine to compaction the
+   * further it falls behind instead of running into the hard stop. At least 1 ms.
+   */
+  private slowdownMs(bytes: number): number {
+    const over = this.versions.current.levels[0].length - this.opts.l0SlowdownTrigger + 1;
+    return Math.max(1, Math.min(SLOWDOWN_MAX_MS, (over * bytes) / SLOWDOWN_BYTES_PER_MS));
+  }
+
+  private async waitForRoom(bytes: number): Promise<void> {
     let slowed = false;
     for (;;) {
       this.checkOpen();
@@ -350,7 +366,7 @@ export class DB {
       if (!slowed && this.shouldSlowDown()) {
         // Spread the cost of a growing L0 over many writes instead of one long stop later.
         slowed = true;
-        await new Promise((r) => setTimeout(r, 1));
+        await new Promise((r) => setTimeout(r, this.slowdownMs(bytes)));
         continue;
       }
       return;

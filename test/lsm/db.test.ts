@@ -34,6 +34,34 @@ async function expectCode(p: Promise<unknown> | (() => unknown), code: string): 
 }
 
 describe("DB", () => {
+  test("writes slowed by a full L0 (large batches, delays in proportion) keep their order and all land", async () => {
+    dir = tempDir("db");
+    // Slow down from the first L0 table and stop late: batches written while L0 holds a table
+    // take the delayed path.
+    db = await DB.open(dir, { ...small, l0CompactionTrigger: 1, l0SlowdownTrigger: 1, l0StopTrigger: 1000 });
+    const value = new Uint8Array(200).fill(7);
+    const writes: Promise<void>[] = [];
+    let slowed = 0;
+    for (let b = 0; b < 40; b++) {
+      if (db.stats().levels[0].files >= 1) slowed++;
+      const ops = [];
+      // Each batch spans the whole key range, so flushed tables overlap and stay in L0.
+      for (let i = 0; i < 100; i++) ops.push({ type: "put" as const, key: key(i * 40 + b), value });
+      // The last batch overwrites the first key: a later write must not be overtaken.
+      if (b === 39) ops.push({ type: "put" as const, key: key(0), value: bytes("last") });
+      writes.push(db.write(ops));
+      // Let every other batch finish so flushes land in L0 while the loop still writes.
+      if (b % 2 === 1) await Promise.all(writes);
+    }
+    await Promise.all(writes);
+    expect(db.stats().flushes).toBeGreaterThan(0);
+    expect(slowed).toBeGreaterThan(0);
+    expect(text(await db.get(key(0)))).toBe("last");
+    for (let i = 1; i < 4000; i += 97) expect(await db.get(key(i))).toEqual(value);
+    const all = await collect(db);
+    expect(all.length).toBe(4000);
+  });
+
   test("put, get, del, atomic write, overwrite", async () => {
     dir = tempDir("db");
     db = await DB.open(dir);
