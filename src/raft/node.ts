@@ -354,7 +354,8 @@ export class RaftNode {
         await this.handleReady(ready);
         if (this.stopped) return;
         this.raft.advance(ready);
-        await this.maybeCompact();
+        // Checked synchronously: most cycles have nothing to compact and should not pay an await.
+        if (this.raft.appliedIndex - (this.log.firstIndex() - 1) > this.opts.snapshotThreshold) await this.maybeCompact();
       }
     } catch (err) {
       this.halt(err as Error);
@@ -428,7 +429,7 @@ export class RaftNode {
    * snapshotThreshold entries past the compaction point; forces a sync at twice the threshold.
    */
   private async maybeCompact(): Promise<void> {
-    const point = this.log.snapshotMeta().index;
+    const point = this.log.firstIndex() - 1;
     const applied = this.raft.appliedIndex;
     if (applied - point <= this.opts.snapshotThreshold) return;
     let durable = Math.min(this.sm.durableAppliedIndex(), applied);
