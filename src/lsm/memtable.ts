@@ -1,7 +1,8 @@
 // The memtable: entries (user key, seq, kind, value) in internal key order, kept in sorted
 // leaves of up to 64 entries whose first 18 key bytes sit as numbers in typed arrays (a search
 // compares numbers in a few cache lines instead of chasing a pointer per step, as a skiplist
-// does); a hash index from user key to its newest entry for point reads; byte accounting so the
+// does); a hash index from user key to its newest entry for point reads (caught up by the first
+// read after inserts, so write-only memtables never build it); byte accounting so the
 // DB knows when to freeze and flush it.
 import { bloomHash } from "./bloom.ts";
 import { bytesEqual, KIND_PUT } from "./coding.ts";
@@ -176,6 +177,12 @@ export class Memtable {
    */
   private readonly index = new KeyIndex();
   /**
+   * Nodes inserted since the index last caught up, in insertion (sequence) order. The index is
+   * brought up to date by the first read after them: a memtable filled by writes alone (the
+   * usual fate of one that is frozen and flushed) never pays for hashing and probing.
+   */
+  private unindexed: Node[] = [];
+  /**
    * The write batches inserted with addBatch, in sequence order: the table worker rebuilds the
    * memtable's contents from them. Complete only when every entry came that way.
    */
@@ -224,11 +231,11 @@ export class Memtable {
    * Inserts an entry; (key, seq) must be new and seq above every seq already held for key.
    * Key and value are kept by reference.
    */
-  add(key: Uint8Array, seq: number, kind: number, value: Uint8Array, hash = bloomHash(key)): void {
-    this.insert(new Node(key, 0, key.length, value, 0, value.length, seq, kind), hash);
+  add(key: Uint8Array, seq: number, kind: number, value: Uint8Array): void {
+    this.insert(new Node(key, 0, key.length, value, 0, value.length, seq, kind));
   }
 
-  private insert(node: Node, hash: number): void {
+  private insert(node: Node): void {
     const buf = node.buf;
     const ks = node.keyStart;
     const ke = node.keyEnd;
@@ -254,7 +261,7 @@ export class Memtable {
     leaf.count = n + 1;
     if (at === 0) this.setFirst(li, leaf);
     if (leaf.count === LEAF_MAX) this.split(li, at === LEAF_MAX - 1 && li === this.leaves.length - 1);
-    this.index.put(node, hash);
+    this.unindexed.push(node);
     this.modifications++;
     this.bytes += ke - ks + node.valEnd - node.valStart + ENTRY_OVERHEAD;
     this.count++;
@@ -330,7 +337,7 @@ export class Memtable {
           shift *= 128;
         }
       }
-      this.insert(new Node(b, keyStart, keyEnd, b, p, p + len, seq + i, kind), bloomHash(b, keyStart, keyEnd));
+      this.insert(new Node(b, keyStart, keyEnd, b, p, p + len, seq + i, kind));
       p += len;
     }
     if (p !== b.length) throw new Error(`memtable: write batch decoded to ${p} of ${b.length} bytes`);
@@ -361,6 +368,7 @@ export class Memtable {
    * `hash` is bloomHash(key), computed once per read for every memtable and table.
    */
   get(key: Uint8Array, seq: number, hash = bloomHash(key)): MemGetResult | undefined {
+    if (this.unindexed.length > 0) this.catchUpIndex();
     const newest = this.index.get(key, hash);
     if (newest === undefined) return undefined;
     if (newest.seq <= seq) return newest;
@@ -373,6 +381,13 @@ export class Memtable {
 
   iterator(): MemtableIterator {
     return new MemtableIterator(this);
+  }
+
+  /** Indexes the nodes inserted since the last read, oldest first (so the newest wins). */
+  private catchUpIndex(): void {
+    const nodes = this.unindexed;
+    this.unindexed = [];
+    for (const n of nodes) this.index.put(n, bloomHash(n.buf, n.keyStart, n.keyEnd));
   }
 }
 

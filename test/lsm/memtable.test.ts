@@ -121,6 +121,25 @@ describe("memtable", () => {
     }
   });
 
+  test("point reads between inserts see every insert before them (the index catches up lazily)", () => {
+    const m = new Memtable(1);
+    const r = rng(12);
+    const newest = new Map<number, string>();
+    for (let seq = 1; seq <= 2000; seq++) {
+      const k = (r() * 50) | 0;
+      m.add(key(k), seq, KIND_PUT, bytes(`v${seq}`));
+      newest.set(k, `v${seq}`);
+      // Reads after runs of 0..4 inserts: some find the index current, most make it catch up.
+      if (r() < 0.3) {
+        const probe = (r() * 60) | 0;
+        const got = m.get(key(probe), seq);
+        if (newest.has(probe)) expect(text(got!.value)).toBe(newest.get(probe)!);
+        else expect(got).toBeUndefined();
+        expect(text(m.get(key(k), seq)!.value)).toBe(`v${seq}`);
+      }
+    }
+  });
+
   test("random inserts come out sorted; prev walks the same order backwards", () => {
     const m = new Memtable(1);
     const r = rng(7);
