@@ -243,9 +243,16 @@ export class Memtable {
     const t0 = word(buf, ks, ke);
     const t1 = word(buf, ks + 6, ke);
     const t2 = word(buf, ks + 12, ke);
-    const li = this.findLeaf(buf, ks, ke - ks, seq, t0, t1, t2);
-    const leaf = this.leaves[li];
-    const at = this.lowerBound(leaf, buf, ks, ke - ks, seq, t0, t1, t2);
+    // Appends (ascending keys, as in a sequential load) go after the last entry without a search.
+    let li = this.leaves.length - 1;
+    let leaf = this.leaves[li];
+    let at = leaf.count;
+    const e = at - 1;
+    if (e < 0 || compareEntry(leaf.w0[e], leaf.w1[e], leaf.w2[e], leaf.nodes[e], buf, ks, ke - ks, seq, t0, t1, t2) > 0) {
+      li = this.findLeaf(buf, ks, ke - ks, seq, t0, t1, t2);
+      leaf = this.leaves[li];
+      at = this.lowerBound(leaf, buf, ks, ke - ks, seq, t0, t1, t2);
+    }
     const n = leaf.count;
     if (at < n) {
       leaf.w0.copyWithin(at + 1, at, n);
