@@ -68,7 +68,11 @@ export class TableWorker {
       const w = this.start();
       w.ref();
       // A flush's batch buffer is handed over, not copied: the caller built it for this job.
-      if (job.type === "flush") w.postMessage({ ...job, id }, [job.batches.buffer as ArrayBuffer]);
+      if (job.type === "flush") {
+        const transfer = [job.batches.buffer as ArrayBuffer];
+        if (job.order !== undefined) transfer.push(job.order.buffer as ArrayBuffer);
+        w.postMessage({ ...job, id }, transfer);
+      }
       else w.postMessage({ ...job, id });
     });
   }

@@ -188,6 +188,10 @@ export class Memtable {
    */
   readonly batches: Uint8Array[] = [];
   private batchOps = 0;
+  /** Sequence of the first batch's first op, and whether the batches' sequences run gap-free. */
+  private firstSeq = 0;
+  private nextSeq = 0;
+  private seqsContiguous = true;
   /** Approximate bytes held: key + value + per-entry overhead. */
   bytes = 0;
   count = 0;
@@ -318,6 +322,9 @@ export class Memtable {
    * each op as offsets into the batch buffer (no views, no callback or reader per op).
    */
   addBatch(b: Uint8Array, seq: number, count: number, start: number): void {
+    if (this.batches.length === 0) this.firstSeq = seq;
+    else if (seq !== this.nextSeq) this.seqsContiguous = false;
+    this.nextSeq = seq + count;
     this.batches.push(b);
     this.batchOps += count;
     let p = start;
@@ -348,6 +355,21 @@ export class Memtable {
       p += len;
     }
     if (p !== b.length) throw new Error(`memtable: write batch decoded to ${p} of ${b.length} bytes`);
+  }
+
+  /**
+   * For each entry in internal order, its position among the ops of `batches` (0 = the first
+   * batch's first op); null unless the batches hold every entry with gap-free sequences.
+   */
+  sortedBatchPositions(): Int32Array | null {
+    if (!this.batchesComplete || !this.seqsContiguous) return null;
+    const out = new Int32Array(this.count);
+    let k = 0;
+    for (const leaf of this.leaves) {
+      const nodes = leaf.nodes;
+      for (let i = 0; i < leaf.count; i++) out[k++] = nodes[i].seq - this.firstSeq;
+    }
+    return out;
   }
 
   /** True when `batches` holds every entry (none was added one by one). */
