@@ -27,6 +27,7 @@ import {
   writeCompactionMeta,
 } from "./log-files.ts";
 import { SegmentPreallocator } from "./log-preallocation.ts";
+import { entriesIn, termAt } from "./log-window.ts";
 import { recoverLog, type RecoveryReport } from "./log-recovery.ts";
 import { type Entry, type HardState, type LogStore, NONE, type SnapshotMeta } from "./types.ts";
 
@@ -149,26 +150,11 @@ export class FileLogStore implements LogStore {
   }
 
   term(index: number): number | undefined {
-    if (index === this.snapshot.index) return this.snapshot.term;
-    return this.log[index - this.snapshot.index - 1]?.term;
+    return termAt(this.snapshot, this.log, index);
   }
 
   entries(lo: number, hi: number, maxBytes = Infinity): Entry[] {
-    if (lo < this.firstIndex() || hi > this.lastIndex() + 1 || lo > hi) {
-      throw new LogStoreError(
-        "OUT_OF_RANGE",
-        `entries [${lo}, ${hi}) requested; the log holds [${this.firstIndex()}, ${this.lastIndex() + 1})`,
-      );
-    }
-    const out: Entry[] = [];
-    let bytes = 0;
-    for (let i = lo; i < hi; i++) {
-      const entry = this.log[i - this.snapshot.index - 1];
-      bytes += entry.data.length;
-      if (out.length > 0 && bytes > maxBytes) break;
-      out.push(entry);
-    }
-    return out;
+    return entriesIn(this.snapshot, this.log, lo, hi, maxBytes);
   }
 
   /** Bytes of records in the segments; preallocated zeros (up to one segment and a spare) excluded. */

@@ -3,7 +3,8 @@
 
 import type { Entry, HardState, LogStore, SnapshotMeta } from "./types.ts";
 import { NONE } from "./types.ts";
-import { LogStoreError } from "./log-store.ts";
+import { LogStoreError } from "./log-error.ts";
+import { entriesIn, termAt } from "./log-window.ts";
 
 /** What survives a crash: the state as of the last completed sync. */
 interface DurableImage {
@@ -49,26 +50,11 @@ export class MemoryLogStore implements LogStore {
     return this.current.snapshot.index + this.current.log.length;
   }
   term(index: number): number | undefined {
-    if (index === this.current.snapshot.index) return this.current.snapshot.term;
-    return this.current.log[index - this.current.snapshot.index - 1]?.term;
+    return termAt(this.current.snapshot, this.current.log, index);
   }
 
   entries(lo: number, hi: number, maxBytes = Infinity): Entry[] {
-    if (lo < this.firstIndex() || hi > this.lastIndex() + 1 || lo > hi) {
-      throw new LogStoreError(
-        "OUT_OF_RANGE",
-        `entries [${lo}, ${hi}) requested; the log holds [${this.firstIndex()}, ${this.lastIndex() + 1})`,
-      );
-    }
-    const out: Entry[] = [];
-    let bytes = 0;
-    for (let i = lo; i < hi; i++) {
-      const entry = this.current.log[i - this.current.snapshot.index - 1];
-      bytes += entry.data.length;
-      if (out.length > 0 && bytes > maxBytes) break;
-      out.push(entry);
-    }
-    return out;
+    return entriesIn(this.current.snapshot, this.current.log, lo, hi, maxBytes);
   }
 
   sizeBytes(): number {
