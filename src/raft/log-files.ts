@@ -42,14 +42,21 @@ export interface Segment {
 /** The I/O counters behind LogStoreStats, bumped by whichever part of the store does the work. */
 export interface LogCounters {
   saves: number;
+  /** Saves that changed only commitIndex: written with a later batch, never synced on their own. */
   lazyHardStates: number;
+  /** write(2) calls carrying log records. */
   writes: number;
+  /** fdatasync/fsync calls on segment files (directory fsyncs counted apart). */
   fsyncs: number;
   dirFsyncs: number;
   bytesWritten: number;
+  /** Zero bytes written (and synced) ahead of the appends, in segments and spares. */
   preallocatedBytes: number;
+  /** Rollovers that found a spare segment already prepared in the background. */
   sparesUsed: number;
+  /** Rollovers that had to wait for a spare to be zero-filled first. */
   spareWaits: number;
+  /** Flushes that had to wait for zero-filled space (the background fill fell behind). */
   allocationWaits: number;
 }
 

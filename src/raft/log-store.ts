@@ -17,6 +17,7 @@ import {
 import { ioError, LogStoreError } from "./log-error.ts";
 import {
   EMPTY_META,
+  type LogCounters,
   newCounters,
   type Segment,
   SEGMENT_OVERHEAD,
@@ -45,25 +46,8 @@ export interface FileLogStoreOptions {
   preallocate?: boolean;
 }
 
-export interface LogStoreStats {
-  saves: number;
-  /** Saves that changed only commitIndex: written with a later batch, never synced on their own. */
-  lazyHardStates: number;
-  /** write(2) calls carrying log records. */
-  writes: number;
-  /** fdatasync/fsync calls on segment files (directory fsyncs counted apart). */
-  fsyncs: number;
-  dirFsyncs: number;
-  bytesWritten: number;
+export interface LogStoreStats extends LogCounters {
   segments: number;
-  /** Zero bytes written (and synced) ahead of the appends, in segments and spares. */
-  preallocatedBytes: number;
-  /** Rollovers that found a spare segment already prepared in the background. */
-  sparesUsed: number;
-  /** Rollovers that had to wait for a spare to be zero-filled first. */
-  spareWaits: number;
-  /** Flushes that had to wait for zero-filled space (the background fill fell behind). */
-  allocationWaits: number;
   /** Whether a spare segment is prepared right now. */
   spareReady: boolean;
   recovery: RecoveryReport | null;
