@@ -105,16 +105,16 @@ export interface FlatMessage {
   snapshot: SnapshotMeta | undefined;
 }
 
-/** Core message → flat wire fields (unused fields zero, as proto3 defaults). */
-export function toFlat(message: Message): FlatMessage {
-  const flat: FlatMessage = {
+/** A flat message with every field at its proto3 default; `entries` is the array to fill. */
+export function emptyFlat(entries: Entry[]): FlatMessage {
+  return {
     type: WireMessageType.MESSAGE_UNSPECIFIED,
-    from: message.from,
-    to: message.to,
-    term: message.term,
+    from: 0,
+    to: 0,
+    term: 0,
     logIndex: 0,
     logTerm: 0,
-    entries: NO_ENTRIES,
+    entries,
     commit: 0,
     ok: false,
     preVote: false,
@@ -124,6 +124,14 @@ export function toFlat(message: Message): FlatMessage {
     readContext: 0,
     snapshot: undefined,
   };
+}
+
+/** Core message → flat wire fields (unused fields zero, as proto3 defaults). */
+export function toFlat(message: Message): FlatMessage {
+  const flat = emptyFlat(NO_ENTRIES);
+  flat.from = message.from;
+  flat.to = message.to;
+  flat.term = message.term;
   switch (message.type) {
     case "RequestVote":
       flat.type = WireMessageType.REQUEST_VOTE;

@@ -6,7 +6,7 @@
 // must be safe integers both ways; anything else is a RaftCodecError.
 
 import { EntryType, type Entry, type Message, type SnapshotMeta } from "../raft/types.ts";
-import { type FlatMessage, RaftCodecError, fromFlat, toFlat } from "./raft-codec.ts";
+import { type FlatMessage, RaftCodecError, emptyFlat, fromFlat, toFlat } from "./raft-codec.ts";
 
 // Wire types (protobuf encoding spec).
 const VARINT = 0;
@@ -312,23 +312,8 @@ function combine(lo: number, hi: number, field: string): number {
 /** Reads one raftpb.Message (bytes [start, end) of `buf`). Entry payloads are copied out. */
 export function decodeMessageBytes(buf: Uint8Array, start = 0, end = buf.length): Message {
   const r = new Reader(buf, start, end);
-  const f: FlatMessage = {
-    type: 0,
-    from: 0,
-    to: 0,
-    term: 0,
-    logIndex: 0,
-    logTerm: 0,
-    entries: [],
-    commit: 0,
-    ok: false,
-    preVote: false,
-    matchIndex: 0,
-    conflictTerm: 0,
-    conflictIndex: 0,
-    readContext: 0,
-    snapshot: undefined,
-  };
+  const f = emptyFlat([]);
+
   while (r.pos < r.end) {
     const tag = r.varint("tag");
     const field = tag >>> 3;
