@@ -140,14 +140,19 @@ export async function startEtcd(size = 3): Promise<Cluster> {
       removeTempDir(root);
     },
   };
+  return leaderOrStop(cluster, members.map((m) => path.join(root, `e${m.id}.log`)), "etcd");
+}
+
+/** Returns the cluster once it has a leader; otherwise stops it and throws with its members' logs. */
+async function leaderOrStop(cluster: Cluster, logFiles: string[], what: string): Promise<Cluster> {
   try {
-    await leader();
+    await cluster.leader();
+    return cluster;
   } catch (e) {
-    const logs = members.map((m) => readTail(path.join(root, `e${m.id}.log`))).join("\n");
+    const logs = logFiles.map((file) => readTail(file)).join("\n");
     await cluster.stop();
-    throw new Error(`${(e as Error).message}\netcd logs:\n${logs}`);
+    throw new Error(`${(e as Error).message}\n${what} logs:\n${logs}`);
   }
-  return cluster;
 }
 
 function readTail(file: string, bytes = 1500): string {
@@ -231,12 +236,5 @@ export async function startKvraft(size = 3): Promise<Cluster> {
       removeTempDir(root);
     },
   };
-  try {
-    await leader();
-  } catch (e) {
-    const logs = members.map((m) => readTail(path.join(root, `n${m.id}.log`))).join("\n");
-    await cluster.stop();
-    throw new Error(`${(e as Error).message}\nkvserver logs:\n${logs}`);
-  }
-  return cluster;
+  return leaderOrStop(cluster, members.map((m) => path.join(root, `n${m.id}.log`)), "kvserver");
 }
