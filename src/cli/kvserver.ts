@@ -4,7 +4,7 @@
 // 2 bad usage or a data directory that belongs to another node or cluster.
 
 import { KVServer } from "../kv/index.ts";
-import { ListenError } from "../rpc/server.ts";
+import { ListenError } from "../rpc/server/server.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { DataDirError } from "./identity.ts";
 import { serveNode, type ServingNode } from "./serve-node.ts";

@@ -1,9 +1,9 @@
 // Brings one kvraft node up and down: claims the data directory, binds the multi-protocol port,
 // opens the KV server behind it with the Connect transport, and shuts down in the safe order.
 
-import { ConnectTransport } from "../rpc/connect-transport.ts";
-import { registerKVService, type KVBackend } from "../rpc/kv-handlers.ts";
-import { RpcServer } from "../rpc/server.ts";
+import { ConnectTransport } from "../rpc/peers/connect-transport.ts";
+import { registerKVService, type KVBackend } from "../kv/service.ts";
+import { RpcServer } from "../rpc/server/server.ts";
 import { toBaseUrl } from "../kv/client.ts";
 import type { NodeId, Transport } from "../raft/types.ts";
 import { claimDataDir } from "./identity.ts";

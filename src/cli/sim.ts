@@ -1,9 +1,7 @@
 // `bun run sim --seed S [--nodes N] [--steps K] [--kv]`: one deterministic randomized fault
 // schedule; prints one summary line (same seed ⇒ same bytes), or the violated invariant and exits 1.
 
-import { existsSync } from "node:fs";
-
-import { InvariantViolation, replayCommand, runRandomSchedule } from "../raft/sim/index.ts";
+import { InvariantViolation, replayCommand, runRandomSchedule } from "../sim/raft-core/index.ts";
 
 const USAGE = "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--kv]";
 
@@ -59,34 +57,15 @@ export function parseSimArgs(argv: string[]): SimCliOptions {
 }
 
 async function runKv(options: SimCliOptions): Promise<number> {
-  const url = new URL("../kv/sim.ts", import.meta.url);
-  if (!existsSync(url)) {
-    console.error("kvraft sim: KV mode (--kv) is not built yet (src/kv/sim.ts is missing).");
-    return 2;
-  }
-  // A computed specifier: the KV simulator is optional at type-check time.
-  const mod = (await import(url.href)) as { runKvSim?: (o: SimCliOptions) => unknown };
-  if (typeof mod.runKvSim !== "function") {
-    console.error("kvraft sim: KV mode (--kv) is not built yet (src/kv/sim.ts exports no runKvSim).");
-    return 2;
-  }
-  // runKvSim returns its summary line, or { line, ok } (ok false ⇒ a violated check ⇒ exit 1).
-  const result = await mod.runKvSim(options);
-  if (typeof result === "string") {
-    console.log(result);
-    return 0;
-  }
-  if (result !== null && typeof result === "object" && typeof (result as { line?: unknown }).line === "string") {
-    const { line, ok } = result as { line: string; ok?: boolean };
-    if (ok === false) {
-      console.error(line);
-      console.error(`replay: bun run sim --kv --seed ${options.seed} --nodes ${options.nodes} --steps ${options.steps}`);
-      return 1;
-    }
+  // Loaded on demand: the core simulator's runs need none of the KV stack.
+  const { runKvSim } = await import("../sim/kv/cluster.ts");
+  const { line, ok } = await runKvSim(options);
+  if (ok) {
     console.log(line);
     return 0;
   }
-  console.error("kvraft sim: src/kv/sim.ts runKvSim returned no summary line");
+  console.error(line);
+  console.error(`replay: bun run sim --kv --seed ${options.seed} --nodes ${options.nodes} --steps ${options.steps}`);
   return 1;
 }
 

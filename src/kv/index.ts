@@ -1,5 +1,5 @@
-// Public surface of the KV layer: the replica (KVServer), its state machine, typed errors, and the
-// simulation harness used by tests and `bun run sim --kv`.
+// Public surface of the KV layer: the replica (KVServer), its state machine, the KVService
+// handlers and typed errors. The KV simulator lives in src/sim/kv/.
 export {
   KVServer,
   type CommandArgs,
@@ -15,4 +15,3 @@ export {
 export { KVStateMachine, type ApplyListener, type AppliedCommand, type KVStateMachineOptions } from "./state-machine.ts";
 export { KVCorruptionError, KVError, type KVErrorCode } from "./errors.ts";
 export { encodeCommand, decodeCommand, type WriteCommand } from "./command.ts";
-export { runKvSim, KvSimCluster, KvSimClerk, checkClientAppends, type KvSimClusterOptions, type KvSimOptions } from "./sim.ts";

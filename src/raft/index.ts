@@ -1,7 +1,7 @@
 // The raft layer's public surface: other layers import Raft things from here only.
 
 export * from "./types.ts";
-export { Raft, type RaftConfig, type RaftInitialState, type RaftStatus, type ProposeResult, type ReadIndexResult } from "./raft.ts";
+export { Raft, type RaftConfig, type RaftInitialState, type RaftStatus, type ProposeResult, type ReadIndexResult } from "./core/raft.ts";
 export {
   RaftNode,
   type RaftNodeOptions,
@@ -18,8 +18,5 @@ export {
   type LogStoreErrorCode,
   type LogStoreStats,
   type RecoveryReport,
-} from "./log-store.ts";
-export { MemoryLogStore, type MemoryLogStoreStats } from "./memory-log-store.ts";
-export { type Clock, type TimerHandle, RealClock, SimClock } from "./clock.ts";
-export { SimNetwork, SimNetworkError, type NetworkFaults, type SimNetworkStats } from "./sim-network.ts";
-export { SimCluster, type SimClusterOptions, settle, runFor, runUntil, type SettleOptions } from "./testing.ts";
+} from "./log/log-store.ts";
+export { type Clock, type TimerHandle, RealClock } from "./clock.ts";

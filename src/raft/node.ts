@@ -3,7 +3,7 @@
 
 import { Rng } from "../util/rng.ts";
 import { type Clock, RealClock, type TimerHandle } from "./clock.ts";
-import { Raft } from "./raft.ts";
+import { Raft } from "./core/raft.ts";
 import {
   type LogStore,
   type Message,

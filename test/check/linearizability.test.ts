@@ -1,7 +1,7 @@
 // The linearizability checker against brute-force enumeration of every real-time-respecting order,
 // on random small histories (legal and corrupted), plus hand-written known-bad histories.
 import { describe, expect, test } from "bun:test";
-import { checkHistory, stepKv, type KvOpName, type Operation } from "../../src/check/index.ts";
+import { checkHistory, stepKv, type KvOpName, type Operation } from "../../src/sim/check/index.ts";
 
 /** Reference answer: some order of all ops, consistent with real time, that the model accepts. */
 function bruteForceLinearizable(history: Operation[]): boolean {

@@ -2,7 +2,7 @@
 // nodes; and a follower that falls behind a compacted log and catches up by InstallSnapshot.
 // Every acknowledged write must survive, exactly once, and the whole history be linearizable.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { checkHistory, type Operation } from "../../src/check/index.ts";
+import { checkHistory, type Operation } from "../../src/sim/check/index.ts";
 import type { NodeStatus } from "../../src/kv/client.ts";
 import { TestCluster } from "./harness.ts";
 import { checkAppends, runWorkload } from "./workload.ts";

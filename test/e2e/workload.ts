@@ -1,6 +1,6 @@
 // A bounded concurrent workload for e2e tests: several Clerks append unique tokens and read keys,
 // recording every operation (call/return times, outcome) for the linearizability checker.
-import type { Operation } from "../../src/check/index.ts";
+import type { Operation } from "../../src/sim/check/index.ts";
 import { ClerkError, type Clerk } from "../../src/kv/client.ts";
 
 export interface WorkloadResult {

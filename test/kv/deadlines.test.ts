@@ -2,7 +2,7 @@
 // and only one clock timer is pending however many waiters there are.
 import { describe, expect, test } from "bun:test";
 import { DeadlineQueue } from "../../src/kv/deadlines.ts";
-import { SimClock } from "../../src/raft/index.ts";
+import { SimClock } from "../../src/sim/raft-node/index.ts";
 
 function waiter(deadline: number, log: number[], id: number) {
   return {

@@ -2,8 +2,8 @@
 // every history is checked for linearizability and every client's appends audited for loss,
 // duplication and order (checkClntAppends).
 import { describe, expect, test } from "bun:test";
-import { checkHistory, type Operation } from "../../src/check/index.ts";
-import { KvSimClerk, KvSimCluster, checkClientAppends } from "../../src/kv/sim.ts";
+import { checkHistory, type Operation } from "../../src/sim/check/index.ts";
+import { KvSimClerk, KvSimCluster, checkClientAppends } from "../../src/sim/kv/cluster.ts";
 import { TIMEOUT, generic } from "./workload.ts";
 
 describe("kvraft 3A", () => {

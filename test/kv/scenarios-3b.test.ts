@@ -1,8 +1,8 @@
 // MIT 6.824 kvraft part B scenarios: the Raft log is compacted behind the state machine's durable
 // applied index, lagging followers catch up by streamed snapshots, and the log stays bounded.
 import { describe, expect, test } from "bun:test";
-import { checkHistory, type Operation } from "../../src/check/index.ts";
-import { KvSimClerk, KvSimCluster } from "../../src/kv/sim.ts";
+import { checkHistory, type Operation } from "../../src/sim/check/index.ts";
+import { KvSimClerk, KvSimCluster } from "../../src/sim/kv/cluster.ts";
 import { TIMEOUT, generic } from "./workload.ts";
 
 /** 6.824's maxraftstate, in our terms: log entries kept past the durable applied index. */

@@ -4,8 +4,9 @@ import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { KVError, KVServer, KvSimCluster, type CommandArgs, type CommandReply, type KVLimits } from "../../src/kv/index.ts";
-import { SimClock, SimNetwork } from "../../src/raft/index.ts";
+import { KVError, KVServer, type CommandArgs, type CommandReply, type KVLimits } from "../../src/kv/index.ts";
+import { KvSimCluster } from "../../src/sim/kv/cluster.ts";
+import { SimClock, NodeSimNetwork } from "../../src/sim/raft-node/index.ts";
 import { Rng } from "../../src/util/rng.ts";
 import { TIMEOUT } from "./workload.ts";
 
@@ -151,7 +152,7 @@ describe("KVServer", () => {
 test("a single node on real files (FileLogStore + LSM) restarts with its data", async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-server-"));
   const clock = new SimClock();
-  const network = new SimNetwork(clock, new Rng(7));
+  const network = new NodeSimNetwork(clock, new Rng(7));
   const open = () => KVServer.open({ id: 0, peers: [0], dir, transport: network.transport(0), clock, raft: { tickMs: 10, seed: 1 } });
   const drive = async <T>(promise: Promise<T>): Promise<T> => {
     let done = false;

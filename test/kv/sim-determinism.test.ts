@@ -1,8 +1,9 @@
 // Replay of the KV simulator: one seed gives one byte-identical summary line (hash included), in
 // process and through `bun run sim --kv`, although every server does real LSM file I/O.
 import { describe, expect, test } from "bun:test";
-import { runKvSim, runWorkload } from "../../src/kv/sim.ts";
-import { type Message, SimClock, SimNetwork } from "../../src/raft/index.ts";
+import { runKvSim, runWorkload } from "../../src/sim/kv/cluster.ts";
+import { type Message } from "../../src/raft/index.ts";
+import { SimClock, NodeSimNetwork } from "../../src/sim/raft-node/index.ts";
 import { Rng } from "../../src/util/rng.ts";
 
 const TIMEOUT = 60_000;
@@ -23,7 +24,7 @@ const FAULTS = { minDelayMs: 1, maxDelayMs: 6, lossRate: 0.2, duplicateRate: 0.2
 /** Nodes 0..2 each send `count` heartbeats to the others per millisecond, nodes in `order`. */
 function trace(order: number[], linkSeed: number | undefined, rngSeed = 9): string[] {
   const clock = new SimClock();
-  const network = new SimNetwork(clock, new Rng(rngSeed), FAULTS, { linkSeed });
+  const network = new NodeSimNetwork(clock, new Rng(rngSeed), FAULTS, { linkSeed });
   const seen: string[] = [];
   const transports = [0, 1, 2].map((id) => {
     const t = network.transport(id);
@@ -48,7 +49,7 @@ function trace(order: number[], linkSeed: number | undefined, rngSeed = 9): stri
   return seen;
 }
 
-describe("SimNetwork replay mode", () => {
+describe("NodeSimNetwork replay mode", () => {
   test("the order nodes send in does not change what arrives, when, or in what order", () => {
     const a = trace([0, 1, 2], 42);
     const b = trace([2, 0, 1], 42);
@@ -63,7 +64,7 @@ describe("SimNetwork replay mode", () => {
 
   test("down() fails a snapshot hop at once, without simulated time", async () => {
     const clock = new SimClock();
-    const network = new SimNetwork(clock, new Rng(1), { minDelayMs: 5, maxDelayMs: 5 }, { linkSeed: 7 });
+    const network = new NodeSimNetwork(clock, new Rng(1), { minDelayMs: 5, maxDelayMs: 5 }, { linkSeed: 7 });
     const sender = network.transport(0);
     network.transport(1).listen({ onMessages: () => {}, onSnapshot: () => Promise.reject(new Error("unreachable")) });
     async function* chunks(): AsyncGenerator<Uint8Array> {

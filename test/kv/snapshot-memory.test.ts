@@ -1,8 +1,8 @@
 // A snapshot of a state far larger than the memtable and block cache together is streamed to a
 // lagging follower with bounded memory: live heap during the install stays well under the data size.
 import { expect, test } from "bun:test";
-import type { Operation } from "../../src/check/index.ts";
-import { KvSimClerk, KvSimCluster } from "../../src/kv/sim.ts";
+import type { Operation } from "../../src/sim/check/index.ts";
+import { KvSimClerk, KvSimCluster } from "../../src/sim/kv/cluster.ts";
 import { TIMEOUT } from "./workload.ts";
 
 const KEYS = 2048;

@@ -5,26 +5,18 @@ import { afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import {
-  FileLogStore,
-  MemoryLogStore,
-  NotLeaderError,
-  NodeStoppedError,
-  type NodeId,
-  type RaftNode,
-  SimCluster,
-  type SimClusterOptions,
-} from "../../src/raft/index.ts";
+import { FileLogStore, NotLeaderError, NodeStoppedError, type NodeId, type RaftNode } from "../../src/raft/index.ts";
+import { MemoryLogStore, NodeSimCluster, type NodeSimClusterOptions } from "../../src/sim/raft-node/index.ts";
 import { ListMachine } from "./list-machine.ts";
 
 const enc = new TextEncoder();
-const clusters: SimCluster<ListMachine>[] = [];
+const clusters: NodeSimCluster<ListMachine>[] = [];
 afterEach(async () => {
   for (const c of clusters.splice(0)) await c.stop();
 });
 
-function cluster(size: number, seed: number, extra: Partial<SimClusterOptions<ListMachine>> = {}): SimCluster<ListMachine> {
-  const c = new SimCluster<ListMachine>({
+function cluster(size: number, seed: number, extra: Partial<NodeSimClusterOptions<ListMachine>> = {}): NodeSimCluster<ListMachine> {
+  const c = new NodeSimCluster<ListMachine>({
     ids: Array.from({ length: size }, (_, i) => i),
     seed,
     stateMachine: (_id, previous) => previous?.recover() ?? new ListMachine(),
@@ -35,7 +27,7 @@ function cluster(size: number, seed: number, extra: Partial<SimClusterOptions<Li
 }
 
 /** Proposes each command to whoever leads now, retrying through elections. */
-async function proposeAll(c: SimCluster<ListMachine>, commands: string[]): Promise<void> {
+async function proposeAll(c: NodeSimCluster<ListMachine>, commands: string[]): Promise<void> {
   for (const command of commands) {
     for (let attempt = 0; ; attempt++) {
       if (attempt > 50) throw new Error(`could not propose ${command}: no stable leader`);
@@ -53,12 +45,12 @@ async function proposeAll(c: SimCluster<ListMachine>, commands: string[]): Promi
   }
 }
 
-function appliedEverywhere(c: SimCluster<ListMachine>, count: number, ids = [...c.nodes.keys()]): boolean {
+function appliedEverywhere(c: NodeSimCluster<ListMachine>, count: number, ids = [...c.nodes.keys()]): boolean {
   return ids.every((id) => c.machines.get(id)!.commands.length >= count);
 }
 
 /** State machine safety: every node's applied list is a prefix of the longest one, no violations. */
-function expectConsistent(c: SimCluster<ListMachine>): void {
+function expectConsistent(c: NodeSimCluster<ListMachine>): void {
   const lists = [...c.machines.values()].map((m) => m.commands);
   const longest = lists.reduce((a, b) => (b.length > a.length ? b : a));
   for (const [id, m] of c.machines) {

@@ -4,7 +4,8 @@
 // More seeds:      KVRAFT_SEEDS=<count> bun test test/raft-node/random-schedules.test.ts
 
 import { afterEach, expect, test } from "bun:test";
-import { type NodeId, NotLeaderError, SimCluster } from "../../src/raft/index.ts";
+import { type NodeId, NotLeaderError } from "../../src/raft/index.ts";
+import { NodeSimCluster } from "../../src/sim/raft-node/index.ts";
 import { Rng } from "../../src/util/rng.ts";
 import { ListMachine } from "./list-machine.ts";
 
@@ -14,7 +15,7 @@ const seeds = process.env.KVRAFT_SEED
   ? [Number(process.env.KVRAFT_SEED)]
   : Array.from({ length: Number(process.env.KVRAFT_SEEDS ?? 6) }, (_, i) => 1000 + i);
 
-let running: SimCluster<ListMachine> | null = null;
+let running: NodeSimCluster<ListMachine> | null = null;
 afterEach(async () => {
   await running?.stop();
   running = null;
@@ -23,7 +24,7 @@ afterEach(async () => {
 for (const seed of seeds) {
   test(`random schedule, seed ${seed} (replay: KVRAFT_SEED=${seed})`, async () => {
     const rng = new Rng(seed);
-    const c = new SimCluster<ListMachine>({
+    const c = new NodeSimCluster<ListMachine>({
       ids: IDS,
       seed,
       stateMachine: (_id, previous) => previous?.recover() ?? new ListMachine(undefined, 7),

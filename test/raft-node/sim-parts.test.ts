@@ -1,8 +1,9 @@
-// The simulation building blocks on their own: SimClock ordering, SimNetwork faults and snapshot
+// The simulation building blocks on their own: SimClock ordering, NodeSimNetwork faults and snapshot
 // streams, MemoryLogStore's synced-versus-written split.
 
 import { describe, expect, test } from "bun:test";
-import { type Message, MemoryLogStore, SimClock, SimNetwork, EntryType, type Entry, runFor } from "../../src/raft/index.ts";
+import { type Message, EntryType, type Entry } from "../../src/raft/index.ts";
+import { MemoryLogStore, SimClock, NodeSimNetwork, runFor } from "../../src/sim/raft-node/index.ts";
 import { Rng } from "../../src/util/rng.ts";
 
 const heartbeat = (from: number, to: number, term = 1): Message => ({ type: "Heartbeat", from, to, term, commitIndex: 0, readContext: 0 });
@@ -29,10 +30,10 @@ describe("SimClock", () => {
   });
 });
 
-describe("SimNetwork", () => {
+describe("NodeSimNetwork", () => {
   function setup(seed = 1) {
     const clock = new SimClock();
-    const network = new SimNetwork(clock, new Rng(seed), { minDelayMs: 1, maxDelayMs: 10 });
+    const network = new NodeSimNetwork(clock, new Rng(seed), { minDelayMs: 1, maxDelayMs: 10 });
     const inbox = new Map<number, Message[]>();
     const transports = [0, 1, 2].map((id) => {
       const t = network.transport(id);
@@ -124,7 +125,7 @@ describe("SimNetwork", () => {
     await runFor(clock, 30);
     network.partition([0], [1]);
     await runFor(clock, 1000);
-    expect((failure as Error)?.name).toBe("SimNetworkError");
+    expect((failure as Error)?.name).toBe("NodeSimNetworkError");
     expect(network.stats().snapshotsFailed).toBe(1);
   });
 });

@@ -1,7 +1,7 @@
 // Child process for the kill -9 test: appends entries to a FileLogStore with many saves in flight
 // and prints "ack <lastIndex> <commitIndex>" once each save is durable, until it is killed.
 
-import { FileLogStore } from "../../src/raft/log-store.ts";
+import { FileLogStore } from "../../src/raft/log/log-store.ts";
 import { EntryType } from "../../src/raft/types.ts";
 
 const dir = process.argv[2];

@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { FileLogStore, LogStoreError } from "../../src/raft/log-store.ts";
+import { FileLogStore, LogStoreError } from "../../src/raft/log/log-store.ts";
 import { type Entry, EntryType, NONE } from "../../src/raft/types.ts";
 
 let dir: string;

@@ -2,10 +2,10 @@
 // backtracking, proposal batching, the Ready contract, and the assertions that guard invariants.
 
 import { describe, expect, test } from "bun:test";
-import { Raft, type RaftConfig, type RaftInitialState } from "../../src/raft/raft.ts";
-import { RaftLog } from "../../src/raft/raft-log.ts";
-import { Inflights } from "../../src/raft/progress.ts";
-import { MajorityConfig, VoteResult } from "../../src/raft/quorum.ts";
+import { Raft, type RaftConfig, type RaftInitialState } from "../../src/raft/core/raft.ts";
+import { RaftLog } from "../../src/raft/core/raft-log.ts";
+import { Inflights } from "../../src/raft/core/progress.ts";
+import { MajorityConfig, VoteResult } from "../../src/raft/core/quorum.ts";
 import { EntryType, NONE, type Entry, type Message } from "../../src/raft/types.ts";
 
 const PEERS = [0, 1, 2];

@@ -2,7 +2,7 @@
 // is reproducible, and different seeds explore different executions.
 
 import { describe, expect, test } from "bun:test";
-import { InvariantViolation, SimCluster, runRandomSchedule } from "../../src/raft/sim/index.ts";
+import { InvariantViolation, CoreSimCluster, runRandomSchedule } from "../../src/sim/raft-core/index.ts";
 import { Rng } from "../../src/util/rng.ts";
 
 const CLI = ["bun", "src/cli/sim.ts"];
@@ -39,7 +39,7 @@ describe("determinism", () => {
   });
 
   test("a violation names the seed, the invariant, the recent events and the replay command", () => {
-    const c = new SimCluster({ seed: 99, nodes: 3, replay: "bun run sim --seed 99 --nodes 3" });
+    const c = new CoreSimCluster({ seed: 99, nodes: 3, replay: "bun run sim --seed 99 --nodes 3" });
     c.run(50);
     let caught: unknown;
     try {

@@ -1,7 +1,7 @@
 // A 6.824-style test harness over the core-level simulator: connect/disconnect, crash/restart,
 // "one(cmd)" agreement, leader checks. Every failure names the seed and how to replay it.
 
-import { SimCluster, UNRELIABLE, RELIABLE, type ClusterOptions } from "../../src/raft/sim/index.ts";
+import { CoreSimCluster, UNRELIABLE, RELIABLE, type ClusterOptions } from "../../src/sim/raft-core/index.ts";
 import { NONE, type NodeId } from "../../src/raft/types.ts";
 
 /** Scenarios run with this seed; RAFT_SEED=S reruns them all with another. */
@@ -11,7 +11,7 @@ export const SEED = Number(process.env.RAFT_SEED ?? 1);
 export const ELECTION_BUDGET = 150;
 
 export class Harness {
-  readonly c: SimCluster;
+  readonly c: CoreSimCluster;
   readonly n: number;
   readonly connected: boolean[];
   private readonly where: string;
@@ -25,7 +25,7 @@ export class Harness {
     this.n = n;
     const seed = options.seed ?? SEED;
     this.where = `seed ${seed}; replay: RAFT_SEED=${seed} bun test test/raft/${file} -t "${name}"`;
-    this.c = new SimCluster({
+    this.c = new CoreSimCluster({
       seed,
       nodes: n,
       network: options.unreliable ? UNRELIABLE : RELIABLE,

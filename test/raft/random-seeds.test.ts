@@ -2,7 +2,7 @@
 // cuts, loss, duplication, reordering, snapshots, transfers, reads), each ending in a liveness check.
 
 import { describe, test } from "bun:test";
-import { InvariantViolation, runRandomSchedule } from "../../src/raft/sim/index.ts";
+import { InvariantViolation, runRandomSchedule } from "../../src/sim/raft-core/index.ts";
 
 const SEEDS = 200;
 const FIRST_SEED = Number(process.env.RAFT_FIRST_SEED ?? 1);

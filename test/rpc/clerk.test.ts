@@ -3,8 +3,8 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError } from "../../src/kv/client.ts";
-import { registerKVService, type KVBackend, type KVErr } from "../../src/rpc/kv-handlers.ts";
-import { RpcServer } from "../../src/rpc/server.ts";
+import { registerKVService, type KVBackend, type KVErr } from "../../src/kv/service.ts";
+import { RpcServer } from "../../src/rpc/server/server.ts";
 
 type Call = { node: number; op: string; key: string; clientId: bigint; commandId: bigint };
 const calls: Call[] = [];

@@ -4,8 +4,8 @@ import { describe, expect, test } from "bun:test";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { MessageBatchSchema, MessageFramesSchema, MessageSchema, MessageType } from "../../src/gen/raftpb/raft_pb.ts";
 import { EntryType, type Message } from "../../src/raft/types.ts";
-import { RaftCodecError, decodeMessage, encodeMessage } from "../../src/rpc/raft-codec.ts";
-import { decodeMessageBytes, encodeBatchFrame, encodeMessageBytes, prepareMessage } from "../../src/rpc/raft-wire.ts";
+import { RaftCodecError, decodeMessage, encodeMessage } from "../../src/rpc/peers/raft-codec.ts";
+import { decodeMessageBytes, encodeBatchFrame, encodeMessageBytes, prepareMessage } from "../../src/rpc/peers/raft-wire.ts";
 import { Rng } from "../../src/util/rng.ts";
 
 const big = Number.MAX_SAFE_INTEGER;

@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { create, fromJsonString, toBinary, toJsonString } from "@bufbuild/protobuf";
 import { CommandRequestSchema, CommandResponseSchema, GetStatusResponseSchema, Op, type CommandRequest } from "../../src/gen/kvraftpb/kvraft_pb.ts";
-import { flatJson } from "../../src/rpc/flat-json.ts";
+import { flatJson } from "../../src/rpc/server/flat-json.ts";
 import { Rng } from "../../src/util/rng.ts";
 
 const request = flatJson(CommandRequestSchema)!;

@@ -8,10 +8,10 @@ import { create } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { MessageFramesSchema, RaftService } from "../../src/gen/raftpb/raft_pb.ts";
-import { ConnectTransport } from "../../src/rpc/connect-transport.ts";
-import { frameRoutesOf } from "../../src/rpc/frame-lane.ts";
-import { encodeMessageBytes } from "../../src/rpc/raft-wire.ts";
-import { RpcServer } from "../../src/rpc/server.ts";
+import { ConnectTransport } from "../../src/rpc/peers/connect-transport.ts";
+import { frameRoutesOf } from "../../src/rpc/server/frame-lane.ts";
+import { encodeMessageBytes } from "../../src/rpc/peers/raft-wire.ts";
+import { RpcServer } from "../../src/rpc/server/server.ts";
 import type { Message } from "../../src/raft/types.ts";
 
 const PATH = "/test.Frames/Push";

@@ -5,8 +5,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as net from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { CommandRequestSchema, Op } from "../../src/gen/kvraftpb/kvraft_pb.ts";
-import { registerKVService, type KVBackend } from "../../src/rpc/kv-handlers.ts";
-import { RpcServer } from "../../src/rpc/server.ts";
+import { registerKVService, type KVBackend } from "../../src/kv/service.ts";
+import { RpcServer } from "../../src/rpc/server/server.ts";
 
 class FakeKVError extends Error {
   constructor(

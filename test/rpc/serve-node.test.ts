@@ -10,7 +10,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { KVService, Op } from "../../src/gen/kvraftpb/kvraft_pb.ts";
 import { DataDirError, IDENTITY_FILE, claimDataDir } from "../../src/cli/identity.ts";
 import { serveNode, type KVNode } from "../../src/cli/serve-node.ts";
-import { ListenError } from "../../src/rpc/server.ts";
+import { ListenError } from "../../src/rpc/server/server.ts";
 
 const dirs: string[] = [];
 function tempDir(): string {

@@ -8,8 +8,8 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { KVService, Op } from "../../src/gen/kvraftpb/kvraft_pb.ts";
-import { registerKVService, type KVBackend } from "../../src/rpc/kv-handlers.ts";
-import { ListenError, RpcServer } from "../../src/rpc/server.ts";
+import { registerKVService, type KVBackend } from "../../src/kv/service.ts";
+import { ListenError, RpcServer } from "../../src/rpc/server/server.ts";
 
 class FakeKVError extends Error {
   constructor(

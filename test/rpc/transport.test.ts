@@ -3,9 +3,9 @@
 // dropping (not queueing) towards a dead peer, reconnecting after a peer restarts, draining on close.
 import * as net from "node:net";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { ConnectTransport } from "../../src/rpc/connect-transport.ts";
+import { ConnectTransport } from "../../src/rpc/peers/connect-transport.ts";
 import { RaftService } from "../../src/gen/raftpb/raft_pb.ts";
-import { RpcServer } from "../../src/rpc/server.ts";
+import { RpcServer } from "../../src/rpc/server/server.ts";
 import type { Message, TransportHandler } from "../../src/raft/types.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;

@@ -30,7 +30,7 @@ import {
 import { SegmentPreallocator } from "./log-preallocation.ts";
 import { entriesIn, termAt } from "./log-window.ts";
 import { recoverLog, type RecoveryReport } from "./log-recovery.ts";
-import { type Entry, type HardState, type LogStore, NONE, type SnapshotMeta } from "./types.ts";
+import { type Entry, type HardState, type LogStore, NONE, type SnapshotMeta } from "../types.ts";
 
 export { LogStoreError, type LogStoreErrorCode } from "./log-error.ts";
 export type { RecoveryReport } from "./log-recovery.ts";

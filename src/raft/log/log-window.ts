@@ -2,7 +2,7 @@
 // log[0] has index snapshot.index + 1. Shared by FileLogStore and MemoryLogStore.
 
 import { LogStoreError } from "./log-error.ts";
-import type { Entry, SnapshotMeta } from "./types.ts";
+import type { Entry, SnapshotMeta } from "../types.ts";
 
 /** Term at `index`, for snapshot.index <= index <= the last held index; else undefined. */
 export function termAt(snapshot: SnapshotMeta, log: readonly Entry[], index: number): number | undefined {

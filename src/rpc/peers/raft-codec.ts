@@ -15,8 +15,8 @@ import {
   type Entry as WireEntry,
   type Message as WireMessage,
   type SnapshotMeta as WireSnapshotMeta,
-} from "../gen/raftpb/raft_pb.ts";
-import { EntryType, type Entry, type Message, type SnapshotMeta } from "../raft/types.ts";
+} from "../../gen/raftpb/raft_pb.ts";
+import { EntryType, type Entry, type Message, type SnapshotMeta } from "../../raft/types.ts";
 
 /** A peer sent a message this node cannot interpret (unknown type, number out of range). */
 export class RaftCodecError extends Error {

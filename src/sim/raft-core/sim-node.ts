@@ -1,8 +1,8 @@
 // One simulated server: a Raft core, its driver loop (persist → send → apply → advance), a disk
 // that keeps only what was persisted, and a hash-chain state machine with snapshots.
 
-import { Raft, type RaftConfig } from "../raft.ts";
-import { NONE, type Entry, type HardState, type Message, type NodeId, type ReadState, type SnapshotMeta } from "../types.ts";
+import { Raft, type RaftConfig } from "../../raft/core/raft.ts";
+import { NONE, type Entry, type HardState, type Message, type NodeId, type ReadState, type SnapshotMeta } from "../../raft/types.ts";
 import { mix, entryDigest, type Oracle } from "./checker.ts";
 import type { Envelope } from "./network.ts";
 

@@ -1,8 +1,8 @@
 // The byte layout of the durable Raft log (FORMAT.md): CRC-framed records and their payloads.
 // Pure encoding and decoding; the files and fsyncs live in log-store.ts, recovery policy in log-recovery.ts.
 
-import { crc32c, maskCrc, unmaskCrc } from "../util/crc32c.ts";
-import type { Entry, EntryType, HardState, NodeId, SnapshotMeta } from "./types.ts";
+import { crc32c, maskCrc, unmaskCrc } from "../../util/crc32c.ts";
+import type { Entry, EntryType, HardState, NodeId, SnapshotMeta } from "../types.ts";
 
 /** masked CRC (u32) + payload length (u32) + record type (u8). */
 export const RECORD_HEADER_BYTES = 9;

@@ -1,10 +1,10 @@
 // A LogStore in memory for simulations. It keeps what is "synced" apart from what is only written,
 // so a simulated crash loses exactly the saves whose fsync had not completed.
 
-import type { Entry, HardState, LogStore, SnapshotMeta } from "./types.ts";
-import { NONE } from "./types.ts";
-import { LogStoreError } from "./log-error.ts";
-import { entriesIn, termAt } from "./log-window.ts";
+import type { Entry, HardState, LogStore, SnapshotMeta } from "../../raft/types.ts";
+import { NONE } from "../../raft/types.ts";
+import { LogStoreError } from "../../raft/log/log-error.ts";
+import { entriesIn, termAt } from "../../raft/log/log-window.ts";
 
 /** What survives a crash: the state as of the last completed sync. */
 interface DurableImage {

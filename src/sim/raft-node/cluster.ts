@@ -1,12 +1,12 @@
 // Harness for simulated Raft clusters (used by raft and KV scenario tests): simulated time that
 // advances timer by timer, letting real async I/O (LSM files, fsyncs) settle between steps.
 
-import { Rng } from "../util/rng.ts";
+import { Rng } from "../../util/rng.ts";
 import { SimClock } from "./clock.ts";
 import { MemoryLogStore } from "./memory-log-store.ts";
-import { RaftNode, type RaftNodeOptions } from "./node.ts";
-import { type NetworkFaults, SimNetwork } from "./sim-network.ts";
-import type { LogStore, NodeId, StateMachine } from "./types.ts";
+import { RaftNode, type RaftNodeOptions } from "../../raft/node.ts";
+import { type NetworkFaults, NodeSimNetwork } from "./network.ts";
+import type { LogStore, NodeId, StateMachine } from "../../raft/types.ts";
 
 export interface SettleOptions {
   /** True once nothing is in flight; settle() yields to the event loop until then. */
@@ -73,7 +73,7 @@ export async function runUntil(
   if (!predicate()) throw new Error(`simulation: ${what} did not happen within ${timeoutMs} ms of simulated time`);
 }
 
-export interface SimClusterOptions<SM extends StateMachine> {
+export interface NodeSimClusterOptions<SM extends StateMachine> {
   ids: NodeId[];
   seed: number;
   /** Builds node `id`'s machine; on restart `previous` is the crashed incarnation to recover from. */
@@ -88,19 +88,19 @@ export interface SimClusterOptions<SM extends StateMachine> {
 }
 
 /** A whole cluster in simulated time: nodes, their stores and machines, the network, crash/restart. */
-export class SimCluster<SM extends StateMachine> {
+export class NodeSimCluster<SM extends StateMachine> {
   readonly clock = new SimClock();
   readonly rng: Rng;
-  readonly network: SimNetwork;
+  readonly network: NodeSimNetwork;
   readonly nodes = new Map<NodeId, RaftNode>();
   readonly machines = new Map<NodeId, SM>();
   readonly logs = new Map<NodeId, LogStore>();
   readonly fatal = new Map<NodeId, Error>();
   private incarnation = 0;
 
-  constructor(private readonly options: SimClusterOptions<SM>) {
+  constructor(private readonly options: NodeSimClusterOptions<SM>) {
     this.rng = new Rng(options.seed);
-    this.network = new SimNetwork(this.clock, this.rng.fork(), options.faults);
+    this.network = new NodeSimNetwork(this.clock, this.rng.fork(), options.faults);
   }
 
   async start(): Promise<void> {

@@ -1,7 +1,7 @@
 // Majority counting for a static set of voters: vote tallies and the committed index implied by
 // the voters' match indexes (etcd's quorum/majority.go, for one configuration).
 
-import type { NodeId } from "./types.ts";
+import type { NodeId } from "../types.ts";
 
 export const enum VoteResult {
   Pending = 0,

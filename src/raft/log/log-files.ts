@@ -13,7 +13,7 @@ import {
   writeMetaRecord,
 } from "./log-record.ts";
 import { LogStoreError } from "./log-error.ts";
-import type { SnapshotMeta } from "./types.ts";
+import type { SnapshotMeta } from "../types.ts";
 
 /** Room at the start of each segment for its header and hard state records. */
 export const SEGMENT_OVERHEAD = SEGMENT_HEADER_RECORD_BYTES + HARD_STATE_RECORD_BYTES;

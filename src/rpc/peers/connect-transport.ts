@@ -13,11 +13,11 @@ import {
   SnapshotChunkSchema,
   type Message as WireMessage,
   type SnapshotChunk,
-} from "../gen/raftpb/raft_pb.ts";
-import type { Message, NodeId, Transport, TransportHandler } from "../raft/types.ts";
+} from "../../gen/raftpb/raft_pb.ts";
+import type { Message, NodeId, Transport, TransportHandler } from "../../raft/types.ts";
 import { RaftCodecError, decodeMessage, encodeMessage } from "./raft-codec.ts";
 import { PeerLink, PeerLinkError } from "./peer-link.ts";
-import { frameRoutesOf } from "./frame-lane.ts";
+import { frameRoutesOf } from "../server/frame-lane.ts";
 import { type PreparedMessage, batchFieldBytes, decodeBatchBytes, decodeMessageBytes, encodeBatchFrame, prepareMessage } from "./raft-wire.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;

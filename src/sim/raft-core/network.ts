@@ -2,7 +2,7 @@
 // or one-way partitions, all drawn from the simulation's one seeded Rng.
 
 import type { Rng } from "../../util/rng.ts";
-import type { Message, NodeId } from "../types.ts";
+import type { Message, NodeId } from "../../raft/types.ts";
 
 export interface NetworkOptions {
   /** Delivery delay in ticks (>= 1), uniform in [minDelay, maxDelay]; distinct delays reorder messages. */
@@ -28,7 +28,7 @@ export interface SnapshotPayload {
   state: number;
 }
 
-export class SimNetwork {
+export class CoreSimNetwork {
   options: NetworkOptions;
   /** blocked[from][to]: messages from → to are dropped. */
   private readonly blocked: boolean[][];

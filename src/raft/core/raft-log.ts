@@ -1,7 +1,7 @@
 // The core's in-memory Raft log: the compaction point (snapshot meta) plus the entries after it,
 // which of them are durable ("stable"), and the commit and applied cursors.
 
-import type { Entry, SnapshotMeta } from "./types.ts";
+import type { Entry, SnapshotMeta } from "../types.ts";
 
 export class RaftLog {
   /** Entries up to and including snapshot.index are compacted away. */

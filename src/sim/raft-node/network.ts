@@ -1,9 +1,10 @@
 // A simulated network for Raft nodes: one Transport per node, deliveries scheduled on a SimClock with
 // seeded delay, loss, duplication and reordering; partitions and disconnects; streamed snapshots.
 
-import { Rng } from "../util/rng.ts";
-import type { SimClock, TimerHandle } from "./clock.ts";
-import type { Message, NodeId, Transport, TransportHandler } from "./types.ts";
+import { Rng } from "../../util/rng.ts";
+import type { TimerHandle } from "../../raft/clock.ts";
+import type { SimClock } from "./clock.ts";
+import type { Message, NodeId, Transport, TransportHandler } from "../../raft/types.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -18,7 +19,7 @@ export interface NetworkFaults {
   duplicateRate: number;
 }
 
-export interface SimNetworkStats {
+export interface NodeSimNetworkStats {
   sent: number;
   delivered: number;
   dropped: number;
@@ -31,17 +32,17 @@ export interface SimNetworkStats {
 }
 
 /** A link was down (partition, disconnect, closed endpoint) while a snapshot was streaming. */
-export class SimNetworkError extends Error {
+export class NodeSimNetworkError extends Error {
   readonly code = "NETWORK";
   constructor(message: string) {
     super(message);
-    this.name = "SimNetworkError";
+    this.name = "NodeSimNetworkError";
   }
 }
 
 const DEFAULT_FAULTS: NetworkFaults = { minDelayMs: 1, maxDelayMs: 5, lossRate: 0, duplicateRate: 0 };
 
-export interface SimNetworkOptions {
+export interface NodeSimNetworkOptions {
   /**
    * Replay mode, for nodes whose real I/O completes in a varying order within one simulated
    * instant: every directed link (and every snapshot stream) draws its faults from its own Rng
@@ -85,13 +86,13 @@ function mix(words: number[]): number {
   return (h ^ (h >>> 16)) >>> 0;
 }
 
-export class SimNetwork {
+export class NodeSimNetwork {
   private faults: NetworkFaults;
   private readonly endpoints = new Map<NodeId, SimTransport>();
   /** Directed links that drop everything: "from->to". */
   private readonly blocked = new Set<string>();
   private readonly disconnected = new Set<NodeId>();
-  private readonly counters: SimNetworkStats = {
+  private readonly counters: NodeSimNetworkStats = {
     sent: 0,
     delivered: 0,
     dropped: 0,
@@ -102,7 +103,7 @@ export class SimNetwork {
     snapshotChunks: 0,
   };
 
-  /** Replay mode only (see SimNetworkOptions). */
+  /** Replay mode only (see NodeSimNetworkOptions). */
   private readonly linkSeed: number | undefined;
   private readonly linkRngs = new Map<string, Rng>();
   private readonly linkSeqs = new Map<string, number>();
@@ -117,11 +118,11 @@ export class SimNetwork {
     readonly clock: SimClock,
     private readonly rng: Rng,
     faults: Partial<NetworkFaults> = {},
-    options: SimNetworkOptions = {},
+    options: NodeSimNetworkOptions = {},
   ) {
     this.faults = checkFaults({ ...DEFAULT_FAULTS, ...faults });
     if (options.linkSeed !== undefined && !Number.isFinite(options.linkSeed)) {
-      throw new RangeError(`SimNetwork linkSeed must be a finite number, got ${options.linkSeed}`);
+      throw new RangeError(`NodeSimNetwork linkSeed must be a finite number, got ${options.linkSeed}`);
     }
     this.linkSeed = options.linkSeed;
   }
@@ -173,7 +174,7 @@ export class SimNetwork {
       if (hop.from !== id && hop.to !== id) continue;
       this.pendingHops.delete(hop);
       this.clock.clearTimeout(hop.timer);
-      hop.reject(new SimNetworkError(`link ${hop.from}->${hop.to}: node ${id} went down`));
+      hop.reject(new NodeSimNetworkError(`link ${hop.from}->${hop.to}: node ${id} went down`));
     }
   }
 
@@ -246,7 +247,7 @@ export class SimNetwork {
     return endpoint !== undefined && endpoint.isOpen();
   }
 
-  stats(): SimNetworkStats {
+  stats(): NodeSimNetworkStats {
     return { ...this.counters };
   }
 
@@ -307,7 +308,7 @@ export class SimNetwork {
   /** Waits one network delay of simulated time, then checks the link. */
   private async hop(from: NodeId, to: NodeId, what: string, rng: Rng): Promise<void> {
     if (this.replay && (!this.canReach(from, to) || !this.endpoints.get(from)?.isOpen())) {
-      throw new SimNetworkError(`${what}: link ${from}->${to} is down`);
+      throw new NodeSimNetworkError(`${what}: link ${from}->${to} is down`);
     }
     const delay = this.delay(rng);
     this.streamsInHop++;
@@ -323,7 +324,7 @@ export class SimNetwork {
     } finally {
       this.streamsInHop--;
     }
-    if (!this.canReach(from, to)) throw new SimNetworkError(`${what}: link ${from}->${to} is down`);
+    if (!this.canReach(from, to)) throw new NodeSimNetworkError(`${what}: link ${from}->${to} is down`);
   }
 
   /** @internal Streams a snapshot chunk by chunk; every chunk takes a network delay. */
@@ -362,20 +363,20 @@ export class SimNetwork {
       }
     }
     try {
-      if (!sender.isOpen()) throw new SimNetworkError(`node ${from} has closed its transport`);
+      if (!sender.isOpen()) throw new NodeSimNetworkError(`node ${from} has closed its transport`);
       await this.hop(from, to, `snapshot ${message.snapshot.index} header`, rng);
       const target = this.endpoints.get(to);
       const handler = target?.handler;
-      if (!target || !handler) throw new SimNetworkError(`node ${to} is not listening`);
+      if (!target || !handler) throw new NodeSimNetworkError(`node ${to} is not listening`);
       const response = await handler.onSnapshot(structuredClone(message), received());
       if (stream.error) throw stream.error;
       await this.hop(to, from, `snapshot ${message.snapshot.index} response`, rng);
-      if (this.endpoints.get(to) !== target) throw new SimNetworkError(`node ${to} restarted during the snapshot`);
+      if (this.endpoints.get(to) !== target) throw new NodeSimNetworkError(`node ${to} restarted during the snapshot`);
       this.counters.snapshotsCompleted++;
       return structuredClone(response);
     } catch (err) {
       this.counters.snapshotsFailed++;
-      throw err instanceof SimNetworkError ? err : new SimNetworkError(`snapshot to ${to} failed: ${(err as Error).message}`);
+      throw err instanceof NodeSimNetworkError ? err : new NodeSimNetworkError(`snapshot to ${to} failed: ${(err as Error).message}`);
     } finally {
       // Releases the sender's snapshot (e.g. an LSM read view) whether or not the receiver read it all.
       try {
@@ -387,13 +388,13 @@ export class SimNetwork {
   }
 }
 
-/** One node's view of the SimNetwork. */
+/** One node's view of the NodeSimNetwork. */
 class SimTransport implements Transport {
   handler: TransportHandler | null = null;
   private open = true;
 
   constructor(
-    private readonly network: SimNetwork,
+    private readonly network: NodeSimNetwork,
     readonly id: NodeId,
   ) {}
 
@@ -430,10 +431,10 @@ class SimTransport implements Transport {
 
 function checkFaults(f: NetworkFaults): NetworkFaults {
   if (!(f.minDelayMs >= 0 && f.maxDelayMs >= f.minDelayMs && Number.isInteger(f.minDelayMs) && Number.isInteger(f.maxDelayMs))) {
-    throw new RangeError(`SimNetwork delays must be integers with 0 <= min <= max, got [${f.minDelayMs}, ${f.maxDelayMs}]`);
+    throw new RangeError(`NodeSimNetwork delays must be integers with 0 <= min <= max, got [${f.minDelayMs}, ${f.maxDelayMs}]`);
   }
   for (const [name, p] of [["lossRate", f.lossRate], ["duplicateRate", f.duplicateRate]] as const) {
-    if (!(p >= 0 && p <= 1)) throw new RangeError(`SimNetwork ${name} must be in [0, 1], got ${p}`);
+    if (!(p >= 0 && p <= 1)) throw new RangeError(`NodeSimNetwork ${name} must be in [0, 1], got ${p}`);
   }
   return f;
 }

@@ -1,7 +1,7 @@
 // The leader's view of one follower (etcd's tracker/progress.go and inflights.go): how far its log
 // is known to match, what to send next, and how many appends may be in flight. See DESIGN.md.
 
-import type { NodeId } from "./types.ts";
+import type { NodeId } from "../types.ts";
 
 /**
  * Probe: the leader does not know where the follower's log ends; it sends one append per

@@ -5,7 +5,7 @@
 // Numbers are uint64 on the wire, written as 64-bit two's complement (so NONE = -1 survives), and
 // must be safe integers both ways; anything else is a RaftCodecError.
 
-import { EntryType, type Entry, type Message, type SnapshotMeta } from "../raft/types.ts";
+import { EntryType, type Entry, type Message, type SnapshotMeta } from "../../raft/types.ts";
 import { type FlatMessage, RaftCodecError, emptyFlat, fromFlat, toFlat } from "./raft-codec.ts";
 
 // Wire types (protobuf encoding spec).

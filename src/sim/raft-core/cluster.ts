@@ -2,10 +2,10 @@
 // and every node's election timeouts; time is counted in ticks. Tests and the CLI build on it.
 
 import { Rng } from "../../util/rng.ts";
-import type { ProposeResult, RaftConfig, ReadIndexResult } from "../raft.ts";
-import { EntryType, NONE, type NodeId, type ReadState } from "../types.ts";
+import type { ProposeResult, RaftConfig, ReadIndexResult } from "../../raft/core/raft.ts";
+import { EntryType, NONE, type NodeId, type ReadState } from "../../raft/types.ts";
 import { EventRing, InvariantViolation, Oracle, entryDigest } from "./checker.ts";
-import { RELIABLE, SimNetwork, type Envelope, type NetworkOptions } from "./network.ts";
+import { RELIABLE, CoreSimNetwork, type Envelope, type NetworkOptions } from "./network.ts";
 import { SimNode, type CrashPoint, type SimHost } from "./sim-node.ts";
 
 export interface ClusterOptions {
@@ -34,9 +34,9 @@ export interface ReadRecord {
   index?: number;
 }
 
-export class SimCluster implements SimHost {
+export class CoreSimCluster implements SimHost {
   readonly rng: Rng;
-  readonly network: SimNetwork;
+  readonly network: CoreSimNetwork;
   readonly oracle: Oracle;
   readonly events = new EventRing(30);
   readonly nodes: SimNode[];
@@ -53,7 +53,7 @@ export class SimCluster implements SimHost {
     this.seed = options.seed;
     this.replay = options.replay ?? `bun run sim --seed ${options.seed} --nodes ${options.nodes}`;
     this.rng = new Rng(options.seed);
-    this.network = new SimNetwork(options.nodes, this.rng, options.network ?? RELIABLE);
+    this.network = new CoreSimNetwork(options.nodes, this.rng, options.network ?? RELIABLE);
     this.oracle = new Oracle((invariant, detail) => this.fail(invariant, detail));
     const peers = Array.from({ length: options.nodes }, (_, i) => i);
     const electionTicks = options.electionTicks ?? 10;

@@ -1,6 +1,6 @@
 // The Raft core's configuration: timing, limits and the seeded randomness, checked on construction.
 
-import type { NodeId } from "./types.ts";
+import type { NodeId } from "../types.ts";
 
 export interface RaftConfig {
   id: NodeId;

@@ -4,7 +4,7 @@
 import { Progress } from "./progress.ts";
 import type { MajorityConfig } from "./quorum.ts";
 import type { RaftLog } from "./raft-log.ts";
-import type { Message, NodeId } from "./types.ts";
+import type { Message, NodeId } from "../types.ts";
 
 type MessageOf<T extends Message["type"]> = Extract<Message, { type: T }>;
 

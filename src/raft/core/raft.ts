@@ -18,7 +18,7 @@ import {
   type ReadState,
   type Ready,
   type SnapshotMeta,
-} from "./types.ts";
+} from "../types.ts";
 
 export interface RaftInitialState {
   /** As persisted. */

@@ -25,7 +25,7 @@ import {
   SPARE_FILE,
   syncDir,
 } from "./log-files.ts";
-import { type Entry, type HardState, NONE, type SnapshotMeta } from "./types.ts";
+import { type Entry, type HardState, NONE, type SnapshotMeta } from "../types.ts";
 
 /** What open() did to a torn last record (a crash mid-write): the bytes it cut off. */
 export interface RecoveryReport {

@@ -1,7 +1,7 @@
 // ReadIndex bookkeeping on the leader (§6.4 of the Raft thesis): each read records the commit
 // index at request time and waits until a quorum has acknowledged a heartbeat sent after it.
 
-import type { NodeId, ReadState } from "./types.ts";
+import type { NodeId, ReadState } from "../types.ts";
 
 interface PendingRead {
   context: number;

@@ -3,7 +3,7 @@
 // snapshots; then a healing phase that must end with every node applying the same history.
 
 import { mix, hex } from "./checker.ts";
-import { SimCluster } from "./cluster.ts";
+import { CoreSimCluster } from "./cluster.ts";
 import { RELIABLE, type NetworkOptions } from "./network.ts";
 import type { CrashPoint } from "./sim-node.ts";
 
@@ -18,7 +18,7 @@ export interface ScheduleResult {
   /** The one summary line the CLI prints: `seed S: ... ok hash=<hex>`. */
   line: string;
   hash: string;
-  cluster: SimCluster;
+  cluster: CoreSimCluster;
 }
 
 const FAULTY: NetworkOptions = { minDelay: 1, maxDelay: 4, lossRate: 0.08, duplicateRate: 0.03 };
@@ -32,7 +32,7 @@ export function replayCommand(o: ScheduleOptions): string {
 
 export function runRandomSchedule(o: ScheduleOptions): ScheduleResult {
   if (!Number.isInteger(o.steps) || o.steps < 0) throw new RangeError(`steps must be a non-negative integer, got ${o.steps}`);
-  const c = new SimCluster({
+  const c = new CoreSimCluster({
     seed: o.seed,
     nodes: o.nodes,
     network: FAULTY,

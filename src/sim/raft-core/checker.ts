@@ -1,7 +1,7 @@
 // Invariant checks for the simulator (Figure 3 of the Raft paper, plus durability and ReadIndex),
 // an oracle of what has been applied, and a bounded ring of recent events for failure reports.
 
-import type { Entry, Message, NodeId } from "../types.ts";
+import type { Entry, Message, NodeId } from "../../raft/types.ts";
 
 export class InvariantViolation extends Error {
   readonly code = "INVARIANT_VIOLATION";

@@ -1,16 +1,16 @@
 // Simulated KV clusters: real KVServers (real LSM in temp dirs, MemoryLogStore for the Raft log)
-// on a SimNetwork and SimClock, a retrying test Clerk that records every operation, and MIT
+// on a NodeSimNetwork and SimClock, a retrying test Clerk that records every operation, and MIT
 // 6.824's kvraft workload (GenericTest) with crashes, partitions and an unreliable network.
-import { settle } from "../raft/testing.ts";
+import { settle } from "../raft-node/cluster.ts";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { checkHistory, type CheckResult, type Operation } from "../check/index.ts";
-import { MemoryLogStore, SimClock, SimNetwork } from "../raft/index.ts";
-import { Rng } from "../util/rng.ts";
-import { crc32cUpdate } from "../util/crc32c.ts";
-import { KVError } from "./errors.ts";
-import { KVServer, type CommandArgs, type CommandReply, type KVLimits, type KVOp, type KVStateOptions } from "./server.ts";
+import { MemoryLogStore, SimClock, NodeSimNetwork } from "../raft-node/index.ts";
+import { Rng } from "../../util/rng.ts";
+import { crc32cUpdate } from "../../util/crc32c.ts";
+import { KVError } from "../../kv/errors.ts";
+import { KVServer, type CommandArgs, type CommandReply, type KVLimits, type KVOp, type KVStateOptions } from "../../kv/server.ts";
 
 /** How long a simulated client waits for a lost request or reply before trying again. */
 const RPC_TIMEOUT_MS = 100;
@@ -44,7 +44,7 @@ const RELIABLE = { minDelayMs: 1, maxDelayMs: 3, lossRate: 0, duplicateRate: 0 }
 export class KvSimCluster {
   readonly clock = new SimClock();
   readonly rng: Rng;
-  readonly net: SimNetwork;
+  readonly net: NodeSimNetwork;
   readonly servers: (KVServer | null)[];
   readonly root: string;
   private readonly stores: MemoryLogStore[];
@@ -65,7 +65,7 @@ export class KvSimCluster {
     this.rng = new Rng(options.seed);
     // Replay mode: per-link fault streams and sorted deliveries, so real I/O timing within one
     // simulated millisecond does not change what the network does.
-    this.net = new SimNetwork(this.clock, this.rng.fork(), RELIABLE, { linkSeed: options.seed });
+    this.net = new NodeSimNetwork(this.clock, this.rng.fork(), RELIABLE, { linkSeed: options.seed });
     this.servers = new Array(options.servers).fill(null);
     this.stores = Array.from({ length: options.servers }, () => new MemoryLogStore());
     this.root = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-sim-"));
