@@ -3,7 +3,11 @@
 import * as path from "node:path";
 import {
   FileLogStore,
+  BackpressureError,
+  EntryTooLargeError,
+  NodeStoppedError,
   NotLeaderError,
+  ReadIndexTimeoutError,
   RaftNode,
   RealClock,
   NONE,
@@ -458,20 +462,14 @@ export class KVServer {
       return error.leaderId === NONE ? { err: "ErrWrongLeader", value: "" } : { err: "ErrWrongLeader", value: "", leaderId: error.leaderId };
     }
     if (error instanceof KVError) throw error;
-    const code = (error as { code?: unknown })?.code;
-    const message = (error as Error)?.message ?? String(error);
-    switch (code) {
-      case "STOPPED": // this node is going away: the client should try another one
-        return { err: "ErrWrongLeader", value: "" };
-      case "TIMEOUT": // ReadIndex not confirmed in time (lost quorum?)
-        return { err: "ErrTimeout", value: "" };
-      case "BACKPRESSURE":
-        throw new KVError("resource_exhausted", `node ${this.id}: ${message}`, { cause: error });
-      case "ENTRY_TOO_LARGE":
-        throw new KVError("invalid_argument", `node ${this.id}: ${message}`, { cause: error });
-      default:
-        throw new KVError("unavailable", `node ${this.id} could not take the command: ${message}`, { cause: error });
-    }
+    // This node is going away: the client should try another one.
+    if (error instanceof NodeStoppedError) return { err: "ErrWrongLeader", value: "" };
+    // ReadIndex not confirmed in time (lost quorum?).
+    if (error instanceof ReadIndexTimeoutError) return { err: "ErrTimeout", value: "" };
+    const message = error instanceof Error ? error.message : String(error);
+    if (error instanceof BackpressureError) throw new KVError("resource_exhausted", `node ${this.id}: ${message}`, { cause: error });
+    if (error instanceof EntryTooLargeError) throw new KVError("invalid_argument", `node ${this.id}: ${message}`, { cause: error });
+    throw new KVError("unavailable", `node ${this.id} could not take the command: ${message}`, { cause: error });
   }
 }
 

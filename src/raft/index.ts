@@ -6,11 +6,14 @@ export {
   RaftNode,
   type RaftNodeOptions,
   type RaftNodeStatus,
+} from "./node.ts";
+export {
   BackpressureError,
   EntryTooLargeError,
-  ReadIndexTimeoutError,
   NodeStoppedError,
-} from "./node.ts";
+  NotLeaderError,
+  ReadIndexTimeoutError,
+} from "./errors.ts";
 export {
   FileLogStore,
   LogStoreError,

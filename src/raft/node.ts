@@ -4,12 +4,12 @@
 import { Rng } from "../util/rng.ts";
 import { type Clock, RealClock, type TimerHandle } from "./clock.ts";
 import { Raft } from "./core/raft.ts";
+import { BackpressureError, EntryTooLargeError, NodeStoppedError, NotLeaderError, ReadIndexTimeoutError } from "./errors.ts";
 import {
   type LogStore,
   type Message,
   NONE,
   type NodeId,
-  NotLeaderError,
   type RaftRole,
   type Ready,
   type SnapshotMeta,
@@ -59,44 +59,6 @@ export interface RaftNodeOptions {
   readTimeoutMs?: number;
   /** Called once if the node stops on a fatal error (disk failure, invariant violation). */
   onFatal?: (error: Error) => void;
-}
-
-/** The leader refused work for now (too many uncommitted entries, or a leadership transfer): retry shortly. */
-export class BackpressureError extends Error {
-  readonly code = "BACKPRESSURE";
-  constructor(readonly reason: "backpressure" | "transferring") {
-    super(
-      reason === "transferring"
-        ? "leadership is being transferred; retry shortly"
-        : "too many uncommitted proposals or pending reads on this leader; retry shortly",
-    );
-    this.name = "BackpressureError";
-  }
-}
-
-export class EntryTooLargeError extends Error {
-  readonly code = "ENTRY_TOO_LARGE";
-  constructor(size: number, limit: number) {
-    super(`a command of ${size} bytes exceeds maxEntryBytes (${limit}); split it into smaller commands`);
-    this.name = "EntryTooLargeError";
-  }
-}
-
-export class ReadIndexTimeoutError extends Error {
-  readonly code = "TIMEOUT";
-  constructor(ms: number) {
-    super(`readIndex was not confirmed and applied within ${ms} ms; the leader may have lost its quorum — retry`);
-    this.name = "ReadIndexTimeoutError";
-  }
-}
-
-/** The node was stopped, or stopped itself after a fatal error (see `cause`). */
-export class NodeStoppedError extends Error {
-  readonly code = "STOPPED";
-  constructor(id: NodeId, cause?: Error) {
-    super(cause ? `raft node ${id} stopped after a fatal error: ${cause.message}` : `raft node ${id} is stopped`, { cause });
-    this.name = "NodeStoppedError";
-  }
 }
 
 export interface RaftNodeStatus {

@@ -196,20 +196,6 @@ export interface TransportHandler {
   ): Promise<Extract<Message, { type: "InstallSnapshotResponse" }>>;
 }
 
-/** Thrown (or returned) when a request needs the leader and this node is not it. */
-export class NotLeaderError extends Error {
-  readonly code = "NOT_LEADER";
-  constructor(
-    readonly leaderId: NodeId,
-    message = leaderId === NONE
-      ? "this node is not the leader and no leader is known yet; retry shortly"
-      : `this node is not the leader; node ${leaderId} is`,
-  ) {
-    super(message);
-    this.name = "NotLeaderError";
-  }
-}
-
 /**
  * The durable Raft log (implemented by `log-store.ts` on real files, and by the simulator's disk).
  * Entries between the last snapshot and `lastIndex()` are held in memory as well as on disk; their
