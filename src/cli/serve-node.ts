@@ -18,6 +18,8 @@ export interface ServeNodeOptions {
   addrs: readonly string[];
   dir: string;
   corsOrigins?: readonly string[];
+  /** RpcServerOptions.fastLane (default true). */
+  fastLane?: boolean;
   /** Opens the KV server (KVServer.open in production, a stand-in in tests). */
   open(args: { id: NodeId; peers: NodeId[]; dir: string; transport: Transport }): Promise<KVNode>;
 }
@@ -42,6 +44,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
       host,
       port,
       corsOrigins: options.corsOrigins,
+      fastLane: options.fastLane,
       routes: (router) => {
         registerKVService(router, () => kv);
         transport.registerRoutes(router);
