@@ -363,7 +363,9 @@ export class Raft {
 
   private tickElection(): void {
     this.electionElapsed++;
-    if (this.electionElapsed >= this.randomizedElectionTimeout) {
+    // A learner or removed node never campaigns; its timer keeps running, so once a whole election
+    // timeout passes without a leader it is out of the lease and answers a candidate's votes.
+    if (this.electionElapsed >= this.randomizedElectionTimeout && this.voters.includes(this.id)) {
       this.electionElapsed = 0;
       this.campaign(this.config.preVote ? "pre-vote" : "election");
     }

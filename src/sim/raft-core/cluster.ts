@@ -3,7 +3,7 @@
 
 import { Rng } from "../../util/rng.ts";
 import { describeConfChange } from "../../raft/core/config-change.ts";
-import { describeMembership } from "../../raft/core/membership.ts";
+import { decodeMembership, describeMembership, membershipOfMeta } from "../../raft/core/membership.ts";
 import type { ConfChange, ConfChangeResult, ProposeResult, RaftConfig, ReadIndexResult } from "../../raft/core/raft.ts";
 import { EntryType, NONE, type NodeId, type ReadState } from "../../raft/types.ts";
 import { EventRing, InvariantViolation, Oracle, entryDigest } from "./checker.ts";
@@ -43,7 +43,7 @@ export class CoreSimCluster implements SimHost {
   readonly rng: Rng;
   readonly network: CoreSimNetwork;
   readonly oracle: Oracle;
-  readonly events = new EventRing(30);
+  readonly events = new EventRing(Number(process.env.SIM_EVENTS ?? 30));
   readonly nodes: SimNode[];
   readonly stats = { snapshotsSent: 0, snapshotsInstalled: 0, compactions: 0, elections: 0, crashes: 0, restarts: 0, partitions: 0 };
   readonly reads = new Map<number, ReadRecord>();
@@ -122,6 +122,17 @@ export class CoreSimCluster implements SimHost {
     if (holders < Math.floor(voters.length / 2) + 1) {
       this.fail("commit by a quorum of voters", `leader ${node} of term ${term} committed ${index}, durable on only ${holders} of its voters [${voters.join(", ")}]`);
     }
+  }
+
+  /** Voters of the configuration in force at `index` in node `id`'s durable log (undefined below its compaction point). */
+  private diskVoters(id: NodeId, index: number): readonly NodeId[] | undefined {
+    const d = this.nodes[id]!.disk;
+    if (index < d.logSnapshot.index) return undefined;
+    for (let i = Math.min(d.entries.length, index - d.logSnapshot.index) - 1; i >= 0; i--) {
+      const e = d.entries[i]!;
+      if (e.type === EntryType.ConfChange) return decodeMembership(e.data).voters;
+    }
+    return membershipOfMeta(d.logSnapshot).voters;
   }
 
   /** Whether node `id`'s disk holds the entry (index, term), or a snapshot past it. */
@@ -400,13 +411,11 @@ export class CoreSimCluster implements SimHost {
     const term = this.oracle.at(index)!.term;
     const configs: (readonly NodeId[])[] = [];
     for (const n of this.nodes) {
-      if (n.raft === null) continue;
-      const log = n.raft.raftLog;
-      const at = log.membershipAt(index);
-      if (at !== undefined) configs.push(at.voters);
-      configs.push(log.membership().voters);
+      const candidates = [this.diskVoters(n.id, index), this.diskVoters(n.id, Infinity)];
+      if (n.raft !== null) candidates.push(n.raft.raftLog.membershipAt(index)?.voters, n.raft.raftLog.membership().voters);
+      for (const voters of candidates) if (voters !== undefined && voters.length > 0) configs.push(voters);
     }
-    if (configs.length === 0) configs.push(this.nodes.map((n) => n.id));
+    if (configs.length === 0) return; // nobody has used a configuration yet
     let best = { holders: -1, voters: [] as readonly NodeId[] };
     for (const voters of configs) {
       const holders = voters.filter((v) => this.diskHolds(v, index, term)).length;
