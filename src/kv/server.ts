@@ -80,8 +80,12 @@ export interface KVStateOptions {
   blockCacheBytes?: number;
   /** Further LSM options (see DBOptions). */
   lsm?: KVStateMachineOptions["lsm"];
-  sessionTtlEntries?: number;
+  /** A session idle this long (log time, from leader timestamps) expires. Default 1 hour. */
+  sessionTtlMs?: number;
+  /** Registered sessions at most (registrations beyond are refused). Default 100,000. */
   maxSessions?: number;
+  /** Unregistered (eRaft-style) sessions at most (least recently used dropped beyond). Default 100,000. */
+  maxUnregisteredSessions?: number;
   syncEveryEntries?: number;
 }
 
