@@ -1,14 +1,26 @@
 // bun run cluster: a local 3-node kvraft cluster on localhost:5001-5003 (data under ./data/node-<i>),
 // three kvserver child processes with their output prefixed; Ctrl-C or SIGTERM stops all three.
+// Peers authenticate with a secret made once in ./data/peer-secret (or with --tls, by certificates).
 // Extra arguments are passed to every kvserver (e.g. bun run cluster --cors-origin http://localhost:8080).
 
 import { spawn, type ChildProcessByStdio } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Readable } from "node:stream";
 
 const ADDRS = ["localhost:5001", "localhost:5002", "localhost:5003"];
 const KVSERVER = path.join(import.meta.dir, "kvserver.ts");
 const STOP_GRACE_MS = 10_000;
+const DATA = "data";
+
+/** A file under ./data made once with random contents (kept: the cluster must find it again). */
+function keptRandom(name: string): string {
+  const file = path.join(DATA, name);
+  fs.mkdirSync(DATA, { recursive: true });
+  if (!fs.existsSync(file)) fs.writeFileSync(file, `${randomBytes(32).toString("base64url")}\n`, { mode: 0o600 });
+  return file;
+}
 
 type Child = { id: number; proc: ChildProcessByStdio<null, Readable, Readable>; exited: Promise<number | null>; serving: boolean; done: boolean };
 
@@ -30,6 +42,13 @@ async function pipeLines(stream: Readable, prefix: string, out: NodeJS.WriteStre
 
 async function main(): Promise<number> {
   const extra = process.argv.slice(2);
+  // Peers are authenticated unless the caller chose how (or chose --insecure-peers) by name.
+  const peerChosen = extra.some((arg) => /^--?(peer-|insecure-peers)/.test(arg));
+  const security = [
+    ...(peerChosen ? [] : ["--peer-secret-file", keptRandom("peer-secret")]),
+    "--initial-cluster-token",
+    fs.readFileSync(keptRandom("cluster-token"), "utf8").trim(),
+  ];
   const children: Child[] = [];
   let stopping = false;
   let announced = false;
@@ -54,7 +73,7 @@ async function main(): Promise<number> {
   for (let id = 0; id < ADDRS.length; id++) {
     // Each node in its own process group: a terminal's Ctrl-C reaches only this launcher, which
     // then stops every node once, by PID (a second signal would make a node skip its clean close).
-    const proc = spawn(process.execPath, [KVSERVER, "-id", String(id), "-addrs", ADDRS.join(","), "-db", path.join("data", `node-${id}`), ...extra], {
+    const proc = spawn(process.execPath, [KVSERVER, "-id", String(id), "-addrs", ADDRS.join(","), "-db", path.join(DATA, `node-${id}`), ...security, ...extra], {
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,
     });

@@ -46,12 +46,22 @@ export class TestCluster {
     this.nodes = addrs.map(() => null);
   }
 
-  static async start(options: { size?: number; extraArgs?: string[] } = {}): Promise<TestCluster> {
+  /**
+   * `peerArgs` replaces the default peer authentication (a shared secret made in the cluster's
+   * directory), e.g. with mTLS flags or ["--insecure-peers"].
+   */
+  static async start(options: { size?: number; extraArgs?: string[]; peerArgs?: string[] } = {}): Promise<TestCluster> {
     const size = options.size ?? 3;
     for (let attempt = 1; ; attempt++) {
       const ports = await freePorts(size);
       const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-e2e-"));
-      const cluster = new TestCluster(ports.map((p) => `127.0.0.1:${p}`), root, options.extraArgs ?? []);
+      let peerArgs = options.peerArgs;
+      if (peerArgs === undefined) {
+        const secretFile = path.join(root, "peer-secret");
+        fs.writeFileSync(secretFile, `${crypto.randomUUID()}\n`, { mode: 0o600 });
+        peerArgs = ["--peer-secret-file", secretFile];
+      }
+      const cluster = new TestCluster(ports.map((p) => `127.0.0.1:${p}`), root, [...peerArgs, ...(options.extraArgs ?? [])]);
       try {
         for (let i = 0; i < size; i++) cluster.spawn(i);
         await Promise.all(cluster.nodes.map((n) => n!.serving));
