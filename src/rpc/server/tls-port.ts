@@ -26,10 +26,14 @@ export function refuseTls(socket: net.Socket): void {
   socket.destroySoon?.();
 }
 
-/** Answers cleartext that reached a TLS port with a readable 400, and closes. */
+/**
+ * Answers cleartext that reached a TLS port, and closes: a 400 whose body is a Connect error
+ * (failed_precondition), so Connect clients and curl both show the reason instead of retrying.
+ */
 export function refuseCleartext(socket: net.Socket, port: number): void {
-  const text = `this kvraft port speaks TLS only: use https://<host>:${port} (kvclient --cacert, curl --cacert)\n`;
-  socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(text)}\r\n\r\n${text}`);
+  const message = `this kvraft port speaks TLS only: use https://<host>:${port} (kvclient --cacert FILE, curl --cacert FILE)`;
+  const body = JSON.stringify({ code: "failed_precondition", message }) + "\n";
+  socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }
 
 export function secureContextOf(options: TlsOptions): tls.SecureContext {
