@@ -3,18 +3,17 @@
 // authenticated Connect transport, and shuts down in the safe order.
 
 import { ConnectTransport } from "../rpc/peers/connect-transport.ts";
-import { registerKVService, type KVBackend } from "../kv/service.ts";
+import { registerKVService, type KVServiceBackend } from "../kv/service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
 import type { NodeId, Transport } from "../raft/types.ts";
+import type { KVServer } from "../kv/server.ts";
 import { claimDataDir } from "./identity.ts";
 import { DEFAULT_CLUSTER_TOKEN, clusterIdOf } from "./cluster-id.ts";
 import type { NodeSecurity } from "./security-flags.ts";
 import { splitHostPort } from "./flags.ts";
 
 /** What serveNode needs from a KV server: the handlers' calls plus close (which syncs). */
-export interface KVNode extends KVBackend {
-  close(): Promise<void>;
-}
+export type KVNode = KVServiceBackend & Pick<KVServer, "close">;
 
 export interface ServeNodeOptions {
   id: NodeId;
