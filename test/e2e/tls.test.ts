@@ -24,7 +24,7 @@ import { dialPeer } from "../../src/rpc/peers/peer-session.ts";
 import type { PeerLinkError } from "../../src/rpc/peers/peer-link.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
 import { CHROMIUM, runBrowserPage } from "./browser.ts";
-import { TestCluster, freePorts } from "./harness.ts";
+import { TestCluster, freePorts, kvclient } from "./harness.ts";
 
 setDefaultTimeout(90_000);
 
@@ -35,6 +35,7 @@ let other: DevCertFiles;
 let pagePort: number;
 let urls: string[];
 let scratch: string;
+let tokenFile: string;
 
 const bearer: Interceptor = (next) => (request) => {
   request.header.set("Authorization", `Bearer ${TOKEN}`);
@@ -61,7 +62,7 @@ beforeAll(async () => {
   scratch = fs.mkdtempSync(path.join(process.env.TMPDIR ?? "/tmp", "kvraft-tls-"));
   certs = await makeDevCertificates(path.join(scratch, "ca"), 3);
   other = await makeDevCertificates(path.join(scratch, "other"), 3, { commonName: "some other CA" });
-  const tokenFile = path.join(scratch, "token");
+  tokenFile = path.join(scratch, "token");
   fs.writeFileSync(tokenFile, `${TOKEN}\n`);
   const ca = fs.readFileSync(certs.ca);
   cluster = await TestCluster.start({
@@ -104,6 +105,20 @@ describe("TLS clients with a bearer token", () => {
     const wrongCa = await client.getStatus({}).then(() => null, (e: unknown) => ConnectError.from(e));
     expect(wrongCa).not.toBeNull();
     expect(wrongCa!.message).toMatch(/certificate|self.signed|verify/i);
+  });
+
+  test("kvclient --cacert --token-file; without the CA it cannot verify the node", async () => {
+    const addrs = cluster.addrs.join(",");
+    const put = await kvclient(["-addrs", addrs, "--cacert", certs.ca, "--token-file", tokenFile, "-op", "put", "-key", "cli", "-value", "over-tls"]);
+    expect(put).toMatchObject({ code: 0, stdout: "Put(cli, over-tls) success\n" });
+    const got = await kvclient(["-addrs", addrs, "--cacert", certs.ca, "--token-file", tokenFile, "-op", "get", "-key", "cli"]);
+    expect(got).toMatchObject({ code: 0, stdout: "Get(cli) -> over-tls\n" });
+    const noToken = await kvclient(["-addrs", addrs, "--cacert", certs.ca, "-op", "get", "-key", "tls"]);
+    expect(noToken.code).toBe(1);
+    expect(noToken.stderr).toContain("requires an Authorization: Bearer token");
+    const wrongCa = await kvclient(["-addrs", addrs, "--cacert", other.ca, "--token-file", tokenFile, "-op", "get", "-key", "tls", "-timeout", "3000"]);
+    expect(wrongCa.code).toBe(1);
+    expect(wrongCa.stderr).toMatch(/certificate|verify/i);
   });
 
   test("curl --cacert with the token; a wrong CA is refused", async () => {
