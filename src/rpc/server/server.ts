@@ -35,7 +35,7 @@ export interface RpcServerOptions {
   corsMaxAgeSeconds?: number;
   /** Per-message request limit for routes that set none of their own. */
   readMaxBytes?: number;
-  /** A socket that has not sent its first bytes within this time is closed. */
+  /** A socket that has not sent its first bytes (or finished its TLS handshake) within this time is closed. */
   firstBytesTimeoutMs?: number;
   /** How long close() lets in-flight calls finish before cutting connections. */
   shutdownGraceMs?: number;
@@ -278,7 +278,7 @@ export class RpcServer {
       }
       return;
     }
-    startTls(socket, seen, context, this.options.tls!.ca.length > 0, (secure) => {
+    startTls(socket, seen, context, this.options.tls!.ca.length > 0, this.options.firstBytesTimeoutMs ?? 10_000, (secure) => {
       if (this.closing) {
         secure.destroy();
         return;

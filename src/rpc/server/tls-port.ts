@@ -49,6 +49,7 @@ export function startTls(
   seen: Buffer,
   context: tls.SecureContext,
   askClientCertificate: boolean,
+  handshakeTimeoutMs: number,
   onSecure: (secure: tls.TLSSocket) => void,
 ): tls.TLSSocket {
   // Under Bun a TLSSocket over a net.Socket reads the native handle and misses bytes already read,
@@ -61,11 +62,21 @@ export function startTls(
     rejectUnauthorized: false,
     ALPNProtocols: ["h2", "http/1.1"],
   });
-  secure.once("secure", () => onSecure(secure));
+  // A client that starts a handshake and stalls must not hold the socket.
+  const timer = setTimeout(() => {
+    secure.destroy();
+    socket.destroy();
+  }, handshakeTimeoutMs);
+  secure.once("secure", () => {
+    clearTimeout(timer);
+    onSecure(secure);
+  });
   secure.on("error", () => {
+    clearTimeout(timer);
     secure.destroy();
     socket.destroy();
   });
+  socket.once("close", () => clearTimeout(timer));
   return secure;
 }
 
