@@ -229,8 +229,17 @@ export function connectAnswer(route: UnaryRoute, binary: boolean, outcome: Unary
  */
 export function responseCompression(accepted: string | undefined): Compression | null {
   if (accepted === undefined || accepted === "") return null;
-  return compressionNegotiate([...ACCEPT_COMPRESSION], null, accepted, "").response;
+  let found = negotiated.get(accepted);
+  if (found === undefined) {
+    found = compressionNegotiate([...ACCEPT_COMPRESSION], null, accepted, "").response;
+    // Clients send one of a handful of values; a bounded memo keeps odd ones from growing it.
+    if (negotiated.size < MAX_NEGOTIATED) negotiated.set(accepted, found);
+  }
+  return found;
 }
+
+const negotiated = new Map<string, Compression | null>();
+const MAX_NEGOTIATED = 64;
 
 function flatBytes(codec: FlatJson, message: Message): Uint8Array {
   if (!Object.isFrozen(message)) return utf8Out.encode(codec.write(message));
