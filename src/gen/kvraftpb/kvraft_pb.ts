@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvraftpb/kvraft.proto.
  */
 export const file_kvraftpb_kvraft: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIlMKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCIYChZSZWdpc3RlclNlc3Npb25SZXF1ZXN0Il8KF1JlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEgsKA2VychgBIAEoCRIRCgljbGllbnRfaWQYAiABKAMSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCISChBHZXRTdGF0dXNSZXF1ZXN0IuABChFHZXRTdGF0dXNSZXNwb25zZRIKCgJpZBgBIAEoAxINCgVzdGF0ZRgCIAEoCRIMCgR0ZXJtGAMgASgDEhQKDGxhc3RfYXBwbGllZBgEIAEoAxIUCgxjb21taXRfaW5kZXgYBSABKAMSFAoMc3RvcmFnZV9zaXplGAYgASgDEhYKCWxlYWRlcl9pZBgHIAEoA0gAiAEBEg8KB21lbWJlcnMYCCADKAMSFgoOc25hcHNob3RfaW5kZXgYCSABKAMSEQoJa2V5X2NvdW50GAogASgDQgwKCl9sZWFkZXJfaWQqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMy6QEKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlElYKD1JlZ2lzdGVyU2Vzc2lvbhIgLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaIS5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXNwb25zZWIGcHJvdG8z");
+  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIlMKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCIYChZSZWdpc3RlclNlc3Npb25SZXF1ZXN0Il8KF1JlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEgsKA2VychgBIAEoCRIRCgljbGllbnRfaWQYAiABKAMSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCI6CgxCYXRjaFJlcXVlc3QSKgoIY29tbWFuZHMYASADKAsyGC5rdnJhZnRwYi5Db21tYW5kUmVxdWVzdCJZCgtCYXRjaFJlc3VsdBIrCghyZXNwb25zZRgBIAEoCzIZLmt2cmFmdHBiLkNvbW1hbmRSZXNwb25zZRIMCgRjb2RlGAIgASgFEg8KB21lc3NhZ2UYAyABKAkiNwoNQmF0Y2hSZXNwb25zZRImCgdyZXN1bHRzGAEgAygLMhUua3ZyYWZ0cGIuQmF0Y2hSZXN1bHQiEgoQR2V0U3RhdHVzUmVxdWVzdCLgAQoRR2V0U3RhdHVzUmVzcG9uc2USCgoCaWQYASABKAMSDQoFc3RhdGUYAiABKAkSDAoEdGVybRgDIAEoAxIUCgxsYXN0X2FwcGxpZWQYBCABKAMSFAoMY29tbWl0X2luZGV4GAUgASgDEhQKDHN0b3JhZ2Vfc2l6ZRgGIAEoAxIWCglsZWFkZXJfaWQYByABKANIAIgBARIPCgdtZW1iZXJzGAggAygDEhYKDnNuYXBzaG90X2luZGV4GAkgASgDEhEKCWtleV9jb3VudBgKIAEoA0IMCgpfbGVhZGVyX2lkKi4KAk9wEgcKA1BVVBAAEgoKBkFQUEVORBABEgcKA0dFVBACEgoKBkRFTEVURRADMqMCCglLVlNlcnZpY2USPgoHQ29tbWFuZBIYLmt2cmFmdHBiLkNvbW1hbmRSZXF1ZXN0Ghkua3ZyYWZ0cGIuQ29tbWFuZFJlc3BvbnNlEkQKCUdldFN0YXR1cxIaLmt2cmFmdHBiLkdldFN0YXR1c1JlcXVlc3QaGy5rdnJhZnRwYi5HZXRTdGF0dXNSZXNwb25zZRJWCg9SZWdpc3RlclNlc3Npb24SIC5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiEua3ZyYWZ0cGIuUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USOAoFQmF0Y2gSFi5rdnJhZnRwYi5CYXRjaFJlcXVlc3QaFy5rdnJhZnRwYi5CYXRjaFJlc3BvbnNlYgZwcm90bzM");
 
 /**
  * One operation. Sessions and exactly-once writes:
@@ -163,6 +163,82 @@ export const RegisterSessionResponseSchema: GenMessage<RegisterSessionResponse> 
   messageDesc(file_kvraftpb_kvraft, 3);
 
 /**
+ * kvraft extension: many commands in one request (the Clerk coalesces concurrent operations).
+ * Each command is handled exactly as if it came alone in a Command call (kvraft's Clerk gives each
+ * its own session, so each is exactly-once through its own client_id and command_id); commands
+ * of one batch run concurrently, in no promised order among themselves. At most 4096 commands.
+ *
+ * @generated from message kvraftpb.BatchRequest
+ */
+export type BatchRequest = Message<"kvraftpb.BatchRequest"> & {
+  /**
+   * @generated from field: repeated kvraftpb.CommandRequest commands = 1;
+   */
+  commands: CommandRequest[];
+};
+
+/**
+ * Describes the message kvraftpb.BatchRequest.
+ * Use `create(BatchRequestSchema)` to create a new message.
+ */
+export const BatchRequestSchema: GenMessage<BatchRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 4);
+
+/**
+ * The outcome of one command of a batch.
+ *
+ * @generated from message kvraftpb.BatchResult
+ */
+export type BatchResult = Message<"kvraftpb.BatchResult"> & {
+  /**
+   * The answer, when the command was answered (code 0): as Command's response.
+   *
+   * @generated from field: kvraftpb.CommandResponse response = 1;
+   */
+  response?: CommandResponse | undefined;
+
+  /**
+   * A refusal of this command alone, as the error a Command call would fail with: a Connect/gRPC
+   * code number (3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 14 UNAVAILABLE,
+   * ...) and its message. 0: no refusal.
+   *
+   * @generated from field: int32 code = 2;
+   */
+  code: number;
+
+  /**
+   * @generated from field: string message = 3;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message kvraftpb.BatchResult.
+ * Use `create(BatchResultSchema)` to create a new message.
+ */
+export const BatchResultSchema: GenMessage<BatchResult> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 5);
+
+/**
+ * @generated from message kvraftpb.BatchResponse
+ */
+export type BatchResponse = Message<"kvraftpb.BatchResponse"> & {
+  /**
+   * One result per command, in the order of BatchRequest.commands.
+   *
+   * @generated from field: repeated kvraftpb.BatchResult results = 1;
+   */
+  results: BatchResult[];
+};
+
+/**
+ * Describes the message kvraftpb.BatchResponse.
+ * Use `create(BatchResponseSchema)` to create a new message.
+ */
+export const BatchResponseSchema: GenMessage<BatchResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 6);
+
+/**
  * @generated from message kvraftpb.GetStatusRequest
  */
 export type GetStatusRequest = Message<"kvraftpb.GetStatusRequest"> & {
@@ -173,7 +249,7 @@ export type GetStatusRequest = Message<"kvraftpb.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 4);
+  messageDesc(file_kvraftpb_kvraft, 7);
 
 /**
  * @generated from message kvraftpb.GetStatusResponse
@@ -241,7 +317,7 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 5);
+  messageDesc(file_kvraftpb_kvraft, 8);
 
 /**
  * @generated from enum kvraftpb.Op
@@ -305,6 +381,16 @@ export const KVService: GenService<{
     methodKind: "unary";
     input: typeof RegisterSessionRequestSchema;
     output: typeof RegisterSessionResponseSchema;
+  },
+  /**
+   * kvraft extension.
+   *
+   * @generated from rpc kvraftpb.KVService.Batch
+   */
+  batch: {
+    methodKind: "unary";
+    input: typeof BatchRequestSchema;
+    output: typeof BatchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kvraftpb_kvraft, 0);
