@@ -23,6 +23,13 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        lane and the HTTP/2 peer frame lane; for measuring what they gain)
   --snapshot-threshold compact the Raft log once this many entries are applied past the last
                        snapshot (default: the KV server's own)
+  --session-ttl MS     a client session idle this long (by the leaders' clocks) expires
+                       (default 3600000, one hour); give every node the same value
+  --max-sessions N     registered client sessions at most; registrations beyond are refused
+                       (default 100000)
+  --max-unregistered-sessions N
+                       sessions of clients that do not register (eRaft's) at most; the least
+                       recently used is dropped beyond (default 100000)
   -help                print this message
 
 Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and cleartext HTTP/2, all on
@@ -35,6 +42,7 @@ interface Config {
   corsOrigins: string[];
   snapshotThreshold?: number;
   fastLane: boolean;
+  sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
 }
 
 function parseConfig(argv: string[]): Config | "help" {
@@ -45,6 +53,9 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      "session-ttl": undefined,
+      "max-sessions": undefined,
+      "max-unregistered-sessions": undefined,
     },
     switches: ["help", "h", "no-fast-lane"],
   });
@@ -68,7 +79,19 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane") };
+  const positive = (name: string): number | undefined => {
+    const raw = flags.values[name];
+    if (raw === undefined) return undefined;
+    const value = Number(raw);
+    if (!/^\d+$/.test(raw) || value < 1) throw new UsageError(`--${name} must be a positive integer, got "${raw}"`);
+    return value;
+  };
+  const sessions = {
+    sessionTtlMs: positive("session-ttl"),
+    maxSessions: positive("max-sessions"),
+    maxUnregisteredSessions: positive("max-unregistered-sessions"),
+  };
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), sessions };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -104,6 +127,7 @@ async function main(argv: string[]): Promise<number> {
             snapshotChunkBytes: SNAPSHOT_CHUNK_BYTES,
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
+          state: config.sessions,
         }),
     });
   } catch (error) {
