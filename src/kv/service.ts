@@ -5,6 +5,7 @@
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
 import { KVError, type KVErrorCode } from "./errors.ts";
+import { refuseUnparsableBodies } from "./parse-refusal.ts";
 import type { KVOp } from "./replies.ts";
 import type { KVServer } from "./server.ts";
 import {
@@ -119,6 +120,7 @@ export function registerKVService(
       }
     },
   });
+  refuseUnparsableBodies(router, KVService.typeName);
 }
 
 /**

@@ -1,7 +1,9 @@
 // Issue 18 against three real kvserver processes: writes without ids, reused and stale command ids,
 // registered sessions that expire or find the table full, the Clerk re-registering, APPEND past
-// the value limit, and eRaft-shaped gRPC requests answered so that eRaft's retrying Clerk stops.
+// the value limit, eRaft-shaped gRPC requests answered so that eRaft's retrying Clerk stops, and
+// malformed protobuf answered invalid_argument.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import * as http2 from "node:http2";
 import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
@@ -163,5 +165,40 @@ describe("eRaft-shaped requests", () => {
     } finally {
       client.close();
     }
+  });
+});
+
+describe("wrong codes", () => {
+  test("malformed protobuf and invalid UTF-8: invalid_argument over Connect (HTTP/1.1 and HTTP/2) and gRPC; the node stays up", async () => {
+    const leader = await cluster.waitForLeader();
+    const url = `http://${cluster.addrs[leader]}/kvraftpb.KVService/Command`;
+    for (const body of [Uint8Array.of(0x0a, 0x05, 0x61), Uint8Array.of(0x0a, 0x02, 0xff, 0xfe)]) {
+      const response = await fetch(url, { method: "POST", headers: { "content-type": "application/proto" }, body });
+      expect(response.status).toBe(400);
+      expect(((await response.json()) as { code: string }).code).toBe("invalid_argument");
+      const enveloped = new Uint8Array(5 + body.length);
+      new DataView(enveloped.buffer).setUint32(1, body.length, false);
+      enveloped.set(body, 5);
+      for (const contentType of ["application/proto", "application/grpc"]) {
+        const status = await new Promise<string>((resolve, reject) => {
+          const session = http2.connect(`http://${cluster.addrs[leader]}`);
+          session.on("error", reject);
+          const stream = session.request({ ":method": "POST", ":path": "/kvraftpb.KVService/Command", "content-type": contentType, te: "trailers" });
+          let answer = "";
+          stream.on("response", (h) => (answer = contentType === "application/proto" ? String(h[":status"]) : String(h["grpc-status"] ?? "")));
+          stream.on("trailers", (t) => (answer = String(t["grpc-status"] ?? answer)));
+          stream.on("data", () => {});
+          stream.on("end", () => {
+            session.close();
+            resolve(answer);
+          });
+          stream.end(contentType === "application/proto" ? body : enveloped);
+        });
+        expect({ contentType, status }).toEqual({ contentType, status: contentType === "application/proto" ? "400" : "3" });
+      }
+    }
+    const clerk = cluster.clerk();
+    await clerk.put("after-malformed", "still up");
+    expect(await clerk.get("after-malformed")).toBe("still up");
   });
 });
