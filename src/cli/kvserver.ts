@@ -8,6 +8,7 @@ import { ListenError } from "../rpc/server/server.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { DataDirError } from "./identity.ts";
 import { serveNode, type ServingNode } from "./serve-node.ts";
+import { SECURITY_SWITCHES, SECURITY_USAGE, SECURITY_VALUE_FLAGS, loadSecurity, type NodeSecurity } from "./security-flags.ts";
 
 const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 const SHUTDOWN_LIMIT_MS = 20_000;
@@ -32,8 +33,11 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        recently used is dropped beyond (default 100000)
   -help                print this message
 
-Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and cleartext HTTP/2, all on
-the node's own address. Flags may also be written --name value or -name=value.`;
+security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
+${SECURITY_USAGE}
+
+Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and HTTP/2 (h2c, or TLS), and the
+Raft peer service, all on the node's own address. Flags may also be written --name value or -name=value.`;
 
 interface Config {
   id: number;
@@ -43,6 +47,7 @@ interface Config {
   snapshotThreshold?: number;
   fastLane: boolean;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
+  security: NodeSecurity;
 }
 
 function parseConfig(argv: string[]): Config | "help" {
@@ -56,8 +61,9 @@ function parseConfig(argv: string[]): Config | "help" {
       "session-ttl": undefined,
       "max-sessions": undefined,
       "max-unregistered-sessions": undefined,
+      ...SECURITY_VALUE_FLAGS,
     },
-    switches: ["help", "h", "no-fast-lane"],
+    switches: ["help", "h", "no-fast-lane", ...SECURITY_SWITCHES],
   });
   if (flags.switches.has("help") || flags.switches.has("h")) return "help";
   const addrs = parseAddrs(flags.values.addrs!);
@@ -91,7 +97,8 @@ function parseConfig(argv: string[]): Config | "help" {
     maxSessions: positive("max-sessions"),
     maxUnregisteredSessions: positive("max-unregistered-sessions"),
   };
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), sessions };
+  const security = loadSecurity(flags, addrs.length);
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), sessions, security };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -119,6 +126,7 @@ async function main(argv: string[]): Promise<number> {
       dir: db,
       corsOrigins: config.corsOrigins,
       fastLane: config.fastLane,
+      security: config.security,
       open: (args) =>
         KVServer.open({
           ...args,
@@ -144,7 +152,11 @@ async function main(argv: string[]): Promise<number> {
   }
 
   const cors = config.corsOrigins.length > 0 ? `; CORS for ${config.corsOrigins.join(", ")}` : "";
-  console.log(`kvserver: node ${id} serving on ${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and h2c), data in ${db}${cors}`);
+  const scheme = config.security.tls === undefined ? "http" : "https";
+  console.log(
+    `kvserver: node ${id} serving on ${scheme}://${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and ${scheme === "http" ? "h2c" : "h2"}), ` +
+      `cluster ${node.clusterId} (${config.security.summary}), data in ${db}${cors}`,
+  );
 
   return new Promise<number>((resolve) => {
     let stopping = false;
