@@ -17,7 +17,7 @@ import { logFileName, tableFileName, VersionSet } from "./manifest.ts";
 import { Memtable } from "./memtable.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
 import { Snapshot } from "./snapshot.ts";
-import { compressionStats, levelStats, type DBStats } from "./stats.ts";
+import { compressionStats, levelStats, walBufferBudget, type DBStats } from "./stats.ts";
 import { recover } from "./recovery.ts";
 import { TableReader } from "./sstable.ts";
 import { countTable } from "./table-jobs.ts";
@@ -64,7 +64,7 @@ export class DB {
   private constructor(readonly dir: string, private readonly opts: ResolvedOptions, private readonly lock: DirLock) {
     this.versions = new VersionSet(dir, opts.logger);
     this.blockCache = new BlockCache(opts.blockCacheBytes);
-    this.tableCache = new TableCache(opts.maxOpenFiles);
+    this.tableCache = new TableCache(opts.maxOpenFiles, opts.tableCacheBytes);
     this.ctx = {
       dir,
       table: {
@@ -408,6 +408,13 @@ export class DB {
       openTables: this.tableCache.size,
       mappedTableBytes: this.mappedBytes,
       liveSnapshots: this.snapshots.size,
+      memory: {
+        memtables: { bytes: memBytes, budget: this.opts.memtableBytes * (1 + this.opts.maxImmutableMemtables) },
+        blockCache: { bytes: this.blockCache.bytes + this.blockCache.poolBytes, budget: this.blockCache.capacity + this.blockCache.poolCapacity },
+        tableCache: { bytes: this.tableCache.bytes, budget: this.opts.tableCacheBytes },
+        mappedTables: { bytes: this.mappedBytes, budget: this.opts.maxMappedBytes },
+        walBuffers: { bytes: this.wal.bufferBytes, budget: walBufferBudget(this.opts) },
+      },
       compactions: this.counters.compactions,
       trivialMoves: this.counters.trivialMoves,
       flushes: this.counters.flushes,

@@ -63,6 +63,11 @@ export class LogWriter {
     this.blockOffset = existingSize % BLOCK_SIZE;
   }
 
+  /** Bytes of the buffers that stage writes (they grow to the largest batch, then stay). */
+  get bufferBytes(): number {
+    return this.stage.length + (this.spare?.length ?? 0);
+  }
+
   /** Bytes in the file once staged and in-flight data is written. */
   get size(): number {
     return this.written + this.inFlight + this.staged;
