@@ -147,7 +147,9 @@ export interface Releasable {
  * iterator releases it.
  */
 export class TableCache<T extends Releasable> {
-  private readonly map = new Map<number, T>();
+  /** Table and the tick of its last use: a get only stamps it (no Map churn on the read path). */
+  private readonly map = new Map<number, { table: T; used: number }>();
+  private tick = 0;
   /** Sum of metadataBytes of the tables held. */
   bytes = 0;
   constructor(readonly capacity: number, readonly byteCapacity = Infinity) {}
@@ -157,34 +159,45 @@ export class TableCache<T extends Releasable> {
   }
 
   get(fileNumber: number): T | undefined {
-    const t = this.map.get(fileNumber);
-    if (t !== undefined) {
-      // Re-inserting moves it to the most-recent end of the Map's insertion order.
-      this.map.delete(fileNumber);
-      this.map.set(fileNumber, t);
-    }
-    return t;
+    const e = this.map.get(fileNumber);
+    if (e === undefined) return undefined;
+    e.used = ++this.tick;
+    return e.table;
   }
 
   insert(fileNumber: number, table: T): void {
-    this.map.set(fileNumber, table);
+    this.evict(fileNumber);
+    this.map.set(fileNumber, { table, used: ++this.tick });
     this.bytes += table.metadataBytes;
     // The newest table stays even if it alone is over the byte budget: it is about to be read.
     while (this.map.size > 1 && (this.map.size > this.capacity || this.bytes > this.byteCapacity)) {
-      this.evict(this.map.keys().next().value as number);
+      this.evict(this.leastRecentlyUsed());
     }
   }
 
+  /** A scan, but only when a table is opened past the budget (opens are rare; gets are not). */
+  private leastRecentlyUsed(): number {
+    let oldest = -1;
+    let used = Infinity;
+    for (const [n, e] of this.map) {
+      if (e.used < used) {
+        used = e.used;
+        oldest = n;
+      }
+    }
+    return oldest;
+  }
+
   evict(fileNumber: number): void {
-    const t = this.map.get(fileNumber);
-    if (t === undefined) return;
+    const e = this.map.get(fileNumber);
+    if (e === undefined) return;
     this.map.delete(fileNumber);
-    this.bytes -= t.metadataBytes;
-    t.release();
+    this.bytes -= e.table.metadataBytes;
+    e.table.release();
   }
 
   clear(): void {
-    for (const t of this.map.values()) t.release();
+    for (const e of this.map.values()) e.table.release();
     this.map.clear();
     this.bytes = 0;
   }

@@ -6,7 +6,7 @@ import { crc32cUpdate, maskCrc, unmaskCrc } from "../util/crc32c.ts";
 import { BlockBuilder, BlockIterator } from "./block.ts";
 import { bloomHash, bloomMayContain, buildBloom } from "./bloom.ts";
 import type { BlockCache, BlockMap, Releasable } from "./cache.ts";
-import { ByteReader, ByteWriter, compareBytes, readU32, writeU32 } from "./coding.ts";
+import { ByteReader, ByteWriter, compareBytes, KIND_PUT, readU32, writeU32 } from "./coding.ts";
 import {
   BadCompressedBlock, BLOCK_LZ4, BLOCK_RAW, BLOCK_ZSTD, blockTypeOf, decompressBlock, lz4Compress, maxCompressedLength,
   type Compression,
@@ -243,6 +243,8 @@ export class TableBuilder {
 
 // ---- reading ---------------------------------------------------------------------------------
 
+const EMPTY = new Uint8Array(0);
+
 export interface TableGetResult {
   kind: number;
   value: Uint8Array;
@@ -425,23 +427,28 @@ export class TableReader implements Releasable {
     return block;
   }
 
-  /** The newest entry for `key` visible at `seq`, or undefined if the table has none. */
-  get(key: Uint8Array, seq: number, hash = bloomHash(key)): TableGetResult | undefined {
+  /**
+   * Finds the newest entry for `key` visible at `seq`: false if the table has none, else true with
+   * its kind and (for a put) a copy of its value in `out`.
+   */
+  get(key: Uint8Array, seq: number, hash: number, out: TableGetResult): boolean {
     if (!bloomMayContain(this.filter, hash)) {
       this.bloomSkips++;
-      return undefined;
+      return false;
     }
     const idx = this.indexIter;
     idx.seek(key, seq);
-    if (!idx.valid()) return undefined;
+    if (!idx.valid()) return false;
     idx.decodeHandle();
     const offset = idx.handleOffset;
     const data = this.dataIter;
-    // Not shared: the value is copied (DB.getSync) before anything else reads a block.
+    // Not shared: the value is copied here, before anything else reads a block.
     data.reset(this.readBlock(offset, idx.handleSize, true, false), this.name, offset);
     data.seek(key, seq);
-    if (!data.valid() || compareBytes(data.key(), key) !== 0) return undefined;
-    return { kind: data.kind(), value: data.value() };
+    if (!data.valid() || compareBytes(data.key(), key) !== 0) return false;
+    out.kind = data.kind();
+    out.value = out.kind === KIND_PUT ? data.valueCopy() : EMPTY;
+    return true;
   }
 
   /** File offset where `key` would be: the start of its data block (for approximateSize). */
