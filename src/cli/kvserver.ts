@@ -98,6 +98,7 @@ async function main(argv: string[]): Promise<number> {
           raft: {
             // The size ConnectTransport streams snapshot data in; a chunk never needs splitting.
             snapshotChunkBytes: SNAPSHOT_CHUNK_BYTES,
+            observer: args.observer,
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
         }),

@@ -6,12 +6,17 @@ import { registerKVService, type KVBackend } from "../kv/service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
 import { toBaseUrl } from "../kv/client.ts";
 import type { NodeId, Transport } from "../raft/types.ts";
+import type { KVDiagnostics } from "../kv/index.ts";
+import type { RaftObserver } from "../raft/index.ts";
+import { NodeMetrics, instrumentKV, instrumentRouter, obsRoutes } from "../obs/index.ts";
 import { claimDataDir } from "./identity.ts";
 import { splitHostPort } from "./flags.ts";
 
 /** What serveNode needs from a KV server: the handlers' calls plus close (which syncs). */
 export interface KVNode extends KVBackend {
   close(): Promise<void>;
+  /** Live state for metrics and health (KVServer has it; test stand-ins may not). */
+  diagnostics?(): KVDiagnostics;
 }
 
 export interface ServeNodeOptions {
@@ -20,13 +25,14 @@ export interface ServeNodeOptions {
   dir: string;
   corsOrigins?: readonly string[];
   /** Opens the KV server (KVServer.open in production, a stand-in in tests). */
-  open(args: { id: NodeId; peers: NodeId[]; dir: string; transport: Transport }): Promise<KVNode>;
+  open(args: { id: NodeId; peers: NodeId[]; dir: string; transport: Transport; observer: RaftObserver }): Promise<KVNode>;
 }
 
 export interface ServingNode {
   server: RpcServer;
   transport: ConnectTransport;
   kv: KVNode;
+  metrics: NodeMetrics;
   /** Stop accepting, let in-flight calls finish, close the KV server (sync), drop peer links. */
   close(): Promise<void>;
 }
@@ -36,6 +42,9 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
   claimDataDir(dir, id, addrs);
   const transport = new ConnectTransport({ id, peers: new Map(addrs.map((a, i) => [i, toBaseUrl(a)])) });
   let kv: KVNode | undefined;
+  let served: KVNode | undefined;
+  const state = () => kv?.diagnostics?.();
+  const metrics = new NodeMetrics(id, state);
   const { host, port } = splitHostPort(addrs[id]!);
   let server: RpcServer;
   try {
@@ -43,9 +52,11 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
       host,
       port,
       corsOrigins: options.corsOrigins,
+      httpRoutes: obsRoutes({ metrics, state }),
       routes: (router) => {
-        registerKVService(router, () => kv);
-        transport.registerRoutes(router);
+        const counted = instrumentRouter(router, metrics);
+        registerKVService(counted, () => served);
+        transport.registerRoutes(counted);
       },
     });
   } catch (error) {
@@ -53,7 +64,8 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     throw error;
   }
   try {
-    kv = await options.open({ id, peers: addrs.map((_, i) => i), dir, transport });
+    kv = await options.open({ id, peers: addrs.map((_, i) => i), dir, transport, observer: metrics.raftObserver });
+    served = instrumentKV(kv, metrics);
   } catch (error) {
     await server.close();
     await transport.close();
@@ -65,6 +77,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     server,
     transport,
     kv: opened,
+    metrics,
     close() {
       closing ??= (async () => {
         await server.close();

@@ -14,10 +14,14 @@ import {
   type Clock,
   type LogStore,
   type NodeId,
+  type LogStoreStats,
+  type RaftNodeStatus,
+  type RaftObserver,
   type SnapshotMeta,
   type TimerHandle,
   type Transport,
 } from "../raft/index.ts";
+import type { DBStats } from "../lsm/index.ts";
 import { encodeCommand } from "./command.ts";
 import { DeadlineQueue, type Deadline } from "./deadlines.ts";
 import { KVError } from "./errors.ts";
@@ -61,6 +65,17 @@ export interface KVStatus {
   readIndexRounds: number;
 }
 
+export interface KVDiagnostics {
+  raft: RaftNodeStatus;
+  /** Null once closed. */
+  lsm: DBStats | null;
+  /** The file log's counters (null when the caller passed its own log store). */
+  log: LogStoreStats | null;
+  sessions: number;
+  readIndexRounds: number;
+  pendingCommands: number;
+}
+
 export interface KVLimits {
   /** Default 4 KiB. */
   maxKeyBytes?: number;
@@ -80,6 +95,8 @@ export interface KVRaftOptions {
   snapshotThreshold?: number;
   snapshotChunkBytes?: number;
   maxPendingProposals?: number;
+  /** Metrics hooks (src/obs). */
+  observer?: RaftObserver;
 }
 
 export interface KVStateOptions {
@@ -271,6 +288,18 @@ export class KVServer {
       sessions: this.machine.sessionCount,
       snapshotsInstalled: status.snapshotsReceived,
       readIndexRounds: this.readIndexRounds,
+    };
+  }
+
+  /** Live views for metrics and health (src/obs), read when scraped: no copies kept, no hooks. */
+  diagnostics(): KVDiagnostics {
+    return {
+      raft: this.node.status(),
+      lsm: this.closed ? null : this.machine.lsmStats(),
+      log: this.ownedLogStore instanceof FileLogStore ? this.ownedLogStore.stats() : null,
+      sessions: this.machine.sessionCount,
+      readIndexRounds: this.readIndexRounds,
+      pendingCommands: this.pending,
     };
   }
 

@@ -3,7 +3,7 @@
 // streams snapshots from an LSM snapshot, and installs them into a fresh LSM switched atomically.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { DB, type DBIteratorOptions, type DBOptions } from "../lsm/index.ts";
+import { DB, type DBIteratorOptions, type DBOptions, type DBStats } from "../lsm/index.ts";
 import { EntryType, type Entry, type NodeId, type SnapshotMeta, type StateMachine } from "../raft/index.ts";
 import { OP_APPEND, OP_CLOSE, OP_DELETE, OP_PUT, decodeCommand } from "./command.ts";
 import { KVCorruptionError } from "./errors.ts";
@@ -157,6 +157,11 @@ export class KVStateMachine implements StateMachine {
   }
 
   /** Bytes the LSM holds on disk. */
+  /** The LSM's counters and sizes (for metrics). */
+  lsmStats(): DBStats {
+    return this.db.stats();
+  }
+
   diskBytes(): number {
     return this.db.stats().diskBytes;
   }

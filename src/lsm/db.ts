@@ -52,6 +52,10 @@ export interface DBStats {
   liveSnapshots: number;
   compactions: number;
   flushes: number;
+  /** Writes that waited for a flush or compaction (memtables full or L0 at its stop trigger). */
+  writeStalls: number;
+  /** Writes delayed by the L0 slowdown. */
+  writeSlowdowns: number;
   backgroundError?: string;
 }
 
@@ -115,7 +119,7 @@ export class DB {
   private readonly compactionWorker: TableWorker | null;
   /** Set to 1 at close: this database's merges in the worker stop early. */
   private readonly abortFlag = new Int32Array(new SharedArrayBuffer(4));
-  private stats_ = { userBytes: 0, walBytesBase: 0, tableBytes: 0, compactions: 0, flushes: 0 };
+  private stats_ = { userBytes: 0, walBytesBase: 0, tableBytes: 0, compactions: 0, flushes: 0, writeStalls: 0, writeSlowdowns: 0 };
 
   private constructor(readonly dir: string, private readonly opts: ResolvedOptions, private readonly lock: DirLock) {
     this.versions = new VersionSet(dir, opts.logger);
@@ -354,10 +358,13 @@ export class DB {
 
   private async waitForRoom(bytes: number): Promise<void> {
     let slowed = false;
+    let stalled = false;
     for (;;) {
       this.checkOpen();
       if (this.bgError) throw this.backgroundFailure();
       if (this.mustWait()) {
+        if (!stalled) this.stats_.writeStalls++;
+        stalled = true;
         this.maybeScheduleFlush();
         this.maybeScheduleCompaction();
         await this.waitForProgress();
@@ -366,6 +373,7 @@ export class DB {
       if (!slowed && this.shouldSlowDown()) {
         // Spread the cost of a growing L0 over many writes instead of one long stop later.
         slowed = true;
+        this.stats_.writeSlowdowns++;
         await new Promise((r) => setTimeout(r, this.slowdownMs(bytes)));
         continue;
       }
@@ -772,6 +780,8 @@ export class DB {
       liveSnapshots: this.snapshots.size,
       compactions: this.stats_.compactions,
       flushes: this.stats_.flushes,
+      writeStalls: this.stats_.writeStalls,
+      writeSlowdowns: this.stats_.writeSlowdowns,
       backgroundError: this.bgError?.message,
     };
   }

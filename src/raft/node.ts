@@ -3,9 +3,10 @@
 
 import { Rng } from "../util/rng.ts";
 import { type Clock, RealClock, type TimerHandle } from "./clock.ts";
-import { Raft } from "./core/raft.ts";
+import { Raft, type RaftStatus } from "./core/raft.ts";
 import { BackpressureError, EntryTooLargeError, NodeStoppedError, NotLeaderError, ReadIndexTimeoutError } from "./errors.ts";
 import {
+  type Entry,
   type LogStore,
   type Message,
   NONE,
@@ -59,6 +60,17 @@ export interface RaftNodeOptions {
   readTimeoutMs?: number;
   /** Called once if the node stops on a fatal error (disk failure, invariant violation). */
   onFatal?: (error: Error) => void;
+  /** Metrics hooks (src/obs); absent in simulations. */
+  observer?: RaftObserver;
+}
+
+/** Synchronous, cheap notifications for metrics: what happened, never a decision. */
+export interface RaftObserver {
+  proposed(count: number): void;
+  /** One durable log save of `entries` (write + fsync) that took `seconds`. */
+  saved(entries: readonly Entry[], seconds: number): void;
+  sent(messages: readonly Message[]): void;
+  softState(soft: NonNullable<Ready["softState"]>): void;
 }
 
 export interface RaftNodeStatus {
@@ -78,6 +90,8 @@ export interface RaftNodeStatus {
   pendingReads: number;
   snapshotsSent: number;
   snapshotsReceived: number;
+  /** The leader's view of each follower (leaders only). */
+  progress?: RaftStatus["progress"];
   stopped: boolean;
   /** The fatal error that stopped the node, if any. */
   fatal: string | null;
@@ -206,6 +220,7 @@ export class RaftNode {
       throw new BackpressureError(result.reason);
     }
     this.kick();
+    this.opts.observer?.proposed(data.length);
     return { index: result.index, term: result.term };
   }
 
@@ -268,6 +283,7 @@ export class RaftNode {
       snapshotsReceived: this.counters.snapshotsReceived,
       stopped: this.stopped,
       fatal: this.fatal ? this.fatal.message : null,
+      progress: s.progress,
     };
   }
 
@@ -337,7 +353,12 @@ export class RaftNode {
     if (early !== null) this.dispatch(early);
     // 2. Durable before anything else is said about it.
     if (rd.snapshot) await this.log.resetToSnapshot(rd.snapshot);
-    if (rd.hardState || rd.entries.length > 0) await this.log.save(rd.hardState, rd.entries);
+    if (rd.softState) this.opts.observer?.softState(rd.softState);
+    if (rd.hardState || rd.entries.length > 0) {
+      const started = this.opts.observer && rd.entries.length > 0 ? performance.now() : 0;
+      await this.log.save(rd.hardState, rd.entries);
+      if (started > 0) this.opts.observer?.saved(rd.entries, (performance.now() - started) / 1000);
+    }
     if (this.stopped) return;
     if (late !== null) this.dispatch(late);
     // The core answers an installed snapshot in the first Ready after step(); none means no answer.
@@ -361,7 +382,10 @@ export class RaftNode {
         this.snapshotAnswers.delete(m.to);
       } else (outgoing ??= []).push(m);
     }
-    if (outgoing !== null) this.transport.send(outgoing);
+    if (outgoing !== null) {
+      this.opts.observer?.sent(outgoing);
+      this.transport.send(outgoing);
+    }
   }
 
   private serveReads(): void {

@@ -46,6 +46,8 @@ export interface RpcServerOptions {
   fastLane?: boolean;
   /** An HTTP/1.1 connection of the fast lane with no call running is closed after this long quiet. */
   keepAliveTimeoutMs?: number;
+  /** Plain HTTP routes (metrics, health, status page: src/obs) tried before the Connect routes. */
+  httpRoutes?: (request: NodeRequest, response: NodeResponse) => boolean;
 }
 
 /** The port could not be bound; `code` says why ("port_in_use", "permission_denied", "listen_failed"). */
@@ -135,6 +137,7 @@ export class RpcServer {
       }
       // While closing, tell HTTP/1.1 clients not to reuse the connection.
       if (server?.closing && "shouldKeepAlive" in response) response.shouldKeepAlive = false;
+      if (options.httpRoutes?.(request, nodeResponse)) return;
       adapter(request, nodeResponse);
     };
 
