@@ -8,7 +8,8 @@ import { toBaseUrl } from "../kv/client.ts";
 import type { NodeId, Transport } from "../raft/types.ts";
 import type { KVDiagnostics } from "../kv/index.ts";
 import type { RaftObserver } from "../raft/index.ts";
-import { NodeMetrics, instrumentKV, instrumentRouter, obsRoutes } from "../obs/index.ts";
+import { NodeMetrics, instrumentKV, instrumentRouter, obsRoutes, registerHealthService } from "../obs/index.ts";
+import { registerReflection } from "../rpc/server/reflection.ts";
 import { claimDataDir } from "./identity.ts";
 import { splitHostPort } from "./flags.ts";
 
@@ -57,6 +58,8 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
         const counted = instrumentRouter(router, metrics);
         registerKVService(counted, () => served);
         transport.registerRoutes(counted);
+        registerHealthService(counted, { state });
+        registerReflection(counted);
       },
     });
   } catch (error) {
