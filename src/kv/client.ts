@@ -155,7 +155,7 @@ export class Clerk {
             lastApplied: s.lastApplied,
             commitIndex: s.commitIndex,
             storageSize: s.storageSize,
-            leaderId: s.leaderId,
+            leaderId: s.leader.case === "leaderId" ? s.leader.value : undefined,
             members: s.members,
             snapshotIndex: s.snapshotIndex,
             keyCount: s.keyCount,
@@ -206,7 +206,7 @@ export class Clerk {
           case "ErrNoKey":
             return response;
           case "ErrWrongLeader": {
-            const hint = response.leaderId === undefined ? -1 : Number(response.leaderId);
+            const hint = response.leader.case === "leaderId" ? Number(response.leader.value) : -1;
             lastProblem = `node ${node} is not the leader`;
             // Follow a hint at once; a stale hint (to a dead node) costs one RPC of the round.
             if (hint >= 0 && hint < n && hint !== node) {

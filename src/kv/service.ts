@@ -97,7 +97,7 @@ export function registerKVService(
           if (bare !== undefined) return bare;
         }
         const response = create(CommandResponseSchema, { err: result.err, value: result.value });
-        if (hinted) response.leaderId = BigInt(result.leaderId!);
+        if (hinted) response.leader = { case: "leaderId", value: BigInt(result.leaderId!) };
         return response;
       } catch (error) {
         throw toConnectError(error);
@@ -117,7 +117,7 @@ export function registerKVService(
           snapshotIndex: BigInt(status.snapshotIndex),
           keyCount: BigInt(status.keyCount ?? 0),
         });
-        if (status.leaderId >= 0) response.leaderId = BigInt(status.leaderId);
+        if (status.leaderId >= 0) response.leader = { case: "leaderId", value: BigInt(status.leaderId) };
         return response;
       } catch (error) {
         throw toConnectError(error);
