@@ -19,6 +19,8 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        (default "localhost:5001,localhost:5002,localhost:5003")
   -db                  data directory: Raft log and LSM (default "kvserver-data"); one per node
   --cors-origin        browser origins allowed to call this node, comma separated ("*" for any)
+  --no-fast-lane       serve every call through the Connect adapter (turns off the HTTP/1.1 unary
+                       lane and the HTTP/2 peer frame lane; for measuring what they gain)
   --snapshot-threshold compact the Raft log once this many entries are applied past the last
                        snapshot (default: the KV server's own)
   -help                print this message
@@ -32,6 +34,7 @@ interface Config {
   db: string;
   corsOrigins: string[];
   snapshotThreshold?: number;
+  fastLane: boolean;
 }
 
 function parseConfig(argv: string[]): Config | "help" {
@@ -43,7 +46,7 @@ function parseConfig(argv: string[]): Config | "help" {
       "cors-origin": "",
       "snapshot-threshold": undefined,
     },
-    switches: ["help", "h"],
+    switches: ["help", "h", "no-fast-lane"],
   });
   if (flags.switches.has("help") || flags.switches.has("h")) return "help";
   const addrs = parseAddrs(flags.values.addrs!);
@@ -65,7 +68,7 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold };
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane") };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -92,6 +95,7 @@ async function main(argv: string[]): Promise<number> {
       addrs,
       dir: db,
       corsOrigins: config.corsOrigins,
+      fastLane: config.fastLane,
       open: (args) =>
         KVServer.open({
           ...args,

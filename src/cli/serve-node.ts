@@ -2,10 +2,11 @@
 // opens the KV server behind it with the Connect transport, and shuts down in the safe order.
 
 import { ConnectTransport } from "../rpc/peers/connect-transport.ts";
-import { registerKVService, type KVBackend } from "../kv/service.ts";
+import { registerKVService, type KVServiceBackend } from "../kv/service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
 import { toBaseUrl } from "../kv/client.ts";
 import type { NodeId, Transport } from "../raft/types.ts";
+import type { KVServer } from "../kv/server.ts";
 import type { KVDiagnostics } from "../kv/index.ts";
 import type { RaftObserver } from "../raft/index.ts";
 import { NodeMetrics, instrumentKV, instrumentRouter, obsRoutes, registerHealthService } from "../obs/index.ts";
@@ -13,18 +14,19 @@ import { registerReflection } from "../rpc/server/reflection.ts";
 import { claimDataDir } from "./identity.ts";
 import { splitHostPort } from "./flags.ts";
 
-/** What serveNode needs from a KV server: the handlers' calls plus close (which syncs). */
-export interface KVNode extends KVBackend {
-  close(): Promise<void>;
-  /** Live state for metrics and health (KVServer has it; test stand-ins may not). */
-  diagnostics?(): KVDiagnostics;
-}
+/**
+ * What serveNode needs from a KV server: the handlers' calls plus close (which syncs), and the
+ * live state for metrics and health (KVServer has it; test stand-ins may leave it out).
+ */
+export type KVNode = KVServiceBackend & Pick<KVServer, "close"> & { diagnostics?(): KVDiagnostics };
 
 export interface ServeNodeOptions {
   id: NodeId;
   addrs: readonly string[];
   dir: string;
   corsOrigins?: readonly string[];
+  /** RpcServerOptions.fastLane (default true). */
+  fastLane?: boolean;
   /** Opens the KV server (KVServer.open in production, a stand-in in tests). */
   open(args: { id: NodeId; peers: NodeId[]; dir: string; transport: Transport; observer: RaftObserver }): Promise<KVNode>;
 }
@@ -53,6 +55,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
       host,
       port,
       corsOrigins: options.corsOrigins,
+      fastLane: options.fastLane,
       httpRoutes: obsRoutes({ metrics, state }),
       routes: (router) => {
         const counted = instrumentRouter(router, metrics);

@@ -1,15 +1,16 @@
 // Wraps what the RPC layer calls so that NodeMetrics sees every KV command and every RPC without
-// a hook inside the handlers: a KVBackend that times and counts commands, and a router whose
+// a hook inside the handlers: a KVServiceBackend that times and counts commands, and a router whose
 // registered implementations count calls by method, protocol and code.
 
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
-import type { KVBackend } from "../kv/service.ts";
+import { KVError } from "../kv/index.ts";
+import type { KVServiceBackend } from "../kv/service.ts";
 import type { NodeMetrics } from "./node-metrics.ts";
 
 /** The same backend, with each command counted by op and result and timed by op. */
-export function instrumentKV<B extends KVBackend>(backend: B, metrics: NodeMetrics): B {
+export function instrumentKV<B extends KVServiceBackend>(backend: B, metrics: NodeMetrics): B {
   const latency = new Map<string, ReturnType<NodeMetrics["kvLatency"]["with"]>>();
   const histogramOf = (op: string) => {
     let h = latency.get(op);
@@ -19,7 +20,7 @@ export function instrumentKV<B extends KVBackend>(backend: B, metrics: NodeMetri
     }
     return h;
   };
-  const command: KVBackend["command"] = async (args) => {
+  const command: KVServiceBackend["command"] = async (args) => {
     const started = performance.now();
     const op = String(args.op);
     try {
@@ -44,9 +45,9 @@ export function instrumentKV<B extends KVBackend>(backend: B, metrics: NodeMetri
 }
 
 function errorLabel(error: unknown): string {
+  if (error instanceof KVError) return error.code;
   if (error instanceof ConnectError) return codeToString(error.code);
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" && /^[a-z_]{1,32}$/.test(code) ? code : "internal";
+  return "internal";
 }
 
 /**
