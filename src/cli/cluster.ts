@@ -30,6 +30,8 @@ async function pipeLines(stream: Readable, prefix: string, out: NodeJS.WriteStre
 
 async function main(): Promise<number> {
   const extra = process.argv.slice(2);
+  // The children write to pipes (JSON logs by default); a person at a terminal reads lines.
+  if (process.stdout.isTTY && !extra.some((a) => /^--?log-format(=|$)/.test(a))) extra.push("--log-format", "human");
   const children: Child[] = [];
   let stopping = false;
   let announced = false;

@@ -8,6 +8,7 @@ import { ListenError } from "../rpc/server/server.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { DataDirError } from "./identity.ts";
 import { serveNode, type ServingNode } from "./serve-node.ts";
+import { log, parseLogLevel, type LogLevel } from "../obs/log.ts";
 
 const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 const SHUTDOWN_LIMIT_MS = 20_000;
@@ -23,10 +24,13 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        lane and the HTTP/2 peer frame lane; for measuring what they gain)
   --snapshot-threshold compact the Raft log once this many entries are applied past the last
                        snapshot (default: the KV server's own)
+  --log-level          debug, info, warn, error or fatal (default info)
+  --log-format         json (one object per line), human, or auto: human on a terminal (default)
   -help                print this message
 
 Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and cleartext HTTP/2, all on
-the node's own address. Flags may also be written --name value or -name=value.`;
+the node's own address, with GET /metrics (Prometheus), /livez, /readyz, grpc.health.v1 and
+server reflection beside them. Flags may also be written --name value or -name=value.`;
 
 interface Config {
   id: number;
@@ -35,6 +39,8 @@ interface Config {
   corsOrigins: string[];
   snapshotThreshold?: number;
   fastLane: boolean;
+  logLevel: LogLevel;
+  logFormat: "json" | "human" | "auto";
 }
 
 function parseConfig(argv: string[]): Config | "help" {
@@ -45,6 +51,8 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      "log-level": "info",
+      "log-format": "auto",
     },
     switches: ["help", "h", "no-fast-lane"],
   });
@@ -68,7 +76,13 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane") };
+  const logLevel = parseLogLevel(flags.values["log-level"]!);
+  if (logLevel === undefined) throw new UsageError(`--log-level "${flags.values["log-level"]}" is not one of debug, info, warn, error, fatal`);
+  const logFormat = flags.values["log-format"]!;
+  if (logFormat !== "json" && logFormat !== "human" && logFormat !== "auto") {
+    throw new UsageError(`--log-format "${logFormat}" is not one of json, human, auto`);
+  }
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), logLevel, logFormat };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -87,8 +101,15 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const { id, addrs, db } = config;
+  let node: ServingNode | undefined;
+  log.configure({
+    level: config.logLevel,
+    format: config.logFormat,
+    node: id,
+    term: () => node?.kv.diagnostics?.().raft.term,
+    onProblem: (_level, msg) => node?.metrics.event("error", node.kv.diagnostics?.().raft.term ?? 0, msg),
+  });
 
-  let node: ServingNode;
   try {
     node = await serveNode({
       id,
@@ -109,42 +130,46 @@ async function main(argv: string[]): Promise<number> {
     });
   } catch (error) {
     if (error instanceof DataDirError) {
-      console.error(`kvserver: ${error.message}`);
+      log.fatal(`kvserver: ${error.message}`);
       return 2;
     }
     if (error instanceof ListenError) {
-      console.error(`kvserver: ${error.message}`);
+      log.fatal(`kvserver: ${error.message}`);
       return 1;
     }
-    console.error(`kvserver: node ${id} failed to start: ${(error as Error).stack ?? error}`);
+    log.fatal(`kvserver: node ${id} failed to start: ${(error as Error).message}`, { error });
     return 1;
   }
+  const serving = node;
 
   const cors = config.corsOrigins.length > 0 ? `; CORS for ${config.corsOrigins.join(", ")}` : "";
-  console.log(`kvserver: node ${id} serving on ${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and h2c), data in ${db}${cors}`);
+  log.info(`kvserver: node ${id} serving on ${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and h2c), data in ${db}${cors}`, {
+    addr: addrs[id],
+    members: addrs.length,
+  });
 
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) {
-        console.error(`kvserver: node ${id} got ${signal} again; exiting without waiting`);
+        log.warn(`kvserver: node ${id} got ${signal} again; exiting without waiting`);
         resolve(1);
         return;
       }
       stopping = true;
-      console.log(`kvserver: node ${id} got ${signal}; finishing in-flight requests and closing`);
+      log.info(`kvserver: node ${id} got ${signal}; finishing in-flight requests and closing`);
       // Bounded: a close that hangs must not keep the process (and its port) forever.
       setTimeout(() => {
-        console.error(`kvserver: node ${id} did not close within ${SHUTDOWN_LIMIT_MS} ms; exiting anyway`);
+        log.error(`kvserver: node ${id} did not close within ${SHUTDOWN_LIMIT_MS} ms; exiting anyway`);
         resolve(1);
       }, SHUTDOWN_LIMIT_MS).unref();
-      node.close().then(
+      serving.close().then(
         () => {
-          console.log(`kvserver: node ${id} stopped`);
+          log.info(`kvserver: node ${id} stopped`);
           resolve(0);
         },
         (error) => {
-          console.error(`kvserver: node ${id} failed to close cleanly: ${(error as Error).stack ?? error}`);
+          log.error(`kvserver: node ${id} failed to close cleanly: ${(error as Error).message}`, { error });
           resolve(1);
         },
       );
@@ -157,7 +182,7 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error) => {
-    console.error(`kvserver: ${(error as Error).stack ?? error}`);
+    log.fatal(`kvserver: ${(error as Error).message}`, { error });
     process.exit(1);
   },
 );

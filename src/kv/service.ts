@@ -15,6 +15,7 @@ import {
   type CommandResponse,
   type GetStatusResponse,
 } from "../gen/kvraftpb/kvraft_pb.ts";
+import { log } from "../obs/log.ts";
 
 /** What the handlers use of a KVServer (tests may pass a stand-in of this exact shape). */
 export type KVServiceBackend = Pick<KVServer, "command" | "getStatus">;
@@ -112,7 +113,7 @@ export function toConnectError(error: unknown): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof KVError) return new ConnectError(error.message, CONNECT_CODES[error.code]);
   if (error instanceof Error) {
-    console.error(`kvraft rpc: internal error: ${error.stack ?? error.message}`);
+    log.error(`kvraft rpc: internal error: ${error.message}`, { error });
     return new ConnectError(`internal error: ${error.message}`, Code.Internal);
   }
   return new ConnectError(`internal error: ${String(error)}`, Code.Internal);

@@ -5,6 +5,7 @@
 import { Registry, collectDefaultMetrics } from "prom-client";
 import type { KVDiagnostics } from "../kv/index.ts";
 import { NONE, type Entry, type Message, type RaftObserver } from "../raft/index.ts";
+import { log } from "./log.ts";
 import { BucketHistogram, CounterFamily, HistogramFamily, register, scraped, type ScrapedMetric } from "./recorders.ts";
 
 /** Seconds: 50 µs .. 5 s, for fsync, request and RPC latencies. */
@@ -60,8 +61,10 @@ export class NodeMetrics {
       if (soft.leaderId !== NONE && soft.leaderId !== this.knownLeader) {
         this.leaderChanges++;
         this.event("leader", soft.term, `node ${soft.leaderId} leads in term ${soft.term}`);
+        log.info(`raft: node ${soft.leaderId} leads in term ${soft.term}`, { leader: soft.leaderId, role: soft.role });
       } else if (soft.leaderId === NONE && this.knownLeader !== NONE) {
         this.event("leader", soft.term, `no leader known (was node ${this.knownLeader}); role ${soft.role}`);
+        log.warn(`raft: lost touch with leader ${this.knownLeader}; now ${soft.role}`, { role: soft.role });
       }
       this.knownLeader = soft.leaderId;
     },

@@ -180,6 +180,22 @@ describe("health", () => {
   });
 });
 
+describe("logs", () => {
+  test("each node writes JSON lines with level, time, node and term, including who leads", () => {
+    const lines = cluster.output(leader).split("\n").filter((l) => l.startsWith("{"));
+    expect(lines.length).toBeGreaterThan(0);
+    const records = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+    for (const r of records) {
+      expect(typeof r.level).toBe("string");
+      expect(typeof r.time).toBe("string");
+      expect(r.node).toBe(leader);
+      expect(typeof r.term).toBe("number");
+    }
+    expect(records.some((r) => typeof r.msg === "string" && r.msg.includes("serving on"))).toBe(true);
+    expect(records.some((r) => r.msg === `raft: node ${leader} leads in term ${r.term}`)).toBe(true);
+  });
+});
+
 describe("reflection", () => {
   test("buf curl lists both services over v1 and v1alpha and calls Command without the .proto files", async () => {
     for (const protocol of ["grpc-v1", "grpc-v1alpha"]) {

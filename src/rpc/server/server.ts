@@ -11,6 +11,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { FrameRoutes, isPlainConnectStream, serveFrameStream } from "./frame-lane.ts";
 import { Http1Lane, type LaneHost } from "./http1-lane.ts";
 import { UnaryRoutes } from "./unary-routes.ts";
+import { log } from "../../obs/log.ts";
 
 /** The bytes every HTTP/2 client sends first (RFC 9113 §3.4). */
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -178,7 +179,7 @@ export class RpcServer {
 
   private wire(): void {
     this.tcp.on("connection", (socket) => this.accept(socket));
-    this.tcp.on("error", (error) => console.error(`kvraft rpc: listener error: ${error.message}`));
+    this.tcp.on("error", (error) => log.error(`kvraft rpc: listener error: ${error.message}`));
     this.h2.on("session", (session) => {
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
