@@ -11,6 +11,7 @@ import type { KVDiagnostics } from "../kv/index.ts";
 import type { RaftObserver } from "../raft/index.ts";
 import { NodeMetrics, instrumentKV, instrumentRouter, obsRoutes, registerHealthService } from "../obs/index.ts";
 import { registerReflection } from "../rpc/server/reflection.ts";
+import { statusPageRoute } from "../obs/status-page/page.ts";
 import { claimDataDir } from "./identity.ts";
 import { splitHostPort } from "./flags.ts";
 
@@ -54,9 +55,10 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     server = await RpcServer.start({
       host,
       port,
-      corsOrigins: options.corsOrigins,
+      // The status page served by any member calls every member: their origins are allowed too.
+      corsOrigins: [...(options.corsOrigins ?? []), ...addrs.map(toBaseUrl)],
       fastLane: options.fastLane,
-      httpRoutes: obsRoutes({ metrics, state }),
+      httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: addrs.map(toBaseUrl) })] }),
       routes: (router) => {
         const counted = instrumentRouter(router, metrics);
         registerKVService(counted, () => served);
