@@ -7,7 +7,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.ts";
 import { parsePromText, sumOf, type PromSample } from "../../src/obs/prom-text.ts";
-import { TestCluster } from "../e2e/harness.ts";
+import { TestCluster, kvclient } from "../e2e/harness.ts";
 
 setDefaultTimeout(60_000);
 
@@ -177,6 +177,29 @@ describe("health", () => {
     await eventually("isolated node ready again", async () => (await probe(isolated, "/readyz")).status === 200, 20_000);
     const events = (await (await fetch(`http://${cluster.addrs[isolated]}/events`)).json()) as { events: { kind: string; message: string }[] };
     expect(events.events.some((e) => e.kind === "leader" && e.message.startsWith("no leader known"))).toBe(true);
+  });
+});
+
+describe("kvclient -op status -w", () => {
+  test("json: one array with every node's status; table has the new columns; other formats are usage errors", async () => {
+    const addrs = cluster.addrs.join(",");
+    const json = await kvclient(["-addrs", addrs, "-op", "status", "-w", "json"]);
+    expect(json.code).toBe(0);
+    const nodes = JSON.parse(json.stdout) as { id: number; online: boolean; state: string; leaderId: number | null; keyCount: number; members: number[] }[];
+    expect(nodes.map((n) => n.id)).toEqual([0, 1, 2]);
+    expect(nodes.filter((n) => n.state === "Leader").map((n) => n.id)).toEqual([leader]);
+    for (const n of nodes) {
+      expect(n.online).toBe(true);
+      expect(n.leaderId).toBe(leader);
+      expect(n.members).toEqual([0, 1, 2]);
+      expect(typeof n.keyCount).toBe("number");
+    }
+    const table = await kvclient(["-addrs", addrs, "-op", "status", "--write-out=table"]);
+    expect(table.code).toBe(0);
+    expect(table.stdout.split("\n")[0]).toContain("| Keys");
+    const bad = await kvclient(["-addrs", addrs, "-op", "status", "-w", "yaml"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('-w "yaml" is not table or json');
   });
 });
 
