@@ -71,12 +71,23 @@ export class Logger {
     const line = (toErr ? this.human.err : this.human.out)
       ? humanLine(level, msg, node, termNow, fields)
       : jsonLine(level, msg, node, termNow, fields);
-    try {
-      fs.writeSync(toErr ? (this.options.err ?? 2) : (this.options.out ?? 1), line);
-    } catch {
-      // A closed stdout (the reader went away) must not take the node down.
-    }
+    writeFully(toErr ? (this.options.err ?? 2) : (this.options.out ?? 1), line);
     if (toErr) this.options.onProblem?.(level, msg);
+  }
+}
+
+/**
+ * Writes all of `line`, retrying a full non-blocking pipe a bounded number of times; a closed
+ * stream (the reader went away) must not take the node down, so its errors are dropped.
+ */
+function writeFully(fd: number, line: string): void {
+  let bytes = Buffer.from(line);
+  for (let attempt = 0; attempt < 1_000 && bytes.length > 0; attempt++) {
+    try {
+      bytes = bytes.subarray(fs.writeSync(fd, bytes));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EAGAIN") return;
+    }
   }
 }
 
