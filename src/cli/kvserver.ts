@@ -8,6 +8,7 @@ import { ListenError } from "../rpc/server/server.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { DataDirError } from "./identity.ts";
 import { serveNode, type ServingNode } from "./serve-node.ts";
+import { SECURITY_SWITCHES, SECURITY_USAGE, SECURITY_VALUE_FLAGS, loadSecurity, type NodeSecurity } from "./security-flags.ts";
 import { log, parseLogLevel, type LogLevel } from "../obs/log.ts";
 
 const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
@@ -28,9 +29,13 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
   --log-format         json (one object per line), human, or auto: human on a terminal (default)
   -help                print this message
 
-Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and cleartext HTTP/2, all on
-the node's own address, with GET /metrics (Prometheus), /livez, /readyz, grpc.health.v1 and
-server reflection beside them. Flags may also be written --name value or -name=value.`;
+security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
+${SECURITY_USAGE}
+
+Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and HTTP/2 (h2c, or TLS), and the
+Raft peer service, all on the node's own address, with GET /metrics (Prometheus), /livez, /readyz,
+a status page at /, grpc.health.v1 and server reflection beside them. Flags may also be written
+--name value or -name=value.`;
 
 interface Config {
   id: number;
@@ -39,6 +44,7 @@ interface Config {
   corsOrigins: string[];
   snapshotThreshold?: number;
   fastLane: boolean;
+  security: NodeSecurity;
   logLevel: LogLevel;
   logFormat: "json" | "human" | "auto";
 }
@@ -53,8 +59,9 @@ function parseConfig(argv: string[]): Config | "help" {
       "snapshot-threshold": undefined,
       "log-level": "info",
       "log-format": "auto",
+      ...SECURITY_VALUE_FLAGS,
     },
-    switches: ["help", "h", "no-fast-lane"],
+    switches: ["help", "h", "no-fast-lane", ...SECURITY_SWITCHES],
   });
   if (flags.switches.has("help") || flags.switches.has("h")) return "help";
   const addrs = parseAddrs(flags.values.addrs!);
@@ -76,13 +83,14 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
+  const security = loadSecurity(flags, addrs.length);
   const logLevel = parseLogLevel(flags.values["log-level"]!);
   if (logLevel === undefined) throw new UsageError(`--log-level "${flags.values["log-level"]}" is not one of debug, info, warn, error, fatal`);
   const logFormat = flags.values["log-format"]!;
   if (logFormat !== "json" && logFormat !== "human" && logFormat !== "auto") {
     throw new UsageError(`--log-format "${logFormat}" is not one of json, human, auto`);
   }
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), logLevel, logFormat };
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), security, logLevel, logFormat };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -117,6 +125,7 @@ async function main(argv: string[]): Promise<number> {
       dir: db,
       corsOrigins: config.corsOrigins,
       fastLane: config.fastLane,
+      security: config.security,
       open: (args) =>
         KVServer.open({
           ...args,
@@ -143,10 +152,12 @@ async function main(argv: string[]): Promise<number> {
   const serving = node;
 
   const cors = config.corsOrigins.length > 0 ? `; CORS for ${config.corsOrigins.join(", ")}` : "";
-  log.info(`kvserver: node ${id} serving on ${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and h2c), data in ${db}${cors}`, {
-    addr: addrs[id],
-    members: addrs.length,
-  });
+  const scheme = config.security.tls === undefined ? "http" : "https";
+  log.info(
+    `kvserver: node ${id} serving on ${scheme}://${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and ${scheme === "http" ? "h2c" : "h2"}), ` +
+      `cluster ${serving.clusterId} (${config.security.summary}), data in ${db}${cors}`,
+    { addr: addrs[id], members: addrs.length },
+  );
 
   return new Promise<number>((resolve) => {
     let stopping = false;

@@ -1,18 +1,20 @@
-// Brings one kvraft node up and down: claims the data directory, binds the multi-protocol port,
-// opens the KV server behind it with the Connect transport, and shuts down in the safe order.
+// Brings one kvraft node up and down: claims the data directory (and its cluster id), binds the
+// multi-protocol port (TLS and client gate as configured), opens the KV server behind it with the
+// authenticated Connect transport, and shuts down in the safe order.
 
 import { ConnectTransport } from "../rpc/peers/connect-transport.ts";
 import { registerKVService, type KVServiceBackend } from "../kv/service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
-import { toBaseUrl } from "../kv/client.ts";
 import type { NodeId, Transport } from "../raft/types.ts";
 import type { KVServer } from "../kv/server.ts";
 import type { KVDiagnostics } from "../kv/index.ts";
 import type { RaftObserver } from "../raft/index.ts";
 import { NodeMetrics, instrumentKV, instrumentRouter, obsRoutes, registerHealthService } from "../obs/index.ts";
-import { registerReflection } from "../rpc/server/reflection.ts";
 import { statusPageRoute } from "../obs/status-page/page.ts";
+import { registerReflection } from "../rpc/server/reflection.ts";
 import { claimDataDir } from "./identity.ts";
+import { DEFAULT_CLUSTER_TOKEN, clusterIdOf } from "./cluster-id.ts";
+import type { NodeSecurity } from "./security-flags.ts";
 import { splitHostPort } from "./flags.ts";
 
 /**
@@ -28,6 +30,8 @@ export interface ServeNodeOptions {
   corsOrigins?: readonly string[];
   /** RpcServerOptions.fastLane (default true). */
   fastLane?: boolean;
+  /** TLS, peer authentication, client gate (see security-flags.ts); default: cleartext, peers unauthenticated. */
+  security?: NodeSecurity;
   /** Opens the KV server (KVServer.open in production, a stand-in in tests). */
   open(args: { id: NodeId; peers: NodeId[]; dir: string; transport: Transport; observer: RaftObserver }): Promise<KVNode>;
 }
@@ -36,6 +40,7 @@ export interface ServingNode {
   server: RpcServer;
   transport: ConnectTransport;
   kv: KVNode;
+  clusterId: string;
   metrics: NodeMetrics;
   /** Stop accepting, let in-flight calls finish, close the KV server (sync), drop peer links. */
   close(): Promise<void>;
@@ -43,22 +48,31 @@ export interface ServingNode {
 
 export async function serveNode(options: ServeNodeOptions): Promise<ServingNode> {
   const { id, addrs, dir } = options;
+  const security = options.security ?? INSECURE;
   claimDataDir(dir, id, addrs);
-  const transport = new ConnectTransport({ id, peers: new Map(addrs.map((a, i) => [i, toBaseUrl(a)])) });
+  const clusterId = clusterIdOf(dir, addrs, security.initialClusterToken ?? DEFAULT_CLUSTER_TOKEN);
+  const transport = new ConnectTransport({
+    id,
+    peers: new Map(addrs.map((a, i) => [i, `${security.peerScheme}://${a}`])),
+    security: { ...security.peer, clusterId },
+  });
   let kv: KVNode | undefined;
   let served: KVNode | undefined;
   const state = () => kv?.diagnostics?.();
   const metrics = new NodeMetrics(id, state);
+  // The status page served by any member calls every member: their origins are allowed too.
+  const memberUrls = addrs.map((a) => `${security.tls !== undefined ? "https" : "http"}://${a}`);
   const { host, port } = splitHostPort(addrs[id]!);
   let server: RpcServer;
   try {
     server = await RpcServer.start({
       host,
       port,
-      // The status page served by any member calls every member: their origins are allowed too.
-      corsOrigins: [...(options.corsOrigins ?? []), ...addrs.map(toBaseUrl)],
+      corsOrigins: [...(options.corsOrigins ?? []), ...memberUrls],
       fastLane: options.fastLane,
-      httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: addrs.map(toBaseUrl) })] }),
+      ...(security.tls !== undefined ? { tls: security.tls } : {}),
+      ...(security.gate !== undefined ? { gate: security.gate } : {}),
+      httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: memberUrls })] }),
       routes: (router) => {
         const counted = instrumentRouter(router, metrics);
         registerKVService(counted, () => served);
@@ -85,6 +99,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     server,
     transport,
     kv: opened,
+    clusterId,
     metrics,
     close() {
       closing ??= (async () => {
@@ -99,3 +114,6 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     },
   };
 }
+
+/** No TLS, open API, peers not authenticated: what tests of one node use. */
+const INSECURE: NodeSecurity = { peer: { secret: null, peerCa: null }, peerScheme: "http", initialClusterToken: undefined, summary: "cleartext" };
