@@ -1,6 +1,7 @@
 // The live status page in headless Chromium against three real kvserver processes: it loads from
 // a node, shows three members and the leader, its throughput chart rises after writes, and the
-// same page hosted on another origin works with --cors-origin. Screenshots go to a temp dir.
+// same page hosted on another origin works with --cors-origin, and nodes that require a bearer
+// token are read with the token from the URL's fragment. Screenshots go to a temp dir.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -81,6 +82,30 @@ describe("status page", () => {
     } finally {
       await page.close();
       host.stop(true);
+    }
+  });
+
+  test("nodes started with --client-token-file: the page reads them with #token=..., and says why without it", async () => {
+    const token = "page-token-0123456789abcdef";
+    const tokenFile = path.join(shots, "token");
+    fs.writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+    const guarded = await TestCluster.start({ size: 1, extraArgs: ["--client-token-file", tokenFile] });
+    try {
+      const withToken = await BrowserPage.open(`http://${guarded.addrs[0]}/#token=${token}`);
+      try {
+        await withToken.waitFor("the member read with the token", `${MEMBER_ROWS} === 1 && document.querySelector("#members tbody tr td:nth-child(3)").textContent === "Leader"`);
+      } finally {
+        await withToken.close();
+      }
+      const without = await BrowserPage.open(`http://${guarded.addrs[0]}/`);
+      try {
+        const row = await without.waitFor<string>("the refusal shown", `document.querySelector("#members .Offline") && document.querySelector("#members tbody tr").textContent`);
+        expect(row).toContain("requires");
+      } finally {
+        await without.close();
+      }
+    } finally {
+      await guarded.destroy();
     }
   });
 });

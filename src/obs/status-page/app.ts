@@ -3,7 +3,7 @@
 // and redraws (render.ts). Cross-origin members need CORS: kvserver allows its own members'
 // origins, and --cors-origin any other page origin.
 
-import { createClient } from "@connectrpc/connect";
+import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { KVService } from "../../gen/kvraftpb/kvraft_pb.ts";
 import { parsePromText, sumOf, type PromSample } from "../prom-text.ts";
@@ -17,18 +17,22 @@ const CALL_TIMEOUT_MS = 900;
 interface Config {
   self: number;
   members: string[];
+  /** A bearer token for nodes started with --client-token-file, from the URL's #token=... */
+  token: string | null;
 }
 
 // The project's tsconfig has no DOM lib: the few browser globals used, typed here.
 const browser = globalThis as unknown as {
   document: { getElementById(id: string): { textContent: string | null } | null };
-  location: { search: string };
+  location: { search: string; hash: string };
   kvraftStatus?: PageState;
 };
 
 function readConfig(): Config {
   const embedded = browser.document.getElementById("kvraft-config")?.textContent;
-  const config: Config = embedded ? (JSON.parse(embedded) as Config) : { self: -1, members: [] };
+  const config: Config = embedded ? (JSON.parse(embedded) as Config) : { self: -1, members: [], token: null };
+  // In the fragment, which the browser never sends to a server or writes to its logs.
+  config.token = new URLSearchParams(browser.location.hash.slice(1)).get("token");
   // ?members=http://a:1,http://b:2 points a page served elsewhere at a cluster.
   const override = new URLSearchParams(browser.location.search).get("members");
   if (override) config.members = override.split(",").map((m) => (m.includes("://") ? m : `http://${m}`));
@@ -45,7 +49,12 @@ interface Previous {
 
 function main(): void {
   const config = readConfig();
-  const clients = config.members.map((baseUrl) => createClient(KVService, createConnectTransport({ baseUrl })));
+  const token = config.token;
+  const withToken: Interceptor = (next) => (request) => {
+    if (token !== null) request.header.set("Authorization", `Bearer ${token}`);
+    return next(request);
+  };
+  const clients = config.members.map((baseUrl) => createClient(KVService, createConnectTransport({ baseUrl, interceptors: [withToken] })));
   const previous = new Map<number, Previous>();
   const state: PageState = {
     ticks: 0,
