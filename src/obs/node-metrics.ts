@@ -202,7 +202,7 @@ export class NodeMetrics {
         const s = this.source()?.lsm;
         return s ? [{ value: read(s) }] : [];
       });
-    const levels = (read: (level: { files: number; bytes: number }) => number) => () => {
+    const levels = (read: (level: NonNullable<KVDiagnostics["lsm"]>["levels"][number]) => number) => () => {
       const s = this.source()?.lsm;
       return s ? s.levels.map((level, i) => ({ labels: { level: String(i) }, value: read(level) })) : [];
     };
@@ -211,14 +211,18 @@ export class NodeMetrics {
       lsm("gauge", "kvraft_lsm_immutable_memtables", "Memtables waiting to be flushed.", (s) => s.immutableMemtables),
       scraped("kvraft_lsm_level_files", "Table files per level.", "gauge", levels((l) => l.files)),
       scraped("kvraft_lsm_level_bytes", "Table bytes per level.", "gauge", levels((l) => l.bytes)),
+      scraped("kvraft_lsm_level_bytes_written_total", "Table bytes flushes and compactions wrote into each level.", "counter", levels((l) => l.bytesWritten)),
+      scraped("kvraft_lsm_level_bytes_read_total", "Table bytes compactions read from each level.", "counter", levels((l) => l.bytesRead)),
       lsm("gauge", "kvraft_lsm_disk_bytes", "Table and WAL bytes on disk.", (s) => s.diskBytes),
       lsm("counter", "kvraft_lsm_compactions_total", "Compactions finished.", (s) => s.compactions),
       lsm("counter", "kvraft_lsm_flushes_total", "Memtable flushes finished.", (s) => s.flushes),
+      lsm("counter", "kvraft_lsm_trivial_moves_total", "Compactions that moved a table down a level without rewriting it.", (s) => s.trivialMoves),
+      lsm("gauge", "kvraft_lsm_write_amplification", "(WAL + table bytes written) / user bytes written, since open.", (s) => s.writeAmplification),
       lsm("counter", "kvraft_lsm_table_bytes_written_total", "Bytes of tables written by flushes and compactions.", (s) => s.tableBytesWritten),
       lsm("counter", "kvraft_lsm_wal_bytes_written_total", "Bytes written to the LSM's WAL.", (s) => s.walBytesWritten),
       lsm("counter", "kvraft_lsm_user_bytes_written_total", "Key and value bytes written by the state machine.", (s) => s.userBytesWritten),
-      lsm("counter", "kvraft_lsm_write_stalls_total", "Writes that waited for a flush or compaction.", (s) => s.writeStalls ?? 0),
-      lsm("counter", "kvraft_lsm_write_slowdowns_total", "Writes delayed by the L0 slowdown.", (s) => s.writeSlowdowns ?? 0),
+      lsm("counter", "kvraft_lsm_write_stalls_total", "Writes that waited for a flush or compaction.", (s) => s.writeStalls),
+      lsm("counter", "kvraft_lsm_write_slowdowns_total", "Writes delayed by the L0 slowdown.", (s) => s.writeSlowdowns),
       lsm("counter", "kvraft_lsm_block_cache_hits_total", "Block cache hits.", (s) => s.blockCache.hits),
       lsm("counter", "kvraft_lsm_block_cache_misses_total", "Block cache misses.", (s) => s.blockCache.misses),
       lsm("gauge", "kvraft_lsm_block_cache_bytes", "Bytes held by the block cache.", (s) => s.blockCache.bytes),

@@ -121,6 +121,8 @@ describe("metrics", () => {
     // LSM and process metrics are present, labelled with the node id.
     expect(l.some((s) => s.name === "kvraft_lsm_level_files" && s.labels.level === "0")).toBe(true);
     expect(l.some((s) => s.name === "kvraft_lsm_memtable_bytes")).toBe(true);
+    expect(l.some((s) => s.name === "kvraft_lsm_level_bytes_written_total" && s.labels.level === "0")).toBe(true);
+    expect(sumOf(l, "kvraft_lsm_write_stalls_total")).toBeGreaterThanOrEqual(0);
     expect(sumOf(l, "process_resident_memory_bytes")).toBeGreaterThan(1_000_000);
     expect(l.some((s) => s.name === "nodejs_eventloop_lag_seconds")).toBe(true);
     expect(l.every((s) => s.labels.node === String(leader))).toBe(true);
