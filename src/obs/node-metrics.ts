@@ -147,6 +147,17 @@ export class NodeMetrics {
         const log = this.source()?.log;
         return log ? [{ value: log.fsyncs }] : [];
       }),
+      {
+        name: "kvraft_raft_log_fsync_seconds",
+        help: "fdatasync of appended log records (the commit path's own fsync): count and total seconds.",
+        type: "summary",
+        aggregator: "sum",
+        get: () => {
+          const log = this.source()?.log;
+          const values = log ? [{ metricName: "kvraft_raft_log_fsync_seconds_sum", labels: {}, value: log.appendSyncSeconds }, { metricName: "kvraft_raft_log_fsync_seconds_count", labels: {}, value: log.appendSyncs }] : [];
+          return { name: "kvraft_raft_log_fsync_seconds", help: "fdatasync of appended log records (the commit path's own fsync): count and total seconds.", type: "summary", aggregator: "sum", values };
+        },
+      },
       scraped("kvraft_raft_log_bytes_written_total", "Bytes written to the Raft log.", "counter", () => {
         const log = this.source()?.log;
         return log ? [{ value: log.bytesWritten }] : [];

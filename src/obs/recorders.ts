@@ -18,7 +18,7 @@ export interface Sample {
 export interface ScrapedMetric {
   name: string;
   help: string;
-  type: "counter" | "gauge" | "histogram";
+  type: "counter" | "gauge" | "histogram" | "summary";
   aggregator: "sum";
   get(): { name: string; help: string; type: string; aggregator: "sum"; values: Sample[] };
 }

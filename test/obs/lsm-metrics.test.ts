@@ -73,6 +73,11 @@ describe("LSM and Raft metrics of a real node", () => {
     expect(sumOf(s, "kvraft_raft_proposals_total")).toBe(writes);
     expect(sumOf(s, "kvraft_raft_entries_per_save_sum")).toBeGreaterThanOrEqual(writes);
     expect(sumOf(s, "kvraft_raft_bytes_per_save_sum")).toBeGreaterThan(writes * 200);
+    // The commit path's fdatasyncs, timed in the log store.
+    const syncs = sumOf(s, "kvraft_raft_log_fsync_seconds_count");
+    expect(syncs).toBeGreaterThan(0);
+    expect(syncs).toBeLessThanOrEqual(sumOf(s, "kvraft_raft_log_fsyncs_total"));
+    expect(sumOf(s, "kvraft_raft_log_fsync_seconds_sum")).toBeGreaterThan(0);
     // Group commit: fewer saves than entries.
     expect(sumOf(s, "kvraft_raft_log_save_seconds_count")).toBeLessThan(writes);
     expect(sumOf(s, "kvraft_raft_applied_index")).toBeGreaterThanOrEqual(writes);
