@@ -15,6 +15,8 @@ const COUNT_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 /** Bytes per save or per AppendEntries message. */
 const BYTES_BOUNDS = [64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304];
 
+const HEAP_SPACE_METRICS = ["nodejs_heap_space_size_total_bytes", "nodejs_heap_space_size_used_bytes", "nodejs_heap_space_size_available_bytes"];
+
 const ROLES = ["Leader", "Follower", "Candidate", "PreCandidate"] as const;
 
 /** A leader change or a fatal condition, kept for the status page (/events). */
@@ -77,6 +79,9 @@ export class NodeMetrics {
   ) {
     this.registry.setDefaultLabels({ node: String(nodeId) });
     collectDefaultMetrics({ register: this.registry });
+    // Per-space heap sizes cost ~28 ms of CPU per scrape under Bun (v8.getHeapSpaceStatistics);
+    // without them a scrape takes ~6 ms. Total heap size and use stay.
+    for (const name of HEAP_SPACE_METRICS) this.registry.removeSingleMetric(name);
     register(this.registry, ...this.raftMetrics(), ...this.kvMetrics(), ...this.lsmMetrics(), ...this.rpcMetrics());
   }
 
