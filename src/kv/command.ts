@@ -9,6 +9,8 @@ export const COMMAND_FORMAT_VERSION = 1;
 export const OP_PUT = 0;
 export const OP_APPEND = 1;
 export const OP_DELETE = 3;
+/** A Txn (and DeleteRange): key empty, value = the request as msgpack (txn-types.ts). */
+export const OP_TXN = 4;
 
 export type WriteOpName = "Put" | "Append" | "Delete";
 
@@ -68,7 +70,7 @@ export function decodeCommand(data: Uint8Array, index: number): DecodedCommand {
     throw new KVCorruptionError(`log entry ${index}: unknown command format version ${data[0]} (this build reads ${COMMAND_FORMAT_VERSION})`);
   }
   const op = data[1];
-  if (op !== OP_PUT && op !== OP_APPEND && op !== OP_DELETE) {
+  if (op !== OP_PUT && op !== OP_APPEND && op !== OP_DELETE && op !== OP_TXN) {
     throw new KVCorruptionError(`log entry ${index}: unknown op code ${op}`);
   }
   const keyLength = readUint32LE(data, 18);

@@ -13,6 +13,8 @@ export interface AppliedCommand {
   clientId: bigint;
   commandId: bigint;
   result: ResultCode;
+  /** The full reply when a result code cannot say it (a Txn's answer). */
+  reply?: CommandReply;
 }
 
 /** One proposed write. Its place in the log (index, term) is known once propose returns. */
@@ -108,7 +110,7 @@ export class PendingWrites {
     if (this.size === 0) return;
     for (const applied of results) {
       const waiter = this.placed.get(applied.index);
-      if (waiter !== undefined) this.answer(waiter, applied.term === waiter.term ? replyFor(applied.result) : WRONG_LEADER);
+      if (waiter !== undefined) this.answer(waiter, applied.term === waiter.term ? (applied.reply ?? replyFor(applied.result)) : WRONG_LEADER);
       if (this.unplaced.size > 0) this.answerUnplaced(applied);
     }
   }
@@ -136,7 +138,7 @@ export class PendingWrites {
 
   private answerUnplaced(applied: AppliedCommand): void {
     for (const waiter of this.unplaced) {
-      if (waiter.clientId === applied.clientId && waiter.commandId === applied.commandId) this.answer(waiter, replyFor(applied.result));
+      if (waiter.clientId === applied.clientId && waiter.commandId === applied.commandId) this.answer(waiter, applied.reply ?? replyFor(applied.result));
     }
   }
 

@@ -10,6 +10,7 @@ import {
   type NodeId,
 } from "../raft/index.ts";
 import { InvalidArgumentError, KVError, OverloadedError, UnavailableError } from "./errors.ts";
+import type { TxnResult } from "./txn-types.ts";
 
 export type KVOp = "Get" | "Put" | "Append" | "Delete";
 export type KVErr = "OK" | "ErrNoKey" | "ErrWrongLeader" | "ErrTimeout";
@@ -27,6 +28,10 @@ export interface CommandReply {
   value: string;
   /** With ErrWrongLeader: the node this one believes leads, when it knows one. */
   leaderId?: number;
+  /** A Txn's (or DeleteRange's) answer; absent when a retry's answer is no longer kept. */
+  txn?: TxnResult;
+  /** Answered from the session table: this is a retry of a write applied before. */
+  retried?: boolean;
 }
 
 const frozen = (err: KVErr): CommandReply => Object.freeze({ err, value: "" }) as CommandReply;
