@@ -3,7 +3,20 @@
 // No node-only imports: the caller supplies the Connect transport (connect-node or connect-web).
 
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
-import { KVService, Op, type CommandResponse } from "../gen/kvraftpb/kvraft_pb.ts";
+import { KVService, Op, type CommandResponse, type TxnResponse } from "../gen/kvraftpb/kvraft_pb.ts";
+import {
+  clerkCas,
+  clerkDeleteRange,
+  clerkRange,
+  clerkScan,
+  clerkTxn,
+  type CasAnswer,
+  type ClerkKV,
+  type ClerkParts,
+  type ClerkTxnRequest,
+  type RangeAnswer,
+  type RangeOptions,
+} from "./clerk-txn.ts";
 
 export interface ClerkOptions {
   /** Every node's address, in node-id order: "localhost:5001" or "http://host:port". */
@@ -65,9 +78,9 @@ export type NodeStatus =
   | { online: false; id: number; address: string; state: "Offline"; error: string };
 
 /** Connect codes that mean "this node could not answer now": try another node. */
-const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Aborted, Code.Canceled, Code.Internal]);
+export const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Aborted, Code.Canceled, Code.Internal]);
 /** Connect codes that mean "this node is busy": ask it again after a backoff. */
-const BACK_OFF_ON_SAME_NODE = new Set<Code>([Code.ResourceExhausted]);
+export const BACK_OFF_ON_SAME_NODE = new Set<Code>([Code.ResourceExhausted]);
 
 /** What each eRaft reply `err` means to the Clerk: the operation is done, or where to retry. */
 const REPLY_OUTCOMES = new Map<string, "done" | "wrong-leader" | "timeout">([
@@ -147,6 +160,54 @@ export class Clerk {
   /** Removes `key`; true when it existed. */
   async delete(key: string): Promise<boolean> {
     return (await this.command(Op.DELETE, key, "")).err === "OK";
+  }
+
+  /** Keys in [key, end) with their revisions ("\0" as end: every key >= key). See clerk-txn.ts. */
+  range(key: string, end: string | Uint8Array, options?: RangeOptions): Promise<RangeAnswer> {
+    return clerkRange(this.parts(), key, end, options);
+  }
+
+  /** Every key that starts with `prefix`, read page by page. */
+  scan(prefix: string, options?: RangeOptions & { maxKeys?: number }): Promise<ClerkKV[]> {
+    return clerkScan(this.parts(), prefix, options);
+  }
+
+  /** Deletes the keys in [key, end) in one write; returns how many existed. */
+  deleteRange(key: string, end: string | Uint8Array, prevKv = false): Promise<{ deleted: number; prevKvs: ClerkKV[]; revision: number }> {
+    return this.serialized((commandId) => clerkDeleteRange(this.parts(), this.clientId, commandId, key, end, prevKv));
+  }
+
+  /** An etcd-style Txn (compares, success ops, failure ops), applied once. */
+  txn(request: ClerkTxnRequest): Promise<TxnResponse> {
+    return this.serialized((commandId) => clerkTxn(this.parts(), this.clientId, commandId, request));
+  }
+
+  /** Compare-and-swap: sets `key` to `value` if its value is `expect` (null: if it is absent). */
+  cas(key: string, expect: string | null, value: string): Promise<CasAnswer> {
+    return this.serialized((commandId) => clerkCas(this.parts(), this.clientId, commandId, key, expect, value));
+  }
+
+  /** A view of this Clerk for clerk-txn.ts; the leader it learns is written back. */
+  private parts(): ClerkParts {
+    const clerk = this;
+    return {
+      clients: this.clients,
+      addrs: this.addrs,
+      get leader() {
+        return clerk.leader;
+      },
+      set leader(node: number) {
+        clerk.leader = node;
+      },
+      ...this.options,
+    };
+  }
+
+  /** Runs a write after the Clerk's previous operations, with the next commandId. */
+  private serialized<T>(write: (commandId: bigint) => Promise<T>): Promise<T> {
+    const run = this.queue.then(() => write(this.nextCommandId++));
+    this.queue = run.catch(() => undefined);
+    return run;
   }
 
   /** Every node's status, asked concurrently; unreachable nodes are "Offline". Never throws. */

@@ -34,3 +34,9 @@ export class UnavailableError extends KVError {
 export class KVCorruptionError extends Error {
   override readonly name = "KVCorruptionError";
 }
+
+/** A retried Txn whose answer the session no longer holds (the client moved on, or it expired). */
+export class OutcomeUnknownError extends KVError {
+  override readonly name = "OutcomeUnknownError";
+  readonly code = "failed_precondition";
+}

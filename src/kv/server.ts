@@ -20,6 +20,8 @@ import { PendingWrites, replyFor } from "./pending-writes.ts";
 import { ReadBatcher } from "./reads.ts";
 import { NO_KEY, OK, WRONG_LEADER, refusal, type CommandArgs, type CommandReply } from "./replies.ts";
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
+import { TxnServer } from "./txn-server.ts";
+import type { TxnLimits } from "./txn.ts";
 
 export type { CommandArgs, CommandReply, KVErr, KVOp } from "./replies.ts";
 
@@ -87,6 +89,8 @@ export interface KVServerOptions {
   raft?: KVRaftOptions;
   state?: KVStateOptions;
   limits?: KVLimits;
+  /** Bounds of Range, DeleteRange and Txn (txn.ts, range.ts). */
+  txnLimits?: TxnLimits;
 }
 
 const OPS = new Set<string>(["Get", "Put", "Append", "Delete"]);
@@ -98,6 +102,8 @@ export class KVServer {
   private readonly maxKeyBytes: number;
   private readonly maxValueBytes: number;
   private readonly maxPending: number;
+  /** Range, DeleteRange and Txn (txn-server.ts). */
+  api!: TxnServer;
 
   private constructor(
     readonly id: NodeId,
@@ -122,6 +128,7 @@ export class KVServer {
       dir: path.join(options.dir, "state"),
       members: options.peers,
       snapshotChunkBytes: options.raft?.snapshotChunkBytes,
+      txnLimits: options.txnLimits,
       ...definedOnly(options.state ?? {}),
     } as Parameters<typeof KVStateMachine.open>[0]);
     let logStore: LogStore;
@@ -157,7 +164,20 @@ export class KVServer {
       deadlines,
       timeoutMs,
     );
-    return new KVServer(options.id, node, machine, writes, reads, deadlines, owned, options.limits ?? {});
+    const server = new KVServer(options.id, node, machine, writes, reads, deadlines, owned, options.limits ?? {});
+    server.api = new TxnServer({
+      id: options.id,
+      node,
+      machine,
+      writes,
+      reads,
+      maxKeyBytes: server.maxKeyBytes,
+      maxValueBytes: server.maxValueBytes,
+      maxPending: server.maxPending,
+      limits: options.txnLimits,
+      closed: () => server.closed,
+    });
+    return server;
   }
 
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */

@@ -6,6 +6,7 @@ import { create } from "@bufbuild/protobuf";
 import { KVError, type KVErrorCode } from "./errors.ts";
 import type { KVOp } from "./replies.ts";
 import type { KVServer } from "./server.ts";
+import { txnHandlers, type TxnBackend } from "./service-txn.ts";
 import {
   CommandResponseSchema,
   GetStatusResponseSchema,
@@ -17,7 +18,7 @@ import {
 } from "../gen/kvraftpb/kvraft_pb.ts";
 
 /** What the handlers use of a KVServer (tests may pass a stand-in of this exact shape). */
-export type KVServiceBackend = Pick<KVServer, "command" | "getStatus">;
+export type KVServiceBackend = Pick<KVServer, "command" | "getStatus"> & Partial<TxnBackend>;
 
 const OPS: Record<number, KVOp> = {
   [Op.PUT]: "Put",
@@ -56,6 +57,7 @@ export function registerKVService(
     return kv;
   };
   router.service(KVService, {
+    ...txnHandlers(current, toConnectError),
     async command(request: CommandRequest): Promise<CommandResponse> {
       const op = OPS[request.op];
       if (op === undefined) {
