@@ -12,7 +12,12 @@ import {
 describe("kvraftpb wire compatibility with eRaft", () => {
   test("service and method names are eRaft's", () => {
     expect(KVService.typeName).toBe("kvraftpb.KVService");
-    expect(Object.keys(KVService.method).sort()).toEqual(["command", "getStatus"]);
+    // eRaft's two methods, unchanged, then kvraft's additions (issue 14) beside them.
+    expect(KVService.methods.slice(0, 2).map((m) => [m.name, m.methodKind])).toEqual([
+      ["Command", "unary"],
+      ["GetStatus", "unary"],
+    ]);
+    expect(Object.keys(KVService.method).sort()).toEqual(["command", "deleteRange", "getStatus", "range", "txn", "watch"]);
   });
 
   test("CommandRequest field numbers are eRaft's", () => {
