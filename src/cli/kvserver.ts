@@ -23,6 +23,7 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        lane and the HTTP/2 peer frame lane; for measuring what they gain)
   --snapshot-threshold compact the Raft log once this many entries are applied past the last
                        snapshot (default: the KV server's own)
+  --max-watches        watches this node serves at once; one more is refused (default 1000)
   -help                print this message
 
 Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and cleartext HTTP/2, all on
@@ -34,6 +35,7 @@ interface Config {
   db: string;
   corsOrigins: string[];
   snapshotThreshold?: number;
+  maxWatches?: number;
   fastLane: boolean;
 }
 
@@ -45,6 +47,7 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      "max-watches": undefined,
     },
     switches: ["help", "h", "no-fast-lane"],
   });
@@ -68,7 +71,12 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane") };
+  let maxWatches: number | undefined;
+  if (flags.values["max-watches"] !== undefined) {
+    maxWatches = Number(flags.values["max-watches"]);
+    if (!Number.isInteger(maxWatches) || maxWatches < 0) throw new UsageError(`--max-watches must be a non-negative integer`);
+  }
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, maxWatches, fastLane: !flags.switches.has("no-fast-lane") };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -104,6 +112,7 @@ async function main(argv: string[]): Promise<number> {
             snapshotChunkBytes: SNAPSHOT_CHUNK_BYTES,
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
+          ...(config.maxWatches === undefined ? {} : { watchLimits: { maxWatches: config.maxWatches } }),
         }),
     });
   } catch (error) {

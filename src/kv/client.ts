@@ -17,6 +17,7 @@ import {
   type RangeAnswer,
   type RangeOptions,
 } from "./clerk-txn.ts";
+import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
 
 export interface ClerkOptions {
   /** Every node's address, in node-id order: "localhost:5001" or "http://host:port". */
@@ -185,6 +186,15 @@ export class Clerk {
   /** Compare-and-swap: sets `key` to `value` if its value is `expect` (null: if it is absent). */
   cas(key: string, expect: string | null, value: string): Promise<CasAnswer> {
     return this.serialized((commandId) => clerkCas(this.parts(), this.clientId, commandId, key, expect, value));
+  }
+
+  /**
+   * Changes of `key` (or a range / prefix) as batches of whole revisions, from any node, resumed
+   * on another node after a failure without gap or repeat, until `options.signal` aborts.
+   */
+  watch(key: string, options?: WatchOptions): AsyncGenerator<WatchBatch> {
+    // Its own copy of the node to ask: a watch moving between nodes does not move the writes' leader.
+    return clerkWatch({ ...this.parts() }, key, options);
   }
 
   /** A view of this Clerk for clerk-txn.ts; the leader it learns is written back. */

@@ -26,6 +26,8 @@ export interface KeyEvent {
   value: Uint8Array;
   /** The key's revisions before the change, or null when it did not exist. */
   prev: KeyMeta | null;
+  /** The value before the change, when looked up (prevValue()). */
+  prevValue?: Uint8Array;
 }
 
 export function eventKey(revision: number, userKey: Uint8Array): Uint8Array {
@@ -77,6 +79,15 @@ export function decodeEvent(key: Uint8Array, record: Uint8Array): { revision: nu
   }
   const stored = decodeStored(record.subarray(2 + REVISION_HEADER_BYTES), userKey);
   return { revision, event: { type, key: userKey, meta: stored, value: stored.value, prev } };
+}
+
+/** The value `event`'s key had before it, from the event that wrote it; null once trimmed away. */
+export function prevValue(db: DB, event: KeyEvent): Uint8Array | null {
+  if (event.prev === null) return null;
+  const record = db.getSync(eventKey(event.prev.modRevision, event.key));
+  if (record === undefined) return null;
+  const { event: earlier } = decodeEvent(eventKey(event.prev.modRevision, event.key), record);
+  return earlier.type === EVENT_PUT ? earlier.value : null;
 }
 
 export function encodeHistoryStart(revision: number): Uint8Array {

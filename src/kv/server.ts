@@ -22,6 +22,7 @@ import { NO_KEY, OK, WRONG_LEADER, refusal, type CommandArgs, type CommandReply 
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
 import { TxnServer } from "./txn-server.ts";
 import type { TxnLimits } from "./txn.ts";
+import { WatchHub, type WatchLimits } from "./watch-hub.ts";
 
 export type { CommandArgs, CommandReply, KVErr, KVOp } from "./replies.ts";
 
@@ -91,6 +92,8 @@ export interface KVServerOptions {
   limits?: KVLimits;
   /** Bounds of Range, DeleteRange and Txn (txn.ts, range.ts). */
   txnLimits?: TxnLimits;
+  /** Bounds of Watch (watch-hub.ts). */
+  watchLimits?: WatchLimits;
 }
 
 const OPS = new Set<string>(["Get", "Put", "Append", "Delete"]);
@@ -104,6 +107,8 @@ export class KVServer {
   private readonly maxPending: number;
   /** Range, DeleteRange and Txn (txn-server.ts). */
   api!: TxnServer;
+  /** Watches served by this node (watch-hub.ts). */
+  watches!: WatchHub;
 
   private constructor(
     readonly id: NodeId,
@@ -142,13 +147,15 @@ export class KVServer {
     const deadlines = new DeadlineQueue(clock);
     const writes = new PendingWrites(clock, deadlines, timeoutMs, machine.lastApplied());
     let node: RaftNode;
+    // Bound once the node exists; applies before that have no watcher to wake.
+    let hub: WatchHub | null = null;
     try {
       node = await RaftNode.start({
         id: options.id,
         peers: options.peers,
         logStore,
         transport: options.transport,
-        stateMachine: applyLoop(machine, writes),
+        stateMachine: applyLoop(machine, writes, () => hub?.applied()),
         clock,
         ...definedOnly(options.raft ?? {}),
       });
@@ -165,6 +172,8 @@ export class KVServer {
       timeoutMs,
     );
     const server = new KVServer(options.id, node, machine, writes, reads, deadlines, owned, options.limits ?? {});
+    hub = new WatchHub({ id: options.id, machine, logFirstIndex: () => node.status().firstIndex }, options.watchLimits);
+    server.watches = hub;
     server.api = new TxnServer({
       id: options.id,
       node,
@@ -236,6 +245,7 @@ export class KVServer {
     this.closed = true;
     this.writes.close(WRONG_LEADER);
     this.reads.close();
+    this.watches?.close();
     this.deadlines.clear();
     await this.node.stop();
     await this.machine.close();
@@ -296,12 +306,16 @@ export class KVServer {
  * What the Raft driver applies committed entries to: the state machine, whose per-entry results
  * then answer the writes waiting for them (and a snapshot install answers the ones it covers).
  */
-function applyLoop(machine: KVStateMachine, writes: PendingWrites): StateMachine {
+function applyLoop(machine: KVStateMachine, writes: PendingWrites, applied: () => void): StateMachine {
   return {
-    apply: async (entries: Entry[]) => writes.applied(await machine.apply(entries)),
+    apply: async (entries: Entry[]) => {
+      writes.applied(await machine.apply(entries));
+      applied();
+    },
     restore: async (meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>) => {
       await machine.restore(meta, chunks);
       writes.restored(machine.lastApplied(), (clientId, commandId) => answerFromSession(machine, clientId, commandId));
+      applied();
     },
     lastApplied: () => machine.lastApplied(),
     lastAppliedTerm: () => machine.lastAppliedTerm(),

@@ -7,6 +7,7 @@ import { KVError, type KVErrorCode } from "./errors.ts";
 import type { KVOp } from "./replies.ts";
 import type { KVServer } from "./server.ts";
 import { txnHandlers, type TxnBackend } from "./service-txn.ts";
+import { watchHandlers, type WatchBackend } from "./service-watch.ts";
 import {
   CommandResponseSchema,
   GetStatusResponseSchema,
@@ -18,7 +19,7 @@ import {
 } from "../gen/kvraftpb/kvraft_pb.ts";
 
 /** What the handlers use of a KVServer (tests may pass a stand-in of this exact shape). */
-export type KVServiceBackend = Pick<KVServer, "command" | "getStatus"> & Partial<TxnBackend>;
+export type KVServiceBackend = Pick<KVServer, "command" | "getStatus"> & Partial<TxnBackend> & Partial<WatchBackend>;
 
 const OPS: Record<number, KVOp> = {
   [Op.PUT]: "Put",
@@ -58,6 +59,7 @@ export function registerKVService(
   };
   router.service(KVService, {
     ...txnHandlers(current, toConnectError),
+    ...watchHandlers(current, toConnectError),
     async command(request: CommandRequest): Promise<CommandResponse> {
       const op = OPS[request.op];
       if (op === undefined) {

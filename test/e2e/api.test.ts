@@ -6,6 +6,9 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { KVService } from "../../src/gen/kvraftpb/kvraft_pb.ts";
 import { TestCluster } from "./harness.ts";
+import { WatchCompactedError, type WatchEvent } from "../../src/kv/clerk-watch.ts";
+import type { ClerkKV } from "../../src/kv/clerk-txn.ts";
+import type { Clerk } from "../../src/kv/client.ts";
 
 setDefaultTimeout(60_000);
 
@@ -13,7 +16,8 @@ let cluster: TestCluster;
 const enc = new TextEncoder();
 
 beforeAll(async () => {
-  cluster = await TestCluster.start();
+  // A short log (compacted every ~100 entries) so the watch history is trimmed within one test.
+  cluster = await TestCluster.start({ extraArgs: ["--snapshot-threshold", "100", "--max-watches", "3"] });
   await cluster.waitForLeader();
 });
 
@@ -94,5 +98,128 @@ describe("range, delete range, txn", () => {
     expect(empty.code).toBe(Code.InvalidArgument);
     // The node is still up and answering.
     expect((await cluster.clerk().range("a", "b")).kvs).toBeDefined();
+  });
+});
+
+/** Collects a watch's events until `stop` aborts; `seen` is the highest revision delivered. */
+function collect(clerk: Clerk, key: string, options: Parameters<Clerk["watch"]>[1]) {
+  const abort = new AbortController();
+  const state = { events: [] as WatchEvent[], seen: 0, error: null as unknown };
+  const done = (async () => {
+    try {
+      for await (const batch of clerk.watch(key, { ...options, signal: abort.signal })) {
+        state.events.push(...batch.events);
+        state.seen = Math.max(state.seen, batch.revision);
+      }
+    } catch (error) {
+      state.error = error;
+    }
+  })();
+  return { state, stop: async () => (abort.abort(), await done) };
+}
+
+async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(25);
+  }
+}
+
+describe("watch", () => {
+  test("a prefix watcher under kill -9 of its node (the leader) sees every event once, in revision order, equal to the final state", async () => {
+    const writer = cluster.clerk({ operationTimeoutMs: 20_000 });
+    const watcher = cluster.clerk({ operationTimeoutMs: 20_000 });
+    // The watcher's Clerk learns the leader, and its watch starts there: that node gets killed.
+    await watcher.put("warmup", "x");
+    const start = (await writer.range("wf/", "wf0")).revision + 1;
+    const watch = collect(watcher, "wf/", { prefix: true, startRevision: start, prevKv: true });
+    const leader = await cluster.waitForLeader();
+    const ops = async (from: number, to: number) => {
+      for (let i = from; i < to; i++) {
+        const key = `wf/${i % 7}`;
+        if (i % 5 === 4) await writer.deleteRange(key, "");
+        else if (i % 5 === 3) await writer.cas(key, null, `c${i}`);
+        else await writer.put(key, `v${i}`);
+      }
+    };
+    await ops(0, 30);
+    await until("the watcher to see the first writes", () => watch.state.events.length > 0);
+    expect(await cluster.kill(leader, "SIGKILL")).not.toBe(0);
+    await ops(30, 60);
+    await cluster.restart(leader);
+    await ops(60, 80);
+    const marker = await writer.cas("wf/zz-end", null, "end");
+    await until("the marker event", () => watch.state.seen >= marker.revision || watch.state.error !== null);
+    await watch.stop();
+    expect(watch.state.error).toBeNull();
+    const final = await writer.range("wf/", "wf0");
+    // Strictly increasing (revision, key): nothing twice, nothing out of order.
+    const order = watch.state.events.map((e) => [e.kv.modRevision, e.kv.key] as const);
+    for (let i = 1; i < order.length; i++) {
+      const [r0, k0] = order[i - 1]!;
+      const [r1, k1] = order[i]!;
+      expect(r1 > r0 || (r1 === r0 && k1 > k0)).toBe(true);
+    }
+    expect(order[0]![0]).toBeGreaterThanOrEqual(start);
+    // Replaying the events gives exactly the final keys with their revisions and versions.
+    const replay = new Map<string, ClerkKV>();
+    for (const e of watch.state.events) {
+      if (e.type === "delete") {
+        expect(replay.has(e.kv.key)).toBe(true);
+        replay.delete(e.kv.key);
+        continue;
+      }
+      const before = replay.get(e.kv.key);
+      expect(e.kv.version).toBe(before === undefined ? 1 : before.version + 1);
+      if (before !== undefined) expect([e.prevKv?.modRevision, e.prevKv?.value]).toEqual([before.modRevision, before.value]);
+      replay.set(e.kv.key, e.kv);
+    }
+    expect([...replay.values()].sort((a, b) => (a.key < b.key ? -1 : 1))).toEqual(final.kvs);
+  });
+
+  test("a start revision older than the compacted log is answered compacted with the oldest revision available", async () => {
+    const clerk = cluster.clerk();
+    for (let i = 0; i < 260; i++) await clerk.put(`fill/${i % 10}`, `${i}`);
+    // Every node compacted its log (threshold 100) and trimmed its history with it.
+    let compacted = false;
+    const statusClerk = cluster.clerk();
+    await until(
+      "every node to compact its log",
+      () => {
+        void statusClerk.getStatus().then((all) => (compacted = all.every((s) => s.online && s.snapshotIndex > 100n)));
+        return compacted;
+      },
+      30_000,
+    );
+    const watch = collect(clerk, "fill/", { prefix: true, startRevision: 1 });
+    await until("the watch to end", () => watch.state.error !== null);
+    await watch.stop();
+    expect(watch.state.error).toBeInstanceOf(WatchCompactedError);
+    const error = watch.state.error as WatchCompactedError;
+    expect(error.compactRevision).toBeGreaterThan(1);
+    expect(error.message).toContain(`the oldest revision available is ${error.compactRevision}`);
+    // From the revision it names, the watch is served.
+    const again = collect(clerk, "fill/", { prefix: true, startRevision: error.compactRevision });
+    await until("replayed events", () => again.state.events.length > 0);
+    await again.stop();
+    expect(again.state.events[0]!.kv.modRevision).toBeGreaterThanOrEqual(error.compactRevision);
+  });
+
+  test("watches beyond the per-node limit are refused with resource_exhausted", async () => {
+    const leader = await cluster.waitForLeader();
+    const client = rawClient(leader);
+    const aborts: AbortController[] = [];
+    const open = async () => {
+      const abort = new AbortController();
+      aborts.push(abort);
+      const stream = client.watch({ key: enc.encode("lim") }, { signal: abort.signal })[Symbol.asyncIterator]();
+      return stream.next();
+    };
+    for (let i = 0; i < 3; i++) expect((await open()).value?.created).toBe(true);
+    const refused = await refusal(open());
+    expect(refused.code).toBe(Code.ResourceExhausted);
+    expect(refused.rawMessage).toContain("already serves 3 watches (limit 3)");
+    for (const abort of aborts) abort.abort();
   });
 });
