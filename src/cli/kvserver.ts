@@ -8,6 +8,7 @@ import { ListenError } from "../rpc/server/server.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { DataDirError } from "./identity.ts";
 import { serveNode, type ServingNode } from "./serve-node.ts";
+import { SECURITY_SWITCHES, SECURITY_USAGE, SECURITY_VALUE_FLAGS, loadSecurity, type NodeSecurity } from "./security-flags.ts";
 
 const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 const SHUTDOWN_LIMIT_MS = 20_000;
@@ -26,8 +27,11 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
   --max-watches        watches this node serves at once; one more is refused (default 1000)
   -help                print this message
 
-Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and cleartext HTTP/2, all on
-the node's own address. Flags may also be written --name value or -name=value.`;
+security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
+${SECURITY_USAGE}
+
+Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and HTTP/2 (h2c, or TLS), and the
+Raft peer service, all on the node's own address. Flags may also be written --name value or -name=value.`;
 
 interface Config {
   id: number;
@@ -37,6 +41,7 @@ interface Config {
   snapshotThreshold?: number;
   maxWatches?: number;
   fastLane: boolean;
+  security: NodeSecurity;
 }
 
 function parseConfig(argv: string[]): Config | "help" {
@@ -48,8 +53,9 @@ function parseConfig(argv: string[]): Config | "help" {
       "cors-origin": "",
       "snapshot-threshold": undefined,
       "max-watches": undefined,
+      ...SECURITY_VALUE_FLAGS,
     },
-    switches: ["help", "h", "no-fast-lane"],
+    switches: ["help", "h", "no-fast-lane", ...SECURITY_SWITCHES],
   });
   if (flags.switches.has("help") || flags.switches.has("h")) return "help";
   const addrs = parseAddrs(flags.values.addrs!);
@@ -76,7 +82,8 @@ function parseConfig(argv: string[]): Config | "help" {
     maxWatches = Number(flags.values["max-watches"]);
     if (!Number.isInteger(maxWatches) || maxWatches < 0) throw new UsageError(`--max-watches must be a non-negative integer`);
   }
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, maxWatches, fastLane: !flags.switches.has("no-fast-lane") };
+  const security = loadSecurity(flags, addrs.length);
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, maxWatches, fastLane: !flags.switches.has("no-fast-lane"), security };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -104,6 +111,7 @@ async function main(argv: string[]): Promise<number> {
       dir: db,
       corsOrigins: config.corsOrigins,
       fastLane: config.fastLane,
+      security: config.security,
       open: (args) =>
         KVServer.open({
           ...args,
@@ -129,7 +137,11 @@ async function main(argv: string[]): Promise<number> {
   }
 
   const cors = config.corsOrigins.length > 0 ? `; CORS for ${config.corsOrigins.join(", ")}` : "";
-  console.log(`kvserver: node ${id} serving on ${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and h2c), data in ${db}${cors}`);
+  const scheme = config.security.tls === undefined ? "http" : "https";
+  console.log(
+    `kvserver: node ${id} serving on ${scheme}://${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and ${scheme === "http" ? "h2c" : "h2"}), ` +
+      `cluster ${node.clusterId} (${config.security.summary}), data in ${db}${cors}`,
+  );
 
   return new Promise<number>((resolve) => {
     let stopping = false;

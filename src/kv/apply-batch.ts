@@ -30,6 +30,8 @@ export class ApplyBatch {
     /** The index and term of the last entry in this batch (the state's applied index once written). */
     public index: number,
     public term: number,
+    /** The log time reached by this batch's entries (the largest leader timestamp so far). */
+    public logTime: number,
     /** Record every change in the watch history. */
     private readonly history = true,
   ) {}
@@ -72,14 +74,17 @@ export class ApplyBatch {
     return old;
   }
 
-  append(key: Uint8Array, suffix: Uint8Array): void {
+  /** Appends `suffix` unless the value would exceed `maxValueBytes`; false (and no change) if it would. */
+  append(key: Uint8Array, suffix: Uint8Array, maxValueBytes: number): boolean {
     const old = this.current(key);
-    if (old === null) this.keyCountDelta++;
     const base = old === null ? EMPTY : old.subarray(REVISION_HEADER_BYTES);
+    if (base.length + suffix.length > maxValueBytes) return false;
+    if (old === null) this.keyCountDelta++;
     const value = new Uint8Array(base.length + suffix.length);
     value.set(base, 0);
     value.set(suffix, base.length);
     this.set(key, encodeStored(nextMeta(old, this.index), value), old);
+    return true;
   }
 
   /** Deletes `key`; true when it existed. */
@@ -124,7 +129,7 @@ export class ApplyBatch {
     // A dropped session takes its last Txn answer with it (after any write of it above).
     for (const [clientId, session] of this.sessionChanges) if (session === null) this.ops.push({ type: "del", key: responseKey(clientId) });
     if (this.keyCountDelta !== 0) this.ops.push({ type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(keyCount) });
-    this.ops.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(this.index, this.term) });
+    this.ops.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(this.index, this.term, this.logTime) });
     return this.ops;
   }
 

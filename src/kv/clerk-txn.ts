@@ -1,30 +1,28 @@
-// The Clerk's Range, DeleteRange, Txn and compare-and-swap: one retry loop over the nodes that
-// follows leader hints and backs off like Command's, and keeps one commandId across the retries of
-// a write so its session answers a repeat. Keys and values are strings (UTF-8) at this surface.
+// The Clerk's Range, DeleteRange, Txn and compare-and-swap at the string surface: request builders
+// and answer conversions (UTF-8 keys and values, revisions as numbers). The Clerk's own retry loop
+// and session carry them (client.ts).
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import {
   Compare_CompareResult,
   Compare_CompareTarget,
+  type DeleteRangeResponse,
   type KVService,
   type KeyValue,
-  type ResponseHeader,
+  type RangeResponse,
   type TxnRequestSchema,
   type TxnResponse,
 } from "../gen/kvraftpb/kvraft_pb.ts";
-import { BACK_OFF_ON_SAME_NODE, ClerkError, RETRYABLE } from "./client.ts";
+import type { Client } from "@connectrpc/connect";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** What the retry loop needs of a Clerk. */
+/** What a watch needs of a Clerk (its own copy of the node to ask). */
 export interface ClerkParts {
   clients: Client<typeof KVService>[];
   addrs: string[];
   leader: number;
-  callTimeoutMs: number;
   operationTimeoutMs: number;
-  maxAttempts: number;
   backoffMs: number;
   maxBackoffMs: number;
 }
@@ -57,6 +55,12 @@ export interface RangeAnswer {
   revision: number;
 }
 
+export interface DeleteAnswer {
+  deleted: number;
+  prevKvs: ClerkKV[];
+  revision: number;
+}
+
 export interface CasAnswer {
   succeeded: boolean;
   /** The revision of the Txn (its entry's index). */
@@ -64,6 +68,10 @@ export interface CasAnswer {
   /** On failure: the key as it is (null when absent). On success: the key as it was before. */
   previous: ClerkKV | null;
 }
+
+export type ClerkTxnRequest = Omit<MessageInitShape<typeof TxnRequestSchema>, "clientId" | "commandId" | "registered" | "$typeName">;
+
+export const bytes = (text: string): Uint8Array => encoder.encode(text);
 
 export function toClerkKV(kv: KeyValue): ClerkKV {
   return {
@@ -75,9 +83,7 @@ export function toClerkKV(kv: KeyValue): ClerkKV {
   };
 }
 
-export const bytes = (text: string): Uint8Array => encoder.encode(text);
-
-/** range_end "\0": every key >= key; the prefix's end: every key that starts with it. */
+/** The range_end covering every key that starts with `prefix` ("\0", every key, for ""). */
 export function prefixRangeEnd(prefix: string): Uint8Array {
   const end = encoder.encode(prefix);
   for (let i = end.length - 1; i >= 0; i--) {
@@ -89,8 +95,8 @@ export function prefixRangeEnd(prefix: string): Uint8Array {
   return Uint8Array.of(0);
 }
 
-export async function clerkRange(parts: ClerkParts, key: string, end: string | Uint8Array, options: RangeOptions = {}): Promise<RangeAnswer> {
-  const request = {
+export function rangeRequest(key: string, end: string | Uint8Array, options: RangeOptions = {}) {
+  return {
     key: bytes(key),
     rangeEnd: typeof end === "string" ? bytes(end) : end,
     limit: BigInt(options.limit ?? 0),
@@ -98,7 +104,9 @@ export async function clerkRange(parts: ClerkParts, key: string, end: string | U
     countOnly: options.countOnly ?? false,
     serializable: options.serializable ?? false,
   };
-  const response = await retrying(parts, `Range(${JSON.stringify(key)})`, false, options.serializable === true, (client, timeoutMs) => client.range(request, { timeoutMs }));
+}
+
+export function rangeAnswer(response: RangeResponse): RangeAnswer {
   return {
     kvs: response.kvs.map(toClerkKV),
     more: response.more,
@@ -108,117 +116,50 @@ export async function clerkRange(parts: ClerkParts, key: string, end: string | U
   };
 }
 
-/** Every key starting with `prefix`, page by page (each page linearizable on its own). */
-export async function clerkScan(parts: ClerkParts, prefix: string, options: RangeOptions & { maxKeys?: number } = {}): Promise<ClerkKV[]> {
+/** Every key starting with `prefix`, page by page through `range` (each page linearizable on its own). */
+export async function scanPages(
+  range: (key: string, end: Uint8Array, options: RangeOptions) => Promise<RangeAnswer>,
+  prefix: string,
+  options: RangeOptions & { maxKeys?: number } = {},
+): Promise<ClerkKV[]> {
   const end = prefixRangeEnd(prefix);
   const out: ClerkKV[] = [];
   const maxKeys = options.maxKeys ?? Infinity;
   let from = prefix;
   for (;;) {
-    const page = await clerkRange(parts, from, end, { ...options, limit: options.limit ?? 1000 });
+    const page = await range(from, end, { ...options, limit: options.limit ?? 1000 });
     out.push(...page.kvs);
     if (!page.more || out.length >= maxKeys) return out.slice(0, maxKeys);
     from = page.nextKey;
   }
 }
 
-export async function clerkDeleteRange(
-  parts: ClerkParts,
-  clientId: bigint,
-  commandId: bigint,
-  key: string,
-  end: string | Uint8Array,
-  prevKv = false,
-): Promise<{ deleted: number; prevKvs: ClerkKV[]; revision: number }> {
-  const request = { key: bytes(key), rangeEnd: typeof end === "string" ? bytes(end) : end, prevKv, clientId, commandId };
-  const response = await retrying(parts, `DeleteRange(${JSON.stringify(key)})`, true, false, (client, timeoutMs) => client.deleteRange(request, { timeoutMs }));
+export function deleteRequest(key: string, end: string | Uint8Array, prevKv: boolean) {
+  return { key: bytes(key), rangeEnd: typeof end === "string" ? bytes(end) : end, prevKv };
+}
+
+export function deleteAnswer(response: DeleteRangeResponse): DeleteAnswer {
   return { deleted: Number(response.deleted), prevKvs: response.prevKvs.map(toClerkKV), revision: Number(response.header?.revision ?? 0n) };
 }
 
-export type ClerkTxnRequest = Omit<MessageInitShape<typeof TxnRequestSchema>, "clientId" | "commandId" | "$typeName">;
-
-export function clerkTxn(parts: ClerkParts, clientId: bigint, commandId: bigint, request: ClerkTxnRequest): Promise<TxnResponse> {
-  return retrying(parts, "Txn", true, false, (client, timeoutMs) => client.txn({ ...request, clientId, commandId }, { timeoutMs }));
-}
-
-/** Sets `key` to `value` if its value is `expect` (null: if it does not exist). */
-export async function clerkCas(parts: ClerkParts, clientId: bigint, commandId: bigint, key: string, expect: string | null, value: string): Promise<CasAnswer> {
+/** Sets `key` to `value` if its value is `expect` (null: if it does not exist); else reads it. */
+export function casRequest(key: string, expect: string | null, value: string): ClerkTxnRequest {
   const k = bytes(key);
   const compare =
     expect === null
       ? { key: k, target: Compare_CompareTarget.CREATE, result: Compare_CompareResult.EQUAL, targetUnion: { case: "createRevision" as const, value: 0n } }
       : { key: k, target: Compare_CompareTarget.VALUE, result: Compare_CompareResult.EQUAL, targetUnion: { case: "value" as const, value: bytes(expect) } };
-  const response = await clerkTxn(parts, clientId, commandId, {
+  return {
     compare: [compare],
     success: [{ request: { case: "requestPut", value: { key: k, value: bytes(value), prevKv: true } } }],
     failure: [{ request: { case: "requestRange", value: { key: k } } }],
-  });
+  };
+}
+
+export function casAnswer(response: TxnResponse): CasAnswer {
   const first = response.responses[0]?.response;
   let previous: ClerkKV | null = null;
   if (first?.case === "responsePut" && first.value.prevKv !== undefined) previous = toClerkKV(first.value.prevKv);
   if (first?.case === "responseRange" && first.value.kvs.length > 0) previous = toClerkKV(first.value.kvs[0]!);
   return { succeeded: response.succeeded, revision: Number(response.header?.revision ?? 0n), previous };
-}
-
-/**
- * Calls `call` on the leader (or, for a serializable read, on any node) until a node answers OK;
- * follows hints, moves on after ErrWrongLeader / ErrTimeout / unreachable, backs off once per
- * round of failures, and gives up at the operation deadline.
- */
-async function retrying<T extends { header?: ResponseHeader }>(
-  parts: ClerkParts,
-  name: string,
-  write: boolean,
-  anyNode: boolean,
-  call: (client: Client<typeof KVService>, timeoutMs: number) => Promise<T>,
-): Promise<T> {
-  const started = Date.now();
-  const deadline = started + parts.operationTimeoutMs;
-  const n = parts.clients.length;
-  let backoff = parts.backoffMs;
-  let failedInRound = 0;
-  let lastProblem = "no attempt made";
-  for (let attempt = 1; attempt <= parts.maxAttempts; attempt++) {
-    const remaining = deadline - Date.now();
-    if (remaining <= 0) break;
-    const node = parts.leader;
-    let retry: "hinted" | "next" | "stay";
-    try {
-      const response = await call(parts.clients[node]!, Math.max(1, Math.min(parts.callTimeoutMs, remaining)));
-      const err = response.header?.err ?? "";
-      if (err === "OK" || (anyNode && err === "")) return response;
-      if (err === "ErrWrongLeader") {
-        const hint = response.header?.leaderId === undefined ? -1 : Number(response.header.leaderId);
-        lastProblem = `node ${node} is not the leader`;
-        if (hint >= 0 && hint < n && hint !== node) {
-          parts.leader = hint;
-          retry = "hinted";
-        } else retry = "next";
-      } else if (err === "ErrTimeout") {
-        lastProblem = `node ${node} timed out`;
-        retry = "next";
-      } else {
-        throw new ClerkError(Code.Internal, `node ${node} answered ${name} with unknown err "${err}"`);
-      }
-    } catch (error) {
-      if (error instanceof ClerkError) throw error;
-      const connectError = ConnectError.from(error);
-      lastProblem = `node ${node} (${parts.addrs[node]}): ${connectError.message}`;
-      if (BACK_OFF_ON_SAME_NODE.has(connectError.code)) retry = "stay";
-      else if (RETRYABLE.has(connectError.code)) retry = "next";
-      else throw new ClerkError(connectError.code, `node ${node} (${parts.addrs[node]}) refused ${name}: ${connectError.rawMessage}`);
-    }
-    if (retry === "next") parts.leader = (node + 1) % n;
-    if (retry === "stay" || ++failedInRound >= n) {
-      failedInRound = 0;
-      const pause = Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now()));
-      await new Promise((resolve) => setTimeout(resolve, pause));
-      backoff = Math.min(backoff * 2, parts.maxBackoffMs);
-    }
-  }
-  throw new ClerkError(
-    Code.DeadlineExceeded,
-    `${name} gave up after ${Date.now() - started} ms: no node completed it (last: ${lastProblem}).` + (write ? " The write may or may not have been applied." : ""),
-    write,
-  );
 }

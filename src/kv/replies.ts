@@ -10,28 +10,30 @@ import {
   type NodeId,
 } from "../raft/index.ts";
 import { InvalidArgumentError, KVError, OverloadedError, UnavailableError } from "./errors.ts";
-import type { TxnResult } from "./txn-types.ts";
 
 export type KVOp = "Get" | "Put" | "Append" | "Delete";
 export type KVErr = "OK" | "ErrNoKey" | "ErrWrongLeader" | "ErrTimeout";
 
 export interface CommandArgs {
+  /** Any string up to the key limit; the empty key included (as in eRaft). */
   key: string;
   value: string;
   op: KVOp;
+  /** 0: no session (the write is applied, not deduplicated). Otherwise a session id. */
   clientId: bigint;
+  /** Increases with each of the client's operations; retries of one operation repeat it. */
   commandId: bigint;
+  /** clientId came from RegisterSession: if that session is gone the write is refused, not applied. */
+  registered?: boolean;
 }
+
+export type RegisterReply = { err: "OK"; clientId: bigint } | (CommandReply & { err: "ErrWrongLeader" | "ErrTimeout" });
 
 export interface CommandReply {
   err: KVErr;
   value: string;
   /** With ErrWrongLeader: the node this one believes leads, when it knows one. */
   leaderId?: number;
-  /** A Txn's (or DeleteRange's) answer; absent when a retry's answer is no longer kept. */
-  txn?: TxnResult;
-  /** Answered from the session table: this is a retry of a write applied before. */
-  retried?: boolean;
 }
 
 const frozen = (err: KVErr): CommandReply => Object.freeze({ err, value: "" }) as CommandReply;

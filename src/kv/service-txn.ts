@@ -65,7 +65,7 @@ export function txnHandlers(current: () => Partial<TxnBackend>, toConnectError: 
     async deleteRange(request: DeleteRangeRequest): Promise<DeleteRangeResponse> {
       try {
         const txn: TxnRequest = { compare: [], success: [deleteOp(request)], failure: [] };
-        const reply = await api().txn(txn, request.clientId, request.commandId);
+        const reply = await api().txn(txn, request.clientId, request.commandId, request.registered);
         const response = create(DeleteRangeResponseSchema, { header: wireHeader(reply.header) });
         const first = reply.result?.responses[0];
         if (first?.type === "delete") {
@@ -84,7 +84,7 @@ export function txnHandlers(current: () => Partial<TxnBackend>, toConnectError: 
           success: request.success.map((op, i) => requestOp(op, `success operation ${i}`)),
           failure: request.failure.map((op, i) => requestOp(op, `failure operation ${i}`)),
         };
-        const reply = await api().txn(txn, request.clientId, request.commandId);
+        const reply = await api().txn(txn, request.clientId, request.commandId, request.registered);
         const response = create(TxnResponseSchema, { header: wireHeader(reply.header) });
         if (reply.result !== undefined) {
           response.succeeded = reply.result.succeeded;

@@ -5,8 +5,12 @@ import { crc32c, maskCrc, unmaskCrc } from "../util/crc32c.ts";
 import { KVCorruptionError } from "./errors.ts";
 import { type Session, SESSION_RECORD_BYTES, decodeSession, encodeSession } from "./sessions.ts";
 
-/** 2: user values carry their revision header; session Txn answers travel in records frames. */
-export const SNAPSHOT_FORMAT_VERSION = 2;
+/**
+ * Version 2 added the log time to the header and 30-byte session records (version 1: 17).
+ * Version 3: user values carry their revision header; session Txn answers travel in records
+ * frames; the trailer counts them. Versions 1 and 2 (values without revisions) are refused.
+ */
+export const SNAPSHOT_FORMAT_VERSION = 3;
 
 export const FRAME_HEADER = 1;
 export const FRAME_SESSIONS = 2;
@@ -23,6 +27,8 @@ export interface SnapshotHeader {
   version: number;
   index: number;
   term: number;
+  /** The log time (ms) at `index`: what session expiry continues from (0 in a version-1 stream). */
+  logTime: number;
   members: number[];
 }
 
@@ -48,8 +54,8 @@ export async function* encodeSnapshot(
   if (!(chunkBytes >= 64)) throw new RangeError(`snapshot chunk size ${chunkBytes} is below the 64-byte minimum`);
   const chunker = new Chunker(chunkBytes);
 
-  const head = new FrameBuilder(FRAME_HEADER, 21 + 4 * header.members.length);
-  head.u8(header.version).u64(header.index).u64(header.term).u32(header.members.length);
+  const head = new FrameBuilder(FRAME_HEADER, 29 + 4 * header.members.length);
+  head.u8(header.version).u64(header.index).u64(header.term).u64(header.logTime).u32(header.members.length);
   for (const m of header.members) head.u32(m);
   yield* chunker.push(head.finish());
 
@@ -113,6 +119,7 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
   const reader = new FrameReader();
   let sawHeader = false;
   let sawTrailer = false;
+  let version = SNAPSHOT_FORMAT_VERSION;
   let sessions = 0;
   let pairs = 0;
   let records = 0;
@@ -120,7 +127,8 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
     reader.push(chunk);
     for (let frame = reader.next(); frame !== null; frame = reader.next()) {
       if (sawTrailer) throw new KVCorruptionError("snapshot stream has data after its trailer");
-      const record = parseFrame(frame);
+      const record = parseFrame(frame, version);
+      if (record.type === "header") version = record.header.version;
       if (!sawHeader && record.type !== "header") throw new KVCorruptionError(`snapshot stream starts with a ${record.type} frame, not a header`);
       if (sawHeader && record.type === "header") throw new KVCorruptionError("snapshot stream has a second header");
       sawHeader = true;
@@ -149,7 +157,7 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
 
 async function* empty(): AsyncGenerator<[Uint8Array, Uint8Array]> {}
 
-function parseFrame(payload: Uint8Array): SnapshotRecord {
+function parseFrame(payload: Uint8Array, version: number): SnapshotRecord {
   const r = new ByteReader(payload);
   const type = r.u8();
   switch (type) {
@@ -158,16 +166,17 @@ function parseFrame(payload: Uint8Array): SnapshotRecord {
       if (version !== SNAPSHOT_FORMAT_VERSION) {
         throw new KVCorruptionError(
           `snapshot format version ${version} is not supported (this build reads ${SNAPSHOT_FORMAT_VERSION})` +
-            (version === 1 ? ": it comes from a node of a build before per-key revisions; run one build across the cluster" : ""),
+            (version < SNAPSHOT_FORMAT_VERSION ? ": it comes from a node of a build before per-key revisions; run one build across the cluster" : ""),
         );
       }
       const index = r.u64();
       const term = r.u64();
+      const logTime = r.u64();
       const count = r.u32();
       const members: number[] = [];
       for (let i = 0; i < count; i++) members.push(r.u32());
       r.end();
-      return { type: "header", header: { version, index, term, members } };
+      return { type: "header", header: { version, index, term, logTime, members } };
     }
     case FRAME_SESSIONS: {
       const count = r.u32();

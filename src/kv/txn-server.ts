@@ -2,8 +2,10 @@
 // (or locally when serializable); a Txn is validated, answered from its session when it is a
 // retry, else proposed as one log entry whose applied result answers it (as Command's writes).
 import type { NodeId, RaftNode } from "../raft/index.ts";
-import { InvalidArgumentError, OutcomeUnknownError, OverloadedError } from "./errors.ts";
-import type { PendingWrites } from "./pending-writes.ts";
+import { InvalidArgumentError, OutcomeUnknownError, OverloadedError, SessionExpiredError, type KVError } from "./errors.ts";
+import { isApplied, type PendingWrites } from "./pending-writes.ts";
+import { commandFingerprint, decodeCommand } from "./command.ts";
+import { RESULT_COMMAND_REUSED, RESULT_OK, RESULT_SESSION_EXPIRED, RESULT_STALE_COMMAND, type ResultCode } from "./sessions.ts";
 import { checkRangeSpec, scanRange, type RangeResult, type RangeSpec } from "./range.ts";
 import type { ReadBatcher } from "./reads.ts";
 import { OK, WRONG_LEADER, refusal, type CommandReply, type KVErr } from "./replies.ts";
@@ -43,6 +45,8 @@ export interface TxnServerParts {
   maxValueBytes: number;
   /** Range / Txn calls in flight on this node before new ones get resource_exhausted. */
   maxPending: number;
+  /** The leader's clock (ms): stamped on proposals, the log's time for session expiry. */
+  now: () => number;
   limits?: TxnLimits;
   closed: () => boolean;
 }
@@ -81,21 +85,22 @@ export class TxnServer {
     });
   }
 
-  /** A Txn (a DeleteRange is one). clientId 0: no session, no exactly-once across retries. */
-  async txn(request: TxnRequest, clientId: bigint, commandId: bigint): Promise<TxnReply> {
+  /**
+   * A Txn (a DeleteRange is one), with Command's session rules: clientId 0 has no session (applied
+   * every time it arrives); `registered` marks a RegisterSession id (refused once it expired).
+   */
+  async txn(request: TxnRequest, clientId: bigint, commandId: bigint, registered = false): Promise<TxnReply> {
     validateTxn(request, this.limits, this.parts.maxKeyBytes, this.parts.maxValueBytes);
     if (typeof clientId !== "bigint" || typeof commandId !== "bigint") throw new InvalidArgumentError("client_id and command_id must be 64-bit integers");
-    if (clientId !== 0n && commandId <= 0n) throw new InvalidArgumentError(`command_id ${commandId} must be positive with a client_id`);
     return this.admit(async () => {
       const { machine, writes, node, id } = this.parts;
       if (this.parts.closed()) return { header: this.header(0, "ErrWrongLeader") };
+      // Without a session the client's commandId means nothing; a nonce lets the apply find the waiter.
       if (clientId === 0n) commandId = ++this.untracked;
-      else {
-        const known = this.answered(clientId, commandId);
-        if (known !== null) return { header: this.header(known.revision, "OK"), result: known };
-      }
-      const data = encodeTxnCommand(clientId, commandId, request);
-      const { waiter, reply } = writes.open(clientId, commandId);
+      const data = encodeTxnCommand({ clientId, commandId, registered, timestamp: this.parts.now() }, request);
+      const known = this.fromSession(clientId, commandId, registered, data);
+      if (known !== null) return known;
+      const { waiter, outcome } = writes.open(clientId, commandId);
       try {
         const { index, term } = await node.propose(data);
         writes.place(waiter, index, term);
@@ -109,27 +114,36 @@ export class TxnServer {
         }
         writes.answer(waiter, refused);
       }
-      const answer = await reply;
-      if (answer.err !== "OK") return { header: this.header(machine.lastApplied(), answer.err, answer.leaderId) };
-      const result = answer.txn ?? (clientId === 0n ? null : this.answered(clientId, commandId));
-      if (result === null || result === undefined) {
-        throw new OutcomeUnknownError(`Txn ${commandId} of client ${clientId} was applied earlier, but its answer is no longer kept (a newer command replaced it); read the keys to learn the outcome`);
+      const ended = await outcome;
+      if (!isApplied(ended)) return { header: this.header(machine.lastApplied(), ended.err, ended.leaderId) };
+      if (ended.result !== RESULT_OK) throw refusalFor(ended.result, clientId, commandId);
+      const result = ended.txn ?? this.fromSession(clientId, commandId, registered, data)?.result;
+      if (result === undefined) {
+        throw new OutcomeUnknownError(`Txn ${commandId} of session ${clientId} was applied, but its answer is no longer kept; read the keys to learn the outcome`);
       }
       if (result.error !== undefined) throw new InvalidArgumentError(result.error);
       return { header: this.header(result.revision, "OK"), result };
     });
   }
 
-  /** The answer of a Txn its session shows as applied, or null when it is new. */
-  private answered(clientId: bigint, commandId: bigint): TxnResult | null {
+  /** The answer the session table gives without a new entry (a retry, or a stale command), or null. */
+  private fromSession(clientId: bigint, commandId: bigint, registered: boolean, data: Uint8Array): TxnReply | null {
+    if (clientId === 0n) return null;
     const session = this.parts.machine.session(clientId);
-    if (session === undefined || commandId > session.commandId) return null;
+    // Gone or never registered: the apply decides (a registration may be on its way to this state).
+    if (session === undefined || (registered && !session.registered)) return null;
+    if (commandId > session.commandId) return null;
+    if (commandId < session.commandId) throw refusalFor(RESULT_STALE_COMMAND, clientId, commandId);
+    if (session.fingerprint !== 0 && session.fingerprint !== commandFingerprint(decodeCommand(data, 0))) {
+      throw refusalFor(RESULT_COMMAND_REUSED, clientId, commandId);
+    }
     const record = this.parts.machine.store.getSync(responseKey(clientId));
     const known = record === undefined ? null : decodeResponse(record);
     if (known === null || known.commandId !== commandId) {
-      throw new OutcomeUnknownError(`Txn ${commandId} of client ${clientId} was applied earlier, but its answer is no longer kept (the session moved on to command ${session.commandId})`);
+      throw new OutcomeUnknownError(`Txn ${commandId} of session ${clientId} was applied earlier, but its answer is no longer kept (the session moved on); read the keys to learn the outcome`);
     }
-    return known.result;
+    if (known.result.error !== undefined) throw new InvalidArgumentError(known.result.error);
+    return { header: this.header(known.result.revision, "OK"), result: known.result };
   }
 
   private header(revision: number, err: KVErr, leaderId?: number): ReplyHeader {
@@ -148,5 +162,19 @@ export class TxnServer {
     } finally {
       this.pending--;
     }
+  }
+}
+
+/** The typed refusal a Txn's session result stands for (nothing was applied). */
+function refusalFor(result: ResultCode, clientId: bigint, commandId: bigint): KVError {
+  switch (result) {
+    case RESULT_SESSION_EXPIRED:
+      return new SessionExpiredError(`session ${clientId} has expired (or was never registered): register a new session; this Txn was not applied`);
+    case RESULT_STALE_COMMAND:
+      return new InvalidArgumentError(`commandId ${commandId} is older than session ${clientId}'s last command: command ids must increase; this Txn was not applied`);
+    case RESULT_COMMAND_REUSED:
+      return new InvalidArgumentError(`commandId ${commandId} of session ${clientId} was already used for a different command: use a new commandId; this Txn was not applied`);
+    default:
+      return new InvalidArgumentError(`the Txn was refused at apply (result ${result}); it was not applied`);
   }
 }

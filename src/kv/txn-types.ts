@@ -1,9 +1,8 @@
 // What a Txn is (etcd v3's compare / success / failure), its answer, and its Raft log payload:
 // the 22-byte command header with op 4 and an empty key, then the request as msgpack (FORMAT.md).
 import { pack, unpack } from "msgpackr";
-import { COMMAND_HEADER_BYTES, COMMAND_FORMAT_VERSION, OP_TXN } from "./command.ts";
+import { COMMAND_HEADER_BYTES, OP_TXN, encodeCommand } from "./command.ts";
 import { KVCorruptionError } from "./errors.ts";
-import { writeInt64, writeUint32LE } from "./keys.ts";
 import type { KV, RangeResult, RangeSpec } from "./range.ts";
 
 /** Op code of a Txn (DeleteRange is a Txn of one operation). kvraftpb.Op stops at 3. */
@@ -47,14 +46,13 @@ export interface TxnResult {
   error?: string;
 }
 
-export function encodeTxnCommand(clientId: bigint, commandId: bigint, request: TxnRequest): Uint8Array {
+/** The log payload of a Txn: the command header (format 2, op 4, key length 0), then the request as msgpack. */
+export function encodeTxnCommand(ids: { clientId: bigint; commandId: bigint; registered: boolean; timestamp: number }, request: TxnRequest): Uint8Array {
   const body = pack(request) as Uint8Array;
+  const header = encodeCommand({ op: "Put", clientId: ids.clientId, commandId: ids.commandId, key: "", value: "", registered: ids.registered, timestamp: ids.timestamp });
   const out = new Uint8Array(COMMAND_HEADER_BYTES + body.length);
-  out[0] = COMMAND_FORMAT_VERSION;
+  out.set(header, 0);
   out[1] = OP_TXN;
-  writeInt64(out, 2, clientId, true);
-  writeInt64(out, 10, commandId, true);
-  writeUint32LE(out, 18, 0);
   out.set(body, COMMAND_HEADER_BYTES);
   return out;
 }

@@ -6,10 +6,8 @@ import type { ApplyBatch } from "./apply-batch.ts";
 import type { DecodedCommand } from "./command.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import { userKeyFromBytes } from "./keys.ts";
-import type { AppliedCommand } from "./pending-writes.ts";
 import { DEFAULT_RANGE_LIMITS, checkRangeSpec, compareBytes, keysInRange, rangeBounds, scanRange, toKV, type KV, type RangeLimits } from "./range.ts";
 import { decodeResponse, encodeResponse, responseKey } from "./session-responses.ts";
-import { RESULT_OK, type Session } from "./sessions.ts";
 import { OP_TXN, decodeTxnBody, type Compare, type TxnOp, type TxnOpResult, type TxnRequest, type TxnResult } from "./txn-types.ts";
 
 export { OP_TXN };
@@ -80,40 +78,21 @@ export function validateTxn(request: TxnRequest, limits: Required<TxnLimits>, ma
   }
 }
 
-/** Session access for the Txn's exactly-once answer (the state machine's table). */
-export interface TxnSessions {
-  session(clientId: bigint): Session | undefined;
-  record(session: Session): void;
+/** Applies a Txn entry's request at `index` (its revision). */
+export function applyTxn(command: DecodedCommand, batch: ApplyBatch, index: number, limits: TxnLimits): TxnResult {
+  return evaluate(decodeTxnBody(command.value, index), batch, index, txnLimits(limits));
 }
 
-/** Applies one Txn entry: a retry answered from its session, or compares and operations at `index`. */
-export function applyTxnEntry(
-  command: DecodedCommand,
-  batch: ApplyBatch,
-  index: number,
-  term: number,
-  limits: TxnLimits,
-  sessions: TxnSessions,
-): AppliedCommand {
-  const { clientId, commandId } = command;
-  const tracked = clientId !== 0n;
-  if (tracked) {
-    const session = sessions.session(clientId);
-    if (session !== undefined && commandId <= session.commandId) {
-      sessions.record({ ...session, lastIndex: index });
-      const record = batch.meta(responseKey(clientId));
-      const known = record === null ? null : decodeResponse(record);
-      const txn = known !== null && known.commandId === commandId ? known.result : undefined;
-      return { index, term, clientId, commandId, result: RESULT_OK, reply: { err: "OK", value: "", txn, retried: true } };
-    }
-  }
-  const request = decodeTxnBody(command.value, index);
-  const result = evaluate(request, batch, index, txnLimits(limits));
-  if (tracked) {
-    sessions.record({ clientId, commandId, lastIndex: index, result: RESULT_OK });
-    batch.setMeta(responseKey(clientId), encodeResponse(commandId, result));
-  }
-  return { index, term, clientId, commandId, result: RESULT_OK, reply: { err: "OK", value: "", txn: result } };
+/** Keeps a session's Txn answer beside it, for a retry of the same command. */
+export function rememberTxn(batch: ApplyBatch, clientId: bigint, commandId: bigint, result: TxnResult): void {
+  batch.setMeta(responseKey(clientId), encodeResponse(commandId, result));
+}
+
+/** The answer kept for a retried Txn, or undefined when the session moved on since. */
+export function retriedTxn(batch: ApplyBatch, clientId: bigint, commandId: bigint): TxnResult | undefined {
+  const record = batch.meta(responseKey(clientId));
+  const known = record === null ? null : decodeResponse(record);
+  return known !== null && known.commandId === commandId ? known.result : undefined;
 }
 
 function evaluate(request: TxnRequest, batch: ApplyBatch, revision: number, limits: Required<TxnLimits>): TxnResult {

@@ -48,7 +48,7 @@ function put(key: string, value: string, extra: Partial<WriteCommand> = {}): Ent
 function txn(request: Partial<TxnRequest>, clientId = 2n, commandId?: bigint): Entry {
   const index = nextIndex++;
   const full: TxnRequest = { compare: [], success: [], failure: [], ...request };
-  return { index, term: 1, type: EntryType.Normal, data: encodeTxnCommand(clientId, commandId ?? BigInt(index), full) };
+  return { index, term: 1, type: EntryType.Normal, data: encodeTxnCommand({ clientId, commandId: commandId ?? BigInt(index), registered: false, timestamp: 0 }, full) };
 }
 const putOp = (key: string, value: string, prevKv = false): TxnOp => ({ type: "put", key: b(key), value: b(value), prevKv });
 const delOp = (key: string, rangeEnd = "", prevKv = false): TxnOp => ({ type: "delete", key: b(key), rangeEnd: b(rangeEnd), prevKv });
@@ -64,7 +64,7 @@ const range = (m: KVStateMachine, spec: RangeSpec, bytes = 1 << 20) => scanRange
 
 async function applyTxn(m: KVStateMachine, entry: Entry): Promise<TxnResult> {
   const [applied] = await m.apply([entry]);
-  return applied!.reply!.txn!;
+  return applied!.txn!;
 }
 
 describe("revisions", () => {
@@ -123,7 +123,7 @@ describe("revisions", () => {
     const db = await DB.open(path.join(dir, "state-1"));
     await db.write([
       { type: "put", key: userKey("old"), value: b("bare value") },
-      { type: "put", key: APPLIED_KEY, value: encodeApplied(7, 1) },
+      { type: "put", key: APPLIED_KEY, value: encodeApplied(7, 1, 0) },
     ]);
     await db.close();
     await expect(open(dir)).rejects.toThrow(/layout of kvraft before revisions.*Move this node's data directory aside/s);
@@ -131,7 +131,7 @@ describe("revisions", () => {
     const empty = tempDir();
     fs.writeFileSync(path.join(empty, "CURRENT"), "state-1\n");
     const db2 = await DB.open(path.join(empty, "state-1"));
-    await db2.write([{ type: "put", key: APPLIED_KEY, value: encodeApplied(7, 1) }]);
+    await db2.write([{ type: "put", key: APPLIED_KEY, value: encodeApplied(7, 1, 0) }]);
     await db2.close();
     const m = await open(empty);
     expect(m.lastApplied()).toBe(7);
@@ -225,9 +225,8 @@ describe("txn", () => {
     const first = txn({ success: [{ type: "put", key: b("n"), value: b("1"), prevKv: false }] }, 5n, 1n);
     const again = { ...first, index: nextIndex++ };
     const [a, b2] = await m.apply([first, again]);
-    expect(a!.reply!.txn!.revision).toBe(1);
-    expect(b2!.reply!.retried).toBe(true);
-    expect(b2!.reply!.txn!.revision).toBe(1);
+    expect(a!.txn!.revision).toBe(1);
+    expect(b2!.txn!.revision).toBe(1);
     expect(range(m, rangeSpec("n", "")).kvs[0]!.version).toBe(1);
   });
 

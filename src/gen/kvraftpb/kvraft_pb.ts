@@ -15,9 +15,32 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvraftpb/kvraft.proto.
  */
 export const file_kvraftpb_kvraft: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIm0KDkNvbW1hbmRSZXF1ZXN0EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCRIYCgJvcBgDIAEoDjIMLmt2cmFmdHBiLk9wEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDIlMKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCISChBHZXRTdGF0dXNSZXF1ZXN0IuABChFHZXRTdGF0dXNSZXNwb25zZRIKCgJpZBgBIAEoAxINCgVzdGF0ZRgCIAEoCRIMCgR0ZXJtGAMgASgDEhQKDGxhc3RfYXBwbGllZBgEIAEoAxIUCgxjb21taXRfaW5kZXgYBSABKAMSFAoMc3RvcmFnZV9zaXplGAYgASgDEhYKCWxlYWRlcl9pZBgHIAEoA0gAiAEBEg8KB21lbWJlcnMYCCADKAMSFgoOc25hcHNob3RfaW5kZXgYCSABKAMSEQoJa2V5X2NvdW50GAogASgDQgwKCl9sZWFkZXJfaWQihQEKDlJlc3BvbnNlSGVhZGVyEhAKCHJldmlzaW9uGAEgASgDEhEKCW1lbWJlcl9pZBgCIAEoAxIRCglyYWZ0X3Rlcm0YAyABKAMSCwoDZXJyGAQgASgJEi4KCWxlYWRlcl9pZBgFIAEoCzIbLmdvb2dsZS5wcm90b2J1Zi5JbnQ2NFZhbHVlImYKCEtleVZhbHVlEgsKA2tleRgBIAEoDBIXCg9jcmVhdGVfcmV2aXNpb24YAiABKAMSFAoMbW9kX3JldmlzaW9uGAMgASgDEg8KB3ZlcnNpb24YBCABKAMSDQoFdmFsdWUYBSABKAwiegoMUmFuZ2VSZXF1ZXN0EgsKA2tleRgBIAEoDBIRCglyYW5nZV9lbmQYAiABKAwSDQoFbGltaXQYAyABKAMSFAoMc2VyaWFsaXphYmxlGAcgASgIEhEKCWtleXNfb25seRgIIAEoCBISCgpjb3VudF9vbmx5GAkgASgIIokBCg1SYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEh8KA2t2cxgCIAMoCzISLmt2cmFmdHBiLktleVZhbHVlEgwKBG1vcmUYAyABKAgSDQoFY291bnQYBCABKAMSEAoIbmV4dF9rZXkYBSABKAwiOQoKUHV0UmVxdWVzdBILCgNrZXkYASABKAwSDQoFdmFsdWUYAiABKAwSDwoHcHJldl9rdhgEIAEoCCJcCgtQdXRSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIjCgdwcmV2X2t2GAIgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUibAoSRGVsZXRlUmFuZ2VSZXF1ZXN0EgsKA2tleRgBIAEoDBIRCglyYW5nZV9lbmQYAiABKAwSDwoHcHJldl9rdhgDIAEoCBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAyJ2ChNEZWxldGVSYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2RlbGV0ZWQYAiABKAMSJAoIcHJldl9rdnMYAyADKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSKyAQoJUmVxdWVzdE9wEi8KDXJlcXVlc3RfcmFuZ2UYASABKAsyFi5rdnJhZnRwYi5SYW5nZVJlcXVlc3RIABIrCgtyZXF1ZXN0X3B1dBgCIAEoCzIULmt2cmFmdHBiLlB1dFJlcXVlc3RIABI8ChRyZXF1ZXN0X2RlbGV0ZV9yYW5nZRgDIAEoCzIcLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVxdWVzdEgAQgkKB3JlcXVlc3QiugEKClJlc3BvbnNlT3ASMQoOcmVzcG9uc2VfcmFuZ2UYASABKAsyFy5rdnJhZnRwYi5SYW5nZVJlc3BvbnNlSAASLQoMcmVzcG9uc2VfcHV0GAIgASgLMhUua3ZyYWZ0cGIuUHV0UmVzcG9uc2VIABI+ChVyZXNwb25zZV9kZWxldGVfcmFuZ2UYAyABKAsyHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlSABCCgoIcmVzcG9uc2Ui3wIKB0NvbXBhcmUSLwoGcmVzdWx0GAEgASgOMh8ua3ZyYWZ0cGIuQ29tcGFyZS5Db21wYXJlUmVzdWx0Ei8KBnRhcmdldBgCIAEoDjIfLmt2cmFmdHBiLkNvbXBhcmUuQ29tcGFyZVRhcmdldBILCgNrZXkYAyABKAwSEQoHdmVyc2lvbhgEIAEoA0gAEhkKD2NyZWF0ZV9yZXZpc2lvbhgFIAEoA0gAEhYKDG1vZF9yZXZpc2lvbhgGIAEoA0gAEg8KBXZhbHVlGAcgASgMSAAiQAoNQ29tcGFyZVJlc3VsdBIJCgVFUVVBTBAAEgsKB0dSRUFURVIQARIICgRMRVNTEAISDQoJTk9UX0VRVUFMEAMiPAoNQ29tcGFyZVRhcmdldBILCgdWRVJTSU9OEAASCgoGQ1JFQVRFEAESBwoDTU9EEAISCQoFVkFMVUUQA0IOCgx0YXJnZXRfdW5pb24iowEKClR4blJlcXVlc3QSIgoHY29tcGFyZRgBIAMoCzIRLmt2cmFmdHBiLkNvbXBhcmUSJAoHc3VjY2VzcxgCIAMoCzITLmt2cmFmdHBiLlJlcXVlc3RPcBIkCgdmYWlsdXJlGAMgAygLMhMua3ZyYWZ0cGIuUmVxdWVzdE9wEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDInMKC1R4blJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEhEKCXN1Y2NlZWRlZBgCIAEoCBInCglyZXNwb25zZXMYAyADKAsyFC5rdnJhZnRwYi5SZXNwb25zZU9wIssBCgxXYXRjaFJlcXVlc3QSCwoDa2V5GAEgASgMEhEKCXJhbmdlX2VuZBgCIAEoDBIWCg5zdGFydF9yZXZpc2lvbhgDIAEoAxIXCg9wcm9ncmVzc19ub3RpZnkYBCABKAgSMgoHZmlsdGVycxgFIAMoDjIhLmt2cmFmdHBiLldhdGNoUmVxdWVzdC5GaWx0ZXJUeXBlEg8KB3ByZXZfa3YYBiABKAgiJQoKRmlsdGVyVHlwZRIJCgVOT1BVVBAAEgwKCE5PREVMRVRFEAEilwEKBUV2ZW50EicKBHR5cGUYASABKA4yGS5rdnJhZnRwYi5FdmVudC5FdmVudFR5cGUSHgoCa3YYAiABKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZRIjCgdwcmV2X2t2GAMgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUiIAoJRXZlbnRUeXBlEgcKA1BVVBAAEgoKBkRFTEVURRABIq4BCg1XYXRjaFJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2NyZWF0ZWQYAyABKAgSEAoIY2FuY2VsZWQYBCABKAgSGAoQY29tcGFjdF9yZXZpc2lvbhgFIAEoAxIVCg1jYW5jZWxfcmVhc29uGAYgASgJEh8KBmV2ZW50cxgLIAMoCzIPLmt2cmFmdHBiLkV2ZW50Ki4KAk9wEgcKA1BVVBAAEgoKBkFQUEVORBABEgcKA0dFVBACEgoKBkRFTEVURRADMocDCglLVlNlcnZpY2USPgoHQ29tbWFuZBIYLmt2cmFmdHBiLkNvbW1hbmRSZXF1ZXN0Ghkua3ZyYWZ0cGIuQ29tbWFuZFJlc3BvbnNlEkQKCUdldFN0YXR1cxIaLmt2cmFmdHBiLkdldFN0YXR1c1JlcXVlc3QaGy5rdnJhZnRwYi5HZXRTdGF0dXNSZXNwb25zZRI4CgVSYW5nZRIWLmt2cmFmdHBiLlJhbmdlUmVxdWVzdBoXLmt2cmFmdHBiLlJhbmdlUmVzcG9uc2USSgoLRGVsZXRlUmFuZ2USHC5rdnJhZnRwYi5EZWxldGVSYW5nZVJlcXVlc3QaHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlEjIKA1R4bhIULmt2cmFmdHBiLlR4blJlcXVlc3QaFS5rdnJhZnRwYi5UeG5SZXNwb25zZRI6CgVXYXRjaBIWLmt2cmFmdHBiLldhdGNoUmVxdWVzdBoXLmt2cmFmdHBiLldhdGNoUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_wrappers]);
+  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIlMKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCIYChZSZWdpc3RlclNlc3Npb25SZXF1ZXN0Il8KF1JlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEgsKA2VychgBIAEoCRIRCgljbGllbnRfaWQYAiABKAMSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCISChBHZXRTdGF0dXNSZXF1ZXN0IuABChFHZXRTdGF0dXNSZXNwb25zZRIKCgJpZBgBIAEoAxINCgVzdGF0ZRgCIAEoCRIMCgR0ZXJtGAMgASgDEhQKDGxhc3RfYXBwbGllZBgEIAEoAxIUCgxjb21taXRfaW5kZXgYBSABKAMSFAoMc3RvcmFnZV9zaXplGAYgASgDEhYKCWxlYWRlcl9pZBgHIAEoA0gAiAEBEg8KB21lbWJlcnMYCCADKAMSFgoOc25hcHNob3RfaW5kZXgYCSABKAMSEQoJa2V5X2NvdW50GAogASgDQgwKCl9sZWFkZXJfaWQihQEKDlJlc3BvbnNlSGVhZGVyEhAKCHJldmlzaW9uGAEgASgDEhEKCW1lbWJlcl9pZBgCIAEoAxIRCglyYWZ0X3Rlcm0YAyABKAMSCwoDZXJyGAQgASgJEi4KCWxlYWRlcl9pZBgFIAEoCzIbLmdvb2dsZS5wcm90b2J1Zi5JbnQ2NFZhbHVlImYKCEtleVZhbHVlEgsKA2tleRgBIAEoDBIXCg9jcmVhdGVfcmV2aXNpb24YAiABKAMSFAoMbW9kX3JldmlzaW9uGAMgASgDEg8KB3ZlcnNpb24YBCABKAMSDQoFdmFsdWUYBSABKAwiegoMUmFuZ2VSZXF1ZXN0EgsKA2tleRgBIAEoDBIRCglyYW5nZV9lbmQYAiABKAwSDQoFbGltaXQYAyABKAMSFAoMc2VyaWFsaXphYmxlGAcgASgIEhEKCWtleXNfb25seRgIIAEoCBISCgpjb3VudF9vbmx5GAkgASgIIokBCg1SYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEh8KA2t2cxgCIAMoCzISLmt2cmFmdHBiLktleVZhbHVlEgwKBG1vcmUYAyABKAgSDQoFY291bnQYBCABKAMSEAoIbmV4dF9rZXkYBSABKAwiOQoKUHV0UmVxdWVzdBILCgNrZXkYASABKAwSDQoFdmFsdWUYAiABKAwSDwoHcHJldl9rdhgEIAEoCCJcCgtQdXRSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIjCgdwcmV2X2t2GAIgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUigAEKEkRlbGV0ZVJhbmdlUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEg8KB3ByZXZfa3YYAyABKAgSEQoJY2xpZW50X2lkGAQgASgDEhIKCmNvbW1hbmRfaWQYBSABKAMSEgoKcmVnaXN0ZXJlZBgGIAEoCCJ2ChNEZWxldGVSYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2RlbGV0ZWQYAiABKAMSJAoIcHJldl9rdnMYAyADKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSKyAQoJUmVxdWVzdE9wEi8KDXJlcXVlc3RfcmFuZ2UYASABKAsyFi5rdnJhZnRwYi5SYW5nZVJlcXVlc3RIABIrCgtyZXF1ZXN0X3B1dBgCIAEoCzIULmt2cmFmdHBiLlB1dFJlcXVlc3RIABI8ChRyZXF1ZXN0X2RlbGV0ZV9yYW5nZRgDIAEoCzIcLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVxdWVzdEgAQgkKB3JlcXVlc3QiugEKClJlc3BvbnNlT3ASMQoOcmVzcG9uc2VfcmFuZ2UYASABKAsyFy5rdnJhZnRwYi5SYW5nZVJlc3BvbnNlSAASLQoMcmVzcG9uc2VfcHV0GAIgASgLMhUua3ZyYWZ0cGIuUHV0UmVzcG9uc2VIABI+ChVyZXNwb25zZV9kZWxldGVfcmFuZ2UYAyABKAsyHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlSABCCgoIcmVzcG9uc2Ui3wIKB0NvbXBhcmUSLwoGcmVzdWx0GAEgASgOMh8ua3ZyYWZ0cGIuQ29tcGFyZS5Db21wYXJlUmVzdWx0Ei8KBnRhcmdldBgCIAEoDjIfLmt2cmFmdHBiLkNvbXBhcmUuQ29tcGFyZVRhcmdldBILCgNrZXkYAyABKAwSEQoHdmVyc2lvbhgEIAEoA0gAEhkKD2NyZWF0ZV9yZXZpc2lvbhgFIAEoA0gAEhYKDG1vZF9yZXZpc2lvbhgGIAEoA0gAEg8KBXZhbHVlGAcgASgMSAAiQAoNQ29tcGFyZVJlc3VsdBIJCgVFUVVBTBAAEgsKB0dSRUFURVIQARIICgRMRVNTEAISDQoJTk9UX0VRVUFMEAMiPAoNQ29tcGFyZVRhcmdldBILCgdWRVJTSU9OEAASCgoGQ1JFQVRFEAESBwoDTU9EEAISCQoFVkFMVUUQA0IOCgx0YXJnZXRfdW5pb24itwEKClR4blJlcXVlc3QSIgoHY29tcGFyZRgBIAMoCzIRLmt2cmFmdHBiLkNvbXBhcmUSJAoHc3VjY2VzcxgCIAMoCzITLmt2cmFmdHBiLlJlcXVlc3RPcBIkCgdmYWlsdXJlGAMgAygLMhMua3ZyYWZ0cGIuUmVxdWVzdE9wEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDEhIKCnJlZ2lzdGVyZWQYBiABKAgicwoLVHhuUmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISEQoJc3VjY2VlZGVkGAIgASgIEicKCXJlc3BvbnNlcxgDIAMoCzIULmt2cmFmdHBiLlJlc3BvbnNlT3AiywEKDFdhdGNoUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEhYKDnN0YXJ0X3JldmlzaW9uGAMgASgDEhcKD3Byb2dyZXNzX25vdGlmeRgEIAEoCBIyCgdmaWx0ZXJzGAUgAygOMiEua3ZyYWZ0cGIuV2F0Y2hSZXF1ZXN0LkZpbHRlclR5cGUSDwoHcHJldl9rdhgGIAEoCCIlCgpGaWx0ZXJUeXBlEgkKBU5PUFVUEAASDAoITk9ERUxFVEUQASKXAQoFRXZlbnQSJwoEdHlwZRgBIAEoDjIZLmt2cmFmdHBiLkV2ZW50LkV2ZW50VHlwZRIeCgJrdhgCIAEoCzISLmt2cmFmdHBiLktleVZhbHVlEiMKB3ByZXZfa3YYAyABKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSIgCglFdmVudFR5cGUSBwoDUFVUEAASCgoGREVMRVRFEAEirgEKDVdhdGNoUmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISDwoHY3JlYXRlZBgDIAEoCBIQCghjYW5jZWxlZBgEIAEoCBIYChBjb21wYWN0X3JldmlzaW9uGAUgASgDEhUKDWNhbmNlbF9yZWFzb24YBiABKAkSHwoGZXZlbnRzGAsgAygLMg8ua3ZyYWZ0cGIuRXZlbnQqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMy3wMKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlElYKD1JlZ2lzdGVyU2Vzc2lvbhIgLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaIS5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXNwb25zZRI4CgVSYW5nZRIWLmt2cmFmdHBiLlJhbmdlUmVxdWVzdBoXLmt2cmFmdHBiLlJhbmdlUmVzcG9uc2USSgoLRGVsZXRlUmFuZ2USHC5rdnJhZnRwYi5EZWxldGVSYW5nZVJlcXVlc3QaHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlEjIKA1R4bhIULmt2cmFmdHBiLlR4blJlcXVlc3QaFS5rdnJhZnRwYi5UeG5SZXNwb25zZRI6CgVXYXRjaBIWLmt2cmFmdHBiLldhdGNoUmVxdWVzdBoXLmt2cmFmdHBiLldhdGNoUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_wrappers]);
 
 /**
+ * One operation. Sessions and exactly-once writes:
+ * - client_id 0 (or absent): no session. The write is applied every time it arrives, never
+ *   deduplicated: a retried write may apply twice.
+ * - registered = true: client_id came from RegisterSession (kvraft's Clerk). A retry with the same
+ *   command_id is answered from the session, never applied twice; if the session has expired
+ *   (idle for the server's session TTL, default 1 hour) the request fails with
+ *   FAILED_PRECONDITION "session ... has expired" and is not applied: register again.
+ * - registered = false with a client_id (eRaft's clients: a random id): the session starts with the
+ *   client's first write and deduplicates while it lives, i.e. within the TTL and while fewer than
+ *   the server's limit of other unregistered clients (default 100,000) wrote since.
+ * command_id increases with each operation of a session (from 0 or 1); a retry repeats it. An older
+ * command_id, or the last one for a different command, is refused (INVALID_ARGUMENT), not applied.
+ * A key may be empty, as in eRaft.
+ *
+ * eRaft-shaped requests: eRaft's Clerk treats every RPC error as "try the next server" and would
+ * retry a refused request forever. A request that arrives over gRPC (the protocol eRaft speaks)
+ * without registered = true is taken as eRaft's: a refusal (invalid input, a value past the limit)
+ * is answered as a CommandResponse whose err starts with "ErrInvalidArgument: " and says why, which
+ * eRaft's Clerk returns; overload is answered ErrTimeout after a short pause (the Clerk moves on to
+ * the next server). Every other request (Connect, gRPC-Web, or gRPC with registered = true) gets
+ * refusals as Connect/gRPC errors: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, FAILED_PRECONDITION,
+ * UNAVAILABLE.
+ *
  * @generated from message kvraftpb.CommandRequest
  */
 export type CommandRequest = Message<"kvraftpb.CommandRequest"> & {
@@ -45,6 +68,13 @@ export type CommandRequest = Message<"kvraftpb.CommandRequest"> & {
    * @generated from field: int64 command_id = 5;
    */
   commandId: bigint;
+
+  /**
+   * kvraft extension: client_id is a session from RegisterSession (see above).
+   *
+   * @generated from field: bool registered = 6;
+   */
+  registered: boolean;
 };
 
 /**
@@ -59,7 +89,8 @@ export const CommandRequestSchema: GenMessage<CommandRequest> = /*@__PURE__*/
  */
 export type CommandResponse = Message<"kvraftpb.CommandResponse"> & {
   /**
-   * Exactly one of: OK, ErrNoKey, ErrWrongLeader, ErrTimeout.
+   * One of: OK, ErrNoKey, ErrWrongLeader, ErrTimeout; for eRaft-shaped requests also
+   * "ErrInvalidArgument: <why>" (see CommandRequest).
    *
    * @generated from field: string err = 1;
    */
@@ -86,6 +117,53 @@ export const CommandResponseSchema: GenMessage<CommandResponse> = /*@__PURE__*/
   messageDesc(file_kvraftpb_kvraft, 1);
 
 /**
+ * kvraft extension: asks the leader for a new session (Raft dissertation 6.3).
+ *
+ * @generated from message kvraftpb.RegisterSessionRequest
+ */
+export type RegisterSessionRequest = Message<"kvraftpb.RegisterSessionRequest"> & {
+};
+
+/**
+ * Describes the message kvraftpb.RegisterSessionRequest.
+ * Use `create(RegisterSessionRequestSchema)` to create a new message.
+ */
+export const RegisterSessionRequestSchema: GenMessage<RegisterSessionRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 2);
+
+/**
+ * @generated from message kvraftpb.RegisterSessionResponse
+ */
+export type RegisterSessionResponse = Message<"kvraftpb.RegisterSessionResponse"> & {
+  /**
+   * OK (client_id is set), ErrWrongLeader (with leader_id when known) or ErrTimeout. A full
+   * session table is answered RESOURCE_EXHAUSTED: retry later.
+   *
+   * @generated from field: string err = 1;
+   */
+  err: string;
+
+  /**
+   * The session id: use it as CommandRequest.client_id with registered = true.
+   *
+   * @generated from field: int64 client_id = 2;
+   */
+  clientId: bigint;
+
+  /**
+   * @generated from field: optional int64 leader_id = 3;
+   */
+  leaderId?: bigint | undefined;
+};
+
+/**
+ * Describes the message kvraftpb.RegisterSessionResponse.
+ * Use `create(RegisterSessionResponseSchema)` to create a new message.
+ */
+export const RegisterSessionResponseSchema: GenMessage<RegisterSessionResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 3);
+
+/**
  * @generated from message kvraftpb.GetStatusRequest
  */
 export type GetStatusRequest = Message<"kvraftpb.GetStatusRequest"> & {
@@ -96,7 +174,7 @@ export type GetStatusRequest = Message<"kvraftpb.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 2);
+  messageDesc(file_kvraftpb_kvraft, 4);
 
 /**
  * @generated from message kvraftpb.GetStatusResponse
@@ -164,7 +242,7 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 3);
+  messageDesc(file_kvraftpb_kvraft, 5);
 
 /**
  * Every answer of the calls below.
@@ -211,7 +289,7 @@ export type ResponseHeader = Message<"kvraftpb.ResponseHeader"> & {
  * Use `create(ResponseHeaderSchema)` to create a new message.
  */
 export const ResponseHeaderSchema: GenMessage<ResponseHeader> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 4);
+  messageDesc(file_kvraftpb_kvraft, 6);
 
 /**
  * @generated from message kvraftpb.KeyValue
@@ -248,7 +326,7 @@ export type KeyValue = Message<"kvraftpb.KeyValue"> & {
  * Use `create(KeyValueSchema)` to create a new message.
  */
 export const KeyValueSchema: GenMessage<KeyValue> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 5);
+  messageDesc(file_kvraftpb_kvraft, 7);
 
 /**
  * @generated from message kvraftpb.RangeRequest
@@ -297,7 +375,7 @@ export type RangeRequest = Message<"kvraftpb.RangeRequest"> & {
  * Use `create(RangeRequestSchema)` to create a new message.
  */
 export const RangeRequestSchema: GenMessage<RangeRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 6);
+  messageDesc(file_kvraftpb_kvraft, 8);
 
 /**
  * @generated from message kvraftpb.RangeResponse
@@ -340,7 +418,7 @@ export type RangeResponse = Message<"kvraftpb.RangeResponse"> & {
  * Use `create(RangeResponseSchema)` to create a new message.
  */
 export const RangeResponseSchema: GenMessage<RangeResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 7);
+  messageDesc(file_kvraftpb_kvraft, 9);
 
 /**
  * @generated from message kvraftpb.PutRequest
@@ -367,7 +445,7 @@ export type PutRequest = Message<"kvraftpb.PutRequest"> & {
  * Use `create(PutRequestSchema)` to create a new message.
  */
 export const PutRequestSchema: GenMessage<PutRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 8);
+  messageDesc(file_kvraftpb_kvraft, 10);
 
 /**
  * @generated from message kvraftpb.PutResponse
@@ -389,7 +467,7 @@ export type PutResponse = Message<"kvraftpb.PutResponse"> & {
  * Use `create(PutResponseSchema)` to create a new message.
  */
 export const PutResponseSchema: GenMessage<PutResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 9);
+  messageDesc(file_kvraftpb_kvraft, 11);
 
 /**
  * @generated from message kvraftpb.DeleteRangeRequest
@@ -421,6 +499,11 @@ export type DeleteRangeRequest = Message<"kvraftpb.DeleteRangeRequest"> & {
    * @generated from field: int64 command_id = 5;
    */
   commandId: bigint;
+
+  /**
+   * @generated from field: bool registered = 6;
+   */
+  registered: boolean;
 };
 
 /**
@@ -428,7 +511,7 @@ export type DeleteRangeRequest = Message<"kvraftpb.DeleteRangeRequest"> & {
  * Use `create(DeleteRangeRequestSchema)` to create a new message.
  */
 export const DeleteRangeRequestSchema: GenMessage<DeleteRangeRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 10);
+  messageDesc(file_kvraftpb_kvraft, 12);
 
 /**
  * @generated from message kvraftpb.DeleteRangeResponse
@@ -455,7 +538,7 @@ export type DeleteRangeResponse = Message<"kvraftpb.DeleteRangeResponse"> & {
  * Use `create(DeleteRangeResponseSchema)` to create a new message.
  */
 export const DeleteRangeResponseSchema: GenMessage<DeleteRangeResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 11);
+  messageDesc(file_kvraftpb_kvraft, 13);
 
 /**
  * @generated from message kvraftpb.RequestOp
@@ -490,7 +573,7 @@ export type RequestOp = Message<"kvraftpb.RequestOp"> & {
  * Use `create(RequestOpSchema)` to create a new message.
  */
 export const RequestOpSchema: GenMessage<RequestOp> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 12);
+  messageDesc(file_kvraftpb_kvraft, 14);
 
 /**
  * @generated from message kvraftpb.ResponseOp
@@ -525,7 +608,7 @@ export type ResponseOp = Message<"kvraftpb.ResponseOp"> & {
  * Use `create(ResponseOpSchema)` to create a new message.
  */
 export const ResponseOpSchema: GenMessage<ResponseOp> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 13);
+  messageDesc(file_kvraftpb_kvraft, 15);
 
 /**
  * @generated from message kvraftpb.Compare
@@ -581,7 +664,7 @@ export type Compare = Message<"kvraftpb.Compare"> & {
  * Use `create(CompareSchema)` to create a new message.
  */
 export const CompareSchema: GenMessage<Compare> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 14);
+  messageDesc(file_kvraftpb_kvraft, 16);
 
 /**
  * @generated from enum kvraftpb.Compare.CompareResult
@@ -612,7 +695,7 @@ export enum Compare_CompareResult {
  * Describes the enum kvraftpb.Compare.CompareResult.
  */
 export const Compare_CompareResultSchema: GenEnum<Compare_CompareResult> = /*@__PURE__*/
-  enumDesc(file_kvraftpb_kvraft, 14, 0);
+  enumDesc(file_kvraftpb_kvraft, 16, 0);
 
 /**
  * @generated from enum kvraftpb.Compare.CompareTarget
@@ -643,7 +726,7 @@ export enum Compare_CompareTarget {
  * Describes the enum kvraftpb.Compare.CompareTarget.
  */
 export const Compare_CompareTargetSchema: GenEnum<Compare_CompareTarget> = /*@__PURE__*/
-  enumDesc(file_kvraftpb_kvraft, 14, 1);
+  enumDesc(file_kvraftpb_kvraft, 16, 1);
 
 /**
  * @generated from message kvraftpb.TxnRequest
@@ -675,6 +758,11 @@ export type TxnRequest = Message<"kvraftpb.TxnRequest"> & {
    * @generated from field: int64 command_id = 5;
    */
   commandId: bigint;
+
+  /**
+   * @generated from field: bool registered = 6;
+   */
+  registered: boolean;
 };
 
 /**
@@ -682,7 +770,7 @@ export type TxnRequest = Message<"kvraftpb.TxnRequest"> & {
  * Use `create(TxnRequestSchema)` to create a new message.
  */
 export const TxnRequestSchema: GenMessage<TxnRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 15);
+  messageDesc(file_kvraftpb_kvraft, 17);
 
 /**
  * @generated from message kvraftpb.TxnResponse
@@ -709,7 +797,7 @@ export type TxnResponse = Message<"kvraftpb.TxnResponse"> & {
  * Use `create(TxnResponseSchema)` to create a new message.
  */
 export const TxnResponseSchema: GenMessage<TxnResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 16);
+  messageDesc(file_kvraftpb_kvraft, 18);
 
 /**
  * @generated from message kvraftpb.WatchRequest
@@ -755,7 +843,7 @@ export type WatchRequest = Message<"kvraftpb.WatchRequest"> & {
  * Use `create(WatchRequestSchema)` to create a new message.
  */
 export const WatchRequestSchema: GenMessage<WatchRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 17);
+  messageDesc(file_kvraftpb_kvraft, 19);
 
 /**
  * @generated from enum kvraftpb.WatchRequest.FilterType
@@ -776,7 +864,7 @@ export enum WatchRequest_FilterType {
  * Describes the enum kvraftpb.WatchRequest.FilterType.
  */
 export const WatchRequest_FilterTypeSchema: GenEnum<WatchRequest_FilterType> = /*@__PURE__*/
-  enumDesc(file_kvraftpb_kvraft, 17, 0);
+  enumDesc(file_kvraftpb_kvraft, 19, 0);
 
 /**
  * @generated from message kvraftpb.Event
@@ -803,7 +891,7 @@ export type Event = Message<"kvraftpb.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 18);
+  messageDesc(file_kvraftpb_kvraft, 20);
 
 /**
  * @generated from enum kvraftpb.Event.EventType
@@ -824,7 +912,7 @@ export enum Event_EventType {
  * Describes the enum kvraftpb.Event.EventType.
  */
 export const Event_EventTypeSchema: GenEnum<Event_EventType> = /*@__PURE__*/
-  enumDesc(file_kvraftpb_kvraft, 18, 0);
+  enumDesc(file_kvraftpb_kvraft, 20, 0);
 
 /**
  * @generated from message kvraftpb.WatchResponse
@@ -874,7 +962,7 @@ export type WatchResponse = Message<"kvraftpb.WatchResponse"> & {
  * Use `create(WatchResponseSchema)` to create a new message.
  */
 export const WatchResponseSchema: GenMessage<WatchResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 19);
+  messageDesc(file_kvraftpb_kvraft, 21);
 
 /**
  * @generated from enum kvraftpb.Op
@@ -930,6 +1018,18 @@ export const KVService: GenService<{
     output: typeof GetStatusResponseSchema;
   },
   /**
+   * kvraft extension.
+   *
+   * @generated from rpc kvraftpb.KVService.RegisterSession
+   */
+  registerSession: {
+    methodKind: "unary";
+    input: typeof RegisterSessionRequestSchema;
+    output: typeof RegisterSessionResponseSchema;
+  },
+  /**
+   * kvraft extensions modelled on etcd v3 (issue 14).
+   *
    * @generated from rpc kvraftpb.KVService.Range
    */
   range: {
