@@ -101,7 +101,9 @@ describe("revisions", () => {
   test("a snapshot carries revisions and Txn answers; the receiver's history starts after it", async () => {
     nextIndex = 1;
     const a = await open(tempDir());
-    await a.apply([put("x", "1"), put("x", "2"), txn({ success: [putOp("y", "1")] }, 9n, 1n)]);
+    const first = [put("x", "1"), put("x", "2")];
+    const original = txn({ success: [putOp("y", "1")] }, 9n, 1n);
+    await a.apply([...first, original]);
     const { meta, chunks } = await a.snapshot();
     const bm = await open(tempDir());
     await bm.restore(meta, chunks);
@@ -111,7 +113,7 @@ describe("revisions", () => {
     ]);
     expect(bm.historyStart).toBe(4);
     // The retried Txn is answered from the session on the new replica, with the original answer.
-    const retry = await applyTxn(bm, { ...txn({ success: [putOp("y", "again")] }, 9n, 1n) });
+    const retry = await applyTxn(bm, { ...original, index: 4 });
     expect(retry.revision).toBe(3);
     expect(s(bm.read("y")!)).toBe("1");
   });
