@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { KVService } from "../../src/gen/kvraftpb/kvraft_pb.ts";
-import { TestCluster } from "./harness.ts";
+import { TestCluster, kvclient } from "./harness.ts";
+import * as path from "node:path";
 import { WatchCompactedError, type WatchEvent } from "../../src/kv/clerk-watch.ts";
 import type { ClerkKV } from "../../src/kv/clerk-txn.ts";
 import type { Clerk } from "../../src/kv/client.ts";
@@ -221,5 +222,48 @@ describe("watch", () => {
     expect(refused.code).toBe(Code.ResourceExhausted);
     expect(refused.rawMessage).toContain("already serves 3 watches (limit 3)");
     for (const abort of aborts) abort.abort();
+  });
+});
+
+describe("kvclient", () => {
+  test("range, scan, cas and watch from the command line", async () => {
+    const a = ["-addrs", cluster.addrs.join(",")];
+    const clerk = cluster.clerk();
+    for (const k of ["cli/a", "cli/b", "clj"]) await clerk.put(k, `v-${k}`);
+    const range = await kvclient([...a, "-op", "range", "-key", "cli/", "-end", "clk"]);
+    expect(range).toMatchObject({ code: 0, stdout: "cli/a -> v-cli/a\ncli/b -> v-cli/b\nclj -> v-clj\n" });
+    expect(range.stderr).toMatch(/\(3 of 3 keys at revision \d+\)/);
+    expect(await kvclient([...a, "-op", "scan", "-key", "cli/"])).toMatchObject({ code: 0, stdout: "cli/a -> v-cli/a\ncli/b -> v-cli/b\n" });
+    const swapped = await kvclient([...a, "-op", "cas", "-key", "cli/a", "-expect", "v-cli/a", "-value", "new"]);
+    expect(swapped.code).toBe(0);
+    expect(swapped.stdout).toMatch(/^CAS\(cli\/a, v-cli\/a -> new\) success at revision \d+\n$/);
+    expect(await kvclient([...a, "-op", "cas", "-key", "cli/a", "-expect", "v-cli/a", "-value", "newer"])).toMatchObject({
+      code: 1,
+      stdout: "CAS(cli/a, v-cli/a -> newer) failed: the value is new\n",
+    });
+    expect((await kvclient([...a, "-op", "range", "-key", "z", "-end", "a"])).code).toBe(1);
+    expect((await kvclient([...a, "-op", "range", "-key", "a", "-limit", "x"])).code).toBe(2);
+
+    const root = path.join(import.meta.dir, "../..");
+    const proc = Bun.spawn(["bun", path.join(root, "src/cli/kvclient.ts"), ...a, "-op", "watch", "-key", "cli/", "-prefix"], { stdout: "pipe", stderr: "pipe" });
+    const timer = setTimeout(() => proc.kill("SIGKILL"), 30_000);
+    const reader = proc.stdout.getReader();
+    let out = "";
+    const deadline = Date.now() + 20_000;
+    // Writes until the watch (which starts at "now") has printed one; then Ctrl-C.
+    let pending = reader.read();
+    for (let i = 0; !out.includes("PUT cli/w -> ") && Date.now() < deadline; i++) {
+      await clerk.put("cli/w", `w${i}`);
+      const chunk = await Promise.race([pending, Bun.sleep(300).then(() => null)]);
+      if (chunk === null) continue;
+      if (chunk.value !== undefined) out += new TextDecoder().decode(chunk.value);
+      if (chunk.done) break;
+      pending = reader.read();
+    }
+    proc.kill("SIGINT");
+    const code = await proc.exited;
+    clearTimeout(timer);
+    expect(out).toMatch(/^PUT cli\/w -> w\d+ \(revision \d+\)$/m);
+    expect(code).toBe(0);
   });
 });
