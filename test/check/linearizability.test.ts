@@ -282,7 +282,7 @@ function randomCasHistory(seed: number, corrupt: boolean): Operation[] {
   let state: string | null = null;
   for (const op of [...ops].sort((a, b) => a.point - b.point)) {
     if (!op.takesEffect) continue;
-    const before = state;
+    const before: string | null = state;
     state = stepKv(before, op.input, null, false).state;
     if (op.input.op === "Get") op.output = before === null ? { err: "ErrNoKey", value: "" } : { err: "OK", value: before };
     else if (op.input.op === "Delete") op.output = { err: before === null ? "ErrNoKey" : "OK", value: "" };
