@@ -9,7 +9,8 @@ import { TestCluster, kvclient } from "./harness.ts";
 import * as path from "node:path";
 import { WatchCompactedError, type WatchEvent } from "../../src/kv/clerk-watch.ts";
 import type { ClerkKV } from "../../src/kv/clerk-txn.ts";
-import type { Clerk } from "../../src/kv/client.ts";
+import { ClerkError, type Clerk } from "../../src/kv/client.ts";
+import { checkHistory, type Operation } from "../../src/sim/check/index.ts";
 
 setDefaultTimeout(60_000);
 
@@ -265,5 +266,78 @@ describe("kvclient", () => {
     clearTimeout(timer);
     expect(out).toMatch(/^PUT cli\/w -> w\d+ \(revision \d+\)$/m);
     expect(code).toBe(0);
+  });
+});
+
+describe("compare-and-swap under faults", () => {
+  test("a CAS register workload under kill -9 of the leader and a paused node is linearizable", async () => {
+    const keys = ["reg0", "reg1"];
+    const history: Operation[] = [];
+    const progress = { done: 0, swapped: 0 };
+    let stop = false;
+    const clients = [0, 1, 2, 3].map(async (c) => {
+      const clerk = cluster.clerk({ operationTimeoutMs: 10_000 });
+      const seen = new Map<string, string | null>();
+      for (let i = 0; i < 60 && !stop; i++) {
+        const key = keys[(c + i) % keys.length]!;
+        const call = performance.now();
+        try {
+          if (i % 3 === 0) {
+            const value = await clerk.get(key);
+            seen.set(key, value);
+            history.push({ clientId: c, input: { op: "Get", key, value: "" }, output: value === null ? { err: "ErrNoKey", value: "" } : { err: "OK", value }, call, return: performance.now() });
+          } else {
+            const expect = seen.get(key) ?? null;
+            const value = `<${c}.${i}>`;
+            const answer = await clerk.cas(key, expect, value);
+            const output = answer.succeeded
+              ? { err: "OK", value: "" }
+              : answer.previous === null
+                ? { err: "ErrCasFailedNoKey", value: "" }
+                : { err: "ErrCasFailed", value: answer.previous.value };
+            history.push({ clientId: c, input: { op: "Cas", key, value, expect }, output, call, return: performance.now() });
+            seen.set(key, answer.succeeded ? value : (answer.previous?.value ?? null));
+            if (answer.succeeded) progress.swapped++;
+          }
+        } catch (error) {
+          if (!(error instanceof ClerkError) || !error.outcomeUnknown) throw error;
+          // May or may not have taken effect: open in the history; the next Get tells.
+          const expect = seen.get(key) ?? null;
+          history.push({ clientId: c, input: { op: "Cas", key, value: `<${c}.${i}>`, expect }, output: null, call, return: Infinity });
+          seen.delete(key);
+        }
+        progress.done++;
+      }
+    });
+    const all = Promise.all(clients);
+    let failed: unknown = null;
+    all.catch((error: unknown) => (failed = error));
+    const waitFor = async (target: number, phase: string) => {
+      for (let i = 0; i < 300 && progress.done < target; i++) {
+        if (failed !== null) throw failed;
+        await Bun.sleep(100);
+      }
+      if (progress.done < target) throw new Error(`${phase}: only ${progress.done} of ${target} operations within 30 s`);
+    };
+    try {
+      await waitFor(20, "before the crash");
+      const leader = await cluster.waitForLeader();
+      expect(await cluster.kill(leader, "SIGKILL")).not.toBe(0);
+      await waitFor(progress.done + 20, "with the leader dead");
+      await cluster.restart(leader);
+      // Pause the current leader (SIGSTOP) long enough for an election, then let it go on.
+      const paused = await cluster.waitForLeader();
+      cluster.nodes[paused]!.proc.kill("SIGSTOP");
+      await Bun.sleep(1500);
+      cluster.nodes[paused]!.proc.kill("SIGCONT");
+      await waitFor(progress.done + 20, "after the pause");
+    } finally {
+      stop = true;
+    }
+    await all;
+    expect(progress.swapped).toBeGreaterThan(5);
+    const verdict = checkHistory(history, { timeoutMs: 20_000 });
+    if (verdict.result !== "ok") console.error(JSON.stringify(verdict, (_, v) => (typeof v === "bigint" ? String(v) : v === Infinity ? "Infinity" : v), 2).slice(0, 3000));
+    expect(verdict.result).toBe("ok");
   });
 });
