@@ -5,7 +5,9 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { KVService } from "../../src/gen/kvraftpb/kvraft_pb.ts";
-import { TestCluster, kvclient } from "./harness.ts";
+import { TestCluster, freePorts, kvclient } from "./harness.ts";
+import { CHROMIUM, runBrowserPage } from "./browser.ts";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { WatchCompactedError, type WatchEvent } from "../../src/kv/clerk-watch.ts";
 import type { ClerkKV } from "../../src/kv/clerk-txn.ts";
@@ -15,11 +17,15 @@ import { checkHistory, type Operation } from "../../src/sim/check/index.ts";
 setDefaultTimeout(60_000);
 
 let cluster: TestCluster;
+let pagePort: number;
 const enc = new TextEncoder();
 
 beforeAll(async () => {
+  [pagePort] = (await freePorts(1)) as [number];
   // A short log (compacted every ~100 entries) so the watch history is trimmed within one test.
-  cluster = await TestCluster.start({ extraArgs: ["--snapshot-threshold", "100", "--max-watches", "3"] });
+  cluster = await TestCluster.start({
+    extraArgs: ["--snapshot-threshold", "100", "--max-watches", "3", "--cors-origin", `http://127.0.0.1:${pagePort}`],
+  });
   await cluster.waitForLeader();
 });
 
@@ -223,6 +229,31 @@ describe("watch", () => {
     expect(refused.code).toBe(Code.ResourceExhausted);
     expect(refused.rawMessage).toContain("already serves 3 watches (limit 3)");
     for (const abort of aborts) abort.abort();
+  });
+});
+
+describe("watch in a browser", () => {
+  const haveChromium = fs.existsSync(CHROMIUM);
+  if (!haveChromium) console.log(`SKIP browser watch test: ${CHROMIUM} is absent`);
+
+  test.skipIf(!haveChromium)("a connect-web Clerk in headless Chromium replays past events and receives a live one; gRPC-Web streams too", async () => {
+    const clerk = cluster.clerk();
+    await clerk.put("bw/0", "zero");
+    const first = (await clerk.range("bw/", "bw0")).revision + 1;
+    await clerk.put("bw/1", "one");
+    await clerk.deleteRange("bw/0", "");
+    const { report } = await runBrowserPage(
+      { addrs: cluster.addrs.join(","), prefix: "bw/", rev: String(first), count: "2" },
+      40_000,
+      pagePort,
+      { page: path.join(import.meta.dir, "browser-watch-page.ts") },
+    );
+    expect(report.error).toBeUndefined();
+    const seen: string[] = report.result.seen;
+    expect(seen.slice(0, 2).map((e) => e.replace(/@\d+$/, ""))).toEqual(["put bw/1=one", "delete bw/0="]);
+    expect(seen[2]).toMatch(/^put bw\/live=now@\d+$/);
+    expect(report.result.grpcWebCreated).toBe(true);
+    expect(report.result.grpcWebEvents).toBeGreaterThanOrEqual(2);
   });
 });
 
