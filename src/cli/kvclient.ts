@@ -7,8 +7,9 @@ import type { Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError, type NodeStatus } from "../kv/client.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
+import { API_OPS, API_SWITCHES, API_USAGE, API_VALUE_FLAGS, checkApiFlags, runApiOp } from "./kvclient-api.ts";
 
-const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append|delete|status [-key K] [-value V] [-w table|json]
+const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append|delete|status|range|scan|cas|watch [-key K] [-value V] [-w table|json]
 
   -addrs     comma separated node addresses (default "localhost:5001,localhost:5002,localhost:5003")
   -op        get, put, append, delete or status (default "get")
@@ -22,6 +23,9 @@ const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append
              the key flag is not --key: -key is the KV key)
   --token-file    send "Authorization: Bearer <the file's token>" (nodes started with --client-token-file)
   -help      print this message
+
+etcd-style operations (keys with revisions):
+${API_USAGE}
 
 Flags may also be written --name value or -name=value.`;
 
@@ -91,8 +95,9 @@ async function main(argv: string[]): Promise<number> {
         "token-file": undefined,
         w: undefined,
         "write-out": undefined,
+        ...API_VALUE_FLAGS,
       },
-      switches: ["help", "h"],
+      switches: ["help", "h", ...API_SWITCHES],
     });
     if (flags.switches.has("help") || flags.switches.has("h")) {
       console.log(USAGE);
@@ -102,11 +107,12 @@ async function main(argv: string[]): Promise<number> {
     timeoutMs = Number(flags.values.timeout);
     if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new UsageError(`-timeout must be a positive number of milliseconds`);
     const op = flags.values.op!;
-    if (!["get", "put", "append", "delete", "status"].includes(op)) throw new UsageError(`unknown -op "${op}"`);
+    if (!["get", "put", "append", "delete", "status", ...API_OPS].includes(op)) throw new UsageError(`unknown -op "${op}"`);
     if (op !== "status" && flags.values.key === undefined) throw new UsageError(`-op ${op} needs -key`);
     writeOut = flags.values.w ?? flags.values["write-out"] ?? "table";
     if (writeOut !== "table" && writeOut !== "json") throw new UsageError(`-w "${writeOut}" is not table or json`);
     if (op !== "status" && (flags.values.w !== undefined || flags.values["write-out"] !== undefined)) throw new UsageError(`-w applies to -op status`);
+    if (API_OPS.includes(op)) checkApiFlags(op, { values: { ...flags.values, value: argv.some((a) => /^--?value(=|$)/.test(a)) ? flags.values.value : undefined }, switches: flags.switches });
   } catch (error) {
     if (error instanceof UsageError) {
       console.error(`kvclient: ${error.message}\n\n${USAGE}`);
@@ -183,6 +189,8 @@ async function main(argv: string[]): Promise<number> {
         console.log(writeOut === "json" ? statusJson(rows) : statusTable(rows));
         return rows.some((r) => r.online) ? 0 : 1;
       }
+      default:
+        if (API_OPS.includes(flags.values.op!)) return await runApiOp(clerk, flags.values.op!, key, flags);
     }
   } catch (error) {
     if (error instanceof ClerkError) {

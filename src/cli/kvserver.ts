@@ -34,6 +34,7 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        recently used is dropped beyond (default 100000)
   --log-level          debug, info, warn, error or fatal (default info)
   --log-format         json (one object per line), human, or auto: human on a terminal (default)
+  --max-watches        watches this node serves at once; one more is refused (default 1000)
   -help                print this message
 
 security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
@@ -50,6 +51,7 @@ interface Config {
   db: string;
   corsOrigins: string[];
   snapshotThreshold?: number;
+  maxWatches?: number;
   fastLane: boolean;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
   security: NodeSecurity;
@@ -70,6 +72,7 @@ function parseConfig(argv: string[]): Config | "help" {
       "max-unregistered-sessions": undefined,
       "log-level": "info",
       "log-format": "auto",
+      "max-watches": undefined,
       ...SECURITY_VALUE_FLAGS,
     },
     switches: ["help", "h", "no-fast-lane", ...SECURITY_SWITCHES],
@@ -113,7 +116,12 @@ function parseConfig(argv: string[]): Config | "help" {
   if (logFormat !== "json" && logFormat !== "human" && logFormat !== "auto") {
     throw new UsageError(`--log-format "${logFormat}" is not one of json, human, auto`);
   }
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), sessions, security, logLevel, logFormat };
+  let maxWatches: number | undefined;
+  if (flags.values["max-watches"] !== undefined) {
+    maxWatches = Number(flags.values["max-watches"]);
+    if (!Number.isInteger(maxWatches) || maxWatches < 0) throw new UsageError(`--max-watches must be a non-negative integer`);
+  }
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, maxWatches, fastLane: !flags.switches.has("no-fast-lane"), sessions, security, logLevel, logFormat };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -159,6 +167,7 @@ async function main(argv: string[]): Promise<number> {
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
           state: config.sessions,
+          ...(config.maxWatches === undefined ? {} : { watchLimits: { maxWatches: config.maxWatches } }),
         }),
     });
   } catch (error) {

@@ -3,7 +3,23 @@
 // is applied once. No node-only imports: the caller supplies the Connect transport.
 
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
-import { KVService, Op, type CommandResponse, type RegisterSessionResponse } from "../gen/kvraftpb/kvraft_pb.ts";
+import { KVService, Op, type CommandResponse, type RegisterSessionResponse, type ResponseHeader, type TxnResponse } from "../gen/kvraftpb/kvraft_pb.ts";
+import {
+  casAnswer,
+  casRequest,
+  deleteAnswer,
+  deleteRequest,
+  rangeAnswer,
+  rangeRequest,
+  scanPages,
+  type CasAnswer,
+  type ClerkKV,
+  type ClerkTxnRequest,
+  type DeleteAnswer,
+  type RangeAnswer,
+  type RangeOptions,
+} from "./clerk-txn.ts";
+import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
 
 export interface ClerkOptions {
   /** Every node's address, in node-id order: "localhost:5001" or "http://host:port". */
@@ -68,7 +84,7 @@ export type NodeStatus =
   | { online: false; id: number; address: string; state: "Offline"; error: string };
 
 /** Connect codes that mean "this node could not answer now": try another node. */
-const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Aborted, Code.Canceled, Code.Internal]);
+export const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Aborted, Code.Canceled, Code.Internal]);
 /** Connect codes that mean "this node is busy": ask it again after a backoff. */
 const BACK_OFF_ON_SAME_NODE = new Set<Code>([Code.ResourceExhausted]);
 
@@ -107,6 +123,14 @@ type Attempt<T> =
 
 function commandAttempt(response: CommandResponse, node: number): Attempt<CommandResponse> {
   return classify(response, node, "committing the command");
+}
+
+/** An answer of Range, DeleteRange or Txn: its header's err decides, as Command's err does. */
+function headerAttempt<T extends { header?: ResponseHeader }>(response: T, node: number): Attempt<T> {
+  const hint = response.header?.leaderId;
+  const leader = hint === undefined ? { case: undefined } : { case: "leaderId" as const, value: hint };
+  const outcome = classify({ err: response.header?.err ?? "", leader }, node, "the request");
+  return "done" in outcome ? { done: response } : outcome;
 }
 
 function registerAttempt(response: RegisterSessionResponse, node: number): Attempt<RegisterSessionResponse> {
@@ -178,6 +202,79 @@ export class Clerk {
   /** Removes `key`; true when it existed. */
   async delete(key: string): Promise<boolean> {
     return (await this.command(Op.DELETE, key, "")).err === "OK";
+  }
+
+  /** Keys in [key, end) with their revisions ("\0" as end: every key >= key); see clerk-txn.ts. */
+  range(key: string, end: string | Uint8Array, options?: RangeOptions): Promise<RangeAnswer> {
+    const request = rangeRequest(key, end, options);
+    const deadline = Date.now() + this.options.operationTimeoutMs;
+    return this.retrying(`Range(${JSON.stringify(key)})`, deadline, false, (client, timeoutMs) =>
+      client.range(request, { timeoutMs }).then((response) => headerAttempt(response, this.leader)),
+    ).then(rangeAnswer);
+  }
+
+  /** Every key that starts with `prefix`, read page by page. */
+  scan(prefix: string, options?: RangeOptions & { maxKeys?: number }): Promise<ClerkKV[]> {
+    return scanPages((key, end, pageOptions) => this.range(key, end, pageOptions), prefix, options);
+  }
+
+  /** Deletes the keys in [key, end) ("" as end: just key) in one write, once; returns how many existed. */
+  deleteRange(key: string, end: string | Uint8Array, prevKv = false): Promise<DeleteAnswer> {
+    const request = deleteRequest(key, end, prevKv);
+    return this.sessionWrite(`DeleteRange(${JSON.stringify(key)})`, (ids, client, timeoutMs) => client.deleteRange({ ...request, ...ids }, { timeoutMs })).then(deleteAnswer);
+  }
+
+  /** An etcd-style Txn (compares, success operations, failure operations), applied once. */
+  txn(request: ClerkTxnRequest): Promise<TxnResponse> {
+    return this.sessionWrite("Txn", (ids, client, timeoutMs) => client.txn({ ...request, ...ids }, { timeoutMs }));
+  }
+
+  /** Compare-and-swap: sets `key` to `value` if its value is `expect` (null: if it is absent). */
+  cas(key: string, expect: string | null, value: string): Promise<CasAnswer> {
+    return this.txn(casRequest(key, expect, value)).then(casAnswer);
+  }
+
+  /**
+   * Changes of `key` (or a range / prefix) as batches of whole revisions, from any node, resumed
+   * on another node after a failure without gap or repeat, until `options.signal` aborts.
+   */
+  watch(key: string, options?: WatchOptions): AsyncGenerator<WatchBatch> {
+    // Its own node index: a watch moving between nodes does not move the writes' leader.
+    return clerkWatch({ clients: this.clients, addrs: this.addrs, leader: this.leader, ...this.options }, key, options);
+  }
+
+  /** A write carried by the session like Command's writes: after the previous operations, once. */
+  private sessionWrite<T extends { header?: ResponseHeader }>(
+    name: string,
+    send: (ids: { clientId: bigint; commandId: bigint; registered: boolean }, client: Client<typeof KVService>, timeoutMs: number) => Promise<T>,
+  ): Promise<T> {
+    const run = this.queue.then(() => this.sessionOperation(name, send));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async sessionOperation<T extends { header?: ResponseHeader }>(
+    name: string,
+    send: (ids: { clientId: bigint; commandId: bigint; registered: boolean }, client: Client<typeof KVService>, timeoutMs: number) => Promise<T>,
+  ): Promise<T> {
+    const deadline = Date.now() + this.options.operationTimeoutMs;
+    if (this.registered && this.session === 0n) await this.register(name, deadline);
+    const commandId = this.nextCommandId++;
+    let sent = 0;
+    try {
+      return await this.retrying(name, deadline, true, (client, timeoutMs) => {
+        sent++;
+        const ids = { clientId: this.session, commandId, registered: this.registered && this.session !== 0n };
+        return send(ids, client, timeoutMs).then((response) => headerAttempt(response, this.leader));
+      });
+    } catch (error) {
+      if (!(error instanceof SessionGone)) throw error;
+      this.session = 0n;
+      if (sent > 1) {
+        throw new ClerkError(Code.FailedPrecondition, `${name}: the session expired while the write was being retried; it may or may not have been applied (${error.message})`, true);
+      }
+      return this.sessionOperation(name, send);
+    }
   }
 
   /** Every node's status, asked concurrently; unreachable nodes are "Offline". Never throws. */

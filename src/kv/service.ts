@@ -8,6 +8,8 @@ import { KVError, type KVErrorCode } from "./errors.ts";
 import { refuseUnparsableBodies } from "./parse-refusal.ts";
 import type { KVOp } from "./replies.ts";
 import type { KVServer } from "./server.ts";
+import { txnHandlers, type TxnBackend } from "./service-txn.ts";
+import { watchHandlers, type WatchBackend } from "./service-watch.ts";
 import {
   CommandResponseSchema,
   GetStatusResponseSchema,
@@ -22,7 +24,7 @@ import {
 import { log } from "../obs/log.ts";
 
 /** What the handlers use of a KVServer (tests may pass a stand-in of this exact shape). */
-export type KVServiceBackend = Pick<KVServer, "command" | "getStatus" | "registerSession">;
+export type KVServiceBackend = Pick<KVServer, "command" | "getStatus" | "registerSession"> & Partial<TxnBackend> & Partial<WatchBackend>;
 
 const OPS: Record<number, KVOp> = {
   [Op.PUT]: "Put",
@@ -61,6 +63,8 @@ export function registerKVService(
     return kv;
   };
   router.service(KVService, {
+    ...txnHandlers(current, toConnectError),
+    ...watchHandlers(current, toConnectError),
     async command(request: CommandRequest, context: HandlerContext): Promise<CommandResponse> {
       try {
         const op = OPS[request.op];

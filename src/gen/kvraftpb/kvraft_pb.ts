@@ -11,13 +11,14 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_google_protobuf_wrappers } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file kvraftpb/kvraft.proto.
  */
 export const file_kvraftpb_kvraft: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIkwKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSEwoJbGVhZGVyX2lkGAMgASgDSABCCAoGbGVhZGVyIhgKFlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QiWAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USCwoDZXJyGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoAxITCglsZWFkZXJfaWQYAyABKANIAEIICgZsZWFkZXIiEgoQR2V0U3RhdHVzUmVxdWVzdCLZAQoRR2V0U3RhdHVzUmVzcG9uc2USCgoCaWQYASABKAMSDQoFc3RhdGUYAiABKAkSDAoEdGVybRgDIAEoAxIUCgxsYXN0X2FwcGxpZWQYBCABKAMSFAoMY29tbWl0X2luZGV4GAUgASgDEhQKDHN0b3JhZ2Vfc2l6ZRgGIAEoAxITCglsZWFkZXJfaWQYByABKANIABIPCgdtZW1iZXJzGAggAygDEhYKDnNuYXBzaG90X2luZGV4GAkgASgDEhEKCWtleV9jb3VudBgKIAEoA0IICgZsZWFkZXIqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMy6QEKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlElYKD1JlZ2lzdGVyU2Vzc2lvbhIgLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaIS5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXNwb25zZWIGcHJvdG8z");
+  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIkwKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSEwoJbGVhZGVyX2lkGAMgASgDSABCCAoGbGVhZGVyIhgKFlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QiWAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USCwoDZXJyGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoAxITCglsZWFkZXJfaWQYAyABKANIAEIICgZsZWFkZXIiEgoQR2V0U3RhdHVzUmVxdWVzdCLZAQoRR2V0U3RhdHVzUmVzcG9uc2USCgoCaWQYASABKAMSDQoFc3RhdGUYAiABKAkSDAoEdGVybRgDIAEoAxIUCgxsYXN0X2FwcGxpZWQYBCABKAMSFAoMY29tbWl0X2luZGV4GAUgASgDEhQKDHN0b3JhZ2Vfc2l6ZRgGIAEoAxITCglsZWFkZXJfaWQYByABKANIABIPCgdtZW1iZXJzGAggAygDEhYKDnNuYXBzaG90X2luZGV4GAkgASgDEhEKCWtleV9jb3VudBgKIAEoA0IICgZsZWFkZXIihQEKDlJlc3BvbnNlSGVhZGVyEhAKCHJldmlzaW9uGAEgASgDEhEKCW1lbWJlcl9pZBgCIAEoAxIRCglyYWZ0X3Rlcm0YAyABKAMSCwoDZXJyGAQgASgJEi4KCWxlYWRlcl9pZBgFIAEoCzIbLmdvb2dsZS5wcm90b2J1Zi5JbnQ2NFZhbHVlImYKCEtleVZhbHVlEgsKA2tleRgBIAEoDBIXCg9jcmVhdGVfcmV2aXNpb24YAiABKAMSFAoMbW9kX3JldmlzaW9uGAMgASgDEg8KB3ZlcnNpb24YBCABKAMSDQoFdmFsdWUYBSABKAwiegoMUmFuZ2VSZXF1ZXN0EgsKA2tleRgBIAEoDBIRCglyYW5nZV9lbmQYAiABKAwSDQoFbGltaXQYAyABKAMSFAoMc2VyaWFsaXphYmxlGAcgASgIEhEKCWtleXNfb25seRgIIAEoCBISCgpjb3VudF9vbmx5GAkgASgIIokBCg1SYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEh8KA2t2cxgCIAMoCzISLmt2cmFmdHBiLktleVZhbHVlEgwKBG1vcmUYAyABKAgSDQoFY291bnQYBCABKAMSEAoIbmV4dF9rZXkYBSABKAwiOQoKUHV0UmVxdWVzdBILCgNrZXkYASABKAwSDQoFdmFsdWUYAiABKAwSDwoHcHJldl9rdhgEIAEoCCJcCgtQdXRSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIjCgdwcmV2X2t2GAIgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUigAEKEkRlbGV0ZVJhbmdlUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEg8KB3ByZXZfa3YYAyABKAgSEQoJY2xpZW50X2lkGAQgASgDEhIKCmNvbW1hbmRfaWQYBSABKAMSEgoKcmVnaXN0ZXJlZBgGIAEoCCJ2ChNEZWxldGVSYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2RlbGV0ZWQYAiABKAMSJAoIcHJldl9rdnMYAyADKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSKyAQoJUmVxdWVzdE9wEi8KDXJlcXVlc3RfcmFuZ2UYASABKAsyFi5rdnJhZnRwYi5SYW5nZVJlcXVlc3RIABIrCgtyZXF1ZXN0X3B1dBgCIAEoCzIULmt2cmFmdHBiLlB1dFJlcXVlc3RIABI8ChRyZXF1ZXN0X2RlbGV0ZV9yYW5nZRgDIAEoCzIcLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVxdWVzdEgAQgkKB3JlcXVlc3QiugEKClJlc3BvbnNlT3ASMQoOcmVzcG9uc2VfcmFuZ2UYASABKAsyFy5rdnJhZnRwYi5SYW5nZVJlc3BvbnNlSAASLQoMcmVzcG9uc2VfcHV0GAIgASgLMhUua3ZyYWZ0cGIuUHV0UmVzcG9uc2VIABI+ChVyZXNwb25zZV9kZWxldGVfcmFuZ2UYAyABKAsyHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlSABCCgoIcmVzcG9uc2Ui3wIKB0NvbXBhcmUSLwoGcmVzdWx0GAEgASgOMh8ua3ZyYWZ0cGIuQ29tcGFyZS5Db21wYXJlUmVzdWx0Ei8KBnRhcmdldBgCIAEoDjIfLmt2cmFmdHBiLkNvbXBhcmUuQ29tcGFyZVRhcmdldBILCgNrZXkYAyABKAwSEQoHdmVyc2lvbhgEIAEoA0gAEhkKD2NyZWF0ZV9yZXZpc2lvbhgFIAEoA0gAEhYKDG1vZF9yZXZpc2lvbhgGIAEoA0gAEg8KBXZhbHVlGAcgASgMSAAiQAoNQ29tcGFyZVJlc3VsdBIJCgVFUVVBTBAAEgsKB0dSRUFURVIQARIICgRMRVNTEAISDQoJTk9UX0VRVUFMEAMiPAoNQ29tcGFyZVRhcmdldBILCgdWRVJTSU9OEAASCgoGQ1JFQVRFEAESBwoDTU9EEAISCQoFVkFMVUUQA0IOCgx0YXJnZXRfdW5pb24itwEKClR4blJlcXVlc3QSIgoHY29tcGFyZRgBIAMoCzIRLmt2cmFmdHBiLkNvbXBhcmUSJAoHc3VjY2VzcxgCIAMoCzITLmt2cmFmdHBiLlJlcXVlc3RPcBIkCgdmYWlsdXJlGAMgAygLMhMua3ZyYWZ0cGIuUmVxdWVzdE9wEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDEhIKCnJlZ2lzdGVyZWQYBiABKAgicwoLVHhuUmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISEQoJc3VjY2VlZGVkGAIgASgIEicKCXJlc3BvbnNlcxgDIAMoCzIULmt2cmFmdHBiLlJlc3BvbnNlT3AiywEKDFdhdGNoUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEhYKDnN0YXJ0X3JldmlzaW9uGAMgASgDEhcKD3Byb2dyZXNzX25vdGlmeRgEIAEoCBIyCgdmaWx0ZXJzGAUgAygOMiEua3ZyYWZ0cGIuV2F0Y2hSZXF1ZXN0LkZpbHRlclR5cGUSDwoHcHJldl9rdhgGIAEoCCIlCgpGaWx0ZXJUeXBlEgkKBU5PUFVUEAASDAoITk9ERUxFVEUQASKXAQoFRXZlbnQSJwoEdHlwZRgBIAEoDjIZLmt2cmFmdHBiLkV2ZW50LkV2ZW50VHlwZRIeCgJrdhgCIAEoCzISLmt2cmFmdHBiLktleVZhbHVlEiMKB3ByZXZfa3YYAyABKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSIgCglFdmVudFR5cGUSBwoDUFVUEAASCgoGREVMRVRFEAEirgEKDVdhdGNoUmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISDwoHY3JlYXRlZBgDIAEoCBIQCghjYW5jZWxlZBgEIAEoCBIYChBjb21wYWN0X3JldmlzaW9uGAUgASgDEhUKDWNhbmNlbF9yZWFzb24YBiABKAkSHwoGZXZlbnRzGAsgAygLMg8ua3ZyYWZ0cGIuRXZlbnQqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMy3wMKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlElYKD1JlZ2lzdGVyU2Vzc2lvbhIgLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaIS5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXNwb25zZRI4CgVSYW5nZRIWLmt2cmFmdHBiLlJhbmdlUmVxdWVzdBoXLmt2cmFmdHBiLlJhbmdlUmVzcG9uc2USSgoLRGVsZXRlUmFuZ2USHC5rdnJhZnRwYi5EZWxldGVSYW5nZVJlcXVlc3QaHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlEjIKA1R4bhIULmt2cmFmdHBiLlR4blJlcXVlc3QaFS5rdnJhZnRwYi5UeG5SZXNwb25zZRI6CgVXYXRjaBIWLmt2cmFmdHBiLldhdGNoUmVxdWVzdBoXLmt2cmFmdHBiLldhdGNoUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_wrappers]);
 
 /**
  * One operation. Sessions and exactly-once writes:
@@ -268,6 +269,726 @@ export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE_
   messageDesc(file_kvraftpb_kvraft, 5);
 
 /**
+ * Every answer of the calls below.
+ *
+ * @generated from message kvraftpb.ResponseHeader
+ */
+export type ResponseHeader = Message<"kvraftpb.ResponseHeader"> & {
+  /**
+   * The store's revision when the answer was made (the applied index), or the Txn's own revision.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * The node that answered.
+   *
+   * @generated from field: int64 member_id = 2;
+   */
+  memberId: bigint;
+
+  /**
+   * @generated from field: int64 raft_term = 3;
+   */
+  raftTerm: bigint;
+
+  /**
+   * OK, ErrWrongLeader (try leader_id, or another node) or ErrTimeout (retry): as Command's err.
+   *
+   * @generated from field: string err = 4;
+   */
+  err: string;
+
+  /**
+   * With ErrWrongLeader: the node this one believes leads, when it knows one.
+   *
+   * @generated from field: google.protobuf.Int64Value leader_id = 5;
+   */
+  leaderId?: bigint | undefined;
+};
+
+/**
+ * Describes the message kvraftpb.ResponseHeader.
+ * Use `create(ResponseHeaderSchema)` to create a new message.
+ */
+export const ResponseHeaderSchema: GenMessage<ResponseHeader> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 6);
+
+/**
+ * @generated from message kvraftpb.KeyValue
+ */
+export type KeyValue = Message<"kvraftpb.KeyValue"> & {
+  /**
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * @generated from field: int64 create_revision = 2;
+   */
+  createRevision: bigint;
+
+  /**
+   * @generated from field: int64 mod_revision = 3;
+   */
+  modRevision: bigint;
+
+  /**
+   * @generated from field: int64 version = 4;
+   */
+  version: bigint;
+
+  /**
+   * @generated from field: bytes value = 5;
+   */
+  value: Uint8Array;
+};
+
+/**
+ * Describes the message kvraftpb.KeyValue.
+ * Use `create(KeyValueSchema)` to create a new message.
+ */
+export const KeyValueSchema: GenMessage<KeyValue> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 7);
+
+/**
+ * @generated from message kvraftpb.RangeRequest
+ */
+export type RangeRequest = Message<"kvraftpb.RangeRequest"> & {
+  /**
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * Empty: only `key`. "\0": every key >= key. Otherwise the exclusive end (a prefix's end is the
+   * prefix with its last byte incremented).
+   *
+   * @generated from field: bytes range_end = 2;
+   */
+  rangeEnd: Uint8Array;
+
+  /**
+   * 0: no count limit (the answer is still cut at the node's byte bound).
+   *
+   * @generated from field: int64 limit = 3;
+   */
+  limit: bigint;
+
+  /**
+   * Read this node's applied state without a ReadIndex round: any node answers, possibly stale.
+   *
+   * @generated from field: bool serializable = 7;
+   */
+  serializable: boolean;
+
+  /**
+   * @generated from field: bool keys_only = 8;
+   */
+  keysOnly: boolean;
+
+  /**
+   * @generated from field: bool count_only = 9;
+   */
+  countOnly: boolean;
+};
+
+/**
+ * Describes the message kvraftpb.RangeRequest.
+ * Use `create(RangeRequestSchema)` to create a new message.
+ */
+export const RangeRequestSchema: GenMessage<RangeRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 8);
+
+/**
+ * @generated from message kvraftpb.RangeResponse
+ */
+export type RangeResponse = Message<"kvraftpb.RangeResponse"> & {
+  /**
+   * @generated from field: kvraftpb.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * @generated from field: repeated kvraftpb.KeyValue kvs = 2;
+   */
+  kvs: KeyValue[];
+
+  /**
+   * Keys of the range were left out (limit or byte bound): continue from next_key.
+   *
+   * @generated from field: bool more = 3;
+   */
+  more: boolean;
+
+  /**
+   * Keys in the whole range.
+   *
+   * @generated from field: int64 count = 4;
+   */
+  count: bigint;
+
+  /**
+   * With more: the first key not returned.
+   *
+   * @generated from field: bytes next_key = 5;
+   */
+  nextKey: Uint8Array;
+};
+
+/**
+ * Describes the message kvraftpb.RangeResponse.
+ * Use `create(RangeResponseSchema)` to create a new message.
+ */
+export const RangeResponseSchema: GenMessage<RangeResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 9);
+
+/**
+ * @generated from message kvraftpb.PutRequest
+ */
+export type PutRequest = Message<"kvraftpb.PutRequest"> & {
+  /**
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * @generated from field: bytes value = 2;
+   */
+  value: Uint8Array;
+
+  /**
+   * @generated from field: bool prev_kv = 4;
+   */
+  prevKv: boolean;
+};
+
+/**
+ * Describes the message kvraftpb.PutRequest.
+ * Use `create(PutRequestSchema)` to create a new message.
+ */
+export const PutRequestSchema: GenMessage<PutRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 10);
+
+/**
+ * @generated from message kvraftpb.PutResponse
+ */
+export type PutResponse = Message<"kvraftpb.PutResponse"> & {
+  /**
+   * @generated from field: kvraftpb.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * @generated from field: kvraftpb.KeyValue prev_kv = 2;
+   */
+  prevKv?: KeyValue | undefined;
+};
+
+/**
+ * Describes the message kvraftpb.PutResponse.
+ * Use `create(PutResponseSchema)` to create a new message.
+ */
+export const PutResponseSchema: GenMessage<PutResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 11);
+
+/**
+ * @generated from message kvraftpb.DeleteRangeRequest
+ */
+export type DeleteRangeRequest = Message<"kvraftpb.DeleteRangeRequest"> & {
+  /**
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * @generated from field: bytes range_end = 2;
+   */
+  rangeEnd: Uint8Array;
+
+  /**
+   * @generated from field: bool prev_kv = 3;
+   */
+  prevKv: boolean;
+
+  /**
+   * Exactly-once through the client session, as CommandRequest's (0: no session).
+   *
+   * @generated from field: int64 client_id = 4;
+   */
+  clientId: bigint;
+
+  /**
+   * @generated from field: int64 command_id = 5;
+   */
+  commandId: bigint;
+
+  /**
+   * @generated from field: bool registered = 6;
+   */
+  registered: boolean;
+};
+
+/**
+ * Describes the message kvraftpb.DeleteRangeRequest.
+ * Use `create(DeleteRangeRequestSchema)` to create a new message.
+ */
+export const DeleteRangeRequestSchema: GenMessage<DeleteRangeRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 12);
+
+/**
+ * @generated from message kvraftpb.DeleteRangeResponse
+ */
+export type DeleteRangeResponse = Message<"kvraftpb.DeleteRangeResponse"> & {
+  /**
+   * @generated from field: kvraftpb.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * @generated from field: int64 deleted = 2;
+   */
+  deleted: bigint;
+
+  /**
+   * @generated from field: repeated kvraftpb.KeyValue prev_kvs = 3;
+   */
+  prevKvs: KeyValue[];
+};
+
+/**
+ * Describes the message kvraftpb.DeleteRangeResponse.
+ * Use `create(DeleteRangeResponseSchema)` to create a new message.
+ */
+export const DeleteRangeResponseSchema: GenMessage<DeleteRangeResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 13);
+
+/**
+ * @generated from message kvraftpb.RequestOp
+ */
+export type RequestOp = Message<"kvraftpb.RequestOp"> & {
+  /**
+   * @generated from oneof kvraftpb.RequestOp.request
+   */
+  request: {
+    /**
+     * @generated from field: kvraftpb.RangeRequest request_range = 1;
+     */
+    value: RangeRequest;
+    case: "requestRange";
+  } | {
+    /**
+     * @generated from field: kvraftpb.PutRequest request_put = 2;
+     */
+    value: PutRequest;
+    case: "requestPut";
+  } | {
+    /**
+     * @generated from field: kvraftpb.DeleteRangeRequest request_delete_range = 3;
+     */
+    value: DeleteRangeRequest;
+    case: "requestDeleteRange";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message kvraftpb.RequestOp.
+ * Use `create(RequestOpSchema)` to create a new message.
+ */
+export const RequestOpSchema: GenMessage<RequestOp> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 14);
+
+/**
+ * @generated from message kvraftpb.ResponseOp
+ */
+export type ResponseOp = Message<"kvraftpb.ResponseOp"> & {
+  /**
+   * @generated from oneof kvraftpb.ResponseOp.response
+   */
+  response: {
+    /**
+     * @generated from field: kvraftpb.RangeResponse response_range = 1;
+     */
+    value: RangeResponse;
+    case: "responseRange";
+  } | {
+    /**
+     * @generated from field: kvraftpb.PutResponse response_put = 2;
+     */
+    value: PutResponse;
+    case: "responsePut";
+  } | {
+    /**
+     * @generated from field: kvraftpb.DeleteRangeResponse response_delete_range = 3;
+     */
+    value: DeleteRangeResponse;
+    case: "responseDeleteRange";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message kvraftpb.ResponseOp.
+ * Use `create(ResponseOpSchema)` to create a new message.
+ */
+export const ResponseOpSchema: GenMessage<ResponseOp> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 15);
+
+/**
+ * @generated from message kvraftpb.Compare
+ */
+export type Compare = Message<"kvraftpb.Compare"> & {
+  /**
+   * @generated from field: kvraftpb.Compare.CompareResult result = 1;
+   */
+  result: Compare_CompareResult;
+
+  /**
+   * @generated from field: kvraftpb.Compare.CompareTarget target = 2;
+   */
+  target: Compare_CompareTarget;
+
+  /**
+   * @generated from field: bytes key = 3;
+   */
+  key: Uint8Array;
+
+  /**
+   * @generated from oneof kvraftpb.Compare.target_union
+   */
+  targetUnion: {
+    /**
+     * @generated from field: int64 version = 4;
+     */
+    value: bigint;
+    case: "version";
+  } | {
+    /**
+     * @generated from field: int64 create_revision = 5;
+     */
+    value: bigint;
+    case: "createRevision";
+  } | {
+    /**
+     * @generated from field: int64 mod_revision = 6;
+     */
+    value: bigint;
+    case: "modRevision";
+  } | {
+    /**
+     * @generated from field: bytes value = 7;
+     */
+    value: Uint8Array;
+    case: "value";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message kvraftpb.Compare.
+ * Use `create(CompareSchema)` to create a new message.
+ */
+export const CompareSchema: GenMessage<Compare> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 16);
+
+/**
+ * @generated from enum kvraftpb.Compare.CompareResult
+ */
+export enum Compare_CompareResult {
+  /**
+   * @generated from enum value: EQUAL = 0;
+   */
+  EQUAL = 0,
+
+  /**
+   * @generated from enum value: GREATER = 1;
+   */
+  GREATER = 1,
+
+  /**
+   * @generated from enum value: LESS = 2;
+   */
+  LESS = 2,
+
+  /**
+   * @generated from enum value: NOT_EQUAL = 3;
+   */
+  NOT_EQUAL = 3,
+}
+
+/**
+ * Describes the enum kvraftpb.Compare.CompareResult.
+ */
+export const Compare_CompareResultSchema: GenEnum<Compare_CompareResult> = /*@__PURE__*/
+  enumDesc(file_kvraftpb_kvraft, 16, 0);
+
+/**
+ * @generated from enum kvraftpb.Compare.CompareTarget
+ */
+export enum Compare_CompareTarget {
+  /**
+   * @generated from enum value: VERSION = 0;
+   */
+  VERSION = 0,
+
+  /**
+   * @generated from enum value: CREATE = 1;
+   */
+  CREATE = 1,
+
+  /**
+   * @generated from enum value: MOD = 2;
+   */
+  MOD = 2,
+
+  /**
+   * @generated from enum value: VALUE = 3;
+   */
+  VALUE = 3,
+}
+
+/**
+ * Describes the enum kvraftpb.Compare.CompareTarget.
+ */
+export const Compare_CompareTargetSchema: GenEnum<Compare_CompareTarget> = /*@__PURE__*/
+  enumDesc(file_kvraftpb_kvraft, 16, 1);
+
+/**
+ * @generated from message kvraftpb.TxnRequest
+ */
+export type TxnRequest = Message<"kvraftpb.TxnRequest"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Compare compare = 1;
+   */
+  compare: Compare[];
+
+  /**
+   * @generated from field: repeated kvraftpb.RequestOp success = 2;
+   */
+  success: RequestOp[];
+
+  /**
+   * @generated from field: repeated kvraftpb.RequestOp failure = 3;
+   */
+  failure: RequestOp[];
+
+  /**
+   * Exactly-once through the client session, as CommandRequest's (0: no session).
+   *
+   * @generated from field: int64 client_id = 4;
+   */
+  clientId: bigint;
+
+  /**
+   * @generated from field: int64 command_id = 5;
+   */
+  commandId: bigint;
+
+  /**
+   * @generated from field: bool registered = 6;
+   */
+  registered: boolean;
+};
+
+/**
+ * Describes the message kvraftpb.TxnRequest.
+ * Use `create(TxnRequestSchema)` to create a new message.
+ */
+export const TxnRequestSchema: GenMessage<TxnRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 17);
+
+/**
+ * @generated from message kvraftpb.TxnResponse
+ */
+export type TxnResponse = Message<"kvraftpb.TxnResponse"> & {
+  /**
+   * @generated from field: kvraftpb.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * @generated from field: bool succeeded = 2;
+   */
+  succeeded: boolean;
+
+  /**
+   * @generated from field: repeated kvraftpb.ResponseOp responses = 3;
+   */
+  responses: ResponseOp[];
+};
+
+/**
+ * Describes the message kvraftpb.TxnResponse.
+ * Use `create(TxnResponseSchema)` to create a new message.
+ */
+export const TxnResponseSchema: GenMessage<TxnResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 18);
+
+/**
+ * @generated from message kvraftpb.WatchRequest
+ */
+export type WatchRequest = Message<"kvraftpb.WatchRequest"> & {
+  /**
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * @generated from field: bytes range_end = 2;
+   */
+  rangeEnd: Uint8Array;
+
+  /**
+   * First revision to send; 0: changes after the current revision.
+   *
+   * @generated from field: int64 start_revision = 3;
+   */
+  startRevision: bigint;
+
+  /**
+   * Send an empty answer carrying the current revision when no event came for a while.
+   *
+   * @generated from field: bool progress_notify = 4;
+   */
+  progressNotify: boolean;
+
+  /**
+   * @generated from field: repeated kvraftpb.WatchRequest.FilterType filters = 5;
+   */
+  filters: WatchRequest_FilterType[];
+
+  /**
+   * @generated from field: bool prev_kv = 6;
+   */
+  prevKv: boolean;
+};
+
+/**
+ * Describes the message kvraftpb.WatchRequest.
+ * Use `create(WatchRequestSchema)` to create a new message.
+ */
+export const WatchRequestSchema: GenMessage<WatchRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 19);
+
+/**
+ * @generated from enum kvraftpb.WatchRequest.FilterType
+ */
+export enum WatchRequest_FilterType {
+  /**
+   * @generated from enum value: NOPUT = 0;
+   */
+  NOPUT = 0,
+
+  /**
+   * @generated from enum value: NODELETE = 1;
+   */
+  NODELETE = 1,
+}
+
+/**
+ * Describes the enum kvraftpb.WatchRequest.FilterType.
+ */
+export const WatchRequest_FilterTypeSchema: GenEnum<WatchRequest_FilterType> = /*@__PURE__*/
+  enumDesc(file_kvraftpb_kvraft, 19, 0);
+
+/**
+ * @generated from message kvraftpb.Event
+ */
+export type Event = Message<"kvraftpb.Event"> & {
+  /**
+   * @generated from field: kvraftpb.Event.EventType type = 1;
+   */
+  type: Event_EventType;
+
+  /**
+   * @generated from field: kvraftpb.KeyValue kv = 2;
+   */
+  kv?: KeyValue | undefined;
+
+  /**
+   * @generated from field: kvraftpb.KeyValue prev_kv = 3;
+   */
+  prevKv?: KeyValue | undefined;
+};
+
+/**
+ * Describes the message kvraftpb.Event.
+ * Use `create(EventSchema)` to create a new message.
+ */
+export const EventSchema: GenMessage<Event> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 20);
+
+/**
+ * @generated from enum kvraftpb.Event.EventType
+ */
+export enum Event_EventType {
+  /**
+   * @generated from enum value: PUT = 0;
+   */
+  PUT = 0,
+
+  /**
+   * @generated from enum value: DELETE = 1;
+   */
+  DELETE = 1,
+}
+
+/**
+ * Describes the enum kvraftpb.Event.EventType.
+ */
+export const Event_EventTypeSchema: GenEnum<Event_EventType> = /*@__PURE__*/
+  enumDesc(file_kvraftpb_kvraft, 20, 0);
+
+/**
+ * @generated from message kvraftpb.WatchResponse
+ */
+export type WatchResponse = Message<"kvraftpb.WatchResponse"> & {
+  /**
+   * header.revision: every event up to it has been sent (events of one revision come together).
+   *
+   * @generated from field: kvraftpb.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The first answer of a watch.
+   *
+   * @generated from field: bool created = 3;
+   */
+  created: boolean;
+
+  /**
+   * The last answer: the watch ended (cancel_reason says why).
+   *
+   * @generated from field: bool canceled = 4;
+   */
+  canceled: boolean;
+
+  /**
+   * With canceled: start_revision is older than this node's history; the oldest revision available.
+   *
+   * @generated from field: int64 compact_revision = 5;
+   */
+  compactRevision: bigint;
+
+  /**
+   * @generated from field: string cancel_reason = 6;
+   */
+  cancelReason: string;
+
+  /**
+   * @generated from field: repeated kvraftpb.Event events = 11;
+   */
+  events: Event[];
+};
+
+/**
+ * Describes the message kvraftpb.WatchResponse.
+ * Use `create(WatchResponseSchema)` to create a new message.
+ */
+export const WatchResponseSchema: GenMessage<WatchResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 21);
+
+/**
  * @generated from enum kvraftpb.Op
  */
 export enum Op {
@@ -329,6 +1050,40 @@ export const KVService: GenService<{
     methodKind: "unary";
     input: typeof RegisterSessionRequestSchema;
     output: typeof RegisterSessionResponseSchema;
+  },
+  /**
+   * kvraft extensions modelled on etcd v3 (issue 14).
+   *
+   * @generated from rpc kvraftpb.KVService.Range
+   */
+  range: {
+    methodKind: "unary";
+    input: typeof RangeRequestSchema;
+    output: typeof RangeResponseSchema;
+  },
+  /**
+   * @generated from rpc kvraftpb.KVService.DeleteRange
+   */
+  deleteRange: {
+    methodKind: "unary";
+    input: typeof DeleteRangeRequestSchema;
+    output: typeof DeleteRangeResponseSchema;
+  },
+  /**
+   * @generated from rpc kvraftpb.KVService.Txn
+   */
+  txn: {
+    methodKind: "unary";
+    input: typeof TxnRequestSchema;
+    output: typeof TxnResponseSchema;
+  },
+  /**
+   * @generated from rpc kvraftpb.KVService.Watch
+   */
+  watch: {
+    methodKind: "server_streaming";
+    input: typeof WatchRequestSchema;
+    output: typeof WatchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kvraftpb_kvraft, 0);
