@@ -18,6 +18,10 @@ export interface BatchOptions {
 
 type CommandInit = MessageInitShape<typeof CommandRequestSchema>;
 
+/** The next macrotask turn: setImmediate where it exists (Bun, Node), a 0 ms timer in browsers. */
+const nextTurn: (run: () => void) => void =
+  typeof globalThis.setImmediate === "function" ? (run) => globalThis.setImmediate(run) : (run) => setTimeout(run, 0);
+
 interface Waiting {
   request: CommandInit;
   timeoutMs: number;
@@ -60,7 +64,7 @@ export class CommandBatcher {
         this.scheduled = true;
         // One macrotask turn: every operation the application starts in this turn (and every
         // continuation of the batch that just returned) joins the batch.
-        setImmediate(this.flushNow);
+        nextTurn(this.flushNow);
       }
     });
   }
@@ -114,7 +118,7 @@ export class CommandBatcher {
         // Wait a turn: the operations this batch just finished may start their next commands.
         if (this.queue.length > 0 && !this.scheduled) {
           this.scheduled = true;
-          setImmediate(this.flushNow);
+          nextTurn(this.flushNow);
         }
       });
   }

@@ -4,7 +4,23 @@
 // Batch RPCs (clerk-batch.ts). No node-only imports: the caller supplies the Connect transport.
 
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
-import { KVService, Op, type CommandResponse, type RegisterSessionResponse } from "../gen/kvraftpb/kvraft_pb.ts";
+import { KVService, Op, type CommandResponse, type RegisterSessionResponse, type ResponseHeader, type TxnResponse } from "../gen/kvraftpb/kvraft_pb.ts";
+import {
+  casAnswer,
+  casRequest,
+  deleteAnswer,
+  deleteRequest,
+  rangeAnswer,
+  rangeRequest,
+  scanPages,
+  type CasAnswer,
+  type ClerkKV,
+  type ClerkTxnRequest,
+  type DeleteAnswer,
+  type RangeAnswer,
+  type RangeOptions,
+} from "./clerk-txn.ts";
+import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
 import { CommandBatcher, type BatchOptions } from "./clerk-batch.ts";
 
 export interface ClerkOptions {
@@ -41,8 +57,8 @@ export interface ClerkOptions {
    */
   maxConcurrency?: number;
   /**
-   * Coalesce concurrent operations to a node into Batch RPCs (default on); false sends one
-   * Command RPC per operation.
+   * Coalesce concurrent Get/Put/Append/Delete operations to a node into Batch RPCs (default on);
+   * false sends one Command RPC per operation.
    */
   batch?: BatchOptions | false;
 }
@@ -85,7 +101,7 @@ export type NodeStatus =
   | { online: false; id: number; address: string; state: "Offline"; error: string };
 
 /** Connect codes that mean "this node could not answer now": try another node. */
-const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Aborted, Code.Canceled, Code.Internal]);
+export const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Aborted, Code.Canceled, Code.Internal]);
 /** Connect codes that mean "this node is busy": ask it again after a backoff. */
 const BACK_OFF_ON_SAME_NODE = new Set<Code>([Code.ResourceExhausted]);
 
@@ -126,17 +142,30 @@ function commandAttempt(response: CommandResponse, node: number): Attempt<Comman
   return classify(response, node, "committing the command");
 }
 
+/** An answer of Range, DeleteRange or Txn: its header's err decides, as Command's err does. */
+function headerAttempt<T extends { header?: ResponseHeader }>(response: T, node: number): Attempt<T> {
+  const hint = response.header?.leaderId;
+  const leader = hint === undefined ? { case: undefined } : { case: "leaderId" as const, value: hint };
+  const outcome = classify({ err: response.header?.err ?? "", leader }, node, "the request");
+  return "done" in outcome ? { done: response } : outcome;
+}
+
 function registerAttempt(response: RegisterSessionResponse, node: number): Attempt<RegisterSessionResponse> {
   return classify(response, node, "registering the session");
 }
 
 /** An answer's `err` (eRaft's vocabulary): done, not the leader (maybe with a hint), or timed out. */
-function classify<T extends { err: string; leaderId?: bigint }>(response: T, node: number, what: string): Attempt<T> {
+function classify<T extends { err: string; leader: { case: "leaderId"; value: bigint } | { case: undefined } }>(response: T, node: number, what: string): Attempt<T> {
   const outcome = REPLY_OUTCOMES.get(response.err);
   if (outcome === undefined) throw new ClerkError(Code.Internal, `node ${node} answered with unknown err "${response.err}"`);
   if (outcome === "done") return { done: response };
-  if (outcome === "wrong-leader") return { wrongLeader: response.leaderId, problem: `node ${node} is not the leader` };
+  if (outcome === "wrong-leader") return { wrongLeader: leaderOf(response), problem: `node ${node} is not the leader` };
   return { retry: "next", problem: `node ${node} timed out ${what}` };
+}
+
+/** The leader hint of an answer (a one-field oneof in kvraft.proto, so older protoc can compile it). */
+function leaderOf(response: { leader: { case: "leaderId"; value: bigint } | { case: undefined } }): bigint | undefined {
+  return response.leader.case === "leaderId" ? response.leader.value : undefined;
 }
 
 /** One server session: its id (0n until registered) and the next commandId it will use. */
@@ -150,16 +179,16 @@ export class Clerk {
   private readonly clients: Client<typeof KVService>[];
   /** One coalescer per node, or null when batching is off. */
   private readonly batchers: CommandBatcher[] | null;
-  /** Sessions not in use by an operation; registered ones first to be reused (LIFO). */
+  /** Sessions no operation uses now; registered ones on top, to be reused first. */
   private readonly idle: Session[] = [];
   /** Sessions in existence (idle or in use). */
   private sessions = 0;
-  /** Operations waiting for a session (FIFO). */
+  /** Operations waiting for a session (FIFO from waitingHead). */
   private readonly waiting: ((session: Session) => void)[] = [];
   private waitingHead = 0;
   private readonly maxConcurrency: number;
   private readonly registered: boolean;
-  /** The session of the most recent operation (what clientId reports). */
+  /** The session of the most recent write (what clientId reports). */
   private last: Session;
   private leader = 0;
   private readonly options: Required<Omit<ClerkOptions, "clientId" | "addrs" | "transport" | "maxConcurrency" | "batch">>;
@@ -211,6 +240,84 @@ export class Clerk {
     return (await this.command(Op.DELETE, key, "")).err === "OK";
   }
 
+  /** Keys in [key, end) with their revisions ("\0" as end: every key >= key); see clerk-txn.ts. */
+  range(key: string, end: string | Uint8Array, options?: RangeOptions): Promise<RangeAnswer> {
+    const request = rangeRequest(key, end, options);
+    const deadline = Date.now() + this.options.operationTimeoutMs;
+    return this.retrying(`Range(${JSON.stringify(key)})`, deadline, false, (client, timeoutMs) =>
+      client.range(request, { timeoutMs }).then((response) => headerAttempt(response, this.leader)),
+    ).then(rangeAnswer);
+  }
+
+  /** Every key that starts with `prefix`, read page by page. */
+  scan(prefix: string, options?: RangeOptions & { maxKeys?: number }): Promise<ClerkKV[]> {
+    return scanPages((key, end, pageOptions) => this.range(key, end, pageOptions), prefix, options);
+  }
+
+  /** Deletes the keys in [key, end) ("" as end: just key) in one write, once; returns how many existed. */
+  deleteRange(key: string, end: string | Uint8Array, prevKv = false): Promise<DeleteAnswer> {
+    const request = deleteRequest(key, end, prevKv);
+    return this.sessionWrite(`DeleteRange(${JSON.stringify(key)})`, (ids, client, timeoutMs) => client.deleteRange({ ...request, ...ids }, { timeoutMs })).then(deleteAnswer);
+  }
+
+  /** An etcd-style Txn (compares, success operations, failure operations), applied once. */
+  txn(request: ClerkTxnRequest): Promise<TxnResponse> {
+    return this.sessionWrite("Txn", (ids, client, timeoutMs) => client.txn({ ...request, ...ids }, { timeoutMs }));
+  }
+
+  /** Compare-and-swap: sets `key` to `value` if its value is `expect` (null: if it is absent). */
+  cas(key: string, expect: string | null, value: string): Promise<CasAnswer> {
+    return this.txn(casRequest(key, expect, value)).then(casAnswer);
+  }
+
+  /**
+   * Changes of `key` (or a range / prefix) as batches of whole revisions, from any node, resumed
+   * on another node after a failure without gap or repeat, until `options.signal` aborts.
+   */
+  watch(key: string, options?: WatchOptions): AsyncGenerator<WatchBatch> {
+    // Its own node index: a watch moving between nodes does not move the writes' leader.
+    return clerkWatch({ clients: this.clients, addrs: this.addrs, leader: this.leader, ...this.options }, key, options);
+  }
+
+  /** A write carried by a session like Command's writes: once, on a session no other operation uses now. */
+  private async sessionWrite<T extends { header?: ResponseHeader }>(
+    name: string,
+    send: (ids: { clientId: bigint; commandId: bigint; registered: boolean }, client: Client<typeof KVService>, timeoutMs: number) => Promise<T>,
+  ): Promise<T> {
+    const session = this.idle.pop() ?? (await this.newOrWaitingSession());
+    try {
+      return await this.sessionOperation(session, name, send);
+    } finally {
+      this.release(session);
+    }
+  }
+
+  private async sessionOperation<T extends { header?: ResponseHeader }>(
+    session: Session,
+    name: string,
+    send: (ids: { clientId: bigint; commandId: bigint; registered: boolean }, client: Client<typeof KVService>, timeoutMs: number) => Promise<T>,
+  ): Promise<T> {
+    const deadline = Date.now() + this.options.operationTimeoutMs;
+    if (this.registered && session.id === 0n) await this.register(session, name, deadline);
+    this.last = session;
+    const commandId = session.nextCommandId++;
+    let sent = 0;
+    try {
+      return await this.retrying(name, deadline, true, (client, timeoutMs, node) => {
+        sent++;
+        const ids = { clientId: session.id, commandId, registered: this.registered && session.id !== 0n };
+        return send(ids, client, timeoutMs).then((response) => headerAttempt(response, node));
+      });
+    } catch (error) {
+      if (!(error instanceof SessionGone)) throw error;
+      session.id = 0n;
+      if (sent > 1) {
+        throw new ClerkError(Code.FailedPrecondition, `${name}: the session expired while the write was being retried; it may or may not have been applied (${error.message})`, true);
+      }
+      return this.sessionOperation(session, name, send);
+    }
+  }
+
   /** Every node's status, asked concurrently; unreachable nodes are "Offline". Never throws. */
   async getStatus(): Promise<NodeStatus[]> {
     return Promise.all(
@@ -227,7 +334,7 @@ export class Clerk {
             lastApplied: s.lastApplied,
             commitIndex: s.commitIndex,
             storageSize: s.storageSize,
-            leaderId: s.leaderId,
+            leaderId: leaderOf(s),
             members: s.members,
             snapshotIndex: s.snapshotIndex,
             keyCount: s.keyCount,
@@ -285,16 +392,16 @@ export class Clerk {
   private async operation(session: Session, op: Op, key: string, value: string): Promise<CommandResponse> {
     const deadline = Date.now() + this.options.operationTimeoutMs;
     const write = op !== Op.GET;
-    if (write && this.registered && session.id === 0n) await this.register(session, op, key, deadline);
-    this.last = session;
+    if (write && this.registered && session.id === 0n) await this.register(session, () => describe(op, key), deadline);
+    if (write) this.last = session;
     // One commandId for every retry of this operation: the session table answers a repeat.
     const commandId = session.nextCommandId++;
     const request = { key, value, op, clientId: session.id, commandId, registered: this.registered && session.id !== 0n };
     let sent = 0;
     try {
-      return await this.retrying(op, key, deadline, write, (node, timeoutMs) => {
+      return await this.retrying(() => describe(op, key), deadline, write, (client, timeoutMs, node) => {
         sent++;
-        const answer = this.batchers === null ? this.clients[node]!.command(request, { timeoutMs }) : this.batchers[node]!.command(request, timeoutMs);
+        const answer = this.batchers === null ? client.command(request, { timeoutMs }) : this.batchers[node]!.command(request, timeoutMs);
         return answer.then((response) => commandAttempt(response, node));
       });
     } catch (error) {
@@ -315,10 +422,10 @@ export class Clerk {
   }
 
   /** Asks the leader for a session id (RegisterSession), with the same retries as a command. */
-  private async register(session: Session, op: Op, key: string, deadline: number): Promise<void> {
-    const response = await this.retrying(op, key, deadline, false, (node, timeoutMs) =>
-      this.clients[node]!.registerSession({}, { timeoutMs }).then((response) => registerAttempt(response, node)),
-      "RegisterSession",
+  private async register(session: Session, name: string | (() => string), deadline: number): Promise<void> {
+    const what = () => `${typeof name === "string" ? name : name()}: RegisterSession`;
+    const response = await this.retrying(what, deadline, false, (client, timeoutMs, node) =>
+      client.registerSession({}, { timeoutMs }).then((response) => registerAttempt(response, node)),
     );
     session.id = response.clientId;
     session.nextCommandId = 1n;
@@ -330,14 +437,12 @@ export class Clerk {
    * of attempts or past `deadline`.
    */
   private async retrying<T>(
-    op: Op,
-    key: string,
+    name: string | (() => string),
     deadline: number,
     write: boolean,
-    rpc: (node: number, timeoutMs: number) => Promise<Attempt<T>>,
-    what?: string,
+    rpc: (client: Client<typeof KVService>, timeoutMs: number, node: number) => Promise<Attempt<T>>,
   ): Promise<T> {
-    const started = deadline - this.options.operationTimeoutMs;
+    const started = Date.now();
     const n = this.clients.length;
     let backoff = this.options.backoffMs;
     /** Unsuccessful RPCs since the last pause: after a full round of them, back off. */
@@ -349,7 +454,7 @@ export class Clerk {
       const node = this.leader;
       let outcome: Attempt<T>;
       try {
-        outcome = await rpc(node, remaining < this.options.callTimeoutMs ? Math.max(1, remaining) : this.options.callTimeoutMs);
+        outcome = await rpc(this.clients[node]!, remaining < this.options.callTimeoutMs ? Math.max(1, remaining) : this.options.callTimeoutMs, node);
       } catch (error) {
         if (error instanceof ClerkError) throw error;
         const connectError = ConnectError.from(error);
@@ -375,10 +480,9 @@ export class Clerk {
         backoff = Math.min(backoff * 2, this.options.maxBackoffMs);
       }
     }
-    const name = what === undefined ? describe(op, key) : `${describe(op, key)}: ${what}`;
     throw new ClerkError(
       Code.DeadlineExceeded,
-      `${name} gave up after ${Date.now() - started} ms: no node completed it (last: ${lastProblem}).` +
+      `${typeof name === "string" ? name : name()} gave up after ${Date.now() - started} ms: no node completed it (last: ${lastProblem}).` +
         (write ? " A write may or may not have been applied." : ""),
       write,
     );

@@ -174,7 +174,7 @@ describe("clients over the lane", () => {
       expect((await client.command({ key: `c-${name}`, value: "x", op: Op.PUT, registered: true })).err).toBe("OK");
       expect(await client.command({ key: `c-${name}`, op: Op.GET })).toMatchObject({ err: "OK", value: "x" });
       expect(await client.command({ key: "big", op: Op.GET })).toMatchObject({ err: "OK", value: BIG });
-      expect(await client.command({ key: "follower", op: Op.GET })).toMatchObject({ err: "ErrWrongLeader", leaderId: 2n });
+      expect(await client.command({ key: "follower", op: Op.GET })).toMatchObject({ err: "ErrWrongLeader", leader: { case: "leaderId", value: 2n } });
       const error = await client.command({ key: "busy", op: Op.PUT, registered: true }, { timeoutMs: 3000 }).catch((e) => ConnectError.from(e));
       expect(error).toBeInstanceOf(ConnectError);
       expect((error as ConnectError).code).toBe(Code.ResourceExhausted);

@@ -12,6 +12,7 @@ import { createAsyncIterable, type Compression } from "@connectrpc/connect/proto
 import { parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
 import { grpcStatusOk, parseTimeout as parseGrpcTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
+import { log } from "../../obs/log.ts";
 import { connectionKey, connectionOf } from "./connection.ts";
 import {
   COMPRESS_MIN_BYTES,
@@ -150,7 +151,7 @@ export function serveH2Unary(stream: http2.ServerHttp2Stream, headers: http2.Inc
     } catch (error) {
       // The stream went away while answering: nobody is left to tell.
       if (!stream.destroyed) stream.destroy();
-      if (!(error instanceof Error && /stream|closed|destroyed/i.test(error.message))) console.error(`kvraft rpc: http/2 lane failed: ${(error as Error).stack ?? error}`);
+      if (!(error instanceof Error && /stream|closed|destroyed/i.test(error.message))) log.error(`kvraft rpc: http/2 lane failed: ${(error as Error).stack ?? error}`);
     }
   };
   stream.on("data", onData);
