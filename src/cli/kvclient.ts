@@ -2,6 +2,8 @@
 //   bun run kvclient -addrs localhost:5001,localhost:5002,localhost:5003 -op put -key k -value v
 // Exit status: 0 success, 1 the operation failed, 2 bad usage.
 
+import * as fs from "node:fs";
+import type { Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError, type NodeStatus } from "../kv/client.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
@@ -13,6 +15,10 @@ const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append
   -key       the key (required except for status)
   -value     the value for put and append (default "")
   -timeout   give up after this many milliseconds (default 15000)
+  --cacert   CA file to verify the nodes' certificates: talk https (nodes started with TLS)
+  --cert, --key-file  client certificate and its key (nodes started with --client-cert-auth;
+             the key flag is not --key: -key is the KV key)
+  --token-file    send "Authorization: Bearer <the file's token>" (nodes started with --client-token-file)
   -help      print this message
 
 Flags may also be written --name value or -name=value.`;
@@ -35,7 +41,17 @@ async function main(argv: string[]): Promise<number> {
   let timeoutMs: number;
   try {
     flags = parseFlags(argv, {
-      values: { addrs: "localhost:5001,localhost:5002,localhost:5003", op: "get", key: undefined, value: "", timeout: "15000" },
+      values: {
+        addrs: "localhost:5001,localhost:5002,localhost:5003",
+        op: "get",
+        key: undefined,
+        value: "",
+        timeout: "15000",
+        cacert: undefined,
+        cert: undefined,
+        "key-file": undefined,
+        "token-file": undefined,
+      },
       switches: ["help", "h"],
     });
     if (flags.switches.has("help") || flags.switches.has("h")) {
@@ -56,9 +72,43 @@ async function main(argv: string[]): Promise<number> {
     throw error;
   }
 
+  let tls: { ca?: Buffer; cert?: Buffer; key?: Buffer } | null = null;
+  const interceptors: Interceptor[] = [];
+  try {
+    const read = (flag: string) => {
+      const file = flags.values[flag];
+      if (file === undefined) return undefined;
+      try {
+        return fs.readFileSync(file);
+      } catch (error) {
+        throw new UsageError(`--${flag} ${file}: ${(error as Error).message}`);
+      }
+    };
+    const ca = read("cacert");
+    const cert = read("cert");
+    const key = read("key-file");
+    if ((cert === undefined) !== (key === undefined)) throw new UsageError("--cert and --key-file go together");
+    if (ca !== undefined || cert !== undefined) tls = { ...(ca ? { ca } : {}), ...(cert ? { cert, key } : {}) };
+    const token = read("token-file")?.toString("utf8").trim();
+    if (token !== undefined) {
+      if (token === "" || /\s/.test(token)) throw new UsageError("--token-file must hold one token without spaces");
+      interceptors.push((next) => (request) => {
+        request.header.set("Authorization", `Bearer ${token}`);
+        return next(request);
+      });
+    }
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`kvclient: ${error.message}`);
+      return 2;
+    }
+    throw error;
+  }
   const clerk = new Clerk({
-    addrs,
-    transport: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: true }),
+    // With TLS the same host:port addresses are reached over https.
+    addrs: tls === null ? addrs : addrs.map((a) => `https://${a}`),
+    transport: (baseUrl) =>
+      createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: true, interceptors, ...(tls !== null ? { nodeOptions: tls } : {}) }),
     operationTimeoutMs: timeoutMs,
   });
   const key = flags.values.key ?? "";

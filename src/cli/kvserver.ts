@@ -8,6 +8,7 @@ import { ListenError } from "../rpc/server/server.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { DataDirError } from "./identity.ts";
 import { serveNode, type ServingNode } from "./serve-node.ts";
+import { SECURITY_SWITCHES, SECURITY_USAGE, SECURITY_VALUE_FLAGS, loadSecurity, type NodeSecurity } from "./security-flags.ts";
 
 const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 const SHUTDOWN_LIMIT_MS = 20_000;
@@ -25,8 +26,11 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        snapshot (default: the KV server's own)
   -help                print this message
 
-Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and cleartext HTTP/2, all on
-the node's own address. Flags may also be written --name value or -name=value.`;
+security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
+${SECURITY_USAGE}
+
+Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and HTTP/2 (h2c, or TLS), and the
+Raft peer service, all on the node's own address. Flags may also be written --name value or -name=value.`;
 
 interface Config {
   id: number;
@@ -35,6 +39,7 @@ interface Config {
   corsOrigins: string[];
   snapshotThreshold?: number;
   fastLane: boolean;
+  security: NodeSecurity;
 }
 
 function parseConfig(argv: string[]): Config | "help" {
@@ -45,8 +50,9 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      ...SECURITY_VALUE_FLAGS,
     },
-    switches: ["help", "h", "no-fast-lane"],
+    switches: ["help", "h", "no-fast-lane", ...SECURITY_SWITCHES],
   });
   if (flags.switches.has("help") || flags.switches.has("h")) return "help";
   const addrs = parseAddrs(flags.values.addrs!);
@@ -68,7 +74,8 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane") };
+  const security = loadSecurity(flags, addrs.length);
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), security };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -96,6 +103,7 @@ async function main(argv: string[]): Promise<number> {
       dir: db,
       corsOrigins: config.corsOrigins,
       fastLane: config.fastLane,
+      security: config.security,
       open: (args) =>
         KVServer.open({
           ...args,
@@ -120,7 +128,11 @@ async function main(argv: string[]): Promise<number> {
   }
 
   const cors = config.corsOrigins.length > 0 ? `; CORS for ${config.corsOrigins.join(", ")}` : "";
-  console.log(`kvserver: node ${id} serving on ${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and h2c), data in ${db}${cors}`);
+  const scheme = config.security.tls === undefined ? "http" : "https";
+  console.log(
+    `kvserver: node ${id} serving on ${scheme}://${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and ${scheme === "http" ? "h2c" : "h2"}), ` +
+      `cluster ${node.clusterId} (${config.security.summary}), data in ${db}${cors}`,
+  );
 
   return new Promise<number>((resolve) => {
     let stopping = false;

@@ -1,13 +1,15 @@
-// Brings one kvraft node up and down: claims the data directory, binds the multi-protocol port,
-// opens the KV server behind it with the Connect transport, and shuts down in the safe order.
+// Brings one kvraft node up and down: claims the data directory (and its cluster id), binds the
+// multi-protocol port (TLS and client gate as configured), opens the KV server behind it with the
+// authenticated Connect transport, and shuts down in the safe order.
 
 import { ConnectTransport } from "../rpc/peers/connect-transport.ts";
 import { registerKVService, type KVServiceBackend } from "../kv/service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
-import { toBaseUrl } from "../kv/client.ts";
 import type { NodeId, Transport } from "../raft/types.ts";
 import type { KVServer } from "../kv/server.ts";
 import { claimDataDir } from "./identity.ts";
+import { DEFAULT_CLUSTER_TOKEN, clusterIdOf } from "./cluster-id.ts";
+import type { NodeSecurity } from "./security-flags.ts";
 import { splitHostPort } from "./flags.ts";
 
 /** What serveNode needs from a KV server: the handlers' calls plus close (which syncs). */
@@ -20,6 +22,8 @@ export interface ServeNodeOptions {
   corsOrigins?: readonly string[];
   /** RpcServerOptions.fastLane (default true). */
   fastLane?: boolean;
+  /** TLS, peer authentication, client gate (see security-flags.ts); default: cleartext, peers unauthenticated. */
+  security?: NodeSecurity;
   /** Opens the KV server (KVServer.open in production, a stand-in in tests). */
   open(args: { id: NodeId; peers: NodeId[]; dir: string; transport: Transport }): Promise<KVNode>;
 }
@@ -28,14 +32,21 @@ export interface ServingNode {
   server: RpcServer;
   transport: ConnectTransport;
   kv: KVNode;
+  clusterId: string;
   /** Stop accepting, let in-flight calls finish, close the KV server (sync), drop peer links. */
   close(): Promise<void>;
 }
 
 export async function serveNode(options: ServeNodeOptions): Promise<ServingNode> {
   const { id, addrs, dir } = options;
+  const security = options.security ?? INSECURE;
   claimDataDir(dir, id, addrs);
-  const transport = new ConnectTransport({ id, peers: new Map(addrs.map((a, i) => [i, toBaseUrl(a)])) });
+  const clusterId = clusterIdOf(dir, addrs, security.initialClusterToken ?? DEFAULT_CLUSTER_TOKEN);
+  const transport = new ConnectTransport({
+    id,
+    peers: new Map(addrs.map((a, i) => [i, `${security.peerScheme}://${a}`])),
+    security: { ...security.peer, clusterId },
+  });
   let kv: KVNode | undefined;
   const { host, port } = splitHostPort(addrs[id]!);
   let server: RpcServer;
@@ -45,6 +56,8 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
       port,
       corsOrigins: options.corsOrigins,
       fastLane: options.fastLane,
+      ...(security.tls !== undefined ? { tls: security.tls } : {}),
+      ...(security.gate !== undefined ? { gate: security.gate } : {}),
       routes: (router) => {
         registerKVService(router, () => kv);
         transport.registerRoutes(router);
@@ -67,6 +80,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     server,
     transport,
     kv: opened,
+    clusterId,
     close() {
       closing ??= (async () => {
         await server.close();
@@ -80,3 +94,6 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     },
   };
 }
+
+/** No TLS, open API, peers not authenticated: what tests of one node use. */
+const INSECURE: NodeSecurity = { peer: { secret: null, peerCa: null }, peerScheme: "http", initialClusterToken: undefined, summary: "cleartext" };

@@ -23,6 +23,8 @@ export class ApplyBatch {
     /** The index and term of the last entry in this batch (the state's applied index once written). */
     public index: number,
     public term: number,
+    /** The log time reached by this batch's entries (the largest leader timestamp so far). */
+    public logTime: number,
   ) {}
 
   /** The value of an internal user key as of this point of the batch. */
@@ -37,14 +39,17 @@ export class ApplyBatch {
     this.set(key, value);
   }
 
-  append(key: Uint8Array, suffix: Uint8Array): void {
+  /** Appends `suffix` unless the value would exceed `maxValueBytes`; false (and no change) if it would. */
+  append(key: Uint8Array, suffix: Uint8Array, maxValueBytes: number): boolean {
     const old = this.current(key);
-    if (old === null) this.keyCountDelta++;
     const base = old ?? EMPTY;
+    if (base.length + suffix.length > maxValueBytes) return false;
+    if (old === null) this.keyCountDelta++;
     const value = new Uint8Array(base.length + suffix.length);
     value.set(base, 0);
     value.set(suffix, base.length);
     this.set(key, value);
+    return true;
   }
 
   /** Deletes `key`; true when it existed. */
@@ -72,7 +77,7 @@ export class ApplyBatch {
       this.ops.push(session === null ? { type: "del", key: sessionKey(clientId) } : { type: "put", key: sessionKey(clientId), value: encodeSession(session) });
     }
     if (this.keyCountDelta !== 0) this.ops.push({ type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(keyCount) });
-    this.ops.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(this.index, this.term) });
+    this.ops.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(this.index, this.term, this.logTime) });
     return this.ops;
   }
 

@@ -1,9 +1,9 @@
-// Clerk: the kvraft client for Bun, Node and browsers. Finds the leader, retries through leader
-// changes and network faults with the same (clientId, commandId) so a write is applied once.
-// No node-only imports: the caller supplies the Connect transport (connect-node or connect-web).
+// Clerk: the kvraft client for Bun, Node and browsers. Registers a session, finds the leader, and
+// retries through leader changes and network faults with the same (session, commandId) so a write
+// is applied once. No node-only imports: the caller supplies the Connect transport.
 
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
-import { KVService, Op, type CommandResponse } from "../gen/kvraftpb/kvraft_pb.ts";
+import { KVService, Op, type CommandResponse, type RegisterSessionResponse } from "../gen/kvraftpb/kvraft_pb.ts";
 
 export interface ClerkOptions {
   /** Every node's address, in node-id order: "localhost:5001" or "http://host:port". */
@@ -21,7 +21,10 @@ export interface ClerkOptions {
   maxBackoffMs?: number;
   /** Deadline of each node's answer in getStatus(). */
   statusTimeoutMs?: number;
-  /** Defaults to a random 63-bit id. */
+  /**
+   * Use this unregistered session id instead of registering one (eRaft's way: exactly-once only
+   * within the server's window for unregistered clients). By default the Clerk registers.
+   */
   clientId?: bigint;
   /**
    * Largest key + value this Clerk sends (default 4 MiB, the server's request limit): a bigger
@@ -77,14 +80,6 @@ const REPLY_OUTCOMES = new Map<string, "done" | "wrong-leader" | "timeout">([
   ["ErrTimeout", "timeout"],
 ]);
 
-/** A random id in [1, 2^63): fits int64 on the wire and is never the "no client" zero. */
-function randomClientId(): bigint {
-  const words = new Uint32Array(2);
-  crypto.getRandomValues(words);
-  const id = (BigInt(words[0]! & 0x7fffffff) << 32n) | BigInt(words[1]!);
-  return id === 0n ? 1n : id;
-}
-
 /** Bytes of `text` in UTF-8, counted without encoding it. */
 function utf8Length(text: string): number {
   let bytes = 0;
@@ -104,10 +99,35 @@ export function toBaseUrl(address: string): string {
   return /^https?:\/\//.test(address) ? address.replace(/\/+$/, "") : `http://${address}`;
 }
 
+/** What one RPC to one node came to: done, or where to try next. */
+type Attempt<T> =
+  | { done: T }
+  | { retry: "next" | "stay"; problem: string }
+  | { wrongLeader: bigint | undefined; problem: string };
+
+function commandAttempt(response: CommandResponse, node: number): Attempt<CommandResponse> {
+  return classify(response, node, "committing the command");
+}
+
+function registerAttempt(response: RegisterSessionResponse, node: number): Attempt<RegisterSessionResponse> {
+  return classify(response, node, "registering the session");
+}
+
+/** An answer's `err` (eRaft's vocabulary): done, not the leader (maybe with a hint), or timed out. */
+function classify<T extends { err: string; leaderId?: bigint }>(response: T, node: number, what: string): Attempt<T> {
+  const outcome = REPLY_OUTCOMES.get(response.err);
+  if (outcome === undefined) throw new ClerkError(Code.Internal, `node ${node} answered with unknown err "${response.err}"`);
+  if (outcome === "done") return { done: response };
+  if (outcome === "wrong-leader") return { wrongLeader: response.leaderId, problem: `node ${node} is not the leader` };
+  return { retry: "next", problem: `node ${node} timed out ${what}` };
+}
+
 export class Clerk {
-  readonly clientId: bigint;
   private readonly addrs: string[];
   private readonly clients: Client<typeof KVService>[];
+  /** The session id: registered (from RegisterSession) unless options.clientId was given; 0n until then. */
+  private session: bigint;
+  private readonly registered: boolean;
   private nextCommandId = 1n;
   private leader = 0;
   /** Operations of one Clerk run one at a time: the server's session keeps one reply per client. */
@@ -118,7 +138,8 @@ export class Clerk {
     if (options.addrs.length === 0) throw new ClerkError(Code.InvalidArgument, "Clerk needs at least one node address");
     this.addrs = [...options.addrs];
     this.clients = this.addrs.map((address) => createClient(KVService, options.transport(toBaseUrl(address))));
-    this.clientId = options.clientId ?? randomClientId();
+    this.registered = options.clientId === undefined;
+    this.session = options.clientId ?? 0n;
     this.options = {
       callTimeoutMs: options.callTimeoutMs ?? 2_000,
       operationTimeoutMs: options.operationTimeoutMs ?? 15_000,
@@ -128,6 +149,11 @@ export class Clerk {
       statusTimeoutMs: options.statusTimeoutMs ?? 1_000,
       maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
     };
+  }
+
+  /** The session id writes carry (0n before the Clerk's first write registered one). */
+  get clientId(): bigint {
+    return this.session;
   }
 
   /** The value of `key`, or null when the key does not exist. */
@@ -178,21 +204,67 @@ export class Clerk {
   }
 
   private command(op: Op, key: string, value: string): Promise<CommandResponse> {
-    const run = this.queue.then(() => this.attempt(op, key, value));
+    const run = this.queue.then(() => this.operation(op, key, value));
     this.queue = run.catch(() => undefined);
     return run;
   }
 
-  private async attempt(op: Op, key: string, value: string): Promise<CommandResponse> {
-    // One commandId for every retry of this operation: the session table answers a repeat.
-    const commandId = this.nextCommandId++;
-    const request = { key, value, op, clientId: this.clientId, commandId };
+  private async operation(op: Op, key: string, value: string): Promise<CommandResponse> {
     const size = utf8Length(key) + utf8Length(value);
     if (size > this.options.maxRequestBytes) {
       throw new ClerkError(Code.InvalidArgument, `key and value are ${size} bytes; requests are limited to ${this.options.maxRequestBytes}`);
     }
+    const name = `${Op[op] ?? String(op)}(${JSON.stringify(key)})`;
+    const deadline = Date.now() + this.options.operationTimeoutMs;
+    const write = op !== Op.GET;
+    if (write && this.registered && this.session === 0n) await this.register(name, deadline);
+    // One commandId for every retry of this operation: the session table answers a repeat.
+    const commandId = this.nextCommandId++;
+    let sent = 0;
+    try {
+      return await this.retrying(name, deadline, write, (client, timeoutMs) => {
+        sent++;
+        const request = { key, value, op, clientId: this.session, commandId, registered: this.registered && this.session !== 0n };
+        return client.command(request, { timeoutMs }).then((response) => commandAttempt(response, this.leader));
+      });
+    } catch (error) {
+      if (!(error instanceof SessionGone)) throw error;
+      // The session expired (idle longer than the server's TTL). Register again for what follows.
+      this.session = 0n;
+      if (sent > 1) {
+        // An earlier attempt of this write may have been applied before the session went.
+        throw new ClerkError(
+          Code.FailedPrecondition,
+          `${name}: the session expired while the write was being retried; it may or may not have been applied (${error.message})`,
+          true,
+        );
+      }
+      // Refused on its first attempt: certainly not applied. Run it again under a new session.
+      return this.operation(op, key, value);
+    }
+  }
+
+  /** Asks the leader for a session id (RegisterSession), with the same retries as a command. */
+  private async register(name: string, deadline: number): Promise<void> {
+    const response = await this.retrying(`${name}: RegisterSession`, deadline, false, (client, timeoutMs) =>
+      client.registerSession({}, { timeoutMs }).then((response) => registerAttempt(response, this.leader)),
+    );
+    this.session = response.clientId;
+    this.nextCommandId = 1n;
+  }
+
+  /**
+   * Runs `rpc` against the node believed to lead, following leader hints, trying the next node
+   * after a failure and backing off once per round of failures, until it is done, refused, out
+   * of attempts or past `deadline`.
+   */
+  private async retrying<T>(
+    name: string,
+    deadline: number,
+    write: boolean,
+    rpc: (client: Client<typeof KVService>, timeoutMs: number) => Promise<Attempt<T>>,
+  ): Promise<T> {
     const started = Date.now();
-    const deadline = started + this.options.operationTimeoutMs;
     const n = this.clients.length;
     let backoff = this.options.backoffMs;
     /** Unsuccessful RPCs since the last pause: after a full round of them, back off. */
@@ -202,61 +274,53 @@ export class Clerk {
       const remaining = deadline - Date.now();
       if (remaining <= 0) break;
       const node = this.leader;
-      /**
-       * "hinted": go to the node named as leader; "next": try the following node; "stay": the
-       * node is the leader but busy, ask it again.
-       */
-      let retry: "hinted" | "next" | "stay";
+      let outcome: Attempt<T>;
       try {
-        const response = await this.clients[node]!.command(request, {
-          timeoutMs: Math.max(1, Math.min(this.options.callTimeoutMs, remaining)),
-        });
-        const outcome = REPLY_OUTCOMES.get(response.err);
-        if (outcome === undefined) throw new ClerkError(Code.Internal, `node ${node} answered with unknown err "${response.err}"`);
-        if (outcome === "done") return response;
-        if (outcome === "wrong-leader") {
-          const hint = response.leaderId === undefined ? -1 : Number(response.leaderId);
-          lastProblem = `node ${node} is not the leader`;
-          // Follow a hint at once; a stale hint (to a dead node) costs one RPC of the round.
-          if (hint >= 0 && hint < n && hint !== node) {
-            this.leader = hint;
-            retry = "hinted";
-          } else {
-            retry = "next";
-          }
-        } else {
-          lastProblem = `node ${node} timed out committing the command`;
-          retry = "next";
-        }
+        outcome = await rpc(this.clients[node]!, Math.max(1, Math.min(this.options.callTimeoutMs, remaining)));
       } catch (error) {
         if (error instanceof ClerkError) throw error;
         const connectError = ConnectError.from(error);
-        lastProblem = `node ${node} (${this.addrs[node]}): ${connectError.message}`;
-        if (BACK_OFF_ON_SAME_NODE.has(connectError.code)) {
-          // Backpressure (too many commands in flight): the request itself was checked above.
-          retry = "stay";
-        } else if (RETRYABLE.has(connectError.code)) {
-          retry = "next";
-        } else {
-          throw new ClerkError(connectError.code, `node ${node} (${this.addrs[node]}) refused: ${connectError.rawMessage}`);
-        }
+        if (SESSION_GONE.has(connectError.code)) throw new SessionGone(connectError.rawMessage);
+        const problem = `node ${node} (${this.addrs[node]}): ${connectError.message}`;
+        // Backpressure (too many commands in flight, a full session table): ask the same node again.
+        if (BACK_OFF_ON_SAME_NODE.has(connectError.code)) outcome = { retry: "stay", problem };
+        else if (RETRYABLE.has(connectError.code)) outcome = { retry: "next", problem };
+        else throw new ClerkError(connectError.code, `node ${node} (${this.addrs[node]}) refused: ${connectError.rawMessage}`);
       }
-      if (retry === "next") this.leader = (node + 1) % n;
+      if ("done" in outcome) return outcome.done;
+      lastProblem = outcome.problem;
+      // Follow a leader hint at once (a stale hint, to a dead node, costs one RPC of the round);
+      // without one, try the next node.
+      const stay = "retry" in outcome && outcome.retry === "stay";
+      if (!stay && !("wrongLeader" in outcome && this.follow(outcome.wrongLeader, node))) this.leader = (node + 1) % n;
       // Back off once per round of n failures, not after each: one dead node costs one RPC, while
       // stale hints and a leaderless cluster cannot spin through the attempts.
-      if (retry === "stay" || ++failedInRound >= n) {
+      if (stay || ++failedInRound >= n) {
         failedInRound = 0;
         const pause = Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now()));
         await new Promise((resolve) => setTimeout(resolve, pause));
         backoff = Math.min(backoff * 2, this.options.maxBackoffMs);
       }
     }
-    const name = Op[op] ?? String(op);
     throw new ClerkError(
       Code.DeadlineExceeded,
-      `${name}(${JSON.stringify(key)}) gave up after ${Date.now() - started} ms: no node completed it ` +
-        `(last: ${lastProblem}). A write may or may not have been applied.`,
-      op !== Op.GET,
+      `${name} gave up after ${Date.now() - started} ms: no node completed it (last: ${lastProblem}).` +
+        (write ? " A write may or may not have been applied." : ""),
+      write,
     );
   }
+
+  /** Where the leader hint of a refusal points, if anywhere new: moves `leader` there. */
+  private follow(hint: bigint | undefined, node: number): boolean {
+    const target = hint === undefined ? -1 : Number(hint);
+    if (target < 0 || target >= this.clients.length || target === node) return false;
+    this.leader = target;
+    return true;
+  }
 }
+
+/** A registered session that the server no longer has (failed_precondition): internal to the Clerk. */
+class SessionGone extends Error {}
+
+/** Connect codes that mean "your session is gone": register again. */
+const SESSION_GONE = new Set<Code>([Code.FailedPrecondition]);

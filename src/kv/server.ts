@@ -13,15 +13,25 @@ import {
   type StateMachine,
   type Transport,
 } from "../raft/index.ts";
-import { encodeCommand } from "./command.ts";
+import { commandFingerprint, decodeCommand, encodeCommand, type WriteCommand } from "./command.ts";
 import { DeadlineQueue } from "./deadlines.ts";
-import { InvalidArgumentError, OverloadedError, UnavailableError } from "./errors.ts";
-import { PendingWrites, replyFor } from "./pending-writes.ts";
+import { InvalidArgumentError, OverloadedError, SessionExpiredError, UnavailableError } from "./errors.ts";
+import { PendingWrites, isApplied, type WriteOutcome } from "./pending-writes.ts";
 import { ReadBatcher } from "./reads.ts";
-import { NO_KEY, OK, WRONG_LEADER, refusal, type CommandArgs, type CommandReply } from "./replies.ts";
+import { NO_KEY, OK, WRONG_LEADER, refusal, type CommandArgs, type CommandReply, type RegisterReply } from "./replies.ts";
+import {
+  RESULT_COMMAND_REUSED,
+  RESULT_NO_KEY,
+  RESULT_OK,
+  RESULT_SESSION_EXPIRED,
+  RESULT_STALE_COMMAND,
+  RESULT_TABLE_FULL,
+  RESULT_VALUE_TOO_LARGE,
+  type ResultCode,
+} from "./sessions.ts";
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
 
-export type { CommandArgs, CommandReply, KVErr, KVOp } from "./replies.ts";
+export type { CommandArgs, CommandReply, KVErr, KVOp, RegisterReply } from "./replies.ts";
 
 export interface KVStatus {
   id: NodeId;
@@ -70,8 +80,12 @@ export interface KVStateOptions {
   blockCacheBytes?: number;
   /** Further LSM options (see DBOptions). */
   lsm?: KVStateMachineOptions["lsm"];
-  sessionTtlEntries?: number;
+  /** A session idle this long (log time, from leader timestamps) expires. Default 1 hour. */
+  sessionTtlMs?: number;
+  /** Registered sessions at most (registrations beyond are refused). Default 100,000. */
   maxSessions?: number;
+  /** Unregistered (eRaft-style) sessions at most (least recently used dropped beyond). Default 100,000. */
+  maxUnregisteredSessions?: number;
   syncEveryEntries?: number;
 }
 
@@ -98,6 +112,11 @@ export class KVServer {
   private readonly maxKeyBytes: number;
   private readonly maxValueBytes: number;
   private readonly maxPending: number;
+  /**
+   * Writes without a session and registrations carry a nonce as their commandId, so an entry that
+   * applies before its propose() returned still finds its waiter. Random start: unique across restarts.
+   */
+  private nextNonce: bigint;
 
   private constructor(
     readonly id: NodeId,
@@ -108,8 +127,11 @@ export class KVServer {
     private readonly deadlines: DeadlineQueue,
     /** Closed by close() only when this server opened it (not when the caller passed one in). */
     private readonly ownedLogStore: LogStore | null,
+    private readonly clock: Clock,
     limits: KVLimits,
   ) {
+    const words = crypto.getRandomValues(new Uint32Array(2));
+    this.nextNonce = (BigInt(words[0]! & 0x3fffffff) << 32n) | BigInt(words[1]!);
     this.maxKeyBytes = limits.maxKeyBytes ?? 4096;
     this.maxValueBytes = limits.maxValueBytes ?? 1 << 20;
     this.maxPending = limits.maxPendingCommands ?? 10_000;
@@ -157,7 +179,7 @@ export class KVServer {
       deadlines,
       timeoutMs,
     );
-    return new KVServer(options.id, node, machine, writes, reads, deadlines, owned, options.limits ?? {});
+    return new KVServer(options.id, node, machine, writes, reads, deadlines, owned, clock, options.limits ?? {});
   }
 
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */
@@ -222,13 +244,25 @@ export class KVServer {
     await this.ownedLogStore?.close();
   }
 
+  /**
+   * Registers a new client session (Raft dissertation §6.3): its id is the index of the
+   * registration's log entry. Refused with OverloadedError when every session slot is taken.
+   */
+  async registerSession(): Promise<RegisterReply> {
+    if (this.closed) return { err: "ErrWrongLeader", value: "" };
+    const outcome = await this.propose({ op: "Register", clientId: 0n, commandId: this.nonce(), key: "", value: "" });
+    if (!isApplied(outcome)) return outcome as RegisterReply;
+    if (outcome.result === RESULT_TABLE_FULL) {
+      throw new OverloadedError(`node ${this.id}: the session table is full (every registered session is live); retry later`);
+    }
+    return { err: "OK", clientId: BigInt(outcome.index) };
+  }
+
   private validate(args: CommandArgs): void {
     if (typeof args.op !== "string" || !OPS.has(args.op)) {
       throw new InvalidArgumentError(`unknown op ${JSON.stringify(args.op)}: expected Get, Put, Append or Delete`);
     }
-    if (typeof args.key !== "string" || args.key.length === 0) {
-      throw new InvalidArgumentError("the key is empty: every command needs a non-empty key");
-    }
+    if (typeof args.key !== "string") throw new InvalidArgumentError("the key must be a string");
     // A UTF-16 code unit is at most 3 UTF-8 bytes: short strings need no byte count.
     const keyBytes = args.key.length * 3 <= this.maxKeyBytes ? 0 : Buffer.byteLength(args.key, "utf8");
     if (keyBytes > this.maxKeyBytes) {
@@ -244,6 +278,12 @@ export class KVServer {
     if (typeof args.clientId !== "bigint" || typeof args.commandId !== "bigint") {
       throw new InvalidArgumentError("clientId and commandId must be 64-bit integers");
     }
+    if (args.clientId !== 0n && args.commandId < 0n) {
+      throw new InvalidArgumentError(`commandId ${args.commandId} is negative: a session's command ids start at 0 or 1 and increase`);
+    }
+    if (args.registered === true && args.clientId === 0n) {
+      throw new InvalidArgumentError("a registered session needs its clientId (from RegisterSession); 0 means no session");
+    }
   }
 
   /**
@@ -251,10 +291,25 @@ export class KVServer {
    * waiting, then proposed; the apply loop answers it (see PendingWrites).
    */
   private async write(args: CommandArgs): Promise<CommandReply> {
-    const known = answerFromSession(this.machine, args.clientId, args.commandId);
-    if (known !== null) return known;
-    const data = encodeCommand({ op: args.op as "Put" | "Append" | "Delete", clientId: args.clientId, commandId: args.commandId, key: args.key, value: args.value });
-    const { waiter, reply } = this.writes.open(args.clientId, args.commandId);
+    const command: WriteCommand = {
+      op: args.op as "Put" | "Append" | "Delete",
+      clientId: args.clientId,
+      // Without a session the client's commandId means nothing; a nonce lets the apply find the waiter.
+      commandId: args.clientId === 0n ? this.nonce() : args.commandId,
+      key: args.key,
+      value: args.value,
+      registered: args.registered === true,
+    };
+    const known = this.answerFromSession(command);
+    if (known !== null) return replyForResult(known, args);
+    const outcome = await this.propose(command);
+    return isApplied(outcome) ? replyForResult(outcome.result, args) : outcome;
+  }
+
+  /** Proposes a command stamped with this leader's time and value limit; resolves with how it ended. */
+  private async propose(command: WriteCommand): Promise<WriteOutcome> {
+    const data = encodeCommand({ ...command, timestamp: this.clock.now(), maxValueBytes: this.maxValueBytes });
+    const { waiter, outcome } = this.writes.open(command.clientId, command.commandId);
     try {
       const { index, term } = await this.node.propose(data);
       this.writes.place(waiter, index, term);
@@ -268,8 +323,66 @@ export class KVServer {
       }
       this.writes.answer(waiter, refused);
     }
-    return reply;
+    return outcome;
   }
+
+  /**
+   * The result of a write the session table answers without a new entry: a retry of the session's
+   * last command, or a stale or reused commandId; null when the write must be proposed.
+   */
+  private answerFromSession(command: WriteCommand): ResultCode | null {
+    if (command.clientId === 0n) return null;
+    const session = this.machine.session(command.clientId);
+    // Gone or never registered: the apply decides (a registration may be on its way to this state).
+    if (session === undefined || (command.registered === true && !session.registered)) return null;
+    if (command.commandId > session.commandId) return null;
+    if (command.commandId < session.commandId) return RESULT_STALE_COMMAND;
+    const fingerprint = commandFingerprint(decodeCommand(encodeCommand(command), 0));
+    if (session.fingerprint !== 0 && session.fingerprint !== fingerprint) return RESULT_COMMAND_REUSED;
+    return session.result;
+  }
+
+  private nonce(): bigint {
+    this.nextNonce = this.nextNonce === (1n << 63n) - 1n ? 1n : this.nextNonce + 1n;
+    return this.nextNonce;
+  }
+}
+
+/** A write's reply for its apply result, or the typed refusal the result stands for. */
+function replyForResult(result: ResultCode, args: CommandArgs): CommandReply {
+  const key = JSON.stringify(args.key.slice(0, 64));
+  switch (result) {
+    case RESULT_OK:
+      return OK;
+    case RESULT_NO_KEY:
+      return NO_KEY;
+    case RESULT_VALUE_TOO_LARGE:
+      return refuse(new InvalidArgumentError(`${args.op} of key ${key} would make its value larger than the value limit; it was not applied`));
+    case RESULT_SESSION_EXPIRED:
+      return refuse(
+        new SessionExpiredError(
+          `session ${args.clientId} has expired (or was never registered): register a new session; this write was not applied`,
+        ),
+      );
+    case RESULT_STALE_COMMAND:
+      return refuse(
+        new InvalidArgumentError(
+          `commandId ${args.commandId} is older than session ${args.clientId}'s last command: command ids must increase; this write was not applied`,
+        ),
+      );
+    case RESULT_COMMAND_REUSED:
+      return refuse(
+        new InvalidArgumentError(
+          `commandId ${args.commandId} of session ${args.clientId} was already used for a different command: use a new commandId; this write was not applied`,
+        ),
+      );
+    case RESULT_TABLE_FULL:
+      throw new Error(`invariant: a write was answered with a registration's result`);
+  }
+}
+
+function refuse(error: Error): never {
+  throw error;
 }
 
 /**
@@ -281,7 +394,11 @@ function applyLoop(machine: KVStateMachine, writes: PendingWrites): StateMachine
     apply: async (entries: Entry[]) => writes.applied(await machine.apply(entries)),
     restore: async (meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>) => {
       await machine.restore(meta, chunks);
-      writes.restored(machine.lastApplied(), (clientId, commandId) => answerFromSession(machine, clientId, commandId));
+      writes.restored(machine.lastApplied(), (clientId, commandId) => {
+        const session = clientId === 0n ? undefined : machine.session(clientId);
+        if (session === undefined || commandId > session.commandId) return null;
+        return commandId === session.commandId ? session.result : RESULT_STALE_COMMAND;
+      });
     },
     lastApplied: () => machine.lastApplied(),
     lastAppliedTerm: () => machine.lastAppliedTerm(),
@@ -289,13 +406,6 @@ function applyLoop(machine: KVStateMachine, writes: PendingWrites): StateMachine
     sync: () => machine.sync(),
     snapshot: () => machine.snapshot(),
   };
-}
-
-/** The answer to a write the session table shows as applied already, or null. */
-function answerFromSession(machine: KVStateMachine, clientId: bigint, commandId: bigint): CommandReply | null {
-  const session = machine.session(clientId);
-  if (session === undefined || commandId > session.commandId) return null;
-  return commandId === session.commandId ? replyFor(session.result) : OK;
 }
 
 function readApplied(machine: KVStateMachine, key: string): CommandReply {

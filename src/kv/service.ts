@@ -1,7 +1,8 @@
 // Thin kvraftpb.KVService handlers: translate wire messages to KVServer calls and KVServer's typed
-// errors to Connect errors. Validation of keys, values and sessions belongs to KVServer.
+// errors to Connect errors (or, for eRaft's own clients, to an `err` they stop on). Validation of
+// keys, values and sessions belongs to KVServer.
 
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
 import { KVError, type KVErrorCode } from "./errors.ts";
 import type { KVOp } from "./replies.ts";
@@ -11,13 +12,15 @@ import {
   GetStatusResponseSchema,
   KVService,
   Op,
+  RegisterSessionResponseSchema,
   type CommandRequest,
   type CommandResponse,
   type GetStatusResponse,
+  type RegisterSessionResponse,
 } from "../gen/kvraftpb/kvraft_pb.ts";
 
 /** What the handlers use of a KVServer (tests may pass a stand-in of this exact shape). */
-export type KVServiceBackend = Pick<KVServer, "command" | "getStatus">;
+export type KVServiceBackend = Pick<KVServer, "command" | "getStatus" | "registerSession">;
 
 const OPS: Record<number, KVOp> = {
   [Op.PUT]: "Put",
@@ -56,21 +59,19 @@ export function registerKVService(
     return kv;
   };
   router.service(KVService, {
-    async command(request: CommandRequest): Promise<CommandResponse> {
-      const op = OPS[request.op];
-      if (op === undefined) {
-        throw new ConnectError(
-          `unknown op ${request.op}: expected PUT (0), APPEND (1), GET (2) or DELETE (3)`,
-          Code.InvalidArgument,
-        );
-      }
+    async command(request: CommandRequest, context: HandlerContext): Promise<CommandResponse> {
       try {
+        const op = OPS[request.op];
+        if (op === undefined) {
+          throw new ConnectError(`unknown op ${request.op}: expected PUT (0), APPEND (1), GET (2) or DELETE (3)`, Code.InvalidArgument);
+        }
         const result = await current().command({
           key: request.key,
           value: request.value,
           op,
           clientId: request.clientId,
           commandId: request.commandId,
+          registered: request.registered,
         });
         const hinted = result.err === "ErrWrongLeader" && result.leaderId !== undefined && result.leaderId >= 0;
         if (result.value === "" && !hinted) {
@@ -79,6 +80,19 @@ export function registerKVService(
         }
         const response = create(CommandResponseSchema, { err: result.err, value: result.value });
         if (hinted) response.leaderId = BigInt(result.leaderId!);
+        return response;
+      } catch (error) {
+        const refusal = toConnectError(error);
+        if (isERaftShaped(request, context)) return answerERaft(refusal);
+        throw refusal;
+      }
+    },
+    async registerSession(): Promise<RegisterSessionResponse> {
+      try {
+        const reply = await current().registerSession();
+        const response = create(RegisterSessionResponseSchema, { err: reply.err });
+        if (reply.err === "OK") response.clientId = reply.clientId;
+        else if (reply.leaderId !== undefined && reply.leaderId >= 0) response.leaderId = BigInt(reply.leaderId);
         return response;
       } catch (error) {
         throw toConnectError(error);
@@ -106,6 +120,41 @@ export function registerKVService(
     },
   });
 }
+
+/**
+ * A request from eRaft's own Clerk: over gRPC (the protocol it speaks) and without kvraft's
+ * registered-session field. Its Clerk retries every RPC error on the next server forever, so a
+ * refusal must come back as a response (see the rule in proto/kvraftpb/kvraft.proto).
+ */
+function isERaftShaped(request: CommandRequest, context: HandlerContext): boolean {
+  return context.protocolName === "grpc" && !request.registered;
+}
+
+/** Refusals to eRaft's Clerk held back at once at most (each a timer); beyond it, answered at once. */
+const MAX_HELD_REFUSALS = 1000;
+/** How long an overload refusal to eRaft's Clerk is held: its pause before it tries the next server. */
+const OVERLOAD_PAUSE_MS = 50;
+let heldRefusals = 0;
+
+/**
+ * A refusal in eRaft's vocabulary, derived from its Connect code: overload → ErrTimeout after a
+ * pause (eRaft's Clerk has no backoff of its own), a node that cannot serve → ErrWrongLeader (try
+ * the next), anything else → "Err<Code>: <why>", which eRaft's Clerk returns to its caller.
+ */
+async function answerERaft(refusal: ConnectError): Promise<CommandResponse> {
+  if (BACK_OFF_CODES.has(refusal.code)) {
+    if (heldRefusals < MAX_HELD_REFUSALS) {
+      heldRefusals++;
+      await new Promise((resolve) => setTimeout(resolve, OVERLOAD_PAUSE_MS)).finally(() => heldRefusals--);
+    }
+    return BARE_RESPONSES.get("ErrTimeout")!;
+  }
+  if (TRY_ANOTHER_NODE_CODES.has(refusal.code)) return BARE_RESPONSES.get("ErrWrongLeader")!;
+  return create(CommandResponseSchema, { err: `Err${Code[refusal.code]}: ${refusal.rawMessage}` });
+}
+
+const BACK_OFF_CODES = new Set<Code>([Code.ResourceExhausted]);
+const TRY_ANOTHER_NODE_CODES = new Set<Code>([Code.Unavailable]);
 
 /** KVError → ConnectError with its code and the same advice; anything else is internal (and logged). */
 export function toConnectError(error: unknown): ConnectError {

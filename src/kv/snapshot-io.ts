@@ -28,11 +28,11 @@ export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: numb
   let handedOver = false;
   try {
     const appliedRecord = db.getSync(APPLIED_KEY, { snapshot: snap });
-    const { index, term } = appliedRecord ? decodeApplied(appliedRecord) : { index: 0, term: 0 };
+    const { index, term, logTime } = appliedRecord ? decodeApplied(appliedRecord) : { index: 0, term: 0, logTime: 0 };
     const membersRecord = db.getSync(MEMBERS_KEY, { snapshot: snap });
     const members = membersRecord ? decodeMembers(membersRecord) : [...fallbackMembers];
     const meta: SnapshotMeta = { index, term, members };
-    const header = { version: SNAPSHOT_FORMAT_VERSION, index, term, members };
+    const header = { version: SNAPSHOT_FORMAT_VERSION, index, term, logTime, members };
     async function* sessions(): AsyncGenerator<Session> {
       for await (const [key, value] of scan(db, { gte: SESSION_PREFIX, lt: SESSION_END, snapshot: snap })) {
         yield decodeSession(clientIdOfSessionKey(key), value);
@@ -63,6 +63,7 @@ export async function fillFromSnapshot(
   let batchBytes = 0;
   let complete = false;
   let keys = 0;
+  let logTime = 0;
   for await (const record of decodeSnapshot(chunks)) {
     if (closing()) throw new Error("snapshot install abandoned: the state machine is closing");
     switch (record.type) {
@@ -72,8 +73,11 @@ export async function fillFromSnapshot(
             `snapshot stream is of index ${record.header.index} term ${record.header.term}, but the install asked for index ${meta.index} term ${meta.term}`,
           );
         }
+        logTime = record.header.logTime;
         break;
       case "sessions":
+        // A version-1 stream has no log time: its sessions' last touch is the best lower bound.
+        for (const s of record.sessions) logTime = Math.max(logTime, s.lastTime);
         for (const s of record.sessions) batch.push({ type: "put", key: sessionKey(s.clientId), value: encodeSession(s) });
         batchBytes += record.sessions.length * 32;
         break;
@@ -95,7 +99,7 @@ export async function fillFromSnapshot(
     }
   }
   if (!complete) throw new KVCorruptionError("snapshot stream ended without a trailer");
-  batch.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(meta.index, meta.term) });
+  batch.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(meta.index, meta.term, logTime) });
   const extras = (meta.learners?.length ?? 0) > 0 || Object.keys(meta.addresses ?? {}).length > 0;
   batch.push({ type: "put", key: MEMBERS_KEY, value: encodeMembers(meta.members, extras ? encodeMembership(membershipOfMeta(meta)) : undefined) });
   batch.push({ type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(keys) });

@@ -3,9 +3,10 @@
 // hold at most one frame and one chunk in memory, whatever the size of the state.
 import { crc32c, maskCrc, unmaskCrc } from "../util/crc32c.ts";
 import { KVCorruptionError } from "./errors.ts";
-import { type Session, SESSION_RECORD_BYTES, decodeSession, encodeSession } from "./sessions.ts";
+import { type Session, SESSION_RECORD_BYTES, SESSION_RECORD_V1_BYTES, decodeSession, encodeSession } from "./sessions.ts";
 
-export const SNAPSHOT_FORMAT_VERSION = 1;
+/** Version 2 adds the log time to the header and carries 30-byte session records (version 1: 17). */
+export const SNAPSHOT_FORMAT_VERSION = 2;
 
 export const FRAME_HEADER = 1;
 export const FRAME_SESSIONS = 2;
@@ -21,6 +22,8 @@ export interface SnapshotHeader {
   version: number;
   index: number;
   term: number;
+  /** The log time (ms) at `index`: what session expiry continues from (0 in a version-1 stream). */
+  logTime: number;
   members: number[];
 }
 
@@ -43,8 +46,8 @@ export async function* encodeSnapshot(
   if (!(chunkBytes >= 64)) throw new RangeError(`snapshot chunk size ${chunkBytes} is below the 64-byte minimum`);
   const chunker = new Chunker(chunkBytes);
 
-  const head = new FrameBuilder(FRAME_HEADER, 21 + 4 * header.members.length);
-  head.u8(header.version).u64(header.index).u64(header.term).u32(header.members.length);
+  const head = new FrameBuilder(FRAME_HEADER, 29 + 4 * header.members.length);
+  head.u8(header.version).u64(header.index).u64(header.term).u64(header.logTime).u32(header.members.length);
   for (const m of header.members) head.u32(m);
   yield* chunker.push(head.finish());
 
@@ -93,13 +96,15 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
   const reader = new FrameReader();
   let sawHeader = false;
   let sawTrailer = false;
+  let version = SNAPSHOT_FORMAT_VERSION;
   let sessions = 0;
   let pairs = 0;
   for await (const chunk of chunks) {
     reader.push(chunk);
     for (let frame = reader.next(); frame !== null; frame = reader.next()) {
       if (sawTrailer) throw new KVCorruptionError("snapshot stream has data after its trailer");
-      const record = parseFrame(frame);
+      const record = parseFrame(frame, version);
+      if (record.type === "header") version = record.header.version;
       if (!sawHeader && record.type !== "header") throw new KVCorruptionError(`snapshot stream starts with a ${record.type} frame, not a header`);
       if (sawHeader && record.type === "header") throw new KVCorruptionError("snapshot stream has a second header");
       sawHeader = true;
@@ -124,29 +129,30 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
   }
 }
 
-function parseFrame(payload: Uint8Array): SnapshotRecord {
+function parseFrame(payload: Uint8Array, version: number): SnapshotRecord {
   const r = new ByteReader(payload);
   const type = r.u8();
   switch (type) {
     case FRAME_HEADER: {
       const version = r.u8();
-      if (version !== SNAPSHOT_FORMAT_VERSION) {
-        throw new KVCorruptionError(`snapshot format version ${version} is not supported (this build reads ${SNAPSHOT_FORMAT_VERSION})`);
+      if (version !== SNAPSHOT_FORMAT_VERSION && version !== 1) {
+        throw new KVCorruptionError(`snapshot format version ${version} is not supported (this build reads 1 and ${SNAPSHOT_FORMAT_VERSION})`);
       }
       const index = r.u64();
       const term = r.u64();
+      const logTime = version === 1 ? 0 : r.u64();
       const count = r.u32();
       const members: number[] = [];
       for (let i = 0; i < count; i++) members.push(r.u32());
       r.end();
-      return { type: "header", header: { version, index, term, members } };
+      return { type: "header", header: { version, index, term, logTime, members } };
     }
     case FRAME_SESSIONS: {
       const count = r.u32();
       const sessions: Session[] = [];
       for (let i = 0; i < count; i++) {
         const clientId = r.i64();
-        sessions.push(decodeSession(clientId, r.bytes(SESSION_RECORD_BYTES)));
+        sessions.push(decodeSession(clientId, r.bytes(version === 1 ? SESSION_RECORD_V1_BYTES : SESSION_RECORD_BYTES)));
       }
       r.end();
       return { type: "sessions", sessions };

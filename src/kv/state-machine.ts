@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import { DB, type DBOptions } from "../lsm/index.ts";
 import { EntryType, decodeMembership, metaWith, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { ApplyBatch } from "./apply-batch.ts";
-import { OP_APPEND, OP_DELETE, OP_PUT, decodeCommand, type DecodedCommand } from "./command.ts";
+import { OP_APPEND, OP_DELETE, OP_PUT, OP_REGISTER, commandFingerprint, decodeCommand, type DecodedCommand } from "./command.ts";
 import { KVCorruptionError } from "./errors.ts";
 import {
   APPLIED_KEY,
@@ -21,7 +21,20 @@ import {
   userKeyFromBytes,
 } from "./keys.ts";
 import type { AppliedCommand } from "./pending-writes.ts";
-import { RESULT_NO_KEY, RESULT_OK, type ResultCode, type Session, SessionTable } from "./sessions.ts";
+import {
+  NO_COMMAND,
+  RESULT_COMMAND_REUSED,
+  RESULT_NO_KEY,
+  RESULT_OK,
+  RESULT_SESSION_EXPIRED,
+  RESULT_STALE_COMMAND,
+  RESULT_TABLE_FULL,
+  RESULT_VALUE_TOO_LARGE,
+  type ResultCode,
+  type StoredResult,
+  type Session,
+  SessionTable,
+} from "./sessions.ts";
 import { countUserKeys, fillFromSnapshot, loadSessions, readSnapshot } from "./snapshot-io.ts";
 import { readPointer, removeStaleStates, stateDir, writePointer } from "./state-dir.ts";
 
@@ -34,10 +47,12 @@ export interface KVStateMachineOptions {
   blockCacheBytes?: number;
   /** Further LSM options (table size, mmap, compaction triggers); memtableBytes/blockCacheBytes above win. */
   lsm?: DBOptions;
-  /** A session untouched for more than this many log entries expires. Default 1,000,000. */
-  sessionTtlEntries?: number;
-  /** Live sessions at most; the least recently used is evicted beyond it. Default 100,000. */
+  /** A session untouched for longer than this (log time: leader timestamps) expires. Default 1 hour. */
+  sessionTtlMs?: number;
+  /** Registered sessions at most; registrations beyond it are refused. Default 100,000. */
   maxSessions?: number;
+  /** Unregistered sessions at most; the least recently used is evicted beyond it. Default 100,000. */
+  maxUnregisteredSessions?: number;
   /** Snapshot chunk size. Default 1 MiB. */
   snapshotChunkBytes?: number;
   /** Applied entries not yet synced before a background `db.sync()` starts. Default 10,000. */
@@ -53,6 +68,8 @@ export interface KVStateMachineOptions {
 export class KVStateMachine {
   private applied = 0;
   private appliedTerm = 0;
+  /** The log's time (ms): the largest leader timestamp applied so far; sessions expire by it. */
+  private logTime = 0;
   /** User keys in the applied state (GetStatus.key_count), kept in every batch that changes it. */
   private keyCount = 0;
   private durable = 0;
@@ -82,8 +99,9 @@ export class KVStateMachine {
     const full: Required<KVStateMachineOptions> = {
       memtableBytes: 4 << 20,
       blockCacheBytes: 8 << 20,
-      sessionTtlEntries: 1_000_000,
+      sessionTtlMs: 3_600_000,
       maxSessions: 100_000,
+      maxUnregisteredSessions: 100_000,
       snapshotChunkBytes: 1 << 20,
       syncEveryEntries: 10_000,
       maxBatchBytes: 4 << 20,
@@ -99,7 +117,7 @@ export class KVStateMachine {
     }
     removeStaleStates(full.dir, generation);
     const db = await DB.open(stateDir(full.dir, generation), lsmOptions(full));
-    const sessions = new SessionTable({ ttlEntries: full.sessionTtlEntries, maxSessions: full.maxSessions });
+    const sessions = new SessionTable({ ttlMs: full.sessionTtlMs, maxSessions: full.maxSessions, maxUnregisteredSessions: full.maxUnregisteredSessions });
     const machine = new KVStateMachine(full, db, generation, [...full.members], sessions);
     // What the LSM recovered may sit in files never fsynced; make it durable before calling it so.
     await db.sync();
@@ -209,7 +227,7 @@ export class KVStateMachine {
   private async applyNow(entries: Entry[]): Promise<AppliedCommand[]> {
     this.checkUsable();
     const results: AppliedCommand[] = [];
-    let batch = new ApplyBatch(this.db, this.applied, this.appliedTerm);
+    let batch = new ApplyBatch(this.db, this.applied, this.appliedTerm, this.logTime);
     for (const entry of entries) {
       // Entries at or below the applied index were applied before a restart: never twice.
       if (entry.index <= batch.index) continue;
@@ -218,11 +236,10 @@ export class KVStateMachine {
       }
       batch.index = entry.index;
       batch.term = entry.term;
-      for (const expired of this.sessions.expire(entry.index)) batch.setSession(expired.clientId, null);
       results.push(this.applyEntry(entry, batch));
       if (batch.bytes >= this.options.maxBatchBytes) {
         await this.commit(batch);
-        batch = new ApplyBatch(this.db, batch.index, batch.term);
+        batch = new ApplyBatch(this.db, batch.index, batch.term, batch.logTime);
       }
     }
     await this.commit(batch);
@@ -230,21 +247,49 @@ export class KVStateMachine {
     return results;
   }
 
-  /** One entry: a Noop, a retry answered from the session table, or a write. */
+  /**
+   * One entry: a Noop, a session registration, a write without a session (clientId 0: applied, not
+   * deduplicated), or a session's write: refused if its registered session is gone or its commandId
+   * is stale or reused, answered from the session if it is a retry, else applied and recorded.
+   */
   private applyEntry(entry: Entry, batch: ApplyBatch): AppliedCommand {
     const { index, term } = entry;
     if (entry.type === EntryType.Noop || entry.data.length === 0) return { index, term, clientId: 0n, commandId: 0n, result: RESULT_OK };
     const command = decodeCommand(entry.data, index);
     const { clientId, commandId } = command;
+    const done = (result: ResultCode): AppliedCommand => ({ index, term, clientId, commandId, result });
+    this.advanceLogTime(command.timestamp, batch);
+    if (command.op === OP_REGISTER) return done(this.register(index, batch));
+    if (clientId === 0n) return done(applyWrite(command, batch, index));
     const session = this.sessions.get(clientId);
+    if (command.registered && session?.registered !== true) return done(RESULT_SESSION_EXPIRED);
+    const fingerprint = commandFingerprint(command);
     if (session !== undefined && commandId <= session.commandId) {
+      if (commandId < session.commandId) return done(RESULT_STALE_COMMAND);
+      if (session.fingerprint !== 0 && session.fingerprint !== fingerprint) return done(RESULT_COMMAND_REUSED);
       // A retry of a write already applied: answer it, change nothing but the session's age.
-      this.recordSession({ ...session, lastIndex: index }, batch);
-      return { index, term, clientId, commandId, result: commandId === session.commandId ? session.result : RESULT_OK };
+      this.recordSession({ ...session, lastIndex: index, lastTime: batch.logTime }, batch);
+      return done(session.result);
     }
     const result = applyWrite(command, batch, index);
-    this.recordSession({ clientId, commandId, lastIndex: index, result }, batch);
-    return { index, term, clientId, commandId, result };
+    const registered = session?.registered ?? false;
+    this.recordSession({ clientId, commandId, lastIndex: index, lastTime: batch.logTime, result, registered, fingerprint }, batch);
+    return done(result);
+  }
+
+  /** A leader timestamp moves the log's time forward (never back) and expires idle sessions. */
+  private advanceLogTime(timestamp: number, batch: ApplyBatch): void {
+    if (timestamp <= batch.logTime) return;
+    batch.logTime = timestamp;
+    for (const expired of this.sessions.expire(timestamp)) batch.setSession(expired.clientId, null);
+  }
+
+  /** RegisterSession: the session's id is the entry's index; refused when every slot is taken. */
+  private register(index: number, batch: ApplyBatch): ResultCode {
+    if (!this.sessions.canRegister()) return RESULT_TABLE_FULL;
+    const session: Session = { clientId: BigInt(index), commandId: NO_COMMAND, lastIndex: index, lastTime: batch.logTime, result: RESULT_OK, registered: true, fingerprint: 0 };
+    this.recordSession(session, batch);
+    return RESULT_OK;
   }
 
   /** Writes one batch with its applied index; a failed write stops the machine (memory moved on). */
@@ -260,6 +305,7 @@ export class KVStateMachine {
     }
     this.applied = batch.index;
     this.appliedTerm = batch.term;
+    this.logTime = batch.logTime;
     this.keyCount = keyCount;
   }
 
@@ -311,9 +357,10 @@ export class KVStateMachine {
   /** Reloads applied index, members and sessions from the current database. */
   private async loadFromDb(): Promise<void> {
     const appliedRecord = this.db.getSync(APPLIED_KEY);
-    const { index, term } = appliedRecord ? decodeApplied(appliedRecord) : { index: 0, term: 0 };
+    const { index, term, logTime } = appliedRecord ? decodeApplied(appliedRecord) : { index: 0, term: 0, logTime: 0 };
     this.applied = index;
     this.appliedTerm = term;
+    this.logTime = logTime;
     // Callers sync before loading (open) or loaded a synced database (restore).
     this.durable = index;
     const membersRecord = this.db.getSync(MEMBERS_KEY);
@@ -335,15 +382,16 @@ export class KVStateMachine {
 }
 
 /** One client write's change to the batch; its result is the same on every replica. */
-function applyWrite(command: DecodedCommand, batch: ApplyBatch, index: number): ResultCode {
+function applyWrite(command: DecodedCommand, batch: ApplyBatch, index: number): StoredResult {
   const key = userKeyFromBytes(command.key);
+  const limit = command.maxValueBytes === 0 ? Infinity : command.maxValueBytes;
   switch (command.op) {
     case OP_PUT:
+      if (command.value.length > limit) return RESULT_VALUE_TOO_LARGE;
       batch.put(key, command.value.slice());
       return RESULT_OK;
     case OP_APPEND:
-      batch.append(key, command.value);
-      return RESULT_OK;
+      return batch.append(key, command.value, limit) ? RESULT_OK : RESULT_VALUE_TOO_LARGE;
     case OP_DELETE:
       return batch.delete(key) ? RESULT_OK : RESULT_NO_KEY;
     default:

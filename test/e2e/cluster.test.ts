@@ -163,7 +163,7 @@ describe("browser", () => {
 describe("kvserver refusals and shutdown", () => {
   test("another node's data dir: exit 2; a taken port: exit 1", async () => {
     const run = async (args: string[]) => {
-      const proc = Bun.spawn(["bun", path.join(import.meta.dir, "../../src/cli/kvserver.ts"), ...args], { stdout: "pipe", stderr: "pipe" });
+      const proc = Bun.spawn(["bun", path.join(import.meta.dir, "../../src/cli/kvserver.ts"), ...cluster.extraArgs, ...args], { stdout: "pipe", stderr: "pipe" });
       const timer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
       const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
       clearTimeout(timer);

@@ -40,6 +40,9 @@ function fakeBackend(): KVServiceBackend & { calls: number } {
           return data.delete(args.key) ? { err: "OK", value: "" } : { err: "ErrNoKey", value: "" };
       }
     },
+    async registerSession() {
+      return { err: "OK" as const, clientId: 1n };
+    },
     async getStatus() {
       return statusDouble({
         id: 1, state: "Follower", term: 4, lastApplied: 10, commitIndex: 11, storageSize: 4096,

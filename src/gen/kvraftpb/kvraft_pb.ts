@@ -14,9 +14,32 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvraftpb/kvraft.proto.
  */
 export const file_kvraftpb_kvraft: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIm0KDkNvbW1hbmRSZXF1ZXN0EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCRIYCgJvcBgDIAEoDjIMLmt2cmFmdHBiLk9wEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDIlMKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCISChBHZXRTdGF0dXNSZXF1ZXN0IuABChFHZXRTdGF0dXNSZXNwb25zZRIKCgJpZBgBIAEoAxINCgVzdGF0ZRgCIAEoCRIMCgR0ZXJtGAMgASgDEhQKDGxhc3RfYXBwbGllZBgEIAEoAxIUCgxjb21taXRfaW5kZXgYBSABKAMSFAoMc3RvcmFnZV9zaXplGAYgASgDEhYKCWxlYWRlcl9pZBgHIAEoA0gAiAEBEg8KB21lbWJlcnMYCCADKAMSFgoOc25hcHNob3RfaW5kZXgYCSABKAMSEQoJa2V5X2NvdW50GAogASgDQgwKCl9sZWFkZXJfaWQqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMykQEKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIlMKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCIYChZSZWdpc3RlclNlc3Npb25SZXF1ZXN0Il8KF1JlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEgsKA2VychgBIAEoCRIRCgljbGllbnRfaWQYAiABKAMSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCISChBHZXRTdGF0dXNSZXF1ZXN0IuABChFHZXRTdGF0dXNSZXNwb25zZRIKCgJpZBgBIAEoAxINCgVzdGF0ZRgCIAEoCRIMCgR0ZXJtGAMgASgDEhQKDGxhc3RfYXBwbGllZBgEIAEoAxIUCgxjb21taXRfaW5kZXgYBSABKAMSFAoMc3RvcmFnZV9zaXplGAYgASgDEhYKCWxlYWRlcl9pZBgHIAEoA0gAiAEBEg8KB21lbWJlcnMYCCADKAMSFgoOc25hcHNob3RfaW5kZXgYCSABKAMSEQoJa2V5X2NvdW50GAogASgDQgwKCl9sZWFkZXJfaWQqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMy6QEKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlElYKD1JlZ2lzdGVyU2Vzc2lvbhIgLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaIS5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXNwb25zZWIGcHJvdG8z");
 
 /**
+ * One operation. Sessions and exactly-once writes:
+ * - client_id 0 (or absent): no session. The write is applied every time it arrives, never
+ *   deduplicated: a retried write may apply twice.
+ * - registered = true: client_id came from RegisterSession (kvraft's Clerk). A retry with the same
+ *   command_id is answered from the session, never applied twice; if the session has expired
+ *   (idle for the server's session TTL, default 1 hour) the request fails with
+ *   FAILED_PRECONDITION "session ... has expired" and is not applied: register again.
+ * - registered = false with a client_id (eRaft's clients: a random id): the session starts with the
+ *   client's first write and deduplicates while it lives, i.e. within the TTL and while fewer than
+ *   the server's limit of other unregistered clients (default 100,000) wrote since.
+ * command_id increases with each operation of a session (from 0 or 1); a retry repeats it. An older
+ * command_id, or the last one for a different command, is refused (INVALID_ARGUMENT), not applied.
+ * A key may be empty, as in eRaft.
+ *
+ * eRaft-shaped requests: eRaft's Clerk treats every RPC error as "try the next server" and would
+ * retry a refused request forever. A request that arrives over gRPC (the protocol eRaft speaks)
+ * without registered = true is taken as eRaft's: a refusal (invalid input, a value past the limit)
+ * is answered as a CommandResponse whose err starts with "ErrInvalidArgument: " and says why, which
+ * eRaft's Clerk returns; overload is answered ErrTimeout after a short pause (the Clerk moves on to
+ * the next server). Every other request (Connect, gRPC-Web, or gRPC with registered = true) gets
+ * refusals as Connect/gRPC errors: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, FAILED_PRECONDITION,
+ * UNAVAILABLE.
+ *
  * @generated from message kvraftpb.CommandRequest
  */
 export type CommandRequest = Message<"kvraftpb.CommandRequest"> & {
@@ -44,6 +67,13 @@ export type CommandRequest = Message<"kvraftpb.CommandRequest"> & {
    * @generated from field: int64 command_id = 5;
    */
   commandId: bigint;
+
+  /**
+   * kvraft extension: client_id is a session from RegisterSession (see above).
+   *
+   * @generated from field: bool registered = 6;
+   */
+  registered: boolean;
 };
 
 /**
@@ -58,7 +88,8 @@ export const CommandRequestSchema: GenMessage<CommandRequest> = /*@__PURE__*/
  */
 export type CommandResponse = Message<"kvraftpb.CommandResponse"> & {
   /**
-   * Exactly one of: OK, ErrNoKey, ErrWrongLeader, ErrTimeout.
+   * One of: OK, ErrNoKey, ErrWrongLeader, ErrTimeout; for eRaft-shaped requests also
+   * "ErrInvalidArgument: <why>" (see CommandRequest).
    *
    * @generated from field: string err = 1;
    */
@@ -85,6 +116,53 @@ export const CommandResponseSchema: GenMessage<CommandResponse> = /*@__PURE__*/
   messageDesc(file_kvraftpb_kvraft, 1);
 
 /**
+ * kvraft extension: asks the leader for a new session (Raft dissertation 6.3).
+ *
+ * @generated from message kvraftpb.RegisterSessionRequest
+ */
+export type RegisterSessionRequest = Message<"kvraftpb.RegisterSessionRequest"> & {
+};
+
+/**
+ * Describes the message kvraftpb.RegisterSessionRequest.
+ * Use `create(RegisterSessionRequestSchema)` to create a new message.
+ */
+export const RegisterSessionRequestSchema: GenMessage<RegisterSessionRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 2);
+
+/**
+ * @generated from message kvraftpb.RegisterSessionResponse
+ */
+export type RegisterSessionResponse = Message<"kvraftpb.RegisterSessionResponse"> & {
+  /**
+   * OK (client_id is set), ErrWrongLeader (with leader_id when known) or ErrTimeout. A full
+   * session table is answered RESOURCE_EXHAUSTED: retry later.
+   *
+   * @generated from field: string err = 1;
+   */
+  err: string;
+
+  /**
+   * The session id: use it as CommandRequest.client_id with registered = true.
+   *
+   * @generated from field: int64 client_id = 2;
+   */
+  clientId: bigint;
+
+  /**
+   * @generated from field: optional int64 leader_id = 3;
+   */
+  leaderId?: bigint | undefined;
+};
+
+/**
+ * Describes the message kvraftpb.RegisterSessionResponse.
+ * Use `create(RegisterSessionResponseSchema)` to create a new message.
+ */
+export const RegisterSessionResponseSchema: GenMessage<RegisterSessionResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 3);
+
+/**
  * @generated from message kvraftpb.GetStatusRequest
  */
 export type GetStatusRequest = Message<"kvraftpb.GetStatusRequest"> & {
@@ -95,7 +173,7 @@ export type GetStatusRequest = Message<"kvraftpb.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 2);
+  messageDesc(file_kvraftpb_kvraft, 4);
 
 /**
  * @generated from message kvraftpb.GetStatusResponse
@@ -163,7 +241,7 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 3);
+  messageDesc(file_kvraftpb_kvraft, 5);
 
 /**
  * @generated from enum kvraftpb.Op
@@ -217,6 +295,16 @@ export const KVService: GenService<{
     methodKind: "unary";
     input: typeof GetStatusRequestSchema;
     output: typeof GetStatusResponseSchema;
+  },
+  /**
+   * kvraft extension.
+   *
+   * @generated from rpc kvraftpb.KVService.RegisterSession
+   */
+  registerSession: {
+    methodKind: "unary";
+    input: typeof RegisterSessionRequestSchema;
+    output: typeof RegisterSessionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kvraftpb_kvraft, 0);

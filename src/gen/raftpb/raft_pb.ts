@@ -13,7 +13,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file raftpb/raft.proto.
  */
 export const file_raftpb_raft: GenFile = /*@__PURE__*/
-  fileDesc("ChFyYWZ0cGIvcmFmdC5wcm90bxIGcmFmdHBiIlMKBUVudHJ5Eg0KBWluZGV4GAEgASgEEgwKBHRlcm0YAiABKAQSHwoEdHlwZRgDIAEoDjIRLnJhZnRwYi5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCJQCgxTbmFwc2hvdE1ldGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIPCgdtZW1iZXJzGAMgAygEEhIKCm1lbWJlcnNoaXAYBCABKAwiyQIKB01lc3NhZ2USIQoEdHlwZRgBIAEoDjITLnJhZnRwYi5NZXNzYWdlVHlwZRIMCgRmcm9tGAIgASgEEgoKAnRvGAMgASgEEgwKBHRlcm0YBCABKAQSEQoJbG9nX2luZGV4GAUgASgEEhAKCGxvZ190ZXJtGAYgASgEEh4KB2VudHJpZXMYByADKAsyDS5yYWZ0cGIuRW50cnkSDgoGY29tbWl0GAggASgEEgoKAm9rGAkgASgIEhAKCHByZV92b3RlGAogASgIEhMKC21hdGNoX2luZGV4GAsgASgEEhUKDWNvbmZsaWN0X3Rlcm0YDCABKAQSFgoOY29uZmxpY3RfaW5kZXgYDSABKAQSFAoMcmVhZF9jb250ZXh0GA4gASgEEiYKCHNuYXBzaG90GA8gASgLMhQucmFmdHBiLlNuYXBzaG90TWV0YSIxCgxNZXNzYWdlQmF0Y2gSIQoIbWVzc2FnZXMYASADKAsyDy5yYWZ0cGIuTWVzc2FnZSIQCg5TdHJlYW1SZXNwb25zZSI+Cg1TbmFwc2hvdENodW5rEh8KBmhlYWRlchgBIAEoCzIPLnJhZnRwYi5NZXNzYWdlEgwKBGRhdGEYAiABKAwqRAoJRW50cnlUeXBlEhAKDEVOVFJZX05PUk1BTBAAEg4KCkVOVFJZX05PT1AQARIVChFFTlRSWV9DT05GX0NIQU5HRRACKvEBCgtNZXNzYWdlVHlwZRIXChNNRVNTQUdFX1VOU1BFQ0lGSUVEEAASEAoMUkVRVUVTVF9WT1RFEAESGQoVUkVRVUVTVF9WT1RFX1JFU1BPTlNFEAISEgoOQVBQRU5EX0VOVFJJRVMQAxIbChdBUFBFTkRfRU5UUklFU19SRVNQT05TRRAEEg0KCUhFQVJUQkVBVBAFEhYKEkhFQVJUQkVBVF9SRVNQT05TRRAGEhQKEElOU1RBTExfU05BUFNIT1QQBxIdChlJTlNUQUxMX1NOQVBTSE9UX1JFU1BPTlNFEAgSDwoLVElNRU9VVF9OT1cQCTKEAQoLUmFmdFNlcnZpY2USOAoGU3RyZWFtEhQucmFmdHBiLk1lc3NhZ2VCYXRjaBoWLnJhZnRwYi5TdHJlYW1SZXNwb25zZSgBEjsKD0luc3RhbGxTbmFwc2hvdBIVLnJhZnRwYi5TbmFwc2hvdENodW5rGg8ucmFmdHBiLk1lc3NhZ2UoAWIGcHJvdG8z");
+  fileDesc("ChFyYWZ0cGIvcmFmdC5wcm90bxIGcmFmdHBiIlMKBUVudHJ5Eg0KBWluZGV4GAEgASgEEgwKBHRlcm0YAiABKAQSHwoEdHlwZRgDIAEoDjIRLnJhZnRwYi5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCJQCgxTbmFwc2hvdE1ldGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIPCgdtZW1iZXJzGAMgAygEEhIKCm1lbWJlcnNoaXAYBCABKAwiyQIKB01lc3NhZ2USIQoEdHlwZRgBIAEoDjITLnJhZnRwYi5NZXNzYWdlVHlwZRIMCgRmcm9tGAIgASgEEgoKAnRvGAMgASgEEgwKBHRlcm0YBCABKAQSEQoJbG9nX2luZGV4GAUgASgEEhAKCGxvZ190ZXJtGAYgASgEEh4KB2VudHJpZXMYByADKAsyDS5yYWZ0cGIuRW50cnkSDgoGY29tbWl0GAggASgEEgoKAm9rGAkgASgIEhAKCHByZV92b3RlGAogASgIEhMKC21hdGNoX2luZGV4GAsgASgEEhUKDWNvbmZsaWN0X3Rlcm0YDCABKAQSFgoOY29uZmxpY3RfaW5kZXgYDSABKAQSFAoMcmVhZF9jb250ZXh0GA4gASgEEiYKCHNuYXBzaG90GA8gASgLMhQucmFmdHBiLlNuYXBzaG90TWV0YSIxCgxNZXNzYWdlQmF0Y2gSIQoIbWVzc2FnZXMYASADKAsyDy5yYWZ0cGIuTWVzc2FnZSIQCg5TdHJlYW1SZXNwb25zZSI+Cg1TbmFwc2hvdENodW5rEh8KBmhlYWRlchgBIAEoCzIPLnJhZnRwYi5NZXNzYWdlEgwKBGRhdGEYAiABKAwiVgoQQ2hhbGxlbmdlUmVxdWVzdBIMCgRmcm9tGAEgASgEEgoKAnRvGAIgASgEEhIKCmNsdXN0ZXJfaWQYAyABKAkSFAoMY2xpZW50X25vbmNlGAQgASgMIj8KEUNoYWxsZW5nZVJlc3BvbnNlEhQKDHNlcnZlcl9ub25jZRgBIAEoDBIUCgxzZXJ2ZXJfcHJvb2YYAiABKAwiKwoTQXV0aGVudGljYXRlUmVxdWVzdBIUCgxjbGllbnRfcHJvb2YYASABKAwiFgoUQXV0aGVudGljYXRlUmVzcG9uc2UqRAoJRW50cnlUeXBlEhAKDEVOVFJZX05PUk1BTBAAEg4KCkVOVFJZX05PT1AQARIVChFFTlRSWV9DT05GX0NIQU5HRRACKvEBCgtNZXNzYWdlVHlwZRIXChNNRVNTQUdFX1VOU1BFQ0lGSUVEEAASEAoMUkVRVUVTVF9WT1RFEAESGQoVUkVRVUVTVF9WT1RFX1JFU1BPTlNFEAISEgoOQVBQRU5EX0VOVFJJRVMQAxIbChdBUFBFTkRfRU5UUklFU19SRVNQT05TRRAEEg0KCUhFQVJUQkVBVBAFEhYKEkhFQVJUQkVBVF9SRVNQT05TRRAGEhQKEElOU1RBTExfU05BUFNIT1QQBxIdChlJTlNUQUxMX1NOQVBTSE9UX1JFU1BPTlNFEAgSDwoLVElNRU9VVF9OT1cQCTKRAgoLUmFmdFNlcnZpY2USQAoJQ2hhbGxlbmdlEhgucmFmdHBiLkNoYWxsZW5nZVJlcXVlc3QaGS5yYWZ0cGIuQ2hhbGxlbmdlUmVzcG9uc2USSQoMQXV0aGVudGljYXRlEhsucmFmdHBiLkF1dGhlbnRpY2F0ZVJlcXVlc3QaHC5yYWZ0cGIuQXV0aGVudGljYXRlUmVzcG9uc2USOAoGU3RyZWFtEhQucmFmdHBiLk1lc3NhZ2VCYXRjaBoWLnJhZnRwYi5TdHJlYW1SZXNwb25zZSgBEjsKD0luc3RhbGxTbmFwc2hvdBIVLnJhZnRwYi5TbmFwc2hvdENodW5rGg8ucmFmdHBiLk1lc3NhZ2UoAWIGcHJvdG8z");
 
 /**
  * @generated from message raftpb.Entry
@@ -236,6 +236,97 @@ export const SnapshotChunkSchema: GenMessage<SnapshotChunk> = /*@__PURE__*/
   messageDesc(file_raftpb_raft, 5);
 
 /**
+ * The peer handshake, run once on every HTTP/2 connection before any other peer call (see
+ * src/rpc/DESIGN.md). The connection is then bound to the authenticated sender `from`.
+ *
+ * @generated from message raftpb.ChallengeRequest
+ */
+export type ChallengeRequest = Message$1<"raftpb.ChallengeRequest"> & {
+  /**
+   * @generated from field: uint64 from = 1;
+   */
+  from: bigint;
+
+  /**
+   * @generated from field: uint64 to = 2;
+   */
+  to: bigint;
+
+  /**
+   * @generated from field: string cluster_id = 3;
+   */
+  clusterId: string;
+
+  /**
+   * @generated from field: bytes client_nonce = 4;
+   */
+  clientNonce: Uint8Array;
+};
+
+/**
+ * Describes the message raftpb.ChallengeRequest.
+ * Use `create(ChallengeRequestSchema)` to create a new message.
+ */
+export const ChallengeRequestSchema: GenMessage<ChallengeRequest> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 6);
+
+/**
+ * @generated from message raftpb.ChallengeResponse
+ */
+export type ChallengeResponse = Message$1<"raftpb.ChallengeResponse"> & {
+  /**
+   * @generated from field: bytes server_nonce = 1;
+   */
+  serverNonce: Uint8Array;
+
+  /**
+   * HMAC-SHA256 proving the server holds the cluster secret (empty without --peer-secret-file).
+   *
+   * @generated from field: bytes server_proof = 2;
+   */
+  serverProof: Uint8Array;
+};
+
+/**
+ * Describes the message raftpb.ChallengeResponse.
+ * Use `create(ChallengeResponseSchema)` to create a new message.
+ */
+export const ChallengeResponseSchema: GenMessage<ChallengeResponse> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 7);
+
+/**
+ * @generated from message raftpb.AuthenticateRequest
+ */
+export type AuthenticateRequest = Message$1<"raftpb.AuthenticateRequest"> & {
+  /**
+   * HMAC-SHA256 over the server nonce, the sender id and the cluster id (empty without a secret).
+   *
+   * @generated from field: bytes client_proof = 1;
+   */
+  clientProof: Uint8Array;
+};
+
+/**
+ * Describes the message raftpb.AuthenticateRequest.
+ * Use `create(AuthenticateRequestSchema)` to create a new message.
+ */
+export const AuthenticateRequestSchema: GenMessage<AuthenticateRequest> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 8);
+
+/**
+ * @generated from message raftpb.AuthenticateResponse
+ */
+export type AuthenticateResponse = Message$1<"raftpb.AuthenticateResponse"> & {
+};
+
+/**
+ * Describes the message raftpb.AuthenticateResponse.
+ * Use `create(AuthenticateResponseSchema)` to create a new message.
+ */
+export const AuthenticateResponseSchema: GenMessage<AuthenticateResponse> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 9);
+
+/**
  * @generated from enum raftpb.EntryType
  */
 export enum EntryType {
@@ -328,6 +419,22 @@ export const MessageTypeSchema: GenEnum<MessageType> = /*@__PURE__*/
  * @generated from service raftpb.RaftService
  */
 export const RaftService: GenService<{
+  /**
+   * @generated from rpc raftpb.RaftService.Challenge
+   */
+  challenge: {
+    methodKind: "unary";
+    input: typeof ChallengeRequestSchema;
+    output: typeof ChallengeResponseSchema;
+  },
+  /**
+   * @generated from rpc raftpb.RaftService.Authenticate
+   */
+  authenticate: {
+    methodKind: "unary";
+    input: typeof AuthenticateRequestSchema;
+    output: typeof AuthenticateResponseSchema;
+  },
   /**
    * The message route: each node keeps one such call open per peer for as long as the link lives
    * and writes one MessageBatch per burst of messages (one HTTP/2 DATA frame, no per-call headers).

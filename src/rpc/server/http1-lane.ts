@@ -9,6 +9,7 @@
 import type * as http from "node:http";
 import type * as net from "node:net";
 import { STATUS_CODES } from "node:http";
+import { connectionOf } from "./connection.ts";
 import { callUnary, unaryContentType, type CallSource, type UnaryAnswer, type UnaryRoutes } from "./unary-routes.ts";
 
 /** Largest request head the lane parses; a longer one goes to node:http (which answers 431). */
@@ -239,6 +240,7 @@ export class Http1Lane {
     return {
       url: () => `http://${this.socket.localAddress ?? "localhost"}:${this.socket.localPort ?? 0}${parsed.path}`,
       headers: () => headerPairs(parsed.head),
+      connection: () => connectionOf(this.socket, null),
       signal: () => {
         if (this.socketAbort === null) {
           const abort = new AbortController();

@@ -15,6 +15,7 @@ import {
 } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, errorToJsonBytes, trailerMux } from "@connectrpc/connect/protocol-connect";
 import { flatJson, type FlatJson } from "./flat-json.ts";
+import { connectionKey, type CallGate, type ConnectionInfo } from "./connection.ts";
 
 type JsonWriteOptions = NonNullable<UniversalHandlerOptions["jsonOptions"]>;
 
@@ -30,6 +31,8 @@ export interface UnaryRoute {
   readonly flatInput: FlatJson | null;
   readonly flatOutput: FlatJson | null;
   readonly impl: (request: unknown, context: HandlerContext) => unknown;
+  /** Client authorization, checked before impl (as the adapter's interceptor does). */
+  readonly gate: CallGate | undefined;
 }
 
 /** What one fast call produced: a complete Connect unary response. */
@@ -50,6 +53,8 @@ export interface CallSource {
   headers(): Iterable<[string, string]>;
   /** Aborted when the client goes away or the server shuts down. */
   signal(): AbortSignal;
+  /** The connection the call came on. */
+  connection(): ConnectionInfo | null;
 }
 
 const utf8 = new TextDecoder();
@@ -79,7 +84,7 @@ export function unaryContentType(value: string | undefined): "json" | "proto" | 
 export class UnaryRoutes {
   private readonly routes = new Map<string, UnaryRoute>();
 
-  constructor(private readonly defaults: { readMaxBytes: number; jsonOptions?: JsonWriteOptions }) {}
+  constructor(private readonly defaults: { readMaxBytes: number; jsonOptions?: JsonWriteOptions; gate?: CallGate }) {}
 
   get(path: string): UnaryRoute | undefined {
     return this.routes.get(path);
@@ -131,6 +136,7 @@ export class UnaryRoutes {
       // Write options (emit defaults, enum numbers, proto names) change the output: the library's job.
       flatOutput: Object.keys(jsonOptions ?? {}).every((k) => k === "ignoreUnknownFields") ? flatJson(method.output) : null,
       impl,
+      gate: this.defaults.gate,
     });
   }
 }
@@ -140,6 +146,12 @@ export async function callUnary(route: UnaryRoute, format: "json" | "proto", bod
   const binary = format === "proto";
   const context = new LaneContext(route, source);
   try {
+    const denied = route.gate?.({
+      path: route.path,
+      header: (name) => context.requestHeader.get(name),
+      connection: source.connection(),
+    });
+    if (denied) throw denied;
     const input = (!binary && route.flatInput?.parse(utf8.decode(body))) || route.serialization.getI(binary).parse(body);
     const output = await route.impl(input, context);
     const message = isMessage(output, route.method.output as DescMessage) ? output : create(route.method.output, output as never);
@@ -238,7 +250,7 @@ class LaneContext implements HandlerContext {
   }
 
   get values(): ContextValues {
-    this.contextValues ??= createContextValues();
+    this.contextValues ??= createContextValues().set(connectionKey, this.source.connection());
     return this.contextValues;
   }
 
