@@ -7,6 +7,7 @@ import type { Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError, type NodeStatus } from "../kv/client.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
+import { runAdmin } from "./cluster-admin.ts";
 
 const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append|delete|status [-key K] [-value V]
 
@@ -20,6 +21,9 @@ const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append
              the key flag is not --key: -key is the KV key)
   --token-file    send "Authorization: Bearer <the file's token>" (nodes started with --client-token-file)
   -help      print this message
+
+Membership: kvclient member list|add|promote|remove, kvclient transfer-leader -to ID
+(kvclient member -help for their flags).
 
 Flags may also be written --name value or -name=value.`;
 
@@ -36,6 +40,7 @@ function statusTable(rows: NodeStatus[]): string {
 }
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === "member" || argv[0] === "transfer-leader") return runAdmin(argv);
   let flags;
   let addrs: string[];
   let timeoutMs: number;

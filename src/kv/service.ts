@@ -7,6 +7,7 @@ import { create } from "@bufbuild/protobuf";
 import { KVError, type KVErrorCode } from "./errors.ts";
 import type { KVOp } from "./replies.ts";
 import type { KVServer } from "./server.ts";
+import { memberList } from "./cluster-service.ts";
 import {
   CommandResponseSchema,
   GetStatusResponseSchema,
@@ -111,6 +112,7 @@ export function registerKVService(
           members: status.members.map((m) => BigInt(m)),
           snapshotIndex: BigInt(status.snapshotIndex),
           keyCount: BigInt(status.keyCount),
+          memberDetails: memberList(status),
         });
         if (status.leaderId >= 0) response.leaderId = BigInt(status.leaderId);
         return response;

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvraftpb/kvraft.proto.
  */
 export const file_kvraftpb_kvraft: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIlMKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCIYChZSZWdpc3RlclNlc3Npb25SZXF1ZXN0Il8KF1JlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEgsKA2VychgBIAEoCRIRCgljbGllbnRfaWQYAiABKAMSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCISChBHZXRTdGF0dXNSZXF1ZXN0IuABChFHZXRTdGF0dXNSZXNwb25zZRIKCgJpZBgBIAEoAxINCgVzdGF0ZRgCIAEoCRIMCgR0ZXJtGAMgASgDEhQKDGxhc3RfYXBwbGllZBgEIAEoAxIUCgxjb21taXRfaW5kZXgYBSABKAMSFAoMc3RvcmFnZV9zaXplGAYgASgDEhYKCWxlYWRlcl9pZBgHIAEoA0gAiAEBEg8KB21lbWJlcnMYCCADKAMSFgoOc25hcHNob3RfaW5kZXgYCSABKAMSEQoJa2V5X2NvdW50GAogASgDQgwKCl9sZWFkZXJfaWQqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMy6QEKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlElYKD1JlZ2lzdGVyU2Vzc2lvbhIgLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaIS5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXNwb25zZWIGcHJvdG8z");
+  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIlMKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCIYChZSZWdpc3RlclNlc3Npb25SZXF1ZXN0Il8KF1JlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEgsKA2VychgBIAEoCRIRCgljbGllbnRfaWQYAiABKAMSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCISChBHZXRTdGF0dXNSZXF1ZXN0IooCChFHZXRTdGF0dXNSZXNwb25zZRIKCgJpZBgBIAEoAxINCgVzdGF0ZRgCIAEoCRIMCgR0ZXJtGAMgASgDEhQKDGxhc3RfYXBwbGllZBgEIAEoAxIUCgxjb21taXRfaW5kZXgYBSABKAMSFAoMc3RvcmFnZV9zaXplGAYgASgDEhYKCWxlYWRlcl9pZBgHIAEoA0gAiAEBEg8KB21lbWJlcnMYCCADKAMSFgoOc25hcHNob3RfaW5kZXgYCSABKAMSEQoJa2V5X2NvdW50GAogASgDEigKDm1lbWJlcl9kZXRhaWxzGAsgAygLMhAua3ZyYWZ0cGIuTWVtYmVyQgwKCl9sZWFkZXJfaWQiMwoGTWVtYmVyEgoKAmlkGAEgASgDEg8KB2FkZHJlc3MYAiABKAkSDAoEcm9sZRgDIAEoCSITChFNZW1iZXJMaXN0UmVxdWVzdCJeChJNZW1iZXJMaXN0UmVzcG9uc2USIQoHbWVtYmVycxgBIAMoCzIQLmt2cmFmdHBiLk1lbWJlchIRCglsZWFkZXJfaWQYAiABKAMSEgoKY2x1c3Rlcl9pZBgDIAEoCSIvChBNZW1iZXJBZGRSZXF1ZXN0EgoKAmlkGAEgASgDEg8KB2FkZHJlc3MYAiABKAkiIgoUTWVtYmVyUHJvbW90ZVJlcXVlc3QSCgoCaWQYASABKAMiIQoTTWVtYmVyUmVtb3ZlUmVxdWVzdBIKCgJpZBgBIAEoAyI2ChFNZW1iZXJBZGRSZXNwb25zZRIhCgdtZW1iZXJzGAEgAygLMhAua3ZyYWZ0cGIuTWVtYmVyIjoKFU1lbWJlclByb21vdGVSZXNwb25zZRIhCgdtZW1iZXJzGAEgAygLMhAua3ZyYWZ0cGIuTWVtYmVyIjkKFE1lbWJlclJlbW92ZVJlc3BvbnNlEiEKB21lbWJlcnMYASADKAsyEC5rdnJhZnRwYi5NZW1iZXIiIwoVVHJhbnNmZXJMZWFkZXJSZXF1ZXN0EgoKAnRvGAEgASgDIisKFlRyYW5zZmVyTGVhZGVyUmVzcG9uc2USEQoJbGVhZGVyX2lkGAEgASgDKi4KAk9wEgcKA1BVVBAAEgoKBkFQUEVORBABEgcKA0dFVBACEgoKBkRFTEVURRADMukBCglLVlNlcnZpY2USPgoHQ29tbWFuZBIYLmt2cmFmdHBiLkNvbW1hbmRSZXF1ZXN0Ghkua3ZyYWZ0cGIuQ29tbWFuZFJlc3BvbnNlEkQKCUdldFN0YXR1cxIaLmt2cmFmdHBiLkdldFN0YXR1c1JlcXVlc3QaGy5rdnJhZnRwYi5HZXRTdGF0dXNSZXNwb25zZRJWCg9SZWdpc3RlclNlc3Npb24SIC5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiEua3ZyYWZ0cGIuUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UylQMKDkNsdXN0ZXJTZXJ2aWNlEkcKCk1lbWJlckxpc3QSGy5rdnJhZnRwYi5NZW1iZXJMaXN0UmVxdWVzdBocLmt2cmFmdHBiLk1lbWJlckxpc3RSZXNwb25zZRJECglNZW1iZXJBZGQSGi5rdnJhZnRwYi5NZW1iZXJBZGRSZXF1ZXN0Ghsua3ZyYWZ0cGIuTWVtYmVyQWRkUmVzcG9uc2USUAoNTWVtYmVyUHJvbW90ZRIeLmt2cmFmdHBiLk1lbWJlclByb21vdGVSZXF1ZXN0Gh8ua3ZyYWZ0cGIuTWVtYmVyUHJvbW90ZVJlc3BvbnNlEk0KDE1lbWJlclJlbW92ZRIdLmt2cmFmdHBiLk1lbWJlclJlbW92ZVJlcXVlc3QaHi5rdnJhZnRwYi5NZW1iZXJSZW1vdmVSZXNwb25zZRJTCg5UcmFuc2ZlckxlYWRlchIfLmt2cmFmdHBiLlRyYW5zZmVyTGVhZGVyUmVxdWVzdBogLmt2cmFmdHBiLlRyYW5zZmVyTGVhZGVyUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * One operation. Sessions and exactly-once writes:
@@ -221,6 +221,8 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
   leaderId?: bigint | undefined;
 
   /**
+   * The voters of the configuration this node uses.
+   *
    * @generated from field: repeated int64 members = 8;
    */
   members: bigint[];
@@ -234,6 +236,13 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
    * @generated from field: int64 key_count = 10;
    */
   keyCount: bigint;
+
+  /**
+   * Every member (voters and learners) with its address and role, as this node knows them.
+   *
+   * @generated from field: repeated kvraftpb.Member member_details = 11;
+   */
+  memberDetails: Member[];
 };
 
 /**
@@ -242,6 +251,230 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
   messageDesc(file_kvraftpb_kvraft, 5);
+
+/**
+ * One member of the cluster's configuration.
+ *
+ * @generated from message kvraftpb.Member
+ */
+export type Member = Message<"kvraftpb.Member"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * host:port where the member serves (peers and clients); empty when not recorded.
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * "voter" or "learner".
+   *
+   * @generated from field: string role = 3;
+   */
+  role: string;
+};
+
+/**
+ * Describes the message kvraftpb.Member.
+ * Use `create(MemberSchema)` to create a new message.
+ */
+export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 6);
+
+/**
+ * @generated from message kvraftpb.MemberListRequest
+ */
+export type MemberListRequest = Message<"kvraftpb.MemberListRequest"> & {
+};
+
+/**
+ * Describes the message kvraftpb.MemberListRequest.
+ * Use `create(MemberListRequestSchema)` to create a new message.
+ */
+export const MemberListRequestSchema: GenMessage<MemberListRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 7);
+
+/**
+ * @generated from message kvraftpb.MemberListResponse
+ */
+export type MemberListResponse = Message<"kvraftpb.MemberListResponse"> & {
+  /**
+   * Voters first, then learners, each by id.
+   *
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+
+  /**
+   * @generated from field: int64 leader_id = 2;
+   */
+  leaderId: bigint;
+
+  /**
+   * The cluster id (16 hex digits) a joining node must present to its peers.
+   *
+   * @generated from field: string cluster_id = 3;
+   */
+  clusterId: string;
+};
+
+/**
+ * Describes the message kvraftpb.MemberListResponse.
+ * Use `create(MemberListResponseSchema)` to create a new message.
+ */
+export const MemberListResponseSchema: GenMessage<MemberListResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 8);
+
+/**
+ * @generated from message kvraftpb.MemberAddRequest
+ */
+export type MemberAddRequest = Message<"kvraftpb.MemberAddRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * host:port of the new member (where the other nodes reach it).
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+};
+
+/**
+ * Describes the message kvraftpb.MemberAddRequest.
+ * Use `create(MemberAddRequestSchema)` to create a new message.
+ */
+export const MemberAddRequestSchema: GenMessage<MemberAddRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 9);
+
+/**
+ * @generated from message kvraftpb.MemberPromoteRequest
+ */
+export type MemberPromoteRequest = Message<"kvraftpb.MemberPromoteRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.MemberPromoteRequest.
+ * Use `create(MemberPromoteRequestSchema)` to create a new message.
+ */
+export const MemberPromoteRequestSchema: GenMessage<MemberPromoteRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 10);
+
+/**
+ * @generated from message kvraftpb.MemberRemoveRequest
+ */
+export type MemberRemoveRequest = Message<"kvraftpb.MemberRemoveRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.MemberRemoveRequest.
+ * Use `create(MemberRemoveRequestSchema)` to create a new message.
+ */
+export const MemberRemoveRequestSchema: GenMessage<MemberRemoveRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 11);
+
+/**
+ * Each change answers with the configuration once the change has committed.
+ *
+ * @generated from message kvraftpb.MemberAddResponse
+ */
+export type MemberAddResponse = Message<"kvraftpb.MemberAddResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberAddResponse.
+ * Use `create(MemberAddResponseSchema)` to create a new message.
+ */
+export const MemberAddResponseSchema: GenMessage<MemberAddResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 12);
+
+/**
+ * @generated from message kvraftpb.MemberPromoteResponse
+ */
+export type MemberPromoteResponse = Message<"kvraftpb.MemberPromoteResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberPromoteResponse.
+ * Use `create(MemberPromoteResponseSchema)` to create a new message.
+ */
+export const MemberPromoteResponseSchema: GenMessage<MemberPromoteResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 13);
+
+/**
+ * @generated from message kvraftpb.MemberRemoveResponse
+ */
+export type MemberRemoveResponse = Message<"kvraftpb.MemberRemoveResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberRemoveResponse.
+ * Use `create(MemberRemoveResponseSchema)` to create a new message.
+ */
+export const MemberRemoveResponseSchema: GenMessage<MemberRemoveResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 14);
+
+/**
+ * @generated from message kvraftpb.TransferLeaderRequest
+ */
+export type TransferLeaderRequest = Message<"kvraftpb.TransferLeaderRequest"> & {
+  /**
+   * The voter to hand leadership to.
+   *
+   * @generated from field: int64 to = 1;
+   */
+  to: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.TransferLeaderRequest.
+ * Use `create(TransferLeaderRequestSchema)` to create a new message.
+ */
+export const TransferLeaderRequestSchema: GenMessage<TransferLeaderRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 15);
+
+/**
+ * @generated from message kvraftpb.TransferLeaderResponse
+ */
+export type TransferLeaderResponse = Message<"kvraftpb.TransferLeaderResponse"> & {
+  /**
+   * @generated from field: int64 leader_id = 1;
+   */
+  leaderId: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.TransferLeaderResponse.
+ * Use `create(TransferLeaderResponseSchema)` to create a new message.
+ */
+export const TransferLeaderResponseSchema: GenMessage<TransferLeaderResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 16);
 
 /**
  * @generated from enum kvraftpb.Op
@@ -308,4 +541,64 @@ export const KVService: GenService<{
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kvraftpb_kvraft, 0);
+
+/**
+ * Membership administration, answered by the leader. A follower refuses with FAILED_PRECONDITION
+ * and the leader's id and address in the message and in the "kvraft-leader-id" /
+ * "kvraft-leader-address" response headers. One change at a time: a change while another is
+ * uncommitted is refused with ABORTED (retry); a learner still catching up cannot be promoted
+ * (ABORTED); nonsense is INVALID_ARGUMENT. Behind the same client authorization as KVService;
+ * a node without client authorization serves it only with --insecure-admin.
+ *
+ * @generated from service kvraftpb.ClusterService
+ */
+export const ClusterService: GenService<{
+  /**
+   * @generated from rpc kvraftpb.ClusterService.MemberList
+   */
+  memberList: {
+    methodKind: "unary";
+    input: typeof MemberListRequestSchema;
+    output: typeof MemberListResponseSchema;
+  },
+  /**
+   * Adds a new node as a learner: it receives the log (or a snapshot) but does not vote.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberAdd
+   */
+  memberAdd: {
+    methodKind: "unary";
+    input: typeof MemberAddRequestSchema;
+    output: typeof MemberAddResponseSchema;
+  },
+  /**
+   * Makes a caught-up learner a voter.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberPromote
+   */
+  memberPromote: {
+    methodKind: "unary";
+    input: typeof MemberPromoteRequestSchema;
+    output: typeof MemberPromoteResponseSchema;
+  },
+  /**
+   * Removes a voter or learner; removing the leader hands leadership to the most caught-up voter.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberRemove
+   */
+  memberRemove: {
+    methodKind: "unary";
+    input: typeof MemberRemoveRequestSchema;
+    output: typeof MemberRemoveResponseSchema;
+  },
+  /**
+   * @generated from rpc kvraftpb.ClusterService.TransferLeader
+   */
+  transferLeader: {
+    methodKind: "unary";
+    input: typeof TransferLeaderRequestSchema;
+    output: typeof TransferLeaderResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_kvraftpb_kvraft, 1);
 
