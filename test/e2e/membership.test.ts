@@ -85,6 +85,11 @@ describe("membership with real processes", () => {
       const list = await admin(["member", "list"]);
       for (const id of [...survivors, 3]) expect(list).toMatch(new RegExp(`^${id}( \\(leader\\))? +\\| ${all[id]!.replace(/\./g, "\\.")} +\\| voter`, "m"));
       expect(list).not.toMatch(new RegExp(`^${victim} `, "m"));
+      // The new voter can lead.
+      expect(await admin(["transfer-leader", "-to", "3"])).toContain("leadership transferred to node 3");
+      const led = await statusOf(3);
+      expect(led.online && led.state).toBe("Leader");
+      await waitForAcks(20, "with node 3 leading");
 
       // Three voters again: one of the original survivors may fail and writes go on.
       const down = survivors[0]!;
