@@ -8,13 +8,22 @@ import { registerClusterService } from "../kv/cluster-service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
 import type { Membership, NodeId, Transport } from "../raft/types.ts";
 import type { KVServer } from "../kv/server.ts";
+import type { KVDiagnostics } from "../kv/index.ts";
+import type { RaftObserver } from "../raft/index.ts";
+import { NodeMetrics, instrumentKV, instrumentRouter, obsRoutes, registerHealthService } from "../obs/index.ts";
+import { statusPageRoute } from "../obs/status-page/page.ts";
+import { registerReflection } from "../rpc/server/reflection.ts";
 import { claimDataDir } from "./identity.ts";
 import { DEFAULT_CLUSTER_TOKEN, adoptClusterId, clusterIdOf } from "./cluster-id.ts";
 import type { NodeSecurity } from "./security-flags.ts";
 import { splitHostPort } from "./flags.ts";
 
-/** What serveNode needs from a KV server: the handlers' calls plus close (which syncs); `raft` for ClusterService. */
-export type KVNode = KVServiceBackend & Pick<KVServer, "close"> & Partial<Pick<KVServer, "raft">>;
+/**
+ * What serveNode needs from a KV server: the handlers' calls plus close (which syncs), the live
+ * state for metrics and health, and its Raft node for ClusterService (KVServer has both; test
+ * stand-ins may leave them out).
+ */
+export type KVNode = KVServiceBackend & Pick<KVServer, "close"> & Partial<Pick<KVServer, "raft">> & { diagnostics?(): KVDiagnostics };
 
 /** A node that joins an existing cluster instead of bootstrapping one from `addrs`. */
 export interface JoinOptions {
@@ -51,6 +60,7 @@ export interface ServeNodeOptions {
     transport: Transport;
     addresses: Record<NodeId, string>;
     onMembershipChange: (membership: Membership) => void;
+    observer: RaftObserver;
   }): Promise<KVNode>;
 }
 
@@ -59,6 +69,7 @@ export interface ServingNode {
   transport: ConnectTransport;
   kv: KVNode;
   clusterId: string;
+  metrics: NodeMetrics;
   /** Stop accepting, let in-flight calls finish, close the KV server (sync), drop peer links. */
   close(): Promise<void>;
 }
@@ -94,23 +105,32 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     transport.setPeers(peers);
   };
   let kv: KVNode | undefined;
+  let served: KVNode | undefined;
+  const state = () => kv?.diagnostics?.();
+  const metrics = new NodeMetrics(id, state);
+  // The status page served by any member calls every member: their origins are allowed too.
+  const memberUrls = addrs.map((a) => `${security.tls !== undefined ? "https" : "http"}://${a}`);
   const { host, port } = splitHostPort(join?.address ?? addrs[id]!);
   let server: RpcServer;
   try {
     server = await RpcServer.start({
       host,
       port,
-      corsOrigins: options.corsOrigins,
+      corsOrigins: [...(options.corsOrigins ?? []), ...memberUrls],
       fastLane: options.fastLane,
       ...(security.tls !== undefined ? { tls: security.tls } : {}),
       ...(security.gate !== undefined ? { gate: security.gate } : {}),
+      httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: memberUrls })] }),
       routes: (router) => {
-        registerKVService(router, () => kv);
-        registerClusterService(router, () => (kv?.raft === undefined ? undefined : { raft: kv.raft, clusterId }), {
+        const counted = instrumentRouter(router, metrics);
+        registerKVService(counted, () => served);
+        registerClusterService(counted, () => (kv?.raft === undefined ? undefined : { raft: kv.raft, clusterId }), {
           gated: security.gate !== undefined,
           allowUnauthenticated: options.insecureAdmin ?? false,
         });
-        transport.registerRoutes(router);
+        transport.registerRoutes(counted);
+        registerHealthService(counted, { state });
+        registerReflection(counted);
       },
     });
   } catch (error) {
@@ -125,7 +145,9 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
       transport,
       addresses: join === undefined ? Object.fromEntries(addrs.map((a, i) => [i, a])) : {},
       onMembershipChange,
+      observer: metrics.raftObserver,
     });
+    served = instrumentKV(kv, metrics);
   } catch (error) {
     await server.close();
     await transport.close();
@@ -138,6 +160,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     transport,
     kv: opened,
     clusterId,
+    metrics,
     close() {
       closing ??= (async () => {
         await server.close();
