@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvraftpb/kvraft.proto.
  */
 export const file_kvraftpb_kvraft: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIkwKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSEwoJbGVhZGVyX2lkGAMgASgDSABCCAoGbGVhZGVyIhgKFlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QiWAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USCwoDZXJyGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoAxITCglsZWFkZXJfaWQYAyABKANIAEIICgZsZWFkZXIiEgoQR2V0U3RhdHVzUmVxdWVzdCLZAQoRR2V0U3RhdHVzUmVzcG9uc2USCgoCaWQYASABKAMSDQoFc3RhdGUYAiABKAkSDAoEdGVybRgDIAEoAxIUCgxsYXN0X2FwcGxpZWQYBCABKAMSFAoMY29tbWl0X2luZGV4GAUgASgDEhQKDHN0b3JhZ2Vfc2l6ZRgGIAEoAxITCglsZWFkZXJfaWQYByABKANIABIPCgdtZW1iZXJzGAggAygDEhYKDnNuYXBzaG90X2luZGV4GAkgASgDEhEKCWtleV9jb3VudBgKIAEoA0IICgZsZWFkZXIihQEKDlJlc3BvbnNlSGVhZGVyEhAKCHJldmlzaW9uGAEgASgDEhEKCW1lbWJlcl9pZBgCIAEoAxIRCglyYWZ0X3Rlcm0YAyABKAMSCwoDZXJyGAQgASgJEi4KCWxlYWRlcl9pZBgFIAEoCzIbLmdvb2dsZS5wcm90b2J1Zi5JbnQ2NFZhbHVlImYKCEtleVZhbHVlEgsKA2tleRgBIAEoDBIXCg9jcmVhdGVfcmV2aXNpb24YAiABKAMSFAoMbW9kX3JldmlzaW9uGAMgASgDEg8KB3ZlcnNpb24YBCABKAMSDQoFdmFsdWUYBSABKAwiegoMUmFuZ2VSZXF1ZXN0EgsKA2tleRgBIAEoDBIRCglyYW5nZV9lbmQYAiABKAwSDQoFbGltaXQYAyABKAMSFAoMc2VyaWFsaXphYmxlGAcgASgIEhEKCWtleXNfb25seRgIIAEoCBISCgpjb3VudF9vbmx5GAkgASgIIokBCg1SYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEh8KA2t2cxgCIAMoCzISLmt2cmFmdHBiLktleVZhbHVlEgwKBG1vcmUYAyABKAgSDQoFY291bnQYBCABKAMSEAoIbmV4dF9rZXkYBSABKAwiOQoKUHV0UmVxdWVzdBILCgNrZXkYASABKAwSDQoFdmFsdWUYAiABKAwSDwoHcHJldl9rdhgEIAEoCCJcCgtQdXRSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIjCgdwcmV2X2t2GAIgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUigAEKEkRlbGV0ZVJhbmdlUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEg8KB3ByZXZfa3YYAyABKAgSEQoJY2xpZW50X2lkGAQgASgDEhIKCmNvbW1hbmRfaWQYBSABKAMSEgoKcmVnaXN0ZXJlZBgGIAEoCCJ2ChNEZWxldGVSYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2RlbGV0ZWQYAiABKAMSJAoIcHJldl9rdnMYAyADKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSKyAQoJUmVxdWVzdE9wEi8KDXJlcXVlc3RfcmFuZ2UYASABKAsyFi5rdnJhZnRwYi5SYW5nZVJlcXVlc3RIABIrCgtyZXF1ZXN0X3B1dBgCIAEoCzIULmt2cmFmdHBiLlB1dFJlcXVlc3RIABI8ChRyZXF1ZXN0X2RlbGV0ZV9yYW5nZRgDIAEoCzIcLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVxdWVzdEgAQgkKB3JlcXVlc3QiugEKClJlc3BvbnNlT3ASMQoOcmVzcG9uc2VfcmFuZ2UYASABKAsyFy5rdnJhZnRwYi5SYW5nZVJlc3BvbnNlSAASLQoMcmVzcG9uc2VfcHV0GAIgASgLMhUua3ZyYWZ0cGIuUHV0UmVzcG9uc2VIABI+ChVyZXNwb25zZV9kZWxldGVfcmFuZ2UYAyABKAsyHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlSABCCgoIcmVzcG9uc2Ui3wIKB0NvbXBhcmUSLwoGcmVzdWx0GAEgASgOMh8ua3ZyYWZ0cGIuQ29tcGFyZS5Db21wYXJlUmVzdWx0Ei8KBnRhcmdldBgCIAEoDjIfLmt2cmFmdHBiLkNvbXBhcmUuQ29tcGFyZVRhcmdldBILCgNrZXkYAyABKAwSEQoHdmVyc2lvbhgEIAEoA0gAEhkKD2NyZWF0ZV9yZXZpc2lvbhgFIAEoA0gAEhYKDG1vZF9yZXZpc2lvbhgGIAEoA0gAEg8KBXZhbHVlGAcgASgMSAAiQAoNQ29tcGFyZVJlc3VsdBIJCgVFUVVBTBAAEgsKB0dSRUFURVIQARIICgRMRVNTEAISDQoJTk9UX0VRVUFMEAMiPAoNQ29tcGFyZVRhcmdldBILCgdWRVJTSU9OEAASCgoGQ1JFQVRFEAESBwoDTU9EEAISCQoFVkFMVUUQA0IOCgx0YXJnZXRfdW5pb24itwEKClR4blJlcXVlc3QSIgoHY29tcGFyZRgBIAMoCzIRLmt2cmFmdHBiLkNvbXBhcmUSJAoHc3VjY2VzcxgCIAMoCzITLmt2cmFmdHBiLlJlcXVlc3RPcBIkCgdmYWlsdXJlGAMgAygLMhMua3ZyYWZ0cGIuUmVxdWVzdE9wEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDEhIKCnJlZ2lzdGVyZWQYBiABKAgicwoLVHhuUmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISEQoJc3VjY2VlZGVkGAIgASgIEicKCXJlc3BvbnNlcxgDIAMoCzIULmt2cmFmdHBiLlJlc3BvbnNlT3AiywEKDFdhdGNoUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEhYKDnN0YXJ0X3JldmlzaW9uGAMgASgDEhcKD3Byb2dyZXNzX25vdGlmeRgEIAEoCBIyCgdmaWx0ZXJzGAUgAygOMiEua3ZyYWZ0cGIuV2F0Y2hSZXF1ZXN0LkZpbHRlclR5cGUSDwoHcHJldl9rdhgGIAEoCCIlCgpGaWx0ZXJUeXBlEgkKBU5PUFVUEAASDAoITk9ERUxFVEUQASKXAQoFRXZlbnQSJwoEdHlwZRgBIAEoDjIZLmt2cmFmdHBiLkV2ZW50LkV2ZW50VHlwZRIeCgJrdhgCIAEoCzISLmt2cmFmdHBiLktleVZhbHVlEiMKB3ByZXZfa3YYAyABKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSIgCglFdmVudFR5cGUSBwoDUFVUEAASCgoGREVMRVRFEAEirgEKDVdhdGNoUmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISDwoHY3JlYXRlZBgDIAEoCBIQCghjYW5jZWxlZBgEIAEoCBIYChBjb21wYWN0X3JldmlzaW9uGAUgASgDEhUKDWNhbmNlbF9yZWFzb24YBiABKAkSHwoGZXZlbnRzGAsgAygLMg8ua3ZyYWZ0cGIuRXZlbnQqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMy3wMKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlElYKD1JlZ2lzdGVyU2Vzc2lvbhIgLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaIS5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXNwb25zZRI4CgVSYW5nZRIWLmt2cmFmdHBiLlJhbmdlUmVxdWVzdBoXLmt2cmFmdHBiLlJhbmdlUmVzcG9uc2USSgoLRGVsZXRlUmFuZ2USHC5rdnJhZnRwYi5EZWxldGVSYW5nZVJlcXVlc3QaHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlEjIKA1R4bhIULmt2cmFmdHBiLlR4blJlcXVlc3QaFS5rdnJhZnRwYi5UeG5SZXNwb25zZRI6CgVXYXRjaBIWLmt2cmFmdHBiLldhdGNoUmVxdWVzdBoXLmt2cmFmdHBiLldhdGNoUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_wrappers]);
+  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIkwKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSEwoJbGVhZGVyX2lkGAMgASgDSABCCAoGbGVhZGVyIhgKFlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QiWAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USCwoDZXJyGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoAxITCglsZWFkZXJfaWQYAyABKANIAEIICgZsZWFkZXIiEgoQR2V0U3RhdHVzUmVxdWVzdCKDAgoRR2V0U3RhdHVzUmVzcG9uc2USCgoCaWQYASABKAMSDQoFc3RhdGUYAiABKAkSDAoEdGVybRgDIAEoAxIUCgxsYXN0X2FwcGxpZWQYBCABKAMSFAoMY29tbWl0X2luZGV4GAUgASgDEhQKDHN0b3JhZ2Vfc2l6ZRgGIAEoAxITCglsZWFkZXJfaWQYByABKANIABIPCgdtZW1iZXJzGAggAygDEhYKDnNuYXBzaG90X2luZGV4GAkgASgDEhEKCWtleV9jb3VudBgKIAEoAxIoCg5tZW1iZXJfZGV0YWlscxgLIAMoCzIQLmt2cmFmdHBiLk1lbWJlckIICgZsZWFkZXIihQEKDlJlc3BvbnNlSGVhZGVyEhAKCHJldmlzaW9uGAEgASgDEhEKCW1lbWJlcl9pZBgCIAEoAxIRCglyYWZ0X3Rlcm0YAyABKAMSCwoDZXJyGAQgASgJEi4KCWxlYWRlcl9pZBgFIAEoCzIbLmdvb2dsZS5wcm90b2J1Zi5JbnQ2NFZhbHVlImYKCEtleVZhbHVlEgsKA2tleRgBIAEoDBIXCg9jcmVhdGVfcmV2aXNpb24YAiABKAMSFAoMbW9kX3JldmlzaW9uGAMgASgDEg8KB3ZlcnNpb24YBCABKAMSDQoFdmFsdWUYBSABKAwiegoMUmFuZ2VSZXF1ZXN0EgsKA2tleRgBIAEoDBIRCglyYW5nZV9lbmQYAiABKAwSDQoFbGltaXQYAyABKAMSFAoMc2VyaWFsaXphYmxlGAcgASgIEhEKCWtleXNfb25seRgIIAEoCBISCgpjb3VudF9vbmx5GAkgASgIIokBCg1SYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEh8KA2t2cxgCIAMoCzISLmt2cmFmdHBiLktleVZhbHVlEgwKBG1vcmUYAyABKAgSDQoFY291bnQYBCABKAMSEAoIbmV4dF9rZXkYBSABKAwiOQoKUHV0UmVxdWVzdBILCgNrZXkYASABKAwSDQoFdmFsdWUYAiABKAwSDwoHcHJldl9rdhgEIAEoCCJcCgtQdXRSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIjCgdwcmV2X2t2GAIgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUigAEKEkRlbGV0ZVJhbmdlUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEg8KB3ByZXZfa3YYAyABKAgSEQoJY2xpZW50X2lkGAQgASgDEhIKCmNvbW1hbmRfaWQYBSABKAMSEgoKcmVnaXN0ZXJlZBgGIAEoCCJ2ChNEZWxldGVSYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2RlbGV0ZWQYAiABKAMSJAoIcHJldl9rdnMYAyADKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSKyAQoJUmVxdWVzdE9wEi8KDXJlcXVlc3RfcmFuZ2UYASABKAsyFi5rdnJhZnRwYi5SYW5nZVJlcXVlc3RIABIrCgtyZXF1ZXN0X3B1dBgCIAEoCzIULmt2cmFmdHBiLlB1dFJlcXVlc3RIABI8ChRyZXF1ZXN0X2RlbGV0ZV9yYW5nZRgDIAEoCzIcLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVxdWVzdEgAQgkKB3JlcXVlc3QiugEKClJlc3BvbnNlT3ASMQoOcmVzcG9uc2VfcmFuZ2UYASABKAsyFy5rdnJhZnRwYi5SYW5nZVJlc3BvbnNlSAASLQoMcmVzcG9uc2VfcHV0GAIgASgLMhUua3ZyYWZ0cGIuUHV0UmVzcG9uc2VIABI+ChVyZXNwb25zZV9kZWxldGVfcmFuZ2UYAyABKAsyHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlSABCCgoIcmVzcG9uc2Ui3wIKB0NvbXBhcmUSLwoGcmVzdWx0GAEgASgOMh8ua3ZyYWZ0cGIuQ29tcGFyZS5Db21wYXJlUmVzdWx0Ei8KBnRhcmdldBgCIAEoDjIfLmt2cmFmdHBiLkNvbXBhcmUuQ29tcGFyZVRhcmdldBILCgNrZXkYAyABKAwSEQoHdmVyc2lvbhgEIAEoA0gAEhkKD2NyZWF0ZV9yZXZpc2lvbhgFIAEoA0gAEhYKDG1vZF9yZXZpc2lvbhgGIAEoA0gAEg8KBXZhbHVlGAcgASgMSAAiQAoNQ29tcGFyZVJlc3VsdBIJCgVFUVVBTBAAEgsKB0dSRUFURVIQARIICgRMRVNTEAISDQoJTk9UX0VRVUFMEAMiPAoNQ29tcGFyZVRhcmdldBILCgdWRVJTSU9OEAASCgoGQ1JFQVRFEAESBwoDTU9EEAISCQoFVkFMVUUQA0IOCgx0YXJnZXRfdW5pb24itwEKClR4blJlcXVlc3QSIgoHY29tcGFyZRgBIAMoCzIRLmt2cmFmdHBiLkNvbXBhcmUSJAoHc3VjY2VzcxgCIAMoCzITLmt2cmFmdHBiLlJlcXVlc3RPcBIkCgdmYWlsdXJlGAMgAygLMhMua3ZyYWZ0cGIuUmVxdWVzdE9wEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDEhIKCnJlZ2lzdGVyZWQYBiABKAgicwoLVHhuUmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISEQoJc3VjY2VlZGVkGAIgASgIEicKCXJlc3BvbnNlcxgDIAMoCzIULmt2cmFmdHBiLlJlc3BvbnNlT3AiywEKDFdhdGNoUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEhYKDnN0YXJ0X3JldmlzaW9uGAMgASgDEhcKD3Byb2dyZXNzX25vdGlmeRgEIAEoCBIyCgdmaWx0ZXJzGAUgAygOMiEua3ZyYWZ0cGIuV2F0Y2hSZXF1ZXN0LkZpbHRlclR5cGUSDwoHcHJldl9rdhgGIAEoCCIlCgpGaWx0ZXJUeXBlEgkKBU5PUFVUEAASDAoITk9ERUxFVEUQASKXAQoFRXZlbnQSJwoEdHlwZRgBIAEoDjIZLmt2cmFmdHBiLkV2ZW50LkV2ZW50VHlwZRIeCgJrdhgCIAEoCzISLmt2cmFmdHBiLktleVZhbHVlEiMKB3ByZXZfa3YYAyABKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSIgCglFdmVudFR5cGUSBwoDUFVUEAASCgoGREVMRVRFEAEirgEKDVdhdGNoUmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISDwoHY3JlYXRlZBgDIAEoCBIQCghjYW5jZWxlZBgEIAEoCBIYChBjb21wYWN0X3JldmlzaW9uGAUgASgDEhUKDWNhbmNlbF9yZWFzb24YBiABKAkSHwoGZXZlbnRzGAsgAygLMg8ua3ZyYWZ0cGIuRXZlbnQiMwoGTWVtYmVyEgoKAmlkGAEgASgDEg8KB2FkZHJlc3MYAiABKAkSDAoEcm9sZRgDIAEoCSITChFNZW1iZXJMaXN0UmVxdWVzdCJeChJNZW1iZXJMaXN0UmVzcG9uc2USIQoHbWVtYmVycxgBIAMoCzIQLmt2cmFmdHBiLk1lbWJlchIRCglsZWFkZXJfaWQYAiABKAMSEgoKY2x1c3Rlcl9pZBgDIAEoCSIvChBNZW1iZXJBZGRSZXF1ZXN0EgoKAmlkGAEgASgDEg8KB2FkZHJlc3MYAiABKAkiIgoUTWVtYmVyUHJvbW90ZVJlcXVlc3QSCgoCaWQYASABKAMiIQoTTWVtYmVyUmVtb3ZlUmVxdWVzdBIKCgJpZBgBIAEoAyI2ChFNZW1iZXJBZGRSZXNwb25zZRIhCgdtZW1iZXJzGAEgAygLMhAua3ZyYWZ0cGIuTWVtYmVyIjoKFU1lbWJlclByb21vdGVSZXNwb25zZRIhCgdtZW1iZXJzGAEgAygLMhAua3ZyYWZ0cGIuTWVtYmVyIjkKFE1lbWJlclJlbW92ZVJlc3BvbnNlEiEKB21lbWJlcnMYASADKAsyEC5rdnJhZnRwYi5NZW1iZXIiIwoVVHJhbnNmZXJMZWFkZXJSZXF1ZXN0EgoKAnRvGAEgASgDIisKFlRyYW5zZmVyTGVhZGVyUmVzcG9uc2USEQoJbGVhZGVyX2lkGAEgASgDKi4KAk9wEgcKA1BVVBAAEgoKBkFQUEVORBABEgcKA0dFVBACEgoKBkRFTEVURRADMt8DCglLVlNlcnZpY2USPgoHQ29tbWFuZBIYLmt2cmFmdHBiLkNvbW1hbmRSZXF1ZXN0Ghkua3ZyYWZ0cGIuQ29tbWFuZFJlc3BvbnNlEkQKCUdldFN0YXR1cxIaLmt2cmFmdHBiLkdldFN0YXR1c1JlcXVlc3QaGy5rdnJhZnRwYi5HZXRTdGF0dXNSZXNwb25zZRJWCg9SZWdpc3RlclNlc3Npb24SIC5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiEua3ZyYWZ0cGIuUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USOAoFUmFuZ2USFi5rdnJhZnRwYi5SYW5nZVJlcXVlc3QaFy5rdnJhZnRwYi5SYW5nZVJlc3BvbnNlEkoKC0RlbGV0ZVJhbmdlEhwua3ZyYWZ0cGIuRGVsZXRlUmFuZ2VSZXF1ZXN0Gh0ua3ZyYWZ0cGIuRGVsZXRlUmFuZ2VSZXNwb25zZRIyCgNUeG4SFC5rdnJhZnRwYi5UeG5SZXF1ZXN0GhUua3ZyYWZ0cGIuVHhuUmVzcG9uc2USOgoFV2F0Y2gSFi5rdnJhZnRwYi5XYXRjaFJlcXVlc3QaFy5rdnJhZnRwYi5XYXRjaFJlc3BvbnNlMAEylQMKDkNsdXN0ZXJTZXJ2aWNlEkcKCk1lbWJlckxpc3QSGy5rdnJhZnRwYi5NZW1iZXJMaXN0UmVxdWVzdBocLmt2cmFmdHBiLk1lbWJlckxpc3RSZXNwb25zZRJECglNZW1iZXJBZGQSGi5rdnJhZnRwYi5NZW1iZXJBZGRSZXF1ZXN0Ghsua3ZyYWZ0cGIuTWVtYmVyQWRkUmVzcG9uc2USUAoNTWVtYmVyUHJvbW90ZRIeLmt2cmFmdHBiLk1lbWJlclByb21vdGVSZXF1ZXN0Gh8ua3ZyYWZ0cGIuTWVtYmVyUHJvbW90ZVJlc3BvbnNlEk0KDE1lbWJlclJlbW92ZRIdLmt2cmFmdHBiLk1lbWJlclJlbW92ZVJlcXVlc3QaHi5rdnJhZnRwYi5NZW1iZXJSZW1vdmVSZXNwb25zZRJTCg5UcmFuc2ZlckxlYWRlchIfLmt2cmFmdHBiLlRyYW5zZmVyTGVhZGVyUmVxdWVzdBogLmt2cmFmdHBiLlRyYW5zZmVyTGVhZGVyUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_wrappers]);
 
 /**
  * One operation. Sessions and exactly-once writes:
@@ -246,6 +246,8 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
   } | { case: undefined; value?: undefined };
 
   /**
+   * The voters of the configuration this node uses.
+   *
    * @generated from field: repeated int64 members = 8;
    */
   members: bigint[];
@@ -259,6 +261,13 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
    * @generated from field: int64 key_count = 10;
    */
   keyCount: bigint;
+
+  /**
+   * Every member (voters and learners) with its address and role, as this node knows them.
+   *
+   * @generated from field: repeated kvraftpb.Member member_details = 11;
+   */
+  memberDetails: Member[];
 };
 
 /**
@@ -989,6 +998,230 @@ export const WatchResponseSchema: GenMessage<WatchResponse> = /*@__PURE__*/
   messageDesc(file_kvraftpb_kvraft, 21);
 
 /**
+ * One member of the cluster's configuration.
+ *
+ * @generated from message kvraftpb.Member
+ */
+export type Member = Message<"kvraftpb.Member"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * host:port where the member serves (peers and clients); empty when not recorded.
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * "voter" or "learner".
+   *
+   * @generated from field: string role = 3;
+   */
+  role: string;
+};
+
+/**
+ * Describes the message kvraftpb.Member.
+ * Use `create(MemberSchema)` to create a new message.
+ */
+export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 22);
+
+/**
+ * @generated from message kvraftpb.MemberListRequest
+ */
+export type MemberListRequest = Message<"kvraftpb.MemberListRequest"> & {
+};
+
+/**
+ * Describes the message kvraftpb.MemberListRequest.
+ * Use `create(MemberListRequestSchema)` to create a new message.
+ */
+export const MemberListRequestSchema: GenMessage<MemberListRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 23);
+
+/**
+ * @generated from message kvraftpb.MemberListResponse
+ */
+export type MemberListResponse = Message<"kvraftpb.MemberListResponse"> & {
+  /**
+   * Voters first, then learners, each by id.
+   *
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+
+  /**
+   * @generated from field: int64 leader_id = 2;
+   */
+  leaderId: bigint;
+
+  /**
+   * The cluster id (16 hex digits) a joining node must present to its peers.
+   *
+   * @generated from field: string cluster_id = 3;
+   */
+  clusterId: string;
+};
+
+/**
+ * Describes the message kvraftpb.MemberListResponse.
+ * Use `create(MemberListResponseSchema)` to create a new message.
+ */
+export const MemberListResponseSchema: GenMessage<MemberListResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 24);
+
+/**
+ * @generated from message kvraftpb.MemberAddRequest
+ */
+export type MemberAddRequest = Message<"kvraftpb.MemberAddRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * host:port of the new member (where the other nodes reach it).
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+};
+
+/**
+ * Describes the message kvraftpb.MemberAddRequest.
+ * Use `create(MemberAddRequestSchema)` to create a new message.
+ */
+export const MemberAddRequestSchema: GenMessage<MemberAddRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 25);
+
+/**
+ * @generated from message kvraftpb.MemberPromoteRequest
+ */
+export type MemberPromoteRequest = Message<"kvraftpb.MemberPromoteRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.MemberPromoteRequest.
+ * Use `create(MemberPromoteRequestSchema)` to create a new message.
+ */
+export const MemberPromoteRequestSchema: GenMessage<MemberPromoteRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 26);
+
+/**
+ * @generated from message kvraftpb.MemberRemoveRequest
+ */
+export type MemberRemoveRequest = Message<"kvraftpb.MemberRemoveRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.MemberRemoveRequest.
+ * Use `create(MemberRemoveRequestSchema)` to create a new message.
+ */
+export const MemberRemoveRequestSchema: GenMessage<MemberRemoveRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 27);
+
+/**
+ * Each change answers with the configuration once the change has committed.
+ *
+ * @generated from message kvraftpb.MemberAddResponse
+ */
+export type MemberAddResponse = Message<"kvraftpb.MemberAddResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberAddResponse.
+ * Use `create(MemberAddResponseSchema)` to create a new message.
+ */
+export const MemberAddResponseSchema: GenMessage<MemberAddResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 28);
+
+/**
+ * @generated from message kvraftpb.MemberPromoteResponse
+ */
+export type MemberPromoteResponse = Message<"kvraftpb.MemberPromoteResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberPromoteResponse.
+ * Use `create(MemberPromoteResponseSchema)` to create a new message.
+ */
+export const MemberPromoteResponseSchema: GenMessage<MemberPromoteResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 29);
+
+/**
+ * @generated from message kvraftpb.MemberRemoveResponse
+ */
+export type MemberRemoveResponse = Message<"kvraftpb.MemberRemoveResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberRemoveResponse.
+ * Use `create(MemberRemoveResponseSchema)` to create a new message.
+ */
+export const MemberRemoveResponseSchema: GenMessage<MemberRemoveResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 30);
+
+/**
+ * @generated from message kvraftpb.TransferLeaderRequest
+ */
+export type TransferLeaderRequest = Message<"kvraftpb.TransferLeaderRequest"> & {
+  /**
+   * The voter to hand leadership to.
+   *
+   * @generated from field: int64 to = 1;
+   */
+  to: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.TransferLeaderRequest.
+ * Use `create(TransferLeaderRequestSchema)` to create a new message.
+ */
+export const TransferLeaderRequestSchema: GenMessage<TransferLeaderRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 31);
+
+/**
+ * @generated from message kvraftpb.TransferLeaderResponse
+ */
+export type TransferLeaderResponse = Message<"kvraftpb.TransferLeaderResponse"> & {
+  /**
+   * @generated from field: int64 leader_id = 1;
+   */
+  leaderId: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.TransferLeaderResponse.
+ * Use `create(TransferLeaderResponseSchema)` to create a new message.
+ */
+export const TransferLeaderResponseSchema: GenMessage<TransferLeaderResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 32);
+
+/**
  * @generated from enum kvraftpb.Op
  */
 export enum Op {
@@ -1087,4 +1320,64 @@ export const KVService: GenService<{
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kvraftpb_kvraft, 0);
+
+/**
+ * Membership administration, answered by the leader. A follower refuses with FAILED_PRECONDITION
+ * and the leader's id and address in the message and in the "kvraft-leader-id" /
+ * "kvraft-leader-address" response headers. One change at a time: a change while another is
+ * uncommitted is refused with ABORTED (retry); a learner still catching up cannot be promoted
+ * (ABORTED); nonsense is INVALID_ARGUMENT. Behind the same client authorization as KVService;
+ * a node without client authorization serves it only with --insecure-admin.
+ *
+ * @generated from service kvraftpb.ClusterService
+ */
+export const ClusterService: GenService<{
+  /**
+   * @generated from rpc kvraftpb.ClusterService.MemberList
+   */
+  memberList: {
+    methodKind: "unary";
+    input: typeof MemberListRequestSchema;
+    output: typeof MemberListResponseSchema;
+  },
+  /**
+   * Adds a new node as a learner: it receives the log (or a snapshot) but does not vote.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberAdd
+   */
+  memberAdd: {
+    methodKind: "unary";
+    input: typeof MemberAddRequestSchema;
+    output: typeof MemberAddResponseSchema;
+  },
+  /**
+   * Makes a caught-up learner a voter.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberPromote
+   */
+  memberPromote: {
+    methodKind: "unary";
+    input: typeof MemberPromoteRequestSchema;
+    output: typeof MemberPromoteResponseSchema;
+  },
+  /**
+   * Removes a voter or learner; removing the leader hands leadership to the most caught-up voter.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberRemove
+   */
+  memberRemove: {
+    methodKind: "unary";
+    input: typeof MemberRemoveRequestSchema;
+    output: typeof MemberRemoveResponseSchema;
+  },
+  /**
+   * @generated from rpc kvraftpb.ClusterService.TransferLeader
+   */
+  transferLeader: {
+    methodKind: "unary";
+    input: typeof TransferLeaderRequestSchema;
+    output: typeof TransferLeaderResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_kvraftpb_kvraft, 1);
 
