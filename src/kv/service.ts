@@ -10,6 +10,7 @@ import type { KVOp } from "./replies.ts";
 import type { KVServer } from "./server.ts";
 import { txnHandlers, type TxnBackend } from "./service-txn.ts";
 import { watchHandlers, type WatchBackend } from "./service-watch.ts";
+import { memberList } from "./cluster-service.ts";
 import {
   BatchResponseSchema,
   BatchResultSchema,
@@ -129,6 +130,7 @@ export function registerKVService(
           members: status.members.map((m) => BigInt(m)),
           snapshotIndex: BigInt(status.snapshotIndex),
           keyCount: BigInt(status.keyCount),
+          memberDetails: memberList(status),
         });
         if (status.leaderId >= 0) response.leader = { case: "leaderId", value: BigInt(status.leaderId) };
         return response;

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvraftpb/kvraft.proto.
  */
 export const file_kvraftpb_kvraft: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIkwKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSEwoJbGVhZGVyX2lkGAMgASgDSABCCAoGbGVhZGVyIhgKFlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QiWAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USCwoDZXJyGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoAxITCglsZWFkZXJfaWQYAyABKANIAEIICgZsZWFkZXIiOgoMQmF0Y2hSZXF1ZXN0EioKCGNvbW1hbmRzGAEgAygLMhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QiWQoLQmF0Y2hSZXN1bHQSKwoIcmVzcG9uc2UYASABKAsyGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USDAoEY29kZRgCIAEoBRIPCgdtZXNzYWdlGAMgASgJIjcKDUJhdGNoUmVzcG9uc2USJgoHcmVzdWx0cxgBIAMoCzIVLmt2cmFmdHBiLkJhdGNoUmVzdWx0IhIKEEdldFN0YXR1c1JlcXVlc3Qi2QEKEUdldFN0YXR1c1Jlc3BvbnNlEgoKAmlkGAEgASgDEg0KBXN0YXRlGAIgASgJEgwKBHRlcm0YAyABKAMSFAoMbGFzdF9hcHBsaWVkGAQgASgDEhQKDGNvbW1pdF9pbmRleBgFIAEoAxIUCgxzdG9yYWdlX3NpemUYBiABKAMSEwoJbGVhZGVyX2lkGAcgASgDSAASDwoHbWVtYmVycxgIIAMoAxIWCg5zbmFwc2hvdF9pbmRleBgJIAEoAxIRCglrZXlfY291bnQYCiABKANCCAoGbGVhZGVyIoUBCg5SZXNwb25zZUhlYWRlchIQCghyZXZpc2lvbhgBIAEoAxIRCgltZW1iZXJfaWQYAiABKAMSEQoJcmFmdF90ZXJtGAMgASgDEgsKA2VychgEIAEoCRIuCglsZWFkZXJfaWQYBSABKAsyGy5nb29nbGUucHJvdG9idWYuSW50NjRWYWx1ZSJmCghLZXlWYWx1ZRILCgNrZXkYASABKAwSFwoPY3JlYXRlX3JldmlzaW9uGAIgASgDEhQKDG1vZF9yZXZpc2lvbhgDIAEoAxIPCgd2ZXJzaW9uGAQgASgDEg0KBXZhbHVlGAUgASgMInoKDFJhbmdlUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEg0KBWxpbWl0GAMgASgDEhQKDHNlcmlhbGl6YWJsZRgHIAEoCBIRCglrZXlzX29ubHkYCCABKAgSEgoKY291bnRfb25seRgJIAEoCCKJAQoNUmFuZ2VSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIfCgNrdnMYAiADKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZRIMCgRtb3JlGAMgASgIEg0KBWNvdW50GAQgASgDEhAKCG5leHRfa2V5GAUgASgMIjkKClB1dFJlcXVlc3QSCwoDa2V5GAEgASgMEg0KBXZhbHVlGAIgASgMEg8KB3ByZXZfa3YYBCABKAgiXAoLUHV0UmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISIwoHcHJldl9rdhgCIAEoCzISLmt2cmFmdHBiLktleVZhbHVlIoABChJEZWxldGVSYW5nZVJlcXVlc3QSCwoDa2V5GAEgASgMEhEKCXJhbmdlX2VuZBgCIAEoDBIPCgdwcmV2X2t2GAMgASgIEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDEhIKCnJlZ2lzdGVyZWQYBiABKAgidgoTRGVsZXRlUmFuZ2VSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIPCgdkZWxldGVkGAIgASgDEiQKCHByZXZfa3ZzGAMgAygLMhIua3ZyYWZ0cGIuS2V5VmFsdWUisgEKCVJlcXVlc3RPcBIvCg1yZXF1ZXN0X3JhbmdlGAEgASgLMhYua3ZyYWZ0cGIuUmFuZ2VSZXF1ZXN0SAASKwoLcmVxdWVzdF9wdXQYAiABKAsyFC5rdnJhZnRwYi5QdXRSZXF1ZXN0SAASPAoUcmVxdWVzdF9kZWxldGVfcmFuZ2UYAyABKAsyHC5rdnJhZnRwYi5EZWxldGVSYW5nZVJlcXVlc3RIAEIJCgdyZXF1ZXN0IroBCgpSZXNwb25zZU9wEjEKDnJlc3BvbnNlX3JhbmdlGAEgASgLMhcua3ZyYWZ0cGIuUmFuZ2VSZXNwb25zZUgAEi0KDHJlc3BvbnNlX3B1dBgCIAEoCzIVLmt2cmFmdHBiLlB1dFJlc3BvbnNlSAASPgoVcmVzcG9uc2VfZGVsZXRlX3JhbmdlGAMgASgLMh0ua3ZyYWZ0cGIuRGVsZXRlUmFuZ2VSZXNwb25zZUgAQgoKCHJlc3BvbnNlIt8CCgdDb21wYXJlEi8KBnJlc3VsdBgBIAEoDjIfLmt2cmFmdHBiLkNvbXBhcmUuQ29tcGFyZVJlc3VsdBIvCgZ0YXJnZXQYAiABKA4yHy5rdnJhZnRwYi5Db21wYXJlLkNvbXBhcmVUYXJnZXQSCwoDa2V5GAMgASgMEhEKB3ZlcnNpb24YBCABKANIABIZCg9jcmVhdGVfcmV2aXNpb24YBSABKANIABIWCgxtb2RfcmV2aXNpb24YBiABKANIABIPCgV2YWx1ZRgHIAEoDEgAIkAKDUNvbXBhcmVSZXN1bHQSCQoFRVFVQUwQABILCgdHUkVBVEVSEAESCAoETEVTUxACEg0KCU5PVF9FUVVBTBADIjwKDUNvbXBhcmVUYXJnZXQSCwoHVkVSU0lPThAAEgoKBkNSRUFURRABEgcKA01PRBACEgkKBVZBTFVFEANCDgoMdGFyZ2V0X3VuaW9uIrcBCgpUeG5SZXF1ZXN0EiIKB2NvbXBhcmUYASADKAsyES5rdnJhZnRwYi5Db21wYXJlEiQKB3N1Y2Nlc3MYAiADKAsyEy5rdnJhZnRwYi5SZXF1ZXN0T3ASJAoHZmFpbHVyZRgDIAMoCzITLmt2cmFmdHBiLlJlcXVlc3RPcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIInMKC1R4blJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEhEKCXN1Y2NlZWRlZBgCIAEoCBInCglyZXNwb25zZXMYAyADKAsyFC5rdnJhZnRwYi5SZXNwb25zZU9wIssBCgxXYXRjaFJlcXVlc3QSCwoDa2V5GAEgASgMEhEKCXJhbmdlX2VuZBgCIAEoDBIWCg5zdGFydF9yZXZpc2lvbhgDIAEoAxIXCg9wcm9ncmVzc19ub3RpZnkYBCABKAgSMgoHZmlsdGVycxgFIAMoDjIhLmt2cmFmdHBiLldhdGNoUmVxdWVzdC5GaWx0ZXJUeXBlEg8KB3ByZXZfa3YYBiABKAgiJQoKRmlsdGVyVHlwZRIJCgVOT1BVVBAAEgwKCE5PREVMRVRFEAEilwEKBUV2ZW50EicKBHR5cGUYASABKA4yGS5rdnJhZnRwYi5FdmVudC5FdmVudFR5cGUSHgoCa3YYAiABKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZRIjCgdwcmV2X2t2GAMgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUiIAoJRXZlbnRUeXBlEgcKA1BVVBAAEgoKBkRFTEVURRABIq4BCg1XYXRjaFJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2NyZWF0ZWQYAyABKAgSEAoIY2FuY2VsZWQYBCABKAgSGAoQY29tcGFjdF9yZXZpc2lvbhgFIAEoAxIVCg1jYW5jZWxfcmVhc29uGAYgASgJEh8KBmV2ZW50cxgLIAMoCzIPLmt2cmFmdHBiLkV2ZW50Ki4KAk9wEgcKA1BVVBAAEgoKBkFQUEVORBABEgcKA0dFVBACEgoKBkRFTEVURRADMpkECglLVlNlcnZpY2USPgoHQ29tbWFuZBIYLmt2cmFmdHBiLkNvbW1hbmRSZXF1ZXN0Ghkua3ZyYWZ0cGIuQ29tbWFuZFJlc3BvbnNlEkQKCUdldFN0YXR1cxIaLmt2cmFmdHBiLkdldFN0YXR1c1JlcXVlc3QaGy5rdnJhZnRwYi5HZXRTdGF0dXNSZXNwb25zZRJWCg9SZWdpc3RlclNlc3Npb24SIC5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiEua3ZyYWZ0cGIuUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USOAoFUmFuZ2USFi5rdnJhZnRwYi5SYW5nZVJlcXVlc3QaFy5rdnJhZnRwYi5SYW5nZVJlc3BvbnNlEkoKC0RlbGV0ZVJhbmdlEhwua3ZyYWZ0cGIuRGVsZXRlUmFuZ2VSZXF1ZXN0Gh0ua3ZyYWZ0cGIuRGVsZXRlUmFuZ2VSZXNwb25zZRIyCgNUeG4SFC5rdnJhZnRwYi5UeG5SZXF1ZXN0GhUua3ZyYWZ0cGIuVHhuUmVzcG9uc2USOgoFV2F0Y2gSFi5rdnJhZnRwYi5XYXRjaFJlcXVlc3QaFy5rdnJhZnRwYi5XYXRjaFJlc3BvbnNlMAESOAoFQmF0Y2gSFi5rdnJhZnRwYi5CYXRjaFJlcXVlc3QaFy5rdnJhZnRwYi5CYXRjaFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_wrappers]);
+  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIkwKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSEwoJbGVhZGVyX2lkGAMgASgDSABCCAoGbGVhZGVyIhgKFlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QiWAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USCwoDZXJyGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoAxITCglsZWFkZXJfaWQYAyABKANIAEIICgZsZWFkZXIiOgoMQmF0Y2hSZXF1ZXN0EioKCGNvbW1hbmRzGAEgAygLMhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QiWQoLQmF0Y2hSZXN1bHQSKwoIcmVzcG9uc2UYASABKAsyGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USDAoEY29kZRgCIAEoBRIPCgdtZXNzYWdlGAMgASgJIjcKDUJhdGNoUmVzcG9uc2USJgoHcmVzdWx0cxgBIAMoCzIVLmt2cmFmdHBiLkJhdGNoUmVzdWx0IhIKEEdldFN0YXR1c1JlcXVlc3QigwIKEUdldFN0YXR1c1Jlc3BvbnNlEgoKAmlkGAEgASgDEg0KBXN0YXRlGAIgASgJEgwKBHRlcm0YAyABKAMSFAoMbGFzdF9hcHBsaWVkGAQgASgDEhQKDGNvbW1pdF9pbmRleBgFIAEoAxIUCgxzdG9yYWdlX3NpemUYBiABKAMSEwoJbGVhZGVyX2lkGAcgASgDSAASDwoHbWVtYmVycxgIIAMoAxIWCg5zbmFwc2hvdF9pbmRleBgJIAEoAxIRCglrZXlfY291bnQYCiABKAMSKAoObWVtYmVyX2RldGFpbHMYCyADKAsyEC5rdnJhZnRwYi5NZW1iZXJCCAoGbGVhZGVyIoUBCg5SZXNwb25zZUhlYWRlchIQCghyZXZpc2lvbhgBIAEoAxIRCgltZW1iZXJfaWQYAiABKAMSEQoJcmFmdF90ZXJtGAMgASgDEgsKA2VychgEIAEoCRIuCglsZWFkZXJfaWQYBSABKAsyGy5nb29nbGUucHJvdG9idWYuSW50NjRWYWx1ZSJmCghLZXlWYWx1ZRILCgNrZXkYASABKAwSFwoPY3JlYXRlX3JldmlzaW9uGAIgASgDEhQKDG1vZF9yZXZpc2lvbhgDIAEoAxIPCgd2ZXJzaW9uGAQgASgDEg0KBXZhbHVlGAUgASgMInoKDFJhbmdlUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEg0KBWxpbWl0GAMgASgDEhQKDHNlcmlhbGl6YWJsZRgHIAEoCBIRCglrZXlzX29ubHkYCCABKAgSEgoKY291bnRfb25seRgJIAEoCCKJAQoNUmFuZ2VSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIfCgNrdnMYAiADKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZRIMCgRtb3JlGAMgASgIEg0KBWNvdW50GAQgASgDEhAKCG5leHRfa2V5GAUgASgMIjkKClB1dFJlcXVlc3QSCwoDa2V5GAEgASgMEg0KBXZhbHVlGAIgASgMEg8KB3ByZXZfa3YYBCABKAgiXAoLUHV0UmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISIwoHcHJldl9rdhgCIAEoCzISLmt2cmFmdHBiLktleVZhbHVlIoABChJEZWxldGVSYW5nZVJlcXVlc3QSCwoDa2V5GAEgASgMEhEKCXJhbmdlX2VuZBgCIAEoDBIPCgdwcmV2X2t2GAMgASgIEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDEhIKCnJlZ2lzdGVyZWQYBiABKAgidgoTRGVsZXRlUmFuZ2VSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIPCgdkZWxldGVkGAIgASgDEiQKCHByZXZfa3ZzGAMgAygLMhIua3ZyYWZ0cGIuS2V5VmFsdWUisgEKCVJlcXVlc3RPcBIvCg1yZXF1ZXN0X3JhbmdlGAEgASgLMhYua3ZyYWZ0cGIuUmFuZ2VSZXF1ZXN0SAASKwoLcmVxdWVzdF9wdXQYAiABKAsyFC5rdnJhZnRwYi5QdXRSZXF1ZXN0SAASPAoUcmVxdWVzdF9kZWxldGVfcmFuZ2UYAyABKAsyHC5rdnJhZnRwYi5EZWxldGVSYW5nZVJlcXVlc3RIAEIJCgdyZXF1ZXN0IroBCgpSZXNwb25zZU9wEjEKDnJlc3BvbnNlX3JhbmdlGAEgASgLMhcua3ZyYWZ0cGIuUmFuZ2VSZXNwb25zZUgAEi0KDHJlc3BvbnNlX3B1dBgCIAEoCzIVLmt2cmFmdHBiLlB1dFJlc3BvbnNlSAASPgoVcmVzcG9uc2VfZGVsZXRlX3JhbmdlGAMgASgLMh0ua3ZyYWZ0cGIuRGVsZXRlUmFuZ2VSZXNwb25zZUgAQgoKCHJlc3BvbnNlIt8CCgdDb21wYXJlEi8KBnJlc3VsdBgBIAEoDjIfLmt2cmFmdHBiLkNvbXBhcmUuQ29tcGFyZVJlc3VsdBIvCgZ0YXJnZXQYAiABKA4yHy5rdnJhZnRwYi5Db21wYXJlLkNvbXBhcmVUYXJnZXQSCwoDa2V5GAMgASgMEhEKB3ZlcnNpb24YBCABKANIABIZCg9jcmVhdGVfcmV2aXNpb24YBSABKANIABIWCgxtb2RfcmV2aXNpb24YBiABKANIABIPCgV2YWx1ZRgHIAEoDEgAIkAKDUNvbXBhcmVSZXN1bHQSCQoFRVFVQUwQABILCgdHUkVBVEVSEAESCAoETEVTUxACEg0KCU5PVF9FUVVBTBADIjwKDUNvbXBhcmVUYXJnZXQSCwoHVkVSU0lPThAAEgoKBkNSRUFURRABEgcKA01PRBACEgkKBVZBTFVFEANCDgoMdGFyZ2V0X3VuaW9uIrcBCgpUeG5SZXF1ZXN0EiIKB2NvbXBhcmUYASADKAsyES5rdnJhZnRwYi5Db21wYXJlEiQKB3N1Y2Nlc3MYAiADKAsyEy5rdnJhZnRwYi5SZXF1ZXN0T3ASJAoHZmFpbHVyZRgDIAMoCzITLmt2cmFmdHBiLlJlcXVlc3RPcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIInMKC1R4blJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEhEKCXN1Y2NlZWRlZBgCIAEoCBInCglyZXNwb25zZXMYAyADKAsyFC5rdnJhZnRwYi5SZXNwb25zZU9wIssBCgxXYXRjaFJlcXVlc3QSCwoDa2V5GAEgASgMEhEKCXJhbmdlX2VuZBgCIAEoDBIWCg5zdGFydF9yZXZpc2lvbhgDIAEoAxIXCg9wcm9ncmVzc19ub3RpZnkYBCABKAgSMgoHZmlsdGVycxgFIAMoDjIhLmt2cmFmdHBiLldhdGNoUmVxdWVzdC5GaWx0ZXJUeXBlEg8KB3ByZXZfa3YYBiABKAgiJQoKRmlsdGVyVHlwZRIJCgVOT1BVVBAAEgwKCE5PREVMRVRFEAEilwEKBUV2ZW50EicKBHR5cGUYASABKA4yGS5rdnJhZnRwYi5FdmVudC5FdmVudFR5cGUSHgoCa3YYAiABKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZRIjCgdwcmV2X2t2GAMgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUiIAoJRXZlbnRUeXBlEgcKA1BVVBAAEgoKBkRFTEVURRABIq4BCg1XYXRjaFJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2NyZWF0ZWQYAyABKAgSEAoIY2FuY2VsZWQYBCABKAgSGAoQY29tcGFjdF9yZXZpc2lvbhgFIAEoAxIVCg1jYW5jZWxfcmVhc29uGAYgASgJEh8KBmV2ZW50cxgLIAMoCzIPLmt2cmFmdHBiLkV2ZW50IjMKBk1lbWJlchIKCgJpZBgBIAEoAxIPCgdhZGRyZXNzGAIgASgJEgwKBHJvbGUYAyABKAkiEwoRTWVtYmVyTGlzdFJlcXVlc3QiXgoSTWVtYmVyTGlzdFJlc3BvbnNlEiEKB21lbWJlcnMYASADKAsyEC5rdnJhZnRwYi5NZW1iZXISEQoJbGVhZGVyX2lkGAIgASgDEhIKCmNsdXN0ZXJfaWQYAyABKAkiLwoQTWVtYmVyQWRkUmVxdWVzdBIKCgJpZBgBIAEoAxIPCgdhZGRyZXNzGAIgASgJIiIKFE1lbWJlclByb21vdGVSZXF1ZXN0EgoKAmlkGAEgASgDIiEKE01lbWJlclJlbW92ZVJlcXVlc3QSCgoCaWQYASABKAMiNgoRTWVtYmVyQWRkUmVzcG9uc2USIQoHbWVtYmVycxgBIAMoCzIQLmt2cmFmdHBiLk1lbWJlciI6ChVNZW1iZXJQcm9tb3RlUmVzcG9uc2USIQoHbWVtYmVycxgBIAMoCzIQLmt2cmFmdHBiLk1lbWJlciI5ChRNZW1iZXJSZW1vdmVSZXNwb25zZRIhCgdtZW1iZXJzGAEgAygLMhAua3ZyYWZ0cGIuTWVtYmVyIiMKFVRyYW5zZmVyTGVhZGVyUmVxdWVzdBIKCgJ0bxgBIAEoAyIrChZUcmFuc2ZlckxlYWRlclJlc3BvbnNlEhEKCWxlYWRlcl9pZBgBIAEoAyouCgJPcBIHCgNQVVQQABIKCgZBUFBFTkQQARIHCgNHRVQQAhIKCgZERUxFVEUQAzKZBAoJS1ZTZXJ2aWNlEj4KB0NvbW1hbmQSGC5rdnJhZnRwYi5Db21tYW5kUmVxdWVzdBoZLmt2cmFmdHBiLkNvbW1hbmRSZXNwb25zZRJECglHZXRTdGF0dXMSGi5rdnJhZnRwYi5HZXRTdGF0dXNSZXF1ZXN0Ghsua3ZyYWZ0cGIuR2V0U3RhdHVzUmVzcG9uc2USVgoPUmVnaXN0ZXJTZXNzaW9uEiAua3ZyYWZ0cGIuUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBohLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEjgKBVJhbmdlEhYua3ZyYWZ0cGIuUmFuZ2VSZXF1ZXN0Ghcua3ZyYWZ0cGIuUmFuZ2VSZXNwb25zZRJKCgtEZWxldGVSYW5nZRIcLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVxdWVzdBodLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVzcG9uc2USMgoDVHhuEhQua3ZyYWZ0cGIuVHhuUmVxdWVzdBoVLmt2cmFmdHBiLlR4blJlc3BvbnNlEjoKBVdhdGNoEhYua3ZyYWZ0cGIuV2F0Y2hSZXF1ZXN0Ghcua3ZyYWZ0cGIuV2F0Y2hSZXNwb25zZTABEjgKBUJhdGNoEhYua3ZyYWZ0cGIuQmF0Y2hSZXF1ZXN0Ghcua3ZyYWZ0cGIuQmF0Y2hSZXNwb25zZTKVAwoOQ2x1c3RlclNlcnZpY2USRwoKTWVtYmVyTGlzdBIbLmt2cmFmdHBiLk1lbWJlckxpc3RSZXF1ZXN0Ghwua3ZyYWZ0cGIuTWVtYmVyTGlzdFJlc3BvbnNlEkQKCU1lbWJlckFkZBIaLmt2cmFmdHBiLk1lbWJlckFkZFJlcXVlc3QaGy5rdnJhZnRwYi5NZW1iZXJBZGRSZXNwb25zZRJQCg1NZW1iZXJQcm9tb3RlEh4ua3ZyYWZ0cGIuTWVtYmVyUHJvbW90ZVJlcXVlc3QaHy5rdnJhZnRwYi5NZW1iZXJQcm9tb3RlUmVzcG9uc2USTQoMTWVtYmVyUmVtb3ZlEh0ua3ZyYWZ0cGIuTWVtYmVyUmVtb3ZlUmVxdWVzdBoeLmt2cmFmdHBiLk1lbWJlclJlbW92ZVJlc3BvbnNlElMKDlRyYW5zZmVyTGVhZGVyEh8ua3ZyYWZ0cGIuVHJhbnNmZXJMZWFkZXJSZXF1ZXN0GiAua3ZyYWZ0cGIuVHJhbnNmZXJMZWFkZXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_wrappers]);
 
 /**
  * One operation. Sessions and exactly-once writes:
@@ -322,6 +322,8 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
   } | { case: undefined; value?: undefined };
 
   /**
+   * The voters of the configuration this node uses.
+   *
    * @generated from field: repeated int64 members = 8;
    */
   members: bigint[];
@@ -335,6 +337,13 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
    * @generated from field: int64 key_count = 10;
    */
   keyCount: bigint;
+
+  /**
+   * Every member (voters and learners) with its address and role, as this node knows them.
+   *
+   * @generated from field: repeated kvraftpb.Member member_details = 11;
+   */
+  memberDetails: Member[];
 };
 
 /**
@@ -1065,6 +1074,230 @@ export const WatchResponseSchema: GenMessage<WatchResponse> = /*@__PURE__*/
   messageDesc(file_kvraftpb_kvraft, 24);
 
 /**
+ * One member of the cluster's configuration.
+ *
+ * @generated from message kvraftpb.Member
+ */
+export type Member = Message<"kvraftpb.Member"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * host:port where the member serves (peers and clients); empty when not recorded.
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * "voter" or "learner".
+   *
+   * @generated from field: string role = 3;
+   */
+  role: string;
+};
+
+/**
+ * Describes the message kvraftpb.Member.
+ * Use `create(MemberSchema)` to create a new message.
+ */
+export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 25);
+
+/**
+ * @generated from message kvraftpb.MemberListRequest
+ */
+export type MemberListRequest = Message<"kvraftpb.MemberListRequest"> & {
+};
+
+/**
+ * Describes the message kvraftpb.MemberListRequest.
+ * Use `create(MemberListRequestSchema)` to create a new message.
+ */
+export const MemberListRequestSchema: GenMessage<MemberListRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 26);
+
+/**
+ * @generated from message kvraftpb.MemberListResponse
+ */
+export type MemberListResponse = Message<"kvraftpb.MemberListResponse"> & {
+  /**
+   * Voters first, then learners, each by id.
+   *
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+
+  /**
+   * @generated from field: int64 leader_id = 2;
+   */
+  leaderId: bigint;
+
+  /**
+   * The cluster id (16 hex digits) a joining node must present to its peers.
+   *
+   * @generated from field: string cluster_id = 3;
+   */
+  clusterId: string;
+};
+
+/**
+ * Describes the message kvraftpb.MemberListResponse.
+ * Use `create(MemberListResponseSchema)` to create a new message.
+ */
+export const MemberListResponseSchema: GenMessage<MemberListResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 27);
+
+/**
+ * @generated from message kvraftpb.MemberAddRequest
+ */
+export type MemberAddRequest = Message<"kvraftpb.MemberAddRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * host:port of the new member (where the other nodes reach it).
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+};
+
+/**
+ * Describes the message kvraftpb.MemberAddRequest.
+ * Use `create(MemberAddRequestSchema)` to create a new message.
+ */
+export const MemberAddRequestSchema: GenMessage<MemberAddRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 28);
+
+/**
+ * @generated from message kvraftpb.MemberPromoteRequest
+ */
+export type MemberPromoteRequest = Message<"kvraftpb.MemberPromoteRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.MemberPromoteRequest.
+ * Use `create(MemberPromoteRequestSchema)` to create a new message.
+ */
+export const MemberPromoteRequestSchema: GenMessage<MemberPromoteRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 29);
+
+/**
+ * @generated from message kvraftpb.MemberRemoveRequest
+ */
+export type MemberRemoveRequest = Message<"kvraftpb.MemberRemoveRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.MemberRemoveRequest.
+ * Use `create(MemberRemoveRequestSchema)` to create a new message.
+ */
+export const MemberRemoveRequestSchema: GenMessage<MemberRemoveRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 30);
+
+/**
+ * Each change answers with the configuration once the change has committed.
+ *
+ * @generated from message kvraftpb.MemberAddResponse
+ */
+export type MemberAddResponse = Message<"kvraftpb.MemberAddResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberAddResponse.
+ * Use `create(MemberAddResponseSchema)` to create a new message.
+ */
+export const MemberAddResponseSchema: GenMessage<MemberAddResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 31);
+
+/**
+ * @generated from message kvraftpb.MemberPromoteResponse
+ */
+export type MemberPromoteResponse = Message<"kvraftpb.MemberPromoteResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberPromoteResponse.
+ * Use `create(MemberPromoteResponseSchema)` to create a new message.
+ */
+export const MemberPromoteResponseSchema: GenMessage<MemberPromoteResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 32);
+
+/**
+ * @generated from message kvraftpb.MemberRemoveResponse
+ */
+export type MemberRemoveResponse = Message<"kvraftpb.MemberRemoveResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberRemoveResponse.
+ * Use `create(MemberRemoveResponseSchema)` to create a new message.
+ */
+export const MemberRemoveResponseSchema: GenMessage<MemberRemoveResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 33);
+
+/**
+ * @generated from message kvraftpb.TransferLeaderRequest
+ */
+export type TransferLeaderRequest = Message<"kvraftpb.TransferLeaderRequest"> & {
+  /**
+   * The voter to hand leadership to.
+   *
+   * @generated from field: int64 to = 1;
+   */
+  to: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.TransferLeaderRequest.
+ * Use `create(TransferLeaderRequestSchema)` to create a new message.
+ */
+export const TransferLeaderRequestSchema: GenMessage<TransferLeaderRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 34);
+
+/**
+ * @generated from message kvraftpb.TransferLeaderResponse
+ */
+export type TransferLeaderResponse = Message<"kvraftpb.TransferLeaderResponse"> & {
+  /**
+   * @generated from field: int64 leader_id = 1;
+   */
+  leaderId: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.TransferLeaderResponse.
+ * Use `create(TransferLeaderResponseSchema)` to create a new message.
+ */
+export const TransferLeaderResponseSchema: GenMessage<TransferLeaderResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 35);
+
+/**
  * @generated from enum kvraftpb.Op
  */
 export enum Op {
@@ -1173,4 +1406,64 @@ export const KVService: GenService<{
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kvraftpb_kvraft, 0);
+
+/**
+ * Membership administration, answered by the leader. A follower refuses with FAILED_PRECONDITION
+ * and the leader's id and address in the message and in the "kvraft-leader-id" /
+ * "kvraft-leader-address" response headers. One change at a time: a change while another is
+ * uncommitted is refused with ABORTED (retry); a learner still catching up cannot be promoted
+ * (ABORTED); nonsense is INVALID_ARGUMENT. Behind the same client authorization as KVService;
+ * a node without client authorization serves it only with --insecure-admin.
+ *
+ * @generated from service kvraftpb.ClusterService
+ */
+export const ClusterService: GenService<{
+  /**
+   * @generated from rpc kvraftpb.ClusterService.MemberList
+   */
+  memberList: {
+    methodKind: "unary";
+    input: typeof MemberListRequestSchema;
+    output: typeof MemberListResponseSchema;
+  },
+  /**
+   * Adds a new node as a learner: it receives the log (or a snapshot) but does not vote.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberAdd
+   */
+  memberAdd: {
+    methodKind: "unary";
+    input: typeof MemberAddRequestSchema;
+    output: typeof MemberAddResponseSchema;
+  },
+  /**
+   * Makes a caught-up learner a voter.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberPromote
+   */
+  memberPromote: {
+    methodKind: "unary";
+    input: typeof MemberPromoteRequestSchema;
+    output: typeof MemberPromoteResponseSchema;
+  },
+  /**
+   * Removes a voter or learner; removing the leader hands leadership to the most caught-up voter.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberRemove
+   */
+  memberRemove: {
+    methodKind: "unary";
+    input: typeof MemberRemoveRequestSchema;
+    output: typeof MemberRemoveResponseSchema;
+  },
+  /**
+   * @generated from rpc kvraftpb.ClusterService.TransferLeader
+   */
+  transferLeader: {
+    methodKind: "unary";
+    input: typeof TransferLeaderRequestSchema;
+    output: typeof TransferLeaderResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_kvraftpb_kvraft, 1);
 
