@@ -1,7 +1,7 @@
 // Command line of `bun bench`: which suites, how big, where results go. Bad input raises
 // UsageError (exit status 2) with a message that says what to type instead.
 
-export const SUITES = ["lsm", "raft", "cluster"] as const;
+export const SUITES = ["lsm", "raft", "cluster", "metrics"] as const;
 export type SuiteName = (typeof SUITES)[number];
 
 export interface BenchOptions {
@@ -19,6 +19,8 @@ export interface BenchOptions {
   /** Seconds per cluster load point. */
   seconds: number | null;
   resultsDir: string;
+  /** cluster: start kvserver with --no-fast-lane (every call through connectNodeAdapter). */
+  noFastLane: boolean;
   help: boolean;
 }
 
@@ -40,12 +42,15 @@ suites (default: all)
   lsm        db_bench workloads: our LSM engine vs LevelDB through classic-level, in process
   raft       proposals committed per second on 3 and 5 in-process Raft nodes with real log stores
   cluster    three kvserver processes on 127.0.0.1 under a closed-loop load generator
+  metrics    cost of recording one metric on the hot path: our recorders vs prom-client's
 
 options
   --quick            a small version of every chosen suite (about a minute in all)
   --runs N           runs per side of each comparison (default 3, 1 with --quick)
   --keys N           LSM key count (default 1,000,000; 50,000 with --quick)
   --seconds S        seconds per cluster load point (default 10; 2 with --quick)
+  --no-fast-lane     cluster: kvserver without its fast lanes (HTTP/1.1 unary lane and the
+                     HTTP/2 peer frame lane), to measure what they gain against a run without
   --vs-etcd          cluster: also run a 3-member etcd (needs \`etcd\` on PATH) and compare
   --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
   --big-keys N       the same with N keys
@@ -75,6 +80,7 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
     lsmKeys: null,
     seconds: null,
     resultsDir: defaultResultsDir,
+    noFastLane: false,
     help: false,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -94,6 +100,9 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
         break;
       case "--big":
         o.big = true;
+        break;
+      case "--no-fast-lane":
+        o.noFastLane = true;
         break;
       case "--json": {
         const file = value();
@@ -133,6 +142,7 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
   if (o.suites.length === 0) o.suites = [...SUITES];
   if (o.runs === 0) o.runs = o.quick ? 1 : 3;
   if (o.vsEtcd && !o.suites.includes("cluster")) throw new UsageError("--vs-etcd applies to the cluster suite; add `cluster`");
+  if (o.noFastLane && !o.suites.includes("cluster")) throw new UsageError("--no-fast-lane applies to the cluster suite; add `cluster`");
   if (o.big && !o.suites.includes("lsm")) throw new UsageError("--big applies to the lsm suite; add `lsm`");
   return o;
 }

@@ -1,15 +1,19 @@
-// `bun run sim --seed S [--nodes N] [--steps K] [--kv]`: one deterministic randomized fault
-// schedule; prints one summary line (same seed ⇒ same bytes), or the violated invariant and exits 1.
+// `bun run sim --seed S [--nodes N] [--steps K] [--kv | --membership]`: one deterministic randomized
+// fault schedule; prints one summary line (same seed ⇒ same bytes), or the violated invariant and exits 1.
 
-import { InvariantViolation, replayCommand, runRandomSchedule } from "../sim/raft-core/index.ts";
+import { InvariantViolation, membershipReplayCommand, replayCommand, runMembershipSchedule, runRandomSchedule } from "../sim/raft-core/index.ts";
 
-const USAGE = "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--kv]";
+const USAGE =
+  "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--kv | --membership]\n" +
+  "  --membership: the schedule also adds learners, promotes and removes members (the leader too);\n" +
+  "                N-2 nodes start as voters, the rest wait to be added (N >= 2)";
 
 export interface SimCliOptions {
   seed: number;
   nodes: number;
   steps: number;
   kv: boolean;
+  membership: boolean;
   /** Flags this parser does not know, passed through to the KV simulator. */
   extra: string[];
 }
@@ -19,7 +23,7 @@ export class UsageError extends Error {
 }
 
 export function parseSimArgs(argv: string[]): SimCliOptions {
-  const out: SimCliOptions = { seed: NaN, nodes: 5, steps: 2000, kv: false, extra: [] };
+  const out: SimCliOptions = { seed: NaN, nodes: 5, steps: 2000, kv: false, membership: false, extra: [] };
   const int = (name: string, raw: string | undefined, lo: number, hi: number): number => {
     if (raw === undefined || !/^\d+$/.test(raw)) throw new UsageError(`--${name} needs an integer, got ${raw === undefined ? "nothing" : JSON.stringify(raw)}`);
     const v = Number(raw);
@@ -44,6 +48,9 @@ export function parseSimArgs(argv: string[]): SimCliOptions {
       case "--kv":
         out.kv = true;
         break;
+      case "--membership":
+        out.membership = true;
+        break;
       case "-h":
       case "--help":
         throw new UsageError("help");
@@ -53,6 +60,8 @@ export function parseSimArgs(argv: string[]): SimCliOptions {
     }
   }
   if (Number.isNaN(out.seed)) throw new UsageError("--seed is required (any non-negative integer; the same seed replays the same run)");
+  if (out.membership && out.kv) throw new UsageError("--membership and --kv are separate simulators; give one");
+  if (out.membership && out.nodes < 2) throw new UsageError("--membership needs --nodes 2 or more (one spare to add)");
   return out;
 }
 
@@ -65,7 +74,7 @@ async function runKv(options: SimCliOptions): Promise<number> {
     return 0;
   }
   console.error(line);
-  console.error(`replay: bun run sim --kv --seed ${options.seed} --nodes ${options.nodes} --steps ${options.steps}`);
+  console.error(`replay: bun run sim --kv --seed ${options.seed} --nodes ${options.nodes} --steps ${options.steps}${options.extra.map((flag) => ` ${flag}`).join("")}`);
   return 1;
 }
 
@@ -81,7 +90,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     if (options.kv) return await runKv(options);
-    console.log(runRandomSchedule(options).line);
+    console.log((options.membership ? runMembershipSchedule(options) : runRandomSchedule(options)).line);
     return 0;
   } catch (e) {
     if (e instanceof InvariantViolation || (e instanceof Error && (e as { code?: string }).code === "INVARIANT_VIOLATION")) {
@@ -89,7 +98,7 @@ export async function main(argv: string[]): Promise<number> {
       return 1;
     }
     console.error(`seed ${options.seed}: the simulation crashed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-    console.error(`replay: ${replayCommand(options)}`);
+    console.error(`replay: ${options.membership ? membershipReplayCommand(options) : replayCommand(options)}`);
     return 1;
   }
 }

@@ -3,44 +3,43 @@
 import * as path from "node:path";
 import {
   FileLogStore,
-  BackpressureError,
-  EntryTooLargeError,
-  NodeStoppedError,
-  NotLeaderError,
-  ReadIndexTimeoutError,
   RaftNode,
   RealClock,
-  NONE,
   type Clock,
+  type Entry,
   type LogStore,
+  type Membership,
   type NodeId,
+  type LogStoreStats,
+  type RaftNodeStatus,
+  type RaftObserver,
   type SnapshotMeta,
-  type TimerHandle,
+  type StateMachine,
   type Transport,
 } from "../raft/index.ts";
-import { encodeCommand } from "./command.ts";
-import { DeadlineQueue, type Deadline } from "./deadlines.ts";
-import { KVError } from "./errors.ts";
-import { RESULT_NO_KEY } from "./sessions.ts";
-import { KVStateMachine, type AppliedCommand, type KVStateMachineOptions } from "./state-machine.ts";
+import type { DBStats } from "../lsm/index.ts";
+import { commandFingerprint, decodeCommand, encodeCommand, type WriteCommand } from "./command.ts";
+import { DeadlineQueue } from "./deadlines.ts";
+import { InvalidArgumentError, OverloadedError, SessionExpiredError, UnavailableError } from "./errors.ts";
+import { PendingWrites, isApplied, type WriteOutcome } from "./pending-writes.ts";
+import { ReadBatcher } from "./reads.ts";
+import { NO_KEY, OK, WRONG_LEADER, refusal, type CommandArgs, type CommandReply, type RegisterReply } from "./replies.ts";
+import {
+  RESULT_COMMAND_REUSED,
+  RESULT_NO_KEY,
+  RESULT_OK,
+  RESULT_SESSION_EXPIRED,
+  RESULT_STALE_COMMAND,
+  RESULT_TABLE_FULL,
+  RESULT_VALUE_TOO_LARGE,
+  type ResultCode,
+} from "./sessions.ts";
+import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
+import { TxnServer } from "./txn-server.ts";
+import type { TxnLimits } from "./txn.ts";
+import { WatchHub, type WatchLimits } from "./watch-hub.ts";
 
-export type KVOp = "Get" | "Put" | "Append" | "Delete";
-export type KVErr = "OK" | "ErrNoKey" | "ErrWrongLeader" | "ErrTimeout";
-
-export interface CommandArgs {
-  key: string;
-  value: string;
-  op: KVOp;
-  clientId: bigint;
-  commandId: bigint;
-}
-
-export interface CommandReply {
-  err: KVErr;
-  value: string;
-  /** With ErrWrongLeader: the node this one believes leads, when it knows one. */
-  leaderId?: number;
-}
+export type { CommandArgs, CommandReply, KVErr, KVOp, RegisterReply } from "./replies.ts";
 
 export interface KVStatus {
   id: NodeId;
@@ -51,14 +50,32 @@ export interface KVStatus {
   /** LSM bytes on disk plus Raft log bytes. */
   storageSize: number;
   leaderId: NodeId;
+  /** The voters of the configuration this node uses. */
   members: NodeId[];
+  /** Its learners (non-voting members). */
+  learners: NodeId[];
+  /** Address per member id, as stored with the configuration. */
+  addresses: Record<NodeId, string>;
   snapshotIndex: number;
+  /** User keys in this replica's applied state. */
+  keyCount: number;
   /** Live client sessions (duplicate-detection records). */
   sessions: number;
   /** Snapshots this node has installed from a leader since it started. */
   snapshotsInstalled: number;
   /** ReadIndex rounds this node has asked for since it started (Gets share rounds). */
   readIndexRounds: number;
+}
+
+export interface KVDiagnostics {
+  raft: RaftNodeStatus;
+  /** Null once closed. */
+  lsm: DBStats | null;
+  /** The file log's counters (null when the caller passed its own log store). */
+  log: LogStoreStats | null;
+  sessions: number;
+  readIndexRounds: number;
+  pendingCommands: number;
 }
 
 export interface KVLimits {
@@ -80,6 +97,13 @@ export interface KVRaftOptions {
   snapshotThreshold?: number;
   snapshotChunkBytes?: number;
   maxPendingProposals?: number;
+  /** Addresses of the bootstrap members (stored with the bootstrap configuration). */
+  addresses?: Record<NodeId, string>;
+  /** Called when the configuration in the log changes (e.g. to tell the transport who the peers are). */
+  onMembershipChange?: (membership: Membership) => void;
+  maxLearnerLag?: number;
+  /** Metrics hooks (src/obs). */
+  observer?: RaftObserver;
 }
 
 export interface KVStateOptions {
@@ -87,8 +111,12 @@ export interface KVStateOptions {
   blockCacheBytes?: number;
   /** Further LSM options (see DBOptions). */
   lsm?: KVStateMachineOptions["lsm"];
-  sessionTtlEntries?: number;
+  /** A session idle this long (log time, from leader timestamps) expires. Default 1 hour. */
+  sessionTtlMs?: number;
+  /** Registered sessions at most (registrations beyond are refused). Default 100,000. */
   maxSessions?: number;
+  /** Unregistered (eRaft-style) sessions at most (least recently used dropped beyond). Default 100,000. */
+  maxUnregisteredSessions?: number;
   syncEveryEntries?: number;
 }
 
@@ -104,111 +132,58 @@ export interface KVServerOptions {
   raft?: KVRaftOptions;
   state?: KVStateOptions;
   limits?: KVLimits;
+  /** Bounds of Range, DeleteRange and Txn (txn.ts, range.ts). */
+  txnLimits?: TxnLimits;
+  /** Bounds of Watch (watch-hub.ts). */
+  watchLimits?: WatchLimits;
 }
-
-/** A proposed write waiting for its entry to apply. */
-class WriteWaiter implements Deadline {
-  settled = false;
-  constructor(
-    readonly index: number,
-    readonly term: number,
-    readonly clientId: bigint,
-    readonly commandId: bigint,
-    readonly deadline: number,
-    private readonly server: KVServer,
-    private readonly resolve: (reply: CommandReply) => void,
-  ) {}
-
-  expire(): void {
-    this.server.finishWrite(this, TIMEOUT);
-  }
-
-  settle(reply: CommandReply): void {
-    this.settled = true;
-    this.resolve(reply);
-  }
-}
-
-/** A linearizable Get waiting for a ReadIndex round that started after it arrived. */
-class ReadWaiter implements Deadline {
-  settled = false;
-  constructor(
-    readonly key: string,
-    readonly deadline: number,
-    private readonly server: KVServer,
-    private readonly resolve: (reply: CommandReply) => void,
-    private readonly reject: (error: unknown) => void,
-  ) {}
-
-  expire(): void {
-    if (this.settled) return;
-    this.settle(TIMEOUT);
-    this.server.readExpired();
-  }
-
-  settle(reply: CommandReply): void {
-    this.settled = true;
-    this.resolve(reply);
-  }
-
-  fail(error: unknown): void {
-    this.settled = true;
-    this.reject(error);
-  }
-}
-
-/** ReadIndex rounds in flight at once; Gets beyond them wait for the next round. */
-const MAX_READ_ROUNDS = 2;
-
-const TIMEOUT: CommandReply = Object.freeze({ err: "ErrTimeout", value: "" }) as CommandReply;
-const WRONG_LEADER: CommandReply = Object.freeze({ err: "ErrWrongLeader", value: "" }) as CommandReply;
-const OK: CommandReply = Object.freeze({ err: "OK", value: "" }) as CommandReply;
-const NO_KEY: CommandReply = Object.freeze({ err: "ErrNoKey", value: "" }) as CommandReply;
 
 const OPS = new Set<string>(["Get", "Put", "Append", "Delete"]);
 
 export class KVServer {
-  private readonly waiters = new Map<number, WriteWaiter>();
-  private readonly deadlines: DeadlineQueue;
-  /** Gets that arrived after the ReadIndex round in flight was asked for: they share the next one. */
-  private readQueue: ReadWaiter[] = [];
-  /** Gets each ReadIndex round in flight will answer. */
-  private readonly readRounds = new Set<ReadWaiter[]>();
-  private readIndexRounds = 0;
-  private readRoundScheduled = false;
-  private pending = 0;
   private closed = false;
+  /** Commands in flight on this node (reads and writes). */
+  private pending = 0;
   private readonly maxKeyBytes: number;
   private readonly maxValueBytes: number;
   private readonly maxPending: number;
-  private readonly timeoutMs: number;
+  /** Range, DeleteRange and Txn (txn-server.ts). */
+  api!: TxnServer;
+  /** Watches served by this node (watch-hub.ts). */
+  watches!: WatchHub;
+  /**
+   * Writes without a session and registrations carry a nonce as their commandId, so an entry that
+   * applies before its propose() returned still finds its waiter. Random start: unique across restarts.
+   */
+  private nextNonce: bigint;
 
   private constructor(
     readonly id: NodeId,
     private readonly node: RaftNode,
     private readonly machine: KVStateMachine,
+    private readonly writes: PendingWrites,
+    private readonly reads: ReadBatcher,
+    private readonly deadlines: DeadlineQueue,
     /** Closed by close() only when this server opened it (not when the caller passed one in). */
     private readonly ownedLogStore: LogStore | null,
     private readonly clock: Clock,
     limits: KVLimits,
   ) {
+    const words = crypto.getRandomValues(new Uint32Array(2));
+    this.nextNonce = (BigInt(words[0]! & 0x3fffffff) << 32n) | BigInt(words[1]!);
     this.maxKeyBytes = limits.maxKeyBytes ?? 4096;
     this.maxValueBytes = limits.maxValueBytes ?? 1 << 20;
     this.maxPending = limits.maxPendingCommands ?? 10_000;
-    this.timeoutMs = limits.commandTimeoutMs ?? 500;
-    this.deadlines = new DeadlineQueue(clock);
-    machine.listener = {
-      applied: (commands) => this.onApplied(commands),
-      restored: (meta) => this.onRestored(meta),
-    };
   }
 
   static async open(options: KVServerOptions): Promise<KVServer> {
     const clock = options.clock ?? new RealClock();
+    const timeoutMs = options.limits?.commandTimeoutMs ?? 500;
     const machine = await KVStateMachine.open({
       dir: path.join(options.dir, "state"),
       members: options.peers,
       snapshotChunkBytes: options.raft?.snapshotChunkBytes,
+      txnLimits: options.txnLimits,
       ...definedOnly(options.state ?? {}),
     } as Parameters<typeof KVStateMachine.open>[0]);
     let logStore: LogStore;
@@ -219,14 +194,18 @@ export class KVServer {
       throw error;
     }
     const owned = options.logStore === undefined ? logStore : null;
+    const deadlines = new DeadlineQueue(clock);
+    const writes = new PendingWrites(clock, deadlines, timeoutMs, machine.lastApplied());
     let node: RaftNode;
+    // Bound once the node exists; applies before that have no watcher to wake.
+    let hub: WatchHub | null = null;
     try {
       node = await RaftNode.start({
         id: options.id,
         peers: options.peers,
         logStore,
         transport: options.transport,
-        stateMachine: machine,
+        stateMachine: applyLoop(machine, writes, () => hub?.applied()),
         clock,
         ...definedOnly(options.raft ?? {}),
       });
@@ -235,7 +214,30 @@ export class KVServer {
       await owned?.close();
       throw error;
     }
-    return new KVServer(options.id, node, machine, owned, clock, options.limits ?? {});
+    const reads = new ReadBatcher(
+      options.id,
+      { readIndex: () => node.readIndex(), readApplied: (key) => readApplied(machine, key) },
+      clock,
+      deadlines,
+      timeoutMs,
+    );
+    const server = new KVServer(options.id, node, machine, writes, reads, deadlines, owned, clock, options.limits ?? {});
+    hub = new WatchHub({ id: options.id, machine, logFirstIndex: () => node.status().firstIndex }, options.watchLimits);
+    server.watches = hub;
+    server.api = new TxnServer({
+      id: options.id,
+      node,
+      machine,
+      writes,
+      reads,
+      now: () => clock.now(),
+      maxKeyBytes: server.maxKeyBytes,
+      maxValueBytes: server.maxValueBytes,
+      maxPending: server.maxPending,
+      limits: options.txnLimits,
+      closed: () => server.closed,
+    });
+    return server;
   }
 
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */
@@ -243,17 +245,19 @@ export class KVServer {
     this.validate(args);
     if (this.closed) return WRONG_LEADER;
     if (this.pending >= this.maxPending) {
-      throw new KVError(
-        "resource_exhausted",
-        `node ${this.id} has ${this.pending} commands in flight (limit ${this.maxPending}); retry with backoff`,
-      );
+      throw new OverloadedError(`node ${this.id} has ${this.pending} commands in flight (limit ${this.maxPending}); retry with backoff`);
     }
     this.pending++;
     try {
-      return args.op === "Get" ? await this.get(args.key) : await this.write(args);
+      return args.op === "Get" ? await this.reads.get(args.key) : await this.write(args);
     } finally {
       this.pending--;
     }
+  }
+
+  /** The Raft node under this server: membership administration (ClusterService) talks to it directly. */
+  get raft(): RaftNode {
+    return this.node;
   }
 
   async getStatus(): Promise<KVStatus> {
@@ -267,25 +271,40 @@ export class KVServer {
       storageSize: (this.closed ? 0 : this.machine.diskBytes()) + status.logBytes,
       leaderId: status.leaderId,
       members: [...status.members],
+      learners: [...status.learners],
+      addresses: { ...status.addresses },
       snapshotIndex: status.snapshotIndex,
+      keyCount: this.machine.userKeyCount,
       sessions: this.machine.sessionCount,
       snapshotsInstalled: status.snapshotsReceived,
-      readIndexRounds: this.readIndexRounds,
+      readIndexRounds: this.reads.roundsStarted,
     };
   }
 
-  /**
-   * This replica's applied value of `key`, without ReadIndex: possibly stale, never
-   * linearizable. For diagnostics and tests that inspect one replica; clients use command().
-   */
+  /** Live views for metrics and health (src/obs), read when scraped: no copies kept, no hooks. */
+  diagnostics(): KVDiagnostics {
+    return {
+      raft: this.node.status(),
+      lsm: this.closed ? null : this.machine.lsmStats(),
+      log: this.ownedLogStore instanceof FileLogStore ? this.ownedLogStore.stats() : null,
+      sessions: this.machine.sessionCount,
+      readIndexRounds: this.reads.roundsStarted,
+      pendingCommands: this.pending,
+    };
+  }
+
   /** True when the Raft driver has nothing in flight (for simulations that wait on real I/O). */
   isIdle(): boolean {
     // A background LSM sync moves the durable applied index, and with it the log compaction point.
     return this.node.isIdle() && !this.machine.syncInFlight;
   }
 
+  /**
+   * This replica's applied value of `key`, without ReadIndex: possibly stale, never
+   * linearizable. For diagnostics and tests that inspect one replica; clients use command().
+   */
   readLocal(key: string): string | null {
-    if (this.closed) throw new KVError("unavailable", `node ${this.id} is closed`);
+    if (this.closed) throw new UnavailableError(`node ${this.id} is closed`);
     const value = this.machine.read(key);
     return value === null ? null : decoder.decode(value);
   }
@@ -294,183 +313,186 @@ export class KVServer {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const waiter of [...this.waiters.values()]) this.finishWrite(waiter, WRONG_LEADER);
-    for (const waiter of [...[...this.readRounds].flat(), ...this.readQueue]) if (!waiter.settled) waiter.settle(WRONG_LEADER);
-    this.readRounds.clear();
-    this.readQueue = [];
+    this.writes.close(WRONG_LEADER);
+    this.reads.close();
+    this.watches?.close();
     this.deadlines.clear();
     await this.node.stop();
     await this.machine.close();
     await this.ownedLogStore?.close();
   }
 
+  /**
+   * Registers a new client session (Raft dissertation §6.3): its id is the index of the
+   * registration's log entry. Refused with OverloadedError when every session slot is taken.
+   */
+  async registerSession(): Promise<RegisterReply> {
+    if (this.closed) return { err: "ErrWrongLeader", value: "" };
+    const outcome = await this.propose({ op: "Register", clientId: 0n, commandId: this.nonce(), key: "", value: "" });
+    if (!isApplied(outcome)) return outcome as RegisterReply;
+    if (outcome.result === RESULT_TABLE_FULL) {
+      throw new OverloadedError(`node ${this.id}: the session table is full (every registered session is live); retry later`);
+    }
+    return { err: "OK", clientId: BigInt(outcome.index) };
+  }
+
   private validate(args: CommandArgs): void {
     if (typeof args.op !== "string" || !OPS.has(args.op)) {
-      throw new KVError("invalid_argument", `unknown op ${JSON.stringify(args.op)}: expected Get, Put, Append or Delete`);
+      throw new InvalidArgumentError(`unknown op ${JSON.stringify(args.op)}: expected Get, Put, Append or Delete`);
     }
-    if (typeof args.key !== "string" || args.key.length === 0) {
-      throw new KVError("invalid_argument", "the key is empty: every command needs a non-empty key");
-    }
+    if (typeof args.key !== "string") throw new InvalidArgumentError("the key must be a string");
     // A UTF-16 code unit is at most 3 UTF-8 bytes: short strings need no byte count.
     const keyBytes = args.key.length * 3 <= this.maxKeyBytes ? 0 : Buffer.byteLength(args.key, "utf8");
     if (keyBytes > this.maxKeyBytes) {
-      throw new KVError("invalid_argument", `the key is ${keyBytes} bytes; keys are limited to ${this.maxKeyBytes} bytes`);
+      throw new InvalidArgumentError(`the key is ${keyBytes} bytes; keys are limited to ${this.maxKeyBytes} bytes`);
     }
-    if (typeof args.value !== "string") throw new KVError("invalid_argument", "the value must be a string");
+    if (typeof args.value !== "string") throw new InvalidArgumentError("the value must be a string");
     const valueBytes = args.value.length * 3 <= this.maxValueBytes ? 0 : Buffer.byteLength(args.value, "utf8");
     if (valueBytes > this.maxValueBytes) {
-      throw new KVError(
-        "invalid_argument",
+      throw new InvalidArgumentError(
         `the value of key ${JSON.stringify(args.key.slice(0, 64))} is ${valueBytes} bytes; values are limited to ${this.maxValueBytes} bytes`,
       );
     }
     if (typeof args.clientId !== "bigint" || typeof args.commandId !== "bigint") {
-      throw new KVError("invalid_argument", "clientId and commandId must be 64-bit integers");
+      throw new InvalidArgumentError("clientId and commandId must be 64-bit integers");
+    }
+    if (args.clientId !== 0n && args.commandId < 0n) {
+      throw new InvalidArgumentError(`commandId ${args.commandId} is negative: a session's command ids start at 0 or 1 and increase`);
+    }
+    if (args.registered === true && args.clientId === 0n) {
+      throw new InvalidArgumentError("a registered session needs its clientId (from RegisterSession); 0 means no session");
     }
   }
 
   /**
-   * A linearizable read. Gets are batched much as etcd batches them: at most MAX_READ_ROUNDS
-   * ReadIndex rounds in flight, and every Get that arrives meanwhile shares the next round (one
-   * heartbeat round confirms them all; a round per Get would cost two peer RPCs per Get). Once the
-   * node has applied through the round's index the values are read from the LSM synchronously.
-   * Two rounds rather than etcd's one: a Get arriving just after a round left then waits about one
-   * round trip, not one and a half.
+   * A write: answered from the session table when it already applied; otherwise registered as
+   * waiting, then proposed; the apply loop answers it (see PendingWrites).
    */
-  private get(key: string): Promise<CommandReply> {
-    return new Promise<CommandReply>((resolve, reject) => {
-      const waiter = new ReadWaiter(key, this.clock.now() + this.timeoutMs, this, resolve, reject);
-      this.readQueue.push(waiter);
-      this.deadlines.add(waiter);
-      this.scheduleReadRound();
-    });
-  }
-
-  /** Starts a round at the end of this turn, so Gets that arrive together share it. */
-  private scheduleReadRound(): void {
-    if (this.readRoundScheduled || this.readRounds.size >= MAX_READ_ROUNDS) return;
-    this.readRoundScheduled = true;
-    queueMicrotask(() => {
-      this.readRoundScheduled = false;
-      if (this.readQueue.length > 0 && !this.closed && this.readRounds.size < MAX_READ_ROUNDS) this.startReadRound();
-    });
-  }
-
-  private startReadRound(): void {
-    const round = this.readQueue;
-    this.readQueue = [];
-    this.readRounds.add(round);
-    this.readIndexRounds++;
-    const done = (): void => {
-      if (!this.readRounds.delete(round)) return; // abandoned after its Gets timed out
-      if (this.readQueue.length > 0) this.scheduleReadRound();
-    };
-    this.node.readIndex().then(
-      () => {
-        for (const waiter of round) if (!waiter.settled) waiter.settle(this.closed ? WRONG_LEADER : this.readApplied(waiter.key));
-        done();
-      },
-      (error: unknown) => {
-        let reply: CommandReply | null = null;
-        let failure: unknown = null;
-        try {
-          reply = this.rejection(error);
-        } catch (typed) {
-          failure = typed;
-        }
-        for (const waiter of round) {
-          if (waiter.settled) continue;
-          if (reply !== null) waiter.settle(reply);
-          else waiter.fail(failure);
-        }
-        done();
-      },
-    );
-  }
-
-  /** A Get timed out: a round whose Gets all have no longer holds later Gets back. */
-  readExpired(): void {
-    for (const round of this.readRounds) if (round.every((waiter) => waiter.settled)) this.readRounds.delete(round);
-    if (this.readQueue.length > 0 && !this.readQueue.some((waiter) => !waiter.settled)) this.readQueue = [];
-    if (this.readQueue.length > 0) this.scheduleReadRound();
-  }
-
-  private readApplied(key: string): CommandReply {
-    const value = this.machine.read(key);
-    return value === null ? NO_KEY : { err: "OK", value: decoder.decode(value) };
-  }
-
   private async write(args: CommandArgs): Promise<CommandReply> {
-    const known = this.answerFromSession(args.clientId, args.commandId);
-    if (known !== null) return known;
-    const data = encodeCommand({ op: args.op as "Put" | "Append" | "Delete", clientId: args.clientId, commandId: args.commandId, key: args.key, value: args.value });
-    let proposed: { index: number; term: number };
+    const command: WriteCommand = {
+      op: args.op as "Put" | "Append" | "Delete",
+      clientId: args.clientId,
+      // Without a session the client's commandId means nothing; a nonce lets the apply find the waiter.
+      commandId: args.clientId === 0n ? this.nonce() : args.commandId,
+      key: args.key,
+      value: args.value,
+      registered: args.registered === true,
+    };
+    const known = this.answerFromSession(command);
+    if (known !== null) return replyForResult(known, args);
+    const outcome = await this.propose(command);
+    return isApplied(outcome) ? replyForResult(outcome.result, args) : outcome;
+  }
+
+  /** Proposes a command stamped with this leader's time and value limit; resolves with how it ended. */
+  private async propose(command: WriteCommand): Promise<WriteOutcome> {
+    const data = encodeCommand({ ...command, timestamp: this.clock.now(), maxValueBytes: this.maxValueBytes });
+    const { waiter, outcome } = this.writes.open(command.clientId, command.commandId);
     try {
-      proposed = await this.node.propose(data);
+      const { index, term } = await this.node.propose(data);
+      this.writes.place(waiter, index, term);
     } catch (error) {
-      return this.rejection(error);
+      let refused: CommandReply;
+      try {
+        refused = refusal(error, this.id);
+      } catch (typed) {
+        this.writes.answer(waiter, WRONG_LEADER);
+        throw typed;
+      }
+      this.writes.answer(waiter, refused);
     }
-    return new Promise<CommandReply>((resolve) => {
-      const previous = this.waiters.get(proposed.index);
-      // An older waiter at this index belongs to a term whose entry was overwritten.
-      if (previous !== undefined) this.finishWrite(previous, WRONG_LEADER);
-      const waiter = new WriteWaiter(proposed.index, proposed.term, args.clientId, args.commandId, this.clock.now() + this.timeoutMs, this, resolve);
-      this.waiters.set(proposed.index, waiter);
-      this.deadlines.add(waiter);
-      // Applied already (between the append and this continuation)? The session table knows.
-      if (this.machine.lastApplied() >= proposed.index) this.finishWrite(waiter, this.settledBySession(waiter));
-    });
+    return outcome;
   }
 
-  private onApplied(commands: AppliedCommand[]): void {
-    if (this.waiters.size === 0) return;
-    for (const applied of commands) {
-      const waiter = this.waiters.get(applied.index);
-      if (waiter === undefined) continue;
-      // A different term at our index: the leader that took our proposal lost it.
-      this.finishWrite(waiter, applied.term !== waiter.term ? WRONG_LEADER : applied.result === RESULT_NO_KEY ? NO_KEY : OK);
-    }
+  /**
+   * The result of a write the session table answers without a new entry: a retry of the session's
+   * last command, or a stale or reused commandId; null when the write must be proposed.
+   */
+  private answerFromSession(command: WriteCommand): ResultCode | null {
+    if (command.clientId === 0n) return null;
+    const session = this.machine.session(command.clientId);
+    // Gone or never registered: the apply decides (a registration may be on its way to this state).
+    if (session === undefined || (command.registered === true && !session.registered)) return null;
+    if (command.commandId > session.commandId) return null;
+    if (command.commandId < session.commandId) return RESULT_STALE_COMMAND;
+    const fingerprint = commandFingerprint(decodeCommand(encodeCommand(command), 0));
+    if (session.fingerprint !== 0 && session.fingerprint !== fingerprint) return RESULT_COMMAND_REUSED;
+    return session.result;
   }
 
-  private onRestored(meta: SnapshotMeta): void {
-    for (const waiter of [...this.waiters.values()]) {
-      if (waiter.index <= meta.index) this.finishWrite(waiter, this.settledBySession(waiter));
-    }
+  private nonce(): bigint {
+    this.nextNonce = this.nextNonce === (1n << 63n) - 1n ? 1n : this.nextNonce + 1n;
+    return this.nextNonce;
   }
+}
 
-  /** The outcome of a proposal whose entry was applied without us seeing it (snapshot, race). */
-  private settledBySession(waiter: WriteWaiter): CommandReply {
-    return this.answerFromSession(waiter.clientId, waiter.commandId) ?? WRONG_LEADER;
+/** A write's reply for its apply result, or the typed refusal the result stands for. */
+function replyForResult(result: ResultCode, args: CommandArgs): CommandReply {
+  const key = JSON.stringify(args.key.slice(0, 64));
+  switch (result) {
+    case RESULT_OK:
+      return OK;
+    case RESULT_NO_KEY:
+      return NO_KEY;
+    case RESULT_VALUE_TOO_LARGE:
+      return refuse(new InvalidArgumentError(`${args.op} of key ${key} would make its value larger than the value limit; it was not applied`));
+    case RESULT_SESSION_EXPIRED:
+      return refuse(
+        new SessionExpiredError(
+          `session ${args.clientId} has expired (or was never registered): register a new session; this write was not applied`,
+        ),
+      );
+    case RESULT_STALE_COMMAND:
+      return refuse(
+        new InvalidArgumentError(
+          `commandId ${args.commandId} is older than session ${args.clientId}'s last command: command ids must increase; this write was not applied`,
+        ),
+      );
+    case RESULT_COMMAND_REUSED:
+      return refuse(
+        new InvalidArgumentError(
+          `commandId ${args.commandId} of session ${args.clientId} was already used for a different command: use a new commandId; this write was not applied`,
+        ),
+      );
+    case RESULT_TABLE_FULL:
+      throw new Error(`invariant: a write was answered with a registration's result`);
   }
+}
 
-  private answerFromSession(clientId: bigint, commandId: bigint): CommandReply | null {
-    const session = this.machine.session(clientId);
-    if (session === undefined || commandId > session.commandId) return null;
-    return commandId === session.commandId && session.result === RESULT_NO_KEY ? NO_KEY : OK;
-  }
+function refuse(error: Error): never {
+  throw error;
+}
 
-  /** Answers a write waiter once (a deadline, an apply, a restore or close may each try). */
-  finishWrite(waiter: WriteWaiter, reply: CommandReply): void {
-    if (this.waiters.get(waiter.index) !== waiter) return;
-    this.waiters.delete(waiter.index);
-    waiter.settle(reply);
-  }
+/**
+ * What the Raft driver applies committed entries to: the state machine, whose per-entry results
+ * then answer the writes waiting for them (and a snapshot install answers the ones it covers).
+ */
+function applyLoop(machine: KVStateMachine, writes: PendingWrites, applied: () => void): StateMachine {
+  return {
+    apply: async (entries: Entry[]) => {
+      writes.applied(await machine.apply(entries));
+      applied();
+    },
+    restore: async (meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>) => {
+      await machine.restore(meta, chunks);
+      writes.restored(machine.lastApplied(), (clientId, commandId) => {
+        const session = clientId === 0n ? undefined : machine.session(clientId);
+        if (session === undefined || commandId > session.commandId) return null;
+        return commandId === session.commandId ? session.result : RESULT_STALE_COMMAND;
+      });
+      applied();
+    },
+    lastApplied: () => machine.lastApplied(),
+    lastAppliedTerm: () => machine.lastAppliedTerm(),
+    durableAppliedIndex: () => machine.durableAppliedIndex(),
+    sync: () => machine.sync(),
+    snapshot: () => machine.snapshot(),
+  };
+}
 
-  /** Maps the driver's refusals to replies (try another node, retry) or typed errors. */
-  private rejection(error: unknown): CommandReply {
-    if (error instanceof NotLeaderError) {
-      return error.leaderId === NONE ? { err: "ErrWrongLeader", value: "" } : { err: "ErrWrongLeader", value: "", leaderId: error.leaderId };
-    }
-    if (error instanceof KVError) throw error;
-    // This node is going away: the client should try another one.
-    if (error instanceof NodeStoppedError) return { err: "ErrWrongLeader", value: "" };
-    // ReadIndex not confirmed in time (lost quorum?).
-    if (error instanceof ReadIndexTimeoutError) return { err: "ErrTimeout", value: "" };
-    const message = error instanceof Error ? error.message : String(error);
-    if (error instanceof BackpressureError) throw new KVError("resource_exhausted", `node ${this.id}: ${message}`, { cause: error });
-    if (error instanceof EntryTooLargeError) throw new KVError("invalid_argument", `node ${this.id}: ${message}`, { cause: error });
-    throw new KVError("unavailable", `node ${this.id} could not take the command: ${message}`, { cause: error });
-  }
+function readApplied(machine: KVStateMachine, key: string): CommandReply {
+  const value = machine.read(key);
+  return value === null ? NO_KEY : { err: "OK", value: decoder.decode(value) };
 }
 
 const decoder = new TextDecoder();

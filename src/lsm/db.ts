@@ -425,6 +425,8 @@ export class DB {
       compactions: this.counters.compactions,
       trivialMoves: this.counters.trivialMoves,
       flushes: this.counters.flushes,
+      writeStalls: this.counters.writeStalls,
+      writeSlowdowns: this.counters.writeSlowdowns,
       backgroundError: this.background.error?.message,
     };
   }

@@ -58,6 +58,10 @@ export interface DBStats {
   /** Compactions that moved a table down a level without rewriting it. */
   trivialMoves: number;
   flushes: number;
+  /** Writes that waited for a flush or compaction (memtables full or L0 at its stop trigger). */
+  writeStalls: number;
+  /** Writes delayed by the L0 slowdown. */
+  writeSlowdowns: number;
   backgroundError?: string;
 }
 

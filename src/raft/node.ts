@@ -1,113 +1,37 @@
 // RaftNode: the driver that does all the I/O around the pure core — ticks, the persist → send →
-// apply cycle, ReadIndex waiters, log compaction, and snapshots streamed to and from peers.
+// apply cycle and receiving snapshots. Options in node-options.ts, ReadIndex waiters in
+// node-reads.ts, snapshot sending in node-snapshots.ts, log compaction in node-compaction.ts.
 
 import { Rng } from "../util/rng.ts";
 import { type Clock, RealClock, type TimerHandle } from "./clock.ts";
 import { Raft } from "./core/raft.ts";
-import { BackpressureError, EntryTooLargeError, NodeStoppedError, NotLeaderError, ReadIndexTimeoutError } from "./errors.ts";
+import type { ConfChange } from "./core/config-change.ts";
+import { metaWith } from "./core/membership.ts";
 import {
-  type LogStore,
-  type Message,
-  NONE,
-  type NodeId,
-  type RaftRole,
-  type Ready,
-  type SnapshotMeta,
-  type StateMachine,
-  type Transport,
-} from "./types.ts";
+  BackpressureError,
+  ConfChangePendingError,
+  EntryTooLargeError,
+  InvalidConfChangeError,
+  NodeStoppedError,
+  NotLeaderError,
+} from "./errors.ts";
+import { maybeCompact } from "./node-compaction.ts";
+import { ConfChangeWaiters } from "./node-conf-changes.ts";
+import { coreConfig, type RaftNodeOptions, type RaftNodeStatus, type ResolvedNodeOptions, resolveOptions } from "./node-options.ts";
+import { ReadWaiters } from "./node-reads.ts";
+import { SnapshotSender } from "./node-snapshots.ts";
+import { type Entry, EntryType, type LogStore, type Membership, type Message, type NodeId, type Ready, type SnapshotMeta, type StateMachine, type Transport } from "./types.ts";
+
+export type { RaftNodeOptions, RaftNodeStatus, RaftObserver } from "./node-options.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
-
-export interface RaftNodeOptions {
-  id: NodeId;
-  peers: NodeId[];
-  logStore: LogStore;
-  transport: Transport;
-  stateMachine: StateMachine;
-  /** Default RealClock. */
-  clock?: Clock;
-  /** Default 50. */
-  tickMs?: number;
-  /** Default 10. */
-  electionTicks?: number;
-  /**
-   * Default 2: with the 50 ms tick a heartbeat every 100 ms (etcd's default) against a 500–1000 ms
-   * election timeout. Heartbeats are most of an idle cluster's CPU; reads send their own at once.
-   */
-  heartbeatTicks?: number;
-  /** Seed of the election-timeout Rng (default: random; give one in simulations). */
-  seed?: number;
-  /** Default true. */
-  preVote?: boolean;
-  /** Default true. */
-  checkQuorum?: boolean;
-  /** Default 64. */
-  maxInflight?: number;
-  /** Default 1 MiB. */
-  maxBytesPerAppend?: number;
-  /** Uncommitted entries before propose fails with BackpressureError (default 10 000). */
-  maxPendingProposals?: number;
-  /** A single command above this is refused with EntryTooLargeError (default 8 MiB). */
-  maxEntryBytes?: number;
-  /** Compact the log when (durable applied index − compaction point) exceeds this (default 10 000). */
-  snapshotThreshold?: number;
-  /** Default 1 MiB. */
-  snapshotChunkBytes?: number;
-  /** A readIndex() not served within this rejects with ReadIndexTimeoutError (default 3 election timeouts). */
-  readTimeoutMs?: number;
-  /** Called once if the node stops on a fatal error (disk failure, invariant violation). */
-  onFatal?: (error: Error) => void;
-}
-
-export interface RaftNodeStatus {
-  id: NodeId;
-  role: RaftRole;
-  term: number;
-  leaderId: NodeId;
-  commitIndex: number;
-  /** The state machine's applied index. */
-  lastApplied: number;
-  /** The log's compaction point. */
-  snapshotIndex: number;
-  firstIndex: number;
-  lastIndex: number;
-  members: NodeId[];
-  logBytes: number;
-  pendingReads: number;
-  snapshotsSent: number;
-  snapshotsReceived: number;
-  stopped: boolean;
-  /** The fatal error that stopped the node, if any. */
-  fatal: string | null;
-}
-
-interface ReadWaiter {
-  resolve: (index: number) => void;
-  reject: (err: Error) => void;
-  timer: TimerHandle;
-  /** Set once a quorum confirmed leadership: the read is served when lastApplied reaches it. */
-  index: number | null;
-}
-
-const DEFAULTS = {
-  tickMs: 50,
-  electionTicks: 10,
-  heartbeatTicks: 2,
-  maxInflight: 64,
-  maxBytesPerAppend: 1024 * 1024,
-  maxPendingProposals: 10_000,
-  maxEntryBytes: 8 * 1024 * 1024,
-  snapshotThreshold: 10_000,
-  snapshotChunkBytes: 1024 * 1024,
-};
 
 export class RaftNode {
   readonly id: NodeId;
   private readonly raft: Raft;
   private readonly clock: Clock;
-  private readonly opts: RaftNodeOptions & typeof DEFAULTS & { readTimeoutMs: number };
+  private readonly opts: ResolvedNodeOptions;
   private readonly log: LogStore;
   private readonly sm: StateMachine;
   private readonly transport: Transport;
@@ -119,24 +43,42 @@ export class RaftNode {
   /** Between acceptSnapshot and step: no cycle may run and incoming messages wait. */
   private restoring = false;
   private heldMessages: Message[] = [];
-  private readonly snapshotsInFlight = new Set<NodeId>();
+  private readonly snapshotSender: SnapshotSender;
   /** InstallSnapshot answers the core produces for a stream we are receiving, by leader id. */
   private readonly snapshotAnswers = new Map<NodeId, (m: InstallSnapshotResponse | null) => void>();
-  private readonly reads = new Map<number, ReadWaiter>();
-  private nextReadContext = 1;
+  private readonly reads: ReadWaiters;
+  private readonly confChanges: ConfChangeWaiters;
+  /** The configuration version last reported to onMembershipChange. */
+  private membershipSeen = -1;
   private stopped = false;
   private fatal: Error | null = null;
-  private counters = { snapshotsSent: 0, snapshotsReceived: 0 };
+  private snapshotsReceived = 0;
 
   private constructor(options: RaftNodeOptions, raft: Raft) {
     this.id = options.id;
     this.raft = raft;
     this.clock = options.clock ?? new RealClock();
-    const merged = { ...DEFAULTS, ...stripUndefined(options) } as RaftNodeOptions & typeof DEFAULTS;
-    this.opts = { ...merged, readTimeoutMs: options.readTimeoutMs ?? 3 * merged.electionTicks * merged.tickMs };
+    this.opts = resolveOptions(options);
     this.log = options.logStore;
     this.sm = options.stateMachine;
     this.transport = options.transport;
+    this.reads = new ReadWaiters(this.clock, this.opts.readTimeoutMs);
+    this.confChanges = new ConfChangeWaiters(this.clock, this.opts.confChangeTimeoutMs);
+    const node = this;
+    this.snapshotSender = new SnapshotSender({
+      get stopped() {
+        return node.stopped;
+      },
+      sm: this.sm,
+      transport: this.transport,
+      chunkBytes: this.opts.snapshotChunkBytes,
+      metaAt: (index) => this.snapshotMetaAt(index),
+      deliver: (response) => this.receive([response]),
+      failed: (to) => {
+        this.guard(() => this.raft.reportSnapshot(to, false));
+        this.kick();
+      },
+    });
   }
 
   /** Recovers from the log store and the state machine, then starts ticking and listening. */
@@ -151,28 +93,21 @@ export class RaftNode {
           `(${compacted.index}); the entries between were discarded — restore this node from a peer`,
       );
     }
+    const bootstrap = metaWith(0, 0, { voters: [...options.peers], learners: [], addresses: { ...options.addresses } });
     if (applied > 0 && (applied > log.lastIndex() || log.term(applied) !== appliedTerm)) {
-      // The machine installed a snapshot and the node crashed before the log was reset to it.
-      await log.resetToSnapshot({ index: applied, term: appliedTerm, members: [...options.peers] });
+      // The machine installed a snapshot and the node crashed before the log was reset to it:
+      // resume from that snapshot, with the configuration it carried if the machine kept it.
+      const restored = sm.restoredSnapshot?.() ?? null;
+      const fromMachine = restored !== null && restored.index === applied && restored.term === appliedTerm;
+      await log.resetToSnapshot(fromMachine ? restored : { ...bootstrap, index: applied, term: appliedTerm });
     }
     const snapshot = log.snapshotMeta();
     const rng = new Rng(options.seed ?? Math.floor(Math.random() * 2 ** 32));
     const raft = new Raft(
-      {
-        id: options.id,
-        peers: options.peers,
-        electionTicks: options.electionTicks ?? DEFAULTS.electionTicks,
-        heartbeatTicks: options.heartbeatTicks ?? DEFAULTS.heartbeatTicks,
-        random: () => rng.next(),
-        preVote: options.preVote ?? true,
-        checkQuorum: options.checkQuorum ?? true,
-        maxInflight: options.maxInflight ?? DEFAULTS.maxInflight,
-        maxBytesPerAppend: options.maxBytesPerAppend ?? DEFAULTS.maxBytesPerAppend,
-        maxPendingProposals: options.maxPendingProposals ?? DEFAULTS.maxPendingProposals,
-      },
+      coreConfig(options, () => rng.next()),
       {
         hardState: log.hardState(),
-        snapshot: snapshot.index === 0 ? { ...snapshot, members: [...options.peers] } : snapshot,
+        snapshot: snapshot.index === 0 ? bootstrap : snapshot,
         entries: log.lastIndex() >= log.firstIndex() ? log.entries(log.firstIndex(), log.lastIndex() + 1) : [],
         appliedIndex: applied,
       },
@@ -182,6 +117,7 @@ export class RaftNode {
       onMessages: (messages) => node.receive(messages),
       onSnapshot: (message, chunks) => node.receiveSnapshot(message, chunks),
     });
+    node.reportMembership(); // the stored configuration, before any traffic
     node.scheduleTick();
     node.kick(); // committed entries after the applied index are replayed at once
     return node;
@@ -206,6 +142,7 @@ export class RaftNode {
       throw new BackpressureError(result.reason);
     }
     this.kick();
+    this.opts.observer?.proposed(data.length);
     return { index: result.index, term: result.term };
   }
 
@@ -219,21 +156,47 @@ export class RaftNode {
     } catch (err) {
       return Promise.reject(err);
     }
-    const context = this.nextReadContext++;
+    const context = this.reads.newContext();
     const result = this.raft.readIndex(context);
     if (!result.ok) {
       return Promise.reject(
         result.reason === "backpressure" ? new BackpressureError("backpressure") : new NotLeaderError(result.leaderId),
       );
     }
-    const promise = new Promise<number>((resolve, reject) => {
-      const timer = this.clock.setTimeout(() => {
-        if (this.reads.delete(context)) reject(new ReadIndexTimeoutError(this.opts.readTimeoutMs));
-      }, this.opts.readTimeoutMs);
-      this.reads.set(context, { resolve, reject, timer, index: null });
-    });
+    const promise = this.reads.wait(context);
     this.kick();
     return promise;
+  }
+
+  /**
+   * Proposes one membership change on the leader; resolves with the new configuration once the
+   * change is committed and applied here. Refused with NotLeaderError, BackpressureError
+   * (transferring), ConfChangePendingError (one change at a time; learner catching up) or
+   * InvalidConfChangeError; fails with ConfChangeLostError if it did not commit.
+   */
+  async proposeConfChange(change: ConfChange): Promise<Membership> {
+    this.assertRunning();
+    const result = this.raft.proposeConfChange(change);
+    if (!result.ok) {
+      switch (result.reason) {
+        case "not-leader":
+          throw new NotLeaderError(result.leaderId);
+        case "transferring":
+          throw new BackpressureError("transferring");
+        case "invalid":
+          throw new InvalidConfChangeError(result.detail ?? "refused");
+        default:
+          throw new ConfChangePendingError(result.reason, result.detail);
+      }
+    }
+    const done = this.confChanges.wait(result.index, result.term, result.membership);
+    this.kick();
+    return done;
+  }
+
+  /** The configuration in force on this node (the latest in its log, committed or not). */
+  membership(): Membership {
+    return this.raft.status().membership;
   }
 
   transferLeadership(to: NodeId): void {
@@ -261,13 +224,16 @@ export class RaftNode {
       snapshotIndex: this.log.snapshotMeta().index,
       firstIndex: s.firstIndex,
       lastIndex: s.lastIndex,
-      members: [...this.opts.peers],
+      members: [...s.membership.voters],
+      learners: [...s.membership.learners],
+      addresses: { ...s.membership.addresses },
       logBytes: this.log.sizeBytes(),
       pendingReads: this.reads.size,
-      snapshotsSent: this.counters.snapshotsSent,
-      snapshotsReceived: this.counters.snapshotsReceived,
+      snapshotsSent: this.snapshotSender.sent,
+      snapshotsReceived: this.snapshotsReceived,
       stopped: this.stopped,
       fatal: this.fatal ? this.fatal.message : null,
+      progress: s.progress,
     };
   }
 
@@ -316,8 +282,11 @@ export class RaftNode {
         await this.handleReady(ready);
         if (this.stopped) return;
         this.raft.advance(ready);
+        this.reportMembership();
         // Checked synchronously: most cycles have nothing to compact and should not pay an await.
-        if (this.raft.appliedIndex - (this.log.firstIndex() - 1) > this.opts.snapshotThreshold) await this.maybeCompact();
+        if (this.raft.appliedIndex - (this.log.firstIndex() - 1) > this.opts.snapshotThreshold) {
+          await maybeCompact(this.raft, this.log, this.sm, this.opts.snapshotThreshold);
+        }
       }
     } catch (err) {
       this.halt(err as Error);
@@ -328,6 +297,9 @@ export class RaftNode {
     // 1. The leader's own messages go out while its log write runs (thesis §10.2.1): they claim
     //    nothing about this node's disk, and the core counts the leader's own entries toward
     //    commit only once advance() reports them durable. Everything else waits for the write.
+    // A configuration appended since the last cycle: the transport learns new members' addresses
+    // before the first message to them goes out.
+    this.reportMembership();
     let early: Message[] | null = null;
     let late: Message[] | null = null;
     for (const m of rd.messages) {
@@ -336,75 +308,43 @@ export class RaftNode {
     }
     if (early !== null) this.dispatch(early);
     // 2. Durable before anything else is said about it.
-    if (rd.snapshot) await this.log.resetToSnapshot(rd.snapshot);
-    if (rd.hardState || rd.entries.length > 0) await this.log.save(rd.hardState, rd.entries);
+    if (rd.snapshot) {
+      await this.log.resetToSnapshot(rd.snapshot);
+      this.confChanges.skipped(rd.snapshot);
+    }
+    if (rd.softState) this.opts.observer?.softState(rd.softState);
+    if (rd.hardState || rd.entries.length > 0) {
+      const started = this.opts.observer && rd.entries.length > 0 ? performance.now() : 0;
+      await this.log.save(rd.hardState, rd.entries);
+      if (started > 0) this.opts.observer?.saved(rd.entries, (performance.now() - started) / 1000);
+    }
     if (this.stopped) return;
     if (late !== null) this.dispatch(late);
     // The core answers an installed snapshot in the first Ready after step(); none means no answer.
     this.settleSnapshotAnswers();
     // 3. Apply, then serve reads.
-    if (rd.committedEntries.length > 0) await this.sm.apply(rd.committedEntries);
-    for (const rs of rd.readStates) {
-      const waiter = this.reads.get(rs.context);
-      if (waiter) waiter.index = rs.index;
+    if (rd.committedEntries.length > 0) {
+      await this.sm.apply(withoutConfChanges(rd.committedEntries));
+      this.confChanges.committed(rd.committedEntries);
     }
-    this.serveReads();
-    if (rd.softState && rd.softState.role !== "Leader") this.failUnconfirmedReads(rd.softState.leaderId);
+    this.reads.confirm(rd.readStates);
+    this.reads.serve(this.sm.lastApplied());
+    if (rd.softState && rd.softState.role !== "Leader") this.reads.failUnconfirmed(rd.softState.leaderId);
   }
 
   private dispatch(messages: Message[]): void {
     let outgoing: Message[] | null = null;
     for (const m of messages) {
-      if (m.type === "InstallSnapshot") this.sendSnapshot(m);
+      if (m.type === "InstallSnapshot") this.snapshotSender.send(m);
       else if (m.type === "InstallSnapshotResponse" && this.snapshotAnswers.has(m.to)) {
         this.snapshotAnswers.get(m.to)!(m);
         this.snapshotAnswers.delete(m.to);
       } else (outgoing ??= []).push(m);
     }
-    if (outgoing !== null) this.transport.send(outgoing);
-  }
-
-  private serveReads(): void {
-    const applied = this.sm.lastApplied();
-    for (const [context, waiter] of this.reads) {
-      if (waiter.index !== null && waiter.index <= applied) {
-        this.reads.delete(context);
-        this.clock.clearTimeout(waiter.timer);
-        waiter.resolve(waiter.index);
-      }
+    if (outgoing !== null) {
+      this.opts.observer?.sent(outgoing);
+      this.transport.send(outgoing);
     }
-  }
-
-  /** A deposed leader's unconfirmed reads will never be confirmed: send the clients to the new leader. */
-  private failUnconfirmedReads(leaderId: NodeId): void {
-    for (const [context, waiter] of this.reads) {
-      if (waiter.index === null) {
-        this.reads.delete(context);
-        this.clock.clearTimeout(waiter.timer);
-        waiter.reject(new NotLeaderError(leaderId));
-      }
-    }
-  }
-
-  /**
-   * Compacts the log through what the state machine has made durable, once that is more than
-   * snapshotThreshold entries past the compaction point; forces a sync at twice the threshold.
-   */
-  private async maybeCompact(): Promise<void> {
-    const point = this.log.firstIndex() - 1;
-    const applied = this.raft.appliedIndex;
-    if (applied - point <= this.opts.snapshotThreshold) return;
-    let durable = Math.min(this.sm.durableAppliedIndex(), applied);
-    if (durable - point <= this.opts.snapshotThreshold) {
-      if (applied - point <= 2 * this.opts.snapshotThreshold) return;
-      durable = Math.min(await this.sm.sync(), applied);
-      if (durable <= point) return;
-    }
-    const term = this.log.term(durable);
-    if (term === undefined) return; // not in the durable log (e.g. just reset to a snapshot)
-    const meta: SnapshotMeta = { index: durable, term, members: [...this.opts.peers] };
-    await this.log.compact(meta);
-    this.raft.compact(meta);
   }
 
   // ---- receiving -------------------------------------------------------------------------------
@@ -443,7 +383,7 @@ export class RaftNode {
         } catch {
           return refuse(); // a failed stream leaves the machine as it was; the leader retries
         }
-        this.counters.snapshotsReceived++;
+        this.snapshotsReceived++;
       }
       const answer = new Promise<InstallSnapshotResponse | null>((resolve) => this.snapshotAnswers.set(message.from, resolve));
       this.guard(() => this.raft.step(message));
@@ -473,34 +413,24 @@ export class RaftNode {
     if (held.length > 0) this.receive(held);
   }
 
-  // ---- sending snapshots -----------------------------------------------------------------------
+  // ---- membership ------------------------------------------------------------------------------
 
-  /** Leader side: stream the state machine's current image; one transfer per follower at a time. */
-  private sendSnapshot(request: InstallSnapshot): void {
-    const to = request.to;
-    if (this.snapshotsInFlight.has(to)) return;
-    this.snapshotsInFlight.add(to);
-    void (async () => {
-      let ok = false;
-      try {
-        const image = await this.sm.snapshot();
-        const meta = { ...image.meta, members: image.meta.members.length > 0 ? image.meta.members : [...this.opts.peers] };
-        const message: InstallSnapshot = { ...request, snapshot: meta };
-        const response = await this.transport.sendSnapshot(message, rechunk(image.chunks, this.opts.snapshotChunkBytes));
-        if (this.stopped) return;
-        this.counters.snapshotsSent++;
-        ok = true;
-        this.receive([response]);
-      } catch {
-        // Network or snapshot failure: the core goes back to probing and asks again later.
-      } finally {
-        this.snapshotsInFlight.delete(to);
-        if (!ok && !this.stopped) {
-          this.guard(() => this.raft.reportSnapshot(to, false));
-          this.kick();
-        }
-      }
-    })();
+  /** A snapshot meta at `index` carrying the configuration in force there (for compaction and transfers). */
+  private snapshotMetaAt(index: number): SnapshotMeta {
+    const log = this.raft.raftLog;
+    const membership = log.membershipAt(index);
+    const term = log.term(index);
+    if (membership === undefined || term === undefined) {
+      throw new RangeError(`no configuration known at index ${index} (the log holds ${log.snapshot.index}..${log.lastIndex()})`);
+    }
+    return metaWith(index, term, membership);
+  }
+
+  private reportMembership(): void {
+    const version = this.raft.raftLog.membershipVersion;
+    if (version === this.membershipSeen) return;
+    this.membershipSeen = version;
+    this.opts.onMembershipChange?.(this.membership());
   }
 
   // ---- lifecycle -------------------------------------------------------------------------------
@@ -533,12 +463,8 @@ export class RaftNode {
     this.fatal = error;
     if (this.tickTimer !== null) this.clock.clearTimeout(this.tickTimer);
     this.tickTimer = null;
-    const stoppedError = new NodeStoppedError(this.id, error ?? undefined);
-    for (const waiter of this.reads.values()) {
-      this.clock.clearTimeout(waiter.timer);
-      waiter.reject(stoppedError);
-    }
-    this.reads.clear();
+    this.reads.rejectAll(new NodeStoppedError(this.id, error ?? undefined));
+    this.confChanges.rejectAll(new NodeStoppedError(this.id, error ?? undefined));
     this.settleSnapshotAnswers();
     if (error) this.opts.onFatal?.(error);
   }
@@ -549,33 +475,8 @@ function isLeaderMessage(m: Message): boolean {
   return m.type === "AppendEntries" || m.type === "Heartbeat" || m.type === "InstallSnapshot";
 }
 
-/** Re-cuts a stream into chunks of at most `max` bytes, joining small ones. */
-async function* rechunk(source: AsyncIterable<Uint8Array>, max: number): AsyncGenerator<Uint8Array> {
-  let parts: Uint8Array[] = [];
-  let size = 0;
-  const flush = () => {
-    const out = new Uint8Array(size);
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
-    }
-    parts = [];
-    size = 0;
-    return out;
-  };
-  for await (let chunk of source) {
-    while (chunk.length > 0) {
-      const take = Math.min(max - size, chunk.length);
-      parts.push(chunk.subarray(0, take));
-      size += take;
-      chunk = chunk.subarray(take);
-      if (size === max) yield flush();
-    }
-  }
-  if (size > 0) yield flush();
-}
-
-function stripUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+/** State machines see configuration entries as Noops: membership is the driver's business. */
+function withoutConfChanges(entries: Entry[]): Entry[] {
+  if (!entries.some((e) => e.type === EntryType.ConfChange)) return entries;
+  return entries.map((e) => (e.type === EntryType.ConfChange ? { index: e.index, term: e.term, type: EntryType.Noop, data: new Uint8Array(0) } : e));
 }

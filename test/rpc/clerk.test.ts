@@ -1,10 +1,14 @@
 // Clerk against three in-process nodes with scripted behaviour: leader hints, timeouts, dead
 // nodes, refusals, bounded give-up, and the same commandId on every retry of one operation.
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError } from "../../src/kv/client.ts";
-import { registerKVService, type KVBackend, type KVErr } from "../../src/kv/service.ts";
+import { InvalidArgumentError, OverloadedError, SessionExpiredError } from "../../src/kv/errors.ts";
+import type { KVErr } from "../../src/kv/server.ts";
+import { registerKVService, type KVServiceBackend } from "../../src/kv/service.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
+import { statusDouble } from "./kv-double.ts";
 
 type Call = { node: number; op: string; key: string; clientId: bigint; commandId: bigint };
 const calls: Call[] = [];
@@ -14,15 +18,24 @@ let leader = 2;
 let hint = true;
 /** The leader answers ErrTimeout this many times before it succeeds. */
 let timeoutsLeft = 0;
+/** Sessions the leader has handed out; a session in `expired` is refused as the server refuses it. */
+let sessions = 100n;
+const expired = new Set<bigint>();
+/** The leader's ErrTimeout also expires the session (it was idle too long while the client retried). */
+let expireOnTimeout = false;
 
-function node(id: number): KVBackend {
+function node(id: number): KVServiceBackend {
   return {
     async command(args) {
       calls.push({ node: id, op: args.op, key: args.key, clientId: args.clientId, commandId: args.commandId });
-      if (args.key.startsWith("bad")) throw Object.assign(new Error("key must not start with bad"), { code: "invalid_argument" });
+      if (args.key.startsWith("bad")) throw new InvalidArgumentError("key must not start with bad");
+      if (id === leader && args.registered === true && expired.has(args.clientId)) {
+        throw new SessionExpiredError(`session ${args.clientId} has expired`);
+      }
       if (id !== leader) return hint ? { err: "ErrWrongLeader" as KVErr, value: "", leaderId: leader } : { err: "ErrWrongLeader" as KVErr, value: "" };
       if (timeoutsLeft > 0) {
         timeoutsLeft--;
+        if (expireOnTimeout) expired.add(args.clientId);
         return { err: "ErrTimeout" as KVErr, value: "" };
       }
       if (args.op === "Get") return data.has(args.key) ? { err: "OK", value: data.get(args.key)! } : { err: "ErrNoKey", value: "" };
@@ -30,8 +43,13 @@ function node(id: number): KVBackend {
       data.set(args.key, (args.op === "Append" ? (data.get(args.key) ?? "") : "") + args.value);
       return { err: "OK", value: "" };
     },
+    async registerSession() {
+      calls.push({ node: id, op: "Register", key: "", clientId: 0n, commandId: 0n });
+      if (id !== leader) return hint ? { err: "ErrWrongLeader", value: "", leaderId: leader } : { err: "ErrWrongLeader", value: "" };
+      return { err: "OK", clientId: ++sessions };
+    },
     async getStatus() {
-      return { id, state: id === leader ? "Leader" : "Follower", term: 3, lastApplied: 7, commitIndex: 7, storageSize: 100, leaderId: leader, members: [0, 1, 2], snapshotIndex: 0 };
+      return statusDouble({ id, state: id === leader ? "Leader" : "Follower", term: 3, lastApplied: 7, commitIndex: 7, storageSize: 100, leaderId: leader, members: [0, 1, 2] });
     },
   };
 }
@@ -52,26 +70,56 @@ beforeEach(() => {
   leader = 2;
   hint = true;
   timeoutsLeft = 0;
+  expired.clear();
+  expireOnTimeout = false;
 });
 
 describe("Clerk", () => {
+  test("a session expired: on a write's first attempt it registers again and retries; after a retry it reports the uncertain write", async () => {
+    calls.length = 0;
+    const clerk = new Clerk({ addrs, transport, backoffMs: 5 });
+    await clerk.put("s", "1");
+    const first = clerk.clientId;
+    expired.add(first);
+    await clerk.put("s", "2"); // refused at once: certainly not applied, so run again under a new session
+    expect(clerk.clientId).not.toBe(first);
+    expect(data.get("s")).toBe("2");
+    expect(calls.filter((c) => c.op === "Register").map((c) => c.node)).toEqual([0, 2, 2]);
+
+    // Now the session expires while a write is being retried (its first attempt timed out).
+    const second = clerk.clientId;
+    timeoutsLeft = 1;
+    expireOnTimeout = true;
+    const error = await clerk.put("s", "3").then(() => null, (e: unknown) => e);
+    expect(error).toBeInstanceOf(ClerkError);
+    expect((error as ClerkError).code).toBe(Code.FailedPrecondition);
+    expect((error as ClerkError).outcomeUnknown).toBe(true);
+    expect((error as ClerkError).message).toMatch(/may or may not have been applied/);
+    // The next operation registers a fresh session.
+    await clerk.put("s", "4");
+    expect(clerk.clientId).not.toBe(second);
+    expect(data.get("s")).toBe("4");
+  });
+
   test("put/append/get/delete, following the leader hint", async () => {
     leader = 2;
     hint = true;
     calls.length = 0;
     const clerk = new Clerk({ addrs, transport });
     await clerk.put("a", "1");
-    expect(calls.map((c) => c.node)).toEqual([0, 2]); // asked 0, told "2 leads", went there
+    // Registered its session first: asked 0, told "2 leads", went there, and stayed.
+    expect(calls.map((c) => `${c.op}@${c.node}`)).toEqual(["Register@0", "Register@2", "Put@2"]);
+    calls.splice(0, 2);
     await clerk.append("a", "2");
     expect(await clerk.get("a")).toBe("12");
     expect(await clerk.delete("a")).toBe(true);
     expect(await clerk.delete("a")).toBe(false);
     expect(await clerk.get("a")).toBeNull();
-    expect(calls.slice(2).every((c) => c.node === 2)).toBe(true); // remembered the leader
+    expect(calls.every((c) => c.node === 2)).toBe(true); // remembered the leader
     const ids = calls.map((c) => c.commandId);
-    expect(ids).toEqual([1n, 1n, 2n, 3n, 4n, 5n, 6n]);
-    expect(new Set(calls.map((c) => c.clientId)).size).toBe(1);
-    expect(clerk.clientId > 0n && clerk.clientId < 1n << 63n).toBe(true);
+    expect(ids).toEqual([1n, 2n, 3n, 4n, 5n, 6n]);
+    expect(new Set(calls.map((c) => c.clientId))).toEqual(new Set([sessions]));
+    expect(clerk.clientId).toBe(sessions);
   });
 
   test("without hints, ErrTimeout and a dead node: tries the next node, same commandId throughout", async () => {
@@ -82,7 +130,8 @@ describe("Clerk", () => {
     const deadAddrs = [addrs[0]!, addrs[1]!, "127.0.0.1:1"]; // node 2 unreachable
     const clerk = new Clerk({ addrs: deadAddrs, transport, backoffMs: 5 });
     await clerk.put("b", "x");
-    expect(calls.length).toBeGreaterThanOrEqual(4);
+    calls.splice(0, calls.findIndex((c) => c.op !== "Register"));
+    expect(calls.length).toBeGreaterThanOrEqual(3);
     expect(new Set(calls.map((c) => c.commandId))).toEqual(new Set([1n]));
     expect(calls.at(-1)).toMatchObject({ node: 1, op: "Put" });
     expect(data.get("b")).toBe("x");
@@ -92,7 +141,7 @@ describe("Clerk", () => {
     const clerk = new Clerk({ addrs, transport });
     const error = await clerk.put("bad-key", "v").then(() => null, (e: unknown) => e);
     expect(error).toBeInstanceOf(ClerkError);
-    expect((error as ClerkError).code).toBe("invalid_argument");
+    expect((error as ClerkError).code).toBe(Code.InvalidArgument);
     expect((error as ClerkError).message).toContain("must not start with bad");
   });
 
@@ -103,7 +152,7 @@ describe("Clerk", () => {
     const started = Date.now();
     const error = await clerk.get("c").then(() => null, (e: unknown) => e);
     expect(Date.now() - started).toBeLessThan(5_000);
-    expect((error as ClerkError).code).toBe("timeout");
+    expect((error as ClerkError).code).toBe(Code.DeadlineExceeded);
     expect((error as ClerkError).message).toMatch(/GET\("c"\) gave up after \d+ ms: no node completed it/);
   });
 
@@ -132,27 +181,28 @@ describe("Clerk limits and backpressure", () => {
     calls.length = 0;
     const clerk = new Clerk({ addrs, transport, maxRequestBytes: 1000 });
     const error = await clerk.put("k", "é".repeat(600)).then(() => null, (e: unknown) => e);
-    expect((error as ClerkError).code).toBe("invalid_argument");
+    expect((error as ClerkError).code).toBe(Code.InvalidArgument);
     expect((error as ClerkError).message).toContain("1201 bytes");
     expect(calls).toHaveLength(0);
   });
 
   test("resource_exhausted (backpressure) is retried on the same node until it clears", async () => {
-    const busy: KVBackend = {
+    const busy: KVServiceBackend = {
       ...node(0),
       async command(args) {
         calls.push({ node: 0, op: args.op, key: args.key, clientId: args.clientId, commandId: args.commandId });
-        if (calls.length < 3) throw Object.assign(new Error("too many commands in flight"), { code: "resource_exhausted" });
+        if (calls.length < 4) throw new OverloadedError("too many commands in flight");
         return { err: "OK", value: "" };
       },
     };
     const local = await RpcServer.start({ port: 0, routes: (r) => registerKVService(r, busy) });
     try {
       calls.length = 0;
+      leader = 0;
       const clerk = new Clerk({ addrs: [`127.0.0.1:${local.port}`], transport, backoffMs: 5 });
       await clerk.put("k", "v");
-      expect(calls).toHaveLength(3);
-      expect(new Set(calls.map((c) => c.commandId)).size).toBe(1);
+      expect(calls.map((c) => c.op)).toEqual(["Register", "Put", "Put", "Put"]);
+      expect(new Set(calls.slice(1).map((c) => c.commandId)).size).toBe(1);
     } finally {
       await local.close();
     }
@@ -167,7 +217,7 @@ describe("Clerk against stale hints", () => {
     const clerk = new Clerk({ addrs: ["127.0.0.1:1", addrs[1]!, addrs[2]!], transport, operationTimeoutMs: 1_000, backoffMs: 20, maxBackoffMs: 200 });
     const started = Date.now();
     const error = await clerk.get("x").then(() => null, (e: unknown) => e);
-    expect((error as ClerkError).code).toBe("timeout");
+    expect((error as ClerkError).code).toBe(Code.DeadlineExceeded);
     // It ran out of time (the deadline), not out of attempts (200).
     expect(Date.now() - started).toBeGreaterThanOrEqual(1_000);
     expect(calls.length).toBeLessThan(100);

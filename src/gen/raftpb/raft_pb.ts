@@ -13,7 +13,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file raftpb/raft.proto.
  */
 export const file_raftpb_raft: GenFile = /*@__PURE__*/
-  fileDesc("ChFyYWZ0cGIvcmFmdC5wcm90bxIGcmFmdHBiIlMKBUVudHJ5Eg0KBWluZGV4GAEgASgEEgwKBHRlcm0YAiABKAQSHwoEdHlwZRgDIAEoDjIRLnJhZnRwYi5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCI8CgxTbmFwc2hvdE1ldGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIPCgdtZW1iZXJzGAMgAygEIskCCgdNZXNzYWdlEiEKBHR5cGUYASABKA4yEy5yYWZ0cGIuTWVzc2FnZVR5cGUSDAoEZnJvbRgCIAEoBBIKCgJ0bxgDIAEoBBIMCgR0ZXJtGAQgASgEEhEKCWxvZ19pbmRleBgFIAEoBBIQCghsb2dfdGVybRgGIAEoBBIeCgdlbnRyaWVzGAcgAygLMg0ucmFmdHBiLkVudHJ5Eg4KBmNvbW1pdBgIIAEoBBIKCgJvaxgJIAEoCBIQCghwcmVfdm90ZRgKIAEoCBITCgttYXRjaF9pbmRleBgLIAEoBBIVCg1jb25mbGljdF90ZXJtGAwgASgEEhYKDmNvbmZsaWN0X2luZGV4GA0gASgEEhQKDHJlYWRfY29udGV4dBgOIAEoBBImCghzbmFwc2hvdBgPIAEoCzIULnJhZnRwYi5TbmFwc2hvdE1ldGEiMQoMTWVzc2FnZUJhdGNoEiEKCG1lc3NhZ2VzGAEgAygLMg8ucmFmdHBiLk1lc3NhZ2UiIQoNTWVzc2FnZUZyYW1lcxIQCghtZXNzYWdlcxgBIAMoDCIOCgxTZW5kUmVzcG9uc2UiPgoNU25hcHNob3RDaHVuaxIfCgZoZWFkZXIYASABKAsyDy5yYWZ0cGIuTWVzc2FnZRIMCgRkYXRhGAIgASgMKi0KCUVudHJ5VHlwZRIQCgxFTlRSWV9OT1JNQUwQABIOCgpFTlRSWV9OT09QEAEq8QEKC01lc3NhZ2VUeXBlEhcKE01FU1NBR0VfVU5TUEVDSUZJRUQQABIQCgxSRVFVRVNUX1ZPVEUQARIZChVSRVFVRVNUX1ZPVEVfUkVTUE9OU0UQAhISCg5BUFBFTkRfRU5UUklFUxADEhsKF0FQUEVORF9FTlRSSUVTX1JFU1BPTlNFEAQSDQoJSEVBUlRCRUFUEAUSFgoSSEVBUlRCRUFUX1JFU1BPTlNFEAYSFAoQSU5TVEFMTF9TTkFQU0hPVBAHEh0KGUlOU1RBTExfU05BUFNIT1RfUkVTUE9OU0UQCBIPCgtUSU1FT1VUX05PVxAJMrcBCgtSYWZ0U2VydmljZRIyCgRTZW5kEhQucmFmdHBiLk1lc3NhZ2VCYXRjaBoULnJhZnRwYi5TZW5kUmVzcG9uc2USNwoGU3RyZWFtEhUucmFmdHBiLk1lc3NhZ2VGcmFtZXMaFC5yYWZ0cGIuU2VuZFJlc3BvbnNlKAESOwoPSW5zdGFsbFNuYXBzaG90EhUucmFmdHBiLlNuYXBzaG90Q2h1bmsaDy5yYWZ0cGIuTWVzc2FnZSgBYgZwcm90bzM");
+  fileDesc("ChFyYWZ0cGIvcmFmdC5wcm90bxIGcmFmdHBiIlMKBUVudHJ5Eg0KBWluZGV4GAEgASgEEgwKBHRlcm0YAiABKAQSHwoEdHlwZRgDIAEoDjIRLnJhZnRwYi5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCJQCgxTbmFwc2hvdE1ldGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIPCgdtZW1iZXJzGAMgAygEEhIKCm1lbWJlcnNoaXAYBCABKAwiyQIKB01lc3NhZ2USIQoEdHlwZRgBIAEoDjITLnJhZnRwYi5NZXNzYWdlVHlwZRIMCgRmcm9tGAIgASgEEgoKAnRvGAMgASgEEgwKBHRlcm0YBCABKAQSEQoJbG9nX2luZGV4GAUgASgEEhAKCGxvZ190ZXJtGAYgASgEEh4KB2VudHJpZXMYByADKAsyDS5yYWZ0cGIuRW50cnkSDgoGY29tbWl0GAggASgEEgoKAm9rGAkgASgIEhAKCHByZV92b3RlGAogASgIEhMKC21hdGNoX2luZGV4GAsgASgEEhUKDWNvbmZsaWN0X3Rlcm0YDCABKAQSFgoOY29uZmxpY3RfaW5kZXgYDSABKAQSFAoMcmVhZF9jb250ZXh0GA4gASgEEiYKCHNuYXBzaG90GA8gASgLMhQucmFmdHBiLlNuYXBzaG90TWV0YSIxCgxNZXNzYWdlQmF0Y2gSIQoIbWVzc2FnZXMYASADKAsyDy5yYWZ0cGIuTWVzc2FnZSIQCg5TdHJlYW1SZXNwb25zZSI+Cg1TbmFwc2hvdENodW5rEh8KBmhlYWRlchgBIAEoCzIPLnJhZnRwYi5NZXNzYWdlEgwKBGRhdGEYAiABKAwiVgoQQ2hhbGxlbmdlUmVxdWVzdBIMCgRmcm9tGAEgASgEEgoKAnRvGAIgASgEEhIKCmNsdXN0ZXJfaWQYAyABKAkSFAoMY2xpZW50X25vbmNlGAQgASgMIj8KEUNoYWxsZW5nZVJlc3BvbnNlEhQKDHNlcnZlcl9ub25jZRgBIAEoDBIUCgxzZXJ2ZXJfcHJvb2YYAiABKAwiKwoTQXV0aGVudGljYXRlUmVxdWVzdBIUCgxjbGllbnRfcHJvb2YYASABKAwiFgoUQXV0aGVudGljYXRlUmVzcG9uc2UqRAoJRW50cnlUeXBlEhAKDEVOVFJZX05PUk1BTBAAEg4KCkVOVFJZX05PT1AQARIVChFFTlRSWV9DT05GX0NIQU5HRRACKvEBCgtNZXNzYWdlVHlwZRIXChNNRVNTQUdFX1VOU1BFQ0lGSUVEEAASEAoMUkVRVUVTVF9WT1RFEAESGQoVUkVRVUVTVF9WT1RFX1JFU1BPTlNFEAISEgoOQVBQRU5EX0VOVFJJRVMQAxIbChdBUFBFTkRfRU5UUklFU19SRVNQT05TRRAEEg0KCUhFQVJUQkVBVBAFEhYKEkhFQVJUQkVBVF9SRVNQT05TRRAGEhQKEElOU1RBTExfU05BUFNIT1QQBxIdChlJTlNUQUxMX1NOQVBTSE9UX1JFU1BPTlNFEAgSDwoLVElNRU9VVF9OT1cQCTKRAgoLUmFmdFNlcnZpY2USQAoJQ2hhbGxlbmdlEhgucmFmdHBiLkNoYWxsZW5nZVJlcXVlc3QaGS5yYWZ0cGIuQ2hhbGxlbmdlUmVzcG9uc2USSQoMQXV0aGVudGljYXRlEhsucmFmdHBiLkF1dGhlbnRpY2F0ZVJlcXVlc3QaHC5yYWZ0cGIuQXV0aGVudGljYXRlUmVzcG9uc2USOAoGU3RyZWFtEhQucmFmdHBiLk1lc3NhZ2VCYXRjaBoWLnJhZnRwYi5TdHJlYW1SZXNwb25zZSgBEjsKD0luc3RhbGxTbmFwc2hvdBIVLnJhZnRwYi5TbmFwc2hvdENodW5rGg8ucmFmdHBiLk1lc3NhZ2UoAWIGcHJvdG8z");
 
 /**
  * @generated from message raftpb.Entry
@@ -62,9 +62,19 @@ export type SnapshotMeta = Message$1<"raftpb.SnapshotMeta"> & {
   term: bigint;
 
   /**
+   * The voters of the configuration in force at `index`.
+   *
    * @generated from field: repeated uint64 members = 3;
    */
   members: bigint[];
+
+  /**
+   * The whole configuration (voters, learners, addresses) in the membership layout of
+   * src/raft/log/FORMAT.md; empty when it has neither learners nor addresses.
+   *
+   * @generated from field: bytes membership = 4;
+   */
+  membership: Uint8Array;
 };
 
 /**
@@ -188,38 +198,17 @@ export const MessageBatchSchema: GenMessage<MessageBatch> = /*@__PURE__*/
   messageDesc(file_raftpb_raft, 3);
 
 /**
- * What Stream carries: wire-identical to MessageBatch (an embedded message and bytes share one
- * encoding), declared as bytes so the receiver decodes each Message with its own codec
- * (src/rpc/raft-wire.ts) instead of through reflection.
- *
- * @generated from message raftpb.MessageFrames
+ * @generated from message raftpb.StreamResponse
  */
-export type MessageFrames = Message$1<"raftpb.MessageFrames"> & {
-  /**
-   * @generated from field: repeated bytes messages = 1;
-   */
-  messages: Uint8Array[];
+export type StreamResponse = Message$1<"raftpb.StreamResponse"> & {
 };
 
 /**
- * Describes the message raftpb.MessageFrames.
- * Use `create(MessageFramesSchema)` to create a new message.
+ * Describes the message raftpb.StreamResponse.
+ * Use `create(StreamResponseSchema)` to create a new message.
  */
-export const MessageFramesSchema: GenMessage<MessageFrames> = /*@__PURE__*/
+export const StreamResponseSchema: GenMessage<StreamResponse> = /*@__PURE__*/
   messageDesc(file_raftpb_raft, 4);
-
-/**
- * @generated from message raftpb.SendResponse
- */
-export type SendResponse = Message$1<"raftpb.SendResponse"> & {
-};
-
-/**
- * Describes the message raftpb.SendResponse.
- * Use `create(SendResponseSchema)` to create a new message.
- */
-export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_raftpb_raft, 5);
 
 /**
  * InstallSnapshot as a client stream: the first chunk carries the header message, every chunk
@@ -244,7 +233,98 @@ export type SnapshotChunk = Message$1<"raftpb.SnapshotChunk"> & {
  * Use `create(SnapshotChunkSchema)` to create a new message.
  */
 export const SnapshotChunkSchema: GenMessage<SnapshotChunk> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 5);
+
+/**
+ * The peer handshake, run once on every HTTP/2 connection before any other peer call (see
+ * src/rpc/DESIGN.md). The connection is then bound to the authenticated sender `from`.
+ *
+ * @generated from message raftpb.ChallengeRequest
+ */
+export type ChallengeRequest = Message$1<"raftpb.ChallengeRequest"> & {
+  /**
+   * @generated from field: uint64 from = 1;
+   */
+  from: bigint;
+
+  /**
+   * @generated from field: uint64 to = 2;
+   */
+  to: bigint;
+
+  /**
+   * @generated from field: string cluster_id = 3;
+   */
+  clusterId: string;
+
+  /**
+   * @generated from field: bytes client_nonce = 4;
+   */
+  clientNonce: Uint8Array;
+};
+
+/**
+ * Describes the message raftpb.ChallengeRequest.
+ * Use `create(ChallengeRequestSchema)` to create a new message.
+ */
+export const ChallengeRequestSchema: GenMessage<ChallengeRequest> = /*@__PURE__*/
   messageDesc(file_raftpb_raft, 6);
+
+/**
+ * @generated from message raftpb.ChallengeResponse
+ */
+export type ChallengeResponse = Message$1<"raftpb.ChallengeResponse"> & {
+  /**
+   * @generated from field: bytes server_nonce = 1;
+   */
+  serverNonce: Uint8Array;
+
+  /**
+   * HMAC-SHA256 proving the server holds the cluster secret (empty without --peer-secret-file).
+   *
+   * @generated from field: bytes server_proof = 2;
+   */
+  serverProof: Uint8Array;
+};
+
+/**
+ * Describes the message raftpb.ChallengeResponse.
+ * Use `create(ChallengeResponseSchema)` to create a new message.
+ */
+export const ChallengeResponseSchema: GenMessage<ChallengeResponse> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 7);
+
+/**
+ * @generated from message raftpb.AuthenticateRequest
+ */
+export type AuthenticateRequest = Message$1<"raftpb.AuthenticateRequest"> & {
+  /**
+   * HMAC-SHA256 over the server nonce, the sender id and the cluster id (empty without a secret).
+   *
+   * @generated from field: bytes client_proof = 1;
+   */
+  clientProof: Uint8Array;
+};
+
+/**
+ * Describes the message raftpb.AuthenticateRequest.
+ * Use `create(AuthenticateRequestSchema)` to create a new message.
+ */
+export const AuthenticateRequestSchema: GenMessage<AuthenticateRequest> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 8);
+
+/**
+ * @generated from message raftpb.AuthenticateResponse
+ */
+export type AuthenticateResponse = Message$1<"raftpb.AuthenticateResponse"> & {
+};
+
+/**
+ * Describes the message raftpb.AuthenticateResponse.
+ * Use `create(AuthenticateResponseSchema)` to create a new message.
+ */
+export const AuthenticateResponseSchema: GenMessage<AuthenticateResponse> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 9);
 
 /**
  * @generated from enum raftpb.EntryType
@@ -259,6 +339,13 @@ export enum EntryType {
    * @generated from enum value: ENTRY_NOOP = 1;
    */
   ENTRY_NOOP = 1,
+
+  /**
+   * data: the whole new configuration, in the membership layout of src/raft/log/FORMAT.md.
+   *
+   * @generated from enum value: ENTRY_CONF_CHANGE = 2;
+   */
+  ENTRY_CONF_CHANGE = 2,
 }
 
 /**
@@ -333,28 +420,36 @@ export const MessageTypeSchema: GenEnum<MessageType> = /*@__PURE__*/
  */
 export const RaftService: GenService<{
   /**
-   * Fire-and-forget delivery of a batch of messages (answers come back as messages of their own).
-   *
-   * @generated from rpc raftpb.RaftService.Send
+   * @generated from rpc raftpb.RaftService.Challenge
    */
-  send: {
+  challenge: {
     methodKind: "unary";
-    input: typeof MessageBatchSchema;
-    output: typeof SendResponseSchema;
+    input: typeof ChallengeRequestSchema;
+    output: typeof ChallengeResponseSchema;
   },
   /**
-   * The usual route: each node keeps one such call open per peer for as long as the link lives and
-   * writes one MessageBatch per burst of messages (one HTTP/2 DATA frame, no per-call headers).
-   * The sender reopens it with backoff when it breaks; Send remains for older senders.
+   * @generated from rpc raftpb.RaftService.Authenticate
+   */
+  authenticate: {
+    methodKind: "unary";
+    input: typeof AuthenticateRequestSchema;
+    output: typeof AuthenticateResponseSchema;
+  },
+  /**
+   * The message route: each node keeps one such call open per peer for as long as the link lives
+   * and writes one MessageBatch per burst of messages (one HTTP/2 DATA frame, no per-call headers).
+   * The sender reopens it with backoff when it breaks. Answers come back as messages of their own.
    *
    * @generated from rpc raftpb.RaftService.Stream
    */
   stream: {
     methodKind: "client_streaming";
-    input: typeof MessageFramesSchema;
-    output: typeof SendResponseSchema;
+    input: typeof MessageBatchSchema;
+    output: typeof StreamResponseSchema;
   },
   /**
+   * InstallSnapshot as a client stream on its own call (a large snapshot never delays heartbeats).
+   *
    * @generated from rpc raftpb.RaftService.InstallSnapshot
    */
   installSnapshot: {

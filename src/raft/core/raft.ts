@@ -1,65 +1,33 @@
 // The Raft consensus core: a deterministic state machine with no I/O, no clock and no ambient
 // randomness. The driver feeds it ticks, messages and proposals and carries out its Ready.
-// Roles, votes and the follower side live here; the leader's replication in replication.ts.
+// Roles, terms, the step function and Ready/advance live here; the follower's handlers in
+// follower.ts, the voting rules in election.ts, the leader's replication in replication.ts.
 
+import { type CampaignKind, countsVoteResponse, grantsVote, higherTermAction, voteRequests } from "./election.ts";
+import { answerStaleMessage, type FollowerContext, handleAppendEntries, handleHeartbeat, handleInstallSnapshot, snapshotNeedsRestore } from "./follower.ts";
+import { checkConfChange, type ConfChange } from "./config-change.ts";
+import { cloneMembership, encodeMembership } from "./membership.ts";
 import { MajorityConfig, VoteResult } from "./quorum.ts";
 import { RaftLog } from "./raft-log.ts";
 import { ReadOnly } from "./read-only.ts";
+import { Outbox, type SoftState } from "./ready.ts";
 import { type RaftConfig, validateConfig } from "./raft-config.ts";
-import { type ProgressStatus, Replication } from "./replication.ts";
-import {
-  EntryType,
-  NONE,
-  type Entry,
-  type HardState,
-  type Message,
-  type NodeId,
-  type RaftRole,
-  type ReadState,
-  type Ready,
-  type SnapshotMeta,
-} from "../types.ts";
+import type { ConfChangeResult, ProposeResult, RaftInitialState, RaftStatus, ReadIndexResult } from "./interface.ts";
+import { Replication } from "./replication.ts";
+import { EntryType, NONE, type Entry, type HardState, type Message, type NodeId, type RaftRole, type Ready, type SnapshotMeta } from "../types.ts";
 
-export interface RaftInitialState {
-  /** As persisted. */
-  hardState: HardState;
-  /** Log compaction point ({index:0, term:0, members: peers} when none). */
-  snapshot: SnapshotMeta;
-  /** Persisted entries after snapshot.index, in order. */
-  entries: Entry[];
-  /** The state machine's applied index: committed entries after it are re-delivered in committedEntries. */
-  appliedIndex: number;
-}
-
-export type ProposeResult =
-  | { ok: true; index: number; term: number }
-  | { ok: false; leaderId: NodeId; reason: "not-leader" | "backpressure" | "transferring" };
-
-export type ReadIndexResult = { ok: true } | { ok: false; leaderId: NodeId; reason?: "not-leader" | "backpressure" };
-
-export type { ProgressStatus } from "./replication.ts";
+export type { ConfChange, ConfChangeRefusal } from "./config-change.ts";
+export type { ConfChangeResult, ProgressStatus, ProposeResult, RaftInitialState, RaftStatus, ReadIndexResult } from "./interface.ts";
 export type { RaftConfig } from "./raft-config.ts";
 
-export interface RaftStatus {
-  id: NodeId;
-  role: RaftRole;
-  term: number;
-  leaderId: NodeId;
-  commitIndex: number;
-  appliedIndex: number;
-  firstIndex: number;
-  lastIndex: number;
-  votedFor: NodeId;
-  progress?: Record<NodeId, ProgressStatus>;
-}
-
 type MessageOf<T extends Message["type"]> = Extract<Message, { type: T }>;
-type CampaignKind = "pre-vote" | "election" | "transfer";
 
 export class Raft {
   readonly id: NodeId;
   private readonly config: Required<RaftConfig>;
-  private readonly voters: MajorityConfig;
+  /** The voters of the latest configuration in the log, and which version of it that is. */
+  private voters: MajorityConfig;
+  private membershipSeen: number;
   private readonly log: RaftLog;
 
   private term: number;
@@ -75,19 +43,12 @@ export class Raft {
   /** The leader's view of its followers: non-null exactly while role is Leader. */
   private replication: Replication | null = null;
   private readonly readOnly: ReadOnly;
-  /** Reads that arrived before this leader committed an entry of its term. */
-  private deferredReads: number[] = [];
-  private leadTransferee: NodeId = NONE;
   /** Proposals or reads waiting for the next ready() to go out as one broadcast. */
   private appendBroadcastPending = false;
   private readBroadcastPending = false;
 
-  private messages: Message[] = [];
-  private readStates: ReadState[] = [];
-  private snapshotToInstall: SnapshotMeta | null = null;
-  private prevHardState: HardState;
-  private prevSoft: { role: RaftRole; leaderId: NodeId };
-  private outstanding: Ready | null = null;
+  /** Messages, confirmed reads and a snapshot to install, waiting for the next Ready. */
+  private readonly outbox: Outbox;
 
   constructor(config: RaftConfig, initial: RaftInitialState) {
     validateConfig(config);
@@ -95,17 +56,18 @@ export class Raft {
       maxPendingProposals: 10_000,
       maxPendingReads: 10_000,
       maxCommittedBytesPerReady: 16 * 1024 * 1024,
+      maxLearnerLag: 1000,
       ...config,
     };
     this.id = config.id;
-    this.voters = new MajorityConfig(config.peers);
     const hs = initial.hardState;
     this.log = new RaftLog(initial.snapshot, initial.entries, hs.commitIndex, initial.appliedIndex);
+    this.voters = new MajorityConfig(this.log.membership().voters);
+    this.membershipSeen = this.log.membershipVersion;
     if (hs.term < this.log.lastTerm()) throw new RangeError(`persisted term ${hs.term} is below the last log term ${this.log.lastTerm()}`);
     this.term = hs.term;
     this.votedFor = hs.votedFor;
-    this.prevHardState = { ...hs };
-    this.prevSoft = { role: this.role, leaderId: this.leaderId };
+    this.outbox = new Outbox(hs, { role: this.role, leaderId: this.leaderId });
     this.readOnly = new ReadOnly(this.config.maxPendingReads);
     this.resetRandomizedElectionTimeout();
   }
@@ -115,12 +77,13 @@ export class Raft {
   tick(): void {
     if (this.role === "Leader") this.tickHeartbeat();
     else this.tickElection();
+    this.afterInput();
   }
 
   propose(data: Uint8Array[]): ProposeResult {
     if (data.length === 0) throw new RangeError("propose needs at least one command");
     if (this.role !== "Leader") return { ok: false, leaderId: this.leaderId, reason: "not-leader" };
-    if (this.leadTransferee !== NONE) return { ok: false, leaderId: this.leaderId, reason: "transferring" };
+    if (this.leader().leadTransferee !== NONE) return { ok: false, leaderId: this.leaderId, reason: "transferring" };
     const uncommitted = this.log.lastIndex() - this.log.commitIndex;
     if (uncommitted + data.length > this.config.maxPendingProposals) return { ok: false, leaderId: this.id, reason: "backpressure" };
     const first = this.log.lastIndex() + 1;
@@ -132,16 +95,14 @@ export class Raft {
 
   readIndex(context: number): ReadIndexResult {
     if (this.role !== "Leader") return { ok: false, leaderId: this.leaderId, reason: "not-leader" };
-    if (this.voters.voters.length === 1) {
-      this.readStates.push({ context, index: this.log.commitIndex });
+    if (this.voters.voters.length === 1 && this.voters.includes(this.id)) {
+      this.outbox.readStates.push({ context, index: this.log.commitIndex });
       return { ok: true };
     }
-    if (this.readOnly.size + this.deferredReads.length >= this.config.maxPendingReads) {
-      return { ok: false, leaderId: this.id, reason: "backpressure" };
-    }
+    if (this.readOnly.full()) return { ok: false, leaderId: this.id, reason: "backpressure" };
     if (!this.committedInCurrentTerm()) {
       // Until an entry of this term commits, this leader's commitIndex may lag the cluster's (§6.4).
-      this.deferredReads.push(context);
+      this.readOnly.defer(context);
       return { ok: true };
     }
     this.readOnly.add(context, this.log.commitIndex);
@@ -149,18 +110,36 @@ export class Raft {
     return { ok: true };
   }
 
-  transferLeadership(to: NodeId): void {
-    if (!this.voters.voters.includes(to)) throw new RangeError(`transferLeadership: ${to} is not a member`);
-    if (this.role !== "Leader" || to === this.id || this.leadTransferee === to) return;
-    this.leadTransferee = to;
-    this.electionElapsed = 0; // the transfer is abandoned after one election timeout
+  /**
+   * Proposes one configuration change (config-change.ts). It takes effect as soon as it is in the
+   * log; the next may be proposed once it commits.
+   */
+  proposeConfChange(change: ConfChange): ConfChangeResult {
+    if (this.role !== "Leader") return { ok: false, leaderId: this.leaderId, reason: "not-leader" };
     const replication = this.leader();
-    if (replication.progressOf(to).matchIndex === this.log.lastIndex()) this.send({ type: "TimeoutNow", from: this.id, to, term: this.term });
-    else replication.sendAppend(to);
+    if (replication.leadTransferee !== NONE) return { ok: false, leaderId: this.id, reason: "transferring" };
+    const checked = checkConfChange(change, {
+      membership: this.log.membership(),
+      lastConfigIndex: this.log.lastConfigIndex(),
+      commitIndex: this.log.commitIndex,
+      committedInCurrentTerm: this.committedInCurrentTerm(),
+      lastIndex: this.log.lastIndex(),
+      maxLearnerLag: this.config.maxLearnerLag,
+      matchIndex: (id) => replication.progressOf(id).matchIndex,
+    });
+    if (!checked.ok) return { ...checked, leaderId: this.id };
+    const index = this.log.lastIndex() + 1;
+    this.appendEntries([{ index, term: this.term, type: EntryType.ConfChange, data: encodeMembership(checked.next) }]);
+    this.appendBroadcastPending = true;
+    this.afterInput();
+    return { ok: true, index, term: this.term, membership: checked.next };
   }
 
-  reportUnreachable(to: NodeId): void {
-    this.replication?.unreachable(to);
+  transferLeadership(to: NodeId): void {
+    if (!this.voters.includes(to)) throw new RangeError(`transferLeadership: ${to} is not a voter`);
+    if (this.role !== "Leader" || to === this.id || this.leader().leadTransferee === to) return;
+    this.electionElapsed = 0; // the transfer is abandoned after one election timeout
+    this.leader().transferTo(to);
   }
 
   reportSnapshot(to: NodeId, success: boolean): void {
@@ -178,16 +157,7 @@ export class Raft {
       this.becomeFollower(message.term, message.from);
     }
     this.electionElapsed = 0;
-    return this.snapshotNeedsRestore(message.snapshot);
-  }
-
-  /**
-   * A snapshot replaces the log only if it is ahead of our commitIndex and our log does not
-   * already hold its last entry: entries we hold past it may have been acknowledged as durable
-   * to the leader and must not be dropped.
-   */
-  private snapshotNeedsRestore(meta: SnapshotMeta): boolean {
-    return meta.index > this.log.commitIndex && !this.log.matchTerm(meta.index, meta.term);
+    return snapshotNeedsRestore(this.log, message.snapshot);
   }
 
   /** The driver compacted its durable log through meta.index (<= appliedIndex). */
@@ -197,25 +167,20 @@ export class Raft {
 
   step(m: Message): void {
     if (m.to !== this.id) throw new RangeError(`node ${this.id} was handed a message addressed to ${m.to}`);
-    if (!this.voters.voters.includes(m.from) || m.from === this.id) return; // not a peer: ignore
+    // Senders outside our configuration are heard too: a joining node learns its configuration
+    // from the leader's log. What counts (votes, acknowledgements) is decided by configuration.
+    if (m.from === this.id) return;
+    this.stepMessage(m);
+    this.afterInput();
+  }
+
+  private stepMessage(m: Message): void {
     if (m.term > this.term) {
-      if (m.type === "RequestVote") {
-        const inLease = this.config.checkQuorum && this.leaderId !== NONE && this.electionElapsed < this.config.electionTicks;
-        // A node that heard from a live leader within the election timeout ignores (pre)votes
-        // (leader lease, §4.2.3 of the thesis), unless the leader itself asked for the election.
-        if (inLease && m.transfer !== true) return;
-      }
-      if (m.type === "RequestVote" && m.preVote) {
-        // A pre-vote does not change anyone's term.
-      } else if (m.type === "RequestVoteResponse" && m.preVote && m.voteGranted) {
-        // Granted pre-votes carry the term we would campaign in.
-      } else if (m.type === "AppendEntries" || m.type === "Heartbeat" || m.type === "InstallSnapshot") {
-        this.becomeFollower(m.term, m.from);
-      } else {
-        this.becomeFollower(m.term, NONE);
-      }
+      const action = higherTermAction(m, { ...this.config, leaderId: this.leaderId, electionElapsed: this.electionElapsed });
+      if (action === "ignore") return;
+      if (action !== "keep-term") this.becomeFollower(m.term, action === "follow-sender" ? m.from : NONE);
     } else if (m.term < this.term) {
-      this.answerStaleMessage(m);
+      if (this.config.checkQuorum || this.config.preVote) answerStaleMessage(this.followerContext(), m);
       return;
     }
 
@@ -234,12 +199,12 @@ export class Raft {
         }
         if (this.role !== "Follower" || this.leaderId !== m.from) this.becomeFollower(this.term, m.from);
         this.electionElapsed = 0;
-        if (m.type === "AppendEntries") this.handleAppendEntries(m);
-        else if (m.type === "Heartbeat") this.handleHeartbeat(m);
-        else this.handleInstallSnapshot(m);
+        if (m.type === "AppendEntries") handleAppendEntries(this.followerContext(), m);
+        else if (m.type === "Heartbeat") handleHeartbeat(this.followerContext(), m);
+        else this.outbox.snapshot = handleInstallSnapshot(this.followerContext(), m) ?? this.outbox.snapshot;
         return;
       case "AppendEntriesResponse":
-        if (this.role === "Leader") this.handleAppendResponse(m);
+        if (this.role === "Leader") this.leader().handleAppendResponse(m);
         return;
       case "HeartbeatResponse":
         if (this.role === "Leader") this.handleHeartbeatResponse(m);
@@ -258,61 +223,22 @@ export class Raft {
   // ---- Ready / advance -------------------------------------------------------------------------
 
   hasReady(): boolean {
-    if (this.outstanding !== null) return false;
-    return (
-      this.appendBroadcastPending ||
-      this.readBroadcastPending ||
-      this.messages.length > 0 ||
-      this.readStates.length > 0 ||
-      this.snapshotToInstall !== null ||
-      this.log.stableIndex < this.log.lastIndex() ||
-      this.log.appliedIndex < this.log.commitIndex ||
-      !sameHardState(this.hardState(), this.prevHardState) ||
-      this.role !== this.prevSoft.role ||
-      this.leaderId !== this.prevSoft.leaderId
-    );
+    if (this.outbox.busy) return false;
+    return this.appendBroadcastPending || this.readBroadcastPending || this.outbox.hasWork(this.log, this.hardState(), this.softState());
   }
 
   /** What to persist, send and apply next. Call advance(ready) before the next ready(). */
   ready(): Ready {
-    if (this.outstanding !== null) throw new Error("Raft.ready() called again before advance() of the previous Ready");
+    if (this.outbox.busy) throw new Error("Raft.ready() called again before advance() of the previous Ready");
     this.flushBroadcasts();
-    const hs = this.hardState();
-    const softChanged = this.role !== this.prevSoft.role || this.leaderId !== this.prevSoft.leaderId;
-    const rd: Ready = {
-      hardState: sameHardState(hs, this.prevHardState) ? null : hs,
-      entries: this.log.unstableEntries(),
-      messages: this.messages,
-      committedEntries: this.log.nextCommitted(this.config.maxCommittedBytesPerReady),
-      snapshot: this.snapshotToInstall,
-      readStates: this.readStates,
-      softState: softChanged ? { role: this.role, leaderId: this.leaderId, term: this.term } : null,
-    };
-    this.messages = [];
-    this.readStates = [];
-    this.snapshotToInstall = null;
-    this.prevSoft = { role: this.role, leaderId: this.leaderId };
-    this.outstanding = rd;
-    return rd;
+    return this.outbox.take(this.log, this.hardState(), this.softState(), this.config.maxCommittedBytesPerReady);
   }
 
   /** The driver persisted, sent and applied everything in `rd`. */
   advance(rd: Ready): void {
-    if (rd !== this.outstanding) throw new Error("Raft.advance() must be given the Ready last returned by ready()");
-    this.outstanding = null;
-    if (rd.hardState !== null) this.prevHardState = rd.hardState;
-    // The log may have changed since ready(): an entry still holding the term it had in `rd`
-    // proves (log matching) that everything up to it is what was persisted.
-    for (let i = rd.entries.length - 1; i >= 0; i--) {
-      const e = rd.entries[i] as Entry;
-      if (this.log.term(e.index) === e.term) {
-        if (e.index > this.log.stableIndex) this.log.stableIndex = e.index;
-        break;
-      }
-    }
-    const lastCommitted = rd.committedEntries[rd.committedEntries.length - 1];
-    if (lastCommitted !== undefined && lastCommitted.index > this.log.appliedIndex) this.log.appliedTo(lastCommitted.index);
+    this.outbox.advance(rd, this.log);
     this.replication?.leaderPersisted();
+    this.afterInput();
   }
 
   // ---- Inspection ------------------------------------------------------------------------------
@@ -333,13 +259,17 @@ export class Raft {
       firstIndex: this.log.firstIndex(),
       lastIndex: this.log.lastIndex(),
       votedFor: this.votedFor,
+      membership: cloneMembership(this.log.membership()),
     };
     if (this.replication !== null) s.progress = this.replication.status();
     return s;
   }
 
   /** Read-only view of the in-memory log (used by the simulator's invariant checks). */
-  get raftLog(): Pick<RaftLog, "snapshot" | "term" | "entry" | "firstIndex" | "lastIndex" | "commitIndex" | "heldEntries"> {
+  get raftLog(): Pick<
+    RaftLog,
+    "snapshot" | "term" | "entry" | "firstIndex" | "lastIndex" | "commitIndex" | "heldEntries" | "membership" | "membershipAt" | "lastConfigIndex" | "membershipVersion"
+  > {
     return this.log;
   }
 
@@ -347,6 +277,10 @@ export class Raft {
 
   private hardState(): HardState {
     return { term: this.term, votedFor: this.votedFor, commitIndex: this.log.commitIndex };
+  }
+
+  private softState(): SoftState {
+    return { role: this.role, leaderId: this.leaderId, term: this.term };
   }
 
   private reset(term: number): void {
@@ -362,8 +296,6 @@ export class Raft {
     this.votes.clear();
     this.replication = null;
     this.readOnly.reset();
-    this.deferredReads = [];
-    this.leadTransferee = NONE;
     this.appendBroadcastPending = false;
     this.readBroadcastPending = false;
   }
@@ -398,7 +330,7 @@ export class Raft {
       id: this.id,
       term: this.term,
       log: this.log,
-      voters: this.voters,
+      membership: this.log.membership(),
       maxInflight: this.config.maxInflight,
       maxBytesPerAppend: this.config.maxBytesPerAppend,
       send: (m) => this.send(m),
@@ -411,7 +343,7 @@ export class Raft {
   }
 
   private campaign(kind: CampaignKind): void {
-    if (!this.voters.voters.includes(this.id)) return;
+    if (!this.voters.includes(this.id)) return; // learners and non-members never campaign
     let voteTerm: number;
     if (kind === "pre-vote") {
       this.becomePreCandidate();
@@ -426,24 +358,14 @@ export class Raft {
       else this.becomeLeader();
       return;
     }
-    for (const to of this.voters.voters) {
-      if (to === this.id) continue;
-      this.send({
-        type: "RequestVote",
-        from: this.id,
-        to,
-        term: voteTerm,
-        lastLogIndex: this.log.lastIndex(),
-        lastLogTerm: this.log.lastTerm(),
-        preVote: kind === "pre-vote",
-        ...(kind === "transfer" ? { transfer: true } : {}),
-      });
-    }
+    for (const m of voteRequests(this.id, this.voters.voters, voteTerm, this.log, kind)) this.send(m);
   }
 
   private tickElection(): void {
     this.electionElapsed++;
-    if (this.electionElapsed >= this.randomizedElectionTimeout) {
+    // A learner or removed node never campaigns; its timer keeps running, so once a whole election
+    // timeout passes without a leader it is out of the lease and answers a candidate's votes.
+    if (this.electionElapsed >= this.randomizedElectionTimeout && this.voters.includes(this.id)) {
       this.electionElapsed = 0;
       this.campaign(this.config.preVote ? "pre-vote" : "election");
     }
@@ -454,6 +376,11 @@ export class Raft {
     this.electionElapsed++;
     if (this.electionElapsed >= this.config.electionTicks) {
       this.electionElapsed = 0;
+      if (this.removalCommitted()) {
+        // Its hand-over did not finish within an election timeout: the voters elect without it.
+        this.becomeFollower(this.term, NONE);
+        return;
+      }
       if (this.config.checkQuorum) {
         if (!this.leader().quorumActive()) {
           // Cut off from a majority for a whole election timeout: stop accepting work (§6.2).
@@ -461,7 +388,7 @@ export class Raft {
           return;
         }
       }
-      this.leadTransferee = NONE; // a transfer not done within an election timeout is abandoned
+      this.leader().abandonTransfer();
     }
     if (this.heartbeatElapsed >= this.config.heartbeatTicks) {
       this.heartbeatElapsed = 0;
@@ -478,19 +405,8 @@ export class Raft {
   // ---- Votes -----------------------------------------------------------------------------------
 
   private handleRequestVote(m: MessageOf<"RequestVote">): void {
-    const canVote =
-      this.votedFor === m.from ||
-      (this.votedFor === NONE && this.leaderId === NONE) ||
-      (m.preVote && m.term > this.term);
-    const granted = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm);
-    this.send({
-      type: "RequestVoteResponse",
-      from: this.id,
-      to: m.from,
-      term: granted ? m.term : this.term,
-      voteGranted: granted,
-      preVote: m.preVote,
-    });
+    const granted = grantsVote(m, { term: this.term, votedFor: this.votedFor, leaderId: this.leaderId }, this.log);
+    this.send({ type: "RequestVoteResponse", from: this.id, to: m.from, term: granted ? m.term : this.term, voteGranted: granted, preVote: m.preVote });
     if (granted && !m.preVote) {
       this.votedFor = m.from;
       this.electionElapsed = 0;
@@ -498,14 +414,7 @@ export class Raft {
   }
 
   private handleVoteResponse(m: MessageOf<"RequestVoteResponse">): void {
-    // A granted pre-vote counts only for the term this pre-campaign asks about (not an older one).
-    const expected =
-      this.role === "PreCandidate"
-        ? m.preVote && (!m.voteGranted || m.term === this.term + 1)
-        : this.role === "Candidate"
-          ? !m.preVote
-          : false;
-    if (!expected) return;
+    if (!countsVoteResponse(this.role, this.term, m)) return;
     this.votes.set(m.from, m.voteGranted);
     const result = this.voters.voteResult(this.votes);
     if (result === VoteResult.Won) {
@@ -516,69 +425,34 @@ export class Raft {
     }
   }
 
-  /** Tells a stale sender our term so that a deposed leader or pre-candidate learns it at once. */
-  private answerStaleMessage(m: Message): void {
-    if (!(this.config.checkQuorum || this.config.preVote)) return;
-    const base = { from: this.id, to: m.from, term: this.term };
-    if (m.type === "AppendEntries" || m.type === "Heartbeat") {
-      this.send({ ...base, type: "AppendEntriesResponse", success: false, matchIndex: 0, conflictTerm: 0, conflictIndex: 0 });
-    } else if (m.type === "RequestVote" && m.preVote) {
-      this.send({ ...base, type: "RequestVoteResponse", voteGranted: false, preVote: true });
-    } else if (m.type === "InstallSnapshot") {
-      this.send({ ...base, type: "InstallSnapshotResponse", success: false, matchIndex: 0 });
-    }
+  private followerContext(): FollowerContext {
+    return { id: this.id, term: this.term, log: this.log, send: (m) => this.send(m) };
   }
 
-  // ---- Follower side of replication ------------------------------------------------------------
+  // ---- Configuration ---------------------------------------------------------------------------
 
-  private handleAppendEntries(m: MessageOf<"AppendEntries">): void {
-    const reply = (success: boolean, matchIndex: number, conflictTerm = 0, conflictIndex = 0) =>
-      this.send({ type: "AppendEntriesResponse", from: this.id, to: m.from, term: this.term, success, matchIndex, conflictTerm, conflictIndex });
-    if (m.prevLogIndex < this.log.commitIndex) {
-      // Everything up to our commitIndex matches the leader's log already (a stale or duplicate append).
-      reply(true, this.log.commitIndex);
-      return;
+  /** After every input: use the log's latest configuration, and hand over if it removed this leader. */
+  private afterInput(): void {
+    if (this.log.membershipVersion !== this.membershipSeen) {
+      this.membershipSeen = this.log.membershipVersion;
+      const membership = this.log.membership();
+      this.voters = new MajorityConfig(membership.voters);
+      this.replication?.setMembership(membership);
     }
-    if (this.log.matchTerm(m.prevLogIndex, m.prevLogTerm)) {
-      const lastNew = this.log.appendFromLeader(m.prevLogIndex, m.entries);
-      this.log.commitTo(Math.min(m.leaderCommit, lastNew));
-      reply(true, lastNew);
-      return;
-    }
-    // Rejected: matchIndex names the rejected prevLogIndex so the leader can spot stale answers.
-    if (m.prevLogIndex > this.log.lastIndex()) {
-      reply(false, m.prevLogIndex, 0, this.log.lastIndex() + 1);
-      return;
-    }
-    const conflictTerm = this.log.term(m.prevLogIndex);
-    if (conflictTerm === undefined) throw new Error(`invariant: no term for index ${m.prevLogIndex} >= commitIndex ${this.log.commitIndex}`);
-    let conflictIndex = m.prevLogIndex;
-    while (conflictIndex - 1 > this.log.commitIndex && this.log.term(conflictIndex - 1) === conflictTerm) conflictIndex--;
-    reply(false, m.prevLogIndex, conflictTerm, conflictIndex);
+    if (this.role === "Leader" && this.removalCommitted()) this.handOver();
   }
 
-  private handleHeartbeat(m: MessageOf<"Heartbeat">): void {
-    this.log.commitTo(Math.min(m.commitIndex, this.log.lastIndex()));
-    this.send({ type: "HeartbeatResponse", from: this.id, to: m.from, term: this.term, readContext: m.readContext });
+  /** This leader is not a voter of the configuration, and that configuration is committed. */
+  private removalCommitted(): boolean {
+    return !this.voters.includes(this.id) && this.log.commitIndex >= this.log.lastConfigIndex();
   }
 
-  private handleInstallSnapshot(m: MessageOf<"InstallSnapshot">): void {
-    const reply = (matchIndex: number) =>
-      this.send({ type: "InstallSnapshotResponse", from: this.id, to: m.from, term: this.term, success: true, matchIndex });
-    if (m.snapshot.index <= this.log.commitIndex) {
-      // Already have it (acceptSnapshot said no, so the state machine was not touched).
-      reply(this.log.commitIndex);
-      return;
-    }
-    if (!this.snapshotNeedsRestore(m.snapshot)) {
-      // Our log holds the snapshot's last entry: it is committed, so just fast-forward.
-      this.log.commitTo(m.snapshot.index);
-      reply(m.snapshot.index);
-      return;
-    }
-    this.log.restore(m.snapshot);
-    this.snapshotToInstall = { index: m.snapshot.index, term: m.snapshot.term, members: [...m.snapshot.members] };
-    reply(m.snapshot.index);
+  /**
+   * A leader whose removal committed hands leadership to the most caught-up voter (TimeoutNow once
+   * it holds the whole log) and steps down; proposals are refused meanwhile (a transfer is on).
+   */
+  private handOver(): void {
+    if (this.leader().handOver()) this.becomeFollower(this.term, NONE);
   }
 
   // ---- Leader side (replication itself is in replication.ts) -----------------------------------
@@ -599,11 +473,7 @@ export class Raft {
 
   /** commitIndex advanced: reads held back until this term committed an entry may now go ahead. */
   private committed(firstOfTerm: boolean): void {
-    if (firstOfTerm && this.deferredReads.length > 0) {
-      for (const context of this.deferredReads) this.readOnly.add(context, this.log.commitIndex);
-      this.deferredReads = [];
-      this.readBroadcastPending = true;
-    }
+    if (firstOfTerm && this.readOnly.addDeferred(this.log.commitIndex)) this.readBroadcastPending = true;
   }
 
   private committedInCurrentTerm(): boolean {
@@ -622,30 +492,16 @@ export class Raft {
     }
   }
 
-  private handleAppendResponse(m: MessageOf<"AppendEntriesResponse">): void {
-    if (!this.leader().handleAppendResponse(m)) return;
-    if (m.from === this.leadTransferee && this.leader().progressOf(m.from).matchIndex === this.log.lastIndex()) {
-      this.send({ type: "TimeoutNow", from: this.id, to: m.from, term: this.term });
-    }
-  }
-
   private handleHeartbeatResponse(m: MessageOf<"HeartbeatResponse">): void {
     this.leader().handleHeartbeatResponse(m);
     if (m.readContext > 0) {
-      const confirmed = this.readOnly.ack(m.from, m.readContext, (acked) =>
-        this.voters.committedIndex((id) => (id === this.id ? Number.MAX_SAFE_INTEGER : (acked.get(id) ?? 0))),
-      );
-      for (const rs of confirmed) this.readStates.push(rs);
+      for (const rs of this.readOnly.ack(m.from, m.readContext, this.voters, this.id)) this.outbox.readStates.push(rs);
     }
   }
 
   private send(m: Message): void {
-    this.messages.push(m);
+    this.outbox.messages.push(m);
   }
-}
-
-function sameHardState(a: HardState, b: HardState): boolean {
-  return a.term === b.term && a.votedFor === b.votedFor && a.commitIndex === b.commitIndex;
 }
 
 function assertNever(x: never): never {

@@ -1,6 +1,7 @@
 // ReadIndex bookkeeping on the leader (§6.4 of the Raft thesis): each read records the commit
 // index at request time and waits until a quorum has acknowledged a heartbeat sent after it.
 
+import type { MajorityConfig } from "./quorum.ts";
 import type { NodeId, ReadState } from "../types.ts";
 
 interface PendingRead {
@@ -17,6 +18,8 @@ interface PendingRead {
  */
 export class ReadOnly {
   private pending: PendingRead[] = [];
+  /** Reads that arrived before this leader committed an entry of its term (§6.4): no index yet. */
+  private deferred: number[] = [];
   private round = 0;
   /** Highest round each voter has acknowledged. */
   private acked = new Map<NodeId, number>();
@@ -24,7 +27,7 @@ export class ReadOnly {
   constructor(private readonly maxPending: number) {}
 
   get size(): number {
-    return this.pending.length;
+    return this.pending.length + this.deferred.length;
   }
 
   /** The newest round to put in heartbeats (0 when no read waits). */
@@ -33,7 +36,20 @@ export class ReadOnly {
   }
 
   full(): boolean {
-    return this.pending.length >= this.maxPending;
+    return this.size >= this.maxPending;
+  }
+
+  /** Holds a read until the leader's commitIndex is known to be current (see addDeferred). */
+  defer(context: number): void {
+    this.deferred.push(context);
+  }
+
+  /** The first entry of the leader's term committed: deferred reads register at `index`. */
+  addDeferred(index: number): boolean {
+    if (this.deferred.length === 0) return false;
+    for (const context of this.deferred) this.add(context, index);
+    this.deferred = [];
+    return true;
   }
 
   /** Registers a read; returns its round, which the caller broadcasts in a heartbeat. */
@@ -44,13 +60,13 @@ export class ReadOnly {
   }
 
   /**
-   * Records `from`'s acknowledgement of `round` and returns the reads now confirmed by a quorum,
-   * `hasQuorum` telling whether a set of voters is a quorum (the leader counts itself).
+   * Records `from`'s acknowledgement of `round` and returns the reads now confirmed by a quorum of
+   * `voters` (the leader `self` counts as having acknowledged every round; learners never count).
    */
-  ack(from: NodeId, round: number, confirmedRound: (acked: ReadonlyMap<NodeId, number>) => number): ReadState[] {
+  ack(from: NodeId, round: number, voters: MajorityConfig, self: NodeId): ReadState[] {
     if (round <= 0 || this.pending.length === 0) return [];
     if ((this.acked.get(from) ?? 0) < round) this.acked.set(from, round);
-    return this.release(confirmedRound(this.acked));
+    return this.release(voters.committedIndex((id) => (id === self ? Number.MAX_SAFE_INTEGER : (this.acked.get(id) ?? 0))));
   }
 
   /** Releases every read of round <= `round`, in order. */
@@ -64,6 +80,7 @@ export class ReadOnly {
   /** Drops all reads (on losing leadership: their callers must retry elsewhere). */
   reset(): void {
     this.pending = [];
+    this.deferred = [];
     this.acked.clear();
   }
 }

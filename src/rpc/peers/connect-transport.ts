@@ -1,24 +1,20 @@
 // The production Raft Transport: one long-lived client-streaming call per peer (RaftService/Stream,
 // see peer-link.ts) carries every batch of messages as one frame; InstallSnapshot streams on its
-// own call; unary Send is the fallback for peers without Stream. Everything is bounded per peer: a
-// message that cannot go out now is dropped (Raft retransmits), never queued without limit. Also
-// serves the receiving side (raftpb.RaftService).
+// own call; both on connections authenticated by the peer handshake (peer-session.ts). Everything
+// is bounded per peer: a message that cannot go out now is dropped (Raft retransmits), never queued
+// without limit. Also serves the receiving side (raftpb.RaftService), behind PeerGate (peer-auth.ts).
 
 import { Code, ConnectError, createClient, type Client, type ConnectRouter } from "@connectrpc/connect";
-import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { create } from "@bufbuild/protobuf";
-import {
-  MessageBatchSchema,
-  RaftService,
-  SnapshotChunkSchema,
-  type Message as WireMessage,
-  type SnapshotChunk,
-} from "../../gen/raftpb/raft_pb.ts";
+import { RaftService, SnapshotChunkSchema, type Message as WireMessage, type SnapshotChunk } from "../../gen/raftpb/raft_pb.ts";
 import type { Message, NodeId, Transport, TransportHandler } from "../../raft/types.ts";
-import { RaftCodecError, decodeMessage, encodeMessage } from "./raft-codec.ts";
+import { RaftCodecError, batchFieldBytes, decodeBatchBytes, decodeMessage, encodeBatchBytes, encodeMessage, encodeMessageBytes } from "./raft-codec.ts";
 import { PeerLink, PeerLinkError } from "./peer-link.ts";
 import { frameRoutesOf } from "../server/frame-lane.ts";
-import { type PreparedMessage, batchFieldBytes, decodeBatchBytes, decodeMessageBytes, encodeBatchFrame, prepareMessage } from "./raft-wire.ts";
+import { connectionKey } from "../server/connection.ts";
+import { PeerGate, type PeerGateStats, type PeerSecurity } from "./peer-auth.ts";
+import { PeerSessionManager, dialPeer } from "./peer-session.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -26,18 +22,17 @@ type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse
 export interface ConnectTransportOptions {
   /** This node's id: messages arriving for another id are refused (a sign of swapped -addrs). */
   id: NodeId;
-  /** Base URL of every peer, e.g. { 1: "http://localhost:5002" }. This node's own entry is ignored. */
+  /**
+   * Base URL of every member, e.g. { 1: "http://localhost:5002" } ("https://" for peer TLS). The
+   * keys are the cluster's members: only they may authenticate. This node's own entry is not dialed.
+   */
   peers: ReadonlyMap<NodeId, string> | Readonly<Record<number, string>>;
-  /** Send RPCs in flight per peer before further batches to it are dropped (unary fallback). */
-  maxInflightPerPeer?: number;
+  /** How peers authenticate and which cluster this is (see peer-auth.ts). */
+  security: PeerSecurity;
   /** Bytes waiting for a peer's stream (connecting, or behind flow control) before frames are dropped. */
   maxQueuedBytesPerPeer?: number;
   /** A batch to one peer is cut into frames of about this many bytes (the receiver's readMaxBytes bounds one frame). */
   maxFrameBytes?: number;
-  /** Use the long-lived Stream call (default true); false sends every batch as a unary Send. */
-  streaming?: boolean;
-  /** Deadline of one Send RPC; frees its in-flight slot when a peer hangs. */
-  sendTimeoutMs?: number;
   /** Largest slice of snapshot data per streamed message (bigger chunks are split). */
   snapshotChunkBytes?: number;
   /** Per-message limit for incoming peer messages (a batch of AppendEntries, a snapshot chunk). */
@@ -49,18 +44,13 @@ export const DEFAULT_RAFT_READ_MAX_BYTES = 64 * 1024 * 1024;
 interface Peer {
   id: NodeId;
   url: string;
-  session: Http2SessionManager;
+  session: PeerSessionManager;
   client: Client<typeof RaftService>;
-  /** The message stream; null when streaming is off. */
-  link: PeerLink | null;
-  /** Until this time (ms, performance.now) batches use unary Send: the peer has no Stream route. */
-  unaryUntil: number;
-  inflight: number;
+  /** The message stream. */
+  link: PeerLink;
   lastError: string | null;
 }
 
-/** How long a peer that answered Stream with "unimplemented" is sent unary calls before trying again. */
-const UNARY_FALLBACK_MS = 60_000;
 const STREAM_PATH = `/${RaftService.typeName}/${RaftService.method.stream.name}`;
 
 /** Counters for observability and tests. */
@@ -71,23 +61,26 @@ export interface TransportStats {
   failedBatches: number;
 }
 
+/** Bound on dialing a peer plus its handshake. */
+const DIAL_TIMEOUT_MS = 5_000;
+
 export class ConnectTransport implements Transport {
   private readonly peers = new Map<NodeId, Peer>();
   private readonly abort = new AbortController();
   private handler: TransportHandler | null = null;
   private closed = false;
-  private readonly maxInflight: number;
   private readonly maxFrameBytes: number;
-  private readonly sendTimeoutMs: number;
   private readonly chunkBytes: number;
   private readonly readMaxBytes: number;
   readonly stats: TransportStats = { sentBatches: 0, sentMessages: 0, droppedMessages: 0, failedBatches: 0 };
+  private readonly gate: PeerGate;
+  /** The cluster's members, as the gate sees them (updated by setPeers). */
+  private readonly members = new Set<NodeId>();
+  private readonly maxQueuedBytes: number;
 
   constructor(private readonly options: ConnectTransportOptions) {
-    this.maxInflight = options.maxInflightPerPeer ?? 32;
     this.maxFrameBytes = options.maxFrameBytes ?? 4 * 1024 * 1024;
     const maxQueuedBytes = options.maxQueuedBytesPerPeer ?? 16 * 1024 * 1024;
-    this.sendTimeoutMs = options.sendTimeoutMs ?? 5_000;
     this.chunkBytes = options.snapshotChunkBytes ?? 1024 * 1024;
     this.readMaxBytes = options.readMaxBytes ?? DEFAULT_RAFT_READ_MAX_BYTES;
     if (this.chunkBytes + 1024 > this.readMaxBytes) {
@@ -97,41 +90,67 @@ export class ConnectTransport implements Transport {
       throw new RangeError(`maxFrameBytes ${this.maxFrameBytes} must be positive and at most half of readMaxBytes ${this.readMaxBytes}`);
     }
     if (!(maxQueuedBytes > 0)) throw new RangeError(`maxQueuedBytesPerPeer must be positive, got ${maxQueuedBytes}`);
-    const entries = options.peers instanceof Map ? [...options.peers] : Object.entries(options.peers).map(([k, v]) => [Number(k), v] as const);
-    for (const [id, url] of entries) {
-      if (id === options.id) continue;
-      // One session manager per peer keeps one HTTP/2 connection and reconnects after faults;
-      // pings detect a dead peer whose TCP connection did not close.
-      const session = new Http2SessionManager(url, { pingIntervalMs: 5_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 });
-      const transport = createConnectTransport({
-        baseUrl: url,
-        httpVersion: "2",
-        useBinaryFormat: true,
-        sessionManager: session,
-        readMaxBytes: this.readMaxBytes,
-        writeMaxBytes: this.readMaxBytes,
-        acceptCompression: [],
-      });
-      const peer: Peer = { id, url, session, client: createClient(RaftService, transport), link: null, unaryUntil: 0, inflight: 0, lastError: null };
-      if (options.streaming !== false) {
-        peer.link = new PeerLink({
-          url,
-          path: STREAM_PATH,
-          maxQueuedBytes,
-          pingIntervalMs: 5_000,
-          pingTimeoutMs: 5_000,
-          backoffMinMs: 20,
-          backoffMaxMs: 1_000,
-          onError: (error) => this.linkFailed(peer, error),
-        });
-      }
-      this.peers.set(id, peer);
-    }
+    this.maxQueuedBytes = maxQueuedBytes;
+    this.gate = new PeerGate(options.id, this.members, options.security);
+    this.setPeers(options.peers instanceof Map ? options.peers : new Map(Object.entries(options.peers).map(([k, v]) => [Number(k), v] as const)));
   }
 
   /**
-   * Groups messages per destination and sends each group as one frame on the peer's stream (or one
-   * unary Send), without waiting. Never throws: an unencodable message is dropped and logged.
+   * The cluster's membership changed: `peers` is every member's base URL (this node's own entry is
+   * not dialed). New members are dialed, members that left are dropped (their connections closed,
+   * their handshakes refused from now on), a member whose URL changed is dialed at the new one.
+   */
+  setPeers(peers: ReadonlyMap<NodeId, string>): void {
+    this.members.clear();
+    for (const id of peers.keys()) this.members.add(id);
+    for (const [id, peer] of this.peers) {
+      if (peers.get(id) === peer.url) continue;
+      peer.link.close();
+      peer.session.close();
+      this.peers.delete(id);
+    }
+    if (this.closed) return;
+    for (const [id, url] of peers) {
+      if (id === this.options.id || this.peers.has(id)) continue;
+      this.peers.set(id, this.connect(id, url));
+    }
+  }
+
+  /** One member's stream and snapshot connection, dialed lazily and authenticated like every peer. */
+  private connect(id: NodeId, url: string): Peer {
+    const options = this.options;
+    const maxQueuedBytes = this.maxQueuedBytes;
+    const dial = { url, self: options.id, peer: id, security: options.security, timeoutMs: DIAL_TIMEOUT_MS };
+    // Snapshots go on a connection of their own (authenticated the same way): bulk data never
+    // waits behind, or delays, the message stream.
+    const session = new PeerSessionManager(dial);
+    const transport = createConnectTransport({
+      baseUrl: url,
+      httpVersion: "2",
+      useBinaryFormat: true,
+      sessionManager: session,
+      readMaxBytes: this.readMaxBytes,
+      writeMaxBytes: this.readMaxBytes,
+      acceptCompression: [],
+    });
+    const peer: Peer = { id, url, session, client: createClient(RaftService, transport), link: null!, lastError: null };
+    peer.link = new PeerLink({
+      url,
+      path: STREAM_PATH,
+      maxQueuedBytes,
+      pingIntervalMs: 5_000,
+      pingTimeoutMs: 5_000,
+      backoffMinMs: 20,
+      backoffMaxMs: 1_000,
+      dial: () => dialPeer(dial),
+      onError: (error) => this.linkFailed(peer, error),
+    });
+    return peer;
+  }
+
+  /**
+   * Groups messages per destination and sends each group as one frame on the peer's stream,
+   * without waiting. Never throws: an unencodable message is dropped and logged.
    */
   send(messages: Message[]): void {
     if (this.closed) return;
@@ -145,21 +164,14 @@ export class ConnectTransport implements Transport {
       if (group === undefined) groups.set(message.to, [message]);
       else group.push(message);
     }
-    for (const [id, group] of groups) {
-      const peer = this.peers.get(id)!;
-      if (peer.link !== null && performance.now() >= peer.unaryUntil) this.streamBatch(peer.link, group);
-      else {
-        const wires = this.encodeAll(group, encodeMessage);
-        if (wires.length > 0) this.sendBatch(peer, wires);
-      }
-    }
+    for (const [id, group] of groups) this.streamBatch(this.peers.get(id)!.link, group);
   }
 
-  private encodeAll<T>(messages: Message[], encode: (m: Message) => T): T[] {
-    const out: T[] = [];
+  private encodeAll(messages: Message[]): Uint8Array[] {
+    const out: Uint8Array[] = [];
     for (const message of messages) {
       try {
-        out.push(encode(message));
+        out.push(encodeMessageBytes(message));
       } catch (error) {
         this.stats.droppedMessages++;
         console.error(`kvraft transport: dropping unencodable ${message.type} to ${message.to}: ${(error as Error).message}`);
@@ -170,7 +182,7 @@ export class ConnectTransport implements Transport {
 
   /** One frame per group (cut at maxFrameBytes), written onto the peer's open stream. */
   private streamBatch(link: PeerLink, group: Message[]): void {
-    const prepared = this.encodeAll(group, prepareMessage);
+    const prepared = this.encodeAll(group);
     let start = 0;
     while (start < prepared.length) {
       let end = start;
@@ -179,8 +191,8 @@ export class ConnectTransport implements Transport {
         bytes += batchFieldBytes(prepared[end]!);
         end++;
       }
-      const part: PreparedMessage[] = start === 0 && end === prepared.length ? prepared : prepared.slice(start, end);
-      if (link.write(encodeBatchFrame(part))) {
+      const part = start === 0 && end === prepared.length ? prepared : prepared.slice(start, end);
+      if (link.write(envelope(encodeBatchBytes(part)))) {
         this.stats.sentBatches++;
         this.stats.sentMessages += part.length;
       } else {
@@ -192,45 +204,23 @@ export class ConnectTransport implements Transport {
 
   private linkFailed(peer: Peer, error: PeerLinkError): void {
     this.stats.failedBatches++;
-    if (error.code === "unimplemented") {
-      if (peer.unaryUntil === 0) console.error(`kvraft transport: peer ${peer.id} at ${peer.url} has no Stream route; using unary Send`);
-      peer.unaryUntil = performance.now() + UNARY_FALLBACK_MS;
-    }
     this.noteError(peer, new ConnectError(error.message, codeOf(error.code)));
   }
 
-  private sendBatch(peer: Peer, batch: WireMessage[]): void {
-    if (peer.inflight >= this.maxInflight) {
-      this.stats.droppedMessages += batch.length;
-      return;
-    }
-    peer.inflight++;
-    this.stats.sentBatches++;
-    this.stats.sentMessages += batch.length;
-    peer.client
-      .send(create(MessageBatchSchema, { messages: batch }), { signal: this.abort.signal, timeoutMs: this.sendTimeoutMs })
-      .then(
-        () => {
-          peer.lastError = null;
-        },
-        (error: unknown) => {
-          this.stats.failedBatches++;
-          this.noteError(peer, error);
-        },
-      )
-      .finally(() => {
-        peer.inflight--;
-      });
-  }
-
-  /** Network faults are normal (a peer is down); configuration errors are worth one line each time they change. */
+  /** Network faults are normal (a peer is down); refusals are worth one line each time they change. */
   private noteError(peer: Peer, error: unknown): void {
     const connectError = ConnectError.from(error);
     const text = `${Code[connectError.code]}: ${connectError.rawMessage}`;
-    if (connectError.code === Code.FailedPrecondition && peer.lastError !== text) {
+    const refusal = [Code.FailedPrecondition, Code.Unimplemented, Code.Unauthenticated, Code.PermissionDenied].includes(connectError.code);
+    if (refusal && peer.lastError !== text) {
       console.error(`kvraft transport: peer ${peer.id} at ${peer.url} refused messages: ${connectError.rawMessage}`);
     }
     peer.lastError = text;
+  }
+
+  /** Refused peer connections and dropped forged messages on the receiving side. */
+  get gateStats(): PeerGateStats {
+    return this.gate.stats;
   }
 
   /** The last error seen sending to `peer`, or null after a success. */
@@ -270,22 +260,30 @@ export class ConnectTransport implements Transport {
 
   /** Registers raftpb.RaftService on a router (the node's RpcServer), delivering to the listen() handler. */
   registerRoutes(router: ConnectRouter): void {
+    const gate = this.gate;
     // On an RpcServer, Stream frames are read straight off the HTTP/2 stream (frame-lane.ts); the
-    // Connect registration below still serves every other client of the method.
-    frameRoutesOf(router)?.add(STREAM_PATH, { readMaxBytes: this.readMaxBytes, onFrame: (payload) => this.deliverFrame(payload) });
+    // Connect registration below serves every other client of the method. Both check the caller.
+    frameRoutesOf(router)?.add(STREAM_PATH, {
+      readMaxBytes: this.readMaxBytes,
+      authorize: (connection, headers) => void gate.peerOf(connection, headerText(headers["content-type"])),
+      onFrame: (payload, connection) => this.deliver(gate.peerOf(connection, "application/connect+proto"), decodeOrRefuse(() => decodeBatchBytes(payload))),
+    });
     router.service(
       RaftService,
       {
-        send: (batch) => {
-          this.deliver(batch.messages);
+        challenge: (request, context) => gate.challenge(request, context.values.get(connectionKey), context.requestHeader.get("content-type")),
+        authenticate: (request, context) => {
+          gate.authenticate(request, context.values.get(connectionKey), context.requestHeader.get("content-type"));
           return {};
         },
-        stream: async (frames) => {
+        stream: async (batches, context) => {
+          const peer = gate.peerOf(context.values.get(connectionKey), context.requestHeader.get("content-type"));
           // Lives as long as the sender's link; ends when the sender half-closes (or on a bad message).
-          for await (const frame of frames) this.deliverBytes(frame.messages);
+          for await (const batch of batches) this.deliver(peer, decodeOrRefuse(() => batch.messages.map(decodeMessage)));
           return {};
         },
-        installSnapshot: async (requests) => {
+        installSnapshot: async (requests, context) => {
+          const peer = gate.peerOf(context.values.get(connectionKey), context.requestHeader.get("content-type"));
           const handler = this.handler;
           if (handler === null || this.closed) {
             throw new ConnectError("this node is not ready to receive a snapshot", Code.Unavailable);
@@ -296,9 +294,12 @@ export class ConnectTransport implements Transport {
             throw new ConnectError("InstallSnapshot stream must start with a header message", Code.InvalidArgument);
           }
           const wireHeader = first.value.header;
-          const header = this.decodeForMe(() => decodeMessage(wireHeader));
+          const header = decodeOrRefuse(() => decodeMessage(wireHeader));
           if (header.type !== "InstallSnapshot") {
             throw new ConnectError(`InstallSnapshot header is a ${header.type} message`, Code.InvalidArgument);
+          }
+          if (!gate.accepts(peer, header)) {
+            throw new ConnectError(`InstallSnapshot from node ${header.from} to node ${header.to} sent by node ${peer}: refused`, Code.PermissionDenied);
           }
           const firstData = first.value.data;
           async function* data(): AsyncIterable<Uint8Array> {
@@ -312,7 +313,7 @@ export class ConnectTransport implements Transport {
           try {
             return encodeMessage(await handler.onSnapshot(header, data()));
           } catch (error) {
-            // Peers are trusted: pass the receiver's reason back to the sender's log.
+            // The sender is an authenticated member: pass the receiver's reason back to its log.
             if (error instanceof ConnectError) throw error;
             throw new ConnectError(`installing the snapshot failed: ${(error as Error).message ?? String(error)}`, Code.Internal);
           }
@@ -322,47 +323,14 @@ export class ConnectTransport implements Transport {
     );
   }
 
-  private deliver(wires: WireMessage[]): void {
-    this.hand(wires.map((wire) => this.decodeForMe(() => decodeMessage(wire))));
-  }
-
-  private deliverBytes(encoded: Uint8Array[]): void {
-    this.hand(encoded.map((bytes) => this.decodeForMe(() => decodeMessageBytes(bytes))));
-  }
-
-  /** One MessageFrames payload, decoded in place. */
-  private deliverFrame(payload: Uint8Array): void {
-    let messages: Message[];
-    try {
-      messages = decodeBatchBytes(payload);
-    } catch (error) {
-      if (error instanceof RaftCodecError) throw new ConnectError(error.message, Code.InvalidArgument);
-      throw error;
-    }
-    for (const message of messages) this.decodeForMe(() => message);
-    this.hand(messages);
+  /** Hands on the messages `peer` may send: from itself, to this node; the rest are dropped and counted. */
+  private deliver(peer: NodeId, messages: Message[]): void {
+    this.hand(messages.filter((message) => this.gate.accepts(peer, message)));
   }
 
   private hand(messages: Message[]): void {
     // Before listen() the node is still opening: dropping is what the network could do too.
     if (this.handler !== null && !this.closed && messages.length > 0) this.handler.onMessages(messages);
-  }
-
-  private decodeForMe(decode: () => Message): Message {
-    let message: Message;
-    try {
-      message = decode();
-    } catch (error) {
-      if (error instanceof RaftCodecError) throw new ConnectError(error.message, Code.InvalidArgument);
-      throw error;
-    }
-    if (message.to !== this.options.id) {
-      throw new ConnectError(
-        `message for node ${message.to} arrived at node ${this.options.id}: the nodes disagree on -addrs`,
-        Code.FailedPrecondition,
-      );
-    }
-    return message;
   }
 
   /** Aborts in-flight calls and closes every peer connection. */
@@ -371,8 +339,8 @@ export class ConnectTransport implements Transport {
     this.closed = true;
     this.abort.abort(new Error("transport closed"));
     for (const peer of this.peers.values()) {
-      peer.link?.close();
-      peer.session.abort();
+      peer.link.close();
+      peer.session.close();
     }
   }
 }
@@ -382,4 +350,25 @@ function codeOf(name: string): Code {
   const key = (camel.charAt(0).toUpperCase() + camel.slice(1)) as keyof typeof Code;
   const code = Code[key];
   return typeof code === "number" ? code : Code.Unknown;
+}
+
+/** A Connect envelope (flags 0, big-endian length) around one message. */
+function envelope(payload: Uint8Array): Uint8Array {
+  const out = new Uint8Array(5 + payload.length);
+  new DataView(out.buffer).setUint32(1, payload.length);
+  out.set(payload, 5);
+  return out;
+}
+
+function decodeOrRefuse<T>(decode: () => T): T {
+  try {
+    return decode();
+  } catch (error) {
+    if (error instanceof RaftCodecError) throw new ConnectError(error.message, Code.InvalidArgument);
+    throw error;
+  }
+}
+
+function headerText(value: string | string[] | undefined): string | null {
+  return typeof value === "string" ? value : null;
 }

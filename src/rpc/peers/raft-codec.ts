@@ -4,10 +4,13 @@
 // Numbers: the core uses JS numbers, the wire uses uint64 (bigint in protobuf-es). Values are
 // written as their 64-bit two's complement, so a negative sentinel (NONE = -1) survives a round
 // trip; anything outside the safe-integer range on the way in is rejected with a RaftCodecError.
+// This is the only Raft message encoding (the peer stream, InstallSnapshot headers, tests).
 
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import {
   EntrySchema,
+  MessageBatchSchema,
   EntryType as WireEntryType,
   MessageSchema,
   MessageType as WireMessageType,
@@ -16,7 +19,8 @@ import {
   type Message as WireMessage,
   type SnapshotMeta as WireSnapshotMeta,
 } from "../../gen/raftpb/raft_pb.ts";
-import { EntryType, type Entry, type Message, type SnapshotMeta } from "../../raft/types.ts";
+import { decodeMembership, encodeMembership, membershipOfMeta, metaWith } from "../../raft/index.ts";
+import { EntryType, type Entry, type Membership, type Message, type SnapshotMeta } from "../../raft/types.ts";
 
 /** A peer sent a message this node cannot interpret (unknown type, number out of range). */
 export class RaftCodecError extends Error {
@@ -46,7 +50,7 @@ function encodeEntry(entry: Entry): WireEntry {
   return create(EntrySchema, {
     index: u64(entry.index, "entry.index"),
     term: u64(entry.term, "entry.term"),
-    type: entry.type === EntryType.Noop ? WireEntryType.ENTRY_NOOP : WireEntryType.ENTRY_NORMAL,
+    type: WIRE_ENTRY_TYPE[entry.type],
     data: entry.data,
   });
 }
@@ -60,33 +64,50 @@ function decodeEntry(entry: WireEntry): Entry {
     case WireEntryType.ENTRY_NOOP:
       type = EntryType.Noop;
       break;
+    case WireEntryType.ENTRY_CONF_CHANGE:
+      type = EntryType.ConfChange;
+      break;
     default:
       throw new RaftCodecError(`raft entry has unknown type ${entry.type as number}`);
   }
   return { index: num(entry.index, "entry.index"), term: num(entry.term, "entry.term"), type, data: entry.data };
 }
 
+const WIRE_ENTRY_TYPE: Record<EntryType, WireEntryType> = {
+  [EntryType.Normal]: WireEntryType.ENTRY_NORMAL,
+  [EntryType.Noop]: WireEntryType.ENTRY_NOOP,
+  [EntryType.ConfChange]: WireEntryType.ENTRY_CONF_CHANGE,
+};
+
 function encodeSnapshotMeta(meta: SnapshotMeta): WireSnapshotMeta {
+  const extras = (meta.learners?.length ?? 0) > 0 || Object.keys(meta.addresses ?? {}).length > 0;
   return create(SnapshotMetaSchema, {
     index: u64(meta.index, "snapshot.index"),
     term: u64(meta.term, "snapshot.term"),
     members: meta.members.map((m) => u64(m, "snapshot.members")),
+    membership: extras ? encodeMembership(membershipOfMeta(meta)) : new Uint8Array(0),
   });
 }
 
 function decodeSnapshotMeta(meta: WireSnapshotMeta | undefined): SnapshotMeta {
   if (meta === undefined) throw new RaftCodecError("InstallSnapshot message carries no snapshot metadata");
-  return {
-    index: num(meta.index, "snapshot.index"),
-    term: num(meta.term, "snapshot.term"),
-    members: meta.members.map((m) => num(m, "snapshot.members")),
-  };
+  const index = num(meta.index, "snapshot.index");
+  const term = num(meta.term, "snapshot.term");
+  const members = meta.members.map((m) => num(m, "snapshot.members"));
+  if (meta.membership.length === 0) return { index, term, members };
+  let membership: Membership;
+  try {
+    membership = decodeMembership(meta.membership);
+  } catch (err) {
+    throw new RaftCodecError(`snapshot.membership: ${(err as Error).message}`);
+  }
+  if (membership.voters.join() !== [...members].sort((a, b) => a - b).join()) {
+    throw new RaftCodecError(`snapshot.membership voters [${membership.voters.join(", ")}] differ from snapshot.members [${members.join(", ")}]`);
+  }
+  return metaWith(index, term, membership);
 }
 
-/**
- * The flat form of raftpb.Message with JS numbers: what both encodings (protobuf-es objects here,
- * hand-written bytes in raft-wire.ts) map to and from, so the meaning of each field lives in one place.
- */
+/** The flat form of raftpb.Message with JS numbers: the meaning of each wire field lives here. */
 export interface FlatMessage {
   type: WireMessageType;
   from: number;
@@ -279,4 +300,44 @@ export function decodeMessage(wire: WireMessage): Message {
     readContext: num(wire.readContext, "readContext"),
     snapshot: wire.snapshot === undefined ? undefined : decodeSnapshotMeta(wire.snapshot),
   });
+}
+
+/** Core message → raftpb.Message bytes. Throws RaftCodecError only for numbers that are not safe integers. */
+export function encodeMessageBytes(message: Message): Uint8Array {
+  return toBinary(MessageSchema, encodeMessage(message));
+}
+
+/**
+ * Encoded messages (from encodeMessageBytes) → one raftpb.MessageBatch: a batch is the
+ * concatenation of its messages as field 1, so a sender can size and cut frames per message.
+ */
+export function encodeBatchBytes(messages: readonly Uint8Array[]): Uint8Array {
+  const writer = new BinaryWriter();
+  for (const bytes of messages) writer.tag(1, WireType.LengthDelimited).bytes(bytes);
+  return writer.finish();
+}
+
+/** Bytes one encoded message adds to a batch (tag, length, message). */
+export function batchFieldBytes(bytes: Uint8Array): number {
+  return 1 + varintBytes(bytes.length) + bytes.length;
+}
+
+function varintBytes(n: number): number {
+  let size = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 0x80);
+    size++;
+  }
+  return size;
+}
+
+/** raftpb.MessageBatch bytes → core messages. Throws RaftCodecError for bytes that are not a valid batch. */
+export function decodeBatchBytes(bytes: Uint8Array): Message[] {
+  let batch;
+  try {
+    batch = fromBinary(MessageBatchSchema, bytes);
+  } catch (error) {
+    throw new RaftCodecError(`raft message batch is not valid protobuf: ${(error as Error).message}`);
+  }
+  return batch.messages.map(decodeMessage);
 }

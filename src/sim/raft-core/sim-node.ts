@@ -1,6 +1,7 @@
 // One simulated server: a Raft core, its driver loop (persist → send → apply → advance), a disk
 // that keeps only what was persisted, and a hash-chain state machine with snapshots.
 
+import { cloneSnapshotMeta, metaWith } from "../../raft/core/membership.ts";
 import { Raft, type RaftConfig } from "../../raft/core/raft.ts";
 import { NONE, type Entry, type HardState, type Message, type NodeId, type ReadState, type SnapshotMeta } from "../../raft/types.ts";
 import { mix, entryDigest, type Oracle } from "./checker.ts";
@@ -30,6 +31,10 @@ export interface SimHost {
   fail(invariant: string, detail: string): never;
   note(text: string): void;
   onReadState(node: NodeId, rs: ReadState): void;
+  /** A leader's commitIndex advanced to `index`: a quorum of its voters must hold that entry on disk. */
+  onLeaderCommit(node: NodeId, term: number, index: number, voters: readonly NodeId[]): void;
+  /** `node` became leader of `term` with configuration `voters`. */
+  onBecameLeader(node: NodeId, term: number, voters: readonly NodeId[]): void;
   readonly oracle: Oracle;
   readonly stats: { snapshotsSent: number; snapshotsInstalled: number; compactions: number; elections: number };
 }
@@ -50,13 +55,15 @@ export class SimNode {
   constructor(
     readonly id: NodeId,
     private readonly config: RaftConfig,
+    /** The bootstrap voters (empty for a spare node that waits to be added). */
+    bootstrap: readonly NodeId[],
     private readonly host: SimHost,
     /** Compact after this many applied entries beyond the last snapshot (0 = never). */
     private readonly snapshotEvery: number,
     /** Ticks after which an unanswered snapshot transfer counts as failed. */
     private readonly snapshotTimeout: number,
   ) {
-    const members = [...config.peers];
+    const members = [...bootstrap];
     this.disk = {
       hardState: { term: 0, votedFor: NONE, commitIndex: 0 },
       logSnapshot: { index: 0, term: 0, members },
@@ -78,7 +85,7 @@ export class SimNode {
     if (sm.index > d.logSnapshot.index) {
       const held = d.entries[sm.index - d.logSnapshot.index - 1];
       d.entries = held !== undefined && held.term === sm.term ? d.entries.slice(sm.index - d.logSnapshot.index) : [];
-      d.logSnapshot = { ...sm, members: [...sm.members] };
+      d.logSnapshot = cloneSnapshotMeta(sm);
       if (d.hardState.term < sm.term) d.hardState = { term: sm.term, votedFor: NONE, commitIndex: d.hardState.commitIndex };
     }
     this.applied = sm.index;
@@ -86,7 +93,7 @@ export class SimNode {
     this.state = d.smSnapshot.state;
     this.raft = new Raft(this.config, {
       hardState: { ...d.hardState },
-      snapshot: { ...d.logSnapshot, members: [...d.logSnapshot.members] },
+      snapshot: cloneSnapshotMeta(d.logSnapshot),
       entries: d.entries.slice(),
       appliedIndex: sm.index,
     });
@@ -126,7 +133,7 @@ export class SimNode {
         this.applied = m.snapshot.index;
         this.appliedTerm = m.snapshot.term;
         this.state = env.payload.state;
-        this.disk.smSnapshot = { meta: { ...m.snapshot, members: [...m.snapshot.members] }, state: env.payload.state };
+        this.disk.smSnapshot = { meta: cloneSnapshotMeta(m.snapshot), state: env.payload.state };
         this.host.stats.snapshotsInstalled++;
         this.host.note(`n${this.id} installed snapshot ${m.snapshot.index}/${m.snapshot.term} from n${m.from}`);
       }
@@ -145,6 +152,9 @@ export class SimNode {
       const rd = raft.ready();
       if (rd.softState !== null) {
         this.host.note(`n${this.id} is ${rd.softState.role} in term ${rd.softState.term} (leader ${rd.softState.leaderId})`);
+        if (rd.softState.role !== "Follower" && !raft.status().membership.voters.includes(this.id)) {
+          this.host.fail("learners never campaign", `node ${this.id} is ${rd.softState.role} in term ${rd.softState.term} but not a voter of its configuration`);
+        }
         if (rd.softState.role === "Leader") this.onBecameLeader(rd.softState.term);
       }
       // As node.ts: a leader's own messages leave before its write (thesis §10.2.1), the rest after.
@@ -158,8 +168,10 @@ export class SimNode {
       for (const rs of rd.readStates) this.host.onReadState(this.id, rs);
       raft.advance(rd);
       this.maybeCompact();
-      const commit = raft.status().commitIndex;
+      const s = raft.status();
+      const commit = s.commitIndex;
       if (commit < this.lifetimeCommit) this.host.fail("commitIndex monotonic", `node ${this.id}'s commitIndex fell from ${this.lifetimeCommit} to ${commit}`);
+      if (s.role === "Leader" && commit > this.lifetimeCommit) this.host.onLeaderCommit(this.id, s.term, commit, s.membership.voters);
       this.lifetimeCommit = commit;
     }
   }
@@ -167,7 +179,7 @@ export class SimNode {
   private persist(hardState: HardState | null, entries: Entry[], snapshot: SnapshotMeta | null): void {
     const d = this.disk;
     if (snapshot !== null) {
-      d.logSnapshot = { ...snapshot, members: [...snapshot.members] };
+      d.logSnapshot = cloneSnapshotMeta(snapshot);
       d.entries = [];
     }
     if (entries.length > 0) {
@@ -189,7 +201,7 @@ export class SimNode {
   private sendMessage(m: Message): void {
     if (m.type === "InstallSnapshot") {
       // The driver streams the state machine's current image, not the log's compaction point.
-      const meta: SnapshotMeta = { index: this.applied, term: this.appliedTerm, members: [...this.config.peers] };
+      const meta = this.metaAtApplied();
       this.snapshotsOut.set(m.to, this.host.now());
       this.host.stats.snapshotsSent++;
       this.host.send({ message: { ...m, snapshot: meta }, payload: { state: this.state }, sentAt: this.host.now() });
@@ -209,17 +221,25 @@ export class SimNode {
   private maybeCompact(): void {
     const raft = this.raft!;
     if (this.snapshotEvery <= 0 || this.applied - this.disk.logSnapshot.index < this.snapshotEvery) return;
-    const meta: SnapshotMeta = { index: this.applied, term: this.appliedTerm, members: [...this.config.peers] };
+    const meta = this.metaAtApplied();
     this.disk.smSnapshot = { meta, state: this.state };
     this.disk.entries = this.disk.entries.slice(meta.index - this.disk.logSnapshot.index);
-    this.disk.logSnapshot = { ...meta, members: [...meta.members] };
+    this.disk.logSnapshot = cloneSnapshotMeta(meta);
     raft.compact(meta);
     this.host.stats.compactions++;
+  }
+
+  /** The state machine's image as a snapshot: its applied index, with the configuration in force there. */
+  private metaAtApplied(): SnapshotMeta {
+    const membership = this.raft!.raftLog.membershipAt(this.applied);
+    if (membership === undefined) this.host.fail("simulator", `node ${this.id} has no configuration at its applied index ${this.applied}`);
+    return metaWith(this.applied, this.appliedTerm, membership);
   }
 
   /** Leader completeness: a new leader holds every entry the cluster has applied. */
   private onBecameLeader(term: number): void {
     if (this.host.oracle.onLeader(this.id, term)) this.host.stats.elections++;
+    this.host.onBecameLeader(this.id, term, this.raft!.status().membership.voters);
     const log = this.raft!.raftLog;
     const oracle = this.host.oracle;
     for (let i = Math.max(1, log.snapshot.index); i <= oracle.maxApplied; i++) {
