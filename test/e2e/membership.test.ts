@@ -103,11 +103,12 @@ describe("membership with real processes", () => {
       await waitForAcks(10, "with node 3 down");
       await cluster.restart(3, joinArgs);
       await waitForAcks(10, "after node 3's restart");
-      const target = (await statusOf(survivors[1]!)).commitIndex;
+      const reference = await statusOf(survivors[1]!);
+      if (!reference.online) throw new Error(`node ${survivors[1]} went offline: ${reference.error}`);
       let rejoined = false;
       for (let i = 0; i < 100 && !rejoined; i++) {
         const again = await statusOf(3);
-        rejoined = again.online && again.lastApplied >= target;
+        rejoined = again.online && again.lastApplied >= reference.commitIndex;
         if (!rejoined) await Bun.sleep(100);
       }
       expect(rejoined).toBe(true);
