@@ -7,12 +7,13 @@ import type { Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError, type NodeStatus } from "../kv/client.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
+import { API_OPS, API_SWITCHES, API_USAGE, API_VALUE_FLAGS, checkApiFlags, runApiOp } from "./kvclient-api.ts";
 import { runAdmin } from "./cluster-admin.ts";
 
-const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append|delete|status [-key K] [-value V] [-w table|json]
+const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append|delete|status|range|scan|cas|watch [-key K] [-value V] [-w table|json]
 
   -addrs     comma separated node addresses (default "localhost:5001,localhost:5002,localhost:5003")
-  -op        get, put, append, delete or status (default "get")
+  -op        get, put, append, delete, status, or one of the etcd-style ops below (default "get")
   -key       the key (required except for status)
   -value     the value for put and append (default "")
   -timeout   give up after this many milliseconds (default 15000)
@@ -23,6 +24,9 @@ const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append
              the key flag is not --key: -key is the KV key)
   --token-file    send "Authorization: Bearer <the file's token>" (nodes started with --client-token-file)
   -help      print this message
+
+etcd-style operations (keys with revisions):
+${API_USAGE}
 
 Membership: kvclient member list|add|promote|remove, kvclient transfer-leader -to ID
 (kvclient member -help for their flags).
@@ -96,8 +100,9 @@ async function main(argv: string[]): Promise<number> {
         "token-file": undefined,
         w: undefined,
         "write-out": undefined,
+        ...API_VALUE_FLAGS,
       },
-      switches: ["help", "h"],
+      switches: ["help", "h", ...API_SWITCHES],
     });
     if (flags.switches.has("help") || flags.switches.has("h")) {
       console.log(USAGE);
@@ -107,11 +112,12 @@ async function main(argv: string[]): Promise<number> {
     timeoutMs = Number(flags.values.timeout);
     if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new UsageError(`-timeout must be a positive number of milliseconds`);
     const op = flags.values.op!;
-    if (!["get", "put", "append", "delete", "status"].includes(op)) throw new UsageError(`unknown -op "${op}"`);
+    if (!["get", "put", "append", "delete", "status", ...API_OPS].includes(op)) throw new UsageError(`unknown -op "${op}"`);
     if (op !== "status" && flags.values.key === undefined) throw new UsageError(`-op ${op} needs -key`);
     writeOut = flags.values.w ?? flags.values["write-out"] ?? "table";
     if (writeOut !== "table" && writeOut !== "json") throw new UsageError(`-w "${writeOut}" is not table or json`);
     if (op !== "status" && (flags.values.w !== undefined || flags.values["write-out"] !== undefined)) throw new UsageError(`-w applies to -op status`);
+    if (API_OPS.includes(op)) checkApiFlags(op, { values: { ...flags.values, value: argv.some((a) => /^--?value(=|$)/.test(a)) ? flags.values.value : undefined }, switches: flags.switches });
   } catch (error) {
     if (error instanceof UsageError) {
       console.error(`kvclient: ${error.message}\n\n${USAGE}`);
@@ -188,6 +194,8 @@ async function main(argv: string[]): Promise<number> {
         console.log(writeOut === "json" ? statusJson(rows) : statusTable(rows));
         return rows.some((r) => r.online) ? 0 : 1;
       }
+      default:
+        if (API_OPS.includes(flags.values.op!)) return await runApiOp(clerk, flags.values.op!, key, flags);
     }
   } catch (error) {
     if (error instanceof ClerkError) {

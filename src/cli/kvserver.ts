@@ -44,6 +44,7 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        recently used is dropped beyond (default 100000)
   --log-level          debug, info, warn, error or fatal (default info)
   --log-format         json (one object per line), human, or auto: human on a terminal (default)
+  --max-watches        watches this node serves at once; one more is refused (default 1000)
   -help                print this message
 
 security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
@@ -60,6 +61,7 @@ interface Config {
   db: string;
   corsOrigins: string[];
   snapshotThreshold?: number;
+  maxWatches?: number;
   fastLane: boolean;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
   security: NodeSecurity;
@@ -86,6 +88,7 @@ function parseConfig(argv: string[]): Config | "help" {
       "max-unregistered-sessions": undefined,
       "log-level": "info",
       "log-format": "auto",
+      "max-watches": undefined,
       ...SECURITY_VALUE_FLAGS,
     },
     switches: ["help", "h", "no-fast-lane", "insecure-admin", ...SECURITY_SWITCHES],
@@ -134,12 +137,18 @@ function parseConfig(argv: string[]): Config | "help" {
   if (logFormat !== "json" && logFormat !== "human" && logFormat !== "auto") {
     throw new UsageError(`--log-format "${logFormat}" is not one of json, human, auto`);
   }
+  let maxWatches: number | undefined;
+  if (flags.values["max-watches"] !== undefined) {
+    maxWatches = Number(flags.values["max-watches"]);
+    if (!Number.isInteger(maxWatches) || maxWatches < 0) throw new UsageError(`--max-watches must be a non-negative integer`);
+  }
   return {
     id,
     addrs,
     db: flags.values.db!,
     corsOrigins,
     snapshotThreshold,
+    maxWatches,
     fastLane: !flags.switches.has("no-fast-lane"),
     sessions,
     security,
@@ -211,6 +220,7 @@ async function main(argv: string[]): Promise<number> {
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
           state: config.sessions,
+          ...(config.maxWatches === undefined ? {} : { watchLimits: { maxWatches: config.maxWatches } }),
         }),
     });
   } catch (error) {

@@ -35,6 +35,9 @@ import {
   type ResultCode,
 } from "./sessions.ts";
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
+import { TxnServer } from "./txn-server.ts";
+import type { TxnLimits } from "./txn.ts";
+import { WatchHub, type WatchLimits } from "./watch-hub.ts";
 
 export type { CommandArgs, CommandReply, KVErr, KVOp, RegisterReply } from "./replies.ts";
 
@@ -129,6 +132,10 @@ export interface KVServerOptions {
   raft?: KVRaftOptions;
   state?: KVStateOptions;
   limits?: KVLimits;
+  /** Bounds of Range, DeleteRange and Txn (txn.ts, range.ts). */
+  txnLimits?: TxnLimits;
+  /** Bounds of Watch (watch-hub.ts). */
+  watchLimits?: WatchLimits;
 }
 
 const OPS = new Set<string>(["Get", "Put", "Append", "Delete"]);
@@ -140,6 +147,10 @@ export class KVServer {
   private readonly maxKeyBytes: number;
   private readonly maxValueBytes: number;
   private readonly maxPending: number;
+  /** Range, DeleteRange and Txn (txn-server.ts). */
+  api!: TxnServer;
+  /** Watches served by this node (watch-hub.ts). */
+  watches!: WatchHub;
   /**
    * Writes without a session and registrations carry a nonce as their commandId, so an entry that
    * applies before its propose() returned still finds its waiter. Random start: unique across restarts.
@@ -172,6 +183,7 @@ export class KVServer {
       dir: path.join(options.dir, "state"),
       members: options.peers,
       snapshotChunkBytes: options.raft?.snapshotChunkBytes,
+      txnLimits: options.txnLimits,
       ...definedOnly(options.state ?? {}),
     } as Parameters<typeof KVStateMachine.open>[0]);
     let logStore: LogStore;
@@ -185,13 +197,15 @@ export class KVServer {
     const deadlines = new DeadlineQueue(clock);
     const writes = new PendingWrites(clock, deadlines, timeoutMs, machine.lastApplied());
     let node: RaftNode;
+    // Bound once the node exists; applies before that have no watcher to wake.
+    let hub: WatchHub | null = null;
     try {
       node = await RaftNode.start({
         id: options.id,
         peers: options.peers,
         logStore,
         transport: options.transport,
-        stateMachine: applyLoop(machine, writes),
+        stateMachine: applyLoop(machine, writes, () => hub?.applied()),
         clock,
         ...definedOnly(options.raft ?? {}),
       });
@@ -207,7 +221,23 @@ export class KVServer {
       deadlines,
       timeoutMs,
     );
-    return new KVServer(options.id, node, machine, writes, reads, deadlines, owned, clock, options.limits ?? {});
+    const server = new KVServer(options.id, node, machine, writes, reads, deadlines, owned, clock, options.limits ?? {});
+    hub = new WatchHub({ id: options.id, machine, logFirstIndex: () => node.status().firstIndex }, options.watchLimits);
+    server.watches = hub;
+    server.api = new TxnServer({
+      id: options.id,
+      node,
+      machine,
+      writes,
+      reads,
+      now: () => clock.now(),
+      maxKeyBytes: server.maxKeyBytes,
+      maxValueBytes: server.maxValueBytes,
+      maxPending: server.maxPending,
+      limits: options.txnLimits,
+      closed: () => server.closed,
+    });
+    return server;
   }
 
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */
@@ -285,6 +315,7 @@ export class KVServer {
     this.closed = true;
     this.writes.close(WRONG_LEADER);
     this.reads.close();
+    this.watches?.close();
     this.deadlines.clear();
     await this.node.stop();
     await this.machine.close();
@@ -436,9 +467,12 @@ function refuse(error: Error): never {
  * What the Raft driver applies committed entries to: the state machine, whose per-entry results
  * then answer the writes waiting for them (and a snapshot install answers the ones it covers).
  */
-function applyLoop(machine: KVStateMachine, writes: PendingWrites): StateMachine {
+function applyLoop(machine: KVStateMachine, writes: PendingWrites, applied: () => void): StateMachine {
   return {
-    apply: async (entries: Entry[]) => writes.applied(await machine.apply(entries)),
+    apply: async (entries: Entry[]) => {
+      writes.applied(await machine.apply(entries));
+      applied();
+    },
     restore: async (meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>) => {
       await machine.restore(meta, chunks);
       writes.restored(machine.lastApplied(), (clientId, commandId) => {
@@ -446,6 +480,7 @@ function applyLoop(machine: KVStateMachine, writes: PendingWrites): StateMachine
         if (session === undefined || commandId > session.commandId) return null;
         return commandId === session.commandId ? session.result : RESULT_STALE_COMMAND;
       });
+      applied();
     },
     lastApplied: () => machine.lastApplied(),
     lastAppliedTerm: () => machine.lastAppliedTerm(),

@@ -11,13 +11,14 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_google_protobuf_wrappers } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file kvraftpb/kvraft.proto.
  */
 export const file_kvraftpb_kvraft: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIkwKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSEwoJbGVhZGVyX2lkGAMgASgDSABCCAoGbGVhZGVyIhgKFlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QiWAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USCwoDZXJyGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoAxITCglsZWFkZXJfaWQYAyABKANIAEIICgZsZWFkZXIiEgoQR2V0U3RhdHVzUmVxdWVzdCKDAgoRR2V0U3RhdHVzUmVzcG9uc2USCgoCaWQYASABKAMSDQoFc3RhdGUYAiABKAkSDAoEdGVybRgDIAEoAxIUCgxsYXN0X2FwcGxpZWQYBCABKAMSFAoMY29tbWl0X2luZGV4GAUgASgDEhQKDHN0b3JhZ2Vfc2l6ZRgGIAEoAxITCglsZWFkZXJfaWQYByABKANIABIPCgdtZW1iZXJzGAggAygDEhYKDnNuYXBzaG90X2luZGV4GAkgASgDEhEKCWtleV9jb3VudBgKIAEoAxIoCg5tZW1iZXJfZGV0YWlscxgLIAMoCzIQLmt2cmFmdHBiLk1lbWJlckIICgZsZWFkZXIiMwoGTWVtYmVyEgoKAmlkGAEgASgDEg8KB2FkZHJlc3MYAiABKAkSDAoEcm9sZRgDIAEoCSITChFNZW1iZXJMaXN0UmVxdWVzdCJeChJNZW1iZXJMaXN0UmVzcG9uc2USIQoHbWVtYmVycxgBIAMoCzIQLmt2cmFmdHBiLk1lbWJlchIRCglsZWFkZXJfaWQYAiABKAMSEgoKY2x1c3Rlcl9pZBgDIAEoCSIvChBNZW1iZXJBZGRSZXF1ZXN0EgoKAmlkGAEgASgDEg8KB2FkZHJlc3MYAiABKAkiIgoUTWVtYmVyUHJvbW90ZVJlcXVlc3QSCgoCaWQYASABKAMiIQoTTWVtYmVyUmVtb3ZlUmVxdWVzdBIKCgJpZBgBIAEoAyI2ChFNZW1iZXJBZGRSZXNwb25zZRIhCgdtZW1iZXJzGAEgAygLMhAua3ZyYWZ0cGIuTWVtYmVyIjoKFU1lbWJlclByb21vdGVSZXNwb25zZRIhCgdtZW1iZXJzGAEgAygLMhAua3ZyYWZ0cGIuTWVtYmVyIjkKFE1lbWJlclJlbW92ZVJlc3BvbnNlEiEKB21lbWJlcnMYASADKAsyEC5rdnJhZnRwYi5NZW1iZXIiIwoVVHJhbnNmZXJMZWFkZXJSZXF1ZXN0EgoKAnRvGAEgASgDIisKFlRyYW5zZmVyTGVhZGVyUmVzcG9uc2USEQoJbGVhZGVyX2lkGAEgASgDKi4KAk9wEgcKA1BVVBAAEgoKBkFQUEVORBABEgcKA0dFVBACEgoKBkRFTEVURRADMukBCglLVlNlcnZpY2USPgoHQ29tbWFuZBIYLmt2cmFmdHBiLkNvbW1hbmRSZXF1ZXN0Ghkua3ZyYWZ0cGIuQ29tbWFuZFJlc3BvbnNlEkQKCUdldFN0YXR1cxIaLmt2cmFmdHBiLkdldFN0YXR1c1JlcXVlc3QaGy5rdnJhZnRwYi5HZXRTdGF0dXNSZXNwb25zZRJWCg9SZWdpc3RlclNlc3Npb24SIC5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXF1ZXN0GiEua3ZyYWZ0cGIuUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2UylQMKDkNsdXN0ZXJTZXJ2aWNlEkcKCk1lbWJlckxpc3QSGy5rdnJhZnRwYi5NZW1iZXJMaXN0UmVxdWVzdBocLmt2cmFmdHBiLk1lbWJlckxpc3RSZXNwb25zZRJECglNZW1iZXJBZGQSGi5rdnJhZnRwYi5NZW1iZXJBZGRSZXF1ZXN0Ghsua3ZyYWZ0cGIuTWVtYmVyQWRkUmVzcG9uc2USUAoNTWVtYmVyUHJvbW90ZRIeLmt2cmFmdHBiLk1lbWJlclByb21vdGVSZXF1ZXN0Gh8ua3ZyYWZ0cGIuTWVtYmVyUHJvbW90ZVJlc3BvbnNlEk0KDE1lbWJlclJlbW92ZRIdLmt2cmFmdHBiLk1lbWJlclJlbW92ZVJlcXVlc3QaHi5rdnJhZnRwYi5NZW1iZXJSZW1vdmVSZXNwb25zZRJTCg5UcmFuc2ZlckxlYWRlchIfLmt2cmFmdHBiLlRyYW5zZmVyTGVhZGVyUmVxdWVzdBogLmt2cmFmdHBiLlRyYW5zZmVyTGVhZGVyUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIkwKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSEwoJbGVhZGVyX2lkGAMgASgDSABCCAoGbGVhZGVyIhgKFlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QiWAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USCwoDZXJyGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoAxITCglsZWFkZXJfaWQYAyABKANIAEIICgZsZWFkZXIiOgoMQmF0Y2hSZXF1ZXN0EioKCGNvbW1hbmRzGAEgAygLMhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QiWQoLQmF0Y2hSZXN1bHQSKwoIcmVzcG9uc2UYASABKAsyGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USDAoEY29kZRgCIAEoBRIPCgdtZXNzYWdlGAMgASgJIjcKDUJhdGNoUmVzcG9uc2USJgoHcmVzdWx0cxgBIAMoCzIVLmt2cmFmdHBiLkJhdGNoUmVzdWx0IhIKEEdldFN0YXR1c1JlcXVlc3QigwIKEUdldFN0YXR1c1Jlc3BvbnNlEgoKAmlkGAEgASgDEg0KBXN0YXRlGAIgASgJEgwKBHRlcm0YAyABKAMSFAoMbGFzdF9hcHBsaWVkGAQgASgDEhQKDGNvbW1pdF9pbmRleBgFIAEoAxIUCgxzdG9yYWdlX3NpemUYBiABKAMSEwoJbGVhZGVyX2lkGAcgASgDSAASDwoHbWVtYmVycxgIIAMoAxIWCg5zbmFwc2hvdF9pbmRleBgJIAEoAxIRCglrZXlfY291bnQYCiABKAMSKAoObWVtYmVyX2RldGFpbHMYCyADKAsyEC5rdnJhZnRwYi5NZW1iZXJCCAoGbGVhZGVyIoUBCg5SZXNwb25zZUhlYWRlchIQCghyZXZpc2lvbhgBIAEoAxIRCgltZW1iZXJfaWQYAiABKAMSEQoJcmFmdF90ZXJtGAMgASgDEgsKA2VychgEIAEoCRIuCglsZWFkZXJfaWQYBSABKAsyGy5nb29nbGUucHJvdG9idWYuSW50NjRWYWx1ZSJmCghLZXlWYWx1ZRILCgNrZXkYASABKAwSFwoPY3JlYXRlX3JldmlzaW9uGAIgASgDEhQKDG1vZF9yZXZpc2lvbhgDIAEoAxIPCgd2ZXJzaW9uGAQgASgDEg0KBXZhbHVlGAUgASgMInoKDFJhbmdlUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEg0KBWxpbWl0GAMgASgDEhQKDHNlcmlhbGl6YWJsZRgHIAEoCBIRCglrZXlzX29ubHkYCCABKAgSEgoKY291bnRfb25seRgJIAEoCCKJAQoNUmFuZ2VSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIfCgNrdnMYAiADKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZRIMCgRtb3JlGAMgASgIEg0KBWNvdW50GAQgASgDEhAKCG5leHRfa2V5GAUgASgMIjkKClB1dFJlcXVlc3QSCwoDa2V5GAEgASgMEg0KBXZhbHVlGAIgASgMEg8KB3ByZXZfa3YYBCABKAgiXAoLUHV0UmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISIwoHcHJldl9rdhgCIAEoCzISLmt2cmFmdHBiLktleVZhbHVlIoABChJEZWxldGVSYW5nZVJlcXVlc3QSCwoDa2V5GAEgASgMEhEKCXJhbmdlX2VuZBgCIAEoDBIPCgdwcmV2X2t2GAMgASgIEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDEhIKCnJlZ2lzdGVyZWQYBiABKAgidgoTRGVsZXRlUmFuZ2VSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIPCgdkZWxldGVkGAIgASgDEiQKCHByZXZfa3ZzGAMgAygLMhIua3ZyYWZ0cGIuS2V5VmFsdWUisgEKCVJlcXVlc3RPcBIvCg1yZXF1ZXN0X3JhbmdlGAEgASgLMhYua3ZyYWZ0cGIuUmFuZ2VSZXF1ZXN0SAASKwoLcmVxdWVzdF9wdXQYAiABKAsyFC5rdnJhZnRwYi5QdXRSZXF1ZXN0SAASPAoUcmVxdWVzdF9kZWxldGVfcmFuZ2UYAyABKAsyHC5rdnJhZnRwYi5EZWxldGVSYW5nZVJlcXVlc3RIAEIJCgdyZXF1ZXN0IroBCgpSZXNwb25zZU9wEjEKDnJlc3BvbnNlX3JhbmdlGAEgASgLMhcua3ZyYWZ0cGIuUmFuZ2VSZXNwb25zZUgAEi0KDHJlc3BvbnNlX3B1dBgCIAEoCzIVLmt2cmFmdHBiLlB1dFJlc3BvbnNlSAASPgoVcmVzcG9uc2VfZGVsZXRlX3JhbmdlGAMgASgLMh0ua3ZyYWZ0cGIuRGVsZXRlUmFuZ2VSZXNwb25zZUgAQgoKCHJlc3BvbnNlIt8CCgdDb21wYXJlEi8KBnJlc3VsdBgBIAEoDjIfLmt2cmFmdHBiLkNvbXBhcmUuQ29tcGFyZVJlc3VsdBIvCgZ0YXJnZXQYAiABKA4yHy5rdnJhZnRwYi5Db21wYXJlLkNvbXBhcmVUYXJnZXQSCwoDa2V5GAMgASgMEhEKB3ZlcnNpb24YBCABKANIABIZCg9jcmVhdGVfcmV2aXNpb24YBSABKANIABIWCgxtb2RfcmV2aXNpb24YBiABKANIABIPCgV2YWx1ZRgHIAEoDEgAIkAKDUNvbXBhcmVSZXN1bHQSCQoFRVFVQUwQABILCgdHUkVBVEVSEAESCAoETEVTUxACEg0KCU5PVF9FUVVBTBADIjwKDUNvbXBhcmVUYXJnZXQSCwoHVkVSU0lPThAAEgoKBkNSRUFURRABEgcKA01PRBACEgkKBVZBTFVFEANCDgoMdGFyZ2V0X3VuaW9uIrcBCgpUeG5SZXF1ZXN0EiIKB2NvbXBhcmUYASADKAsyES5rdnJhZnRwYi5Db21wYXJlEiQKB3N1Y2Nlc3MYAiADKAsyEy5rdnJhZnRwYi5SZXF1ZXN0T3ASJAoHZmFpbHVyZRgDIAMoCzITLmt2cmFmdHBiLlJlcXVlc3RPcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIInMKC1R4blJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEhEKCXN1Y2NlZWRlZBgCIAEoCBInCglyZXNwb25zZXMYAyADKAsyFC5rdnJhZnRwYi5SZXNwb25zZU9wIssBCgxXYXRjaFJlcXVlc3QSCwoDa2V5GAEgASgMEhEKCXJhbmdlX2VuZBgCIAEoDBIWCg5zdGFydF9yZXZpc2lvbhgDIAEoAxIXCg9wcm9ncmVzc19ub3RpZnkYBCABKAgSMgoHZmlsdGVycxgFIAMoDjIhLmt2cmFmdHBiLldhdGNoUmVxdWVzdC5GaWx0ZXJUeXBlEg8KB3ByZXZfa3YYBiABKAgiJQoKRmlsdGVyVHlwZRIJCgVOT1BVVBAAEgwKCE5PREVMRVRFEAEilwEKBUV2ZW50EicKBHR5cGUYASABKA4yGS5rdnJhZnRwYi5FdmVudC5FdmVudFR5cGUSHgoCa3YYAiABKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZRIjCgdwcmV2X2t2GAMgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUiIAoJRXZlbnRUeXBlEgcKA1BVVBAAEgoKBkRFTEVURRABIq4BCg1XYXRjaFJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2NyZWF0ZWQYAyABKAgSEAoIY2FuY2VsZWQYBCABKAgSGAoQY29tcGFjdF9yZXZpc2lvbhgFIAEoAxIVCg1jYW5jZWxfcmVhc29uGAYgASgJEh8KBmV2ZW50cxgLIAMoCzIPLmt2cmFmdHBiLkV2ZW50IjMKBk1lbWJlchIKCgJpZBgBIAEoAxIPCgdhZGRyZXNzGAIgASgJEgwKBHJvbGUYAyABKAkiEwoRTWVtYmVyTGlzdFJlcXVlc3QiXgoSTWVtYmVyTGlzdFJlc3BvbnNlEiEKB21lbWJlcnMYASADKAsyEC5rdnJhZnRwYi5NZW1iZXISEQoJbGVhZGVyX2lkGAIgASgDEhIKCmNsdXN0ZXJfaWQYAyABKAkiLwoQTWVtYmVyQWRkUmVxdWVzdBIKCgJpZBgBIAEoAxIPCgdhZGRyZXNzGAIgASgJIiIKFE1lbWJlclByb21vdGVSZXF1ZXN0EgoKAmlkGAEgASgDIiEKE01lbWJlclJlbW92ZVJlcXVlc3QSCgoCaWQYASABKAMiNgoRTWVtYmVyQWRkUmVzcG9uc2USIQoHbWVtYmVycxgBIAMoCzIQLmt2cmFmdHBiLk1lbWJlciI6ChVNZW1iZXJQcm9tb3RlUmVzcG9uc2USIQoHbWVtYmVycxgBIAMoCzIQLmt2cmFmdHBiLk1lbWJlciI5ChRNZW1iZXJSZW1vdmVSZXNwb25zZRIhCgdtZW1iZXJzGAEgAygLMhAua3ZyYWZ0cGIuTWVtYmVyIiMKFVRyYW5zZmVyTGVhZGVyUmVxdWVzdBIKCgJ0bxgBIAEoAyIrChZUcmFuc2ZlckxlYWRlclJlc3BvbnNlEhEKCWxlYWRlcl9pZBgBIAEoAyouCgJPcBIHCgNQVVQQABIKCgZBUFBFTkQQARIHCgNHRVQQAhIKCgZERUxFVEUQAzKZBAoJS1ZTZXJ2aWNlEj4KB0NvbW1hbmQSGC5rdnJhZnRwYi5Db21tYW5kUmVxdWVzdBoZLmt2cmFmdHBiLkNvbW1hbmRSZXNwb25zZRJECglHZXRTdGF0dXMSGi5rdnJhZnRwYi5HZXRTdGF0dXNSZXF1ZXN0Ghsua3ZyYWZ0cGIuR2V0U3RhdHVzUmVzcG9uc2USVgoPUmVnaXN0ZXJTZXNzaW9uEiAua3ZyYWZ0cGIuUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBohLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEjgKBVJhbmdlEhYua3ZyYWZ0cGIuUmFuZ2VSZXF1ZXN0Ghcua3ZyYWZ0cGIuUmFuZ2VSZXNwb25zZRJKCgtEZWxldGVSYW5nZRIcLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVxdWVzdBodLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVzcG9uc2USMgoDVHhuEhQua3ZyYWZ0cGIuVHhuUmVxdWVzdBoVLmt2cmFmdHBiLlR4blJlc3BvbnNlEjoKBVdhdGNoEhYua3ZyYWZ0cGIuV2F0Y2hSZXF1ZXN0Ghcua3ZyYWZ0cGIuV2F0Y2hSZXNwb25zZTABEjgKBUJhdGNoEhYua3ZyYWZ0cGIuQmF0Y2hSZXF1ZXN0Ghcua3ZyYWZ0cGIuQmF0Y2hSZXNwb25zZTKVAwoOQ2x1c3RlclNlcnZpY2USRwoKTWVtYmVyTGlzdBIbLmt2cmFmdHBiLk1lbWJlckxpc3RSZXF1ZXN0Ghwua3ZyYWZ0cGIuTWVtYmVyTGlzdFJlc3BvbnNlEkQKCU1lbWJlckFkZBIaLmt2cmFmdHBiLk1lbWJlckFkZFJlcXVlc3QaGy5rdnJhZnRwYi5NZW1iZXJBZGRSZXNwb25zZRJQCg1NZW1iZXJQcm9tb3RlEh4ua3ZyYWZ0cGIuTWVtYmVyUHJvbW90ZVJlcXVlc3QaHy5rdnJhZnRwYi5NZW1iZXJQcm9tb3RlUmVzcG9uc2USTQoMTWVtYmVyUmVtb3ZlEh0ua3ZyYWZ0cGIuTWVtYmVyUmVtb3ZlUmVxdWVzdBoeLmt2cmFmdHBiLk1lbWJlclJlbW92ZVJlc3BvbnNlElMKDlRyYW5zZmVyTGVhZGVyEh8ua3ZyYWZ0cGIuVHJhbnNmZXJMZWFkZXJSZXF1ZXN0GiAua3ZyYWZ0cGIuVHJhbnNmZXJMZWFkZXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_wrappers]);
 
 /**
  * One operation. Sessions and exactly-once writes:
@@ -181,6 +182,82 @@ export const RegisterSessionResponseSchema: GenMessage<RegisterSessionResponse> 
   messageDesc(file_kvraftpb_kvraft, 3);
 
 /**
+ * kvraft extension: many commands in one request (the Clerk coalesces concurrent operations).
+ * Each command is handled exactly as if it came alone in a Command call (kvraft's Clerk gives each
+ * its own session, so each is exactly-once through its own client_id and command_id); commands
+ * of one batch run concurrently, in no promised order among themselves. At most 4096 commands.
+ *
+ * @generated from message kvraftpb.BatchRequest
+ */
+export type BatchRequest = Message<"kvraftpb.BatchRequest"> & {
+  /**
+   * @generated from field: repeated kvraftpb.CommandRequest commands = 1;
+   */
+  commands: CommandRequest[];
+};
+
+/**
+ * Describes the message kvraftpb.BatchRequest.
+ * Use `create(BatchRequestSchema)` to create a new message.
+ */
+export const BatchRequestSchema: GenMessage<BatchRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 4);
+
+/**
+ * The outcome of one command of a batch.
+ *
+ * @generated from message kvraftpb.BatchResult
+ */
+export type BatchResult = Message<"kvraftpb.BatchResult"> & {
+  /**
+   * The answer, when the command was answered (code 0): as Command's response.
+   *
+   * @generated from field: kvraftpb.CommandResponse response = 1;
+   */
+  response?: CommandResponse | undefined;
+
+  /**
+   * A refusal of this command alone, as the error a Command call would fail with: a Connect/gRPC
+   * code number (3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 14 UNAVAILABLE,
+   * ...) and its message. 0: no refusal.
+   *
+   * @generated from field: int32 code = 2;
+   */
+  code: number;
+
+  /**
+   * @generated from field: string message = 3;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message kvraftpb.BatchResult.
+ * Use `create(BatchResultSchema)` to create a new message.
+ */
+export const BatchResultSchema: GenMessage<BatchResult> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 5);
+
+/**
+ * @generated from message kvraftpb.BatchResponse
+ */
+export type BatchResponse = Message<"kvraftpb.BatchResponse"> & {
+  /**
+   * One result per command, in the order of BatchRequest.commands.
+   *
+   * @generated from field: repeated kvraftpb.BatchResult results = 1;
+   */
+  results: BatchResult[];
+};
+
+/**
+ * Describes the message kvraftpb.BatchResponse.
+ * Use `create(BatchResponseSchema)` to create a new message.
+ */
+export const BatchResponseSchema: GenMessage<BatchResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 6);
+
+/**
  * @generated from message kvraftpb.GetStatusRequest
  */
 export type GetStatusRequest = Message<"kvraftpb.GetStatusRequest"> & {
@@ -191,7 +268,7 @@ export type GetStatusRequest = Message<"kvraftpb.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 4);
+  messageDesc(file_kvraftpb_kvraft, 7);
 
 /**
  * @generated from message kvraftpb.GetStatusResponse
@@ -274,7 +351,727 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 5);
+  messageDesc(file_kvraftpb_kvraft, 8);
+
+/**
+ * Every answer of the calls below.
+ *
+ * @generated from message kvraftpb.ResponseHeader
+ */
+export type ResponseHeader = Message<"kvraftpb.ResponseHeader"> & {
+  /**
+   * The store's revision when the answer was made (the applied index), or the Txn's own revision.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * The node that answered.
+   *
+   * @generated from field: int64 member_id = 2;
+   */
+  memberId: bigint;
+
+  /**
+   * @generated from field: int64 raft_term = 3;
+   */
+  raftTerm: bigint;
+
+  /**
+   * OK, ErrWrongLeader (try leader_id, or another node) or ErrTimeout (retry): as Command's err.
+   *
+   * @generated from field: string err = 4;
+   */
+  err: string;
+
+  /**
+   * With ErrWrongLeader: the node this one believes leads, when it knows one.
+   *
+   * @generated from field: google.protobuf.Int64Value leader_id = 5;
+   */
+  leaderId?: bigint | undefined;
+};
+
+/**
+ * Describes the message kvraftpb.ResponseHeader.
+ * Use `create(ResponseHeaderSchema)` to create a new message.
+ */
+export const ResponseHeaderSchema: GenMessage<ResponseHeader> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 9);
+
+/**
+ * @generated from message kvraftpb.KeyValue
+ */
+export type KeyValue = Message<"kvraftpb.KeyValue"> & {
+  /**
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * @generated from field: int64 create_revision = 2;
+   */
+  createRevision: bigint;
+
+  /**
+   * @generated from field: int64 mod_revision = 3;
+   */
+  modRevision: bigint;
+
+  /**
+   * @generated from field: int64 version = 4;
+   */
+  version: bigint;
+
+  /**
+   * @generated from field: bytes value = 5;
+   */
+  value: Uint8Array;
+};
+
+/**
+ * Describes the message kvraftpb.KeyValue.
+ * Use `create(KeyValueSchema)` to create a new message.
+ */
+export const KeyValueSchema: GenMessage<KeyValue> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 10);
+
+/**
+ * @generated from message kvraftpb.RangeRequest
+ */
+export type RangeRequest = Message<"kvraftpb.RangeRequest"> & {
+  /**
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * Empty: only `key`. "\0": every key >= key. Otherwise the exclusive end (a prefix's end is the
+   * prefix with its last byte incremented).
+   *
+   * @generated from field: bytes range_end = 2;
+   */
+  rangeEnd: Uint8Array;
+
+  /**
+   * 0: no count limit (the answer is still cut at the node's byte bound).
+   *
+   * @generated from field: int64 limit = 3;
+   */
+  limit: bigint;
+
+  /**
+   * Read this node's applied state without a ReadIndex round: any node answers, possibly stale.
+   *
+   * @generated from field: bool serializable = 7;
+   */
+  serializable: boolean;
+
+  /**
+   * @generated from field: bool keys_only = 8;
+   */
+  keysOnly: boolean;
+
+  /**
+   * @generated from field: bool count_only = 9;
+   */
+  countOnly: boolean;
+};
+
+/**
+ * Describes the message kvraftpb.RangeRequest.
+ * Use `create(RangeRequestSchema)` to create a new message.
+ */
+export const RangeRequestSchema: GenMessage<RangeRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 11);
+
+/**
+ * @generated from message kvraftpb.RangeResponse
+ */
+export type RangeResponse = Message<"kvraftpb.RangeResponse"> & {
+  /**
+   * @generated from field: kvraftpb.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * @generated from field: repeated kvraftpb.KeyValue kvs = 2;
+   */
+  kvs: KeyValue[];
+
+  /**
+   * Keys of the range were left out (limit or byte bound): continue from next_key.
+   *
+   * @generated from field: bool more = 3;
+   */
+  more: boolean;
+
+  /**
+   * Keys in the whole range.
+   *
+   * @generated from field: int64 count = 4;
+   */
+  count: bigint;
+
+  /**
+   * With more: the first key not returned.
+   *
+   * @generated from field: bytes next_key = 5;
+   */
+  nextKey: Uint8Array;
+};
+
+/**
+ * Describes the message kvraftpb.RangeResponse.
+ * Use `create(RangeResponseSchema)` to create a new message.
+ */
+export const RangeResponseSchema: GenMessage<RangeResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 12);
+
+/**
+ * @generated from message kvraftpb.PutRequest
+ */
+export type PutRequest = Message<"kvraftpb.PutRequest"> & {
+  /**
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * @generated from field: bytes value = 2;
+   */
+  value: Uint8Array;
+
+  /**
+   * @generated from field: bool prev_kv = 4;
+   */
+  prevKv: boolean;
+};
+
+/**
+ * Describes the message kvraftpb.PutRequest.
+ * Use `create(PutRequestSchema)` to create a new message.
+ */
+export const PutRequestSchema: GenMessage<PutRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 13);
+
+/**
+ * @generated from message kvraftpb.PutResponse
+ */
+export type PutResponse = Message<"kvraftpb.PutResponse"> & {
+  /**
+   * @generated from field: kvraftpb.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * @generated from field: kvraftpb.KeyValue prev_kv = 2;
+   */
+  prevKv?: KeyValue | undefined;
+};
+
+/**
+ * Describes the message kvraftpb.PutResponse.
+ * Use `create(PutResponseSchema)` to create a new message.
+ */
+export const PutResponseSchema: GenMessage<PutResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 14);
+
+/**
+ * @generated from message kvraftpb.DeleteRangeRequest
+ */
+export type DeleteRangeRequest = Message<"kvraftpb.DeleteRangeRequest"> & {
+  /**
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * @generated from field: bytes range_end = 2;
+   */
+  rangeEnd: Uint8Array;
+
+  /**
+   * @generated from field: bool prev_kv = 3;
+   */
+  prevKv: boolean;
+
+  /**
+   * Exactly-once through the client session, as CommandRequest's (0: no session).
+   *
+   * @generated from field: int64 client_id = 4;
+   */
+  clientId: bigint;
+
+  /**
+   * @generated from field: int64 command_id = 5;
+   */
+  commandId: bigint;
+
+  /**
+   * @generated from field: bool registered = 6;
+   */
+  registered: boolean;
+};
+
+/**
+ * Describes the message kvraftpb.DeleteRangeRequest.
+ * Use `create(DeleteRangeRequestSchema)` to create a new message.
+ */
+export const DeleteRangeRequestSchema: GenMessage<DeleteRangeRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 15);
+
+/**
+ * @generated from message kvraftpb.DeleteRangeResponse
+ */
+export type DeleteRangeResponse = Message<"kvraftpb.DeleteRangeResponse"> & {
+  /**
+   * @generated from field: kvraftpb.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * @generated from field: int64 deleted = 2;
+   */
+  deleted: bigint;
+
+  /**
+   * @generated from field: repeated kvraftpb.KeyValue prev_kvs = 3;
+   */
+  prevKvs: KeyValue[];
+};
+
+/**
+ * Describes the message kvraftpb.DeleteRangeResponse.
+ * Use `create(DeleteRangeResponseSchema)` to create a new message.
+ */
+export const DeleteRangeResponseSchema: GenMessage<DeleteRangeResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 16);
+
+/**
+ * @generated from message kvraftpb.RequestOp
+ */
+export type RequestOp = Message<"kvraftpb.RequestOp"> & {
+  /**
+   * @generated from oneof kvraftpb.RequestOp.request
+   */
+  request: {
+    /**
+     * @generated from field: kvraftpb.RangeRequest request_range = 1;
+     */
+    value: RangeRequest;
+    case: "requestRange";
+  } | {
+    /**
+     * @generated from field: kvraftpb.PutRequest request_put = 2;
+     */
+    value: PutRequest;
+    case: "requestPut";
+  } | {
+    /**
+     * @generated from field: kvraftpb.DeleteRangeRequest request_delete_range = 3;
+     */
+    value: DeleteRangeRequest;
+    case: "requestDeleteRange";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message kvraftpb.RequestOp.
+ * Use `create(RequestOpSchema)` to create a new message.
+ */
+export const RequestOpSchema: GenMessage<RequestOp> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 17);
+
+/**
+ * @generated from message kvraftpb.ResponseOp
+ */
+export type ResponseOp = Message<"kvraftpb.ResponseOp"> & {
+  /**
+   * @generated from oneof kvraftpb.ResponseOp.response
+   */
+  response: {
+    /**
+     * @generated from field: kvraftpb.RangeResponse response_range = 1;
+     */
+    value: RangeResponse;
+    case: "responseRange";
+  } | {
+    /**
+     * @generated from field: kvraftpb.PutResponse response_put = 2;
+     */
+    value: PutResponse;
+    case: "responsePut";
+  } | {
+    /**
+     * @generated from field: kvraftpb.DeleteRangeResponse response_delete_range = 3;
+     */
+    value: DeleteRangeResponse;
+    case: "responseDeleteRange";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message kvraftpb.ResponseOp.
+ * Use `create(ResponseOpSchema)` to create a new message.
+ */
+export const ResponseOpSchema: GenMessage<ResponseOp> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 18);
+
+/**
+ * @generated from message kvraftpb.Compare
+ */
+export type Compare = Message<"kvraftpb.Compare"> & {
+  /**
+   * @generated from field: kvraftpb.Compare.CompareResult result = 1;
+   */
+  result: Compare_CompareResult;
+
+  /**
+   * @generated from field: kvraftpb.Compare.CompareTarget target = 2;
+   */
+  target: Compare_CompareTarget;
+
+  /**
+   * @generated from field: bytes key = 3;
+   */
+  key: Uint8Array;
+
+  /**
+   * @generated from oneof kvraftpb.Compare.target_union
+   */
+  targetUnion: {
+    /**
+     * @generated from field: int64 version = 4;
+     */
+    value: bigint;
+    case: "version";
+  } | {
+    /**
+     * @generated from field: int64 create_revision = 5;
+     */
+    value: bigint;
+    case: "createRevision";
+  } | {
+    /**
+     * @generated from field: int64 mod_revision = 6;
+     */
+    value: bigint;
+    case: "modRevision";
+  } | {
+    /**
+     * @generated from field: bytes value = 7;
+     */
+    value: Uint8Array;
+    case: "value";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message kvraftpb.Compare.
+ * Use `create(CompareSchema)` to create a new message.
+ */
+export const CompareSchema: GenMessage<Compare> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 19);
+
+/**
+ * @generated from enum kvraftpb.Compare.CompareResult
+ */
+export enum Compare_CompareResult {
+  /**
+   * @generated from enum value: EQUAL = 0;
+   */
+  EQUAL = 0,
+
+  /**
+   * @generated from enum value: GREATER = 1;
+   */
+  GREATER = 1,
+
+  /**
+   * @generated from enum value: LESS = 2;
+   */
+  LESS = 2,
+
+  /**
+   * @generated from enum value: NOT_EQUAL = 3;
+   */
+  NOT_EQUAL = 3,
+}
+
+/**
+ * Describes the enum kvraftpb.Compare.CompareResult.
+ */
+export const Compare_CompareResultSchema: GenEnum<Compare_CompareResult> = /*@__PURE__*/
+  enumDesc(file_kvraftpb_kvraft, 19, 0);
+
+/**
+ * @generated from enum kvraftpb.Compare.CompareTarget
+ */
+export enum Compare_CompareTarget {
+  /**
+   * @generated from enum value: VERSION = 0;
+   */
+  VERSION = 0,
+
+  /**
+   * @generated from enum value: CREATE = 1;
+   */
+  CREATE = 1,
+
+  /**
+   * @generated from enum value: MOD = 2;
+   */
+  MOD = 2,
+
+  /**
+   * @generated from enum value: VALUE = 3;
+   */
+  VALUE = 3,
+}
+
+/**
+ * Describes the enum kvraftpb.Compare.CompareTarget.
+ */
+export const Compare_CompareTargetSchema: GenEnum<Compare_CompareTarget> = /*@__PURE__*/
+  enumDesc(file_kvraftpb_kvraft, 19, 1);
+
+/**
+ * @generated from message kvraftpb.TxnRequest
+ */
+export type TxnRequest = Message<"kvraftpb.TxnRequest"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Compare compare = 1;
+   */
+  compare: Compare[];
+
+  /**
+   * @generated from field: repeated kvraftpb.RequestOp success = 2;
+   */
+  success: RequestOp[];
+
+  /**
+   * @generated from field: repeated kvraftpb.RequestOp failure = 3;
+   */
+  failure: RequestOp[];
+
+  /**
+   * Exactly-once through the client session, as CommandRequest's (0: no session).
+   *
+   * @generated from field: int64 client_id = 4;
+   */
+  clientId: bigint;
+
+  /**
+   * @generated from field: int64 command_id = 5;
+   */
+  commandId: bigint;
+
+  /**
+   * @generated from field: bool registered = 6;
+   */
+  registered: boolean;
+};
+
+/**
+ * Describes the message kvraftpb.TxnRequest.
+ * Use `create(TxnRequestSchema)` to create a new message.
+ */
+export const TxnRequestSchema: GenMessage<TxnRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 20);
+
+/**
+ * @generated from message kvraftpb.TxnResponse
+ */
+export type TxnResponse = Message<"kvraftpb.TxnResponse"> & {
+  /**
+   * @generated from field: kvraftpb.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * @generated from field: bool succeeded = 2;
+   */
+  succeeded: boolean;
+
+  /**
+   * @generated from field: repeated kvraftpb.ResponseOp responses = 3;
+   */
+  responses: ResponseOp[];
+};
+
+/**
+ * Describes the message kvraftpb.TxnResponse.
+ * Use `create(TxnResponseSchema)` to create a new message.
+ */
+export const TxnResponseSchema: GenMessage<TxnResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 21);
+
+/**
+ * @generated from message kvraftpb.WatchRequest
+ */
+export type WatchRequest = Message<"kvraftpb.WatchRequest"> & {
+  /**
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * @generated from field: bytes range_end = 2;
+   */
+  rangeEnd: Uint8Array;
+
+  /**
+   * First revision to send; 0: changes after the current revision.
+   *
+   * @generated from field: int64 start_revision = 3;
+   */
+  startRevision: bigint;
+
+  /**
+   * Send an empty answer carrying the current revision when no event came for a while.
+   *
+   * @generated from field: bool progress_notify = 4;
+   */
+  progressNotify: boolean;
+
+  /**
+   * @generated from field: repeated kvraftpb.WatchRequest.FilterType filters = 5;
+   */
+  filters: WatchRequest_FilterType[];
+
+  /**
+   * @generated from field: bool prev_kv = 6;
+   */
+  prevKv: boolean;
+};
+
+/**
+ * Describes the message kvraftpb.WatchRequest.
+ * Use `create(WatchRequestSchema)` to create a new message.
+ */
+export const WatchRequestSchema: GenMessage<WatchRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 22);
+
+/**
+ * @generated from enum kvraftpb.WatchRequest.FilterType
+ */
+export enum WatchRequest_FilterType {
+  /**
+   * @generated from enum value: NOPUT = 0;
+   */
+  NOPUT = 0,
+
+  /**
+   * @generated from enum value: NODELETE = 1;
+   */
+  NODELETE = 1,
+}
+
+/**
+ * Describes the enum kvraftpb.WatchRequest.FilterType.
+ */
+export const WatchRequest_FilterTypeSchema: GenEnum<WatchRequest_FilterType> = /*@__PURE__*/
+  enumDesc(file_kvraftpb_kvraft, 22, 0);
+
+/**
+ * @generated from message kvraftpb.Event
+ */
+export type Event = Message<"kvraftpb.Event"> & {
+  /**
+   * @generated from field: kvraftpb.Event.EventType type = 1;
+   */
+  type: Event_EventType;
+
+  /**
+   * @generated from field: kvraftpb.KeyValue kv = 2;
+   */
+  kv?: KeyValue | undefined;
+
+  /**
+   * @generated from field: kvraftpb.KeyValue prev_kv = 3;
+   */
+  prevKv?: KeyValue | undefined;
+};
+
+/**
+ * Describes the message kvraftpb.Event.
+ * Use `create(EventSchema)` to create a new message.
+ */
+export const EventSchema: GenMessage<Event> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 23);
+
+/**
+ * @generated from enum kvraftpb.Event.EventType
+ */
+export enum Event_EventType {
+  /**
+   * @generated from enum value: PUT = 0;
+   */
+  PUT = 0,
+
+  /**
+   * @generated from enum value: DELETE = 1;
+   */
+  DELETE = 1,
+}
+
+/**
+ * Describes the enum kvraftpb.Event.EventType.
+ */
+export const Event_EventTypeSchema: GenEnum<Event_EventType> = /*@__PURE__*/
+  enumDesc(file_kvraftpb_kvraft, 23, 0);
+
+/**
+ * @generated from message kvraftpb.WatchResponse
+ */
+export type WatchResponse = Message<"kvraftpb.WatchResponse"> & {
+  /**
+   * header.revision: every event up to it has been sent (events of one revision come together).
+   *
+   * @generated from field: kvraftpb.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The first answer of a watch.
+   *
+   * @generated from field: bool created = 3;
+   */
+  created: boolean;
+
+  /**
+   * The last answer: the watch ended (cancel_reason says why).
+   *
+   * @generated from field: bool canceled = 4;
+   */
+  canceled: boolean;
+
+  /**
+   * With canceled: start_revision is older than this node's history; the oldest revision available.
+   *
+   * @generated from field: int64 compact_revision = 5;
+   */
+  compactRevision: bigint;
+
+  /**
+   * @generated from field: string cancel_reason = 6;
+   */
+  cancelReason: string;
+
+  /**
+   * @generated from field: repeated kvraftpb.Event events = 11;
+   */
+  events: Event[];
+};
+
+/**
+ * Describes the message kvraftpb.WatchResponse.
+ * Use `create(WatchResponseSchema)` to create a new message.
+ */
+export const WatchResponseSchema: GenMessage<WatchResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 24);
 
 /**
  * One member of the cluster's configuration.
@@ -307,7 +1104,7 @@ export type Member = Message<"kvraftpb.Member"> & {
  * Use `create(MemberSchema)` to create a new message.
  */
 export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 6);
+  messageDesc(file_kvraftpb_kvraft, 25);
 
 /**
  * @generated from message kvraftpb.MemberListRequest
@@ -320,7 +1117,7 @@ export type MemberListRequest = Message<"kvraftpb.MemberListRequest"> & {
  * Use `create(MemberListRequestSchema)` to create a new message.
  */
 export const MemberListRequestSchema: GenMessage<MemberListRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 7);
+  messageDesc(file_kvraftpb_kvraft, 26);
 
 /**
  * @generated from message kvraftpb.MemberListResponse
@@ -351,7 +1148,7 @@ export type MemberListResponse = Message<"kvraftpb.MemberListResponse"> & {
  * Use `create(MemberListResponseSchema)` to create a new message.
  */
 export const MemberListResponseSchema: GenMessage<MemberListResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 8);
+  messageDesc(file_kvraftpb_kvraft, 27);
 
 /**
  * @generated from message kvraftpb.MemberAddRequest
@@ -375,7 +1172,7 @@ export type MemberAddRequest = Message<"kvraftpb.MemberAddRequest"> & {
  * Use `create(MemberAddRequestSchema)` to create a new message.
  */
 export const MemberAddRequestSchema: GenMessage<MemberAddRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 9);
+  messageDesc(file_kvraftpb_kvraft, 28);
 
 /**
  * @generated from message kvraftpb.MemberPromoteRequest
@@ -392,7 +1189,7 @@ export type MemberPromoteRequest = Message<"kvraftpb.MemberPromoteRequest"> & {
  * Use `create(MemberPromoteRequestSchema)` to create a new message.
  */
 export const MemberPromoteRequestSchema: GenMessage<MemberPromoteRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 10);
+  messageDesc(file_kvraftpb_kvraft, 29);
 
 /**
  * @generated from message kvraftpb.MemberRemoveRequest
@@ -409,7 +1206,7 @@ export type MemberRemoveRequest = Message<"kvraftpb.MemberRemoveRequest"> & {
  * Use `create(MemberRemoveRequestSchema)` to create a new message.
  */
 export const MemberRemoveRequestSchema: GenMessage<MemberRemoveRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 11);
+  messageDesc(file_kvraftpb_kvraft, 30);
 
 /**
  * Each change answers with the configuration once the change has committed.
@@ -428,7 +1225,7 @@ export type MemberAddResponse = Message<"kvraftpb.MemberAddResponse"> & {
  * Use `create(MemberAddResponseSchema)` to create a new message.
  */
 export const MemberAddResponseSchema: GenMessage<MemberAddResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 12);
+  messageDesc(file_kvraftpb_kvraft, 31);
 
 /**
  * @generated from message kvraftpb.MemberPromoteResponse
@@ -445,7 +1242,7 @@ export type MemberPromoteResponse = Message<"kvraftpb.MemberPromoteResponse"> & 
  * Use `create(MemberPromoteResponseSchema)` to create a new message.
  */
 export const MemberPromoteResponseSchema: GenMessage<MemberPromoteResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 13);
+  messageDesc(file_kvraftpb_kvraft, 32);
 
 /**
  * @generated from message kvraftpb.MemberRemoveResponse
@@ -462,7 +1259,7 @@ export type MemberRemoveResponse = Message<"kvraftpb.MemberRemoveResponse"> & {
  * Use `create(MemberRemoveResponseSchema)` to create a new message.
  */
 export const MemberRemoveResponseSchema: GenMessage<MemberRemoveResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 14);
+  messageDesc(file_kvraftpb_kvraft, 33);
 
 /**
  * @generated from message kvraftpb.TransferLeaderRequest
@@ -481,7 +1278,7 @@ export type TransferLeaderRequest = Message<"kvraftpb.TransferLeaderRequest"> & 
  * Use `create(TransferLeaderRequestSchema)` to create a new message.
  */
 export const TransferLeaderRequestSchema: GenMessage<TransferLeaderRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 15);
+  messageDesc(file_kvraftpb_kvraft, 34);
 
 /**
  * @generated from message kvraftpb.TransferLeaderResponse
@@ -498,7 +1295,7 @@ export type TransferLeaderResponse = Message<"kvraftpb.TransferLeaderResponse"> 
  * Use `create(TransferLeaderResponseSchema)` to create a new message.
  */
 export const TransferLeaderResponseSchema: GenMessage<TransferLeaderResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 16);
+  messageDesc(file_kvraftpb_kvraft, 35);
 
 /**
  * @generated from enum kvraftpb.Op
@@ -562,6 +1359,50 @@ export const KVService: GenService<{
     methodKind: "unary";
     input: typeof RegisterSessionRequestSchema;
     output: typeof RegisterSessionResponseSchema;
+  },
+  /**
+   * kvraft extensions modelled on etcd v3 (issue 14).
+   *
+   * @generated from rpc kvraftpb.KVService.Range
+   */
+  range: {
+    methodKind: "unary";
+    input: typeof RangeRequestSchema;
+    output: typeof RangeResponseSchema;
+  },
+  /**
+   * @generated from rpc kvraftpb.KVService.DeleteRange
+   */
+  deleteRange: {
+    methodKind: "unary";
+    input: typeof DeleteRangeRequestSchema;
+    output: typeof DeleteRangeResponseSchema;
+  },
+  /**
+   * @generated from rpc kvraftpb.KVService.Txn
+   */
+  txn: {
+    methodKind: "unary";
+    input: typeof TxnRequestSchema;
+    output: typeof TxnResponseSchema;
+  },
+  /**
+   * @generated from rpc kvraftpb.KVService.Watch
+   */
+  watch: {
+    methodKind: "server_streaming";
+    input: typeof WatchRequestSchema;
+    output: typeof WatchResponseSchema;
+  },
+  /**
+   * kvraft extension: many commands in one request (see BatchRequest).
+   *
+   * @generated from rpc kvraftpb.KVService.Batch
+   */
+  batch: {
+    methodKind: "unary";
+    input: typeof BatchRequestSchema;
+    output: typeof BatchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kvraftpb_kvraft, 0);
