@@ -281,17 +281,25 @@ async function main(argv: string[]): Promise<number> {
 }
 
 /**
- * What a joining node needs before it serves: on its first start the cluster id and members, from
- * whichever member leads (the data directory then has them); on a restart nothing (the stored
- * configuration names the peers).
+ * What a joining node needs before it serves: the cluster id and members, from whichever member
+ * leads. On a restart (the data directory has the cluster id) the members are welcome but not
+ * needed: the stored configuration names the peers, unless the node was never added yet.
  */
 async function joinTarget(id: number, join: { address: string; members: string[] }, db: string, config: Config): Promise<JoinOptions> {
-  if (fs.existsSync(path.join(db, CLUSTER_ID_FILE))) return { address: join.address, members: null, clusterId: null };
-  const conn = adminConnection({ addrs: join.members.join(","), timeout: "15000", ...config.joinCredentials });
+  const restarting = fs.existsSync(path.join(db, CLUSTER_ID_FILE));
+  const conn = adminConnection({ addrs: join.members.join(","), timeout: restarting ? "3000" : "15000", ...config.joinCredentials });
   conn.https = config.security.tls !== undefined;
-  const list = await callLeader(conn, (c) => c.memberList({}));
+  let list;
+  try {
+    list = await callLeader(conn, (c) => c.memberList({}));
+  } catch (error) {
+    if (!restarting) throw error;
+    return { address: join.address, members: null, clusterId: null };
+  }
   const members = new Map<number, string>();
   for (const m of list.members) if (m.address !== "") members.set(Number(m.id), m.address);
+  // On a restart the id adopted before must match (adoptClusterId checks), and being a member is normal.
+  if (restarting) return { address: join.address, members, clusterId: list.clusterId };
   const clash = list.members.find((m) => Number(m.id) === id);
   if (clash !== undefined) {
     throw new UsageError(`node ${id} is already a ${clash.role} of cluster ${list.clusterId} (at ${clash.address || "an unknown address"}); remove it first or pick another -id`);

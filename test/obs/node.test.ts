@@ -238,6 +238,7 @@ describe("reflection", () => {
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
+        "kvraftpb.ClusterService",
         "kvraftpb.KVService",
         "raftpb.RaftService",
       ]));
