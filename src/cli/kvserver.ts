@@ -1,7 +1,8 @@
 // kvserver: one kvraft node, with eRaft's flags and defaults.
 //   bun run kvserver -id 0 -addrs "localhost:5001,localhost:5002,localhost:5003" -db kvserver-data
 // Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 runtime failure (e.g. port in use),
-// 2 bad usage or a data directory that belongs to another node or cluster.
+// 2 bad usage or a data directory that belongs to another node or cluster, 3 fail-stop (a storage
+// error or broken invariant while running: one line says what and what to do; restart it).
 
 import { KVServer } from "../kv/index.ts";
 import { ListenError } from "../rpc/server/server.ts";
@@ -21,6 +22,8 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
   --cors-origin        browser origins allowed to call this node, comma separated ("*" for any)
   --snapshot-threshold compact the Raft log once this many entries are applied past the last
                        snapshot (default: the KV server's own)
+  --min-free-disk-mb   refuse writes (resource_exhausted) while the data directory's disk has less
+                       free space than this; reads go on (default 128)
   -help                print this message
 
 Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and cleartext HTTP/2, all on
@@ -32,6 +35,7 @@ interface Config {
   db: string;
   corsOrigins: string[];
   snapshotThreshold?: number;
+  minFreeDiskBytes: number;
 }
 
 function parseConfig(argv: string[]): Config | "help" {
@@ -42,6 +46,7 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      "min-free-disk-mb": "128",
     },
     switches: ["help", "h"],
   });
@@ -65,7 +70,11 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold };
+  const minFreeMb = Number(flags.values["min-free-disk-mb"]);
+  if (!/^\d+(\.\d+)?$/.test(flags.values["min-free-disk-mb"]!) || !Number.isFinite(minFreeMb)) {
+    throw new UsageError(`--min-free-disk-mb must be a number of MiB (0 or more)`);
+  }
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, minFreeDiskBytes: Math.round(minFreeMb * 1024 * 1024) };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -99,6 +108,12 @@ async function main(argv: string[]): Promise<number> {
             // The size ConnectTransport streams snapshot data in; a chunk never needs splitting.
             snapshotChunkBytes: SNAPSHOT_CHUNK_BYTES,
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
+          },
+          diskWatch: { minFreeBytes: config.minFreeDiskBytes },
+          // Fail-stop: one line, a non-zero exit, no zombie that still answers GetStatus.
+          onFatal: (error) => {
+            console.error(`kvserver: node ${id} FATAL: ${error.message}`);
+            process.exit(3);
           },
         }),
     });

@@ -20,6 +20,8 @@ import {
 } from "../raft/index.ts";
 import { encodeCommand } from "./command.ts";
 import { DeadlineQueue, type Deadline } from "./deadlines.ts";
+import { DiskWatch, type DiskWatchOptions } from "./disk-watch.ts";
+import { type FatalError, toFatal } from "./fail-stop.ts";
 import { KVError } from "./errors.ts";
 import { RESULT_NO_KEY } from "./sessions.ts";
 import { KVStateMachine, type AppliedCommand, type KVStateMachineOptions } from "./state-machine.ts";
@@ -59,6 +61,8 @@ export interface KVStatus {
   snapshotsInstalled: number;
   /** ReadIndex rounds this node has asked for since it started (Gets share rounds). */
   readIndexRounds: number;
+  /** Storage conditions an operator should see ("" when healthy): low disk space, an unwritable directory. */
+  storageHealth: string;
 }
 
 export interface KVLimits {
@@ -104,6 +108,13 @@ export interface KVServerOptions {
   raft?: KVRaftOptions;
   state?: KVStateOptions;
   limits?: KVLimits;
+  /**
+   * Called once when the node meets an error it cannot recover from (storage I/O, a broken
+   * invariant). The server already refuses everything; the process should log the message and exit.
+   */
+  onFatal?: (error: FatalError) => void;
+  /** Watch the data directory (deleted, unwritable, low on space); off unless given. */
+  diskWatch?: Omit<DiskWatchOptions, "dir">;
 }
 
 /** A proposed write waiting for its entry to apply. */
@@ -182,6 +193,9 @@ export class KVServer {
   private readonly maxValueBytes: number;
   private readonly maxPending: number;
   private readonly timeoutMs: number;
+  private fatalError: FatalError | null = null;
+  private diskWatch: DiskWatch | null = null;
+  private onFatal: ((error: FatalError) => void) | null = null;
 
   private constructor(
     readonly id: NodeId,
@@ -219,6 +233,9 @@ export class KVServer {
       throw error;
     }
     const owned = options.logStore === undefined ? logStore : null;
+    // The node's fatal errors reach the server once it exists; one before that fails open().
+    let server: KVServer | null = null;
+    let early: Error | null = null;
     let node: RaftNode;
     try {
       node = await RaftNode.start({
@@ -229,18 +246,30 @@ export class KVServer {
         stateMachine: machine,
         clock,
         ...definedOnly(options.raft ?? {}),
+        onFatal: (error) => {
+          if (server !== null) server.failStop("raft", error);
+          else early = error;
+        },
       });
     } catch (error) {
       await machine.close();
       await owned?.close();
       throw error;
     }
-    return new KVServer(options.id, node, machine, owned, clock, options.limits ?? {});
+    server = new KVServer(options.id, node, machine, owned, clock, options.limits ?? {});
+    server.onFatal = options.onFatal ?? null;
+    if (early !== null) server.failStop("raft", early);
+    if (options.diskWatch !== undefined && server.fatalError === null) {
+      server.diskWatch = new DiskWatch({ ...options.diskWatch, dir: options.dir }, (error) => server!.failStop("data directory check", error));
+      server.diskWatch.start();
+    }
+    return server;
   }
 
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */
   async command(args: CommandArgs): Promise<CommandReply> {
     this.validate(args);
+    if (this.fatalError !== null) throw this.stoppedError();
     if (this.closed) return WRONG_LEADER;
     if (this.pending >= this.maxPending) {
       throw new KVError(
@@ -257,6 +286,8 @@ export class KVServer {
   }
 
   async getStatus(): Promise<KVStatus> {
+    // A stopped node does not pretend to be a follower: status fails like everything else.
+    if (this.fatalError !== null) throw this.stoppedError();
     const status = this.node.status();
     return {
       id: this.id,
@@ -271,6 +302,7 @@ export class KVServer {
       sessions: this.machine.sessionCount,
       snapshotsInstalled: status.snapshotsReceived,
       readIndexRounds: this.readIndexRounds,
+      storageHealth: this.diskWatch?.health() ?? "",
     };
   }
 
@@ -294,6 +326,7 @@ export class KVServer {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.diskWatch?.stop();
     for (const waiter of [...this.waiters.values()]) this.finishWrite(waiter, WRONG_LEADER);
     for (const waiter of [...[...this.readRounds].flat(), ...this.readQueue]) if (!waiter.settled) waiter.settle(WRONG_LEADER);
     this.readRounds.clear();
@@ -396,13 +429,44 @@ export class KVServer {
   }
 
   private readApplied(key: string): CommandReply {
-    const value = this.machine.read(key);
+    let value: Uint8Array | null;
+    try {
+      value = this.machine.read(key);
+    } catch (error) {
+      // Never served: the client tries another node while this one stops.
+      this.failStop("state machine read", error);
+      return WRONG_LEADER;
+    }
     return value === null ? NO_KEY : { err: "OK", value: decoder.decode(value) };
+  }
+
+  /**
+   * Fail-stop: refuse everything from now on, stop Raft, and hand one FatalError to onFatal
+   * (the process logs it and exits non-zero, so a supervisor restarts it).
+   */
+  failStop(what: string, error: unknown): void {
+    if (this.fatalError !== null || this.closed) return;
+    const fatal = toFatal(what, error);
+    this.fatalError = fatal;
+    this.diskWatch?.stop();
+    for (const waiter of [...this.waiters.values()]) this.finishWrite(waiter, WRONG_LEADER);
+    for (const waiter of [...[...this.readRounds].flat(), ...this.readQueue]) if (!waiter.settled) waiter.settle(WRONG_LEADER);
+    this.readRounds.clear();
+    this.readQueue = [];
+    void this.node.stop();
+    if (this.onFatal !== null) this.onFatal(fatal);
+    else console.error(`kvraft: node ${this.id} stopped: ${fatal.message}`);
+  }
+
+  private stoppedError(): KVError {
+    return new KVError("unavailable", `node ${this.id} stopped after a fatal error: ${this.fatalError!.message}`, { cause: this.fatalError });
   }
 
   private async write(args: CommandArgs): Promise<CommandReply> {
     const known = this.answerFromSession(args.clientId, args.commandId);
     if (known !== null) return known;
+    const refusal = this.diskWatch?.writeRefusal();
+    if (refusal) throw refusal;
     const data = encodeCommand({ op: args.op as "Put" | "Append" | "Delete", clientId: args.clientId, commandId: args.commandId, key: args.key, value: args.value });
     let proposed: { index: number; term: number };
     try {

@@ -36,6 +36,7 @@ export interface KVBackend {
     members: number[];
     snapshotIndex: number;
     keyCount?: number;
+    storageHealth?: string;
   }>;
 }
 
@@ -116,6 +117,7 @@ export function registerKVService(
           members: status.members.map((m) => BigInt(m)),
           snapshotIndex: BigInt(status.snapshotIndex),
           keyCount: BigInt(status.keyCount ?? 0),
+          storageHealth: status.storageHealth ?? "",
         });
         if (status.leaderId >= 0) response.leaderId = BigInt(status.leaderId);
         return response;

@@ -46,11 +46,12 @@ export class TestCluster {
     this.nodes = addrs.map(() => null);
   }
 
-  static async start(options: { size?: number; extraArgs?: string[] } = {}): Promise<TestCluster> {
+  /** `parent`: where the cluster's data directories go (default the OS temp dir), e.g. a small tmpfs. */
+  static async start(options: { size?: number; extraArgs?: string[]; parent?: string } = {}): Promise<TestCluster> {
     const size = options.size ?? 3;
     for (let attempt = 1; ; attempt++) {
       const ports = await freePorts(size);
-      const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-e2e-"));
+      const root = fs.mkdtempSync(path.join(options.parent ?? os.tmpdir(), "kvraft-e2e-"));
       const cluster = new TestCluster(ports.map((p) => `127.0.0.1:${p}`), root, options.extraArgs ?? []);
       try {
         for (let i = 0; i < size; i++) cluster.spawn(i);

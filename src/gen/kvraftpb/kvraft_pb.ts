@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvraftpb/kvraft.proto.
  */
 export const file_kvraftpb_kvraft: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIm0KDkNvbW1hbmRSZXF1ZXN0EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCRIYCgJvcBgDIAEoDjIMLmt2cmFmdHBiLk9wEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDIlMKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCISChBHZXRTdGF0dXNSZXF1ZXN0IuABChFHZXRTdGF0dXNSZXNwb25zZRIKCgJpZBgBIAEoAxINCgVzdGF0ZRgCIAEoCRIMCgR0ZXJtGAMgASgDEhQKDGxhc3RfYXBwbGllZBgEIAEoAxIUCgxjb21taXRfaW5kZXgYBSABKAMSFAoMc3RvcmFnZV9zaXplGAYgASgDEhYKCWxlYWRlcl9pZBgHIAEoA0gAiAEBEg8KB21lbWJlcnMYCCADKAMSFgoOc25hcHNob3RfaW5kZXgYCSABKAMSEQoJa2V5X2NvdW50GAogASgDQgwKCl9sZWFkZXJfaWQqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMykQEKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIm0KDkNvbW1hbmRSZXF1ZXN0EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCRIYCgJvcBgDIAEoDjIMLmt2cmFmdHBiLk9wEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDIlMKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSFgoJbGVhZGVyX2lkGAMgASgDSACIAQFCDAoKX2xlYWRlcl9pZCISChBHZXRTdGF0dXNSZXF1ZXN0IvgBChFHZXRTdGF0dXNSZXNwb25zZRIKCgJpZBgBIAEoAxINCgVzdGF0ZRgCIAEoCRIMCgR0ZXJtGAMgASgDEhQKDGxhc3RfYXBwbGllZBgEIAEoAxIUCgxjb21taXRfaW5kZXgYBSABKAMSFAoMc3RvcmFnZV9zaXplGAYgASgDEhYKCWxlYWRlcl9pZBgHIAEoA0gAiAEBEg8KB21lbWJlcnMYCCADKAMSFgoOc25hcHNob3RfaW5kZXgYCSABKAMSEQoJa2V5X2NvdW50GAogASgDEhYKDnN0b3JhZ2VfaGVhbHRoGBAgASgJQgwKCl9sZWFkZXJfaWQqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMykQEKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM");
 
 /**
  * @generated from message kvraftpb.CommandRequest
@@ -156,6 +156,15 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
    * @generated from field: int64 key_count = 10;
    */
   keyCount: bigint;
+
+  /**
+   * Storage conditions an operator should see, empty when healthy: low disk space (writes
+   * refused), an unwritable data directory, a state machine being rebuilt, a node recovering
+   * lost durable state (not voting until it has caught up).
+   *
+   * @generated from field: string storage_health = 16;
+   */
+  storageHealth: string;
 };
 
 /**
