@@ -120,6 +120,18 @@ export class Progress {
    * resume (from the follower's conflict term/index). Returns false for a stale rejection.
    */
   maybeDecreaseTo(rejected: number, hint: number): boolean {
+    if (rejected === this.matchIndex && rejected > 0) {
+      // Every append sent since matchIndex was learned has prevLogIndex >= matchIndex, and the
+      // follower acknowledged the entry at matchIndex: refusing it means the follower lost entries
+      // it had made durable (a wiped or truncated disk). Ignoring this as stale would resend the
+      // same appends forever; instead forget what it matched and probe from its hint. Lowering a
+      // matchIndex is safe: commitIndex never moves back. (A reordered, really stale rejection at
+      // exactly matchIndex only costs one extra probe round.)
+      this.reset("probe");
+      this.matchIndex = 0;
+      this.nextIndex = Math.max(1, Math.min(rejected, hint));
+      return true;
+    }
     if (this.state === "replicate") {
       // Answers to appends at or below what is already matched are stale.
       if (rejected <= this.matchIndex) return false;
