@@ -1,15 +1,18 @@
-// `bun run sim --seed S [--nodes N] [--steps K] [--kv]`: one deterministic randomized fault
+// `bun run sim --seed S [--nodes N] [--steps K] [--disk-faults] [--kv]`: one deterministic randomized fault
 // schedule; prints one summary line (same seed ⇒ same bytes), or the violated invariant and exits 1.
 
 import { InvariantViolation, replayCommand, runRandomSchedule } from "../sim/raft-core/index.ts";
 
-const USAGE = "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--kv]";
+const USAGE =
+  "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--disk-faults (wiped, truncated, discarded disks)] [--kv]";
 
 export interface SimCliOptions {
   seed: number;
   nodes: number;
   steps: number;
   kv: boolean;
+  /** Add disk loss and corruption to the core schedule (a separate family of runs). */
+  diskFaults: boolean;
   /** Flags this parser does not know, passed through to the KV simulator. */
   extra: string[];
 }
@@ -19,7 +22,7 @@ export class UsageError extends Error {
 }
 
 export function parseSimArgs(argv: string[]): SimCliOptions {
-  const out: SimCliOptions = { seed: NaN, nodes: 5, steps: 2000, kv: false, extra: [] };
+  const out: SimCliOptions = { seed: NaN, nodes: 5, steps: 2000, kv: false, diskFaults: false, extra: [] };
   const int = (name: string, raw: string | undefined, lo: number, hi: number): number => {
     if (raw === undefined || !/^\d+$/.test(raw)) throw new UsageError(`--${name} needs an integer, got ${raw === undefined ? "nothing" : JSON.stringify(raw)}`);
     const v = Number(raw);
@@ -43,6 +46,9 @@ export function parseSimArgs(argv: string[]): SimCliOptions {
         break;
       case "--kv":
         out.kv = true;
+        break;
+      case "--disk-faults":
+        out.diskFaults = true;
         break;
       case "-h":
       case "--help":

@@ -29,7 +29,8 @@ export function errnoOf(error: unknown): string | null {
 /** True for corruption of the state machine's files (repairable from a leader's snapshot). */
 export function isStateMachineCorruption(error: unknown): boolean {
   for (let e: unknown = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
-    if (e instanceof LsmError) return e.code === "CORRUPTION";
+    // A BACKGROUND error wraps the failure that made the database read-only: look inside.
+    if (e instanceof LsmError && e.code === "CORRUPTION") return true;
     if (e instanceof KVCorruptionError) return true;
     if (e instanceof LogStoreError) return false;
   }

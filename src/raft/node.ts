@@ -59,6 +59,8 @@ export interface RaftNodeOptions {
   readTimeoutMs?: number;
   /** Called once if the node stops on a fatal error (disk failure, invariant violation). */
   onFatal?: (error: Error) => void;
+  /** This node may have lost durable state it acknowledged: it votes only once caught up (core/recovery.ts). */
+  recovering?: boolean;
 }
 
 export interface RaftNodeStatus {
@@ -81,6 +83,8 @@ export interface RaftNodeStatus {
   stopped: boolean;
   /** The fatal error that stopped the node, if any. */
   fatal: string | null;
+  /** Why the node does not vote yet ("" when it does): recovering lost durable state. */
+  recovering: string;
 }
 
 interface ReadWaiter {
@@ -175,6 +179,7 @@ export class RaftNode {
         snapshot: snapshot.index === 0 ? { ...snapshot, members: [...options.peers] } : snapshot,
         entries: log.lastIndex() >= log.firstIndex() ? log.entries(log.firstIndex(), log.lastIndex() + 1) : [],
         appliedIndex: applied,
+        recovering: options.recovering ?? false,
       },
     );
     const node = new RaftNode(options, raft);
@@ -268,6 +273,7 @@ export class RaftNode {
       snapshotsReceived: this.counters.snapshotsReceived,
       stopped: this.stopped,
       fatal: this.fatal ? this.fatal.message : null,
+      recovering: s.recovering,
     };
   }
 

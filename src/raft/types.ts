@@ -85,7 +85,11 @@ export type Message =
        * prevLogIndex that was rejected, so the leader can tell a stale rejection from a current one.
        */
       matchIndex: number;
-      /** On rejection (fast backtracking): the follower's conflicting term and its first index, or its log length. */
+      /**
+       * On rejection (fast backtracking): the follower's conflicting term and its first index, or its log length.
+       * conflictIndex 0 (never an answer to an append, which gives at least 1) marks a report of lost entries:
+       * the follower's log ends at matchIndex, below what it acknowledged in this term.
+       */
       conflictTerm: number;
       conflictIndex: number;
     }

@@ -120,18 +120,6 @@ export class Progress {
    * resume (from the follower's conflict term/index). Returns false for a stale rejection.
    */
   maybeDecreaseTo(rejected: number, hint: number): boolean {
-    if (rejected === this.matchIndex && rejected > 0) {
-      // Every append sent since matchIndex was learned has prevLogIndex >= matchIndex, and the
-      // follower acknowledged the entry at matchIndex: refusing it means the follower lost entries
-      // it had made durable (a wiped or truncated disk). Ignoring this as stale would resend the
-      // same appends forever; instead forget what it matched and probe from its hint. Lowering a
-      // matchIndex is safe: commitIndex never moves back. (A reordered, really stale rejection at
-      // exactly matchIndex only costs one extra probe round.)
-      this.reset("probe");
-      this.matchIndex = 0;
-      this.nextIndex = Math.max(1, Math.min(rejected, hint));
-      return true;
-    }
     if (this.state === "replicate") {
       // Answers to appends at or below what is already matched are stale.
       if (rejected <= this.matchIndex) return false;
@@ -142,6 +130,21 @@ export class Progress {
     if (this.nextIndex - 1 !== rejected) return false;
     this.nextIndex = Math.max(this.matchIndex + 1, Math.min(rejected, hint));
     this.probeSent = false;
+    return true;
+  }
+
+  /**
+   * The follower reports that its log ends at `lastIndex`, below what it acknowledged (it lost
+   * durable entries: a wiped or truncated disk, a discarded state machine). Its rejections of
+   * appends at matchIndex would otherwise look stale forever, and the same appends be resent on
+   * every heartbeat answer. Forget the match (safe: commitIndex never moves back) and probe from
+   * its real end. Returns false when the report is old news (the match is already that low).
+   */
+  lostEntries(lastIndex: number): boolean {
+    if (lastIndex >= this.matchIndex) return false;
+    this.reset("probe");
+    this.matchIndex = 0;
+    this.nextIndex = lastIndex + 1;
     return true;
   }
 

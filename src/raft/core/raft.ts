@@ -5,6 +5,7 @@
 import { MajorityConfig, VoteResult } from "./quorum.ts";
 import { RaftLog } from "./raft-log.ts";
 import { ReadOnly } from "./read-only.ts";
+import { Recovery } from "./recovery.ts";
 import { type RaftConfig, validateConfig } from "./raft-config.ts";
 import { type ProgressStatus, Replication } from "./replication.ts";
 import {
@@ -29,6 +30,8 @@ export interface RaftInitialState {
   entries: Entry[];
   /** The state machine's applied index: committed entries after it are re-delivered in committedEntries. */
   appliedIndex: number;
+  /** The node may have lost durable state it acknowledged: no votes until caught up (recovery.ts). */
+  recovering?: boolean;
 }
 
 export type ProposeResult =
@@ -51,6 +54,8 @@ export interface RaftStatus {
   lastIndex: number;
   votedFor: NodeId;
   progress?: Record<NodeId, ProgressStatus>;
+  /** Why this node does not vote yet ("" when it does): it is recovering lost durable state. */
+  recovering: string;
 }
 
 type MessageOf<T extends Message["type"]> = Extract<Message, { type: T }>;
@@ -75,6 +80,7 @@ export class Raft {
   /** The leader's view of its followers: non-null exactly while role is Leader. */
   private replication: Replication | null = null;
   private readonly readOnly: ReadOnly;
+  private readonly recovery: Recovery;
   /** Reads that arrived before this leader committed an entry of its term. */
   private deferredReads: number[] = [];
   private leadTransferee: NodeId = NONE;
@@ -107,6 +113,7 @@ export class Raft {
     this.prevHardState = { ...hs };
     this.prevSoft = { role: this.role, leaderId: this.leaderId };
     this.readOnly = new ReadOnly(this.config.maxPendingReads);
+    this.recovery = new Recovery(initial.recovering ?? false);
     this.resetRandomizedElectionTimeout();
   }
 
@@ -237,6 +244,7 @@ export class Raft {
         if (m.type === "AppendEntries") this.handleAppendEntries(m);
         else if (m.type === "Heartbeat") this.handleHeartbeat(m);
         else this.handleInstallSnapshot(m);
+        if (this.recovery.active) this.recovery.maybeFinish(this.log.commitIndex, this.log.term(this.log.commitIndex), this.term);
         return;
       case "AppendEntriesResponse":
         if (this.role === "Leader") this.handleAppendResponse(m);
@@ -333,9 +341,15 @@ export class Raft {
       firstIndex: this.log.firstIndex(),
       lastIndex: this.log.lastIndex(),
       votedFor: this.votedFor,
+      recovering: this.recovery.describe(),
     };
     if (this.replication !== null) s.progress = this.replication.status();
     return s;
+  }
+
+  /** True while recovering lost durable state (no votes, no campaigns; see recovery.ts). */
+  get recovering(): boolean {
+    return this.recovery.active;
   }
 
   /** Read-only view of the in-memory log (used by the simulator's invariant checks). */
@@ -393,6 +407,7 @@ export class Raft {
     this.reset(this.term);
     this.role = "Leader";
     this.leaderId = this.id;
+    this.recovery.becameLeader();
     const last = this.log.lastIndex();
     const replication = new Replication({
       id: this.id,
@@ -412,6 +427,7 @@ export class Raft {
 
   private campaign(kind: CampaignKind): void {
     if (!this.voters.voters.includes(this.id)) return;
+    if (this.recovery.blocksCampaign(this.log)) return;
     let voteTerm: number;
     if (kind === "pre-vote") {
       this.becomePreCandidate();
@@ -482,7 +498,7 @@ export class Raft {
       this.votedFor === m.from ||
       (this.votedFor === NONE && this.leaderId === NONE) ||
       (m.preVote && m.term > this.term);
-    const granted = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm);
+    const granted = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm) && !this.recovery.refusesVote(m, this.log);
     this.send({
       type: "RequestVoteResponse",
       from: this.id,
@@ -532,6 +548,7 @@ export class Raft {
   // ---- Follower side of replication ------------------------------------------------------------
 
   private handleAppendEntries(m: MessageOf<"AppendEntries">): void {
+    this.recovery.heardFromLeader(m);
     const reply = (success: boolean, matchIndex: number, conflictTerm = 0, conflictIndex = 0) =>
       this.send({ type: "AppendEntriesResponse", from: this.id, to: m.from, term: this.term, success, matchIndex, conflictTerm, conflictIndex });
     if (m.prevLogIndex < this.log.commitIndex) {
@@ -558,6 +575,12 @@ export class Raft {
   }
 
   private handleHeartbeat(m: MessageOf<"Heartbeat">): void {
+    if (m.commitIndex > this.log.lastIndex()) {
+      // A heartbeat's commitIndex is capped by what the leader counts as ours, which is only
+      // what we acknowledged in this term: our log lost durable entries (wiped or truncated).
+      // Report our real end (conflictIndex 0 marks a report, not an answer) so the leader probes.
+      this.send({ type: "AppendEntriesResponse", from: this.id, to: m.from, term: this.term, success: false, matchIndex: this.log.lastIndex(), conflictTerm: 0, conflictIndex: 0 });
+    }
     this.log.commitTo(Math.min(m.commitIndex, this.log.lastIndex()));
     this.send({ type: "HeartbeatResponse", from: this.id, to: m.from, term: this.term, readContext: m.readContext });
   }

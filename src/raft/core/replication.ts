@@ -145,6 +145,11 @@ export class Replication {
     const pr = this.progressOf(m.from);
     pr.recentActive = true;
     if (!m.success) {
+      // conflictIndex 0: not an answer to an append but a report of lost entries (raft.ts handleHeartbeat).
+      if (m.conflictIndex === 0) {
+        if (pr.lostEntries(m.matchIndex)) this.sendAppend(m.from);
+        return false;
+      }
       if (pr.maybeDecreaseTo(m.matchIndex, this.nextIndexHint(m))) {
         if (pr.state === "replicate") pr.becomeProbe();
         this.sendAppend(m.from);

@@ -6,7 +6,7 @@ import type { ProposeResult, RaftConfig, ReadIndexResult } from "../../raft/core
 import { EntryType, NONE, type NodeId, type ReadState } from "../../raft/types.ts";
 import { EventRing, InvariantViolation, Oracle, entryDigest } from "./checker.ts";
 import { RELIABLE, CoreSimNetwork, type Envelope, type NetworkOptions } from "./network.ts";
-import { SimNode, type CrashPoint, type SimHost } from "./sim-node.ts";
+import { SimNode, type CrashPoint, type DiskFault, type SimHost } from "./sim-node.ts";
 
 export interface ClusterOptions {
   seed: number;
@@ -40,7 +40,7 @@ export class CoreSimCluster implements SimHost {
   readonly oracle: Oracle;
   readonly events = new EventRing(30);
   readonly nodes: SimNode[];
-  readonly stats = { snapshotsSent: 0, snapshotsInstalled: 0, compactions: 0, elections: 0, crashes: 0, restarts: 0, partitions: 0 };
+  readonly stats = { snapshotsSent: 0, snapshotsInstalled: 0, compactions: 0, elections: 0, crashes: 0, restarts: 0, partitions: 0, diskFaults: 0 };
   readonly reads = new Map<number, ReadRecord>();
   private time = 0;
   private readonly seed: number;
@@ -276,6 +276,20 @@ export class CoreSimCluster implements SimHost {
     this.guard(() => n.processReady());
   }
 
+  /** Damages a down node's disk (see DiskFault); it restarts recovering. */
+  loseDisk(id: NodeId, fault: DiskFault, cut = 0): void {
+    const n = this.nodes[id]!;
+    if (n.alive) throw new RangeError(`node ${id} must be down for a disk fault`);
+    n.loseDisk(fault, cut);
+    this.stats.diskFaults++;
+    this.note(`n${id} disk fault: ${fault}${fault === "truncate" ? ` (${cut} newest entries)` : ""}`);
+  }
+
+  /** Nodes recovering lost durable state (down or not). */
+  recoveringCount(): number {
+    return this.nodes.filter((n) => n.disk.recovering).length;
+  }
+
   isolate(id: NodeId): void {
     this.network.isolate(id);
     this.stats.partitions++;
@@ -334,7 +348,11 @@ export class CoreSimCluster implements SimHost {
     }
   }
 
-  /** Committed entries are never lost: the newest applied entry is durable on a majority. */
+  /**
+   * Committed entries are never lost: the newest applied entry is durable on a majority. A node
+   * recovering lost state counts too: it grants no vote, so it cannot help elect a leader that
+   * lacks the entry (what this invariant protects).
+   */
   private checkDurability(): void {
     const index = this.oracle.maxApplied;
     if (index === 0) return;
@@ -343,7 +361,7 @@ export class CoreSimCluster implements SimHost {
     for (const n of this.nodes) {
       const d = n.disk;
       const held = d.entries[index - d.logSnapshot.index - 1];
-      if (d.smSnapshot.meta.index >= index || d.logSnapshot.index >= index || (held !== undefined && held.term === term)) holders++;
+      if (d.recovering || d.smSnapshot.meta.index >= index || d.logSnapshot.index >= index || (held !== undefined && held.term === term)) holders++;
     }
     if (holders < Math.floor(this.nodes.length / 2) + 1) {
       this.fail("committed entries durable", `applied entry ${index} (term ${term}) is durable on only ${holders} of ${this.nodes.length} nodes`);

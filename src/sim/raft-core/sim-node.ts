@@ -18,7 +18,16 @@ export interface SimDisk {
   entries: Entry[];
   /** The state machine's durable image (written at compaction or when a snapshot is installed). */
   smSnapshot: { meta: SnapshotMeta; state: number };
+  /** The node lost durable state and has not caught up since (the kvserver's RECOVERING marker). */
+  recovering: boolean;
 }
+
+/**
+ * Disk faults (applied to a node that is down): wipe loses everything; truncate loses the newest
+ * log entries; discard-state is the self-repair of a corrupt state machine (state machine and log
+ * discarded, term and vote kept).
+ */
+export type DiskFault = "wipe" | "truncate" | "discard-state";
 
 export const INITIAL_STATE = 0x2545f491;
 
@@ -62,7 +71,33 @@ export class SimNode {
       logSnapshot: { index: 0, term: 0, members },
       entries: [],
       smSnapshot: { meta: { index: 0, term: 0, members }, state: INITIAL_STATE },
+      recovering: false,
     };
+  }
+
+  /** Damages the disk of this (stopped) node; `cut` is how many newest entries truncate drops. */
+  loseDisk(fault: DiskFault, cut: number): void {
+    if (this.alive) throw new Error(`invariant: disk fault on running node ${this.id}`);
+    const d = this.disk;
+    const members = [...this.config.peers];
+    const emptyLog = (): void => {
+      d.logSnapshot = { index: 0, term: 0, members };
+      d.entries = [];
+      d.smSnapshot = { meta: { index: 0, term: 0, members: [...members] }, state: INITIAL_STATE };
+    };
+    if (fault === "wipe") {
+      d.hardState = { term: 0, votedFor: NONE, commitIndex: 0 };
+      emptyLog();
+    } else if (fault === "discard-state") {
+      d.hardState = { ...d.hardState, commitIndex: 0 };
+      emptyLog();
+    } else {
+      d.entries = d.entries.slice(0, Math.max(0, d.entries.length - cut));
+      const last = d.logSnapshot.index + d.entries.length;
+      // The truncated segments held the newest hard states too: commitIndex cannot be past the log.
+      d.hardState = { ...d.hardState, commitIndex: Math.min(d.hardState.commitIndex, Math.max(last, d.smSnapshot.meta.index)) };
+    }
+    d.recovering = true;
   }
 
   get alive(): boolean {
@@ -89,6 +124,7 @@ export class SimNode {
       snapshot: { ...d.logSnapshot, members: [...d.logSnapshot.members] },
       entries: d.entries.slice(),
       appliedIndex: sm.index,
+      recovering: d.recovering,
     });
     this.lifetimeCommit = this.raft.status().commitIndex;
     this.snapshotsOut.clear();
@@ -157,6 +193,10 @@ export class SimNode {
       for (const e of rd.committedEntries) this.apply(e);
       for (const rs of rd.readStates) this.host.onReadState(this.id, rs);
       raft.advance(rd);
+      if (this.disk.recovering && !raft.recovering) {
+        this.disk.recovering = false;
+        this.host.note(`n${this.id} caught up: recovery of its lost disk is over`);
+      }
       this.maybeCompact();
       const commit = raft.status().commitIndex;
       if (commit < this.lifetimeCommit) this.host.fail("commitIndex monotonic", `node ${this.id}'s commitIndex fell from ${this.lifetimeCommit} to ${commit}`);
@@ -187,6 +227,9 @@ export class SimNode {
   }
 
   private sendMessage(m: Message): void {
+    if (m.type === "RequestVoteResponse" && m.voteGranted && this.raft !== null && this.raft.recovering && this.raft.raftLog.lastIndex() > 0) {
+      this.host.fail("recovering node votes", `node ${this.id} lost durable state and has not caught up, yet granted a vote to ${m.to} in term ${m.term}`);
+    }
     if (m.type === "InstallSnapshot") {
       // The driver streams the state machine's current image, not the log's compaction point.
       const meta: SnapshotMeta = { index: this.applied, term: this.appliedTerm, members: [...this.config.peers] };
