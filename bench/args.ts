@@ -19,6 +19,8 @@ export interface BenchOptions {
   /** Seconds per cluster load point. */
   seconds: number | null;
   resultsDir: string;
+  /** cluster: start kvserver with --no-fast-lane (every call through connectNodeAdapter). */
+  noFastLane: boolean;
   help: boolean;
 }
 
@@ -46,6 +48,8 @@ options
   --runs N           runs per side of each comparison (default 3, 1 with --quick)
   --keys N           LSM key count (default 1,000,000; 50,000 with --quick)
   --seconds S        seconds per cluster load point (default 10; 2 with --quick)
+  --no-fast-lane     cluster: kvserver without its fast lanes (HTTP/1.1 unary lane and the
+                     HTTP/2 peer frame lane), to measure what they gain against a run without
   --vs-etcd          cluster: also run a 3-member etcd (needs \`etcd\` on PATH) and compare
   --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
   --big-keys N       the same with N keys
@@ -75,6 +79,7 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
     lsmKeys: null,
     seconds: null,
     resultsDir: defaultResultsDir,
+    noFastLane: false,
     help: false,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -94,6 +99,9 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
         break;
       case "--big":
         o.big = true;
+        break;
+      case "--no-fast-lane":
+        o.noFastLane = true;
         break;
       case "--json": {
         const file = value();
@@ -133,6 +141,7 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
   if (o.suites.length === 0) o.suites = [...SUITES];
   if (o.runs === 0) o.runs = o.quick ? 1 : 3;
   if (o.vsEtcd && !o.suites.includes("cluster")) throw new UsageError("--vs-etcd applies to the cluster suite; add `cluster`");
+  if (o.noFastLane && !o.suites.includes("cluster")) throw new UsageError("--no-fast-lane applies to the cluster suite; add `cluster`");
   if (o.big && !o.suites.includes("lsm")) throw new UsageError("--big applies to the lsm suite; add `lsm`");
   return o;
 }

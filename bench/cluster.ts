@@ -167,7 +167,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
   try {
     const missing = kvserverMissing();
     if (missing) notes.push(`kvraft: skipped — ${missing}`);
-    else await startOrNote("kvraft", startKvraft, clusters, notes, progress);
+    else await startOrNote("kvraft", () => startKvraft(3, { fastLane: !o.noFastLane }), clusters, notes, progress);
     if (o.vsEtcd) {
       if (etcdBinary()) await startOrNote("etcd", startEtcd, clusters, notes, progress);
       else notes.push("etcd: skipped — no `etcd` binary on PATH (Debian: apt-get install etcd-server)");

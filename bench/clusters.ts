@@ -190,14 +190,20 @@ async function kvStatus(port: number): Promise<KvStatus> {
   };
 }
 
-export async function startKvraft(size = 3): Promise<Cluster> {
+export interface KvraftOptions {
+  /** false starts every kvserver with --no-fast-lane. */
+  fastLane?: boolean;
+}
+
+export async function startKvraft(size = 3, options: KvraftOptions = {}): Promise<Cluster> {
   const missing = kvserverMissing();
   if (missing) throw new Error(missing);
   const ports = await freePorts(size);
   const root = makeTempDir("kvraft");
   const addrs = ports.map((p) => `${HOST}:${p}`).join(",");
+  const extra = options.fastLane === false ? ["--no-fast-lane"] : [];
   const spawnMember = (i: number) =>
-    spawnTracked([process.execPath, KVSERVER, "-id", String(i), "-addrs", addrs, "-db", path.join(root, `n${i}`)], {
+    spawnTracked([process.execPath, KVSERVER, "-id", String(i), "-addrs", addrs, "-db", path.join(root, `n${i}`), ...extra], {
       cwd: ROOT,
       output: path.join(root, `n${i}.log`),
     });
@@ -213,7 +219,7 @@ export async function startKvraft(size = 3): Promise<Cluster> {
     });
   const cluster: Cluster = {
     system: "ours",
-    label: "kvraft",
+    label: options.fastLane === false ? "kvraft (no fast lane)" : "kvraft",
     protocol: "kvraft",
     members,
     leader,

@@ -1,10 +1,18 @@
-// The data directory's identity file: which node of which cluster owns the directory. A node
+// The data directory's identity record: which node of which cluster owns the directory. A node
 // started on another node's directory (or another cluster's) would corrupt both; refuse instead.
 
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { pack, unpack } from "msgpackr";
 
-export const IDENTITY_FILE = "KVRAFT_NODE.json";
+/** The identity record, msgpack-encoded: a map { format: 1, nodeId, addrs }. */
+export const IDENTITY_FILE = "KVRAFT_NODE";
+/**
+ * The JSON form of the same record (what builds before the msgpack file wrote). Read for upgrade,
+ * and the way an operator states a new identity by hand: when present it wins, is converted to
+ * IDENTITY_FILE and removed.
+ */
+export const LEGACY_IDENTITY_FILE = "KVRAFT_NODE.json";
 
 export interface NodeIdentity {
   format: 1;
@@ -22,7 +30,7 @@ export class DataDirError extends Error {
 }
 
 /**
- * Creates `dir` if needed and checks (or, on first start, writes) its identity file.
+ * Creates `dir` if needed and checks (or, on first start, writes) its identity record.
  * Throws DataDirError for a directory of another node or cluster, or one that cannot be used.
  */
 export function claimDataDir(dir: string, nodeId: number, addrs: readonly string[]): void {
@@ -34,15 +42,16 @@ export function claimDataDir(dir: string, nodeId: number, addrs: readonly string
   }
   if (!fs.statSync(dir).isDirectory()) throw new DataDirError(`data directory ${dir} is not a directory`);
   const file = path.join(dir, IDENTITY_FILE);
-  let text: string | null = null;
-  try {
-    text = fs.readFileSync(file, "utf8");
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "ENOENT") {
-      throw new DataDirError(`cannot read ${file}: ${(error as Error).message}`);
-    }
+  const legacy = path.join(dir, LEGACY_IDENTITY_FILE);
+  let identity = readIdentity(legacy, (bytes) => JSON.parse(bytes.toString("utf8")));
+  if (identity !== null) {
+    writeIdentity(dir, file, identity);
+    fs.rmSync(legacy);
+    fsyncDir(dir);
+  } else {
+    identity = readIdentity(file, (bytes) => unpack(bytes));
   }
-  if (text === null) {
+  if (identity === null) {
     // A leftover temp file is a first start that crashed before its rename: not foreign data.
     fs.rmSync(`${file}.tmp`, { force: true });
     const entries = fs.readdirSync(dir);
@@ -55,13 +64,6 @@ export function claimDataDir(dir: string, nodeId: number, addrs: readonly string
     writeIdentity(dir, file, { format: 1, nodeId, addrs: [...addrs] });
     return;
   }
-  let identity: NodeIdentity;
-  try {
-    identity = JSON.parse(text) as NodeIdentity;
-    if (identity.format !== 1 || !Number.isInteger(identity.nodeId) || !Array.isArray(identity.addrs)) throw new Error("unexpected shape");
-  } catch (error) {
-    throw new DataDirError(`${file} is damaged (${(error as Error).message}); restore it or choose another -db`);
-  }
   if (identity.nodeId !== nodeId) {
     throw new DataDirError(
       `data directory ${dir} belongs to node ${identity.nodeId}, not node ${nodeId}: ` +
@@ -71,21 +73,54 @@ export function claimDataDir(dir: string, nodeId: number, addrs: readonly string
   if (identity.addrs.join(",") !== addrs.join(",")) {
     throw new DataDirError(
       `data directory ${dir} belongs to the cluster -addrs "${identity.addrs.join(",")}", not "${addrs.join(",")}": ` +
-        `pass the same -addrs as before, or if the cluster really moved, edit ${file}`,
+        `pass the same -addrs as before, or if the cluster really moved, write ` +
+        `{"format":1,"nodeId":${nodeId},"addrs":[...the new addresses]} to ${legacy} (it replaces ${IDENTITY_FILE} at the next start)`,
     );
   }
 }
 
+/** The record in `file`, null when there is none; DataDirError when it cannot be read or is damaged. */
+function readIdentity(file: string, decode: (bytes: Buffer) => unknown): NodeIdentity | null {
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw new DataDirError(`cannot read ${file}: ${(error as Error).message}`);
+  }
+  try {
+    const identity = decode(bytes) as NodeIdentity;
+    if (
+      typeof identity !== "object" ||
+      identity === null ||
+      identity.format !== 1 ||
+      !Number.isInteger(identity.nodeId) ||
+      !Array.isArray(identity.addrs) ||
+      !identity.addrs.every((a) => typeof a === "string")
+    ) {
+      throw new Error("unexpected shape");
+    }
+    return { format: 1, nodeId: identity.nodeId, addrs: [...identity.addrs] };
+  } catch (error) {
+    throw new DataDirError(`${file} is damaged (${(error as Error).message}); restore it or choose another -db`);
+  }
+}
+
+/** Writes the record durably: a temp file, fsync, rename, fsync of the directory. */
 function writeIdentity(dir: string, file: string, identity: NodeIdentity): void {
   const temp = `${file}.tmp`;
   const fd = fs.openSync(temp, "w");
   try {
-    fs.writeSync(fd, JSON.stringify(identity, null, 2) + "\n");
+    fs.writeSync(fd, pack({ format: identity.format, nodeId: identity.nodeId, addrs: identity.addrs }));
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
   }
   fs.renameSync(temp, file);
+  fsyncDir(dir);
+}
+
+function fsyncDir(dir: string): void {
   const dirFd = fs.openSync(dir, "r");
   try {
     fs.fsyncSync(dirFd);

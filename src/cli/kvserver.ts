@@ -20,6 +20,8 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        (default "localhost:5001,localhost:5002,localhost:5003")
   -db                  data directory: Raft log and LSM (default "kvserver-data"); one per node
   --cors-origin        browser origins allowed to call this node, comma separated ("*" for any)
+  --no-fast-lane       serve every call through the Connect adapter (turns off the HTTP/1.1 unary
+                       lane and the HTTP/2 peer frame lane; for measuring what they gain)
   --snapshot-threshold compact the Raft log once this many entries are applied past the last
                        snapshot (default: the KV server's own)
   --min-free-disk-mb   refuse writes (resource_exhausted) while the data directory's disk has less
@@ -36,6 +38,7 @@ interface Config {
   corsOrigins: string[];
   snapshotThreshold?: number;
   minFreeDiskBytes: number;
+  fastLane: boolean;
 }
 
 function parseConfig(argv: string[]): Config | "help" {
@@ -48,7 +51,7 @@ function parseConfig(argv: string[]): Config | "help" {
       "snapshot-threshold": undefined,
       "min-free-disk-mb": "128",
     },
-    switches: ["help", "h"],
+    switches: ["help", "h", "no-fast-lane"],
   });
   if (flags.switches.has("help") || flags.switches.has("h")) return "help";
   const addrs = parseAddrs(flags.values.addrs!);
@@ -74,7 +77,15 @@ function parseConfig(argv: string[]): Config | "help" {
   if (!/^\d+(\.\d+)?$/.test(flags.values["min-free-disk-mb"]!) || !Number.isFinite(minFreeMb)) {
     throw new UsageError(`--min-free-disk-mb must be a number of MiB (0 or more)`);
   }
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, minFreeDiskBytes: Math.round(minFreeMb * 1024 * 1024) };
+  return {
+    id,
+    addrs,
+    db: flags.values.db!,
+    corsOrigins,
+    snapshotThreshold,
+    minFreeDiskBytes: Math.round(minFreeMb * 1024 * 1024),
+    fastLane: !flags.switches.has("no-fast-lane"),
+  };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -101,6 +112,7 @@ async function main(argv: string[]): Promise<number> {
       addrs,
       dir: db,
       corsOrigins: config.corsOrigins,
+      fastLane: config.fastLane,
       open: (args) =>
         KVServer.open({
           ...args,

@@ -2,23 +2,24 @@
 // opens the KV server behind it with the Connect transport, and shuts down in the safe order.
 
 import { ConnectTransport } from "../rpc/peers/connect-transport.ts";
-import { registerKVService, type KVBackend } from "../kv/service.ts";
+import { registerKVService, type KVServiceBackend } from "../kv/service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
 import { toBaseUrl } from "../kv/client.ts";
 import type { NodeId, Transport } from "../raft/types.ts";
+import type { KVServer } from "../kv/server.ts";
 import { claimDataDir } from "./identity.ts";
 import { splitHostPort } from "./flags.ts";
 
 /** What serveNode needs from a KV server: the handlers' calls plus close (which syncs). */
-export interface KVNode extends KVBackend {
-  close(): Promise<void>;
-}
+export type KVNode = KVServiceBackend & Pick<KVServer, "close">;
 
 export interface ServeNodeOptions {
   id: NodeId;
   addrs: readonly string[];
   dir: string;
   corsOrigins?: readonly string[];
+  /** RpcServerOptions.fastLane (default true). */
+  fastLane?: boolean;
   /** Opens the KV server (KVServer.open in production, a stand-in in tests). */
   open(args: { id: NodeId; peers: NodeId[]; dir: string; transport: Transport }): Promise<KVNode>;
 }
@@ -43,6 +44,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
       host,
       port,
       corsOrigins: options.corsOrigins,
+      fastLane: options.fastLane,
       routes: (router) => {
         registerKVService(router, () => kv);
         transport.registerRoutes(router);

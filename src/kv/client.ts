@@ -30,19 +30,19 @@ export interface ClerkOptions {
   maxRequestBytes?: number;
 }
 
-export type ClerkErrorCode = "timeout" | "invalid_argument" | "rejected";
-
 /**
- * An operation failed. With "timeout" a write may or may not have been applied (its outcome is
- * unknown); with the other codes the server refused the request and nothing was applied.
+ * An operation failed. `code` is a Connect code: the one a node refused the request with (nothing
+ * was applied), InvalidArgument for a request the Clerk refused itself, or DeadlineExceeded when
+ * no node completed it in time. `outcomeUnknown` says a write may or may not have been applied.
  */
 export class ClerkError extends Error {
+  override readonly name = "ClerkError";
   constructor(
-    readonly code: ClerkErrorCode,
+    readonly code: Code,
     message: string,
+    readonly outcomeUnknown = false,
   ) {
     super(message);
-    this.name = "ClerkError";
   }
 }
 
@@ -68,6 +68,16 @@ export type NodeStatus =
 
 /** Connect codes that mean "this node could not answer now": try another node. */
 const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Aborted, Code.Canceled, Code.Internal]);
+/** Connect codes that mean "this node is busy": ask it again after a backoff. */
+const BACK_OFF_ON_SAME_NODE = new Set<Code>([Code.ResourceExhausted]);
+
+/** What each eRaft reply `err` means to the Clerk: the operation is done, or where to retry. */
+const REPLY_OUTCOMES = new Map<string, "done" | "wrong-leader" | "timeout">([
+  ["OK", "done"],
+  ["ErrNoKey", "done"],
+  ["ErrWrongLeader", "wrong-leader"],
+  ["ErrTimeout", "timeout"],
+]);
 
 /** A random id in [1, 2^63): fits int64 on the wire and is never the "no client" zero. */
 function randomClientId(): bigint {
@@ -107,7 +117,7 @@ export class Clerk {
   private readonly options: Required<Omit<ClerkOptions, "clientId" | "addrs" | "transport">>;
 
   constructor(options: ClerkOptions) {
-    if (options.addrs.length === 0) throw new ClerkError("invalid_argument", "Clerk needs at least one node address");
+    if (options.addrs.length === 0) throw new ClerkError(Code.InvalidArgument, "Clerk needs at least one node address");
     this.addrs = [...options.addrs];
     this.clients = this.addrs.map((address) => createClient(KVService, options.transport(toBaseUrl(address))));
     this.clientId = options.clientId ?? randomClientId();
@@ -182,7 +192,7 @@ export class Clerk {
     const request = { key, value, op, clientId: this.clientId, commandId };
     const size = utf8Length(key) + utf8Length(value);
     if (size > this.options.maxRequestBytes) {
-      throw new ClerkError("invalid_argument", `key and value are ${size} bytes; requests are limited to ${this.options.maxRequestBytes}`);
+      throw new ClerkError(Code.InvalidArgument, `key and value are ${size} bytes; requests are limited to ${this.options.maxRequestBytes}`);
     }
     const started = Date.now();
     const deadline = started + this.options.operationTimeoutMs;
@@ -204,41 +214,34 @@ export class Clerk {
         const response = await this.clients[node]!.command(request, {
           timeoutMs: Math.max(1, Math.min(this.options.callTimeoutMs, remaining)),
         });
-        switch (response.err) {
-          case "OK":
-          case "ErrNoKey":
-            return response;
-          case "ErrWrongLeader": {
-            const hint = response.leaderId === undefined ? -1 : Number(response.leaderId);
-            lastProblem = `node ${node} is not the leader`;
-            // Follow a hint at once; a stale hint (to a dead node) costs one RPC of the round.
-            if (hint >= 0 && hint < n && hint !== node) {
-              this.leader = hint;
-              retry = "hinted";
-            } else {
-              retry = "next";
-            }
-            break;
-          }
-          case "ErrTimeout":
-            lastProblem = `node ${node} timed out committing the command`;
+        const outcome = REPLY_OUTCOMES.get(response.err);
+        if (outcome === undefined) throw new ClerkError(Code.Internal, `node ${node} answered with unknown err "${response.err}"`);
+        if (outcome === "done") return response;
+        if (outcome === "wrong-leader") {
+          const hint = response.leaderId === undefined ? -1 : Number(response.leaderId);
+          lastProblem = `node ${node} is not the leader`;
+          // Follow a hint at once; a stale hint (to a dead node) costs one RPC of the round.
+          if (hint >= 0 && hint < n && hint !== node) {
+            this.leader = hint;
+            retry = "hinted";
+          } else {
             retry = "next";
-            break;
-          default:
-            throw new ClerkError("rejected", `node ${node} answered with unknown err "${response.err}"`);
+          }
+        } else {
+          lastProblem = `node ${node} timed out committing the command`;
+          retry = "next";
         }
       } catch (error) {
         if (error instanceof ClerkError) throw error;
         const connectError = ConnectError.from(error);
-        if (connectError.code === Code.InvalidArgument) throw new ClerkError("invalid_argument", connectError.rawMessage);
         lastProblem = `node ${node} (${this.addrs[node]}): ${connectError.message}`;
-        if (connectError.code === Code.ResourceExhausted) {
+        if (BACK_OFF_ON_SAME_NODE.has(connectError.code)) {
           // Backpressure (too many commands in flight): the request itself was checked above.
           retry = "stay";
         } else if (RETRYABLE.has(connectError.code)) {
           retry = "next";
         } else {
-          throw new ClerkError("rejected", `node ${node} (${this.addrs[node]}) refused: ${connectError.message}`);
+          throw new ClerkError(connectError.code, `node ${node} (${this.addrs[node]}) refused: ${connectError.rawMessage}`);
         }
       }
       if (retry === "next") this.leader = (node + 1) % n;
@@ -253,9 +256,10 @@ export class Clerk {
     }
     const name = Op[op] ?? String(op);
     throw new ClerkError(
-      "timeout",
+      Code.DeadlineExceeded,
       `${name}(${JSON.stringify(key)}) gave up after ${Date.now() - started} ms: no node completed it ` +
         `(last: ${lastProblem}). A write may or may not have been applied.`,
+      op !== Op.GET,
     );
   }
 }

@@ -5,17 +5,14 @@ import { readInt64, readUint32LE, writeInt64, writeUint32LE } from "./keys.ts";
 
 export const COMMAND_FORMAT_VERSION = 1;
 
-/** Op codes; the first four are kvraftpb.Op's numbers. Get is never logged (reads use ReadIndex). */
+/** Op codes: kvraftpb.Op's numbers. Get (2) is never logged: reads use ReadIndex. */
 export const OP_PUT = 0;
 export const OP_APPEND = 1;
-export const OP_GET = 2;
 export const OP_DELETE = 3;
-/** Ends a client's session: its duplicate-detection record is dropped. */
-export const OP_CLOSE = 4;
 
-export type WriteOpName = "Put" | "Append" | "Delete" | "Close";
+export type WriteOpName = "Put" | "Append" | "Delete";
 
-const OP_CODES: Record<WriteOpName, number> = { Put: OP_PUT, Append: OP_APPEND, Delete: OP_DELETE, Close: OP_CLOSE };
+const OP_CODES: Record<WriteOpName, number> = { Put: OP_PUT, Append: OP_APPEND, Delete: OP_DELETE };
 
 export const COMMAND_HEADER_BYTES = 22;
 
@@ -71,7 +68,7 @@ export function decodeCommand(data: Uint8Array, index: number): DecodedCommand {
     throw new KVCorruptionError(`log entry ${index}: unknown command format version ${data[0]} (this build reads ${COMMAND_FORMAT_VERSION})`);
   }
   const op = data[1];
-  if (op !== OP_PUT && op !== OP_APPEND && op !== OP_DELETE && op !== OP_CLOSE) {
+  if (op !== OP_PUT && op !== OP_APPEND && op !== OP_DELETE) {
     throw new KVCorruptionError(`log entry ${index}: unknown op code ${op}`);
   }
   const keyLength = readUint32LE(data, 18);

@@ -2,7 +2,7 @@
 // under the running node (open files keep working, so nothing fails until the next new file), one
 // that stopped being writable, and a disk running out of space.
 import * as fs from "node:fs";
-import { KVError } from "./errors.ts";
+import { OverloadedError } from "./errors.ts";
 import { FatalError, errnoOf } from "./fail-stop.ts";
 
 export interface DiskWatchOptions {
@@ -53,9 +53,9 @@ export class DiskWatch {
   }
 
   /** The refusal for a new write while space is short, or null. Reads never ask. */
-  writeRefusal(): KVError | null {
+  writeRefusal(): OverloadedError | null {
     if (this.lowSpace === "") return null;
-    return new KVError("resource_exhausted", `${this.lowSpace}; writes are refused until space is freed (reads go on)`);
+    return new OverloadedError(`${this.lowSpace}; writes are refused until space is freed (reads go on)`);
   }
 
   /** One check; public so a test (or a write that failed) can run it at once. */

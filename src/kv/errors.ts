@@ -1,24 +1,36 @@
-// Typed errors of the KV layer. `KVError` codes map one-to-one onto Connect codes in the RPC
-// layer; messages say what was wrong and what the caller can do about it.
+// Typed errors of the KV layer. Each class is one failure a client can be refused with; its `code`
+// is the one Connect code it maps to (src/kv/service.ts holds the only mapping). Match by class.
 
-export type KVErrorCode = "invalid_argument" | "resource_exhausted" | "unavailable";
+/** The Connect code (by its wire name) each KV refusal is answered with. */
+export type KVErrorCode = "invalid_argument" | "resource_exhausted" | "unavailable" | "failed_precondition";
 
-export class KVError extends Error {
-  override readonly name = "KVError";
-  constructor(
-    readonly code: KVErrorCode,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
+/** A refusal of a client request; nothing was applied. Messages say what was wrong and what to do. */
+export abstract class KVError extends Error {
+  abstract readonly code: KVErrorCode;
+  constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
   }
+}
+
+/** The request itself is wrong (bad op, empty or oversized key or value): retrying cannot help. */
+export class InvalidArgumentError extends KVError {
+  override readonly name = "InvalidArgumentError";
+  readonly code = "invalid_argument";
+}
+
+/** This node has too much in flight: retry after a backoff (on this node, it is the leader). */
+export class OverloadedError extends KVError {
+  override readonly name = "OverloadedError";
+  readonly code = "resource_exhausted";
+}
+
+/** This node cannot serve now (closed, starting, not able to take commands): try another node. */
+export class UnavailableError extends KVError {
+  override readonly name = "UnavailableError";
+  readonly code = "unavailable";
 }
 
 /** A snapshot stream or a stored record failed a format, length or checksum check. */
 export class KVCorruptionError extends Error {
   override readonly name = "KVCorruptionError";
-  readonly code = "CORRUPTION";
-  constructor(message: string) {
-    super(message);
-  }
 }

@@ -1,5 +1,5 @@
 // Public surface of the KV layer: the replica (KVServer), its state machine, the KVService
-// handlers and typed errors. The KV simulator lives in src/sim/kv/.
+// handlers' types and typed errors. The KV simulator lives in src/sim/kv/.
 export {
   KVServer,
   type CommandArgs,
@@ -12,6 +12,6 @@ export {
   type KVStateOptions,
   type KVStatus,
 } from "./server.ts";
-export { KVStateMachine, type ApplyListener, type AppliedCommand, type KVStateMachineOptions } from "./state-machine.ts";
-export { KVCorruptionError, KVError, type KVErrorCode } from "./errors.ts";
-export { encodeCommand, decodeCommand, type WriteCommand } from "./command.ts";
+export { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
+export type { AppliedCommand } from "./pending-writes.ts";
+export { InvalidArgumentError, KVCorruptionError, KVError, OverloadedError, UnavailableError, type KVErrorCode } from "./errors.ts";

@@ -6,6 +6,8 @@ export const META_PREFIX = 0x00;
 
 /** 0x00 'a': the applied index and term, written in every apply batch. */
 export const APPLIED_KEY = Uint8Array.of(META_PREFIX, 0x61);
+/** 0x00 'k': how many user keys exist (kept in every batch that creates or deletes one). */
+export const KEY_COUNT_KEY = Uint8Array.of(META_PREFIX, 0x6b);
 /** 0x00 'm': the cluster members this state belongs to. */
 export const MEMBERS_KEY = Uint8Array.of(META_PREFIX, 0x6d);
 /** 0x00 's' + clientId: one client session. */
@@ -93,6 +95,17 @@ export function encodeApplied(index: number, term: number): Uint8Array {
 export function decodeApplied(value: Uint8Array): { index: number; term: number } {
   if (value.length !== 16) throw new RangeError(`applied-index record is ${value.length} bytes, expected 16`);
   return { index: readUint64LE(value, 0), term: readUint64LE(value, 8) };
+}
+
+export function encodeKeyCount(count: number): Uint8Array {
+  const out = new Uint8Array(8);
+  writeUint64LE(out, 0, count);
+  return out;
+}
+
+export function decodeKeyCount(value: Uint8Array): number {
+  if (value.length !== 8) throw new RangeError(`key-count record is ${value.length} bytes, expected 8`);
+  return readUint64LE(value, 0);
 }
 
 export function encodeMembers(members: readonly number[]): Uint8Array {

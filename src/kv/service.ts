@@ -3,6 +3,9 @@
 
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
+import { KVError, type KVErrorCode } from "./errors.ts";
+import type { KVOp } from "./replies.ts";
+import type { KVServer } from "./server.ts";
 import {
   CommandResponseSchema,
   GetStatusResponseSchema,
@@ -13,32 +16,8 @@ import {
   type GetStatusResponse,
 } from "../gen/kvraftpb/kvraft_pb.ts";
 
-export type KVOp = "Get" | "Put" | "Append" | "Delete";
-export type KVErr = "OK" | "ErrNoKey" | "ErrWrongLeader" | "ErrTimeout";
-
-/** What the handlers need from a KVServer (src/kv): its public command and status calls. */
-export interface KVBackend {
-  command(args: {
-    key: string;
-    value: string;
-    op: KVOp;
-    clientId: bigint;
-    commandId: bigint;
-  }): Promise<{ err: KVErr; value: string; leaderId?: number }>;
-  getStatus(): Promise<{
-    id: number;
-    state: string;
-    term: number;
-    lastApplied: number;
-    commitIndex: number;
-    storageSize: number;
-    leaderId: number;
-    members: number[];
-    snapshotIndex: number;
-    keyCount?: number;
-    storageHealth?: string;
-  }>;
-}
+/** What the handlers use of a KVServer (tests may pass a stand-in of this exact shape). */
+export type KVServiceBackend = Pick<KVServer, "command" | "getStatus">;
 
 const OPS: Record<number, KVOp> = {
   [Op.PUT]: "Put",
@@ -55,11 +34,12 @@ const BARE_RESPONSES = new Map<string, CommandResponse>(
   (["OK", "ErrNoKey", "ErrWrongLeader", "ErrTimeout"] as const).map((err) => [err, Object.freeze(create(CommandResponseSchema, { err }))]),
 );
 
-/** KVError codes (src/kv) → Connect codes. */
-const ERROR_CODES: Record<string, Code> = {
+/** The one mapping from the KV layer's refusals to Connect codes. */
+const CONNECT_CODES: Record<KVErrorCode, Code> = {
   invalid_argument: Code.InvalidArgument,
   resource_exhausted: Code.ResourceExhausted,
   unavailable: Code.Unavailable,
+  failed_precondition: Code.FailedPrecondition,
 };
 
 /**
@@ -68,9 +48,9 @@ const ERROR_CODES: Record<string, Code> = {
  */
 export function registerKVService(
   router: ConnectRouter,
-  backend: KVBackend | (() => KVBackend | undefined),
+  backend: KVServiceBackend | (() => KVServiceBackend | undefined),
 ): void {
-  const current = (): KVBackend => {
+  const current = (): KVServiceBackend => {
     const kv = typeof backend === "function" ? backend() : backend;
     if (kv === undefined) throw new ConnectError("this node is still starting; retry shortly or try another node", Code.Unavailable);
     return kv;
@@ -116,8 +96,8 @@ export function registerKVService(
           storageSize: BigInt(status.storageSize),
           members: status.members.map((m) => BigInt(m)),
           snapshotIndex: BigInt(status.snapshotIndex),
-          keyCount: BigInt(status.keyCount ?? 0),
-          storageHealth: status.storageHealth ?? "",
+          keyCount: BigInt(status.keyCount),
+          storageHealth: status.storageHealth,
         });
         if (status.leaderId >= 0) response.leaderId = BigInt(status.leaderId);
         return response;
@@ -128,12 +108,11 @@ export function registerKVService(
   });
 }
 
-/** KVError → ConnectError with the matching code and the same advice; anything else is internal. */
+/** KVError → ConnectError with its code and the same advice; anything else is internal (and logged). */
 export function toConnectError(error: unknown): ConnectError {
   if (error instanceof ConnectError) return error;
+  if (error instanceof KVError) return new ConnectError(error.message, CONNECT_CODES[error.code]);
   if (error instanceof Error) {
-    const code = (error as { code?: unknown }).code;
-    if (typeof code === "string" && code in ERROR_CODES) return new ConnectError(error.message, ERROR_CODES[code]);
     console.error(`kvraft rpc: internal error: ${error.stack ?? error.message}`);
     return new ConnectError(`internal error: ${error.message}`, Code.Internal);
   }

@@ -89,10 +89,6 @@ export class SessionTable {
     return this.evictOverflow();
   }
 
-  remove(clientId: bigint): boolean {
-    return this.sessions.delete(clientId);
-  }
-
   values(): IterableIterator<Session> {
     return this.sessions.values();
   }

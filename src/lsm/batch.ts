@@ -1,7 +1,7 @@
 // Write batches: the atomic unit of the WAL. A batch is encoded once into one buffer that is
 // written to the log and whose key/value bytes the memtable then references without copying.
-import { ByteReader, KIND_DEL, KIND_PUT, writeU32 } from "./coding.ts";
-import { corruption } from "./errors.ts";
+import { ByteReader, KIND_DEL, KIND_PUT, putVarint, varintLength, writeU32 } from "./coding.ts";
+import { corruption, LsmError } from "./errors.ts";
 
 export const BATCH_HEADER = 12; // seq u64 + count u32
 
@@ -9,27 +9,50 @@ export type BatchOp =
   | { type: "put"; key: Uint8Array; value: Uint8Array }
   | { type: "del"; key: Uint8Array };
 
-function varintLen(v: number): number {
-  let n = 1;
-  while (v >= 0x80) {
-    v = Math.floor(v / 128);
-    n++;
-  }
-  return n;
-}
-
 /** Encoded size of one op. */
 export function opSize(key: Uint8Array, value: Uint8Array | null): number {
-  return 1 + varintLen(key.length) + key.length + (value ? varintLen(value.length) + value.length : 0);
+  return 1 + varintLength(key.length) + key.length + (value ? varintLength(value.length) + value.length : 0);
 }
 
-function putVarint(b: Uint8Array, p: number, v: number): number {
-  while (v >= 0x80) {
-    b[p++] = (v & 0x7f) | 0x80;
-    v >>>= 7;
+/** The limits a batch is checked against (DB options). */
+export interface BatchLimits {
+  maxKeyBytes: number;
+  maxValueBytes: number;
+  maxBatchBytes: number;
+}
+
+export function checkKey(key: unknown, limits: BatchLimits): asserts key is Uint8Array {
+  if (!(key instanceof Uint8Array)) throw new LsmError("INVALID_ARGUMENT", `key must be a Uint8Array, got ${typeof key}`);
+  if (key.length > limits.maxKeyBytes) {
+    throw new LsmError("LIMIT", `key of ${key.length} bytes exceeds maxKeyBytes (${limits.maxKeyBytes})`);
   }
-  b[p++] = v;
-  return p;
+}
+
+/** Validates ops (types and limits, with an error naming the bad one) and encodes them. */
+export function encodeOps(ops: readonly BatchOp[], limits: BatchLimits): Uint8Array {
+  if (!Array.isArray(ops)) throw new LsmError("INVALID_ARGUMENT", "write() takes an array of operations");
+  let size = BATCH_HEADER;
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i];
+    if (op === null || typeof op !== "object") throw new LsmError("INVALID_ARGUMENT", `operation ${i} is not an object`);
+    checkKey(op.key, limits);
+    if (op.type === "put") {
+      const v = op.value;
+      if (!(v instanceof Uint8Array)) throw new LsmError("INVALID_ARGUMENT", `value of operation ${i} must be a Uint8Array`);
+      if (v.length > limits.maxValueBytes) {
+        throw new LsmError("LIMIT", `value of ${v.length} bytes exceeds maxValueBytes (${limits.maxValueBytes})`);
+      }
+      size += opSize(op.key, v);
+    } else if (op.type === "del") {
+      size += opSize(op.key, null);
+    } else {
+      throw new LsmError("INVALID_ARGUMENT", `operation ${i} has unknown type ${String((op as { type: unknown }).type)}`);
+    }
+    if (size > limits.maxBatchBytes) {
+      throw new LsmError("LIMIT", `batch exceeds maxBatchBytes (${limits.maxBatchBytes}); split it`);
+    }
+  }
+  return encodeBatch(ops, size);
 }
 
 /**
@@ -65,14 +88,6 @@ function putBytes(b: Uint8Array, p: number, src: Uint8Array): number {
 export function setBatchSeq(b: Uint8Array, seq: number): void {
   writeU32(b, 0, seq >>> 0);
   writeU32(b, 4, Math.floor(seq / 0x100000000));
-}
-
-export function batchSeq(b: Uint8Array): number {
-  return new ByteReader(b).u64();
-}
-
-export function batchCount(b: Uint8Array): number {
-  return new ByteReader(b, 8).u32();
 }
 
 /**

@@ -4,7 +4,6 @@
 /** Kind of an internal entry. Values match LevelDB: a deletion sorts after a put of the same seq. */
 export const KIND_DEL = 0;
 export const KIND_PUT = 1;
-export type Kind = typeof KIND_DEL | typeof KIND_PUT;
 
 /** Largest sequence number: 56 bits would fit on disk, but JS numbers are exact to 2^53. */
 export const MAX_SEQ = Number.MAX_SAFE_INTEGER;
@@ -20,7 +19,7 @@ export function compareBytes(a: Uint8Array, b: Uint8Array): number {
 }
 
 /** Compares a[aStart, aEnd) with b (whole). */
-export function compareRange(a: Uint8Array, aStart: number, aEnd: number, b: Uint8Array): number {
+function compareRange(a: Uint8Array, aStart: number, aEnd: number, b: Uint8Array): number {
   const aLen = aEnd - aStart;
   const n = aLen < b.length ? aLen : b.length;
   for (let i = 0; i < n; i++) {
@@ -34,20 +33,6 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
-}
-
-/**
- * Internal key order: user key ascending, then sequence descending, then kind descending, so
- * the newest version of a key comes first.
- */
-export function compareInternal(
-  aKey: Uint8Array, aSeq: number, aKind: number,
-  bKey: Uint8Array, bSeq: number, bKind: number,
-): number {
-  const c = compareBytes(aKey, bKey);
-  if (c !== 0) return c;
-  if (aSeq !== bSeq) return aSeq > bSeq ? -1 : 1;
-  return bKind - aKind;
 }
 
 /** Encoded internal key: user key followed by 8 bytes, kind then 56-bit seq, little-endian. */
@@ -97,6 +82,26 @@ export function compareEncodedInternalKeys(a: Uint8Array, b: Uint8Array): number
   return compareEncodedInternal(a, 0, a.length, b.subarray(0, b.length - 8), trailerSeq(b, b.length - 8), b[b.length - 8]);
 }
 
+/** Bytes of the varint encoding of v (a non-negative integer below 2^53). */
+export function varintLength(v: number): number {
+  let n = 1;
+  while (v >= 0x80) {
+    v = Math.floor(v / 128);
+    n++;
+  }
+  return n;
+}
+
+/** Writes v as a varint at b[p] (room must be there); returns the position after it. */
+export function putVarint(b: Uint8Array, p: number, v: number): number {
+  while (v >= 0x80) {
+    b[p++] = (v & 0x7f) | 0x80;
+    v = v >= 0x100000000 ? Math.floor(v / 128) : v >>> 7;
+  }
+  b[p++] = v;
+  return p;
+}
+
 /** Growable byte buffer for building blocks, batches and records without per-field allocation. */
 export class ByteWriter {
   buf: Uint8Array;
@@ -137,14 +142,7 @@ export class ByteWriter {
   }
   varint(v: number): void {
     this.ensure(8);
-    const b = this.buf;
-    let p = this.pos;
-    while (v >= 0x80) {
-      b[p++] = (v & 0x7f) | 0x80;
-      v = v >= 0x100000000 ? Math.floor(v / 128) : v >>> 7;
-    }
-    b[p++] = v;
-    this.pos = p;
+    this.pos = putVarint(this.buf, this.pos, v);
   }
   bytes(src: Uint8Array, start = 0, end = src.length): void {
     const n = end - start;

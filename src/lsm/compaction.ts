@@ -6,7 +6,7 @@ import { compareBytes, compareEncodedInternalKeys, KIND_DEL, MAX_SEQ } from "./c
 import { LsmError } from "./errors.ts";
 import { MergingIterator, type InternalIterator } from "./iterator.ts";
 import { tableFileName } from "./manifest.ts";
-import { TableBuilder, type TableOptions } from "./table-builder.ts";
+import { TableBuilder, type TableOptions } from "./sstable.ts";
 import { emptyEdit, fileMeta, LevelIterator, NUM_LEVELS, type FileMeta, type TableOpener, type Version, type VersionEdit } from "./version.ts";
 
 /** Yields to the event loop whenever a slice of background work has run for `sliceMs`. */

@@ -1,5 +1,6 @@
 // Public surface of the LSM engine; other layers import only from here.
-export { DB, Snapshot } from "./db.ts";
+export { DB } from "./db.ts";
+export { Snapshot } from "./snapshot.ts";
 export type { DBIteratorOptions, DBStats, ReadOptions, WriteOptions } from "./db.ts";
 export { LsmIterator } from "./db-iterator.ts";
 export type { IteratorOptions } from "./db-iterator.ts";

@@ -1,12 +1,13 @@
 // The memtable: entries (user key, seq, kind, value) in internal key order, kept in sorted
 // leaves of up to 64 entries whose first 18 key bytes sit as numbers in typed arrays (a search
 // compares numbers in a few cache lines instead of chasing a pointer per step, as a skiplist
-// does); a hash index from user key to its newest entry for point reads (caught up by the first
-// read after inserts, so write-only memtables never build it); byte accounting so the
-// DB knows when to freeze and flush it.
+// does); a hash index (memtable-index.ts) from user key to its newest entry for point reads
+// (caught up by the first read after inserts, so write-only memtables never build it); byte
+// accounting so the DB knows when to freeze and flush it.
 import { bloomHash } from "./bloom.ts";
 import { bytesEqual, KIND_PUT } from "./coding.ts";
 import type { InternalIterator } from "./iterator.ts";
+import { KeyIndex } from "./memtable-index.ts";
 
 /** Entries per leaf; a full leaf splits in two halves. */
 const LEAF_MAX = 64;
@@ -100,63 +101,6 @@ function compareEntry(
   return n.seq === tSeq ? 0 : n.seq > tSeq ? -1 : 1;
 }
 
-/**
- * Open-addressing hash table from user key to its newest node (linear probing, load ≤ 1/2).
- * Entries are never removed: a memtable only grows until it is frozen and dropped.
- */
-class KeyIndex {
-  private slots: (Node | undefined)[] = new Array<Node | undefined>(1024);
-  private hashes = new Int32Array(1024);
-  private mask = 1023;
-  private size = 0;
-
-  /** The newest node of `key`, or undefined. */
-  get(key: Uint8Array, hash: number): Node | undefined {
-    const h = hash | 0;
-    const slots = this.slots;
-    for (let i = h & this.mask; ; i = (i + 1) & this.mask) {
-      const n = slots[i];
-      if (n === undefined) return undefined;
-      if (this.hashes[i] === h && n.keyEquals(key)) return n;
-    }
-  }
-
-  /** Makes `node` the indexed node of its key if it is newer than the one there. */
-  put(node: Node, hash: number): void {
-    const h = hash | 0;
-    const slots = this.slots;
-    let i = h & this.mask;
-    for (; ; i = (i + 1) & this.mask) {
-      const n = slots[i];
-      if (n === undefined) break;
-      if (this.hashes[i] === h && n.keyEquals(node.buf, node.keyStart, node.keyEnd)) {
-        if (node.seq > n.seq) slots[i] = node;
-        return;
-      }
-    }
-    slots[i] = node;
-    this.hashes[i] = h;
-    if (++this.size * 2 > slots.length) this.grow();
-  }
-
-  private grow(): void {
-    const oldSlots = this.slots;
-    const oldHashes = this.hashes;
-    const cap = oldSlots.length * 2;
-    this.slots = new Array<Node | undefined>(cap);
-    this.hashes = new Int32Array(cap);
-    this.mask = cap - 1;
-    for (let j = 0; j < oldSlots.length; j++) {
-      const n = oldSlots[j];
-      if (n === undefined) continue;
-      let i = oldHashes[j] & this.mask;
-      while (this.slots[i] !== undefined) i = (i + 1) & this.mask;
-      this.slots[i] = n;
-      this.hashes[i] = oldHashes[j];
-    }
-  }
-}
-
 export interface MemGetResult {
   kind: number;
   value: Uint8Array;
@@ -175,7 +119,7 @@ export class Memtable {
    * User key → its newest node. A point read for the newest version needs no search; inserts
    * come in sequence order, so the node indexed for a key is its newest.
    */
-  private readonly index = new KeyIndex();
+  private readonly index = new KeyIndex<Node>();
   /**
    * Nodes inserted since the index last caught up, in insertion (sequence) order. The index is
    * brought up to date by the first read after them: a memtable filled by writes alone (the

@@ -8,8 +8,7 @@ import { KIND_DEL, KIND_PUT, readU32, readU64 } from "./coding.ts";
 import { corruption } from "./errors.ts";
 import { runCompaction, type Compaction, type CompactionContext } from "./compaction.ts";
 import { tableFileName } from "./manifest.ts";
-import { TableBuilder, type TableOptions } from "./table-builder.ts";
-import { TableReader } from "./table-reader.ts";
+import { TableBuilder, TableReader, type TableOptions } from "./sstable.ts";
 import { fileMeta, Version, type FileMeta } from "./version.ts";
 
 /** A table as it crosses the thread boundary (user key views are rebuilt on arrival). */

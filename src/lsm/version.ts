@@ -6,7 +6,7 @@ import {
 import { bloomHash } from "./bloom.ts";
 import { corruption } from "./errors.ts";
 import type { InternalIterator } from "./iterator.ts";
-import type { TableGetResult, TableIterator, TableReader } from "./table-reader.ts";
+import type { TableGetResult, TableIterator, TableReader } from "./sstable.ts";
 
 export const NUM_LEVELS = 7;
 

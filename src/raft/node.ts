@@ -1,117 +1,27 @@
 // RaftNode: the driver that does all the I/O around the pure core — ticks, the persist → send →
-// apply cycle, ReadIndex waiters, log compaction, and snapshots streamed to and from peers.
+// apply cycle and receiving snapshots. Options in node-options.ts, ReadIndex waiters in
+// node-reads.ts, snapshot sending in node-snapshots.ts, log compaction in node-compaction.ts.
 
 import { Rng } from "../util/rng.ts";
 import { type Clock, RealClock, type TimerHandle } from "./clock.ts";
 import { Raft } from "./core/raft.ts";
-import { BackpressureError, EntryTooLargeError, NodeStoppedError, NotLeaderError, ReadIndexTimeoutError } from "./errors.ts";
-import {
-  type LogStore,
-  type Message,
-  NONE,
-  type NodeId,
-  type RaftRole,
-  type Ready,
-  type SnapshotMeta,
-  type StateMachine,
-  type Transport,
-} from "./types.ts";
+import { BackpressureError, EntryTooLargeError, NodeStoppedError, NotLeaderError } from "./errors.ts";
+import { maybeCompact } from "./node-compaction.ts";
+import { coreConfig, type RaftNodeOptions, type RaftNodeStatus, type ResolvedNodeOptions, resolveOptions } from "./node-options.ts";
+import { ReadWaiters } from "./node-reads.ts";
+import { SnapshotSender } from "./node-snapshots.ts";
+import type { LogStore, Message, NodeId, Ready, StateMachine, Transport } from "./types.ts";
+
+export type { RaftNodeOptions, RaftNodeStatus } from "./node-options.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
-
-export interface RaftNodeOptions {
-  id: NodeId;
-  peers: NodeId[];
-  logStore: LogStore;
-  transport: Transport;
-  stateMachine: StateMachine;
-  /** Default RealClock. */
-  clock?: Clock;
-  /** Default 50. */
-  tickMs?: number;
-  /** Default 10. */
-  electionTicks?: number;
-  /**
-   * Default 2: with the 50 ms tick a heartbeat every 100 ms (etcd's default) against a 500–1000 ms
-   * election timeout. Heartbeats are most of an idle cluster's CPU; reads send their own at once.
-   */
-  heartbeatTicks?: number;
-  /** Seed of the election-timeout Rng (default: random; give one in simulations). */
-  seed?: number;
-  /** Default true. */
-  preVote?: boolean;
-  /** Default true. */
-  checkQuorum?: boolean;
-  /** Default 64. */
-  maxInflight?: number;
-  /** Default 1 MiB. */
-  maxBytesPerAppend?: number;
-  /** Uncommitted entries before propose fails with BackpressureError (default 10 000). */
-  maxPendingProposals?: number;
-  /** A single command above this is refused with EntryTooLargeError (default 8 MiB). */
-  maxEntryBytes?: number;
-  /** Compact the log when (durable applied index − compaction point) exceeds this (default 10 000). */
-  snapshotThreshold?: number;
-  /** Default 1 MiB. */
-  snapshotChunkBytes?: number;
-  /** A readIndex() not served within this rejects with ReadIndexTimeoutError (default 3 election timeouts). */
-  readTimeoutMs?: number;
-  /** Called once if the node stops on a fatal error (disk failure, invariant violation). */
-  onFatal?: (error: Error) => void;
-  /** This node may have lost durable state it acknowledged: it votes only once caught up (core/recovery.ts). */
-  recovering?: boolean;
-}
-
-export interface RaftNodeStatus {
-  id: NodeId;
-  role: RaftRole;
-  term: number;
-  leaderId: NodeId;
-  commitIndex: number;
-  /** The state machine's applied index. */
-  lastApplied: number;
-  /** The log's compaction point. */
-  snapshotIndex: number;
-  firstIndex: number;
-  lastIndex: number;
-  members: NodeId[];
-  logBytes: number;
-  pendingReads: number;
-  snapshotsSent: number;
-  snapshotsReceived: number;
-  stopped: boolean;
-  /** The fatal error that stopped the node, if any. */
-  fatal: string | null;
-  /** Why the node does not vote yet ("" when it does): recovering lost durable state. */
-  recovering: string;
-}
-
-interface ReadWaiter {
-  resolve: (index: number) => void;
-  reject: (err: Error) => void;
-  timer: TimerHandle;
-  /** Set once a quorum confirmed leadership: the read is served when lastApplied reaches it. */
-  index: number | null;
-}
-
-const DEFAULTS = {
-  tickMs: 50,
-  electionTicks: 10,
-  heartbeatTicks: 2,
-  maxInflight: 64,
-  maxBytesPerAppend: 1024 * 1024,
-  maxPendingProposals: 10_000,
-  maxEntryBytes: 8 * 1024 * 1024,
-  snapshotThreshold: 10_000,
-  snapshotChunkBytes: 1024 * 1024,
-};
 
 export class RaftNode {
   readonly id: NodeId;
   private readonly raft: Raft;
   private readonly clock: Clock;
-  private readonly opts: RaftNodeOptions & typeof DEFAULTS & { readTimeoutMs: number };
+  private readonly opts: ResolvedNodeOptions;
   private readonly log: LogStore;
   private readonly sm: StateMachine;
   private readonly transport: Transport;
@@ -123,24 +33,38 @@ export class RaftNode {
   /** Between acceptSnapshot and step: no cycle may run and incoming messages wait. */
   private restoring = false;
   private heldMessages: Message[] = [];
-  private readonly snapshotsInFlight = new Set<NodeId>();
+  private readonly snapshotSender: SnapshotSender;
   /** InstallSnapshot answers the core produces for a stream we are receiving, by leader id. */
   private readonly snapshotAnswers = new Map<NodeId, (m: InstallSnapshotResponse | null) => void>();
-  private readonly reads = new Map<number, ReadWaiter>();
-  private nextReadContext = 1;
+  private readonly reads: ReadWaiters;
   private stopped = false;
   private fatal: Error | null = null;
-  private counters = { snapshotsSent: 0, snapshotsReceived: 0 };
+  private snapshotsReceived = 0;
 
   private constructor(options: RaftNodeOptions, raft: Raft) {
     this.id = options.id;
     this.raft = raft;
     this.clock = options.clock ?? new RealClock();
-    const merged = { ...DEFAULTS, ...stripUndefined(options) } as RaftNodeOptions & typeof DEFAULTS;
-    this.opts = { ...merged, readTimeoutMs: options.readTimeoutMs ?? 3 * merged.electionTicks * merged.tickMs };
+    this.opts = resolveOptions(options);
     this.log = options.logStore;
     this.sm = options.stateMachine;
     this.transport = options.transport;
+    this.reads = new ReadWaiters(this.clock, this.opts.readTimeoutMs);
+    const node = this;
+    this.snapshotSender = new SnapshotSender({
+      get stopped() {
+        return node.stopped;
+      },
+      sm: this.sm,
+      transport: this.transport,
+      chunkBytes: this.opts.snapshotChunkBytes,
+      members: () => [...this.opts.peers],
+      deliver: (response) => this.receive([response]),
+      failed: (to) => {
+        this.guard(() => this.raft.reportSnapshot(to, false));
+        this.kick();
+      },
+    });
   }
 
   /** Recovers from the log store and the state machine, then starts ticking and listening. */
@@ -162,18 +86,7 @@ export class RaftNode {
     const snapshot = log.snapshotMeta();
     const rng = new Rng(options.seed ?? Math.floor(Math.random() * 2 ** 32));
     const raft = new Raft(
-      {
-        id: options.id,
-        peers: options.peers,
-        electionTicks: options.electionTicks ?? DEFAULTS.electionTicks,
-        heartbeatTicks: options.heartbeatTicks ?? DEFAULTS.heartbeatTicks,
-        random: () => rng.next(),
-        preVote: options.preVote ?? true,
-        checkQuorum: options.checkQuorum ?? true,
-        maxInflight: options.maxInflight ?? DEFAULTS.maxInflight,
-        maxBytesPerAppend: options.maxBytesPerAppend ?? DEFAULTS.maxBytesPerAppend,
-        maxPendingProposals: options.maxPendingProposals ?? DEFAULTS.maxPendingProposals,
-      },
+      coreConfig(options, () => rng.next()),
       {
         hardState: log.hardState(),
         snapshot: snapshot.index === 0 ? { ...snapshot, members: [...options.peers] } : snapshot,
@@ -224,19 +137,14 @@ export class RaftNode {
     } catch (err) {
       return Promise.reject(err);
     }
-    const context = this.nextReadContext++;
+    const context = this.reads.newContext();
     const result = this.raft.readIndex(context);
     if (!result.ok) {
       return Promise.reject(
         result.reason === "backpressure" ? new BackpressureError("backpressure") : new NotLeaderError(result.leaderId),
       );
     }
-    const promise = new Promise<number>((resolve, reject) => {
-      const timer = this.clock.setTimeout(() => {
-        if (this.reads.delete(context)) reject(new ReadIndexTimeoutError(this.opts.readTimeoutMs));
-      }, this.opts.readTimeoutMs);
-      this.reads.set(context, { resolve, reject, timer, index: null });
-    });
+    const promise = this.reads.wait(context);
     this.kick();
     return promise;
   }
@@ -269,8 +177,8 @@ export class RaftNode {
       members: [...this.opts.peers],
       logBytes: this.log.sizeBytes(),
       pendingReads: this.reads.size,
-      snapshotsSent: this.counters.snapshotsSent,
-      snapshotsReceived: this.counters.snapshotsReceived,
+      snapshotsSent: this.snapshotSender.sent,
+      snapshotsReceived: this.snapshotsReceived,
       stopped: this.stopped,
       fatal: this.fatal ? this.fatal.message : null,
       recovering: s.recovering,
@@ -323,7 +231,9 @@ export class RaftNode {
         if (this.stopped) return;
         this.raft.advance(ready);
         // Checked synchronously: most cycles have nothing to compact and should not pay an await.
-        if (this.raft.appliedIndex - (this.log.firstIndex() - 1) > this.opts.snapshotThreshold) await this.maybeCompact();
+        if (this.raft.appliedIndex - (this.log.firstIndex() - 1) > this.opts.snapshotThreshold) {
+          await maybeCompact(this.raft, this.log, this.sm, this.opts.snapshotThreshold, this.opts.peers);
+        }
       }
     } catch (err) {
       this.halt(err as Error);
@@ -350,67 +260,21 @@ export class RaftNode {
     this.settleSnapshotAnswers();
     // 3. Apply, then serve reads.
     if (rd.committedEntries.length > 0) await this.sm.apply(rd.committedEntries);
-    for (const rs of rd.readStates) {
-      const waiter = this.reads.get(rs.context);
-      if (waiter) waiter.index = rs.index;
-    }
-    this.serveReads();
-    if (rd.softState && rd.softState.role !== "Leader") this.failUnconfirmedReads(rd.softState.leaderId);
+    this.reads.confirm(rd.readStates);
+    this.reads.serve(this.sm.lastApplied());
+    if (rd.softState && rd.softState.role !== "Leader") this.reads.failUnconfirmed(rd.softState.leaderId);
   }
 
   private dispatch(messages: Message[]): void {
     let outgoing: Message[] | null = null;
     for (const m of messages) {
-      if (m.type === "InstallSnapshot") this.sendSnapshot(m);
+      if (m.type === "InstallSnapshot") this.snapshotSender.send(m);
       else if (m.type === "InstallSnapshotResponse" && this.snapshotAnswers.has(m.to)) {
         this.snapshotAnswers.get(m.to)!(m);
         this.snapshotAnswers.delete(m.to);
       } else (outgoing ??= []).push(m);
     }
     if (outgoing !== null) this.transport.send(outgoing);
-  }
-
-  private serveReads(): void {
-    const applied = this.sm.lastApplied();
-    for (const [context, waiter] of this.reads) {
-      if (waiter.index !== null && waiter.index <= applied) {
-        this.reads.delete(context);
-        this.clock.clearTimeout(waiter.timer);
-        waiter.resolve(waiter.index);
-      }
-    }
-  }
-
-  /** A deposed leader's unconfirmed reads will never be confirmed: send the clients to the new leader. */
-  private failUnconfirmedReads(leaderId: NodeId): void {
-    for (const [context, waiter] of this.reads) {
-      if (waiter.index === null) {
-        this.reads.delete(context);
-        this.clock.clearTimeout(waiter.timer);
-        waiter.reject(new NotLeaderError(leaderId));
-      }
-    }
-  }
-
-  /**
-   * Compacts the log through what the state machine has made durable, once that is more than
-   * snapshotThreshold entries past the compaction point; forces a sync at twice the threshold.
-   */
-  private async maybeCompact(): Promise<void> {
-    const point = this.log.firstIndex() - 1;
-    const applied = this.raft.appliedIndex;
-    if (applied - point <= this.opts.snapshotThreshold) return;
-    let durable = Math.min(this.sm.durableAppliedIndex(), applied);
-    if (durable - point <= this.opts.snapshotThreshold) {
-      if (applied - point <= 2 * this.opts.snapshotThreshold) return;
-      durable = Math.min(await this.sm.sync(), applied);
-      if (durable <= point) return;
-    }
-    const term = this.log.term(durable);
-    if (term === undefined) return; // not in the durable log (e.g. just reset to a snapshot)
-    const meta: SnapshotMeta = { index: durable, term, members: [...this.opts.peers] };
-    await this.log.compact(meta);
-    this.raft.compact(meta);
   }
 
   // ---- receiving -------------------------------------------------------------------------------
@@ -449,7 +313,7 @@ export class RaftNode {
         } catch {
           return refuse(); // a failed stream leaves the machine as it was; the leader retries
         }
-        this.counters.snapshotsReceived++;
+        this.snapshotsReceived++;
       }
       const answer = new Promise<InstallSnapshotResponse | null>((resolve) => this.snapshotAnswers.set(message.from, resolve));
       this.guard(() => this.raft.step(message));
@@ -477,36 +341,6 @@ export class RaftNode {
     const held = this.heldMessages;
     this.heldMessages = [];
     if (held.length > 0) this.receive(held);
-  }
-
-  // ---- sending snapshots -----------------------------------------------------------------------
-
-  /** Leader side: stream the state machine's current image; one transfer per follower at a time. */
-  private sendSnapshot(request: InstallSnapshot): void {
-    const to = request.to;
-    if (this.snapshotsInFlight.has(to)) return;
-    this.snapshotsInFlight.add(to);
-    void (async () => {
-      let ok = false;
-      try {
-        const image = await this.sm.snapshot();
-        const meta = { ...image.meta, members: image.meta.members.length > 0 ? image.meta.members : [...this.opts.peers] };
-        const message: InstallSnapshot = { ...request, snapshot: meta };
-        const response = await this.transport.sendSnapshot(message, rechunk(image.chunks, this.opts.snapshotChunkBytes));
-        if (this.stopped) return;
-        this.counters.snapshotsSent++;
-        ok = true;
-        this.receive([response]);
-      } catch {
-        // Network or snapshot failure: the core goes back to probing and asks again later.
-      } finally {
-        this.snapshotsInFlight.delete(to);
-        if (!ok && !this.stopped) {
-          this.guard(() => this.raft.reportSnapshot(to, false));
-          this.kick();
-        }
-      }
-    })();
   }
 
   // ---- lifecycle -------------------------------------------------------------------------------
@@ -539,12 +373,7 @@ export class RaftNode {
     this.fatal = error;
     if (this.tickTimer !== null) this.clock.clearTimeout(this.tickTimer);
     this.tickTimer = null;
-    const stoppedError = new NodeStoppedError(this.id, error ?? undefined);
-    for (const waiter of this.reads.values()) {
-      this.clock.clearTimeout(waiter.timer);
-      waiter.reject(stoppedError);
-    }
-    this.reads.clear();
+    this.reads.rejectAll(new NodeStoppedError(this.id, error ?? undefined));
     this.settleSnapshotAnswers();
     if (error) this.opts.onFatal?.(error);
   }
@@ -553,35 +382,4 @@ export class RaftNode {
 /** Messages only a leader sends, which carry no claim about the sender's own disk. */
 function isLeaderMessage(m: Message): boolean {
   return m.type === "AppendEntries" || m.type === "Heartbeat" || m.type === "InstallSnapshot";
-}
-
-/** Re-cuts a stream into chunks of at most `max` bytes, joining small ones. */
-async function* rechunk(source: AsyncIterable<Uint8Array>, max: number): AsyncGenerator<Uint8Array> {
-  let parts: Uint8Array[] = [];
-  let size = 0;
-  const flush = () => {
-    const out = new Uint8Array(size);
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
-    }
-    parts = [];
-    size = 0;
-    return out;
-  };
-  for await (let chunk of source) {
-    while (chunk.length > 0) {
-      const take = Math.min(max - size, chunk.length);
-      parts.push(chunk.subarray(0, take));
-      size += take;
-      chunk = chunk.subarray(take);
-      if (size === max) yield flush();
-    }
-  }
-  if (size > 0) yield flush();
-}
-
-function stripUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

@@ -187,6 +187,7 @@ describe("args", () => {
     expect(o.json).toBe("out.json");
     expect(o.seconds).toBe(4);
     expect(parseArgs(["lsm", "--keys", "200_000", "--runs", "5"], dir)).toMatchObject({ lsmKeys: 200_000, runs: 5 });
+    expect(parseArgs(["cluster", "--no-fast-lane"], dir).noFastLane).toBe(true);
   });
 
   test("bad input is a UsageError that says what to do", () => {
@@ -196,6 +197,7 @@ describe("args", () => {
     expect(() => parseArgs(["--json"], dir)).toThrow(/file name/);
     expect(() => parseArgs(["lsm", "--vs-etcd"], dir)).toThrow(/cluster/);
     expect(() => parseArgs(["raft", "--big"], dir)).toThrow(/lsm/);
+    expect(() => parseArgs(["lsm", "--no-fast-lane"], dir)).toThrow(/cluster/);
   });
 });
 

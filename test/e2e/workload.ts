@@ -57,7 +57,7 @@ export async function runWorkload(options: {
             progress.acked++;
           }
         } catch (error) {
-          if (!(error instanceof ClerkError) || error.code !== "timeout") throw error;
+          if (!(error instanceof ClerkError) || !error.outcomeUnknown) throw error;
           result.errors.push(error.message);
           result.history.push({
             clientId: c,

@@ -4,7 +4,12 @@ import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { KVError, KVServer, type CommandArgs, type CommandReply, type KVLimits } from "../../src/kv/index.ts";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { KVService } from "../../src/gen/kvraftpb/kvraft_pb.ts";
+import { InvalidArgumentError, KVServer, OverloadedError, type CommandArgs, type CommandReply, type KVLimits } from "../../src/kv/index.ts";
+import { registerKVService } from "../../src/kv/service.ts";
+import { RpcServer } from "../../src/rpc/server/server.ts";
 import { KvSimCluster } from "../../src/sim/kv/cluster.ts";
 import { SimClock, NodeSimNetwork } from "../../src/sim/raft-node/index.ts";
 import { Rng } from "../../src/util/rng.ts";
@@ -43,8 +48,7 @@ describe("KVServer", () => {
             () => null,
             (e) => e,
           );
-          expect(error).toBeInstanceOf(KVError);
-          expect(error.code).toBe("invalid_argument");
+          expect(error).toBeInstanceOf(InvalidArgumentError);
           expect(error.message).toMatch(pattern);
         };
         await refused(args({ key: "" }), /key is empty/);
@@ -99,9 +103,7 @@ describe("KVServer", () => {
         const server = cluster.servers[leader]!;
         cluster.partition([[leader], [0, 1, 2].filter((i) => i !== leader)]);
         const pending = [0, 1].map((i) => server.command(args({ op: "Put", key: `p${i}`, value: "v", clientId: BigInt(10 + i) })));
-        await expect(server.command(args({ op: "Put", key: "over", value: "v", clientId: 20n }))).rejects.toMatchObject({
-          code: "resource_exhausted",
-        });
+        await expect(server.command(args({ op: "Put", key: "over", value: "v", clientId: 20n }))).rejects.toBeInstanceOf(OverloadedError);
         const replies: CommandReply[] = await cluster.until(Promise.all(pending));
         for (const reply of replies) expect(["ErrTimeout", "ErrWrongLeader"]).toContain(reply.err);
         const read = await cluster.until(server.command(args({ op: "Get", key: "p0" })));
@@ -181,6 +183,7 @@ test("a single node on real files (FileLogStore + LSM) restarts with its data", 
     await server.close();
     server = await open();
     await electSelf(server);
+    expect((await server.getStatus()).keyCount).toBe(1);
     const reply = await drive(server.command({ op: "Get", key: "log", value: "", clientId: 1n, commandId: 21n }));
     expect(reply).toEqual({ err: "OK", value: Array.from({ length: 20 }, (_, i) => `${i + 1},`).join("") });
     // The session survived too: command 20 again is not applied twice.
@@ -188,6 +191,51 @@ test("a single node on real files (FileLogStore + LSM) restarts with its data", 
     expect((await drive(server.command({ op: "Get", key: "log", value: "", clientId: 1n, commandId: 22n }))).value.endsWith("19,20,")).toBe(true);
     await server.close();
   } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}, TIMEOUT);
+
+test("GetStatus.key_count is the real KVServer's count of keys, kept across writes, deletes and a restart", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-keycount-"));
+  const clock = new SimClock();
+  const network = new NodeSimNetwork(clock, new Rng(8));
+  let server = await KVServer.open({ id: 0, peers: [0], dir, transport: network.transport(0), clock, raft: { tickMs: 10, seed: 2 } });
+  const rpc = await RpcServer.start({ port: 0, routes: (router) => registerKVService(router, () => server) });
+  const client = createClient(KVService, createConnectTransport({ baseUrl: rpc.url, httpVersion: "1.1" }));
+  const drive = async <T>(promise: Promise<T>): Promise<T> => {
+    let done = false;
+    promise.finally(() => (done = true)).catch(() => {});
+    for (let i = 0; i < 10_000 && !done; i++) {
+      clock.advance(1);
+      await Bun.sleep(1);
+    }
+    return promise;
+  };
+  const electSelf = async () => {
+    for (let i = 0; i < 100 && (await server.getStatus()).state !== "Leader"; i++) await drive(Promise.resolve(clock.advance(10)));
+  };
+  let commandId = 0n;
+  const write = async (op: "Put" | "Append" | "Delete", key: string) =>
+    (await drive(server.command({ op, key, value: "v", clientId: 5n, commandId: ++commandId }))).err;
+  try {
+    await electSelf();
+    expect((await client.getStatus({})).keyCount).toBe(0n);
+    for (let i = 0; i < 30; i++) expect(await write("Put", `k${i}`)).toBe("OK");
+    expect(await write("Put", "k3")).toBe("OK"); // an overwrite adds no key
+    expect(await write("Append", "k4")).toBe("OK");
+    expect(await write("Append", "fresh")).toBe("OK"); // an append to a missing key creates it
+    expect(await write("Delete", "k0")).toBe("OK");
+    expect(await write("Delete", "k0")).toBe("ErrNoKey"); // a missing key removes nothing
+    expect((await client.getStatus({})).keyCount).toBe(30n);
+    await server.close();
+    server = await KVServer.open({ id: 0, peers: [0], dir, transport: network.transport(0), clock, raft: { tickMs: 10, seed: 3 } });
+    expect((await client.getStatus({})).keyCount).toBe(30n);
+    await electSelf();
+    expect(await write("Delete", "k1")).toBe("OK");
+    expect((await client.getStatus({})).keyCount).toBe(29n);
+  } finally {
+    await rpc.close();
+    await server.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }, TIMEOUT);

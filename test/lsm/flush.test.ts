@@ -7,7 +7,7 @@ import { BlockCache } from "../../src/lsm/cache.ts";
 import { compareBytes, KIND_DEL, KIND_PUT } from "../../src/lsm/coding.ts";
 import { tableFileName } from "../../src/lsm/manifest.ts";
 import { flushBatches } from "../../src/lsm/table-jobs.ts";
-import { TableReader } from "../../src/lsm/table-reader.ts";
+import { TableReader } from "../../src/lsm/sstable.ts";
 import { Memtable } from "../../src/lsm/memtable.ts";
 import { key, removeDir, rng, tempDir, text } from "./helpers.ts";
 

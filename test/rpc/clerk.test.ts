@@ -1,10 +1,14 @@
 // Clerk against three in-process nodes with scripted behaviour: leader hints, timeouts, dead
 // nodes, refusals, bounded give-up, and the same commandId on every retry of one operation.
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError } from "../../src/kv/client.ts";
-import { registerKVService, type KVBackend, type KVErr } from "../../src/kv/service.ts";
+import { InvalidArgumentError, OverloadedError } from "../../src/kv/errors.ts";
+import type { KVErr } from "../../src/kv/server.ts";
+import { registerKVService, type KVServiceBackend } from "../../src/kv/service.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
+import { statusDouble } from "./kv-double.ts";
 
 type Call = { node: number; op: string; key: string; clientId: bigint; commandId: bigint };
 const calls: Call[] = [];
@@ -15,11 +19,11 @@ let hint = true;
 /** The leader answers ErrTimeout this many times before it succeeds. */
 let timeoutsLeft = 0;
 
-function node(id: number): KVBackend {
+function node(id: number): KVServiceBackend {
   return {
     async command(args) {
       calls.push({ node: id, op: args.op, key: args.key, clientId: args.clientId, commandId: args.commandId });
-      if (args.key.startsWith("bad")) throw Object.assign(new Error("key must not start with bad"), { code: "invalid_argument" });
+      if (args.key.startsWith("bad")) throw new InvalidArgumentError("key must not start with bad");
       if (id !== leader) return hint ? { err: "ErrWrongLeader" as KVErr, value: "", leaderId: leader } : { err: "ErrWrongLeader" as KVErr, value: "" };
       if (timeoutsLeft > 0) {
         timeoutsLeft--;
@@ -31,7 +35,7 @@ function node(id: number): KVBackend {
       return { err: "OK", value: "" };
     },
     async getStatus() {
-      return { id, state: id === leader ? "Leader" : "Follower", term: 3, lastApplied: 7, commitIndex: 7, storageSize: 100, leaderId: leader, members: [0, 1, 2], snapshotIndex: 0 };
+      return statusDouble({ id, state: id === leader ? "Leader" : "Follower", term: 3, lastApplied: 7, commitIndex: 7, storageSize: 100, leaderId: leader, members: [0, 1, 2] });
     },
   };
 }
@@ -92,7 +96,7 @@ describe("Clerk", () => {
     const clerk = new Clerk({ addrs, transport });
     const error = await clerk.put("bad-key", "v").then(() => null, (e: unknown) => e);
     expect(error).toBeInstanceOf(ClerkError);
-    expect((error as ClerkError).code).toBe("invalid_argument");
+    expect((error as ClerkError).code).toBe(Code.InvalidArgument);
     expect((error as ClerkError).message).toContain("must not start with bad");
   });
 
@@ -103,7 +107,7 @@ describe("Clerk", () => {
     const started = Date.now();
     const error = await clerk.get("c").then(() => null, (e: unknown) => e);
     expect(Date.now() - started).toBeLessThan(5_000);
-    expect((error as ClerkError).code).toBe("timeout");
+    expect((error as ClerkError).code).toBe(Code.DeadlineExceeded);
     expect((error as ClerkError).message).toMatch(/GET\("c"\) gave up after \d+ ms: no node completed it/);
   });
 
@@ -132,17 +136,17 @@ describe("Clerk limits and backpressure", () => {
     calls.length = 0;
     const clerk = new Clerk({ addrs, transport, maxRequestBytes: 1000 });
     const error = await clerk.put("k", "é".repeat(600)).then(() => null, (e: unknown) => e);
-    expect((error as ClerkError).code).toBe("invalid_argument");
+    expect((error as ClerkError).code).toBe(Code.InvalidArgument);
     expect((error as ClerkError).message).toContain("1201 bytes");
     expect(calls).toHaveLength(0);
   });
 
   test("resource_exhausted (backpressure) is retried on the same node until it clears", async () => {
-    const busy: KVBackend = {
+    const busy: KVServiceBackend = {
       ...node(0),
       async command(args) {
         calls.push({ node: 0, op: args.op, key: args.key, clientId: args.clientId, commandId: args.commandId });
-        if (calls.length < 3) throw Object.assign(new Error("too many commands in flight"), { code: "resource_exhausted" });
+        if (calls.length < 3) throw new OverloadedError("too many commands in flight");
         return { err: "OK", value: "" };
       },
     };
@@ -167,7 +171,7 @@ describe("Clerk against stale hints", () => {
     const clerk = new Clerk({ addrs: ["127.0.0.1:1", addrs[1]!, addrs[2]!], transport, operationTimeoutMs: 1_000, backoffMs: 20, maxBackoffMs: 200 });
     const started = Date.now();
     const error = await clerk.get("x").then(() => null, (e: unknown) => e);
-    expect((error as ClerkError).code).toBe("timeout");
+    expect((error as ClerkError).code).toBe(Code.DeadlineExceeded);
     // It ran out of time (the deadline), not out of attempts (200).
     expect(Date.now() - started).toBeGreaterThanOrEqual(1_000);
     expect(calls.length).toBeLessThan(100);

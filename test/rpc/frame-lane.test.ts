@@ -7,10 +7,10 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { MessageFramesSchema, RaftService } from "../../src/gen/raftpb/raft_pb.ts";
+import { MessageBatchSchema, RaftService } from "../../src/gen/raftpb/raft_pb.ts";
 import { ConnectTransport } from "../../src/rpc/peers/connect-transport.ts";
 import { frameRoutesOf } from "../../src/rpc/server/frame-lane.ts";
-import { encodeMessageBytes } from "../../src/rpc/peers/raft-wire.ts";
+import { encodeMessage } from "../../src/rpc/peers/raft-codec.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
 import type { Message } from "../../src/raft/types.ts";
 
@@ -146,7 +146,7 @@ describe("frame lane", () => {
 });
 
 describe("Raft Stream over the frame lane", () => {
-  test("a stock connect-node client streams MessageFrames and gets {} back; every message is delivered", async () => {
+  test("a stock connect-node client streams MessageBatch and gets {} back; every message is delivered", async () => {
     const got: Message[] = [];
     const transport = new ConnectTransport({ id: 1, peers: { 0: "http://127.0.0.1:1", 1: "http://127.0.0.1:1" } });
     transport.listen({ onMessages: (m) => void got.push(...m), onSnapshot: () => Promise.reject(new Error("unused")) });
@@ -156,18 +156,36 @@ describe("Raft Stream over the frame lane", () => {
       const client = createClient(RaftService, createConnectTransport({ baseUrl: raft.url, httpVersion: "2", useBinaryFormat: true, sessionManager }));
       const beat = (term: number): Extract<Message, { type: "Heartbeat" }> => ({ type: "Heartbeat", from: 0, to: 1, term, commitIndex: term, readContext: 0 });
       async function* frames() {
-        for (let term = 1; term <= 5; term++) yield create(MessageFramesSchema, { messages: [encodeMessageBytes(beat(term)), encodeMessageBytes(beat(term + 100))] });
+        for (let term = 1; term <= 5; term++) yield create(MessageBatchSchema, { messages: [encodeMessage(beat(term)), encodeMessage(beat(term + 100))] });
       }
       expect(await client.stream(frames())).toBeDefined();
       expect(got.map((m) => m.term)).toEqual([1, 101, 2, 102, 3, 103, 4, 104, 5, 105]);
       // A message for another node is refused with the transport's own reason.
       async function* wrong() {
-        yield create(MessageFramesSchema, { messages: [encodeMessageBytes({ ...beat(9), to: 0 })] });
+        yield create(MessageBatchSchema, { messages: [encodeMessage({ ...beat(9), to: 0 })] });
       }
       const refused = await Promise.race([client.stream(wrong()).then(() => "accepted", (e: Error) => e.message), Bun.sleep(2000).then(() => "no answer")]);
       expect(refused).toMatch(/disagree on -addrs/);
     } finally {
       sessionManager.abort();
+      await transport.close();
+      await raft.close();
+    }
+  });
+
+  test("with the fast lanes off the same Stream is served by the Connect adapter, message for message", async () => {
+    const got: Message[] = [];
+    const transport = new ConnectTransport({ id: 1, peers: { 0: "http://127.0.0.1:1", 1: "http://127.0.0.1:1" } });
+    transport.listen({ onMessages: (m) => void got.push(...m), onSnapshot: () => Promise.reject(new Error("unused")) });
+    const raft = await RpcServer.start({ port: 0, fastLane: false, routes: (router) => transport.registerRoutes(router) });
+    const sender = new ConnectTransport({ id: 0, peers: { 0: "http://127.0.0.1:1", 1: raft.url } });
+    try {
+      for (let term = 1; term <= 3; term++) sender.send([{ type: "Heartbeat", from: 0, to: 1, term, commitIndex: 0, readContext: term }]);
+      const deadline = Date.now() + 5_000;
+      while (got.length < 3 && Date.now() < deadline) await Bun.sleep(10);
+      expect(got.map((m) => m.term)).toEqual([1, 2, 3]);
+    } finally {
+      await sender.close();
       await transport.close();
       await raft.close();
     }

@@ -5,32 +5,25 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as net from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { CommandRequestSchema, Op } from "../../src/gen/kvraftpb/kvraft_pb.ts";
-import { registerKVService, type KVBackend } from "../../src/kv/service.ts";
+import { OverloadedError } from "../../src/kv/errors.ts";
+import { registerKVService, type KVServiceBackend } from "../../src/kv/service.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
+import { statusDouble } from "./kv-double.ts";
 
-class FakeKVError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-function backend(): KVBackend {
+function backend(): KVServiceBackend {
   const data = new Map<string, string>();
   return {
     async command(args) {
       if (args.key === "slow") await Bun.sleep(200);
       if (args.key === "follower") return { err: "ErrWrongLeader", value: "", leaderId: 2 };
-      if (args.key === "busy") throw new FakeKVError("resource_exhausted", "too many commands in flight; retry");
+      if (args.key === "busy") throw new OverloadedError("too many commands in flight; retry");
       if (args.key === "bug") throw new Error("boom");
       if (args.op === "Get") return data.has(args.key) ? { err: "OK", value: data.get(args.key)! } : { err: "ErrNoKey", value: "" };
       data.set(args.key, args.value);
       return { err: "OK", value: "" };
     },
     async getStatus() {
-      return { id: 0, state: "Leader", term: 1, lastApplied: 0, commitIndex: 0, storageSize: 0, leaderId: 0, members: [0], snapshotIndex: 0 };
+      return statusDouble();
     },
   };
 }

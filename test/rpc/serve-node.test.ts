@@ -8,8 +8,10 @@ import * as path from "node:path";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { KVService, Op } from "../../src/gen/kvraftpb/kvraft_pb.ts";
-import { DataDirError, IDENTITY_FILE, claimDataDir } from "../../src/cli/identity.ts";
+import { unpack } from "msgpackr";
+import { DataDirError, IDENTITY_FILE, LEGACY_IDENTITY_FILE, claimDataDir } from "../../src/cli/identity.ts";
 import { serveNode, type KVNode } from "../../src/cli/serve-node.ts";
+import { statusDouble } from "./kv-double.ts";
 import { ListenError } from "../../src/rpc/server/server.ts";
 
 const dirs: string[] = [];
@@ -39,9 +41,24 @@ describe("data directory identity", () => {
   test("first start writes the identity; the same node and cluster may reopen", () => {
     const dir = path.join(tempDir(), "node-0");
     claimDataDir(dir, 0, ADDRS);
-    expect(JSON.parse(fs.readFileSync(path.join(dir, IDENTITY_FILE), "utf8"))).toEqual({ format: 1, nodeId: 0, addrs: ADDRS });
+    expect(unpack(fs.readFileSync(path.join(dir, IDENTITY_FILE)))).toEqual({ format: 1, nodeId: 0, addrs: ADDRS });
     fs.writeFileSync(path.join(dir, "some-data"), "x");
     expect(() => claimDataDir(dir, 0, ADDRS)).not.toThrow();
+  });
+
+  test("a directory from before the msgpack record (KVRAFT_NODE.json) is upgraded in place", () => {
+    const dir = tempDir();
+    fs.writeFileSync(path.join(dir, LEGACY_IDENTITY_FILE), JSON.stringify({ format: 1, nodeId: 1, addrs: ADDRS }, null, 2) + "\n");
+    fs.writeFileSync(path.join(dir, "raft"), "x");
+    expect(() => claimDataDir(dir, 0, ADDRS)).toThrow(/belongs to node 1/);
+    expect(fs.existsSync(path.join(dir, LEGACY_IDENTITY_FILE))).toBe(false);
+    expect(unpack(fs.readFileSync(path.join(dir, IDENTITY_FILE)))).toEqual({ format: 1, nodeId: 1, addrs: ADDRS });
+    expect(() => claimDataDir(dir, 1, ADDRS)).not.toThrow();
+    // The JSON form is also how an operator moves a cluster: it replaces the record at the next start.
+    const moved = ["localhost:6001", "localhost:6002", "localhost:6003"];
+    expect(() => claimDataDir(dir, 1, moved)).toThrow(/KVRAFT_NODE\.json/);
+    fs.writeFileSync(path.join(dir, LEGACY_IDENTITY_FILE), JSON.stringify({ format: 1, nodeId: 1, addrs: moved }));
+    expect(() => claimDataDir(dir, 1, moved)).not.toThrow();
   });
 
   test("another node's directory is refused with advice", () => {
@@ -83,7 +100,7 @@ describe("serveNode", () => {
         return { err: "ErrNoKey", value: "" };
       },
       async getStatus() {
-        return { id: 0, state: "Leader", term: 1, lastApplied: 0, commitIndex: 0, storageSize: 0, leaderId: 0, members: [0], snapshotIndex: 0 };
+        return statusDouble();
       },
       async close() {
         events.push("kv closed");

@@ -1,5 +1,5 @@
 // The preface-sniffing port: every protocol reaches the same handlers, CORS, bad input → Connect
-// errors while the server stays up, port-in-use, graceful close. KVService runs over a fake backend.
+// errors while the server stays up, port-in-use, graceful close. KVService runs over a stand-in typed as KVServer's own calls.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as net from "node:net";
 import * as path from "node:path";
@@ -8,20 +8,13 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { KVService, Op } from "../../src/gen/kvraftpb/kvraft_pb.ts";
-import { registerKVService, type KVBackend } from "../../src/kv/service.ts";
+import { InvalidArgumentError, OverloadedError, UnavailableError } from "../../src/kv/errors.ts";
+import { registerKVService, type KVServiceBackend } from "../../src/kv/service.ts";
 import { ListenError, RpcServer } from "../../src/rpc/server/server.ts";
-
-class FakeKVError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
+import { statusDouble } from "./kv-double.ts";
 
 /** A KVServer stand-in: a Map, plus keys that trigger each error path. */
-function fakeBackend(): KVBackend & { calls: number } {
+function fakeBackend(): KVServiceBackend & { calls: number } {
   const data = new Map<string, string>();
   return {
     calls: 0,
@@ -30,9 +23,9 @@ function fakeBackend(): KVBackend & { calls: number } {
       if (args.key === "slow") await Bun.sleep(300);
       if (args.key === "follower") return { err: "ErrWrongLeader", value: "", leaderId: 2 };
       if (args.key === "follower-unknown") return { err: "ErrWrongLeader", value: "" };
-      if (args.value.length > 1000) throw new FakeKVError("resource_exhausted", `value of ${args.value.length} bytes exceeds the 1000-byte limit`);
-      if (args.key === "") throw new FakeKVError("invalid_argument", "key must not be empty");
-      if (args.key === "busy") throw new FakeKVError("unavailable", "too many pending proposals; retry");
+      if (args.value.length > 1000) throw new OverloadedError(`value of ${args.value.length} bytes exceeds the 1000-byte limit`);
+      if (args.key === "") throw new InvalidArgumentError("key must not be empty");
+      if (args.key === "busy") throw new UnavailableError("too many pending proposals; retry");
       if (args.key === "bug") throw new Error("boom");
       switch (args.op) {
         case "Get":
@@ -48,10 +41,10 @@ function fakeBackend(): KVBackend & { calls: number } {
       }
     },
     async getStatus() {
-      return {
+      return statusDouble({
         id: 1, state: "Follower", term: 4, lastApplied: 10, commitIndex: 11, storageSize: 4096,
         leaderId: 2, members: [0, 1, 2], snapshotIndex: 3, keyCount: data.size,
-      };
+      });
     },
   };
 }
@@ -261,7 +254,7 @@ describe("lifecycle", () => {
   });
 
   test("a backend getter that is not ready yet answers unavailable", async () => {
-    let ready: KVBackend | undefined;
+    let ready: KVServiceBackend | undefined;
     const local = await RpcServer.start({ port: 0, routes: (router) => registerKVService(router, () => ready) });
     try {
       const client = createClient(KVService, createConnectTransport({ baseUrl: local.url, httpVersion: "1.1" }));

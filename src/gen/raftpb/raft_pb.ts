@@ -13,7 +13,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file raftpb/raft.proto.
  */
 export const file_raftpb_raft: GenFile = /*@__PURE__*/
-  fileDesc("ChFyYWZ0cGIvcmFmdC5wcm90bxIGcmFmdHBiIlMKBUVudHJ5Eg0KBWluZGV4GAEgASgEEgwKBHRlcm0YAiABKAQSHwoEdHlwZRgDIAEoDjIRLnJhZnRwYi5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCI8CgxTbmFwc2hvdE1ldGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIPCgdtZW1iZXJzGAMgAygEIskCCgdNZXNzYWdlEiEKBHR5cGUYASABKA4yEy5yYWZ0cGIuTWVzc2FnZVR5cGUSDAoEZnJvbRgCIAEoBBIKCgJ0bxgDIAEoBBIMCgR0ZXJtGAQgASgEEhEKCWxvZ19pbmRleBgFIAEoBBIQCghsb2dfdGVybRgGIAEoBBIeCgdlbnRyaWVzGAcgAygLMg0ucmFmdHBiLkVudHJ5Eg4KBmNvbW1pdBgIIAEoBBIKCgJvaxgJIAEoCBIQCghwcmVfdm90ZRgKIAEoCBITCgttYXRjaF9pbmRleBgLIAEoBBIVCg1jb25mbGljdF90ZXJtGAwgASgEEhYKDmNvbmZsaWN0X2luZGV4GA0gASgEEhQKDHJlYWRfY29udGV4dBgOIAEoBBImCghzbmFwc2hvdBgPIAEoCzIULnJhZnRwYi5TbmFwc2hvdE1ldGEiMQoMTWVzc2FnZUJhdGNoEiEKCG1lc3NhZ2VzGAEgAygLMg8ucmFmdHBiLk1lc3NhZ2UiIQoNTWVzc2FnZUZyYW1lcxIQCghtZXNzYWdlcxgBIAMoDCIOCgxTZW5kUmVzcG9uc2UiPgoNU25hcHNob3RDaHVuaxIfCgZoZWFkZXIYASABKAsyDy5yYWZ0cGIuTWVzc2FnZRIMCgRkYXRhGAIgASgMKi0KCUVudHJ5VHlwZRIQCgxFTlRSWV9OT1JNQUwQABIOCgpFTlRSWV9OT09QEAEq8QEKC01lc3NhZ2VUeXBlEhcKE01FU1NBR0VfVU5TUEVDSUZJRUQQABIQCgxSRVFVRVNUX1ZPVEUQARIZChVSRVFVRVNUX1ZPVEVfUkVTUE9OU0UQAhISCg5BUFBFTkRfRU5UUklFUxADEhsKF0FQUEVORF9FTlRSSUVTX1JFU1BPTlNFEAQSDQoJSEVBUlRCRUFUEAUSFgoSSEVBUlRCRUFUX1JFU1BPTlNFEAYSFAoQSU5TVEFMTF9TTkFQU0hPVBAHEh0KGUlOU1RBTExfU05BUFNIT1RfUkVTUE9OU0UQCBIPCgtUSU1FT1VUX05PVxAJMrcBCgtSYWZ0U2VydmljZRIyCgRTZW5kEhQucmFmdHBiLk1lc3NhZ2VCYXRjaBoULnJhZnRwYi5TZW5kUmVzcG9uc2USNwoGU3RyZWFtEhUucmFmdHBiLk1lc3NhZ2VGcmFtZXMaFC5yYWZ0cGIuU2VuZFJlc3BvbnNlKAESOwoPSW5zdGFsbFNuYXBzaG90EhUucmFmdHBiLlNuYXBzaG90Q2h1bmsaDy5yYWZ0cGIuTWVzc2FnZSgBYgZwcm90bzM");
+  fileDesc("ChFyYWZ0cGIvcmFmdC5wcm90bxIGcmFmdHBiIlMKBUVudHJ5Eg0KBWluZGV4GAEgASgEEgwKBHRlcm0YAiABKAQSHwoEdHlwZRgDIAEoDjIRLnJhZnRwYi5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCI8CgxTbmFwc2hvdE1ldGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIPCgdtZW1iZXJzGAMgAygEIskCCgdNZXNzYWdlEiEKBHR5cGUYASABKA4yEy5yYWZ0cGIuTWVzc2FnZVR5cGUSDAoEZnJvbRgCIAEoBBIKCgJ0bxgDIAEoBBIMCgR0ZXJtGAQgASgEEhEKCWxvZ19pbmRleBgFIAEoBBIQCghsb2dfdGVybRgGIAEoBBIeCgdlbnRyaWVzGAcgAygLMg0ucmFmdHBiLkVudHJ5Eg4KBmNvbW1pdBgIIAEoBBIKCgJvaxgJIAEoCBIQCghwcmVfdm90ZRgKIAEoCBITCgttYXRjaF9pbmRleBgLIAEoBBIVCg1jb25mbGljdF90ZXJtGAwgASgEEhYKDmNvbmZsaWN0X2luZGV4GA0gASgEEhQKDHJlYWRfY29udGV4dBgOIAEoBBImCghzbmFwc2hvdBgPIAEoCzIULnJhZnRwYi5TbmFwc2hvdE1ldGEiMQoMTWVzc2FnZUJhdGNoEiEKCG1lc3NhZ2VzGAEgAygLMg8ucmFmdHBiLk1lc3NhZ2UiEAoOU3RyZWFtUmVzcG9uc2UiPgoNU25hcHNob3RDaHVuaxIfCgZoZWFkZXIYASABKAsyDy5yYWZ0cGIuTWVzc2FnZRIMCgRkYXRhGAIgASgMKi0KCUVudHJ5VHlwZRIQCgxFTlRSWV9OT1JNQUwQABIOCgpFTlRSWV9OT09QEAEq8QEKC01lc3NhZ2VUeXBlEhcKE01FU1NBR0VfVU5TUEVDSUZJRUQQABIQCgxSRVFVRVNUX1ZPVEUQARIZChVSRVFVRVNUX1ZPVEVfUkVTUE9OU0UQAhISCg5BUFBFTkRfRU5UUklFUxADEhsKF0FQUEVORF9FTlRSSUVTX1JFU1BPTlNFEAQSDQoJSEVBUlRCRUFUEAUSFgoSSEVBUlRCRUFUX1JFU1BPTlNFEAYSFAoQSU5TVEFMTF9TTkFQU0hPVBAHEh0KGUlOU1RBTExfU05BUFNIT1RfUkVTUE9OU0UQCBIPCgtUSU1FT1VUX05PVxAJMoQBCgtSYWZ0U2VydmljZRI4CgZTdHJlYW0SFC5yYWZ0cGIuTWVzc2FnZUJhdGNoGhYucmFmdHBiLlN0cmVhbVJlc3BvbnNlKAESOwoPSW5zdGFsbFNuYXBzaG90EhUucmFmdHBiLlNuYXBzaG90Q2h1bmsaDy5yYWZ0cGIuTWVzc2FnZSgBYgZwcm90bzM");
 
 /**
  * @generated from message raftpb.Entry
@@ -188,38 +188,17 @@ export const MessageBatchSchema: GenMessage<MessageBatch> = /*@__PURE__*/
   messageDesc(file_raftpb_raft, 3);
 
 /**
- * What Stream carries: wire-identical to MessageBatch (an embedded message and bytes share one
- * encoding), declared as bytes so the receiver decodes each Message with its own codec
- * (src/rpc/raft-wire.ts) instead of through reflection.
- *
- * @generated from message raftpb.MessageFrames
+ * @generated from message raftpb.StreamResponse
  */
-export type MessageFrames = Message$1<"raftpb.MessageFrames"> & {
-  /**
-   * @generated from field: repeated bytes messages = 1;
-   */
-  messages: Uint8Array[];
+export type StreamResponse = Message$1<"raftpb.StreamResponse"> & {
 };
 
 /**
- * Describes the message raftpb.MessageFrames.
- * Use `create(MessageFramesSchema)` to create a new message.
+ * Describes the message raftpb.StreamResponse.
+ * Use `create(StreamResponseSchema)` to create a new message.
  */
-export const MessageFramesSchema: GenMessage<MessageFrames> = /*@__PURE__*/
+export const StreamResponseSchema: GenMessage<StreamResponse> = /*@__PURE__*/
   messageDesc(file_raftpb_raft, 4);
-
-/**
- * @generated from message raftpb.SendResponse
- */
-export type SendResponse = Message$1<"raftpb.SendResponse"> & {
-};
-
-/**
- * Describes the message raftpb.SendResponse.
- * Use `create(SendResponseSchema)` to create a new message.
- */
-export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_raftpb_raft, 5);
 
 /**
  * InstallSnapshot as a client stream: the first chunk carries the header message, every chunk
@@ -244,7 +223,7 @@ export type SnapshotChunk = Message$1<"raftpb.SnapshotChunk"> & {
  * Use `create(SnapshotChunkSchema)` to create a new message.
  */
 export const SnapshotChunkSchema: GenMessage<SnapshotChunk> = /*@__PURE__*/
-  messageDesc(file_raftpb_raft, 6);
+  messageDesc(file_raftpb_raft, 5);
 
 /**
  * @generated from enum raftpb.EntryType
@@ -333,28 +312,20 @@ export const MessageTypeSchema: GenEnum<MessageType> = /*@__PURE__*/
  */
 export const RaftService: GenService<{
   /**
-   * Fire-and-forget delivery of a batch of messages (answers come back as messages of their own).
-   *
-   * @generated from rpc raftpb.RaftService.Send
-   */
-  send: {
-    methodKind: "unary";
-    input: typeof MessageBatchSchema;
-    output: typeof SendResponseSchema;
-  },
-  /**
-   * The usual route: each node keeps one such call open per peer for as long as the link lives and
-   * writes one MessageBatch per burst of messages (one HTTP/2 DATA frame, no per-call headers).
-   * The sender reopens it with backoff when it breaks; Send remains for older senders.
+   * The message route: each node keeps one such call open per peer for as long as the link lives
+   * and writes one MessageBatch per burst of messages (one HTTP/2 DATA frame, no per-call headers).
+   * The sender reopens it with backoff when it breaks. Answers come back as messages of their own.
    *
    * @generated from rpc raftpb.RaftService.Stream
    */
   stream: {
     methodKind: "client_streaming";
-    input: typeof MessageFramesSchema;
-    output: typeof SendResponseSchema;
+    input: typeof MessageBatchSchema;
+    output: typeof StreamResponseSchema;
   },
   /**
+   * InstallSnapshot as a client stream on its own call (a large snapshot never delays heartbeats).
+   *
    * @generated from rpc raftpb.RaftService.InstallSnapshot
    */
   installSnapshot: {

@@ -1,11 +1,22 @@
 // The Raft consensus core: a deterministic state machine with no I/O, no clock and no ambient
 // randomness. The driver feeds it ticks, messages and proposals and carries out its Ready.
-// Roles, votes and the follower side live here; the leader's replication in replication.ts.
+// Roles, terms, the step function and Ready/advance live here; the follower's handlers in
+// follower.ts, the voting rules in election.ts, the leader's replication in replication.ts.
 
+import { type CampaignKind, countsVoteResponse, grantsVote, ignoresVoteRequest, voteRequests } from "./election.ts";
+import {
+  answerStaleMessage,
+  type FollowerContext,
+  handleAppendEntries,
+  handleHeartbeat,
+  handleInstallSnapshot,
+  snapshotNeedsRestore,
+} from "./follower.ts";
 import { MajorityConfig, VoteResult } from "./quorum.ts";
 import { RaftLog } from "./raft-log.ts";
 import { ReadOnly } from "./read-only.ts";
 import { Recovery } from "./recovery.ts";
+import { Outbox, type SoftState } from "./ready.ts";
 import { type RaftConfig, validateConfig } from "./raft-config.ts";
 import { type ProgressStatus, Replication } from "./replication.ts";
 import {
@@ -16,7 +27,6 @@ import {
   type Message,
   type NodeId,
   type RaftRole,
-  type ReadState,
   type Ready,
   type SnapshotMeta,
 } from "../types.ts";
@@ -59,7 +69,6 @@ export interface RaftStatus {
 }
 
 type MessageOf<T extends Message["type"]> = Extract<Message, { type: T }>;
-type CampaignKind = "pre-vote" | "election" | "transfer";
 
 export class Raft {
   readonly id: NodeId;
@@ -81,19 +90,12 @@ export class Raft {
   private replication: Replication | null = null;
   private readonly readOnly: ReadOnly;
   private readonly recovery: Recovery;
-  /** Reads that arrived before this leader committed an entry of its term. */
-  private deferredReads: number[] = [];
-  private leadTransferee: NodeId = NONE;
   /** Proposals or reads waiting for the next ready() to go out as one broadcast. */
   private appendBroadcastPending = false;
   private readBroadcastPending = false;
 
-  private messages: Message[] = [];
-  private readStates: ReadState[] = [];
-  private snapshotToInstall: SnapshotMeta | null = null;
-  private prevHardState: HardState;
-  private prevSoft: { role: RaftRole; leaderId: NodeId };
-  private outstanding: Ready | null = null;
+  /** Messages, confirmed reads and a snapshot to install, waiting for the next Ready. */
+  private readonly outbox: Outbox;
 
   constructor(config: RaftConfig, initial: RaftInitialState) {
     validateConfig(config);
@@ -110,8 +112,7 @@ export class Raft {
     if (hs.term < this.log.lastTerm()) throw new RangeError(`persisted term ${hs.term} is below the last log term ${this.log.lastTerm()}`);
     this.term = hs.term;
     this.votedFor = hs.votedFor;
-    this.prevHardState = { ...hs };
-    this.prevSoft = { role: this.role, leaderId: this.leaderId };
+    this.outbox = new Outbox(hs, { role: this.role, leaderId: this.leaderId });
     this.readOnly = new ReadOnly(this.config.maxPendingReads);
     this.recovery = new Recovery(initial.recovering ?? false);
     this.resetRandomizedElectionTimeout();
@@ -127,7 +128,7 @@ export class Raft {
   propose(data: Uint8Array[]): ProposeResult {
     if (data.length === 0) throw new RangeError("propose needs at least one command");
     if (this.role !== "Leader") return { ok: false, leaderId: this.leaderId, reason: "not-leader" };
-    if (this.leadTransferee !== NONE) return { ok: false, leaderId: this.leaderId, reason: "transferring" };
+    if (this.leader().leadTransferee !== NONE) return { ok: false, leaderId: this.leaderId, reason: "transferring" };
     const uncommitted = this.log.lastIndex() - this.log.commitIndex;
     if (uncommitted + data.length > this.config.maxPendingProposals) return { ok: false, leaderId: this.id, reason: "backpressure" };
     const first = this.log.lastIndex() + 1;
@@ -140,15 +141,13 @@ export class Raft {
   readIndex(context: number): ReadIndexResult {
     if (this.role !== "Leader") return { ok: false, leaderId: this.leaderId, reason: "not-leader" };
     if (this.voters.voters.length === 1) {
-      this.readStates.push({ context, index: this.log.commitIndex });
+      this.outbox.readStates.push({ context, index: this.log.commitIndex });
       return { ok: true };
     }
-    if (this.readOnly.size + this.deferredReads.length >= this.config.maxPendingReads) {
-      return { ok: false, leaderId: this.id, reason: "backpressure" };
-    }
+    if (this.readOnly.full()) return { ok: false, leaderId: this.id, reason: "backpressure" };
     if (!this.committedInCurrentTerm()) {
       // Until an entry of this term commits, this leader's commitIndex may lag the cluster's (§6.4).
-      this.deferredReads.push(context);
+      this.readOnly.defer(context);
       return { ok: true };
     }
     this.readOnly.add(context, this.log.commitIndex);
@@ -158,16 +157,9 @@ export class Raft {
 
   transferLeadership(to: NodeId): void {
     if (!this.voters.voters.includes(to)) throw new RangeError(`transferLeadership: ${to} is not a member`);
-    if (this.role !== "Leader" || to === this.id || this.leadTransferee === to) return;
-    this.leadTransferee = to;
+    if (this.role !== "Leader" || to === this.id || this.leader().leadTransferee === to) return;
     this.electionElapsed = 0; // the transfer is abandoned after one election timeout
-    const replication = this.leader();
-    if (replication.progressOf(to).matchIndex === this.log.lastIndex()) this.send({ type: "TimeoutNow", from: this.id, to, term: this.term });
-    else replication.sendAppend(to);
-  }
-
-  reportUnreachable(to: NodeId): void {
-    this.replication?.unreachable(to);
+    this.leader().transferTo(to);
   }
 
   reportSnapshot(to: NodeId, success: boolean): void {
@@ -185,16 +177,7 @@ export class Raft {
       this.becomeFollower(message.term, message.from);
     }
     this.electionElapsed = 0;
-    return this.snapshotNeedsRestore(message.snapshot);
-  }
-
-  /**
-   * A snapshot replaces the log only if it is ahead of our commitIndex and our log does not
-   * already hold its last entry: entries we hold past it may have been acknowledged as durable
-   * to the leader and must not be dropped.
-   */
-  private snapshotNeedsRestore(meta: SnapshotMeta): boolean {
-    return meta.index > this.log.commitIndex && !this.log.matchTerm(meta.index, meta.term);
+    return snapshotNeedsRestore(this.log, message.snapshot);
   }
 
   /** The driver compacted its durable log through meta.index (<= appliedIndex). */
@@ -206,11 +189,8 @@ export class Raft {
     if (m.to !== this.id) throw new RangeError(`node ${this.id} was handed a message addressed to ${m.to}`);
     if (!this.voters.voters.includes(m.from) || m.from === this.id) return; // not a peer: ignore
     if (m.term > this.term) {
-      if (m.type === "RequestVote") {
-        const inLease = this.config.checkQuorum && this.leaderId !== NONE && this.electionElapsed < this.config.electionTicks;
-        // A node that heard from a live leader within the election timeout ignores (pre)votes
-        // (leader lease, §4.2.3 of the thesis), unless the leader itself asked for the election.
-        if (inLease && m.transfer !== true) return;
+      if (m.type === "RequestVote" && ignoresVoteRequest(m, { ...this.config, leaderId: this.leaderId, electionElapsed: this.electionElapsed })) {
+        return;
       }
       if (m.type === "RequestVote" && m.preVote) {
         // A pre-vote does not change anyone's term.
@@ -222,7 +202,7 @@ export class Raft {
         this.becomeFollower(m.term, NONE);
       }
     } else if (m.term < this.term) {
-      this.answerStaleMessage(m);
+      if (this.config.checkQuorum || this.config.preVote) answerStaleMessage(this.followerContext(), m);
       return;
     }
 
@@ -241,13 +221,14 @@ export class Raft {
         }
         if (this.role !== "Follower" || this.leaderId !== m.from) this.becomeFollower(this.term, m.from);
         this.electionElapsed = 0;
-        if (m.type === "AppendEntries") this.handleAppendEntries(m);
-        else if (m.type === "Heartbeat") this.handleHeartbeat(m);
-        else this.handleInstallSnapshot(m);
+        if (m.type === "AppendEntries") this.recovery.heardFromLeader(m);
+        if (m.type === "AppendEntries") handleAppendEntries(this.followerContext(), m);
+        else if (m.type === "Heartbeat") handleHeartbeat(this.followerContext(), m);
+        else this.outbox.snapshot = handleInstallSnapshot(this.followerContext(), m) ?? this.outbox.snapshot;
         if (this.recovery.active) this.recovery.maybeFinish(this.log.commitIndex, this.log.term(this.log.commitIndex), this.term);
         return;
       case "AppendEntriesResponse":
-        if (this.role === "Leader") this.handleAppendResponse(m);
+        if (this.role === "Leader") this.leader().handleAppendResponse(m);
         return;
       case "HeartbeatResponse":
         if (this.role === "Leader") this.handleHeartbeatResponse(m);
@@ -266,60 +247,20 @@ export class Raft {
   // ---- Ready / advance -------------------------------------------------------------------------
 
   hasReady(): boolean {
-    if (this.outstanding !== null) return false;
-    return (
-      this.appendBroadcastPending ||
-      this.readBroadcastPending ||
-      this.messages.length > 0 ||
-      this.readStates.length > 0 ||
-      this.snapshotToInstall !== null ||
-      this.log.stableIndex < this.log.lastIndex() ||
-      this.log.appliedIndex < this.log.commitIndex ||
-      !sameHardState(this.hardState(), this.prevHardState) ||
-      this.role !== this.prevSoft.role ||
-      this.leaderId !== this.prevSoft.leaderId
-    );
+    if (this.outbox.busy) return false;
+    return this.appendBroadcastPending || this.readBroadcastPending || this.outbox.hasWork(this.log, this.hardState(), this.softState());
   }
 
   /** What to persist, send and apply next. Call advance(ready) before the next ready(). */
   ready(): Ready {
-    if (this.outstanding !== null) throw new Error("Raft.ready() called again before advance() of the previous Ready");
+    if (this.outbox.busy) throw new Error("Raft.ready() called again before advance() of the previous Ready");
     this.flushBroadcasts();
-    const hs = this.hardState();
-    const softChanged = this.role !== this.prevSoft.role || this.leaderId !== this.prevSoft.leaderId;
-    const rd: Ready = {
-      hardState: sameHardState(hs, this.prevHardState) ? null : hs,
-      entries: this.log.unstableEntries(),
-      messages: this.messages,
-      committedEntries: this.log.nextCommitted(this.config.maxCommittedBytesPerReady),
-      snapshot: this.snapshotToInstall,
-      readStates: this.readStates,
-      softState: softChanged ? { role: this.role, leaderId: this.leaderId, term: this.term } : null,
-    };
-    this.messages = [];
-    this.readStates = [];
-    this.snapshotToInstall = null;
-    this.prevSoft = { role: this.role, leaderId: this.leaderId };
-    this.outstanding = rd;
-    return rd;
+    return this.outbox.take(this.log, this.hardState(), this.softState(), this.config.maxCommittedBytesPerReady);
   }
 
   /** The driver persisted, sent and applied everything in `rd`. */
   advance(rd: Ready): void {
-    if (rd !== this.outstanding) throw new Error("Raft.advance() must be given the Ready last returned by ready()");
-    this.outstanding = null;
-    if (rd.hardState !== null) this.prevHardState = rd.hardState;
-    // The log may have changed since ready(): an entry still holding the term it had in `rd`
-    // proves (log matching) that everything up to it is what was persisted.
-    for (let i = rd.entries.length - 1; i >= 0; i--) {
-      const e = rd.entries[i] as Entry;
-      if (this.log.term(e.index) === e.term) {
-        if (e.index > this.log.stableIndex) this.log.stableIndex = e.index;
-        break;
-      }
-    }
-    const lastCommitted = rd.committedEntries[rd.committedEntries.length - 1];
-    if (lastCommitted !== undefined && lastCommitted.index > this.log.appliedIndex) this.log.appliedTo(lastCommitted.index);
+    this.outbox.advance(rd, this.log);
     this.replication?.leaderPersisted();
   }
 
@@ -363,6 +304,10 @@ export class Raft {
     return { term: this.term, votedFor: this.votedFor, commitIndex: this.log.commitIndex };
   }
 
+  private softState(): SoftState {
+    return { role: this.role, leaderId: this.leaderId, term: this.term };
+  }
+
   private reset(term: number): void {
     if (this.term !== term) {
       if (term < this.term) throw new Error(`invariant: term moving backwards from ${this.term} to ${term}`);
@@ -376,8 +321,6 @@ export class Raft {
     this.votes.clear();
     this.replication = null;
     this.readOnly.reset();
-    this.deferredReads = [];
-    this.leadTransferee = NONE;
     this.appendBroadcastPending = false;
     this.readBroadcastPending = false;
   }
@@ -442,19 +385,7 @@ export class Raft {
       else this.becomeLeader();
       return;
     }
-    for (const to of this.voters.voters) {
-      if (to === this.id) continue;
-      this.send({
-        type: "RequestVote",
-        from: this.id,
-        to,
-        term: voteTerm,
-        lastLogIndex: this.log.lastIndex(),
-        lastLogTerm: this.log.lastTerm(),
-        preVote: kind === "pre-vote",
-        ...(kind === "transfer" ? { transfer: true } : {}),
-      });
-    }
+    for (const m of voteRequests(this.id, this.voters.voters, voteTerm, this.log, kind)) this.send(m);
   }
 
   private tickElection(): void {
@@ -477,7 +408,7 @@ export class Raft {
           return;
         }
       }
-      this.leadTransferee = NONE; // a transfer not done within an election timeout is abandoned
+      this.leader().abandonTransfer();
     }
     if (this.heartbeatElapsed >= this.config.heartbeatTicks) {
       this.heartbeatElapsed = 0;
@@ -494,19 +425,9 @@ export class Raft {
   // ---- Votes -----------------------------------------------------------------------------------
 
   private handleRequestVote(m: MessageOf<"RequestVote">): void {
-    const canVote =
-      this.votedFor === m.from ||
-      (this.votedFor === NONE && this.leaderId === NONE) ||
-      (m.preVote && m.term > this.term);
-    const granted = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm) && !this.recovery.refusesVote(m, this.log);
-    this.send({
-      type: "RequestVoteResponse",
-      from: this.id,
-      to: m.from,
-      term: granted ? m.term : this.term,
-      voteGranted: granted,
-      preVote: m.preVote,
-    });
+    const granted =
+      grantsVote(m, { term: this.term, votedFor: this.votedFor, leaderId: this.leaderId }, this.log) && !this.recovery.refusesVote(m, this.log);
+    this.send({ type: "RequestVoteResponse", from: this.id, to: m.from, term: granted ? m.term : this.term, voteGranted: granted, preVote: m.preVote });
     if (granted && !m.preVote) {
       this.votedFor = m.from;
       this.electionElapsed = 0;
@@ -514,14 +435,7 @@ export class Raft {
   }
 
   private handleVoteResponse(m: MessageOf<"RequestVoteResponse">): void {
-    // A granted pre-vote counts only for the term this pre-campaign asks about (not an older one).
-    const expected =
-      this.role === "PreCandidate"
-        ? m.preVote && (!m.voteGranted || m.term === this.term + 1)
-        : this.role === "Candidate"
-          ? !m.preVote
-          : false;
-    if (!expected) return;
+    if (!countsVoteResponse(this.role, this.term, m)) return;
     this.votes.set(m.from, m.voteGranted);
     const result = this.voters.voteResult(this.votes);
     if (result === VoteResult.Won) {
@@ -532,76 +446,8 @@ export class Raft {
     }
   }
 
-  /** Tells a stale sender our term so that a deposed leader or pre-candidate learns it at once. */
-  private answerStaleMessage(m: Message): void {
-    if (!(this.config.checkQuorum || this.config.preVote)) return;
-    const base = { from: this.id, to: m.from, term: this.term };
-    if (m.type === "AppendEntries" || m.type === "Heartbeat") {
-      this.send({ ...base, type: "AppendEntriesResponse", success: false, matchIndex: 0, conflictTerm: 0, conflictIndex: 0 });
-    } else if (m.type === "RequestVote" && m.preVote) {
-      this.send({ ...base, type: "RequestVoteResponse", voteGranted: false, preVote: true });
-    } else if (m.type === "InstallSnapshot") {
-      this.send({ ...base, type: "InstallSnapshotResponse", success: false, matchIndex: 0 });
-    }
-  }
-
-  // ---- Follower side of replication ------------------------------------------------------------
-
-  private handleAppendEntries(m: MessageOf<"AppendEntries">): void {
-    this.recovery.heardFromLeader(m);
-    const reply = (success: boolean, matchIndex: number, conflictTerm = 0, conflictIndex = 0) =>
-      this.send({ type: "AppendEntriesResponse", from: this.id, to: m.from, term: this.term, success, matchIndex, conflictTerm, conflictIndex });
-    if (m.prevLogIndex < this.log.commitIndex) {
-      // Everything up to our commitIndex matches the leader's log already (a stale or duplicate append).
-      reply(true, this.log.commitIndex);
-      return;
-    }
-    if (this.log.matchTerm(m.prevLogIndex, m.prevLogTerm)) {
-      const lastNew = this.log.appendFromLeader(m.prevLogIndex, m.entries);
-      this.log.commitTo(Math.min(m.leaderCommit, lastNew));
-      reply(true, lastNew);
-      return;
-    }
-    // Rejected: matchIndex names the rejected prevLogIndex so the leader can spot stale answers.
-    if (m.prevLogIndex > this.log.lastIndex()) {
-      reply(false, m.prevLogIndex, 0, this.log.lastIndex() + 1);
-      return;
-    }
-    const conflictTerm = this.log.term(m.prevLogIndex);
-    if (conflictTerm === undefined) throw new Error(`invariant: no term for index ${m.prevLogIndex} >= commitIndex ${this.log.commitIndex}`);
-    let conflictIndex = m.prevLogIndex;
-    while (conflictIndex - 1 > this.log.commitIndex && this.log.term(conflictIndex - 1) === conflictTerm) conflictIndex--;
-    reply(false, m.prevLogIndex, conflictTerm, conflictIndex);
-  }
-
-  private handleHeartbeat(m: MessageOf<"Heartbeat">): void {
-    if (m.commitIndex > this.log.lastIndex()) {
-      // A heartbeat's commitIndex is capped by what the leader counts as ours, which is only
-      // what we acknowledged in this term: our log lost durable entries (wiped or truncated).
-      // Report our real end (conflictIndex 0 marks a report, not an answer) so the leader probes.
-      this.send({ type: "AppendEntriesResponse", from: this.id, to: m.from, term: this.term, success: false, matchIndex: this.log.lastIndex(), conflictTerm: 0, conflictIndex: 0 });
-    }
-    this.log.commitTo(Math.min(m.commitIndex, this.log.lastIndex()));
-    this.send({ type: "HeartbeatResponse", from: this.id, to: m.from, term: this.term, readContext: m.readContext });
-  }
-
-  private handleInstallSnapshot(m: MessageOf<"InstallSnapshot">): void {
-    const reply = (matchIndex: number) =>
-      this.send({ type: "InstallSnapshotResponse", from: this.id, to: m.from, term: this.term, success: true, matchIndex });
-    if (m.snapshot.index <= this.log.commitIndex) {
-      // Already have it (acceptSnapshot said no, so the state machine was not touched).
-      reply(this.log.commitIndex);
-      return;
-    }
-    if (!this.snapshotNeedsRestore(m.snapshot)) {
-      // Our log holds the snapshot's last entry: it is committed, so just fast-forward.
-      this.log.commitTo(m.snapshot.index);
-      reply(m.snapshot.index);
-      return;
-    }
-    this.log.restore(m.snapshot);
-    this.snapshotToInstall = { index: m.snapshot.index, term: m.snapshot.term, members: [...m.snapshot.members] };
-    reply(m.snapshot.index);
+  private followerContext(): FollowerContext {
+    return { id: this.id, term: this.term, log: this.log, send: (m) => this.send(m) };
   }
 
   // ---- Leader side (replication itself is in replication.ts) -----------------------------------
@@ -622,11 +468,7 @@ export class Raft {
 
   /** commitIndex advanced: reads held back until this term committed an entry may now go ahead. */
   private committed(firstOfTerm: boolean): void {
-    if (firstOfTerm && this.deferredReads.length > 0) {
-      for (const context of this.deferredReads) this.readOnly.add(context, this.log.commitIndex);
-      this.deferredReads = [];
-      this.readBroadcastPending = true;
-    }
+    if (firstOfTerm && this.readOnly.addDeferred(this.log.commitIndex)) this.readBroadcastPending = true;
   }
 
   private committedInCurrentTerm(): boolean {
@@ -645,30 +487,19 @@ export class Raft {
     }
   }
 
-  private handleAppendResponse(m: MessageOf<"AppendEntriesResponse">): void {
-    if (!this.leader().handleAppendResponse(m)) return;
-    if (m.from === this.leadTransferee && this.leader().progressOf(m.from).matchIndex === this.log.lastIndex()) {
-      this.send({ type: "TimeoutNow", from: this.id, to: m.from, term: this.term });
-    }
-  }
-
   private handleHeartbeatResponse(m: MessageOf<"HeartbeatResponse">): void {
     this.leader().handleHeartbeatResponse(m);
     if (m.readContext > 0) {
       const confirmed = this.readOnly.ack(m.from, m.readContext, (acked) =>
         this.voters.committedIndex((id) => (id === this.id ? Number.MAX_SAFE_INTEGER : (acked.get(id) ?? 0))),
       );
-      for (const rs of confirmed) this.readStates.push(rs);
+      for (const rs of confirmed) this.outbox.readStates.push(rs);
     }
   }
 
   private send(m: Message): void {
-    this.messages.push(m);
+    this.outbox.messages.push(m);
   }
-}
-
-function sameHardState(a: HardState, b: HardState): boolean {
-  return a.term === b.term && a.votedFor === b.votedFor && a.commitIndex === b.commitIndex;
 }
 
 function assertNever(x: never): never {

@@ -17,6 +17,8 @@ interface PendingRead {
  */
 export class ReadOnly {
   private pending: PendingRead[] = [];
+  /** Reads that arrived before this leader committed an entry of its term (§6.4): no index yet. */
+  private deferred: number[] = [];
   private round = 0;
   /** Highest round each voter has acknowledged. */
   private acked = new Map<NodeId, number>();
@@ -24,7 +26,7 @@ export class ReadOnly {
   constructor(private readonly maxPending: number) {}
 
   get size(): number {
-    return this.pending.length;
+    return this.pending.length + this.deferred.length;
   }
 
   /** The newest round to put in heartbeats (0 when no read waits). */
@@ -33,7 +35,20 @@ export class ReadOnly {
   }
 
   full(): boolean {
-    return this.pending.length >= this.maxPending;
+    return this.size >= this.maxPending;
+  }
+
+  /** Holds a read until the leader's commitIndex is known to be current (see addDeferred). */
+  defer(context: number): void {
+    this.deferred.push(context);
+  }
+
+  /** The first entry of the leader's term committed: deferred reads register at `index`. */
+  addDeferred(index: number): boolean {
+    if (this.deferred.length === 0) return false;
+    for (const context of this.deferred) this.add(context, index);
+    this.deferred = [];
+    return true;
   }
 
   /** Registers a read; returns its round, which the caller broadcasts in a heartbeat. */
@@ -64,6 +79,7 @@ export class ReadOnly {
   /** Drops all reads (on losing leadership: their callers must retry elsewhere). */
   reset(): void {
     this.pending = [];
+    this.deferred = [];
     this.acked.clear();
   }
 }

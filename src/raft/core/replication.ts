@@ -4,7 +4,7 @@
 import { Progress } from "./progress.ts";
 import type { MajorityConfig } from "./quorum.ts";
 import type { RaftLog } from "./raft-log.ts";
-import type { Message, NodeId } from "../types.ts";
+import { NONE, type Message, type NodeId } from "../types.ts";
 
 type MessageOf<T extends Message["type"]> = Extract<Message, { type: T }>;
 
@@ -30,6 +30,8 @@ export interface ReplicationContext {
 
 export class Replication {
   private readonly progress = new Map<NodeId, Progress>();
+  /** The voter leadership is being handed to (§3.10 of the thesis), or NONE. */
+  private transferee: NodeId = NONE;
 
   constructor(private readonly ctx: ReplicationContext) {
     const last = ctx.log.lastIndex();
@@ -75,18 +77,35 @@ export class Replication {
     if (this.progressOf(this.ctx.id).maybeUpdate(this.ctx.log.stableIndex)) this.maybeCommit();
   }
 
-  unreachable(to: NodeId): void {
-    const pr = this.progress.get(to);
-    if (pr === undefined) return;
-    if (pr.state === "replicate") pr.becomeProbe();
-  }
-
   snapshotReported(to: NodeId, success: boolean): void {
     const pr = this.progress.get(to);
     if (pr === undefined || pr.state !== "snapshot") return;
     if (!success) pr.pendingSnapshot = 0;
     pr.becomeProbe();
     pr.probeSent = true; // wait for the next heartbeat's answer before probing again
+  }
+
+  // ---- leadership transfer ---------------------------------------------------------------------
+
+  get leadTransferee(): NodeId {
+    return this.transferee;
+  }
+
+  /** Brings `to` up to date, then sends it TimeoutNow; proposals are refused meanwhile. */
+  transferTo(to: NodeId): void {
+    if (to === this.ctx.id || this.transferee === to) return;
+    this.transferee = to;
+    if (this.progressOf(to).matchIndex === this.ctx.log.lastIndex()) this.sendTimeoutNow(to);
+    else this.sendAppend(to);
+  }
+
+  /** A transfer not done within an election timeout is abandoned. */
+  abandonTransfer(): void {
+    this.transferee = NONE;
+  }
+
+  private sendTimeoutNow(to: NodeId): void {
+    this.ctx.send({ type: "TimeoutNow", from: this.ctx.id, to, term: this.ctx.term });
   }
 
   // ---- sending ---------------------------------------------------------------------------------
@@ -139,28 +158,28 @@ export class Replication {
 
   // ---- answers ---------------------------------------------------------------------------------
 
-  /** True when the answer moved the follower's matchIndex forward. */
-  handleAppendResponse(m: MessageOf<"AppendEntriesResponse">): boolean {
+  /** Handles a follower's answer (and completes a transfer to it once it has caught up). */
+  handleAppendResponse(m: MessageOf<"AppendEntriesResponse">): void {
     const log = this.ctx.log;
     const pr = this.progressOf(m.from);
     pr.recentActive = true;
     if (!m.success) {
-      // conflictIndex 0: not an answer to an append but a report of lost entries (raft.ts handleHeartbeat).
+      // conflictIndex 0: not an answer to an append but a report of lost entries (follower.ts handleHeartbeat).
       if (m.conflictIndex === 0) {
         if (pr.lostEntries(m.matchIndex)) this.sendAppend(m.from);
-        return false;
+        return;
       }
       if (pr.maybeDecreaseTo(m.matchIndex, this.nextIndexHint(m))) {
         if (pr.state === "replicate") pr.becomeProbe();
         this.sendAppend(m.from);
       }
-      return false;
+      return;
     }
     if (m.matchIndex > log.lastIndex()) {
       throw new Error(`invariant: follower ${m.from} acknowledged index ${m.matchIndex} beyond leader's last index ${log.lastIndex()}`);
     }
     const wasPaused = pr.isPaused();
-    if (!pr.maybeUpdate(m.matchIndex)) return false;
+    if (!pr.maybeUpdate(m.matchIndex)) return;
     if (pr.state === "probe") pr.becomeReplicate();
     else if (pr.state === "snapshot" && pr.matchIndex >= pr.pendingSnapshot) pr.becomeReplicate();
     else if (pr.state === "replicate") pr.inflights.freeLE(pr.matchIndex);
@@ -170,7 +189,7 @@ export class Replication {
     this.maybeCommit();
     if (wasPaused) this.sendAppend(m.from);
     this.fillWindow(m.from);
-    return true;
+    if (m.from === this.transferee && pr.matchIndex === log.lastIndex()) this.sendTimeoutNow(m.from);
   }
 
   /** The follower is alive: resume a stalled probe or window (read confirmation is the caller's). */

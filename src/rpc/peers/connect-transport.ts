@@ -1,24 +1,16 @@
 // The production Raft Transport: one long-lived client-streaming call per peer (RaftService/Stream,
 // see peer-link.ts) carries every batch of messages as one frame; InstallSnapshot streams on its
-// own call; unary Send is the fallback for peers without Stream. Everything is bounded per peer: a
-// message that cannot go out now is dropped (Raft retransmits), never queued without limit. Also
-// serves the receiving side (raftpb.RaftService).
+// own call. Everything is bounded per peer: a message that cannot go out now is dropped (Raft
+// retransmits), never queued without limit. Also serves the receiving side (raftpb.RaftService).
 
 import { Code, ConnectError, createClient, type Client, type ConnectRouter } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { create } from "@bufbuild/protobuf";
-import {
-  MessageBatchSchema,
-  RaftService,
-  SnapshotChunkSchema,
-  type Message as WireMessage,
-  type SnapshotChunk,
-} from "../../gen/raftpb/raft_pb.ts";
+import { RaftService, SnapshotChunkSchema, type Message as WireMessage, type SnapshotChunk } from "../../gen/raftpb/raft_pb.ts";
 import type { Message, NodeId, Transport, TransportHandler } from "../../raft/types.ts";
-import { RaftCodecError, decodeMessage, encodeMessage } from "./raft-codec.ts";
+import { RaftCodecError, batchFieldBytes, decodeBatchBytes, decodeMessage, encodeBatchBytes, encodeMessage, encodeMessageBytes } from "./raft-codec.ts";
 import { PeerLink, PeerLinkError } from "./peer-link.ts";
 import { frameRoutesOf } from "../server/frame-lane.ts";
-import { type PreparedMessage, batchFieldBytes, decodeBatchBytes, decodeMessageBytes, encodeBatchFrame, prepareMessage } from "./raft-wire.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -28,16 +20,10 @@ export interface ConnectTransportOptions {
   id: NodeId;
   /** Base URL of every peer, e.g. { 1: "http://localhost:5002" }. This node's own entry is ignored. */
   peers: ReadonlyMap<NodeId, string> | Readonly<Record<number, string>>;
-  /** Send RPCs in flight per peer before further batches to it are dropped (unary fallback). */
-  maxInflightPerPeer?: number;
   /** Bytes waiting for a peer's stream (connecting, or behind flow control) before frames are dropped. */
   maxQueuedBytesPerPeer?: number;
   /** A batch to one peer is cut into frames of about this many bytes (the receiver's readMaxBytes bounds one frame). */
   maxFrameBytes?: number;
-  /** Use the long-lived Stream call (default true); false sends every batch as a unary Send. */
-  streaming?: boolean;
-  /** Deadline of one Send RPC; frees its in-flight slot when a peer hangs. */
-  sendTimeoutMs?: number;
   /** Largest slice of snapshot data per streamed message (bigger chunks are split). */
   snapshotChunkBytes?: number;
   /** Per-message limit for incoming peer messages (a batch of AppendEntries, a snapshot chunk). */
@@ -51,16 +37,11 @@ interface Peer {
   url: string;
   session: Http2SessionManager;
   client: Client<typeof RaftService>;
-  /** The message stream; null when streaming is off. */
-  link: PeerLink | null;
-  /** Until this time (ms, performance.now) batches use unary Send: the peer has no Stream route. */
-  unaryUntil: number;
-  inflight: number;
+  /** The message stream. */
+  link: PeerLink;
   lastError: string | null;
 }
 
-/** How long a peer that answered Stream with "unimplemented" is sent unary calls before trying again. */
-const UNARY_FALLBACK_MS = 60_000;
 const STREAM_PATH = `/${RaftService.typeName}/${RaftService.method.stream.name}`;
 
 /** Counters for observability and tests. */
@@ -76,18 +57,14 @@ export class ConnectTransport implements Transport {
   private readonly abort = new AbortController();
   private handler: TransportHandler | null = null;
   private closed = false;
-  private readonly maxInflight: number;
   private readonly maxFrameBytes: number;
-  private readonly sendTimeoutMs: number;
   private readonly chunkBytes: number;
   private readonly readMaxBytes: number;
   readonly stats: TransportStats = { sentBatches: 0, sentMessages: 0, droppedMessages: 0, failedBatches: 0 };
 
   constructor(private readonly options: ConnectTransportOptions) {
-    this.maxInflight = options.maxInflightPerPeer ?? 32;
     this.maxFrameBytes = options.maxFrameBytes ?? 4 * 1024 * 1024;
     const maxQueuedBytes = options.maxQueuedBytesPerPeer ?? 16 * 1024 * 1024;
-    this.sendTimeoutMs = options.sendTimeoutMs ?? 5_000;
     this.chunkBytes = options.snapshotChunkBytes ?? 1024 * 1024;
     this.readMaxBytes = options.readMaxBytes ?? DEFAULT_RAFT_READ_MAX_BYTES;
     if (this.chunkBytes + 1024 > this.readMaxBytes) {
@@ -112,26 +89,24 @@ export class ConnectTransport implements Transport {
         writeMaxBytes: this.readMaxBytes,
         acceptCompression: [],
       });
-      const peer: Peer = { id, url, session, client: createClient(RaftService, transport), link: null, unaryUntil: 0, inflight: 0, lastError: null };
-      if (options.streaming !== false) {
-        peer.link = new PeerLink({
-          url,
-          path: STREAM_PATH,
-          maxQueuedBytes,
-          pingIntervalMs: 5_000,
-          pingTimeoutMs: 5_000,
-          backoffMinMs: 20,
-          backoffMaxMs: 1_000,
-          onError: (error) => this.linkFailed(peer, error),
-        });
-      }
+      const peer: Peer = { id, url, session, client: createClient(RaftService, transport), link: null!, lastError: null };
+      peer.link = new PeerLink({
+        url,
+        path: STREAM_PATH,
+        maxQueuedBytes,
+        pingIntervalMs: 5_000,
+        pingTimeoutMs: 5_000,
+        backoffMinMs: 20,
+        backoffMaxMs: 1_000,
+        onError: (error) => this.linkFailed(peer, error),
+      });
       this.peers.set(id, peer);
     }
   }
 
   /**
-   * Groups messages per destination and sends each group as one frame on the peer's stream (or one
-   * unary Send), without waiting. Never throws: an unencodable message is dropped and logged.
+   * Groups messages per destination and sends each group as one frame on the peer's stream,
+   * without waiting. Never throws: an unencodable message is dropped and logged.
    */
   send(messages: Message[]): void {
     if (this.closed) return;
@@ -145,21 +120,14 @@ export class ConnectTransport implements Transport {
       if (group === undefined) groups.set(message.to, [message]);
       else group.push(message);
     }
-    for (const [id, group] of groups) {
-      const peer = this.peers.get(id)!;
-      if (peer.link !== null && performance.now() >= peer.unaryUntil) this.streamBatch(peer.link, group);
-      else {
-        const wires = this.encodeAll(group, encodeMessage);
-        if (wires.length > 0) this.sendBatch(peer, wires);
-      }
-    }
+    for (const [id, group] of groups) this.streamBatch(this.peers.get(id)!.link, group);
   }
 
-  private encodeAll<T>(messages: Message[], encode: (m: Message) => T): T[] {
-    const out: T[] = [];
+  private encodeAll(messages: Message[]): Uint8Array[] {
+    const out: Uint8Array[] = [];
     for (const message of messages) {
       try {
-        out.push(encode(message));
+        out.push(encodeMessageBytes(message));
       } catch (error) {
         this.stats.droppedMessages++;
         console.error(`kvraft transport: dropping unencodable ${message.type} to ${message.to}: ${(error as Error).message}`);
@@ -170,7 +138,7 @@ export class ConnectTransport implements Transport {
 
   /** One frame per group (cut at maxFrameBytes), written onto the peer's open stream. */
   private streamBatch(link: PeerLink, group: Message[]): void {
-    const prepared = this.encodeAll(group, prepareMessage);
+    const prepared = this.encodeAll(group);
     let start = 0;
     while (start < prepared.length) {
       let end = start;
@@ -179,8 +147,8 @@ export class ConnectTransport implements Transport {
         bytes += batchFieldBytes(prepared[end]!);
         end++;
       }
-      const part: PreparedMessage[] = start === 0 && end === prepared.length ? prepared : prepared.slice(start, end);
-      if (link.write(encodeBatchFrame(part))) {
+      const part = start === 0 && end === prepared.length ? prepared : prepared.slice(start, end);
+      if (link.write(envelope(encodeBatchBytes(part)))) {
         this.stats.sentBatches++;
         this.stats.sentMessages += part.length;
       } else {
@@ -192,42 +160,14 @@ export class ConnectTransport implements Transport {
 
   private linkFailed(peer: Peer, error: PeerLinkError): void {
     this.stats.failedBatches++;
-    if (error.code === "unimplemented") {
-      if (peer.unaryUntil === 0) console.error(`kvraft transport: peer ${peer.id} at ${peer.url} has no Stream route; using unary Send`);
-      peer.unaryUntil = performance.now() + UNARY_FALLBACK_MS;
-    }
     this.noteError(peer, new ConnectError(error.message, codeOf(error.code)));
-  }
-
-  private sendBatch(peer: Peer, batch: WireMessage[]): void {
-    if (peer.inflight >= this.maxInflight) {
-      this.stats.droppedMessages += batch.length;
-      return;
-    }
-    peer.inflight++;
-    this.stats.sentBatches++;
-    this.stats.sentMessages += batch.length;
-    peer.client
-      .send(create(MessageBatchSchema, { messages: batch }), { signal: this.abort.signal, timeoutMs: this.sendTimeoutMs })
-      .then(
-        () => {
-          peer.lastError = null;
-        },
-        (error: unknown) => {
-          this.stats.failedBatches++;
-          this.noteError(peer, error);
-        },
-      )
-      .finally(() => {
-        peer.inflight--;
-      });
   }
 
   /** Network faults are normal (a peer is down); configuration errors are worth one line each time they change. */
   private noteError(peer: Peer, error: unknown): void {
     const connectError = ConnectError.from(error);
     const text = `${Code[connectError.code]}: ${connectError.rawMessage}`;
-    if (connectError.code === Code.FailedPrecondition && peer.lastError !== text) {
+    if ((connectError.code === Code.FailedPrecondition || connectError.code === Code.Unimplemented) && peer.lastError !== text) {
       console.error(`kvraft transport: peer ${peer.id} at ${peer.url} refused messages: ${connectError.rawMessage}`);
     }
     peer.lastError = text;
@@ -276,13 +216,9 @@ export class ConnectTransport implements Transport {
     router.service(
       RaftService,
       {
-        send: (batch) => {
-          this.deliver(batch.messages);
-          return {};
-        },
-        stream: async (frames) => {
+        stream: async (batches) => {
           // Lives as long as the sender's link; ends when the sender half-closes (or on a bad message).
-          for await (const frame of frames) this.deliverBytes(frame.messages);
+          for await (const batch of batches) this.deliver(batch.messages);
           return {};
         },
         installSnapshot: async (requests) => {
@@ -326,11 +262,7 @@ export class ConnectTransport implements Transport {
     this.hand(wires.map((wire) => this.decodeForMe(() => decodeMessage(wire))));
   }
 
-  private deliverBytes(encoded: Uint8Array[]): void {
-    this.hand(encoded.map((bytes) => this.decodeForMe(() => decodeMessageBytes(bytes))));
-  }
-
-  /** One MessageFrames payload, decoded in place. */
+  /** One MessageBatch payload, decoded in place. */
   private deliverFrame(payload: Uint8Array): void {
     let messages: Message[];
     try {
@@ -371,7 +303,7 @@ export class ConnectTransport implements Transport {
     this.closed = true;
     this.abort.abort(new Error("transport closed"));
     for (const peer of this.peers.values()) {
-      peer.link?.close();
+      peer.link.close();
       peer.session.abort();
     }
   }
@@ -382,4 +314,12 @@ function codeOf(name: string): Code {
   const key = (camel.charAt(0).toUpperCase() + camel.slice(1)) as keyof typeof Code;
   const code = Code[key];
   return typeof code === "number" ? code : Code.Unknown;
+}
+
+/** A Connect envelope (flags 0, big-endian length) around one message. */
+function envelope(payload: Uint8Array): Uint8Array {
+  const out = new Uint8Array(5 + payload.length);
+  new DataView(out.buffer).setUint32(1, payload.length);
+  out.set(payload, 5);
+  return out;
 }

@@ -4,10 +4,13 @@
 // Numbers: the core uses JS numbers, the wire uses uint64 (bigint in protobuf-es). Values are
 // written as their 64-bit two's complement, so a negative sentinel (NONE = -1) survives a round
 // trip; anything outside the safe-integer range on the way in is rejected with a RaftCodecError.
+// This is the only Raft message encoding (the peer stream, InstallSnapshot headers, tests).
 
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import {
   EntrySchema,
+  MessageBatchSchema,
   EntryType as WireEntryType,
   MessageSchema,
   MessageType as WireMessageType,
@@ -83,10 +86,7 @@ function decodeSnapshotMeta(meta: WireSnapshotMeta | undefined): SnapshotMeta {
   };
 }
 
-/**
- * The flat form of raftpb.Message with JS numbers: what both encodings (protobuf-es objects here,
- * hand-written bytes in raft-wire.ts) map to and from, so the meaning of each field lives in one place.
- */
+/** The flat form of raftpb.Message with JS numbers: the meaning of each wire field lives here. */
 export interface FlatMessage {
   type: WireMessageType;
   from: number;
@@ -279,4 +279,44 @@ export function decodeMessage(wire: WireMessage): Message {
     readContext: num(wire.readContext, "readContext"),
     snapshot: wire.snapshot === undefined ? undefined : decodeSnapshotMeta(wire.snapshot),
   });
+}
+
+/** Core message → raftpb.Message bytes. Throws RaftCodecError only for numbers that are not safe integers. */
+export function encodeMessageBytes(message: Message): Uint8Array {
+  return toBinary(MessageSchema, encodeMessage(message));
+}
+
+/**
+ * Encoded messages (from encodeMessageBytes) → one raftpb.MessageBatch: a batch is the
+ * concatenation of its messages as field 1, so a sender can size and cut frames per message.
+ */
+export function encodeBatchBytes(messages: readonly Uint8Array[]): Uint8Array {
+  const writer = new BinaryWriter();
+  for (const bytes of messages) writer.tag(1, WireType.LengthDelimited).bytes(bytes);
+  return writer.finish();
+}
+
+/** Bytes one encoded message adds to a batch (tag, length, message). */
+export function batchFieldBytes(bytes: Uint8Array): number {
+  return 1 + varintBytes(bytes.length) + bytes.length;
+}
+
+function varintBytes(n: number): number {
+  let size = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 0x80);
+    size++;
+  }
+  return size;
+}
+
+/** raftpb.MessageBatch bytes → core messages. Throws RaftCodecError for bytes that are not a valid batch. */
+export function decodeBatchBytes(bytes: Uint8Array): Message[] {
+  let batch;
+  try {
+    batch = fromBinary(MessageBatchSchema, bytes);
+  } catch (error) {
+    throw new RaftCodecError(`raft message batch is not valid protobuf: ${(error as Error).message}`);
+  }
+  return batch.messages.map(decodeMessage);
 }

@@ -40,8 +40,10 @@ export interface RpcServerOptions {
   /** Concurrent calls per HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS). */
   maxStreamsPerConnection?: number;
   /**
-   * Answer plain Connect unary calls over HTTP/1.1 in the server's own lane instead of node:http
-   * and the universal handler (default true; false sends every HTTP/1.1 connection to node:http).
+   * The fast lanes (default true): plain Connect unary calls over HTTP/1.1 answered in the
+   * server's own lane (http1-lane.ts), and frame routes read straight off HTTP/2 streams
+   * (frame-lane.ts). False sends every call through node:http / node:http2 and the Connect
+   * adapter (kvserver --no-fast-lane; `bun bench cluster --no-fast-lane` measures the difference).
    */
   fastLane?: boolean;
   /** An HTTP/1.1 connection of the fast lane with no call running is closed after this long quiet. */
@@ -146,7 +148,7 @@ export class RpcServer {
       socket.destroy();
     });
     const h2 = http2.createServer({ settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 256 } }, handle);
-    if (frames.size > 0) routeFrameStreams(h2, frames, shutdown.signal);
+    if (frames.size > 0 && options.fastLane !== false) routeFrameStreams(h2, frames, shutdown.signal);
     const tcp = net.createServer();
     tcp.maxConnections = options.maxConnections ?? 4096;
 

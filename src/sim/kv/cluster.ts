@@ -9,7 +9,7 @@ import { checkHistory, type CheckResult, type Operation } from "../check/index.t
 import { MemoryLogStore, SimClock, NodeSimNetwork } from "../raft-node/index.ts";
 import { Rng } from "../../util/rng.ts";
 import { crc32cUpdate } from "../../util/crc32c.ts";
-import { KVError } from "../../kv/errors.ts";
+import { InvalidArgumentError, KVError } from "../../kv/errors.ts";
 import { KVServer, type CommandArgs, type CommandReply, type KVLimits, type KVOp, type KVStateOptions } from "../../kv/server.ts";
 
 /** How long a simulated client waits for a lost request or reply before trying again. */
@@ -276,7 +276,7 @@ export class KvSimCluster {
     try {
       reply = await this.atServer(delay, args.clientId, () => this.servers[i]?.command(args) ?? null);
     } catch (error) {
-      if (error instanceof KVError && error.code !== "invalid_argument") reply = null;
+      if (error instanceof KVError && !(error instanceof InvalidArgumentError)) reply = null;
       else throw error;
     }
     if (reply === null || (this.unreliable && rng.chance(0.1))) {

@@ -1,0 +1,173 @@
+// Moving a snapshot between an LSM and a chunk stream: reading one out of a consistent LSM snapshot
+// (released exactly once), and filling a fresh LSM from one in batches of about one chunk.
+import type { BatchOp, DB, DBIteratorOptions } from "../lsm/index.ts";
+import type { NodeId, SnapshotMeta } from "../raft/index.ts";
+import { KVCorruptionError } from "./errors.ts";
+import {
+  APPLIED_KEY,
+  KEY_COUNT_KEY,
+  MEMBERS_KEY,
+  SESSION_END,
+  SESSION_PREFIX,
+  USER_END,
+  USER_START,
+  decodeApplied,
+  decodeMembers,
+  encodeApplied,
+  encodeKeyCount,
+  encodeMembers,
+  sessionKey,
+  userKeyFromBytes,
+} from "./keys.ts";
+import { decodeSession, encodeSession, type Session } from "./sessions.ts";
+import { SNAPSHOT_FORMAT_VERSION, decodeSnapshot, encodeSnapshot } from "./snapshot-stream.ts";
+
+/** The state of `db` as one snapshot stream; everything, the applied index included, from one LSM snapshot. */
+export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: number): { meta: SnapshotMeta; chunks: AsyncIterable<Uint8Array> } {
+  const snap = db.snapshot();
+  let handedOver = false;
+  try {
+    const appliedRecord = db.getSync(APPLIED_KEY, { snapshot: snap });
+    const { index, term } = appliedRecord ? decodeApplied(appliedRecord) : { index: 0, term: 0 };
+    const membersRecord = db.getSync(MEMBERS_KEY, { snapshot: snap });
+    const members = membersRecord ? decodeMembers(membersRecord) : [...fallbackMembers];
+    const meta: SnapshotMeta = { index, term, members };
+    const header = { version: SNAPSHOT_FORMAT_VERSION, index, term, members };
+    async function* sessions(): AsyncGenerator<Session> {
+      for await (const [key, value] of scan(db, { gte: SESSION_PREFIX, lt: SESSION_END, snapshot: snap })) {
+        yield decodeSession(clientIdOfSessionKey(key), value);
+      }
+    }
+    async function* pairs(): AsyncGenerator<[Uint8Array, Uint8Array]> {
+      for await (const [key, value] of scan(db, { gte: USER_START, lt: USER_END, snapshot: snap })) {
+        yield [key.subarray(1), value];
+      }
+    }
+    handedOver = true;
+    return { meta, chunks: releasingStream(encodeSnapshot(header, sessions(), pairs(), chunkBytes), () => snap.release()) };
+  } finally {
+    // The stream owns the LSM snapshot from here; it releases it when finished or abandoned.
+    if (!handedOver) snap.release();
+  }
+}
+
+/** Writes a snapshot stream into an empty database; throws (leaving it partial) on any defect. */
+export async function fillFromSnapshot(
+  db: DB,
+  meta: SnapshotMeta,
+  chunks: AsyncIterable<Uint8Array>,
+  maxBatchBytes: number,
+  closing: () => boolean,
+): Promise<void> {
+  let batch: BatchOp[] = [];
+  let batchBytes = 0;
+  let complete = false;
+  let keys = 0;
+  for await (const record of decodeSnapshot(chunks)) {
+    if (closing()) throw new Error("snapshot install abandoned: the state machine is closing");
+    switch (record.type) {
+      case "header":
+        if (record.header.index !== meta.index || record.header.term !== meta.term) {
+          throw new KVCorruptionError(
+            `snapshot stream is of index ${record.header.index} term ${record.header.term}, but the install asked for index ${meta.index} term ${meta.term}`,
+          );
+        }
+        break;
+      case "sessions":
+        for (const s of record.sessions) batch.push({ type: "put", key: sessionKey(s.clientId), value: encodeSession(s) });
+        batchBytes += record.sessions.length * 32;
+        break;
+      case "pairs":
+        for (const [key, value] of record.pairs) {
+          batch.push({ type: "put", key: userKeyFromBytes(key), value });
+          batchBytes += key.length + value.length + 1;
+        }
+        keys += record.pairs.length;
+        break;
+      case "trailer":
+        complete = true;
+        break;
+    }
+    if (batchBytes >= maxBatchBytes) {
+      await db.write(batch);
+      batch = [];
+      batchBytes = 0;
+    }
+  }
+  if (!complete) throw new KVCorruptionError("snapshot stream ended without a trailer");
+  batch.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(meta.index, meta.term) });
+  batch.push({ type: "put", key: MEMBERS_KEY, value: encodeMembers(meta.members) });
+  batch.push({ type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(keys) });
+  await db.write(batch);
+}
+
+/** Counts the user keys of `db` (once, for a state written before the key count was kept). */
+export async function countUserKeys(db: DB): Promise<number> {
+  let keys = 0;
+  for await (const _ of scan(db, { gte: USER_START, lt: USER_END })) keys++;
+  return keys;
+}
+
+/** Every session record of `db`. */
+export async function loadSessions(db: DB): Promise<Session[]> {
+  const loaded: Session[] = [];
+  for await (const [key, value] of db.iterator({ gte: SESSION_PREFIX, lt: SESSION_END })) {
+    loaded.push(decodeSession(clientIdOfSessionKey(key), value));
+  }
+  return loaded;
+}
+
+/**
+ * Wraps a stream so `release` runs exactly once when it ends, fails, or is abandoned through
+ * return() — even before the first next(), when a generator's own `finally` would never run.
+ */
+function releasingStream(inner: AsyncGenerator<Uint8Array>, release: () => void): AsyncIterableIterator<Uint8Array> {
+  let released = false;
+  const once = (): void => {
+    if (!released) {
+      released = true;
+      release();
+    }
+  };
+  return {
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    async next(): Promise<IteratorResult<Uint8Array>> {
+      try {
+        const result = await inner.next();
+        if (result.done) once();
+        return result;
+      } catch (error) {
+        once();
+        throw error;
+      }
+    },
+    async return(): Promise<IteratorResult<Uint8Array>> {
+      try {
+        await inner.return(undefined);
+      } finally {
+        once();
+      }
+      return { done: true, value: undefined };
+    },
+  };
+}
+
+/**
+ * Entries of a range one at a time. (The LSM iterator's `for await` reads ahead a batch of
+ * entries; with large values that batch, not the chunk size, would bound a snapshot's memory.)
+ */
+async function* scan(db: DB, options: DBIteratorOptions): AsyncGenerator<[Uint8Array, Uint8Array]> {
+  const iterator = db.iterator(options);
+  try {
+    for (let entry = iterator.read(); entry !== undefined; entry = iterator.read()) yield entry;
+  } finally {
+    iterator.close();
+  }
+}
+
+function clientIdOfSessionKey(key: Uint8Array): bigint {
+  if (key.length !== SESSION_PREFIX.length + 8) throw new KVCorruptionError(`session key of ${key.length} bytes, expected ${SESSION_PREFIX.length + 8}`);
+  return new DataView(key.buffer, key.byteOffset, key.byteLength).getBigInt64(SESSION_PREFIX.length, false);
+}

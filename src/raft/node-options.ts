@@ -1,0 +1,113 @@
+// RaftNode's options with their defaults, the status it reports, and the core's RaftConfig built
+// from them: everything a caller tunes about a node, in one place.
+
+import type { Clock } from "./clock.ts";
+import type { RaftConfig } from "./core/raft.ts";
+import type { LogStore, NodeId, RaftRole, StateMachine, Transport } from "./types.ts";
+
+export interface RaftNodeOptions {
+  id: NodeId;
+  peers: NodeId[];
+  logStore: LogStore;
+  transport: Transport;
+  stateMachine: StateMachine;
+  /** Default RealClock. */
+  clock?: Clock;
+  /** Default 50. */
+  tickMs?: number;
+  /** Default 10. */
+  electionTicks?: number;
+  /**
+   * Default 2: with the 50 ms tick a heartbeat every 100 ms (etcd's default) against a 500–1000 ms
+   * election timeout. Heartbeats are most of an idle cluster's CPU; reads send their own at once.
+   */
+  heartbeatTicks?: number;
+  /** Seed of the election-timeout Rng (default: random; give one in simulations). */
+  seed?: number;
+  /** Default true. */
+  preVote?: boolean;
+  /** Default true. */
+  checkQuorum?: boolean;
+  /** Default 64. */
+  maxInflight?: number;
+  /** Default 1 MiB. */
+  maxBytesPerAppend?: number;
+  /** Uncommitted entries before propose fails with BackpressureError (default 10 000). */
+  maxPendingProposals?: number;
+  /** A single command above this is refused with EntryTooLargeError (default 8 MiB). */
+  maxEntryBytes?: number;
+  /** Compact the log when (durable applied index − compaction point) exceeds this (default 10 000). */
+  snapshotThreshold?: number;
+  /** Default 1 MiB. */
+  snapshotChunkBytes?: number;
+  /** A readIndex() not served within this rejects with ReadIndexTimeoutError (default 3 election timeouts). */
+  readTimeoutMs?: number;
+  /** Called once if the node stops on a fatal error (disk failure, invariant violation). */
+  onFatal?: (error: Error) => void;
+  /** This node may have lost durable state it acknowledged: it votes only once caught up (core/recovery.ts). */
+  recovering?: boolean;
+}
+
+export interface RaftNodeStatus {
+  id: NodeId;
+  role: RaftRole;
+  term: number;
+  leaderId: NodeId;
+  commitIndex: number;
+  /** The state machine's applied index. */
+  lastApplied: number;
+  /** The log's compaction point. */
+  snapshotIndex: number;
+  firstIndex: number;
+  lastIndex: number;
+  members: NodeId[];
+  logBytes: number;
+  pendingReads: number;
+  snapshotsSent: number;
+  snapshotsReceived: number;
+  stopped: boolean;
+  /** The fatal error that stopped the node, if any. */
+  fatal: string | null;
+  /** Why the node does not vote yet ("" when it does): recovering lost durable state. */
+  recovering: string;
+}
+
+export const DEFAULTS = {
+  tickMs: 50,
+  electionTicks: 10,
+  heartbeatTicks: 2,
+  maxInflight: 64,
+  maxBytesPerAppend: 1024 * 1024,
+  maxPendingProposals: 10_000,
+  maxEntryBytes: 8 * 1024 * 1024,
+  snapshotThreshold: 10_000,
+  snapshotChunkBytes: 1024 * 1024,
+};
+
+/** The options with every default filled in. */
+export type ResolvedNodeOptions = RaftNodeOptions & typeof DEFAULTS & { readTimeoutMs: number };
+
+export function resolveOptions(options: RaftNodeOptions): ResolvedNodeOptions {
+  const merged = { ...DEFAULTS, ...stripUndefined(options) } as RaftNodeOptions & typeof DEFAULTS;
+  return { ...merged, readTimeoutMs: options.readTimeoutMs ?? 3 * merged.electionTicks * merged.tickMs };
+}
+
+/** The core's configuration for this node; `random` is the seeded election-timeout source. */
+export function coreConfig(options: RaftNodeOptions, random: () => number): RaftConfig {
+  return {
+    id: options.id,
+    peers: options.peers,
+    electionTicks: options.electionTicks ?? DEFAULTS.electionTicks,
+    heartbeatTicks: options.heartbeatTicks ?? DEFAULTS.heartbeatTicks,
+    random,
+    preVote: options.preVote ?? true,
+    checkQuorum: options.checkQuorum ?? true,
+    maxInflight: options.maxInflight ?? DEFAULTS.maxInflight,
+    maxBytesPerAppend: options.maxBytesPerAppend ?? DEFAULTS.maxBytesPerAppend,
+    maxPendingProposals: options.maxPendingProposals ?? DEFAULTS.maxPendingProposals,
+  };
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

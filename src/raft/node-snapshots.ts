@@ -1,0 +1,82 @@
+// Leader side of snapshot transfer: streams the state machine's current image to a follower whose
+// entries are compacted away, one transfer per follower at a time, re-cut into bounded chunks.
+
+import type { Message, NodeId, StateMachine, Transport } from "./types.ts";
+
+type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
+type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
+
+export interface SnapshotSenderHost {
+  readonly stopped: boolean;
+  readonly sm: StateMachine;
+  readonly transport: Transport;
+  readonly chunkBytes: number;
+  /** Members to name in a snapshot whose state machine did not record any. */
+  members(): NodeId[];
+  /** The follower's answer, to be stepped into the core. */
+  deliver(response: InstallSnapshotResponse): void;
+  /** The transfer failed (network or snapshot): the core goes back to probing. */
+  failed(to: NodeId): void;
+}
+
+export class SnapshotSender {
+  private readonly inFlight = new Set<NodeId>();
+  sent = 0;
+
+  constructor(private readonly host: SnapshotSenderHost) {}
+
+  /** Takes the core's InstallSnapshot request and streams the state machine's image instead. */
+  send(request: InstallSnapshot): void {
+    const to = request.to;
+    if (this.inFlight.has(to)) return;
+    this.inFlight.add(to);
+    void this.transfer(request);
+  }
+
+  private async transfer(request: InstallSnapshot): Promise<void> {
+    const host = this.host;
+    let ok = false;
+    try {
+      const image = await host.sm.snapshot();
+      const meta = { ...image.meta, members: image.meta.members.length > 0 ? image.meta.members : host.members() };
+      const message: InstallSnapshot = { ...request, snapshot: meta };
+      const response = await host.transport.sendSnapshot(message, rechunk(image.chunks, host.chunkBytes));
+      if (host.stopped) return;
+      this.sent++;
+      ok = true;
+      host.deliver(response);
+    } catch {
+      // Network or snapshot failure: the core goes back to probing and asks again later.
+    } finally {
+      this.inFlight.delete(request.to);
+      if (!ok && !host.stopped) host.failed(request.to);
+    }
+  }
+}
+
+/** Re-cuts a stream into chunks of at most `max` bytes, joining small ones. */
+export async function* rechunk(source: AsyncIterable<Uint8Array>, max: number): AsyncGenerator<Uint8Array> {
+  let parts: Uint8Array[] = [];
+  let size = 0;
+  const flush = () => {
+    const out = new Uint8Array(size);
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    parts = [];
+    size = 0;
+    return out;
+  };
+  for await (let chunk of source) {
+    while (chunk.length > 0) {
+      const take = Math.min(max - size, chunk.length);
+      parts.push(chunk.subarray(0, take));
+      size += take;
+      chunk = chunk.subarray(take);
+      if (size === max) yield flush();
+    }
+  }
+  if (size > 0) yield flush();
+}
