@@ -8,6 +8,7 @@ import { toBaseUrl } from "../kv/client.ts";
 import type { NodeId, Transport } from "../raft/types.ts";
 import type { KVServer } from "../kv/server.ts";
 import { claimDataDir } from "./identity.ts";
+import { markNewDataDir, RECOVERING_FILE } from "../kv/index.ts";
 import { splitHostPort } from "./flags.ts";
 
 /** What serveNode needs from a KV server: the handlers' calls plus close (which syncs). */
@@ -34,7 +35,9 @@ export interface ServingNode {
 
 export async function serveNode(options: ServeNodeOptions): Promise<ServingNode> {
   const { id, addrs, dir } = options;
-  claimDataDir(dir, id, addrs);
+  // A directory without identity is a new node, or one whose data was lost (wiped): the node cannot
+  // tell, so it starts recovering, voting only once caught up (a new cluster elects at once anyway).
+  claimDataDir(dir, id, addrs, { run: () => markNewDataDir(dir), allowed: [RECOVERING_FILE, `${RECOVERING_FILE}.tmp`] });
   const transport = new ConnectTransport({ id, peers: new Map(addrs.map((a, i) => [i, toBaseUrl(a)])) });
   let kv: KVNode | undefined;
   const { host, port } = splitHostPort(addrs[id]!);

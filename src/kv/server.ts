@@ -1,8 +1,7 @@
 // KVServer: one replica of the KV service. Validates commands, answers retried writes from the
 // session table, proposes writes to Raft and waits for them to apply, serves Gets by ReadIndex.
-import * as path from "node:path";
 import {
-  FileLogStore,
+  NONE,
   RaftNode,
   RealClock,
   type Clock,
@@ -16,11 +15,12 @@ import {
 import { encodeCommand } from "./command.ts";
 import { DeadlineQueue } from "./deadlines.ts";
 import { DiskWatch, type DiskWatchOptions } from "./disk-watch.ts";
-import { type FatalError, toFatal } from "./fail-stop.ts";
+import { type FatalError, isStateMachineCorruption, toFatal } from "./fail-stop.ts";
 import { InvalidArgumentError, OverloadedError, UnavailableError } from "./errors.ts";
 import { PendingWrites, replyFor } from "./pending-writes.ts";
 import { ReadBatcher } from "./reads.ts";
 import { NO_KEY, OK, WRONG_LEADER, refusal, type CommandArgs, type CommandReply } from "./replies.ts";
+import { RelayTransport, discardReplica, openStorageRepaired, readMarker, removeMarker, writeMarker, type OpenedStorage } from "./repair.ts";
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
 
 export type { CommandArgs, CommandReply, KVErr, KVOp } from "./replies.ts";
@@ -98,7 +98,18 @@ export interface KVServerOptions {
   onFatal?: (error: FatalError) => void;
   /** Watch the data directory (deleted, unwritable, low on space); off unless given. */
   diskWatch?: Omit<DiskWatchOptions, "dir">;
+  /**
+   * This node may have lost durable state (e.g. its data directory was created anew while its
+   * cluster may exist): it starts recovering, granting no vote until it has caught up.
+   */
+  lostState?: string;
+  /** Where repairs and recovery are reported (default: stderr). */
+  log?: (line: string) => void;
 }
+
+/** More self-repairs than this within REPAIR_WINDOW_MS is a disk that keeps corrupting: stop instead. */
+const MAX_REPAIRS = 3;
+const REPAIR_WINDOW_MS = 10 * 60_000;
 
 const OPS = new Set<string>(["Get", "Put", "Append", "Delete"]);
 
@@ -112,88 +123,110 @@ export class KVServer {
   private fatalError: FatalError | null = null;
   private diskWatch: DiskWatch | null = null;
   private onFatal: ((error: FatalError) => void) | null = null;
+  /** Why the replica is being discarded and rebuilt right now (self-repair), or null. */
+  private repairing: string | null = null;
+  private repairRun: Promise<void> | null = null;
+  private readonly repairTimes: number[] = [];
+  /** The RECOVERING marker exists: it is removed once Raft reports the node caught up. */
+  private markerPresent = false;
+  /** A fatal error from the node before start() returned, handled once it has. */
+  private earlyRaftError: Error | null = null;
+  private readonly deadlines: DeadlineQueue;
+  private readonly relay: RelayTransport;
+  private readonly log: (line: string) => void;
+  // The replica: replaced as a whole by a self-repair (see repair()).
+  private node!: RaftNode;
+  private machine!: KVStateMachine;
+  private writes!: PendingWrites;
+  private reads!: ReadBatcher;
+  /** Closed by close() only when this server opened it (not when the caller passed one in). */
+  private ownedLogStore: LogStore | null = null;
 
   private constructor(
     readonly id: NodeId,
-    private readonly node: RaftNode,
-    private readonly machine: KVStateMachine,
-    private readonly writes: PendingWrites,
-    private readonly reads: ReadBatcher,
-    private readonly deadlines: DeadlineQueue,
-    /** Closed by close() only when this server opened it (not when the caller passed one in). */
-    private readonly ownedLogStore: LogStore | null,
-    limits: KVLimits,
+    private readonly options: KVServerOptions,
+    private readonly clock: Clock,
   ) {
+    const limits = options.limits ?? {};
     this.maxKeyBytes = limits.maxKeyBytes ?? 4096;
     this.maxValueBytes = limits.maxValueBytes ?? 1 << 20;
     this.maxPending = limits.maxPendingCommands ?? 10_000;
+    this.deadlines = new DeadlineQueue(clock);
+    this.relay = new RelayTransport(options.transport);
+    this.log = options.log ?? ((line) => console.error(`kvraft: node ${options.id}: ${line}`));
+    this.onFatal = options.onFatal ?? null;
   }
 
   static async open(options: KVServerOptions): Promise<KVServer> {
-    const clock = options.clock ?? new RealClock();
-    const timeoutMs = options.limits?.commandTimeoutMs ?? 500;
-    const machine = await KVStateMachine.open({
-      dir: path.join(options.dir, "state"),
-      members: options.peers,
-      snapshotChunkBytes: options.raft?.snapshotChunkBytes,
-      ...definedOnly(options.state ?? {}),
-    } as Parameters<typeof KVStateMachine.open>[0]);
-    let logStore: LogStore;
-    try {
-      logStore = options.logStore ?? (await FileLogStore.open(path.join(options.dir, "raft")));
-    } catch (error) {
-      await machine.close();
-      throw error;
+    const server = new KVServer(options.id, options, options.clock ?? new RealClock());
+    if (options.lostState !== undefined && options.logStore === undefined && readMarker(options.dir) === null) {
+      writeMarker(options.dir, { format: 1, reason: options.lostState, since: new Date().toISOString(), term: 0, votedFor: NONE });
+      server.log(`${options.lostState}: starting as recovering, not voting until caught up with a leader`);
     }
-    const owned = options.logStore === undefined ? logStore : null;
-    const deadlines = new DeadlineQueue(clock);
-    const writes = new PendingWrites(clock, deadlines, timeoutMs, machine.lastApplied());
-    // The node's fatal errors reach the server once it exists; one before that is raised after.
-    let server: KVServer | null = null;
-    let early: Error | null = null;
+    const storage = await server.openStorage();
+    server.relay.attach();
+    await server.startNode(storage);
+    if (options.diskWatch !== undefined && server.fatalError === null) {
+      server.diskWatch = new DiskWatch({ ...options.diskWatch, dir: options.dir }, (error) => server.failStop("data directory check", error));
+      server.diskWatch.start();
+    }
+    return server;
+  }
+
+  private openStorage(): Promise<OpenedStorage> {
+    const o = this.options;
+    const machineOptions = {
+      members: o.peers,
+      snapshotChunkBytes: o.raft?.snapshotChunkBytes,
+      ...definedOnly(o.state ?? {}),
+    } as Omit<KVStateMachineOptions, "dir">;
+    return openStorageRepaired(o.dir, machineOptions, o.logStore, this.log);
+  }
+
+  /** Starts a Raft node over opened storage and makes it this server's replica. */
+  private async startNode(storage: OpenedStorage): Promise<void> {
+    const o = this.options;
+    const timeoutMs = o.limits?.commandTimeoutMs ?? 500;
+    const writes = new PendingWrites(this.clock, this.deadlines, timeoutMs, storage.machine.lastApplied());
     let node: RaftNode;
+    this.earlyRaftError = null;
+    let started = false;
     try {
       node = await RaftNode.start({
-        id: options.id,
-        peers: options.peers,
-        logStore,
-        transport: options.transport,
-        stateMachine: applyLoop(machine, writes),
-        clock,
-        ...definedOnly(options.raft ?? {}),
+        id: o.id,
+        peers: o.peers,
+        logStore: storage.logStore,
+        transport: this.relay,
+        stateMachine: this.applyLoop(storage.machine, writes),
+        clock: this.clock,
+        ...definedOnly(o.raft ?? {}),
+        recovering: storage.recovering,
         onFatal: (error) => {
-          if (server !== null) server.failStop("raft", error);
-          else early = error;
+          if (started) this.raftFailed(error);
+          else this.earlyRaftError = error;
         },
       });
     } catch (error) {
-      await machine.close();
-      await owned?.close();
+      await storage.machine.close();
+      if (storage.owned) await storage.logStore.close();
       throw error;
     }
-    const reads = new ReadBatcher(
-      options.id,
-      { readIndex: () => node.readIndex(), readApplied: (key) => server!.readApplied(key) },
-      clock,
-      deadlines,
-      timeoutMs,
-    );
-    server = new KVServer(options.id, node, machine, writes, reads, deadlines, owned, options.limits ?? {});
-    server.onFatal = options.onFatal ?? null;
-    if (early !== null) server.failStop("raft", early);
-    if (options.diskWatch !== undefined && server.fatalError === null) {
-      const watched = server;
-      watched.diskWatch = new DiskWatch({ ...options.diskWatch, dir: options.dir }, (error) => watched.failStop("data directory check", error));
-      watched.diskWatch.start();
-    }
-    return server;
+    this.node = node;
+    this.machine = storage.machine;
+    this.writes = writes;
+    this.ownedLogStore = storage.owned ? storage.logStore : null;
+    this.reads = new ReadBatcher(o.id, { readIndex: () => node.readIndex(), readApplied: (key) => this.readApplied(key) }, this.clock, this.deadlines, timeoutMs);
+    this.markerPresent = storage.recovering && storage.owned;
+    started = true;
+    if (this.earlyRaftError !== null) this.raftFailed(this.earlyRaftError);
   }
 
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */
   async command(args: CommandArgs): Promise<CommandReply> {
     this.validate(args);
     if (this.fatalError !== null) throw this.stoppedError();
-    if (this.closed) return WRONG_LEADER;
+    // Closing, or rebuilding its replica: the client tries another node.
+    if (this.closed || this.repairing !== null) return WRONG_LEADER;
     if (this.pending >= this.maxPending) {
       throw new OverloadedError(`node ${this.id} has ${this.pending} commands in flight (limit ${this.maxPending}); retry with backoff`);
     }
@@ -223,7 +256,9 @@ export class KVServer {
       sessions: this.machine.sessionCount,
       snapshotsInstalled: status.snapshotsReceived,
       readIndexRounds: this.reads.roundsStarted,
-      storageHealth: this.diskWatch?.health() ?? "",
+      storageHealth: [this.repairing === null ? "" : `repairing: ${this.repairing}`, status.recovering, this.diskWatch?.health() ?? ""]
+        .filter((s) => s !== "")
+        .join("; "),
     };
   }
 
@@ -248,6 +283,7 @@ export class KVServer {
     if (this.closed) return;
     this.closed = true;
     this.diskWatch?.stop();
+    await this.repairRun;
     this.writes.close(WRONG_LEADER);
     this.reads.close();
     this.deadlines.clear();
@@ -313,8 +349,8 @@ export class KVServer {
     try {
       value = this.machine.read(key);
     } catch (error) {
-      // The client tries another node while this one stops.
-      this.failStop("state machine read", error);
+      // Never served: the client tries another node while this one repairs itself or stops.
+      this.storageFailed("state machine read", error);
       return WRONG_LEADER;
     }
     return value === null ? NO_KEY : { err: "OK", value: decoder.decode(value) };
@@ -336,28 +372,119 @@ export class KVServer {
     else console.error(`kvraft: node ${this.id} stopped: ${fatal.message}`);
   }
 
+  private raftFailed(error: Error): void {
+    this.storageFailed("raft", error);
+  }
+
+  /** Corruption of the state machine is repaired from the leader; anything else stops the node. */
+  private storageFailed(what: string, error: unknown): void {
+    if (isStateMachineCorruption(error) && this.ownedLogStore !== null) {
+      this.repairRun ??= this.repair(what, error).finally(() => {
+        this.repairRun = null;
+      });
+    } else {
+      this.failStop(what, error);
+    }
+  }
+
+  /**
+   * Self-repair: never serve from a corrupt state machine, and never crash-loop on it. Step down,
+   * stop Raft, discard the state machine and the Raft log (keeping term and vote), and start an
+   * empty replica that recovers (no votes) until the leader has rebuilt it by snapshot or log.
+   */
+  private async repair(what: string, error: unknown): Promise<void> {
+    if (this.repairing !== null || this.fatalError !== null || this.closed) return;
+    const now = this.clock.now();
+    while (this.repairTimes.length > 0 && now - this.repairTimes[0]! > REPAIR_WINDOW_MS) this.repairTimes.shift();
+    if (this.repairTimes.length >= MAX_REPAIRS) {
+      this.failStop(`self-repair (the ${MAX_REPAIRS + 1}th corruption in ${REPAIR_WINDOW_MS / 60_000} minutes)`, error);
+      return;
+    }
+    this.repairTimes.push(now);
+    const reason = `${what} found corruption: ${(error as Error).message}`;
+    this.repairing = reason;
+    this.log(`${reason}; not serving from this replica: stepping down, discarding its state machine and Raft log (keeping term and vote), rebuilding from the leader`);
+    try {
+      this.writes.close(WRONG_LEADER);
+      this.reads.close();
+      await this.stepDown();
+      const logStore = this.ownedLogStore!;
+      const hard = logStore.hardState();
+      this.relay.detach();
+      await this.node.stop();
+      await this.machine.close().catch(() => {});
+      await logStore.close().catch(() => {});
+      if (this.closed) return;
+      discardReplica(this.options.dir, reason, hard);
+      await this.startNode(await this.openStorage());
+      this.log(`rebuilt an empty replica (term ${hard.term}); it recovers from the leader and votes again once caught up`);
+    } catch (failure) {
+      this.repairing = null;
+      this.failStop("self-repair", failure);
+      return;
+    }
+    this.repairing = null;
+  }
+
+  /** A leader hands leadership to a peer first (bounded wait), so clients are not left waiting for an election. */
+  private async stepDown(): Promise<void> {
+    const status = this.node.status();
+    if (status.role !== "Leader") return;
+    const peer = status.members.find((m) => m !== this.id);
+    if (peer === undefined) return;
+    try {
+      this.node.transferLeadership(peer);
+    } catch {
+      return;
+    }
+    const tick = this.options.raft?.tickMs ?? 50;
+    const waitMs = tick * (this.options.raft?.electionTicks ?? 10);
+    for (let waited = 0; waited < waitMs && this.node.status().role === "Leader"; waited += tick) {
+      await new Promise<void>((resolve) => this.clock.setTimeout(resolve, tick));
+    }
+  }
+
+  /** Recovery is over once Raft says so: the marker goes, and the node votes again after a restart too. */
+  private checkRecovered(): void {
+    if (!this.markerPresent || this.node.status().recovering !== "") return;
+    this.markerPresent = false;
+    try {
+      removeMarker(this.options.dir);
+      this.log("caught up with the leader: recovery of lost durable state is over");
+    } catch (error) {
+      this.failStop("removing the RECOVERING marker", error);
+    }
+  }
+
+  /**
+   * What the Raft driver applies committed entries to: the state machine, whose per-entry results
+   * then answer the writes waiting for them (and a snapshot install answers the ones it covers).
+   */
+  private applyLoop(machine: KVStateMachine, writes: PendingWrites): StateMachine {
+    return {
+      apply: async (entries: Entry[]) => {
+        writes.applied(await machine.apply(entries));
+        if (this.markerPresent) this.checkRecovered();
+      },
+      restore: async (meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>) => {
+        await machine.restore(meta, chunks);
+        writes.restored(machine.lastApplied(), (clientId, commandId) => answerFromSession(machine, clientId, commandId));
+      },
+      lastApplied: () => machine.lastApplied(),
+      lastAppliedTerm: () => machine.lastAppliedTerm(),
+      durableAppliedIndex: () => machine.durableAppliedIndex(),
+      sync: () => machine.sync(),
+      // A corrupt block met while streaming a snapshot to a follower is this replica's problem.
+      snapshot: async () => {
+        const image = await machine.snapshot();
+        return { meta: image.meta, chunks: watchCorruption(image.chunks, (error) => this.storageFailed("snapshot read", error)) };
+      },
+    };
+  }
+
   private stoppedError(): UnavailableError {
     return new UnavailableError(`node ${this.id} stopped after a fatal error: ${this.fatalError!.message}`, { cause: this.fatalError });
   }
-}
-
-/**
- * What the Raft driver applies committed entries to: the state machine, whose per-entry results
- * then answer the writes waiting for them (and a snapshot install answers the ones it covers).
- */
-function applyLoop(machine: KVStateMachine, writes: PendingWrites): StateMachine {
-  return {
-    apply: async (entries: Entry[]) => writes.applied(await machine.apply(entries)),
-    restore: async (meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>) => {
-      await machine.restore(meta, chunks);
-      writes.restored(machine.lastApplied(), (clientId, commandId) => answerFromSession(machine, clientId, commandId));
-    },
-    lastApplied: () => machine.lastApplied(),
-    lastAppliedTerm: () => machine.lastAppliedTerm(),
-    durableAppliedIndex: () => machine.durableAppliedIndex(),
-    sync: () => machine.sync(),
-    snapshot: () => machine.snapshot(),
-  };
 }
 
 /** The answer to a write the session table shows as applied already, or null. */
@@ -365,6 +492,29 @@ function answerFromSession(machine: KVStateMachine, clientId: bigint, commandId:
   const session = machine.session(clientId);
   if (session === undefined || commandId > session.commandId) return null;
   return commandId === session.commandId ? replyFor(session.result) : OK;
+}
+
+/** Passes a stream through; a corruption error in it is reported (and still thrown to the reader). */
+function watchCorruption(inner: AsyncIterable<Uint8Array>, report: (error: unknown) => void): AsyncIterableIterator<Uint8Array> {
+  const it = inner[Symbol.asyncIterator]();
+  return {
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    async next() {
+      try {
+        return await it.next();
+      } catch (error) {
+        if (isStateMachineCorruption(error)) report(error);
+        throw error;
+      }
+    },
+    // Abandoning the stream must reach the inner one: it holds an LSM snapshot until returned.
+    async return() {
+      await it.return?.();
+      return { done: true, value: undefined };
+    },
+  };
 }
 
 const decoder = new TextDecoder();
