@@ -167,7 +167,8 @@ export async function openStorage(
       // The log was discarded: it starts again from the term and vote it had promised.
       if (hard.term < marker.term) await logStore.save({ term: marker.term, votedFor: marker.votedFor, commitIndex: 0 }, []);
     }
-    return { machine, logStore, owned: givenLog === undefined, recovering: marker !== null };
+    if (marker !== null && repairable) log(`recovering (${marker.reason}): not voting until caught up with a leader`);
+    return { machine, logStore, owned: givenLog === undefined, recovering: marker !== null && repairable };
   } catch (error) {
     await machine.close().catch(() => {});
     if (givenLog === undefined) await logStore.close().catch(() => {});

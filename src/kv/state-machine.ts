@@ -89,9 +89,15 @@ export class KVStateMachine {
     const db = await DB.open(stateDir(full.dir, generation), lsmOptions(full));
     const sessions = new SessionTable({ ttlEntries: full.sessionTtlEntries, maxSessions: full.maxSessions });
     const machine = new KVStateMachine(full, db, generation, [...full.members], sessions);
-    // What the LSM recovered may sit in files never fsynced; make it durable before calling it so.
-    await db.sync();
-    await machine.loadFromDb();
+    try {
+      // What the LSM recovered may sit in files never fsynced; make it durable before calling it so.
+      await db.sync();
+      await machine.loadFromDb();
+    } catch (error) {
+      // E.g. a corrupt block met while loading: release the directory so it can be repaired.
+      await db.close().catch(() => {});
+      throw error;
+    }
     return machine;
   }
 
