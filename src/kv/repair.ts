@@ -261,3 +261,26 @@ export class RelayTransport implements Transport {
     return this.inner.close();
   }
 }
+
+/** Passes a stream through; a corruption error in it is reported (and still thrown to the reader). */
+export function watchCorruption(inner: AsyncIterable<Uint8Array>, report: (error: unknown) => void): AsyncIterableIterator<Uint8Array> {
+  const it = inner[Symbol.asyncIterator]();
+  return {
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    async next() {
+      try {
+        return await it.next();
+      } catch (error) {
+        if (isStateMachineCorruption(error)) report(error);
+        throw error;
+      }
+    },
+    // Abandoning the stream must reach the inner one: it holds an LSM snapshot until returned.
+    async return() {
+      await it.return?.();
+      return { done: true, value: undefined };
+    },
+  };
+}

@@ -20,7 +20,7 @@ import { InvalidArgumentError, OverloadedError, UnavailableError } from "./error
 import { PendingWrites, replyFor } from "./pending-writes.ts";
 import { ReadBatcher } from "./reads.ts";
 import { NO_KEY, OK, WRONG_LEADER, refusal, type CommandArgs, type CommandReply } from "./replies.ts";
-import { RelayTransport, discardReplica, openStorageRepaired, readMarker, removeMarker, writeMarker, type OpenedStorage } from "./repair.ts";
+import { RelayTransport, discardReplica, openStorageRepaired, readMarker, removeMarker, watchCorruption, writeMarker, type OpenedStorage } from "./repair.ts";
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
 
 export type { CommandArgs, CommandReply, KVErr, KVOp } from "./replies.ts";
@@ -492,29 +492,6 @@ function answerFromSession(machine: KVStateMachine, clientId: bigint, commandId:
   const session = machine.session(clientId);
   if (session === undefined || commandId > session.commandId) return null;
   return commandId === session.commandId ? replyFor(session.result) : OK;
-}
-
-/** Passes a stream through; a corruption error in it is reported (and still thrown to the reader). */
-function watchCorruption(inner: AsyncIterable<Uint8Array>, report: (error: unknown) => void): AsyncIterableIterator<Uint8Array> {
-  const it = inner[Symbol.asyncIterator]();
-  return {
-    [Symbol.asyncIterator]() {
-      return this;
-    },
-    async next() {
-      try {
-        return await it.next();
-      } catch (error) {
-        if (isStateMachineCorruption(error)) report(error);
-        throw error;
-      }
-    },
-    // Abandoning the stream must reach the inner one: it holds an LSM snapshot until returned.
-    async return() {
-      await it.return?.();
-      return { done: true, value: undefined };
-    },
-  };
 }
 
 const decoder = new TextDecoder();
