@@ -36,7 +36,7 @@ export interface ServingNode {
 export async function serveNode(options: ServeNodeOptions): Promise<ServingNode> {
   const { id, addrs, dir } = options;
   // A directory without identity is a new node, or one whose data was lost (wiped): the node cannot
-  // tell, so it starts recovering, voting only once caught up (a new cluster elects at once anyway).
+  // tell, so it starts recovering (a new cluster then elects its first leader once every node is up).
   claimDataDir(dir, id, addrs, { run: () => markNewDataDir(dir), allowed: [RECOVERING_FILE, `${RECOVERING_FILE}.tmp`] });
   const transport = new ConnectTransport({ id, peers: new Map(addrs.map((a, i) => [i, toBaseUrl(a)])) });
   let kv: KVNode | undefined;

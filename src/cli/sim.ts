@@ -1,10 +1,14 @@
-// `bun run sim --seed S [--nodes N] [--steps K] [--disk-faults] [--kv]`: one deterministic randomized fault
-// schedule; prints one summary line (same seed ⇒ same bytes), or the violated invariant and exits 1.
+// `bun run sim --seed S [--nodes N] [--steps K] [--disk-faults] [--kv | --membership]`: one
+// deterministic randomized fault schedule; prints one summary line (same seed ⇒ same bytes), or the
+// violated invariant and exits 1.
 
-import { InvariantViolation, replayCommand, runRandomSchedule } from "../sim/raft-core/index.ts";
+import { InvariantViolation, membershipReplayCommand, replayCommand, runMembershipSchedule, runRandomSchedule } from "../sim/raft-core/index.ts";
 
 const USAGE =
-  "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--disk-faults (wiped, truncated, discarded disks)] [--kv]";
+  "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--disk-faults] [--kv | --membership]\n" +
+  "  --disk-faults: the schedule also wipes, truncates or discards the disks of down nodes\n" +
+  "  --membership: the schedule also adds learners, promotes and removes members (the leader too);\n" +
+  "                N-2 nodes start as voters, the rest wait to be added (N >= 2)";
 
 export interface SimCliOptions {
   seed: number;
@@ -13,6 +17,7 @@ export interface SimCliOptions {
   kv: boolean;
   /** Add disk loss and corruption to the core schedule (a separate family of runs). */
   diskFaults: boolean;
+  membership: boolean;
   /** Flags this parser does not know, passed through to the KV simulator. */
   extra: string[];
 }
@@ -22,7 +27,7 @@ export class UsageError extends Error {
 }
 
 export function parseSimArgs(argv: string[]): SimCliOptions {
-  const out: SimCliOptions = { seed: NaN, nodes: 5, steps: 2000, kv: false, diskFaults: false, extra: [] };
+  const out: SimCliOptions = { seed: NaN, nodes: 5, steps: 2000, kv: false, membership: false, diskFaults: false, extra: [] };
   const int = (name: string, raw: string | undefined, lo: number, hi: number): number => {
     if (raw === undefined || !/^\d+$/.test(raw)) throw new UsageError(`--${name} needs an integer, got ${raw === undefined ? "nothing" : JSON.stringify(raw)}`);
     const v = Number(raw);
@@ -50,6 +55,9 @@ export function parseSimArgs(argv: string[]): SimCliOptions {
       case "--disk-faults":
         out.diskFaults = true;
         break;
+      case "--membership":
+        out.membership = true;
+        break;
       case "-h":
       case "--help":
         throw new UsageError("help");
@@ -59,6 +67,9 @@ export function parseSimArgs(argv: string[]): SimCliOptions {
     }
   }
   if (Number.isNaN(out.seed)) throw new UsageError("--seed is required (any non-negative integer; the same seed replays the same run)");
+  if (out.membership && out.kv) throw new UsageError("--membership and --kv are separate simulators; give one");
+  if (out.diskFaults && (out.kv || out.membership)) throw new UsageError("--disk-faults applies to the default core schedule, not to --kv or --membership (yet)");
+  if (out.membership && out.nodes < 2) throw new UsageError("--membership needs --nodes 2 or more (one spare to add)");
   return out;
 }
 
@@ -87,7 +98,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     if (options.kv) return await runKv(options);
-    console.log(runRandomSchedule(options).line);
+    console.log((options.membership ? runMembershipSchedule(options) : runRandomSchedule(options)).line);
     return 0;
   } catch (e) {
     if (e instanceof InvariantViolation || (e instanceof Error && (e as { code?: string }).code === "INVARIANT_VIOLATION")) {
@@ -95,7 +106,7 @@ export async function main(argv: string[]): Promise<number> {
       return 1;
     }
     console.error(`seed ${options.seed}: the simulation crashed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-    console.error(`replay: ${replayCommand(options)}`);
+    console.error(`replay: ${options.membership ? membershipReplayCommand(options) : replayCommand(options)}`);
     return 1;
   }
 }

@@ -8,7 +8,7 @@ import { LsmError } from "./errors.ts";
 import { logFileName, type VersionSet } from "./manifest.ts";
 import type { Memtable } from "./memtable.ts";
 import type { ResolvedOptions } from "./options.ts";
-import { fromWire, toWire } from "./table-jobs.ts";
+import { fromWire, noWrites, toWire, type TableWrites } from "./table-jobs.ts";
 import { emptyEdit, NUM_LEVELS, type FileMeta, type Version, type VersionEdit } from "./version.ts";
 
 /** Write bytes per millisecond of delay for each L0 table at or past l0SlowdownTrigger. */
@@ -20,9 +20,40 @@ const SLOWDOWN_MAX_MS = 50;
 export interface WorkCounters {
   userBytes: number;
   walBytesBase: number;
-  tableBytes: number;
+  /** Every table written, whether or not it made it into a version. */
+  writes: TableWrites;
+  /** Per level: table bytes that flushes and merges placed there, and bytes merges read from it. */
+  levelWritten: number[];
+  levelRead: number[];
   compactions: number;
+  /** Compactions that moved a table down a level without rewriting it. */
+  trivialMoves: number;
   flushes: number;
+}
+
+export function newCounters(): WorkCounters {
+  return {
+    userBytes: 0,
+    walBytesBase: 0,
+    writes: noWrites(),
+    levelWritten: new Array<number>(NUM_LEVELS).fill(0),
+    levelRead: new Array<number>(NUM_LEVELS).fill(0),
+    compactions: 0,
+    trivialMoves: 0,
+    flushes: 0,
+  };
+}
+
+function addWrites(to: TableWrites, w: TableWrites): void {
+  to.tableBytes += w.tableBytes;
+  to.rawDataBytes += w.rawDataBytes;
+  to.storedDataBytes += w.storedDataBytes;
+}
+
+function totalSize(files: FileMeta[]): number {
+  let n = 0;
+  for (const f of files) n += f.size;
+  return n;
 }
 
 /** What the scheduler needs of its database: shared state, read or changed in place. */
@@ -173,7 +204,11 @@ export class CompactionScheduler {
         await h.walClosing.get(imm.walNumber);
         const edit = emptyEdit();
         edit.logNumber = h.imms.length > 1 ? h.imms[1].walNumber : h.mem().walNumber;
-        if (f) edit.added.push([this.levelForFlush(f), f]);
+        if (f) {
+          const level = this.levelForFlush(f);
+          edit.added.push([level, f]);
+          h.counters.levelWritten[level] += f.size;
+        }
         await h.versions.logAndApply(edit, h.lastSeq());
         if (f) h.pendingOutputs.delete(f.number);
         h.imms.shift();
@@ -214,7 +249,7 @@ export class CompactionScheduler {
       // The memtable's order spares the worker a sort (it checks the order in one pass).
       const order = imm.sortedBatchPositions() ?? undefined;
       const r = await this.flushWorker.flush({ type: "flush", dir: h.dir, number, batches, batchEnds, order, table: h.ctx.table });
-      h.counters.tableBytes += r.tableBytes;
+      addWrites(h.counters.writes, r.writes);
       if (r.file === null) h.pendingOutputs.delete(number);
       return r.file === null ? null : fromWire(r.file);
     } catch (e) {
@@ -280,10 +315,18 @@ export class CompactionScheduler {
     const version = h.versions.current;
     h.versions.ref(version);
     try {
-      const edit = isTrivialMove(h.ctx, c) ? trivialMoveEdit(c) : await this.merge(version, c);
+      const move = isTrivialMove(h.ctx, c);
+      const edit = move ? trivialMoveEdit(c) : await this.merge(version, c);
       await h.versions.logAndApply(edit, h.lastSeq());
       for (const [, f] of edit.added) h.pendingOutputs.delete(f.number);
       h.counters.compactions++;
+      if (move) {
+        h.counters.trivialMoves++;
+      } else {
+        h.counters.levelRead[c.level] += totalSize(c.inputs[0]);
+        h.counters.levelRead[c.level + 1] += totalSize(c.inputs[1]);
+        for (const [level, f] of edit.added) h.counters.levelWritten[level] += f.size;
+      }
     } catch (e) {
       if (e instanceof LsmError && e.message === ABORTED) return;
       throw e;
@@ -321,7 +364,7 @@ export class CompactionScheduler {
           return n;
         },
       );
-      h.counters.tableBytes += r.tableBytes;
+      addWrites(h.counters.writes, r.writes);
       const edit = emptyEdit();
       for (const [which, files] of c.inputs.entries()) for (const f of files) edit.deleted.push([c.level + which, f.number]);
       for (const f of r.added) edit.added.push([c.level + 1, fromWire(f)]);

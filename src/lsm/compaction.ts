@@ -6,7 +6,7 @@ import { compareBytes, compareEncodedInternalKeys, KIND_DEL, MAX_SEQ } from "./c
 import { LsmError } from "./errors.ts";
 import { MergingIterator, type InternalIterator } from "./iterator.ts";
 import { tableFileName } from "./manifest.ts";
-import { TableBuilder, type TableOptions } from "./sstable.ts";
+import { TableBuilder, type BuiltTable, type TableOptions } from "./sstable.ts";
 import { emptyEdit, fileMeta, LevelIterator, NUM_LEVELS, type FileMeta, type TableOpener, type Version, type VersionEdit } from "./version.ts";
 
 /** Yields to the event loop whenever a slice of background work has run for `sliceMs`. */
@@ -40,8 +40,8 @@ export interface CompactionContext {
   pendingOutputs: Set<number>;
   open: TableOpener;
   aborted(): boolean;
-  /** Called with the size of each table written (for write amplification stats). */
-  onTableWritten(bytes: number): void;
+  /** Called for each table written (write amplification and compression stats). */
+  onTableWritten(table: BuiltTable): void;
   /** How long background work may run before yielding to the event loop (default 1 ms). */
   sliceMs?: number;
 }
@@ -70,7 +70,7 @@ export async function writeTable(ctx: CompactionContext, iter: InternalIterator)
       return null;
     }
     const built = await builder.finish();
-    ctx.onTableWritten(built.fileSize);
+    ctx.onTableWritten(built);
     return fileMeta(number, built.fileSize, builder.smallest!, builder.largest!);
   } catch (e) {
     builder.abandon();
@@ -186,7 +186,7 @@ export async function runCompaction(
     const b = builder!;
     builder = null;
     const built = await b.finish();
-    ctx.onTableWritten(built.fileSize);
+    ctx.onTableWritten(built);
     outputs.push(fileMeta(builderNumber, built.fileSize, b.smallest!, b.largest!));
   };
   let currentKey = new Uint8Array(0);

@@ -8,7 +8,7 @@ import { bloomHash } from "./bloom.ts";
 import { BlockCache, TableCache } from "./cache.ts";
 import { compareBytes, KIND_PUT } from "./coding.ts";
 import { setupCompaction, type CompactionContext } from "./compaction.ts";
-import { CompactionScheduler, type WorkCounters } from "./compaction-scheduler.ts";
+import { CompactionScheduler, newCounters } from "./compaction-scheduler.ts";
 import { LsmIterator, type IteratorOptions } from "./db-iterator.ts";
 import { LsmError, ioError } from "./errors.ts";
 import { MergingIterator, type InternalIterator } from "./iterator.ts";
@@ -17,8 +17,10 @@ import { logFileName, tableFileName, VersionSet } from "./manifest.ts";
 import { Memtable } from "./memtable.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
 import { Snapshot } from "./snapshot.ts";
+import { compressionStats, levelStats, type DBStats } from "./stats.ts";
 import { recover } from "./recovery.ts";
 import { TableReader } from "./sstable.ts";
+import { countTable } from "./table-jobs.ts";
 import { NUM_LEVELS, type FileMeta } from "./version.ts";
 import { LogWriter } from "./wal.ts";
 
@@ -31,27 +33,6 @@ export interface ReadOptions {
 }
 export interface DBIteratorOptions extends IteratorOptions {
   snapshot?: Snapshot;
-}
-
-export interface DBStats {
-  diskBytes: number;
-  memtableBytes: number;
-  immutableMemtables: number;
-  levels: { files: number; bytes: number }[];
-  /** (WAL + table bytes written) / user key+value bytes written, since open. */
-  writeAmplification: number;
-  userBytesWritten: number;
-  walBytesWritten: number;
-  tableBytesWritten: number;
-  lastSequence: number;
-  blockCache: { bytes: number; capacity: number; hits: number; misses: number };
-  openTables: number;
-  /** Bytes of table files the open tables read through a memory map (≤ maxMappedBytes). */
-  mappedTableBytes: number;
-  liveSnapshots: number;
-  compactions: number;
-  flushes: number;
-  backgroundError?: string;
 }
 
 export class DB {
@@ -78,7 +59,7 @@ export class DB {
   private readonly unlinking = new Set<Promise<void>>();
   private readonly ctx: CompactionContext;
   private readonly background: CompactionScheduler;
-  private readonly counters: WorkCounters = { userBytes: 0, walBytesBase: 0, tableBytes: 0, compactions: 0, flushes: 0 };
+  private readonly counters = newCounters();
 
   private constructor(readonly dir: string, private readonly opts: ResolvedOptions, private readonly lock: DirLock) {
     this.versions = new VersionSet(dir, opts.logger);
@@ -86,7 +67,12 @@ export class DB {
     this.tableCache = new TableCache(opts.maxOpenFiles);
     this.ctx = {
       dir,
-      table: { blockSize: opts.blockSize, restartInterval: opts.blockRestartInterval, bloomBitsPerKey: opts.bloomBitsPerKey },
+      table: {
+        blockSize: opts.blockSize,
+        restartInterval: opts.blockRestartInterval,
+        bloomBitsPerKey: opts.bloomBitsPerKey,
+        compression: opts.compression,
+      },
       targetFileSize: opts.targetFileSize,
       l0CompactionTrigger: opts.l0CompactionTrigger,
       level1MaxBytes: opts.level1MaxBytes,
@@ -94,7 +80,7 @@ export class DB {
       pendingOutputs: this.pendingOutputs,
       open: (f) => this.openTable(f),
       aborted: () => this.closing,
-      onTableWritten: (n) => (this.counters.tableBytes += n),
+      onTableWritten: (t) => countTable(this.counters.writes, t),
     };
     this.background = new CompactionScheduler({
       dir,
@@ -142,6 +128,7 @@ export class DB {
     this.lastSeq = r.lastSeq;
     this.wal = r.wal;
     this.mem = r.mem;
+    this.counters.levelWritten[0] += r.tableBytes;
     for (const number of r.obsoleteLogs) this.unlinkQuietly(logFileName(number));
     this.deleteObsoleteFiles();
   }
@@ -401,7 +388,7 @@ export class DB {
 
   stats(): DBStats {
     const v = this.versions.current;
-    const levels = v.levels.map((files) => ({ files: files.length, bytes: files.reduce((a, f) => a + f.size, 0) }));
+    const levels = levelStats(v, this.counters);
     const walNow = this.counters.walBytesBase + this.wal.size;
     let memBytes = this.mem.bytes;
     for (const m of this.imms) memBytes += m.bytes;
@@ -411,16 +398,18 @@ export class DB {
       memtableBytes: memBytes,
       immutableMemtables: this.imms.length,
       levels,
-      writeAmplification: user === 0 ? 0 : (walNow + this.counters.tableBytes) / user,
+      writeAmplification: user === 0 ? 0 : (walNow + this.counters.writes.tableBytes) / user,
       userBytesWritten: user,
       walBytesWritten: walNow,
-      tableBytesWritten: this.counters.tableBytes,
+      tableBytesWritten: this.counters.writes.tableBytes,
+      compression: compressionStats(this.opts.compression, this.counters),
       lastSequence: this.lastSeq,
       blockCache: { bytes: this.blockCache.bytes, capacity: this.blockCache.capacity, hits: this.blockCache.hits, misses: this.blockCache.misses },
       openTables: this.tableCache.size,
       mappedTableBytes: this.mappedBytes,
       liveSnapshots: this.snapshots.size,
       compactions: this.counters.compactions,
+      trivialMoves: this.counters.trivialMoves,
       flushes: this.counters.flushes,
       backgroundError: this.background.error?.message,
     };

@@ -1,7 +1,9 @@
 // Public surface of the LSM engine; other layers import only from here.
 export { DB } from "./db.ts";
 export { Snapshot } from "./snapshot.ts";
-export type { DBIteratorOptions, DBStats, ReadOptions, WriteOptions } from "./db.ts";
+export type { DBIteratorOptions, ReadOptions, WriteOptions } from "./db.ts";
+export type { DBStats, LevelStats } from "./stats.ts";
+export type { Compression } from "./compression.ts";
 export { LsmIterator } from "./db-iterator.ts";
 export type { IteratorOptions } from "./db-iterator.ts";
 export { LsmError } from "./errors.ts";

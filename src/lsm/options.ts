@@ -1,4 +1,5 @@
 // Options of DB.open with their defaults and bounds; every limit the engine enforces is here.
+import type { Compression } from "./compression.ts";
 import { LsmError } from "./errors.ts";
 import type { Logger } from "./manifest.ts";
 
@@ -19,6 +20,12 @@ export interface DBOptions {
   blockSize?: number;
   /** Keys between restart points in a data block. Default 16. */
   blockRestartInterval?: number;
+  /**
+   * Codec of table data blocks: "lz4" (fast to read back, LevelDB's Snappy ratio), "zstd"
+   * (smaller, ~3× slower to decode) or "none". A block that would not shrink by 1/8 is stored raw.
+   * Tables keep the codec they were written with. Default "lz4".
+   */
+  compression?: Compression;
   /** Bloom filter bits per key. Default 10 (~1% false positives). */
   bloomBitsPerKey?: number;
   /** Target size of compaction output tables. Default 2 MiB. */
@@ -67,6 +74,7 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
     maxOpenFiles: o.maxOpenFiles ?? 500,
     blockSize: o.blockSize ?? 4 * KiB,
     blockRestartInterval: o.blockRestartInterval ?? 16,
+    compression: o.compression ?? "lz4",
     bloomBitsPerKey: o.bloomBitsPerKey ?? 10,
     targetFileSize: o.targetFileSize ?? 2 * MiB,
     level1MaxBytes: o.level1MaxBytes ?? 10 * MiB,
@@ -103,6 +111,9 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
   range("maxKeyBytes", 1, 16 * MiB);
   range("maxValueBytes", 0, 1024 * MiB);
   range("maxBatchBytes", 1024, 2048 * MiB);
+  if (r.compression !== "lz4" && r.compression !== "zstd" && r.compression !== "none") {
+    throw new LsmError("INVALID_ARGUMENT", `option compression must be "lz4", "zstd" or "none", got ${String(r.compression)}`);
+  }
   if (typeof r.mmapTables !== "boolean") throw new LsmError("INVALID_ARGUMENT", "option mmapTables must be a boolean");
   if (typeof r.backgroundThread !== "boolean") throw new LsmError("INVALID_ARGUMENT", "option backgroundThread must be a boolean");
   if (typeof r.logger !== "function") throw new LsmError("INVALID_ARGUMENT", "option logger must be a function");

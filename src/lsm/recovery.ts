@@ -16,6 +16,8 @@ export interface Recovered {
   /** The new WAL and its (empty) memtable. */
   wal: LogWriter;
   mem: Memtable;
+  /** Bytes of the L0 tables the replay wrote. */
+  tableBytes: number;
   /** WAL files whose contents are now in tables: the caller deletes them. */
   obsoleteLogs: number[];
 }
@@ -51,7 +53,9 @@ export async function recover(dir: string, opts: ResolvedOptions, versions: Vers
   edit.logNumber = walNumber;
   await versions.logAndApply(edit, state.lastSeq);
   for (const [, f] of edit.added) ctx.pendingOutputs.delete(f.number);
-  return { lastSeq: state.lastSeq, wal, mem: new Memtable(walNumber), obsoleteLogs: logs.filter((n) => n < walNumber) };
+  let tableBytes = 0;
+  for (const [, f] of edit.added) tableBytes += f.size;
+  return { lastSeq: state.lastSeq, wal, mem: new Memtable(walNumber), tableBytes, obsoleteLogs: logs.filter((n) => n < walNumber) };
 }
 
 /** Replays one WAL file into memtables, writing each full memtable (and the rest) to L0. */

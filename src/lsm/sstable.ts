@@ -7,6 +7,10 @@ import { BlockBuilder, BlockIterator } from "./block.ts";
 import { bloomHash, bloomMayContain, buildBloom } from "./bloom.ts";
 import type { BlockCache, BlockMap, Releasable } from "./cache.ts";
 import { ByteReader, ByteWriter, compareBytes, readU32, writeU32 } from "./coding.ts";
+import {
+  BadCompressedBlock, BLOCK_LZ4, BLOCK_RAW, BLOCK_ZSTD, blockTypeOf, decompressBlock, lz4Compress, maxCompressedLength,
+  type Compression,
+} from "./compression.ts";
 import { corruption, ioError } from "./errors.ts";
 import type { InternalIterator } from "./iterator.ts";
 
@@ -22,11 +26,16 @@ export interface TableOptions {
   blockSize: number;
   restartInterval: number;
   bloomBitsPerKey: number;
+  /** Codec of data blocks (index and filter blocks are stored raw). */
+  compression: Compression;
 }
 
 export interface BuiltTable {
   fileSize: number;
   entries: number;
+  /** Data block bytes before and after compression (equal when nothing was compressed). */
+  rawDataBytes: number;
+  storedDataBytes: number;
 }
 
 export class TableBuilder {
@@ -44,6 +53,12 @@ export class TableBuilder {
   private pendingKey = new Uint8Array(64);
   private pendingKeyLen = 0;
   private pendingHandle = new ByteWriter(16);
+  /** Type byte the data blocks are compressed with (BLOCK_RAW: not at all). */
+  private readonly blockType: number;
+  /** A finished data block before compression. */
+  private readonly raw = new ByteWriter(8192);
+  private rawDataBytes = 0;
+  private storedDataBytes = 0;
   entries = 0;
   smallest: Uint8Array | null = null; // encoded internal keys
   largest: Uint8Array | null = null;
@@ -55,6 +70,7 @@ export class TableBuilder {
       throw ioError(name, "create", e);
     }
     this.data = new BlockBuilder(opts.restartInterval);
+    this.blockType = blockTypeOf(opts.compression);
   }
 
   /** Bytes the table would occupy if finished now (close enough for splitting outputs). */
@@ -107,9 +123,19 @@ export class TableBuilder {
     this.pendingKey.set(last);
     this.pendingKeyLen = last.length;
     const offset = this.offset + this.out.pos;
-    this.data.finishInto(this.out);
+    let type = BLOCK_RAW;
+    if (this.blockType === BLOCK_RAW) {
+      const start = this.out.pos;
+      this.data.finishInto(this.out);
+      this.rawDataBytes += this.out.pos - start;
+    } else {
+      this.raw.reset();
+      this.data.finishInto(this.raw);
+      type = this.compressInto(this.raw.buf, this.raw.pos);
+    }
     const size = this.offset + this.out.pos - offset;
-    this.writeTrailer(offset);
+    this.storedDataBytes += size;
+    this.writeTrailer(offset, type);
     this.pendingHandle.reset();
     this.pendingHandle.varint(offset);
     this.pendingHandle.varint(size);
@@ -123,10 +149,36 @@ export class TableBuilder {
     this.pendingIndex = false;
   }
 
+  /**
+   * Appends block[0, n) to the output compressed, or raw when compression saves less than 1/8
+   * (LevelDB's rule: reading a barely smaller block is not worth the decoding); returns the type.
+   */
+  private compressInto(block: Uint8Array, n: number): number {
+    this.rawDataBytes += n;
+    const limit = n - (n >>> 3);
+    const out = this.out;
+    if (this.blockType === BLOCK_LZ4) {
+      out.ensure(maxCompressedLength(n));
+      const end = lz4Compress(block, 0, n, out.buf, out.pos);
+      if (end - out.pos < limit) {
+        out.pos = end;
+        return BLOCK_LZ4;
+      }
+    } else if (this.blockType === BLOCK_ZSTD) {
+      const c = Bun.zstdCompressSync(block.subarray(0, n), { level: 1 });
+      if (c.length < limit) {
+        out.bytes(c);
+        return BLOCK_ZSTD;
+      }
+    }
+    out.bytes(block, 0, n);
+    return BLOCK_RAW;
+  }
+
   /** Appends the type byte and masked CRC over the block that starts at file offset `offset`. */
-  private writeTrailer(offset: number): void {
+  private writeTrailer(offset: number, type = BLOCK_RAW): void {
     const start = offset - this.offset;
-    this.out.u8(0); // block type: uncompressed
+    this.out.u8(type);
     const crc = crc32cUpdate(0, this.out.buf, start, this.out.pos);
     this.out.u32(maskCrc(crc));
   }
@@ -175,7 +227,7 @@ export class TableBuilder {
       fs.fdatasync(this.fd, (err) => (err ? reject(ioError(this.name, "fdatasync", err)) : resolve())),
     );
     fs.closeSync(this.fd);
-    return { fileSize: this.offset, entries: this.entries };
+    return { fileSize: this.offset, entries: this.entries, rawDataBytes: this.rawDataBytes, storedDataBytes: this.storedDataBytes };
   }
 
   /** Closes and deletes a half-written table (compaction aborted or failed). */
@@ -344,8 +396,18 @@ export class TableReader implements Releasable {
     if (crc32cUpdate(0, buf, 0, size + 1) !== expected) {
       throw corruption(this.name, offset, "block checksum mismatch");
     }
-    if (buf[size] !== 0) throw corruption(this.name, offset, `unknown block type ${buf[size]}`);
-    const block = buf.subarray(0, size);
+    const type = buf[size];
+    let block: Uint8Array;
+    if (type === BLOCK_RAW) {
+      block = buf.subarray(0, size);
+    } else {
+      try {
+        block = decompressBlock(type, buf, 0, size);
+      } catch (e) {
+        if (e instanceof BadCompressedBlock) throw corruption(this.name, offset, `block does not decompress (type ${type}): ${e.message}`);
+        throw e;
+      }
+    }
     if (fillCache) this.cache.insert(this.blocks, offset, block);
     return block;
   }

@@ -8,7 +8,7 @@ import { KIND_DEL, KIND_PUT, readU32, readU64 } from "./coding.ts";
 import { corruption } from "./errors.ts";
 import { runCompaction, type Compaction, type CompactionContext } from "./compaction.ts";
 import { tableFileName } from "./manifest.ts";
-import { TableBuilder, TableReader, type TableOptions } from "./sstable.ts";
+import { TableBuilder, TableReader, type BuiltTable, type TableOptions } from "./sstable.ts";
 import { fileMeta, Version, type FileMeta } from "./version.ts";
 
 /** A table as it crosses the thread boundary (user key views are rebuilt on arrival). */
@@ -65,14 +65,32 @@ export interface FileNumberReply {
 
 export type ToWorker = FlushJob | CompactJob | FileNumberReply;
 
+/** Bytes a job wrote: whole table files, and their data blocks before and after compression. */
+export interface TableWrites {
+  tableBytes: number;
+  rawDataBytes: number;
+  storedDataBytes: number;
+}
+
+export function noWrites(): TableWrites {
+  return { tableBytes: 0, rawDataBytes: 0, storedDataBytes: 0 };
+}
+
+/** Adds one finished table to `w`. */
+export function countTable(w: TableWrites, t: BuiltTable): void {
+  w.tableBytes += t.fileSize;
+  w.rawDataBytes += t.rawDataBytes;
+  w.storedDataBytes += t.storedDataBytes;
+}
+
 export interface FlushResult {
   file: WireFile | null;
-  tableBytes: number;
+  writes: TableWrites;
 }
 export interface CompactResult {
   added: WireFile[];
   compactPointer: Uint8Array;
-  tableBytes: number;
+  writes: TableWrites;
 }
 export interface WireError {
   message: string;
@@ -114,7 +132,7 @@ export async function flushBatches(job: FlushJob): Promise<FlushResult> {
     total += readU32(buf, start + 8);
     start = end;
   }
-  if (total === 0) return { file: null, tableBytes: 0 };
+  if (total === 0) return { file: null, writes: noWrites() };
   const keyStart = new Int32Array(total);
   const keyEnd = new Int32Array(total);
   const valStart = new Int32Array(total);
@@ -195,7 +213,7 @@ export async function flushBatches(job: FlushJob): Promise<FlushResult> {
     const built = await builder.finish();
     return {
       file: { number: job.number, size: built.fileSize, smallest: builder.smallest!, largest: builder.largest! },
-      tableBytes: built.fileSize,
+      writes: { tableBytes: built.fileSize, rawDataBytes: built.rawDataBytes, storedDataBytes: built.storedDataBytes },
     };
   } catch (e) {
     builder.abandon();
@@ -234,7 +252,7 @@ export async function compactTables(job: CompactJob, newFileNumber: () => Promis
   // Input tables are opened for this job only, without caching blocks: each is read once.
   const cache = new BlockCache(0);
   const tables = new TableCache<TableReader>(1 << 20);
-  let tableBytes = 0;
+  const writes = noWrites();
   const ctx: CompactionContext = {
     dir: job.dir,
     table: job.table,
@@ -255,7 +273,7 @@ export async function compactTables(job: CompactJob, newFileNumber: () => Promis
       return t;
     },
     aborted: () => Atomics.load(job.abort, 0) !== 0,
-    onTableWritten: (n) => (tableBytes += n),
+    onTableWritten: (t) => countTable(writes, t),
     // A thread of its own: yield only now and then, to receive file numbers and aborts.
     sliceMs: 50,
   };
@@ -263,7 +281,7 @@ export async function compactTables(job: CompactJob, newFileNumber: () => Promis
     const version = new Version(job.levels.map((l) => l.map(fromWire)));
     const c: Compaction = { level: job.level, inputs: [job.inputs[0].map(fromWire), job.inputs[1].map(fromWire)], grandparentBytes: 0 };
     const edit = await runCompaction(ctx, version, c, job.smallestSnapshot);
-    return { added: edit.added.map(([, f]) => toWire(f)), compactPointer: edit.compactPointers[0][1], tableBytes };
+    return { added: edit.added.map(([, f]) => toWire(f)), compactPointer: edit.compactPointers[0][1], writes };
   } finally {
     tables.clear();
   }

@@ -54,3 +54,40 @@ export class NodeStoppedError extends Error {
     this.name = "NodeStoppedError";
   }
 }
+
+/**
+ * The leader refused a configuration change for now: another change is not yet committed, this
+ * leader has not yet committed an entry of its term, or the learner to promote is still catching up.
+ */
+export class ConfChangePendingError extends Error {
+  readonly code = "CONF_CHANGE_PENDING";
+  constructor(
+    readonly reason: "change-pending" | "learner-behind",
+    detail?: string,
+  ) {
+    super(
+      reason === "change-pending"
+        ? "another membership change is still in progress (one at a time); retry once it has committed"
+        : `the learner is still catching up with the leader's log${detail ? ` (${detail})` : ""}; retry shortly`,
+    );
+    this.name = "ConfChangePendingError";
+  }
+}
+
+/** The change makes no sense against the current membership (adding a member twice, removing the last voter, ...). */
+export class InvalidConfChangeError extends Error {
+  readonly code = "INVALID_CONF_CHANGE";
+  constructor(detail: string) {
+    super(`invalid membership change: ${detail}`);
+    this.name = "InvalidConfChangeError";
+  }
+}
+
+/** A proposed change did not commit (a new leader overwrote it) or its outcome is unknown: list the members and retry. */
+export class ConfChangeLostError extends Error {
+  readonly code = "CONF_CHANGE_LOST";
+  constructor(why: string) {
+    super(`the membership change did not complete: ${why}; list the members to see the current configuration and retry`);
+    this.name = "ConfChangeLostError";
+  }
+}

@@ -1,7 +1,18 @@
 // The raft layer's public surface: other layers import Raft things from here only.
 
 export * from "./types.ts";
-export { Raft, type RaftConfig, type RaftInitialState, type RaftStatus, type ProposeResult, type ReadIndexResult } from "./core/raft.ts";
+export {
+  Raft,
+  type ConfChange,
+  type ConfChangeResult,
+  type RaftConfig,
+  type RaftInitialState,
+  type RaftStatus,
+  type ProposeResult,
+  type ReadIndexResult,
+} from "./core/raft.ts";
+export { describeConfChange } from "./core/config-change.ts";
+export { decodeMembership, describeMembership, encodeMembership, membershipOfMeta, metaWith } from "./core/membership.ts";
 export {
   RaftNode,
   type RaftNodeOptions,
@@ -9,7 +20,10 @@ export {
 } from "./node.ts";
 export {
   BackpressureError,
+  ConfChangeLostError,
+  ConfChangePendingError,
   EntryTooLargeError,
+  InvalidConfChangeError,
   NodeStoppedError,
   NotLeaderError,
   ReadIndexTimeoutError,

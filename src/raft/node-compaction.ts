@@ -2,13 +2,14 @@
 // compacted only through an applied index the state machine has itself made durable.
 
 import type { Raft } from "./core/raft.ts";
-import type { LogStore, NodeId, SnapshotMeta, StateMachine } from "./types.ts";
+import { metaWith } from "./core/membership.ts";
+import type { LogStore, StateMachine } from "./types.ts";
 
 /**
  * Compacts the log through what the state machine has made durable, once that is more than
  * `threshold` entries past the compaction point; forces a sync at twice the threshold.
  */
-export async function maybeCompact(raft: Raft, log: LogStore, sm: StateMachine, threshold: number, members: NodeId[]): Promise<void> {
+export async function maybeCompact(raft: Raft, log: LogStore, sm: StateMachine, threshold: number): Promise<void> {
   const point = log.firstIndex() - 1;
   const applied = raft.appliedIndex;
   if (applied - point <= threshold) return;
@@ -20,7 +21,9 @@ export async function maybeCompact(raft: Raft, log: LogStore, sm: StateMachine, 
   }
   const term = log.term(durable);
   if (term === undefined) return; // not in the durable log (e.g. just reset to a snapshot)
-  const meta: SnapshotMeta = { index: durable, term, members: [...members] };
+  const membership = raft.raftLog.membershipAt(durable);
+  if (membership === undefined) return;
+  const meta = metaWith(durable, term, membership);
   await log.compact(meta);
   raft.compact(meta);
 }

@@ -3,11 +3,20 @@
 
 import type { Clock } from "./clock.ts";
 import type { RaftConfig } from "./core/raft.ts";
-import type { LogStore, NodeId, RaftRole, StateMachine, Transport } from "./types.ts";
+import type { LogStore, Membership, NodeId, RaftRole, StateMachine, Transport } from "./types.ts";
 
 export interface RaftNodeOptions {
   id: NodeId;
+  /**
+   * The bootstrap voters. Used only while neither the log nor a snapshot holds a configuration
+   * (a brand-new cluster); after that the configuration in the log is the truth. Empty for a node
+   * that joins an existing cluster: it waits, without campaigning, for a leader to add it.
+   */
   peers: NodeId[];
+  /** Addresses of the bootstrap voters, stored with the bootstrap configuration. */
+  addresses?: Record<NodeId, string>;
+  /** Called after a cycle in which the configuration changed (a change entry appended, truncated or installed). */
+  onMembershipChange?: (membership: Membership) => void;
   logStore: LogStore;
   transport: Transport;
   stateMachine: StateMachine;
@@ -42,6 +51,10 @@ export interface RaftNodeOptions {
   snapshotChunkBytes?: number;
   /** A readIndex() not served within this rejects with ReadIndexTimeoutError (default 3 election timeouts). */
   readTimeoutMs?: number;
+  /** A learner is promoted only when at most this many entries behind the leader (default 1000). */
+  maxLearnerLag?: number;
+  /** A proposed membership change not applied within this fails with ConfChangeLostError (default 10 election timeouts). */
+  confChangeTimeoutMs?: number;
   /** Called once if the node stops on a fatal error (disk failure, invariant violation). */
   onFatal?: (error: Error) => void;
   /** This node may have lost durable state it acknowledged: it votes only once caught up (core/recovery.ts). */
@@ -60,7 +73,11 @@ export interface RaftNodeStatus {
   snapshotIndex: number;
   firstIndex: number;
   lastIndex: number;
+  /** The voters of the configuration in force (the latest in the log). */
   members: NodeId[];
+  learners: NodeId[];
+  /** Address per member id, as stored with the configuration. */
+  addresses: Record<NodeId, string>;
   logBytes: number;
   pendingReads: number;
   snapshotsSent: number;
@@ -85,18 +102,18 @@ export const DEFAULTS = {
 };
 
 /** The options with every default filled in. */
-export type ResolvedNodeOptions = RaftNodeOptions & typeof DEFAULTS & { readTimeoutMs: number };
+export type ResolvedNodeOptions = RaftNodeOptions & typeof DEFAULTS & { readTimeoutMs: number; confChangeTimeoutMs: number };
 
 export function resolveOptions(options: RaftNodeOptions): ResolvedNodeOptions {
   const merged = { ...DEFAULTS, ...stripUndefined(options) } as RaftNodeOptions & typeof DEFAULTS;
-  return { ...merged, readTimeoutMs: options.readTimeoutMs ?? 3 * merged.electionTicks * merged.tickMs };
+  const electionMs = merged.electionTicks * merged.tickMs;
+  return { ...merged, readTimeoutMs: options.readTimeoutMs ?? 3 * electionMs, confChangeTimeoutMs: options.confChangeTimeoutMs ?? 10 * electionMs };
 }
 
 /** The core's configuration for this node; `random` is the seeded election-timeout source. */
 export function coreConfig(options: RaftNodeOptions, random: () => number): RaftConfig {
   return {
     id: options.id,
-    peers: options.peers,
     electionTicks: options.electionTicks ?? DEFAULTS.electionTicks,
     heartbeatTicks: options.heartbeatTicks ?? DEFAULTS.heartbeatTicks,
     random,
@@ -105,6 +122,7 @@ export function coreConfig(options: RaftNodeOptions, random: () => number): Raft
     maxInflight: options.maxInflight ?? DEFAULTS.maxInflight,
     maxBytesPerAppend: options.maxBytesPerAppend ?? DEFAULTS.maxBytesPerAppend,
     maxPendingProposals: options.maxPendingProposals ?? DEFAULTS.maxPendingProposals,
+    ...(options.maxLearnerLag !== undefined ? { maxLearnerLag: options.maxLearnerLag } : {}),
   };
 }
 

@@ -1,7 +1,7 @@
 // Leader side of snapshot transfer: streams the state machine's current image to a follower whose
 // entries are compacted away, one transfer per follower at a time, re-cut into bounded chunks.
 
-import type { Message, NodeId, StateMachine, Transport } from "./types.ts";
+import type { Message, NodeId, SnapshotMeta, StateMachine, Transport } from "./types.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -11,8 +11,8 @@ export interface SnapshotSenderHost {
   readonly sm: StateMachine;
   readonly transport: Transport;
   readonly chunkBytes: number;
-  /** Members to name in a snapshot whose state machine did not record any. */
-  members(): NodeId[];
+  /** The snapshot meta at `index`, with the configuration in force there (throws if unknown). */
+  metaAt(index: number): SnapshotMeta;
   /** The follower's answer, to be stepped into the core. */
   deliver(response: InstallSnapshotResponse): void;
   /** The transfer failed (network or snapshot): the core goes back to probing. */
@@ -38,7 +38,8 @@ export class SnapshotSender {
     let ok = false;
     try {
       const image = await host.sm.snapshot();
-      const meta = { ...image.meta, members: image.meta.members.length > 0 ? image.meta.members : host.members() };
+      // The configuration comes from the log, not the machine: the machine does not track it.
+      const meta = { ...host.metaAt(image.meta.index), term: image.meta.term };
       const message: InstallSnapshot = { ...request, snapshot: meta };
       const response = await host.transport.sendSnapshot(message, rechunk(image.chunks, host.chunkBytes));
       if (host.stopped) return;

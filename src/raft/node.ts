@@ -5,12 +5,22 @@
 import { Rng } from "../util/rng.ts";
 import { type Clock, RealClock, type TimerHandle } from "./clock.ts";
 import { Raft } from "./core/raft.ts";
-import { BackpressureError, EntryTooLargeError, NodeStoppedError, NotLeaderError } from "./errors.ts";
+import type { ConfChange } from "./core/config-change.ts";
+import { metaWith } from "./core/membership.ts";
+import {
+  BackpressureError,
+  ConfChangePendingError,
+  EntryTooLargeError,
+  InvalidConfChangeError,
+  NodeStoppedError,
+  NotLeaderError,
+} from "./errors.ts";
 import { maybeCompact } from "./node-compaction.ts";
+import { ConfChangeWaiters } from "./node-conf-changes.ts";
 import { coreConfig, type RaftNodeOptions, type RaftNodeStatus, type ResolvedNodeOptions, resolveOptions } from "./node-options.ts";
 import { ReadWaiters } from "./node-reads.ts";
 import { SnapshotSender } from "./node-snapshots.ts";
-import type { LogStore, Message, NodeId, Ready, StateMachine, Transport } from "./types.ts";
+import { type Entry, EntryType, type LogStore, type Membership, type Message, type NodeId, type Ready, type SnapshotMeta, type StateMachine, type Transport } from "./types.ts";
 
 export type { RaftNodeOptions, RaftNodeStatus } from "./node-options.ts";
 
@@ -37,6 +47,9 @@ export class RaftNode {
   /** InstallSnapshot answers the core produces for a stream we are receiving, by leader id. */
   private readonly snapshotAnswers = new Map<NodeId, (m: InstallSnapshotResponse | null) => void>();
   private readonly reads: ReadWaiters;
+  private readonly confChanges: ConfChangeWaiters;
+  /** The configuration version last reported to onMembershipChange. */
+  private membershipSeen = -1;
   private stopped = false;
   private fatal: Error | null = null;
   private snapshotsReceived = 0;
@@ -50,6 +63,7 @@ export class RaftNode {
     this.sm = options.stateMachine;
     this.transport = options.transport;
     this.reads = new ReadWaiters(this.clock, this.opts.readTimeoutMs);
+    this.confChanges = new ConfChangeWaiters(this.clock, this.opts.confChangeTimeoutMs);
     const node = this;
     this.snapshotSender = new SnapshotSender({
       get stopped() {
@@ -58,7 +72,7 @@ export class RaftNode {
       sm: this.sm,
       transport: this.transport,
       chunkBytes: this.opts.snapshotChunkBytes,
-      members: () => [...this.opts.peers],
+      metaAt: (index) => this.snapshotMetaAt(index),
       deliver: (response) => this.receive([response]),
       failed: (to) => {
         this.guard(() => this.raft.reportSnapshot(to, false));
@@ -79,9 +93,13 @@ export class RaftNode {
           `(${compacted.index}); the entries between were discarded — restore this node from a peer`,
       );
     }
+    const bootstrap = metaWith(0, 0, { voters: [...options.peers], learners: [], addresses: { ...options.addresses } });
     if (applied > 0 && (applied > log.lastIndex() || log.term(applied) !== appliedTerm)) {
-      // The machine installed a snapshot and the node crashed before the log was reset to it.
-      await log.resetToSnapshot({ index: applied, term: appliedTerm, members: [...options.peers] });
+      // The machine installed a snapshot and the node crashed before the log was reset to it:
+      // resume from that snapshot, with the configuration it carried if the machine kept it.
+      const restored = sm.restoredSnapshot?.() ?? null;
+      const fromMachine = restored !== null && restored.index === applied && restored.term === appliedTerm;
+      await log.resetToSnapshot(fromMachine ? restored : { ...bootstrap, index: applied, term: appliedTerm });
     }
     const snapshot = log.snapshotMeta();
     const rng = new Rng(options.seed ?? Math.floor(Math.random() * 2 ** 32));
@@ -89,7 +107,7 @@ export class RaftNode {
       coreConfig(options, () => rng.next()),
       {
         hardState: log.hardState(),
-        snapshot: snapshot.index === 0 ? { ...snapshot, members: [...options.peers] } : snapshot,
+        snapshot: snapshot.index === 0 ? bootstrap : snapshot,
         entries: log.lastIndex() >= log.firstIndex() ? log.entries(log.firstIndex(), log.lastIndex() + 1) : [],
         appliedIndex: applied,
         recovering: options.recovering ?? false,
@@ -149,6 +167,37 @@ export class RaftNode {
     return promise;
   }
 
+  /**
+   * Proposes one membership change on the leader; resolves with the new configuration once the
+   * change is committed and applied here. Refused with NotLeaderError, BackpressureError
+   * (transferring), ConfChangePendingError (one change at a time; learner catching up) or
+   * InvalidConfChangeError; fails with ConfChangeLostError if it did not commit.
+   */
+  async proposeConfChange(change: ConfChange): Promise<Membership> {
+    this.assertRunning();
+    const result = this.raft.proposeConfChange(change);
+    if (!result.ok) {
+      switch (result.reason) {
+        case "not-leader":
+          throw new NotLeaderError(result.leaderId);
+        case "transferring":
+          throw new BackpressureError("transferring");
+        case "invalid":
+          throw new InvalidConfChangeError(result.detail ?? "refused");
+        default:
+          throw new ConfChangePendingError(result.reason, result.detail);
+      }
+    }
+    const done = this.confChanges.wait(result.index, result.term, result.membership);
+    this.kick();
+    return done;
+  }
+
+  /** The configuration in force on this node (the latest in its log, committed or not). */
+  membership(): Membership {
+    return this.raft.status().membership;
+  }
+
   transferLeadership(to: NodeId): void {
     this.assertRunning();
     this.raft.transferLeadership(to);
@@ -174,7 +223,9 @@ export class RaftNode {
       snapshotIndex: this.log.snapshotMeta().index,
       firstIndex: s.firstIndex,
       lastIndex: s.lastIndex,
-      members: [...this.opts.peers],
+      members: [...s.membership.voters],
+      learners: [...s.membership.learners],
+      addresses: { ...s.membership.addresses },
       logBytes: this.log.sizeBytes(),
       pendingReads: this.reads.size,
       snapshotsSent: this.snapshotSender.sent,
@@ -230,9 +281,10 @@ export class RaftNode {
         await this.handleReady(ready);
         if (this.stopped) return;
         this.raft.advance(ready);
+        this.reportMembership();
         // Checked synchronously: most cycles have nothing to compact and should not pay an await.
         if (this.raft.appliedIndex - (this.log.firstIndex() - 1) > this.opts.snapshotThreshold) {
-          await maybeCompact(this.raft, this.log, this.sm, this.opts.snapshotThreshold, this.opts.peers);
+          await maybeCompact(this.raft, this.log, this.sm, this.opts.snapshotThreshold);
         }
       }
     } catch (err) {
@@ -252,14 +304,20 @@ export class RaftNode {
     }
     if (early !== null) this.dispatch(early);
     // 2. Durable before anything else is said about it.
-    if (rd.snapshot) await this.log.resetToSnapshot(rd.snapshot);
+    if (rd.snapshot) {
+      await this.log.resetToSnapshot(rd.snapshot);
+      this.confChanges.skipped(rd.snapshot);
+    }
     if (rd.hardState || rd.entries.length > 0) await this.log.save(rd.hardState, rd.entries);
     if (this.stopped) return;
     if (late !== null) this.dispatch(late);
     // The core answers an installed snapshot in the first Ready after step(); none means no answer.
     this.settleSnapshotAnswers();
     // 3. Apply, then serve reads.
-    if (rd.committedEntries.length > 0) await this.sm.apply(rd.committedEntries);
+    if (rd.committedEntries.length > 0) {
+      await this.sm.apply(withoutConfChanges(rd.committedEntries));
+      this.confChanges.committed(rd.committedEntries);
+    }
     this.reads.confirm(rd.readStates);
     this.reads.serve(this.sm.lastApplied());
     if (rd.softState && rd.softState.role !== "Leader") this.reads.failUnconfirmed(rd.softState.leaderId);
@@ -343,6 +401,26 @@ export class RaftNode {
     if (held.length > 0) this.receive(held);
   }
 
+  // ---- membership ------------------------------------------------------------------------------
+
+  /** A snapshot meta at `index` carrying the configuration in force there (for compaction and transfers). */
+  private snapshotMetaAt(index: number): SnapshotMeta {
+    const log = this.raft.raftLog;
+    const membership = log.membershipAt(index);
+    const term = log.term(index);
+    if (membership === undefined || term === undefined) {
+      throw new RangeError(`no configuration known at index ${index} (the log holds ${log.snapshot.index}..${log.lastIndex()})`);
+    }
+    return metaWith(index, term, membership);
+  }
+
+  private reportMembership(): void {
+    const version = this.raft.raftLog.membershipVersion;
+    if (version === this.membershipSeen) return;
+    this.membershipSeen = version;
+    this.opts.onMembershipChange?.(this.membership());
+  }
+
   // ---- lifecycle -------------------------------------------------------------------------------
 
   private scheduleTick(): void {
@@ -374,6 +452,7 @@ export class RaftNode {
     if (this.tickTimer !== null) this.clock.clearTimeout(this.tickTimer);
     this.tickTimer = null;
     this.reads.rejectAll(new NodeStoppedError(this.id, error ?? undefined));
+    this.confChanges.rejectAll(new NodeStoppedError(this.id, error ?? undefined));
     this.settleSnapshotAnswers();
     if (error) this.opts.onFatal?.(error);
   }
@@ -382,4 +461,10 @@ export class RaftNode {
 /** Messages only a leader sends, which carry no claim about the sender's own disk. */
 function isLeaderMessage(m: Message): boolean {
   return m.type === "AppendEntries" || m.type === "Heartbeat" || m.type === "InstallSnapshot";
+}
+
+/** State machines see configuration entries as Noops: membership is the driver's business. */
+function withoutConfChanges(entries: Entry[]): Entry[] {
+  if (!entries.some((e) => e.type === EntryType.ConfChange)) return entries;
+  return entries.map((e) => (e.type === EntryType.ConfChange ? { index: e.index, term: e.term, type: EntryType.Noop, data: new Uint8Array(0) } : e));
 }

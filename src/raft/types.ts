@@ -2,7 +2,7 @@
 // machine: log entries, persistent state, peer messages, and the interfaces the driver plugs into.
 // Names follow the Raft paper (term, votedFor, commitIndex, lastApplied, matchIndex, nextIndex).
 
-/** A node's id: a small non-negative integer, its position in the cluster's address list. */
+/** A node's id: a small non-negative integer (at bootstrap, its position in the `-addrs` list). */
 export type NodeId = number;
 
 /** No node (no vote cast, leader unknown). */
@@ -13,6 +13,23 @@ export const enum EntryType {
   Normal = 0,
   /** The empty entry a new leader appends to commit entries of earlier terms (§5.4.2, §8). */
   Noop = 1,
+  /**
+   * A configuration change: `data` is the whole new Membership (core/membership.ts). It takes
+   * effect on every node as soon as it is in the node's log (§4.1 of the thesis). State machines
+   * never see one: RaftNode hands it to them as a Noop.
+   */
+  ConfChange = 2,
+}
+
+/**
+ * The cluster configuration: who votes, who only follows the log (learners), and where each
+ * member is reached. Voters and learners are sorted and disjoint.
+ */
+export interface Membership {
+  voters: NodeId[];
+  learners: NodeId[];
+  /** Address of each member that has one (bootstrap lists may give none). */
+  addresses: Record<NodeId, string>;
 }
 
 export interface Entry {
@@ -29,11 +46,19 @@ export interface HardState {
   commitIndex: number;
 }
 
-/** Identifies the state a snapshot captures: everything up to and including `index`. */
+/**
+ * Identifies the state a snapshot captures: everything up to and including `index`, and the
+ * configuration in force at `index` (`members` are its voters).
+ */
 export interface SnapshotMeta {
   index: number;
   term: number;
+  /** The voters. */
   members: NodeId[];
+  /** Non-voting members (absent: none). */
+  learners?: NodeId[];
+  /** Address per member id (absent: none known). */
+  addresses?: Record<NodeId, string>;
 }
 
 /**
@@ -55,6 +80,11 @@ export type Message =
        * (raftpb.Message) it travels in the `ok` field, which REQUEST_VOTE does not otherwise use.
        */
       transfer?: boolean;
+      /**
+       * The candidate is recovering lost durable state (core/recovery.ts): recovering voters grant
+       * only such candidates, which in turn need the grant of every other voter.
+       */
+      recovering?: boolean;
     }
   | {
       type: "RequestVoteResponse";
@@ -151,7 +181,8 @@ export type RaftRole = "Leader" | "Follower" | "Candidate" | "PreCandidate";
 
 /**
  * The replicated state machine, as the driver sees it. Committed entries arrive in log order,
- * each index exactly once per lifetime of the machine's durable state.
+ * each index exactly once per lifetime of the machine's durable state. Only Normal and Noop
+ * entries arrive: configuration changes are the driver's business and reach it as Noops.
  */
 export interface StateMachine {
   /** Applies committed entries in order. Must not fsync: the Raft log is the write-ahead log. */
@@ -174,6 +205,12 @@ export interface StateMachine {
   snapshot(): Promise<{ meta: SnapshotMeta; chunks: AsyncIterable<Uint8Array> }>;
   /** Replaces the whole state with the snapshot read from `chunks`; atomic across crashes. */
   restore(meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>): Promise<void>;
+  /**
+   * The meta (with its configuration) of the last snapshot restored, if the machine keeps it. A
+   * node that crashed after a restore but before resetting its log resumes from it; without it the
+   * node falls back to its bootstrap members there.
+   */
+  restoredSnapshot?(): SnapshotMeta | null;
 }
 
 /**

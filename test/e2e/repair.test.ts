@@ -11,7 +11,7 @@ import { TestCluster } from "./harness.ts";
 
 setDefaultTimeout(90_000);
 
-const KEYS = 60;
+const KEYS = 120;
 let cluster: TestCluster | null = null;
 afterEach(async () => {
   await cluster?.destroy();
@@ -44,8 +44,14 @@ async function waitFor(c: TestCluster, id: number, what: string, done: (s: Onlin
 
 const caughtUp = (s: Online, leader: Online | null) => leader !== null && s.storageHealth === "" && s.lastApplied >= leader.commitIndex;
 
-/** The value fill() writes for key i: 200 bytes, so a few dozen keys span several blocks. */
-const value = (i: number, suffix = ""): string => `v${i}${suffix}`.padEnd(200, ".");
+/**
+ * The value fill() writes for key i: 200 bytes of hash hex, so that even compressed the keys span
+ * several table blocks (a block read while loading sessions must not hold them all).
+ */
+const value = (i: number, suffix = ""): string => {
+  const hex = (n: number) => new Bun.CryptoHasher("sha256").update(`${i}${suffix}/${n}`).digest("hex");
+  return `v${i}${suffix}-${hex(0)}${hex(1)}${hex(2)}${hex(3)}`.slice(0, 200);
+};
 
 async function fill(c: TestCluster, suffix = ""): Promise<void> {
   const clerk = c.clerk({ operationTimeoutMs: 20_000 });

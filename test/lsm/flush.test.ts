@@ -59,7 +59,7 @@ test("flushed batches come out sorted by unsigned key bytes then newest first, w
     end += b.length;
     ends.push(end);
   }
-  const table = { blockSize: 512, restartInterval: 4, bloomBitsPerKey: 10 };
+  const table = { blockSize: 512, restartInterval: 4, bloomBitsPerKey: 10, compression: "lz4" as const };
   const result = await flushBatches({ type: "flush", id: 1, dir, number: 7, batches: all, batchEnds: ends, table });
   expect(result.file).not.toBeNull();
   const expected = written
@@ -112,7 +112,7 @@ test("a memtable's order spares the sort; a wrong or partial order is ignored, n
   const expected: string[] = [];
   const mi = mem.iterator();
   for (mi.seekToFirst(); mi.valid(); mi.next()) expected.push(`${text(mi.key())}@${mi.seq()}=${[...mi.value()].join(".")}`);
-  const table = { blockSize: 512, restartInterval: 4, bloomBitsPerKey: 10 };
+  const table = { blockSize: 512, restartInterval: 4, bloomBitsPerKey: 10, compression: "lz4" as const };
   const variants: (Int32Array | undefined)[] = [
     order,
     undefined,

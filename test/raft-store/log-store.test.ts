@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { FileLogStore, LogStoreError } from "../../src/raft/log/log-store.ts";
+import { encodeMembership } from "../../src/raft/core/membership.ts";
 import { type Entry, EntryType, NONE } from "../../src/raft/types.ts";
 
 let dir: string;
@@ -144,6 +145,23 @@ describe("FileLogStore", () => {
     expect(reopened.lastIndex()).toBe(501);
     expect(reopened.entries(501, 502).map(text)).toEqual([text(entry(501, 4))]);
     expect(reopened.hardState()).toEqual({ term: 4, votedFor: 1, commitIndex: 501 });
+    await reopened.close();
+  });
+
+  test("the configuration with learners and addresses survives compaction, reset and reopen; ConfChange entries too", async () => {
+    const meta = { index: 4, term: 1, members: [0, 1, 2], learners: [7], addresses: { 0: "10.0.0.1:7000", 7: "[::1]:7007" } };
+    const store = await FileLogStore.open(dir);
+    const conf: Entry = { index: 11, term: 1, type: EntryType.ConfChange, data: encodeMembership({ voters: [0, 1, 2, 7], learners: [], addresses: {} }) };
+    await store.save({ term: 1, votedFor: 0, commitIndex: 4 }, [...range(1, 10, 1), conf]);
+    await store.compact(meta);
+    await store.close();
+    let reopened = await FileLogStore.open(dir);
+    expect(reopened.snapshotMeta()).toEqual(meta);
+    expect(reopened.entries(11, 12)[0]).toEqual(conf);
+    await reopened.resetToSnapshot({ ...meta, index: 20, term: 2 });
+    await reopened.close();
+    reopened = await FileLogStore.open(dir);
+    expect(reopened.snapshotMeta()).toEqual({ ...meta, index: 20, term: 2 });
     await reopened.close();
   });
 

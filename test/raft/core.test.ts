@@ -17,7 +17,7 @@ function entries(terms: number[], from = 1, bytes = 0): Entry[] {
 function core(id: number, init: Partial<RaftInitialState> = {}, config: Partial<RaftConfig> = {}): Raft {
   return new Raft(
     // Node 0 times out first (random 0 ⇒ shortest timeout), so scenarios know who campaigns.
-    { id, peers: PEERS, electionTicks: 10, heartbeatTicks: 1, random: () => (id === 0 ? 0 : 0.99), preVote: true, checkQuorum: true, maxInflight: 4, maxBytesPerAppend: 1024, ...config },
+    { id, electionTicks: 10, heartbeatTicks: 1, random: () => (id === 0 ? 0 : 0.99), preVote: true, checkQuorum: true, maxInflight: 4, maxBytesPerAppend: 1024, ...config },
     {
       hardState: init.hardState ?? { term: 0, votedFor: NONE, commitIndex: 0 },
       snapshot: init.snapshot ?? { index: 0, term: 0, members: PEERS },
@@ -155,7 +155,7 @@ describe("core", () => {
   });
 
   test("Ready contract: ready() twice without advance() throws", () => {
-    const n = core(0, {}, { peers: [0] });
+    const n = core(0, { snapshot: { index: 0, term: 0, members: [0] } });
     n.tick();
     for (let i = 0; i < 30 && !n.hasReady(); i++) n.tick();
     n.ready();
@@ -186,7 +186,7 @@ describe("core", () => {
     expect(() => new RaftLog({ index: 0, term: 0, members: PEERS }, entries([1, 1]), 5, 0)).toThrow(/beyond the log's last index/);
     expect(() => new RaftLog({ index: 0, term: 0, members: PEERS }, entries([1, 1], 2), 0, 0)).toThrow(/contiguously/);
     expect(() => core(0, {}, { heartbeatTicks: 10 })).toThrow(/heartbeatTicks/);
-    expect(() => core(0, {}, { peers: [1, 2] })).toThrow(/must include/);
+    expect(() => core(0, { snapshot: { index: 0, term: 0, members: [1, 1] } })).toThrow(/duplicate voter/);
     expect(() => core(0).propose([])).toThrow(RangeError);
     const n = core(0, { hardState: { term: 1, votedFor: NONE, commitIndex: 2 }, entries: entries([1, 1, 1]) });
     expect(n.status().commitIndex).toBe(2);

@@ -68,6 +68,29 @@ describe("lost durable state", () => {
     expect(h.c.status(follower).recovering).toBe("");
   });
 
+  test("a wiped node and a node that never got an entry do not elect an empty leader while the holder is down", () => {
+    const h = new Harness("wiped plus empty", "lost-state.test.ts", 3, { network: RELIABLE });
+    const leader = h.checkOneLeader();
+    const empty = (leader + 2) % 3;
+    const wiped = (leader + 1) % 3;
+    h.crash(empty);
+    h.c.loseDisk(empty, "wipe");
+    h.c.nodes[empty]!.disk.recovering = false; // a node that never ran: empty, and not recovering
+    for (let i = 0; i < 20; i++) h.one(cmd(`v${i}`), 2, true);
+    h.crash(wiped);
+    h.c.loseDisk(wiped, "wipe");
+    h.crash(leader);
+    h.restart(wiped);
+    h.restart(empty);
+    h.run(400);
+    // Any leader now would have an empty log and lose 20 committed entries.
+    expect(h.c.leader()).toBe(-1);
+    h.restart(leader);
+    h.checkOneLeader(400);
+    h.one(cmd("after"), 3, true);
+    expect(h.c.nodes[wiped]!.applied).toBe(h.c.oracle.maxApplied);
+  });
+
   test("a new cluster whose nodes all start recovering (no identity files) still elects a leader", () => {
     const h = new Harness("new cluster recovering", "lost-state.test.ts", 3, { network: RELIABLE });
     for (let id = 0; id < 3; id++) {

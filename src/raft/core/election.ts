@@ -36,11 +36,28 @@ export function voteRequests(
 }
 
 /**
+ * What a message of a higher term does to the receiver (§5.1): nothing at all (a vote request
+ * inside the leader lease), nothing to its term (a pre-vote, or a granted pre-vote answer), or
+ * it steps down into that term, following the sender when the sender is that term's leader.
+ */
+export function higherTermAction(
+  m: Message,
+  lease: { checkQuorum: boolean; leaderId: NodeId; electionElapsed: number; electionTicks: number },
+): "ignore" | "keep-term" | "follow-sender" | "follow-none" {
+  if (m.type === "RequestVote" && ignoresVoteRequest(m, lease)) return "ignore";
+  if (m.type === "RequestVote" && m.preVote) return "keep-term";
+  // Granted pre-votes carry the term we would campaign in.
+  if (m.type === "RequestVoteResponse" && m.preVote && m.voteGranted) return "keep-term";
+  if (m.type === "AppendEntries" || m.type === "Heartbeat" || m.type === "InstallSnapshot") return "follow-sender";
+  return "follow-none";
+}
+
+/**
  * A node that heard from a live leader within the election timeout ignores (pre)votes of a
  * higher term (leader lease, §4.2.3 of the thesis), unless the leader itself asked for the
  * election (TimeoutNow).
  */
-export function ignoresVoteRequest(
+function ignoresVoteRequest(
   m: MessageOf<"RequestVote">,
   state: { checkQuorum: boolean; leaderId: NodeId; electionElapsed: number; electionTicks: number },
 ): boolean {

@@ -1,5 +1,5 @@
-// Majority counting for a static set of voters: vote tallies and the committed index implied by
-// the voters' match indexes (etcd's quorum/majority.go, for one configuration).
+// Majority counting over one configuration's voters: vote tallies and the committed index implied
+// by the voters' match indexes (etcd's quorum/majority.go). Learners never appear here.
 
 import type { NodeId } from "../types.ts";
 
@@ -9,12 +9,14 @@ export const enum VoteResult {
   Lost = 2,
 }
 
-/** A majority configuration: a set of voters, any ⌊n/2⌋+1 of which form a quorum. */
+/**
+ * A majority configuration: a set of voters, any ⌊n/2⌋+1 of which form a quorum. It may be empty
+ * on a node that has not yet learned any configuration (a joining node): nothing is ever won then.
+ */
 export class MajorityConfig {
   readonly voters: readonly NodeId[];
 
   constructor(voters: readonly NodeId[]) {
-    if (voters.length === 0) throw new RangeError("a Raft cluster needs at least one voter");
     const unique = [...new Set(voters)].sort((a, b) => a - b);
     if (unique.length !== voters.length) throw new RangeError(`duplicate voter ids in [${voters.join(", ")}]`);
     for (const id of unique) {
@@ -25,6 +27,10 @@ export class MajorityConfig {
 
   get quorum(): number {
     return Math.floor(this.voters.length / 2) + 1;
+  }
+
+  includes(id: NodeId): boolean {
+    return this.voters.includes(id);
   }
 
   /** Won once a quorum granted, Lost once a quorum can no longer be reached, else Pending. */
@@ -44,7 +50,7 @@ export class MajorityConfig {
   /** The largest index that a quorum of voters has matched (sorted descending, take quorum-th). */
   committedIndex(matchIndex: (id: NodeId) => number): number {
     const matches = this.voters.map(matchIndex).sort((a, b) => b - a);
-    return matches[this.quorum - 1] as number;
+    return matches[this.quorum - 1] ?? 0;
   }
 
   /** True when the voters for which `active` holds form a quorum. */

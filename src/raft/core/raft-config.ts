@@ -4,8 +4,6 @@ import type { NodeId } from "../types.ts";
 
 export interface RaftConfig {
   id: NodeId;
-  /** All voting members, including `id` (static membership). */
-  peers: NodeId[];
   /** Election timeout base: a follower campaigns after a random timeout in [electionTicks, 2*electionTicks). */
   electionTicks: number;
   /** A leader sends heartbeats every heartbeatTicks (must be < electionTicks). */
@@ -24,6 +22,8 @@ export interface RaftConfig {
   maxPendingReads?: number;
   /** Payload bytes of committed entries per Ready (default 16 MiB; always at least one entry). */
   maxCommittedBytesPerReady?: number;
+  /** A learner is promoted only if its log is at most this many entries behind the leader's (default 1000). */
+  maxLearnerLag?: number;
 }
 
 export function validateConfig(c: RaftConfig): void {
@@ -37,8 +37,10 @@ export function validateConfig(c: RaftConfig): void {
   if (c.maxPendingProposals !== undefined) positive("maxPendingProposals", c.maxPendingProposals);
   if (c.maxPendingReads !== undefined) positive("maxPendingReads", c.maxPendingReads);
   if (c.maxCommittedBytesPerReady !== undefined) positive("maxCommittedBytesPerReady", c.maxCommittedBytesPerReady);
+  if (c.maxLearnerLag !== undefined && !(Number.isInteger(c.maxLearnerLag) && c.maxLearnerLag >= 0)) {
+    throw new RangeError(`RaftConfig.maxLearnerLag must be a non-negative integer, got ${c.maxLearnerLag}`);
+  }
   if (c.heartbeatTicks >= c.electionTicks) {
     throw new RangeError(`RaftConfig.heartbeatTicks (${c.heartbeatTicks}) must be below electionTicks (${c.electionTicks})`);
   }
-  if (!c.peers.includes(c.id)) throw new RangeError(`RaftConfig.peers [${c.peers.join(", ")}] must include this node's id ${c.id}`);
 }

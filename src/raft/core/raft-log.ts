@@ -1,7 +1,14 @@
 // The core's in-memory Raft log: the compaction point (snapshot meta) plus the entries after it,
-// which of them are durable ("stable"), and the commit and applied cursors.
+// which of them are durable ("stable"), the commit and applied cursors, and the configurations
+// the log holds (a node uses the latest one in its log, committed or not: §4.1 of the thesis).
 
-import type { Entry, SnapshotMeta } from "../types.ts";
+import { EntryType, type Entry, type Membership, type SnapshotMeta } from "../types.ts";
+import { cloneSnapshotMeta, decodeMembership, membershipOfMeta, metaWith, sameMembership } from "./membership.ts";
+
+interface ConfigEntry {
+  index: number;
+  membership: Membership;
+}
 
 export class RaftLog {
   /** Entries up to and including snapshot.index are compacted away. */
@@ -12,9 +19,16 @@ export class RaftLog {
   stableIndex: number;
   commitIndex: number;
   appliedIndex: number;
+  /** The configuration in force at snapshot.index. */
+  private snapshotMembership: Membership;
+  /** The ConfChange entries after snapshot.index, in index order. */
+  private configs: ConfigEntry[] = [];
+  /** Bumped whenever membership() may have changed (an append, truncation or restore). */
+  membershipVersion = 0;
 
   constructor(snapshot: SnapshotMeta, entries: Entry[], commitIndex: number, appliedIndex: number) {
-    this.snapshot = { ...snapshot, members: [...snapshot.members] };
+    this.snapshotMembership = membershipOfMeta(snapshot);
+    this.snapshot = metaWith(snapshot.index, snapshot.term, this.snapshotMembership);
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i] as Entry;
       if (e.index !== snapshot.index + 1 + i) {
@@ -26,6 +40,7 @@ export class RaftLog {
       if (e.term < prevTerm) throw new RangeError(`initial entry ${e.index} has term ${e.term} below its predecessor's ${prevTerm}`);
     }
     this.entries = entries.slice();
+    for (const e of this.entries) this.noteConfig(e);
     this.stableIndex = this.lastIndex();
     if (appliedIndex < snapshot.index) {
       throw new RangeError(`appliedIndex ${appliedIndex} is below the log's compaction point ${snapshot.index}: the state machine must hold at least the snapshot`);
@@ -97,7 +112,53 @@ export class RaftLog {
     for (const e of entries) {
       if (e.index !== this.lastIndex() + 1) throw new Error(`invariant: appending entry ${e.index} after last index ${this.lastIndex()}`);
       this.entries.push(e);
+      this.noteConfig(e);
     }
+  }
+
+  // ---- configurations --------------------------------------------------------------------------
+
+  private noteConfig(e: Entry): void {
+    if (e.type !== EntryType.ConfChange) return;
+    let membership: Membership;
+    try {
+      membership = decodeMembership(e.data);
+    } catch (err) {
+      throw new Error(`invariant: configuration entry ${e.index} (term ${e.term}) cannot be decoded: ${(err as Error).message}`);
+    }
+    this.configs.push({ index: e.index, membership });
+    this.membershipVersion++;
+  }
+
+  /** The latest configuration in the log (§4.1: used as soon as it is appended). */
+  membership(): Membership {
+    const last = this.configs[this.configs.length - 1];
+    return last === undefined ? this.snapshotMembership : last.membership;
+  }
+
+  /** Index of the latest ConfChange entry held, or the compaction point when none is held after it. */
+  lastConfigIndex(): number {
+    const last = this.configs[this.configs.length - 1];
+    return last === undefined ? this.snapshot.index : last.index;
+  }
+
+  /** The configuration in force at `index` (snapshot.index <= index <= lastIndex), else undefined. */
+  membershipAt(index: number): Membership | undefined {
+    if (index < this.snapshot.index || index > this.lastIndex()) return undefined;
+    for (let i = this.configs.length - 1; i >= 0; i--) {
+      const c = this.configs[i] as ConfigEntry;
+      if (c.index <= index) return c.membership;
+    }
+    return this.snapshotMembership;
+  }
+
+  /** Forgets configurations from entries at or after `index` (they were truncated). */
+  private dropConfigsFrom(index: number): void {
+    let n = this.configs.length;
+    while (n > 0 && (this.configs[n - 1] as ConfigEntry).index >= index) n--;
+    if (n === this.configs.length) return;
+    this.configs.length = n;
+    this.membershipVersion++;
   }
 
   /**
@@ -119,6 +180,7 @@ export class RaftLog {
           throw new Error(`invariant: leader's entry ${e.index} (term ${e.term}) conflicts with committed entry of term ${ours}`);
         }
         this.entries.length = e.index - this.snapshot.index - 1;
+        this.dropConfigsFrom(e.index);
         if (this.stableIndex >= e.index) this.stableIndex = e.index - 1;
         break;
       }
@@ -153,15 +215,24 @@ export class RaftLog {
     if (meta.index > this.stableIndex) throw new RangeError(`compact(${meta.index}) beyond the durable index ${this.stableIndex}`);
     const t = this.term(meta.index);
     if (t !== meta.term) throw new RangeError(`compact: entry ${meta.index} has term ${t}, the snapshot meta says ${meta.term}`);
+    const membership = this.membershipAt(meta.index) as Membership;
+    if (!sameMembership(membership, membershipOfMeta(meta))) {
+      throw new RangeError(`compact: the snapshot meta's configuration differs from the log's at index ${meta.index}`);
+    }
     this.entries = this.entries.slice(meta.index - this.snapshot.index);
-    this.snapshot = { index: meta.index, term: meta.term, members: [...meta.members] };
+    this.snapshot = metaWith(meta.index, meta.term, membership);
+    this.snapshotMembership = membership;
+    this.configs = this.configs.filter((c) => c.index > meta.index);
   }
 
   /** Replaces the whole log with an installed snapshot. */
   restore(meta: SnapshotMeta): void {
     if (meta.index < this.commitIndex) throw new Error(`invariant: restoring snapshot ${meta.index} below commitIndex ${this.commitIndex}`);
     this.entries = [];
-    this.snapshot = { index: meta.index, term: meta.term, members: [...meta.members] };
+    this.snapshot = cloneSnapshotMeta(meta);
+    this.snapshotMembership = membershipOfMeta(meta);
+    this.configs = [];
+    this.membershipVersion++;
     this.commitIndex = meta.index;
     this.appliedIndex = meta.index;
     this.stableIndex = meta.index;

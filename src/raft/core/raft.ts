@@ -3,77 +3,32 @@
 // Roles, terms, the step function and Ready/advance live here; the follower's handlers in
 // follower.ts, the voting rules in election.ts, the leader's replication in replication.ts.
 
-import { type CampaignKind, countsVoteResponse, grantsVote, ignoresVoteRequest, voteRequests } from "./election.ts";
-import {
-  answerStaleMessage,
-  type FollowerContext,
-  handleAppendEntries,
-  handleHeartbeat,
-  handleInstallSnapshot,
-  snapshotNeedsRestore,
-} from "./follower.ts";
+import { type CampaignKind, countsVoteResponse, grantsVote, higherTermAction, voteRequests } from "./election.ts";
+import { answerStaleMessage, type FollowerContext, handleAppendEntries, handleHeartbeat, handleInstallSnapshot, snapshotNeedsRestore } from "./follower.ts";
+import { checkConfChange, type ConfChange } from "./config-change.ts";
+import { cloneMembership, encodeMembership } from "./membership.ts";
 import { MajorityConfig, VoteResult } from "./quorum.ts";
 import { RaftLog } from "./raft-log.ts";
 import { ReadOnly } from "./read-only.ts";
 import { Recovery } from "./recovery.ts";
 import { Outbox, type SoftState } from "./ready.ts";
 import { type RaftConfig, validateConfig } from "./raft-config.ts";
-import { type ProgressStatus, Replication } from "./replication.ts";
-import {
-  EntryType,
-  NONE,
-  type Entry,
-  type HardState,
-  type Message,
-  type NodeId,
-  type RaftRole,
-  type Ready,
-  type SnapshotMeta,
-} from "../types.ts";
+import type { ConfChangeResult, ProposeResult, RaftInitialState, RaftStatus, ReadIndexResult } from "./interface.ts";
+import { Replication } from "./replication.ts";
+import { EntryType, NONE, type Entry, type HardState, type Message, type NodeId, type RaftRole, type Ready, type SnapshotMeta } from "../types.ts";
 
-export interface RaftInitialState {
-  /** As persisted. */
-  hardState: HardState;
-  /** Log compaction point ({index:0, term:0, members: peers} when none). */
-  snapshot: SnapshotMeta;
-  /** Persisted entries after snapshot.index, in order. */
-  entries: Entry[];
-  /** The state machine's applied index: committed entries after it are re-delivered in committedEntries. */
-  appliedIndex: number;
-  /** The node may have lost durable state it acknowledged: no votes until caught up (recovery.ts). */
-  recovering?: boolean;
-}
-
-export type ProposeResult =
-  | { ok: true; index: number; term: number }
-  | { ok: false; leaderId: NodeId; reason: "not-leader" | "backpressure" | "transferring" };
-
-export type ReadIndexResult = { ok: true } | { ok: false; leaderId: NodeId; reason?: "not-leader" | "backpressure" };
-
-export type { ProgressStatus } from "./replication.ts";
+export type { ConfChange, ConfChangeRefusal } from "./config-change.ts";
+export type { ConfChangeResult, ProgressStatus, ProposeResult, RaftInitialState, RaftStatus, ReadIndexResult } from "./interface.ts";
 export type { RaftConfig } from "./raft-config.ts";
-
-export interface RaftStatus {
-  id: NodeId;
-  role: RaftRole;
-  term: number;
-  leaderId: NodeId;
-  commitIndex: number;
-  appliedIndex: number;
-  firstIndex: number;
-  lastIndex: number;
-  votedFor: NodeId;
-  progress?: Record<NodeId, ProgressStatus>;
-  /** Why this node does not vote yet ("" when it does): it is recovering lost durable state. */
-  recovering: string;
-}
 
 type MessageOf<T extends Message["type"]> = Extract<Message, { type: T }>;
 
 export class Raft {
   readonly id: NodeId;
   private readonly config: Required<RaftConfig>;
-  private readonly voters: MajorityConfig;
+  /** The voters of the latest configuration in the log, and which version of it that is. */
+  private voters: MajorityConfig;
+  private membershipSeen: number;
   private readonly log: RaftLog;
 
   private term: number;
@@ -103,12 +58,14 @@ export class Raft {
       maxPendingProposals: 10_000,
       maxPendingReads: 10_000,
       maxCommittedBytesPerReady: 16 * 1024 * 1024,
+      maxLearnerLag: 1000,
       ...config,
     };
     this.id = config.id;
-    this.voters = new MajorityConfig(config.peers);
     const hs = initial.hardState;
     this.log = new RaftLog(initial.snapshot, initial.entries, hs.commitIndex, initial.appliedIndex);
+    this.voters = new MajorityConfig(this.log.membership().voters);
+    this.membershipSeen = this.log.membershipVersion;
     if (hs.term < this.log.lastTerm()) throw new RangeError(`persisted term ${hs.term} is below the last log term ${this.log.lastTerm()}`);
     this.term = hs.term;
     this.votedFor = hs.votedFor;
@@ -123,6 +80,7 @@ export class Raft {
   tick(): void {
     if (this.role === "Leader") this.tickHeartbeat();
     else this.tickElection();
+    this.afterInput();
   }
 
   propose(data: Uint8Array[]): ProposeResult {
@@ -140,7 +98,7 @@ export class Raft {
 
   readIndex(context: number): ReadIndexResult {
     if (this.role !== "Leader") return { ok: false, leaderId: this.leaderId, reason: "not-leader" };
-    if (this.voters.voters.length === 1) {
+    if (this.voters.voters.length === 1 && this.voters.includes(this.id)) {
       this.outbox.readStates.push({ context, index: this.log.commitIndex });
       return { ok: true };
     }
@@ -155,8 +113,33 @@ export class Raft {
     return { ok: true };
   }
 
+  /**
+   * Proposes one configuration change (config-change.ts). It takes effect as soon as it is in the
+   * log; the next may be proposed once it commits.
+   */
+  proposeConfChange(change: ConfChange): ConfChangeResult {
+    if (this.role !== "Leader") return { ok: false, leaderId: this.leaderId, reason: "not-leader" };
+    const replication = this.leader();
+    if (replication.leadTransferee !== NONE) return { ok: false, leaderId: this.id, reason: "transferring" };
+    const checked = checkConfChange(change, {
+      membership: this.log.membership(),
+      lastConfigIndex: this.log.lastConfigIndex(),
+      commitIndex: this.log.commitIndex,
+      committedInCurrentTerm: this.committedInCurrentTerm(),
+      lastIndex: this.log.lastIndex(),
+      maxLearnerLag: this.config.maxLearnerLag,
+      matchIndex: (id) => replication.progressOf(id).matchIndex,
+    });
+    if (!checked.ok) return { ...checked, leaderId: this.id };
+    const index = this.log.lastIndex() + 1;
+    this.appendEntries([{ index, term: this.term, type: EntryType.ConfChange, data: encodeMembership(checked.next) }]);
+    this.appendBroadcastPending = true;
+    this.afterInput();
+    return { ok: true, index, term: this.term, membership: checked.next };
+  }
+
   transferLeadership(to: NodeId): void {
-    if (!this.voters.voters.includes(to)) throw new RangeError(`transferLeadership: ${to} is not a member`);
+    if (!this.voters.includes(to)) throw new RangeError(`transferLeadership: ${to} is not a voter`);
     if (this.role !== "Leader" || to === this.id || this.leader().leadTransferee === to) return;
     this.electionElapsed = 0; // the transfer is abandoned after one election timeout
     this.leader().transferTo(to);
@@ -187,20 +170,18 @@ export class Raft {
 
   step(m: Message): void {
     if (m.to !== this.id) throw new RangeError(`node ${this.id} was handed a message addressed to ${m.to}`);
-    if (!this.voters.voters.includes(m.from) || m.from === this.id) return; // not a peer: ignore
+    // Senders outside our configuration are heard too: a joining node learns its configuration
+    // from the leader's log. What counts (votes, acknowledgements) is decided by configuration.
+    if (m.from === this.id) return;
+    this.stepMessage(m);
+    this.afterInput();
+  }
+
+  private stepMessage(m: Message): void {
     if (m.term > this.term) {
-      if (m.type === "RequestVote" && ignoresVoteRequest(m, { ...this.config, leaderId: this.leaderId, electionElapsed: this.electionElapsed })) {
-        return;
-      }
-      if (m.type === "RequestVote" && m.preVote) {
-        // A pre-vote does not change anyone's term.
-      } else if (m.type === "RequestVoteResponse" && m.preVote && m.voteGranted) {
-        // Granted pre-votes carry the term we would campaign in.
-      } else if (m.type === "AppendEntries" || m.type === "Heartbeat" || m.type === "InstallSnapshot") {
-        this.becomeFollower(m.term, m.from);
-      } else {
-        this.becomeFollower(m.term, NONE);
-      }
+      const action = higherTermAction(m, { ...this.config, leaderId: this.leaderId, electionElapsed: this.electionElapsed });
+      if (action === "ignore") return;
+      if (action !== "keep-term") this.becomeFollower(m.term, action === "follow-sender" ? m.from : NONE);
     } else if (m.term < this.term) {
       if (this.config.checkQuorum || this.config.preVote) answerStaleMessage(this.followerContext(), m);
       return;
@@ -262,6 +243,7 @@ export class Raft {
   advance(rd: Ready): void {
     this.outbox.advance(rd, this.log);
     this.replication?.leaderPersisted();
+    this.afterInput();
   }
 
   // ---- Inspection ------------------------------------------------------------------------------
@@ -283,6 +265,7 @@ export class Raft {
       lastIndex: this.log.lastIndex(),
       votedFor: this.votedFor,
       recovering: this.recovery.describe(),
+      membership: cloneMembership(this.log.membership()),
     };
     if (this.replication !== null) s.progress = this.replication.status();
     return s;
@@ -294,7 +277,10 @@ export class Raft {
   }
 
   /** Read-only view of the in-memory log (used by the simulator's invariant checks). */
-  get raftLog(): Pick<RaftLog, "snapshot" | "term" | "entry" | "firstIndex" | "lastIndex" | "commitIndex" | "heldEntries"> {
+  get raftLog(): Pick<
+    RaftLog,
+    "snapshot" | "term" | "entry" | "firstIndex" | "lastIndex" | "commitIndex" | "heldEntries" | "membership" | "membershipAt" | "lastConfigIndex" | "membershipVersion"
+  > {
     return this.log;
   }
 
@@ -350,13 +336,12 @@ export class Raft {
     this.reset(this.term);
     this.role = "Leader";
     this.leaderId = this.id;
-    this.recovery.becameLeader();
     const last = this.log.lastIndex();
     const replication = new Replication({
       id: this.id,
       term: this.term,
       log: this.log,
-      voters: this.voters,
+      membership: this.log.membership(),
       maxInflight: this.config.maxInflight,
       maxBytesPerAppend: this.config.maxBytesPerAppend,
       send: (m) => this.send(m),
@@ -369,8 +354,7 @@ export class Raft {
   }
 
   private campaign(kind: CampaignKind): void {
-    if (!this.voters.voters.includes(this.id)) return;
-    if (this.recovery.blocksCampaign(this.log)) return;
+    if (!this.voters.includes(this.id)) return; // learners and non-members never campaign
     let voteTerm: number;
     if (kind === "pre-vote") {
       this.becomePreCandidate();
@@ -380,17 +364,22 @@ export class Raft {
       voteTerm = this.term;
     }
     this.votes.set(this.id, true);
-    if (this.voters.voteResult(this.votes) === VoteResult.Won) {
+    if (this.tally() === VoteResult.Won) {
       if (kind === "pre-vote") this.campaign("election");
       else this.becomeLeader();
       return;
     }
-    for (const m of voteRequests(this.id, this.voters.voters, voteTerm, this.log, kind)) this.send(m);
+    for (const m of voteRequests(this.id, this.voters.voters, voteTerm, this.log, kind)) {
+      if (this.recovery.active && m.type === "RequestVote") m.recovering = true;
+      this.send(m);
+    }
   }
 
   private tickElection(): void {
     this.electionElapsed++;
-    if (this.electionElapsed >= this.randomizedElectionTimeout) {
+    // A learner or removed node never campaigns; its timer keeps running, so once a whole election
+    // timeout passes without a leader it is out of the lease and answers a candidate's votes.
+    if (this.electionElapsed >= this.randomizedElectionTimeout && this.voters.includes(this.id)) {
       this.electionElapsed = 0;
       this.campaign(this.config.preVote ? "pre-vote" : "election");
     }
@@ -401,6 +390,11 @@ export class Raft {
     this.electionElapsed++;
     if (this.electionElapsed >= this.config.electionTicks) {
       this.electionElapsed = 0;
+      if (this.removalCommitted()) {
+        // Its hand-over did not finish within an election timeout: the voters elect without it.
+        this.becomeFollower(this.term, NONE);
+        return;
+      }
       if (this.config.checkQuorum) {
         if (!this.leader().quorumActive()) {
           // Cut off from a majority for a whole election timeout: stop accepting work (§6.2).
@@ -426,7 +420,7 @@ export class Raft {
 
   private handleRequestVote(m: MessageOf<"RequestVote">): void {
     const granted =
-      grantsVote(m, { term: this.term, votedFor: this.votedFor, leaderId: this.leaderId }, this.log) && !this.recovery.refusesVote(m, this.log);
+      grantsVote(m, { term: this.term, votedFor: this.votedFor, leaderId: this.leaderId }, this.log) && !this.recovery.refusesVote(m);
     this.send({ type: "RequestVoteResponse", from: this.id, to: m.from, term: granted ? m.term : this.term, voteGranted: granted, preVote: m.preVote });
     if (granted && !m.preVote) {
       this.votedFor = m.from;
@@ -437,7 +431,7 @@ export class Raft {
   private handleVoteResponse(m: MessageOf<"RequestVoteResponse">): void {
     if (!countsVoteResponse(this.role, this.term, m)) return;
     this.votes.set(m.from, m.voteGranted);
-    const result = this.voters.voteResult(this.votes);
+    const result = this.tally();
     if (result === VoteResult.Won) {
       if (this.role === "PreCandidate") this.campaign("election");
       else this.becomeLeader();
@@ -446,8 +440,39 @@ export class Raft {
     }
   }
 
+  /** The campaign's outcome: a majority, or for a recovering candidate every other voter (recovery.ts). */
+  private tally(): VoteResult {
+    return this.recovery.active ? this.recovery.tally(this.id, this.voters.voters, this.votes) : this.voters.voteResult(this.votes);
+  }
+
   private followerContext(): FollowerContext {
     return { id: this.id, term: this.term, log: this.log, send: (m) => this.send(m) };
+  }
+
+  // ---- Configuration ---------------------------------------------------------------------------
+
+  /** After every input: use the log's latest configuration, and hand over if it removed this leader. */
+  private afterInput(): void {
+    if (this.log.membershipVersion !== this.membershipSeen) {
+      this.membershipSeen = this.log.membershipVersion;
+      const membership = this.log.membership();
+      this.voters = new MajorityConfig(membership.voters);
+      this.replication?.setMembership(membership);
+    }
+    if (this.role === "Leader" && this.removalCommitted()) this.handOver();
+  }
+
+  /** This leader is not a voter of the configuration, and that configuration is committed. */
+  private removalCommitted(): boolean {
+    return !this.voters.includes(this.id) && this.log.commitIndex >= this.log.lastConfigIndex();
+  }
+
+  /**
+   * A leader whose removal committed hands leadership to the most caught-up voter (TimeoutNow once
+   * it holds the whole log) and steps down; proposals are refused meanwhile (a transfer is on).
+   */
+  private handOver(): void {
+    if (this.leader().handOver()) this.becomeFollower(this.term, NONE);
   }
 
   // ---- Leader side (replication itself is in replication.ts) -----------------------------------
@@ -468,6 +493,7 @@ export class Raft {
 
   /** commitIndex advanced: reads held back until this term committed an entry may now go ahead. */
   private committed(firstOfTerm: boolean): void {
+    if (firstOfTerm) this.recovery.leaderCommitted();
     if (firstOfTerm && this.readOnly.addDeferred(this.log.commitIndex)) this.readBroadcastPending = true;
   }
 
@@ -490,10 +516,7 @@ export class Raft {
   private handleHeartbeatResponse(m: MessageOf<"HeartbeatResponse">): void {
     this.leader().handleHeartbeatResponse(m);
     if (m.readContext > 0) {
-      const confirmed = this.readOnly.ack(m.from, m.readContext, (acked) =>
-        this.voters.committedIndex((id) => (id === this.id ? Number.MAX_SAFE_INTEGER : (acked.get(id) ?? 0))),
-      );
-      for (const rs of confirmed) this.outbox.readStates.push(rs);
+      for (const rs of this.readOnly.ack(m.from, m.readContext, this.voters, this.id)) this.outbox.readStates.push(rs);
     }
   }
 

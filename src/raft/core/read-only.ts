@@ -1,6 +1,7 @@
 // ReadIndex bookkeeping on the leader (§6.4 of the Raft thesis): each read records the commit
 // index at request time and waits until a quorum has acknowledged a heartbeat sent after it.
 
+import type { MajorityConfig } from "./quorum.ts";
 import type { NodeId, ReadState } from "../types.ts";
 
 interface PendingRead {
@@ -59,13 +60,13 @@ export class ReadOnly {
   }
 
   /**
-   * Records `from`'s acknowledgement of `round` and returns the reads now confirmed by a quorum,
-   * `hasQuorum` telling whether a set of voters is a quorum (the leader counts itself).
+   * Records `from`'s acknowledgement of `round` and returns the reads now confirmed by a quorum of
+   * `voters` (the leader `self` counts as having acknowledged every round; learners never count).
    */
-  ack(from: NodeId, round: number, confirmedRound: (acked: ReadonlyMap<NodeId, number>) => number): ReadState[] {
+  ack(from: NodeId, round: number, voters: MajorityConfig, self: NodeId): ReadState[] {
     if (round <= 0 || this.pending.length === 0) return [];
     if ((this.acked.get(from) ?? 0) < round) this.acked.set(from, round);
-    return this.release(confirmedRound(this.acked));
+    return this.release(voters.committedIndex((id) => (id === self ? Number.MAX_SAFE_INTEGER : (this.acked.get(id) ?? 0))));
   }
 
   /** Releases every read of round <= `round`, in order. */

@@ -1,9 +1,9 @@
 // Recovery of lost durable state: a node that may have lost entries or a vote it acknowledged (a
-// wiped or truncated disk, a discarded state machine) neither votes nor campaigns until it has
-// caught up with a live leader's commit index. Pure; see DESIGN.md "Lost durable state".
+// wiped or truncated disk, a discarded state machine) votes only for candidates recovering too,
+// which need every other voter, until it has caught up with a leader. Pure; DESIGN.md "Lost durable state".
 
-import type { RaftLog } from "./raft-log.ts";
-import type { Message } from "../types.ts";
+import { VoteResult } from "./quorum.ts";
+import type { Message, NodeId } from "../types.ts";
 
 type MessageOf<T extends Message["type"]> = Extract<Message, { type: T }>;
 
@@ -27,19 +27,31 @@ export class Recovery {
 
   /**
    * A recovering voter's promises are gone: it may have voted in this term already, and its log no
-   * longer says which entries were committed, so it grants no (pre-)vote. The one exception is a
-   * candidate whose log is as empty as ours: no entry was ever appended that either of us knows
-   * of, which is how every node of a new cluster starts (a node started without its identity
-   * file cannot tell a new cluster from a wiped disk).
+   * longer says which entries were committed. It grants a (pre-)vote only to a candidate that is
+   * recovering too, and such a candidate needs every other voter (tally), so a voter that kept the
+   * committed entries is always among its electors. (The usual up-to-date rule applies as well.)
    */
-  refusesVote(m: MessageOf<"RequestVote">, log: RaftLog): boolean {
-    if (!this.recovering) return false;
-    return !(m.lastLogIndex === 0 && log.lastIndex() === 0 && log.snapshot.index === 0);
+  refusesVote(m: MessageOf<"RequestVote">): boolean {
+    return this.recovering && m.recovering !== true;
   }
 
-  /** Campaigning asks others to trust our log: only an empty one (a new cluster) may, see refusesVote. */
-  blocksCampaign(log: RaftLog): boolean {
-    return this.recovering && !(log.lastIndex() === 0 && log.snapshot.index === 0);
+  /**
+   * A recovering candidate wins only with the grant of every other voter; one refusal loses. Its
+   * own vote and a majority would not do: a wiped node, another one, and a node that never got an
+   * entry could elect an empty leader while the nodes holding the committed entries are down.
+   * Unanimity includes them. This is also how a new cluster starts (kvserver starts every node on
+   * an empty directory recovering: it cannot tell a new node from a wiped one): its first leader is
+   * elected once every node is up. A single-node cluster needs no one else.
+   */
+  tally(self: NodeId, voters: readonly NodeId[], votes: ReadonlyMap<NodeId, boolean>): VoteResult {
+    let pending = false;
+    for (const v of voters) {
+      if (v === self) continue;
+      const vote = votes.get(v);
+      if (vote === false) return VoteResult.Lost;
+      if (vote === undefined) pending = true;
+    }
+    return pending ? VoteResult.Pending : VoteResult.Won;
   }
 
   /**
@@ -63,8 +75,13 @@ export class Recovery {
     return true;
   }
 
-  /** A leader's log is the authority for its term: nothing left to catch up with. */
-  becameLeader(): void {
+  /**
+   * A leader that was recovering (elected by every other voter, so nothing committed is missing
+   * from its log) is done once an entry of its own term commits. Not at election: if it loses
+   * leadership before that, it is still the node that lost state, and must recover again
+   * (kvserver's RECOVERING marker stays until the same point).
+   */
+  leaderCommitted(): void {
     this.recovering = false;
     this.target = null;
   }

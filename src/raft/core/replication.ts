@@ -1,10 +1,12 @@
-// The leader's side of log replication for one term: per-follower Progress, building AppendEntries,
-// heartbeats and InstallSnapshot, handling the answers, and advancing commitIndex. Pure, no I/O.
+// The leader's side of log replication for one term: per-member Progress (voters and learners),
+// building AppendEntries, heartbeats and InstallSnapshot, handling the answers, advancing
+// commitIndex by the voters' quorum, and leadership transfer. Pure, no I/O.
 
+import { cloneSnapshotMeta, membersOf } from "./membership.ts";
 import { Progress } from "./progress.ts";
-import type { MajorityConfig } from "./quorum.ts";
+import { MajorityConfig } from "./quorum.ts";
 import type { RaftLog } from "./raft-log.ts";
-import { NONE, type Message, type NodeId } from "../types.ts";
+import { NONE, type Membership, type Message, type NodeId } from "../types.ts";
 
 type MessageOf<T extends Message["type"]> = Extract<Message, { type: T }>;
 
@@ -20,7 +22,7 @@ export interface ReplicationContext {
   /** The leader's term: a Replication lives for exactly one term of leadership. */
   term: number;
   log: RaftLog;
-  voters: MajorityConfig;
+  membership: Membership;
   maxInflight: number;
   maxBytesPerAppend: number;
   send: (m: Message) => void;
@@ -29,25 +31,51 @@ export interface ReplicationContext {
 }
 
 export class Replication {
+  /** Every member's progress, and always the leader's own (even once it removed itself). */
   private readonly progress = new Map<NodeId, Progress>();
+  private voters: MajorityConfig;
+  /** Every member but the leader, voters first: whom appends and heartbeats go to. */
+  private peers: NodeId[] = [];
   /** The voter leadership is being handed to (§3.10 of the thesis), or NONE. */
   private transferee: NodeId = NONE;
+  /** A TimeoutNow went out for the current transfer. */
+  timeoutNowSent = false;
 
   constructor(private readonly ctx: ReplicationContext) {
-    const last = ctx.log.lastIndex();
-    for (const id of ctx.voters.voters) {
-      const pr = new Progress(id, last + 1, ctx.maxInflight);
-      // Everyone counts as recently active for the first CheckQuorum round.
-      pr.recentActive = true;
-      if (id === ctx.id) {
-        // Only what is durable here counts toward commit (an outstanding Ready may still be saving).
-        pr.matchIndex = ctx.log.stableIndex;
-        pr.becomeReplicate();
-      }
-      this.progress.set(id, pr);
-    }
+    this.voters = new MajorityConfig(ctx.membership.voters);
+    const self = new Progress(ctx.id, ctx.log.lastIndex() + 1, ctx.maxInflight);
+    // Only what is durable here counts toward commit (an outstanding Ready may still be saving).
+    self.matchIndex = ctx.log.stableIndex;
+    self.becomeReplicate();
+    this.progress.set(ctx.id, self);
+    this.track(ctx.membership);
   }
 
+  /**
+   * The configuration changed (an entry appended, or truncated away): track new members from the
+   * end of the log in probe state, forget removed ones, and re-count the commit index.
+   */
+  setMembership(membership: Membership): void {
+    this.track(membership);
+    this.maybeCommit();
+  }
+
+  private track(membership: Membership): void {
+    this.voters = new MajorityConfig(membership.voters);
+    const members = membersOf(membership);
+    this.peers = members.filter((id) => id !== this.ctx.id);
+    for (const id of [...this.progress.keys()]) {
+      if (id !== this.ctx.id && !members.includes(id)) this.progress.delete(id);
+    }
+    for (const id of this.peers) {
+      if (this.progress.has(id)) continue;
+      const pr = new Progress(id, this.ctx.log.lastIndex() + 1, this.ctx.maxInflight);
+      // Counts as recently active for the next CheckQuorum round, as every member does at election.
+      pr.recentActive = true;
+      this.progress.set(id, pr);
+    }
+    if (this.transferee !== NONE && !this.voters.includes(this.transferee)) this.abandonTransfer();
+  }
   progressOf(id: NodeId): Progress {
     const pr = this.progress.get(id);
     if (pr === undefined) throw new Error(`invariant: no progress for ${id} on leader ${this.ctx.id}`);
@@ -67,7 +95,7 @@ export class Replication {
    * check. Starts the next round (everyone but the leader inactive again).
    */
   quorumActive(): boolean {
-    const active = this.ctx.voters.hasQuorum((id) => id === this.ctx.id || this.progressOf(id).recentActive);
+    const active = this.voters.hasQuorum((id) => id === this.ctx.id || this.progressOf(id).recentActive);
     for (const [id, pr] of this.progress) pr.recentActive = id === this.ctx.id;
     return active;
   }
@@ -91,6 +119,32 @@ export class Replication {
     return this.transferee;
   }
 
+  /**
+   * This leader's removal committed: hand leadership to the most caught-up voter. True when the
+   * leader should step down now (TimeoutNow sent, or no voter to hand to).
+   */
+  handOver(): boolean {
+    if (this.transferee === NONE) {
+      const to = this.mostCaughtUpVoter();
+      if (to !== NONE) this.transferTo(to);
+    }
+    return this.timeoutNowSent || this.transferee === NONE;
+  }
+
+  /** The voter whose log matches the leader's furthest (lowest id on ties), or NONE. */
+  private mostCaughtUpVoter(): NodeId {
+    let best = NONE;
+    let bestMatch = -1;
+    for (const id of this.voters.voters) {
+      const match = this.progressOf(id).matchIndex;
+      if (id !== this.ctx.id && match > bestMatch) {
+        best = id;
+        bestMatch = match;
+      }
+    }
+    return best;
+  }
+
   /** Brings `to` up to date, then sends it TimeoutNow; proposals are refused meanwhile. */
   transferTo(to: NodeId): void {
     if (to === this.ctx.id || this.transferee === to) return;
@@ -102,17 +156,18 @@ export class Replication {
   /** A transfer not done within an election timeout is abandoned. */
   abandonTransfer(): void {
     this.transferee = NONE;
+    this.timeoutNowSent = false;
   }
 
   private sendTimeoutNow(to: NodeId): void {
     this.ctx.send({ type: "TimeoutNow", from: this.ctx.id, to, term: this.ctx.term });
+    this.timeoutNowSent = true;
   }
 
   // ---- sending ---------------------------------------------------------------------------------
 
   broadcastAppend(): void {
-    for (const id of this.ctx.voters.voters) {
-      if (id === this.ctx.id) continue;
+    for (const id of this.peers) {
       if (!this.sendAppend(id)) continue;
       this.fillWindow(id);
     }
@@ -120,8 +175,7 @@ export class Replication {
 
   broadcastHeartbeat(readContext: number): void {
     const { id: from, term, log } = this.ctx;
-    for (const id of this.ctx.voters.voters) {
-      if (id === from) continue;
+    for (const id of this.peers) {
       const commitIndex = Math.min(this.progressOf(id).matchIndex, log.commitIndex);
       this.ctx.send({ type: "Heartbeat", from, to: id, term, commitIndex, readContext });
     }
@@ -138,7 +192,7 @@ export class Replication {
       if (prevLogIndex > log.lastIndex()) throw new Error(`invariant: nextIndex ${pr.nextIndex} of ${to} beyond last index ${log.lastIndex()}`);
       // The entries it needs are compacted: the driver streams the state machine's snapshot.
       pr.becomeSnapshot(log.snapshot.index);
-      this.ctx.send({ type: "InstallSnapshot", from, to, term, snapshot: { ...log.snapshot, members: [...log.snapshot.members] } });
+      this.ctx.send({ type: "InstallSnapshot", from, to, term, snapshot: cloneSnapshotMeta(log.snapshot) });
       return true;
     }
     const entries = log.slice(pr.nextIndex, log.lastIndex() + 1, this.ctx.maxBytesPerAppend);
@@ -161,7 +215,8 @@ export class Replication {
   /** Handles a follower's answer (and completes a transfer to it once it has caught up). */
   handleAppendResponse(m: MessageOf<"AppendEntriesResponse">): void {
     const log = this.ctx.log;
-    const pr = this.progressOf(m.from);
+    const pr = this.progress.get(m.from);
+    if (pr === undefined) return; // not (or no longer) a member
     pr.recentActive = true;
     if (!m.success) {
       // conflictIndex 0: not an answer to an append but a report of lost entries (follower.ts handleHeartbeat).
@@ -194,7 +249,8 @@ export class Replication {
 
   /** The follower is alive: resume a stalled probe or window (read confirmation is the caller's). */
   handleHeartbeatResponse(m: MessageOf<"HeartbeatResponse">): void {
-    const pr = this.progressOf(m.from);
+    const pr = this.progress.get(m.from);
+    if (pr === undefined) return;
     pr.recentActive = true;
     pr.probeSent = false;
     // A full window whose appends were all lost would never drain: free one so an append goes
@@ -205,7 +261,8 @@ export class Replication {
 
   handleSnapshotResponse(m: MessageOf<"InstallSnapshotResponse">): void {
     const log = this.ctx.log;
-    const pr = this.progressOf(m.from);
+    const pr = this.progress.get(m.from);
+    if (pr === undefined) return;
     pr.recentActive = true;
     if (m.success) {
       if (m.matchIndex > log.lastIndex()) {
@@ -239,7 +296,7 @@ export class Replication {
   /** Commits the highest index a quorum holds, but only if it is of this term (§5.4.2, Figure 8). */
   private maybeCommit(): boolean {
     const { log, term } = this.ctx;
-    const index = this.ctx.voters.committedIndex((id) => this.progressOf(id).matchIndex);
+    const index = this.voters.committedIndex((id) => this.progressOf(id).matchIndex);
     if (index <= log.commitIndex || log.term(index) !== term) return false;
     const firstOfTerm = log.term(log.commitIndex) !== term;
     log.commitTo(index);

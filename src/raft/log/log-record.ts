@@ -2,6 +2,7 @@
 // Pure encoding and decoding; the files and fsyncs live in log-store.ts, recovery policy in log-recovery.ts.
 
 import { crc32c, maskCrc, unmaskCrc } from "../../util/crc32c.ts";
+import { decodeMembership, encodeMembership, membershipOfMeta } from "../core/membership.ts";
 import type { Entry, EntryType, HardState, NodeId, SnapshotMeta } from "../types.ts";
 
 /** masked CRC (u32) + payload length (u32) + record type (u8). */
@@ -45,7 +46,12 @@ export function entryRecordBytes(entry: Entry): number {
 export const HARD_STATE_RECORD_BYTES = RECORD_HEADER_BYTES + HARD_STATE_BYTES;
 export const SEGMENT_HEADER_RECORD_BYTES = RECORD_HEADER_BYTES + SEGMENT_HEADER_BYTES;
 export function metaRecordBytes(meta: SnapshotMeta): number {
-  return RECORD_HEADER_BYTES + 20 + 4 * meta.members.length;
+  return RECORD_HEADER_BYTES + 20 + 4 * meta.members.length + (hasMembershipExtras(meta) ? encodeMembership(membershipOfMeta(meta)).length : 0);
+}
+
+/** Learners or addresses: written as a membership record after the voters (absent otherwise). */
+function hasMembershipExtras(meta: SnapshotMeta): boolean {
+  return (meta.learners !== undefined && meta.learners.length > 0) || (meta.addresses !== undefined && Object.keys(meta.addresses).length > 0);
 }
 
 /** Writes the frame around a payload already at buf[at + 9, at + 9 + length). */
@@ -94,7 +100,13 @@ export function writeMetaRecord(
   putU64(view, p + 8, meta.term);
   view.setUint32(p + 16, meta.members.length, true);
   meta.members.forEach((member, i) => view.setUint32(p + 20 + 4 * i, member, true));
-  return seal(buf, view, at, type, 20 + 4 * meta.members.length);
+  let length = 20 + 4 * meta.members.length;
+  if (hasMembershipExtras(meta)) {
+    const membership = encodeMembership(membershipOfMeta(meta));
+    buf.set(membership, p + length);
+    length += membership.length;
+  }
+  return seal(buf, view, at, type, length);
 }
 
 /** One record framed at `offset`, its payload at [payloadStart, end). */
@@ -152,10 +164,21 @@ export function decodeMeta(view: DataView, rec: RawRecord): SnapshotMeta | strin
   const p = rec.payloadStart;
   if (rec.end - p < 20) return "snapshot meta record too short";
   const count = view.getUint32(p + 16, true);
-  if (count > MAX_MEMBERS || rec.end - p !== 20 + 4 * count) return "snapshot meta record has a bad member count";
+  if (count > MAX_MEMBERS || rec.end - p < 20 + 4 * count) return "snapshot meta record has a bad member count";
   const members: NodeId[] = [];
   for (let i = 0; i < count; i++) members.push(view.getUint32(p + 20 + 4 * i, true));
-  return { index: getU64(view, p), term: getU64(view, p + 8), members };
+  const meta: SnapshotMeta = { index: getU64(view, p), term: getU64(view, p + 8), members };
+  const extrasAt = p + 20 + 4 * count;
+  if (extrasAt === rec.end) return meta;
+  try {
+    const membership = decodeMembership(new Uint8Array(view.buffer, view.byteOffset + extrasAt, rec.end - extrasAt));
+    if (membership.voters.join() !== [...members].sort((a, b) => a - b).join()) return "snapshot meta record's membership disagrees with its voters";
+    if (membership.learners.length > 0) meta.learners = membership.learners;
+    if (Object.keys(membership.addresses).length > 0) meta.addresses = membership.addresses;
+    return meta;
+  } catch (err) {
+    return `snapshot meta record's membership is malformed: ${(err as Error).message}`;
+  }
 }
 
 /**

@@ -31,6 +31,7 @@ import { SegmentPreallocator } from "./log-preallocation.ts";
 import { entriesIn, termAt } from "./log-window.ts";
 import { recoverLog, type RecoveryReport } from "./log-recovery.ts";
 import { type Entry, type HardState, type LogStore, NONE, type SnapshotMeta } from "../types.ts";
+import { cloneSnapshotMeta } from "../core/membership.ts";
 
 export { LogStoreError, type LogStoreErrorCode } from "./log-error.ts";
 export type { RecoveryReport } from "./log-recovery.ts";
@@ -122,7 +123,7 @@ export class FileLogStore implements LogStore {
   }
 
   snapshotMeta(): SnapshotMeta {
-    return { ...this.snapshot, members: [...this.snapshot.members] };
+    return cloneSnapshotMeta(this.snapshot);
   }
 
   firstIndex(): number {
@@ -218,7 +219,7 @@ export class FileLogStore implements LogStore {
       );
     }
     this.log.splice(0, meta.index - this.snapshot.index);
-    this.snapshot = { ...meta, members: [...meta.members] };
+    this.snapshot = cloneSnapshotMeta(meta);
     this.openBatch = null;
     return this.enqueue(async () => {
       await writeCompactionMeta(this.dir, meta, this.counters);
@@ -238,7 +239,7 @@ export class FileLogStore implements LogStore {
       );
     }
     this.log = [];
-    this.snapshot = { ...meta, members: [...meta.members] };
+    this.snapshot = cloneSnapshotMeta(meta);
     this.openBatch = null;
     return this.enqueue(async () => {
       // A fresh segment that starts with the Reset: until it is durable, the old log stays valid.

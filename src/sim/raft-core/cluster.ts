@@ -2,7 +2,9 @@
 // and every node's election timeouts; time is counted in ticks. Tests and the CLI build on it.
 
 import { Rng } from "../../util/rng.ts";
-import type { ProposeResult, RaftConfig, ReadIndexResult } from "../../raft/core/raft.ts";
+import { describeConfChange } from "../../raft/core/config-change.ts";
+import { decodeMembership, describeMembership, membershipOfMeta } from "../../raft/core/membership.ts";
+import type { ConfChange, ConfChangeResult, ProposeResult, RaftConfig, ReadIndexResult } from "../../raft/core/raft.ts";
 import { EntryType, NONE, type NodeId, type ReadState } from "../../raft/types.ts";
 import { EventRing, InvariantViolation, Oracle, entryDigest } from "./checker.ts";
 import { RELIABLE, CoreSimNetwork, type Envelope, type NetworkOptions } from "./network.ts";
@@ -11,6 +13,8 @@ import { SimNode, type CrashPoint, type DiskFault, type SimHost } from "./sim-no
 export interface ClusterOptions {
   seed: number;
   nodes: number;
+  /** The bootstrap voters (default: every node). The others start empty and wait to be added. */
+  members?: NodeId[];
   network?: NetworkOptions;
   electionTicks?: number;
   heartbeatTicks?: number;
@@ -19,8 +23,15 @@ export interface ClusterOptions {
   maxInflight?: number;
   maxBytesPerAppend?: number;
   maxPendingProposals?: number;
+  maxLearnerLag?: number;
   /** Compact a node's log after this many applied entries (0 = never). */
   snapshotEvery?: number;
+  /**
+   * Every node starts recovering, as kvserver starts a node on an empty data directory (it cannot
+   * tell a new cluster from a wiped disk). Used with disk faults, where a wiped node must look
+   * exactly like a new one.
+   */
+  startRecovering?: boolean;
   /** The command line that replays this run, printed with every invariant violation. */
   replay?: string;
 }
@@ -38,10 +49,12 @@ export class CoreSimCluster implements SimHost {
   readonly rng: Rng;
   readonly network: CoreSimNetwork;
   readonly oracle: Oracle;
-  readonly events = new EventRing(30);
+  readonly events = new EventRing(Number(process.env.SIM_EVENTS ?? 30));
   readonly nodes: SimNode[];
   readonly stats = { snapshotsSent: 0, snapshotsInstalled: 0, compactions: 0, elections: 0, crashes: 0, restarts: 0, partitions: 0, diskFaults: 0 };
   readonly reads = new Map<number, ReadRecord>();
+  /** Granted (non-pre) votes sent, by "term:candidate": who may have elected whom. */
+  private readonly grants = new Map<string, Set<NodeId>>();
   private time = 0;
   private readonly seed: number;
   private readonly replay: string;
@@ -56,12 +69,15 @@ export class CoreSimCluster implements SimHost {
     this.network = new CoreSimNetwork(options.nodes, this.rng, options.network ?? RELIABLE);
     this.oracle = new Oracle((invariant, detail) => this.fail(invariant, detail));
     const peers = Array.from({ length: options.nodes }, (_, i) => i);
+    const members = options.members ?? peers;
+    for (const id of members) {
+      if (!peers.includes(id)) throw new RangeError(`bootstrap member ${id} is not one of the ${options.nodes} nodes`);
+    }
     const electionTicks = options.electionTicks ?? 10;
     const maxDelay = (options.network ?? RELIABLE).maxDelay;
     this.nodes = peers.map((id) => {
       const config: RaftConfig = {
         id,
-        peers,
         electionTicks,
         heartbeatTicks: options.heartbeatTicks ?? 2,
         random: () => this.rng.next(),
@@ -70,9 +86,11 @@ export class CoreSimCluster implements SimHost {
         maxInflight: options.maxInflight ?? 8,
         maxBytesPerAppend: options.maxBytesPerAppend ?? 4096,
         ...(options.maxPendingProposals !== undefined ? { maxPendingProposals: options.maxPendingProposals } : {}),
+        ...(options.maxLearnerLag !== undefined ? { maxLearnerLag: options.maxLearnerLag } : {}),
       };
-      return new SimNode(id, config, this, options.snapshotEvery ?? 0, 4 * maxDelay + 2 * electionTicks);
+      return new SimNode(id, config, members.includes(id) ? members : [], this, options.snapshotEvery ?? 0, 4 * maxDelay + 2 * electionTicks);
     });
+    if (options.startRecovering) for (const n of this.nodes) n.disk.recovering = true;
     for (const n of this.nodes) n.start();
   }
 
@@ -83,7 +101,53 @@ export class CoreSimCluster implements SimHost {
   }
 
   send(envelope: Envelope): void {
+    const m = envelope.message;
+    if (m.type === "RequestVoteResponse" && m.voteGranted && !m.preVote) {
+      const key = `${m.term}:${m.to}`;
+      let voters = this.grants.get(key);
+      if (voters === undefined) this.grants.set(key, (voters = new Set()));
+      voters.add(m.from);
+    }
     this.network.send(envelope, this.time);
+  }
+
+  /** Election safety across configurations: the winner is a voter and a quorum of its voters granted. */
+  onBecameLeader(node: NodeId, term: number, voters: readonly NodeId[]): void {
+    if (!voters.includes(node)) this.fail("learners never lead", `node ${node} became leader of term ${term} without being a voter of [${voters.join(", ")}]`);
+    const granted = this.grants.get(`${term}:${node}`) ?? new Set<NodeId>();
+    const count = voters.filter((v) => v === node || granted.has(v)).length;
+    if (count < Math.floor(voters.length / 2) + 1) {
+      this.fail("votes from voters only", `node ${node} leads term ${term} with grants from [${[...granted].join(", ")}], not a quorum of voters [${voters.join(", ")}]`);
+    }
+    for (const key of this.grants.keys()) if (Number(key.slice(0, key.indexOf(":"))) < term - 50) this.grants.delete(key);
+  }
+
+  /** Commits count voters only: the committed entry is on the disks of a quorum of the leader's voters. */
+  onLeaderCommit(node: NodeId, term: number, index: number, voters: readonly NodeId[]): void {
+    let holders = 0;
+    // A recovering node abstains from votes, so it protects the entry as a holder would (DESIGN.md).
+    for (const v of voters) if (this.nodes[v]!.disk.recovering || this.diskHolds(v, index, term)) holders++;
+    if (holders < Math.floor(voters.length / 2) + 1) {
+      this.fail("commit by a quorum of voters", `leader ${node} of term ${term} committed ${index}, durable on only ${holders} of its voters [${voters.join(", ")}]`);
+    }
+  }
+
+  /** Voters of the configuration in force at `index` in node `id`'s durable log (undefined below its compaction point). */
+  private diskVoters(id: NodeId, index: number): readonly NodeId[] | undefined {
+    const d = this.nodes[id]!.disk;
+    if (index < d.logSnapshot.index) return undefined;
+    for (let i = Math.min(d.entries.length, index - d.logSnapshot.index) - 1; i >= 0; i--) {
+      const e = d.entries[i]!;
+      if (e.type === EntryType.ConfChange) return decodeMembership(e.data).voters;
+    }
+    return membershipOfMeta(d.logSnapshot).voters;
+  }
+
+  /** Whether node `id`'s disk holds the entry (index, term), or a snapshot past it. */
+  private diskHolds(id: NodeId, index: number, term: number): boolean {
+    const d = this.nodes[id]!.disk;
+    const held = d.entries[index - d.logSnapshot.index - 1];
+    return d.smSnapshot.meta.index >= index || d.logSnapshot.index >= index || (held !== undefined && held.term === term);
   }
 
   note(text: string): void {
@@ -246,6 +310,17 @@ export class CoreSimCluster implements SimHost {
     return results;
   }
 
+  /** Proposes a configuration change at node `id` (which must be the leader to accept it). */
+  proposeConfChange(id: NodeId, change: ConfChange): ConfChangeResult {
+    const n = this.nodes[id]!;
+    if (n.raft === null) return { ok: false, leaderId: NONE, reason: "not-leader" };
+    const result = n.raft.proposeConfChange(change);
+    if (result.ok) this.note(`n${id} accepted "${describeConfChange(change)}" at ${result.index}: ${describeMembership(result.membership)}`);
+    else this.note(`n${id} refused "${describeConfChange(change)}": ${result.reason}${result.detail ? ` (${result.detail})` : ""}`);
+    this.guard(() => n.processReady());
+    return result;
+  }
+
   transferLeadership(from: NodeId, to: NodeId): void {
     const n = this.nodes[from]!;
     if (n.raft === null) return;
@@ -349,23 +424,29 @@ export class CoreSimCluster implements SimHost {
   }
 
   /**
-   * Committed entries are never lost: the newest applied entry is durable on a majority. A node
-   * recovering lost state counts too: it grants no vote, so it cannot help elect a leader that
-   * lacks the entry (what this invariant protects).
+   * Committed entries are never lost: the newest applied entry is durable on a majority of the
+   * voters of a configuration some live node uses: the one in force at that entry, or its latest.
+   * A node recovering lost state counts too: it grants no vote, so it cannot help elect a leader
+   * that lacks the entry (what this invariant protects).
    */
   private checkDurability(): void {
     const index = this.oracle.maxApplied;
     if (index === 0) return;
     const term = this.oracle.at(index)!.term;
-    let holders = 0;
+    const configs: (readonly NodeId[])[] = [];
     for (const n of this.nodes) {
-      const d = n.disk;
-      const held = d.entries[index - d.logSnapshot.index - 1];
-      if (d.recovering || d.smSnapshot.meta.index >= index || d.logSnapshot.index >= index || (held !== undefined && held.term === term)) holders++;
+      const candidates = [this.diskVoters(n.id, index), this.diskVoters(n.id, Infinity)];
+      if (n.raft !== null) candidates.push(n.raft.raftLog.membershipAt(index)?.voters, n.raft.raftLog.membership().voters);
+      for (const voters of candidates) if (voters !== undefined && voters.length > 0) configs.push(voters);
     }
-    if (holders < Math.floor(this.nodes.length / 2) + 1) {
-      this.fail("committed entries durable", `applied entry ${index} (term ${term}) is durable on only ${holders} of ${this.nodes.length} nodes`);
+    if (configs.length === 0) return; // nobody has used a configuration yet
+    let best = { holders: -1, voters: [] as readonly NodeId[] };
+    for (const voters of configs) {
+      const holders = voters.filter((v) => this.nodes[v]!.disk.recovering || this.diskHolds(v, index, term)).length;
+      if (holders >= Math.floor(voters.length / 2) + 1) return;
+      if (holders > best.holders) best = { holders, voters };
     }
+    this.fail("committed entries durable", `applied entry ${index} (term ${term}) is durable on only ${best.holders} of voters [${best.voters.join(", ")}]`);
   }
 
   describe(): string {
@@ -373,7 +454,7 @@ export class CoreSimCluster implements SimHost {
       .map((n) => {
         if (n.raft === null) return `n${n.id}: down`;
         const s = n.raft.status();
-        return `n${n.id}: ${s.role} term=${s.term} commit=${s.commitIndex} applied=${s.appliedIndex} log=${s.firstIndex}..${s.lastIndex}`;
+        return `n${n.id}: ${s.role} term=${s.term} commit=${s.commitIndex} applied=${s.appliedIndex} log=${s.firstIndex}..${s.lastIndex} ${describeMembership(s.membership)}`;
       })
       .join("; ");
   }

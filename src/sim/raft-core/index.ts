@@ -5,3 +5,4 @@ export { CoreSimNetwork, RELIABLE, UNRELIABLE, messageBytes, type NetworkOptions
 export { SimNode, type CrashPoint, type SimDisk } from "./sim-node.ts";
 export { InvariantViolation, EventRing, Oracle, describeMessage, hex } from "./checker.ts";
 export { runRandomSchedule, replayCommand, type ScheduleOptions, type ScheduleResult } from "./schedule.ts";
+export { runMembershipSchedule, membershipReplayCommand } from "./membership-schedule.ts";

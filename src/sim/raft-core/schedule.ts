@@ -50,6 +50,7 @@ export function runRandomSchedule(o: ScheduleOptions): ScheduleResult {
     maxInflight: 4,
     maxBytesPerAppend: 64,
     replay: replayCommand(o),
+    ...(o.diskFaults ? { startRecovering: true } : {}),
   });
   const rng = c.rng;
   const n = o.nodes;

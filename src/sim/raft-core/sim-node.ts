@@ -1,6 +1,7 @@
 // One simulated server: a Raft core, its driver loop (persist → send → apply → advance), a disk
 // that keeps only what was persisted, and a hash-chain state machine with snapshots.
 
+import { cloneSnapshotMeta, metaWith } from "../../raft/core/membership.ts";
 import { Raft, type RaftConfig } from "../../raft/core/raft.ts";
 import { NONE, type Entry, type HardState, type Message, type NodeId, type ReadState, type SnapshotMeta } from "../../raft/types.ts";
 import { mix, entryDigest, type Oracle } from "./checker.ts";
@@ -39,6 +40,10 @@ export interface SimHost {
   fail(invariant: string, detail: string): never;
   note(text: string): void;
   onReadState(node: NodeId, rs: ReadState): void;
+  /** A leader's commitIndex advanced to `index`: a quorum of its voters must hold that entry on disk. */
+  onLeaderCommit(node: NodeId, term: number, index: number, voters: readonly NodeId[]): void;
+  /** `node` became leader of `term` with configuration `voters`. */
+  onBecameLeader(node: NodeId, term: number, voters: readonly NodeId[]): void;
   readonly oracle: Oracle;
   readonly stats: { snapshotsSent: number; snapshotsInstalled: number; compactions: number; elections: number };
 }
@@ -53,19 +58,23 @@ export class SimNode {
   armedCrash: CrashPoint | null = null;
   /** Highest commitIndex seen in this incarnation (commitIndex must never decrease). */
   private lifetimeCommit = 0;
+  /** While answering a RequestVote that this recovering node must refuse: the candidate. */
+  private mustRefuse: NodeId = NONE;
   /** Snapshot transfers this node (as leader) has in flight: peer → tick sent. */
   private readonly snapshotsOut = new Map<NodeId, number>();
 
   constructor(
     readonly id: NodeId,
     private readonly config: RaftConfig,
+    /** The bootstrap voters (empty for a spare node that waits to be added). */
+    private readonly bootstrap: readonly NodeId[],
     private readonly host: SimHost,
     /** Compact after this many applied entries beyond the last snapshot (0 = never). */
     private readonly snapshotEvery: number,
     /** Ticks after which an unanswered snapshot transfer counts as failed. */
     private readonly snapshotTimeout: number,
   ) {
-    const members = [...config.peers];
+    const members = [...bootstrap];
     this.disk = {
       hardState: { term: 0, votedFor: NONE, commitIndex: 0 },
       logSnapshot: { index: 0, term: 0, members },
@@ -79,7 +88,7 @@ export class SimNode {
   loseDisk(fault: DiskFault, cut: number): void {
     if (this.alive) throw new Error(`invariant: disk fault on running node ${this.id}`);
     const d = this.disk;
-    const members = [...this.config.peers];
+    const members = [...this.bootstrap];
     const emptyLog = (): void => {
       d.logSnapshot = { index: 0, term: 0, members };
       d.entries = [];
@@ -113,7 +122,7 @@ export class SimNode {
     if (sm.index > d.logSnapshot.index) {
       const held = d.entries[sm.index - d.logSnapshot.index - 1];
       d.entries = held !== undefined && held.term === sm.term ? d.entries.slice(sm.index - d.logSnapshot.index) : [];
-      d.logSnapshot = { ...sm, members: [...sm.members] };
+      d.logSnapshot = cloneSnapshotMeta(sm);
       if (d.hardState.term < sm.term) d.hardState = { term: sm.term, votedFor: NONE, commitIndex: d.hardState.commitIndex };
     }
     this.applied = sm.index;
@@ -121,7 +130,7 @@ export class SimNode {
     this.state = d.smSnapshot.state;
     this.raft = new Raft(this.config, {
       hardState: { ...d.hardState },
-      snapshot: { ...d.logSnapshot, members: [...d.logSnapshot.members] },
+      snapshot: cloneSnapshotMeta(d.logSnapshot),
       entries: d.entries.slice(),
       appliedIndex: sm.index,
       recovering: d.recovering,
@@ -162,15 +171,18 @@ export class SimNode {
         this.applied = m.snapshot.index;
         this.appliedTerm = m.snapshot.term;
         this.state = env.payload.state;
-        this.disk.smSnapshot = { meta: { ...m.snapshot, members: [...m.snapshot.members] }, state: env.payload.state };
+        this.disk.smSnapshot = { meta: cloneSnapshotMeta(m.snapshot), state: env.payload.state };
         this.host.stats.snapshotsInstalled++;
         this.host.note(`n${this.id} installed snapshot ${m.snapshot.index}/${m.snapshot.term} from n${m.from}`);
       }
     } else if (m.type === "InstallSnapshotResponse") {
       this.snapshotsOut.delete(m.from);
     }
+    // A recovering node grants no vote to a candidate that is not recovering itself (checked as it answers).
+    this.mustRefuse = m.type === "RequestVote" && raft.recovering && m.recovering !== true ? m.from : NONE;
     raft.step(m);
     this.processReady();
+    this.mustRefuse = NONE;
   }
 
   /** The driver loop: for each Ready, persist, then send, then apply, then advance. */
@@ -181,6 +193,9 @@ export class SimNode {
       const rd = raft.ready();
       if (rd.softState !== null) {
         this.host.note(`n${this.id} is ${rd.softState.role} in term ${rd.softState.term} (leader ${rd.softState.leaderId})`);
+        if (rd.softState.role !== "Follower" && !raft.status().membership.voters.includes(this.id)) {
+          this.host.fail("learners never campaign", `node ${this.id} is ${rd.softState.role} in term ${rd.softState.term} but not a voter of its configuration`);
+        }
         if (rd.softState.role === "Leader") this.onBecameLeader(rd.softState.term);
       }
       // As node.ts: a leader's own messages leave before its write (thesis §10.2.1), the rest after.
@@ -198,8 +213,10 @@ export class SimNode {
         this.host.note(`n${this.id} caught up: recovery of its lost disk is over`);
       }
       this.maybeCompact();
-      const commit = raft.status().commitIndex;
+      const s = raft.status();
+      const commit = s.commitIndex;
       if (commit < this.lifetimeCommit) this.host.fail("commitIndex monotonic", `node ${this.id}'s commitIndex fell from ${this.lifetimeCommit} to ${commit}`);
+      if (s.role === "Leader" && commit > this.lifetimeCommit) this.host.onLeaderCommit(this.id, s.term, commit, s.membership.voters);
       this.lifetimeCommit = commit;
     }
   }
@@ -207,7 +224,7 @@ export class SimNode {
   private persist(hardState: HardState | null, entries: Entry[], snapshot: SnapshotMeta | null): void {
     const d = this.disk;
     if (snapshot !== null) {
-      d.logSnapshot = { ...snapshot, members: [...snapshot.members] };
+      d.logSnapshot = cloneSnapshotMeta(snapshot);
       d.entries = [];
     }
     if (entries.length > 0) {
@@ -227,12 +244,12 @@ export class SimNode {
   }
 
   private sendMessage(m: Message): void {
-    if (m.type === "RequestVoteResponse" && m.voteGranted && this.raft !== null && this.raft.recovering && this.raft.raftLog.lastIndex() > 0) {
-      this.host.fail("recovering node votes", `node ${this.id} lost durable state and has not caught up, yet granted a vote to ${m.to} in term ${m.term}`);
+    if (m.type === "RequestVoteResponse" && m.voteGranted && this.mustRefuse === m.to) {
+      this.host.fail("recovering node votes", `node ${this.id} lost durable state and has not caught up, yet granted a vote to ${m.to} (not recovering) in term ${m.term}`);
     }
     if (m.type === "InstallSnapshot") {
       // The driver streams the state machine's current image, not the log's compaction point.
-      const meta: SnapshotMeta = { index: this.applied, term: this.appliedTerm, members: [...this.config.peers] };
+      const meta = this.metaAtApplied();
       this.snapshotsOut.set(m.to, this.host.now());
       this.host.stats.snapshotsSent++;
       this.host.send({ message: { ...m, snapshot: meta }, payload: { state: this.state }, sentAt: this.host.now() });
@@ -252,17 +269,25 @@ export class SimNode {
   private maybeCompact(): void {
     const raft = this.raft!;
     if (this.snapshotEvery <= 0 || this.applied - this.disk.logSnapshot.index < this.snapshotEvery) return;
-    const meta: SnapshotMeta = { index: this.applied, term: this.appliedTerm, members: [...this.config.peers] };
+    const meta = this.metaAtApplied();
     this.disk.smSnapshot = { meta, state: this.state };
     this.disk.entries = this.disk.entries.slice(meta.index - this.disk.logSnapshot.index);
-    this.disk.logSnapshot = { ...meta, members: [...meta.members] };
+    this.disk.logSnapshot = cloneSnapshotMeta(meta);
     raft.compact(meta);
     this.host.stats.compactions++;
+  }
+
+  /** The state machine's image as a snapshot: its applied index, with the configuration in force there. */
+  private metaAtApplied(): SnapshotMeta {
+    const membership = this.raft!.raftLog.membershipAt(this.applied);
+    if (membership === undefined) this.host.fail("simulator", `node ${this.id} has no configuration at its applied index ${this.applied}`);
+    return metaWith(this.applied, this.appliedTerm, membership);
   }
 
   /** Leader completeness: a new leader holds every entry the cluster has applied. */
   private onBecameLeader(term: number): void {
     if (this.host.oracle.onLeader(this.id, term)) this.host.stats.elections++;
+    this.host.onBecameLeader(this.id, term, this.raft!.status().membership.voters);
     const log = this.raft!.raftLog;
     const oracle = this.host.oracle;
     for (let i = Math.max(1, log.snapshot.index); i <= oracle.maxApplied; i++) {

@@ -158,10 +158,26 @@ export class NodeSimCluster<SM extends StateMachine> {
     this.nodes.delete(id);
   }
 
-  /** Starts node `id` again from what its crashed incarnation left durable. */
-  async restart(id: NodeId): Promise<RaftNode> {
+  /**
+   * Starts node `id` again from what its crashed incarnation left durable; `peers` replaces the
+   * bootstrap list it is given (which a node with a stored configuration must ignore).
+   */
+  async restart(id: NodeId, peers?: NodeId[]): Promise<RaftNode> {
     if (this.nodes.has(id)) throw new Error(`node ${id} is still running; crash() it first`);
-    return this.startNode(id);
+    return this.startNode(id, peers);
+  }
+
+  /** Starts a new, empty node `id` that joins the running cluster: no bootstrap members at all. */
+  async join(id: NodeId): Promise<RaftNode> {
+    if (this.nodes.has(id) || this.logs.has(id)) throw new Error(`node ${id} already exists`);
+    return this.startNode(id, []);
+  }
+
+  /** Crashes node `id` and forgets its disk and machine: the node is gone for good. */
+  async destroy(id: NodeId): Promise<void> {
+    await this.crash(id);
+    this.logs.delete(id);
+    this.machines.delete(id);
   }
 
   /** Stops every node (draining their cycles). */
@@ -169,7 +185,7 @@ export class NodeSimCluster<SM extends StateMachine> {
     for (const node of this.nodes.values()) await node.stop();
   }
 
-  private async startNode(id: NodeId): Promise<RaftNode> {
+  private async startNode(id: NodeId, peers: NodeId[] = this.options.ids): Promise<RaftNode> {
     const previousLog = this.logs.get(id);
     let log: LogStore;
     if (this.options.logStore) log = await this.options.logStore(id, previousLog);
@@ -181,7 +197,7 @@ export class NodeSimCluster<SM extends StateMachine> {
       tickMs: 10,
       ...this.options.node,
       id,
-      peers: this.options.ids,
+      peers,
       logStore: log,
       transport: this.network.transport(id),
       stateMachine: machine,

@@ -3,6 +3,7 @@
 
 import type { Entry, HardState, LogStore, SnapshotMeta } from "../../raft/types.ts";
 import { NONE } from "../../raft/types.ts";
+import { cloneSnapshotMeta } from "../../raft/core/membership.ts";
 import { LogStoreError } from "../../raft/log/log-error.ts";
 import { entriesIn, termAt } from "../../raft/log/log-window.ts";
 
@@ -219,5 +220,5 @@ function emptyImage(): DurableImage {
 }
 
 function cloneMeta(meta: SnapshotMeta): SnapshotMeta {
-  return { index: meta.index, term: meta.term, members: [...meta.members] };
+  return cloneSnapshotMeta(meta);
 }

@@ -1,0 +1,228 @@
+// Block compression: the LZ4 codec round-trips every shape of input, tables store blocks that do
+// not shrink raw, tables written before compression (a committed fixture) stay readable, and a
+// damaged compressed block is reported with its file and offset, never served.
+import { afterEach, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { BlockIterator } from "../../src/lsm/block.ts";
+import { readU32 } from "../../src/lsm/coding.ts";
+import { BLOCK_LZ4, BLOCK_RAW, BLOCK_ZSTD, lz4Compress, lz4Decompress, maxCompressedLength } from "../../src/lsm/compression.ts";
+import { DB, LsmError } from "../../src/lsm/index.ts";
+import { crc32cUpdate, maskCrc } from "../../src/util/crc32c.ts";
+import { bytes, key, removeDir, rng, tempDir, text } from "./helpers.ts";
+
+let dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs) removeDir(d);
+  dirs = [];
+});
+
+function dir(tag: string): string {
+  const d = tempDir(tag);
+  dirs.push(d);
+  return d;
+}
+
+function roundTrip(src: Uint8Array): number {
+  const out = new Uint8Array(maxCompressedLength(src.length) + 7);
+  const end = lz4Compress(src, 0, src.length, out, 7);
+  expect(end - 7).toBeLessThanOrEqual(maxCompressedLength(src.length));
+  expect(lz4Decompress(out, 7, end)).toEqual(src);
+  return end - 7;
+}
+
+/** The data blocks of a table file: [offset, size, type] from its index block. */
+function dataBlocks(file: string): [number, number, number][] {
+  const data = new Uint8Array(fs.readFileSync(file));
+  const footer = data.length - 40;
+  const indexOffset = readU32(data, footer);
+  const indexSize = readU32(data, footer + 8);
+  const it = new BlockIterator(data.subarray(indexOffset, indexOffset + indexSize));
+  const out: [number, number, number][] = [];
+  for (it.seekToFirst(); it.valid(); it.next()) {
+    it.decodeHandle();
+    out.push([it.handleOffset, it.handleSize, data[it.handleOffset + it.handleSize]]);
+  }
+  return out;
+}
+
+function ssts(d: string): string[] {
+  return fs.readdirSync(d).filter((n) => n.endsWith(".sst"));
+}
+
+function caught(fn: () => unknown): LsmError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(LsmError);
+    return e as LsmError;
+  }
+  throw new Error("expected an LsmError");
+}
+
+describe("lz4 codec", () => {
+  test("round-trips empty, tiny, random, repetitive and overlapping inputs", () => {
+    const r = rng(7);
+    for (const n of [0, 1, 4, 11, 12, 13, 15, 16, 17, 64, 270, 271, 4096, 70_000]) {
+      const random = new Uint8Array(n).map(() => Math.floor(r() * 256));
+      const zeros = new Uint8Array(n);
+      const period3 = new Uint8Array(n).map((_, i) => i % 3); // matches overlap their source
+      const halves = new Uint8Array(n).map((_, i) => (i % 100 < 50 ? Math.floor(r() * 95) + 32 : 0));
+      for (let i = 50; i < n; i++) if (i % 100 >= 50) halves[i] = halves[i - 50];
+      roundTrip(random);
+      const z = roundTrip(zeros);
+      roundTrip(period3);
+      roundTrip(halves);
+      if (n >= 4096) expect(z).toBeLessThan(n / 100);
+    }
+  });
+
+  test("a malformed stream is an error, never a read out of bounds", () => {
+    const src = new Uint8Array(2000).map((_, i) => (i * 13) % 7);
+    const out = new Uint8Array(maxCompressedLength(src.length));
+    const end = lz4Compress(src, 0, src.length, out, 0);
+    for (let cut = 1; cut < end; cut += 3) expect(() => lz4Decompress(out, 0, cut)).toThrow();
+    const streams = [
+      [10, 0x00, 5, 0], // a match that starts before the output
+      [10, 0x10, 7, 0, 0], // a zero match offset
+      [3, 0x40, 1, 2, 3, 4], // more literals than the stated length
+      [10, 0xf0], // a literal length cut off
+      [4, 0x10, 9, 1, 0, 7], // a match longer than the rest of the output
+      [0x80, 0x80, 0x80, 0x80, 0x80, 0x01], // an uncompressed length varint too long
+    ];
+    for (const s of streams) expect(() => lz4Decompress(new Uint8Array(s), 0, s.length)).toThrow();
+  });
+});
+
+describe("compressed tables", () => {
+  for (const compression of ["lz4", "zstd", "none"] as const) {
+    test(`${compression}: values read back through flush, compaction and reopen; incompressible blocks stay raw`, async () => {
+      const d = dir(`compress-${compression}`);
+      let db = await DB.open(d, { compression, blockSize: 1024 });
+      const r = rng(3);
+      const expected = new Map<string, Uint8Array>();
+      const ops = [];
+      for (let i = 0; i < 3000; i++) {
+        // Keys below 1500 hold random bytes (no block of them shrinks), the rest repeat.
+        const v = i < 1500 ? new Uint8Array(100).map(() => Math.floor(r() * 256)) : bytes(`value ${i} `.repeat(8));
+        expected.set(text(key(i))!, v);
+        ops.push({ type: "put" as const, key: key(i), value: v });
+      }
+      await db.write(ops);
+      await db.compactRange();
+      const files = ssts(d);
+      expect(files.length).toBeGreaterThan(0);
+      const types = new Set<number>();
+      let rawBlocksOfRandomKeys = 0;
+      for (const f of files) {
+        for (const [, , type] of dataBlocks(path.join(d, f))) types.add(type);
+      }
+      const want = compression === "lz4" ? BLOCK_LZ4 : compression === "zstd" ? BLOCK_ZSTD : BLOCK_RAW;
+      expect(types.has(want)).toBe(true);
+      for (const t of types) expect([BLOCK_RAW, want]).toContain(t);
+      if (compression !== "none") {
+        // The random half is in raw blocks: the first blocks of the first table hold keys 0...
+        const first = files.sort()[0];
+        rawBlocksOfRandomKeys = dataBlocks(path.join(d, first)).filter(([, , t]) => t === BLOCK_RAW).length;
+        expect(rawBlocksOfRandomKeys).toBeGreaterThan(0);
+        expect(db.stats().compression.storedDataBytes).toBeLessThan(db.stats().compression.rawDataBytes);
+      }
+      await db.close();
+      db = await DB.open(d, { compression: "none" }); // the codec is per block: any setting reads all
+      for (const [k, v] of expected) expect(db.getSync(bytes(k))).toEqual(v);
+      let n = 0;
+      for await (const [k, v] of db.iterator()) {
+        expect(v).toEqual(expected.get(text(k)!)!);
+        n++;
+      }
+      expect(n).toBe(3000);
+      await db.close();
+    });
+  }
+
+  test("a database written before block compression opens, reads and compacts", async () => {
+    const d = dir("old-format");
+    const fixture = path.join(import.meta.dir, "fixtures", "uncompressed-db");
+    for (const f of fs.readdirSync(fixture)) fs.copyFileSync(path.join(fixture, f), path.join(d, f));
+    for (const f of ssts(d)) for (const [, , type] of dataBlocks(path.join(d, f))) expect(type).toBe(BLOCK_RAW);
+    const value = (i: number): string => `value ${i} `.repeat(6);
+    const name = (i: number): Uint8Array => bytes(`key${String(i).padStart(5, "0")}`);
+    const db = await DB.open(d);
+    for (let i = 0; i < 300; i++) expect(text(db.getSync(name(i)))).toBe(i === 7 ? undefined : value(i));
+    await db.put(name(150), bytes("new"));
+    await db.compactRange(); // merges into the old table's range: rewritten with compressed blocks
+    const types = new Set(ssts(d).flatMap((f) => dataBlocks(path.join(d, f)).map(([, , t]) => t)));
+    expect(types.has(BLOCK_LZ4)).toBe(true);
+    for (let i = 0; i < 300; i++) expect(text(db.getSync(name(i)))).toBe(i === 7 ? undefined : i === 150 ? "new" : value(i));
+    await db.close();
+  });
+
+  test("a flipped byte in a compressed block is a checksum error naming file and offset", async () => {
+    const d = dir("corrupt-lz4");
+    let db = await DB.open(d);
+    const ops = [];
+    for (let i = 0; i < 2000; i++) ops.push({ type: "put" as const, key: key(i), value: bytes(`value-${i}-${"z".repeat(50)}`) });
+    await db.write(ops);
+    await db.compactRange();
+    await db.close();
+    const [name] = ssts(d);
+    const file = path.join(d, name);
+    const blocks = dataBlocks(file);
+    const [offset, size, type] = blocks[1];
+    expect(type).toBe(BLOCK_LZ4);
+    const data = fs.readFileSync(file);
+    data[offset + (size >>> 1)] ^= 0x10;
+    fs.writeFileSync(file, data);
+    db = await DB.open(d);
+    const firstKeyOfBlock = (() => {
+      // Keys are dense: find one that lands in the damaged block by reading until one fails.
+      for (let i = 0; i < 2000; i++) {
+        try {
+          db.getSync(key(i));
+        } catch {
+          return i;
+        }
+      }
+      return -1;
+    })();
+    expect(firstKeyOfBlock).toBeGreaterThan(0);
+    const err = caught(() => db.getSync(key(firstKeyOfBlock)));
+    expect(err.code).toBe("CORRUPTION");
+    expect(err.file).toBe(name);
+    expect(err.offset).toBe(offset);
+    expect(err.message).toContain("checksum mismatch");
+    expect(text(db.getSync(key(0)))).toBe(`value-0-${"z".repeat(50)}`); // other blocks fine
+    await db.close();
+  });
+
+  test("a compressed block that passes its checksum but does not decode is corruption, not a crash", async () => {
+    const d = dir("corrupt-decode");
+    let db = await DB.open(d);
+    const ops = [];
+    for (let i = 0; i < 500; i++) ops.push({ type: "put" as const, key: key(i), value: bytes(`value-${i}-${"z".repeat(50)}`) });
+    await db.write(ops);
+    await db.compactRange();
+    await db.close();
+    const [name] = ssts(d);
+    const file = path.join(d, name);
+    const [offset, size, type] = dataBlocks(file)[0];
+    expect(type).toBe(BLOCK_LZ4);
+    const data = new Uint8Array(fs.readFileSync(file));
+    data[offset + 1] = 0xff; // the first token: 15+ literals and a long match, past the block
+    data[offset + 2] = 0xff;
+    const crc = crc32cUpdate(0, data, offset, offset + size + 1);
+    const masked = maskCrc(crc);
+    data[offset + size + 1] = masked & 0xff;
+    data[offset + size + 2] = (masked >>> 8) & 0xff;
+    data[offset + size + 3] = (masked >>> 16) & 0xff;
+    data[offset + size + 4] = masked >>> 24;
+    fs.writeFileSync(file, data);
+    db = await DB.open(d);
+    const err = caught(() => db.getSync(key(0)));
+    expect(err.code).toBe("CORRUPTION");
+    expect(err.file).toBe(name);
+    expect(err.offset).toBe(offset);
+    expect(err.message).toContain("does not decompress");
+    await db.close();
+  });
+});
