@@ -201,7 +201,10 @@ export async function startKvraft(size = 3, options: KvraftOptions = {}): Promis
   const ports = await freePorts(size);
   const root = makeTempDir("kvraft");
   const addrs = ports.map((p) => `${HOST}:${p}`).join(",");
-  const extra = options.fastLane === false ? ["--no-fast-lane"] : [];
+  // Peers authenticated as by default (a shared secret: one handshake per connection, nothing per message).
+  const secretFile = path.join(root, "peer-secret");
+  fs.writeFileSync(secretFile, `${crypto.randomUUID()}\n`, { mode: 0o600 });
+  const extra = ["--peer-secret-file", secretFile, ...(options.fastLane === false ? ["--no-fast-lane"] : [])];
   const spawnMember = (i: number) =>
     spawnTracked([process.execPath, KVSERVER, "-id", String(i), "-addrs", addrs, "-db", path.join(root, `n${i}`), ...extra], {
       cwd: ROOT,

@@ -82,7 +82,7 @@ async function runKv(options: SimCliOptions): Promise<number> {
     return 0;
   }
   console.error(line);
-  console.error(`replay: bun run sim --kv --seed ${options.seed} --nodes ${options.nodes} --steps ${options.steps}`);
+  console.error(`replay: bun run sim --kv --seed ${options.seed} --nodes ${options.nodes} --steps ${options.steps}${options.extra.map((flag) => ` ${flag}`).join("")}`);
   return 1;
 }
 

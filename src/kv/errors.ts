@@ -34,3 +34,19 @@ export class UnavailableError extends KVError {
 export class KVCorruptionError extends Error {
   override readonly name = "KVCorruptionError";
 }
+
+/**
+ * A request of a registered session that no longer exists (expired after sessionTtlMs without a
+ * request, or never registered): it was not applied. Register a new session; a write retried
+ * under the old one may or may not have been applied before the session expired.
+ */
+export class SessionExpiredError extends KVError {
+  override readonly name = "SessionExpiredError";
+  readonly code = "failed_precondition";
+}
+
+/** A retried Txn whose answer the session no longer holds (the client moved on, or it expired). */
+export class OutcomeUnknownError extends KVError {
+  override readonly name = "OutcomeUnknownError";
+  readonly code = "failed_precondition";
+}

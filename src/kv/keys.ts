@@ -4,7 +4,7 @@
 export const USER_PREFIX = 0x01;
 export const META_PREFIX = 0x00;
 
-/** 0x00 'a': the applied index and term, written in every apply batch. */
+/** 0x00 'a': the applied index and term and the log time, written in every apply batch. */
 export const APPLIED_KEY = Uint8Array.of(META_PREFIX, 0x61);
 /** 0x00 'k': how many user keys exist (kept in every batch that creates or deletes one). */
 export const KEY_COUNT_KEY = Uint8Array.of(META_PREFIX, 0x6b);
@@ -85,16 +85,25 @@ export function sessionKey(clientId: bigint): Uint8Array {
   return out;
 }
 
-export function encodeApplied(index: number, term: number): Uint8Array {
-  const out = new Uint8Array(16);
+/** The applied index and term, and the log time (ms) reached by the entries applied so far. */
+export interface AppliedRecord {
+  index: number;
+  term: number;
+  logTime: number;
+}
+
+export function encodeApplied(index: number, term: number, logTime: number): Uint8Array {
+  const out = new Uint8Array(24);
   writeUint64LE(out, 0, index);
   writeUint64LE(out, 8, term);
+  writeUint64LE(out, 16, logTime);
   return out;
 }
 
-export function decodeApplied(value: Uint8Array): { index: number; term: number } {
-  if (value.length !== 16) throw new RangeError(`applied-index record is ${value.length} bytes, expected 16`);
-  return { index: readUint64LE(value, 0), term: readUint64LE(value, 8) };
+/** Reads a 24-byte record, or a 16-byte one from an older build (log time 0). */
+export function decodeApplied(value: Uint8Array): AppliedRecord {
+  if (value.length !== 24 && value.length !== 16) throw new RangeError(`applied-index record is ${value.length} bytes, expected 24`);
+  return { index: readUint64LE(value, 0), term: readUint64LE(value, 8), logTime: value.length === 24 ? readUint64LE(value, 16) : 0 };
 }
 
 export function encodeKeyCount(count: number): Uint8Array {
@@ -108,17 +117,29 @@ export function decodeKeyCount(value: Uint8Array): number {
   return readUint64LE(value, 0);
 }
 
-export function encodeMembers(members: readonly number[]): Uint8Array {
-  const out = new Uint8Array(4 + 4 * members.length);
+/**
+ * The members record: the voters (count u32, ids u32), then, when the configuration has learners
+ * or addresses, the whole configuration in Raft's membership layout (src/raft/log/FORMAT.md).
+ */
+export function encodeMembers(members: readonly number[], membership?: Uint8Array): Uint8Array {
+  const extra = membership?.length ?? 0;
+  const out = new Uint8Array(4 + 4 * members.length + extra);
   const view = new DataView(out.buffer);
   view.setUint32(0, members.length, true);
   members.forEach((m, i) => view.setUint32(4 + 4 * i, m, true));
+  if (membership !== undefined) out.set(membership, 4 + 4 * members.length);
   return out;
 }
 
 export function decodeMembers(value: Uint8Array): number[] {
   const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
   const count = view.getUint32(0, true);
-  if (value.length !== 4 + 4 * count) throw new RangeError(`members record is ${value.length} bytes, expected ${4 + 4 * count}`);
+  if (value.length < 4 + 4 * count) throw new RangeError(`members record is ${value.length} bytes, expected at least ${4 + 4 * count}`);
   return Array.from({ length: count }, (_, i) => view.getUint32(4 + 4 * i, true));
+}
+
+/** The whole-configuration bytes after the voters, or null when the record has none. */
+export function membersRecordMembership(value: Uint8Array): Uint8Array | null {
+  const count = new DataView(value.buffer, value.byteOffset, value.byteLength).getUint32(0, true);
+  return value.length > 4 + 4 * count ? value.subarray(4 + 4 * count) : null;
 }

@@ -3,8 +3,9 @@
 // each apply's per-entry results here; nothing calls back up into the KV server.
 import type { Clock } from "../raft/index.ts";
 import { DeadlineQueue, type Deadline } from "./deadlines.ts";
-import { NO_KEY, OK, TIMEOUT, WRONG_LEADER, type CommandReply } from "./replies.ts";
-import { RESULT_NO_KEY, type ResultCode } from "./sessions.ts";
+import { TIMEOUT, WRONG_LEADER, type CommandReply } from "./replies.ts";
+import type { ResultCode } from "./sessions.ts";
+import type { TxnResult } from "./txn-types.ts";
 
 /** The outcome of one applied entry (Noop entries carry client 0, command 0). */
 export interface AppliedCommand {
@@ -13,6 +14,15 @@ export interface AppliedCommand {
   clientId: bigint;
   commandId: bigint;
   result: ResultCode;
+  /** A Txn's (or DeleteRange's) answer; absent on a retry whose answer is no longer kept. */
+  txn?: TxnResult;
+}
+
+/** How a proposed write ended: its entry applied (with its result), or a reply without one. */
+export type WriteOutcome = AppliedCommand | CommandReply;
+
+export function isApplied(outcome: WriteOutcome): outcome is AppliedCommand {
+  return (outcome as AppliedCommand).result !== undefined;
 }
 
 /** One proposed write. Its place in the log (index, term) is known once propose returns. */
@@ -25,7 +35,7 @@ class WriteWaiter implements Deadline {
     readonly commandId: bigint,
     readonly deadline: number,
     private readonly owner: PendingWrites,
-    readonly resolve: (reply: CommandReply) => void,
+    readonly resolve: (outcome: WriteOutcome) => void,
   ) {}
 
   expire(): void {
@@ -35,13 +45,10 @@ class WriteWaiter implements Deadline {
 
 export type PendingWrite = WriteWaiter;
 
-export function replyFor(result: ResultCode): CommandReply {
-  return result === RESULT_NO_KEY ? NO_KEY : OK;
-}
-
 /**
  * A waiter is registered before its command is proposed, so no apply can run ahead of it:
- * - before propose returns, an applied entry with the waiter's (clientId, commandId) answers it;
+ * - before propose returns, an applied entry with the waiter's (clientId, commandId) answers it
+ *   (a write without a session and a registration carry a server-chosen nonce as commandId);
  * - once placed at (index, term), the entry applied at that index answers it: the same term means
  *   the same entry (Log Matching), another term means the leader that took it lost it;
  * - an entry applied at its index before it was placed was someone else's: lost as well.
@@ -66,15 +73,15 @@ export class PendingWrites {
     return this.unplaced.size + this.placed.size;
   }
 
-  /** Registers a write about to be proposed; `reply` settles exactly once. */
-  open(clientId: bigint, commandId: bigint): { waiter: PendingWrite; reply: Promise<CommandReply> } {
+  /** Registers a write about to be proposed; `outcome` settles exactly once. */
+  open(clientId: bigint, commandId: bigint): { waiter: PendingWrite; outcome: Promise<WriteOutcome> } {
     let waiter!: WriteWaiter;
-    const reply = new Promise<CommandReply>((resolve) => {
+    const outcome = new Promise<WriteOutcome>((resolve) => {
       waiter = new WriteWaiter(clientId, commandId, this.clock.now() + this.timeoutMs, this, resolve);
     });
     this.unplaced.add(waiter);
     this.deadlines.add(waiter);
-    return { waiter, reply };
+    return { waiter, outcome };
   }
 
   /** Propose returned the entry's place in the log. */
@@ -94,11 +101,11 @@ export class PendingWrites {
   }
 
   /** Answers a write once (a deadline, an apply, a restore, a failed propose or close may each try). */
-  answer(waiter: PendingWrite, reply: CommandReply): void {
+  answer(waiter: PendingWrite, outcome: WriteOutcome): void {
     if (waiter.settled) return;
     if (waiter.index === 0) this.unplaced.delete(waiter);
     else if (this.placed.get(waiter.index) === waiter) this.placed.delete(waiter.index);
-    this.settle(waiter, reply);
+    this.settle(waiter, outcome);
   }
 
   /** The per-entry results of one apply, in log order. */
@@ -108,7 +115,7 @@ export class PendingWrites {
     if (this.size === 0) return;
     for (const applied of results) {
       const waiter = this.placed.get(applied.index);
-      if (waiter !== undefined) this.answer(waiter, applied.term === waiter.term ? replyFor(applied.result) : WRONG_LEADER);
+      if (waiter !== undefined) this.answer(waiter, applied.term === waiter.term ? applied : WRONG_LEADER);
       if (this.unplaced.size > 0) this.answerUnplaced(applied);
     }
   }
@@ -117,15 +124,19 @@ export class PendingWrites {
    * A snapshot replaced the state through `index`: the entries it covers will never be applied
    * here one by one, so the session records it brought answer the writes waiting on them.
    */
-  restored(index: number, fromSession: (clientId: bigint, commandId: bigint) => CommandReply | null): void {
+  restored(index: number, fromSession: (clientId: bigint, commandId: bigint) => ResultCode | null): void {
     this.appliedThrough = Math.max(this.appliedThrough, index);
+    const known = (waiter: WriteWaiter): AppliedCommand | null => {
+      const result = fromSession(waiter.clientId, waiter.commandId);
+      return result === null ? null : { index: waiter.index, term: waiter.term, clientId: waiter.clientId, commandId: waiter.commandId, result };
+    };
     for (const waiter of [...this.placed.values()]) {
-      if (waiter.index <= index) this.answer(waiter, fromSession(waiter.clientId, waiter.commandId) ?? WRONG_LEADER);
+      if (waiter.index <= index) this.answer(waiter, known(waiter) ?? WRONG_LEADER);
     }
     // Not placed yet: place() will find its index covered, unless the session shows it applied.
     for (const waiter of [...this.unplaced]) {
-      const known = fromSession(waiter.clientId, waiter.commandId);
-      if (known !== null) this.answer(waiter, known);
+      const outcome = known(waiter);
+      if (outcome !== null) this.answer(waiter, outcome);
     }
   }
 
@@ -136,12 +147,12 @@ export class PendingWrites {
 
   private answerUnplaced(applied: AppliedCommand): void {
     for (const waiter of this.unplaced) {
-      if (waiter.clientId === applied.clientId && waiter.commandId === applied.commandId) this.answer(waiter, replyFor(applied.result));
+      if (waiter.clientId === applied.clientId && waiter.commandId === applied.commandId) this.answer(waiter, applied);
     }
   }
 
-  private settle(waiter: WriteWaiter, reply: CommandReply): void {
+  private settle(waiter: WriteWaiter, outcome: WriteOutcome): void {
     waiter.settled = true;
-    waiter.resolve(reply);
+    waiter.resolve(outcome);
   }
 }

@@ -3,7 +3,18 @@
 // lost durable state from voting across restarts, and the transport relay a rebuilt node reuses.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { FileLogStore, LogStoreError, NONE, type HardState, type LogStore, type NodeId, type Transport, type TransportHandler } from "../raft/index.ts";
+import {
+  FileLogStore,
+  LogStoreError,
+  NONE,
+  type Clock,
+  type HardState,
+  type LogStore,
+  type NodeId,
+  type RaftNode,
+  type Transport,
+  type TransportHandler,
+} from "../raft/index.ts";
 import { isStateMachineCorruption } from "./fail-stop.ts";
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
 
@@ -283,4 +294,20 @@ export function watchCorruption(inner: AsyncIterable<Uint8Array>, report: (error
       return { done: true, value: undefined };
     },
   };
+}
+
+/** A leader about to stop hands leadership to a peer first (bounded wait), so clients need not wait for an election. */
+export async function handOverLeadership(node: RaftNode, clock: Clock, tickMs: number, electionTicks: number): Promise<void> {
+  const status = node.status();
+  if (status.role !== "Leader") return;
+  const peer = status.members.find((m) => m !== status.id);
+  if (peer === undefined) return;
+  try {
+    node.transferLeadership(peer);
+  } catch {
+    return;
+  }
+  for (let waited = 0; waited < tickMs * electionTicks && node.status().role === "Leader"; waited += tickMs) {
+    await new Promise<void>((resolve) => clock.setTimeout(resolve, tickMs));
+  }
 }

@@ -15,12 +15,19 @@ export type KVOp = "Get" | "Put" | "Append" | "Delete";
 export type KVErr = "OK" | "ErrNoKey" | "ErrWrongLeader" | "ErrTimeout";
 
 export interface CommandArgs {
+  /** Any string up to the key limit; the empty key included (as in eRaft). */
   key: string;
   value: string;
   op: KVOp;
+  /** 0: no session (the write is applied, not deduplicated). Otherwise a session id. */
   clientId: bigint;
+  /** Increases with each of the client's operations; retries of one operation repeat it. */
   commandId: bigint;
+  /** clientId came from RegisterSession: if that session is gone the write is refused, not applied. */
+  registered?: boolean;
 }
+
+export type RegisterReply = { err: "OK"; clientId: bigint } | (CommandReply & { err: "ErrWrongLeader" | "ErrTimeout" });
 
 export interface CommandReply {
   err: KVErr;

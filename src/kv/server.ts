@@ -1,29 +1,46 @@
 // KVServer: one replica of the KV service. Validates commands, answers retried writes from the
 // session table, proposes writes to Raft and waits for them to apply, serves Gets by ReadIndex.
 import {
+  FileLogStore,
   NONE,
   RaftNode,
   RealClock,
   type Clock,
-  type Entry,
   type LogStore,
+  type Membership,
   type NodeId,
-  type SnapshotMeta,
-  type StateMachine,
+  type LogStoreStats,
+  type RaftNodeStatus,
+  type RaftObserver,
   type Transport,
 } from "../raft/index.ts";
-import { encodeCommand } from "./command.ts";
+import type { DBStats } from "../lsm/index.ts";
+import { commandFingerprint, decodeCommand, encodeCommand, type WriteCommand } from "./command.ts";
 import { DeadlineQueue } from "./deadlines.ts";
 import { DiskWatch, type DiskWatchOptions } from "./disk-watch.ts";
 import { type FatalError, isStateMachineCorruption, toFatal } from "./fail-stop.ts";
-import { InvalidArgumentError, OverloadedError, UnavailableError } from "./errors.ts";
-import { PendingWrites, replyFor } from "./pending-writes.ts";
+import { InvalidArgumentError, OverloadedError, SessionExpiredError, UnavailableError } from "./errors.ts";
+import { PendingWrites, isApplied, type WriteOutcome } from "./pending-writes.ts";
 import { ReadBatcher } from "./reads.ts";
-import { NO_KEY, OK, WRONG_LEADER, refusal, type CommandArgs, type CommandReply } from "./replies.ts";
-import { RelayTransport, discardReplica, openStorageRepaired, readMarker, removeMarker, watchCorruption, writeMarker, type OpenedStorage } from "./repair.ts";
+import { NO_KEY, OK, WRONG_LEADER, refusal, type CommandArgs, type CommandReply, type RegisterReply } from "./replies.ts";
+import {
+  RESULT_COMMAND_REUSED,
+  RESULT_NO_KEY,
+  RESULT_OK,
+  RESULT_SESSION_EXPIRED,
+  RESULT_STALE_COMMAND,
+  RESULT_TABLE_FULL,
+  RESULT_VALUE_TOO_LARGE,
+  type ResultCode,
+} from "./sessions.ts";
+import { applyLoop } from "./apply-loop.ts";
+import { RelayTransport, discardReplica, handOverLeadership, openStorageRepaired, readMarker, removeMarker, writeMarker, type OpenedStorage } from "./repair.ts";
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
+import { TxnServer } from "./txn-server.ts";
+import type { TxnLimits } from "./txn.ts";
+import { WatchHub, type WatchLimits } from "./watch-hub.ts";
 
-export type { CommandArgs, CommandReply, KVErr, KVOp } from "./replies.ts";
+export type { CommandArgs, CommandReply, KVErr, KVOp, RegisterReply } from "./replies.ts";
 
 export interface KVStatus {
   id: NodeId;
@@ -34,7 +51,12 @@ export interface KVStatus {
   /** LSM bytes on disk plus Raft log bytes. */
   storageSize: number;
   leaderId: NodeId;
+  /** The voters of the configuration this node uses. */
   members: NodeId[];
+  /** Its learners (non-voting members). */
+  learners: NodeId[];
+  /** Address per member id, as stored with the configuration. */
+  addresses: Record<NodeId, string>;
   snapshotIndex: number;
   /** User keys in this replica's applied state. */
   keyCount: number;
@@ -44,8 +66,19 @@ export interface KVStatus {
   snapshotsInstalled: number;
   /** ReadIndex rounds this node has asked for since it started (Gets share rounds). */
   readIndexRounds: number;
-  /** Storage conditions an operator should see ("" when healthy): low disk space, an unwritable directory. */
+  /** Storage conditions an operator should see ("" when healthy): repair, recovery, low disk space, an unwritable directory. */
   storageHealth: string;
+}
+
+export interface KVDiagnostics {
+  raft: RaftNodeStatus;
+  /** Null once closed. */
+  lsm: DBStats | null;
+  /** The file log's counters (null when the caller passed its own log store). */
+  log: LogStoreStats | null;
+  sessions: number;
+  readIndexRounds: number;
+  pendingCommands: number;
 }
 
 export interface KVLimits {
@@ -67,6 +100,13 @@ export interface KVRaftOptions {
   snapshotThreshold?: number;
   snapshotChunkBytes?: number;
   maxPendingProposals?: number;
+  /** Addresses of the bootstrap members (stored with the bootstrap configuration). */
+  addresses?: Record<NodeId, string>;
+  /** Called when the configuration in the log changes (e.g. to tell the transport who the peers are). */
+  onMembershipChange?: (membership: Membership) => void;
+  maxLearnerLag?: number;
+  /** Metrics hooks (src/obs). */
+  observer?: RaftObserver;
 }
 
 export interface KVStateOptions {
@@ -74,8 +114,12 @@ export interface KVStateOptions {
   blockCacheBytes?: number;
   /** Further LSM options (see DBOptions). */
   lsm?: KVStateMachineOptions["lsm"];
-  sessionTtlEntries?: number;
+  /** A session idle this long (log time, from leader timestamps) expires. Default 1 hour. */
+  sessionTtlMs?: number;
+  /** Registered sessions at most (registrations beyond are refused). Default 100,000. */
   maxSessions?: number;
+  /** Unregistered (eRaft-style) sessions at most (least recently used dropped beyond). Default 100,000. */
+  maxUnregisteredSessions?: number;
   syncEveryEntries?: number;
 }
 
@@ -91,6 +135,10 @@ export interface KVServerOptions {
   raft?: KVRaftOptions;
   state?: KVStateOptions;
   limits?: KVLimits;
+  /** Bounds of Range, DeleteRange and Txn (txn.ts, range.ts). */
+  txnLimits?: TxnLimits;
+  /** Bounds of Watch (watch-hub.ts). */
+  watchLimits?: WatchLimits;
   /**
    * Called once when the node meets an error it cannot recover from (storage I/O, a broken
    * invariant). The server already refuses everything; the process should log the message and exit.
@@ -120,21 +168,28 @@ export class KVServer {
   private readonly maxKeyBytes: number;
   private readonly maxValueBytes: number;
   private readonly maxPending: number;
+  /** Range, DeleteRange and Txn (txn-server.ts). */
+  api!: TxnServer;
+  /** Watches served by this node (watch-hub.ts). */
+  watches!: WatchHub;
+  /**
+   * Writes without a session and registrations carry a nonce as their commandId, so an entry that
+   * applies before its propose() returned still finds its waiter. Random start: unique across restarts.
+   */
+  private nextNonce: bigint;
   private fatalError: FatalError | null = null;
   private diskWatch: DiskWatch | null = null;
-  private onFatal: ((error: FatalError) => void) | null = null;
+  private readonly onFatal: ((error: FatalError) => void) | null;
   /** Why the replica is being discarded and rebuilt right now (self-repair), or null. */
   private repairing: string | null = null;
   private repairRun: Promise<void> | null = null;
   private readonly repairTimes: number[] = [];
   /** The RECOVERING marker exists: it is removed once Raft reports the node caught up. */
   private markerPresent = false;
-  /** A fatal error from the node before start() returned, handled once it has. */
-  private earlyRaftError: Error | null = null;
   private readonly deadlines: DeadlineQueue;
   private readonly relay: RelayTransport;
   private readonly log: (line: string) => void;
-  // The replica: replaced as a whole by a self-repair (see repair()).
+  // The replica, replaced as a whole by a self-repair (see repair()).
   private node!: RaftNode;
   private machine!: KVStateMachine;
   private writes!: PendingWrites;
@@ -147,6 +202,8 @@ export class KVServer {
     private readonly options: KVServerOptions,
     private readonly clock: Clock,
   ) {
+    const words = crypto.getRandomValues(new Uint32Array(2));
+    this.nextNonce = (BigInt(words[0]! & 0x3fffffff) << 32n) | BigInt(words[1]!);
     const limits = options.limits ?? {};
     this.maxKeyBytes = limits.maxKeyBytes ?? 4096;
     this.maxValueBytes = limits.maxValueBytes ?? 1 << 20;
@@ -161,7 +218,6 @@ export class KVServer {
     const server = new KVServer(options.id, options, options.clock ?? new RealClock());
     if (options.lostState !== undefined && options.logStore === undefined && readMarker(options.dir) === null) {
       writeMarker(options.dir, { format: 1, reason: options.lostState, since: new Date().toISOString(), term: 0, votedFor: NONE });
-      server.log(`${options.lostState}: starting as recovering, not voting until caught up with a leader`);
     }
     const storage = await server.openStorage();
     server.relay.attach();
@@ -178,47 +234,72 @@ export class KVServer {
     const machineOptions = {
       members: o.peers,
       snapshotChunkBytes: o.raft?.snapshotChunkBytes,
+      txnLimits: o.txnLimits,
       ...definedOnly(o.state ?? {}),
     } as Omit<KVStateMachineOptions, "dir">;
     return openStorageRepaired(o.dir, machineOptions, o.logStore, this.log);
   }
 
-  /** Starts a Raft node over opened storage and makes it this server's replica. */
+  /** Starts a Raft node over opened storage and makes it, with its readers and watches, this server's replica. */
   private async startNode(storage: OpenedStorage): Promise<void> {
     const o = this.options;
     const timeoutMs = o.limits?.commandTimeoutMs ?? 500;
-    const writes = new PendingWrites(this.clock, this.deadlines, timeoutMs, storage.machine.lastApplied());
+    const { machine } = storage;
+    const writes = new PendingWrites(this.clock, this.deadlines, timeoutMs, machine.lastApplied());
     let node: RaftNode;
-    this.earlyRaftError = null;
+    // Bound once the node exists; applies before that have no watcher to wake.
+    let hub: WatchHub | null = null;
     let started = false;
+    let early: Error | null = null;
     try {
       node = await RaftNode.start({
         id: o.id,
         peers: o.peers,
         logStore: storage.logStore,
         transport: this.relay,
-        stateMachine: this.applyLoop(storage.machine, writes),
+        stateMachine: applyLoop(machine, writes, {
+          applied: () => {
+            hub?.applied();
+            if (this.markerPresent) this.checkRecovered();
+          },
+          corrupt: (error) => this.storageFailed("snapshot read", error),
+        }),
         clock: this.clock,
         ...definedOnly(o.raft ?? {}),
         recovering: storage.recovering,
         onFatal: (error) => {
-          if (started) this.raftFailed(error);
-          else this.earlyRaftError = error;
+          if (started) this.storageFailed("raft", error);
+          else early = error;
         },
       });
     } catch (error) {
-      await storage.machine.close();
+      await machine.close();
       if (storage.owned) await storage.logStore.close();
       throw error;
     }
     this.node = node;
-    this.machine = storage.machine;
+    this.machine = machine;
     this.writes = writes;
     this.ownedLogStore = storage.owned ? storage.logStore : null;
     this.reads = new ReadBatcher(o.id, { readIndex: () => node.readIndex(), readApplied: (key) => this.readApplied(key) }, this.clock, this.deadlines, timeoutMs);
+    hub = new WatchHub({ id: o.id, machine, logFirstIndex: () => node.status().firstIndex }, o.watchLimits);
+    this.watches = hub;
+    this.api = new TxnServer({
+      id: o.id,
+      node,
+      machine,
+      writes,
+      reads: this.reads,
+      now: () => this.clock.now(),
+      maxKeyBytes: this.maxKeyBytes,
+      maxValueBytes: this.maxValueBytes,
+      maxPending: this.maxPending,
+      limits: o.txnLimits,
+      closed: () => this.closed || this.repairing !== null,
+    });
     this.markerPresent = storage.recovering && storage.owned;
     started = true;
-    if (this.earlyRaftError !== null) this.raftFailed(this.earlyRaftError);
+    if (early !== null) this.storageFailed("raft", early);
   }
 
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */
@@ -238,6 +319,11 @@ export class KVServer {
     }
   }
 
+  /** The Raft node under this server: membership administration (ClusterService) talks to it directly. */
+  get raft(): RaftNode {
+    return this.node;
+  }
+
   async getStatus(): Promise<KVStatus> {
     // A stopped node does not pretend to be a follower: status fails like everything else.
     if (this.fatalError !== null) throw this.stoppedError();
@@ -251,6 +337,8 @@ export class KVServer {
       storageSize: (this.closed ? 0 : this.machine.diskBytes()) + status.logBytes,
       leaderId: status.leaderId,
       members: [...status.members],
+      learners: [...status.learners],
+      addresses: { ...status.addresses },
       snapshotIndex: status.snapshotIndex,
       keyCount: this.machine.userKeyCount,
       sessions: this.machine.sessionCount,
@@ -259,6 +347,18 @@ export class KVServer {
       storageHealth: [this.repairing === null ? "" : `repairing: ${this.repairing}`, status.recovering, this.diskWatch?.health() ?? ""]
         .filter((s) => s !== "")
         .join("; "),
+    };
+  }
+
+  /** Live views for metrics and health (src/obs), read when scraped: no copies kept, no hooks. */
+  diagnostics(): KVDiagnostics {
+    return {
+      raft: this.node.status(),
+      lsm: this.closed ? null : this.machine.lsmStats(),
+      log: this.ownedLogStore instanceof FileLogStore ? this.ownedLogStore.stats() : null,
+      sessions: this.machine.sessionCount,
+      readIndexRounds: this.reads.roundsStarted,
+      pendingCommands: this.pending,
     };
   }
 
@@ -286,19 +386,33 @@ export class KVServer {
     await this.repairRun;
     this.writes.close(WRONG_LEADER);
     this.reads.close();
+    this.watches?.close();
     this.deadlines.clear();
     await this.node.stop();
     await this.machine.close();
     await this.ownedLogStore?.close();
   }
 
+  /**
+   * Registers a new client session (Raft dissertation §6.3): its id is the index of the
+   * registration's log entry. Refused with OverloadedError when every session slot is taken.
+   */
+  async registerSession(): Promise<RegisterReply> {
+    if (this.fatalError !== null) throw this.stoppedError();
+    if (this.closed || this.repairing !== null) return { err: "ErrWrongLeader", value: "" };
+    const outcome = await this.propose({ op: "Register", clientId: 0n, commandId: this.nonce(), key: "", value: "" });
+    if (!isApplied(outcome)) return outcome as RegisterReply;
+    if (outcome.result === RESULT_TABLE_FULL) {
+      throw new OverloadedError(`node ${this.id}: the session table is full (every registered session is live); retry later`);
+    }
+    return { err: "OK", clientId: BigInt(outcome.index) };
+  }
+
   private validate(args: CommandArgs): void {
     if (typeof args.op !== "string" || !OPS.has(args.op)) {
       throw new InvalidArgumentError(`unknown op ${JSON.stringify(args.op)}: expected Get, Put, Append or Delete`);
     }
-    if (typeof args.key !== "string" || args.key.length === 0) {
-      throw new InvalidArgumentError("the key is empty: every command needs a non-empty key");
-    }
+    if (typeof args.key !== "string") throw new InvalidArgumentError("the key must be a string");
     // A UTF-16 code unit is at most 3 UTF-8 bytes: short strings need no byte count.
     const keyBytes = args.key.length * 3 <= this.maxKeyBytes ? 0 : Buffer.byteLength(args.key, "utf8");
     if (keyBytes > this.maxKeyBytes) {
@@ -314,6 +428,12 @@ export class KVServer {
     if (typeof args.clientId !== "bigint" || typeof args.commandId !== "bigint") {
       throw new InvalidArgumentError("clientId and commandId must be 64-bit integers");
     }
+    if (args.clientId !== 0n && args.commandId < 0n) {
+      throw new InvalidArgumentError(`commandId ${args.commandId} is negative: a session's command ids start at 0 or 1 and increase`);
+    }
+    if (args.registered === true && args.clientId === 0n) {
+      throw new InvalidArgumentError("a registered session needs its clientId (from RegisterSession); 0 means no session");
+    }
   }
 
   /**
@@ -321,12 +441,27 @@ export class KVServer {
    * waiting, then proposed; the apply loop answers it (see PendingWrites).
    */
   private async write(args: CommandArgs): Promise<CommandReply> {
-    const known = answerFromSession(this.machine, args.clientId, args.commandId);
-    if (known !== null) return known;
+    const command: WriteCommand = {
+      op: args.op as "Put" | "Append" | "Delete",
+      clientId: args.clientId,
+      // Without a session the client's commandId means nothing; a nonce lets the apply find the waiter.
+      commandId: args.clientId === 0n ? this.nonce() : args.commandId,
+      key: args.key,
+      value: args.value,
+      registered: args.registered === true,
+    };
+    const known = this.answerFromSession(command);
+    if (known !== null) return replyForResult(known, args);
     const lowSpace = this.diskWatch?.writeRefusal();
     if (lowSpace) throw lowSpace;
-    const data = encodeCommand({ op: args.op as "Put" | "Append" | "Delete", clientId: args.clientId, commandId: args.commandId, key: args.key, value: args.value });
-    const { waiter, reply } = this.writes.open(args.clientId, args.commandId);
+    const outcome = await this.propose(command);
+    return isApplied(outcome) ? replyForResult(outcome.result, args) : outcome;
+  }
+
+  /** Proposes a command stamped with this leader's time and value limit; resolves with how it ended. */
+  private async propose(command: WriteCommand): Promise<WriteOutcome> {
+    const data = encodeCommand({ ...command, timestamp: this.clock.now(), maxValueBytes: this.maxValueBytes });
+    const { waiter, outcome } = this.writes.open(command.clientId, command.commandId);
     try {
       const { index, term } = await this.node.propose(data);
       this.writes.place(waiter, index, term);
@@ -340,7 +475,23 @@ export class KVServer {
       }
       this.writes.answer(waiter, refused);
     }
-    return reply;
+    return outcome;
+  }
+
+  /**
+   * The result of a write the session table answers without a new entry: a retry of the session's
+   * last command, or a stale or reused commandId; null when the write must be proposed.
+   */
+  private answerFromSession(command: WriteCommand): ResultCode | null {
+    if (command.clientId === 0n) return null;
+    const session = this.machine.session(command.clientId);
+    // Gone or never registered: the apply decides (a registration may be on its way to this state).
+    if (session === undefined || (command.registered === true && !session.registered)) return null;
+    if (command.commandId > session.commandId) return null;
+    if (command.commandId < session.commandId) return RESULT_STALE_COMMAND;
+    const fingerprint = commandFingerprint(decodeCommand(encodeCommand(command), 0));
+    if (session.fingerprint !== 0 && session.fingerprint !== fingerprint) return RESULT_COMMAND_REUSED;
+    return session.result;
   }
 
   /** A Get's value from the applied state; a storage error there is never served. */
@@ -367,13 +518,14 @@ export class KVServer {
     this.diskWatch?.stop();
     this.writes.close(WRONG_LEADER);
     this.reads.close();
+    this.watches?.close();
     void this.node.stop();
     if (this.onFatal !== null) this.onFatal(fatal);
     else console.error(`kvraft: node ${this.id} stopped: ${fatal.message}`);
   }
 
-  private raftFailed(error: Error): void {
-    this.storageFailed("raft", error);
+  private stoppedError(): UnavailableError {
+    return new UnavailableError(`node ${this.id} stopped after a fatal error: ${this.fatalError!.message}`, { cause: this.fatalError });
   }
 
   /** Corruption of the state machine is repaired from the leader; anything else stops the node. */
@@ -407,7 +559,8 @@ export class KVServer {
     try {
       this.writes.close(WRONG_LEADER);
       this.reads.close();
-      await this.stepDown();
+      this.watches.close();
+      await handOverLeadership(this.node, this.clock, this.options.raft?.tickMs ?? 50, this.options.raft?.electionTicks ?? 10);
       const logStore = this.ownedLogStore!;
       const hard = logStore.hardState();
       this.relay.detach();
@@ -426,24 +579,6 @@ export class KVServer {
     this.repairing = null;
   }
 
-  /** A leader hands leadership to a peer first (bounded wait), so clients are not left waiting for an election. */
-  private async stepDown(): Promise<void> {
-    const status = this.node.status();
-    if (status.role !== "Leader") return;
-    const peer = status.members.find((m) => m !== this.id);
-    if (peer === undefined) return;
-    try {
-      this.node.transferLeadership(peer);
-    } catch {
-      return;
-    }
-    const tick = this.options.raft?.tickMs ?? 50;
-    const waitMs = tick * (this.options.raft?.electionTicks ?? 10);
-    for (let waited = 0; waited < waitMs && this.node.status().role === "Leader"; waited += tick) {
-      await new Promise<void>((resolve) => this.clock.setTimeout(resolve, tick));
-    }
-  }
-
   /** Recovery is over once Raft says so: the marker goes, and the node votes again after a restart too. */
   private checkRecovered(): void {
     if (!this.markerPresent || this.node.status().recovering !== "") return;
@@ -456,42 +591,47 @@ export class KVServer {
     }
   }
 
-  /**
-   * What the Raft driver applies committed entries to: the state machine, whose per-entry results
-   * then answer the writes waiting for them (and a snapshot install answers the ones it covers).
-   */
-  private applyLoop(machine: KVStateMachine, writes: PendingWrites): StateMachine {
-    return {
-      apply: async (entries: Entry[]) => {
-        writes.applied(await machine.apply(entries));
-        if (this.markerPresent) this.checkRecovered();
-      },
-      restore: async (meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>) => {
-        await machine.restore(meta, chunks);
-        writes.restored(machine.lastApplied(), (clientId, commandId) => answerFromSession(machine, clientId, commandId));
-      },
-      lastApplied: () => machine.lastApplied(),
-      lastAppliedTerm: () => machine.lastAppliedTerm(),
-      durableAppliedIndex: () => machine.durableAppliedIndex(),
-      sync: () => machine.sync(),
-      // A corrupt block met while streaming a snapshot to a follower is this replica's problem.
-      snapshot: async () => {
-        const image = await machine.snapshot();
-        return { meta: image.meta, chunks: watchCorruption(image.chunks, (error) => this.storageFailed("snapshot read", error)) };
-      },
-    };
-  }
-
-  private stoppedError(): UnavailableError {
-    return new UnavailableError(`node ${this.id} stopped after a fatal error: ${this.fatalError!.message}`, { cause: this.fatalError });
+  private nonce(): bigint {
+    this.nextNonce = this.nextNonce === (1n << 63n) - 1n ? 1n : this.nextNonce + 1n;
+    return this.nextNonce;
   }
 }
 
-/** The answer to a write the session table shows as applied already, or null. */
-function answerFromSession(machine: KVStateMachine, clientId: bigint, commandId: bigint): CommandReply | null {
-  const session = machine.session(clientId);
-  if (session === undefined || commandId > session.commandId) return null;
-  return commandId === session.commandId ? replyFor(session.result) : OK;
+/** A write's reply for its apply result, or the typed refusal the result stands for. */
+function replyForResult(result: ResultCode, args: CommandArgs): CommandReply {
+  const key = JSON.stringify(args.key.slice(0, 64));
+  switch (result) {
+    case RESULT_OK:
+      return OK;
+    case RESULT_NO_KEY:
+      return NO_KEY;
+    case RESULT_VALUE_TOO_LARGE:
+      return refuse(new InvalidArgumentError(`${args.op} of key ${key} would make its value larger than the value limit; it was not applied`));
+    case RESULT_SESSION_EXPIRED:
+      return refuse(
+        new SessionExpiredError(
+          `session ${args.clientId} has expired (or was never registered): register a new session; this write was not applied`,
+        ),
+      );
+    case RESULT_STALE_COMMAND:
+      return refuse(
+        new InvalidArgumentError(
+          `commandId ${args.commandId} is older than session ${args.clientId}'s last command: command ids must increase; this write was not applied`,
+        ),
+      );
+    case RESULT_COMMAND_REUSED:
+      return refuse(
+        new InvalidArgumentError(
+          `commandId ${args.commandId} of session ${args.clientId} was already used for a different command: use a new commandId; this write was not applied`,
+        ),
+      );
+    case RESULT_TABLE_FULL:
+      throw new Error(`invariant: a write was answered with a registration's result`);
+  }
+}
+
+function refuse(error: Error): never {
+  throw error;
 }
 
 const decoder = new TextDecoder();

@@ -1,23 +1,38 @@
 // Thin kvraftpb.KVService handlers: translate wire messages to KVServer calls and KVServer's typed
-// errors to Connect errors. Validation of keys, values and sessions belongs to KVServer.
+// errors to Connect errors (or, for eRaft's own clients, to an `err` they stop on). Validation of
+// keys, values and sessions belongs to KVServer.
 
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
 import { KVError, type KVErrorCode } from "./errors.ts";
+import { refuseUnparsableBodies } from "./parse-refusal.ts";
 import type { KVOp } from "./replies.ts";
 import type { KVServer } from "./server.ts";
+import { txnHandlers, type TxnBackend } from "./service-txn.ts";
+import { watchHandlers, type WatchBackend } from "./service-watch.ts";
+import { memberList } from "./cluster-service.ts";
 import {
+  BatchResponseSchema,
+  BatchResultSchema,
   CommandResponseSchema,
   GetStatusResponseSchema,
   KVService,
   Op,
+  RegisterSessionResponseSchema,
+  type BatchRequest,
+  type BatchResponse,
   type CommandRequest,
   type CommandResponse,
   type GetStatusResponse,
+  type RegisterSessionResponse,
 } from "../gen/kvraftpb/kvraft_pb.ts";
+import { log } from "../obs/log.ts";
 
 /** What the handlers use of a KVServer (tests may pass a stand-in of this exact shape). */
-export type KVServiceBackend = Pick<KVServer, "command" | "getStatus">;
+export type KVServiceBackend = Pick<KVServer, "command" | "getStatus" | "registerSession"> & Partial<TxnBackend> & Partial<WatchBackend>;
+
+/** Commands one Batch call may carry; more is refused (invalid_argument) before any runs. */
+export const MAX_BATCH_COMMANDS = 4096;
 
 const OPS: Record<number, KVOp> = {
   [Op.PUT]: "Put",
@@ -56,29 +71,43 @@ export function registerKVService(
     return kv;
   };
   router.service(KVService, {
-    async command(request: CommandRequest): Promise<CommandResponse> {
-      const op = OPS[request.op];
-      if (op === undefined) {
-        throw new ConnectError(
-          `unknown op ${request.op}: expected PUT (0), APPEND (1), GET (2) or DELETE (3)`,
-          Code.InvalidArgument,
-        );
-      }
+    ...txnHandlers(current, toConnectError),
+    ...watchHandlers(current, toConnectError),
+    async command(request: CommandRequest, context: HandlerContext): Promise<CommandResponse> {
       try {
-        const result = await current().command({
-          key: request.key,
-          value: request.value,
-          op,
-          clientId: request.clientId,
-          commandId: request.commandId,
-        });
-        const hinted = result.err === "ErrWrongLeader" && result.leaderId !== undefined && result.leaderId >= 0;
-        if (result.value === "" && !hinted) {
-          const bare = BARE_RESPONSES.get(result.err);
-          if (bare !== undefined) return bare;
-        }
-        const response = create(CommandResponseSchema, { err: result.err, value: result.value });
-        if (hinted) response.leaderId = BigInt(result.leaderId!);
+        return await runCommand(current(), request);
+      } catch (error) {
+        const refusal = toConnectError(error);
+        if (isERaftShaped(request, context)) return answerERaft(refusal);
+        throw refusal;
+      }
+    },
+    async batch(request: BatchRequest): Promise<BatchResponse> {
+      const commands = request.commands;
+      if (commands.length > MAX_BATCH_COMMANDS) {
+        throw new ConnectError(`a batch carries ${commands.length} commands; the limit is ${MAX_BATCH_COMMANDS}: split it`, Code.InvalidArgument);
+      }
+      const kv = current();
+      // Every command on its own, concurrently: Raft's group commit puts their entries in one append.
+      const results = await Promise.all(
+        commands.map((command) =>
+          runCommand(kv, command).then(
+            (response) => create(BatchResultSchema, { response }),
+            (error) => {
+              const refusal = toConnectError(error);
+              return create(BatchResultSchema, { code: refusal.code, message: refusal.rawMessage });
+            },
+          ),
+        ),
+      );
+      return create(BatchResponseSchema, { results });
+    },
+    async registerSession(): Promise<RegisterSessionResponse> {
+      try {
+        const reply = await current().registerSession();
+        const response = create(RegisterSessionResponseSchema, { err: reply.err });
+        if (reply.err === "OK") response.clientId = reply.clientId;
+        else if (reply.leaderId !== undefined && reply.leaderId >= 0) response.leader = { case: "leaderId", value: BigInt(reply.leaderId) };
         return response;
       } catch (error) {
         throw toConnectError(error);
@@ -98,22 +127,83 @@ export function registerKVService(
           snapshotIndex: BigInt(status.snapshotIndex),
           keyCount: BigInt(status.keyCount),
           storageHealth: status.storageHealth,
+          memberDetails: memberList(status),
         });
-        if (status.leaderId >= 0) response.leaderId = BigInt(status.leaderId);
+        if (status.leaderId >= 0) response.leader = { case: "leaderId", value: BigInt(status.leaderId) };
         return response;
       } catch (error) {
         throw toConnectError(error);
       }
     },
   });
+  refuseUnparsableBodies(router, KVService.typeName);
 }
+
+/** One command, as Command and each entry of Batch run it; refusals are thrown. */
+async function runCommand(kv: KVServiceBackend, request: CommandRequest): Promise<CommandResponse> {
+  const op = OPS[request.op];
+  if (op === undefined) {
+    throw new ConnectError(`unknown op ${request.op}: expected PUT (0), APPEND (1), GET (2) or DELETE (3)`, Code.InvalidArgument);
+  }
+  const result = await kv.command({
+    key: request.key,
+    value: request.value,
+    op,
+    clientId: request.clientId,
+    commandId: request.commandId,
+    registered: request.registered,
+  });
+  const hinted = result.err === "ErrWrongLeader" && result.leaderId !== undefined && result.leaderId >= 0;
+  if (result.value === "" && !hinted) {
+    const bare = BARE_RESPONSES.get(result.err);
+    if (bare !== undefined) return bare;
+  }
+  const response = create(CommandResponseSchema, { err: result.err, value: result.value });
+  if (hinted) response.leader = { case: "leaderId", value: BigInt(result.leaderId!) };
+  return response;
+}
+
+/**
+ * A request from eRaft's own Clerk: over gRPC (the protocol it speaks) and without kvraft's
+ * registered-session field. Its Clerk retries every RPC error on the next server forever, so a
+ * refusal must come back as a response (see the rule in proto/kvraftpb/kvraft.proto).
+ */
+function isERaftShaped(request: CommandRequest, context: HandlerContext): boolean {
+  return context.protocolName === "grpc" && !request.registered;
+}
+
+/** Refusals to eRaft's Clerk held back at once at most (each a timer); beyond it, answered at once. */
+const MAX_HELD_REFUSALS = 1000;
+/** How long an overload refusal to eRaft's Clerk is held: its pause before it tries the next server. */
+const OVERLOAD_PAUSE_MS = 50;
+let heldRefusals = 0;
+
+/**
+ * A refusal in eRaft's vocabulary, derived from its Connect code: overload → ErrTimeout after a
+ * pause (eRaft's Clerk has no backoff of its own), a node that cannot serve → ErrWrongLeader (try
+ * the next), anything else → "Err<Code>: <why>", which eRaft's Clerk returns to its caller.
+ */
+async function answerERaft(refusal: ConnectError): Promise<CommandResponse> {
+  if (BACK_OFF_CODES.has(refusal.code)) {
+    if (heldRefusals < MAX_HELD_REFUSALS) {
+      heldRefusals++;
+      await new Promise((resolve) => setTimeout(resolve, OVERLOAD_PAUSE_MS)).finally(() => heldRefusals--);
+    }
+    return BARE_RESPONSES.get("ErrTimeout")!;
+  }
+  if (TRY_ANOTHER_NODE_CODES.has(refusal.code)) return BARE_RESPONSES.get("ErrWrongLeader")!;
+  return create(CommandResponseSchema, { err: `Err${Code[refusal.code]}: ${refusal.rawMessage}` });
+}
+
+const BACK_OFF_CODES = new Set<Code>([Code.ResourceExhausted]);
+const TRY_ANOTHER_NODE_CODES = new Set<Code>([Code.Unavailable]);
 
 /** KVError → ConnectError with its code and the same advice; anything else is internal (and logged). */
 export function toConnectError(error: unknown): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof KVError) return new ConnectError(error.message, CONNECT_CODES[error.code]);
   if (error instanceof Error) {
-    console.error(`kvraft rpc: internal error: ${error.stack ?? error.message}`);
+    log.error(`kvraft rpc: internal error: ${error.message}`, { error });
     return new ConnectError(`internal error: ${error.message}`, Code.Internal);
   }
   return new ConnectError(`internal error: ${String(error)}`, Code.Internal);

@@ -1,7 +1,7 @@
 // Moving a snapshot between an LSM and a chunk stream: reading one out of a consistent LSM snapshot
 // (released exactly once), and filling a fresh LSM from one in batches of about one chunk.
 import type { BatchOp, DB, DBIteratorOptions } from "../lsm/index.ts";
-import type { NodeId, SnapshotMeta } from "../raft/index.ts";
+import { encodeMembership, membershipOfMeta, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { KVCorruptionError } from "./errors.ts";
 import {
   APPLIED_KEY,
@@ -19,6 +19,7 @@ import {
   sessionKey,
   userKeyFromBytes,
 } from "./keys.ts";
+import { RESPONSE_END, RESPONSE_PREFIX } from "./session-responses.ts";
 import { decodeSession, encodeSession, type Session } from "./sessions.ts";
 import { SNAPSHOT_FORMAT_VERSION, decodeSnapshot, encodeSnapshot } from "./snapshot-stream.ts";
 
@@ -28,11 +29,11 @@ export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: numb
   let handedOver = false;
   try {
     const appliedRecord = db.getSync(APPLIED_KEY, { snapshot: snap });
-    const { index, term } = appliedRecord ? decodeApplied(appliedRecord) : { index: 0, term: 0 };
+    const { index, term, logTime } = appliedRecord ? decodeApplied(appliedRecord) : { index: 0, term: 0, logTime: 0 };
     const membersRecord = db.getSync(MEMBERS_KEY, { snapshot: snap });
     const members = membersRecord ? decodeMembers(membersRecord) : [...fallbackMembers];
     const meta: SnapshotMeta = { index, term, members };
-    const header = { version: SNAPSHOT_FORMAT_VERSION, index, term, members };
+    const header = { version: SNAPSHOT_FORMAT_VERSION, index, term, logTime, members };
     async function* sessions(): AsyncGenerator<Session> {
       for await (const [key, value] of scan(db, { gte: SESSION_PREFIX, lt: SESSION_END, snapshot: snap })) {
         yield decodeSession(clientIdOfSessionKey(key), value);
@@ -43,8 +44,11 @@ export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: numb
         yield [key.subarray(1), value];
       }
     }
+    async function* records(): AsyncGenerator<[Uint8Array, Uint8Array]> {
+      yield* scan(db, { gte: RESPONSE_PREFIX, lt: RESPONSE_END, snapshot: snap });
+    }
     handedOver = true;
-    return { meta, chunks: releasingStream(encodeSnapshot(header, sessions(), pairs(), chunkBytes), () => snap.release()) };
+    return { meta, chunks: releasingStream(encodeSnapshot(header, sessions(), pairs(), chunkBytes, records()), () => snap.release()) };
   } finally {
     // The stream owns the LSM snapshot from here; it releases it when finished or abandoned.
     if (!handedOver) snap.release();
@@ -63,6 +67,7 @@ export async function fillFromSnapshot(
   let batchBytes = 0;
   let complete = false;
   let keys = 0;
+  let logTime = 0;
   for await (const record of decodeSnapshot(chunks)) {
     if (closing()) throw new Error("snapshot install abandoned: the state machine is closing");
     switch (record.type) {
@@ -72,8 +77,11 @@ export async function fillFromSnapshot(
             `snapshot stream is of index ${record.header.index} term ${record.header.term}, but the install asked for index ${meta.index} term ${meta.term}`,
           );
         }
+        logTime = record.header.logTime;
         break;
       case "sessions":
+        // A version-1 stream has no log time: its sessions' last touch is the best lower bound.
+        for (const s of record.sessions) logTime = Math.max(logTime, s.lastTime);
         for (const s of record.sessions) batch.push({ type: "put", key: sessionKey(s.clientId), value: encodeSession(s) });
         batchBytes += record.sessions.length * 32;
         break;
@@ -83,6 +91,16 @@ export async function fillFromSnapshot(
           batchBytes += key.length + value.length + 1;
         }
         keys += record.pairs.length;
+        break;
+      case "records":
+        for (const [key, value] of record.records) {
+          // Only the kinds of record a snapshot carries: a stream cannot overwrite other metadata.
+          if (key.length !== RESPONSE_PREFIX.length + 8 || key[0] !== RESPONSE_PREFIX[0] || key[1] !== RESPONSE_PREFIX[1]) {
+            throw new KVCorruptionError(`snapshot stream holds a record under an unexpected ${key.length}-byte key`);
+          }
+          batch.push({ type: "put", key, value });
+          batchBytes += key.length + value.length;
+        }
         break;
       case "trailer":
         complete = true;
@@ -95,8 +113,9 @@ export async function fillFromSnapshot(
     }
   }
   if (!complete) throw new KVCorruptionError("snapshot stream ended without a trailer");
-  batch.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(meta.index, meta.term) });
-  batch.push({ type: "put", key: MEMBERS_KEY, value: encodeMembers(meta.members) });
+  batch.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(meta.index, meta.term, logTime) });
+  const extras = (meta.learners?.length ?? 0) > 0 || Object.keys(meta.addresses ?? {}).length > 0;
+  batch.push({ type: "put", key: MEMBERS_KEY, value: encodeMembers(meta.members, extras ? encodeMembership(membershipOfMeta(meta)) : undefined) });
   batch.push({ type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(keys) });
   await db.write(batch);
 }

@@ -2,16 +2,44 @@
 // Applies committed entries as atomic LSM batches without fsync (the Raft log is the WAL),
 // streams snapshots from an LSM snapshot, and installs them into a fresh LSM switched atomically.
 import * as fs from "node:fs";
-import { DB, type DBOptions } from "../lsm/index.ts";
-import { EntryType, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
+import { DB, type DBOptions, type DBStats } from "../lsm/index.ts";
+import { EntryType, decodeMembership, metaWith, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { ApplyBatch } from "./apply-batch.ts";
-import { OP_APPEND, OP_DELETE, OP_PUT, decodeCommand, type DecodedCommand } from "./command.ts";
+import { OP_APPEND, OP_DELETE, OP_PUT, OP_REGISTER, commandFingerprint, decodeCommand, type DecodedCommand } from "./command.ts";
 import { KVCorruptionError } from "./errors.ts";
-import { APPLIED_KEY, KEY_COUNT_KEY, MEMBERS_KEY, decodeApplied, decodeKeyCount, decodeMembers, encodeKeyCount, sessionKey, userKey, userKeyFromBytes } from "./keys.ts";
+import {
+  APPLIED_KEY,
+  KEY_COUNT_KEY,
+  MEMBERS_KEY,
+  decodeApplied,
+  decodeKeyCount,
+  decodeMembers,
+  encodeKeyCount,
+  membersRecordMembership,
+  sessionKey,
+  userKey,
+  userKeyFromBytes,
+} from "./keys.ts";
 import type { AppliedCommand } from "./pending-writes.ts";
-import { RESULT_NO_KEY, RESULT_OK, type ResultCode, type Session, SessionTable } from "./sessions.ts";
+import {
+  NO_COMMAND,
+  RESULT_COMMAND_REUSED,
+  RESULT_NO_KEY,
+  RESULT_OK,
+  RESULT_SESSION_EXPIRED,
+  RESULT_STALE_COMMAND,
+  RESULT_TABLE_FULL,
+  RESULT_VALUE_TOO_LARGE,
+  type ResultCode,
+  type StoredResult,
+  type Session,
+  SessionTable,
+} from "./sessions.ts";
 import { countUserKeys, fillFromSnapshot, loadSessions, readSnapshot } from "./snapshot-io.ts";
 import { readPointer, removeStaleStates, stateDir, writePointer } from "./state-dir.ts";
+import { HISTORY_START_KEY, decodeHistoryStart, encodeHistoryStart, trimOps } from "./history.ts";
+import { LAYOUT_KEY, OldLayoutError, VALUE_LAYOUT, decodeLayout, encodeLayout, storedUserValue } from "./revisions.ts";
+import { OP_TXN, applyTxn, rememberTxn, retriedTxn, type TxnLimits } from "./txn.ts";
 
 export interface KVStateMachineOptions {
   /** Directory owned by the state machine: `CURRENT` names the live `state-<n>` LSM directory. */
@@ -22,16 +50,22 @@ export interface KVStateMachineOptions {
   blockCacheBytes?: number;
   /** Further LSM options (table size, mmap, compaction triggers); memtableBytes/blockCacheBytes above win. */
   lsm?: DBOptions;
-  /** A session untouched for more than this many log entries expires. Default 1,000,000. */
-  sessionTtlEntries?: number;
-  /** Live sessions at most; the least recently used is evicted beyond it. Default 100,000. */
+  /** A session untouched for longer than this (log time: leader timestamps) expires. Default 1 hour. */
+  sessionTtlMs?: number;
+  /** Registered sessions at most; registrations beyond it are refused. Default 100,000. */
   maxSessions?: number;
+  /** Unregistered sessions at most; the least recently used is evicted beyond it. Default 100,000. */
+  maxUnregisteredSessions?: number;
   /** Snapshot chunk size. Default 1 MiB. */
   snapshotChunkBytes?: number;
   /** Applied entries not yet synced before a background `db.sync()` starts. Default 10,000. */
   syncEveryEntries?: number;
   /** Bytes of data changes per LSM batch; a larger apply is split at entry boundaries. Default 4 MiB. */
   maxBatchBytes?: number;
+  /** Record every change in the watch history (history.ts). Default true. */
+  watchHistory?: boolean;
+  /** Bounds of a Txn (and DeleteRange) at apply; the same on every replica. */
+  txnLimits?: TxnLimits;
 }
 
 /**
@@ -41,8 +75,12 @@ export interface KVStateMachineOptions {
 export class KVStateMachine {
   private applied = 0;
   private appliedTerm = 0;
+  /** The log's time (ms): the largest leader timestamp applied so far; sessions expire by it. */
+  private logTime = 0;
   /** User keys in the applied state (GetStatus.key_count), kept in every batch that changes it. */
   private keyCount = 0;
+  /** The oldest revision whose watch-history events this node still holds. */
+  private historyFloor = 1;
   private durable = 0;
   private syncing: Promise<unknown> | null = null;
 
@@ -70,11 +108,14 @@ export class KVStateMachine {
     const full: Required<KVStateMachineOptions> = {
       memtableBytes: 4 << 20,
       blockCacheBytes: 8 << 20,
-      sessionTtlEntries: 1_000_000,
+      sessionTtlMs: 3_600_000,
       maxSessions: 100_000,
+      maxUnregisteredSessions: 100_000,
       snapshotChunkBytes: 1 << 20,
       syncEveryEntries: 10_000,
       maxBatchBytes: 4 << 20,
+      watchHistory: true,
+      txnLimits: {},
       lsm: {},
       // An option given as undefined means "the default", not "none".
       ...(Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as KVStateMachineOptions),
@@ -87,14 +128,15 @@ export class KVStateMachine {
     }
     removeStaleStates(full.dir, generation);
     const db = await DB.open(stateDir(full.dir, generation), lsmOptions(full));
-    const sessions = new SessionTable({ ttlEntries: full.sessionTtlEntries, maxSessions: full.maxSessions });
+    const sessions = new SessionTable({ ttlMs: full.sessionTtlMs, maxSessions: full.maxSessions, maxUnregisteredSessions: full.maxUnregisteredSessions });
     const machine = new KVStateMachine(full, db, generation, [...full.members], sessions);
     try {
       // What the LSM recovered may sit in files never fsynced; make it durable before calling it so.
       await db.sync();
+      await checkLayout(db, stateDir(full.dir, generation));
       await machine.loadFromDb();
     } catch (error) {
-      // E.g. a corrupt block met while loading: release the directory so it can be repaired.
+      // E.g. a corrupt block met while loading, or a foreign layout: release the directory.
       await db.close().catch(() => {});
       throw error;
     }
@@ -130,7 +172,43 @@ export class KVStateMachine {
   /** Reads a user key from the applied state (callers make it linearizable with ReadIndex). */
   read(key: string): Uint8Array | null {
     this.checkUsable();
-    return this.db.getSync(userKey(key)) ?? null;
+    const stored = this.db.getSync(userKey(key));
+    return stored === undefined ? null : storedUserValue(stored);
+  }
+
+  /** The LSM holding the applied state, for range reads and the watch history (read-only use). */
+  get store(): DB {
+    this.checkUsable();
+    return this.db;
+  }
+
+  /** The oldest revision whose events the watch history still holds. */
+  get historyStart(): number {
+    return this.historyFloor;
+  }
+
+  /**
+   * Drops watch-history events below `revision` (the Raft log's first index: what the log no
+   * longer holds, no watcher can be served from either). Runs between applies, in bounded batches.
+   */
+  trimHistory(revision: number): Promise<void> {
+    return this.serialize(async () => {
+      this.checkUsable();
+      const target = Math.min(revision, this.applied + 1);
+      if (target <= this.historyFloor) return;
+      for (;;) {
+        const { ops, more } = trimOps(this.db, target, 10_000);
+        if (!more) ops.push({ type: "put", key: HISTORY_START_KEY, value: encodeHistoryStart(target) });
+        if (ops.length > 0) await this.db.write(ops);
+        if (!more) break;
+      }
+      this.historyFloor = target;
+    });
+  }
+
+  /** The LSM's counters and sizes (for metrics). */
+  lsmStats(): DBStats {
+    return this.db.stats();
   }
 
   /** Bytes the LSM holds on disk. */
@@ -162,6 +240,18 @@ export class KVStateMachine {
     return this.serialize(() => this.restoreNow(meta, chunks));
   }
 
+  /**
+   * The configuration recorded by the last restore, at the applied index. RaftNode asks only when
+   * this machine is ahead of its log, which happens only between a restore and the log's reset.
+   */
+  restoredSnapshot(): SnapshotMeta | null {
+    const record = this.db.getSync(MEMBERS_KEY);
+    if (!record) return null;
+    const membership = membersRecordMembership(record);
+    if (membership === null) return { index: this.applied, term: this.appliedTerm, members: decodeMembers(record) };
+    return metaWith(this.applied, this.appliedTerm, decodeMembership(membership));
+  }
+
   close(): Promise<void> {
     this.closing = true;
     return this.serialize(async () => {
@@ -191,7 +281,7 @@ export class KVStateMachine {
   private async applyNow(entries: Entry[]): Promise<AppliedCommand[]> {
     this.checkUsable();
     const results: AppliedCommand[] = [];
-    let batch = new ApplyBatch(this.db, this.applied, this.appliedTerm);
+    let batch = new ApplyBatch(this.db, this.applied, this.appliedTerm, this.logTime, this.options.watchHistory);
     for (const entry of entries) {
       // Entries at or below the applied index were applied before a restart: never twice.
       if (entry.index <= batch.index) continue;
@@ -200,11 +290,10 @@ export class KVStateMachine {
       }
       batch.index = entry.index;
       batch.term = entry.term;
-      for (const expired of this.sessions.expire(entry.index)) batch.setSession(expired.clientId, null);
       results.push(this.applyEntry(entry, batch));
       if (batch.bytes >= this.options.maxBatchBytes) {
         await this.commit(batch);
-        batch = new ApplyBatch(this.db, batch.index, batch.term);
+        batch = new ApplyBatch(this.db, batch.index, batch.term, batch.logTime, this.options.watchHistory);
       }
     }
     await this.commit(batch);
@@ -212,21 +301,58 @@ export class KVStateMachine {
     return results;
   }
 
-  /** One entry: a Noop, a retry answered from the session table, or a write. */
+  /**
+   * One entry: a Noop, a session registration, a write without a session (clientId 0: applied, not
+   * deduplicated), or a session's write: refused if its registered session is gone or its commandId
+   * is stale or reused, answered from the session if it is a retry, else applied and recorded.
+   */
   private applyEntry(entry: Entry, batch: ApplyBatch): AppliedCommand {
     const { index, term } = entry;
     if (entry.type === EntryType.Noop || entry.data.length === 0) return { index, term, clientId: 0n, commandId: 0n, result: RESULT_OK };
     const command = decodeCommand(entry.data, index);
     const { clientId, commandId } = command;
+    const done = (result: ResultCode): AppliedCommand => ({ index, term, clientId, commandId, result });
+    this.advanceLogTime(command.timestamp, batch);
+    if (command.op === OP_REGISTER) return done(this.register(index, batch));
+    if (command.op === OP_TXN && clientId === 0n) return { ...done(RESULT_OK), txn: applyTxn(command, batch, index, this.options.txnLimits) };
+    if (clientId === 0n) return done(applyWrite(command, batch, index));
     const session = this.sessions.get(clientId);
+    if (command.registered && session?.registered !== true) return done(RESULT_SESSION_EXPIRED);
+    const fingerprint = commandFingerprint(command);
     if (session !== undefined && commandId <= session.commandId) {
+      if (commandId < session.commandId) return done(RESULT_STALE_COMMAND);
+      if (session.fingerprint !== 0 && session.fingerprint !== fingerprint) return done(RESULT_COMMAND_REUSED);
       // A retry of a write already applied: answer it, change nothing but the session's age.
-      this.recordSession({ ...session, lastIndex: index }, batch);
-      return { index, term, clientId, commandId, result: commandId === session.commandId ? session.result : RESULT_OK };
+      this.recordSession({ ...session, lastIndex: index, lastTime: batch.logTime }, batch);
+      if (command.op === OP_TXN) return { ...done(session.result), txn: retriedTxn(batch, clientId, commandId) };
+      return done(session.result);
+    }
+    if (command.op === OP_TXN) {
+      // A Txn's answer does not fit a result code: it is kept beside the session for a retry.
+      const txn = applyTxn(command, batch, index, this.options.txnLimits);
+      this.recordSession({ clientId, commandId, lastIndex: index, lastTime: batch.logTime, result: RESULT_OK, registered: session?.registered ?? false, fingerprint }, batch);
+      rememberTxn(batch, clientId, commandId, txn);
+      return { ...done(RESULT_OK), txn };
     }
     const result = applyWrite(command, batch, index);
-    this.recordSession({ clientId, commandId, lastIndex: index, result }, batch);
-    return { index, term, clientId, commandId, result };
+    const registered = session?.registered ?? false;
+    this.recordSession({ clientId, commandId, lastIndex: index, lastTime: batch.logTime, result, registered, fingerprint }, batch);
+    return done(result);
+  }
+
+  /** A leader timestamp moves the log's time forward (never back) and expires idle sessions. */
+  private advanceLogTime(timestamp: number, batch: ApplyBatch): void {
+    if (timestamp <= batch.logTime) return;
+    batch.logTime = timestamp;
+    for (const expired of this.sessions.expire(timestamp)) batch.setSession(expired.clientId, null);
+  }
+
+  /** RegisterSession: the session's id is the entry's index; refused when every slot is taken. */
+  private register(index: number, batch: ApplyBatch): ResultCode {
+    if (!this.sessions.canRegister()) return RESULT_TABLE_FULL;
+    const session: Session = { clientId: BigInt(index), commandId: NO_COMMAND, lastIndex: index, lastTime: batch.logTime, result: RESULT_OK, registered: true, fingerprint: 0 };
+    this.recordSession(session, batch);
+    return RESULT_OK;
   }
 
   /** Writes one batch with its applied index; a failed write stops the machine (memory moved on). */
@@ -242,6 +368,7 @@ export class KVStateMachine {
     }
     this.applied = batch.index;
     this.appliedTerm = batch.term;
+    this.logTime = batch.logTime;
     this.keyCount = keyCount;
   }
 
@@ -272,6 +399,11 @@ export class KVStateMachine {
       // Batches of about one chunk: the install holds O(chunk) bytes, whatever the state's size.
       const batchBytes = Math.min(this.options.maxBatchBytes, this.options.snapshotChunkBytes);
       await fillFromSnapshot(db, meta, chunks, batchBytes, () => this.closing);
+      // A fresh history: events before the snapshot are not in the stream.
+      await db.write([
+        { type: "put", key: LAYOUT_KEY, value: encodeLayout() },
+        { type: "put", key: HISTORY_START_KEY, value: encodeHistoryStart(meta.index + 1) },
+      ]);
       await db.sync();
       // The switch: after this rename the new state is the state, crash or not.
       writePointer(this.options.dir, generation);
@@ -293,9 +425,10 @@ export class KVStateMachine {
   /** Reloads applied index, members and sessions from the current database. */
   private async loadFromDb(): Promise<void> {
     const appliedRecord = this.db.getSync(APPLIED_KEY);
-    const { index, term } = appliedRecord ? decodeApplied(appliedRecord) : { index: 0, term: 0 };
+    const { index, term, logTime } = appliedRecord ? decodeApplied(appliedRecord) : { index: 0, term: 0, logTime: 0 };
     this.applied = index;
     this.appliedTerm = term;
+    this.logTime = logTime;
     // Callers sync before loading (open) or loaded a synced database (restore).
     this.durable = index;
     const membersRecord = this.db.getSync(MEMBERS_KEY);
@@ -308,6 +441,8 @@ export class KVStateMachine {
       this.keyCount = await countUserKeys(this.db);
       await this.db.write([{ type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(this.keyCount) }]);
     }
+    const historyRecord = this.db.getSync(HISTORY_START_KEY);
+    this.historyFloor = historyRecord ? decodeHistoryStart(historyRecord) : index + 1;
     const dropped = this.sessions.load(await loadSessions(this.db));
     if (dropped.length > 0) {
       // A table written under a larger maxSessions: trim it the same way on every replica.
@@ -317,20 +452,39 @@ export class KVStateMachine {
 }
 
 /** One client write's change to the batch; its result is the same on every replica. */
-function applyWrite(command: DecodedCommand, batch: ApplyBatch, index: number): ResultCode {
+function applyWrite(command: DecodedCommand, batch: ApplyBatch, index: number): StoredResult {
   const key = userKeyFromBytes(command.key);
+  const limit = command.maxValueBytes === 0 ? Infinity : command.maxValueBytes;
   switch (command.op) {
     case OP_PUT:
+      if (command.value.length > limit) return RESULT_VALUE_TOO_LARGE;
       batch.put(key, command.value.slice());
       return RESULT_OK;
     case OP_APPEND:
-      batch.append(key, command.value);
-      return RESULT_OK;
+      return batch.append(key, command.value, limit) ? RESULT_OK : RESULT_VALUE_TOO_LARGE;
     case OP_DELETE:
       return batch.delete(key) ? RESULT_OK : RESULT_NO_KEY;
     default:
       throw new KVCorruptionError(`log entry ${index}: op code ${command.op} cannot be applied`);
   }
+}
+
+/**
+ * Refuses a state whose user values were written without revisions (layout 1); marks an empty or
+ * new state as layout 2. An older build's state with no keys has nothing to convert.
+ */
+async function checkLayout(db: DB, dir: string): Promise<void> {
+  const record = db.getSync(LAYOUT_KEY);
+  if (record !== undefined) {
+    const layout = decodeLayout(record);
+    if (layout !== VALUE_LAYOUT) {
+      throw new KVCorruptionError(`the KV state in ${dir} has value layout ${layout}; this build reads layout ${VALUE_LAYOUT}`);
+    }
+    return;
+  }
+  const keys = await countUserKeys(db);
+  if (keys > 0) throw new OldLayoutError(dir, keys);
+  await db.write([{ type: "put", key: LAYOUT_KEY, value: encodeLayout() }]);
 }
 
 function lsmOptions(options: Required<KVStateMachineOptions>): DBOptions {

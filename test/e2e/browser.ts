@@ -12,8 +12,14 @@ export interface BrowserReport {
 }
 
 /** Bundles browser-page.ts, serves it on 127.0.0.1, opens it in Chromium, returns what the page reports. */
-export async function runBrowserPage(query: Record<string, string>, timeoutMs = 30_000, port = 0): Promise<{ report: BrowserReport; pageOrigin: string }> {
-  const build = await Bun.build({ entrypoints: [path.join(import.meta.dir, "browser-page.ts")], target: "browser", minify: false });
+export async function runBrowserPage(
+  query: Record<string, string>,
+  timeoutMs = 30_000,
+  port = 0,
+  /** Another page script (default browser-page.ts) and extra Chromium flags. */
+  options: { page?: string; chromiumArgs?: string[] } = {},
+): Promise<{ report: BrowserReport; pageOrigin: string }> {
+  const build = await Bun.build({ entrypoints: [options.page ?? path.join(import.meta.dir, "browser-page.ts")], target: "browser", minify: false });
   if (!build.success) throw new Error(`bundling the page failed: ${build.logs.join("\n")}`);
   const script = await build.outputs[0]!.text();
   let report!: (r: BrowserReport) => void;
@@ -38,7 +44,7 @@ export async function runBrowserPage(query: Record<string, string>, timeoutMs = 
     [
       CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      `--user-data-dir=${profile}`, `${pageOrigin}/?${new URLSearchParams(query)}`,
+      `--user-data-dir=${profile}`, ...(options.chromiumArgs ?? []), `${pageOrigin}/?${new URLSearchParams(query)}`,
     ],
     { stdout: "ignore", stderr: "pipe" },
   );

@@ -60,7 +60,7 @@ describe("kvclient", () => {
     const { code, stdout } = await kvclient(["-addrs", addrsFlag, "-op", "status"]);
     expect(code).toBe(0);
     const lines = stdout.trim().split("\n");
-    expect(lines[0]).toMatch(/^ID\s+\| Address\s+\| Role\s+\| Term\s+\| Applied\s+\| Commit\s+\| Storage\(B\)$/);
+    expect(lines[0]).toMatch(/^ID\s+\| Address\s+\| Role\s+\| Term\s+\| Applied\s+\| Commit\s+\| Storage\(B\)\s+\| Keys\s+\| Snapshot\s+\| Leader$/);
     expect(lines).toHaveLength(5);
     const roles = lines.slice(2).map((l) => l.split("|")[2]!.trim());
     expect(roles.filter((r) => r === "Leader")).toHaveLength(1);
@@ -163,7 +163,7 @@ describe("browser", () => {
 describe("kvserver refusals and shutdown", () => {
   test("another node's data dir: exit 2; a taken port: exit 1", async () => {
     const run = async (args: string[]) => {
-      const proc = Bun.spawn(["bun", path.join(import.meta.dir, "../../src/cli/kvserver.ts"), ...args], { stdout: "pipe", stderr: "pipe" });
+      const proc = Bun.spawn(["bun", path.join(import.meta.dir, "../../src/cli/kvserver.ts"), ...cluster.extraArgs, ...args], { stdout: "pipe", stderr: "pipe" });
       const timer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
       const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
       clearTimeout(timer);

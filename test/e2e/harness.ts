@@ -38,6 +38,10 @@ interface NodeProcess {
 
 export class TestCluster {
   readonly nodes: (NodeProcess | null)[];
+  /** Arguments of one node only (its own certificate files, say). */
+  nodeArgs: (id: number) => string[] = () => [];
+  /** What clerk() starts from (e.g. https addresses and a TLS transport for a TLS cluster). */
+  clerkDefaults: Partial<ClerkOptions> = {};
   private constructor(
     readonly addrs: string[],
     readonly root: string,
@@ -46,13 +50,27 @@ export class TestCluster {
     this.nodes = addrs.map(() => null);
   }
 
-  /** `parent`: where the cluster's data directories go (default the OS temp dir), e.g. a small tmpfs. */
-  static async start(options: { size?: number; extraArgs?: string[]; parent?: string } = {}): Promise<TestCluster> {
+  /**
+   * `peerArgs` replaces the default peer authentication (a shared secret made in the cluster's
+   * directory), e.g. with mTLS flags or ["--insecure-peers"]. `parent`: where the cluster's data
+   * directories go (default the OS temp dir), e.g. a small tmpfs.
+   */
+  static async start(
+    options: { size?: number; extraArgs?: string[]; peerArgs?: string[]; nodeArgs?: (id: number) => string[]; clerkDefaults?: Partial<ClerkOptions>; parent?: string } = {},
+  ): Promise<TestCluster> {
     const size = options.size ?? 3;
     for (let attempt = 1; ; attempt++) {
       const ports = await freePorts(size);
       const root = fs.mkdtempSync(path.join(options.parent ?? os.tmpdir(), "kvraft-e2e-"));
-      const cluster = new TestCluster(ports.map((p) => `127.0.0.1:${p}`), root, options.extraArgs ?? []);
+      let peerArgs = options.peerArgs;
+      if (peerArgs === undefined) {
+        const secretFile = path.join(root, "peer-secret");
+        fs.writeFileSync(secretFile, `${crypto.randomUUID()}\n`, { mode: 0o600 });
+        peerArgs = ["--peer-secret-file", secretFile];
+      }
+      const cluster = new TestCluster(ports.map((p) => `127.0.0.1:${p}`), root, [...peerArgs, ...(options.extraArgs ?? [])]);
+      if (options.nodeArgs !== undefined) cluster.nodeArgs = options.nodeArgs;
+      if (options.clerkDefaults !== undefined) cluster.clerkDefaults = options.clerkDefaults;
       try {
         for (let i = 0; i < size; i++) cluster.spawn(i);
         await Promise.all(cluster.nodes.map((n) => n!.serving));
@@ -74,7 +92,7 @@ export class TestCluster {
   spawn(id: number, extra: string[] = []): NodeProcess {
     if (this.running(id)) throw new Error(`node ${id} is running`);
     const proc = Bun.spawn(
-      ["bun", KVSERVER, "-id", String(id), "-addrs", this.addrs.join(","), "-db", this.dataDir(id), ...this.extraArgs, ...extra],
+      ["bun", KVSERVER, "-id", String(id), "-addrs", this.addrs.join(","), "-db", this.dataDir(id), ...this.extraArgs, ...this.nodeArgs(id), ...extra],
       { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
     );
     const output: string[] = [];
@@ -138,6 +156,7 @@ export class TestCluster {
     return new Clerk({
       addrs: this.addrs,
       transport: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true }),
+      ...this.clerkDefaults,
       ...options,
     });
   }

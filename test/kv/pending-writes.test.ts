@@ -19,37 +19,37 @@ async function settledWith<T>(promise: Promise<T>): Promise<T | "pending"> {
 describe("PendingWrites", () => {
   test("the entry applied at a write's index answers it with its result", async () => {
     const { writes } = table();
-    const { waiter, reply } = writes.open(1n, 1n);
+    const { waiter, outcome } = writes.open(1n, 1n);
     writes.place(waiter, 5, 2);
     writes.applied([applied(4, 2, 9n, 9n), applied(5, 2, 1n, 1n, RESULT_NO_KEY)]);
-    expect(await reply).toEqual({ err: "ErrNoKey", value: "" });
+    expect(await outcome).toEqual(applied(5, 2, 1n, 1n, RESULT_NO_KEY));
     expect(writes.size).toBe(0);
   });
 
   test("another term at its index means the leader lost it: ErrWrongLeader", async () => {
     const { writes } = table();
-    const { waiter, reply } = writes.open(1n, 1n);
+    const { waiter, outcome } = writes.open(1n, 1n);
     writes.place(waiter, 5, 2);
     writes.applied([applied(5, 3, 0n, 0n)]);
-    expect((await reply).err).toBe("ErrWrongLeader");
+    expect(await outcome).toMatchObject({ err: "ErrWrongLeader" });
   });
 
   test("applied before propose returned: answered by its (clientId, commandId), with no race", async () => {
     const { writes } = table();
-    const { waiter, reply } = writes.open(1n, 7n);
+    const { waiter, outcome } = writes.open(1n, 7n);
     writes.applied([applied(1, 1, 1n, 7n)]);
-    expect(await reply).toEqual({ err: "OK", value: "" });
+    expect(await outcome).toEqual(applied(1, 1, 1n, 7n));
     writes.place(waiter, 1, 1); // too late to matter
     expect(writes.size).toBe(0);
   });
 
   test("placed at an index already applied with someone else's entry: ErrWrongLeader", async () => {
     const { writes } = table();
-    const { waiter, reply } = writes.open(1n, 7n);
+    const { waiter, outcome } = writes.open(1n, 7n);
     writes.applied([applied(1, 1, 2n, 1n)]);
-    expect(await settledWith(reply)).toBe("pending");
+    expect(await settledWith(outcome)).toBe("pending");
     writes.place(waiter, 1, 1);
-    expect((await reply).err).toBe("ErrWrongLeader");
+    expect(await outcome).toMatchObject({ err: "ErrWrongLeader" });
   });
 
   test("a snapshot covering its index answers from the session records it brought", async () => {
@@ -60,10 +60,10 @@ describe("PendingWrites", () => {
     writes.place(a.waiter, 3, 1);
     writes.place(b.waiter, 4, 1);
     writes.place(c.waiter, 20, 1);
-    writes.restored(10, (clientId) => (clientId === 1n ? { err: "OK", value: "" } : null));
-    expect((await a.reply).err).toBe("OK");
-    expect((await b.reply).err).toBe("ErrWrongLeader");
-    expect(await settledWith(c.reply)).toBe("pending"); // its entry may still come
+    writes.restored(10, (clientId) => (clientId === 1n ? RESULT_NO_KEY : null));
+    expect(await a.outcome).toEqual(applied(3, 1, 1n, 1n, RESULT_NO_KEY));
+    expect(await b.outcome).toMatchObject({ err: "ErrWrongLeader" });
+    expect(await settledWith(c.outcome)).toBe("pending"); // its entry may still come
   });
 
   test("a deadline answers ErrTimeout; close answers the rest", async () => {
@@ -71,9 +71,9 @@ describe("PendingWrites", () => {
     const a = writes.open(1n, 1n);
     writes.place(a.waiter, 1, 1);
     clock.advance(500);
-    expect((await a.reply).err).toBe("ErrTimeout");
+    expect(await a.outcome).toMatchObject({ err: "ErrTimeout" });
     const b = writes.open(1n, 2n);
     writes.close({ err: "ErrWrongLeader", value: "" });
-    expect((await b.reply).err).toBe("ErrWrongLeader");
+    expect(await b.outcome).toMatchObject({ err: "ErrWrongLeader" });
   });
 });

@@ -51,7 +51,8 @@ describe("KVServer", () => {
           expect(error).toBeInstanceOf(InvalidArgumentError);
           expect(error.message).toMatch(pattern);
         };
-        await refused(args({ key: "" }), /key is empty/);
+        await refused(args({ commandId: -1n }), /negative/);
+        await refused(args({ clientId: 0n, registered: true }), /0 means no session/);
         await refused(args({ key: "k".repeat(65) }), /65 bytes; keys are limited to 64/);
         await refused(args({ key: "ü".repeat(33) }), /66 bytes/); // bytes, not characters
         await refused(args({ op: "Put", value: "v".repeat(101) }), /101 bytes; values are limited to 100/);
@@ -89,8 +90,9 @@ describe("KVServer", () => {
       expect(await cluster.untilReal(server.command(put))).toEqual({ err: "OK", value: "" });
       const before = (await server.getStatus()).lastApplied;
       expect(await cluster.untilReal(server.command(put))).toEqual({ err: "OK", value: "" });
-      // An older command of the same client is acknowledged too (the client has moved on).
-      expect(await cluster.untilReal(server.command({ ...put, commandId: 4n }))).toEqual({ err: "OK", value: "" });
+      // An older commandId, or the same one for another command, is refused: never OK-but-not-applied.
+      await expect(server.command({ ...put, commandId: 4n })).rejects.toThrow(/older than session 9's last command/);
+      await expect(server.command({ ...put, value: "y" })).rejects.toThrow(/already used for a different command/);
       expect((await server.getStatus()).lastApplied).toBe(before);
       expect(await cluster.untilReal(server.command(args({ key: "a" })))).toEqual({ err: "OK", value: "x" });
     }),

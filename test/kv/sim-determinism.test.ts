@@ -103,6 +103,36 @@ describe("KV simulator replay", () => {
   );
 
   test(
+    "the API family (--api): compare-and-swap and Range under every fault are linearizable and replay",
+    async () => {
+      for (const seed of [2, 7]) {
+        const first = await runKvSim({ seed, nodes: 5, steps: 150, extra: ["--api"] });
+        expect(first.ok).toBe(true);
+        expect(first.line).toMatch(new RegExp(`^seed ${seed}: kv api 5 nodes, .* history linearizable ok hash=[0-9a-f]{8}$`));
+        expect((await runKvSim({ seed, nodes: 5, steps: 150, extra: ["--api"] })).line).toBe(first.line);
+      }
+    },
+    TIMEOUT,
+  );
+
+  test(
+    "the session family (--sessions): a 3-slot table for 5 registered clients under faults refuses, expires, never applies twice, and replays",
+    async () => {
+      for (const seed of [1, 4]) {
+        const first = await runKvSim({ seed, nodes: 5, steps: 100, extra: ["--sessions"] });
+        expect(first.ok).toBe(true);
+        expect(first.line).not.toContain("NOT REPLAYABLE");
+        // The faults it is meant to cover did happen.
+        const [, refused, expired] = /(\d+) registrations refused, (\d+) writes refused as session-expired/.exec(first.line) ?? [];
+        expect(Number(refused)).toBeGreaterThan(0);
+        expect(Number(expired)).toBeGreaterThan(0);
+        expect((await runKvSim({ seed, nodes: 5, steps: 100, extra: ["--sessions"] })).line).toBe(first.line);
+      }
+    },
+    TIMEOUT,
+  );
+
+  test(
     "runWorkload: crashes, partitions and snapshots on 3 servers replay the whole history",
     async () => {
       const options = {

@@ -10,8 +10,15 @@ const VALUE_BYTES = 4096;
 const DATA_BYTES = KEYS * VALUE_BYTES; // 8 MiB, against 64 KiB memtable + 64 KiB block cache
 
 function valueOf(i: number): string {
-  // Distinct per key, so a mixed-up or missing pair is visible.
-  return `${i}:`.padEnd(VALUE_BYTES, String.fromCharCode(97 + (i % 26)));
+  // Distinct per key, so a mixed-up or missing pair is visible; pseudo-random letters, so block
+  // compression cannot make the stored state small (the disk-size check below needs the bytes).
+  let x = (i + 1) * 2654435761;
+  let out = `${i}:`;
+  while (out.length < VALUE_BYTES) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    out += String.fromCharCode(97 + (x >>> 16) % 26);
+  }
+  return out;
 }
 
 function liveHeap(): number {

@@ -6,7 +6,15 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { encodeCommand, type WriteCommand } from "../../src/kv/command.ts";
 import { KVStateMachine } from "../../src/kv/state-machine.ts";
-import { RESULT_NO_KEY, RESULT_OK } from "../../src/kv/sessions.ts";
+import {
+  RESULT_COMMAND_REUSED,
+  RESULT_NO_KEY,
+  RESULT_OK,
+  RESULT_SESSION_EXPIRED,
+  RESULT_STALE_COMMAND,
+  RESULT_TABLE_FULL,
+  RESULT_VALUE_TOO_LARGE,
+} from "../../src/kv/sessions.ts";
 import { EntryType, type Entry } from "../../src/raft/index.ts";
 import { DB } from "../../src/lsm/index.ts";
 import { KEY_COUNT_KEY } from "../../src/kv/keys.ts";
@@ -132,22 +140,96 @@ describe("apply", () => {
     expect(read(m, "a")).toBe("vw");
   });
 
-  test("sessions expire by log index (TTL) and by count (LRU), identically after restart", async () => {
+  test("sessions expire by log time (leader timestamps) and unregistered ones by LRU, identically after restart", async () => {
     const dir = tempDir();
-    let m = await open(dir, { sessionTtlEntries: 5, maxSessions: 3 });
-    await m.apply(entries(1, 1, [1n, 2n, 3n, 4n].map((c) => ({ op: "Put", key: `k${c}`, value: "v", clientId: c, commandId: 1n }) as const)));
-    // maxSessions 3: client 1 (least recently used) is gone.
+    const limits = { sessionTtlMs: 1000, maxUnregisteredSessions: 3 };
+    let m = await open(dir, limits);
+    await m.apply(entries(1, 1, [1n, 2n, 3n, 4n].map((c) => ({ op: "Put", key: `k${c}`, value: "v", clientId: c, commandId: 1n, timestamp: 100 * Number(c) }) as const)));
+    // maxUnregisteredSessions 3: client 1 (least recently used) is gone.
     expect([1n, 2n, 3n, 4n].map((c) => m.session(c) !== undefined)).toEqual([false, true, true, true]);
-    await m.apply(entries(5, 1, ["noop", "noop", "noop", "noop"])); // index 8: client 2 (last 2) untouched for 6 > 5 entries
+    // Noops carry no time; an entry stamped 1201 expires client 2 (last touched at 200).
+    await m.apply(entries(5, 1, ["noop", "noop", { op: "Put", key: "t", value: "v", clientId: 0n, commandId: 0n, timestamp: 1201 }]));
     expect(m.session(2n)).toBeUndefined();
     expect(m.session(3n)).toBeDefined();
-    m = await reopen(m, dir, { sessionTtlEntries: 5, maxSessions: 3 });
+    m = await reopen(m, dir, limits);
     expect(m.session(2n)).toBeUndefined();
     expect(m.session(3n)).toBeDefined();
     expect(m.sessionCount).toBe(2);
-    // Outside the window, a retry is applied again: the documented at-most-once limit.
-    await m.apply(entries(9, 1, [{ op: "Append", key: "dup", value: "x", clientId: 1n, commandId: 1n }]));
+    // The log time survived the restart: an older leader's timestamp does not move it back.
+    await m.apply(entries(8, 2, [{ op: "Put", key: "t", value: "v", clientId: 0n, commandId: 0n, timestamp: 10 }]));
+    await m.apply(entries(9, 2, [{ op: "Put", key: "t", value: "v", clientId: 0n, commandId: 0n, timestamp: 1302 }]));
+    expect(m.session(3n)).toBeUndefined();
+    expect(m.session(4n)).toBeDefined();
+    // An unregistered client outside the window is applied again: the documented at-most-once limit.
+    await m.apply(entries(10, 2, [{ op: "Append", key: "dup", value: "x", clientId: 1n, commandId: 1n }]));
     expect(read(m, "dup")).toBe("x");
+  });
+
+  test("no clientId: applied every time, never deduplicated, no session", async () => {
+    const m = await open(tempDir());
+    const results = await m.apply(entries(1, 1, [0, 1, 2].map(() => ({ op: "Append", key: "k", value: "x", clientId: 0n, commandId: 0n }) as const)));
+    expect(results.map((r) => r.result)).toEqual([RESULT_OK, RESULT_OK, RESULT_OK]);
+    expect(read(m, "k")).toBe("xxx");
+    expect(m.sessionCount).toBe(0);
+  });
+
+  test("a stale or reused commandId is refused, never OK-but-not-applied; INT64_MAX does not block the session", async () => {
+    const m = await open(tempDir());
+    const max = (1n << 63n) - 1n;
+    const results = await m.apply(
+      entries(1, 1, [
+        { op: "Append", key: "k", value: "a", clientId: 4n, commandId: 5n },
+        { op: "Append", key: "k", value: "a", clientId: 4n, commandId: 5n }, // a retry: answered, not applied
+        { op: "Append", key: "k", value: "b", clientId: 4n, commandId: 5n }, // same id, another command
+        { op: "Append", key: "k", value: "c", clientId: 4n, commandId: 3n }, // older id
+        { op: "Append", key: "k", value: "d", clientId: 4n, commandId: max },
+        { op: "Append", key: "k", value: "e", clientId: 4n, commandId: 6n },
+      ]),
+    );
+    expect(results.map((r) => r.result)).toEqual([RESULT_OK, RESULT_OK, RESULT_COMMAND_REUSED, RESULT_STALE_COMMAND, RESULT_OK, RESULT_STALE_COMMAND]);
+    expect(read(m, "k")).toBe("ad");
+  });
+
+  test("RegisterSession: the id is the entry's index; a full table refuses; an expired session refuses its writes", async () => {
+    const dir = tempDir();
+    const limits = { sessionTtlMs: 1000, maxSessions: 2 };
+    let m = await open(dir, limits);
+    const register = (timestamp: number) => ({ op: "Register", clientId: 0n, commandId: 0n, key: "", value: "", timestamp }) as const;
+    const results = await m.apply(entries(1, 1, [register(100), register(100), register(100)]));
+    expect(results.map((r) => r.result)).toEqual([RESULT_OK, RESULT_OK, RESULT_TABLE_FULL]);
+    expect(m.session(1n)).toMatchObject({ registered: true });
+    expect(m.session(3n)).toBeUndefined();
+    const write = (clientId: bigint, commandId: bigint, timestamp: number) =>
+      ({ op: "Append", key: "r", value: `${clientId}.${commandId} `, clientId, commandId, registered: true, timestamp }) as const;
+    const more = await m.apply(entries(4, 1, [write(1n, 1n, 500), write(9n, 1n, 500), write(1n, 2n, 1400)]));
+    // Session 9 was never registered; session 2 expired at 1400 (idle since 100) and session 1 lives on.
+    expect(more.map((r) => r.result)).toEqual([RESULT_OK, RESULT_SESSION_EXPIRED, RESULT_OK]);
+    expect(m.session(2n)).toBeUndefined();
+    m = await reopen(m, dir, limits);
+    const after = await m.apply(entries(7, 1, [write(2n, 1n, 1500), register(1500), write(1n, 3n, 1500)]));
+    expect(after.map((r) => r.result)).toEqual([RESULT_SESSION_EXPIRED, RESULT_OK, RESULT_OK]);
+    expect(m.session(8n)).toMatchObject({ registered: true });
+    expect(read(m, "r")).toBe("1.1 1.2 1.3 ");
+  });
+
+  test("limits at apply: a Put or an Append whose value would pass the proposer's limit changes nothing", async () => {
+    const m = await open(tempDir());
+    const limit = 10;
+    const results = await m.apply(
+      entries(1, 1, [
+        { op: "Append", key: "a", value: "12345", clientId: 8n, commandId: 1n, maxValueBytes: limit },
+        { op: "Append", key: "a", value: "67890", clientId: 8n, commandId: 2n, maxValueBytes: limit },
+        { op: "Append", key: "a", value: "x", clientId: 8n, commandId: 3n, maxValueBytes: limit },
+        { op: "Append", key: "a", value: "x", clientId: 8n, commandId: 3n, maxValueBytes: limit }, // its retry: the same answer
+        { op: "Put", key: "b", value: "x".repeat(11), clientId: 8n, commandId: 4n, maxValueBytes: limit },
+        { op: "Append", key: "c", value: "x".repeat(11), clientId: 0n, commandId: 0n, maxValueBytes: limit },
+      ]),
+    );
+    expect(results.map((r) => r.result)).toEqual([RESULT_OK, RESULT_OK, RESULT_VALUE_TOO_LARGE, RESULT_VALUE_TOO_LARGE, RESULT_VALUE_TOO_LARGE, RESULT_VALUE_TOO_LARGE]);
+    expect(read(m, "a")).toBe("1234567890");
+    expect(read(m, "b")).toBeNull();
+    expect(read(m, "c")).toBeNull();
+    expect(m.userKeyCount).toBe(1);
   });
 
   test("a large apply is split into several atomic batches, each with its applied index", async () => {
@@ -199,6 +281,23 @@ describe("snapshot and restore", () => {
       await m.apply(entries(m.lastApplied() + 1, 2, cmds));
     }
   }
+
+  test("a restored snapshot's configuration (learners, addresses) is kept and survives a reopen", async () => {
+    const source = await open(tempDir());
+    await fill(source, 20, 10);
+    const { meta, chunks } = await source.snapshot();
+    const collected = await collect(chunks);
+    const withConfig = { ...meta, members: [0, 1, 2], learners: [5], addresses: { 5: "127.0.0.1:7005" } };
+    const targetDir = tempDir();
+    const target = await open(targetDir);
+    expect(target.restoredSnapshot()).toBeNull();
+    await target.restore(withConfig, replay(collected));
+    expect(target.restoredSnapshot()).toEqual(withConfig);
+    const again = await reopen(target, targetDir);
+    expect(again.restoredSnapshot()).toEqual(withConfig);
+    await again.close();
+    await source.close();
+  });
 
   test("a snapshot taken before more writes restores exactly the state at its index", async () => {
     const source = await open(tempDir(), { snapshotChunkBytes: 4096 });

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:tes
 import { Code } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError } from "../../src/kv/client.ts";
-import { InvalidArgumentError, OverloadedError } from "../../src/kv/errors.ts";
+import { InvalidArgumentError, OverloadedError, SessionExpiredError } from "../../src/kv/errors.ts";
 import type { KVErr } from "../../src/kv/server.ts";
 import { registerKVService, type KVServiceBackend } from "../../src/kv/service.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
@@ -18,21 +18,35 @@ let leader = 2;
 let hint = true;
 /** The leader answers ErrTimeout this many times before it succeeds. */
 let timeoutsLeft = 0;
+/** Sessions the leader has handed out; a session in `expired` is refused as the server refuses it. */
+let sessions = 100n;
+const expired = new Set<bigint>();
+/** The leader's ErrTimeout also expires the session (it was idle too long while the client retried). */
+let expireOnTimeout = false;
 
 function node(id: number): KVServiceBackend {
   return {
     async command(args) {
       calls.push({ node: id, op: args.op, key: args.key, clientId: args.clientId, commandId: args.commandId });
       if (args.key.startsWith("bad")) throw new InvalidArgumentError("key must not start with bad");
+      if (id === leader && args.registered === true && expired.has(args.clientId)) {
+        throw new SessionExpiredError(`session ${args.clientId} has expired`);
+      }
       if (id !== leader) return hint ? { err: "ErrWrongLeader" as KVErr, value: "", leaderId: leader } : { err: "ErrWrongLeader" as KVErr, value: "" };
       if (timeoutsLeft > 0) {
         timeoutsLeft--;
+        if (expireOnTimeout) expired.add(args.clientId);
         return { err: "ErrTimeout" as KVErr, value: "" };
       }
       if (args.op === "Get") return data.has(args.key) ? { err: "OK", value: data.get(args.key)! } : { err: "ErrNoKey", value: "" };
       if (args.op === "Delete") return data.delete(args.key) ? { err: "OK", value: "" } : { err: "ErrNoKey", value: "" };
       data.set(args.key, (args.op === "Append" ? (data.get(args.key) ?? "") : "") + args.value);
       return { err: "OK", value: "" };
+    },
+    async registerSession() {
+      calls.push({ node: id, op: "Register", key: "", clientId: 0n, commandId: 0n });
+      if (id !== leader) return hint ? { err: "ErrWrongLeader", value: "", leaderId: leader } : { err: "ErrWrongLeader", value: "" };
+      return { err: "OK", clientId: ++sessions };
     },
     async getStatus() {
       return statusDouble({ id, state: id === leader ? "Leader" : "Follower", term: 3, lastApplied: 7, commitIndex: 7, storageSize: 100, leaderId: leader, members: [0, 1, 2] });
@@ -56,26 +70,56 @@ beforeEach(() => {
   leader = 2;
   hint = true;
   timeoutsLeft = 0;
+  expired.clear();
+  expireOnTimeout = false;
 });
 
 describe("Clerk", () => {
+  test("a session expired: on a write's first attempt it registers again and retries; after a retry it reports the uncertain write", async () => {
+    calls.length = 0;
+    const clerk = new Clerk({ addrs, transport, backoffMs: 5 });
+    await clerk.put("s", "1");
+    const first = clerk.clientId;
+    expired.add(first);
+    await clerk.put("s", "2"); // refused at once: certainly not applied, so run again under a new session
+    expect(clerk.clientId).not.toBe(first);
+    expect(data.get("s")).toBe("2");
+    expect(calls.filter((c) => c.op === "Register").map((c) => c.node)).toEqual([0, 2, 2]);
+
+    // Now the session expires while a write is being retried (its first attempt timed out).
+    const second = clerk.clientId;
+    timeoutsLeft = 1;
+    expireOnTimeout = true;
+    const error = await clerk.put("s", "3").then(() => null, (e: unknown) => e);
+    expect(error).toBeInstanceOf(ClerkError);
+    expect((error as ClerkError).code).toBe(Code.FailedPrecondition);
+    expect((error as ClerkError).outcomeUnknown).toBe(true);
+    expect((error as ClerkError).message).toMatch(/may or may not have been applied/);
+    // The next operation registers a fresh session.
+    await clerk.put("s", "4");
+    expect(clerk.clientId).not.toBe(second);
+    expect(data.get("s")).toBe("4");
+  });
+
   test("put/append/get/delete, following the leader hint", async () => {
     leader = 2;
     hint = true;
     calls.length = 0;
     const clerk = new Clerk({ addrs, transport });
     await clerk.put("a", "1");
-    expect(calls.map((c) => c.node)).toEqual([0, 2]); // asked 0, told "2 leads", went there
+    // Registered its session first: asked 0, told "2 leads", went there, and stayed.
+    expect(calls.map((c) => `${c.op}@${c.node}`)).toEqual(["Register@0", "Register@2", "Put@2"]);
+    calls.splice(0, 2);
     await clerk.append("a", "2");
     expect(await clerk.get("a")).toBe("12");
     expect(await clerk.delete("a")).toBe(true);
     expect(await clerk.delete("a")).toBe(false);
     expect(await clerk.get("a")).toBeNull();
-    expect(calls.slice(2).every((c) => c.node === 2)).toBe(true); // remembered the leader
+    expect(calls.every((c) => c.node === 2)).toBe(true); // remembered the leader
     const ids = calls.map((c) => c.commandId);
-    expect(ids).toEqual([1n, 1n, 2n, 3n, 4n, 5n, 6n]);
-    expect(new Set(calls.map((c) => c.clientId)).size).toBe(1);
-    expect(clerk.clientId > 0n && clerk.clientId < 1n << 63n).toBe(true);
+    expect(ids).toEqual([1n, 2n, 3n, 4n, 5n, 6n]);
+    expect(new Set(calls.map((c) => c.clientId))).toEqual(new Set([sessions]));
+    expect(clerk.clientId).toBe(sessions);
   });
 
   test("without hints, ErrTimeout and a dead node: tries the next node, same commandId throughout", async () => {
@@ -86,7 +130,8 @@ describe("Clerk", () => {
     const deadAddrs = [addrs[0]!, addrs[1]!, "127.0.0.1:1"]; // node 2 unreachable
     const clerk = new Clerk({ addrs: deadAddrs, transport, backoffMs: 5 });
     await clerk.put("b", "x");
-    expect(calls.length).toBeGreaterThanOrEqual(4);
+    calls.splice(0, calls.findIndex((c) => c.op !== "Register"));
+    expect(calls.length).toBeGreaterThanOrEqual(3);
     expect(new Set(calls.map((c) => c.commandId))).toEqual(new Set([1n]));
     expect(calls.at(-1)).toMatchObject({ node: 1, op: "Put" });
     expect(data.get("b")).toBe("x");
@@ -146,17 +191,18 @@ describe("Clerk limits and backpressure", () => {
       ...node(0),
       async command(args) {
         calls.push({ node: 0, op: args.op, key: args.key, clientId: args.clientId, commandId: args.commandId });
-        if (calls.length < 3) throw new OverloadedError("too many commands in flight");
+        if (calls.length < 4) throw new OverloadedError("too many commands in flight");
         return { err: "OK", value: "" };
       },
     };
     const local = await RpcServer.start({ port: 0, routes: (r) => registerKVService(r, busy) });
     try {
       calls.length = 0;
+      leader = 0;
       const clerk = new Clerk({ addrs: [`127.0.0.1:${local.port}`], transport, backoffMs: 5 });
       await clerk.put("k", "v");
-      expect(calls).toHaveLength(3);
-      expect(new Set(calls.map((c) => c.commandId)).size).toBe(1);
+      expect(calls.map((c) => c.op)).toEqual(["Register", "Put", "Put", "Put"]);
+      expect(new Set(calls.slice(1).map((c) => c.commandId)).size).toBe(1);
     } finally {
       await local.close();
     }

@@ -99,6 +99,9 @@ describe("serveNode", () => {
         if (args.key === "slow") await Bun.sleep(200);
         return { err: "ErrNoKey", value: "" };
       },
+      async registerSession() {
+        return { err: "OK" as const, clientId: 1n };
+      },
       async getStatus() {
         return statusDouble();
       },

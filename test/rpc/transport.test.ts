@@ -7,6 +7,9 @@ import { ConnectTransport } from "../../src/rpc/peers/connect-transport.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
 import type { Message, TransportHandler } from "../../src/raft/types.ts";
 
+/** Peers authenticated by a shared secret, as kvserver's nodes are by default. */
+const SECURITY = { clusterId: "test-cluster", secret: new TextEncoder().encode("a test secret of some length"), peerCa: null };
+
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 
 /** A receiving side that records what arrives and reassembles snapshot streams. */
@@ -65,7 +68,7 @@ beforeAll(async () => {
   const ports = [await freePort(), await freePort()];
   const peers = new Map(ports.map((port, i) => [i, `http://127.0.0.1:${port}`]));
   for (const i of [0, 1]) {
-    const transport = new ConnectTransport({ id: i, peers, snapshotChunkBytes: 64 * 1024 });
+    const transport = new ConnectTransport({ security: SECURITY, id: i, peers, snapshotChunkBytes: 64 * 1024 });
     const recorder = new Recorder();
     transport.listen(recorder);
     const server = await RpcServer.start({ port: ports[i]!, routes: (router) => transport.registerRoutes(router) });
@@ -136,12 +139,12 @@ describe("ConnectTransport", () => {
   test("a message for another node id is refused (swapped -addrs), not delivered", async () => {
     const [a, b] = nodes as [Node, Node];
     // Node 0 believes node 1 lives at its own address: its messages to 1 arrive at node 0.
-    const confused = new ConnectTransport({ id: 0, peers: { 1: a.server.url } });
+    const confused = new ConnectTransport({ security: SECURITY, id: 0, peers: { 1: a.server.url } });
     try {
       const before = a.recorder.messages.length;
       confused.send([{ type: "TimeoutNow", from: 0, to: 1, term: 9 }]);
       await until(() => confused.lastError(1) !== null, "refusal");
-      expect(confused.lastError(1)).toContain("arrived at node 0");
+      expect(confused.lastError(1)).toContain("disagree on -addrs");
       expect(a.recorder.messages.length).toBe(before);
       expect(b.recorder.messages.some((m) => m.term === 9)).toBe(false);
     } finally {
@@ -153,7 +156,7 @@ describe("ConnectTransport", () => {
     const dead = await RpcServer.start({ port: 0, routes: () => {} });
     const url = dead.url;
     await dead.close();
-    const lonely = new ConnectTransport({ id: 0, peers: { 2: url }, maxQueuedBytesPerPeer: 256 });
+    const lonely = new ConnectTransport({ security: SECURITY, id: 0, peers: { 2: url }, maxQueuedBytesPerPeer: 256 });
     try {
       for (let i = 0; i < 100; i++) lonely.send([{ type: "Heartbeat", from: 0, to: 2, term: 1, commitIndex: 0, readContext: 0 }]);
       expect(lonely.stats.sentBatches).toBeLessThan(20);
@@ -176,7 +179,7 @@ describe("ConnectTransport", () => {
   test("a peer without the Stream route: the link fails with unimplemented and backs off", async () => {
     // Not a kvraft node (or a misconfigured -addrs): nothing serves RaftService there.
     const stranger = await RpcServer.start({ port: 0, routes: () => {} });
-    const sender = new ConnectTransport({ id: 0, peers: { 1: stranger.url } });
+    const sender = new ConnectTransport({ security: SECURITY, id: 0, peers: { 1: stranger.url } });
     try {
       sender.send([{ type: "TimeoutNow", from: 0, to: 1, term: 1 }]);
       await until(() => sender.stats.failedBatches > 0, "the stream refused");
@@ -191,7 +194,7 @@ describe("ConnectTransport", () => {
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
     const start = async (recorder: Recorder) => {
-      const receiver = new ConnectTransport({ id: 1, peers: { 0: "http://127.0.0.1:1" } });
+      const receiver = new ConnectTransport({ security: SECURITY, id: 1, peers: { 0: "http://127.0.0.1:1" } });
       receiver.listen(recorder);
       // A long grace: close() returning promptly proves the open stream was ended, not cut.
       const server = await RpcServer.start({ port, shutdownGraceMs: 60_000, routes: (router) => receiver.registerRoutes(router) });
@@ -199,7 +202,7 @@ describe("ConnectTransport", () => {
     };
     const first = new Recorder();
     let peer = await start(first);
-    const sender = new ConnectTransport({ id: 0, peers: { 1: url } });
+    const sender = new ConnectTransport({ security: SECURITY, id: 0, peers: { 1: url } });
     try {
       const heartbeat = (term: number): Message => ({ type: "Heartbeat", from: 0, to: 1, term, commitIndex: 0, readContext: 0 });
       sender.send([heartbeat(1)]);
@@ -222,7 +225,7 @@ describe("ConnectTransport", () => {
   }, 20_000);
 
   test("close() is idempotent and later sends are ignored", async () => {
-    const t = new ConnectTransport({ id: 0, peers: { 1: nodes[1]!.server.url } });
+    const t = new ConnectTransport({ security: SECURITY, id: 0, peers: { 1: nodes[1]!.server.url } });
     await t.close();
     await t.close();
     t.send([{ type: "TimeoutNow", from: 0, to: 1, term: 1 }]);

@@ -13,7 +13,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file raftpb/raft.proto.
  */
 export const file_raftpb_raft: GenFile = /*@__PURE__*/
-  fileDesc("ChFyYWZ0cGIvcmFmdC5wcm90bxIGcmFmdHBiIlMKBUVudHJ5Eg0KBWluZGV4GAEgASgEEgwKBHRlcm0YAiABKAQSHwoEdHlwZRgDIAEoDjIRLnJhZnRwYi5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCI8CgxTbmFwc2hvdE1ldGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIPCgdtZW1iZXJzGAMgAygEIt0CCgdNZXNzYWdlEiEKBHR5cGUYASABKA4yEy5yYWZ0cGIuTWVzc2FnZVR5cGUSDAoEZnJvbRgCIAEoBBIKCgJ0bxgDIAEoBBIMCgR0ZXJtGAQgASgEEhEKCWxvZ19pbmRleBgFIAEoBBIQCghsb2dfdGVybRgGIAEoBBIeCgdlbnRyaWVzGAcgAygLMg0ucmFmdHBiLkVudHJ5Eg4KBmNvbW1pdBgIIAEoBBIKCgJvaxgJIAEoCBIQCghwcmVfdm90ZRgKIAEoCBITCgttYXRjaF9pbmRleBgLIAEoBBIVCg1jb25mbGljdF90ZXJtGAwgASgEEhYKDmNvbmZsaWN0X2luZGV4GA0gASgEEhQKDHJlYWRfY29udGV4dBgOIAEoBBImCghzbmFwc2hvdBgPIAEoCzIULnJhZnRwYi5TbmFwc2hvdE1ldGESEgoKcmVjb3ZlcmluZxgUIAEoCCIxCgxNZXNzYWdlQmF0Y2gSIQoIbWVzc2FnZXMYASADKAsyDy5yYWZ0cGIuTWVzc2FnZSIQCg5TdHJlYW1SZXNwb25zZSI+Cg1TbmFwc2hvdENodW5rEh8KBmhlYWRlchgBIAEoCzIPLnJhZnRwYi5NZXNzYWdlEgwKBGRhdGEYAiABKAwqLQoJRW50cnlUeXBlEhAKDEVOVFJZX05PUk1BTBAAEg4KCkVOVFJZX05PT1AQASrxAQoLTWVzc2FnZVR5cGUSFwoTTUVTU0FHRV9VTlNQRUNJRklFRBAAEhAKDFJFUVVFU1RfVk9URRABEhkKFVJFUVVFU1RfVk9URV9SRVNQT05TRRACEhIKDkFQUEVORF9FTlRSSUVTEAMSGwoXQVBQRU5EX0VOVFJJRVNfUkVTUE9OU0UQBBINCglIRUFSVEJFQVQQBRIWChJIRUFSVEJFQVRfUkVTUE9OU0UQBhIUChBJTlNUQUxMX1NOQVBTSE9UEAcSHQoZSU5TVEFMTF9TTkFQU0hPVF9SRVNQT05TRRAIEg8KC1RJTUVPVVRfTk9XEAkyhAEKC1JhZnRTZXJ2aWNlEjgKBlN0cmVhbRIULnJhZnRwYi5NZXNzYWdlQmF0Y2gaFi5yYWZ0cGIuU3RyZWFtUmVzcG9uc2UoARI7Cg9JbnN0YWxsU25hcHNob3QSFS5yYWZ0cGIuU25hcHNob3RDaHVuaxoPLnJhZnRwYi5NZXNzYWdlKAFiBnByb3RvMw");
+  fileDesc("ChFyYWZ0cGIvcmFmdC5wcm90bxIGcmFmdHBiIlMKBUVudHJ5Eg0KBWluZGV4GAEgASgEEgwKBHRlcm0YAiABKAQSHwoEdHlwZRgDIAEoDjIRLnJhZnRwYi5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCJQCgxTbmFwc2hvdE1ldGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIPCgdtZW1iZXJzGAMgAygEEhIKCm1lbWJlcnNoaXAYBCABKAwi3QIKB01lc3NhZ2USIQoEdHlwZRgBIAEoDjITLnJhZnRwYi5NZXNzYWdlVHlwZRIMCgRmcm9tGAIgASgEEgoKAnRvGAMgASgEEgwKBHRlcm0YBCABKAQSEQoJbG9nX2luZGV4GAUgASgEEhAKCGxvZ190ZXJtGAYgASgEEh4KB2VudHJpZXMYByADKAsyDS5yYWZ0cGIuRW50cnkSDgoGY29tbWl0GAggASgEEgoKAm9rGAkgASgIEhAKCHByZV92b3RlGAogASgIEhMKC21hdGNoX2luZGV4GAsgASgEEhUKDWNvbmZsaWN0X3Rlcm0YDCABKAQSFgoOY29uZmxpY3RfaW5kZXgYDSABKAQSFAoMcmVhZF9jb250ZXh0GA4gASgEEiYKCHNuYXBzaG90GA8gASgLMhQucmFmdHBiLlNuYXBzaG90TWV0YRISCgpyZWNvdmVyaW5nGBQgASgIIjEKDE1lc3NhZ2VCYXRjaBIhCghtZXNzYWdlcxgBIAMoCzIPLnJhZnRwYi5NZXNzYWdlIhAKDlN0cmVhbVJlc3BvbnNlIj4KDVNuYXBzaG90Q2h1bmsSHwoGaGVhZGVyGAEgASgLMg8ucmFmdHBiLk1lc3NhZ2USDAoEZGF0YRgCIAEoDCJWChBDaGFsbGVuZ2VSZXF1ZXN0EgwKBGZyb20YASABKAQSCgoCdG8YAiABKAQSEgoKY2x1c3Rlcl9pZBgDIAEoCRIUCgxjbGllbnRfbm9uY2UYBCABKAwiPwoRQ2hhbGxlbmdlUmVzcG9uc2USFAoMc2VydmVyX25vbmNlGAEgASgMEhQKDHNlcnZlcl9wcm9vZhgCIAEoDCIrChNBdXRoZW50aWNhdGVSZXF1ZXN0EhQKDGNsaWVudF9wcm9vZhgBIAEoDCIWChRBdXRoZW50aWNhdGVSZXNwb25zZSpECglFbnRyeVR5cGUSEAoMRU5UUllfTk9STUFMEAASDgoKRU5UUllfTk9PUBABEhUKEUVOVFJZX0NPTkZfQ0hBTkdFEAIq8QEKC01lc3NhZ2VUeXBlEhcKE01FU1NBR0VfVU5TUEVDSUZJRUQQABIQCgxSRVFVRVNUX1ZPVEUQARIZChVSRVFVRVNUX1ZPVEVfUkVTUE9OU0UQAhISCg5BUFBFTkRfRU5UUklFUxADEhsKF0FQUEVORF9FTlRSSUVTX1JFU1BPTlNFEAQSDQoJSEVBUlRCRUFUEAUSFgoSSEVBUlRCRUFUX1JFU1BPTlNFEAYSFAoQSU5TVEFMTF9TTkFQU0hPVBAHEh0KGUlOU1RBTExfU05BUFNIT1RfUkVTUE9OU0UQCBIPCgtUSU1FT1VUX05PVxAJMpECCgtSYWZ0U2VydmljZRJACglDaGFsbGVuZ2USGC5yYWZ0cGIuQ2hhbGxlbmdlUmVxdWVzdBoZLnJhZnRwYi5DaGFsbGVuZ2VSZXNwb25zZRJJCgxBdXRoZW50aWNhdGUSGy5yYWZ0cGIuQXV0aGVudGljYXRlUmVxdWVzdBocLnJhZnRwYi5BdXRoZW50aWNhdGVSZXNwb25zZRI4CgZTdHJlYW0SFC5yYWZ0cGIuTWVzc2FnZUJhdGNoGhYucmFmdHBiLlN0cmVhbVJlc3BvbnNlKAESOwoPSW5zdGFsbFNuYXBzaG90EhUucmFmdHBiLlNuYXBzaG90Q2h1bmsaDy5yYWZ0cGIuTWVzc2FnZSgBYgZwcm90bzM");
 
 /**
  * @generated from message raftpb.Entry
@@ -62,9 +62,19 @@ export type SnapshotMeta = Message$1<"raftpb.SnapshotMeta"> & {
   term: bigint;
 
   /**
+   * The voters of the configuration in force at `index`.
+   *
    * @generated from field: repeated uint64 members = 3;
    */
   members: bigint[];
+
+  /**
+   * The whole configuration (voters, learners, addresses) in the membership layout of
+   * src/raft/log/FORMAT.md; empty when it has neither learners nor addresses.
+   *
+   * @generated from field: bytes membership = 4;
+   */
+  membership: Uint8Array;
 };
 
 /**
@@ -234,6 +244,97 @@ export const SnapshotChunkSchema: GenMessage<SnapshotChunk> = /*@__PURE__*/
   messageDesc(file_raftpb_raft, 5);
 
 /**
+ * The peer handshake, run once on every HTTP/2 connection before any other peer call (see
+ * src/rpc/DESIGN.md). The connection is then bound to the authenticated sender `from`.
+ *
+ * @generated from message raftpb.ChallengeRequest
+ */
+export type ChallengeRequest = Message$1<"raftpb.ChallengeRequest"> & {
+  /**
+   * @generated from field: uint64 from = 1;
+   */
+  from: bigint;
+
+  /**
+   * @generated from field: uint64 to = 2;
+   */
+  to: bigint;
+
+  /**
+   * @generated from field: string cluster_id = 3;
+   */
+  clusterId: string;
+
+  /**
+   * @generated from field: bytes client_nonce = 4;
+   */
+  clientNonce: Uint8Array;
+};
+
+/**
+ * Describes the message raftpb.ChallengeRequest.
+ * Use `create(ChallengeRequestSchema)` to create a new message.
+ */
+export const ChallengeRequestSchema: GenMessage<ChallengeRequest> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 6);
+
+/**
+ * @generated from message raftpb.ChallengeResponse
+ */
+export type ChallengeResponse = Message$1<"raftpb.ChallengeResponse"> & {
+  /**
+   * @generated from field: bytes server_nonce = 1;
+   */
+  serverNonce: Uint8Array;
+
+  /**
+   * HMAC-SHA256 proving the server holds the cluster secret (empty without --peer-secret-file).
+   *
+   * @generated from field: bytes server_proof = 2;
+   */
+  serverProof: Uint8Array;
+};
+
+/**
+ * Describes the message raftpb.ChallengeResponse.
+ * Use `create(ChallengeResponseSchema)` to create a new message.
+ */
+export const ChallengeResponseSchema: GenMessage<ChallengeResponse> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 7);
+
+/**
+ * @generated from message raftpb.AuthenticateRequest
+ */
+export type AuthenticateRequest = Message$1<"raftpb.AuthenticateRequest"> & {
+  /**
+   * HMAC-SHA256 over the server nonce, the sender id and the cluster id (empty without a secret).
+   *
+   * @generated from field: bytes client_proof = 1;
+   */
+  clientProof: Uint8Array;
+};
+
+/**
+ * Describes the message raftpb.AuthenticateRequest.
+ * Use `create(AuthenticateRequestSchema)` to create a new message.
+ */
+export const AuthenticateRequestSchema: GenMessage<AuthenticateRequest> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 8);
+
+/**
+ * @generated from message raftpb.AuthenticateResponse
+ */
+export type AuthenticateResponse = Message$1<"raftpb.AuthenticateResponse"> & {
+};
+
+/**
+ * Describes the message raftpb.AuthenticateResponse.
+ * Use `create(AuthenticateResponseSchema)` to create a new message.
+ */
+export const AuthenticateResponseSchema: GenMessage<AuthenticateResponse> = /*@__PURE__*/
+  messageDesc(file_raftpb_raft, 9);
+
+/**
  * @generated from enum raftpb.EntryType
  */
 export enum EntryType {
@@ -246,6 +347,13 @@ export enum EntryType {
    * @generated from enum value: ENTRY_NOOP = 1;
    */
   ENTRY_NOOP = 1,
+
+  /**
+   * data: the whole new configuration, in the membership layout of src/raft/log/FORMAT.md.
+   *
+   * @generated from enum value: ENTRY_CONF_CHANGE = 2;
+   */
+  ENTRY_CONF_CHANGE = 2,
 }
 
 /**
@@ -319,6 +427,22 @@ export const MessageTypeSchema: GenEnum<MessageType> = /*@__PURE__*/
  * @generated from service raftpb.RaftService
  */
 export const RaftService: GenService<{
+  /**
+   * @generated from rpc raftpb.RaftService.Challenge
+   */
+  challenge: {
+    methodKind: "unary";
+    input: typeof ChallengeRequestSchema;
+    output: typeof ChallengeResponseSchema;
+  },
+  /**
+   * @generated from rpc raftpb.RaftService.Authenticate
+   */
+  authenticate: {
+    methodKind: "unary";
+    input: typeof AuthenticateRequestSchema;
+    output: typeof AuthenticateResponseSchema;
+  },
   /**
    * The message route: each node keeps one such call open per peer for as long as the link lives
    * and writes one MessageBatch per burst of messages (one HTTP/2 DATA frame, no per-call headers).

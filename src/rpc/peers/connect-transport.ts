@@ -1,16 +1,20 @@
 // The production Raft Transport: one long-lived client-streaming call per peer (RaftService/Stream,
 // see peer-link.ts) carries every batch of messages as one frame; InstallSnapshot streams on its
-// own call. Everything is bounded per peer: a message that cannot go out now is dropped (Raft
-// retransmits), never queued without limit. Also serves the receiving side (raftpb.RaftService).
+// own call; both on connections authenticated by the peer handshake (peer-session.ts). Everything
+// is bounded per peer: a message that cannot go out now is dropped (Raft retransmits), never queued
+// without limit. Also serves the receiving side (raftpb.RaftService), behind PeerGate (peer-auth.ts).
 
 import { Code, ConnectError, createClient, type Client, type ConnectRouter } from "@connectrpc/connect";
-import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { create } from "@bufbuild/protobuf";
 import { RaftService, SnapshotChunkSchema, type Message as WireMessage, type SnapshotChunk } from "../../gen/raftpb/raft_pb.ts";
 import type { Message, NodeId, Transport, TransportHandler } from "../../raft/types.ts";
 import { RaftCodecError, batchFieldBytes, decodeBatchBytes, decodeMessage, encodeBatchBytes, encodeMessage, encodeMessageBytes } from "./raft-codec.ts";
 import { PeerLink, PeerLinkError } from "./peer-link.ts";
 import { frameRoutesOf } from "../server/frame-lane.ts";
+import { connectionKey } from "../server/connection.ts";
+import { PeerGate, type PeerGateStats, type PeerSecurity } from "./peer-auth.ts";
+import { PeerSessionManager, dialPeer } from "./peer-session.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -18,8 +22,13 @@ type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse
 export interface ConnectTransportOptions {
   /** This node's id: messages arriving for another id are refused (a sign of swapped -addrs). */
   id: NodeId;
-  /** Base URL of every peer, e.g. { 1: "http://localhost:5002" }. This node's own entry is ignored. */
+  /**
+   * Base URL of every member, e.g. { 1: "http://localhost:5002" } ("https://" for peer TLS). The
+   * keys are the cluster's members: only they may authenticate. This node's own entry is not dialed.
+   */
   peers: ReadonlyMap<NodeId, string> | Readonly<Record<number, string>>;
+  /** How peers authenticate and which cluster this is (see peer-auth.ts). */
+  security: PeerSecurity;
   /** Bytes waiting for a peer's stream (connecting, or behind flow control) before frames are dropped. */
   maxQueuedBytesPerPeer?: number;
   /** A batch to one peer is cut into frames of about this many bytes (the receiver's readMaxBytes bounds one frame). */
@@ -35,7 +44,7 @@ export const DEFAULT_RAFT_READ_MAX_BYTES = 64 * 1024 * 1024;
 interface Peer {
   id: NodeId;
   url: string;
-  session: Http2SessionManager;
+  session: PeerSessionManager;
   client: Client<typeof RaftService>;
   /** The message stream. */
   link: PeerLink;
@@ -52,6 +61,9 @@ export interface TransportStats {
   failedBatches: number;
 }
 
+/** Bound on dialing a peer plus its handshake. */
+const DIAL_TIMEOUT_MS = 5_000;
+
 export class ConnectTransport implements Transport {
   private readonly peers = new Map<NodeId, Peer>();
   private readonly abort = new AbortController();
@@ -61,6 +73,10 @@ export class ConnectTransport implements Transport {
   private readonly chunkBytes: number;
   private readonly readMaxBytes: number;
   readonly stats: TransportStats = { sentBatches: 0, sentMessages: 0, droppedMessages: 0, failedBatches: 0 };
+  private readonly gate: PeerGate;
+  /** The cluster's members, as the gate sees them (updated by setPeers). */
+  private readonly members = new Set<NodeId>();
+  private readonly maxQueuedBytes: number;
 
   constructor(private readonly options: ConnectTransportOptions) {
     this.maxFrameBytes = options.maxFrameBytes ?? 4 * 1024 * 1024;
@@ -74,34 +90,62 @@ export class ConnectTransport implements Transport {
       throw new RangeError(`maxFrameBytes ${this.maxFrameBytes} must be positive and at most half of readMaxBytes ${this.readMaxBytes}`);
     }
     if (!(maxQueuedBytes > 0)) throw new RangeError(`maxQueuedBytesPerPeer must be positive, got ${maxQueuedBytes}`);
-    const entries = options.peers instanceof Map ? [...options.peers] : Object.entries(options.peers).map(([k, v]) => [Number(k), v] as const);
-    for (const [id, url] of entries) {
-      if (id === options.id) continue;
-      // One session manager per peer keeps one HTTP/2 connection and reconnects after faults;
-      // pings detect a dead peer whose TCP connection did not close.
-      const session = new Http2SessionManager(url, { pingIntervalMs: 5_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 });
-      const transport = createConnectTransport({
-        baseUrl: url,
-        httpVersion: "2",
-        useBinaryFormat: true,
-        sessionManager: session,
-        readMaxBytes: this.readMaxBytes,
-        writeMaxBytes: this.readMaxBytes,
-        acceptCompression: [],
-      });
-      const peer: Peer = { id, url, session, client: createClient(RaftService, transport), link: null!, lastError: null };
-      peer.link = new PeerLink({
-        url,
-        path: STREAM_PATH,
-        maxQueuedBytes,
-        pingIntervalMs: 5_000,
-        pingTimeoutMs: 5_000,
-        backoffMinMs: 20,
-        backoffMaxMs: 1_000,
-        onError: (error) => this.linkFailed(peer, error),
-      });
-      this.peers.set(id, peer);
+    this.maxQueuedBytes = maxQueuedBytes;
+    this.gate = new PeerGate(options.id, this.members, options.security);
+    this.setPeers(options.peers instanceof Map ? options.peers : new Map(Object.entries(options.peers).map(([k, v]) => [Number(k), v] as const)));
+  }
+
+  /**
+   * The cluster's membership changed: `peers` is every member's base URL (this node's own entry is
+   * not dialed). New members are dialed, members that left are dropped (their connections closed,
+   * their handshakes refused from now on), a member whose URL changed is dialed at the new one.
+   */
+  setPeers(peers: ReadonlyMap<NodeId, string>): void {
+    this.members.clear();
+    for (const id of peers.keys()) this.members.add(id);
+    for (const [id, peer] of this.peers) {
+      if (peers.get(id) === peer.url) continue;
+      peer.link.close();
+      peer.session.close();
+      this.peers.delete(id);
     }
+    if (this.closed) return;
+    for (const [id, url] of peers) {
+      if (id === this.options.id || this.peers.has(id)) continue;
+      this.peers.set(id, this.connect(id, url));
+    }
+  }
+
+  /** One member's stream and snapshot connection, dialed lazily and authenticated like every peer. */
+  private connect(id: NodeId, url: string): Peer {
+    const options = this.options;
+    const maxQueuedBytes = this.maxQueuedBytes;
+    const dial = { url, self: options.id, peer: id, security: options.security, timeoutMs: DIAL_TIMEOUT_MS };
+    // Snapshots go on a connection of their own (authenticated the same way): bulk data never
+    // waits behind, or delays, the message stream.
+    const session = new PeerSessionManager(dial);
+    const transport = createConnectTransport({
+      baseUrl: url,
+      httpVersion: "2",
+      useBinaryFormat: true,
+      sessionManager: session,
+      readMaxBytes: this.readMaxBytes,
+      writeMaxBytes: this.readMaxBytes,
+      acceptCompression: [],
+    });
+    const peer: Peer = { id, url, session, client: createClient(RaftService, transport), link: null!, lastError: null };
+    peer.link = new PeerLink({
+      url,
+      path: STREAM_PATH,
+      maxQueuedBytes,
+      pingIntervalMs: 5_000,
+      pingTimeoutMs: 5_000,
+      backoffMinMs: 20,
+      backoffMaxMs: 1_000,
+      dial: () => dialPeer(dial),
+      onError: (error) => this.linkFailed(peer, error),
+    });
+    return peer;
   }
 
   /**
@@ -163,14 +207,20 @@ export class ConnectTransport implements Transport {
     this.noteError(peer, new ConnectError(error.message, codeOf(error.code)));
   }
 
-  /** Network faults are normal (a peer is down); configuration errors are worth one line each time they change. */
+  /** Network faults are normal (a peer is down); refusals are worth one line each time they change. */
   private noteError(peer: Peer, error: unknown): void {
     const connectError = ConnectError.from(error);
     const text = `${Code[connectError.code]}: ${connectError.rawMessage}`;
-    if ((connectError.code === Code.FailedPrecondition || connectError.code === Code.Unimplemented) && peer.lastError !== text) {
+    const refusal = [Code.FailedPrecondition, Code.Unimplemented, Code.Unauthenticated, Code.PermissionDenied].includes(connectError.code);
+    if (refusal && peer.lastError !== text) {
       console.error(`kvraft transport: peer ${peer.id} at ${peer.url} refused messages: ${connectError.rawMessage}`);
     }
     peer.lastError = text;
+  }
+
+  /** Refused peer connections and dropped forged messages on the receiving side. */
+  get gateStats(): PeerGateStats {
+    return this.gate.stats;
   }
 
   /** The last error seen sending to `peer`, or null after a success. */
@@ -210,18 +260,30 @@ export class ConnectTransport implements Transport {
 
   /** Registers raftpb.RaftService on a router (the node's RpcServer), delivering to the listen() handler. */
   registerRoutes(router: ConnectRouter): void {
+    const gate = this.gate;
     // On an RpcServer, Stream frames are read straight off the HTTP/2 stream (frame-lane.ts); the
-    // Connect registration below still serves every other client of the method.
-    frameRoutesOf(router)?.add(STREAM_PATH, { readMaxBytes: this.readMaxBytes, onFrame: (payload) => this.deliverFrame(payload) });
+    // Connect registration below serves every other client of the method. Both check the caller.
+    frameRoutesOf(router)?.add(STREAM_PATH, {
+      readMaxBytes: this.readMaxBytes,
+      authorize: (connection, headers) => void gate.peerOf(connection, headerText(headers["content-type"])),
+      onFrame: (payload, connection) => this.deliver(gate.peerOf(connection, "application/connect+proto"), decodeOrRefuse(() => decodeBatchBytes(payload))),
+    });
     router.service(
       RaftService,
       {
-        stream: async (batches) => {
-          // Lives as long as the sender's link; ends when the sender half-closes (or on a bad message).
-          for await (const batch of batches) this.deliver(batch.messages);
+        challenge: (request, context) => gate.challenge(request, context.values.get(connectionKey), context.requestHeader.get("content-type")),
+        authenticate: (request, context) => {
+          gate.authenticate(request, context.values.get(connectionKey), context.requestHeader.get("content-type"));
           return {};
         },
-        installSnapshot: async (requests) => {
+        stream: async (batches, context) => {
+          const peer = gate.peerOf(context.values.get(connectionKey), context.requestHeader.get("content-type"));
+          // Lives as long as the sender's link; ends when the sender half-closes (or on a bad message).
+          for await (const batch of batches) this.deliver(peer, decodeOrRefuse(() => batch.messages.map(decodeMessage)));
+          return {};
+        },
+        installSnapshot: async (requests, context) => {
+          const peer = gate.peerOf(context.values.get(connectionKey), context.requestHeader.get("content-type"));
           const handler = this.handler;
           if (handler === null || this.closed) {
             throw new ConnectError("this node is not ready to receive a snapshot", Code.Unavailable);
@@ -232,9 +294,12 @@ export class ConnectTransport implements Transport {
             throw new ConnectError("InstallSnapshot stream must start with a header message", Code.InvalidArgument);
           }
           const wireHeader = first.value.header;
-          const header = this.decodeForMe(() => decodeMessage(wireHeader));
+          const header = decodeOrRefuse(() => decodeMessage(wireHeader));
           if (header.type !== "InstallSnapshot") {
             throw new ConnectError(`InstallSnapshot header is a ${header.type} message`, Code.InvalidArgument);
+          }
+          if (!gate.accepts(peer, header)) {
+            throw new ConnectError(`InstallSnapshot from node ${header.from} to node ${header.to} sent by node ${peer}: refused`, Code.PermissionDenied);
           }
           const firstData = first.value.data;
           async function* data(): AsyncIterable<Uint8Array> {
@@ -248,7 +313,7 @@ export class ConnectTransport implements Transport {
           try {
             return encodeMessage(await handler.onSnapshot(header, data()));
           } catch (error) {
-            // Peers are trusted: pass the receiver's reason back to the sender's log.
+            // The sender is an authenticated member: pass the receiver's reason back to its log.
             if (error instanceof ConnectError) throw error;
             throw new ConnectError(`installing the snapshot failed: ${(error as Error).message ?? String(error)}`, Code.Internal);
           }
@@ -258,43 +323,14 @@ export class ConnectTransport implements Transport {
     );
   }
 
-  private deliver(wires: WireMessage[]): void {
-    this.hand(wires.map((wire) => this.decodeForMe(() => decodeMessage(wire))));
-  }
-
-  /** One MessageBatch payload, decoded in place. */
-  private deliverFrame(payload: Uint8Array): void {
-    let messages: Message[];
-    try {
-      messages = decodeBatchBytes(payload);
-    } catch (error) {
-      if (error instanceof RaftCodecError) throw new ConnectError(error.message, Code.InvalidArgument);
-      throw error;
-    }
-    for (const message of messages) this.decodeForMe(() => message);
-    this.hand(messages);
+  /** Hands on the messages `peer` may send: from itself, to this node; the rest are dropped and counted. */
+  private deliver(peer: NodeId, messages: Message[]): void {
+    this.hand(messages.filter((message) => this.gate.accepts(peer, message)));
   }
 
   private hand(messages: Message[]): void {
     // Before listen() the node is still opening: dropping is what the network could do too.
     if (this.handler !== null && !this.closed && messages.length > 0) this.handler.onMessages(messages);
-  }
-
-  private decodeForMe(decode: () => Message): Message {
-    let message: Message;
-    try {
-      message = decode();
-    } catch (error) {
-      if (error instanceof RaftCodecError) throw new ConnectError(error.message, Code.InvalidArgument);
-      throw error;
-    }
-    if (message.to !== this.options.id) {
-      throw new ConnectError(
-        `message for node ${message.to} arrived at node ${this.options.id}: the nodes disagree on -addrs`,
-        Code.FailedPrecondition,
-      );
-    }
-    return message;
   }
 
   /** Aborts in-flight calls and closes every peer connection. */
@@ -304,7 +340,7 @@ export class ConnectTransport implements Transport {
     this.abort.abort(new Error("transport closed"));
     for (const peer of this.peers.values()) {
       peer.link.close();
-      peer.session.abort();
+      peer.session.close();
     }
   }
 }
@@ -322,4 +358,17 @@ function envelope(payload: Uint8Array): Uint8Array {
   new DataView(out.buffer).setUint32(1, payload.length);
   out.set(payload, 5);
   return out;
+}
+
+function decodeOrRefuse<T>(decode: () => T): T {
+  try {
+    return decode();
+  } catch (error) {
+    if (error instanceof RaftCodecError) throw new ConnectError(error.message, Code.InvalidArgument);
+    throw error;
+  }
+}
+
+function headerText(value: string | string[] | undefined): string | null {
+  return typeof value === "string" ? value : null;
 }

@@ -1,6 +1,7 @@
 // One long-lived outgoing message stream to one peer: a Connect client-streaming call
-// (raftpb.RaftService/Stream) held open on a dedicated HTTP/2 connection, one enveloped frame per
-// write. Reopened with backoff when it breaks; bounded (frames that do not fit are dropped).
+// (raftpb.RaftService/Stream) held open on a dedicated, authenticated HTTP/2 connection (dialed by
+// peer-session.ts), one enveloped frame per write. Reopened with backoff when it breaks; bounded
+// (frames that do not fit are dropped).
 
 import * as http2 from "node:http2";
 
@@ -17,6 +18,8 @@ export interface PeerLinkOptions {
   /** Reopen delay after a failure, doubling per consecutive failure up to backoffMaxMs. */
   backoffMinMs: number;
   backoffMaxMs: number;
+  /** Opens an authenticated connection to the peer (rejects with a PeerLinkError). */
+  dial(): Promise<http2.ClientHttp2Session>;
   /** The stream ended with an error (network fault, or the peer's Connect error). */
   onError(error: PeerLinkError): void;
 }
@@ -47,8 +50,9 @@ export class PeerLink {
   private queue: Uint8Array[] = [];
   private queuedBytes = 0;
   private blocked = false;
-  /** The current session finished its handshake: writes go straight to the stream. */
+  /** The stream is open on an authenticated session: writes go straight to it. */
   private connected = false;
+  private dialing = false;
   private failures = 0;
   private openedAt = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -95,8 +99,32 @@ export class PeerLink {
   // ---- the stream ------------------------------------------------------------------------------
 
   private open(): void {
-    const session = this.session ?? this.connect();
-    if (session === null) return;
+    this.state = "open";
+    this.openedAt = performance.now();
+    if (this.session !== null) {
+      this.openStream(this.session);
+      return;
+    }
+    if (this.dialing) return;
+    this.dialing = true;
+    this.options.dial().then(
+      (session) => {
+        this.dialing = false;
+        if (this.state !== "open") {
+          session.close();
+          return;
+        }
+        this.adopt(session);
+        this.openStream(session);
+      },
+      (error: unknown) => {
+        this.dialing = false;
+        this.fail(error instanceof PeerLinkError ? error : new PeerLinkError("unavailable", String(error)));
+      },
+    );
+  }
+
+  private openStream(session: http2.ClientHttp2Session): void {
     let stream: http2.ClientHttp2Stream;
     try {
       stream = session.request(
@@ -109,13 +137,13 @@ export class PeerLink {
         { endStream: false },
       );
     } catch (error) {
+      this.closeSession(true);
       this.fail(new PeerLinkError("unavailable", `opening a stream to ${this.options.url}: ${(error as Error).message}`));
       return;
     }
-    this.state = "open";
     this.stream = stream;
     this.blocked = false;
-    this.openedAt = performance.now();
+    this.connected = true;
     stream.on("drain", () => {
       if (this.stream !== stream) return;
       this.blocked = false;
@@ -143,6 +171,7 @@ export class PeerLink {
     stream.on("end", () => finish(null));
     stream.on("close", () => finish(null));
     stream.on("error", (error: Error) => finish(new PeerLinkError("unavailable", `stream to ${this.options.url}: ${error.message}`)));
+    this.flushQueue();
   }
 
   private flushQueue(): void {
@@ -163,6 +192,7 @@ export class PeerLink {
   /** The stream broke: drop what waits (Raft retransmits) and reopen after a backoff. */
   private fail(error: PeerLinkError): void {
     if (this.state === "closed") return;
+    this.connected = false;
     this.dropQueue();
     const healthy = this.openedAt > 0 && performance.now() - this.openedAt >= HEALTHY_STREAM_MS;
     this.failures = healthy ? 1 : this.failures + 1;
@@ -179,21 +209,9 @@ export class PeerLink {
 
   // ---- the connection --------------------------------------------------------------------------
 
-  private connect(): http2.ClientHttp2Session | null {
-    let session: http2.ClientHttp2Session;
-    try {
-      session = http2.connect(this.options.url);
-    } catch (error) {
-      this.fail(new PeerLinkError("unavailable", `connecting to ${this.options.url}: ${(error as Error).message}`));
-      return null;
-    }
+  /** Takes over a freshly authenticated connection: watches it, pings it. */
+  private adopt(session: http2.ClientHttp2Session): void {
     this.session = session;
-    this.connected = false;
-    session.once("connect", () => {
-      if (this.session !== session) return;
-      this.connected = true;
-      this.flushQueue();
-    });
     const forget = () => {
       if (this.session === session) this.closeSession(false);
     };
@@ -209,7 +227,6 @@ export class PeerLink {
     session.on("close", forget);
     session.on("error", () => forget());
     this.startPings(session);
-    return session;
   }
 
   private closeSession(destroy: boolean): void {

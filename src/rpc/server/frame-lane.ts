@@ -5,18 +5,25 @@
 // compression) go to the adapter unchanged.
 
 import type * as http2 from "node:http2";
+import type * as net from "node:net";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { endStreamToJson } from "@connectrpc/connect/protocol-connect";
+import { connectionOf, type ConnectionInfo } from "./connection.ts";
 
 /** A client-streaming method served on raw envelope payloads. */
 export interface FrameRoute {
   /** Largest envelope payload accepted; a bigger one ends the call with resource_exhausted. */
   readonly readMaxBytes: number;
   /**
+   * Decides at the start of a call whether this connection may use the route: throwing ends the
+   * call with that error before any envelope is read (a ConnectError keeps its code).
+   */
+  authorize?(connection: ConnectionInfo, headers: http2.IncomingHttpHeaders): void;
+  /**
    * One envelope's payload (valid only during the call: copy what must outlive it), in arrival
    * order. Throwing ends the call with that error (a ConnectError keeps its code).
    */
-  onFrame(payload: Uint8Array): void;
+  onFrame(payload: Uint8Array, connection: ConnectionInfo): void;
 }
 
 const FRAME_ROUTES = Symbol("kvraft.frameRoutes");
@@ -89,8 +96,9 @@ const OK_BODY = envelopes([
 ]);
 
 /** Serves one call on `stream`: envelopes go to `route.onFrame` until the client half-closes. */
-export function serveFrameStream(stream: http2.ServerHttp2Stream, route: FrameRoute, shutdown: AbortSignal): void {
+export function serveFrameStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, route: FrameRoute, shutdown: AbortSignal): void {
   let done = false;
+  const connection = connectionOf(stream.session!.socket as unknown as net.Socket, stream.session!);
   // Reassembly of an envelope split across chunks: its 5-byte prefix, then its payload.
   const prefix = new Uint8Array(5);
   let prefixFill = 0;
@@ -120,7 +128,7 @@ export function serveFrameStream(stream: http2.ServerHttp2Stream, route: FrameRo
 
   const deliver = (payload: Uint8Array) => {
     try {
-      route.onFrame(payload);
+      route.onFrame(payload, connection);
     } catch (error) {
       finish(ConnectError.from(error));
     }
@@ -200,6 +208,13 @@ export function serveFrameStream(stream: http2.ServerHttp2Stream, route: FrameRo
   });
   if (shutdown.aborted) onShutdown();
   else shutdown.addEventListener("abort", onShutdown, { once: true });
+  if (route.authorize !== undefined) {
+    try {
+      route.authorize(connection, headers);
+    } catch (error) {
+      finish(ConnectError.from(error));
+    }
+  }
 }
 
 function envelopes(parts: [number, Uint8Array][]): Uint8Array {

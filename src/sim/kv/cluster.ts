@@ -2,6 +2,7 @@
 // on a NodeSimNetwork and SimClock, a retrying test Clerk that records every operation, and MIT
 // 6.824's kvraft workload (GenericTest) with crashes, partitions and an unreliable network.
 import { settle } from "../raft-node/cluster.ts";
+import { KvSimApiClerk } from "./api-clerk.ts";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -9,8 +10,8 @@ import { checkHistory, type CheckResult, type Operation } from "../check/index.t
 import { MemoryLogStore, SimClock, NodeSimNetwork } from "../raft-node/index.ts";
 import { Rng } from "../../util/rng.ts";
 import { crc32cUpdate } from "../../util/crc32c.ts";
-import { InvalidArgumentError, KVError } from "../../kv/errors.ts";
-import { KVServer, type CommandArgs, type CommandReply, type KVLimits, type KVOp, type KVStateOptions } from "../../kv/server.ts";
+import { InvalidArgumentError, KVError, OverloadedError, SessionExpiredError } from "../../kv/errors.ts";
+import { KVServer, type CommandArgs, type CommandReply, type KVLimits, type KVOp, type KVStateOptions, type RegisterReply } from "../../kv/server.ts";
 
 /** How long a simulated client waits for a lost request or reply before trying again. */
 const RPC_TIMEOUT_MS = 100;
@@ -51,6 +52,8 @@ export class KvSimCluster {
   private unreliable = false;
   crashes = 0;
   partitions = 0;
+  /** Registered-session runs: registrations refused (a full table), writes refused as session-expired, and of those the ones whose outcome stayed unknown. */
+  readonly sessionEvents = { registrationsRefused: 0, expiredRefusals: 0, uncertainWrites: 0 };
   /** Snapshots installed by server incarnations that have since crashed. */
   private installedBeforeCrash = 0;
   private calls: PendingCall[] = [];
@@ -266,17 +269,48 @@ export class KvSimCluster {
    * or the reply may be lost (the client then hears nothing for RPC_TIMEOUT_MS).
    */
   async call(i: number, args: CommandArgs, rng: Rng = this.rng): Promise<CommandReply | null> {
+    return this.rpc(i, args.clientId, (server) => server.command(args), rng);
+  }
+
+  /** One RegisterSession RPC to server `i`, with the same delays and losses as call(). */
+  register(i: number, clientId: bigint, rng: Rng = this.rng): Promise<RegisterReply | null> {
+    return this.rpc(
+      i,
+      clientId,
+      (server) =>
+        server.registerSession().catch((error: unknown) => {
+          if (error instanceof OverloadedError) this.sessionEvents.registrationsRefused++;
+          throw error;
+        }),
+      rng,
+    );
+  }
+
+  /** Any call of a KVServer (Range, Txn), with the same delays and losses as call(). */
+  callServer<T>(i: number, clientId: bigint, fn: (server: KVServer) => Promise<T>, rng: Rng = this.rng): Promise<T | null> {
+    return this.rpc(i, clientId, fn, rng);
+  }
+
+  /**
+   * One client RPC: a network delay each way; on an unreliable network the request or the reply
+   * may be lost (the client then hears nothing for RPC_TIMEOUT_MS). Refusals a retry can cure
+   * (overload, unavailable) are heard as nothing too; the others reach the client.
+   */
+  private async rpc<T>(i: number, clientId: bigint, fn: (server: KVServer) => Promise<T>, rng: Rng): Promise<T | null> {
     const lost = this.unreliable && rng.chance(0.1);
     const delay = rng.range(1, 3);
     if (this.servers[i] === null || lost) {
       await this.sleep(RPC_TIMEOUT_MS);
       return null;
     }
-    let reply: CommandReply | null;
+    let reply: T | null;
     try {
-      reply = await this.atServer(delay, args.clientId, () => this.servers[i]?.command(args) ?? null);
+      reply = await this.atServer(delay, clientId, () => {
+        const server = this.servers[i];
+        return server === null ? null : fn(server);
+      });
     } catch (error) {
-      if (error instanceof KVError && !(error instanceof InvalidArgumentError)) reply = null;
+      if (error instanceof KVError && !(error instanceof InvalidArgumentError) && !(error instanceof SessionExpiredError)) reply = null;
       else throw error;
     }
     if (reply === null || (this.unreliable && rng.chance(0.1))) {
@@ -350,6 +384,7 @@ function yieldToIO(): Promise<void> {
 /**
  * The test Clerk: retries one operation with the same commandId until a server answers OK or
  * ErrNoKey, following leader hints and rotating through servers; records call and return times.
+ * With `registered`, it writes under a session from RegisterSession, as kvraft's Clerk does.
  */
 export class KvSimClerk {
   private leader: number;
@@ -357,6 +392,8 @@ export class KvSimClerk {
   private reachable: number[];
   /** This client's own draws (request and reply loss and delay): independent of other clients. */
   private readonly rng: Rng;
+  /** The registered session (registered mode), null until registered and after it expired. */
+  private session: bigint | null = null;
 
   constructor(
     private readonly cluster: KvSimCluster,
@@ -365,6 +402,7 @@ export class KvSimClerk {
     private readonly deadlineMs = 60_000,
     /** The servers this client can talk to (a client inside a partition); default all. */
     reachable?: number[],
+    private readonly registered = false,
   ) {
     this.reachable = reachable ?? Array.from({ length: cluster.size }, (_, i) => i);
     this.leader = this.reachable[0];
@@ -390,26 +428,67 @@ export class KvSimClerk {
     return this.op("Delete", key, "");
   }
 
+  /**
+   * Runs one operation to completion. In registered mode a write refused as session-expired on
+   * its first attempt runs again under a new session; after a retry its outcome is unknown: it
+   * stays open in the history (the checker lets it take effect or not) and ErrTimeout is returned.
+   */
   async op(op: KVOp, key: string, value: string): Promise<CommandReply> {
-    const commandId = ++this.nextCommandId;
+    let commandId = ++this.nextCommandId;
     const clock = this.cluster.clock;
     const record: Operation = { clientId: this.clientId, input: { op, key, value }, output: null, call: clock.now(), return: Infinity };
     this.history.push(record);
     const giveUp = clock.now() + this.deadlineMs;
+    const withSession = this.registered && op !== "Get";
+    let attempts = 0;
     while (clock.now() < giveUp) {
-      const reply = await this.cluster.call(this.leader, { key, value, op, clientId: this.clientId, commandId }, this.rng);
+      if (withSession && this.session === null) {
+        this.session = await this.register(giveUp);
+        commandId = ++this.nextCommandId;
+      }
+      const args: CommandArgs = withSession
+        ? { key, value, op, clientId: this.session!, commandId, registered: true }
+        : { key, value, op, clientId: this.clientId, commandId };
+      let reply: CommandReply | null;
+      try {
+        attempts++;
+        reply = await this.cluster.call(this.leader, args, this.rng);
+      } catch (error) {
+        if (!(error instanceof SessionExpiredError)) throw error;
+        this.session = null;
+        this.cluster.sessionEvents.expiredRefusals++;
+        if (attempts > 1) {
+          this.cluster.sessionEvents.uncertainWrites++;
+          return { err: "ErrTimeout", value: "" };
+        }
+        continue;
+      }
       if (reply !== null && (reply.err === "OK" || reply.err === "ErrNoKey")) {
         record.output = { err: reply.err, value: reply.value };
         record.return = clock.now();
         return reply;
       }
-      if (reply?.leaderId !== undefined && reply.leaderId !== this.leader && this.reachable.includes(reply.leaderId)) {
-        this.leader = reply.leaderId;
-      } else {
-        this.leader = this.reachable[(this.reachable.indexOf(this.leader) + 1) % this.reachable.length];
-      }
+      this.follow(reply?.leaderId);
     }
     throw new Error(`client ${this.clientId}: ${op} ${JSON.stringify(key)} got no answer in ${this.deadlineMs} ms of simulated time`);
+  }
+
+  /** RegisterSession until a leader grants one (a full table is refused: retried after a pause). */
+  private async register(giveUp: number): Promise<bigint> {
+    while (this.cluster.clock.now() < giveUp) {
+      const reply = await this.cluster.register(this.leader, this.clientId, this.rng);
+      if (reply !== null && reply.err === "OK") return reply.clientId;
+      this.follow(reply?.leaderId);
+    }
+    throw new Error(`client ${this.clientId}: RegisterSession got no session in ${this.deadlineMs} ms of simulated time`);
+  }
+
+  private follow(leaderId: number | undefined): void {
+    if (leaderId !== undefined && leaderId !== this.leader && this.reachable.includes(leaderId)) {
+      this.leader = leaderId;
+    } else {
+      this.leader = this.reachable[(this.reachable.indexOf(this.leader) + 1) % this.reachable.length];
+    }
   }
 }
 
@@ -455,6 +534,12 @@ export interface WorkloadOptions {
   /** Fails when a server's Raft log exceeds this many bytes at the end of an iteration. */
   maxLogBytes?: number;
   state?: KVStateOptions;
+  /** Clients write under registered sessions (RegisterSession), as kvraft's Clerk does. */
+  registered?: boolean;
+  /** Between operations a client idles for `idleMs` with this chance (lets sessions expire). */
+  idle?: { chance: number; ms: number };
+  /** randomKeys runs also use compare-and-swap (Txn) and Range (issue 14). */
+  api?: boolean;
 }
 
 export interface WorkloadResult {
@@ -478,6 +563,7 @@ export interface WorkloadResult {
   hash: string;
   /** KvSimCluster.replayBreaks: 0 means the run depended on the seed alone. */
   replayBreaks: number;
+  sessionEvents: KvSimCluster["sessionEvents"];
 }
 
 /** MIT 6.824 kvraft GenericTest, in simulated time, with every history checked. */
@@ -499,29 +585,43 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       let completed = 0;
       const clients = Array.from({ length: o.clients }, async (_, client) => {
         const rng = new Rng((o.seed * 31 + iteration * 977 + client * 13) >>> 0);
-        const clerk = new KvSimClerk(cluster, BigInt(iteration * 1000 + client + 1), history);
+        const clerk = new KvSimClerk(cluster, BigInt(iteration * 1000 + client + 1), history, undefined, undefined, o.registered);
         const ownKey = String(client);
         let last = "";
         let appended = 0;
+        // The etcd-style client has its own session id (commandIds increase per session).
+        const api = o.api ? new KvSimApiClerk(cluster, BigInt(iteration * 1000 + client + 501), history) : null;
+        /** What this client last saw of each key: the value a Cas expects. */
+        const seen = new Map<string, string | null>();
         if (!o.randomKeys) await clerk.put(ownKey, "");
         while (!done.value) {
           // 6.824 draws random keys from as many keys as there are clients.
           const key = o.randomKeys ? String(rng.int(o.clients)) : ownKey;
           const r = rng.next();
-          if (r < 0.5) {
-            const token = o.randomKeys ? `x ${client} ${appended} r` : `x ${client} ${appended} y`;
+          // With the API mix, fewer Appends: a value that keeps growing leaves a Cas little to win.
+          if (r < (api === null ? 0.5 : 0.25)) {
+            // Registered runs audit that no token appears twice: tokens name the iteration too.
+            const writer = o.registered ? `${iteration}.${client}` : client;
+            const token = o.randomKeys ? `x ${writer} ${appended} r` : `x ${client} ${appended} y`;
             await clerk.append(key, token);
             last += token;
             appended++;
-          } else if (o.randomKeys && r < 0.6) {
+          } else if (o.randomKeys && r < (api === null ? 0.6 : 0.35)) {
             await clerk.put(key, `p ${client} ${appended++} `);
+          } else if (api !== null && r < 0.72) {
+            const now = await api.cas(key, seen.get(key) ?? null, `c ${client} ${appended++} `);
+            if (now !== undefined) seen.set(key, now);
+          } else if (api !== null && r < 0.78) {
+            await api.range("0", "9");
           } else {
             const reply = await clerk.get(key);
+            if (api !== null) seen.set(key, reply.err === "ErrNoKey" ? null : reply.value);
             if (!o.randomKeys && reply.value !== last) {
               failures.push(`client ${client}: Get(${key}) returned ${JSON.stringify(reply.value.slice(-60))}, expected …${JSON.stringify(last.slice(-60))}`);
             }
           }
           completed++;
+          if (o.idle !== undefined && rng.chance(o.idle.chance)) await cluster.sleep(o.idle.ms);
         }
         return { clerk, key: ownKey, appended };
       });
@@ -543,6 +643,15 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
           const reply = await cluster.until(result.clerk.get(result.key));
           failures.push(...checkClientAppends(client, reply.value, result.appended));
           appendsAudited += result.appended;
+        }
+      } else if (o.registered) {
+        // Exactly once, audited directly: every append token is unique, so none may appear twice.
+        for (let key = 0; key < o.clients; key++) {
+          const reply = await cluster.until(results[0]!.clerk.get(String(key)));
+          const tokens: string[] = reply.value.match(/x \S+ \d+ r/g) ?? [];
+          const twice = tokens.filter((token, i) => tokens.indexOf(token) !== i);
+          if (twice.length > 0) failures.push(`key ${key}: append ${JSON.stringify(twice[0])} was applied twice`);
+          appendsAudited += tokens.length;
         }
       }
       if (o.maxLogBytes !== undefined) {
@@ -573,6 +682,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     partitions: cluster.partitions,
     snapshotsInstalled,
     replayBreaks: cluster.replayBreaks,
+    sessionEvents: cluster.sessionEvents,
     hash: hashHistory(history),
   };
 }
@@ -609,6 +719,12 @@ export interface KvSimOptions {
   nodes: number;
   /** Client operations to run (spread over three crash/restart rounds). */
   steps: number;
+  /**
+   * Extra flags: `--sessions` runs the session family: every client writes under a registered
+   * session, the table holds 3 sessions for 5 clients and sessions expire after 300 ms of log
+   * time, so registrations are refused, sessions expire mid-retry and clients register again.
+   */
+  extra?: string[];
 }
 
 /**
@@ -618,6 +734,8 @@ export interface KvSimOptions {
  */
 export async function runKvSim(options: KvSimOptions): Promise<{ line: string; ok: boolean }> {
   const iterations = 3;
+  const sessions = options.extra?.includes("--sessions") ?? false;
+  const apiOps = options.extra?.includes("--api") ?? false;
   const result = await runWorkload({
     seed: options.seed,
     servers: options.nodes,
@@ -630,10 +748,16 @@ export async function runKvSim(options: KvSimOptions): Promise<{ line: string; o
     iterationMs: 20_000,
     opsPerIteration: Math.max(1, Math.ceil(options.steps / iterations)),
     snapshotThreshold: 50,
+    ...(sessions ? { registered: true, state: { sessionTtlMs: 300, maxSessions: 3 }, idle: { chance: 0.2, ms: 400 } } : {}),
+    ...(apiOps ? { api: true } : {}),
   });
   const ok = result.failures.length === 0;
   const summary =
-    `kv ${options.nodes} nodes, ${result.operations} ops, ${result.crashes} crashes, ${result.partitions} partitions, ` +
+    `kv ${sessions ? "sessions " : ""}${apiOps ? "api " : ""}${options.nodes} nodes, ${result.operations} ops, ${result.crashes} crashes, ${result.partitions} partitions, ` +
+    (sessions
+      ? `${result.sessionEvents.registrationsRefused} registrations refused, ${result.sessionEvents.expiredRefusals} writes refused as session-expired ` +
+        `(${result.sessionEvents.uncertainWrites} outcomes unknown), `
+      : "") +
     `${result.snapshotsInstalled} snapshots installed, ${result.appendsAudited > 0 ? `${result.appendsAudited} appends audited, ` : ""}` +
     `${result.replayBreaks > 0 ? `NOT REPLAYABLE (${result.replayBreaks} waits on real I/O timed out), ` : ""}` +
     `history ${result.check.result === "ok" ? "linearizable" : result.check.result}`;
