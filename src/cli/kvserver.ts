@@ -1,7 +1,8 @@
 // kvserver: one kvraft node, with eRaft's flags and defaults.
 //   bun run kvserver -id 0 -addrs "localhost:5001,localhost:5002,localhost:5003" -db kvserver-data
 // Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 runtime failure (e.g. port in use),
-// 2 bad usage or a data directory that belongs to another node or cluster.
+// 2 bad usage or a data directory that belongs to another node or cluster, 3 fail-stop (a storage
+// error or broken invariant while running: one line says what and what to do; restart it).
 
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -45,6 +46,8 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
   --log-level          debug, info, warn, error or fatal (default info)
   --log-format         json (one object per line), human, or auto: human on a terminal (default)
   --max-watches        watches this node serves at once; one more is refused (default 1000)
+  --min-free-disk-mb   refuse writes (resource_exhausted) while the data directory's disk has less
+                       free space than this; reads go on (default 128)
   -help                print this message
 
 security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
@@ -61,6 +64,7 @@ interface Config {
   db: string;
   corsOrigins: string[];
   snapshotThreshold?: number;
+  minFreeDiskBytes: number;
   maxWatches?: number;
   fastLane: boolean;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
@@ -81,6 +85,7 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      "min-free-disk-mb": "128",
       join: undefined,
       addr: undefined,
       "session-ttl": undefined,
@@ -118,6 +123,10 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
+  const minFreeMb = Number(flags.values["min-free-disk-mb"]);
+  if (!/^\d+(\.\d+)?$/.test(flags.values["min-free-disk-mb"]!) || !Number.isFinite(minFreeMb)) {
+    throw new UsageError(`--min-free-disk-mb must be a number of MiB (0 or more)`);
+  }
   const positive = (name: string): number | undefined => {
     const raw = flags.values[name];
     if (raw === undefined) return undefined;
@@ -148,6 +157,7 @@ function parseConfig(argv: string[]): Config | "help" {
     db: flags.values.db!,
     corsOrigins,
     snapshotThreshold,
+    minFreeDiskBytes: Math.round(minFreeMb * 1024 * 1024),
     maxWatches,
     fastLane: !flags.switches.has("no-fast-lane"),
     sessions,
@@ -221,6 +231,13 @@ async function main(argv: string[]): Promise<number> {
           },
           state: config.sessions,
           ...(config.maxWatches === undefined ? {} : { watchLimits: { maxWatches: config.maxWatches } }),
+          diskWatch: { minFreeBytes: config.minFreeDiskBytes },
+          // Fail-stop: one line, a non-zero exit, no zombie that still answers GetStatus.
+          onFatal: (error) => {
+            log.fatal(`kvserver: node ${id} FATAL: ${error.message}`, { error });
+            process.exit(3);
+          },
+          log: (line) => log.warn(`kvserver: node ${id}: ${line}`),
         }),
     });
   } catch (error) {

@@ -97,6 +97,8 @@ export type NodeStatus =
       members: bigint[];
       snapshotIndex: bigint;
       keyCount: bigint;
+      /** Storage conditions ("" when healthy): low disk space, recovering lost state, repair. */
+      storageHealth: string;
     }
   | { online: false; id: number; address: string; state: "Offline"; error: string };
 
@@ -338,6 +340,7 @@ export class Clerk {
             members: s.members,
             snapshotIndex: s.snapshotIndex,
             keyCount: s.keyCount,
+            storageHealth: s.storageHealth,
           };
         } catch (error) {
           return { online: false, id, address, state: "Offline", error: ConnectError.from(error).message };
