@@ -203,6 +203,8 @@ export class KVServer {
       writes,
       reads,
       now: () => clock.now(),
+      // One nonce space with Command's writes without a session: no two waiters share (0, nonce).
+      nonce: () => server.nonce(),
       maxKeyBytes: server.maxKeyBytes,
       maxValueBytes: server.maxValueBytes,
       maxPending: server.maxPending,
