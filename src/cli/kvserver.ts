@@ -9,6 +9,7 @@ import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { DataDirError } from "./identity.ts";
 import { serveNode, type ServingNode } from "./serve-node.ts";
 import { SECURITY_SWITCHES, SECURITY_USAGE, SECURITY_VALUE_FLAGS, loadSecurity, type NodeSecurity } from "./security-flags.ts";
+import { log, parseLogLevel, type LogLevel } from "../obs/log.ts";
 
 const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 const SHUTDOWN_LIMIT_MS = 20_000;
@@ -24,6 +25,15 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        lane and the HTTP/2 peer frame lane; for measuring what they gain)
   --snapshot-threshold compact the Raft log once this many entries are applied past the last
                        snapshot (default: the KV server's own)
+  --session-ttl MS     a client session idle this long (by the leaders' clocks) expires
+                       (default 3600000, one hour); give every node the same value
+  --max-sessions N     registered client sessions at most; registrations beyond are refused
+                       (default 100000)
+  --max-unregistered-sessions N
+                       sessions of clients that do not register (eRaft's) at most; the least
+                       recently used is dropped beyond (default 100000)
+  --log-level          debug, info, warn, error or fatal (default info)
+  --log-format         json (one object per line), human, or auto: human on a terminal (default)
   --max-watches        watches this node serves at once; one more is refused (default 1000)
   -help                print this message
 
@@ -31,7 +41,9 @@ security (a node of a multi-node cluster needs peer authentication, or --insecur
 ${SECURITY_USAGE}
 
 Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and HTTP/2 (h2c, or TLS), and the
-Raft peer service, all on the node's own address. Flags may also be written --name value or -name=value.`;
+Raft peer service, all on the node's own address, with GET /metrics (Prometheus), /livez, /readyz,
+a status page at /, grpc.health.v1 and server reflection beside them. Flags may also be written
+--name value or -name=value.`;
 
 interface Config {
   id: number;
@@ -41,7 +53,10 @@ interface Config {
   snapshotThreshold?: number;
   maxWatches?: number;
   fastLane: boolean;
+  sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
   security: NodeSecurity;
+  logLevel: LogLevel;
+  logFormat: "json" | "human" | "auto";
 }
 
 function parseConfig(argv: string[]): Config | "help" {
@@ -52,6 +67,11 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      "session-ttl": undefined,
+      "max-sessions": undefined,
+      "max-unregistered-sessions": undefined,
+      "log-level": "info",
+      "log-format": "auto",
       "max-watches": undefined,
       ...SECURITY_VALUE_FLAGS,
     },
@@ -77,13 +97,31 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
+  const positive = (name: string): number | undefined => {
+    const raw = flags.values[name];
+    if (raw === undefined) return undefined;
+    const value = Number(raw);
+    if (!/^\d+$/.test(raw) || value < 1) throw new UsageError(`--${name} must be a positive integer, got "${raw}"`);
+    return value;
+  };
+  const sessions = {
+    sessionTtlMs: positive("session-ttl"),
+    maxSessions: positive("max-sessions"),
+    maxUnregisteredSessions: positive("max-unregistered-sessions"),
+  };
+  const security = loadSecurity(flags, addrs.length);
+  const logLevel = parseLogLevel(flags.values["log-level"]!);
+  if (logLevel === undefined) throw new UsageError(`--log-level "${flags.values["log-level"]}" is not one of debug, info, warn, error, fatal`);
+  const logFormat = flags.values["log-format"]!;
+  if (logFormat !== "json" && logFormat !== "human" && logFormat !== "auto") {
+    throw new UsageError(`--log-format "${logFormat}" is not one of json, human, auto`);
+  }
   let maxWatches: number | undefined;
   if (flags.values["max-watches"] !== undefined) {
     maxWatches = Number(flags.values["max-watches"]);
     if (!Number.isInteger(maxWatches) || maxWatches < 0) throw new UsageError(`--max-watches must be a non-negative integer`);
   }
-  const security = loadSecurity(flags, addrs.length);
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, maxWatches, fastLane: !flags.switches.has("no-fast-lane"), security };
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, maxWatches, fastLane: !flags.switches.has("no-fast-lane"), sessions, security, logLevel, logFormat };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -102,8 +140,15 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const { id, addrs, db } = config;
+  let node: ServingNode | undefined;
+  log.configure({
+    level: config.logLevel,
+    format: config.logFormat,
+    node: id,
+    term: () => node?.kv.diagnostics?.().raft.term,
+    onProblem: (_level, msg) => node?.metrics.event("error", node.kv.diagnostics?.().raft.term ?? 0, msg),
+  });
 
-  let node: ServingNode;
   try {
     node = await serveNode({
       id,
@@ -118,53 +163,57 @@ async function main(argv: string[]): Promise<number> {
           raft: {
             // The size ConnectTransport streams snapshot data in; a chunk never needs splitting.
             snapshotChunkBytes: SNAPSHOT_CHUNK_BYTES,
+            observer: args.observer,
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
+          state: config.sessions,
           ...(config.maxWatches === undefined ? {} : { watchLimits: { maxWatches: config.maxWatches } }),
         }),
     });
   } catch (error) {
     if (error instanceof DataDirError) {
-      console.error(`kvserver: ${error.message}`);
+      log.fatal(`kvserver: ${error.message}`);
       return 2;
     }
     if (error instanceof ListenError) {
-      console.error(`kvserver: ${error.message}`);
+      log.fatal(`kvserver: ${error.message}`);
       return 1;
     }
-    console.error(`kvserver: node ${id} failed to start: ${(error as Error).stack ?? error}`);
+    log.fatal(`kvserver: node ${id} failed to start: ${(error as Error).message}`, { error });
     return 1;
   }
+  const serving = node;
 
   const cors = config.corsOrigins.length > 0 ? `; CORS for ${config.corsOrigins.join(", ")}` : "";
   const scheme = config.security.tls === undefined ? "http" : "https";
-  console.log(
+  log.info(
     `kvserver: node ${id} serving on ${scheme}://${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and ${scheme === "http" ? "h2c" : "h2"}), ` +
-      `cluster ${node.clusterId} (${config.security.summary}), data in ${db}${cors}`,
+      `cluster ${serving.clusterId} (${config.security.summary}), data in ${db}${cors}`,
+    { addr: addrs[id], members: addrs.length },
   );
 
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) {
-        console.error(`kvserver: node ${id} got ${signal} again; exiting without waiting`);
+        log.warn(`kvserver: node ${id} got ${signal} again; exiting without waiting`);
         resolve(1);
         return;
       }
       stopping = true;
-      console.log(`kvserver: node ${id} got ${signal}; finishing in-flight requests and closing`);
+      log.info(`kvserver: node ${id} got ${signal}; finishing in-flight requests and closing`);
       // Bounded: a close that hangs must not keep the process (and its port) forever.
       setTimeout(() => {
-        console.error(`kvserver: node ${id} did not close within ${SHUTDOWN_LIMIT_MS} ms; exiting anyway`);
+        log.error(`kvserver: node ${id} did not close within ${SHUTDOWN_LIMIT_MS} ms; exiting anyway`);
         resolve(1);
       }, SHUTDOWN_LIMIT_MS).unref();
-      node.close().then(
+      serving.close().then(
         () => {
-          console.log(`kvserver: node ${id} stopped`);
+          log.info(`kvserver: node ${id} stopped`);
           resolve(0);
         },
         (error) => {
-          console.error(`kvserver: node ${id} failed to close cleanly: ${(error as Error).stack ?? error}`);
+          log.error(`kvserver: node ${id} failed to close cleanly: ${(error as Error).message}`, { error });
           resolve(1);
         },
       );
@@ -177,7 +226,7 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error) => {
-    console.error(`kvserver: ${(error as Error).stack ?? error}`);
+    log.fatal(`kvserver: ${(error as Error).message}`, { error });
     process.exit(1);
   },
 );

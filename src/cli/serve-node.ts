@@ -7,13 +7,21 @@ import { registerKVService, type KVServiceBackend } from "../kv/service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
 import type { NodeId, Transport } from "../raft/types.ts";
 import type { KVServer } from "../kv/server.ts";
+import type { KVDiagnostics } from "../kv/index.ts";
+import type { RaftObserver } from "../raft/index.ts";
+import { NodeMetrics, instrumentKV, instrumentRouter, obsRoutes, registerHealthService } from "../obs/index.ts";
+import { statusPageRoute } from "../obs/status-page/page.ts";
+import { registerReflection } from "../rpc/server/reflection.ts";
 import { claimDataDir } from "./identity.ts";
 import { DEFAULT_CLUSTER_TOKEN, clusterIdOf } from "./cluster-id.ts";
 import type { NodeSecurity } from "./security-flags.ts";
 import { splitHostPort } from "./flags.ts";
 
-/** What serveNode needs from a KV server: the handlers' calls plus close (which syncs). */
-export type KVNode = KVServiceBackend & Pick<KVServer, "close">;
+/**
+ * What serveNode needs from a KV server: the handlers' calls plus close (which syncs), and the
+ * live state for metrics and health (KVServer has it; test stand-ins may leave it out).
+ */
+export type KVNode = KVServiceBackend & Pick<KVServer, "close"> & { diagnostics?(): KVDiagnostics };
 
 export interface ServeNodeOptions {
   id: NodeId;
@@ -25,7 +33,7 @@ export interface ServeNodeOptions {
   /** TLS, peer authentication, client gate (see security-flags.ts); default: cleartext, peers unauthenticated. */
   security?: NodeSecurity;
   /** Opens the KV server (KVServer.open in production, a stand-in in tests). */
-  open(args: { id: NodeId; peers: NodeId[]; dir: string; transport: Transport }): Promise<KVNode>;
+  open(args: { id: NodeId; peers: NodeId[]; dir: string; transport: Transport; observer: RaftObserver }): Promise<KVNode>;
 }
 
 export interface ServingNode {
@@ -33,6 +41,7 @@ export interface ServingNode {
   transport: ConnectTransport;
   kv: KVNode;
   clusterId: string;
+  metrics: NodeMetrics;
   /** Stop accepting, let in-flight calls finish, close the KV server (sync), drop peer links. */
   close(): Promise<void>;
 }
@@ -48,19 +57,28 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     security: { ...security.peer, clusterId },
   });
   let kv: KVNode | undefined;
+  let served: KVNode | undefined;
+  const state = () => kv?.diagnostics?.();
+  const metrics = new NodeMetrics(id, state);
+  // The status page served by any member calls every member: their origins are allowed too.
+  const memberUrls = addrs.map((a) => `${security.tls !== undefined ? "https" : "http"}://${a}`);
   const { host, port } = splitHostPort(addrs[id]!);
   let server: RpcServer;
   try {
     server = await RpcServer.start({
       host,
       port,
-      corsOrigins: options.corsOrigins,
+      corsOrigins: [...(options.corsOrigins ?? []), ...memberUrls],
       fastLane: options.fastLane,
       ...(security.tls !== undefined ? { tls: security.tls } : {}),
       ...(security.gate !== undefined ? { gate: security.gate } : {}),
+      httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: memberUrls })] }),
       routes: (router) => {
-        registerKVService(router, () => kv);
-        transport.registerRoutes(router);
+        const counted = instrumentRouter(router, metrics);
+        registerKVService(counted, () => served);
+        transport.registerRoutes(counted);
+        registerHealthService(counted, { state });
+        registerReflection(counted);
       },
     });
   } catch (error) {
@@ -68,7 +86,8 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     throw error;
   }
   try {
-    kv = await options.open({ id, peers: addrs.map((_, i) => i), dir, transport });
+    kv = await options.open({ id, peers: addrs.map((_, i) => i), dir, transport, observer: metrics.raftObserver });
+    served = instrumentKV(kv, metrics);
   } catch (error) {
     await server.close();
     await transport.close();
@@ -81,6 +100,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     transport,
     kv: opened,
     clusterId,
+    metrics,
     close() {
       closing ??= (async () => {
         await server.close();

@@ -127,7 +127,9 @@ function commandAttempt(response: CommandResponse, node: number): Attempt<Comman
 
 /** An answer of Range, DeleteRange or Txn: its header's err decides, as Command's err does. */
 function headerAttempt<T extends { header?: ResponseHeader }>(response: T, node: number): Attempt<T> {
-  const outcome = classify({ err: response.header?.err ?? "", leaderId: response.header?.leaderId }, node, "the request");
+  const hint = response.header?.leaderId;
+  const leader = hint === undefined ? { case: undefined } : { case: "leaderId" as const, value: hint };
+  const outcome = classify({ err: response.header?.err ?? "", leader }, node, "the request");
   return "done" in outcome ? { done: response } : outcome;
 }
 
@@ -136,12 +138,17 @@ function registerAttempt(response: RegisterSessionResponse, node: number): Attem
 }
 
 /** An answer's `err` (eRaft's vocabulary): done, not the leader (maybe with a hint), or timed out. */
-function classify<T extends { err: string; leaderId?: bigint }>(response: T, node: number, what: string): Attempt<T> {
+function classify<T extends { err: string; leader: { case: "leaderId"; value: bigint } | { case: undefined } }>(response: T, node: number, what: string): Attempt<T> {
   const outcome = REPLY_OUTCOMES.get(response.err);
   if (outcome === undefined) throw new ClerkError(Code.Internal, `node ${node} answered with unknown err "${response.err}"`);
   if (outcome === "done") return { done: response };
-  if (outcome === "wrong-leader") return { wrongLeader: response.leaderId, problem: `node ${node} is not the leader` };
+  if (outcome === "wrong-leader") return { wrongLeader: leaderOf(response), problem: `node ${node} is not the leader` };
   return { retry: "next", problem: `node ${node} timed out ${what}` };
+}
+
+/** The leader hint of an answer (a one-field oneof in kvraft.proto, so older protoc can compile it). */
+function leaderOf(response: { leader: { case: "leaderId"; value: bigint } | { case: undefined } }): bigint | undefined {
+  return response.leader.case === "leaderId" ? response.leader.value : undefined;
 }
 
 export class Clerk {
@@ -286,7 +293,7 @@ export class Clerk {
             lastApplied: s.lastApplied,
             commitIndex: s.commitIndex,
             storageSize: s.storageSize,
-            leaderId: s.leaderId,
+            leaderId: leaderOf(s),
             members: s.members,
             snapshotIndex: s.snapshotIndex,
             keyCount: s.keyCount,

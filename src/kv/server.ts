@@ -9,10 +9,14 @@ import {
   type Entry,
   type LogStore,
   type NodeId,
+  type LogStoreStats,
+  type RaftNodeStatus,
+  type RaftObserver,
   type SnapshotMeta,
   type StateMachine,
   type Transport,
 } from "../raft/index.ts";
+import type { DBStats } from "../lsm/index.ts";
 import { commandFingerprint, decodeCommand, encodeCommand, type WriteCommand } from "./command.ts";
 import { DeadlineQueue } from "./deadlines.ts";
 import { InvalidArgumentError, OverloadedError, SessionExpiredError, UnavailableError } from "./errors.ts";
@@ -57,6 +61,17 @@ export interface KVStatus {
   readIndexRounds: number;
 }
 
+export interface KVDiagnostics {
+  raft: RaftNodeStatus;
+  /** Null once closed. */
+  lsm: DBStats | null;
+  /** The file log's counters (null when the caller passed its own log store). */
+  log: LogStoreStats | null;
+  sessions: number;
+  readIndexRounds: number;
+  pendingCommands: number;
+}
+
 export interface KVLimits {
   /** Default 4 KiB. */
   maxKeyBytes?: number;
@@ -76,6 +91,8 @@ export interface KVRaftOptions {
   snapshotThreshold?: number;
   snapshotChunkBytes?: number;
   maxPendingProposals?: number;
+  /** Metrics hooks (src/obs). */
+  observer?: RaftObserver;
 }
 
 export interface KVStateOptions {
@@ -245,6 +262,18 @@ export class KVServer {
       sessions: this.machine.sessionCount,
       snapshotsInstalled: status.snapshotsReceived,
       readIndexRounds: this.reads.roundsStarted,
+    };
+  }
+
+  /** Live views for metrics and health (src/obs), read when scraped: no copies kept, no hooks. */
+  diagnostics(): KVDiagnostics {
+    return {
+      raft: this.node.status(),
+      lsm: this.closed ? null : this.machine.lsmStats(),
+      log: this.ownedLogStore instanceof FileLogStore ? this.ownedLogStore.stats() : null,
+      sessions: this.machine.sessionCount,
+      readIndexRounds: this.reads.roundsStarted,
+      pendingCommands: this.pending,
     };
   }
 

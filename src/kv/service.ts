@@ -5,6 +5,7 @@
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
 import { KVError, type KVErrorCode } from "./errors.ts";
+import { refuseUnparsableBodies } from "./parse-refusal.ts";
 import type { KVOp } from "./replies.ts";
 import type { KVServer } from "./server.ts";
 import { txnHandlers, type TxnBackend } from "./service-txn.ts";
@@ -20,6 +21,7 @@ import {
   type GetStatusResponse,
   type RegisterSessionResponse,
 } from "../gen/kvraftpb/kvraft_pb.ts";
+import { log } from "../obs/log.ts";
 
 /** What the handlers use of a KVServer (tests may pass a stand-in of this exact shape). */
 export type KVServiceBackend = Pick<KVServer, "command" | "getStatus" | "registerSession"> & Partial<TxnBackend> & Partial<WatchBackend>;
@@ -83,7 +85,7 @@ export function registerKVService(
           if (bare !== undefined) return bare;
         }
         const response = create(CommandResponseSchema, { err: result.err, value: result.value });
-        if (hinted) response.leaderId = BigInt(result.leaderId!);
+        if (hinted) response.leader = { case: "leaderId", value: BigInt(result.leaderId!) };
         return response;
       } catch (error) {
         const refusal = toConnectError(error);
@@ -96,7 +98,7 @@ export function registerKVService(
         const reply = await current().registerSession();
         const response = create(RegisterSessionResponseSchema, { err: reply.err });
         if (reply.err === "OK") response.clientId = reply.clientId;
-        else if (reply.leaderId !== undefined && reply.leaderId >= 0) response.leaderId = BigInt(reply.leaderId);
+        else if (reply.leaderId !== undefined && reply.leaderId >= 0) response.leader = { case: "leaderId", value: BigInt(reply.leaderId) };
         return response;
       } catch (error) {
         throw toConnectError(error);
@@ -116,13 +118,14 @@ export function registerKVService(
           snapshotIndex: BigInt(status.snapshotIndex),
           keyCount: BigInt(status.keyCount),
         });
-        if (status.leaderId >= 0) response.leaderId = BigInt(status.leaderId);
+        if (status.leaderId >= 0) response.leader = { case: "leaderId", value: BigInt(status.leaderId) };
         return response;
       } catch (error) {
         throw toConnectError(error);
       }
     },
   });
+  refuseUnparsableBodies(router, KVService.typeName);
 }
 
 /**
@@ -165,7 +168,7 @@ export function toConnectError(error: unknown): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof KVError) return new ConnectError(error.message, CONNECT_CODES[error.code]);
   if (error instanceof Error) {
-    console.error(`kvraft rpc: internal error: ${error.stack ?? error.message}`);
+    log.error(`kvraft rpc: internal error: ${error.message}`, { error });
     return new ConnectError(`internal error: ${error.message}`, Code.Internal);
   }
   return new ConnectError(`internal error: ${String(error)}`, Code.Internal);

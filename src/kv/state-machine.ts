@@ -2,7 +2,7 @@
 // Applies committed entries as atomic LSM batches without fsync (the Raft log is the WAL),
 // streams snapshots from an LSM snapshot, and installs them into a fresh LSM switched atomically.
 import * as fs from "node:fs";
-import { DB, type DBOptions } from "../lsm/index.ts";
+import { DB, type DBOptions, type DBStats } from "../lsm/index.ts";
 import { EntryType, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { ApplyBatch } from "./apply-batch.ts";
 import { OP_APPEND, OP_DELETE, OP_PUT, OP_REGISTER, commandFingerprint, decodeCommand, type DecodedCommand } from "./command.ts";
@@ -191,6 +191,11 @@ export class KVStateMachine {
       }
       this.historyFloor = target;
     });
+  }
+
+  /** The LSM's counters and sizes (for metrics). */
+  lsmStats(): DBStats {
+    return this.db.stats();
   }
 
   /** Bytes the LSM holds on disk. */

@@ -22,7 +22,7 @@ import { ReadWaiters } from "./node-reads.ts";
 import { SnapshotSender } from "./node-snapshots.ts";
 import { type Entry, EntryType, type LogStore, type Membership, type Message, type NodeId, type Ready, type SnapshotMeta, type StateMachine, type Transport } from "./types.ts";
 
-export type { RaftNodeOptions, RaftNodeStatus } from "./node-options.ts";
+export type { RaftNodeOptions, RaftNodeStatus, RaftObserver } from "./node-options.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -141,6 +141,7 @@ export class RaftNode {
       throw new BackpressureError(result.reason);
     }
     this.kick();
+    this.opts.observer?.proposed(data.length);
     return { index: result.index, term: result.term };
   }
 
@@ -231,6 +232,7 @@ export class RaftNode {
       snapshotsReceived: this.snapshotsReceived,
       stopped: this.stopped,
       fatal: this.fatal ? this.fatal.message : null,
+      progress: s.progress,
     };
   }
 
@@ -306,7 +308,12 @@ export class RaftNode {
       await this.log.resetToSnapshot(rd.snapshot);
       this.confChanges.skipped(rd.snapshot);
     }
-    if (rd.hardState || rd.entries.length > 0) await this.log.save(rd.hardState, rd.entries);
+    if (rd.softState) this.opts.observer?.softState(rd.softState);
+    if (rd.hardState || rd.entries.length > 0) {
+      const started = this.opts.observer && rd.entries.length > 0 ? performance.now() : 0;
+      await this.log.save(rd.hardState, rd.entries);
+      if (started > 0) this.opts.observer?.saved(rd.entries, (performance.now() - started) / 1000);
+    }
     if (this.stopped) return;
     if (late !== null) this.dispatch(late);
     // The core answers an installed snapshot in the first Ready after step(); none means no answer.
@@ -330,7 +337,10 @@ export class RaftNode {
         this.snapshotAnswers.delete(m.to);
       } else (outgoing ??= []).push(m);
     }
-    if (outgoing !== null) this.transport.send(outgoing);
+    if (outgoing !== null) {
+      this.opts.observer?.sent(outgoing);
+      this.transport.send(outgoing);
+    }
   }
 
   // ---- receiving -------------------------------------------------------------------------------

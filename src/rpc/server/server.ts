@@ -15,6 +15,7 @@ import { Http1Lane, type LaneHost } from "./http1-lane.ts";
 import { UnaryRoutes } from "./unary-routes.ts";
 import { connectionKey, connectionOf, type CallGate } from "./connection.ts";
 import { TLS_HANDSHAKE_BYTE, refuseCleartext, refuseTls, secureContextOf, startTls, type TlsOptions } from "./tls-port.ts";
+import { log } from "../../obs/log.ts";
 
 /** The bytes every HTTP/2 client sends first (RFC 9113 §3.4). */
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -54,6 +55,8 @@ export interface RpcServerOptions {
   keepAliveTimeoutMs?: number;
   /** Serve TLS only (HTTP/2 by ALPN and HTTP/1.1); cleartext connections get a 400 saying so. */
   tls?: TlsOptions;
+  /** Plain HTTP routes (metrics, health, status page: src/obs) tried before the Connect routes. */
+  httpRoutes?: (request: NodeRequest, response: NodeResponse) => boolean;
   /** Client authorization of every call (Connect adapter and fast lane alike); none: every call runs. */
   gate?: CallGate;
 }
@@ -165,6 +168,7 @@ export class RpcServer {
       }
       // While closing, tell HTTP/1.1 clients not to reuse the connection.
       if (server?.closing && "shouldKeepAlive" in response) response.shouldKeepAlive = false;
+      if (options.httpRoutes?.(request, nodeResponse)) return;
       adapter(request, nodeResponse);
     };
 
@@ -203,7 +207,7 @@ export class RpcServer {
 
   private wire(): void {
     this.tcp.on("connection", (socket) => this.accept(socket));
-    this.tcp.on("error", (error) => console.error(`kvraft rpc: listener error: ${error.message}`));
+    this.tcp.on("error", (error) => log.error(`kvraft rpc: listener error: ${error.message}`));
     this.h2.on("session", (session) => {
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
@@ -270,7 +274,7 @@ export class RpcServer {
     if (context === null || !isTls) {
       // A mismatch is answered at once (it used to hang until the first-bytes timeout).
       if (context === null) {
-        if (this.stats.refusedTls++ === 0) console.error(`kvraft rpc: a TLS client (${socket.remoteAddress}) reached the cleartext port ${this.port}: use http://, or start the node with --cert-file/--key-file`);
+        if (this.stats.refusedTls++ === 0) log.warn(`kvraft rpc: a TLS client (${socket.remoteAddress}) reached the cleartext port ${this.port}: use http://, or start the node with --cert-file/--key-file`);
         refuseTls(socket);
       } else {
         this.stats.refusedCleartext++;

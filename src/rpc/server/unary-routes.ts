@@ -141,6 +141,22 @@ export class UnaryRoutes {
   }
 }
 
+/**
+ * The request message. A body that does not parse is the client's error: invalid_argument (the
+ * library's binary codec calls it internal, which would send clients to retry a hopeless request).
+ */
+function parseInput(route: UnaryRoute, binary: boolean, body: Uint8Array): unknown {
+  try {
+    const flat = binary ? null : route.flatInput?.parse(utf8.decode(body));
+    // A lone surrogate escape ("\udc00") is not a string protobuf can hold: the library refuses it.
+    if (flat && Object.values(flat).every((v) => typeof v !== "string" || v.isWellFormed())) return flat;
+    return route.serialization.getI(binary).parse(body);
+  } catch (e) {
+    const cause = ConnectError.from(e);
+    throw new ConnectError(cause.rawMessage, Code.InvalidArgument, undefined, undefined, e);
+  }
+}
+
 /** Runs one unary call the way connect-es's Connect handler does, on a complete request body. */
 export async function callUnary(route: UnaryRoute, format: "json" | "proto", body: Uint8Array, source: CallSource): Promise<UnaryAnswer> {
   const binary = format === "proto";
@@ -152,7 +168,7 @@ export async function callUnary(route: UnaryRoute, format: "json" | "proto", bod
       connection: source.connection(),
     });
     if (denied) throw denied;
-    const input = (!binary && route.flatInput?.parse(utf8.decode(body))) || route.serialization.getI(binary).parse(body);
+    const input = parseInput(route, binary, body);
     const output = await route.impl(input, context);
     const message = isMessage(output, route.method.output as DescMessage) ? output : create(route.method.output, output as never);
     const encoded = !binary && route.flatOutput !== null ? flatBytes(route.flatOutput, message) : route.serialization.getO(binary).serialize(message);
