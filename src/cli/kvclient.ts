@@ -8,11 +8,12 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError, type NodeStatus } from "../kv/client.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { API_OPS, API_SWITCHES, API_USAGE, API_VALUE_FLAGS, checkApiFlags, runApiOp } from "./kvclient-api.ts";
+import { runAdmin } from "./cluster-admin.ts";
 
 const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append|delete|status|range|scan|cas|watch [-key K] [-value V] [-w table|json]
 
   -addrs     comma separated node addresses (default "localhost:5001,localhost:5002,localhost:5003")
-  -op        get, put, append, delete or status (default "get")
+  -op        get, put, append, delete, status, or one of the etcd-style ops below (default "get")
   -key       the key (required except for status)
   -value     the value for put and append (default "")
   -timeout   give up after this many milliseconds (default 15000)
@@ -26,6 +27,9 @@ const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append
 
 etcd-style operations (keys with revisions):
 ${API_USAGE}
+
+Membership: kvclient member list|add|promote|remove, kvclient transfer-leader -to ID
+(kvclient member -help for their flags).
 
 Flags may also be written --name value or -name=value.`;
 
@@ -77,6 +81,7 @@ function statusTable(rows: NodeStatus[]): string {
 }
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === "member" || argv[0] === "transfer-leader") return runAdmin(argv);
   let flags;
   let addrs: string[];
   let timeoutMs: number;

@@ -8,6 +8,7 @@ import {
   type Clock,
   type Entry,
   type LogStore,
+  type Membership,
   type NodeId,
   type LogStoreStats,
   type RaftNodeStatus,
@@ -49,7 +50,12 @@ export interface KVStatus {
   /** LSM bytes on disk plus Raft log bytes. */
   storageSize: number;
   leaderId: NodeId;
+  /** The voters of the configuration this node uses. */
   members: NodeId[];
+  /** Its learners (non-voting members). */
+  learners: NodeId[];
+  /** Address per member id, as stored with the configuration. */
+  addresses: Record<NodeId, string>;
   snapshotIndex: number;
   /** User keys in this replica's applied state. */
   keyCount: number;
@@ -91,6 +97,11 @@ export interface KVRaftOptions {
   snapshotThreshold?: number;
   snapshotChunkBytes?: number;
   maxPendingProposals?: number;
+  /** Addresses of the bootstrap members (stored with the bootstrap configuration). */
+  addresses?: Record<NodeId, string>;
+  /** Called when the configuration in the log changes (e.g. to tell the transport who the peers are). */
+  onMembershipChange?: (membership: Membership) => void;
+  maxLearnerLag?: number;
   /** Metrics hooks (src/obs). */
   observer?: RaftObserver;
 }
@@ -246,6 +257,11 @@ export class KVServer {
     }
   }
 
+  /** The Raft node under this server: membership administration (ClusterService) talks to it directly. */
+  get raft(): RaftNode {
+    return this.node;
+  }
+
   async getStatus(): Promise<KVStatus> {
     const status = this.node.status();
     return {
@@ -257,6 +273,8 @@ export class KVServer {
       storageSize: (this.closed ? 0 : this.machine.diskBytes()) + status.logBytes,
       leaderId: status.leaderId,
       members: [...status.members],
+      learners: [...status.learners],
+      addresses: { ...status.addresses },
       snapshotIndex: status.snapshotIndex,
       keyCount: this.machine.userKeyCount,
       sessions: this.machine.sessionCount,

@@ -1,7 +1,7 @@
 // Moving a snapshot between an LSM and a chunk stream: reading one out of a consistent LSM snapshot
 // (released exactly once), and filling a fresh LSM from one in batches of about one chunk.
 import type { BatchOp, DB, DBIteratorOptions } from "../lsm/index.ts";
-import type { NodeId, SnapshotMeta } from "../raft/index.ts";
+import { encodeMembership, membershipOfMeta, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { KVCorruptionError } from "./errors.ts";
 import {
   APPLIED_KEY,
@@ -114,7 +114,8 @@ export async function fillFromSnapshot(
   }
   if (!complete) throw new KVCorruptionError("snapshot stream ended without a trailer");
   batch.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(meta.index, meta.term, logTime) });
-  batch.push({ type: "put", key: MEMBERS_KEY, value: encodeMembers(meta.members) });
+  const extras = (meta.learners?.length ?? 0) > 0 || Object.keys(meta.addresses ?? {}).length > 0;
+  batch.push({ type: "put", key: MEMBERS_KEY, value: encodeMembers(meta.members, extras ? encodeMembership(membershipOfMeta(meta)) : undefined) });
   batch.push({ type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(keys) });
   await db.write(batch);
 }

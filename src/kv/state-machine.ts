@@ -3,11 +3,23 @@
 // streams snapshots from an LSM snapshot, and installs them into a fresh LSM switched atomically.
 import * as fs from "node:fs";
 import { DB, type DBOptions, type DBStats } from "../lsm/index.ts";
-import { EntryType, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
+import { EntryType, decodeMembership, metaWith, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { ApplyBatch } from "./apply-batch.ts";
 import { OP_APPEND, OP_DELETE, OP_PUT, OP_REGISTER, commandFingerprint, decodeCommand, type DecodedCommand } from "./command.ts";
 import { KVCorruptionError } from "./errors.ts";
-import { APPLIED_KEY, KEY_COUNT_KEY, MEMBERS_KEY, decodeApplied, decodeKeyCount, decodeMembers, encodeKeyCount, sessionKey, userKey, userKeyFromBytes } from "./keys.ts";
+import {
+  APPLIED_KEY,
+  KEY_COUNT_KEY,
+  MEMBERS_KEY,
+  decodeApplied,
+  decodeKeyCount,
+  decodeMembers,
+  encodeKeyCount,
+  membersRecordMembership,
+  sessionKey,
+  userKey,
+  userKeyFromBytes,
+} from "./keys.ts";
 import type { AppliedCommand } from "./pending-writes.ts";
 import {
   NO_COMMAND,
@@ -225,6 +237,18 @@ export class KVStateMachine {
 
   restore(meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>): Promise<void> {
     return this.serialize(() => this.restoreNow(meta, chunks));
+  }
+
+  /**
+   * The configuration recorded by the last restore, at the applied index. RaftNode asks only when
+   * this machine is ahead of its log, which happens only between a restore and the log's reset.
+   */
+  restoredSnapshot(): SnapshotMeta | null {
+    const record = this.db.getSync(MEMBERS_KEY);
+    if (!record) return null;
+    const membership = membersRecordMembership(record);
+    if (membership === null) return { index: this.applied, term: this.appliedTerm, members: decodeMembers(record) };
+    return metaWith(this.applied, this.appliedTerm, decodeMembership(membership));
   }
 
   close(): Promise<void> {

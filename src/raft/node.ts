@@ -117,6 +117,7 @@ export class RaftNode {
       onMessages: (messages) => node.receive(messages),
       onSnapshot: (message, chunks) => node.receiveSnapshot(message, chunks),
     });
+    node.reportMembership(); // the stored configuration, before any traffic
     node.scheduleTick();
     node.kick(); // committed entries after the applied index are replayed at once
     return node;
@@ -296,6 +297,9 @@ export class RaftNode {
     // 1. The leader's own messages go out while its log write runs (thesis §10.2.1): they claim
     //    nothing about this node's disk, and the core counts the leader's own entries toward
     //    commit only once advance() reports them durable. Everything else waits for the write.
+    // A configuration appended since the last cycle: the transport learns new members' addresses
+    // before the first message to them goes out.
+    this.reportMembership();
     let early: Message[] | null = null;
     let late: Message[] | null = null;
     for (const m of rd.messages) {

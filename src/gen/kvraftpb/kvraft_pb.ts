@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvraftpb/kvraft.proto.
  */
 export const file_kvraftpb_kvraft: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIkwKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSEwoJbGVhZGVyX2lkGAMgASgDSABCCAoGbGVhZGVyIhgKFlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QiWAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USCwoDZXJyGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoAxITCglsZWFkZXJfaWQYAyABKANIAEIICgZsZWFkZXIiEgoQR2V0U3RhdHVzUmVxdWVzdCLZAQoRR2V0U3RhdHVzUmVzcG9uc2USCgoCaWQYASABKAMSDQoFc3RhdGUYAiABKAkSDAoEdGVybRgDIAEoAxIUCgxsYXN0X2FwcGxpZWQYBCABKAMSFAoMY29tbWl0X2luZGV4GAUgASgDEhQKDHN0b3JhZ2Vfc2l6ZRgGIAEoAxITCglsZWFkZXJfaWQYByABKANIABIPCgdtZW1iZXJzGAggAygDEhYKDnNuYXBzaG90X2luZGV4GAkgASgDEhEKCWtleV9jb3VudBgKIAEoA0IICgZsZWFkZXIihQEKDlJlc3BvbnNlSGVhZGVyEhAKCHJldmlzaW9uGAEgASgDEhEKCW1lbWJlcl9pZBgCIAEoAxIRCglyYWZ0X3Rlcm0YAyABKAMSCwoDZXJyGAQgASgJEi4KCWxlYWRlcl9pZBgFIAEoCzIbLmdvb2dsZS5wcm90b2J1Zi5JbnQ2NFZhbHVlImYKCEtleVZhbHVlEgsKA2tleRgBIAEoDBIXCg9jcmVhdGVfcmV2aXNpb24YAiABKAMSFAoMbW9kX3JldmlzaW9uGAMgASgDEg8KB3ZlcnNpb24YBCABKAMSDQoFdmFsdWUYBSABKAwiegoMUmFuZ2VSZXF1ZXN0EgsKA2tleRgBIAEoDBIRCglyYW5nZV9lbmQYAiABKAwSDQoFbGltaXQYAyABKAMSFAoMc2VyaWFsaXphYmxlGAcgASgIEhEKCWtleXNfb25seRgIIAEoCBISCgpjb3VudF9vbmx5GAkgASgIIokBCg1SYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEh8KA2t2cxgCIAMoCzISLmt2cmFmdHBiLktleVZhbHVlEgwKBG1vcmUYAyABKAgSDQoFY291bnQYBCABKAMSEAoIbmV4dF9rZXkYBSABKAwiOQoKUHV0UmVxdWVzdBILCgNrZXkYASABKAwSDQoFdmFsdWUYAiABKAwSDwoHcHJldl9rdhgEIAEoCCJcCgtQdXRSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIjCgdwcmV2X2t2GAIgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUigAEKEkRlbGV0ZVJhbmdlUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEg8KB3ByZXZfa3YYAyABKAgSEQoJY2xpZW50X2lkGAQgASgDEhIKCmNvbW1hbmRfaWQYBSABKAMSEgoKcmVnaXN0ZXJlZBgGIAEoCCJ2ChNEZWxldGVSYW5nZVJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2RlbGV0ZWQYAiABKAMSJAoIcHJldl9rdnMYAyADKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSKyAQoJUmVxdWVzdE9wEi8KDXJlcXVlc3RfcmFuZ2UYASABKAsyFi5rdnJhZnRwYi5SYW5nZVJlcXVlc3RIABIrCgtyZXF1ZXN0X3B1dBgCIAEoCzIULmt2cmFmdHBiLlB1dFJlcXVlc3RIABI8ChRyZXF1ZXN0X2RlbGV0ZV9yYW5nZRgDIAEoCzIcLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVxdWVzdEgAQgkKB3JlcXVlc3QiugEKClJlc3BvbnNlT3ASMQoOcmVzcG9uc2VfcmFuZ2UYASABKAsyFy5rdnJhZnRwYi5SYW5nZVJlc3BvbnNlSAASLQoMcmVzcG9uc2VfcHV0GAIgASgLMhUua3ZyYWZ0cGIuUHV0UmVzcG9uc2VIABI+ChVyZXNwb25zZV9kZWxldGVfcmFuZ2UYAyABKAsyHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlSABCCgoIcmVzcG9uc2Ui3wIKB0NvbXBhcmUSLwoGcmVzdWx0GAEgASgOMh8ua3ZyYWZ0cGIuQ29tcGFyZS5Db21wYXJlUmVzdWx0Ei8KBnRhcmdldBgCIAEoDjIfLmt2cmFmdHBiLkNvbXBhcmUuQ29tcGFyZVRhcmdldBILCgNrZXkYAyABKAwSEQoHdmVyc2lvbhgEIAEoA0gAEhkKD2NyZWF0ZV9yZXZpc2lvbhgFIAEoA0gAEhYKDG1vZF9yZXZpc2lvbhgGIAEoA0gAEg8KBXZhbHVlGAcgASgMSAAiQAoNQ29tcGFyZVJlc3VsdBIJCgVFUVVBTBAAEgsKB0dSRUFURVIQARIICgRMRVNTEAISDQoJTk9UX0VRVUFMEAMiPAoNQ29tcGFyZVRhcmdldBILCgdWRVJTSU9OEAASCgoGQ1JFQVRFEAESBwoDTU9EEAISCQoFVkFMVUUQA0IOCgx0YXJnZXRfdW5pb24itwEKClR4blJlcXVlc3QSIgoHY29tcGFyZRgBIAMoCzIRLmt2cmFmdHBiLkNvbXBhcmUSJAoHc3VjY2VzcxgCIAMoCzITLmt2cmFmdHBiLlJlcXVlc3RPcBIkCgdmYWlsdXJlGAMgAygLMhMua3ZyYWZ0cGIuUmVxdWVzdE9wEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDEhIKCnJlZ2lzdGVyZWQYBiABKAgicwoLVHhuUmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISEQoJc3VjY2VlZGVkGAIgASgIEicKCXJlc3BvbnNlcxgDIAMoCzIULmt2cmFmdHBiLlJlc3BvbnNlT3AiywEKDFdhdGNoUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEhYKDnN0YXJ0X3JldmlzaW9uGAMgASgDEhcKD3Byb2dyZXNzX25vdGlmeRgEIAEoCBIyCgdmaWx0ZXJzGAUgAygOMiEua3ZyYWZ0cGIuV2F0Y2hSZXF1ZXN0LkZpbHRlclR5cGUSDwoHcHJldl9rdhgGIAEoCCIlCgpGaWx0ZXJUeXBlEgkKBU5PUFVUEAASDAoITk9ERUxFVEUQASKXAQoFRXZlbnQSJwoEdHlwZRgBIAEoDjIZLmt2cmFmdHBiLkV2ZW50LkV2ZW50VHlwZRIeCgJrdhgCIAEoCzISLmt2cmFmdHBiLktleVZhbHVlEiMKB3ByZXZfa3YYAyABKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZSIgCglFdmVudFR5cGUSBwoDUFVUEAASCgoGREVMRVRFEAEirgEKDVdhdGNoUmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISDwoHY3JlYXRlZBgDIAEoCBIQCghjYW5jZWxlZBgEIAEoCBIYChBjb21wYWN0X3JldmlzaW9uGAUgASgDEhUKDWNhbmNlbF9yZWFzb24YBiABKAkSHwoGZXZlbnRzGAsgAygLMg8ua3ZyYWZ0cGIuRXZlbnQqLgoCT3ASBwoDUFVUEAASCgoGQVBQRU5EEAESBwoDR0VUEAISCgoGREVMRVRFEAMy3wMKCUtWU2VydmljZRI+CgdDb21tYW5kEhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QaGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USRAoJR2V0U3RhdHVzEhoua3ZyYWZ0cGIuR2V0U3RhdHVzUmVxdWVzdBobLmt2cmFmdHBiLkdldFN0YXR1c1Jlc3BvbnNlElYKD1JlZ2lzdGVyU2Vzc2lvbhIgLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QaIS5rdnJhZnRwYi5SZWdpc3RlclNlc3Npb25SZXNwb25zZRI4CgVSYW5nZRIWLmt2cmFmdHBiLlJhbmdlUmVxdWVzdBoXLmt2cmFmdHBiLlJhbmdlUmVzcG9uc2USSgoLRGVsZXRlUmFuZ2USHC5rdnJhZnRwYi5EZWxldGVSYW5nZVJlcXVlc3QaHS5rdnJhZnRwYi5EZWxldGVSYW5nZVJlc3BvbnNlEjIKA1R4bhIULmt2cmFmdHBiLlR4blJlcXVlc3QaFS5rdnJhZnRwYi5UeG5SZXNwb25zZRI6CgVXYXRjaBIWLmt2cmFmdHBiLldhdGNoUmVxdWVzdBoXLmt2cmFmdHBiLldhdGNoUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_wrappers]);
+  fileDesc("ChVrdnJhZnRwYi9rdnJhZnQucHJvdG8SCGt2cmFmdHBiIoEBCg5Db21tYW5kUmVxdWVzdBILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkSGAoCb3AYAyABKA4yDC5rdnJhZnRwYi5PcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIIkwKD0NvbW1hbmRSZXNwb25zZRILCgNlcnIYASABKAkSDQoFdmFsdWUYAiABKAkSEwoJbGVhZGVyX2lkGAMgASgDSABCCAoGbGVhZGVyIhgKFlJlZ2lzdGVyU2Vzc2lvblJlcXVlc3QiWAoXUmVnaXN0ZXJTZXNzaW9uUmVzcG9uc2USCwoDZXJyGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoAxITCglsZWFkZXJfaWQYAyABKANIAEIICgZsZWFkZXIiOgoMQmF0Y2hSZXF1ZXN0EioKCGNvbW1hbmRzGAEgAygLMhgua3ZyYWZ0cGIuQ29tbWFuZFJlcXVlc3QiWQoLQmF0Y2hSZXN1bHQSKwoIcmVzcG9uc2UYASABKAsyGS5rdnJhZnRwYi5Db21tYW5kUmVzcG9uc2USDAoEY29kZRgCIAEoBRIPCgdtZXNzYWdlGAMgASgJIjcKDUJhdGNoUmVzcG9uc2USJgoHcmVzdWx0cxgBIAMoCzIVLmt2cmFmdHBiLkJhdGNoUmVzdWx0IhIKEEdldFN0YXR1c1JlcXVlc3QigwIKEUdldFN0YXR1c1Jlc3BvbnNlEgoKAmlkGAEgASgDEg0KBXN0YXRlGAIgASgJEgwKBHRlcm0YAyABKAMSFAoMbGFzdF9hcHBsaWVkGAQgASgDEhQKDGNvbW1pdF9pbmRleBgFIAEoAxIUCgxzdG9yYWdlX3NpemUYBiABKAMSEwoJbGVhZGVyX2lkGAcgASgDSAASDwoHbWVtYmVycxgIIAMoAxIWCg5zbmFwc2hvdF9pbmRleBgJIAEoAxIRCglrZXlfY291bnQYCiABKAMSKAoObWVtYmVyX2RldGFpbHMYCyADKAsyEC5rdnJhZnRwYi5NZW1iZXJCCAoGbGVhZGVyIoUBCg5SZXNwb25zZUhlYWRlchIQCghyZXZpc2lvbhgBIAEoAxIRCgltZW1iZXJfaWQYAiABKAMSEQoJcmFmdF90ZXJtGAMgASgDEgsKA2VychgEIAEoCRIuCglsZWFkZXJfaWQYBSABKAsyGy5nb29nbGUucHJvdG9idWYuSW50NjRWYWx1ZSJmCghLZXlWYWx1ZRILCgNrZXkYASABKAwSFwoPY3JlYXRlX3JldmlzaW9uGAIgASgDEhQKDG1vZF9yZXZpc2lvbhgDIAEoAxIPCgd2ZXJzaW9uGAQgASgDEg0KBXZhbHVlGAUgASgMInoKDFJhbmdlUmVxdWVzdBILCgNrZXkYASABKAwSEQoJcmFuZ2VfZW5kGAIgASgMEg0KBWxpbWl0GAMgASgDEhQKDHNlcmlhbGl6YWJsZRgHIAEoCBIRCglrZXlzX29ubHkYCCABKAgSEgoKY291bnRfb25seRgJIAEoCCKJAQoNUmFuZ2VSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIfCgNrdnMYAiADKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZRIMCgRtb3JlGAMgASgIEg0KBWNvdW50GAQgASgDEhAKCG5leHRfa2V5GAUgASgMIjkKClB1dFJlcXVlc3QSCwoDa2V5GAEgASgMEg0KBXZhbHVlGAIgASgMEg8KB3ByZXZfa3YYBCABKAgiXAoLUHV0UmVzcG9uc2USKAoGaGVhZGVyGAEgASgLMhgua3ZyYWZ0cGIuUmVzcG9uc2VIZWFkZXISIwoHcHJldl9rdhgCIAEoCzISLmt2cmFmdHBiLktleVZhbHVlIoABChJEZWxldGVSYW5nZVJlcXVlc3QSCwoDa2V5GAEgASgMEhEKCXJhbmdlX2VuZBgCIAEoDBIPCgdwcmV2X2t2GAMgASgIEhEKCWNsaWVudF9pZBgEIAEoAxISCgpjb21tYW5kX2lkGAUgASgDEhIKCnJlZ2lzdGVyZWQYBiABKAgidgoTRGVsZXRlUmFuZ2VSZXNwb25zZRIoCgZoZWFkZXIYASABKAsyGC5rdnJhZnRwYi5SZXNwb25zZUhlYWRlchIPCgdkZWxldGVkGAIgASgDEiQKCHByZXZfa3ZzGAMgAygLMhIua3ZyYWZ0cGIuS2V5VmFsdWUisgEKCVJlcXVlc3RPcBIvCg1yZXF1ZXN0X3JhbmdlGAEgASgLMhYua3ZyYWZ0cGIuUmFuZ2VSZXF1ZXN0SAASKwoLcmVxdWVzdF9wdXQYAiABKAsyFC5rdnJhZnRwYi5QdXRSZXF1ZXN0SAASPAoUcmVxdWVzdF9kZWxldGVfcmFuZ2UYAyABKAsyHC5rdnJhZnRwYi5EZWxldGVSYW5nZVJlcXVlc3RIAEIJCgdyZXF1ZXN0IroBCgpSZXNwb25zZU9wEjEKDnJlc3BvbnNlX3JhbmdlGAEgASgLMhcua3ZyYWZ0cGIuUmFuZ2VSZXNwb25zZUgAEi0KDHJlc3BvbnNlX3B1dBgCIAEoCzIVLmt2cmFmdHBiLlB1dFJlc3BvbnNlSAASPgoVcmVzcG9uc2VfZGVsZXRlX3JhbmdlGAMgASgLMh0ua3ZyYWZ0cGIuRGVsZXRlUmFuZ2VSZXNwb25zZUgAQgoKCHJlc3BvbnNlIt8CCgdDb21wYXJlEi8KBnJlc3VsdBgBIAEoDjIfLmt2cmFmdHBiLkNvbXBhcmUuQ29tcGFyZVJlc3VsdBIvCgZ0YXJnZXQYAiABKA4yHy5rdnJhZnRwYi5Db21wYXJlLkNvbXBhcmVUYXJnZXQSCwoDa2V5GAMgASgMEhEKB3ZlcnNpb24YBCABKANIABIZCg9jcmVhdGVfcmV2aXNpb24YBSABKANIABIWCgxtb2RfcmV2aXNpb24YBiABKANIABIPCgV2YWx1ZRgHIAEoDEgAIkAKDUNvbXBhcmVSZXN1bHQSCQoFRVFVQUwQABILCgdHUkVBVEVSEAESCAoETEVTUxACEg0KCU5PVF9FUVVBTBADIjwKDUNvbXBhcmVUYXJnZXQSCwoHVkVSU0lPThAAEgoKBkNSRUFURRABEgcKA01PRBACEgkKBVZBTFVFEANCDgoMdGFyZ2V0X3VuaW9uIrcBCgpUeG5SZXF1ZXN0EiIKB2NvbXBhcmUYASADKAsyES5rdnJhZnRwYi5Db21wYXJlEiQKB3N1Y2Nlc3MYAiADKAsyEy5rdnJhZnRwYi5SZXF1ZXN0T3ASJAoHZmFpbHVyZRgDIAMoCzITLmt2cmFmdHBiLlJlcXVlc3RPcBIRCgljbGllbnRfaWQYBCABKAMSEgoKY29tbWFuZF9pZBgFIAEoAxISCgpyZWdpc3RlcmVkGAYgASgIInMKC1R4blJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEhEKCXN1Y2NlZWRlZBgCIAEoCBInCglyZXNwb25zZXMYAyADKAsyFC5rdnJhZnRwYi5SZXNwb25zZU9wIssBCgxXYXRjaFJlcXVlc3QSCwoDa2V5GAEgASgMEhEKCXJhbmdlX2VuZBgCIAEoDBIWCg5zdGFydF9yZXZpc2lvbhgDIAEoAxIXCg9wcm9ncmVzc19ub3RpZnkYBCABKAgSMgoHZmlsdGVycxgFIAMoDjIhLmt2cmFmdHBiLldhdGNoUmVxdWVzdC5GaWx0ZXJUeXBlEg8KB3ByZXZfa3YYBiABKAgiJQoKRmlsdGVyVHlwZRIJCgVOT1BVVBAAEgwKCE5PREVMRVRFEAEilwEKBUV2ZW50EicKBHR5cGUYASABKA4yGS5rdnJhZnRwYi5FdmVudC5FdmVudFR5cGUSHgoCa3YYAiABKAsyEi5rdnJhZnRwYi5LZXlWYWx1ZRIjCgdwcmV2X2t2GAMgASgLMhIua3ZyYWZ0cGIuS2V5VmFsdWUiIAoJRXZlbnRUeXBlEgcKA1BVVBAAEgoKBkRFTEVURRABIq4BCg1XYXRjaFJlc3BvbnNlEigKBmhlYWRlchgBIAEoCzIYLmt2cmFmdHBiLlJlc3BvbnNlSGVhZGVyEg8KB2NyZWF0ZWQYAyABKAgSEAoIY2FuY2VsZWQYBCABKAgSGAoQY29tcGFjdF9yZXZpc2lvbhgFIAEoAxIVCg1jYW5jZWxfcmVhc29uGAYgASgJEh8KBmV2ZW50cxgLIAMoCzIPLmt2cmFmdHBiLkV2ZW50IjMKBk1lbWJlchIKCgJpZBgBIAEoAxIPCgdhZGRyZXNzGAIgASgJEgwKBHJvbGUYAyABKAkiEwoRTWVtYmVyTGlzdFJlcXVlc3QiXgoSTWVtYmVyTGlzdFJlc3BvbnNlEiEKB21lbWJlcnMYASADKAsyEC5rdnJhZnRwYi5NZW1iZXISEQoJbGVhZGVyX2lkGAIgASgDEhIKCmNsdXN0ZXJfaWQYAyABKAkiLwoQTWVtYmVyQWRkUmVxdWVzdBIKCgJpZBgBIAEoAxIPCgdhZGRyZXNzGAIgASgJIiIKFE1lbWJlclByb21vdGVSZXF1ZXN0EgoKAmlkGAEgASgDIiEKE01lbWJlclJlbW92ZVJlcXVlc3QSCgoCaWQYASABKAMiNgoRTWVtYmVyQWRkUmVzcG9uc2USIQoHbWVtYmVycxgBIAMoCzIQLmt2cmFmdHBiLk1lbWJlciI6ChVNZW1iZXJQcm9tb3RlUmVzcG9uc2USIQoHbWVtYmVycxgBIAMoCzIQLmt2cmFmdHBiLk1lbWJlciI5ChRNZW1iZXJSZW1vdmVSZXNwb25zZRIhCgdtZW1iZXJzGAEgAygLMhAua3ZyYWZ0cGIuTWVtYmVyIiMKFVRyYW5zZmVyTGVhZGVyUmVxdWVzdBIKCgJ0bxgBIAEoAyIrChZUcmFuc2ZlckxlYWRlclJlc3BvbnNlEhEKCWxlYWRlcl9pZBgBIAEoAyouCgJPcBIHCgNQVVQQABIKCgZBUFBFTkQQARIHCgNHRVQQAhIKCgZERUxFVEUQAzKZBAoJS1ZTZXJ2aWNlEj4KB0NvbW1hbmQSGC5rdnJhZnRwYi5Db21tYW5kUmVxdWVzdBoZLmt2cmFmdHBiLkNvbW1hbmRSZXNwb25zZRJECglHZXRTdGF0dXMSGi5rdnJhZnRwYi5HZXRTdGF0dXNSZXF1ZXN0Ghsua3ZyYWZ0cGIuR2V0U3RhdHVzUmVzcG9uc2USVgoPUmVnaXN0ZXJTZXNzaW9uEiAua3ZyYWZ0cGIuUmVnaXN0ZXJTZXNzaW9uUmVxdWVzdBohLmt2cmFmdHBiLlJlZ2lzdGVyU2Vzc2lvblJlc3BvbnNlEjgKBVJhbmdlEhYua3ZyYWZ0cGIuUmFuZ2VSZXF1ZXN0Ghcua3ZyYWZ0cGIuUmFuZ2VSZXNwb25zZRJKCgtEZWxldGVSYW5nZRIcLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVxdWVzdBodLmt2cmFmdHBiLkRlbGV0ZVJhbmdlUmVzcG9uc2USMgoDVHhuEhQua3ZyYWZ0cGIuVHhuUmVxdWVzdBoVLmt2cmFmdHBiLlR4blJlc3BvbnNlEjoKBVdhdGNoEhYua3ZyYWZ0cGIuV2F0Y2hSZXF1ZXN0Ghcua3ZyYWZ0cGIuV2F0Y2hSZXNwb25zZTABEjgKBUJhdGNoEhYua3ZyYWZ0cGIuQmF0Y2hSZXF1ZXN0Ghcua3ZyYWZ0cGIuQmF0Y2hSZXNwb25zZTKVAwoOQ2x1c3RlclNlcnZpY2USRwoKTWVtYmVyTGlzdBIbLmt2cmFmdHBiLk1lbWJlckxpc3RSZXF1ZXN0Ghwua3ZyYWZ0cGIuTWVtYmVyTGlzdFJlc3BvbnNlEkQKCU1lbWJlckFkZBIaLmt2cmFmdHBiLk1lbWJlckFkZFJlcXVlc3QaGy5rdnJhZnRwYi5NZW1iZXJBZGRSZXNwb25zZRJQCg1NZW1iZXJQcm9tb3RlEh4ua3ZyYWZ0cGIuTWVtYmVyUHJvbW90ZVJlcXVlc3QaHy5rdnJhZnRwYi5NZW1iZXJQcm9tb3RlUmVzcG9uc2USTQoMTWVtYmVyUmVtb3ZlEh0ua3ZyYWZ0cGIuTWVtYmVyUmVtb3ZlUmVxdWVzdBoeLmt2cmFmdHBiLk1lbWJlclJlbW92ZVJlc3BvbnNlElMKDlRyYW5zZmVyTGVhZGVyEh8ua3ZyYWZ0cGIuVHJhbnNmZXJMZWFkZXJSZXF1ZXN0GiAua3ZyYWZ0cGIuVHJhbnNmZXJMZWFkZXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_wrappers]);
 
 /**
  * One operation. Sessions and exactly-once writes:
@@ -182,6 +182,82 @@ export const RegisterSessionResponseSchema: GenMessage<RegisterSessionResponse> 
   messageDesc(file_kvraftpb_kvraft, 3);
 
 /**
+ * kvraft extension: many commands in one request (the Clerk coalesces concurrent operations).
+ * Each command is handled exactly as if it came alone in a Command call (kvraft's Clerk gives each
+ * its own session, so each is exactly-once through its own client_id and command_id); commands
+ * of one batch run concurrently, in no promised order among themselves. At most 4096 commands.
+ *
+ * @generated from message kvraftpb.BatchRequest
+ */
+export type BatchRequest = Message<"kvraftpb.BatchRequest"> & {
+  /**
+   * @generated from field: repeated kvraftpb.CommandRequest commands = 1;
+   */
+  commands: CommandRequest[];
+};
+
+/**
+ * Describes the message kvraftpb.BatchRequest.
+ * Use `create(BatchRequestSchema)` to create a new message.
+ */
+export const BatchRequestSchema: GenMessage<BatchRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 4);
+
+/**
+ * The outcome of one command of a batch.
+ *
+ * @generated from message kvraftpb.BatchResult
+ */
+export type BatchResult = Message<"kvraftpb.BatchResult"> & {
+  /**
+   * The answer, when the command was answered (code 0): as Command's response.
+   *
+   * @generated from field: kvraftpb.CommandResponse response = 1;
+   */
+  response?: CommandResponse | undefined;
+
+  /**
+   * A refusal of this command alone, as the error a Command call would fail with: a Connect/gRPC
+   * code number (3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 14 UNAVAILABLE,
+   * ...) and its message. 0: no refusal.
+   *
+   * @generated from field: int32 code = 2;
+   */
+  code: number;
+
+  /**
+   * @generated from field: string message = 3;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message kvraftpb.BatchResult.
+ * Use `create(BatchResultSchema)` to create a new message.
+ */
+export const BatchResultSchema: GenMessage<BatchResult> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 5);
+
+/**
+ * @generated from message kvraftpb.BatchResponse
+ */
+export type BatchResponse = Message<"kvraftpb.BatchResponse"> & {
+  /**
+   * One result per command, in the order of BatchRequest.commands.
+   *
+   * @generated from field: repeated kvraftpb.BatchResult results = 1;
+   */
+  results: BatchResult[];
+};
+
+/**
+ * Describes the message kvraftpb.BatchResponse.
+ * Use `create(BatchResponseSchema)` to create a new message.
+ */
+export const BatchResponseSchema: GenMessage<BatchResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 6);
+
+/**
  * @generated from message kvraftpb.GetStatusRequest
  */
 export type GetStatusRequest = Message<"kvraftpb.GetStatusRequest"> & {
@@ -192,7 +268,7 @@ export type GetStatusRequest = Message<"kvraftpb.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 4);
+  messageDesc(file_kvraftpb_kvraft, 7);
 
 /**
  * @generated from message kvraftpb.GetStatusResponse
@@ -246,6 +322,8 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
   } | { case: undefined; value?: undefined };
 
   /**
+   * The voters of the configuration this node uses.
+   *
    * @generated from field: repeated int64 members = 8;
    */
   members: bigint[];
@@ -259,6 +337,13 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
    * @generated from field: int64 key_count = 10;
    */
   keyCount: bigint;
+
+  /**
+   * Every member (voters and learners) with its address and role, as this node knows them.
+   *
+   * @generated from field: repeated kvraftpb.Member member_details = 11;
+   */
+  memberDetails: Member[];
 };
 
 /**
@@ -266,7 +351,7 @@ export type GetStatusResponse = Message<"kvraftpb.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 5);
+  messageDesc(file_kvraftpb_kvraft, 8);
 
 /**
  * Every answer of the calls below.
@@ -313,7 +398,7 @@ export type ResponseHeader = Message<"kvraftpb.ResponseHeader"> & {
  * Use `create(ResponseHeaderSchema)` to create a new message.
  */
 export const ResponseHeaderSchema: GenMessage<ResponseHeader> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 6);
+  messageDesc(file_kvraftpb_kvraft, 9);
 
 /**
  * @generated from message kvraftpb.KeyValue
@@ -350,7 +435,7 @@ export type KeyValue = Message<"kvraftpb.KeyValue"> & {
  * Use `create(KeyValueSchema)` to create a new message.
  */
 export const KeyValueSchema: GenMessage<KeyValue> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 7);
+  messageDesc(file_kvraftpb_kvraft, 10);
 
 /**
  * @generated from message kvraftpb.RangeRequest
@@ -399,7 +484,7 @@ export type RangeRequest = Message<"kvraftpb.RangeRequest"> & {
  * Use `create(RangeRequestSchema)` to create a new message.
  */
 export const RangeRequestSchema: GenMessage<RangeRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 8);
+  messageDesc(file_kvraftpb_kvraft, 11);
 
 /**
  * @generated from message kvraftpb.RangeResponse
@@ -442,7 +527,7 @@ export type RangeResponse = Message<"kvraftpb.RangeResponse"> & {
  * Use `create(RangeResponseSchema)` to create a new message.
  */
 export const RangeResponseSchema: GenMessage<RangeResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 9);
+  messageDesc(file_kvraftpb_kvraft, 12);
 
 /**
  * @generated from message kvraftpb.PutRequest
@@ -469,7 +554,7 @@ export type PutRequest = Message<"kvraftpb.PutRequest"> & {
  * Use `create(PutRequestSchema)` to create a new message.
  */
 export const PutRequestSchema: GenMessage<PutRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 10);
+  messageDesc(file_kvraftpb_kvraft, 13);
 
 /**
  * @generated from message kvraftpb.PutResponse
@@ -491,7 +576,7 @@ export type PutResponse = Message<"kvraftpb.PutResponse"> & {
  * Use `create(PutResponseSchema)` to create a new message.
  */
 export const PutResponseSchema: GenMessage<PutResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 11);
+  messageDesc(file_kvraftpb_kvraft, 14);
 
 /**
  * @generated from message kvraftpb.DeleteRangeRequest
@@ -535,7 +620,7 @@ export type DeleteRangeRequest = Message<"kvraftpb.DeleteRangeRequest"> & {
  * Use `create(DeleteRangeRequestSchema)` to create a new message.
  */
 export const DeleteRangeRequestSchema: GenMessage<DeleteRangeRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 12);
+  messageDesc(file_kvraftpb_kvraft, 15);
 
 /**
  * @generated from message kvraftpb.DeleteRangeResponse
@@ -562,7 +647,7 @@ export type DeleteRangeResponse = Message<"kvraftpb.DeleteRangeResponse"> & {
  * Use `create(DeleteRangeResponseSchema)` to create a new message.
  */
 export const DeleteRangeResponseSchema: GenMessage<DeleteRangeResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 13);
+  messageDesc(file_kvraftpb_kvraft, 16);
 
 /**
  * @generated from message kvraftpb.RequestOp
@@ -597,7 +682,7 @@ export type RequestOp = Message<"kvraftpb.RequestOp"> & {
  * Use `create(RequestOpSchema)` to create a new message.
  */
 export const RequestOpSchema: GenMessage<RequestOp> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 14);
+  messageDesc(file_kvraftpb_kvraft, 17);
 
 /**
  * @generated from message kvraftpb.ResponseOp
@@ -632,7 +717,7 @@ export type ResponseOp = Message<"kvraftpb.ResponseOp"> & {
  * Use `create(ResponseOpSchema)` to create a new message.
  */
 export const ResponseOpSchema: GenMessage<ResponseOp> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 15);
+  messageDesc(file_kvraftpb_kvraft, 18);
 
 /**
  * @generated from message kvraftpb.Compare
@@ -688,7 +773,7 @@ export type Compare = Message<"kvraftpb.Compare"> & {
  * Use `create(CompareSchema)` to create a new message.
  */
 export const CompareSchema: GenMessage<Compare> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 16);
+  messageDesc(file_kvraftpb_kvraft, 19);
 
 /**
  * @generated from enum kvraftpb.Compare.CompareResult
@@ -719,7 +804,7 @@ export enum Compare_CompareResult {
  * Describes the enum kvraftpb.Compare.CompareResult.
  */
 export const Compare_CompareResultSchema: GenEnum<Compare_CompareResult> = /*@__PURE__*/
-  enumDesc(file_kvraftpb_kvraft, 16, 0);
+  enumDesc(file_kvraftpb_kvraft, 19, 0);
 
 /**
  * @generated from enum kvraftpb.Compare.CompareTarget
@@ -750,7 +835,7 @@ export enum Compare_CompareTarget {
  * Describes the enum kvraftpb.Compare.CompareTarget.
  */
 export const Compare_CompareTargetSchema: GenEnum<Compare_CompareTarget> = /*@__PURE__*/
-  enumDesc(file_kvraftpb_kvraft, 16, 1);
+  enumDesc(file_kvraftpb_kvraft, 19, 1);
 
 /**
  * @generated from message kvraftpb.TxnRequest
@@ -794,7 +879,7 @@ export type TxnRequest = Message<"kvraftpb.TxnRequest"> & {
  * Use `create(TxnRequestSchema)` to create a new message.
  */
 export const TxnRequestSchema: GenMessage<TxnRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 17);
+  messageDesc(file_kvraftpb_kvraft, 20);
 
 /**
  * @generated from message kvraftpb.TxnResponse
@@ -821,7 +906,7 @@ export type TxnResponse = Message<"kvraftpb.TxnResponse"> & {
  * Use `create(TxnResponseSchema)` to create a new message.
  */
 export const TxnResponseSchema: GenMessage<TxnResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 18);
+  messageDesc(file_kvraftpb_kvraft, 21);
 
 /**
  * @generated from message kvraftpb.WatchRequest
@@ -867,7 +952,7 @@ export type WatchRequest = Message<"kvraftpb.WatchRequest"> & {
  * Use `create(WatchRequestSchema)` to create a new message.
  */
 export const WatchRequestSchema: GenMessage<WatchRequest> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 19);
+  messageDesc(file_kvraftpb_kvraft, 22);
 
 /**
  * @generated from enum kvraftpb.WatchRequest.FilterType
@@ -888,7 +973,7 @@ export enum WatchRequest_FilterType {
  * Describes the enum kvraftpb.WatchRequest.FilterType.
  */
 export const WatchRequest_FilterTypeSchema: GenEnum<WatchRequest_FilterType> = /*@__PURE__*/
-  enumDesc(file_kvraftpb_kvraft, 19, 0);
+  enumDesc(file_kvraftpb_kvraft, 22, 0);
 
 /**
  * @generated from message kvraftpb.Event
@@ -915,7 +1000,7 @@ export type Event = Message<"kvraftpb.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 20);
+  messageDesc(file_kvraftpb_kvraft, 23);
 
 /**
  * @generated from enum kvraftpb.Event.EventType
@@ -936,7 +1021,7 @@ export enum Event_EventType {
  * Describes the enum kvraftpb.Event.EventType.
  */
 export const Event_EventTypeSchema: GenEnum<Event_EventType> = /*@__PURE__*/
-  enumDesc(file_kvraftpb_kvraft, 20, 0);
+  enumDesc(file_kvraftpb_kvraft, 23, 0);
 
 /**
  * @generated from message kvraftpb.WatchResponse
@@ -986,7 +1071,231 @@ export type WatchResponse = Message<"kvraftpb.WatchResponse"> & {
  * Use `create(WatchResponseSchema)` to create a new message.
  */
 export const WatchResponseSchema: GenMessage<WatchResponse> = /*@__PURE__*/
-  messageDesc(file_kvraftpb_kvraft, 21);
+  messageDesc(file_kvraftpb_kvraft, 24);
+
+/**
+ * One member of the cluster's configuration.
+ *
+ * @generated from message kvraftpb.Member
+ */
+export type Member = Message<"kvraftpb.Member"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * host:port where the member serves (peers and clients); empty when not recorded.
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * "voter" or "learner".
+   *
+   * @generated from field: string role = 3;
+   */
+  role: string;
+};
+
+/**
+ * Describes the message kvraftpb.Member.
+ * Use `create(MemberSchema)` to create a new message.
+ */
+export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 25);
+
+/**
+ * @generated from message kvraftpb.MemberListRequest
+ */
+export type MemberListRequest = Message<"kvraftpb.MemberListRequest"> & {
+};
+
+/**
+ * Describes the message kvraftpb.MemberListRequest.
+ * Use `create(MemberListRequestSchema)` to create a new message.
+ */
+export const MemberListRequestSchema: GenMessage<MemberListRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 26);
+
+/**
+ * @generated from message kvraftpb.MemberListResponse
+ */
+export type MemberListResponse = Message<"kvraftpb.MemberListResponse"> & {
+  /**
+   * Voters first, then learners, each by id.
+   *
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+
+  /**
+   * @generated from field: int64 leader_id = 2;
+   */
+  leaderId: bigint;
+
+  /**
+   * The cluster id (16 hex digits) a joining node must present to its peers.
+   *
+   * @generated from field: string cluster_id = 3;
+   */
+  clusterId: string;
+};
+
+/**
+ * Describes the message kvraftpb.MemberListResponse.
+ * Use `create(MemberListResponseSchema)` to create a new message.
+ */
+export const MemberListResponseSchema: GenMessage<MemberListResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 27);
+
+/**
+ * @generated from message kvraftpb.MemberAddRequest
+ */
+export type MemberAddRequest = Message<"kvraftpb.MemberAddRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * host:port of the new member (where the other nodes reach it).
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+};
+
+/**
+ * Describes the message kvraftpb.MemberAddRequest.
+ * Use `create(MemberAddRequestSchema)` to create a new message.
+ */
+export const MemberAddRequestSchema: GenMessage<MemberAddRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 28);
+
+/**
+ * @generated from message kvraftpb.MemberPromoteRequest
+ */
+export type MemberPromoteRequest = Message<"kvraftpb.MemberPromoteRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.MemberPromoteRequest.
+ * Use `create(MemberPromoteRequestSchema)` to create a new message.
+ */
+export const MemberPromoteRequestSchema: GenMessage<MemberPromoteRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 29);
+
+/**
+ * @generated from message kvraftpb.MemberRemoveRequest
+ */
+export type MemberRemoveRequest = Message<"kvraftpb.MemberRemoveRequest"> & {
+  /**
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.MemberRemoveRequest.
+ * Use `create(MemberRemoveRequestSchema)` to create a new message.
+ */
+export const MemberRemoveRequestSchema: GenMessage<MemberRemoveRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 30);
+
+/**
+ * Each change answers with the configuration once the change has committed.
+ *
+ * @generated from message kvraftpb.MemberAddResponse
+ */
+export type MemberAddResponse = Message<"kvraftpb.MemberAddResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberAddResponse.
+ * Use `create(MemberAddResponseSchema)` to create a new message.
+ */
+export const MemberAddResponseSchema: GenMessage<MemberAddResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 31);
+
+/**
+ * @generated from message kvraftpb.MemberPromoteResponse
+ */
+export type MemberPromoteResponse = Message<"kvraftpb.MemberPromoteResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberPromoteResponse.
+ * Use `create(MemberPromoteResponseSchema)` to create a new message.
+ */
+export const MemberPromoteResponseSchema: GenMessage<MemberPromoteResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 32);
+
+/**
+ * @generated from message kvraftpb.MemberRemoveResponse
+ */
+export type MemberRemoveResponse = Message<"kvraftpb.MemberRemoveResponse"> & {
+  /**
+   * @generated from field: repeated kvraftpb.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message kvraftpb.MemberRemoveResponse.
+ * Use `create(MemberRemoveResponseSchema)` to create a new message.
+ */
+export const MemberRemoveResponseSchema: GenMessage<MemberRemoveResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 33);
+
+/**
+ * @generated from message kvraftpb.TransferLeaderRequest
+ */
+export type TransferLeaderRequest = Message<"kvraftpb.TransferLeaderRequest"> & {
+  /**
+   * The voter to hand leadership to.
+   *
+   * @generated from field: int64 to = 1;
+   */
+  to: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.TransferLeaderRequest.
+ * Use `create(TransferLeaderRequestSchema)` to create a new message.
+ */
+export const TransferLeaderRequestSchema: GenMessage<TransferLeaderRequest> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 34);
+
+/**
+ * @generated from message kvraftpb.TransferLeaderResponse
+ */
+export type TransferLeaderResponse = Message<"kvraftpb.TransferLeaderResponse"> & {
+  /**
+   * @generated from field: int64 leader_id = 1;
+   */
+  leaderId: bigint;
+};
+
+/**
+ * Describes the message kvraftpb.TransferLeaderResponse.
+ * Use `create(TransferLeaderResponseSchema)` to create a new message.
+ */
+export const TransferLeaderResponseSchema: GenMessage<TransferLeaderResponse> = /*@__PURE__*/
+  messageDesc(file_kvraftpb_kvraft, 35);
 
 /**
  * @generated from enum kvraftpb.Op
@@ -1085,6 +1394,76 @@ export const KVService: GenService<{
     input: typeof WatchRequestSchema;
     output: typeof WatchResponseSchema;
   },
+  /**
+   * kvraft extension: many commands in one request (see BatchRequest).
+   *
+   * @generated from rpc kvraftpb.KVService.Batch
+   */
+  batch: {
+    methodKind: "unary";
+    input: typeof BatchRequestSchema;
+    output: typeof BatchResponseSchema;
+  },
 }> = /*@__PURE__*/
   serviceDesc(file_kvraftpb_kvraft, 0);
+
+/**
+ * Membership administration, answered by the leader. A follower refuses with FAILED_PRECONDITION
+ * and the leader's id and address in the message and in the "kvraft-leader-id" /
+ * "kvraft-leader-address" response headers. One change at a time: a change while another is
+ * uncommitted is refused with ABORTED (retry); a learner still catching up cannot be promoted
+ * (ABORTED); nonsense is INVALID_ARGUMENT. Behind the same client authorization as KVService;
+ * a node without client authorization serves it only with --insecure-admin.
+ *
+ * @generated from service kvraftpb.ClusterService
+ */
+export const ClusterService: GenService<{
+  /**
+   * @generated from rpc kvraftpb.ClusterService.MemberList
+   */
+  memberList: {
+    methodKind: "unary";
+    input: typeof MemberListRequestSchema;
+    output: typeof MemberListResponseSchema;
+  },
+  /**
+   * Adds a new node as a learner: it receives the log (or a snapshot) but does not vote.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberAdd
+   */
+  memberAdd: {
+    methodKind: "unary";
+    input: typeof MemberAddRequestSchema;
+    output: typeof MemberAddResponseSchema;
+  },
+  /**
+   * Makes a caught-up learner a voter.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberPromote
+   */
+  memberPromote: {
+    methodKind: "unary";
+    input: typeof MemberPromoteRequestSchema;
+    output: typeof MemberPromoteResponseSchema;
+  },
+  /**
+   * Removes a voter or learner; removing the leader hands leadership to the most caught-up voter.
+   *
+   * @generated from rpc kvraftpb.ClusterService.MemberRemove
+   */
+  memberRemove: {
+    methodKind: "unary";
+    input: typeof MemberRemoveRequestSchema;
+    output: typeof MemberRemoveResponseSchema;
+  },
+  /**
+   * @generated from rpc kvraftpb.ClusterService.TransferLeader
+   */
+  transferLeader: {
+    methodKind: "unary";
+    input: typeof TransferLeaderRequestSchema;
+    output: typeof TransferLeaderResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_kvraftpb_kvraft, 1);
 
