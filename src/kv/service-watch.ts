@@ -18,7 +18,7 @@ import type { NodeId } from "../raft/index.ts";
 
 export interface WatchBackend {
   id: NodeId;
-  watches: Pick<WatchHub, "open">;
+  watches: Pick<WatchHub, "open" | "close">;
 }
 
 export function watchHandlers(current: () => Partial<WatchBackend>, toConnectError: (error: unknown) => ConnectError) {

@@ -232,6 +232,21 @@ describe("watch", () => {
     expect(again.state.events[0]!.kv.modRevision).toBeGreaterThanOrEqual(error.compactRevision);
   });
 
+  test("a node stopping with SIGTERM ends its watches with unavailable at once, and exits 0", async () => {
+    const id = (await cluster.waitForLeader() + 1) % 3;
+    const stream = rawClient(id).watch({ key: enc.encode("term/") })[Symbol.asyncIterator]();
+    expect((await stream.next()).value?.created).toBe(true);
+    const ended = stream.next().then(
+      () => null,
+      (error: unknown) => ConnectError.from(error),
+    );
+    expect(await cluster.kill(id, "SIGTERM")).toBe(0);
+    const error = await ended;
+    expect(error?.code).toBe(Code.Unavailable);
+    expect(error?.rawMessage).toContain(`node ${id} is closing; resume the watch on another node from revision`);
+    await cluster.restart(id);
+  });
+
   test("watches beyond the per-node limit are refused with resource_exhausted", async () => {
     const leader = await cluster.waitForLeader();
     const client = rawClient(leader);
