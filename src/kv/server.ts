@@ -222,7 +222,7 @@ export class KVServer {
       timeoutMs,
     );
     const server = new KVServer(options.id, node, machine, writes, reads, deadlines, owned, clock, options.limits ?? {});
-    hub = new WatchHub({ id: options.id, machine, logFirstIndex: () => node.status().firstIndex }, options.watchLimits);
+    hub = new WatchHub({ id: options.id, machine, logFirstIndex: () => node.status().firstIndex, term: () => node.status().term }, options.watchLimits);
     server.watches = hub;
     server.api = new TxnServer({
       id: options.id,

@@ -40,6 +40,8 @@ export interface WatchHubParts {
   machine: KVStateMachine;
   /** The Raft log's first index: history below it is trimmed. */
   logFirstIndex: () => number;
+  /** This node's current term, for answers' headers. */
+  term?: () => number;
 }
 
 export class WatchHub {
@@ -59,6 +61,11 @@ export class WatchHub {
       maxWatchPageBytes: limits.maxWatchPageBytes ?? 1 << 20,
       progressIntervalMs: limits.progressIntervalMs ?? 5_000,
     };
+  }
+
+  /** The term answers are sent in (0 when the hub has no Raft node, as in unit tests). */
+  get term(): number {
+    return this.parts.term?.() ?? 0;
   }
 
   get watchCount(): number {

@@ -235,7 +235,9 @@ describe("watch", () => {
   test("a node stopping with SIGTERM ends its watches with unavailable at once, and exits 0", async () => {
     const id = (await cluster.waitForLeader() + 1) % 3;
     const stream = rawClient(id).watch({ key: enc.encode("term/") })[Symbol.asyncIterator]();
-    expect((await stream.next()).value?.created).toBe(true);
+    const created = (await stream.next()).value;
+    expect(created?.created).toBe(true);
+    expect([created?.header?.memberId, created!.header!.raftTerm > 0n]).toEqual([BigInt(id), true]);
     const ended = stream.next().then(
       () => null,
       (error: unknown) => ConnectError.from(error),
