@@ -209,13 +209,12 @@ export class Clerk {
     return run;
   }
 
-  private async operation(op: Op, key: string, value: string): Promise<CommandResponse> {
+  private async operation(op: Op, key: string, value: string, deadline = Date.now() + this.options.operationTimeoutMs): Promise<CommandResponse> {
     const size = utf8Length(key) + utf8Length(value);
     if (size > this.options.maxRequestBytes) {
       throw new ClerkError(Code.InvalidArgument, `key and value are ${size} bytes; requests are limited to ${this.options.maxRequestBytes}`);
     }
     const name = `${Op[op] ?? String(op)}(${JSON.stringify(key)})`;
-    const deadline = Date.now() + this.options.operationTimeoutMs;
     const write = op !== Op.GET;
     if (write && this.registered && this.session === 0n) await this.register(name, deadline);
     // One commandId for every retry of this operation: the session table answers a repeat.
@@ -239,8 +238,9 @@ export class Clerk {
           true,
         );
       }
-      // Refused on its first attempt: certainly not applied. Run it again under a new session.
-      return this.operation(op, key, value);
+      // Refused on its first attempt: certainly not applied. Run it again under a new session,
+      // within the same deadline.
+      return this.operation(op, key, value, deadline);
     }
   }
 
