@@ -31,6 +31,8 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
   --max-unregistered-sessions N
                        sessions of clients that do not register (eRaft's) at most; the least
                        recently used is dropped beyond (default 100000)
+  --max-pending N      client commands in flight on this node at most; beyond it a command is
+                       refused at once with resource_exhausted (default: the KV server's own)
   -help                print this message
 
 security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
@@ -47,6 +49,7 @@ interface Config {
   snapshotThreshold?: number;
   fastLane: boolean;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
+  maxPendingCommands?: number;
   security: NodeSecurity;
 }
 
@@ -61,6 +64,7 @@ function parseConfig(argv: string[]): Config | "help" {
       "session-ttl": undefined,
       "max-sessions": undefined,
       "max-unregistered-sessions": undefined,
+      "max-pending": undefined,
       ...SECURITY_VALUE_FLAGS,
     },
     switches: ["help", "h", "no-fast-lane", ...SECURITY_SWITCHES],
@@ -98,7 +102,7 @@ function parseConfig(argv: string[]): Config | "help" {
     maxUnregisteredSessions: positive("max-unregistered-sessions"),
   };
   const security = loadSecurity(flags, addrs.length);
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), sessions, security };
+  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), sessions, maxPendingCommands: positive("max-pending"), security };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -136,6 +140,7 @@ async function main(argv: string[]): Promise<number> {
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
           state: config.sessions,
+          ...(config.maxPendingCommands === undefined ? {} : { limits: { maxPendingCommands: config.maxPendingCommands } }),
         }),
     });
   } catch (error) {
