@@ -1,7 +1,7 @@
 // Command line of `bun bench`: which suites, how big, where results go. Bad input raises
 // UsageError (exit status 2) with a message that says what to type instead.
 
-export const SUITES = ["lsm", "raft", "cluster"] as const;
+export const SUITES = ["lsm", "raft", "cluster", "metrics"] as const;
 export type SuiteName = (typeof SUITES)[number];
 
 export interface BenchOptions {
@@ -42,6 +42,7 @@ suites (default: all)
   lsm        db_bench workloads: our LSM engine vs LevelDB through classic-level, in process
   raft       proposals committed per second on 3 and 5 in-process Raft nodes with real log stores
   cluster    three kvserver processes on 127.0.0.1 under a closed-loop load generator
+  metrics    cost of recording one metric on the hot path: our recorders vs prom-client's
 
 options
   --quick            a small version of every chosen suite (about a minute in all)

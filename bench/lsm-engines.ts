@@ -140,7 +140,8 @@ export function ourEngineMissing(): string | null {
   return fs.existsSync(OUR_ENGINE) ? null : "src/lsm/index.ts does not exist yet (engine not landed)";
 }
 
-export async function ourEngine(): Promise<BenchEngine> {
+/** Our engine; `options` are passed to DB.open (defaults when absent). */
+export async function ourEngine(options: Record<string, unknown> = {}): Promise<BenchEngine> {
   const missing = ourEngineMissing();
   if (missing) throw new Error(missing);
   const { DB } = (await import(OUR_ENGINE)) as OurModule;
@@ -150,7 +151,7 @@ export async function ourEngine(): Promise<BenchEngine> {
     bulkScan: "nextv(1000)",
     bulkSeek: "nextv(10)",
     async open(dir) {
-      const db = await DB.open(dir);
+      const db = await DB.open(dir, options);
       return {
         put: (key, value, sync) => db.put(key, value, sync ? { sync: true } : undefined),
         del: (key) => db.del(key),

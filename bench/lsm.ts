@@ -280,6 +280,29 @@ function dirBytes(dir: string): number {
 }
 
 /** Write amplification from our engine's stats: bytes the engine wrote per byte the user wrote. */
+/**
+ * Our engine's stats() after the fill/overwrite/delete database: write amplification per level
+ * (the WAL's share first), compression, and each cache/buffer beside its budget. Null for others.
+ */
+export function engineDetails(stats: Record<string, unknown> | undefined): string[] {
+  if (!stats || !Array.isArray(stats.levels)) return [];
+  const out: string[] = [];
+  const user = Number(stats.userBytesWritten) || 0;
+  const levels = stats.levels as { bytesWritten?: number; writeAmplification?: number; files: number }[];
+  if (user > 0 && levels.every((l) => typeof l.writeAmplification === "number")) {
+    const parts = [`WAL ${(Number(stats.walBytesWritten) / user).toFixed(2)}`];
+    levels.forEach((l, i) => {
+      if ((l.bytesWritten ?? 0) > 0) parts.push(`L${i} ${l.writeAmplification!.toFixed(2)}`);
+    });
+    out.push(`write amplification by level: ${parts.join(", ")} (trivial moves ${stats.trivialMoves ?? "?"}, compactions ${stats.compactions ?? "?"})`);
+  }
+  const c = stats.compression as { codec: string; ratio: number } | undefined;
+  if (c) out.push(`data blocks ${c.codec}: stored at ${(c.ratio * 100).toFixed(0)}% of their size`);
+  const m = stats.memory as Record<string, { bytes: number; budget: number }> | undefined;
+  if (m) out.push(`memory at the end (bytes / budget): ${Object.entries(m).map(([k, v]) => `${k} ${formatBytes(v.bytes)} / ${formatBytes(v.budget)}`).join(", ")}`);
+  return out;
+}
+
 export function writeAmplification(stats: Record<string, unknown>): number | null {
   const num = (k: string) => (typeof stats[k] === "number" ? (stats[k] as number) : null);
   const direct = num("writeAmplification");
@@ -318,6 +341,7 @@ export async function runLsmSuite(o: BenchOptions, progress: Progress): Promise<
     const wa = f.stats.map(writeAmplification).filter((x): x is number => x !== null);
     if (e.system === "ours") {
       notes.push(wa.length ? `${e.label}: write amplification ${wa.map((x) => x.toFixed(2)).join(", ")}` : `${e.label}: stats() ${JSON.stringify(f.stats.at(-1) ?? null)}`);
+      for (const line of engineDetails(f.stats.at(-1))) notes.push(`${e.label}: ${line}`);
     }
   }
   if (big) notes.push(`--big: ours fillrandom ${big.ops.toLocaleString("en-US")} keys batch1000: ${formatCount(big.opsPerSec)} ops/s, peak RSS ${formatBytes(big.peakRss)}, ${formatBytes(big.diskBytes)} on disk`);

@@ -19,6 +19,8 @@ async function runSuite(name: SuiteName, o: BenchOptions, progress: Progress): P
       return (await import("./raft.ts")).runRaftSuite(o, progress);
     case "cluster":
       return (await import("./cluster.ts")).runClusterSuite(o, progress);
+    case "metrics":
+      return (await import("./metrics.ts")).runMetricsSuite(o);
   }
 }
 

@@ -15,6 +15,25 @@ export function deriveClusterId(addrs: readonly string[], token: string): string
 }
 
 /**
+ * The cluster id of a joining node's data directory: the one it was given (kvserver --join learns
+ * it from a member), written durably on the first start; on a restart (null) the stored one.
+ */
+export function adoptClusterId(dir: string, given: string | null): string {
+  const file = path.join(dir, CLUSTER_ID_FILE);
+  const stored = fs.existsSync(file) ? clusterIdOf(dir, [], DEFAULT_CLUSTER_TOKEN) : null;
+  if (given === null) {
+    if (stored === null) throw new DataDirError(`${dir} has no ${CLUSTER_ID_FILE}: this node never joined; start it with --join pointing at a member`);
+    return stored;
+  }
+  if (!/^[0-9a-f]{16}$/.test(given)) throw new DataDirError(`cluster id "${given}" is not 16 hex digits`);
+  if (stored !== null && stored !== given) {
+    throw new DataDirError(`data directory ${dir} belongs to cluster ${stored}, but the cluster to join is ${given}: use an empty -db to join`);
+  }
+  if (stored === null) writeClusterId(dir, given);
+  return given;
+}
+
+/**
  * The cluster id of a claimed data directory: read back, or on the first start derived and
  * written durably. The token matters only then (as etcd's --initial-cluster-token).
  */
@@ -29,6 +48,12 @@ export function clusterIdOf(dir: string, addrs: readonly string[], token: string
     if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw new DataDirError(`cannot read ${file}: ${(error as Error).message}`);
   }
   const id = deriveClusterId(addrs, token);
+  writeClusterId(dir, id);
+  return id;
+}
+
+function writeClusterId(dir: string, id: string): void {
+  const file = path.join(dir, CLUSTER_ID_FILE);
   const temp = `${file}.tmp`;
   const fd = fs.openSync(temp, "w");
   try {
@@ -44,5 +69,4 @@ export function clusterIdOf(dir: string, addrs: readonly string[], token: string
   } finally {
     fs.closeSync(dirFd);
   }
-  return id;
 }

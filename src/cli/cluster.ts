@@ -60,6 +60,8 @@ async function pipeLines(stream: Readable, prefix: string, out: NodeJS.WriteStre
 async function main(): Promise<number> {
   const tls = process.argv.includes("--tls");
   const extra = process.argv.slice(2).filter((arg) => arg !== "--tls");
+  // The children write to pipes (JSON logs by default); a person at a terminal reads lines.
+  if (process.stdout.isTTY && !extra.some((a) => /^--?log-format(=|$)/.test(a))) extra.push("--log-format", "human");
   // Peers are authenticated unless the caller chose how (or chose --insecure-peers) by name.
   const peerChosen = tls || extra.some((arg) => /^--?(peer-|insecure-peers)/.test(arg));
   const common = [

@@ -7,28 +7,73 @@ import type { Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError, type NodeStatus } from "../kv/client.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
+import { API_OPS, API_SWITCHES, API_USAGE, API_VALUE_FLAGS, checkApiFlags, runApiOp } from "./kvclient-api.ts";
+import { runAdmin } from "./cluster-admin.ts";
 
-const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append|delete|status [-key K] [-value V]
+const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append|delete|status|range|scan|cas|watch [-key K] [-value V] [-w table|json]
 
   -addrs     comma separated node addresses (default "localhost:5001,localhost:5002,localhost:5003")
-  -op        get, put, append, delete or status (default "get")
+  -op        get, put, append, delete, status, or one of the etcd-style ops below (default "get")
   -key       the key (required except for status)
   -value     the value for put and append (default "")
   -timeout   give up after this many milliseconds (default 15000)
+  -w         status output: table (default) or json, one array of every node's status
+             (also --write-out, as etcdctl spells it)
   --cacert   CA file to verify the nodes' certificates: talk https (nodes started with TLS)
   --cert, --key-file  client certificate and its key (nodes started with --client-cert-auth;
              the key flag is not --key: -key is the KV key)
   --token-file    send "Authorization: Bearer <the file's token>" (nodes started with --client-token-file)
   -help      print this message
 
+etcd-style operations (keys with revisions):
+${API_USAGE}
+
+Membership: kvclient member list|add|promote|remove, kvclient transfer-leader -to ID
+(kvclient member -help for their flags).
+
 Flags may also be written --name value or -name=value.`;
 
+/** Every node's status as one JSON array: numbers for counts and indexes, the error when offline. */
+function statusJson(rows: NodeStatus[]): string {
+  return JSON.stringify(
+    rows.map((row) =>
+      !row.online
+        ? { id: row.id, address: row.address, online: false, state: row.state, error: row.error }
+        : {
+            id: row.id,
+            address: row.address,
+            online: true,
+            state: row.state,
+            term: Number(row.term),
+            leaderId: row.leaderId === undefined ? null : Number(row.leaderId),
+            lastApplied: Number(row.lastApplied),
+            commitIndex: Number(row.commitIndex),
+            snapshotIndex: Number(row.snapshotIndex),
+            storageSize: Number(row.storageSize),
+            keyCount: Number(row.keyCount),
+            members: row.members.map(Number),
+          },
+    ),
+  );
+}
+
 function statusTable(rows: NodeStatus[]): string {
-  const header = ["ID", "Address", "Role", "Term", "Applied", "Commit", "Storage(B)"];
+  const header = ["ID", "Address", "Role", "Term", "Applied", "Commit", "Storage(B)", "Keys", "Snapshot", "Leader"];
   const cells = rows.map((row) =>
     !row.online
-      ? [String(row.id), row.address, "Offline", "-", "-", "-", "-"]
-      : [String(row.id), row.address, row.state, String(row.term), String(row.lastApplied), String(row.commitIndex), String(row.storageSize)],
+      ? [String(row.id), row.address, "Offline", "-", "-", "-", "-", "-", "-", "-"]
+      : [
+          String(row.id),
+          row.address,
+          row.state,
+          String(row.term),
+          String(row.lastApplied),
+          String(row.commitIndex),
+          String(row.storageSize),
+          String(row.keyCount),
+          String(row.snapshotIndex),
+          row.leaderId === undefined ? "-" : String(row.leaderId),
+        ],
   );
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
   const line = (c: string[]) => c.map((v, i) => v.padEnd(widths[i]!)).join(" | ").trimEnd();
@@ -36,9 +81,11 @@ function statusTable(rows: NodeStatus[]): string {
 }
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === "member" || argv[0] === "transfer-leader") return runAdmin(argv);
   let flags;
   let addrs: string[];
   let timeoutMs: number;
+  let writeOut: string;
   try {
     flags = parseFlags(argv, {
       values: {
@@ -51,8 +98,11 @@ async function main(argv: string[]): Promise<number> {
         cert: undefined,
         "key-file": undefined,
         "token-file": undefined,
+        w: undefined,
+        "write-out": undefined,
+        ...API_VALUE_FLAGS,
       },
-      switches: ["help", "h"],
+      switches: ["help", "h", ...API_SWITCHES],
     });
     if (flags.switches.has("help") || flags.switches.has("h")) {
       console.log(USAGE);
@@ -62,8 +112,12 @@ async function main(argv: string[]): Promise<number> {
     timeoutMs = Number(flags.values.timeout);
     if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new UsageError(`-timeout must be a positive number of milliseconds`);
     const op = flags.values.op!;
-    if (!["get", "put", "append", "delete", "status"].includes(op)) throw new UsageError(`unknown -op "${op}"`);
+    if (!["get", "put", "append", "delete", "status", ...API_OPS].includes(op)) throw new UsageError(`unknown -op "${op}"`);
     if (op !== "status" && flags.values.key === undefined) throw new UsageError(`-op ${op} needs -key`);
+    writeOut = flags.values.w ?? flags.values["write-out"] ?? "table";
+    if (writeOut !== "table" && writeOut !== "json") throw new UsageError(`-w "${writeOut}" is not table or json`);
+    if (op !== "status" && (flags.values.w !== undefined || flags.values["write-out"] !== undefined)) throw new UsageError(`-w applies to -op status`);
+    if (API_OPS.includes(op)) checkApiFlags(op, { values: { ...flags.values, value: argv.some((a) => /^--?value(=|$)/.test(a)) ? flags.values.value : undefined }, switches: flags.switches });
   } catch (error) {
     if (error instanceof UsageError) {
       console.error(`kvclient: ${error.message}\n\n${USAGE}`);
@@ -141,9 +195,11 @@ async function main(argv: string[]): Promise<number> {
       }
       case "status": {
         const rows = await clerk.getStatus();
-        console.log(statusTable(rows));
+        console.log(writeOut === "json" ? statusJson(rows) : statusTable(rows));
         return rows.some((r) => r.online) ? 0 : 1;
       }
+      default:
+        if (API_OPS.includes(flags.values.op!)) return await runApiOp(clerk, flags.values.op!, key, flags);
     }
   } catch (error) {
     if (error instanceof ClerkError) {

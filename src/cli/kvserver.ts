@@ -3,21 +3,32 @@
 // Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 runtime failure (e.g. port in use),
 // 2 bad usage or a data directory that belongs to another node or cluster.
 
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { KVServer } from "../kv/index.ts";
+import { adminConnection, callLeader } from "./cluster-admin.ts";
+import { CLUSTER_ID_FILE } from "./cluster-id.ts";
 import { ListenError } from "../rpc/server/server.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { DataDirError } from "./identity.ts";
-import { serveNode, type ServingNode } from "./serve-node.ts";
+import { serveNode, type JoinOptions, type ServingNode } from "./serve-node.ts";
 import { SECURITY_SWITCHES, SECURITY_USAGE, SECURITY_VALUE_FLAGS, loadSecurity, type NodeSecurity } from "./security-flags.ts";
+import { log, parseLogLevel, type LogLevel } from "../obs/log.ts";
 
 const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 const SHUTDOWN_LIMIT_MS = 20_000;
 
 const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] [--cors-origin ORIGIN,...]
 
-  -id                  this node's index in -addrs (default 0)
+  -id                  this node's index in -addrs (default 0); with --join, its new id
   -addrs               comma separated addresses of every node, the same on every node
-                       (default "localhost:5001,localhost:5002,localhost:5003")
+                       (default "localhost:5001,localhost:5002,localhost:5003"); used only to
+                       bootstrap: afterwards the membership stored in the log is the truth
+  --join host:port,... join the running cluster that these members belong to, instead of
+                       bootstrapping one: this node starts empty and waits (never campaigns) until
+                       a member adds it (kvclient member add -id N -address ADDR); needs -addr
+  -addr                this node's own host:port (with --join)
+  --insecure-admin     serve ClusterService (membership changes) without client authorization
   -db                  data directory: Raft log and LSM (default "kvserver-data"); one per node
   --cors-origin        browser origins allowed to call this node, comma separated ("*" for any)
   --no-fast-lane       serve every call through the Connect adapter (turns off the HTTP/1.1 unary
@@ -33,13 +44,18 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        recently used is dropped beyond (default 100000)
   --max-pending N      client commands in flight on this node at most; beyond it a command is
                        refused at once with resource_exhausted (default: the KV server's own)
+  --log-level          debug, info, warn, error or fatal (default info)
+  --log-format         json (one object per line), human, or auto: human on a terminal (default)
+  --max-watches        watches this node serves at once; one more is refused (default 1000)
   -help                print this message
 
 security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
 ${SECURITY_USAGE}
 
 Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and HTTP/2 (h2c, or TLS), and the
-Raft peer service, all on the node's own address. Flags may also be written --name value or -name=value.`;
+Raft peer service, all on the node's own address, with GET /metrics (Prometheus), /livez, /readyz,
+a status page at /, grpc.health.v1 and server reflection beside them. Flags may also be written
+--name value or -name=value.`;
 
 interface Config {
   id: number;
@@ -47,10 +63,17 @@ interface Config {
   db: string;
   corsOrigins: string[];
   snapshotThreshold?: number;
+  maxWatches?: number;
   fastLane: boolean;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
   maxPendingCommands?: number;
   security: NodeSecurity;
+  join?: { address: string; members: string[] };
+  insecureAdmin: boolean;
+  /** --client-token-file and a CA for calling the members when joining. */
+  joinCredentials: Record<string, string | undefined>;
+  logLevel: LogLevel;
+  logFormat: "json" | "human" | "auto";
 }
 
 function parseConfig(argv: string[]): Config | "help" {
@@ -61,20 +84,30 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      join: undefined,
+      addr: undefined,
       "session-ttl": undefined,
       "max-sessions": undefined,
       "max-unregistered-sessions": undefined,
       "max-pending": undefined,
+      "log-level": "info",
+      "log-format": "auto",
+      "max-watches": undefined,
       ...SECURITY_VALUE_FLAGS,
     },
-    switches: ["help", "h", "no-fast-lane", ...SECURITY_SWITCHES],
+    switches: ["help", "h", "no-fast-lane", "insecure-admin", ...SECURITY_SWITCHES],
   });
   if (flags.switches.has("help") || flags.switches.has("h")) return "help";
-  const addrs = parseAddrs(flags.values.addrs!);
+  const joining = flags.values.join !== undefined;
+  if (joining && flags.values.addr === undefined) throw new UsageError("--join needs -addr host:port: where this node listens and the others reach it");
+  const addrs = parseAddrs(joining ? (flags.values.addr ?? "") : flags.values.addrs!);
   const id = Number(flags.values.id);
-  if (!/^\d+$/.test(flags.values.id!) || id >= addrs.length) {
-    throw new UsageError(`-id ${flags.values.id} is not a node of -addrs (use 0..${addrs.length - 1})`);
+  if (!/^\d+$/.test(flags.values.id!) || id > 0xffff_ffff || (!joining && id >= addrs.length)) {
+    throw new UsageError(joining ? `-id ${flags.values.id} is not a node id` : `-id ${flags.values.id} is not a node of -addrs (use 0..${addrs.length - 1})`);
   }
+  if (flags.values.addr !== undefined && !joining) throw new UsageError("-addr goes with --join (a bootstrapping node's address is -addrs[-id])");
+  const join = joining ? { address: addrs[0]!, members: parseAddrs(flags.values.join!) } : undefined;
+  if (join !== undefined && addrs.length !== 1) throw new UsageError("-addr is one host:port");
   if (flags.values.db!.trim() === "") throw new UsageError("-db must not be empty");
   const corsOrigins = flags.values["cors-origin"]!.split(",").map((o) => o.trim()).filter((o) => o !== "");
   for (const origin of corsOrigins) {
@@ -101,8 +134,38 @@ function parseConfig(argv: string[]): Config | "help" {
     maxSessions: positive("max-sessions"),
     maxUnregisteredSessions: positive("max-unregistered-sessions"),
   };
-  const security = loadSecurity(flags, addrs.length);
-  return { id, addrs, db: flags.values.db!, corsOrigins, snapshotThreshold, fastLane: !flags.switches.has("no-fast-lane"), sessions, maxPendingCommands: positive("max-pending"), security };
+  const security = loadSecurity(flags, joining ? 2 : addrs.length);
+  const logLevel = parseLogLevel(flags.values["log-level"]!);
+  if (logLevel === undefined) throw new UsageError(`--log-level "${flags.values["log-level"]}" is not one of debug, info, warn, error, fatal`);
+  const logFormat = flags.values["log-format"]!;
+  if (logFormat !== "json" && logFormat !== "human" && logFormat !== "auto") {
+    throw new UsageError(`--log-format "${logFormat}" is not one of json, human, auto`);
+  }
+  let maxWatches: number | undefined;
+  if (flags.values["max-watches"] !== undefined) {
+    maxWatches = Number(flags.values["max-watches"]);
+    if (!Number.isInteger(maxWatches) || maxWatches < 0) throw new UsageError(`--max-watches must be a non-negative integer`);
+  }
+  return {
+    id,
+    addrs,
+    db: flags.values.db!,
+    corsOrigins,
+    snapshotThreshold,
+    maxWatches,
+    fastLane: !flags.switches.has("no-fast-lane"),
+    sessions,
+    maxPendingCommands: positive("max-pending"),
+    security,
+    logLevel,
+    logFormat,
+    ...(join !== undefined ? { join } : {}),
+    insecureAdmin: flags.switches.has("insecure-admin"),
+    joinCredentials: {
+      "token-file": flags.values["client-token-file"],
+      cacert: flags.values["peer-trusted-ca-file"] ?? flags.values["trusted-ca-file"],
+    },
+  };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -121,70 +184,99 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const { id, addrs, db } = config;
+  let node: ServingNode | undefined;
+  log.configure({
+    level: config.logLevel,
+    format: config.logFormat,
+    node: id,
+    term: () => node?.kv.diagnostics?.().raft.term,
+    onProblem: (_level, msg) => node?.metrics.event("error", node.kv.diagnostics?.().raft.term ?? 0, msg),
+  });
 
-  let node: ServingNode;
+  let join: JoinOptions | undefined;
+  if (config.join !== undefined) {
+    try {
+      join = await joinTarget(id, config.join, db, config);
+    } catch (error) {
+      log.fatal(`kvserver: node ${id} cannot join: ${(error as Error).message}`);
+      return error instanceof UsageError ? 2 : 1;
+    }
+  }
+
   try {
     node = await serveNode({
       id,
       addrs,
+      ...(join !== undefined ? { join } : {}),
+      insecureAdmin: config.insecureAdmin,
       dir: db,
       corsOrigins: config.corsOrigins,
       fastLane: config.fastLane,
       security: config.security,
-      open: (args) =>
+      open: ({ addresses, onMembershipChange, ...args }) =>
         KVServer.open({
           ...args,
           raft: {
+            addresses,
+            onMembershipChange,
             // The size ConnectTransport streams snapshot data in; a chunk never needs splitting.
             snapshotChunkBytes: SNAPSHOT_CHUNK_BYTES,
+            observer: args.observer,
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
           state: config.sessions,
           ...(config.maxPendingCommands === undefined ? {} : { limits: { maxPendingCommands: config.maxPendingCommands } }),
+          ...(config.maxWatches === undefined ? {} : { watchLimits: { maxWatches: config.maxWatches } }),
         }),
     });
   } catch (error) {
     if (error instanceof DataDirError) {
-      console.error(`kvserver: ${error.message}`);
+      log.fatal(`kvserver: ${error.message}`);
       return 2;
     }
     if (error instanceof ListenError) {
-      console.error(`kvserver: ${error.message}`);
+      log.fatal(`kvserver: ${error.message}`);
       return 1;
     }
-    console.error(`kvserver: node ${id} failed to start: ${(error as Error).stack ?? error}`);
+    log.fatal(`kvserver: node ${id} failed to start: ${(error as Error).message}`, { error });
     return 1;
   }
+  const serving = node;
 
   const cors = config.corsOrigins.length > 0 ? `; CORS for ${config.corsOrigins.join(", ")}` : "";
   const scheme = config.security.tls === undefined ? "http" : "https";
-  console.log(
-    `kvserver: node ${id} serving on ${scheme}://${addrs[id]} (Connect, gRPC, gRPC-Web; HTTP/1.1 and ${scheme === "http" ? "h2c" : "h2"}), ` +
-      `cluster ${node.clusterId} (${config.security.summary}), data in ${db}${cors}`,
+  const own = join?.address ?? addrs[id]!;
+  log.info(
+    `kvserver: node ${id} serving on ${scheme}://${own} (Connect, gRPC, gRPC-Web; HTTP/1.1 and ${scheme === "http" ? "h2c" : "h2"}), ` +
+      `cluster ${serving.clusterId} (${config.security.summary}), data in ${db}${cors}`,
+    { addr: own, members: addrs.length },
   );
+  if (join?.members != null) {
+    log.info(`kvserver: node ${id} waits to be added: kvclient member add -id ${id} -address ${own} -addrs ${config.join!.members.join(",")}`);
+  }
 
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) {
-        console.error(`kvserver: node ${id} got ${signal} again; exiting without waiting`);
+        log.warn(`kvserver: node ${id} got ${signal} again; exiting without waiting`);
         resolve(1);
         return;
       }
       stopping = true;
-      console.log(`kvserver: node ${id} got ${signal}; finishing in-flight requests and closing`);
+      log.info(`kvserver: node ${id} got ${signal}; finishing in-flight requests and closing`);
       // Bounded: a close that hangs must not keep the process (and its port) forever.
       setTimeout(() => {
-        console.error(`kvserver: node ${id} did not close within ${SHUTDOWN_LIMIT_MS} ms; exiting anyway`);
+        log.error(`kvserver: node ${id} did not close within ${SHUTDOWN_LIMIT_MS} ms; exiting anyway`);
         resolve(1);
       }, SHUTDOWN_LIMIT_MS).unref();
-      node.close().then(
+      serving.close().then(
         () => {
-          console.log(`kvserver: node ${id} stopped`);
+          log.info(`kvserver: node ${id} stopped`);
           resolve(0);
         },
         (error) => {
-          console.error(`kvserver: node ${id} failed to close cleanly: ${(error as Error).stack ?? error}`);
+          log.error(`kvserver: node ${id} failed to close cleanly: ${(error as Error).message}`, { error });
           resolve(1);
         },
       );
@@ -194,10 +286,29 @@ async function main(argv: string[]): Promise<number> {
   });
 }
 
+/**
+ * What a joining node needs before it serves: on its first start the cluster id and members, from
+ * whichever member leads (the data directory then has them); on a restart nothing (the stored
+ * configuration names the peers).
+ */
+async function joinTarget(id: number, join: { address: string; members: string[] }, db: string, config: Config): Promise<JoinOptions> {
+  if (fs.existsSync(path.join(db, CLUSTER_ID_FILE))) return { address: join.address, members: null, clusterId: null };
+  const conn = adminConnection({ addrs: join.members.join(","), timeout: "15000", ...config.joinCredentials });
+  conn.https = config.security.tls !== undefined;
+  const list = await callLeader(conn, (c) => c.memberList({}));
+  const members = new Map<number, string>();
+  for (const m of list.members) if (m.address !== "") members.set(Number(m.id), m.address);
+  const clash = list.members.find((m) => Number(m.id) === id);
+  if (clash !== undefined) {
+    throw new UsageError(`node ${id} is already a ${clash.role} of cluster ${list.clusterId} (at ${clash.address || "an unknown address"}); remove it first or pick another -id`);
+  }
+  return { address: join.address, members, clusterId: list.clusterId };
+}
+
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error) => {
-    console.error(`kvserver: ${(error as Error).stack ?? error}`);
+    log.fatal(`kvserver: ${(error as Error).message}`, { error });
     process.exit(1);
   },
 );

@@ -4,16 +4,36 @@
 
 import { ConnectTransport } from "../rpc/peers/connect-transport.ts";
 import { registerKVService, type KVServiceBackend } from "../kv/service.ts";
+import { registerClusterService } from "../kv/cluster-service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
-import type { NodeId, Transport } from "../raft/types.ts";
+import type { Membership, NodeId, Transport } from "../raft/types.ts";
 import type { KVServer } from "../kv/server.ts";
+import type { KVDiagnostics } from "../kv/index.ts";
+import type { RaftObserver } from "../raft/index.ts";
+import { NodeMetrics, instrumentKV, instrumentRouter, obsRoutes, registerHealthService } from "../obs/index.ts";
+import { statusPageRoute } from "../obs/status-page/page.ts";
+import { registerReflection } from "../rpc/server/reflection.ts";
 import { claimDataDir } from "./identity.ts";
-import { DEFAULT_CLUSTER_TOKEN, clusterIdOf } from "./cluster-id.ts";
+import { DEFAULT_CLUSTER_TOKEN, adoptClusterId, clusterIdOf } from "./cluster-id.ts";
 import type { NodeSecurity } from "./security-flags.ts";
 import { splitHostPort } from "./flags.ts";
 
-/** What serveNode needs from a KV server: the handlers' calls plus close (which syncs). */
-export type KVNode = KVServiceBackend & Pick<KVServer, "close">;
+/**
+ * What serveNode needs from a KV server: the handlers' calls plus close (which syncs), the live
+ * state for metrics and health, and its Raft node for ClusterService (KVServer has both; test
+ * stand-ins may leave them out).
+ */
+export type KVNode = KVServiceBackend & Pick<KVServer, "close"> & Partial<Pick<KVServer, "raft">> & { diagnostics?(): KVDiagnostics };
+
+/** A node that joins an existing cluster instead of bootstrapping one from `addrs`. */
+export interface JoinOptions {
+  /** This node's own host:port (where it listens and where the others reach it). */
+  address: string;
+  /** The cluster's members as a member listed them (null on a restart: the stored configuration says). */
+  members: ReadonlyMap<NodeId, string> | null;
+  /** The cluster id to adopt (null on a restart: the data directory has it). */
+  clusterId: string | null;
+}
 
 export interface ServeNodeOptions {
   id: NodeId;
@@ -24,8 +44,24 @@ export interface ServeNodeOptions {
   fastLane?: boolean;
   /** TLS, peer authentication, client gate (see security-flags.ts); default: cleartext, peers unauthenticated. */
   security?: NodeSecurity;
-  /** Opens the KV server (KVServer.open in production, a stand-in in tests). */
-  open(args: { id: NodeId; peers: NodeId[]; dir: string; transport: Transport }): Promise<KVNode>;
+  /** Join a running cluster (kvserver --join): no bootstrap members, it waits to be added. */
+  join?: JoinOptions;
+  /** Serve ClusterService although no client authorization guards the port (--insecure-admin). */
+  insecureAdmin?: boolean;
+  /**
+   * Opens the KV server (KVServer.open in production, a stand-in in tests). `addresses` are the
+   * bootstrap members' addresses; `onMembershipChange` keeps the transport's peers in step with
+   * the configuration in the log.
+   */
+  open(args: {
+    id: NodeId;
+    peers: NodeId[];
+    dir: string;
+    transport: Transport;
+    addresses: Record<NodeId, string>;
+    onMembershipChange: (membership: Membership) => void;
+    observer: RaftObserver;
+  }): Promise<KVNode>;
 }
 
 export interface ServingNode {
@@ -33,34 +69,68 @@ export interface ServingNode {
   transport: ConnectTransport;
   kv: KVNode;
   clusterId: string;
+  metrics: NodeMetrics;
   /** Stop accepting, let in-flight calls finish, close the KV server (sync), drop peer links. */
   close(): Promise<void>;
 }
 
 export async function serveNode(options: ServeNodeOptions): Promise<ServingNode> {
-  const { id, addrs, dir } = options;
+  const { id, dir, join } = options;
+  // A joining node's identity is its own address; a bootstrapping node's, the cluster's list.
+  const addrs = join === undefined ? options.addrs : [join.address];
   const security = options.security ?? INSECURE;
   claimDataDir(dir, id, addrs);
-  const clusterId = clusterIdOf(dir, addrs, security.initialClusterToken ?? DEFAULT_CLUSTER_TOKEN);
+  const clusterId =
+    join === undefined ? clusterIdOf(dir, addrs, security.initialClusterToken ?? DEFAULT_CLUSTER_TOKEN) : adoptClusterId(dir, join.clusterId);
+  const url = (address: string) => `${security.peerScheme}://${address}`;
+  const initialPeers =
+    join === undefined ? addrs.map((a, i) => [i, a] as const) : [...(join.members ?? new Map<NodeId, string>()), [id, join.address] as const];
   const transport = new ConnectTransport({
     id,
-    peers: new Map(addrs.map((a, i) => [i, `${security.peerScheme}://${a}`])),
+    peers: new Map(initialPeers.map(([i, a]) => [i, url(a)])),
     security: { ...security.peer, clusterId },
   });
+  // After bootstrap the configuration in the log names the peers: follow it (members without an
+  // address keep the one the transport has).
+  const onMembershipChange = (m: Membership) => {
+    // A joining node knows no configuration until the leader's log reaches it: keep the members
+    // it was told about, or its gate would refuse the very leader that is adding it.
+    if (m.voters.length === 0) return;
+    const peers = new Map<NodeId, string>();
+    for (const member of [...m.voters, ...m.learners]) {
+      const address = m.addresses[member] ?? initialPeers.find(([i]) => i === member)?.[1];
+      if (address !== undefined) peers.set(member, url(address));
+    }
+    if (!peers.has(id)) peers.set(id, url(join?.address ?? addrs[id]!));
+    transport.setPeers(peers);
+  };
   let kv: KVNode | undefined;
-  const { host, port } = splitHostPort(addrs[id]!);
+  let served: KVNode | undefined;
+  const state = () => kv?.diagnostics?.();
+  const metrics = new NodeMetrics(id, state);
+  // The status page served by any member calls every member: their origins are allowed too.
+  const memberUrls = addrs.map((a) => `${security.tls !== undefined ? "https" : "http"}://${a}`);
+  const { host, port } = splitHostPort(join?.address ?? addrs[id]!);
   let server: RpcServer;
   try {
     server = await RpcServer.start({
       host,
       port,
-      corsOrigins: options.corsOrigins,
+      corsOrigins: [...(options.corsOrigins ?? []), ...memberUrls],
       fastLane: options.fastLane,
       ...(security.tls !== undefined ? { tls: security.tls } : {}),
       ...(security.gate !== undefined ? { gate: security.gate } : {}),
+      httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: memberUrls })] }),
       routes: (router) => {
-        registerKVService(router, () => kv);
-        transport.registerRoutes(router);
+        const counted = instrumentRouter(router, metrics);
+        registerKVService(counted, () => served);
+        registerClusterService(counted, () => (kv?.raft === undefined ? undefined : { raft: kv.raft, clusterId }), {
+          gated: security.gate !== undefined,
+          allowUnauthenticated: options.insecureAdmin ?? false,
+        });
+        transport.registerRoutes(counted);
+        registerHealthService(counted, { state });
+        registerReflection(counted);
       },
     });
   } catch (error) {
@@ -68,7 +138,16 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     throw error;
   }
   try {
-    kv = await options.open({ id, peers: addrs.map((_, i) => i), dir, transport });
+    kv = await options.open({
+      id,
+      peers: join === undefined ? addrs.map((_, i) => i) : [],
+      dir,
+      transport,
+      addresses: join === undefined ? Object.fromEntries(addrs.map((a, i) => [i, a])) : {},
+      onMembershipChange,
+      observer: metrics.raftObserver,
+    });
+    served = instrumentKV(kv, metrics);
   } catch (error) {
     await server.close();
     await transport.close();
@@ -81,6 +160,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     transport,
     kv: opened,
     clusterId,
+    metrics,
     close() {
       closing ??= (async () => {
         await server.close();

@@ -1,8 +1,12 @@
 // One apply's LSM batch in the making: the data changes, session changes and key-count change of
 // consecutive entries, written with their applied index as one atomic batch. Reads see the
-// batch's own earlier writes.
+// batch's own earlier writes. Every user value is stored with its revisions (revisions.ts), and
+// every change is also recorded in the watch history (history.ts).
 import type { BatchOp, DB } from "../lsm/index.ts";
+import { EVENT_DELETE, EVENT_PUT, encodeEvent, eventKey } from "./history.ts";
 import { APPLIED_KEY, KEY_COUNT_KEY, encodeApplied, encodeKeyCount, sessionKey } from "./keys.ts";
+import { encodeStored, nextMeta, REVISION_HEADER_BYTES } from "./revisions.ts";
+import { responseKey } from "./session-responses.ts";
 import { encodeSession, type Session } from "./sessions.ts";
 
 const EMPTY = new Uint8Array(0);
@@ -13,10 +17,13 @@ export class ApplyBatch {
   bytes = 0;
   /** Keys created minus keys deleted by this batch. */
   keyCountDelta = 0;
-  /** Values written earlier in this batch, by internal key (latin1 string of its bytes); null = deleted. */
+  /** Stored values written earlier in this batch, by internal key (latin1 string of its bytes); null = deleted. */
   private readonly written = new Map<string, Uint8Array | null>();
   /** Session changes: the new record, or null for a deletion. */
   private readonly sessionChanges = new Map<bigint, Session | null>();
+  /** Extra metadata records (e.g. a session's last Txn response), written with the batch. */
+  private readonly metaOps: BatchOp[] = [];
+  private readonly metaWritten = new Map<string, Uint8Array | null>();
 
   constructor(
     private readonly db: DB,
@@ -25,45 +32,87 @@ export class ApplyBatch {
     public term: number,
     /** The log time reached by this batch's entries (the largest leader timestamp so far). */
     public logTime: number,
+    /** Record every change in the watch history. */
+    private readonly history = true,
   ) {}
 
-  /** The value of an internal user key as of this point of the batch. */
+  /** The stored value (revision header + user bytes) of an internal user key as of this point of the batch. */
   current(key: Uint8Array): Uint8Array | null {
     const pending = this.written.get(latin1(key));
     if (pending !== undefined) return pending;
     return this.db.getSync(key) ?? null;
   }
 
-  put(key: Uint8Array, value: Uint8Array): void {
-    if (this.current(key) === null) this.keyCountDelta++;
-    this.set(key, value);
+  /** The LSM under this batch (range scans merge writtenIn() over it). */
+  get store(): DB {
+    return this.db;
+  }
+
+  /** A metadata record as of this point of the batch. */
+  meta(key: Uint8Array): Uint8Array | null {
+    const pending = this.metaWritten.get(latin1(key));
+    if (pending !== undefined) return pending;
+    return this.db.getSync(key) ?? null;
+  }
+
+  /** Keys this batch wrote or deleted in [start, end) (internal keys), in byte order. */
+  writtenIn(start: Uint8Array, end: Uint8Array | null): [Uint8Array, Uint8Array | null][] {
+    if (this.written.size === 0) return [];
+    const lo = latin1(start);
+    const hi = end === null ? null : latin1(end);
+    const out: [string, Uint8Array | null][] = [];
+    for (const [key, value] of this.written) if (key >= lo && (hi === null || key < hi)) out.push([key, value]);
+    out.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    return out.map(([key, value]) => [Uint8Array.from(Buffer.from(key, "latin1")), value]);
+  }
+
+  /** Sets `key` to `value` at this batch's revision; returns the previous stored value. */
+  put(key: Uint8Array, value: Uint8Array): Uint8Array | null {
+    const old = this.current(key);
+    if (old === null) this.keyCountDelta++;
+    this.set(key, encodeStored(nextMeta(old, this.index), value), old);
+    return old;
   }
 
   /** Appends `suffix` unless the value would exceed `maxValueBytes`; false (and no change) if it would. */
   append(key: Uint8Array, suffix: Uint8Array, maxValueBytes: number): boolean {
     const old = this.current(key);
-    const base = old ?? EMPTY;
+    const base = old === null ? EMPTY : old.subarray(REVISION_HEADER_BYTES);
     if (base.length + suffix.length > maxValueBytes) return false;
     if (old === null) this.keyCountDelta++;
     const value = new Uint8Array(base.length + suffix.length);
     value.set(base, 0);
     value.set(suffix, base.length);
-    this.set(key, value);
+    this.set(key, encodeStored(nextMeta(old, this.index), value), old);
     return true;
   }
 
   /** Deletes `key`; true when it existed. */
   delete(key: Uint8Array): boolean {
-    const existed = this.current(key) !== null;
-    if (existed) this.keyCountDelta--;
+    return this.remove(key) !== null;
+  }
+
+  /** Deletes `key`; returns its previous stored value (null: it did not exist, nothing changed). */
+  remove(key: Uint8Array): Uint8Array | null {
+    const old = this.current(key);
+    if (old === null) return null;
+    this.keyCountDelta--;
     this.ops.push({ type: "del", key });
     this.written.set(latin1(key), null);
     this.bytes += key.length;
-    return existed;
+    this.record(EVENT_DELETE, key, old, null);
+    return old;
   }
 
   setSession(clientId: bigint, session: Session | null): void {
     this.sessionChanges.set(clientId, session);
+  }
+
+  /** Writes (or with null deletes) a metadata record with this batch. */
+  setMeta(key: Uint8Array, value: Uint8Array | null): void {
+    this.metaOps.push(value === null ? { type: "del", key } : { type: "put", key, value });
+    this.metaWritten.set(latin1(key), value);
+    if (value !== null) this.bytes += key.length + value.length;
   }
 
   /** True when no entry was added since `appliedIndex`: nothing to write. */
@@ -76,15 +125,27 @@ export class ApplyBatch {
     for (const [clientId, session] of this.sessionChanges) {
       this.ops.push(session === null ? { type: "del", key: sessionKey(clientId) } : { type: "put", key: sessionKey(clientId), value: encodeSession(session) });
     }
+    for (const op of this.metaOps) this.ops.push(op);
+    // A dropped session takes its last Txn answer with it (after any write of it above).
+    for (const [clientId, session] of this.sessionChanges) if (session === null) this.ops.push({ type: "del", key: responseKey(clientId) });
     if (this.keyCountDelta !== 0) this.ops.push({ type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(keyCount) });
     this.ops.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(this.index, this.term, this.logTime) });
     return this.ops;
   }
 
-  private set(key: Uint8Array, value: Uint8Array): void {
-    this.ops.push({ type: "put", key, value });
-    this.written.set(latin1(key), value);
-    this.bytes += key.length + value.length;
+  private set(key: Uint8Array, stored: Uint8Array, old: Uint8Array | null): void {
+    this.ops.push({ type: "put", key, value: stored });
+    this.written.set(latin1(key), stored);
+    this.bytes += key.length + stored.length;
+    this.record(EVENT_PUT, key, old, stored);
+  }
+
+  private record(type: number, key: Uint8Array, old: Uint8Array | null, stored: Uint8Array | null): void {
+    if (!this.history) return;
+    const event = encodeEvent(type, old, stored);
+    // key[0] is the 0x01 user prefix; the history names the user key.
+    this.ops.push({ type: "put", key: eventKey(this.index, key.subarray(1)), value: event });
+    this.bytes += key.length + event.length + 10;
   }
 }
 

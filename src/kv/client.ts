@@ -1,9 +1,27 @@
-// Clerk: the kvraft client for Bun, Node and browsers. Registers a session, finds the leader, and
+// Clerk: the kvraft client for Bun, Node and browsers. Registers sessions, finds the leader, and
 // retries through leader changes and network faults with the same (session, commandId) so a write
-// is applied once. No node-only imports: the caller supplies the Connect transport.
+// is applied once. Concurrent operations each take a session of their own and are coalesced into
+// Batch RPCs (clerk-batch.ts). No node-only imports: the caller supplies the Connect transport.
 
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
-import { KVService, Op, type CommandResponse, type RegisterSessionResponse } from "../gen/kvraftpb/kvraft_pb.ts";
+import { KVService, Op, type CommandResponse, type RegisterSessionResponse, type ResponseHeader, type TxnResponse } from "../gen/kvraftpb/kvraft_pb.ts";
+import {
+  casAnswer,
+  casRequest,
+  deleteAnswer,
+  deleteRequest,
+  rangeAnswer,
+  rangeRequest,
+  scanPages,
+  type CasAnswer,
+  type ClerkKV,
+  type ClerkTxnRequest,
+  type DeleteAnswer,
+  type RangeAnswer,
+  type RangeOptions,
+} from "./clerk-txn.ts";
+import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
+import { CommandBatcher, type BatchOptions } from "./clerk-batch.ts";
 
 export interface ClerkOptions {
   /** Every node's address, in node-id order: "localhost:5001" or "http://host:port". */
@@ -31,7 +49,22 @@ export interface ClerkOptions {
    * one fails at once instead of being refused by every node in turn.
    */
   maxRequestBytes?: number;
+  /**
+   * Operations this Clerk runs at once (default 256). The server's session keeps one reply per
+   * session, so each concurrent operation uses a session of its own, registered when first needed
+   * (a Raft entry each) and kept for reuse; beyond this many, operations wait their turn. 1 runs
+   * operations one at a time, in call order. With `clientId` it is always 1.
+   */
+  maxConcurrency?: number;
+  /**
+   * Coalesce concurrent Get/Put/Append/Delete operations to a node into Batch RPCs (default on);
+   * false sends one Command RPC per operation.
+   */
+  batch?: BatchOptions | false;
 }
+
+/** Operations waiting for a free session, at most: a bound on what a runaway caller can queue. */
+const MAX_WAITING_OPERATIONS = 1_000_000;
 
 /**
  * An operation failed. `code` is a Connect code: the one a node refused the request with (nothing
@@ -68,7 +101,7 @@ export type NodeStatus =
   | { online: false; id: number; address: string; state: "Offline"; error: string };
 
 /** Connect codes that mean "this node could not answer now": try another node. */
-const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Aborted, Code.Canceled, Code.Internal]);
+export const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Aborted, Code.Canceled, Code.Internal]);
 /** Connect codes that mean "this node is busy": ask it again after a backoff. */
 const BACK_OFF_ON_SAME_NODE = new Set<Code>([Code.ResourceExhausted]);
 
@@ -109,37 +142,69 @@ function commandAttempt(response: CommandResponse, node: number): Attempt<Comman
   return classify(response, node, "committing the command");
 }
 
+/** An answer of Range, DeleteRange or Txn: its header's err decides, as Command's err does. */
+function headerAttempt<T extends { header?: ResponseHeader }>(response: T, node: number): Attempt<T> {
+  const hint = response.header?.leaderId;
+  const leader = hint === undefined ? { case: undefined } : { case: "leaderId" as const, value: hint };
+  const outcome = classify({ err: response.header?.err ?? "", leader }, node, "the request");
+  return "done" in outcome ? { done: response } : outcome;
+}
+
 function registerAttempt(response: RegisterSessionResponse, node: number): Attempt<RegisterSessionResponse> {
   return classify(response, node, "registering the session");
 }
 
 /** An answer's `err` (eRaft's vocabulary): done, not the leader (maybe with a hint), or timed out. */
-function classify<T extends { err: string; leaderId?: bigint }>(response: T, node: number, what: string): Attempt<T> {
+function classify<T extends { err: string; leader: { case: "leaderId"; value: bigint } | { case: undefined } }>(response: T, node: number, what: string): Attempt<T> {
   const outcome = REPLY_OUTCOMES.get(response.err);
   if (outcome === undefined) throw new ClerkError(Code.Internal, `node ${node} answered with unknown err "${response.err}"`);
   if (outcome === "done") return { done: response };
-  if (outcome === "wrong-leader") return { wrongLeader: response.leaderId, problem: `node ${node} is not the leader` };
+  if (outcome === "wrong-leader") return { wrongLeader: leaderOf(response), problem: `node ${node} is not the leader` };
   return { retry: "next", problem: `node ${node} timed out ${what}` };
+}
+
+/** The leader hint of an answer (a one-field oneof in kvraft.proto, so older protoc can compile it). */
+function leaderOf(response: { leader: { case: "leaderId"; value: bigint } | { case: undefined } }): bigint | undefined {
+  return response.leader.case === "leaderId" ? response.leader.value : undefined;
+}
+
+/** One server session: its id (0n until registered) and the next commandId it will use. */
+interface Session {
+  id: bigint;
+  nextCommandId: bigint;
 }
 
 export class Clerk {
   private readonly addrs: string[];
   private readonly clients: Client<typeof KVService>[];
-  /** The session id: registered (from RegisterSession) unless options.clientId was given; 0n until then. */
-  private session: bigint;
+  /** One coalescer per node, or null when batching is off. */
+  private readonly batchers: CommandBatcher[] | null;
+  /** Sessions no operation uses now; registered ones on top, to be reused first. */
+  private readonly idle: Session[] = [];
+  /** Sessions in existence (idle or in use). */
+  private sessions = 0;
+  /** Operations waiting for a session (FIFO from waitingHead). */
+  private readonly waiting: ((session: Session) => void)[] = [];
+  private waitingHead = 0;
+  private readonly maxConcurrency: number;
   private readonly registered: boolean;
-  private nextCommandId = 1n;
+  /** The session of the most recent write (what clientId reports). */
+  private last: Session;
   private leader = 0;
-  /** Operations of one Clerk run one at a time: the server's session keeps one reply per client. */
-  private queue: Promise<unknown> = Promise.resolve();
-  private readonly options: Required<Omit<ClerkOptions, "clientId" | "addrs" | "transport">>;
+  private readonly options: Required<Omit<ClerkOptions, "clientId" | "addrs" | "transport" | "maxConcurrency" | "batch">>;
 
   constructor(options: ClerkOptions) {
     if (options.addrs.length === 0) throw new ClerkError(Code.InvalidArgument, "Clerk needs at least one node address");
     this.addrs = [...options.addrs];
     this.clients = this.addrs.map((address) => createClient(KVService, options.transport(toBaseUrl(address))));
     this.registered = options.clientId === undefined;
-    this.session = options.clientId ?? 0n;
+    // An unregistered id (eRaft's way) is one session: its operations must run one at a time.
+    this.maxConcurrency = this.registered ? Math.max(1, Math.floor(options.maxConcurrency ?? 256)) : 1;
+    const batch = options.batch ?? {};
+    this.batchers = batch === false || this.maxConcurrency === 1 ? null : this.clients.map((client) => new CommandBatcher(client, batch));
+    this.last = { id: options.clientId ?? 0n, nextCommandId: 1n };
+    this.idle.push(this.last);
+    this.sessions = 1;
     this.options = {
       callTimeoutMs: options.callTimeoutMs ?? 2_000,
       operationTimeoutMs: options.operationTimeoutMs ?? 15_000,
@@ -151,9 +216,9 @@ export class Clerk {
     };
   }
 
-  /** The session id writes carry (0n before the Clerk's first write registered one). */
+  /** The session id the latest write carried (0n before the Clerk's first write registered one). */
   get clientId(): bigint {
-    return this.session;
+    return this.last.id;
   }
 
   /** The value of `key`, or null when the key does not exist. */
@@ -175,6 +240,84 @@ export class Clerk {
     return (await this.command(Op.DELETE, key, "")).err === "OK";
   }
 
+  /** Keys in [key, end) with their revisions ("\0" as end: every key >= key); see clerk-txn.ts. */
+  range(key: string, end: string | Uint8Array, options?: RangeOptions): Promise<RangeAnswer> {
+    const request = rangeRequest(key, end, options);
+    const deadline = Date.now() + this.options.operationTimeoutMs;
+    return this.retrying(`Range(${JSON.stringify(key)})`, deadline, false, (client, timeoutMs) =>
+      client.range(request, { timeoutMs }).then((response) => headerAttempt(response, this.leader)),
+    ).then(rangeAnswer);
+  }
+
+  /** Every key that starts with `prefix`, read page by page. */
+  scan(prefix: string, options?: RangeOptions & { maxKeys?: number }): Promise<ClerkKV[]> {
+    return scanPages((key, end, pageOptions) => this.range(key, end, pageOptions), prefix, options);
+  }
+
+  /** Deletes the keys in [key, end) ("" as end: just key) in one write, once; returns how many existed. */
+  deleteRange(key: string, end: string | Uint8Array, prevKv = false): Promise<DeleteAnswer> {
+    const request = deleteRequest(key, end, prevKv);
+    return this.sessionWrite(`DeleteRange(${JSON.stringify(key)})`, (ids, client, timeoutMs) => client.deleteRange({ ...request, ...ids }, { timeoutMs })).then(deleteAnswer);
+  }
+
+  /** An etcd-style Txn (compares, success operations, failure operations), applied once. */
+  txn(request: ClerkTxnRequest): Promise<TxnResponse> {
+    return this.sessionWrite("Txn", (ids, client, timeoutMs) => client.txn({ ...request, ...ids }, { timeoutMs }));
+  }
+
+  /** Compare-and-swap: sets `key` to `value` if its value is `expect` (null: if it is absent). */
+  cas(key: string, expect: string | null, value: string): Promise<CasAnswer> {
+    return this.txn(casRequest(key, expect, value)).then(casAnswer);
+  }
+
+  /**
+   * Changes of `key` (or a range / prefix) as batches of whole revisions, from any node, resumed
+   * on another node after a failure without gap or repeat, until `options.signal` aborts.
+   */
+  watch(key: string, options?: WatchOptions): AsyncGenerator<WatchBatch> {
+    // Its own node index: a watch moving between nodes does not move the writes' leader.
+    return clerkWatch({ clients: this.clients, addrs: this.addrs, leader: this.leader, ...this.options }, key, options);
+  }
+
+  /** A write carried by a session like Command's writes: once, on a session no other operation uses now. */
+  private async sessionWrite<T extends { header?: ResponseHeader }>(
+    name: string,
+    send: (ids: { clientId: bigint; commandId: bigint; registered: boolean }, client: Client<typeof KVService>, timeoutMs: number) => Promise<T>,
+  ): Promise<T> {
+    const session = this.idle.pop() ?? (await this.newOrWaitingSession());
+    try {
+      return await this.sessionOperation(session, name, send);
+    } finally {
+      this.release(session);
+    }
+  }
+
+  private async sessionOperation<T extends { header?: ResponseHeader }>(
+    session: Session,
+    name: string,
+    send: (ids: { clientId: bigint; commandId: bigint; registered: boolean }, client: Client<typeof KVService>, timeoutMs: number) => Promise<T>,
+  ): Promise<T> {
+    const deadline = Date.now() + this.options.operationTimeoutMs;
+    if (this.registered && session.id === 0n) await this.register(session, name, deadline);
+    this.last = session;
+    const commandId = session.nextCommandId++;
+    let sent = 0;
+    try {
+      return await this.retrying(name, deadline, true, (client, timeoutMs, node) => {
+        sent++;
+        const ids = { clientId: session.id, commandId, registered: this.registered && session.id !== 0n };
+        return send(ids, client, timeoutMs).then((response) => headerAttempt(response, node));
+      });
+    } catch (error) {
+      if (!(error instanceof SessionGone)) throw error;
+      session.id = 0n;
+      if (sent > 1) {
+        throw new ClerkError(Code.FailedPrecondition, `${name}: the session expired while the write was being retried; it may or may not have been applied (${error.message})`, true);
+      }
+      return this.sessionOperation(session, name, send);
+    }
+  }
+
   /** Every node's status, asked concurrently; unreachable nodes are "Offline". Never throws. */
   async getStatus(): Promise<NodeStatus[]> {
     return Promise.all(
@@ -191,7 +334,7 @@ export class Clerk {
             lastApplied: s.lastApplied,
             commitIndex: s.commitIndex,
             storageSize: s.storageSize,
-            leaderId: s.leaderId,
+            leaderId: leaderOf(s),
             members: s.members,
             snapshotIndex: s.snapshotIndex,
             keyCount: s.keyCount,
@@ -203,54 +346,89 @@ export class Clerk {
     );
   }
 
-  private command(op: Op, key: string, value: string): Promise<CommandResponse> {
-    const run = this.queue.then(() => this.operation(op, key, value));
-    this.queue = run.catch(() => undefined);
-    return run;
+  private async command(op: Op, key: string, value: string): Promise<CommandResponse> {
+    // Measured without encoding only when it could matter: a short string cannot pass the limit.
+    if ((key.length + value.length) * 3 > this.options.maxRequestBytes) {
+      const size = utf8Length(key) + utf8Length(value);
+      if (size > this.options.maxRequestBytes) {
+        throw new ClerkError(Code.InvalidArgument, `key and value are ${size} bytes; requests are limited to ${this.options.maxRequestBytes}`);
+      }
+    }
+    const session = this.idle.pop() ?? (await this.newOrWaitingSession());
+    try {
+      return await this.operation(session, op, key, value);
+    } finally {
+      this.release(session);
+    }
   }
 
-  private async operation(op: Op, key: string, value: string, deadline = Date.now() + this.options.operationTimeoutMs): Promise<CommandResponse> {
-    const size = utf8Length(key) + utf8Length(value);
-    if (size > this.options.maxRequestBytes) {
-      throw new ClerkError(Code.InvalidArgument, `key and value are ${size} bytes; requests are limited to ${this.options.maxRequestBytes}`);
+  private newOrWaitingSession(): Promise<Session> | Session {
+    if (this.sessions < this.maxConcurrency) {
+      this.sessions++;
+      return { id: 0n, nextCommandId: 1n };
     }
-    const name = `${Op[op] ?? String(op)}(${JSON.stringify(key)})`;
+    if (this.waiting.length - this.waitingHead >= MAX_WAITING_OPERATIONS) {
+      throw new ClerkError(Code.ResourceExhausted, `${MAX_WAITING_OPERATIONS} operations are already waiting on this Clerk; await some first`);
+    }
+    return new Promise<Session>((resolve) => this.waiting.push(resolve));
+  }
+
+  /** Hands the session to the next waiting operation, or back to the idle pool. */
+  private release(session: Session): void {
+    if (this.waitingHead < this.waiting.length) {
+      const next = this.waiting[this.waitingHead++]!;
+      if (this.waitingHead > 1024 && this.waitingHead * 2 > this.waiting.length) {
+        this.waiting.splice(0, this.waitingHead);
+        this.waitingHead = 0;
+      }
+      next(session);
+      return;
+    }
+    // Registered sessions go on top: the next operation reuses one instead of registering.
+    if (session.id !== 0n || this.idle.length === 0) this.idle.push(session);
+    else this.idle.unshift(session);
+  }
+
+  private async operation(session: Session, op: Op, key: string, value: string, deadline = Date.now() + this.options.operationTimeoutMs): Promise<CommandResponse> {
     const write = op !== Op.GET;
-    if (write && this.registered && this.session === 0n) await this.register(name, deadline);
+    if (write && this.registered && session.id === 0n) await this.register(session, () => describe(op, key), deadline);
+    if (write) this.last = session;
     // One commandId for every retry of this operation: the session table answers a repeat.
-    const commandId = this.nextCommandId++;
+    const commandId = session.nextCommandId++;
+    const request = { key, value, op, clientId: session.id, commandId, registered: this.registered && session.id !== 0n };
     let sent = 0;
     try {
-      return await this.retrying(name, deadline, write, (client, timeoutMs) => {
+      return await this.retrying(() => describe(op, key), deadline, write, (client, timeoutMs, node) => {
         sent++;
-        const request = { key, value, op, clientId: this.session, commandId, registered: this.registered && this.session !== 0n };
-        return client.command(request, { timeoutMs }).then((response) => commandAttempt(response, this.leader));
+        const answer = this.batchers === null ? client.command(request, { timeoutMs }) : this.batchers[node]!.command(request, timeoutMs);
+        return answer.then((response) => commandAttempt(response, node));
       });
     } catch (error) {
       if (!(error instanceof SessionGone)) throw error;
       // The session expired (idle longer than the server's TTL). Register again for what follows.
-      this.session = 0n;
+      session.id = 0n;
       if (sent > 1) {
         // An earlier attempt of this write may have been applied before the session went.
         throw new ClerkError(
           Code.FailedPrecondition,
-          `${name}: the session expired while the write was being retried; it may or may not have been applied (${error.message})`,
+          `${describe(op, key)}: the session expired while the write was being retried; it may or may not have been applied (${error.message})`,
           true,
         );
       }
       // Refused on its first attempt: certainly not applied. Run it again under a new session,
       // within the same deadline.
-      return this.operation(op, key, value, deadline);
+      return this.operation(session, op, key, value, deadline);
     }
   }
 
   /** Asks the leader for a session id (RegisterSession), with the same retries as a command. */
-  private async register(name: string, deadline: number): Promise<void> {
-    const response = await this.retrying(`${name}: RegisterSession`, deadline, false, (client, timeoutMs) =>
-      client.registerSession({}, { timeoutMs }).then((response) => registerAttempt(response, this.leader)),
+  private async register(session: Session, name: string | (() => string), deadline: number): Promise<void> {
+    const what = () => `${typeof name === "string" ? name : name()}: RegisterSession`;
+    const response = await this.retrying(what, deadline, false, (client, timeoutMs, node) =>
+      client.registerSession({}, { timeoutMs }).then((response) => registerAttempt(response, node)),
     );
-    this.session = response.clientId;
-    this.nextCommandId = 1n;
+    session.id = response.clientId;
+    session.nextCommandId = 1n;
   }
 
   /**
@@ -259,10 +437,10 @@ export class Clerk {
    * of attempts or past `deadline`.
    */
   private async retrying<T>(
-    name: string,
+    name: string | (() => string),
     deadline: number,
     write: boolean,
-    rpc: (client: Client<typeof KVService>, timeoutMs: number) => Promise<Attempt<T>>,
+    rpc: (client: Client<typeof KVService>, timeoutMs: number, node: number) => Promise<Attempt<T>>,
   ): Promise<T> {
     const started = Date.now();
     const n = this.clients.length;
@@ -276,7 +454,7 @@ export class Clerk {
       const node = this.leader;
       let outcome: Attempt<T>;
       try {
-        outcome = await rpc(this.clients[node]!, Math.max(1, Math.min(this.options.callTimeoutMs, remaining)));
+        outcome = await rpc(this.clients[node]!, remaining < this.options.callTimeoutMs ? Math.max(1, remaining) : this.options.callTimeoutMs, node);
       } catch (error) {
         if (error instanceof ClerkError) throw error;
         const connectError = ConnectError.from(error);
@@ -304,7 +482,7 @@ export class Clerk {
     }
     throw new ClerkError(
       Code.DeadlineExceeded,
-      `${name} gave up after ${Date.now() - started} ms: no node completed it (last: ${lastProblem}).` +
+      `${typeof name === "string" ? name : name()} gave up after ${Date.now() - started} ms: no node completed it (last: ${lastProblem}).` +
         (write ? " A write may or may not have been applied." : ""),
       write,
     );
@@ -317,6 +495,11 @@ export class Clerk {
     this.leader = target;
     return true;
   }
+}
+
+/** "PUT(\"key\")": how errors name an operation (made only when one is reported). */
+function describe(op: Op, key: string): string {
+  return `${Op[op] ?? String(op)}(${JSON.stringify(key)})`;
 }
 
 /** A registered session that the server no longer has (failed_precondition): internal to the Clerk. */

@@ -11,6 +11,8 @@ export const COMMAND_FORMAT_VERSION = 2;
 export const OP_PUT = 0;
 export const OP_APPEND = 1;
 export const OP_DELETE = 3;
+/** A Txn (and DeleteRange): key empty, value = the request as msgpack (txn-types.ts). */
+export const OP_TXN = 4;
 /** RegisterSession: the new session's id is this entry's index. */
 export const OP_REGISTER = 5;
 
@@ -92,7 +94,7 @@ export function decodeCommand(data: Uint8Array, index: number): DecodedCommand {
     throw new KVCorruptionError(`log entry ${index}: command is ${data.length} bytes, shorter than its ${headerBytes}-byte header`);
   }
   const op = data[1];
-  if (op !== OP_PUT && op !== OP_APPEND && op !== OP_DELETE && (op !== OP_REGISTER || version === 1)) {
+  if (op !== OP_PUT && op !== OP_APPEND && op !== OP_DELETE && ((op !== OP_REGISTER && op !== OP_TXN) || version === 1)) {
     throw new KVCorruptionError(`log entry ${index}: unknown op code ${op}`);
   }
   const keyLength = readUint32LE(data, headerBytes - 4);

@@ -44,3 +44,9 @@ export class SessionExpiredError extends KVError {
   override readonly name = "SessionExpiredError";
   readonly code = "failed_precondition";
 }
+
+/** A retried Txn whose answer the session no longer holds (the client moved on, or it expired). */
+export class OutcomeUnknownError extends KVError {
+  override readonly name = "OutcomeUnknownError";
+  readonly code = "failed_precondition";
+}

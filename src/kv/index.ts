@@ -4,6 +4,7 @@ export {
   KVServer,
   type CommandArgs,
   type CommandReply,
+  type KVDiagnostics,
   type KVErr,
   type KVLimits,
   type KVOp,

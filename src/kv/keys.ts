@@ -117,17 +117,29 @@ export function decodeKeyCount(value: Uint8Array): number {
   return readUint64LE(value, 0);
 }
 
-export function encodeMembers(members: readonly number[]): Uint8Array {
-  const out = new Uint8Array(4 + 4 * members.length);
+/**
+ * The members record: the voters (count u32, ids u32), then, when the configuration has learners
+ * or addresses, the whole configuration in Raft's membership layout (src/raft/log/FORMAT.md).
+ */
+export function encodeMembers(members: readonly number[], membership?: Uint8Array): Uint8Array {
+  const extra = membership?.length ?? 0;
+  const out = new Uint8Array(4 + 4 * members.length + extra);
   const view = new DataView(out.buffer);
   view.setUint32(0, members.length, true);
   members.forEach((m, i) => view.setUint32(4 + 4 * i, m, true));
+  if (membership !== undefined) out.set(membership, 4 + 4 * members.length);
   return out;
 }
 
 export function decodeMembers(value: Uint8Array): number[] {
   const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
   const count = view.getUint32(0, true);
-  if (value.length !== 4 + 4 * count) throw new RangeError(`members record is ${value.length} bytes, expected ${4 + 4 * count}`);
+  if (value.length < 4 + 4 * count) throw new RangeError(`members record is ${value.length} bytes, expected at least ${4 + 4 * count}`);
   return Array.from({ length: count }, (_, i) => view.getUint32(4 + 4 * i, true));
+}
+
+/** The whole-configuration bytes after the voters, or null when the record has none. */
+export function membersRecordMembership(value: Uint8Array): Uint8Array | null {
+  const count = new DataView(value.buffer, value.byteOffset, value.byteLength).getUint32(0, true);
+  return value.length > 4 + 4 * count ? value.subarray(4 + 4 * count) : null;
 }

@@ -5,6 +5,7 @@ import type { Clock } from "../raft/index.ts";
 import { DeadlineQueue, type Deadline } from "./deadlines.ts";
 import { TIMEOUT, WRONG_LEADER, type CommandReply } from "./replies.ts";
 import type { ResultCode } from "./sessions.ts";
+import type { TxnResult } from "./txn-types.ts";
 
 /** The outcome of one applied entry (Noop entries carry client 0, command 0). */
 export interface AppliedCommand {
@@ -13,6 +14,8 @@ export interface AppliedCommand {
   clientId: bigint;
   commandId: bigint;
   result: ResultCode;
+  /** A Txn's (or DeleteRange's) answer; absent on a retry whose answer is no longer kept. */
+  txn?: TxnResult;
 }
 
 /** How a proposed write ended: its entry applied (with its result), or a reply without one. */

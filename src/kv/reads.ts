@@ -16,6 +16,8 @@ class ReadWaiter implements Deadline {
     private readonly owner: ReadBatcher,
     private readonly resolve: (reply: CommandReply) => void,
     private readonly reject: (error: unknown) => void,
+    /** Reads something other than one key's value once the round is confirmed (a Range). */
+    readonly read?: () => CommandReply,
   ) {}
 
   expire(): void {
@@ -66,9 +68,9 @@ export class ReadBatcher {
     private readonly timeoutMs: number,
   ) {}
 
-  get(key: string): Promise<CommandReply> {
+  get(key: string, read?: () => CommandReply): Promise<CommandReply> {
     return new Promise<CommandReply>((resolve, reject) => {
-      const waiter = new ReadWaiter(key, this.clock.now() + this.timeoutMs, this, resolve, reject);
+      const waiter = new ReadWaiter(key, this.clock.now() + this.timeoutMs, this, resolve, reject, read);
       this.queue.push(waiter);
       this.deadlines.add(waiter);
       this.schedule();
@@ -111,7 +113,18 @@ export class ReadBatcher {
     };
     this.source.readIndex().then(
       () => {
-        for (const waiter of round) if (!waiter.settled) waiter.settle(this.closed ? WRONG_LEADER : this.source.readApplied(waiter.key));
+        for (const waiter of round) {
+          if (waiter.settled) continue;
+          if (this.closed) waiter.settle(WRONG_LEADER);
+          else if (waiter.read === undefined) waiter.settle(this.source.readApplied(waiter.key));
+          else {
+            try {
+              waiter.settle(waiter.read());
+            } catch (error) {
+              waiter.fail(error);
+            }
+          }
+        }
         done();
       },
       (error: unknown) => {

@@ -8,11 +8,16 @@ import {
   type Clock,
   type Entry,
   type LogStore,
+  type Membership,
   type NodeId,
+  type LogStoreStats,
+  type RaftNodeStatus,
+  type RaftObserver,
   type SnapshotMeta,
   type StateMachine,
   type Transport,
 } from "../raft/index.ts";
+import type { DBStats } from "../lsm/index.ts";
 import { commandFingerprint, decodeCommand, encodeCommand, type WriteCommand } from "./command.ts";
 import { DeadlineQueue } from "./deadlines.ts";
 import { InvalidArgumentError, OverloadedError, SessionExpiredError, UnavailableError } from "./errors.ts";
@@ -30,6 +35,9 @@ import {
   type ResultCode,
 } from "./sessions.ts";
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
+import { TxnServer } from "./txn-server.ts";
+import type { TxnLimits } from "./txn.ts";
+import { WatchHub, type WatchLimits } from "./watch-hub.ts";
 
 export type { CommandArgs, CommandReply, KVErr, KVOp, RegisterReply } from "./replies.ts";
 
@@ -42,7 +50,12 @@ export interface KVStatus {
   /** LSM bytes on disk plus Raft log bytes. */
   storageSize: number;
   leaderId: NodeId;
+  /** The voters of the configuration this node uses. */
   members: NodeId[];
+  /** Its learners (non-voting members). */
+  learners: NodeId[];
+  /** Address per member id, as stored with the configuration. */
+  addresses: Record<NodeId, string>;
   snapshotIndex: number;
   /** User keys in this replica's applied state. */
   keyCount: number;
@@ -52,6 +65,17 @@ export interface KVStatus {
   snapshotsInstalled: number;
   /** ReadIndex rounds this node has asked for since it started (Gets share rounds). */
   readIndexRounds: number;
+}
+
+export interface KVDiagnostics {
+  raft: RaftNodeStatus;
+  /** Null once closed. */
+  lsm: DBStats | null;
+  /** The file log's counters (null when the caller passed its own log store). */
+  log: LogStoreStats | null;
+  sessions: number;
+  readIndexRounds: number;
+  pendingCommands: number;
 }
 
 export interface KVLimits {
@@ -73,6 +97,13 @@ export interface KVRaftOptions {
   snapshotThreshold?: number;
   snapshotChunkBytes?: number;
   maxPendingProposals?: number;
+  /** Addresses of the bootstrap members (stored with the bootstrap configuration). */
+  addresses?: Record<NodeId, string>;
+  /** Called when the configuration in the log changes (e.g. to tell the transport who the peers are). */
+  onMembershipChange?: (membership: Membership) => void;
+  maxLearnerLag?: number;
+  /** Metrics hooks (src/obs). */
+  observer?: RaftObserver;
 }
 
 export interface KVStateOptions {
@@ -101,6 +132,10 @@ export interface KVServerOptions {
   raft?: KVRaftOptions;
   state?: KVStateOptions;
   limits?: KVLimits;
+  /** Bounds of Range, DeleteRange and Txn (txn.ts, range.ts). */
+  txnLimits?: TxnLimits;
+  /** Bounds of Watch (watch-hub.ts). */
+  watchLimits?: WatchLimits;
 }
 
 const OPS = new Set<string>(["Get", "Put", "Append", "Delete"]);
@@ -112,6 +147,10 @@ export class KVServer {
   private readonly maxKeyBytes: number;
   private readonly maxValueBytes: number;
   private readonly maxPending: number;
+  /** Range, DeleteRange and Txn (txn-server.ts). */
+  api!: TxnServer;
+  /** Watches served by this node (watch-hub.ts). */
+  watches!: WatchHub;
   /**
    * Writes without a session and registrations carry a nonce as their commandId, so an entry that
    * applies before its propose() returned still finds its waiter. Random start: unique across restarts.
@@ -144,6 +183,7 @@ export class KVServer {
       dir: path.join(options.dir, "state"),
       members: options.peers,
       snapshotChunkBytes: options.raft?.snapshotChunkBytes,
+      txnLimits: options.txnLimits,
       ...definedOnly(options.state ?? {}),
     } as Parameters<typeof KVStateMachine.open>[0]);
     let logStore: LogStore;
@@ -157,13 +197,15 @@ export class KVServer {
     const deadlines = new DeadlineQueue(clock);
     const writes = new PendingWrites(clock, deadlines, timeoutMs, machine.lastApplied());
     let node: RaftNode;
+    // Bound once the node exists; applies before that have no watcher to wake.
+    let hub: WatchHub | null = null;
     try {
       node = await RaftNode.start({
         id: options.id,
         peers: options.peers,
         logStore,
         transport: options.transport,
-        stateMachine: applyLoop(machine, writes),
+        stateMachine: applyLoop(machine, writes, () => hub?.applied()),
         clock,
         ...definedOnly(options.raft ?? {}),
       });
@@ -179,7 +221,23 @@ export class KVServer {
       deadlines,
       timeoutMs,
     );
-    return new KVServer(options.id, node, machine, writes, reads, deadlines, owned, clock, options.limits ?? {});
+    const server = new KVServer(options.id, node, machine, writes, reads, deadlines, owned, clock, options.limits ?? {});
+    hub = new WatchHub({ id: options.id, machine, logFirstIndex: () => node.status().firstIndex }, options.watchLimits);
+    server.watches = hub;
+    server.api = new TxnServer({
+      id: options.id,
+      node,
+      machine,
+      writes,
+      reads,
+      now: () => clock.now(),
+      maxKeyBytes: server.maxKeyBytes,
+      maxValueBytes: server.maxValueBytes,
+      maxPending: server.maxPending,
+      limits: options.txnLimits,
+      closed: () => server.closed,
+    });
+    return server;
   }
 
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */
@@ -197,6 +255,11 @@ export class KVServer {
     }
   }
 
+  /** The Raft node under this server: membership administration (ClusterService) talks to it directly. */
+  get raft(): RaftNode {
+    return this.node;
+  }
+
   async getStatus(): Promise<KVStatus> {
     const status = this.node.status();
     return {
@@ -208,11 +271,25 @@ export class KVServer {
       storageSize: (this.closed ? 0 : this.machine.diskBytes()) + status.logBytes,
       leaderId: status.leaderId,
       members: [...status.members],
+      learners: [...status.learners],
+      addresses: { ...status.addresses },
       snapshotIndex: status.snapshotIndex,
       keyCount: this.machine.userKeyCount,
       sessions: this.machine.sessionCount,
       snapshotsInstalled: status.snapshotsReceived,
       readIndexRounds: this.reads.roundsStarted,
+    };
+  }
+
+  /** Live views for metrics and health (src/obs), read when scraped: no copies kept, no hooks. */
+  diagnostics(): KVDiagnostics {
+    return {
+      raft: this.node.status(),
+      lsm: this.closed ? null : this.machine.lsmStats(),
+      log: this.ownedLogStore instanceof FileLogStore ? this.ownedLogStore.stats() : null,
+      sessions: this.machine.sessionCount,
+      readIndexRounds: this.reads.roundsStarted,
+      pendingCommands: this.pending,
     };
   }
 
@@ -238,6 +315,7 @@ export class KVServer {
     this.closed = true;
     this.writes.close(WRONG_LEADER);
     this.reads.close();
+    this.watches?.close();
     this.deadlines.clear();
     await this.node.stop();
     await this.machine.close();
@@ -389,9 +467,12 @@ function refuse(error: Error): never {
  * What the Raft driver applies committed entries to: the state machine, whose per-entry results
  * then answer the writes waiting for them (and a snapshot install answers the ones it covers).
  */
-function applyLoop(machine: KVStateMachine, writes: PendingWrites): StateMachine {
+function applyLoop(machine: KVStateMachine, writes: PendingWrites, applied: () => void): StateMachine {
   return {
-    apply: async (entries: Entry[]) => writes.applied(await machine.apply(entries)),
+    apply: async (entries: Entry[]) => {
+      writes.applied(await machine.apply(entries));
+      applied();
+    },
     restore: async (meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>) => {
       await machine.restore(meta, chunks);
       writes.restored(machine.lastApplied(), (clientId, commandId) => {
@@ -399,6 +480,7 @@ function applyLoop(machine: KVStateMachine, writes: PendingWrites): StateMachine
         if (session === undefined || commandId > session.commandId) return null;
         return commandId === session.commandId ? session.result : RESULT_STALE_COMMAND;
       });
+      applied();
     },
     lastApplied: () => machine.lastApplied(),
     lastAppliedTerm: () => machine.lastAppliedTerm(),

@@ -8,20 +8,31 @@ import { KVError, type KVErrorCode } from "./errors.ts";
 import { refuseUnparsableBodies } from "./parse-refusal.ts";
 import type { KVOp } from "./replies.ts";
 import type { KVServer } from "./server.ts";
+import { txnHandlers, type TxnBackend } from "./service-txn.ts";
+import { watchHandlers, type WatchBackend } from "./service-watch.ts";
+import { memberList } from "./cluster-service.ts";
 import {
+  BatchResponseSchema,
+  BatchResultSchema,
   CommandResponseSchema,
   GetStatusResponseSchema,
   KVService,
   Op,
   RegisterSessionResponseSchema,
+  type BatchRequest,
+  type BatchResponse,
   type CommandRequest,
   type CommandResponse,
   type GetStatusResponse,
   type RegisterSessionResponse,
 } from "../gen/kvraftpb/kvraft_pb.ts";
+import { log } from "../obs/log.ts";
 
 /** What the handlers use of a KVServer (tests may pass a stand-in of this exact shape). */
-export type KVServiceBackend = Pick<KVServer, "command" | "getStatus" | "registerSession">;
+export type KVServiceBackend = Pick<KVServer, "command" | "getStatus" | "registerSession"> & Partial<TxnBackend> & Partial<WatchBackend>;
+
+/** Commands one Batch call may carry; more is refused (invalid_argument) before any runs. */
+export const MAX_BATCH_COMMANDS = 4096;
 
 const OPS: Record<number, KVOp> = {
   [Op.PUT]: "Put",
@@ -60,40 +71,43 @@ export function registerKVService(
     return kv;
   };
   router.service(KVService, {
+    ...txnHandlers(current, toConnectError),
+    ...watchHandlers(current, toConnectError),
     async command(request: CommandRequest, context: HandlerContext): Promise<CommandResponse> {
       try {
-        const op = OPS[request.op];
-        if (op === undefined) {
-          throw new ConnectError(`unknown op ${request.op}: expected PUT (0), APPEND (1), GET (2) or DELETE (3)`, Code.InvalidArgument);
-        }
-        const result = await current().command({
-          key: request.key,
-          value: request.value,
-          op,
-          clientId: request.clientId,
-          commandId: request.commandId,
-          registered: request.registered,
-        });
-        const hinted = result.err === "ErrWrongLeader" && result.leaderId !== undefined && result.leaderId >= 0;
-        if (result.value === "" && !hinted) {
-          const bare = BARE_RESPONSES.get(result.err);
-          if (bare !== undefined) return bare;
-        }
-        const response = create(CommandResponseSchema, { err: result.err, value: result.value });
-        if (hinted) response.leaderId = BigInt(result.leaderId!);
-        return response;
+        return await runCommand(current(), request);
       } catch (error) {
         const refusal = toConnectError(error);
         if (isERaftShaped(request, context)) return answerERaft(refusal);
         throw refusal;
       }
     },
+    async batch(request: BatchRequest): Promise<BatchResponse> {
+      const commands = request.commands;
+      if (commands.length > MAX_BATCH_COMMANDS) {
+        throw new ConnectError(`a batch carries ${commands.length} commands; the limit is ${MAX_BATCH_COMMANDS}: split it`, Code.InvalidArgument);
+      }
+      const kv = current();
+      // Every command on its own, concurrently: Raft's group commit puts their entries in one append.
+      const results = await Promise.all(
+        commands.map((command) =>
+          runCommand(kv, command).then(
+            (response) => create(BatchResultSchema, { response }),
+            (error) => {
+              const refusal = toConnectError(error);
+              return create(BatchResultSchema, { code: refusal.code, message: refusal.rawMessage });
+            },
+          ),
+        ),
+      );
+      return create(BatchResponseSchema, { results });
+    },
     async registerSession(): Promise<RegisterSessionResponse> {
       try {
         const reply = await current().registerSession();
         const response = create(RegisterSessionResponseSchema, { err: reply.err });
         if (reply.err === "OK") response.clientId = reply.clientId;
-        else if (reply.leaderId !== undefined && reply.leaderId >= 0) response.leaderId = BigInt(reply.leaderId);
+        else if (reply.leaderId !== undefined && reply.leaderId >= 0) response.leader = { case: "leaderId", value: BigInt(reply.leaderId) };
         return response;
       } catch (error) {
         throw toConnectError(error);
@@ -112,8 +126,9 @@ export function registerKVService(
           members: status.members.map((m) => BigInt(m)),
           snapshotIndex: BigInt(status.snapshotIndex),
           keyCount: BigInt(status.keyCount),
+          memberDetails: memberList(status),
         });
-        if (status.leaderId >= 0) response.leaderId = BigInt(status.leaderId);
+        if (status.leaderId >= 0) response.leader = { case: "leaderId", value: BigInt(status.leaderId) };
         return response;
       } catch (error) {
         throw toConnectError(error);
@@ -121,6 +136,30 @@ export function registerKVService(
     },
   });
   refuseUnparsableBodies(router, KVService.typeName);
+}
+
+/** One command, as Command and each entry of Batch run it; refusals are thrown. */
+async function runCommand(kv: KVServiceBackend, request: CommandRequest): Promise<CommandResponse> {
+  const op = OPS[request.op];
+  if (op === undefined) {
+    throw new ConnectError(`unknown op ${request.op}: expected PUT (0), APPEND (1), GET (2) or DELETE (3)`, Code.InvalidArgument);
+  }
+  const result = await kv.command({
+    key: request.key,
+    value: request.value,
+    op,
+    clientId: request.clientId,
+    commandId: request.commandId,
+    registered: request.registered,
+  });
+  const hinted = result.err === "ErrWrongLeader" && result.leaderId !== undefined && result.leaderId >= 0;
+  if (result.value === "" && !hinted) {
+    const bare = BARE_RESPONSES.get(result.err);
+    if (bare !== undefined) return bare;
+  }
+  const response = create(CommandResponseSchema, { err: result.err, value: result.value });
+  if (hinted) response.leader = { case: "leaderId", value: BigInt(result.leaderId!) };
+  return response;
 }
 
 /**
@@ -163,7 +202,7 @@ export function toConnectError(error: unknown): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof KVError) return new ConnectError(error.message, CONNECT_CODES[error.code]);
   if (error instanceof Error) {
-    console.error(`kvraft rpc: internal error: ${error.stack ?? error.message}`);
+    log.error(`kvraft rpc: internal error: ${error.message}`, { error });
     return new ConnectError(`internal error: ${error.message}`, Code.Internal);
   }
   return new ConnectError(`internal error: ${String(error)}`, Code.Internal);

@@ -1,7 +1,7 @@
 // Moving a snapshot between an LSM and a chunk stream: reading one out of a consistent LSM snapshot
 // (released exactly once), and filling a fresh LSM from one in batches of about one chunk.
 import type { BatchOp, DB, DBIteratorOptions } from "../lsm/index.ts";
-import type { NodeId, SnapshotMeta } from "../raft/index.ts";
+import { encodeMembership, membershipOfMeta, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { KVCorruptionError } from "./errors.ts";
 import {
   APPLIED_KEY,
@@ -19,6 +19,7 @@ import {
   sessionKey,
   userKeyFromBytes,
 } from "./keys.ts";
+import { RESPONSE_END, RESPONSE_PREFIX } from "./session-responses.ts";
 import { decodeSession, encodeSession, type Session } from "./sessions.ts";
 import { SNAPSHOT_FORMAT_VERSION, decodeSnapshot, encodeSnapshot } from "./snapshot-stream.ts";
 
@@ -43,8 +44,11 @@ export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: numb
         yield [key.subarray(1), value];
       }
     }
+    async function* records(): AsyncGenerator<[Uint8Array, Uint8Array]> {
+      yield* scan(db, { gte: RESPONSE_PREFIX, lt: RESPONSE_END, snapshot: snap });
+    }
     handedOver = true;
-    return { meta, chunks: releasingStream(encodeSnapshot(header, sessions(), pairs(), chunkBytes), () => snap.release()) };
+    return { meta, chunks: releasingStream(encodeSnapshot(header, sessions(), pairs(), chunkBytes, records()), () => snap.release()) };
   } finally {
     // The stream owns the LSM snapshot from here; it releases it when finished or abandoned.
     if (!handedOver) snap.release();
@@ -88,6 +92,16 @@ export async function fillFromSnapshot(
         }
         keys += record.pairs.length;
         break;
+      case "records":
+        for (const [key, value] of record.records) {
+          // Only the kinds of record a snapshot carries: a stream cannot overwrite other metadata.
+          if (key.length !== RESPONSE_PREFIX.length + 8 || key[0] !== RESPONSE_PREFIX[0] || key[1] !== RESPONSE_PREFIX[1]) {
+            throw new KVCorruptionError(`snapshot stream holds a record under an unexpected ${key.length}-byte key`);
+          }
+          batch.push({ type: "put", key, value });
+          batchBytes += key.length + value.length;
+        }
+        break;
       case "trailer":
         complete = true;
         break;
@@ -100,7 +114,8 @@ export async function fillFromSnapshot(
   }
   if (!complete) throw new KVCorruptionError("snapshot stream ended without a trailer");
   batch.push({ type: "put", key: APPLIED_KEY, value: encodeApplied(meta.index, meta.term, logTime) });
-  batch.push({ type: "put", key: MEMBERS_KEY, value: encodeMembers(meta.members) });
+  const extras = (meta.learners?.length ?? 0) > 0 || Object.keys(meta.addresses ?? {}).length > 0;
+  batch.push({ type: "put", key: MEMBERS_KEY, value: encodeMembers(meta.members, extras ? encodeMembership(membershipOfMeta(meta)) : undefined) });
   batch.push({ type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(keys) });
   await db.write(batch);
 }

@@ -3,15 +3,20 @@
 // hold at most one frame and one chunk in memory, whatever the size of the state.
 import { crc32c, maskCrc, unmaskCrc } from "../util/crc32c.ts";
 import { KVCorruptionError } from "./errors.ts";
-import { type Session, SESSION_RECORD_BYTES, SESSION_RECORD_V1_BYTES, decodeSession, encodeSession } from "./sessions.ts";
+import { type Session, SESSION_RECORD_BYTES, decodeSession, encodeSession } from "./sessions.ts";
 
-/** Version 2 adds the log time to the header and carries 30-byte session records (version 1: 17). */
-export const SNAPSHOT_FORMAT_VERSION = 2;
+/**
+ * Version 2 added the log time to the header and 30-byte session records (version 1: 17).
+ * Version 3: user values carry their revision header; session Txn answers travel in records
+ * frames; the trailer counts them. Versions 1 and 2 (values without revisions) are refused.
+ */
+export const SNAPSHOT_FORMAT_VERSION = 3;
 
 export const FRAME_HEADER = 1;
 export const FRAME_SESSIONS = 2;
 export const FRAME_PAIRS = 3;
 export const FRAME_TRAILER = 4;
+export const FRAME_RECORDS = 5;
 
 /** Bytes before each frame's payload: u32 length, u32 masked CRC-32C. */
 const FRAME_PREFIX_BYTES = 8;
@@ -31,7 +36,8 @@ export type SnapshotRecord =
   | { type: "header"; header: SnapshotHeader }
   | { type: "sessions"; sessions: Session[] }
   | { type: "pairs"; pairs: [Uint8Array, Uint8Array][] }
-  | { type: "trailer"; sessions: number; pairs: number };
+  | { type: "records"; records: [Uint8Array, Uint8Array][] }
+  | { type: "trailer"; sessions: number; pairs: number; records: number };
 
 /**
  * Encodes a snapshot: `pairs` are user keys without the 0x01 prefix. Frames of about
@@ -42,6 +48,8 @@ export async function* encodeSnapshot(
   sessions: AsyncIterable<Session>,
   pairs: AsyncIterable<[Uint8Array, Uint8Array]>,
   chunkBytes: number,
+  /** Further metadata records (full LSM keys): each session's last Txn answer. */
+  records: AsyncIterable<[Uint8Array, Uint8Array]> = empty(),
 ): AsyncGenerator<Uint8Array> {
   if (!(chunkBytes >= 64)) throw new RangeError(`snapshot chunk size ${chunkBytes} is below the 64-byte minimum`);
   const chunker = new Chunker(chunkBytes);
@@ -66,6 +74,21 @@ export async function* encodeSnapshot(
   }
   if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
 
+  let recordCount = 0;
+  frame = new FrameBuilder(FRAME_RECORDS, chunkBytes);
+  inFrame = 0;
+  for await (const [key, value] of records) {
+    frame.u32(key.length).bytes(key).u32(value.length).bytes(value);
+    recordCount++;
+    inFrame++;
+    if (frame.length >= chunkBytes) {
+      yield* chunker.push(frame.finishCounted(inFrame));
+      frame = new FrameBuilder(FRAME_RECORDS, chunkBytes);
+      inFrame = 0;
+    }
+  }
+  if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
+
   let pairCount = 0;
   frame = new FrameBuilder(FRAME_PAIRS, chunkBytes);
   inFrame = 0;
@@ -81,8 +104,8 @@ export async function* encodeSnapshot(
   }
   if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
 
-  const trailer = new FrameBuilder(FRAME_TRAILER, 16);
-  trailer.u64(sessionCount).u64(pairCount);
+  const trailer = new FrameBuilder(FRAME_TRAILER, 24);
+  trailer.u64(sessionCount).u64(pairCount).u64(recordCount);
   yield* chunker.push(trailer.finish());
   const last = chunker.flush();
   if (last !== null) yield last;
@@ -99,6 +122,7 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
   let version = SNAPSHOT_FORMAT_VERSION;
   let sessions = 0;
   let pairs = 0;
+  let records = 0;
   for await (const chunk of chunks) {
     reader.push(chunk);
     for (let frame = reader.next(); frame !== null; frame = reader.next()) {
@@ -110,10 +134,12 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
       sawHeader = true;
       if (record.type === "sessions") sessions += record.sessions.length;
       if (record.type === "pairs") pairs += record.pairs.length;
+      if (record.type === "records") records += record.records.length;
       if (record.type === "trailer") {
-        if (record.sessions !== sessions || record.pairs !== pairs) {
+        if (record.sessions !== sessions || record.pairs !== pairs || record.records !== records) {
           throw new KVCorruptionError(
-            `snapshot trailer counts ${record.sessions} sessions and ${record.pairs} pairs, but the stream held ${sessions} and ${pairs}`,
+            `snapshot trailer counts ${record.sessions} sessions, ${record.pairs} pairs and ${record.records} records, ` +
+              `but the stream held ${sessions}, ${pairs} and ${records}`,
           );
         }
         sawTrailer = true;
@@ -129,18 +155,23 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
   }
 }
 
+async function* empty(): AsyncGenerator<[Uint8Array, Uint8Array]> {}
+
 function parseFrame(payload: Uint8Array, version: number): SnapshotRecord {
   const r = new ByteReader(payload);
   const type = r.u8();
   switch (type) {
     case FRAME_HEADER: {
       const version = r.u8();
-      if (version !== SNAPSHOT_FORMAT_VERSION && version !== 1) {
-        throw new KVCorruptionError(`snapshot format version ${version} is not supported (this build reads 1 and ${SNAPSHOT_FORMAT_VERSION})`);
+      if (version !== SNAPSHOT_FORMAT_VERSION) {
+        throw new KVCorruptionError(
+          `snapshot format version ${version} is not supported (this build reads ${SNAPSHOT_FORMAT_VERSION})` +
+            (version < SNAPSHOT_FORMAT_VERSION ? ": it comes from a node of a build before per-key revisions; run one build across the cluster" : ""),
+        );
       }
       const index = r.u64();
       const term = r.u64();
-      const logTime = version === 1 ? 0 : r.u64();
+      const logTime = r.u64();
       const count = r.u32();
       const members: number[] = [];
       for (let i = 0; i < count; i++) members.push(r.u32());
@@ -152,7 +183,7 @@ function parseFrame(payload: Uint8Array, version: number): SnapshotRecord {
       const sessions: Session[] = [];
       for (let i = 0; i < count; i++) {
         const clientId = r.i64();
-        sessions.push(decodeSession(clientId, r.bytes(version === 1 ? SESSION_RECORD_V1_BYTES : SESSION_RECORD_BYTES)));
+        sessions.push(decodeSession(clientId, r.bytes(SESSION_RECORD_BYTES)));
       }
       r.end();
       return { type: "sessions", sessions };
@@ -167,11 +198,22 @@ function parseFrame(payload: Uint8Array, version: number): SnapshotRecord {
       r.end();
       return { type: "pairs", pairs };
     }
+    case FRAME_RECORDS: {
+      const count = r.u32();
+      const records: [Uint8Array, Uint8Array][] = [];
+      for (let i = 0; i < count; i++) {
+        const key = r.bytes(r.u32());
+        records.push([key, r.bytes(r.u32())]);
+      }
+      r.end();
+      return { type: "records", records };
+    }
     case FRAME_TRAILER: {
       const sessions = r.u64();
       const pairs = r.u64();
+      const records = r.u64();
       r.end();
-      return { type: "trailer", sessions, pairs };
+      return { type: "trailer", sessions, pairs, records };
     }
     default:
       throw new KVCorruptionError(`snapshot stream has a frame of unknown type ${type}`);
@@ -189,7 +231,7 @@ class FrameBuilder {
     this.buf = new Uint8Array(FRAME_PREFIX_BYTES + 5 + Math.max(capacity, 64));
     this.view = new DataView(this.buf.buffer);
     this.buf[FRAME_PREFIX_BYTES] = type;
-    this.length = FRAME_PREFIX_BYTES + (type === FRAME_SESSIONS || type === FRAME_PAIRS ? 5 : 1);
+    this.length = FRAME_PREFIX_BYTES + (type === FRAME_SESSIONS || type === FRAME_PAIRS || type === FRAME_RECORDS ? 5 : 1);
   }
 
   private reserve(n: number): void {

@@ -2,12 +2,24 @@
 // Applies committed entries as atomic LSM batches without fsync (the Raft log is the WAL),
 // streams snapshots from an LSM snapshot, and installs them into a fresh LSM switched atomically.
 import * as fs from "node:fs";
-import { DB, type DBOptions } from "../lsm/index.ts";
-import { EntryType, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
+import { DB, type DBOptions, type DBStats } from "../lsm/index.ts";
+import { EntryType, decodeMembership, metaWith, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { ApplyBatch } from "./apply-batch.ts";
 import { OP_APPEND, OP_DELETE, OP_PUT, OP_REGISTER, commandFingerprint, decodeCommand, type DecodedCommand } from "./command.ts";
 import { KVCorruptionError } from "./errors.ts";
-import { APPLIED_KEY, KEY_COUNT_KEY, MEMBERS_KEY, decodeApplied, decodeKeyCount, decodeMembers, encodeKeyCount, sessionKey, userKey, userKeyFromBytes } from "./keys.ts";
+import {
+  APPLIED_KEY,
+  KEY_COUNT_KEY,
+  MEMBERS_KEY,
+  decodeApplied,
+  decodeKeyCount,
+  decodeMembers,
+  encodeKeyCount,
+  membersRecordMembership,
+  sessionKey,
+  userKey,
+  userKeyFromBytes,
+} from "./keys.ts";
 import type { AppliedCommand } from "./pending-writes.ts";
 import {
   NO_COMMAND,
@@ -25,6 +37,9 @@ import {
 } from "./sessions.ts";
 import { countUserKeys, fillFromSnapshot, loadSessions, readSnapshot } from "./snapshot-io.ts";
 import { readPointer, removeStaleStates, stateDir, writePointer } from "./state-dir.ts";
+import { HISTORY_START_KEY, decodeHistoryStart, encodeHistoryStart, trimOps } from "./history.ts";
+import { LAYOUT_KEY, OldLayoutError, VALUE_LAYOUT, decodeLayout, encodeLayout, storedUserValue } from "./revisions.ts";
+import { OP_TXN, applyTxn, rememberTxn, retriedTxn, type TxnLimits } from "./txn.ts";
 
 export interface KVStateMachineOptions {
   /** Directory owned by the state machine: `CURRENT` names the live `state-<n>` LSM directory. */
@@ -47,6 +62,10 @@ export interface KVStateMachineOptions {
   syncEveryEntries?: number;
   /** Bytes of data changes per LSM batch; a larger apply is split at entry boundaries. Default 4 MiB. */
   maxBatchBytes?: number;
+  /** Record every change in the watch history (history.ts). Default true. */
+  watchHistory?: boolean;
+  /** Bounds of a Txn (and DeleteRange) at apply; the same on every replica. */
+  txnLimits?: TxnLimits;
 }
 
 /**
@@ -60,6 +79,8 @@ export class KVStateMachine {
   private logTime = 0;
   /** User keys in the applied state (GetStatus.key_count), kept in every batch that changes it. */
   private keyCount = 0;
+  /** The oldest revision whose watch-history events this node still holds. */
+  private historyFloor = 1;
   private durable = 0;
   private syncing: Promise<unknown> | null = null;
 
@@ -93,6 +114,8 @@ export class KVStateMachine {
       snapshotChunkBytes: 1 << 20,
       syncEveryEntries: 10_000,
       maxBatchBytes: 4 << 20,
+      watchHistory: true,
+      txnLimits: {},
       lsm: {},
       // An option given as undefined means "the default", not "none".
       ...(Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as KVStateMachineOptions),
@@ -109,7 +132,13 @@ export class KVStateMachine {
     const machine = new KVStateMachine(full, db, generation, [...full.members], sessions);
     // What the LSM recovered may sit in files never fsynced; make it durable before calling it so.
     await db.sync();
-    await machine.loadFromDb();
+    try {
+      await checkLayout(db, stateDir(full.dir, generation));
+      await machine.loadFromDb();
+    } catch (error) {
+      await db.close().catch(() => {});
+      throw error;
+    }
     return machine;
   }
 
@@ -142,7 +171,43 @@ export class KVStateMachine {
   /** Reads a user key from the applied state (callers make it linearizable with ReadIndex). */
   read(key: string): Uint8Array | null {
     this.checkUsable();
-    return this.db.getSync(userKey(key)) ?? null;
+    const stored = this.db.getSync(userKey(key));
+    return stored === undefined ? null : storedUserValue(stored);
+  }
+
+  /** The LSM holding the applied state, for range reads and the watch history (read-only use). */
+  get store(): DB {
+    this.checkUsable();
+    return this.db;
+  }
+
+  /** The oldest revision whose events the watch history still holds. */
+  get historyStart(): number {
+    return this.historyFloor;
+  }
+
+  /**
+   * Drops watch-history events below `revision` (the Raft log's first index: what the log no
+   * longer holds, no watcher can be served from either). Runs between applies, in bounded batches.
+   */
+  trimHistory(revision: number): Promise<void> {
+    return this.serialize(async () => {
+      this.checkUsable();
+      const target = Math.min(revision, this.applied + 1);
+      if (target <= this.historyFloor) return;
+      for (;;) {
+        const { ops, more } = trimOps(this.db, target, 10_000);
+        if (!more) ops.push({ type: "put", key: HISTORY_START_KEY, value: encodeHistoryStart(target) });
+        if (ops.length > 0) await this.db.write(ops);
+        if (!more) break;
+      }
+      this.historyFloor = target;
+    });
+  }
+
+  /** The LSM's counters and sizes (for metrics). */
+  lsmStats(): DBStats {
+    return this.db.stats();
   }
 
   /** Bytes the LSM holds on disk. */
@@ -174,6 +239,18 @@ export class KVStateMachine {
     return this.serialize(() => this.restoreNow(meta, chunks));
   }
 
+  /**
+   * The configuration recorded by the last restore, at the applied index. RaftNode asks only when
+   * this machine is ahead of its log, which happens only between a restore and the log's reset.
+   */
+  restoredSnapshot(): SnapshotMeta | null {
+    const record = this.db.getSync(MEMBERS_KEY);
+    if (!record) return null;
+    const membership = membersRecordMembership(record);
+    if (membership === null) return { index: this.applied, term: this.appliedTerm, members: decodeMembers(record) };
+    return metaWith(this.applied, this.appliedTerm, decodeMembership(membership));
+  }
+
   close(): Promise<void> {
     this.closing = true;
     return this.serialize(async () => {
@@ -203,7 +280,7 @@ export class KVStateMachine {
   private async applyNow(entries: Entry[]): Promise<AppliedCommand[]> {
     this.checkUsable();
     const results: AppliedCommand[] = [];
-    let batch = new ApplyBatch(this.db, this.applied, this.appliedTerm, this.logTime);
+    let batch = new ApplyBatch(this.db, this.applied, this.appliedTerm, this.logTime, this.options.watchHistory);
     for (const entry of entries) {
       // Entries at or below the applied index were applied before a restart: never twice.
       if (entry.index <= batch.index) continue;
@@ -215,7 +292,7 @@ export class KVStateMachine {
       results.push(this.applyEntry(entry, batch));
       if (batch.bytes >= this.options.maxBatchBytes) {
         await this.commit(batch);
-        batch = new ApplyBatch(this.db, batch.index, batch.term, batch.logTime);
+        batch = new ApplyBatch(this.db, batch.index, batch.term, batch.logTime, this.options.watchHistory);
       }
     }
     await this.commit(batch);
@@ -236,6 +313,7 @@ export class KVStateMachine {
     const done = (result: ResultCode): AppliedCommand => ({ index, term, clientId, commandId, result });
     this.advanceLogTime(command.timestamp, batch);
     if (command.op === OP_REGISTER) return done(this.register(index, batch));
+    if (command.op === OP_TXN && clientId === 0n) return { ...done(RESULT_OK), txn: applyTxn(command, batch, index, this.options.txnLimits) };
     if (clientId === 0n) return done(applyWrite(command, batch, index));
     const session = this.sessions.get(clientId);
     if (command.registered && session?.registered !== true) return done(RESULT_SESSION_EXPIRED);
@@ -245,7 +323,15 @@ export class KVStateMachine {
       if (session.fingerprint !== 0 && session.fingerprint !== fingerprint) return done(RESULT_COMMAND_REUSED);
       // A retry of a write already applied: answer it, change nothing but the session's age.
       this.recordSession({ ...session, lastIndex: index, lastTime: batch.logTime }, batch);
+      if (command.op === OP_TXN) return { ...done(session.result), txn: retriedTxn(batch, clientId, commandId) };
       return done(session.result);
+    }
+    if (command.op === OP_TXN) {
+      // A Txn's answer does not fit a result code: it is kept beside the session for a retry.
+      const txn = applyTxn(command, batch, index, this.options.txnLimits);
+      this.recordSession({ clientId, commandId, lastIndex: index, lastTime: batch.logTime, result: RESULT_OK, registered: session?.registered ?? false, fingerprint }, batch);
+      rememberTxn(batch, clientId, commandId, txn);
+      return { ...done(RESULT_OK), txn };
     }
     const result = applyWrite(command, batch, index);
     const registered = session?.registered ?? false;
@@ -312,6 +398,11 @@ export class KVStateMachine {
       // Batches of about one chunk: the install holds O(chunk) bytes, whatever the state's size.
       const batchBytes = Math.min(this.options.maxBatchBytes, this.options.snapshotChunkBytes);
       await fillFromSnapshot(db, meta, chunks, batchBytes, () => this.closing);
+      // A fresh history: events before the snapshot are not in the stream.
+      await db.write([
+        { type: "put", key: LAYOUT_KEY, value: encodeLayout() },
+        { type: "put", key: HISTORY_START_KEY, value: encodeHistoryStart(meta.index + 1) },
+      ]);
       await db.sync();
       // The switch: after this rename the new state is the state, crash or not.
       writePointer(this.options.dir, generation);
@@ -349,6 +440,8 @@ export class KVStateMachine {
       this.keyCount = await countUserKeys(this.db);
       await this.db.write([{ type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(this.keyCount) }]);
     }
+    const historyRecord = this.db.getSync(HISTORY_START_KEY);
+    this.historyFloor = historyRecord ? decodeHistoryStart(historyRecord) : index + 1;
     const dropped = this.sessions.load(await loadSessions(this.db));
     if (dropped.length > 0) {
       // A table written under a larger maxSessions: trim it the same way on every replica.
@@ -373,6 +466,24 @@ function applyWrite(command: DecodedCommand, batch: ApplyBatch, index: number): 
     default:
       throw new KVCorruptionError(`log entry ${index}: op code ${command.op} cannot be applied`);
   }
+}
+
+/**
+ * Refuses a state whose user values were written without revisions (layout 1); marks an empty or
+ * new state as layout 2. An older build's state with no keys has nothing to convert.
+ */
+async function checkLayout(db: DB, dir: string): Promise<void> {
+  const record = db.getSync(LAYOUT_KEY);
+  if (record !== undefined) {
+    const layout = decodeLayout(record);
+    if (layout !== VALUE_LAYOUT) {
+      throw new KVCorruptionError(`the KV state in ${dir} has value layout ${layout}; this build reads layout ${VALUE_LAYOUT}`);
+    }
+    return;
+  }
+  const keys = await countUserKeys(db);
+  if (keys > 0) throw new OldLayoutError(dir, keys);
+  await db.write([{ type: "put", key: LAYOUT_KEY, value: encodeLayout() }]);
 }
 
 function lsmOptions(options: Required<KVStateMachineOptions>): DBOptions {

@@ -1,14 +1,25 @@
-// Caches that bound memory and file handles: an LRU block cache bounded in bytes, and an LRU
-// table cache bounded in open files.
+// Caches that bound memory and file handles: an LRU block cache bounded in bytes (which recycles
+// the buffers of decoded blocks it evicts), and an LRU table cache bounded in open files.
 
 /** One cached block; `owner` is the per-table map it is indexed in. */
 interface BlockEntry {
   owner: Map<number, BlockEntry>;
   offset: number;
   block: Uint8Array;
+  /**
+   * The buffer `block` views, when it came from allocBlock() and no view of it was handed out
+   * beyond a synchronous point read: evicting the entry then returns it to the pool. Null for
+   * views of mapped files and for blocks an iterator has seen (it may hold them after eviction).
+   */
+  buffer: Uint8Array | null;
   prev: BlockEntry | null;
   next: BlockEntry | null;
 }
+
+/** Decoded-block buffers come in sizes rounded up to this (blocks of one table vary slightly). */
+const POOL_GRAIN = 512;
+/** Most buffers kept for reuse: a miss evicts about one block, so a few suffice. */
+const POOL_MAX_BUFFERS = 64;
 
 /**
  * LRU of decoded blocks, bounded by their byte size. Each table keeps its own offset → entry map
@@ -20,15 +31,53 @@ export class BlockCache {
   bytes = 0;
   hits = 0;
   misses = 0;
+  /** Evicted decoded-block buffers by capacity, reused by allocBlock() (bounded). */
+  private readonly pool = new Map<number, Uint8Array[]>();
+  private pooled = 0;
+  /** Bytes of the buffers in the pool, at most poolCapacity (memory beside `bytes`). */
+  poolBytes = 0;
+  readonly poolCapacity: number;
 
-  constructor(readonly capacity: number) {}
+  constructor(readonly capacity: number) {
+    this.poolCapacity = Math.floor(capacity / 16);
+  }
 
-  get(owner: Map<number, BlockEntry>, offset: number): Uint8Array | undefined {
+  /**
+   * A block of n bytes to decode into: a recycled buffer when one fits, else a new one.
+   * Pass the result to insert() with recyclable = true.
+   */
+  allocBlock(n: number): Uint8Array {
+    const cap = Math.ceil(n / POOL_GRAIN) * POOL_GRAIN;
+    const free = this.pool.get(cap);
+    const buf = free !== undefined && free.length > 0 ? free.pop()! : null;
+    if (buf === null) return new Uint8Array(cap).subarray(0, n);
+    this.pooled--;
+    this.poolBytes -= cap;
+    return buf.subarray(0, n);
+  }
+
+  private recycle(e: BlockEntry): void {
+    const buf = e.buffer;
+    if (buf === null || this.pooled >= POOL_MAX_BUFFERS || this.poolBytes + buf.length > this.poolCapacity) return;
+    e.buffer = null;
+    let free = this.pool.get(buf.length);
+    if (free === undefined) this.pool.set(buf.length, (free = []));
+    free.push(buf);
+    this.pooled++;
+    this.poolBytes += buf.length;
+  }
+
+  /**
+   * The cached block at `offset`, or undefined. `shared`: the caller keeps views of it beyond a
+   * synchronous read (an iterator), so its buffer must never be recycled.
+   */
+  get(owner: Map<number, BlockEntry>, offset: number, shared = false): Uint8Array | undefined {
     const e = owner.get(offset);
     if (e === undefined) {
       this.misses++;
       return undefined;
     }
+    if (shared) e.buffer = null;
     this.hits++;
     if (e !== this.head) {
       this.unlink(e);
@@ -37,9 +86,14 @@ export class BlockCache {
     return e.block;
   }
 
-  insert(owner: Map<number, BlockEntry>, offset: number, block: Uint8Array): void {
+  /**
+   * Caches `block`. `recyclable`: it came from allocBlock() and nobody keeps views of it beyond a
+   * synchronous read, so its buffer may be reused once evicted.
+   */
+  insert(owner: Map<number, BlockEntry>, offset: number, block: Uint8Array, recyclable = false): void {
     if (this.capacity <= 0 || block.length > this.capacity || owner.has(offset)) return;
-    const e: BlockEntry = { owner, offset, block, prev: null, next: null };
+    const buffer = recyclable ? new Uint8Array(block.buffer, block.byteOffset, Math.ceil(block.length / POOL_GRAIN) * POOL_GRAIN) : null;
+    const e: BlockEntry = { owner, offset, block, buffer, prev: null, next: null };
     owner.set(offset, e);
     this.pushFront(e);
     this.bytes += block.length;
@@ -51,6 +105,7 @@ export class BlockCache {
     for (const e of owner.values()) {
       this.unlink(e);
       this.bytes -= e.block.length;
+      this.recycle(e);
     }
     owner.clear();
   }
@@ -59,6 +114,7 @@ export class BlockCache {
     this.unlink(e);
     e.owner.delete(e.offset);
     this.bytes -= e.block.length;
+    this.recycle(e);
   }
   private unlink(e: BlockEntry): void {
     if (e.prev) e.prev.next = e.next;
@@ -81,49 +137,68 @@ export type BlockMap = Map<number, BlockEntry>;
 /** Something the table cache can hold: released when evicted, closed when unused. */
 export interface Releasable {
   release(): void;
+  /** Bytes it keeps in memory while open (a table: its index and filter). */
+  readonly metadataBytes: number;
 }
 
 /**
- * LRU of open tables bounded in count. Eviction drops the cache's reference; a table still used
- * by an iterator stays open until that iterator releases it.
+ * LRU of open tables bounded in count and in the bytes they keep (index and filter blocks).
+ * Eviction drops the cache's reference; a table still used by an iterator stays open until that
+ * iterator releases it.
  */
 export class TableCache<T extends Releasable> {
-  private readonly map = new Map<number, T>();
-  constructor(readonly capacity: number) {}
+  /** Table and the tick of its last use: a get only stamps it (no Map churn on the read path). */
+  private readonly map = new Map<number, { table: T; used: number }>();
+  private tick = 0;
+  /** Sum of metadataBytes of the tables held. */
+  bytes = 0;
+  constructor(readonly capacity: number, readonly byteCapacity = Infinity) {}
 
   get size(): number {
     return this.map.size;
   }
 
   get(fileNumber: number): T | undefined {
-    const t = this.map.get(fileNumber);
-    if (t !== undefined) {
-      // Re-inserting moves it to the most-recent end of the Map's insertion order.
-      this.map.delete(fileNumber);
-      this.map.set(fileNumber, t);
-    }
-    return t;
+    const e = this.map.get(fileNumber);
+    if (e === undefined) return undefined;
+    e.used = ++this.tick;
+    return e.table;
   }
 
   insert(fileNumber: number, table: T): void {
-    this.map.set(fileNumber, table);
-    while (this.map.size > this.capacity) {
-      const oldest = this.map.keys().next().value as number;
-      const t = this.map.get(oldest)!;
-      this.map.delete(oldest);
-      t.release();
+    this.evict(fileNumber);
+    this.map.set(fileNumber, { table, used: ++this.tick });
+    this.bytes += table.metadataBytes;
+    // The newest table stays even if it alone is over the byte budget: it is about to be read.
+    while (this.map.size > 1 && (this.map.size > this.capacity || this.bytes > this.byteCapacity)) {
+      this.evict(this.leastRecentlyUsed());
     }
   }
 
+  /** A scan, but only when a table is opened past the budget (opens are rare; gets are not). */
+  private leastRecentlyUsed(): number {
+    let oldest = -1;
+    let used = Infinity;
+    for (const [n, e] of this.map) {
+      if (e.used < used) {
+        used = e.used;
+        oldest = n;
+      }
+    }
+    return oldest;
+  }
+
   evict(fileNumber: number): void {
-    const t = this.map.get(fileNumber);
-    if (t === undefined) return;
+    const e = this.map.get(fileNumber);
+    if (e === undefined) return;
     this.map.delete(fileNumber);
-    t.release();
+    this.bytes -= e.table.metadataBytes;
+    e.table.release();
   }
 
   clear(): void {
-    for (const t of this.map.values()) t.release();
+    for (const e of this.map.values()) e.table.release();
     this.map.clear();
+    this.bytes = 0;
   }
 }

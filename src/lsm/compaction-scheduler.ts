@@ -29,6 +29,10 @@ export interface WorkCounters {
   /** Compactions that moved a table down a level without rewriting it. */
   trivialMoves: number;
   flushes: number;
+  /** Writes that waited for a flush or compaction (memtables full or L0 at its stop trigger). */
+  writeStalls: number;
+  /** Writes delayed by the L0 slowdown. */
+  writeSlowdowns: number;
 }
 
 export function newCounters(): WorkCounters {
@@ -41,6 +45,8 @@ export function newCounters(): WorkCounters {
     compactions: 0,
     trivialMoves: 0,
     flushes: 0,
+    writeStalls: 0,
+    writeSlowdowns: 0,
   };
 }
 
@@ -165,10 +171,13 @@ export class CompactionScheduler {
   /** Waits until a write of `bytes` may go ahead; `checkOpen` throws once the database closes. */
   async waitForRoom(bytes: number, checkOpen: () => void): Promise<void> {
     let slowed = false;
+    let stalled = false;
     for (;;) {
       checkOpen();
       if (this.bgError) throw this.failure();
       if (this.mustWait()) {
+        if (!stalled) this.host.counters.writeStalls++;
+        stalled = true;
         this.scheduleFlush();
         this.scheduleCompaction();
         await this.waitForProgress();
@@ -177,6 +186,7 @@ export class CompactionScheduler {
       if (!slowed && this.shouldSlowDown()) {
         // Spread the cost of a growing L0 over many writes instead of one long stop later.
         slowed = true;
+        this.host.counters.writeSlowdowns++;
         await new Promise((r) => setTimeout(r, this.slowdownMs(bytes)));
         continue;
       }

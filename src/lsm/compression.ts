@@ -106,8 +106,11 @@ export function lz4Compress(src: Uint8Array, start: number, end: number, out: Ui
   return putSequence(out, o, src, anchor, end, 0, 0);
 }
 
-/** Decodes `varint length | LZ4 block` from src[start, end) into a new array. */
-export function lz4Decompress(src: Uint8Array, start: number, end: number): Uint8Array {
+/**
+ * Decodes `varint length | LZ4 block` from src[start, end) into `alloc(length)` (default a new
+ * array), which must return exactly that many bytes.
+ */
+export function lz4Decompress(src: Uint8Array, start: number, end: number, alloc?: (n: number) => Uint8Array): Uint8Array {
   let p = start;
   let n = 0;
   let mul = 1;
@@ -117,7 +120,7 @@ export function lz4Decompress(src: Uint8Array, start: number, end: number): Uint
     n += (x & 0x7f) * mul;
     if (x < 0x80) break;
   }
-  const out = new Uint8Array(n);
+  const out = alloc === undefined ? new Uint8Array(n) : alloc(n);
   let o = 0;
   for (;;) {
     if (p >= end) throw new BadCompressedBlock("truncated sequence");
@@ -164,9 +167,9 @@ export function lz4Decompress(src: Uint8Array, start: number, end: number): Uint
   return out;
 }
 
-/** Decodes a block stored with `type`; the raw type returns a view. */
-export function decompressBlock(type: number, src: Uint8Array, start: number, end: number): Uint8Array {
-  if (type === BLOCK_LZ4) return lz4Decompress(src, start, end);
+/** Decodes a compressed block stored with `type` (LZ4 into `alloc`, when given). */
+export function decompressBlock(type: number, src: Uint8Array, start: number, end: number, alloc?: (n: number) => Uint8Array): Uint8Array {
+  if (type === BLOCK_LZ4) return lz4Decompress(src, start, end, alloc);
   if (type === BLOCK_ZSTD) {
     try {
       return Bun.zstdDecompressSync(src.subarray(start, end));

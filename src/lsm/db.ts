@@ -17,12 +17,14 @@ import { logFileName, tableFileName, VersionSet } from "./manifest.ts";
 import { Memtable } from "./memtable.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
 import { Snapshot } from "./snapshot.ts";
-import { compressionStats, levelStats, type DBStats } from "./stats.ts";
+import { compressionStats, levelStats, walBufferBudget, type DBStats } from "./stats.ts";
 import { recover } from "./recovery.ts";
-import { TableReader } from "./sstable.ts";
+import { TableReader, type TableGetResult } from "./sstable.ts";
 import { countTable } from "./table-jobs.ts";
 import { NUM_LEVELS, type FileMeta } from "./version.ts";
 import { LogWriter } from "./wal.ts";
+
+const EMPTY = new Uint8Array(0);
 
 export interface WriteOptions {
   /** Resolve only once the write is on stable storage (fsync). Default false. */
@@ -60,11 +62,13 @@ export class DB {
   private readonly ctx: CompactionContext;
   private readonly background: CompactionScheduler;
   private readonly counters = newCounters();
+  /** Filled by each table read of getSync (one object for every read, not one per read). */
+  private readonly readResult: TableGetResult = { kind: 0, value: EMPTY };
 
   private constructor(readonly dir: string, private readonly opts: ResolvedOptions, private readonly lock: DirLock) {
     this.versions = new VersionSet(dir, opts.logger);
     this.blockCache = new BlockCache(opts.blockCacheBytes);
-    this.tableCache = new TableCache(opts.maxOpenFiles);
+    this.tableCache = new TableCache(opts.maxOpenFiles, opts.tableCacheBytes);
     this.ctx = {
       dir,
       table: {
@@ -250,9 +254,12 @@ export class DB {
     const hash = bloomHash(key);
     let r = this.mem.get(key, seq, hash);
     for (let i = this.imms.length - 1; r === undefined && i >= 0; i--) r = this.imms[i].get(key, seq, hash);
-    if (r === undefined) r = this.versions.current.get(key, seq, this.ctx.open, hash);
-    if (r === undefined || r.kind !== KIND_PUT) return undefined;
-    return r.value.slice();
+    if (r !== undefined) return r.kind === KIND_PUT ? r.valueCopy() : undefined;
+    const out = this.readResult;
+    if (!this.versions.current.get(key, seq, this.ctx.open, hash, out)) return undefined;
+    const value = out.value;
+    out.value = EMPTY; // holds no reference between reads
+    return out.kind === KIND_PUT ? value : undefined;
   }
 
   /** getSync as a promise (the read itself is synchronous: no extra tick, no async frame). */
@@ -408,9 +415,18 @@ export class DB {
       openTables: this.tableCache.size,
       mappedTableBytes: this.mappedBytes,
       liveSnapshots: this.snapshots.size,
+      memory: {
+        memtables: { bytes: memBytes, budget: this.opts.memtableBytes * (1 + this.opts.maxImmutableMemtables) },
+        blockCache: { bytes: this.blockCache.bytes + this.blockCache.poolBytes, budget: this.blockCache.capacity + this.blockCache.poolCapacity },
+        tableCache: { bytes: this.tableCache.bytes, budget: this.opts.tableCacheBytes },
+        mappedTables: { bytes: this.mappedBytes, budget: this.opts.maxMappedBytes },
+        walBuffers: { bytes: this.wal.bufferBytes, budget: walBufferBudget(this.opts) },
+      },
       compactions: this.counters.compactions,
       trivialMoves: this.counters.trivialMoves,
       flushes: this.counters.flushes,
+      writeStalls: this.counters.writeStalls,
+      writeSlowdowns: this.counters.writeSlowdowns,
       backgroundError: this.background.error?.message,
     };
   }

@@ -104,6 +104,8 @@ function compareEntry(
 export interface MemGetResult {
   kind: number;
   value: Uint8Array;
+  /** A copy of the value (one allocation, no view). */
+  valueCopy(): Uint8Array;
 }
 
 export class Memtable {

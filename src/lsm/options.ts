@@ -16,6 +16,11 @@ export interface DBOptions {
   blockCacheBytes?: number;
   /** Open table files kept in the table cache. Default 500. */
   maxOpenFiles?: number;
+  /**
+   * Bytes of index and filter blocks the open tables keep (about 2 % of the data for 16-byte keys
+   * and 100-byte values); past it the least recently used tables are closed. Default 32 MiB.
+   */
+  tableCacheBytes?: number;
   /** Uncompressed data block size. Default 4 KiB. */
   blockSize?: number;
   /** Keys between restart points in a data block. Default 16. */
@@ -72,6 +77,7 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
     maxImmutableMemtables: o.maxImmutableMemtables ?? 2,
     blockCacheBytes: o.blockCacheBytes ?? 32 * MiB,
     maxOpenFiles: o.maxOpenFiles ?? 500,
+    tableCacheBytes: o.tableCacheBytes ?? 32 * MiB,
     blockSize: o.blockSize ?? 4 * KiB,
     blockRestartInterval: o.blockRestartInterval ?? 16,
     compression: o.compression ?? "lz4",
@@ -99,6 +105,7 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
   range("maxImmutableMemtables", 1, 16);
   range("blockCacheBytes", 0, 64 * 1024 * MiB);
   range("maxOpenFiles", 8, 1_000_000);
+  range("tableCacheBytes", 64 * KiB, 64 * 1024 * MiB);
   range("blockSize", 256, 1 * MiB);
   range("blockRestartInterval", 1, 1024);
   range("bloomBitsPerKey", 1, 64);

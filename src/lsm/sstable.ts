@@ -6,7 +6,7 @@ import { crc32cUpdate, maskCrc, unmaskCrc } from "../util/crc32c.ts";
 import { BlockBuilder, BlockIterator } from "./block.ts";
 import { bloomHash, bloomMayContain, buildBloom } from "./bloom.ts";
 import type { BlockCache, BlockMap, Releasable } from "./cache.ts";
-import { ByteReader, ByteWriter, compareBytes, readU32, writeU32 } from "./coding.ts";
+import { ByteReader, ByteWriter, compareBytes, KIND_PUT, readU32, writeU32 } from "./coding.ts";
 import {
   BadCompressedBlock, BLOCK_LZ4, BLOCK_RAW, BLOCK_ZSTD, blockTypeOf, decompressBlock, lz4Compress, maxCompressedLength,
   type Compression,
@@ -243,6 +243,8 @@ export class TableBuilder {
 
 // ---- reading ---------------------------------------------------------------------------------
 
+const EMPTY = new Uint8Array(0);
+
 export interface TableGetResult {
   kind: number;
   value: Uint8Array;
@@ -267,7 +269,9 @@ export class TableReader implements Releasable {
   private readonly blocks: BlockMap = new Map();
   /** The file mapped read-only (tables are immutable), or null to read with pread. */
   private map: Uint8Array | null;
-  private readonly readahead: number;
+  private readahead = 0;
+  /** The readahead buffer, reused for every chunk (see readAhead), and the bytes it holds now. */
+  private chunkBuf: Uint8Array | null = null;
   private chunk: Uint8Array | null = null;
   private chunkOffset = 0;
   private readonly onUnmap: ((fileSize: number) => void) | undefined;
@@ -275,6 +279,7 @@ export class TableReader implements Releasable {
   private readonly filter: Uint8Array;
   private readonly indexIter: BlockIterator;
   private readonly dataIter = new BlockIterator();
+  private readonly allocBlock = (n: number): Uint8Array => this.cache.allocBlock(n);
   bloomSkips = 0;
 
   private constructor(
@@ -288,7 +293,6 @@ export class TableReader implements Releasable {
   ) {
     this.fd = fd;
     this.map = mode.mmap ? mapFile(path, fileSize) : null;
-    this.readahead = mode.readaheadBytes ?? 0;
     this.onUnmap = this.map !== null ? mode.onUnmap : undefined;
     if (fileSize < FOOTER_SIZE) throw corruption(name, 0, `file too short for a table (${fileSize} bytes)`);
     const footerOffset = fileSize - FOOTER_SIZE;
@@ -307,6 +311,8 @@ export class TableReader implements Releasable {
     this.index = this.readBlock(indexOffset, indexSize, false);
     this.filter = this.readBlock(filterOffset, filterSize, false);
     this.indexIter = new BlockIterator(this.index, name, indexOffset);
+    // Only now: index and filter live as long as the table, so they are not views of a chunk.
+    this.readahead = mode.readaheadBytes ?? 0;
   }
 
   /** Opens a table file (synchronously: open is rare and the table cache keeps it). */
@@ -323,6 +329,11 @@ export class TableReader implements Releasable {
       fs.closeSync(fd);
       throw e;
     }
+  }
+
+  /** Bytes kept while the table is open: its index and filter blocks. */
+  get metadataBytes(): number {
+    return this.index.length + this.filter.length;
   }
 
   /** Whether the file is read through a memory map (false if mapping was not asked or failed). */
@@ -360,15 +371,16 @@ export class TableReader implements Releasable {
     if (c !== null && offset >= this.chunkOffset && offset + size <= this.chunkOffset + c.length) {
       return c.subarray(offset - this.chunkOffset, offset - this.chunkOffset + size);
     }
-    // A fresh chunk each time: blocks handed out earlier stay valid views of the old one.
+    // One buffer for every chunk: a sequential reader (a merge input, the only user of readahead
+    // and of its table) is done with a block before it reads the next, and copies what it keeps.
     const len = Math.min(this.fileSize - offset, Math.max(size, this.readahead));
-    this.chunk = this.readExact(offset, len);
+    if (this.chunkBuf === null || this.chunkBuf.length < len) this.chunkBuf = new Uint8Array(Math.max(len, this.readahead));
+    this.chunk = this.readExact(offset, len, this.chunkBuf.subarray(0, len));
     this.chunkOffset = offset;
     return this.chunk.subarray(0, size);
   }
 
-  private readExact(offset: number, size: number): Uint8Array {
-    const buf = new Uint8Array(size);
+  private readExact(offset: number, size: number, buf: Uint8Array = new Uint8Array(size)): Uint8Array {
     let done = 0;
     try {
       while (done < size) {
@@ -383,9 +395,13 @@ export class TableReader implements Releasable {
     return buf;
   }
 
-  /** Reads and verifies the block at `offset` (contents `size` bytes plus trailer). */
-  readBlock(offset: number, size: number, fillCache: boolean): Uint8Array {
-    const cached = this.cache.get(this.blocks, offset);
+  /**
+   * Reads and verifies the block at `offset` (contents `size` bytes plus trailer). `shared`: the
+   * caller keeps views of the block beyond this synchronous call (an iterator), so the cache
+   * must not recycle its buffer.
+   */
+  readBlock(offset: number, size: number, fillCache: boolean, shared = true, scratch?: (n: number) => Uint8Array): Uint8Array {
+    const cached = this.cache.get(this.blocks, offset, shared);
     if (cached !== undefined) return cached;
     const buf = this.pread(offset, size + BLOCK_TRAILER);
     const expected = unmaskCrc(readU32(buf, size + 1));
@@ -394,36 +410,45 @@ export class TableReader implements Releasable {
     }
     const type = buf[size];
     let block: Uint8Array;
+    // A decoded block only point reads see can live in a recycled buffer (no garbage per miss).
+    const recyclable = fillCache && !shared && type === BLOCK_LZ4;
     if (type === BLOCK_RAW) {
       block = buf.subarray(0, size);
     } else {
       try {
-        block = decompressBlock(type, buf, 0, size);
+        // Not cached: a one-pass reader decodes into its own scratch buffer (no garbage per block).
+        block = decompressBlock(type, buf, 0, size, recyclable ? this.allocBlock : fillCache ? undefined : scratch);
       } catch (e) {
         if (e instanceof BadCompressedBlock) throw corruption(this.name, offset, `block does not decompress (type ${type}): ${e.message}`);
         throw e;
       }
     }
-    if (fillCache) this.cache.insert(this.blocks, offset, block);
+    if (fillCache) this.cache.insert(this.blocks, offset, block, recyclable);
     return block;
   }
 
-  /** The newest entry for `key` visible at `seq`, or undefined if the table has none. */
-  get(key: Uint8Array, seq: number, hash = bloomHash(key)): TableGetResult | undefined {
+  /**
+   * Finds the newest entry for `key` visible at `seq`: false if the table has none, else true with
+   * its kind and (for a put) a copy of its value in `out`.
+   */
+  get(key: Uint8Array, seq: number, hash: number, out: TableGetResult): boolean {
     if (!bloomMayContain(this.filter, hash)) {
       this.bloomSkips++;
-      return undefined;
+      return false;
     }
     const idx = this.indexIter;
     idx.seek(key, seq);
-    if (!idx.valid()) return undefined;
+    if (!idx.valid()) return false;
     idx.decodeHandle();
     const offset = idx.handleOffset;
     const data = this.dataIter;
-    data.reset(this.readBlock(offset, idx.handleSize, true), this.name, offset);
+    // Not shared: the value is copied here, before anything else reads a block.
+    data.reset(this.readBlock(offset, idx.handleSize, true, false), this.name, offset);
     data.seek(key, seq);
-    if (!data.valid() || compareBytes(data.key(), key) !== 0) return undefined;
-    return { kind: data.kind(), value: data.value() };
+    if (!data.valid() || compareBytes(data.key(), key) !== 0) return false;
+    out.kind = data.kind();
+    out.value = out.kind === KIND_PUT ? data.valueCopy() : EMPTY;
+    return true;
   }
 
   /** File offset where `key` would be: the start of its data block (for approximateSize). */
@@ -460,6 +485,12 @@ export class TableIterator implements InternalIterator {
   private dataOffset = -1;
   private readonly blockIter = new BlockIterator();
   private closed = false;
+  /** Where blocks read without the cache are decoded: this iterator is done with one before the next. */
+  private scratch: Uint8Array | null = null;
+  private readonly decodeInto = (n: number): Uint8Array => {
+    if (this.scratch === null || this.scratch.length < n) this.scratch = new Uint8Array(Math.ceil(n * 1.25));
+    return this.scratch.subarray(0, n);
+  };
 
   constructor(
     private readonly table: TableReader,
@@ -476,7 +507,7 @@ export class TableIterator implements InternalIterator {
     index.decodeHandle();
     const offset = index.handleOffset;
     if (offset !== this.dataOffset || this.data === null) {
-      this.blockIter.reset(this.table.readBlock(offset, index.handleSize, this.fillCache), this.table.name, offset);
+      this.blockIter.reset(this.table.readBlock(offset, index.handleSize, this.fillCache, true, this.decodeInto), this.table.name, offset);
       this.dataOffset = offset;
     }
     this.data = this.blockIter;

@@ -2,6 +2,7 @@
 // level, compression), and every cache and buffer beside its configured budget.
 import type { WorkCounters } from "./compaction-scheduler.ts";
 import type { Compression } from "./compression.ts";
+import type { ResolvedOptions } from "./options.ts";
 import type { Version } from "./version.ts";
 
 export interface LevelStats {
@@ -13,6 +14,12 @@ export interface LevelStats {
   bytesRead: number;
   /** bytesWritten / user bytes written: this level's share of the write amplification. */
   writeAmplification: number;
+}
+
+/** Memory one holder keeps now, and the most it may keep (from the options). */
+export interface MemoryUse {
+  bytes: number;
+  budget: number;
 }
 
 export interface DBStats {
@@ -33,11 +40,37 @@ export interface DBStats {
   /** Bytes of table files the open tables read through a memory map (≤ maxMappedBytes). */
   mappedTableBytes: number;
   liveSnapshots: number;
+  /**
+   * Every cache and buffer of this database beside its budget. memtables: live + frozen (each
+   * may pass memtableBytes by the batch that fills it); blockCache: decoded blocks and
+   * the evicted buffers kept for reuse; tableCache: index and filter blocks of open tables;
+   * mappedTables: table files mapped (their touched pages count in RSS); walBuffers: the write
+   * stage of the WAL.
+   */
+  memory: {
+    memtables: MemoryUse;
+    blockCache: MemoryUse;
+    tableCache: MemoryUse;
+    mappedTables: MemoryUse;
+    walBuffers: MemoryUse;
+  };
   compactions: number;
   /** Compactions that moved a table down a level without rewriting it. */
   trivialMoves: number;
   flushes: number;
+  /** Writes that waited for a flush or compaction (memtables full or L0 at its stop trigger). */
+  writeStalls: number;
+  /** Writes delayed by the L0 slowdown. */
+  writeSlowdowns: number;
   backgroundError?: string;
+}
+
+/**
+ * The WAL's two stage buffers: 64 KiB each, and a stage grows to hold the batches of one tick
+ * (each at most maxBatchBytes); a grown spare over 4 MiB is dropped after its write.
+ */
+export function walBufferBudget(o: ResolvedOptions): number {
+  return 64 * 1024 + Math.max(64 * 1024, Math.min(o.maxBatchBytes, o.memtableBytes) * 2);
 }
 
 export function levelStats(v: Version, c: WorkCounters): LevelStats[] {

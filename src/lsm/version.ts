@@ -3,7 +3,6 @@
 import {
   ByteReader, ByteWriter, compareBytes, compareEncodedInternal, compareEncodedInternalKeys, internalUserKey, KIND_PUT,
 } from "./coding.ts";
-import { bloomHash } from "./bloom.ts";
 import { corruption } from "./errors.ts";
 import type { InternalIterator } from "./iterator.ts";
 import type { TableGetResult, TableIterator, TableReader } from "./sstable.ts";
@@ -139,14 +138,13 @@ export class Version {
     return out;
   }
 
-  /** Newest entry for `key` at or before `seq` in the tables of this version. */
-  get(key: Uint8Array, seq: number, open: TableOpener, hash = bloomHash(key)): TableGetResult | undefined {
+  /** Newest entry for `key` at or before `seq` in the tables of this version, into `out` (see TableReader.get). */
+  get(key: Uint8Array, seq: number, open: TableOpener, hash: number, out: TableGetResult): boolean {
     const l0 = this.levels[0];
     for (let i = l0.length - 1; i >= 0; i--) {
       const f = l0[i];
       if (compareBytes(key, f.smallestUser) < 0 || compareBytes(key, f.largestUser) > 0) continue;
-      const r = open(f).get(key, seq, hash);
-      if (r !== undefined) return r;
+      if (open(f).get(key, seq, hash, out)) return true;
     }
     for (let level = 1; level < NUM_LEVELS; level++) {
       const files = this.levels[level];
@@ -155,10 +153,9 @@ export class Version {
       if (i >= files.length) continue;
       const f = files[i];
       if (compareBytes(key, f.smallestUser) < 0) continue;
-      const r = open(f).get(key, seq, hash);
-      if (r !== undefined) return r;
+      if (open(f).get(key, seq, hash, out)) return true;
     }
-    return undefined;
+    return false;
   }
 
   /** One iterator per L0 table and one concatenating iterator per deeper level. */

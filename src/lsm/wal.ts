@@ -18,6 +18,8 @@ const TYPE_CRC = [0, 1, 2, 3, 4].map((t) => crc32cUpdate(0, new Uint8Array([t]))
 
 /** Staged bytes beyond this are written out at once instead of at the end of the tick. */
 const STAGE_FLUSH_BYTES = 1 << 20;
+/** Stages up to this size are written on the event loop (see scheduleWrite). */
+const INLINE_WRITE_BYTES = 64 * 1024;
 
 interface Waiter {
   target: number;
@@ -61,6 +63,11 @@ export class LogWriter {
     this.written = existingSize;
     this.synced = existingSize;
     this.blockOffset = existingSize % BLOCK_SIZE;
+  }
+
+  /** Bytes of the buffers that stage writes (they grow to the largest batch, then stay). */
+  get bufferBytes(): number {
+    return this.stage.length + (this.spare?.length ?? 0);
   }
 
   /** Bytes in the file once staged and in-flight data is written. */
@@ -127,7 +134,11 @@ export class LogWriter {
     this.writeScheduled = true;
     queueMicrotask(() => {
       this.writeScheduled = false;
-      this.startWrite();
+      // A small stage with nothing in flight goes to the OS right here: a page-cache copy of a
+      // few µs, where a thread-pool write costs a round trip of tens of µs that a serial writer
+      // waits for on every write. Large stages still go off the event loop.
+      if (!this.writing && !this.gated && this.staged > 0 && this.staged <= INLINE_WRITE_BYTES && !this.failure) this.writeNow();
+      else this.startWrite();
     });
   }
 

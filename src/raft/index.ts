@@ -17,6 +17,7 @@ export {
   RaftNode,
   type RaftNodeOptions,
   type RaftNodeStatus,
+  type RaftObserver,
 } from "./node.ts";
 export {
   BackpressureError,

@@ -2,8 +2,8 @@
 // from them: everything a caller tunes about a node, in one place.
 
 import type { Clock } from "./clock.ts";
-import type { RaftConfig } from "./core/raft.ts";
-import type { LogStore, Membership, NodeId, RaftRole, StateMachine, Transport } from "./types.ts";
+import type { RaftConfig, RaftStatus } from "./core/raft.ts";
+import type { Entry, LogStore, Membership, Message, NodeId, RaftRole, Ready, StateMachine, Transport } from "./types.ts";
 
 export interface RaftNodeOptions {
   id: NodeId;
@@ -57,6 +57,17 @@ export interface RaftNodeOptions {
   confChangeTimeoutMs?: number;
   /** Called once if the node stops on a fatal error (disk failure, invariant violation). */
   onFatal?: (error: Error) => void;
+  /** Metrics hooks (src/obs); absent in simulations. */
+  observer?: RaftObserver;
+}
+
+/** Synchronous, cheap notifications for metrics: what happened, never a decision. */
+export interface RaftObserver {
+  proposed(count: number): void;
+  /** One durable log save of `entries` (write + fsync) that took `seconds`. */
+  saved(entries: readonly Entry[], seconds: number): void;
+  sent(messages: readonly Message[]): void;
+  softState(soft: NonNullable<Ready["softState"]>): void;
 }
 
 export interface RaftNodeStatus {
@@ -80,6 +91,8 @@ export interface RaftNodeStatus {
   pendingReads: number;
   snapshotsSent: number;
   snapshotsReceived: number;
+  /** The leader's view of each follower (leaders only). */
+  progress?: RaftStatus["progress"];
   stopped: boolean;
   /** The fatal error that stopped the node, if any. */
   fatal: string | null;

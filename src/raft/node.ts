@@ -22,7 +22,7 @@ import { ReadWaiters } from "./node-reads.ts";
 import { SnapshotSender } from "./node-snapshots.ts";
 import { type Entry, EntryType, type LogStore, type Membership, type Message, type NodeId, type Ready, type SnapshotMeta, type StateMachine, type Transport } from "./types.ts";
 
-export type { RaftNodeOptions, RaftNodeStatus } from "./node-options.ts";
+export type { RaftNodeOptions, RaftNodeStatus, RaftObserver } from "./node-options.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -117,6 +117,7 @@ export class RaftNode {
       onMessages: (messages) => node.receive(messages),
       onSnapshot: (message, chunks) => node.receiveSnapshot(message, chunks),
     });
+    node.reportMembership(); // the stored configuration, before any traffic
     node.scheduleTick();
     node.kick(); // committed entries after the applied index are replayed at once
     return node;
@@ -141,6 +142,7 @@ export class RaftNode {
       throw new BackpressureError(result.reason);
     }
     this.kick();
+    this.opts.observer?.proposed(data.length);
     return { index: result.index, term: result.term };
   }
 
@@ -231,6 +233,7 @@ export class RaftNode {
       snapshotsReceived: this.snapshotsReceived,
       stopped: this.stopped,
       fatal: this.fatal ? this.fatal.message : null,
+      progress: s.progress,
     };
   }
 
@@ -294,6 +297,9 @@ export class RaftNode {
     // 1. The leader's own messages go out while its log write runs (thesis §10.2.1): they claim
     //    nothing about this node's disk, and the core counts the leader's own entries toward
     //    commit only once advance() reports them durable. Everything else waits for the write.
+    // A configuration appended since the last cycle: the transport learns new members' addresses
+    // before the first message to them goes out.
+    this.reportMembership();
     let early: Message[] | null = null;
     let late: Message[] | null = null;
     for (const m of rd.messages) {
@@ -306,7 +312,12 @@ export class RaftNode {
       await this.log.resetToSnapshot(rd.snapshot);
       this.confChanges.skipped(rd.snapshot);
     }
-    if (rd.hardState || rd.entries.length > 0) await this.log.save(rd.hardState, rd.entries);
+    if (rd.softState) this.opts.observer?.softState(rd.softState);
+    if (rd.hardState || rd.entries.length > 0) {
+      const started = this.opts.observer && rd.entries.length > 0 ? performance.now() : 0;
+      await this.log.save(rd.hardState, rd.entries);
+      if (started > 0) this.opts.observer?.saved(rd.entries, (performance.now() - started) / 1000);
+    }
     if (this.stopped) return;
     if (late !== null) this.dispatch(late);
     // The core answers an installed snapshot in the first Ready after step(); none means no answer.
@@ -330,7 +341,10 @@ export class RaftNode {
         this.snapshotAnswers.delete(m.to);
       } else (outgoing ??= []).push(m);
     }
-    if (outgoing !== null) this.transport.send(outgoing);
+    if (outgoing !== null) {
+      this.opts.observer?.sent(outgoing);
+      this.transport.send(outgoing);
+    }
   }
 
   // ---- receiving -------------------------------------------------------------------------------

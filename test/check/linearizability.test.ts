@@ -257,3 +257,96 @@ describe("bounded search", () => {
     expect(() => checkHistory([op(1, "Get", "x", "", ok("", ""), 5, 4)])).toThrow(RangeError);
   });
 });
+
+/** As randomHistory, with compare-and-swap among the operations (issue 14). */
+function randomCasHistory(seed: number, corrupt: boolean): Operation[] {
+  const r = rng(seed);
+  const pick = <T>(xs: T[]): T => xs[Math.floor(r() * xs.length)];
+  const n = 2 + Math.floor(r() * 7);
+  const ops: (Operation & { point: number; takesEffect: boolean })[] = [];
+  for (let i = 0; i < n; i++) {
+    const call = Math.floor(r() * 12);
+    const pending = r() < 0.12;
+    const ret = pending ? Infinity : call + Math.floor(r() * 6);
+    const name = pick<KvOpName>(["Get", "Cas", "Cas", "Cas", "Put", "Delete"]);
+    ops.push({
+      clientId: i,
+      input: { op: name, key: "k", value: pick(["a", "b", "c"]), expect: pick([null, "a", "b", "c"]) },
+      output: null,
+      call,
+      return: ret,
+      point: call + r() * ((pending ? 8 : ret - call) || 0),
+      takesEffect: !pending || r() < 0.5,
+    });
+  }
+  let state: string | null = null;
+  for (const op of [...ops].sort((a, b) => a.point - b.point)) {
+    if (!op.takesEffect) continue;
+    const before: string | null = state;
+    state = stepKv(before, op.input, null, false).state;
+    if (op.input.op === "Get") op.output = before === null ? { err: "ErrNoKey", value: "" } : { err: "OK", value: before };
+    else if (op.input.op === "Delete") op.output = { err: before === null ? "ErrNoKey" : "OK", value: "" };
+    else if (op.input.op === "Cas") {
+      const swapped = before === (op.input.expect ?? null);
+      op.output = swapped ? { err: "OK", value: "" } : before === null ? { err: "ErrCasFailedNoKey", value: "" } : { err: "ErrCasFailed", value: before };
+    } else op.output = { err: "OK", value: "" };
+  }
+  if (corrupt) {
+    const observed = ops.filter((op) => op.return !== Infinity);
+    if (observed.length > 0) {
+      const victim = pick(observed);
+      victim.output = pick([{ err: "OK", value: "" }, { err: "ErrCasFailed", value: pick(["a", "b"]) }, { err: "ErrCasFailedNoKey", value: "" }, { err: "OK", value: "a" }]);
+    }
+  }
+  return ops.map(({ point: _p, takesEffect: _t, ...op }) => op);
+}
+
+describe("compare-and-swap and range (issue 14)", () => {
+  test("random Cas histories: the checker agrees with brute force", () => {
+    let legal = 0;
+    let illegalCount = 0;
+    for (let seed = 1; seed <= 1500; seed++) {
+      const history = randomCasHistory(seed, seed % 2 === 0);
+      const expected = bruteForceLinearizable(history);
+      const got = checkHistory(history, { timeoutMs: 5_000 });
+      if ((got.result === "ok") !== expected) {
+        throw new Error(`seed ${seed}: checker says ${got.result}, brute force says ${expected}\n${JSON.stringify(history)}`);
+      }
+      if (expected) legal++;
+      else illegalCount++;
+    }
+    expect(legal).toBeGreaterThan(300);
+    expect(illegalCount).toBeGreaterThan(200);
+  });
+
+  test("two Cas from the same expected value cannot both succeed", () => {
+    const cas = (client: number, value: string, call: number, ret: number): Operation => ({
+      clientId: client,
+      input: { op: "Cas", key: "lock", value, expect: null },
+      output: { err: "OK", value: "" },
+      call,
+      return: ret,
+    });
+    const result = checkHistory([cas(1, "alice", 0, 5), cas(2, "bob", 1, 6)]);
+    expect(result.result).toBe("illegal");
+    if (result.result === "illegal") expect(result.explanation).toContain("Cas <absent> -> ");
+  });
+
+  test("a Range is checked against every key it covers", () => {
+    const put = (key: string, value: string, call: number, ret: number): Operation => ({ clientId: 1, input: { op: "Put", key, value }, output: { err: "OK", value: "" }, call, return: ret });
+    const range = (kvs: [string, string][], call: number, ret: number): Operation => ({
+      clientId: 2,
+      input: { op: "Range", key: "a", value: "", end: "c" },
+      output: { err: "OK", value: "", kvs },
+      call,
+      return: ret,
+    });
+    const writes = [put("a", "1", 0, 1), put("b", "2", 2, 3), put("c", "3", 4, 5)];
+    // After both writes to the range: both keys, and not "c" (outside [a, c)).
+    expect(checkHistory([...writes, range([["a", "1"], ["b", "2"]], 6, 7)]).result).toBe("ok");
+    // Missing "b", which was written before the Range began: stale.
+    expect(checkHistory([...writes, range([["a", "1"]], 6, 7)]).result).toBe("illegal");
+    // A value never written.
+    expect(checkHistory([...writes, range([["a", "9"], ["b", "2"]], 6, 7)]).result).toBe("illegal");
+  });
+});

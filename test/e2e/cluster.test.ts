@@ -60,7 +60,7 @@ describe("kvclient", () => {
     const { code, stdout } = await kvclient(["-addrs", addrsFlag, "-op", "status"]);
     expect(code).toBe(0);
     const lines = stdout.trim().split("\n");
-    expect(lines[0]).toMatch(/^ID\s+\| Address\s+\| Role\s+\| Term\s+\| Applied\s+\| Commit\s+\| Storage\(B\)$/);
+    expect(lines[0]).toMatch(/^ID\s+\| Address\s+\| Role\s+\| Term\s+\| Applied\s+\| Commit\s+\| Storage\(B\)\s+\| Keys\s+\| Snapshot\s+\| Leader$/);
     expect(lines).toHaveLength(5);
     const roles = lines.slice(2).map((l) => l.split("|")[2]!.trim());
     expect(roles.filter((r) => r === "Leader")).toHaveLength(1);

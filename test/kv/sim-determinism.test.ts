@@ -103,6 +103,19 @@ describe("KV simulator replay", () => {
   );
 
   test(
+    "the API family (--api): compare-and-swap and Range under every fault are linearizable and replay",
+    async () => {
+      for (const seed of [2, 7]) {
+        const first = await runKvSim({ seed, nodes: 5, steps: 150, extra: ["--api"] });
+        expect(first.ok).toBe(true);
+        expect(first.line).toMatch(new RegExp(`^seed ${seed}: kv api 5 nodes, .* history linearizable ok hash=[0-9a-f]{8}$`));
+        expect((await runKvSim({ seed, nodes: 5, steps: 150, extra: ["--api"] })).line).toBe(first.line);
+      }
+    },
+    TIMEOUT,
+  );
+
+  test(
     "the session family (--sessions): a 3-slot table for 5 registered clients under faults refuses, expires, never applies twice, and replays",
     async () => {
       for (const seed of [1, 4]) {

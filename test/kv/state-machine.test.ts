@@ -282,6 +282,23 @@ describe("snapshot and restore", () => {
     }
   }
 
+  test("a restored snapshot's configuration (learners, addresses) is kept and survives a reopen", async () => {
+    const source = await open(tempDir());
+    await fill(source, 20, 10);
+    const { meta, chunks } = await source.snapshot();
+    const collected = await collect(chunks);
+    const withConfig = { ...meta, members: [0, 1, 2], learners: [5], addresses: { 5: "127.0.0.1:7005" } };
+    const targetDir = tempDir();
+    const target = await open(targetDir);
+    expect(target.restoredSnapshot()).toBeNull();
+    await target.restore(withConfig, replay(collected));
+    expect(target.restoredSnapshot()).toEqual(withConfig);
+    const again = await reopen(target, targetDir);
+    expect(again.restoredSnapshot()).toEqual(withConfig);
+    await again.close();
+    await source.close();
+  });
+
   test("a snapshot taken before more writes restores exactly the state at its index", async () => {
     const source = await open(tempDir(), { snapshotChunkBytes: 4096 });
     await fill(source, 500, 100);

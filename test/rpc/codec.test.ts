@@ -14,6 +14,7 @@ import {
   encodeMessageBytes,
 } from "../../src/rpc/peers/raft-codec.ts";
 import { Rng } from "../../src/util/rng.ts";
+import { encodeMembership } from "../../src/raft/index.ts";
 
 const big = Number.MAX_SAFE_INTEGER;
 
@@ -52,6 +53,24 @@ const samples: Message[] = [
   { type: "Heartbeat", from: 0, to: 2, term: 5, commitIndex: 100, readContext: 17 },
   { type: "HeartbeatResponse", from: 2, to: 0, term: 5, readContext: 17 },
   { type: "InstallSnapshot", from: 0, to: 1, term: 9, snapshot: { index: 5000, term: 8, members: [0, 1, 2] } },
+  // Membership: a configuration entry, and a snapshot whose configuration has learners and addresses.
+  {
+    type: "AppendEntries",
+    from: 0,
+    to: 3,
+    term: 9,
+    prevLogIndex: 5000,
+    prevLogTerm: 8,
+    entries: [{ index: 5001, term: 9, type: EntryType.ConfChange, data: encodeMembership({ voters: [0, 1, 2], learners: [3], addresses: { 3: "h:1" } }) }],
+    leaderCommit: 5000,
+  },
+  {
+    type: "InstallSnapshot",
+    from: 0,
+    to: 3,
+    term: 9,
+    snapshot: { index: 5001, term: 9, members: [0, 1, 2], learners: [3], addresses: { 0: "a:1", 3: "[::1]:7003" } },
+  },
   { type: "InstallSnapshotResponse", from: 1, to: 0, term: 9, success: true, matchIndex: 5000 },
   { type: "InstallSnapshotResponse", from: 1, to: 0, term: 10, success: false, matchIndex: 0 },
   { type: "TimeoutNow", from: 0, to: 1, term: 4 },

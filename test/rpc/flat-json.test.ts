@@ -68,7 +68,7 @@ describe("flat JSON", () => {
     const pick = <T>(values: T[]): T => values[Math.floor(rng.next() * values.length)]!;
     for (let i = 0; i < 500; i++) {
       const r = create(CommandResponseSchema, { err: pick(["", "OK", "ErrNoKey", "ErrWrongLeader"]), value: pick(["", "x", "ü\"\\\n", "v".repeat(50)]) });
-      if (rng.next() < 0.5) r.leaderId = pick([0n, 2n, -1n, 9223372036854775807n]);
+      if (rng.next() < 0.5) r.leader = { case: "leaderId", value: pick([0n, 2n, -1n, 9223372036854775807n]) };
       expect(response.write(r)).toBe(toJsonString(CommandResponseSchema, r));
       const q = create(CommandRequestSchema, {
         key: pick(["", "k", "ключ"]),

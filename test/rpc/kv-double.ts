@@ -13,6 +13,8 @@ export function statusDouble(fields: Partial<KVStatus> = {}): KVStatus {
     storageSize: 0,
     leaderId: 0,
     members: [0],
+    learners: [],
+    addresses: {},
     snapshotIndex: 0,
     keyCount: 0,
     sessions: 0,

@@ -104,7 +104,7 @@ describe("protocol matrix on one port", () => {
       expect((await client.command({ key, op: Op.DELETE })).err).toBe("OK");
       expect((await client.command({ key, op: Op.GET })).err).toBe("ErrNoKey");
       const status = await client.getStatus({});
-      expect(status).toMatchObject({ id: 1n, state: "Follower", term: 4n, leaderId: 2n, members: [0n, 1n, 2n] });
+      expect(status).toMatchObject({ id: 1n, state: "Follower", term: 4n, leader: { case: "leaderId", value: 2n }, members: [0n, 1n, 2n] });
     });
   }
 
@@ -128,10 +128,10 @@ describe("protocol matrix on one port", () => {
 
   test("ErrWrongLeader carries the leader hint only when known", async () => {
     const client = createClient(KVService, createConnectTransport({ baseUrl: server.url, httpVersion: "2" }));
-    expect(await client.command({ key: "follower", op: Op.GET })).toMatchObject({ err: "ErrWrongLeader", leaderId: 2n });
+    expect(await client.command({ key: "follower", op: Op.GET })).toMatchObject({ err: "ErrWrongLeader", leader: { case: "leaderId", value: 2n } });
     const unknown = await client.command({ key: "follower-unknown", op: Op.GET });
     expect(unknown.err).toBe("ErrWrongLeader");
-    expect(unknown.leaderId).toBeUndefined();
+    expect(unknown.leader.case).toBeUndefined();
   });
 });
 

@@ -76,8 +76,9 @@ export function checkConfChange(
   if (typeof next === "string") return { ok: false, reason: "invalid", detail: next };
   if (change.type === "promote") {
     // Learners catch up before they vote: a voter far behind would stall commits it must count for.
+    // A learner that never acknowledged anything (matchIndex 0) may not even be running.
     const match = ctx.matchIndex(change.id);
-    if (match + ctx.maxLearnerLag < ctx.lastIndex) {
+    if (match === 0 || match + ctx.maxLearnerLag < ctx.lastIndex) {
       return { ok: false, reason: "learner-behind", detail: `learner ${change.id} holds the log through ${match}, the leader's ends at ${ctx.lastIndex}` };
     }
   }

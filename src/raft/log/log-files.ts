@@ -58,6 +58,9 @@ export interface LogCounters {
   spareWaits: number;
   /** Flushes that had to wait for zero-filled space (the background fill fell behind). */
   allocationWaits: number;
+  /** fdatasyncs that made appended records durable (the commit path), and their total seconds. */
+  appendSyncs: number;
+  appendSyncSeconds: number;
 }
 
 export function newCounters(): LogCounters {
@@ -72,6 +75,8 @@ export function newCounters(): LogCounters {
     sparesUsed: 0,
     spareWaits: 0,
     allocationWaits: 0,
+    appendSyncs: 0,
+    appendSyncSeconds: 0,
   };
 }
 

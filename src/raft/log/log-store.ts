@@ -373,8 +373,11 @@ export class FileLogStore implements LogStore {
   }
 
   private async syncActive(): Promise<void> {
+    const started = performance.now();
     await this.active.datasync();
     this.counters.fsyncs++;
+    this.counters.appendSyncs++;
+    this.counters.appendSyncSeconds += (performance.now() - started) / 1000;
   }
 
   /**

@@ -74,6 +74,9 @@ export class ConnectTransport implements Transport {
   private readonly readMaxBytes: number;
   readonly stats: TransportStats = { sentBatches: 0, sentMessages: 0, droppedMessages: 0, failedBatches: 0 };
   private readonly gate: PeerGate;
+  /** The cluster's members, as the gate sees them (updated by setPeers). */
+  private readonly members = new Set<NodeId>();
+  private readonly maxQueuedBytes: number;
 
   constructor(private readonly options: ConnectTransportOptions) {
     this.maxFrameBytes = options.maxFrameBytes ?? 4 * 1024 * 1024;
@@ -87,37 +90,62 @@ export class ConnectTransport implements Transport {
       throw new RangeError(`maxFrameBytes ${this.maxFrameBytes} must be positive and at most half of readMaxBytes ${this.readMaxBytes}`);
     }
     if (!(maxQueuedBytes > 0)) throw new RangeError(`maxQueuedBytesPerPeer must be positive, got ${maxQueuedBytes}`);
-    const entries = options.peers instanceof Map ? [...options.peers] : Object.entries(options.peers).map(([k, v]) => [Number(k), v] as const);
-    this.gate = new PeerGate(options.id, new Set(entries.map(([id]) => id)), options.security);
-    for (const [id, url] of entries) {
-      if (id === options.id) continue;
-      const dial = { url, self: options.id, peer: id, security: options.security, timeoutMs: DIAL_TIMEOUT_MS };
-      // Snapshots go on a connection of their own (authenticated the same way): bulk data never
-      // waits behind, or delays, the message stream.
-      const session = new PeerSessionManager(dial);
-      const transport = createConnectTransport({
-        baseUrl: url,
-        httpVersion: "2",
-        useBinaryFormat: true,
-        sessionManager: session,
-        readMaxBytes: this.readMaxBytes,
-        writeMaxBytes: this.readMaxBytes,
-        acceptCompression: [],
-      });
-      const peer: Peer = { id, url, session, client: createClient(RaftService, transport), link: null!, lastError: null };
-      peer.link = new PeerLink({
-        url,
-        path: STREAM_PATH,
-        maxQueuedBytes,
-        pingIntervalMs: 5_000,
-        pingTimeoutMs: 5_000,
-        backoffMinMs: 20,
-        backoffMaxMs: 1_000,
-        dial: () => dialPeer(dial),
-        onError: (error) => this.linkFailed(peer, error),
-      });
-      this.peers.set(id, peer);
+    this.maxQueuedBytes = maxQueuedBytes;
+    this.gate = new PeerGate(options.id, this.members, options.security);
+    this.setPeers(options.peers instanceof Map ? options.peers : new Map(Object.entries(options.peers).map(([k, v]) => [Number(k), v] as const)));
+  }
+
+  /**
+   * The cluster's membership changed: `peers` is every member's base URL (this node's own entry is
+   * not dialed). New members are dialed, members that left are dropped (their connections closed,
+   * their handshakes refused from now on), a member whose URL changed is dialed at the new one.
+   */
+  setPeers(peers: ReadonlyMap<NodeId, string>): void {
+    this.members.clear();
+    for (const id of peers.keys()) this.members.add(id);
+    for (const [id, peer] of this.peers) {
+      if (peers.get(id) === peer.url) continue;
+      peer.link.close();
+      peer.session.close();
+      this.peers.delete(id);
     }
+    if (this.closed) return;
+    for (const [id, url] of peers) {
+      if (id === this.options.id || this.peers.has(id)) continue;
+      this.peers.set(id, this.connect(id, url));
+    }
+  }
+
+  /** One member's stream and snapshot connection, dialed lazily and authenticated like every peer. */
+  private connect(id: NodeId, url: string): Peer {
+    const options = this.options;
+    const maxQueuedBytes = this.maxQueuedBytes;
+    const dial = { url, self: options.id, peer: id, security: options.security, timeoutMs: DIAL_TIMEOUT_MS };
+    // Snapshots go on a connection of their own (authenticated the same way): bulk data never
+    // waits behind, or delays, the message stream.
+    const session = new PeerSessionManager(dial);
+    const transport = createConnectTransport({
+      baseUrl: url,
+      httpVersion: "2",
+      useBinaryFormat: true,
+      sessionManager: session,
+      readMaxBytes: this.readMaxBytes,
+      writeMaxBytes: this.readMaxBytes,
+      acceptCompression: [],
+    });
+    const peer: Peer = { id, url, session, client: createClient(RaftService, transport), link: null!, lastError: null };
+    peer.link = new PeerLink({
+      url,
+      path: STREAM_PATH,
+      maxQueuedBytes,
+      pingIntervalMs: 5_000,
+      pingTimeoutMs: 5_000,
+      backoffMinMs: 20,
+      backoffMaxMs: 1_000,
+      dial: () => dialPeer(dial),
+      onError: (error) => this.linkFailed(peer, error),
+    });
+    return peer;
   }
 
   /**

@@ -19,7 +19,8 @@ import {
   type Message as WireMessage,
   type SnapshotMeta as WireSnapshotMeta,
 } from "../../gen/raftpb/raft_pb.ts";
-import { EntryType, type Entry, type Message, type SnapshotMeta } from "../../raft/types.ts";
+import { decodeMembership, encodeMembership, membershipOfMeta, metaWith } from "../../raft/index.ts";
+import { EntryType, type Entry, type Membership, type Message, type SnapshotMeta } from "../../raft/types.ts";
 
 /** A peer sent a message this node cannot interpret (unknown type, number out of range). */
 export class RaftCodecError extends Error {
@@ -49,7 +50,7 @@ function encodeEntry(entry: Entry): WireEntry {
   return create(EntrySchema, {
     index: u64(entry.index, "entry.index"),
     term: u64(entry.term, "entry.term"),
-    type: entry.type === EntryType.Noop ? WireEntryType.ENTRY_NOOP : WireEntryType.ENTRY_NORMAL,
+    type: WIRE_ENTRY_TYPE[entry.type],
     data: entry.data,
   });
 }
@@ -63,27 +64,47 @@ function decodeEntry(entry: WireEntry): Entry {
     case WireEntryType.ENTRY_NOOP:
       type = EntryType.Noop;
       break;
+    case WireEntryType.ENTRY_CONF_CHANGE:
+      type = EntryType.ConfChange;
+      break;
     default:
       throw new RaftCodecError(`raft entry has unknown type ${entry.type as number}`);
   }
   return { index: num(entry.index, "entry.index"), term: num(entry.term, "entry.term"), type, data: entry.data };
 }
 
+const WIRE_ENTRY_TYPE: Record<EntryType, WireEntryType> = {
+  [EntryType.Normal]: WireEntryType.ENTRY_NORMAL,
+  [EntryType.Noop]: WireEntryType.ENTRY_NOOP,
+  [EntryType.ConfChange]: WireEntryType.ENTRY_CONF_CHANGE,
+};
+
 function encodeSnapshotMeta(meta: SnapshotMeta): WireSnapshotMeta {
+  const extras = (meta.learners?.length ?? 0) > 0 || Object.keys(meta.addresses ?? {}).length > 0;
   return create(SnapshotMetaSchema, {
     index: u64(meta.index, "snapshot.index"),
     term: u64(meta.term, "snapshot.term"),
     members: meta.members.map((m) => u64(m, "snapshot.members")),
+    membership: extras ? encodeMembership(membershipOfMeta(meta)) : new Uint8Array(0),
   });
 }
 
 function decodeSnapshotMeta(meta: WireSnapshotMeta | undefined): SnapshotMeta {
   if (meta === undefined) throw new RaftCodecError("InstallSnapshot message carries no snapshot metadata");
-  return {
-    index: num(meta.index, "snapshot.index"),
-    term: num(meta.term, "snapshot.term"),
-    members: meta.members.map((m) => num(m, "snapshot.members")),
-  };
+  const index = num(meta.index, "snapshot.index");
+  const term = num(meta.term, "snapshot.term");
+  const members = meta.members.map((m) => num(m, "snapshot.members"));
+  if (meta.membership.length === 0) return { index, term, members };
+  let membership: Membership;
+  try {
+    membership = decodeMembership(meta.membership);
+  } catch (err) {
+    throw new RaftCodecError(`snapshot.membership: ${(err as Error).message}`);
+  }
+  if (membership.voters.join() !== [...members].sort((a, b) => a - b).join()) {
+    throw new RaftCodecError(`snapshot.membership voters [${membership.voters.join(", ")}] differ from snapshot.members [${members.join(", ")}]`);
+  }
+  return metaWith(index, term, membership);
 }
 
 /** The flat form of raftpb.Message with JS numbers: the meaning of each wire field lives here. */

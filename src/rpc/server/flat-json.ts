@@ -29,12 +29,16 @@ export interface FlatJson {
   write(message: Message): string;
 }
 
-/** A codec for `schema`, or null when some field is not flat (messages, lists, maps, bytes, floats, oneofs). */
+/**
+ * A codec for `schema`, or null when some field is not flat (messages, lists, maps, bytes, floats,
+ * oneofs of more than one field). A one-field oneof is the pre-protoc-3.15 spelling of a proto3
+ * `optional` scalar (kvraft.proto's leader_id) and is taken: a scalar with presence.
+ */
 export function flatJson(schema: DescMessage): FlatJson | null {
   if (schema.fields.length > MAX_FLAT_FIELDS) return null;
   const byName = new Map<string, FlatField>();
   for (const [position, field] of schema.fields.entries()) {
-    if (field.oneof !== undefined) return null;
+    if (field.oneof !== undefined && field.oneof.fields.length !== 1) return null;
     const read = reader(field);
     if (read === null) return null;
     const flat = { field, read, bit: 1 << position };
@@ -60,7 +64,8 @@ export function flatJson(schema: DescMessage): FlatJson | null {
         members++;
         const value = flat.read((json as Record<string, unknown>)[key]);
         if (value === undefined) return undefined;
-        message[flat.field.localName] = value;
+        if (flat.field.oneof === undefined) message[flat.field.localName] = value;
+        else message[flat.field.oneof.localName] = { case: flat.field.localName, value };
       }
       // JSON.parse keeps the last of duplicate names; protobuf JSON refuses them. Every value here
       // is a scalar, so each member of the raw text has exactly one ':' outside strings.
@@ -71,7 +76,12 @@ export function flatJson(schema: DescMessage): FlatJson | null {
       const out: Record<string, unknown> = {};
       const fields = message as unknown as Record<string, unknown>;
       for (const field of schema.fields) {
-        const value = fields[field.localName];
+        let value: unknown;
+        if (field.oneof === undefined) value = fields[field.localName];
+        else {
+          const chosen = fields[field.oneof.localName] as { case: string | undefined; value?: unknown };
+          value = chosen.case === field.localName ? chosen.value : undefined;
+        }
         if (value === undefined) continue;
         // Implicit presence: the zero value is not written (proto3 JSON's default).
         if (field.presence === IMPLICIT && (value === "" || value === 0 || value === 0n || value === false)) continue;

@@ -11,6 +11,7 @@ import type * as net from "node:net";
 import { STATUS_CODES } from "node:http";
 import { connectionOf } from "./connection.ts";
 import { callUnary, unaryContentType, type CallSource, type UnaryAnswer, type UnaryRoutes } from "./unary-routes.ts";
+import { log } from "../../obs/log.ts";
 
 /** Largest request head the lane parses; a longer one goes to node:http (which answers 431). */
 const MAX_HEAD_BYTES = 16 * 1024;
@@ -135,7 +136,7 @@ export class Http1Lane {
         (answer) => this.answer(answer, parsed.close),
         (error) => {
           // callUnary turns every failure into an answer; this is a bug in the lane itself.
-          console.error(`kvraft rpc: http/1.1 lane failed: ${(error as Error).stack ?? error}`);
+          log.error(`kvraft rpc: http/1.1 lane failed: ${(error as Error).message}`, { error });
           this.socket.destroy();
         },
       );

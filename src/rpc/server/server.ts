@@ -12,9 +12,11 @@ import { cors, createContextValues, type ConnectRouter, type Interceptor } from 
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { FrameRoutes, isPlainConnectStream, serveFrameStream } from "./frame-lane.ts";
 import { Http1Lane, type LaneHost } from "./http1-lane.ts";
-import { UnaryRoutes } from "./unary-routes.ts";
+import { h2CallOf, serveH2Unary, type H2LaneHost } from "./h2-lane.ts";
+import { ACCEPT_COMPRESSION, COMPRESS_MIN_BYTES, UnaryRoutes } from "./unary-routes.ts";
 import { connectionKey, connectionOf, type CallGate } from "./connection.ts";
 import { TLS_HANDSHAKE_BYTE, refuseCleartext, refuseTls, secureContextOf, startTls, type TlsOptions } from "./tls-port.ts";
+import { log } from "../../obs/log.ts";
 
 /** The bytes every HTTP/2 client sends first (RFC 9113 §3.4). */
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -45,7 +47,8 @@ export interface RpcServerOptions {
   maxStreamsPerConnection?: number;
   /**
    * The fast lanes (default true): plain Connect unary calls over HTTP/1.1 answered in the
-   * server's own lane (http1-lane.ts), and frame routes read straight off HTTP/2 streams
+   * server's own lane (http1-lane.ts), plain unary calls over HTTP/2 in Connect, gRPC and gRPC-Web
+   * served on the raw stream (h2-lane.ts), and frame routes read straight off HTTP/2 streams
    * (frame-lane.ts). False sends every call through node:http / node:http2 and the Connect
    * adapter (kvserver --no-fast-lane; `bun bench cluster --no-fast-lane` measures the difference).
    */
@@ -54,6 +57,8 @@ export interface RpcServerOptions {
   keepAliveTimeoutMs?: number;
   /** Serve TLS only (HTTP/2 by ALPN and HTTP/1.1); cleartext connections get a 400 saying so. */
   tls?: TlsOptions;
+  /** Plain HTTP routes (metrics, health, status page: src/obs) tried before the Connect routes. */
+  httpRoutes?: (request: NodeRequest, response: NodeResponse) => boolean;
   /** Client authorization of every call (Connect adapter and fast lane alike); none: every call runs. */
   gate?: CallGate;
 }
@@ -81,8 +86,6 @@ export class RpcServer {
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly lanes = new Set<Http1Lane>();
   private readonly laneHost: LaneHost;
-  /** HTTP/1.1 calls the fast lane answered, and connections it handed to node:http. */
-  readonly stats = { laneCalls: 0, laneHandovers: 0, refusedTls: 0, refusedCleartext: 0 };
   private readonly secureContext: tls.SecureContext | null;
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private closing: Promise<void> | null = null;
@@ -96,6 +99,8 @@ export class RpcServer {
     private readonly options: RpcServerOptions,
     private readonly shutdown: AbortController,
     unary: UnaryRoutes,
+    /** Calls the fast lanes answered (HTTP/1.1, HTTP/2), connections handed to node:http, refusals. */
+    readonly stats: { laneCalls: number; laneHandovers: number; h2Calls: number; h2LibraryCalls: number; refusedTls: number; refusedCleartext: number },
   ) {
     this.laneHost = { routes: unary, fallback: h1, shutdownSignal: shutdown.signal, closing: () => this.closing !== null, stats: this.stats };
     this.secureContext = options.tls === undefined ? null : secureContextOf(options.tls);
@@ -132,6 +137,9 @@ export class RpcServer {
       shutdownSignal: shutdown.signal,
       jsonOptions,
       interceptors,
+      // Explicit, so that the fast lanes negotiate response compression exactly as the adapter does.
+      acceptCompression: [...ACCEPT_COMPRESSION],
+      compressMinBytes: COMPRESS_MIN_BYTES,
       contextValues: (request) => {
         const session = "stream" in request ? request.stream.session ?? null : null;
         return createContextValues().set(connectionKey, connectionOf(request.socket, session));
@@ -165,6 +173,7 @@ export class RpcServer {
       }
       // While closing, tell HTTP/1.1 clients not to reuse the connection.
       if (server?.closing && "shouldKeepAlive" in response) response.shouldKeepAlive = false;
+      if (options.httpRoutes?.(request, nodeResponse)) return;
       adapter(request, nodeResponse);
     };
 
@@ -176,7 +185,8 @@ export class RpcServer {
       socket.destroy();
     });
     const h2 = http2.createServer({ settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 256 } }, handle);
-    if (frames.size > 0 && options.fastLane !== false) routeFrameStreams(h2, frames, shutdown.signal);
+    const stats = { laneCalls: 0, laneHandovers: 0, h2Calls: 0, h2LibraryCalls: 0, refusedTls: 0, refusedCleartext: 0 };
+    if (options.fastLane !== false) routeStreams(h2, frames, unary, { shutdownSignal: shutdown.signal, stats });
     const tcp = net.createServer();
     tcp.maxConnections = options.maxConnections ?? 4096;
 
@@ -196,14 +206,14 @@ export class RpcServer {
 
     const address = tcp.address();
     const port = typeof address === "object" && address !== null ? address.port : options.port;
-    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary);
+    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary, stats);
     server.wire();
     return server;
   }
 
   private wire(): void {
     this.tcp.on("connection", (socket) => this.accept(socket));
-    this.tcp.on("error", (error) => console.error(`kvraft rpc: listener error: ${error.message}`));
+    this.tcp.on("error", (error) => log.error(`kvraft rpc: listener error: ${error.message}`));
     this.h2.on("session", (session) => {
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
@@ -270,7 +280,7 @@ export class RpcServer {
     if (context === null || !isTls) {
       // A mismatch is answered at once (it used to hang until the first-bytes timeout).
       if (context === null) {
-        if (this.stats.refusedTls++ === 0) console.error(`kvraft rpc: a TLS client (${socket.remoteAddress}) reached the cleartext port ${this.port}: use http://, or start the node with --cert-file/--key-file`);
+        if (this.stats.refusedTls++ === 0) log.warn(`kvraft rpc: a TLS client (${socket.remoteAddress}) reached the cleartext port ${this.port}: use http://, or start the node with --cert-file/--key-file`);
         refuseTls(socket);
       } else {
         this.stats.refusedCleartext++;
@@ -337,17 +347,23 @@ export class RpcServer {
 }
 
 /**
- * Puts the frame lane in front of node:http2's request handler: a plain Connect stream to a frame
- * route is served on the raw stream, every other stream reaches the compat layer as before.
+ * Puts the HTTP/2 fast lanes in front of node:http2's request handler: a plain Connect stream to a
+ * frame route is served on the raw stream, so is a plain unary call in any protocol (h2-lane.ts);
+ * every other stream reaches the compat layer and the Connect adapter as before.
  */
-function routeFrameStreams(h2: http2.Http2Server, frames: FrameRoutes, shutdown: AbortSignal): void {
+function routeStreams(h2: http2.Http2Server, frames: FrameRoutes, unary: UnaryRoutes, host: H2LaneHost): void {
   const compat = h2.listeners("stream") as ((...args: unknown[]) => void)[];
   h2.removeAllListeners("stream");
   h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => {
     const path = headers[":path"];
-    const route = typeof path === "string" ? frames.get(path) : undefined;
+    const route = frames.size > 0 && typeof path === "string" ? frames.get(path) : undefined;
     if (route !== undefined && isPlainConnectStream(headers)) {
-      serveFrameStream(stream, headers, route, shutdown);
+      serveFrameStream(stream, headers, route, host.shutdownSignal);
+      return;
+    }
+    const call = h2CallOf(headers, unary);
+    if (call !== null) {
+      serveH2Unary(stream, headers, call, host);
       return;
     }
     for (const listener of compat) listener.call(h2, stream, headers, ...rest);

@@ -1,18 +1,23 @@
-// The fast lane's view of the routes: records every unary method that routes register, and runs one
-// Connect unary call on bytes (decode, implementation, encode, error → Connect JSON) without the
-// universal handler's per-call async iterables, abort controllers and header objects.
-// Decoding, encoding and error bodies use connect-es's own functions, so answers match the
-// standard path byte for byte; anything outside the plain case is left to that path.
+// The fast lanes' view of the routes: records every unary method that routes register, and runs one
+// unary call on bytes (decode, implementation, encode, errors) without the universal handler's
+// per-call async iterables, abort controllers and header objects. One implementation for every
+// protocol: the HTTP/1.1 lane (Connect) and the HTTP/2 lane (Connect, gRPC, gRPC-Web) frame what
+// invokeUnary returns. Decoding, encoding and error bodies use connect-es's own functions, so
+// answers match the standard path byte for byte; anything outside the plain case is left to it.
 
 import { create, isMessage, type DescMessage, type Message, type DescMethod, type DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextValues, type ConnectRouter, type ContextValues, type HandlerContext } from "@connectrpc/connect";
 import {
+  compressionNegotiate,
   createMethodSerializationLookup,
   mergeNonProtocolHeaders,
   validateReadWriteMaxBytes,
+  type Compression,
   type MethodSerializationLookup,
+  type UniversalHandler,
   type UniversalHandlerOptions,
 } from "@connectrpc/connect/protocol";
+import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { codeToHttpStatus, errorToJsonBytes, trailerMux } from "@connectrpc/connect/protocol-connect";
 import { flatJson, type FlatJson } from "./flat-json.ts";
 import { connectionKey, type CallGate, type ConnectionInfo } from "./connection.ts";
@@ -33,6 +38,28 @@ export interface UnaryRoute {
   readonly impl: (request: unknown, context: HandlerContext) => unknown;
   /** Client authorization, checked before impl (as the adapter's interceptor does). */
   readonly gate: CallGate | undefined;
+  /** The library's handler of this method (all protocols): the lanes' fallback for odd bodies. */
+  library(): UniversalHandler;
+}
+
+/** The protocol a call arrived in, as connect-es names it (HandlerContext.protocolName). */
+export type UnaryProtocol = "connect" | "grpc" | "grpc_web";
+
+/**
+ * Response compression the server offers (connectNodeAdapter's default set, passed to it
+ * explicitly so that the lanes and the adapter negotiate alike), and the smallest body compressed.
+ */
+export const ACCEPT_COMPRESSION: readonly Compression[] = [compressionGzip, compressionBrotli];
+export const COMPRESS_MIN_BYTES = 1024;
+
+/** What the implementation made of one call, before any protocol framing. */
+export interface UnaryOutcome {
+  /** The serialized output message; null when the call failed. */
+  message: Uint8Array | null;
+  error: ConnectError | null;
+  /** Response headers and trailers the implementation set (null: none). */
+  header: Headers | null;
+  trailer: Headers | null;
 }
 
 /** What one fast call produced: a complete Connect unary response. */
@@ -55,6 +82,8 @@ export interface CallSource {
   signal(): AbortSignal;
   /** The connection the call came on. */
   connection(): ConnectionInfo | null;
+  /** The client's deadline in ms from the timeout header, if it sent one. */
+  readonly timeoutMs?: number;
 }
 
 const utf8 = new TextDecoder();
@@ -83,6 +112,7 @@ export function unaryContentType(value: string | undefined): "json" | "proto" | 
 
 export class UnaryRoutes {
   private readonly routes = new Map<string, UnaryRoute>();
+  private router: ConnectRouter | null = null;
 
   constructor(private readonly defaults: { readMaxBytes: number; jsonOptions?: JsonWriteOptions; gate?: CallGate }) {}
 
@@ -92,6 +122,7 @@ export class UnaryRoutes {
 
   /** Wraps a router so that registrations reach it unchanged and are recorded here too. */
   recording(router: ConnectRouter): ConnectRouter {
+    this.router = router;
     const wrapper = {
       get handlers() {
         return router.handlers;
@@ -125,6 +156,7 @@ export class UnaryRoutes {
     const jsonOptions = options?.jsonOptions ?? this.defaults.jsonOptions;
     const limits = validateReadWriteMaxBytes(readMaxBytes, undefined, undefined);
     const path = `/${service.typeName}/${method.name}`;
+    let library: UniversalHandler | undefined;
     this.routes.set(path, {
       path,
       service,
@@ -137,6 +169,11 @@ export class UnaryRoutes {
       flatOutput: Object.keys(jsonOptions ?? {}).every((k) => k === "ignoreUnknownFields") ? flatJson(method.output) : null,
       impl,
       gate: this.defaults.gate,
+      library: () => {
+        library ??= this.router?.handlers.find((h) => h.requestPath === path);
+        if (library === undefined) throw new Error(`no library handler for ${path}`);
+        return library;
+      },
     });
   }
 }
@@ -157,10 +194,13 @@ function parseInput(route: UnaryRoute, binary: boolean, body: Uint8Array): unkno
   }
 }
 
-/** Runs one unary call the way connect-es's Connect handler does, on a complete request body. */
-export async function callUnary(route: UnaryRoute, format: "json" | "proto", body: Uint8Array, source: CallSource): Promise<UnaryAnswer> {
-  const binary = format === "proto";
-  const context = new LaneContext(route, source);
+/**
+ * Runs one unary call on a complete request message (no envelope, not compressed) the way
+ * connect-es's handlers do: gate, decode, implementation, encode. Never throws: a failure is the
+ * outcome's error, as the library would report it.
+ */
+export async function invokeUnary(route: UnaryRoute, protocol: UnaryProtocol, binary: boolean, body: Uint8Array, source: CallSource): Promise<UnaryOutcome> {
+  const context = new LaneContext(route, source, protocol);
   try {
     const denied = route.gate?.({
       path: route.path,
@@ -172,19 +212,50 @@ export async function callUnary(route: UnaryRoute, format: "json" | "proto", bod
     const output = await route.impl(input, context);
     const message = isMessage(output, route.method.output as DescMessage) ? output : create(route.method.output, output as never);
     const encoded = !binary && route.flatOutput !== null ? flatBytes(route.flatOutput, message) : route.serialization.getO(binary).serialize(message);
-    return { status: 200, contentType: binary ? CONTENT_TYPE_PROTO : CONTENT_TYPE_JSON, body: encoded, headers: context.takeHeaders() };
+    return { message: encoded, error: null, header: context.responseHeaders, trailer: context.responseTrailers };
   } catch (e) {
     const error = e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
-    let headers = context.takeHeaders();
-    if (!error.isWireError && hasEntries(error.metadata)) {
-      headers ??= new Headers();
-      mergeNonProtocolHeaders(headers, error.metadata);
-    }
-    return { status: codeToHttpStatus(error.code), contentType: CONTENT_TYPE_JSON, body: errorToJsonBytes(error, route.jsonOptions ?? {}), headers };
+    return { message: null, error, header: context.responseHeaders, trailer: context.responseTrailers };
   } finally {
     context.finish();
   }
 }
+
+/** Runs one Connect unary call on a complete, uncompressed request body: the response to send. */
+export async function callUnary(route: UnaryRoute, format: "json" | "proto", body: Uint8Array, source: CallSource): Promise<UnaryAnswer> {
+  const outcome = await invokeUnary(route, "connect", format === "proto", body, source);
+  return connectAnswer(route, format === "proto", outcome);
+}
+
+/** The Connect unary response (status, type, body, headers with trailers muxed) of an outcome. */
+export function connectAnswer(route: UnaryRoute, binary: boolean, outcome: UnaryOutcome): UnaryAnswer {
+  let headers: Headers | null = outcome.header === null && outcome.trailer === null ? null : trailerMux(outcome.header ?? new Headers(), outcome.trailer ?? new Headers());
+  const error = outcome.error;
+  if (error === null) return { status: 200, contentType: binary ? CONTENT_TYPE_PROTO : CONTENT_TYPE_JSON, body: outcome.message!, headers };
+  if (!error.isWireError && hasEntries(error.metadata)) {
+    headers ??= new Headers();
+    mergeNonProtocolHeaders(headers, error.metadata);
+  }
+  return { status: codeToHttpStatus(error.code), contentType: CONTENT_TYPE_JSON, body: errorToJsonBytes(error, route.jsonOptions ?? {}), headers };
+}
+
+/**
+ * The compression a response uses, negotiated as connect-es does from the client's accept header
+ * (Accept-Encoding for Connect, Grpc-Accept-Encoding for gRPC and gRPC-Web); null: none.
+ */
+export function responseCompression(accepted: string | undefined): Compression | null {
+  if (accepted === undefined || accepted === "") return null;
+  let found = negotiated.get(accepted);
+  if (found === undefined) {
+    found = compressionNegotiate([...ACCEPT_COMPRESSION], null, accepted, "").response;
+    // Clients send one of a handful of values; a bounded memo keeps odd ones from growing it.
+    if (negotiated.size < MAX_NEGOTIATED) negotiated.set(accepted, found);
+  }
+  return found;
+}
+
+const negotiated = new Map<string, Compression | null>();
+const MAX_NEGOTIATED = 64;
 
 function flatBytes(codec: FlatJson, message: Message): Uint8Array {
   if (!Object.isFrozen(message)) return utf8Out.encode(codec.write(message));
@@ -206,35 +277,47 @@ function hasEntries(headers: Headers): boolean {
  * handlers use none, and building headers and linked abort signals per call is most of the cost.
  */
 class LaneContext implements HandlerContext {
-  readonly protocolName = "connect";
   readonly requestMethod = "POST";
   readonly method: DescMethod;
   readonly service: DescService;
   private requestHeaders: Headers | null = null;
-  private responseHeaders: Headers | null = null;
-  private responseTrailers: Headers | null = null;
+  /** Made when the implementation touches them (null: it set none). */
+  responseHeaders: Headers | null = null;
+  responseTrailers: Headers | null = null;
   private contextValues: ContextValues | null = null;
   private abort: AbortController | null = null;
   private unlink: (() => void) | null = null;
+  private deadlineTimer: ReturnType<typeof setTimeout> | undefined;
+  /** When the client's deadline passes (Date.now() ms), if it sent one. */
+  private readonly deadline: number | undefined;
 
   constructor(
     route: UnaryRoute,
     private readonly source: CallSource,
+    readonly protocolName: UnaryProtocol,
   ) {
     this.method = route.method;
     this.service = route.service;
+    this.deadline = source.timeoutMs === undefined ? undefined : Date.now() + source.timeoutMs;
   }
 
   get url(): string {
     return this.source.url();
   }
 
-  readonly timeoutMs = (): number | undefined => undefined;
+  readonly timeoutMs = (): number | undefined => (this.deadline === undefined ? undefined : this.deadline - Date.now());
 
   get signal(): AbortSignal {
     if (this.abort === null) {
       const abort = new AbortController();
       const outer = this.source.signal();
+      // As connect-es's context: the signal also fires when the client's deadline passes.
+      if (this.deadline !== undefined) {
+        const left = this.deadline - Date.now();
+        const expire = () => abort.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+        if (left <= 0) expire();
+        else this.deadlineTimer = setTimeout(expire, left);
+      }
       if (outer.aborted) abort.abort(outer.reason);
       else {
         const onAbort = () => abort.abort(outer.reason);
@@ -270,14 +353,9 @@ class LaneContext implements HandlerContext {
     return this.contextValues;
   }
 
-  /** Response headers and trailers the implementation set, muxed for a unary response. */
-  takeHeaders(): Headers | null {
-    if (this.responseHeaders === null && this.responseTrailers === null) return null;
-    return trailerMux(this.responseHeaders ?? new Headers(), this.responseTrailers ?? new Headers());
-  }
-
   /** The call is over: its signal fires (as connect-es's does) and stops listening to the source. */
   finish(): void {
+    clearTimeout(this.deadlineTimer);
     this.unlink?.();
     this.abort?.abort();
   }

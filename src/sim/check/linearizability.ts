@@ -1,21 +1,33 @@
 // Linearizability checker for key-value histories: Wing & Gong's search with Lowe's memoization
 // (a cache of (set of linearized ops, model state)), over a KV model partitioned by key (Porcupine).
 
-/** The client-visible operations the KV model knows. */
-export type KvOpName = "Get" | "Put" | "Append" | "Delete";
+/**
+ * The client-visible operations the KV model knows. Cas is a Txn comparing the key's value (or its
+ * absence) and putting a new one; Range reads the keys in [key, end).
+ */
+export type KvOpName = "Get" | "Put" | "Append" | "Delete" | "Cas" | "Range";
 
 export interface KvInput {
   op: KvOpName;
   key: string;
-  /** Put/Append argument; ignored for Get and Delete. */
+  /** Put/Append/Cas argument; ignored for Get, Delete and Range. */
   value: string;
+  /** Cas: the value the key must have; null (or absent): the key must not exist. */
+  expect?: string | null;
+  /** Range: the exclusive end of [key, end). */
+  end?: string;
 }
 
 export interface KvOutput {
-  /** "OK" or "ErrNoKey"; any other value never matches the model. */
+  /**
+   * "OK" or "ErrNoKey"; Cas: "OK" (swapped), "ErrCasFailed" (value holds the key's value) or
+   * "ErrCasFailedNoKey" (the key did not exist). Any other value never matches the model.
+   */
   err: string;
   /** Get's result ("" with ErrNoKey). */
   value: string;
+  /** Range: every key of the range that exists, with its value. */
+  kvs?: [string, string][];
 }
 
 export interface Operation {
@@ -78,6 +90,18 @@ export function stepKv(
       const err = output?.err;
       return { ok: (err === "OK" && state !== null) || (err === "ErrNoKey" && state === null), state: null };
     }
+    case "Cas": {
+      const expect = input.expect ?? null;
+      const matches = expect === null ? state === null : state === expect;
+      if (!observed || output === null) return { ok: true, state: matches ? input.value : state };
+      if (output.err === "OK") return { ok: matches, state: input.value };
+      if (output.err === "ErrCasFailed") return { ok: !matches && state === output.value, state };
+      if (output.err === "ErrCasFailedNoKey") return { ok: !matches && state === null, state };
+      return { ok: false, state };
+    }
+    case "Range":
+      // Ranges are checked per key: checkHistory splits each into one Get per key it covers.
+      throw new TypeError("a Range reaches the per-key model only as its per-key Gets");
     default: {
       const never: never = input.op;
       throw new TypeError(`unknown KV operation ${String(never)}`);
@@ -85,11 +109,15 @@ export function stepKv(
   }
 }
 
-/** Checks a whole history: each key is an independent object, checked on its own. */
+/**
+ * Checks a whole history: each key is an independent object, checked on its own. A Range becomes
+ * one Get per key of the history it covers (the value it returned, or ErrNoKey): every key's view
+ * is checked; that one Range saw all its keys at one instant is not (a per-key projection).
+ */
 export function checkHistory(history: readonly Operation[], options: CheckOptions = {}): CheckResult {
   const deadline = performance.now() + (options.timeoutMs ?? 10_000);
   const byKey = new Map<string, Operation[]>();
-  for (const op of history) {
+  for (const op of projectRanges(history)) {
     if (!(op.call <= op.return)) {
       throw new RangeError(`operation on key ${JSON.stringify(op.input.key)} returns (${op.return}) before its call (${op.call})`);
     }
@@ -111,6 +139,32 @@ export function checkHistory(history: readonly Operation[], options: CheckOption
     };
   }
   return { result: "ok" };
+}
+
+/** Replaces each answered Range by a Get per key of the history in [key, end); unanswered ones read nothing. */
+function projectRanges(history: readonly Operation[]): readonly Operation[] {
+  if (!history.some((op) => op.input.op === "Range")) return history;
+  const keys = new Set<string>();
+  for (const op of history) {
+    if (op.input.op !== "Range") keys.add(op.input.key);
+    else for (const [key] of op.output?.kvs ?? []) keys.add(key);
+  }
+  const out: Operation[] = [];
+  for (const op of history) {
+    if (op.input.op !== "Range") {
+      out.push(op);
+      continue;
+    }
+    if (op.return === Infinity || op.output === null) continue;
+    const found = new Map(op.output.kvs ?? []);
+    const end = op.input.end ?? "";
+    for (const key of keys) {
+      if (key < op.input.key || (end !== "" && key >= end)) continue;
+      const value = found.get(key);
+      out.push({ ...op, input: { op: "Get", key, value: "" }, output: value === undefined ? { err: "ErrNoKey", value: "" } : { err: "OK", value } });
+    }
+  }
+  return out;
 }
 
 /** A call or return event in the doubly linked event list of Wing & Gong. */
@@ -221,7 +275,8 @@ function checkKey(key: string, all: Operation[], deadline: number): KeyOutcome {
 }
 
 function isResetter(op: Operation): boolean {
-  return op.input.op === "Put" || op.input.op === "Delete";
+  // A Cas may set any value: like a Put, it is not an extension of what was there.
+  return op.input.op === "Put" || op.input.op === "Delete" || op.input.op === "Cas";
 }
 
 /** How many constrained reads `laterReadBlocking` compares against (earliest-returning first). */
@@ -396,7 +451,12 @@ function illegal(
   const conflicting = best.stuck.map((i) => ops[i]);
   const show = (op: Operation): string => {
     const out = op.return === Infinity ? "no answer" : `${op.output?.err} ${JSON.stringify(truncate(op.output?.value ?? ""))}`;
-    const arg = op.input.op === "Put" || op.input.op === "Append" ? ` ${JSON.stringify(truncate(op.input.value))}` : "";
+    const arg =
+      op.input.op === "Put" || op.input.op === "Append"
+        ? ` ${JSON.stringify(truncate(op.input.value))}`
+        : op.input.op === "Cas"
+          ? ` ${op.input.expect === null || op.input.expect === undefined ? "<absent>" : JSON.stringify(truncate(op.input.expect))} -> ${JSON.stringify(truncate(op.input.value))}`
+          : "";
     return `client ${op.clientId} ${op.input.op}${arg} [${op.call}, ${op.return}] → ${out}`;
   };
   const explanation =

@@ -2,6 +2,7 @@
 // on a NodeSimNetwork and SimClock, a retrying test Clerk that records every operation, and MIT
 // 6.824's kvraft workload (GenericTest) with crashes, partitions and an unreliable network.
 import { settle } from "../raft-node/cluster.ts";
+import { KvSimApiClerk } from "./api-clerk.ts";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -285,6 +286,11 @@ export class KvSimCluster {
     );
   }
 
+  /** Any call of a KVServer (Range, Txn), with the same delays and losses as call(). */
+  callServer<T>(i: number, clientId: bigint, fn: (server: KVServer) => Promise<T>, rng: Rng = this.rng): Promise<T | null> {
+    return this.rpc(i, clientId, fn, rng);
+  }
+
   /**
    * One client RPC: a network delay each way; on an unreliable network the request or the reply
    * may be lost (the client then hears nothing for RPC_TIMEOUT_MS). Refusals a retry can cure
@@ -532,6 +538,8 @@ export interface WorkloadOptions {
   registered?: boolean;
   /** Between operations a client idles for `idleMs` with this chance (lets sessions expire). */
   idle?: { chance: number; ms: number };
+  /** randomKeys runs also use compare-and-swap (Txn) and Range (issue 14). */
+  api?: boolean;
 }
 
 export interface WorkloadResult {
@@ -581,22 +589,33 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
         const ownKey = String(client);
         let last = "";
         let appended = 0;
+        // The etcd-style client has its own session id (commandIds increase per session).
+        const api = o.api ? new KvSimApiClerk(cluster, BigInt(iteration * 1000 + client + 501), history) : null;
+        /** What this client last saw of each key: the value a Cas expects. */
+        const seen = new Map<string, string | null>();
         if (!o.randomKeys) await clerk.put(ownKey, "");
         while (!done.value) {
           // 6.824 draws random keys from as many keys as there are clients.
           const key = o.randomKeys ? String(rng.int(o.clients)) : ownKey;
           const r = rng.next();
-          if (r < 0.5) {
+          // With the API mix, fewer Appends: a value that keeps growing leaves a Cas little to win.
+          if (r < (api === null ? 0.5 : 0.25)) {
             // Registered runs audit that no token appears twice: tokens name the iteration too.
             const writer = o.registered ? `${iteration}.${client}` : client;
             const token = o.randomKeys ? `x ${writer} ${appended} r` : `x ${client} ${appended} y`;
             await clerk.append(key, token);
             last += token;
             appended++;
-          } else if (o.randomKeys && r < 0.6) {
+          } else if (o.randomKeys && r < (api === null ? 0.6 : 0.35)) {
             await clerk.put(key, `p ${client} ${appended++} `);
+          } else if (api !== null && r < 0.72) {
+            const now = await api.cas(key, seen.get(key) ?? null, `c ${client} ${appended++} `);
+            if (now !== undefined) seen.set(key, now);
+          } else if (api !== null && r < 0.78) {
+            await api.range("0", "9");
           } else {
             const reply = await clerk.get(key);
+            if (api !== null) seen.set(key, reply.err === "ErrNoKey" ? null : reply.value);
             if (!o.randomKeys && reply.value !== last) {
               failures.push(`client ${client}: Get(${key}) returned ${JSON.stringify(reply.value.slice(-60))}, expected …${JSON.stringify(last.slice(-60))}`);
             }
@@ -716,6 +735,7 @@ export interface KvSimOptions {
 export async function runKvSim(options: KvSimOptions): Promise<{ line: string; ok: boolean }> {
   const iterations = 3;
   const sessions = options.extra?.includes("--sessions") ?? false;
+  const apiOps = options.extra?.includes("--api") ?? false;
   const result = await runWorkload({
     seed: options.seed,
     servers: options.nodes,
@@ -729,10 +749,11 @@ export async function runKvSim(options: KvSimOptions): Promise<{ line: string; o
     opsPerIteration: Math.max(1, Math.ceil(options.steps / iterations)),
     snapshotThreshold: 50,
     ...(sessions ? { registered: true, state: { sessionTtlMs: 300, maxSessions: 3 }, idle: { chance: 0.2, ms: 400 } } : {}),
+    ...(apiOps ? { api: true } : {}),
   });
   const ok = result.failures.length === 0;
   const summary =
-    `kv ${sessions ? "sessions " : ""}${options.nodes} nodes, ${result.operations} ops, ${result.crashes} crashes, ${result.partitions} partitions, ` +
+    `kv ${sessions ? "sessions " : ""}${apiOps ? "api " : ""}${options.nodes} nodes, ${result.operations} ops, ${result.crashes} crashes, ${result.partitions} partitions, ` +
     (sessions
       ? `${result.sessionEvents.registrationsRefused} registrations refused, ${result.sessionEvents.expiredRefusals} writes refused as session-expired ` +
         `(${result.sessionEvents.uncertainWrites} outcomes unknown), `

@@ -1,0 +1,123 @@
+// Server CPU per unary call by protocol, with no Raft or storage behind the handlers: an RpcServer
+// in its own process whose KV backend answers at once, driven by connect-node clients (Connect
+// binary/JSON over HTTP/2, gRPC, gRPC-Web) and the HTTP/1.1 JSON client of the cluster suite.
+// Usage: bun bench/unary-cost.ts [--calls N] [--concurrency C] [--no-fast-lane] [--cpu-prof DIR]
+// (a tool for profiling the RPC layer; `serve` is the child's mode).
+
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { createClient, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { KVService, Op } from "../src/gen/kvraftpb/kvraft_pb.ts";
+import type { KVServiceBackend } from "../src/kv/service.ts";
+import { registerKVService } from "../src/kv/service.ts";
+import { RpcServer } from "../src/rpc/server/server.ts";
+import { HttpConnection } from "./http1.ts";
+import { cpuSeconds, spawnTracked, stopChild } from "./proc.ts";
+
+/** A backend that answers every call at once: what is left is the RPC layer's own cost. */
+function instantBackend(): KVServiceBackend {
+  return {
+    async command(args) {
+      return args.op === "Get" ? { err: "OK", value: "v".repeat(100) } : { err: "OK", value: "" };
+    },
+    async registerSession() {
+      return { err: "OK" as const, clientId: 1n };
+    },
+    async getStatus() {
+      throw new Error("not served by the cost bench");
+    },
+  } as KVServiceBackend;
+}
+
+async function serve(fastLane: boolean): Promise<void> {
+  const server = await RpcServer.start({ port: 0, fastLane, routes: (router) => registerKVService(router, instantBackend()) });
+  process.stdout.write(`${server.port}\n`);
+  process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));
+}
+
+interface Options {
+  calls: number;
+  concurrency: number;
+  fastLane: boolean;
+  cpuProf: string | null;
+}
+
+function parse(argv: string[]): Options {
+  const o: Options = { calls: 20_000, concurrency: 16, fastLane: true, cpuProf: null };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--calls") o.calls = Math.max(100, Math.min(1_000_000, Number(argv[++i])));
+    else if (a === "--concurrency") o.concurrency = Math.max(1, Math.min(1024, Number(argv[++i])));
+    else if (a === "--no-fast-lane") o.fastLane = false;
+    else if (a === "--cpu-prof") o.cpuProf = path.resolve(argv[++i] ?? "prof");
+    else throw new Error(`unknown argument ${a}`);
+  }
+  return o;
+}
+
+const VALUE = "x".repeat(100);
+
+/** Runs `calls` calls, `concurrency` at a time; each slot gets its own caller from `slot()`. */
+async function runCalls(calls: number, concurrency: number, slot: () => Promise<(i: number) => Promise<unknown>>): Promise<void> {
+  let next = 0;
+  const callers = await Promise.all(Array.from({ length: concurrency }, slot));
+  await Promise.all(
+    callers.map(async (one) => {
+      while (next < calls) await one(next++);
+    }),
+  );
+}
+
+async function main(): Promise<void> {
+  const o = parse(process.argv.slice(2));
+  const args = [process.execPath, ...(o.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${o.cpuProf}`] : []), import.meta.path, "serve", o.fastLane ? "fast" : "slow"];
+  const child = spawnTracked(args, { stdout: "pipe", output: "inherit" });
+  const reader = (child.stdout as ReadableStream<Uint8Array>).getReader();
+  const { value } = await reader.read();
+  const port = Number(new TextDecoder().decode(value).trim());
+  const base = `http://127.0.0.1:${port}`;
+  const h2 = { httpVersion: "2" as const, baseUrl: base };
+  // One transport (one HTTP/2 connection) shared by every slot, as the Clerk's users share one.
+  const shared = (t: Transport) => {
+    const client = createClient(KVService, t);
+    const call = (i: number) => client.command({ key: `k${i % 1000}`, value: VALUE, op: Op.PUT, clientId: 1n, commandId: BigInt(i + 1) });
+    return async () => call;
+  };
+  const paths: [string, () => () => Promise<(i: number) => Promise<unknown>>][] = [
+    [
+      "HTTP/1.1 Connect JSON (lane)",
+      () => async () => {
+        // One request in flight per connection: each slot owns one.
+        const conn = await HttpConnection.open("127.0.0.1", port);
+        return (i) => conn.post("/kvraftpb.KVService/Command", JSON.stringify({ key: `k${i % 1000}`, value: VALUE, op: "PUT", clientId: 1, commandId: i + 1 }), "Connect-Protocol-Version: 1\r\n");
+      },
+    ],
+    ["HTTP/2 Connect binary", () => shared(createConnectTransport({ ...h2, useBinaryFormat: true }))],
+    ["HTTP/2 Connect JSON", () => shared(createConnectTransport({ ...h2, useBinaryFormat: false }))],
+    ["HTTP/2 gRPC", () => shared(createGrpcTransport(h2))],
+    ["HTTP/2 gRPC-Web", () => shared(createGrpcWebTransport({ ...h2, useBinaryFormat: true }))],
+  ];
+  console.log(`server pid ${child.pid}, ${o.calls} Put calls per path, ${o.concurrency} in flight, fast lane ${o.fastLane ? "on" : "off"}`);
+  for (const [name, make] of paths) {
+    const slot = make();
+    await runCalls(Math.min(2000, o.calls), o.concurrency, slot); // warm-up: JIT, connections
+    const cpu0 = cpuSeconds(child.pid)!;
+    const self0 = process.cpuUsage();
+    const t0 = performance.now();
+    await runCalls(o.calls, o.concurrency, slot);
+    const wall = (performance.now() - t0) / 1000;
+    const server = cpuSeconds(child.pid)! - cpu0;
+    const self = process.cpuUsage(self0);
+    const gen = (self.user + self.system) / 1e6;
+    console.log(
+      `${name.padEnd(30)} server ${((server * 1e6) / o.calls).toFixed(1).padStart(6)} µs/call   client ${((gen * 1e6) / o.calls).toFixed(1).padStart(6)} µs/call   ${Math.round(o.calls / wall)} calls/s`,
+    );
+  }
+  await stopChild(child);
+  if (o.cpuProf) console.log(`server profile written under ${o.cpuProf} (${fs.existsSync(o.cpuProf) ? fs.readdirSync(o.cpuProf).join(", ") : "none"})`);
+  process.exit(0);
+}
+
+if (process.argv[2] === "serve") await serve(process.argv[3] !== "slow");
+else await main();

@@ -1,0 +1,306 @@
+// The HTTP/2 fast lane: unary calls in Connect (binary, JSON), gRPC and gRPC-Web served on the raw
+// node:http2 stream, through the same invokeUnary as the HTTP/1.1 lane, skipping the compat layer
+// (Http2ServerRequest/Response) and the universal handler. Headers decide at once: anything not
+// plain (compressed requests, CORS, GET, text encodings, bad timeouts) reaches the Connect adapter
+// untouched; a body that is not exactly one plain message goes to the library's handler as bytes.
+// Why: that path costs ~300-450 µs of server CPU per call under Bun (see bench/README.md).
+
+import type * as http2 from "node:http2";
+import type * as net from "node:net";
+import { createContextValues } from "@connectrpc/connect";
+import { createAsyncIterable, type Compression } from "@connectrpc/connect/protocol";
+import { parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
+import { grpcStatusOk, parseTimeout as parseGrpcTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { trailerFlag, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
+import { log } from "../../obs/log.ts";
+import { connectionKey, connectionOf } from "./connection.ts";
+import {
+  COMPRESS_MIN_BYTES,
+  connectAnswer,
+  invokeUnary,
+  responseCompression,
+  unaryContentType,
+  type CallSource,
+  type UnaryOutcome,
+  type UnaryProtocol,
+  type UnaryRoute,
+  type UnaryRoutes,
+} from "./unary-routes.ts";
+
+/** What the lane decided from a stream's headers: how to serve it. */
+export interface H2Call {
+  route: UnaryRoute;
+  protocol: UnaryProtocol;
+  binary: boolean;
+  timeoutMs: number | undefined;
+  /** Response compression negotiated from the client's accept header. */
+  compression: Compression | null;
+}
+
+const GRPC_TYPES = new Map<string, boolean>([
+  ["application/grpc", true],
+  ["application/grpc+proto", true],
+  ["application/grpc+json", false],
+]);
+const GRPC_WEB_TYPES = new Map<string, boolean>([
+  ["application/grpc-web", true],
+  ["application/grpc-web+proto", true],
+  ["application/grpc-web+json", false],
+]);
+
+function header(headers: http2.IncomingHttpHeaders, name: string): string | undefined {
+  const v = headers[name];
+  return typeof v === "string" ? v : undefined;
+}
+
+/** The call the lane serves for these request headers, or null: the Connect adapter's. */
+export function h2CallOf(headers: http2.IncomingHttpHeaders, routes: UnaryRoutes): H2Call | null {
+  if (headers[":method"] !== "POST") return null;
+  const path = headers[":path"];
+  const route = typeof path === "string" ? routes.get(path) : undefined;
+  if (route === undefined) return null;
+  // Browsers' calls carry Origin: CORS answers belong to the server's adapter path.
+  if (headers.origin !== undefined) return null;
+  const type = header(headers, "content-type");
+  if (type === undefined) return null;
+  const length = header(headers, "content-length");
+  if (length !== undefined && !(Number(length) <= route.readMaxBytes + 5)) return null;
+  const connect = unaryContentType(type);
+  if (connect !== null) {
+    const encoding = header(headers, "content-encoding");
+    if (encoding !== undefined && encoding !== "identity") return null;
+    const version = header(headers, "connect-protocol-version");
+    if (version !== undefined && version !== "1") return null;
+    const timeout = parseConnectTimeout(header(headers, "connect-timeout-ms") ?? null, Number.MAX_SAFE_INTEGER);
+    if (timeout.error !== undefined) return null;
+    return { route, protocol: "connect", binary: connect === "proto", timeoutMs: timeout.timeoutMs, compression: responseCompression(header(headers, "accept-encoding")) };
+  }
+  const lower = type.length <= 40 ? type.toLowerCase() : "";
+  const grpc = GRPC_TYPES.get(lower);
+  const grpcWeb = grpc === undefined ? GRPC_WEB_TYPES.get(lower) : undefined;
+  if (grpc === undefined && grpcWeb === undefined) return null;
+  const encoding = header(headers, "grpc-encoding");
+  if (encoding !== undefined && encoding !== "identity") return null;
+  const timeout = parseGrpcTimeout(header(headers, "grpc-timeout") ?? null, Number.MAX_SAFE_INTEGER);
+  if (timeout.error !== undefined) return null;
+  return {
+    route,
+    protocol: grpc !== undefined ? "grpc" : "grpc_web",
+    binary: (grpc ?? grpcWeb)!,
+    timeoutMs: timeout.timeoutMs,
+    compression: responseCompression(header(headers, "grpc-accept-encoding")),
+  };
+}
+
+export interface H2LaneHost {
+  shutdownSignal: AbortSignal;
+  stats: { h2Calls: number; h2LibraryCalls: number };
+}
+
+/** Serves one unary call on `stream`: reads the body, runs the call, writes the answer. */
+export function serveH2Unary(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, call: H2Call, host: H2LaneHost): void {
+  host.stats.h2Calls++;
+  // An envelope adds 5 bytes; one byte past the limit is enough for the library to refuse.
+  const cap = call.route.readMaxBytes + (call.protocol === "connect" ? 1 : 6);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let over = false;
+  let abort: AbortController | null = null;
+  let answered = false;
+  const onData = (chunk: Buffer) => {
+    if (over) return;
+    size += chunk.length;
+    if (size > cap) {
+      // Keep only what the library needs to see to refuse; the rest is dropped as it comes.
+      over = true;
+      chunks.push(chunk.subarray(0, chunk.length - (size - cap)));
+      void finish();
+      return;
+    }
+    chunks.push(chunk);
+  };
+  const source: CallSource = {
+    url: () => `${(stream.session?.socket as { encrypted?: boolean } | undefined)?.encrypted ? "https" : "http"}://${header(headers, ":authority") ?? "localhost"}${headers[":path"]}`,
+    headers: () => requestPairs(headers),
+    connection: () => connectionOf(stream.session!.socket as unknown as net.Socket, stream.session!),
+    signal: () => {
+      if (abort === null) {
+        abort = new AbortController();
+        const a = abort;
+        const shutdown = host.shutdownSignal;
+        if (stream.closed || stream.destroyed) a.abort(new Error("the client closed the stream"));
+        else stream.once("close", () => a.abort(new Error("the client closed the stream")));
+        if (shutdown.aborted) a.abort(shutdown.reason);
+        else shutdown.addEventListener("abort", () => a.abort(shutdown.reason), { once: true });
+      }
+      return abort.signal;
+    },
+    timeoutMs: call.timeoutMs,
+  };
+  const finish = async () => {
+    if (answered) return;
+    answered = true;
+    stream.off("data", onData);
+    const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+    try {
+      if (over) return await serveByLibrary(stream, headers, call, body, source, host);
+      if (call.protocol === "connect") return await respondConnect(stream, call, await invokeUnary(call.route, "connect", call.binary, body, source));
+      const message = singleEnvelope(body);
+      if (message === null) return await serveByLibrary(stream, headers, call, body, source, host);
+      respondGrpc(stream, call, await invokeUnary(call.route, call.protocol, call.binary, message, source));
+    } catch (error) {
+      // The stream went away while answering: nobody is left to tell.
+      if (!stream.destroyed) stream.destroy();
+      if (!(error instanceof Error && /stream|closed|destroyed/i.test(error.message))) log.error(`kvraft rpc: http/2 lane failed: ${(error as Error).stack ?? error}`);
+    }
+  };
+  stream.on("data", onData);
+  stream.once("end", () => void finish());
+  stream.on("error", () => {
+    answered = true;
+  });
+}
+
+/** The payload of a body that is exactly one uncompressed envelope, else null. */
+function singleEnvelope(body: Buffer): Uint8Array | null {
+  if (body.length < 5 || body[0] !== 0) return null;
+  const length = body.readUInt32BE(1);
+  return length === body.length - 5 ? body.subarray(5) : null;
+}
+
+function requestPairs(headers: http2.IncomingHttpHeaders): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (const name in headers) {
+    if (name.startsWith(":")) continue;
+    const value = headers[name];
+    if (typeof value === "string") pairs.push([name, value]);
+    else if (Array.isArray(value)) for (const v of value) pairs.push([name, v]);
+  }
+  return pairs;
+}
+
+function alive(stream: http2.ServerHttp2Stream): boolean {
+  return !stream.destroyed && !stream.closed;
+}
+
+function addHeaders(out: http2.OutgoingHttpHeaders, headers: Headers | null): void {
+  headers?.forEach((value, name) => {
+    if (name === "content-length") return;
+    const prior = out[name];
+    out[name] = prior === undefined ? value : `${prior}, ${value}`;
+  });
+}
+
+async function respondConnect(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): Promise<void> {
+  const answer = connectAnswer(call.route, call.binary, outcome);
+  let body = answer.body;
+  const out: http2.OutgoingHttpHeaders = { ":status": answer.status };
+  addHeaders(out, answer.headers);
+  out["content-type"] = answer.contentType;
+  if (call.compression !== null && body.byteLength >= COMPRESS_MIN_BYTES) {
+    body = await call.compression.compress(body);
+    out["content-encoding"] = call.compression.name;
+  }
+  out["content-length"] = body.byteLength;
+  if (!alive(stream)) return;
+  stream.respond(out);
+  stream.end(body);
+}
+
+function respondGrpc(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): void {
+  const out: http2.OutgoingHttpHeaders = { ":status": 200 };
+  addHeaders(out, outcome.header);
+  const web = call.protocol === "grpc_web";
+  out["content-type"] = `${web ? "application/grpc-web" : "application/grpc"}${call.binary ? "+proto" : "+json"}`;
+  if (call.compression !== null) out["grpc-encoding"] = call.compression.name;
+  const trailer = outcome.trailer ?? new Headers();
+  if (!trailer.has("grpc-status")) trailer.set("grpc-status", grpcStatusOk);
+  if (outcome.error !== null) setTrailerStatus(trailer, outcome.error);
+  const parts: [number, Uint8Array][] = [];
+  if (outcome.message !== null) parts.push([0, outcome.message]);
+  if (web) parts.push([trailerFlag, trailerSerialize(trailer)]);
+  const finishWrite = (body: Uint8Array) => {
+    if (!alive(stream)) return;
+    if (web) {
+      stream.respond(out);
+      stream.end(body);
+      return;
+    }
+    stream.respond(out, { waitForTrailers: true });
+    stream.once("wantTrailers", () => {
+      const t: http2.OutgoingHttpHeaders = {};
+      addHeaders(t, trailer);
+      stream.sendTrailers(t);
+    });
+    stream.end(body);
+  };
+  // An envelope past the threshold is compressed, as the library does (rare: large values).
+  if (call.compression !== null && parts.some(([, p]) => p.byteLength >= COMPRESS_MIN_BYTES)) {
+    const compression = call.compression;
+    void Promise.all(parts.map(async ([flags, p]) => (p.byteLength >= COMPRESS_MIN_BYTES ? ([flags | 1, await compression.compress(p)] as [number, Uint8Array]) : ([flags, p] as [number, Uint8Array]))))
+      .then((compressed) => finishWrite(envelopes(compressed)))
+      .catch(() => stream.destroy());
+    return;
+  }
+  finishWrite(envelopes(parts));
+}
+
+function envelopes(parts: [number, Uint8Array][]): Uint8Array {
+  let size = 0;
+  for (const [, payload] of parts) size += 5 + payload.byteLength;
+  const out = Buffer.allocUnsafe(size);
+  let pos = 0;
+  for (const [flags, payload] of parts) {
+    out[pos] = flags;
+    out.writeUInt32BE(payload.byteLength, pos + 1);
+    out.set(payload, pos + 5);
+    pos += 5 + payload.byteLength;
+  }
+  return out;
+}
+
+/**
+ * A body that is not one plain message (none, two, compressed, over the limit): the library's own
+ * handler of the method judges it from the bytes, so its errors are the library's errors.
+ */
+async function serveByLibrary(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, call: H2Call, body: Uint8Array, source: CallSource, host: H2LaneHost): Promise<void> {
+  host.stats.h2LibraryCalls++;
+  const header = new Headers();
+  for (const [name, value] of requestPairs(headers)) header.append(name, value);
+  const response = await call.route.library()({
+    httpVersion: "2.0",
+    method: "POST",
+    url: source.url(),
+    header,
+    body: createAsyncIterable([body]),
+    signal: source.signal(),
+    contextValues: createContextValues().set(connectionKey, source.connection()),
+  });
+  const parts: Uint8Array[] = [];
+  if (response.body !== undefined && Symbol.asyncIterator in (response.body as object)) {
+    for await (const chunk of response.body as AsyncIterable<Uint8Array>) parts.push(chunk);
+  } else if (response.body instanceof Uint8Array) parts.push(response.body);
+  if (!alive(stream)) return;
+  const out: http2.OutgoingHttpHeaders = { ":status": response.status };
+  const hdrs = response.header === undefined ? null : new Headers(response.header);
+  hdrs?.forEach((value, name) => {
+    out[name] = value;
+  });
+  const bytes = Buffer.concat(parts);
+  const trailer = response.trailer === undefined ? null : new Headers(response.trailer);
+  if (trailer === null) {
+    stream.respond(out);
+    stream.end(bytes);
+    return;
+  }
+  stream.respond(out, { waitForTrailers: true });
+  stream.once("wantTrailers", () => {
+    const t: http2.OutgoingHttpHeaders = {};
+    trailer.forEach((value, name) => {
+      t[name] = value;
+    });
+    stream.sendTrailers(t);
+  });
+  stream.end(bytes);
+}
+

@@ -1,0 +1,212 @@
+// The HTTP/2 fast lane answers exactly what the standard path (node:http2 compat + connect-node's
+// adapter) answers: the same status, headers, body bytes and trailers, for successes and every
+// error, in Connect (binary, JSON), gRPC and gRPC-Web; connect-node and @grpc/grpc-js clients see
+// the same results; calls the lane does not take still work through the adapter.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as http2 from "node:http2";
+import * as path from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { CommandRequestSchema, KVService, Op } from "../../src/gen/kvraftpb/kvraft_pb.ts";
+import { OverloadedError } from "../../src/kv/errors.ts";
+import { registerKVService, type KVServiceBackend } from "../../src/kv/service.ts";
+import { RpcServer } from "../../src/rpc/server/server.ts";
+import { statusDouble } from "./kv-double.ts";
+
+const BIG = "b".repeat(5000);
+
+function backend(): KVServiceBackend {
+  const data = new Map<string, string>([["big", BIG]]);
+  return {
+    async command(args) {
+      if (args.key === "follower") return { err: "ErrWrongLeader", value: "", leaderId: 2 };
+      if (args.key === "busy") throw new OverloadedError("too many commands in flight; retry");
+      if (args.key === "bug") throw new Error("boom");
+      if (args.op === "Get") return data.has(args.key) ? { err: "OK", value: data.get(args.key)! } : { err: "ErrNoKey", value: "" };
+      data.set(args.key, args.value);
+      return { err: "OK", value: "" };
+    },
+    async registerSession() {
+      return { err: "OK" as const, clientId: 1n };
+    },
+    async getStatus() {
+      return statusDouble();
+    },
+  };
+}
+
+let fast: RpcServer;
+let standard: RpcServer;
+
+beforeAll(async () => {
+  const routes = (router: Parameters<typeof registerKVService>[0]) => registerKVService(router, backend());
+  fast = await RpcServer.start({ port: 0, routes, readMaxBytes: 16 * 1024 });
+  standard = await RpcServer.start({ port: 0, routes, readMaxBytes: 16 * 1024, fastLane: false });
+});
+afterAll(async () => {
+  await Promise.all([fast.close(), standard.close()]);
+});
+
+interface Raw {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+  trailers: Record<string, string>;
+}
+
+/** One raw HTTP/2 request; the answer with `date` left out (it is the only field that may differ). */
+async function raw(url: string, headers: Record<string, string>, body: Uint8Array | string): Promise<Raw> {
+  const session = http2.connect(url);
+  try {
+    return await new Promise<Raw>((resolve, reject) => {
+      const stream = session.request({ ":method": "POST", ":path": "/kvraftpb.KVService/Command", ...headers });
+      const result: Raw = { status: 0, headers: {}, body: "", trailers: {} };
+      const chunks: Buffer[] = [];
+      const pick = (h: http2.IncomingHttpHeaders, into: Record<string, string>) => {
+        for (const [k, v] of Object.entries(h)) if (k !== "date" && k !== ":status" && v !== undefined) into[k] = String(v);
+      };
+      stream.on("response", (h) => {
+        result.status = Number(h[":status"]);
+        pick(h, result.headers);
+      });
+      stream.on("trailers", (h) => pick(h, result.trailers));
+      stream.on("data", (c: Buffer) => chunks.push(c));
+      stream.on("end", () => {
+        result.body = Buffer.concat(chunks).toString("hex");
+        resolve(result);
+      });
+      stream.on("error", reject);
+      stream.end(body);
+    });
+  } finally {
+    session.close();
+  }
+}
+
+function envelope(payload: Uint8Array, flags = 0): Uint8Array {
+  const out = new Uint8Array(5 + payload.length);
+  out[0] = flags;
+  new DataView(out.buffer).setUint32(1, payload.length);
+  out.set(payload, 5);
+  return out;
+}
+
+const proto = (fields: Parameters<typeof create<typeof CommandRequestSchema>>[1]) => toBinary(CommandRequestSchema, create(CommandRequestSchema, fields));
+const json = (fields: object) => JSON.stringify(fields);
+
+const CONNECT_PROTO = { "content-type": "application/proto", "connect-protocol-version": "1" };
+const CONNECT_JSON = { "content-type": "application/json", "connect-protocol-version": "1" };
+const GRPC = { "content-type": "application/grpc+proto", te: "trailers" };
+const GRPC_JSON = { "content-type": "application/grpc+json", te: "trailers" };
+const GRPC_WEB = { "content-type": "application/grpc-web+proto", "x-grpc-web": "1" };
+
+const enc = new TextEncoder();
+const cases: [string, Record<string, string>, Uint8Array | string][] = [
+  ["Connect binary Put", CONNECT_PROTO, proto({ key: "a", value: "1", op: Op.PUT })],
+  ["Connect binary Get of a big value, gzip accepted", { ...CONNECT_PROTO, "accept-encoding": "gzip" }, proto({ key: "big", op: Op.GET })],
+  ["Connect binary Get of a big value, br preferred", { ...CONNECT_PROTO, "accept-encoding": "br, gzip" }, proto({ key: "big", op: Op.GET })],
+  ["Connect JSON Get miss", CONNECT_JSON, json({ key: "nope", op: "GET" })],
+  ["Connect JSON wrong leader with a hint", CONNECT_JSON, json({ key: "follower", op: "GET" })],
+  ["Connect JSON overload", CONNECT_JSON, json({ key: "busy", op: "PUT" })],
+  ["Connect JSON internal error", CONNECT_JSON, json({ key: "bug", op: "PUT" })],
+  ["Connect JSON unknown op", CONNECT_JSON, json({ key: "x", op: 9 })],
+  ["Connect JSON malformed", CONNECT_JSON, "{not json"],
+  ["Connect JSON unknown field", CONNECT_JSON, json({ key: "x", opp: "GET" })],
+  ["Connect JSON with a deadline", { ...CONNECT_JSON, "connect-timeout-ms": "5000" }, json({ key: "a", op: "GET" })],
+  ["Connect binary, no protocol header", { "content-type": "application/proto" }, proto({ key: "a", op: Op.GET })],
+  ["Connect binary garbage", CONNECT_PROTO, new Uint8Array([0xff, 0xff, 0xff])],
+  ["Connect JSON over the size limit", CONNECT_JSON, json({ key: "x", value: "v".repeat(20_000), op: "PUT" })],
+  ["gRPC Put (registered)", GRPC, envelope(proto({ key: "g", value: "1", op: Op.PUT, registered: true }))],
+  ["gRPC Get, gzip accepted", { ...GRPC, "grpc-accept-encoding": "gzip" }, envelope(proto({ key: "g", op: Op.GET }))],
+  ["gRPC Get of a big value, gzip accepted", { ...GRPC, "grpc-accept-encoding": "gzip,br" }, envelope(proto({ key: "big", op: Op.GET }))],
+  ["gRPC overload (registered)", GRPC, envelope(proto({ key: "busy", op: Op.PUT, registered: true }))],
+  ["gRPC internal error (registered)", GRPC, envelope(proto({ key: "bug", op: Op.PUT, registered: true }))],
+  ["gRPC eRaft-shaped refusal (an answer, not an error)", GRPC, envelope(proto({ key: "x", op: 9 as Op }))],
+  ["gRPC with a deadline", { ...GRPC, "grpc-timeout": "5S" }, envelope(proto({ key: "g", op: Op.GET }))],
+  ["gRPC JSON", GRPC_JSON, envelope(enc.encode(json({ key: "g", op: "GET" })))],
+  ["gRPC empty body", GRPC, new Uint8Array(0)],
+  ["gRPC two messages", GRPC, new Uint8Array([...envelope(proto({ key: "g", op: Op.GET })), ...envelope(proto({ key: "g", op: Op.GET }))])],
+  ["gRPC a compressed flag without compression", GRPC, envelope(proto({ key: "g", op: Op.GET }), 1)],
+  ["gRPC truncated envelope", GRPC, envelope(proto({ key: "g", op: Op.GET })).subarray(0, 8)],
+  ["gRPC garbage message", GRPC, envelope(new Uint8Array([0xff, 0xff]))],
+  ["gRPC over the size limit", GRPC, envelope(proto({ key: "x", value: "v".repeat(20_000), op: Op.PUT }))],
+  ["gRPC-Web Put", GRPC_WEB, envelope(proto({ key: "w", value: "1", op: Op.PUT }))],
+  ["gRPC-Web overload", GRPC_WEB, envelope(proto({ key: "busy", op: Op.PUT }))],
+  ["gRPC-Web Get of a big value, gzip accepted", { ...GRPC_WEB, "grpc-accept-encoding": "gzip" }, envelope(proto({ key: "big", op: Op.GET }))],
+  ["gRPC-Web empty body", GRPC_WEB, new Uint8Array(0)],
+];
+
+describe("the HTTP/2 lane answers as the Connect adapter does", () => {
+  for (const [name, headers, body] of cases) {
+    test(name, async () => {
+      const before = fast.stats.h2Calls;
+      const [a, b] = [await raw(fast.url, headers, body), await raw(standard.url, headers, body)];
+      expect(a).toEqual(b);
+      expect(fast.stats.h2Calls).toBe(before + 1);
+    });
+  }
+
+  test("calls it does not take (compressed requests, GET) reach the adapter and are answered", async () => {
+    const before = fast.stats.h2Calls;
+    const gz = new Uint8Array(Bun.gzipSync(enc.encode(json({ key: "a", op: "GET" }))));
+    const a = await raw(fast.url, { ...CONNECT_JSON, "content-encoding": "gzip" }, gz);
+    const b = await raw(standard.url, { ...CONNECT_JSON, "content-encoding": "gzip" }, gz);
+    expect(a).toEqual(b);
+    expect(a.status).toBe(200);
+    expect(fast.stats.h2Calls).toBe(before);
+    expect(standard.stats.h2Calls).toBe(0);
+  });
+});
+
+describe("clients over the lane", () => {
+  const transports = {
+    "Connect binary": (url: string) => createConnectTransport({ baseUrl: url, httpVersion: "2", useBinaryFormat: true }),
+    "Connect JSON": (url: string) => createConnectTransport({ baseUrl: url, httpVersion: "2" }),
+    gRPC: (url: string) => createGrpcTransport({ baseUrl: url }),
+    "gRPC-Web": (url: string) => createGrpcWebTransport({ baseUrl: url, httpVersion: "2" }),
+  };
+  for (const [name, transport] of Object.entries(transports)) {
+    test(`connect-node ${name}: values, hints and errors with codes`, async () => {
+      const client = createClient(KVService, transport(fast.url));
+      expect((await client.command({ key: `c-${name}`, value: "x", op: Op.PUT, registered: true })).err).toBe("OK");
+      expect(await client.command({ key: `c-${name}`, op: Op.GET })).toMatchObject({ err: "OK", value: "x" });
+      expect(await client.command({ key: "big", op: Op.GET })).toMatchObject({ err: "OK", value: BIG });
+      expect(await client.command({ key: "follower", op: Op.GET })).toMatchObject({ err: "ErrWrongLeader", leader: { case: "leaderId", value: 2n } });
+      const error = await client.command({ key: "busy", op: Op.PUT, registered: true }, { timeoutMs: 3000 }).catch((e) => ConnectError.from(e));
+      expect(error).toBeInstanceOf(ConnectError);
+      expect((error as ConnectError).code).toBe(Code.ResourceExhausted);
+    });
+  }
+
+  test("@grpc/grpc-js: the same answers and status codes from both paths", async () => {
+    const definition = protoLoader.loadSync(path.join(import.meta.dir, "../../proto/kvraftpb/kvraft.proto"), { longs: String, enums: String, defaults: true });
+    const loaded = grpc.loadPackageDefinition(definition) as any;
+    const run = async (port: number) => {
+      const client = new loaded.kvraftpb.KVService(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      const call = (request: object) =>
+        new Promise<unknown>((resolve) =>
+          client.Command(request, (error: grpc.ServiceError | null, response: unknown) => resolve(error ? { code: error.code, details: error.details } : response)),
+        );
+      try {
+        return [
+          await call({ key: "gj", value: "v", op: "PUT", client_id: 9, command_id: 1 }),
+          await call({ key: "gj", op: "GET" }),
+          await call({ key: "big", op: "GET" }),
+          await call({ key: "busy", op: "PUT", registered: true }),
+          await call({ key: "bug", op: "PUT", registered: true }),
+          await call({ key: "x", op: "DELETE", registered: true }),
+        ];
+      } finally {
+        client.close();
+      }
+    };
+    const before = fast.stats.h2Calls;
+    const [a, b] = [await run(fast.port), await run(standard.port)];
+    expect(a).toEqual(b);
+    expect((a[3] as { code: number }).code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(fast.stats.h2Calls).toBe(before + 6);
+  });
+});
