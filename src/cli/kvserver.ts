@@ -43,6 +43,8 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
   --max-unregistered-sessions N
                        sessions of clients that do not register (eRaft's) at most; the least
                        recently used is dropped beyond (default 100000)
+  --max-pending N      client commands in flight on this node at most; beyond it a command is
+                       refused at once with resource_exhausted (default: the KV server's own)
   --log-level          debug, info, warn, error or fatal (default info)
   --log-format         json (one object per line), human, or auto: human on a terminal (default)
   --max-watches        watches this node serves at once; one more is refused (default 1000)
@@ -68,6 +70,7 @@ interface Config {
   maxWatches?: number;
   fastLane: boolean;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
+  maxPendingCommands?: number;
   security: NodeSecurity;
   join?: { address: string; members: string[] };
   insecureAdmin: boolean;
@@ -91,6 +94,7 @@ function parseConfig(argv: string[]): Config | "help" {
       "session-ttl": undefined,
       "max-sessions": undefined,
       "max-unregistered-sessions": undefined,
+      "max-pending": undefined,
       "log-level": "info",
       "log-format": "auto",
       "max-watches": undefined,
@@ -161,6 +165,7 @@ function parseConfig(argv: string[]): Config | "help" {
     maxWatches,
     fastLane: !flags.switches.has("no-fast-lane"),
     sessions,
+    maxPendingCommands: positive("max-pending"),
     security,
     logLevel,
     logFormat,
@@ -230,6 +235,7 @@ async function main(argv: string[]): Promise<number> {
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
           state: config.sessions,
+          ...(config.maxPendingCommands === undefined ? {} : { limits: { maxPendingCommands: config.maxPendingCommands } }),
           ...(config.maxWatches === undefined ? {} : { watchLimits: { maxWatches: config.maxWatches } }),
           diskWatch: { minFreeBytes: config.minFreeDiskBytes },
           // Fail-stop: one line, a non-zero exit, no zombie that still answers GetStatus.

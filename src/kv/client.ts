@@ -398,8 +398,7 @@ export class Clerk {
     else this.idle.unshift(session);
   }
 
-  private async operation(session: Session, op: Op, key: string, value: string): Promise<CommandResponse> {
-    const deadline = Date.now() + this.options.operationTimeoutMs;
+  private async operation(session: Session, op: Op, key: string, value: string, deadline = Date.now() + this.options.operationTimeoutMs): Promise<CommandResponse> {
     const write = op !== Op.GET;
     if (write && this.registered && session.id === 0n) await this.register(session, () => describe(op, key), deadline);
     if (write) this.last = session;
@@ -425,8 +424,9 @@ export class Clerk {
           true,
         );
       }
-      // Refused on its first attempt: certainly not applied. Run it again under a new session.
-      return this.operation(session, op, key, value);
+      // Refused on its first attempt: certainly not applied. Run it again under a new session,
+      // within the same deadline.
+      return this.operation(session, op, key, value, deadline);
     }
   }
 
