@@ -100,6 +100,8 @@ export type NodeStatus =
       members: bigint[];
       snapshotIndex: bigint;
       keyCount: bigint;
+      /** Storage conditions ("" when healthy): low disk space, recovering lost state, repair. */
+      storageHealth: string;
     }
   | { online: false; id: number; address: string; state: "Offline"; error: string };
 
@@ -344,6 +346,7 @@ export class Clerk {
             members: s.members,
             snapshotIndex: s.snapshotIndex,
             keyCount: s.keyCount,
+            storageHealth: s.storageHealth,
           };
         } catch (error) {
           return { online: false, id, address, state: "Offline", error: ConnectError.from(error).message };
@@ -395,8 +398,7 @@ export class Clerk {
     else this.idle.unshift(session);
   }
 
-  private async operation(session: Session, op: Op, key: string, value: string): Promise<CommandResponse> {
-    const deadline = Date.now() + this.options.operationTimeoutMs;
+  private async operation(session: Session, op: Op, key: string, value: string, deadline = Date.now() + this.options.operationTimeoutMs): Promise<CommandResponse> {
     const write = op !== Op.GET;
     if (write && this.registered && session.id === 0n) await this.register(session, () => describe(op, key), deadline);
     if (write) this.last = session;
@@ -422,8 +424,9 @@ export class Clerk {
           true,
         );
       }
-      // Refused on its first attempt: certainly not applied. Run it again under a new session.
-      return this.operation(session, op, key, value);
+      // Refused on its first attempt: certainly not applied. Run it again under a new session,
+      // within the same deadline.
+      return this.operation(session, op, key, value, deadline);
     }
   }
 

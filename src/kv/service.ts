@@ -130,6 +130,7 @@ export function registerKVService(
           members: status.members.map((m) => BigInt(m)),
           snapshotIndex: BigInt(status.snapshotIndex),
           keyCount: BigInt(status.keyCount),
+          storageHealth: status.storageHealth,
           memberDetails: memberList(status),
         });
         if (status.leaderId >= 0) response.leader = { case: "leaderId", value: BigInt(status.leaderId) };
