@@ -93,6 +93,11 @@ try {
     console.log(`  log save (write + fsync): ${histogram(after[i]!, before[i]!, "kvraft_raft_log_save_seconds")}`);
     if (m === leader) {
       console.log(`  KV Put, arrival → answer: ${histogram(after[i]!, before[i]!, "kvraft_kv_request_duration_seconds", 'op="Put"')}`);
+      const timedOut = delta(after[i]!, before[i]!, "kvraft_kv_requests_total", 'result="ErrTimeout"');
+      console.log(`  answered ErrTimeout (not applied within the server's command timeout; the Clerk retries): ${timedOut}`);
+      const flushes = delta(after[i]!, before[i]!, "kvraft_lsm_flushes_total");
+      const compactions = delta(after[i]!, before[i]!, "kvraft_lsm_compactions_total");
+      console.log(`  LSM memtable flushes ${flushes}, compactions ${compactions} during the window`);
     }
   }
 } finally {
