@@ -43,6 +43,8 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
   --max-unregistered-sessions N
                        sessions of clients that do not register (eRaft's) at most; the least
                        recently used is dropped beyond (default 100000)
+  --max-pending N      client commands in flight on this node at most; beyond it a command is
+                       refused at once with resource_exhausted (default: the KV server's own)
   --log-level          debug, info, warn, error or fatal (default info)
   --log-format         json (one object per line), human, or auto: human on a terminal (default)
   --max-watches        watches this node serves at once; one more is refused (default 1000)
@@ -68,6 +70,7 @@ interface Config {
   maxWatches?: number;
   fastLane: boolean;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
+  maxPendingCommands?: number;
   security: NodeSecurity;
   join?: { address: string; members: string[] };
   insecureAdmin: boolean;
@@ -91,6 +94,7 @@ function parseConfig(argv: string[]): Config | "help" {
       "session-ttl": undefined,
       "max-sessions": undefined,
       "max-unregistered-sessions": undefined,
+      "max-pending": undefined,
       "log-level": "info",
       "log-format": "auto",
       "max-watches": undefined,
@@ -161,6 +165,7 @@ function parseConfig(argv: string[]): Config | "help" {
     maxWatches,
     fastLane: !flags.switches.has("no-fast-lane"),
     sessions,
+    maxPendingCommands: positive("max-pending"),
     security,
     logLevel,
     logFormat,
@@ -230,6 +235,7 @@ async function main(argv: string[]): Promise<number> {
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
           state: config.sessions,
+          ...(config.maxPendingCommands === undefined ? {} : { limits: { maxPendingCommands: config.maxPendingCommands } }),
           ...(config.maxWatches === undefined ? {} : { watchLimits: { maxWatches: config.maxWatches } }),
           diskWatch: { minFreeBytes: config.minFreeDiskBytes },
           // Fail-stop: one line, a non-zero exit, no zombie that still answers GetStatus.
@@ -298,17 +304,25 @@ async function main(argv: string[]): Promise<number> {
 }
 
 /**
- * What a joining node needs before it serves: on its first start the cluster id and members, from
- * whichever member leads (the data directory then has them); on a restart nothing (the stored
- * configuration names the peers).
+ * What a joining node needs before it serves: the cluster id and members, from whichever member
+ * leads. On a restart (the data directory has the cluster id) the members are welcome but not
+ * needed: the stored configuration names the peers, unless the node was never added yet.
  */
 async function joinTarget(id: number, join: { address: string; members: string[] }, db: string, config: Config): Promise<JoinOptions> {
-  if (fs.existsSync(path.join(db, CLUSTER_ID_FILE))) return { address: join.address, members: null, clusterId: null };
-  const conn = adminConnection({ addrs: join.members.join(","), timeout: "15000", ...config.joinCredentials });
+  const restarting = fs.existsSync(path.join(db, CLUSTER_ID_FILE));
+  const conn = adminConnection({ addrs: join.members.join(","), timeout: restarting ? "3000" : "15000", ...config.joinCredentials });
   conn.https = config.security.tls !== undefined;
-  const list = await callLeader(conn, (c) => c.memberList({}));
+  let list;
+  try {
+    list = await callLeader(conn, (c) => c.memberList({}));
+  } catch (error) {
+    if (!restarting) throw error;
+    return { address: join.address, members: null, clusterId: null };
+  }
   const members = new Map<number, string>();
   for (const m of list.members) if (m.address !== "") members.set(Number(m.id), m.address);
+  // On a restart the id adopted before must match (adoptClusterId checks), and being a member is normal.
+  if (restarting) return { address: join.address, members, clusterId: list.clusterId };
   const clash = list.members.find((m) => Number(m.id) === id);
   if (clash !== undefined) {
     throw new UsageError(`node ${id} is already a ${clash.role} of cluster ${list.clusterId} (at ${clash.address || "an unknown address"}); remove it first or pick another -id`);

@@ -12,6 +12,7 @@ import type { KVDiagnostics } from "../kv/index.ts";
 import type { RaftObserver } from "../raft/index.ts";
 import { NodeMetrics, instrumentKV, instrumentRouter, obsRoutes, registerHealthService } from "../obs/index.ts";
 import { statusPageRoute } from "../obs/status-page/page.ts";
+import { log } from "../obs/log.ts";
 import { registerReflection } from "../rpc/server/reflection.ts";
 import { claimDataDir } from "./identity.ts";
 import { markNewDataDir, RECOVERING_FILE } from "../kv/index.ts";
@@ -95,10 +96,16 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
   });
   // After bootstrap the configuration in the log names the peers: follow it (members without an
   // address keep the one the transport has).
+  let wasMember = false;
   const onMembershipChange = (m: Membership) => {
     // A joining node knows no configuration until the leader's log reaches it: keep the members
     // it was told about, or its gate would refuse the very leader that is adding it.
     if (m.voters.length === 0) return;
+    const member = m.voters.includes(id) || m.learners.includes(id);
+    if (wasMember && !member) {
+      log.warn(`kvserver: node ${id} was removed from cluster ${clusterId}; it takes no further part. Stop it; reuse its id only with an empty -db`);
+    }
+    wasMember = member;
     const peers = new Map<NodeId, string>();
     for (const member of [...m.voters, ...m.learners]) {
       const address = m.addresses[member] ?? initialPeers.find(([i]) => i === member)?.[1];
@@ -166,6 +173,9 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     metrics,
     close() {
       closing ??= (async () => {
+        // Watches never finish on their own: end them first (clients resume on another node),
+        // so the server's graceful close does not wait its whole grace period for them.
+        opened.watches?.close();
         await server.close();
         try {
           await opened.close();

@@ -282,7 +282,7 @@ export class KVServer {
     this.writes = writes;
     this.ownedLogStore = storage.owned ? storage.logStore : null;
     this.reads = new ReadBatcher(o.id, { readIndex: () => node.readIndex(), readApplied: (key) => this.readApplied(key) }, this.clock, this.deadlines, timeoutMs);
-    hub = new WatchHub({ id: o.id, machine, logFirstIndex: () => node.status().firstIndex }, o.watchLimits);
+    hub = new WatchHub({ id: o.id, machine, logFirstIndex: () => node.status().firstIndex, term: () => node.status().term }, o.watchLimits);
     this.watches = hub;
     this.api = new TxnServer({
       id: o.id,
@@ -291,6 +291,8 @@ export class KVServer {
       writes,
       reads: this.reads,
       now: () => this.clock.now(),
+      // One nonce space with Command's writes without a session: no two waiters share (0, nonce).
+      nonce: () => this.nonce(),
       maxKeyBytes: this.maxKeyBytes,
       maxValueBytes: this.maxValueBytes,
       maxPending: this.maxPending,

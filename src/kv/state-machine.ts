@@ -182,6 +182,11 @@ export class KVStateMachine {
     return this.db;
   }
 
+  /** True when every change is recorded in the watch history (the default). */
+  get recordsHistory(): boolean {
+    return this.options.watchHistory;
+  }
+
   /** The oldest revision whose events the watch history still holds. */
   get historyStart(): number {
     return this.historyFloor;

@@ -8,7 +8,7 @@ import { answerStaleMessage, type FollowerContext, handleAppendEntries, handleHe
 import { checkConfChange, type ConfChange } from "./config-change.ts";
 import { cloneMembership, encodeMembership } from "./membership.ts";
 import { MajorityConfig, VoteResult } from "./quorum.ts";
-import { RaftLog } from "./raft-log.ts";
+import { RaftLog, type RaftLogView } from "./raft-log.ts";
 import { ReadOnly } from "./read-only.ts";
 import { Recovery } from "./recovery.ts";
 import { Outbox, type SoftState } from "./ready.ts";
@@ -277,10 +277,7 @@ export class Raft {
   }
 
   /** Read-only view of the in-memory log (used by the simulator's invariant checks). */
-  get raftLog(): Pick<
-    RaftLog,
-    "snapshot" | "term" | "entry" | "firstIndex" | "lastIndex" | "commitIndex" | "heldEntries" | "membership" | "membershipAt" | "lastConfigIndex" | "membershipVersion"
-  > {
+  get raftLog(): RaftLogView {
     return this.log;
   }
 
@@ -459,20 +456,14 @@ export class Raft {
       this.voters = new MajorityConfig(membership.voters);
       this.replication?.setMembership(membership);
     }
-    if (this.role === "Leader" && this.removalCommitted()) this.handOver();
+    // A leader whose removal committed hands over to the most caught-up voter (TimeoutNow once it
+    // holds the whole log), refusing proposals meanwhile, and steps down.
+    if (this.role === "Leader" && this.removalCommitted() && this.leader().handOver()) this.becomeFollower(this.term, NONE);
   }
 
   /** This leader is not a voter of the configuration, and that configuration is committed. */
   private removalCommitted(): boolean {
     return !this.voters.includes(this.id) && this.log.commitIndex >= this.log.lastConfigIndex();
-  }
-
-  /**
-   * A leader whose removal committed hands leadership to the most caught-up voter (TimeoutNow once
-   * it holds the whole log) and steps down; proposals are refused meanwhile (a transfer is on).
-   */
-  private handOver(): void {
-    if (this.leader().handOver()) this.becomeFollower(this.term, NONE);
   }
 
   // ---- Leader side (replication itself is in replication.ts) -----------------------------------
