@@ -83,6 +83,29 @@ describe("openStorage", () => {
     await opened.logStore.close();
   });
 
+  test("a corrupt Raft log segment is discarded with the state machine, not fatal: empty and recovering", async () => {
+    const dir = tempDir();
+    await replica(dir);
+    const raftDir = path.join(dir, "raft");
+    const segment = fs.readdirSync(raftDir).find((n) => n.endsWith(".seg"))!;
+    const bytes = fs.readFileSync(path.join(raftDir, segment));
+    // The third record's CRC (header, hard state, then entries): valid records follow it, so this
+    // is corruption, not a torn tail.
+    let at = 0;
+    for (let record = 0; record < 2; record++) at += 9 + bytes.readUInt32LE(at + 4);
+    bytes[at] ^= 0xff;
+    fs.writeFileSync(path.join(raftDir, segment), bytes);
+    await expect(FileLogStore.open(raftDir)).rejects.toThrow(/corrupt/i);
+    const lines: string[] = [];
+    const opened = await openStorageRepaired(dir, OPTS, undefined, (l) => lines.push(l));
+    expect(opened.recovering).toBe(true);
+    expect(opened.machine.lastApplied()).toBe(0);
+    expect(opened.logStore.lastIndex()).toBe(0);
+    expect(lines.join("\n")).toMatch(/Raft log is corrupt.*rebuilding from the leader/);
+    await opened.machine.close();
+    await opened.logStore.close();
+  });
+
   test("a healthy replica opens as it was, not recovering", async () => {
     const dir = tempDir();
     await replica(dir);
