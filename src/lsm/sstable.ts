@@ -520,7 +520,7 @@ export class TableIterator implements InternalIterator {
       this.blockIter.reset(this.table.readBlock(offset, index.handleSize, this.fillCache, this.decodeInto), this.table.name, offset);
       // The cached block stays this iterator's until it moves to another (see BlockCache.pin).
       if (this.pinned !== null) this.table.unpinBlock(this.pinned);
-      this.pinned = this.fillCache ? this.table.pinBlock(offset) : null;
+      this.pinned = this.table.pinBlock(offset); // null when the block is not cached (a scratch decode or a view)
       this.dataOffset = offset;
     }
     this.data = this.blockIter;
