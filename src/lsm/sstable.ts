@@ -403,7 +403,11 @@ export class TableReader implements Releasable {
   readBlock(offset: number, size: number, fillCache: boolean, scratch?: (n: number) => Uint8Array): Uint8Array {
     const cached = this.cache.get(this.blocks, offset);
     if (cached !== undefined) return cached;
-    const buf = this.pread(offset, size + BLOCK_TRAILER);
+    // A mapped block is copied before its CRC is checked: a view of the mapping would change with
+    // the file (bit rot paged back in, a stray write) after being verified once, and then be read
+    // from the cache unverified forever — a corrupt value served.
+    const raw = this.pread(offset, size + BLOCK_TRAILER);
+    const buf = this.map !== null ? raw.slice() : raw;
     const expected = unmaskCrc(readU32(buf, size + 1));
     if (crc32cUpdate(0, buf, 0, size + 1) !== expected) {
       throw corruption(this.name, offset, "block checksum mismatch");

@@ -97,6 +97,21 @@ describe("membership with real processes", () => {
       await waitForAcks(20, "with an original node down");
       await cluster.restart(down);
       await waitForAcks(10, "after its restart");
+      // The joined node restarts from its own data (same command line) and takes part again.
+      const joinArgs = ["--join", survivors.map((id) => cluster.addrs[id]).join(","), "-addr", all[3]!];
+      await cluster.kill(3, "SIGKILL");
+      await waitForAcks(10, "with node 3 down");
+      await cluster.restart(3, joinArgs);
+      await waitForAcks(10, "after node 3's restart");
+      const reference = await statusOf(survivors[1]!);
+      if (!reference.online) throw new Error(`node ${survivors[1]} went offline: ${reference.error}`);
+      let rejoined = false;
+      for (let i = 0; i < 100 && !rejoined; i++) {
+        const again = await statusOf(3);
+        rejoined = again.online && again.lastApplied >= reference.commitIndex;
+        if (!rejoined) await Bun.sleep(100);
+      }
+      expect(rejoined).toBe(true);
     } finally {
       finish();
     }

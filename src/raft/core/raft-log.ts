@@ -10,6 +10,12 @@ interface ConfigEntry {
   membership: Membership;
 }
 
+/** What the simulators and the driver may read of the core's log. */
+export type RaftLogView = Pick<
+  RaftLog,
+  "snapshot" | "term" | "entry" | "firstIndex" | "lastIndex" | "commitIndex" | "heldEntries" | "membership" | "membershipAt" | "lastConfigIndex" | "membershipVersion"
+>;
+
 export class RaftLog {
   /** Entries up to and including snapshot.index are compacted away. */
   snapshot: SnapshotMeta;
