@@ -1,6 +1,8 @@
 // Command line of `bun bench`: which suites, how big, where results go. Bad input raises
 // UsageError (exit status 2) with a message that says what to type instead.
 
+import { CLIENT_PATHS, type ClientPath } from "./native-clients.ts";
+
 export const SUITES = ["lsm", "raft", "cluster", "metrics"] as const;
 export type SuiteName = (typeof SUITES)[number];
 
@@ -21,6 +23,12 @@ export interface BenchOptions {
   resultsDir: string;
   /** cluster: start kvserver with --no-fast-lane (every call through connectNodeAdapter). */
   noFastLane: boolean;
+  /** cluster: how the generator reaches each system (null: the default set). */
+  paths: ClientPath[] | null;
+  /** cluster: concurrent clients per point (null: the default levels). */
+  clients: number[] | null;
+  /** cluster: workloads to run (null: put, get, mix). */
+  workloads: ("put" | "get" | "mix")[] | null;
   help: boolean;
 }
 
@@ -51,6 +59,13 @@ options
   --seconds S        seconds per cluster load point (default 10; 2 with --quick)
   --no-fast-lane     cluster: kvserver without its fast lanes (HTTP/1.1 unary lane and the
                      HTTP/2 peer frame lane), to measure what they gain against a run without
+  --paths LIST       cluster: how the generator reaches the systems, comma-separated from
+                     http1 (hand-made HTTP/1.1 JSON, both systems), clerk-h2 and clerk-grpc (kvraft's
+                     Clerk over HTTP/2 binary Connect / gRPC, batching concurrent operations),
+                     clerk-h2-unbatched (one RPC per operation), etcd3 (etcd's npm client over gRPC);
+                     default http1,clerk-h2,clerk-grpc,etcd3
+  --clients LIST     cluster: concurrent clients per point (default 1,16,64,256; 1,64 with --quick)
+  --workloads LIST   cluster: put, get, mix (default all three)
   --vs-etcd          cluster: also run a 3-member etcd (needs \`etcd\` on PATH) and compare
   --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
   --big-keys N       the same with N keys
@@ -81,6 +96,9 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
     seconds: null,
     resultsDir: defaultResultsDir,
     noFastLane: false,
+    paths: null,
+    clients: null,
+    workloads: null,
     help: false,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -104,6 +122,24 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
       case "--no-fast-lane":
         o.noFastLane = true;
         break;
+      case "--paths": {
+        const list = (value() ?? "").split(",").filter(Boolean);
+        const bad = list.find((p) => !CLIENT_PATHS.includes(p as ClientPath));
+        if (list.length === 0 || bad !== undefined) throw new UsageError(`--paths takes a comma-separated list from ${CLIENT_PATHS.join(", ")}${bad ? `; "${bad}" is not one` : ""}`);
+        o.paths = list as ClientPath[];
+        break;
+      }
+      case "--clients": {
+        const raw = value();
+        o.clients = (raw ?? "").split(",").map((n) => positiveInt("--clients", n, 4096));
+        break;
+      }
+      case "--workloads": {
+        const list = (value() ?? "").split(",").filter(Boolean);
+        if (list.length === 0 || list.some((w) => !["put", "get", "mix"].includes(w))) throw new UsageError("--workloads takes a comma-separated list from put, get, mix");
+        o.workloads = list as ("put" | "get" | "mix")[];
+        break;
+      }
       case "--json": {
         const file = value();
         if (!file || file.startsWith("-")) throw new UsageError("--json needs a file name, e.g. --json bench/results/run.json");

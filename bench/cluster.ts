@@ -1,12 +1,14 @@
 // The cluster suite: three kvserver processes (and with --vs-etcd a three-member etcd) on
 // 127.0.0.1 under a closed-loop generator in its own process; Put, Get and a 50/50 mix at several
-// client counts, systems alternating point by point. Reports throughput, latency percentiles,
+// client counts, over each client path (hand-made HTTP/1.1, kvraft's Clerk over HTTP/2 and gRPC,
+// etcd's etcd3 client), systems and paths alternating point by point. Reports throughput, latency percentiles,
 // errors, CPU per process and per operation, RSS, and how long a restarted node takes to serve.
 
 import * as path from "node:path";
 import type { BenchOptions } from "./args.ts";
 import { kvserverMissing, rssOf, startEtcd, startKvraft, type Cluster } from "./clusters.ts";
 import type { LoadConfig, LoadResult, Workload } from "./loadgen.ts";
+import { PATH_LABEL, PATH_SYSTEM, type ClientPath } from "./native-clients.ts";
 import { etcdBinary } from "./machine.ts";
 import { cpuSeconds, sleep, spawnTracked } from "./proc.ts";
 import type { Progress } from "./progress.ts";
@@ -17,9 +19,12 @@ import { formatBytes, formatCount, formatMillis, formatRatio, formatSummary, ren
 
 const LOADGEN = path.resolve(import.meta.dir, "loadgen.ts");
 const WORKLOADS: Exclude<Workload, "preload">[] = ["put", "get", "mix"];
+const DEFAULT_PATHS: ClientPath[] = ["http1", "clerk-h2", "clerk-grpc", "etcd3"];
 const VALUE_BYTES = 100;
 
 interface Plan {
+  workloads: Exclude<Workload, "preload">[];
+  paths: ClientPath[];
   seconds: number;
   clients: number[];
   runs: number;
@@ -28,6 +33,7 @@ interface Plan {
 
 export interface PointRun {
   system: string;
+  path: ClientPath;
   workload: string;
   clients: number;
   opsPerSec: number;
@@ -38,6 +44,7 @@ export interface PointRun {
   serverCores: number[];
   leader: number;
   generatorCores: number;
+  generatorCpuMicrosPerOp: number | null;
   leaderCpuMicrosPerOp: number | null;
   clusterCpuMicrosPerOp: number | null;
 }
@@ -72,10 +79,10 @@ async function preload(cluster: Cluster, keys: number, progress: Progress): Prom
   progress.finish(`${r.ops} keys in ${r.seconds.toFixed(1)} s`);
 }
 
-async function runPoint(cluster: Cluster, workload: Workload, clients: number, plan: Plan, progress: Progress): Promise<PointRun> {
+async function runPoint(cluster: Cluster, path: ClientPath, workload: Workload, clients: number, plan: Plan, progress: Progress): Promise<PointRun> {
   const leader = await cluster.leader();
   const pids = cluster.members.map((m) => m.process.pid);
-  const label = `[cluster] ${cluster.label} ${workload} ×${clients}`;
+  const label = `[cluster] ${cluster.label} ${path} ${workload} ×${clients}`;
   progress.start(label, plan.seconds * 1000, "ms");
   const started = performance.now();
   const ticker = setInterval(() => progress.tick(performance.now() - started), 200);
@@ -92,6 +99,8 @@ async function runPoint(cluster: Cluster, workload: Workload, clients: number, p
       tag: `${cluster.system[0]}${(tagCounter++).toString(36)}`,
       valueBytes: VALUE_BYTES,
       watchPids: pids,
+      path,
+      ports: cluster.members.map((m) => m.clientPort),
     });
   } finally {
     clearInterval(ticker);
@@ -102,6 +111,7 @@ async function runPoint(cluster: Cluster, workload: Workload, clients: number, p
   const perOp = (seconds: number) => (r.ops > 0 && Number.isFinite(seconds) ? (seconds * 1e6) / r.ops : null);
   const point: PointRun = {
     system: cluster.system,
+    path,
     workload,
     clients,
     opsPerSec: r.ops / r.seconds,
@@ -111,6 +121,7 @@ async function runPoint(cluster: Cluster, workload: Workload, clients: number, p
     serverCores: cpu.map((c) => c / r.seconds),
     leader: leader.id,
     generatorCores: r.generatorCpu / r.seconds,
+    generatorCpuMicrosPerOp: perOp(r.generatorCpu),
     leaderCpuMicrosPerOp: perOp(leaderCpu),
     clusterCpuMicrosPerOp: perOp(cpu.reduce((a, b) => a + b, 0)),
   };
@@ -153,8 +164,10 @@ function summaryOf(points: PointRun[], pick: (p: PointRun) => number | null): Su
 
 export async function runClusterSuite(o: BenchOptions, progress: Progress): Promise<SuiteResult> {
   const plan: Plan = {
+    workloads: o.workloads ?? WORKLOADS,
+    paths: o.paths ?? DEFAULT_PATHS,
     seconds: o.seconds ?? (o.quick ? 2 : 10),
-    clients: o.quick ? [1, 64] : [1, 16, 64, 256],
+    clients: o.clients ?? (o.quick ? [1, 64] : [1, 16, 64, 256]),
     runs: o.runs,
     preloadKeys: o.quick ? 1_000 : 10_000,
   };
@@ -183,17 +196,19 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
       idle[c.system] = await idleCores(c, o.quick ? 1000 : 3000);
       progress.finish(`${idle[c.system].map((x) => x.toFixed(3)).join(" + ")} cores with no load`);
     }
-    for (const workload of WORKLOADS) {
+    // Every (system, path) pair that applies, alternated point by point.
+    const units = clusters.flatMap((c) => plan.paths.filter((p) => PATH_SYSTEM[p] === "both" || PATH_SYSTEM[p] === c.system).map((path) => ({ c, path })));
+    for (const workload of plan.workloads) {
       for (const clients of plan.clients) {
-        await alternate(clusters, plan.runs, async (c) => {
+        await alternate(units, plan.runs, async ({ c, path }) => {
           try {
-            points.push(await runPoint(c, workload, clients, plan, progress));
+            points.push(await runPoint(c, path, workload, clients, plan, progress));
           } catch (e) {
             // One failed point (a generator that could not connect, a leader lost for too long)
             // is reported; the other points and the other system still run.
             const message = (e instanceof Error ? e.message : String(e)).split("\n")[0];
             progress.finish(`failed: ${message}`);
-            notes.push(`${c.label} ${workload} ×${clients}: point failed: ${message}`);
+            notes.push(`${c.label} ${path} ${workload} ×${clients}: point failed: ${message}`);
           }
         });
       }
@@ -215,73 +230,102 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
 
   const systems = clusters.map((c) => c.system);
   const labelOf = (s: string) => clusters.find((c) => c.system === s)?.label ?? s;
-  const select = (s: string, w: string, n: number) => points.filter((p) => p.system === s && p.workload === w && p.clients === n);
+  const select = (s: string, path: ClientPath, w: string, n: number) => points.filter((p) => p.system === s && p.path === path && p.workload === w && p.clients === n);
+  const pathsOf = (s: string) => plan.paths.filter((p) => points.some((q) => q.system === s && q.path === p));
   const tables: string[] = [];
   for (const s of systems) {
-    const rows: string[][] = [];
-    for (const w of WORKLOADS) {
-      for (const n of plan.clients) {
-        const ps = select(s, w, n);
-        if (!ps.length) continue;
-        const ms = (pick: (p: PointRun) => number) => formatSummary(summaryOf(ps, pick), formatMillis);
-        const cores = ps[0].serverCores.map((_, i) => summaryOf(ps, (p) => p.serverCores[i])?.median ?? NaN);
-        rows.push([
-          w,
-          String(n),
-          formatSummary(summaryOf(ps, (p) => p.opsPerSec)),
-          ms((p) => p.latency.p50),
-          ms((p) => p.latency.p99),
-          ms((p) => p.latency.p999),
-          String(ps.reduce((a, p) => a + p.errors, 0)),
-          cores.map((c) => c.toFixed(2)).join("+"),
-          (summaryOf(ps, (p) => p.generatorCores)?.median ?? NaN).toFixed(2),
-          formatCount(summaryOf(ps, (p) => p.leaderCpuMicrosPerOp)?.median ?? NaN),
-          formatCount(summaryOf(ps, (p) => p.clusterCpuMicrosPerOp)?.median ?? NaN),
-        ]);
+    for (const path of pathsOf(s)) {
+      const rows: string[][] = [];
+      for (const w of plan.workloads) {
+        for (const n of plan.clients) {
+          const ps = select(s, path, w, n);
+          if (!ps.length) continue;
+          const ms = (pick: (p: PointRun) => number) => formatSummary(summaryOf(ps, pick), formatMillis);
+          const cores = ps[0].serverCores.map((_, i) => summaryOf(ps, (p) => p.serverCores[i])?.median ?? NaN);
+          rows.push([
+            w,
+            String(n),
+            formatSummary(summaryOf(ps, (p) => p.opsPerSec)),
+            ms((p) => p.latency.p50),
+            ms((p) => p.latency.p99),
+            ms((p) => p.latency.p999),
+            String(ps.reduce((a, p) => a + p.errors, 0)),
+            cores.map((c) => c.toFixed(2)).join("+"),
+            formatCount(summaryOf(ps, (p) => p.leaderCpuMicrosPerOp)?.median ?? NaN),
+            formatCount(summaryOf(ps, (p) => p.clusterCpuMicrosPerOp)?.median ?? NaN),
+            (summaryOf(ps, (p) => p.generatorCores)?.median ?? NaN).toFixed(2),
+            formatCount(summaryOf(ps, (p) => p.generatorCpuMicrosPerOp)?.median ?? NaN),
+          ]);
+        }
       }
+      tables.push(
+        `${labelOf(s)} through ${PATH_LABEL[path]} (3 members, requests to the leader)\n` +
+          renderTable(
+            [
+              { header: "workload" },
+              { header: "clients", align: "right" },
+              { header: "ops/s", align: "right" },
+              { header: "p50 ms", align: "right" },
+              { header: "p99 ms", align: "right" },
+              { header: "p99.9 ms", align: "right" },
+              { header: "errors", align: "right" },
+              { header: "server cores (each)", align: "right" },
+              { header: "leader µs/op", align: "right" },
+              { header: "cluster µs/op", align: "right" },
+              { header: "gen cores", align: "right" },
+              { header: "gen µs/op", align: "right" },
+            ],
+            rows,
+          ),
+      );
     }
-    tables.push(
-      `${labelOf(s)} (3 members, requests to the leader)\n` +
-        renderTable(
-          [
-            { header: "workload" },
-            { header: "clients", align: "right" },
-            { header: "ops/s", align: "right" },
-            { header: "p50 ms", align: "right" },
-            { header: "p99 ms", align: "right" },
-            { header: "p99.9 ms", align: "right" },
-            { header: "errors", align: "right" },
-            { header: "server cores (each)", align: "right" },
-            { header: "gen cores", align: "right" },
-            { header: "leader µs/op", align: "right" },
-            { header: "cluster µs/op", align: "right" },
-          ],
-          rows,
-        ),
-    );
   }
   if (systems.includes("ours") && systems.includes("etcd")) {
+    // Like against like: hand-made HTTP/1.1 against etcd's gateway, each client library against etcd3.
+    const pairs = pathsOf("ours").flatMap((ours) => {
+      const theirs: ClientPath = ours === "http1" ? "http1" : "etcd3";
+      return pathsOf("etcd").includes(theirs) ? [[ours, theirs] as const] : [];
+    });
     const rows: string[][] = [];
-    for (const w of WORKLOADS) {
-      for (const n of plan.clients) {
-        const [ours, etcd] = [select("ours", w, n), select("etcd", w, n)];
-        const t = [summaryOf(ours, (p) => p.opsPerSec), summaryOf(etcd, (p) => p.opsPerSec)];
-        const p99 = [summaryOf(ours, (p) => p.latency.p99), summaryOf(etcd, (p) => p.latency.p99)];
-        const cpu = [summaryOf(ours, (p) => p.clusterCpuMicrosPerOp), summaryOf(etcd, (p) => p.clusterCpuMicrosPerOp)];
-        rows.push([w, String(n), formatSummary(t[0]), formatSummary(t[1]), formatRatio(ratio(t[0], t[1])), formatRatio(ratio(p99[0], p99[1])), formatRatio(ratio(cpu[0], cpu[1]))]);
+    for (const [ourPath, etcdPath] of pairs) {
+      for (const w of plan.workloads) {
+        for (const n of plan.clients) {
+          const [ours, etcd] = [select("ours", ourPath, w, n), select("etcd", etcdPath, w, n)];
+          if (!ours.length || !etcd.length) continue;
+          const t = [summaryOf(ours, (p) => p.opsPerSec), summaryOf(etcd, (p) => p.opsPerSec)];
+          const p50 = [summaryOf(ours, (p) => p.latency.p50), summaryOf(etcd, (p) => p.latency.p50)];
+          const p99 = [summaryOf(ours, (p) => p.latency.p99), summaryOf(etcd, (p) => p.latency.p99)];
+          const cpu = [summaryOf(ours, (p) => p.leaderCpuMicrosPerOp), summaryOf(etcd, (p) => p.leaderCpuMicrosPerOp)];
+          const gen = [summaryOf(ours, (p) => p.generatorCpuMicrosPerOp), summaryOf(etcd, (p) => p.generatorCpuMicrosPerOp)];
+          rows.push([
+            `${ourPath} vs ${etcdPath}`,
+            w,
+            String(n),
+            formatSummary(t[0]),
+            formatSummary(t[1]),
+            formatRatio(ratio(t[0], t[1])),
+            formatRatio(ratio(p50[0], p50[1])),
+            formatRatio(ratio(p99[0], p99[1])),
+            formatRatio(ratio(cpu[0], cpu[1])),
+            formatRatio(ratio(gen[0], gen[1])),
+          ]);
+        }
       }
     }
     tables.push(
-      "ours vs etcd (throughput ratio > 1 is better; latency and CPU ratios < 1 are better)\n" +
+      "ours vs etcd, each through its own client (throughput ratio > 1 is better; latency and CPU ratios < 1 are better)\n" +
         renderTable(
           [
+            { header: "paths" },
             { header: "workload" },
             { header: "clients", align: "right" },
             { header: "kvraft ops/s", align: "right" },
             { header: "etcd ops/s", align: "right" },
             { header: "throughput ours/etcd", align: "right" },
+            { header: "p50 ours/etcd", align: "right" },
             { header: "p99 ours/etcd", align: "right" },
-            { header: "CPU/op ours/etcd", align: "right" },
+            { header: "leader CPU/op ours/etcd", align: "right" },
+            { header: "gen CPU/op ours/etcd", align: "right" },
           ],
           rows,
         ),
@@ -294,20 +338,23 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
     if (restarts[s] !== undefined) notes.push(`${labelOf(s)}: a follower killed with SIGKILL served again (caught up) ${Math.round(restarts[s])} ms after restart`);
   }
   const categories = plan.clients.map(String);
-  const seriesFor = (pick: (p: PointRun) => number, dashed: (s: string, w: string) => boolean) =>
+  // One line per system, path and workload; a system's client libraries are drawn dashed.
+  const seriesFor = (pick: (p: PointRun) => number) =>
     systems.flatMap((s, si) =>
-      WORKLOADS.map((w, wi) => ({
-        name: `${labelOf(s)} ${w}`,
-        color: SERIES_COLORS[si][wi],
-        dashed: dashed(s, w),
-        points: plan.clients.map((n) => summaryOf(select(s, w, n), pick)),
-      })),
+      pathsOf(s).flatMap((path) =>
+        plan.workloads.map((w) => ({
+          name: `${labelOf(s)} ${path} ${w}`,
+          color: SERIES_COLORS[si][WORKLOADS.indexOf(w)],
+          dashed: path !== "http1",
+          points: plan.clients.map((n) => summaryOf(select(s, path, w, n), pick)),
+        })),
+      ),
     );
   const subtitle = `3 members on 127.0.0.1, fsync on, ${plan.seconds} s per point, median of ${plan.runs} run(s)`;
   const charts = [
     {
       file: "cluster-throughput.svg",
-      svg: lineChart({ title: "Cluster throughput by concurrency", subtitle, xLabel: "concurrent clients", yLabel: "operations per second", categories, series: seriesFor((p) => p.opsPerSec, () => false) }),
+      svg: lineChart({ title: "Cluster throughput by concurrency", subtitle, xLabel: "concurrent clients", yLabel: "operations per second", categories, series: seriesFor((p) => p.opsPerSec) }),
     },
     {
       file: "cluster-latency.svg",
@@ -320,7 +367,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
         format: formatMillis,
         tickFormat: formatCount,
         categories,
-        series: seriesFor((p) => p.latency.p99, () => false),
+        series: seriesFor((p) => p.latency.p99),
       }),
     },
   ];

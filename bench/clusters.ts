@@ -193,6 +193,8 @@ async function kvStatus(port: number): Promise<KvStatus> {
 export interface KvraftOptions {
   /** false starts every kvserver with --no-fast-lane. */
   fastLane?: boolean;
+  /** Write a CPU profile of every member (bun --cpu-prof) into this directory when it exits. */
+  cpuProfDir?: string;
 }
 
 export async function startKvraft(size = 3, options: KvraftOptions = {}): Promise<Cluster> {
@@ -206,7 +208,7 @@ export async function startKvraft(size = 3, options: KvraftOptions = {}): Promis
   fs.writeFileSync(secretFile, `${crypto.randomUUID()}\n`, { mode: 0o600 });
   const extra = ["--peer-secret-file", secretFile, ...(options.fastLane === false ? ["--no-fast-lane"] : [])];
   const spawnMember = (i: number) =>
-    spawnTracked([process.execPath, KVSERVER, "-id", String(i), "-addrs", addrs, "-db", path.join(root, `n${i}`), ...extra], {
+    spawnTracked([process.execPath, ...(options.cpuProfDir ? ["--cpu-prof", `--cpu-prof-dir=${options.cpuProfDir}`] : []), KVSERVER, "-id", String(i), "-addrs", addrs, "-db", path.join(root, `n${i}`), ...extra], {
       cwd: ROOT,
       output: path.join(root, `n${i}.log`),
     });

@@ -1,10 +1,13 @@
 // The closed-loop load generator, run as its own Bun process so its CPU does not compete with the
-// harness: N clients, one keep-alive HTTP/1.1 connection each, each sending its next request when
-// the last one answered. Speaks kvraft's Connect JSON API or etcd's HTTP/JSON gateway.
+// harness: N clients, each sending its next request when the last one answered. Over hand-made
+// HTTP/1.1 (one keep-alive connection per client; kvraft's Connect JSON API or etcd's JSON
+// gateway), or through a client library as applications do (native-clients.ts: kvraft's Clerk over
+// HTTP/2 or gRPC, etcd's etcd3 over gRPC; N concurrent callers of one client object).
 // Usage: bun bench/loadgen.ts '<LoadConfig JSON>'  → prints one LoadResult JSON line on stdout.
 
 import * as fs from "node:fs";
 import { HttpConnection, type HttpResponse } from "./http1.ts";
+import { CLIENT_PATHS, openNativeClient, type ClientPath, type NativeClient } from "./native-clients.ts";
 import { Histogram, type HistogramJSON } from "./stats.ts";
 
 export type Protocol = "kvraft" | "etcd";
@@ -25,6 +28,10 @@ export interface LoadConfig {
   valueBytes: number;
   /** Processes whose CPU and RSS are read at the start and end of the load window. */
   watchPids: number[];
+  /** How requests travel (default http1: hand-made HTTP/1.1 JSON to `port`). */
+  path?: ClientPath;
+  /** Every member's client port, member order (the Clerk is given all of them). */
+  ports?: number[];
 }
 
 export interface LoadResult {
@@ -55,6 +62,9 @@ export function validateConfig(c: LoadConfig): LoadConfig {
   if (!(c.durationMs > 0 && c.durationMs <= 3_600_000)) bad("durationMs must be in (0, 1 h]");
   if (!/^[a-z0-9]{1,6}$/.test(c.tag)) bad("tag must be 1-6 lowercase letters or digits");
   if (!Number.isInteger(c.keyCount) || c.keyCount < 0 || c.keyCount > 1e9) bad("keyCount out of range");
+  if (c.path !== undefined && !CLIENT_PATHS.includes(c.path)) bad(`path must be one of ${CLIENT_PATHS.join(", ")}`);
+  if (c.path === "etcd3" && c.protocol !== "etcd") bad("path etcd3 drives etcd only");
+  if (c.path !== undefined && c.path.startsWith("clerk") && c.protocol !== "kvraft") bad(`path ${c.path} drives kvraft only`);
   return c;
 }
 
@@ -137,7 +147,13 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
   let putSeq = 0;
   let preloadNext = 0;
   const headers = c.protocol === "kvraft" ? "Connect-Protocol-Version: 1\r\n" : "";
-  const connections = await Promise.all(Array.from({ length: c.clients }, () => HttpConnection.open(c.host, c.port)));
+  const path = c.path ?? "http1";
+  const native: NativeClient | null = path === "http1" ? null : await openNativeClient(path, c.ports ?? [c.port], c.port, c.clients);
+  const connections = native !== null ? Array.from({ length: c.clients }, () => null) : await Promise.all(Array.from({ length: c.clients }, () => HttpConnection.open(c.host, c.port)));
+  if (native !== null) {
+    // Outside the window: the Clerk registers its sessions and finds the leader, etcd3 connects.
+    await Promise.all(Array.from({ length: c.clients }, (_, i) => native.put(uniqueKey(`${c.tag}w`.slice(0, 6), i), value.slice(0, c.valueBytes))));
+  }
 
   const cpuStart = Object.fromEntries(c.watchPids.map((pid) => [pid, procCpu(pid)]));
   const selfStart = procCpu("self");
@@ -153,7 +169,26 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
     if (errorSamples.length < MAX_ERROR_SAMPLES && !errorSamples.includes(e)) errorSamples.push(e);
   };
 
-  const client = async (conn: HttpConnection) => {
+  const nativeClient = async (client: NativeClient) => {
+    const v = value.slice(0, c.valueBytes);
+    while (performance.now() < deadline) {
+      if (c.workload === "preload" && preloadNext >= c.keyCount) break;
+      const t0 = performance.now();
+      try {
+        if (c.workload === "preload") await client.put(preloadKey(preloadNext++), v);
+        else if (c.workload === "put" || (c.workload === "mix" && Math.random() < 0.5)) await client.put(uniqueKey(c.tag, putSeq++), v);
+        else await client.get(preloadKey(Math.floor(Math.random() * Math.max(1, c.keyCount))));
+        histogram.record((performance.now() - t0) * 1000);
+        ops++;
+      } catch (e) {
+        noteError(e instanceof Error ? e.message : String(e));
+        await Bun.sleep(20);
+      }
+    }
+  };
+
+  const client = async (conn: HttpConnection | null) => {
+    if (conn === null) return nativeClient(native!);
     const make = newClient();
     while (performance.now() < deadline) {
       let req: Request;
@@ -186,7 +221,8 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
   for (const pid of c.watchPids) cpu[pid] = procCpu(pid) - cpuStart[pid];
   const generatorCpu = procCpu("self") - selfStart;
   clearTimeout(hardStop);
-  for (const conn of connections) conn.close();
+  for (const conn of connections) conn?.close();
+  native?.close();
   return { ops, errors, errorSamples, seconds, histogram: histogram.toJSON(), cpu, generatorCpu };
 }
 

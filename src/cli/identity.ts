@@ -32,8 +32,15 @@ export class DataDirError extends Error {
 /**
  * Creates `dir` if needed and checks (or, on first start, writes) its identity record.
  * Throws DataDirError for a directory of another node or cluster, or one that cannot be used.
+ * `beforeCreate` runs before a new identity is written (so what it writes survives a crash in
+ * between); the files it may leave are named in `allowed`, and do not make the directory foreign.
  */
-export function claimDataDir(dir: string, nodeId: number, addrs: readonly string[]): void {
+export function claimDataDir(
+  dir: string,
+  nodeId: number,
+  addrs: readonly string[],
+  beforeCreate: { run: () => void; allowed: readonly string[] } | null = null,
+): void {
   try {
     fs.mkdirSync(dir, { recursive: true });
     fs.accessSync(dir, fs.constants.R_OK | fs.constants.W_OK | fs.constants.X_OK);
@@ -54,13 +61,14 @@ export function claimDataDir(dir: string, nodeId: number, addrs: readonly string
   if (identity === null) {
     // A leftover temp file is a first start that crashed before its rename: not foreign data.
     fs.rmSync(`${file}.tmp`, { force: true });
-    const entries = fs.readdirSync(dir);
+    const entries = fs.readdirSync(dir).filter((name) => !(beforeCreate?.allowed.includes(name) ?? false));
     if (entries.length > 0) {
       throw new DataDirError(
         `data directory ${dir} is not empty but has no ${IDENTITY_FILE}: it was not made by kvserver ` +
           `(or belongs to something else); choose another -db or empty it`,
       );
     }
+    beforeCreate?.run();
     writeIdentity(dir, file, { format: 1, nodeId, addrs: [...addrs] });
     return;
   }

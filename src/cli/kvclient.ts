@@ -164,6 +164,10 @@ async function main(argv: string[]): Promise<number> {
     transport: (baseUrl) =>
       createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: true, interceptors, ...(tls !== null ? { nodeOptions: tls } : {}) }),
     operationTimeoutMs: timeoutMs,
+    // One operation per process: a registered session would cost a log entry and hold a session
+    // slot for the whole TTL. An unregistered random id (eRaft's way) still deduplicates this
+    // operation's retries.
+    clientId: randomClientId(),
   });
   const key = flags.values.key ?? "";
   const value = flags.values.value!;
@@ -215,3 +219,10 @@ main(process.argv.slice(2)).then(
     process.exit(1);
   },
 );
+
+/** A random id in [1, 2^62): fits int64 on the wire and is never the "no session" zero. */
+function randomClientId(): bigint {
+  const words = crypto.getRandomValues(new Uint32Array(2));
+  const id = (BigInt(words[0]! & 0x3fffffff) << 32n) | BigInt(words[1]!);
+  return id === 0n ? 1n : id;
+}

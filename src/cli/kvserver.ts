@@ -1,7 +1,8 @@
 // kvserver: one kvraft node, with eRaft's flags and defaults.
 //   bun run kvserver -id 0 -addrs "localhost:5001,localhost:5002,localhost:5003" -db kvserver-data
 // Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 runtime failure (e.g. port in use),
-// 2 bad usage or a data directory that belongs to another node or cluster.
+// 2 bad usage or a data directory that belongs to another node or cluster, 3 fail-stop (a storage
+// error or broken invariant while running: one line says what and what to do; restart it).
 
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -42,9 +43,13 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
   --max-unregistered-sessions N
                        sessions of clients that do not register (eRaft's) at most; the least
                        recently used is dropped beyond (default 100000)
+  --max-pending N      client commands in flight on this node at most; beyond it a command is
+                       refused at once with resource_exhausted (default: the KV server's own)
   --log-level          debug, info, warn, error or fatal (default info)
   --log-format         json (one object per line), human, or auto: human on a terminal (default)
   --max-watches        watches this node serves at once; one more is refused (default 1000)
+  --min-free-disk-mb   refuse writes (resource_exhausted) while the data directory's disk has less
+                       free space than this; reads go on (default 128)
   -help                print this message
 
 security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
@@ -61,9 +66,11 @@ interface Config {
   db: string;
   corsOrigins: string[];
   snapshotThreshold?: number;
+  minFreeDiskBytes: number;
   maxWatches?: number;
   fastLane: boolean;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
+  maxPendingCommands?: number;
   security: NodeSecurity;
   join?: { address: string; members: string[] };
   insecureAdmin: boolean;
@@ -81,11 +88,13 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      "min-free-disk-mb": "128",
       join: undefined,
       addr: undefined,
       "session-ttl": undefined,
       "max-sessions": undefined,
       "max-unregistered-sessions": undefined,
+      "max-pending": undefined,
       "log-level": "info",
       "log-format": "auto",
       "max-watches": undefined,
@@ -118,6 +127,10 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
+  const minFreeMb = Number(flags.values["min-free-disk-mb"]);
+  if (!/^\d+(\.\d+)?$/.test(flags.values["min-free-disk-mb"]!) || !Number.isFinite(minFreeMb)) {
+    throw new UsageError(`--min-free-disk-mb must be a number of MiB (0 or more)`);
+  }
   const positive = (name: string): number | undefined => {
     const raw = flags.values[name];
     if (raw === undefined) return undefined;
@@ -148,9 +161,11 @@ function parseConfig(argv: string[]): Config | "help" {
     db: flags.values.db!,
     corsOrigins,
     snapshotThreshold,
+    minFreeDiskBytes: Math.round(minFreeMb * 1024 * 1024),
     maxWatches,
     fastLane: !flags.switches.has("no-fast-lane"),
     sessions,
+    maxPendingCommands: positive("max-pending"),
     security,
     logLevel,
     logFormat,
@@ -220,7 +235,15 @@ async function main(argv: string[]): Promise<number> {
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
           state: config.sessions,
+          ...(config.maxPendingCommands === undefined ? {} : { limits: { maxPendingCommands: config.maxPendingCommands } }),
           ...(config.maxWatches === undefined ? {} : { watchLimits: { maxWatches: config.maxWatches } }),
+          diskWatch: { minFreeBytes: config.minFreeDiskBytes },
+          // Fail-stop: one line, a non-zero exit, no zombie that still answers GetStatus.
+          onFatal: (error) => {
+            log.fatal(`kvserver: node ${id} FATAL: ${error.message}`, { error });
+            process.exit(3);
+          },
+          log: (line) => log.warn(`kvserver: node ${id}: ${line}`),
         }),
     });
   } catch (error) {

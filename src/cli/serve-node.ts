@@ -15,6 +15,7 @@ import { statusPageRoute } from "../obs/status-page/page.ts";
 import { log } from "../obs/log.ts";
 import { registerReflection } from "../rpc/server/reflection.ts";
 import { claimDataDir } from "./identity.ts";
+import { markNewDataDir, RECOVERING_FILE } from "../kv/index.ts";
 import { DEFAULT_CLUSTER_TOKEN, adoptClusterId, clusterIdOf } from "./cluster-id.ts";
 import type { NodeSecurity } from "./security-flags.ts";
 import { splitHostPort } from "./flags.ts";
@@ -80,7 +81,9 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
   // A joining node's identity is its own address; a bootstrapping node's, the cluster's list.
   const addrs = join === undefined ? options.addrs : [join.address];
   const security = options.security ?? INSECURE;
-  claimDataDir(dir, id, addrs);
+  // A directory without identity is a new node, or one whose data was lost (wiped): the node cannot
+  // tell, so it starts recovering (a new cluster then elects its first leader once every node is up).
+  claimDataDir(dir, id, addrs, { run: () => markNewDataDir(dir), allowed: [RECOVERING_FILE, `${RECOVERING_FILE}.tmp`] });
   const clusterId =
     join === undefined ? clusterIdOf(dir, addrs, security.initialClusterToken ?? DEFAULT_CLUSTER_TOKEN) : adoptClusterId(dir, join.clusterId);
   const url = (address: string) => `${security.peerScheme}://${address}`;
@@ -170,6 +173,9 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     metrics,
     close() {
       closing ??= (async () => {
+        // Watches never finish on their own: end them first (clients resume on another node),
+        // so the server's graceful close does not wait its whole grace period for them.
+        opened.watches?.close();
         await server.close();
         try {
           await opened.close();

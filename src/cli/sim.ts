@@ -1,10 +1,12 @@
-// `bun run sim --seed S [--nodes N] [--steps K] [--kv | --membership]`: one deterministic randomized
-// fault schedule; prints one summary line (same seed ⇒ same bytes), or the violated invariant and exits 1.
+// `bun run sim --seed S [--nodes N] [--steps K] [--disk-faults] [--kv | --membership]`: one
+// deterministic randomized fault schedule; prints one summary line (same seed ⇒ same bytes), or the
+// violated invariant and exits 1.
 
 import { InvariantViolation, membershipReplayCommand, replayCommand, runMembershipSchedule, runRandomSchedule } from "../sim/raft-core/index.ts";
 
 const USAGE =
-  "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--kv | --membership]\n" +
+  "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--disk-faults] [--kv | --membership]\n" +
+  "  --disk-faults: the schedule also wipes, truncates or discards the disks of down nodes\n" +
   "  --membership: the schedule also adds learners, promotes and removes members (the leader too);\n" +
   "                N-2 nodes start as voters, the rest wait to be added (N >= 2)";
 
@@ -13,6 +15,8 @@ export interface SimCliOptions {
   nodes: number;
   steps: number;
   kv: boolean;
+  /** Add disk loss and corruption to the core schedule (a separate family of runs). */
+  diskFaults: boolean;
   membership: boolean;
   /** Flags this parser does not know, passed through to the KV simulator. */
   extra: string[];
@@ -23,7 +27,7 @@ export class UsageError extends Error {
 }
 
 export function parseSimArgs(argv: string[]): SimCliOptions {
-  const out: SimCliOptions = { seed: NaN, nodes: 5, steps: 2000, kv: false, membership: false, extra: [] };
+  const out: SimCliOptions = { seed: NaN, nodes: 5, steps: 2000, kv: false, membership: false, diskFaults: false, extra: [] };
   const int = (name: string, raw: string | undefined, lo: number, hi: number): number => {
     if (raw === undefined || !/^\d+$/.test(raw)) throw new UsageError(`--${name} needs an integer, got ${raw === undefined ? "nothing" : JSON.stringify(raw)}`);
     const v = Number(raw);
@@ -48,6 +52,9 @@ export function parseSimArgs(argv: string[]): SimCliOptions {
       case "--kv":
         out.kv = true;
         break;
+      case "--disk-faults":
+        out.diskFaults = true;
+        break;
       case "--membership":
         out.membership = true;
         break;
@@ -61,6 +68,7 @@ export function parseSimArgs(argv: string[]): SimCliOptions {
   }
   if (Number.isNaN(out.seed)) throw new UsageError("--seed is required (any non-negative integer; the same seed replays the same run)");
   if (out.membership && out.kv) throw new UsageError("--membership and --kv are separate simulators; give one");
+  if (out.diskFaults && (out.kv || out.membership)) throw new UsageError("--disk-faults applies to the default core schedule, not to --kv or --membership (yet)");
   if (out.membership && out.nodes < 2) throw new UsageError("--membership needs --nodes 2 or more (one spare to add)");
   return out;
 }

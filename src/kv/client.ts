@@ -63,6 +63,9 @@ export interface ClerkOptions {
   batch?: BatchOptions | false;
 }
 
+/** RegisterSession calls one Clerk has in flight at most. */
+const MAX_CONCURRENT_REGISTRATIONS = 32;
+
 /** Operations waiting for a free session, at most: a bound on what a runaway caller can queue. */
 const MAX_WAITING_OPERATIONS = 1_000_000;
 
@@ -97,6 +100,8 @@ export type NodeStatus =
       members: bigint[];
       snapshotIndex: bigint;
       keyCount: bigint;
+      /** Storage conditions ("" when healthy): low disk space, recovering lost state, repair. */
+      storageHealth: string;
     }
   | { online: false; id: number; address: string; state: "Offline"; error: string };
 
@@ -191,6 +196,9 @@ export class Clerk {
   /** The session of the most recent write (what clientId reports). */
   private last: Session;
   private leader = 0;
+  /** RegisterSession calls in flight, and the operations waiting to start one. */
+  private registering = 0;
+  private readonly registrationQueue: (() => void)[] = [];
   private readonly options: Required<Omit<ClerkOptions, "clientId" | "addrs" | "transport" | "maxConcurrency" | "batch">>;
 
   constructor(options: ClerkOptions) {
@@ -338,6 +346,7 @@ export class Clerk {
             members: s.members,
             snapshotIndex: s.snapshotIndex,
             keyCount: s.keyCount,
+            storageHealth: s.storageHealth,
           };
         } catch (error) {
           return { online: false, id, address, state: "Offline", error: ConnectError.from(error).message };
@@ -389,8 +398,7 @@ export class Clerk {
     else this.idle.unshift(session);
   }
 
-  private async operation(session: Session, op: Op, key: string, value: string): Promise<CommandResponse> {
-    const deadline = Date.now() + this.options.operationTimeoutMs;
+  private async operation(session: Session, op: Op, key: string, value: string, deadline = Date.now() + this.options.operationTimeoutMs): Promise<CommandResponse> {
     const write = op !== Op.GET;
     if (write && this.registered && session.id === 0n) await this.register(session, () => describe(op, key), deadline);
     if (write) this.last = session;
@@ -416,19 +424,29 @@ export class Clerk {
           true,
         );
       }
-      // Refused on its first attempt: certainly not applied. Run it again under a new session.
-      return this.operation(session, op, key, value);
+      // Refused on its first attempt: certainly not applied. Run it again under a new session,
+      // within the same deadline.
+      return this.operation(session, op, key, value, deadline);
     }
   }
 
   /** Asks the leader for a session id (RegisterSession), with the same retries as a command. */
   private async register(session: Session, name: string | (() => string), deadline: number): Promise<void> {
-    const what = () => `${typeof name === "string" ? name : name()}: RegisterSession`;
-    const response = await this.retrying(what, deadline, false, (client, timeoutMs, node) =>
-      client.registerSession({}, { timeoutMs }).then((response) => registerAttempt(response, node)),
-    );
-    session.id = response.clientId;
-    session.nextCommandId = 1n;
+    // A burst of new sessions (thousands of concurrent first writes) registers a few at a time:
+    // each is a Raft entry, and a flood of them would only time out in the streams' queue.
+    if (this.registering >= MAX_CONCURRENT_REGISTRATIONS) await new Promise<void>((resolve) => this.registrationQueue.push(resolve));
+    this.registering++;
+    try {
+      const what = () => `${typeof name === "string" ? name : name()}: RegisterSession`;
+      const response = await this.retrying(what, deadline, false, (client, timeoutMs, node) =>
+        client.registerSession({}, { timeoutMs }).then((response) => registerAttempt(response, node)),
+      );
+      session.id = response.clientId;
+      session.nextCommandId = 1n;
+    } finally {
+      this.registering--;
+      this.registrationQueue.shift()?.();
+    }
   }
 
   /**

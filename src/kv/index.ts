@@ -16,3 +16,5 @@ export {
 export { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
 export type { AppliedCommand } from "./pending-writes.ts";
 export { InvalidArgumentError, KVCorruptionError, KVError, OverloadedError, UnavailableError, type KVErrorCode } from "./errors.ts";
+export { FatalError } from "./fail-stop.ts";
+export { RECOVERING_FILE, markNewDataDir } from "./repair.ts";

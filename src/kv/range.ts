@@ -3,7 +3,7 @@
 // scan serves Range (after ReadIndex, or locally) and the range operations inside a Txn at apply.
 import type { DB } from "../lsm/index.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import { USER_END, USER_PREFIX, userKeyFromBytes } from "./keys.ts";
+import { USER_END, userKeyFromBytes } from "./keys.ts";
 import { decodeStored } from "./revisions.ts";
 
 /** One key with its revisions, as Range, Txn and Watch answer it. */
@@ -175,14 +175,10 @@ export function keysInRange(db: DB, key: Uint8Array, rangeEnd: Uint8Array, overl
   return out;
 }
 
-/** The stored value of one user key as a KV (with its value or, keysOnly, without). */
+/** The stored value of one user key as a KV. */
 export function toKV(userKey: Uint8Array, stored: Uint8Array): KV {
   const meta = decodeStored(stored, userKey);
   return { key: userKey, value: meta.value.slice(), createRevision: meta.createRevision, modRevision: meta.modRevision, version: meta.version };
-}
-
-export function isUserKey(internal: Uint8Array): boolean {
-  return internal[0] === USER_PREFIX;
 }
 
 /** Unsigned lexicographic order of byte strings (the LSM's key order). */

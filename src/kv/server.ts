@@ -1,25 +1,24 @@
 // KVServer: one replica of the KV service. Validates commands, answers retried writes from the
 // session table, proposes writes to Raft and waits for them to apply, serves Gets by ReadIndex.
-import * as path from "node:path";
 import {
   FileLogStore,
+  NONE,
   RaftNode,
   RealClock,
   type Clock,
-  type Entry,
   type LogStore,
   type Membership,
   type NodeId,
   type LogStoreStats,
   type RaftNodeStatus,
   type RaftObserver,
-  type SnapshotMeta,
-  type StateMachine,
   type Transport,
 } from "../raft/index.ts";
 import type { DBStats } from "../lsm/index.ts";
 import { commandFingerprint, decodeCommand, encodeCommand, type WriteCommand } from "./command.ts";
 import { DeadlineQueue } from "./deadlines.ts";
+import { DiskWatch, type DiskWatchOptions } from "./disk-watch.ts";
+import { type FatalError, isStateMachineCorruption, toFatal } from "./fail-stop.ts";
 import { InvalidArgumentError, OverloadedError, SessionExpiredError, UnavailableError } from "./errors.ts";
 import { PendingWrites, isApplied, type WriteOutcome } from "./pending-writes.ts";
 import { ReadBatcher } from "./reads.ts";
@@ -34,6 +33,8 @@ import {
   RESULT_VALUE_TOO_LARGE,
   type ResultCode,
 } from "./sessions.ts";
+import { applyLoop } from "./apply-loop.ts";
+import { RelayTransport, discardReplica, handOverLeadership, openStorageRepaired, readMarker, removeMarker, writeMarker, type OpenedStorage } from "./repair.ts";
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
 import { TxnServer } from "./txn-server.ts";
 import type { TxnLimits } from "./txn.ts";
@@ -65,6 +66,8 @@ export interface KVStatus {
   snapshotsInstalled: number;
   /** ReadIndex rounds this node has asked for since it started (Gets share rounds). */
   readIndexRounds: number;
+  /** Storage conditions an operator should see ("" when healthy): repair, recovery, low disk space, an unwritable directory. */
+  storageHealth: string;
 }
 
 export interface KVDiagnostics {
@@ -136,7 +139,25 @@ export interface KVServerOptions {
   txnLimits?: TxnLimits;
   /** Bounds of Watch (watch-hub.ts). */
   watchLimits?: WatchLimits;
+  /**
+   * Called once when the node meets an error it cannot recover from (storage I/O, a broken
+   * invariant). The server already refuses everything; the process should log the message and exit.
+   */
+  onFatal?: (error: FatalError) => void;
+  /** Watch the data directory (deleted, unwritable, low on space); off unless given. */
+  diskWatch?: Omit<DiskWatchOptions, "dir">;
+  /**
+   * This node may have lost durable state (e.g. its data directory was created anew while its
+   * cluster may exist): it starts recovering, granting no vote until it has caught up.
+   */
+  lostState?: string;
+  /** Where repairs and recovery are reported (default: stderr). */
+  log?: (line: string) => void;
 }
+
+/** More self-repairs than this within REPAIR_WINDOW_MS is a disk that keeps corrupting: stop instead. */
+const MAX_REPAIRS = 3;
+const REPAIR_WINDOW_MS = 10 * 60_000;
 
 const OPS = new Set<string>(["Get", "Put", "Append", "Delete"]);
 
@@ -156,94 +177,139 @@ export class KVServer {
    * applies before its propose() returned still finds its waiter. Random start: unique across restarts.
    */
   private nextNonce: bigint;
+  private fatalError: FatalError | null = null;
+  private diskWatch: DiskWatch | null = null;
+  private readonly onFatal: ((error: FatalError) => void) | null;
+  /** Why the replica is being discarded and rebuilt right now (self-repair), or null. */
+  private repairing: string | null = null;
+  private repairRun: Promise<void> | null = null;
+  private readonly repairTimes: number[] = [];
+  /** The RECOVERING marker exists: it is removed once Raft reports the node caught up. */
+  private markerPresent = false;
+  private readonly deadlines: DeadlineQueue;
+  private readonly relay: RelayTransport;
+  private readonly log: (line: string) => void;
+  // The replica, replaced as a whole by a self-repair (see repair()).
+  private node!: RaftNode;
+  private machine!: KVStateMachine;
+  private writes!: PendingWrites;
+  private reads!: ReadBatcher;
+  /** Closed by close() only when this server opened it (not when the caller passed one in). */
+  private ownedLogStore: LogStore | null = null;
 
   private constructor(
     readonly id: NodeId,
-    private readonly node: RaftNode,
-    private readonly machine: KVStateMachine,
-    private readonly writes: PendingWrites,
-    private readonly reads: ReadBatcher,
-    private readonly deadlines: DeadlineQueue,
-    /** Closed by close() only when this server opened it (not when the caller passed one in). */
-    private readonly ownedLogStore: LogStore | null,
+    private readonly options: KVServerOptions,
     private readonly clock: Clock,
-    limits: KVLimits,
   ) {
     const words = crypto.getRandomValues(new Uint32Array(2));
     this.nextNonce = (BigInt(words[0]! & 0x3fffffff) << 32n) | BigInt(words[1]!);
+    const limits = options.limits ?? {};
     this.maxKeyBytes = limits.maxKeyBytes ?? 4096;
     this.maxValueBytes = limits.maxValueBytes ?? 1 << 20;
     this.maxPending = limits.maxPendingCommands ?? 10_000;
+    this.deadlines = new DeadlineQueue(clock);
+    this.relay = new RelayTransport(options.transport);
+    this.log = options.log ?? ((line) => console.error(`kvraft: node ${options.id}: ${line}`));
+    this.onFatal = options.onFatal ?? null;
   }
 
   static async open(options: KVServerOptions): Promise<KVServer> {
-    const clock = options.clock ?? new RealClock();
-    const timeoutMs = options.limits?.commandTimeoutMs ?? 500;
-    const machine = await KVStateMachine.open({
-      dir: path.join(options.dir, "state"),
-      members: options.peers,
-      snapshotChunkBytes: options.raft?.snapshotChunkBytes,
-      txnLimits: options.txnLimits,
-      ...definedOnly(options.state ?? {}),
-    } as Parameters<typeof KVStateMachine.open>[0]);
-    let logStore: LogStore;
-    try {
-      logStore = options.logStore ?? (await FileLogStore.open(path.join(options.dir, "raft")));
-    } catch (error) {
-      await machine.close();
-      throw error;
+    const server = new KVServer(options.id, options, options.clock ?? new RealClock());
+    if (options.lostState !== undefined && options.logStore === undefined && readMarker(options.dir) === null) {
+      writeMarker(options.dir, { format: 1, reason: options.lostState, since: new Date().toISOString(), term: 0, votedFor: NONE });
     }
-    const owned = options.logStore === undefined ? logStore : null;
-    const deadlines = new DeadlineQueue(clock);
-    const writes = new PendingWrites(clock, deadlines, timeoutMs, machine.lastApplied());
+    const storage = await server.openStorage();
+    server.relay.attach();
+    await server.startNode(storage);
+    if (options.diskWatch !== undefined && server.fatalError === null) {
+      server.diskWatch = new DiskWatch({ ...options.diskWatch, dir: options.dir }, (error) => server.failStop("data directory check", error));
+      server.diskWatch.start();
+    }
+    return server;
+  }
+
+  private openStorage(): Promise<OpenedStorage> {
+    const o = this.options;
+    const machineOptions = {
+      members: o.peers,
+      snapshotChunkBytes: o.raft?.snapshotChunkBytes,
+      txnLimits: o.txnLimits,
+      ...definedOnly(o.state ?? {}),
+    } as Omit<KVStateMachineOptions, "dir">;
+    return openStorageRepaired(o.dir, machineOptions, o.logStore, this.log);
+  }
+
+  /** Starts a Raft node over opened storage and makes it, with its readers and watches, this server's replica. */
+  private async startNode(storage: OpenedStorage): Promise<void> {
+    const o = this.options;
+    const timeoutMs = o.limits?.commandTimeoutMs ?? 500;
+    const { machine } = storage;
+    const writes = new PendingWrites(this.clock, this.deadlines, timeoutMs, machine.lastApplied());
     let node: RaftNode;
     // Bound once the node exists; applies before that have no watcher to wake.
     let hub: WatchHub | null = null;
+    let started = false;
+    let early: Error | null = null;
     try {
       node = await RaftNode.start({
-        id: options.id,
-        peers: options.peers,
-        logStore,
-        transport: options.transport,
-        stateMachine: applyLoop(machine, writes, () => hub?.applied()),
-        clock,
-        ...definedOnly(options.raft ?? {}),
+        id: o.id,
+        peers: o.peers,
+        logStore: storage.logStore,
+        transport: this.relay,
+        stateMachine: applyLoop(machine, writes, {
+          applied: () => {
+            hub?.applied();
+            if (this.markerPresent) this.checkRecovered();
+          },
+          corrupt: (error) => this.storageFailed("snapshot read", error),
+        }),
+        clock: this.clock,
+        ...definedOnly(o.raft ?? {}),
+        recovering: storage.recovering,
+        onFatal: (error) => {
+          if (started) this.storageFailed("raft", error);
+          else early = error;
+        },
       });
     } catch (error) {
       await machine.close();
-      await owned?.close();
+      if (storage.owned) await storage.logStore.close();
       throw error;
     }
-    const reads = new ReadBatcher(
-      options.id,
-      { readIndex: () => node.readIndex(), readApplied: (key) => readApplied(machine, key) },
-      clock,
-      deadlines,
-      timeoutMs,
-    );
-    const server = new KVServer(options.id, node, machine, writes, reads, deadlines, owned, clock, options.limits ?? {});
-    hub = new WatchHub({ id: options.id, machine, logFirstIndex: () => node.status().firstIndex }, options.watchLimits);
-    server.watches = hub;
-    server.api = new TxnServer({
-      id: options.id,
+    this.node = node;
+    this.machine = machine;
+    this.writes = writes;
+    this.ownedLogStore = storage.owned ? storage.logStore : null;
+    this.reads = new ReadBatcher(o.id, { readIndex: () => node.readIndex(), readApplied: (key) => this.readApplied(key) }, this.clock, this.deadlines, timeoutMs);
+    hub = new WatchHub({ id: o.id, machine, logFirstIndex: () => node.status().firstIndex, term: () => node.status().term }, o.watchLimits);
+    this.watches = hub;
+    this.api = new TxnServer({
+      id: o.id,
       node,
       machine,
       writes,
-      reads,
-      now: () => clock.now(),
-      maxKeyBytes: server.maxKeyBytes,
-      maxValueBytes: server.maxValueBytes,
-      maxPending: server.maxPending,
-      limits: options.txnLimits,
-      closed: () => server.closed,
+      reads: this.reads,
+      now: () => this.clock.now(),
+      // One nonce space with Command's writes without a session: no two waiters share (0, nonce).
+      nonce: () => this.nonce(),
+      maxKeyBytes: this.maxKeyBytes,
+      maxValueBytes: this.maxValueBytes,
+      maxPending: this.maxPending,
+      limits: o.txnLimits,
+      closed: () => this.closed || this.repairing !== null,
     });
-    return server;
+    this.markerPresent = storage.recovering && storage.owned;
+    started = true;
+    if (early !== null) this.storageFailed("raft", early);
   }
 
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */
   async command(args: CommandArgs): Promise<CommandReply> {
     this.validate(args);
-    if (this.closed) return WRONG_LEADER;
+    if (this.fatalError !== null) throw this.stoppedError();
+    // Closing, or rebuilding its replica: the client tries another node.
+    if (this.closed || this.repairing !== null) return WRONG_LEADER;
     if (this.pending >= this.maxPending) {
       throw new OverloadedError(`node ${this.id} has ${this.pending} commands in flight (limit ${this.maxPending}); retry with backoff`);
     }
@@ -261,6 +327,8 @@ export class KVServer {
   }
 
   async getStatus(): Promise<KVStatus> {
+    // A stopped node does not pretend to be a follower: status fails like everything else.
+    if (this.fatalError !== null) throw this.stoppedError();
     const status = this.node.status();
     return {
       id: this.id,
@@ -278,6 +346,9 @@ export class KVServer {
       sessions: this.machine.sessionCount,
       snapshotsInstalled: status.snapshotsReceived,
       readIndexRounds: this.reads.roundsStarted,
+      storageHealth: [this.repairing === null ? "" : `repairing: ${this.repairing}`, status.recovering, this.diskWatch?.health() ?? ""]
+        .filter((s) => s !== "")
+        .join("; "),
     };
   }
 
@@ -313,6 +384,8 @@ export class KVServer {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.diskWatch?.stop();
+    await this.repairRun;
     this.writes.close(WRONG_LEADER);
     this.reads.close();
     this.watches?.close();
@@ -327,7 +400,8 @@ export class KVServer {
    * registration's log entry. Refused with OverloadedError when every session slot is taken.
    */
   async registerSession(): Promise<RegisterReply> {
-    if (this.closed) return { err: "ErrWrongLeader", value: "" };
+    if (this.fatalError !== null) throw this.stoppedError();
+    if (this.closed || this.repairing !== null) return { err: "ErrWrongLeader", value: "" };
     const outcome = await this.propose({ op: "Register", clientId: 0n, commandId: this.nonce(), key: "", value: "" });
     if (!isApplied(outcome)) return outcome as RegisterReply;
     if (outcome.result === RESULT_TABLE_FULL) {
@@ -380,6 +454,8 @@ export class KVServer {
     };
     const known = this.answerFromSession(command);
     if (known !== null) return replyForResult(known, args);
+    const lowSpace = this.diskWatch?.writeRefusal();
+    if (lowSpace) throw lowSpace;
     const outcome = await this.propose(command);
     return isApplied(outcome) ? replyForResult(outcome.result, args) : outcome;
   }
@@ -418,6 +494,103 @@ export class KVServer {
     const fingerprint = commandFingerprint(decodeCommand(encodeCommand(command), 0));
     if (session.fingerprint !== 0 && session.fingerprint !== fingerprint) return RESULT_COMMAND_REUSED;
     return session.result;
+  }
+
+  /** A Get's value from the applied state; a storage error there is never served. */
+  private readApplied(key: string): CommandReply {
+    let value: Uint8Array | null;
+    try {
+      value = this.machine.read(key);
+    } catch (error) {
+      // Never served: the client tries another node while this one repairs itself or stops.
+      this.storageFailed("state machine read", error);
+      return WRONG_LEADER;
+    }
+    return value === null ? NO_KEY : { err: "OK", value: decoder.decode(value) };
+  }
+
+  /**
+   * Fail-stop: refuse everything from now on, stop Raft, and hand one FatalError to onFatal
+   * (the process logs it and exits non-zero, so a supervisor restarts it).
+   */
+  failStop(what: string, error: unknown): void {
+    if (this.fatalError !== null || this.closed) return;
+    const fatal = toFatal(what, error);
+    this.fatalError = fatal;
+    this.diskWatch?.stop();
+    this.writes.close(WRONG_LEADER);
+    this.reads.close();
+    this.watches?.close();
+    void this.node.stop();
+    if (this.onFatal !== null) this.onFatal(fatal);
+    else console.error(`kvraft: node ${this.id} stopped: ${fatal.message}`);
+  }
+
+  private stoppedError(): UnavailableError {
+    return new UnavailableError(`node ${this.id} stopped after a fatal error: ${this.fatalError!.message}`, { cause: this.fatalError });
+  }
+
+  /** Corruption of the state machine is repaired from the leader; anything else stops the node. */
+  private storageFailed(what: string, error: unknown): void {
+    if (isStateMachineCorruption(error) && this.ownedLogStore !== null) {
+      this.repairRun ??= this.repair(what, error).finally(() => {
+        this.repairRun = null;
+      });
+    } else {
+      this.failStop(what, error);
+    }
+  }
+
+  /**
+   * Self-repair: never serve from a corrupt state machine, and never crash-loop on it. Step down,
+   * stop Raft, discard the state machine and the Raft log (keeping term and vote), and start an
+   * empty replica that recovers (no votes) until the leader has rebuilt it by snapshot or log.
+   */
+  private async repair(what: string, error: unknown): Promise<void> {
+    if (this.repairing !== null || this.fatalError !== null || this.closed) return;
+    const now = this.clock.now();
+    while (this.repairTimes.length > 0 && now - this.repairTimes[0]! > REPAIR_WINDOW_MS) this.repairTimes.shift();
+    if (this.repairTimes.length >= MAX_REPAIRS) {
+      this.failStop(`self-repair (the ${MAX_REPAIRS + 1}th corruption in ${REPAIR_WINDOW_MS / 60_000} minutes)`, error);
+      return;
+    }
+    this.repairTimes.push(now);
+    const reason = `${what} found corruption: ${(error as Error).message}`;
+    this.repairing = reason;
+    this.log(`${reason}; not serving from this replica: stepping down, discarding its state machine and Raft log (keeping term and vote), rebuilding from the leader`);
+    try {
+      this.writes.close(WRONG_LEADER);
+      this.reads.close();
+      this.watches.close();
+      await handOverLeadership(this.node, this.clock, this.options.raft?.tickMs ?? 50, this.options.raft?.electionTicks ?? 10);
+      const logStore = this.ownedLogStore!;
+      const hard = logStore.hardState();
+      this.relay.detach();
+      await this.node.stop();
+      await this.machine.close().catch(() => {});
+      await logStore.close().catch(() => {});
+      if (this.closed) return;
+      discardReplica(this.options.dir, reason, hard);
+      await this.startNode(await this.openStorage());
+      this.log(`rebuilt an empty replica (term ${hard.term}); it recovers from the leader and votes again once caught up`);
+    } catch (failure) {
+      this.repairing = null;
+      this.failStop("self-repair", failure);
+      return;
+    }
+    this.repairing = null;
+  }
+
+  /** Recovery is over once Raft says so: the marker goes, and the node votes again after a restart too. */
+  private checkRecovered(): void {
+    if (!this.markerPresent || this.node.status().recovering !== "") return;
+    this.markerPresent = false;
+    try {
+      removeMarker(this.options.dir);
+      this.log("caught up with the leader: recovery of lost durable state is over");
+    } catch (error) {
+      this.failStop("removing the RECOVERING marker", error);
+    }
   }
 
   private nonce(): bigint {
@@ -461,38 +634,6 @@ function replyForResult(result: ResultCode, args: CommandArgs): CommandReply {
 
 function refuse(error: Error): never {
   throw error;
-}
-
-/**
- * What the Raft driver applies committed entries to: the state machine, whose per-entry results
- * then answer the writes waiting for them (and a snapshot install answers the ones it covers).
- */
-function applyLoop(machine: KVStateMachine, writes: PendingWrites, applied: () => void): StateMachine {
-  return {
-    apply: async (entries: Entry[]) => {
-      writes.applied(await machine.apply(entries));
-      applied();
-    },
-    restore: async (meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>) => {
-      await machine.restore(meta, chunks);
-      writes.restored(machine.lastApplied(), (clientId, commandId) => {
-        const session = clientId === 0n ? undefined : machine.session(clientId);
-        if (session === undefined || commandId > session.commandId) return null;
-        return commandId === session.commandId ? session.result : RESULT_STALE_COMMAND;
-      });
-      applied();
-    },
-    lastApplied: () => machine.lastApplied(),
-    lastAppliedTerm: () => machine.lastAppliedTerm(),
-    durableAppliedIndex: () => machine.durableAppliedIndex(),
-    sync: () => machine.sync(),
-    snapshot: () => machine.snapshot(),
-  };
-}
-
-function readApplied(machine: KVStateMachine, key: string): CommandReply {
-  const value = machine.read(key);
-  return value === null ? NO_KEY : { err: "OK", value: decoder.decode(value) };
 }
 
 const decoder = new TextDecoder();

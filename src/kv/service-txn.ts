@@ -26,7 +26,7 @@ import {
 } from "../gen/kvraftpb/kvraft_pb.ts";
 import type { KV, RangeResult, RangeSpec } from "./range.ts";
 import type { ReplyHeader, TxnServer } from "./txn-server.ts";
-import type { Compare, CompareResult, CompareTarget, TxnOp, TxnOpResult, TxnRequest, TxnResult } from "./txn-types.ts";
+import type { Compare, CompareResult, CompareTarget, TxnOp, TxnOpResult, TxnRequest } from "./txn-types.ts";
 
 /** The part of a replica these handlers call. */
 export interface TxnBackend {

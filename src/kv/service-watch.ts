@@ -18,7 +18,7 @@ import type { NodeId } from "../raft/index.ts";
 
 export interface WatchBackend {
   id: NodeId;
-  watches: Pick<WatchHub, "open">;
+  watches: Pick<WatchHub, "open" | "close" | "term">;
 }
 
 export function watchHandlers(current: () => Partial<WatchBackend>, toConnectError: (error: unknown) => ConnectError) {
@@ -26,8 +26,8 @@ export function watchHandlers(current: () => Partial<WatchBackend>, toConnectErr
     async *watch(request: WatchRequest, context: HandlerContext): AsyncGenerator<WatchResponse> {
       let stream: AsyncGenerator<WatchMessage>;
       let id: NodeId;
+      const backend = current();
       try {
-        const backend = current();
         if (backend.watches === undefined || backend.id === undefined) throw new ConnectError("this node does not serve Watch", Code.Unimplemented);
         id = backend.id;
         if (request.startRevision < 0n || request.startRevision > BigInt(Number.MAX_SAFE_INTEGER)) {
@@ -49,7 +49,8 @@ export function watchHandlers(current: () => Partial<WatchBackend>, toConnectErr
         throw toConnectError(error);
       }
       try {
-        for await (const message of stream) yield toWire(message, id);
+        const watches = backend.watches;
+        for await (const message of stream) yield toWire(message, id, watches.term);
       } catch (error) {
         throw toConnectError(error);
       }
@@ -57,8 +58,8 @@ export function watchHandlers(current: () => Partial<WatchBackend>, toConnectErr
   };
 }
 
-function toWire(message: WatchMessage, id: NodeId): WatchResponse {
-  const header = wireHeader({ revision: message.revision, memberId: id, raftTerm: 0, err: "OK" });
+function toWire(message: WatchMessage, id: NodeId, raftTerm: number): WatchResponse {
+  const header = wireHeader({ revision: message.revision, memberId: id, raftTerm, err: "OK" });
   switch (message.kind) {
     case "created":
       return create(WatchResponseSchema, { header, created: true });

@@ -21,6 +21,7 @@ import {
   RegisterSessionResponseSchema,
   type BatchRequest,
   type BatchResponse,
+  type BatchResult,
   type CommandRequest,
   type CommandResponse,
   type GetStatusResponse,
@@ -48,6 +49,9 @@ const OPS: Record<number, KVOp> = {
 const BARE_RESPONSES = new Map<string, CommandResponse>(
   (["OK", "ErrNoKey", "ErrWrongLeader", "ErrTimeout"] as const).map((err) => [err, Object.freeze(create(CommandResponseSchema, { err }))]),
 );
+
+/** A batch's result for each bare answer: frozen too, made once (most results of a write batch). */
+const BARE_RESULTS = new Map<CommandResponse, BatchResult>([...BARE_RESPONSES.values()].map((response) => [response, Object.freeze(create(BatchResultSchema, { response }))]));
 
 /** The one mapping from the KV layer's refusals to Connect codes. */
 const CONNECT_CODES: Record<KVErrorCode, Code> = {
@@ -92,7 +96,7 @@ export function registerKVService(
       const results = await Promise.all(
         commands.map((command) =>
           runCommand(kv, command).then(
-            (response) => create(BatchResultSchema, { response }),
+            (response) => BARE_RESULTS.get(response) ?? create(BatchResultSchema, { response }),
             (error) => {
               const refusal = toConnectError(error);
               return create(BatchResultSchema, { code: refusal.code, message: refusal.rawMessage });
@@ -126,6 +130,7 @@ export function registerKVService(
           members: status.members.map((m) => BigInt(m)),
           snapshotIndex: BigInt(status.snapshotIndex),
           keyCount: BigInt(status.keyCount),
+          storageHealth: status.storageHealth,
           memberDetails: memberList(status),
         });
         if (status.leaderId >= 0) response.leader = { case: "leaderId", value: BigInt(status.leaderId) };

@@ -119,7 +119,6 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
   const reader = new FrameReader();
   let sawHeader = false;
   let sawTrailer = false;
-  let version = SNAPSHOT_FORMAT_VERSION;
   let sessions = 0;
   let pairs = 0;
   let records = 0;
@@ -127,8 +126,7 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
     reader.push(chunk);
     for (let frame = reader.next(); frame !== null; frame = reader.next()) {
       if (sawTrailer) throw new KVCorruptionError("snapshot stream has data after its trailer");
-      const record = parseFrame(frame, version);
-      if (record.type === "header") version = record.header.version;
+      const record = parseFrame(frame);
       if (!sawHeader && record.type !== "header") throw new KVCorruptionError(`snapshot stream starts with a ${record.type} frame, not a header`);
       if (sawHeader && record.type === "header") throw new KVCorruptionError("snapshot stream has a second header");
       sawHeader = true;
@@ -157,7 +155,7 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
 
 async function* empty(): AsyncGenerator<[Uint8Array, Uint8Array]> {}
 
-function parseFrame(payload: Uint8Array, version: number): SnapshotRecord {
+function parseFrame(payload: Uint8Array): SnapshotRecord {
   const r = new ByteReader(payload);
   const type = r.u8();
   switch (type) {

@@ -130,12 +130,13 @@ export class KVStateMachine {
     const db = await DB.open(stateDir(full.dir, generation), lsmOptions(full));
     const sessions = new SessionTable({ ttlMs: full.sessionTtlMs, maxSessions: full.maxSessions, maxUnregisteredSessions: full.maxUnregisteredSessions });
     const machine = new KVStateMachine(full, db, generation, [...full.members], sessions);
-    // What the LSM recovered may sit in files never fsynced; make it durable before calling it so.
-    await db.sync();
     try {
+      // What the LSM recovered may sit in files never fsynced; make it durable before calling it so.
+      await db.sync();
       await checkLayout(db, stateDir(full.dir, generation));
       await machine.loadFromDb();
     } catch (error) {
+      // E.g. a corrupt block met while loading, or a foreign layout: release the directory.
       await db.close().catch(() => {});
       throw error;
     }
@@ -179,6 +180,11 @@ export class KVStateMachine {
   get store(): DB {
     this.checkUsable();
     return this.db;
+  }
+
+  /** True when every change is recorded in the watch history (the default). */
+  get recordsHistory(): boolean {
+    return this.options.watchHistory;
   }
 
   /** The oldest revision whose events the watch history still holds. */

@@ -47,6 +47,8 @@ export interface TxnServerParts {
   maxPending: number;
   /** The leader's clock (ms): stamped on proposals, the log's time for session expiry. */
   now: () => number;
+  /** A fresh commandId for a write without a session, so its waiter matches only its own entry. */
+  nonce: () => bigint;
   limits?: TxnLimits;
   closed: () => boolean;
 }
@@ -54,12 +56,9 @@ export interface TxnServerParts {
 export class TxnServer {
   private pending = 0;
   readonly limits: ReturnType<typeof txnLimits>;
-  /** Tags untracked Txns (client 0) so their waiters match only their own entry. */
-  private untracked = 0n;
 
   constructor(private readonly parts: TxnServerParts) {
     this.limits = txnLimits(parts.limits);
-    this.untracked = BigInt(Math.floor(Math.random() * 2 ** 40)) << 20n;
   }
 
   async range(spec: RangeSpec, serializable: boolean): Promise<RangeReply> {
@@ -96,7 +95,7 @@ export class TxnServer {
       const { machine, writes, node, id } = this.parts;
       if (this.parts.closed()) return { header: this.header(0, "ErrWrongLeader") };
       // Without a session the client's commandId means nothing; a nonce lets the apply find the waiter.
-      if (clientId === 0n) commandId = ++this.untracked;
+      if (clientId === 0n) commandId = this.parts.nonce();
       const data = encodeTxnCommand({ clientId, commandId, registered, timestamp: this.parts.now() }, request);
       const known = this.fromSession(clientId, commandId, registered, data);
       if (known !== null) return known;

@@ -17,9 +17,11 @@ export interface TxnLimits extends RangeLimits {
   maxTxnOps?: number;
   /** Keys one DeleteRange (or a Txn's delete operations together) may remove. Default 100,000. */
   maxDeleteKeys?: number;
+  /** Bytes of keys and values in one Txn's compares and operations. Default 1.5 MiB (etcd's request limit). */
+  maxTxnBytes?: number;
 }
 
-export const DEFAULT_TXN_LIMITS: Required<TxnLimits> = { ...DEFAULT_RANGE_LIMITS, maxTxnOps: 128, maxDeleteKeys: 100_000 };
+export const DEFAULT_TXN_LIMITS: Required<TxnLimits> = { ...DEFAULT_RANGE_LIMITS, maxTxnOps: 128, maxDeleteKeys: 100_000, maxTxnBytes: 1536 << 10 };
 
 export function txnLimits(limits: TxnLimits | undefined): Required<TxnLimits> {
   return { ...DEFAULT_TXN_LIMITS, ...Object.fromEntries(Object.entries(limits ?? {}).filter(([, v]) => v !== undefined)) };
@@ -31,6 +33,12 @@ export function validateTxn(request: TxnRequest, limits: Required<TxnLimits>, ma
   for (const [name, list] of [["compares", request.compare], ["success operations", request.success], ["failure operations", request.failure]] as const) {
     if (list.length > maxTxnOps) throw new InvalidArgumentError(`the Txn has ${list.length} ${name}; at most ${maxTxnOps} are allowed`);
   }
+  let bytes = 0;
+  for (const c of request.compare) bytes += c.key.length + c.value.length;
+  for (const op of [...request.success, ...request.failure]) {
+    bytes += op.type === "range" ? op.range.key.length + op.range.rangeEnd.length : op.type === "put" ? op.key.length + op.value.length : op.key.length + op.rangeEnd.length;
+  }
+  if (bytes > limits.maxTxnBytes) throw new InvalidArgumentError(`the Txn holds ${bytes} bytes of keys and values; at most ${limits.maxTxnBytes} are allowed: split it`);
   const checkKey = (key: Uint8Array, what: string): void => {
     if (key.length > maxKeyBytes) throw new InvalidArgumentError(`the ${what}'s key is ${key.length} bytes; keys are limited to ${maxKeyBytes} bytes`);
   };

@@ -4,7 +4,7 @@
 // caught up from the history, or cancelled with `compacted` once the log (and history) moved past it.
 import type { NodeId } from "../raft/index.ts";
 import { InvalidArgumentError, OverloadedError, UnavailableError } from "./errors.ts";
-import { EVENT_DELETE, EVENT_PUT, prevValue, readEvents, type KeyEvent } from "./history.ts";
+import { EVENT_PUT, prevValue, readEvents, type KeyEvent } from "./history.ts";
 import { compareBytes, rangeBounds } from "./range.ts";
 import type { KVStateMachine } from "./state-machine.ts";
 
@@ -40,6 +40,8 @@ export interface WatchHubParts {
   machine: KVStateMachine;
   /** The Raft log's first index: history below it is trimmed. */
   logFirstIndex: () => number;
+  /** This node's current term, for answers' headers. */
+  term?: () => number;
 }
 
 export class WatchHub {
@@ -59,6 +61,11 @@ export class WatchHub {
       maxWatchPageBytes: limits.maxWatchPageBytes ?? 1 << 20,
       progressIntervalMs: limits.progressIntervalMs ?? 5_000,
     };
+  }
+
+  /** The term answers are sent in (0 when the hub has no Raft node, as in unit tests). */
+  get term(): number {
+    return this.parts.term?.() ?? 0;
   }
 
   get watchCount(): number {
@@ -86,6 +93,7 @@ export class WatchHub {
       throw new InvalidArgumentError(`start_revision ${spec.startRevision} is negative`);
     }
     if (this.closed) throw new UnavailableError(`node ${this.parts.id} is closing; watch another node`);
+    if (!this.parts.machine.recordsHistory) throw new UnavailableError(`node ${this.parts.id} keeps no watch history (watchHistory is off); watch another node`);
     if (this.active >= this.limits.maxWatches) {
       throw new OverloadedError(`node ${this.parts.id} already serves ${this.active} watches (limit ${this.limits.maxWatches}); watch another node or close some`);
     }
@@ -182,5 +190,3 @@ export class WatchHub {
       });
   }
 }
-
-export { EVENT_DELETE, EVENT_PUT };

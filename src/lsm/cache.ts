@@ -2,16 +2,18 @@
 // the buffers of decoded blocks it evicts), and an LRU table cache bounded in open files.
 
 /** One cached block; `owner` is the per-table map it is indexed in. */
-interface BlockEntry {
+export interface BlockEntry {
   owner: Map<number, BlockEntry>;
   offset: number;
   block: Uint8Array;
   /**
-   * The buffer `block` views, when it came from allocBlock() and no view of it was handed out
-   * beyond a synchronous point read: evicting the entry then returns it to the pool. Null for
-   * views of mapped files and for blocks an iterator has seen (it may hold them after eviction).
+   * The buffer `block` views when it came from allocBlock(): once the entry is evicted and no
+   * iterator is on it, the buffer goes back to the pool. Null for views of mapped files.
    */
   buffer: Uint8Array | null;
+  /** Iterators positioned in this block: its buffer is not reused while any is. */
+  pins: number;
+  evicted: boolean;
   prev: BlockEntry | null;
   next: BlockEntry | null;
 }
@@ -67,17 +69,13 @@ export class BlockCache {
     this.poolBytes += buf.length;
   }
 
-  /**
-   * The cached block at `offset`, or undefined. `shared`: the caller keeps views of it beyond a
-   * synchronous read (an iterator), so its buffer must never be recycled.
-   */
-  get(owner: Map<number, BlockEntry>, offset: number, shared = false): Uint8Array | undefined {
+  /** The cached block at `offset`, or undefined. */
+  get(owner: Map<number, BlockEntry>, offset: number): Uint8Array | undefined {
     const e = owner.get(offset);
     if (e === undefined) {
       this.misses++;
       return undefined;
     }
-    if (shared) e.buffer = null;
     this.hits++;
     if (e !== this.head) {
       this.unlink(e);
@@ -87,13 +85,29 @@ export class BlockCache {
   }
 
   /**
-   * Caches `block`. `recyclable`: it came from allocBlock() and nobody keeps views of it beyond a
-   * synchronous read, so its buffer may be reused once evicted.
+   * Marks the block at `offset` as in use by an iterator (null if it is not cached): its buffer
+   * is not reused until unpin(), even if the entry is evicted meanwhile.
+   */
+  pin(owner: Map<number, BlockEntry>, offset: number): BlockEntry | null {
+    const e = owner.get(offset);
+    if (e === undefined) return null;
+    e.pins++;
+    return e;
+  }
+
+  unpin(e: BlockEntry): void {
+    if (--e.pins === 0 && e.evicted) this.recycle(e);
+  }
+
+  /**
+   * Caches `block`. `recyclable`: it came from allocBlock(), so its buffer may be reused once
+   * the entry is evicted and unpinned (callers keep views of a block only while pinned, or
+   * within one synchronous read).
    */
   insert(owner: Map<number, BlockEntry>, offset: number, block: Uint8Array, recyclable = false): void {
     if (this.capacity <= 0 || block.length > this.capacity || owner.has(offset)) return;
     const buffer = recyclable ? new Uint8Array(block.buffer, block.byteOffset, Math.ceil(block.length / POOL_GRAIN) * POOL_GRAIN) : null;
-    const e: BlockEntry = { owner, offset, block, buffer, prev: null, next: null };
+    const e: BlockEntry = { owner, offset, block, buffer, pins: 0, evicted: false, prev: null, next: null };
     owner.set(offset, e);
     this.pushFront(e);
     this.bytes += block.length;
@@ -105,7 +119,7 @@ export class BlockCache {
     for (const e of owner.values()) {
       this.unlink(e);
       this.bytes -= e.block.length;
-      this.recycle(e);
+      this.retire(e);
     }
     owner.clear();
   }
@@ -114,7 +128,13 @@ export class BlockCache {
     this.unlink(e);
     e.owner.delete(e.offset);
     this.bytes -= e.block.length;
-    this.recycle(e);
+    this.retire(e);
+  }
+
+  /** An entry leaves the cache: its buffer is reused now, or when its last iterator moves on. */
+  private retire(e: BlockEntry): void {
+    if (e.pins > 0) e.evicted = true;
+    else this.recycle(e);
   }
   private unlink(e: BlockEntry): void {
     if (e.prev) e.prev.next = e.next;

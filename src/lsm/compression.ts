@@ -31,8 +31,9 @@ export function maxCompressedLength(n: number): number {
   return 5 + n + Math.ceil(n / 255) + 16;
 }
 
+/** Four bytes at p as a signed 32-bit integer (the compressor only compares and hashes them). */
 function u32(b: Uint8Array, p: number): number {
-  return (b[p] | (b[p + 1] << 8) | (b[p + 2] << 16) | (b[p + 3] << 24)) >>> 0;
+  return b[p] | (b[p + 1] << 8) | (b[p + 2] << 16) | (b[p + 3] << 24);
 }
 
 /** Writes an LZ4 length continuation (after a nibble of 15): bytes of 255 then the rest. */
@@ -74,14 +75,17 @@ export function lz4Compress(src: Uint8Array, start: number, end: number, out: Ui
   let anchor = start;
   const matchEnd = end - MATCH_LIMIT;
   let i = start;
+  let seq = i < matchEnd ? u32(src, i) : 0;
   while (i < matchEnd) {
-    const seq = u32(src, i);
     const h = Math.imul(seq, 2654435761) >>> (32 - HASH_BITS);
     const cand = table[h];
     table[h] = i;
     if (cand < 0 || i - cand > MAX_OFFSET || u32(src, cand) !== seq) {
       // Step further the longer nothing matched (incompressible data costs less to skip).
-      i += 1 + ((i - anchor) >>> 6);
+      const step = 1 + ((i - anchor) >>> 6);
+      i += step;
+      // One step: the next four bytes are these shifted by one (one load, not four).
+      seq = step === 1 ? (seq >>> 8) | (src[i + 3] << 24) : u32(src, i);
       continue;
     }
     let s = i;
@@ -100,6 +104,7 @@ export function lz4Compress(src: Uint8Array, start: number, end: number, out: Ui
     o = putSequence(out, o, src, anchor, s, s - c, e - s);
     anchor = e;
     i = e;
+    if (i < matchEnd) seq = u32(src, i);
     // Index a position inside the match so the next one can refer back to it.
     if (e - 2 > start && e - 2 < matchEnd) table[Math.imul(u32(src, e - 2), 2654435761) >>> (32 - HASH_BITS)] = e - 2;
   }

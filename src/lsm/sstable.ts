@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import { crc32cUpdate, maskCrc, unmaskCrc } from "../util/crc32c.ts";
 import { BlockBuilder, BlockIterator } from "./block.ts";
 import { bloomHash, bloomMayContain, buildBloom } from "./bloom.ts";
-import type { BlockCache, BlockMap, Releasable } from "./cache.ts";
+import type { BlockCache, BlockEntry, BlockMap, Releasable } from "./cache.ts";
 import { ByteReader, ByteWriter, compareBytes, KIND_PUT, readU32, writeU32 } from "./coding.ts";
 import {
   BadCompressedBlock, BLOCK_LZ4, BLOCK_RAW, BLOCK_ZSTD, blockTypeOf, decompressBlock, lz4Compress, maxCompressedLength,
@@ -396,22 +396,26 @@ export class TableReader implements Releasable {
   }
 
   /**
-   * Reads and verifies the block at `offset` (contents `size` bytes plus trailer). `shared`: the
-   * caller keeps views of the block beyond this synchronous call (an iterator), so the cache
-   * must not recycle its buffer.
+   * Reads and verifies the block at `offset` (contents `size` bytes plus trailer). A cached block
+   * is valid for this synchronous call only, unless pinned (pinBlock): an evicted block's
+   * buffer is reused for the next block read.
    */
-  readBlock(offset: number, size: number, fillCache: boolean, shared = true, scratch?: (n: number) => Uint8Array): Uint8Array {
-    const cached = this.cache.get(this.blocks, offset, shared);
+  readBlock(offset: number, size: number, fillCache: boolean, scratch?: (n: number) => Uint8Array): Uint8Array {
+    const cached = this.cache.get(this.blocks, offset);
     if (cached !== undefined) return cached;
-    const buf = this.pread(offset, size + BLOCK_TRAILER);
+    // A mapped block is copied before its CRC is checked: a view of the mapping would change with
+    // the file (bit rot paged back in, a stray write) after being verified once, and then be read
+    // from the cache unverified forever — a corrupt value served.
+    const raw = this.pread(offset, size + BLOCK_TRAILER);
+    const buf = this.map !== null ? raw.slice() : raw;
     const expected = unmaskCrc(readU32(buf, size + 1));
     if (crc32cUpdate(0, buf, 0, size + 1) !== expected) {
       throw corruption(this.name, offset, "block checksum mismatch");
     }
     const type = buf[size];
     let block: Uint8Array;
-    // A decoded block only point reads see can live in a recycled buffer (no garbage per miss).
-    const recyclable = fillCache && !shared && type === BLOCK_LZ4;
+    // A decoded block lives in a recycled buffer (no garbage per miss).
+    const recyclable = fillCache && type === BLOCK_LZ4;
     if (type === BLOCK_RAW) {
       block = buf.subarray(0, size);
     } else {
@@ -425,6 +429,15 @@ export class TableReader implements Releasable {
     }
     if (fillCache) this.cache.insert(this.blocks, offset, block, recyclable);
     return block;
+  }
+
+  /** Pins the cached block at `offset` for an iterator (null if it is not cached). */
+  pinBlock(offset: number): BlockEntry | null {
+    return this.cache.pin(this.blocks, offset);
+  }
+
+  unpinBlock(e: BlockEntry): void {
+    this.cache.unpin(e);
   }
 
   /**
@@ -442,8 +455,8 @@ export class TableReader implements Releasable {
     idx.decodeHandle();
     const offset = idx.handleOffset;
     const data = this.dataIter;
-    // Not shared: the value is copied here, before anything else reads a block.
-    data.reset(this.readBlock(offset, idx.handleSize, true, false), this.name, offset);
+    // Not pinned: the value is copied here, before anything else reads a block.
+    data.reset(this.readBlock(offset, idx.handleSize, true), this.name, offset);
     data.seek(key, seq);
     if (!data.valid() || compareBytes(data.key(), key) !== 0) return false;
     out.kind = data.kind();
@@ -485,6 +498,7 @@ export class TableIterator implements InternalIterator {
   private dataOffset = -1;
   private readonly blockIter = new BlockIterator();
   private closed = false;
+  private pinned: BlockEntry | null = null;
   /** Where blocks read without the cache are decoded: this iterator is done with one before the next. */
   private scratch: Uint8Array | null = null;
   private readonly decodeInto = (n: number): Uint8Array => {
@@ -507,7 +521,10 @@ export class TableIterator implements InternalIterator {
     index.decodeHandle();
     const offset = index.handleOffset;
     if (offset !== this.dataOffset || this.data === null) {
-      this.blockIter.reset(this.table.readBlock(offset, index.handleSize, this.fillCache, true, this.decodeInto), this.table.name, offset);
+      this.blockIter.reset(this.table.readBlock(offset, index.handleSize, this.fillCache, this.decodeInto), this.table.name, offset);
+      // The cached block stays this iterator's until it moves to another (see BlockCache.pin).
+      if (this.pinned !== null) this.table.unpinBlock(this.pinned);
+      this.pinned = this.fillCache ? this.table.pinBlock(offset) : null;
       this.dataOffset = offset;
     }
     this.data = this.blockIter;
@@ -572,6 +589,8 @@ export class TableIterator implements InternalIterator {
     if (this.closed) return;
     this.closed = true;
     this.data = null;
+    if (this.pinned !== null) this.table.unpinBlock(this.pinned);
+    this.pinned = null;
     this.table.release();
   }
 }

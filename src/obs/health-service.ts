@@ -1,4 +1,4 @@
-// grpc.health.v1.Health for a kvraft node (Check, List, Watch): "" and kvraftpb.KVService serve
+// grpc.health.v1.Health for a kvraft node (Check, List, Watch): "", KVService and ClusterService serve
 // when the node is ready (see health.ts), raftpb.RaftService while Raft is alive (a follower
 // without a leader must still take votes), the health and reflection services always.
 
@@ -22,6 +22,7 @@ export function registerHealthService(router: ConnectRouter, options: HealthServ
     switch (service) {
       case "":
       case "kvraftpb.KVService":
+      case "kvraftpb.ClusterService":
         return readiness(options.state(), options.maxApplyLag).ok ? Status.SERVING : Status.NOT_SERVING;
       case "raftpb.RaftService":
         return liveness(options.state()).ok ? Status.SERVING : Status.NOT_SERVING;
@@ -33,7 +34,7 @@ export function registerHealthService(router: ConnectRouter, options: HealthServ
         return undefined;
     }
   };
-  const known = ["", "kvraftpb.KVService", "raftpb.RaftService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+  const known = ["", "kvraftpb.KVService", "kvraftpb.ClusterService", "raftpb.RaftService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
   let watches = 0;
 
   router.service(Health, {

@@ -57,6 +57,8 @@ export interface RaftNodeOptions {
   confChangeTimeoutMs?: number;
   /** Called once if the node stops on a fatal error (disk failure, invariant violation). */
   onFatal?: (error: Error) => void;
+  /** This node may have lost durable state it acknowledged: it votes only once caught up (core/recovery.ts). */
+  recovering?: boolean;
   /** Metrics hooks (src/obs); absent in simulations. */
   observer?: RaftObserver;
 }
@@ -96,6 +98,8 @@ export interface RaftNodeStatus {
   stopped: boolean;
   /** The fatal error that stopped the node, if any. */
   fatal: string | null;
+  /** Why the node does not vote yet ("" when it does): recovering lost durable state. */
+  recovering: string;
 }
 
 export const DEFAULTS = {

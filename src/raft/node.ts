@@ -110,6 +110,7 @@ export class RaftNode {
         snapshot: snapshot.index === 0 ? bootstrap : snapshot,
         entries: log.lastIndex() >= log.firstIndex() ? log.entries(log.firstIndex(), log.lastIndex() + 1) : [],
         appliedIndex: applied,
+        recovering: options.recovering ?? false,
       },
     );
     const node = new RaftNode(options, raft);
@@ -233,6 +234,7 @@ export class RaftNode {
       snapshotsReceived: this.snapshotsReceived,
       stopped: this.stopped,
       fatal: this.fatal ? this.fatal.message : null,
+      recovering: s.recovering,
       progress: s.progress,
     };
   }

@@ -80,6 +80,11 @@ export type Message =
        * (raftpb.Message) it travels in the `ok` field, which REQUEST_VOTE does not otherwise use.
        */
       transfer?: boolean;
+      /**
+       * The candidate is recovering lost durable state (core/recovery.ts): recovering voters grant
+       * only such candidates, which in turn need the grant of every other voter.
+       */
+      recovering?: boolean;
     }
   | {
       type: "RequestVoteResponse";
@@ -110,7 +115,11 @@ export type Message =
        * prevLogIndex that was rejected, so the leader can tell a stale rejection from a current one.
        */
       matchIndex: number;
-      /** On rejection (fast backtracking): the follower's conflicting term and its first index, or its log length. */
+      /**
+       * On rejection (fast backtracking): the follower's conflicting term and its first index, or its log length.
+       * conflictIndex 0 (never an answer to an append, which gives at least 1) marks a report of lost entries:
+       * the follower's log ends at matchIndex, below what it acknowledged in this term.
+       */
       conflictTerm: number;
       conflictIndex: number;
     }

@@ -89,6 +89,19 @@ describe("range, delete range, txn", () => {
     expect((await clerk.range("tmp/", "tmp0")).count).toBe(0);
   });
 
+  test("plain curl with JSON: Range with base64 keys", async () => {
+    await cluster.clerk().put("curl/k", "v");
+    const b64 = (s: string) => Buffer.from(s).toString("base64");
+    const leader = await cluster.waitForLeader();
+    const proc = Bun.spawn(
+      ["curl", "-s", "-H", "Content-Type: application/json", "--data-binary", JSON.stringify({ key: b64("curl/"), rangeEnd: b64("curl0") }), `http://${cluster.addrs[leader]}/kvraftpb.KVService/Range`],
+      { stdout: "pipe", stderr: "pipe" },
+    );
+    const json = JSON.parse(await new Response(proc.stdout).text());
+    expect(json.kvs).toEqual([expect.objectContaining({ key: b64("curl/k"), value: b64("v"), version: "1" })]);
+    expect(json.header.err).toBe("OK");
+  });
+
   test("bad input gets clear Connect errors: inverted range, huge limit, too many Txn ops", async () => {
     const leader = await cluster.waitForLeader();
     const client = rawClient(leader);
@@ -135,7 +148,7 @@ async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void
 }
 
 describe("watch", () => {
-  test("a prefix watcher under kill -9 of its node (the leader) sees every event once, in revision order, equal to the final state", async () => {
+  test("a prefix watcher under kill -9 of its node (the leader) and a paused leader sees every event once, in revision order, equal to the final state", async () => {
     const writer = cluster.clerk({ operationTimeoutMs: 20_000 });
     const watcher = cluster.clerk({ operationTimeoutMs: 20_000 });
     // The watcher's Clerk learns the leader, and its watch starts there: that node gets killed.
@@ -156,7 +169,12 @@ describe("watch", () => {
     expect(await cluster.kill(leader, "SIGKILL")).not.toBe(0);
     await ops(30, 60);
     await cluster.restart(leader);
-    await ops(60, 80);
+    // Pause the leader now in office (SIGSTOP) through an election, then let it go on.
+    const paused = await cluster.waitForLeader();
+    cluster.nodes[paused]!.proc.kill("SIGSTOP");
+    await ops(60, 70);
+    cluster.nodes[paused]!.proc.kill("SIGCONT");
+    await ops(70, 80);
     const marker = await writer.cas("wf/zz-end", null, "end");
     await until("the marker event", () => watch.state.seen >= marker.revision || watch.state.error !== null);
     await watch.stop();
@@ -212,6 +230,23 @@ describe("watch", () => {
     await until("replayed events", () => again.state.events.length > 0);
     await again.stop();
     expect(again.state.events[0]!.kv.modRevision).toBeGreaterThanOrEqual(error.compactRevision);
+  });
+
+  test("a node stopping with SIGTERM ends its watches with unavailable at once, and exits 0", async () => {
+    const id = (await cluster.waitForLeader() + 1) % 3;
+    const stream = rawClient(id).watch({ key: enc.encode("term/") })[Symbol.asyncIterator]();
+    const created = (await stream.next()).value;
+    expect(created?.created).toBe(true);
+    expect([created?.header?.memberId, created!.header!.raftTerm > 0n]).toEqual([BigInt(id), true]);
+    const ended = stream.next().then(
+      () => null,
+      (error: unknown) => ConnectError.from(error),
+    );
+    expect(await cluster.kill(id, "SIGTERM")).toBe(0);
+    const error = await ended;
+    expect(error?.code).toBe(Code.Unavailable);
+    expect(error?.rawMessage).toContain(`node ${id} is closing; resume the watch on another node from revision`);
+    await cluster.restart(id);
   });
 
   test("watches beyond the per-node limit are refused with resource_exhausted", async () => {

@@ -52,15 +52,16 @@ export class TestCluster {
 
   /**
    * `peerArgs` replaces the default peer authentication (a shared secret made in the cluster's
-   * directory), e.g. with mTLS flags or ["--insecure-peers"].
+   * directory), e.g. with mTLS flags or ["--insecure-peers"]. `parent`: where the cluster's data
+   * directories go (default the OS temp dir), e.g. a small tmpfs.
    */
   static async start(
-    options: { size?: number; extraArgs?: string[]; peerArgs?: string[]; nodeArgs?: (id: number) => string[]; clerkDefaults?: Partial<ClerkOptions> } = {},
+    options: { size?: number; extraArgs?: string[]; peerArgs?: string[]; nodeArgs?: (id: number) => string[]; clerkDefaults?: Partial<ClerkOptions>; parent?: string } = {},
   ): Promise<TestCluster> {
     const size = options.size ?? 3;
     for (let attempt = 1; ; attempt++) {
       const ports = await freePorts(size);
-      const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-e2e-"));
+      const root = fs.mkdtempSync(path.join(options.parent ?? os.tmpdir(), "kvraft-e2e-"));
       let peerArgs = options.peerArgs;
       if (peerArgs === undefined) {
         const secretFile = path.join(root, "peer-secret");

@@ -238,5 +238,8 @@ describe("txn", () => {
     expect(() => validateTxn({ compare: [], success: ops, failure: [] }, limits, 4096, 1 << 20)).toThrow(/has 5 success operations; at most 4/);
     expect(() => validateTxn({ compare: [], success: [putOp("k", "1"), putOp("k", "2")], failure: [] }, limits, 4096, 1 << 20)).toThrow(/put key "k" twice/);
     expect(() => validateTxn({ compare: [], success: [delOp("a", "z"), putOp("k", "2")], failure: [] }, limits, 4096, 1 << 20)).toThrow(/both put and delete key "k"/);
+    const small = txnLimits({ maxTxnBytes: 1000 });
+    const big = [putOp("a", "x".repeat(600)), putOp("b", "y".repeat(600))];
+    expect(() => validateTxn({ compare: [], success: big, failure: [] }, small, 4096, 1 << 20)).toThrow(/holds 1202 bytes of keys and values; at most 1000/);
   });
 });

@@ -140,7 +140,7 @@ describe("compressed tables", () => {
     });
   }
 
-  test("decoded blocks are recycled by point reads, never under an open iterator", async () => {
+  test("decoded blocks are recycled once evicted, never while an iterator is on them", async () => {
     const d = dir("recycle");
     // A cache of ~60 of ~450 blocks: most reads evict one, and its buffer is reused at once.
     const db = await DB.open(d, { blockSize: 1024, blockCacheBytes: 64 * 1024 });

@@ -239,14 +239,6 @@ describe("DB", () => {
     expect(text(db.getSync(bytes("k")))).toBe("v");
   });
 
-  test("a stale LOCK left by a dead process is taken over", async () => {
-    dir = tempDir("db");
-    const child = Bun.spawnSync(["bun", "-e", "console.log(process.pid)"], { stdout: "pipe" });
-    fs.writeFileSync(path.join(dir, "LOCK"), `${child.stdout.toString().trim()}\n`);
-    db = await DB.open(dir);
-    await db.put(bytes("k"), bytes("v"));
-  });
-
   test("stats, approximateSize and sync", async () => {
     dir = tempDir("db");
     // Sizes below are of raw data: these values would compress to almost nothing.

@@ -3,7 +3,9 @@
 // error, in Connect (binary, JSON), gRPC and gRPC-Web; connect-node and @grpc/grpc-js clients see
 // the same results; calls the lane does not take still work through the adapter.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
 import * as http2 from "node:http2";
+import * as os from "node:os";
 import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
@@ -13,6 +15,7 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import { CommandRequestSchema, KVService, Op } from "../../src/gen/kvraftpb/kvraft_pb.ts";
 import { OverloadedError } from "../../src/kv/errors.ts";
 import { registerKVService, type KVServiceBackend } from "../../src/kv/service.ts";
+import { makeDevCertificates } from "../../src/cli/dev-certs.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
 import { statusDouble } from "./kv-double.ts";
 
@@ -58,8 +61,8 @@ interface Raw {
 }
 
 /** One raw HTTP/2 request; the answer with `date` left out (it is the only field that may differ). */
-async function raw(url: string, headers: Record<string, string>, body: Uint8Array | string): Promise<Raw> {
-  const session = http2.connect(url);
+async function raw(url: string, headers: Record<string, string>, body: Uint8Array | string, ca?: Buffer): Promise<Raw> {
+  const session = http2.connect(url, ca === undefined ? {} : { ca });
   try {
     return await new Promise<Raw>((resolve, reject) => {
       const stream = session.request({ ":method": "POST", ":path": "/kvraftpb.KVService/Command", ...headers });
@@ -158,6 +161,38 @@ describe("the HTTP/2 lane answers as the Connect adapter does", () => {
     expect(a.status).toBe(200);
     expect(fast.stats.h2Calls).toBe(before);
     expect(standard.stats.h2Calls).toBe(0);
+  });
+});
+
+describe("over TLS", () => {
+  test("the lane serves h2 over TLS and answers as the adapter does there", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-h2lane-"));
+    try {
+      const certs = await makeDevCertificates(dir, 1);
+      const tls = { cert: fs.readFileSync(certs.nodes[0]!.cert), key: fs.readFileSync(certs.nodes[0]!.key), ca: [] };
+      const ca = fs.readFileSync(certs.ca);
+      const routes = (router: Parameters<typeof registerKVService>[0]) => registerKVService(router, backend());
+      const [secureFast, secureStandard] = await Promise.all([
+        RpcServer.start({ port: 0, routes, tls, host: "localhost" }),
+        RpcServer.start({ port: 0, routes, tls, host: "localhost", fastLane: false }),
+      ]);
+      try {
+        for (const [headers, body] of [
+          [CONNECT_PROTO, proto({ key: "t", value: "1", op: Op.PUT })],
+          [GRPC, envelope(proto({ key: "busy", op: Op.PUT, registered: true }))],
+        ] as const) {
+          const a = await raw(secureFast.url, headers, body, ca);
+          const b = await raw(secureStandard.url, headers, body, ca);
+          expect(a).toEqual(b);
+        }
+        expect(secureFast.stats.h2Calls).toBe(2);
+        expect(secureFast.url.startsWith("https://")).toBe(true);
+      } finally {
+        await Promise.all([secureFast.close(), secureStandard.close()]);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -20,6 +20,7 @@ export function statusDouble(fields: Partial<KVStatus> = {}): KVStatus {
     sessions: 0,
     snapshotsInstalled: 0,
     readIndexRounds: 0,
+    storageHealth: "",
     ...fields,
   };
 }

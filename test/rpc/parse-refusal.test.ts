@@ -99,6 +99,16 @@ describe("a body that does not parse is invalid_argument", () => {
     }
   });
 
+  test("a gRPC message with the compressed flag but no grpc-encoding is refused, not taken (INTERNAL, as the gRPC spec says)", async () => {
+    const before = calls;
+    const flagged = envelope(GOOD);
+    flagged[0] = 1;
+    const grpc = await h2(fast.port, { "content-type": "application/grpc", te: "trailers" }, flagged);
+    expect(grpc.trailers["grpc-status"]).toBe("13");
+    expect(decodeURIComponent(String(grpc.trailers["grpc-message"]))).toMatch(/compressed/);
+    expect(calls).toBe(before);
+  });
+
   test("well-formed binary requests still reach the handler on every path", async () => {
     const before = calls;
     expect((await fetch(`${standard.url}${PATH}`, { method: "POST", headers: { "content-type": "application/proto" }, body: GOOD })).status).toBe(200);

@@ -42,6 +42,13 @@ export function handleAppendEntries(ctx: FollowerContext, m: MessageOf<"AppendEn
 }
 
 export function handleHeartbeat(ctx: FollowerContext, m: MessageOf<"Heartbeat">): void {
+  if (m.commitIndex > ctx.log.lastIndex()) {
+    // A heartbeat's commitIndex is capped by what the leader counts as ours, which is only what
+    // we acknowledged in this term: our log lost durable entries (wiped or truncated). Report our
+    // real end (conflictIndex 0 marks a report, not an answer to an append) so the leader probes.
+    const lastIndex = ctx.log.lastIndex();
+    ctx.send({ type: "AppendEntriesResponse", from: ctx.id, to: m.from, term: ctx.term, success: false, matchIndex: lastIndex, conflictTerm: 0, conflictIndex: 0 });
+  }
   ctx.log.commitTo(Math.min(m.commitIndex, ctx.log.lastIndex()));
   ctx.send({ type: "HeartbeatResponse", from: ctx.id, to: m.from, term: ctx.term, readContext: m.readContext });
 }

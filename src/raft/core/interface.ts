@@ -19,6 +19,8 @@ export interface RaftInitialState {
   entries: Entry[];
   /** The state machine's applied index: committed entries after it are re-delivered in committedEntries. */
   appliedIndex: number;
+  /** The node may have lost durable state it acknowledged: no votes until caught up (recovery.ts). */
+  recovering?: boolean;
 }
 
 export type ProposeResult =
@@ -44,5 +46,7 @@ export interface RaftStatus {
   /** The configuration in force (the latest in the log, committed or not). */
   membership: Membership;
   progress?: Record<NodeId, ProgressStatus>;
+  /** Why this node does not vote yet ("" when it does): it is recovering lost durable state. */
+  recovering: string;
 }
 

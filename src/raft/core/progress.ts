@@ -133,6 +133,21 @@ export class Progress {
     return true;
   }
 
+  /**
+   * The follower reports that its log ends at `lastIndex`, below what it acknowledged (it lost
+   * durable entries: a wiped or truncated disk, a discarded state machine). Its rejections of
+   * appends at matchIndex would otherwise look stale forever, and the same appends be resent on
+   * every heartbeat answer. Forget the match (safe: commitIndex never moves back) and probe from
+   * its real end. Returns false when the report is old news (the match is already that low).
+   */
+  lostEntries(lastIndex: number): boolean {
+    if (lastIndex >= this.matchIndex) return false;
+    this.reset("probe");
+    this.matchIndex = 0;
+    this.nextIndex = lastIndex + 1;
+    return true;
+  }
+
   /** Notes an append just sent whose last entry is `lastIndex` (the optimistic pipeline step). */
   sentEntries(lastIndex: number, entryCount: number): void {
     if (this.state === "replicate") {

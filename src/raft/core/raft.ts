@@ -10,6 +10,7 @@ import { cloneMembership, encodeMembership } from "./membership.ts";
 import { MajorityConfig, VoteResult } from "./quorum.ts";
 import { RaftLog, type RaftLogView } from "./raft-log.ts";
 import { ReadOnly } from "./read-only.ts";
+import { Recovery } from "./recovery.ts";
 import { Outbox, type SoftState } from "./ready.ts";
 import { type RaftConfig, validateConfig } from "./raft-config.ts";
 import type { ConfChangeResult, ProposeResult, RaftInitialState, RaftStatus, ReadIndexResult } from "./interface.ts";
@@ -43,6 +44,7 @@ export class Raft {
   /** The leader's view of its followers: non-null exactly while role is Leader. */
   private replication: Replication | null = null;
   private readonly readOnly: ReadOnly;
+  private readonly recovery: Recovery;
   /** Proposals or reads waiting for the next ready() to go out as one broadcast. */
   private appendBroadcastPending = false;
   private readBroadcastPending = false;
@@ -69,6 +71,7 @@ export class Raft {
     this.votedFor = hs.votedFor;
     this.outbox = new Outbox(hs, { role: this.role, leaderId: this.leaderId });
     this.readOnly = new ReadOnly(this.config.maxPendingReads);
+    this.recovery = new Recovery(initial.recovering ?? false);
     this.resetRandomizedElectionTimeout();
   }
 
@@ -199,9 +202,11 @@ export class Raft {
         }
         if (this.role !== "Follower" || this.leaderId !== m.from) this.becomeFollower(this.term, m.from);
         this.electionElapsed = 0;
+        if (m.type === "AppendEntries") this.recovery.heardFromLeader(m);
         if (m.type === "AppendEntries") handleAppendEntries(this.followerContext(), m);
         else if (m.type === "Heartbeat") handleHeartbeat(this.followerContext(), m);
         else this.outbox.snapshot = handleInstallSnapshot(this.followerContext(), m) ?? this.outbox.snapshot;
+        if (this.recovery.active) this.recovery.maybeFinish(this.log.commitIndex, this.log.term(this.log.commitIndex), this.term);
         return;
       case "AppendEntriesResponse":
         if (this.role === "Leader") this.leader().handleAppendResponse(m);
@@ -259,10 +264,16 @@ export class Raft {
       firstIndex: this.log.firstIndex(),
       lastIndex: this.log.lastIndex(),
       votedFor: this.votedFor,
+      recovering: this.recovery.describe(),
       membership: cloneMembership(this.log.membership()),
     };
     if (this.replication !== null) s.progress = this.replication.status();
     return s;
+  }
+
+  /** True while recovering lost durable state (no votes, no campaigns; see recovery.ts). */
+  get recovering(): boolean {
+    return this.recovery.active;
   }
 
   /** Read-only view of the in-memory log (used by the simulator's invariant checks). */
@@ -350,12 +361,15 @@ export class Raft {
       voteTerm = this.term;
     }
     this.votes.set(this.id, true);
-    if (this.voters.voteResult(this.votes) === VoteResult.Won) {
+    if (this.tally() === VoteResult.Won) {
       if (kind === "pre-vote") this.campaign("election");
       else this.becomeLeader();
       return;
     }
-    for (const m of voteRequests(this.id, this.voters.voters, voteTerm, this.log, kind)) this.send(m);
+    for (const m of voteRequests(this.id, this.voters.voters, voteTerm, this.log, kind)) {
+      if (this.recovery.active && m.type === "RequestVote") m.recovering = true;
+      this.send(m);
+    }
   }
 
   private tickElection(): void {
@@ -402,7 +416,8 @@ export class Raft {
   // ---- Votes -----------------------------------------------------------------------------------
 
   private handleRequestVote(m: MessageOf<"RequestVote">): void {
-    const granted = grantsVote(m, { term: this.term, votedFor: this.votedFor, leaderId: this.leaderId }, this.log);
+    const granted =
+      grantsVote(m, { term: this.term, votedFor: this.votedFor, leaderId: this.leaderId }, this.log) && !this.recovery.refusesVote(m);
     this.send({ type: "RequestVoteResponse", from: this.id, to: m.from, term: granted ? m.term : this.term, voteGranted: granted, preVote: m.preVote });
     if (granted && !m.preVote) {
       this.votedFor = m.from;
@@ -413,13 +428,18 @@ export class Raft {
   private handleVoteResponse(m: MessageOf<"RequestVoteResponse">): void {
     if (!countsVoteResponse(this.role, this.term, m)) return;
     this.votes.set(m.from, m.voteGranted);
-    const result = this.voters.voteResult(this.votes);
+    const result = this.tally();
     if (result === VoteResult.Won) {
       if (this.role === "PreCandidate") this.campaign("election");
       else this.becomeLeader();
     } else if (result === VoteResult.Lost) {
       this.becomeFollower(this.term, NONE);
     }
+  }
+
+  /** The campaign's outcome: a majority, or for a recovering candidate every other voter (recovery.ts). */
+  private tally(): VoteResult {
+    return this.recovery.active ? this.recovery.tally(this.id, this.voters.voters, this.votes) : this.voters.voteResult(this.votes);
   }
 
   private followerContext(): FollowerContext {
@@ -464,6 +484,7 @@ export class Raft {
 
   /** commitIndex advanced: reads held back until this term committed an entry may now go ahead. */
   private committed(firstOfTerm: boolean): void {
+    if (firstOfTerm) this.recovery.leaderCommitted();
     if (firstOfTerm && this.readOnly.addDeferred(this.log.commitIndex)) this.readBroadcastPending = true;
   }
 

@@ -219,6 +219,11 @@ export class Replication {
     if (pr === undefined) return; // not (or no longer) a member
     pr.recentActive = true;
     if (!m.success) {
+      // conflictIndex 0: not an answer to an append but a report of lost entries (follower.ts handleHeartbeat).
+      if (m.conflictIndex === 0) {
+        if (pr.lostEntries(m.matchIndex)) this.sendAppend(m.from);
+        return;
+      }
       if (pr.maybeDecreaseTo(m.matchIndex, this.nextIndexHint(m))) {
         if (pr.state === "replicate") pr.becomeProbe();
         this.sendAppend(m.from);

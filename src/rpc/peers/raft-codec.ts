@@ -119,6 +119,8 @@ export interface FlatMessage {
   commit: number;
   ok: boolean;
   preVote: boolean;
+  /** RequestVote only: the candidate is recovering lost durable state. */
+  recovering: boolean;
   matchIndex: number;
   conflictTerm: number;
   conflictIndex: number;
@@ -139,6 +141,7 @@ export function emptyFlat(entries: Entry[]): FlatMessage {
     commit: 0,
     ok: false,
     preVote: false,
+    recovering: false,
     matchIndex: 0,
     conflictTerm: 0,
     conflictIndex: 0,
@@ -161,6 +164,7 @@ export function toFlat(message: Message): FlatMessage {
       flat.preVote = message.preVote;
       // types.ts: a transfer campaign travels in `ok`, which REQUEST_VOTE does not otherwise use.
       flat.ok = message.transfer === true;
+      flat.recovering = message.recovering === true;
       break;
     case "RequestVoteResponse":
       flat.type = WireMessageType.REQUEST_VOTE_RESPONSE;
@@ -224,6 +228,7 @@ export function fromFlat(f: FlatMessage): Message {
         lastLogTerm: f.logTerm,
         preVote: f.preVote,
         ...(f.ok ? { transfer: true } : {}),
+        ...(f.recovering ? { recovering: true } : {}),
       };
     case WireMessageType.REQUEST_VOTE_RESPONSE:
       return { type: "RequestVoteResponse", from, to, term, voteGranted: f.ok, preVote: f.preVote };
@@ -272,6 +277,7 @@ export function encodeMessage(message: Message): WireMessage {
     commit: u64(f.commit, "commit"),
     ok: f.ok,
     preVote: f.preVote,
+    recovering: f.recovering,
     matchIndex: u64(f.matchIndex, "matchIndex"),
     conflictTerm: u64(f.conflictTerm, "conflictTerm"),
     conflictIndex: u64(f.conflictIndex, "conflictIndex"),
@@ -294,6 +300,7 @@ export function decodeMessage(wire: WireMessage): Message {
     commit: num(wire.commit, "commit"),
     ok: wire.ok,
     preVote: wire.preVote,
+    recovering: wire.recovering,
     matchIndex: num(wire.matchIndex, "matchIndex"),
     conflictTerm: num(wire.conflictTerm, "conflictTerm"),
     conflictIndex: num(wire.conflictIndex, "conflictIndex"),

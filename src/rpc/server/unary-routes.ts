@@ -19,6 +19,7 @@ import {
 } from "@connectrpc/connect/protocol";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { codeToHttpStatus, errorToJsonBytes, trailerMux } from "@connectrpc/connect/protocol-connect";
+import { flatBinary, type FlatBinary } from "./flat-binary.ts";
 import { flatJson, type FlatJson } from "./flat-json.ts";
 import { connectionKey, type CallGate, type ConnectionInfo } from "./connection.ts";
 
@@ -34,6 +35,8 @@ export interface UnaryRoute {
   readonly jsonOptions: JsonWriteOptions | undefined;
   /** JSON without reflection for flat request/response messages (null: the library's codec only). */
   readonly flatInput: FlatJson | null;
+  /** Binary decoding without reflection for flat request messages (null: the library's codec only). */
+  readonly binaryInput: FlatBinary | null;
   readonly flatOutput: FlatJson | null;
   readonly impl: (request: unknown, context: HandlerContext) => unknown;
   /** Client authorization, checked before impl (as the adapter's interceptor does). */
@@ -165,6 +168,7 @@ export class UnaryRoutes {
       serialization: createMethodSerializationLookup(method, undefined, jsonOptions, limits),
       jsonOptions,
       flatInput: flatJson(method.input),
+      binaryInput: flatBinary(method.input),
       // Write options (emit defaults, enum numbers, proto names) change the output: the library's job.
       flatOutput: Object.keys(jsonOptions ?? {}).every((k) => k === "ignoreUnknownFields") ? flatJson(method.output) : null,
       impl,
@@ -184,7 +188,12 @@ export class UnaryRoutes {
  */
 function parseInput(route: UnaryRoute, binary: boolean, body: Uint8Array): unknown {
   try {
-    const flat = binary ? null : route.flatInput?.parse(utf8.decode(body));
+    if (binary) {
+      const decoded = route.binaryInput?.decode(body);
+      if (decoded !== undefined) return decoded;
+      return route.serialization.getI(true).parse(body);
+    }
+    const flat = route.flatInput?.parse(utf8.decode(body));
     // A lone surrogate escape ("\udc00") is not a string protobuf can hold: the library refuses it.
     if (flat && Object.values(flat).every((v) => typeof v !== "string" || v.isWellFormed())) return flat;
     return route.serialization.getI(binary).parse(body);

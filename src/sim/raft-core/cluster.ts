@@ -8,7 +8,7 @@ import type { ConfChange, ConfChangeResult, ProposeResult, RaftConfig, ReadIndex
 import { EntryType, NONE, type NodeId, type ReadState } from "../../raft/types.ts";
 import { EventRing, InvariantViolation, Oracle, entryDigest } from "./checker.ts";
 import { RELIABLE, CoreSimNetwork, type Envelope, type NetworkOptions } from "./network.ts";
-import { SimNode, type CrashPoint, type SimHost } from "./sim-node.ts";
+import { SimNode, type CrashPoint, type DiskFault, type SimHost } from "./sim-node.ts";
 
 export interface ClusterOptions {
   seed: number;
@@ -26,6 +26,12 @@ export interface ClusterOptions {
   maxLearnerLag?: number;
   /** Compact a node's log after this many applied entries (0 = never). */
   snapshotEvery?: number;
+  /**
+   * Every node starts recovering, as kvserver starts a node on an empty data directory (it cannot
+   * tell a new cluster from a wiped disk). Used with disk faults, where a wiped node must look
+   * exactly like a new one.
+   */
+  startRecovering?: boolean;
   /** The command line that replays this run, printed with every invariant violation. */
   replay?: string;
 }
@@ -45,7 +51,7 @@ export class CoreSimCluster implements SimHost {
   readonly oracle: Oracle;
   readonly events = new EventRing(Number(process.env.SIM_EVENTS ?? 30));
   readonly nodes: SimNode[];
-  readonly stats = { snapshotsSent: 0, snapshotsInstalled: 0, compactions: 0, elections: 0, crashes: 0, restarts: 0, partitions: 0 };
+  readonly stats = { snapshotsSent: 0, snapshotsInstalled: 0, compactions: 0, elections: 0, crashes: 0, restarts: 0, partitions: 0, diskFaults: 0 };
   readonly reads = new Map<number, ReadRecord>();
   /** Granted (non-pre) votes sent, by "term:candidate": who may have elected whom. */
   private readonly grants = new Map<string, Set<NodeId>>();
@@ -84,6 +90,7 @@ export class CoreSimCluster implements SimHost {
       };
       return new SimNode(id, config, members.includes(id) ? members : [], this, options.snapshotEvery ?? 0, 4 * maxDelay + 2 * electionTicks);
     });
+    if (options.startRecovering) for (const n of this.nodes) n.disk.recovering = true;
     for (const n of this.nodes) n.start();
   }
 
@@ -118,7 +125,8 @@ export class CoreSimCluster implements SimHost {
   /** Commits count voters only: the committed entry is on the disks of a quorum of the leader's voters. */
   onLeaderCommit(node: NodeId, term: number, index: number, voters: readonly NodeId[]): void {
     let holders = 0;
-    for (const v of voters) if (this.diskHolds(v, index, term)) holders++;
+    // A recovering node abstains from votes, so it protects the entry as a holder would (DESIGN.md).
+    for (const v of voters) if (this.nodes[v]!.disk.recovering || this.diskHolds(v, index, term)) holders++;
     if (holders < Math.floor(voters.length / 2) + 1) {
       this.fail("commit by a quorum of voters", `leader ${node} of term ${term} committed ${index}, durable on only ${holders} of its voters [${voters.join(", ")}]`);
     }
@@ -343,6 +351,20 @@ export class CoreSimCluster implements SimHost {
     this.guard(() => n.processReady());
   }
 
+  /** Damages a down node's disk (see DiskFault); it restarts recovering. */
+  loseDisk(id: NodeId, fault: DiskFault, cut = 0): void {
+    const n = this.nodes[id]!;
+    if (n.alive) throw new RangeError(`node ${id} must be down for a disk fault`);
+    n.loseDisk(fault, cut);
+    this.stats.diskFaults++;
+    this.note(`n${id} disk fault: ${fault}${fault === "truncate" ? ` (${cut} newest entries)` : ""}`);
+  }
+
+  /** Nodes recovering lost durable state (down or not). */
+  recoveringCount(): number {
+    return this.nodes.filter((n) => n.disk.recovering).length;
+  }
+
   isolate(id: NodeId): void {
     this.network.isolate(id);
     this.stats.partitions++;
@@ -404,6 +426,8 @@ export class CoreSimCluster implements SimHost {
   /**
    * Committed entries are never lost: the newest applied entry is durable on a majority of the
    * voters of a configuration some live node uses: the one in force at that entry, or its latest.
+   * A node recovering lost state counts too: it grants no vote, so it cannot help elect a leader
+   * that lacks the entry (what this invariant protects).
    */
   private checkDurability(): void {
     const index = this.oracle.maxApplied;
@@ -418,7 +442,7 @@ export class CoreSimCluster implements SimHost {
     if (configs.length === 0) return; // nobody has used a configuration yet
     let best = { holders: -1, voters: [] as readonly NodeId[] };
     for (const voters of configs) {
-      const holders = voters.filter((v) => this.diskHolds(v, index, term)).length;
+      const holders = voters.filter((v) => this.nodes[v]!.disk.recovering || this.diskHolds(v, index, term)).length;
       if (holders >= Math.floor(voters.length / 2) + 1) return;
       if (holders > best.holders) best = { holders, voters };
     }

@@ -5,13 +5,18 @@
 import { mix, hex } from "./checker.ts";
 import { CoreSimCluster } from "./cluster.ts";
 import { RELIABLE, type NetworkOptions } from "./network.ts";
-import type { CrashPoint } from "./sim-node.ts";
+import type { CrashPoint, DiskFault } from "./sim-node.ts";
 
 export interface ScheduleOptions {
   seed: number;
   nodes: number;
   /** Ticks of faulty operation before the healing phase. */
   steps: number;
+  /**
+   * Also lose disks: a down node's disk wiped, its newest entries truncated, or its state machine
+   * discarded (self-repair). A separate family of runs: without it a seed replays byte for byte.
+   */
+  diskFaults?: boolean;
 }
 
 export interface ScheduleResult {
@@ -23,11 +28,16 @@ export interface ScheduleResult {
 
 const FAULTY: NetworkOptions = { minDelay: 1, maxDelay: 4, lossRate: 0.08, duplicateRate: 0.03 };
 const CRASH_POINTS: readonly (CrashPoint | "now")[] = ["now", "before-persist", "after-persist", "after-send"];
+const DISK_FAULTS: readonly DiskFault[] = ["wipe", "truncate", "discard-state"];
 /** Ticks the healed cluster gets to converge before that counts as a liveness failure. */
 const HEAL_TICKS = 1000;
 
 export function replayCommand(o: ScheduleOptions): string {
-  return `bun run sim --seed ${o.seed} --nodes ${o.nodes} --steps ${o.steps}`;
+  return `bun run sim --seed ${o.seed} --nodes ${o.nodes} --steps ${o.steps}${o.diskFaults ? " --disk-faults" : ""}`;
+}
+
+function majority(n: number): number {
+  return Math.floor(n / 2) + 1;
 }
 
 export function runRandomSchedule(o: ScheduleOptions): ScheduleResult {
@@ -40,6 +50,7 @@ export function runRandomSchedule(o: ScheduleOptions): ScheduleResult {
     maxInflight: 4,
     maxBytesPerAppend: 64,
     replay: replayCommand(o),
+    ...(o.diskFaults ? { startRecovering: true } : {}),
   });
   const rng = c.rng;
   const n = o.nodes;
@@ -65,6 +76,12 @@ export function runRandomSchedule(o: ScheduleOptions): ScheduleResult {
     if (leader !== -1 && rng.chance(0.004)) c.transferLeadership(leader, rng.int(n));
     const down = c.nodes.filter((x) => !x.alive).map((x) => x.id);
     if (down.length < maxDown && rng.chance(0.006)) c.crashAt(rng.int(n), rng.pick(CRASH_POINTS));
+    // A disk fault only while enough nodes keep their promises to elect a leader (a majority not
+    // recovering): losing more is losing the cluster's data, which no protocol can repair.
+    if (o.diskFaults && down.length > 0 && rng.chance(0.01) && c.recoveringCount() < n - majority(n)) {
+      const victim = rng.pick(down);
+      if (!c.nodes[victim]!.disk.recovering) c.loseDisk(victim, rng.pick(DISK_FAULTS), 1 + rng.int(40));
+    }
     if (down.length > 0 && rng.chance(0.03)) c.restart(rng.pick(down));
     if (rng.chance(0.006)) {
       const side = c.nodes.map(() => rng.chance(0.5));
@@ -109,6 +126,6 @@ export function runRandomSchedule(o: ScheduleOptions): ScheduleResult {
     `seed ${o.seed}: nodes=${n} steps=${o.steps} ticks=${c.tickCount} terms=${c.maxTerm()} leaders=${s.elections} ` +
     `committed=${c.oracle.maxApplied} applied=${c.nodes.map((x) => x.applied).join("/")} reads=${confirmedReads}/${c.reads.size} ` +
     `crashes=${s.crashes} partitions=${s.partitions} snapshots=${s.snapshotsInstalled}/${s.snapshotsSent} compactions=${s.compactions} ` +
-    `messages=${c.network.sent} ok hash=${hash}`;
+    `messages=${c.network.sent}${o.diskFaults ? ` disk-faults=${s.diskFaults}` : ""} ok hash=${hash}`;
   return { line, hash, cluster: c };
 }

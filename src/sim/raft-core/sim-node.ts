@@ -19,7 +19,16 @@ export interface SimDisk {
   entries: Entry[];
   /** The state machine's durable image (written at compaction or when a snapshot is installed). */
   smSnapshot: { meta: SnapshotMeta; state: number };
+  /** The node lost durable state and has not caught up since (the kvserver's RECOVERING marker). */
+  recovering: boolean;
 }
+
+/**
+ * Disk faults (applied to a node that is down): wipe loses everything; truncate loses the newest
+ * log entries; discard-state is the self-repair of a corrupt state machine (state machine and log
+ * discarded, term and vote kept).
+ */
+export type DiskFault = "wipe" | "truncate" | "discard-state";
 
 export const INITIAL_STATE = 0x2545f491;
 
@@ -49,6 +58,8 @@ export class SimNode {
   armedCrash: CrashPoint | null = null;
   /** Highest commitIndex seen in this incarnation (commitIndex must never decrease). */
   private lifetimeCommit = 0;
+  /** While answering a RequestVote that this recovering node must refuse: the candidate. */
+  private mustRefuse: NodeId = NONE;
   /** Snapshot transfers this node (as leader) has in flight: peer → tick sent. */
   private readonly snapshotsOut = new Map<NodeId, number>();
 
@@ -56,7 +67,7 @@ export class SimNode {
     readonly id: NodeId,
     private readonly config: RaftConfig,
     /** The bootstrap voters (empty for a spare node that waits to be added). */
-    bootstrap: readonly NodeId[],
+    private readonly bootstrap: readonly NodeId[],
     private readonly host: SimHost,
     /** Compact after this many applied entries beyond the last snapshot (0 = never). */
     private readonly snapshotEvery: number,
@@ -69,7 +80,33 @@ export class SimNode {
       logSnapshot: { index: 0, term: 0, members },
       entries: [],
       smSnapshot: { meta: { index: 0, term: 0, members }, state: INITIAL_STATE },
+      recovering: false,
     };
+  }
+
+  /** Damages the disk of this (stopped) node; `cut` is how many newest entries truncate drops. */
+  loseDisk(fault: DiskFault, cut: number): void {
+    if (this.alive) throw new Error(`invariant: disk fault on running node ${this.id}`);
+    const d = this.disk;
+    const members = [...this.bootstrap];
+    const emptyLog = (): void => {
+      d.logSnapshot = { index: 0, term: 0, members };
+      d.entries = [];
+      d.smSnapshot = { meta: { index: 0, term: 0, members: [...members] }, state: INITIAL_STATE };
+    };
+    if (fault === "wipe") {
+      d.hardState = { term: 0, votedFor: NONE, commitIndex: 0 };
+      emptyLog();
+    } else if (fault === "discard-state") {
+      d.hardState = { ...d.hardState, commitIndex: 0 };
+      emptyLog();
+    } else {
+      d.entries = d.entries.slice(0, Math.max(0, d.entries.length - cut));
+      const last = d.logSnapshot.index + d.entries.length;
+      // The truncated segments held the newest hard states too: commitIndex cannot be past the log.
+      d.hardState = { ...d.hardState, commitIndex: Math.min(d.hardState.commitIndex, Math.max(last, d.smSnapshot.meta.index)) };
+    }
+    d.recovering = true;
   }
 
   get alive(): boolean {
@@ -96,6 +133,7 @@ export class SimNode {
       snapshot: cloneSnapshotMeta(d.logSnapshot),
       entries: d.entries.slice(),
       appliedIndex: sm.index,
+      recovering: d.recovering,
     });
     this.lifetimeCommit = this.raft.status().commitIndex;
     this.snapshotsOut.clear();
@@ -140,8 +178,11 @@ export class SimNode {
     } else if (m.type === "InstallSnapshotResponse") {
       this.snapshotsOut.delete(m.from);
     }
+    // A recovering node grants no vote to a candidate that is not recovering itself (checked as it answers).
+    this.mustRefuse = m.type === "RequestVote" && raft.recovering && m.recovering !== true ? m.from : NONE;
     raft.step(m);
     this.processReady();
+    this.mustRefuse = NONE;
   }
 
   /** The driver loop: for each Ready, persist, then send, then apply, then advance. */
@@ -167,6 +208,10 @@ export class SimNode {
       for (const e of rd.committedEntries) this.apply(e);
       for (const rs of rd.readStates) this.host.onReadState(this.id, rs);
       raft.advance(rd);
+      if (this.disk.recovering && !raft.recovering) {
+        this.disk.recovering = false;
+        this.host.note(`n${this.id} caught up: recovery of its lost disk is over`);
+      }
       this.maybeCompact();
       const s = raft.status();
       const commit = s.commitIndex;
@@ -199,6 +244,9 @@ export class SimNode {
   }
 
   private sendMessage(m: Message): void {
+    if (m.type === "RequestVoteResponse" && m.voteGranted && this.mustRefuse === m.to) {
+      this.host.fail("recovering node votes", `node ${this.id} lost durable state and has not caught up, yet granted a vote to ${m.to} (not recovering) in term ${m.term}`);
+    }
     if (m.type === "InstallSnapshot") {
       // The driver streams the state machine's current image, not the log's compaction point.
       const meta = this.metaAtApplied();

@@ -1,0 +1,101 @@
+// Where a single client's Put latency goes: a 3-node kvraft cluster, one closed-loop client for a
+// few seconds, then the nodes' own histograms (/metrics) beside the client's percentiles: log
+// fsync, save (write + fsync), the KV request time on the leader (arrival → answer), RPC time.
+// Usage: bun bench/latency-probe.ts [--seconds S] [--path http1|clerk-h2|clerk-grpc] [--clients N]
+// [--cpu-prof DIR] (profiles of every member, written when they stop). A tool, not a suite.
+
+import * as path from "node:path";
+import { startKvraft } from "./clusters.ts";
+import type { LoadConfig, LoadResult } from "./loadgen.ts";
+import type { ClientPath } from "./native-clients.ts";
+import { killAllChildren, spawnTracked } from "./proc.ts";
+import { Histogram, latencyMillis } from "./stats.ts";
+
+const args = process.argv.slice(2);
+const seconds = Number(args[args.indexOf("--seconds") + 1] ?? 5) || 5;
+const clientPath = (args.includes("--path") ? args[args.indexOf("--path") + 1] : "http1") as ClientPath;
+const clients = args.includes("--clients") ? Number(args[args.indexOf("--clients") + 1]) : 1;
+const cpuProfDir = args.includes("--cpu-prof") ? path.resolve(args[args.indexOf("--cpu-prof") + 1]!) : undefined;
+
+type Samples = Map<string, number>;
+
+async function scrape(port: number): Promise<Samples> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const out: Samples = new Map();
+  for (const line of text.split("\n")) {
+    if (line.startsWith("#") || line.trim() === "") continue;
+    const space = line.lastIndexOf(" ");
+    out.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return out;
+}
+
+/** The change of every series named `name` (whatever its labels) that carries `labels`. */
+function delta(after: Samples, before: Samples, name: string, labels = ""): number {
+  let total = 0;
+  for (const [key, value] of after) {
+    if (key !== name && !key.startsWith(`${name}{`)) continue;
+    if (labels && !key.includes(labels)) continue;
+    total += value - (before.get(key) ?? 0);
+  }
+  return total;
+}
+
+/** Mean and an upper-bound p50/p99 from a Prometheus histogram's bucket deltas. */
+function histogram(after: Samples, before: Samples, base: string, labels = ""): string {
+  const count = delta(after, before, `${base}_count`, labels);
+  const sum = delta(after, before, `${base}_sum`, labels);
+  if (count <= 0) return "no samples";
+  const buckets: [number, number][] = [];
+  for (const key of after.keys()) {
+    if (!key.startsWith(`${base}_bucket{`) || (labels && !key.includes(labels))) continue;
+    const le = /le="([^"]+)"/.exec(key)?.[1];
+    if (le === undefined) continue;
+    buckets.push([le === "+Inf" ? Infinity : Number(le), (after.get(key) ?? 0) - (before.get(key) ?? 0)]);
+  }
+  buckets.sort((a, b) => a[0] - b[0]);
+  const q = (p: number) => buckets.find(([, c]) => c >= p * count)?.[0] ?? NaN;
+  return `n ${count}, mean ${((sum / count) * 1000).toFixed(2)} ms, p50 ≤ ${(q(0.5) * 1000).toFixed(1)} ms, p99 ≤ ${(q(0.99) * 1000).toFixed(1)} ms`;
+}
+
+const cluster = await startKvraft(3, { cpuProfDir });
+try {
+  const leader = await cluster.leader();
+  const ports = cluster.members.map((m) => m.clientPort);
+  const before = await Promise.all(ports.map(scrape));
+  const config: LoadConfig = {
+    protocol: "kvraft",
+    host: "127.0.0.1",
+    port: leader.clientPort,
+    workload: "put",
+    clients,
+    durationMs: seconds * 1000,
+    keyCount: 0,
+    tag: "lp",
+    valueBytes: 100,
+    watchPids: cluster.members.map((m) => m.process.pid),
+    path: clientPath,
+    ports,
+  };
+  const child = spawnTracked([process.execPath, path.resolve(import.meta.dir, "loadgen.ts"), JSON.stringify(config)], { stdout: "pipe", output: "inherit" });
+  const stdout = await new Response(child.stdout as ReadableStream<Uint8Array>).text();
+  const r = JSON.parse(stdout.trim().split("\n").at(-1)!) as LoadResult;
+  const after = await Promise.all(ports.map(scrape));
+  const lat = latencyMillis(Histogram.fromJSON(r.histogram));
+  const leaderCpu = r.cpu[leader.process.pid];
+  console.log(`leader CPU ${leaderCpu !== undefined ? ((leaderCpu * 1e6) / r.ops).toFixed(0) : "?"} µs/Put, generator ${((r.generatorCpu * 1e6) / r.ops).toFixed(0)} µs/Put`);
+  console.log(`client (${clientPath}, ${clients} concurrent): ${(r.ops / r.seconds).toFixed(0)} Put/s, p50 ${lat.p50.toFixed(2)} ms, p99 ${lat.p99.toFixed(2)} ms, p99.9 ${lat.p999.toFixed(2)} ms`);
+  for (const [i, m] of cluster.members.entries()) {
+    const role = m === leader ? "leader" : "follower";
+    const fsyncs = delta(after[i]!, before[i]!, "kvraft_raft_log_fsync_seconds_count");
+    const fsyncSeconds = delta(after[i]!, before[i]!, "kvraft_raft_log_fsync_seconds_sum");
+    console.log(`node ${m.id} (${role}): log fsync n ${fsyncs}, mean ${fsyncs > 0 ? ((fsyncSeconds / fsyncs) * 1000).toFixed(2) : "-"} ms`);
+    console.log(`  log save (write + fsync): ${histogram(after[i]!, before[i]!, "kvraft_raft_log_save_seconds")}`);
+    if (m === leader) {
+      console.log(`  KV Put, arrival → answer: ${histogram(after[i]!, before[i]!, "kvraft_kv_request_duration_seconds", 'op="Put"')}`);
+    }
+  }
+} finally {
+  await cluster.stop();
+  killAllChildren();
+}

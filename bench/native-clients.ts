@@ -1,0 +1,71 @@
+// The client libraries the cluster suite drives, as applications use them: kvraft's Clerk over
+// HTTP/2 (binary Connect) or gRPC through connect-node, one Clerk for every concurrent caller of
+// the generator process (its sessions and Batch coalescing as shipped, or with batching off), and
+// etcd through the `etcd3` npm client over gRPC. Each answers put/get as one awaited call.
+
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { Clerk } from "../src/kv/client.ts";
+
+/** How the generator reaches the cluster. */
+export type ClientPath = "http1" | "clerk-h2" | "clerk-grpc" | "clerk-h2-unbatched" | "etcd3";
+export const CLIENT_PATHS: readonly ClientPath[] = ["http1", "clerk-h2", "clerk-grpc", "clerk-h2-unbatched", "etcd3"];
+
+/** Which system each path talks to. */
+export const PATH_SYSTEM: Record<ClientPath, "ours" | "etcd" | "both"> = {
+  http1: "both",
+  "clerk-h2": "ours",
+  "clerk-grpc": "ours",
+  "clerk-h2-unbatched": "ours",
+  etcd3: "etcd",
+};
+
+export const PATH_LABEL: Record<ClientPath, string> = {
+  http1: "HTTP/1.1 JSON",
+  "clerk-h2": "Clerk, HTTP/2 binary Connect, batched",
+  "clerk-grpc": "Clerk, gRPC, batched",
+  "clerk-h2-unbatched": "Clerk, HTTP/2 binary Connect, one RPC per op",
+  etcd3: "etcd3 npm client, gRPC",
+};
+
+export interface NativeClient {
+  put(key: string, value: string): Promise<void>;
+  /** Throws when the key does not exist (the suite reads only preloaded keys). */
+  get(key: string): Promise<void>;
+  close(): void;
+}
+
+/**
+ * A client for `path`: `ports` are every member's client port in member order, `leaderPort` the
+ * leader's (etcd3 is pointed at the leader only, as the HTTP/1.1 generator is).
+ */
+export async function openNativeClient(path: Exclude<ClientPath, "http1">, ports: number[], leaderPort: number, concurrency: number): Promise<NativeClient> {
+  if (path === "etcd3") {
+    const { Etcd3 } = await import("etcd3");
+    const etcd = new Etcd3({ hosts: `http://127.0.0.1:${leaderPort}` });
+    return {
+      async put(key, value) {
+        await etcd.put(key).value(value);
+      },
+      async get(key) {
+        const value = await etcd.get(key).string();
+        if (value === null) throw new Error(`etcd: key ${key} not found`);
+      },
+      close: () => etcd.close(),
+    };
+  }
+  const grpc = path === "clerk-grpc";
+  // Leader first in the address list is not needed: the Clerk follows the first refusal's hint.
+  const clerk = new Clerk({
+    addrs: ports.map((p) => `127.0.0.1:${p}`),
+    transport: (baseUrl) => (grpc ? createGrpcTransport({ baseUrl }) : createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true })),
+    maxConcurrency: concurrency,
+    batch: path === "clerk-h2-unbatched" ? false : {},
+  });
+  return {
+    put: (key, value) => clerk.put(key, value),
+    async get(key) {
+      if ((await clerk.get(key)) === null) throw new Error(`kvraft: key ${key} not found`);
+    },
+    close() {},
+  };
+}
