@@ -146,6 +146,9 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
   let errors = 0;
   let putSeq = 0;
   let preloadNext = 0;
+  /** Preload keys whose write failed (a timeout under load): written again, so none is missing. */
+  const preloadRetry: number[] = [];
+  const nextPreload = (): number => preloadRetry.pop() ?? (preloadNext < c.keyCount ? preloadNext++ : -1);
   const headers = c.protocol === "kvraft" ? "Connect-Protocol-Version: 1\r\n" : "";
   const path = c.path ?? "http1";
   const native: NativeClient | null = path === "http1" ? null : await openNativeClient(path, c.ports ?? [c.port], c.port, c.clients);
@@ -172,16 +175,18 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
   const nativeClient = async (client: NativeClient) => {
     const v = value.slice(0, c.valueBytes);
     while (performance.now() < deadline) {
-      if (c.workload === "preload" && preloadNext >= c.keyCount) break;
+      const preloading = c.workload === "preload" ? nextPreload() : -1;
+      if (c.workload === "preload" && preloading < 0) break;
       const t0 = performance.now();
       try {
-        if (c.workload === "preload") await client.put(preloadKey(preloadNext++), v);
+        if (preloading >= 0) await client.put(preloadKey(preloading), v);
         else if (c.workload === "put" || (c.workload === "mix" && Math.random() < 0.5)) await client.put(uniqueKey(c.tag, putSeq++), v);
         else await client.get(preloadKey(Math.floor(Math.random() * Math.max(1, c.keyCount))));
         histogram.record((performance.now() - t0) * 1000);
         ops++;
       } catch (e) {
         noteError(e instanceof Error ? e.message : String(e));
+        if (preloading >= 0) preloadRetry.push(preloading);
         await Bun.sleep(20);
       }
     }
@@ -192,9 +197,10 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
     const make = newClient();
     while (performance.now() < deadline) {
       let req: Request;
+      const preloading = c.workload === "preload" ? nextPreload() : -1;
       if (c.workload === "preload") {
-        if (preloadNext >= c.keyCount) break;
-        req = make.put(preloadKey(preloadNext++));
+        if (preloading < 0) break;
+        req = make.put(preloadKey(preloading));
       } else if (c.workload === "put" || (c.workload === "mix" && Math.random() < 0.5)) {
         req = make.put(uniqueKey(c.tag, putSeq++));
       } else {
@@ -205,10 +211,13 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
         const r = await conn.post(req.path, req.body, headers);
         const err = req.check(r);
         histogram.record((performance.now() - t0) * 1000);
-        if (err) noteError(err);
-        else ops++;
+        if (err) {
+          noteError(err);
+          if (preloading >= 0) preloadRetry.push(preloading);
+        } else ops++;
       } catch (e) {
         noteError(e instanceof Error ? e.message : String(e));
+        if (preloading >= 0) preloadRetry.push(preloading);
         // Back off briefly so a dead server does not turn the loop into a busy spin.
         await Bun.sleep(20);
         if (performance.now() < deadline) await conn.reconnect().catch((e2: Error) => noteError(e2.message));

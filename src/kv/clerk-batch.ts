@@ -1,7 +1,8 @@
 // The Clerk's coalescer: the commands one process sends to one node at the same moment leave as a
 // few Batch RPCs instead of one Command RPC each. Bounded: at most `maxCommands` per batch, at
 // most `maxInFlight` batches outstanding per node (more wait for one to return, at most
-// `maxDelayMs`), and a node without Batch (an older server) gets Command calls instead.
+// `maxDelayMs`). A command alone in its turn, and every command to a node without Batch (an
+// older server), goes as a plain Command call.
 
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -86,6 +87,15 @@ export class CommandBatcher {
 
   private send(batch: Waiting[]): void {
     this.inFlight++;
+    if (batch.length === 1) {
+      // Alone in its turn (a sequential caller): a plain Command call, no batch wrapping.
+      const w = batch[0]!;
+      this.client
+        .command(w.request, { timeoutMs: w.timeoutMs })
+        .then(w.resolve, w.reject)
+        .finally(() => this.settled());
+      return;
+    }
     let timeoutMs = 1;
     for (const w of batch) if (w.timeoutMs > timeoutMs) timeoutMs = w.timeoutMs;
     this.client
@@ -113,13 +123,16 @@ export class CommandBatcher {
           for (const w of batch) w.reject(connectError);
         },
       )
-      .finally(() => {
-        this.inFlight--;
-        // Wait a turn: the operations this batch just finished may start their next commands.
-        if (this.queue.length > 0 && !this.scheduled) {
-          this.scheduled = true;
-          nextTurn(this.flushNow);
-        }
-      });
+      .finally(() => this.settled());
+  }
+
+  /** A call returned: its slot is free for what queued meanwhile. */
+  private settled(): void {
+    this.inFlight--;
+    // Wait a turn: the operations this batch just finished may start their next commands.
+    if (this.queue.length > 0 && !this.scheduled) {
+      this.scheduled = true;
+      nextTurn(this.flushNow);
+    }
   }
 }

@@ -46,8 +46,9 @@ let standard: RpcServer;
 
 beforeAll(async () => {
   const routes = (router: Parameters<typeof registerKVService>[0]) => registerKVService(router, backend());
-  fast = await RpcServer.start({ port: 0, routes, readMaxBytes: 16 * 1024 });
-  standard = await RpcServer.start({ port: 0, routes, readMaxBytes: 16 * 1024, fastLane: false });
+  const corsOrigins = ["http://app.example"];
+  fast = await RpcServer.start({ port: 0, routes, readMaxBytes: 16 * 1024, corsOrigins });
+  standard = await RpcServer.start({ port: 0, routes, readMaxBytes: 16 * 1024, corsOrigins, fastLane: false });
 });
 afterAll(async () => {
   await Promise.all([fast.close(), standard.close()]);
@@ -140,6 +141,11 @@ const cases: [string, Record<string, string>, Uint8Array | string][] = [
   ["gRPC-Web overload", GRPC_WEB, envelope(proto({ key: "busy", op: Op.PUT }))],
   ["gRPC-Web Get of a big value, gzip accepted", { ...GRPC_WEB, "grpc-accept-encoding": "gzip" }, envelope(proto({ key: "big", op: Op.GET }))],
   ["gRPC-Web empty body", GRPC_WEB, new Uint8Array(0)],
+  ["Connect JSON from an allowed browser origin", { ...CONNECT_JSON, origin: "http://app.example" }, json({ key: "a", op: "GET" })],
+  ["Connect JSON refusal from an allowed browser origin", { ...CONNECT_JSON, origin: "http://app.example" }, json({ key: "busy", op: "PUT" })],
+  ["gRPC-Web from an allowed browser origin", { ...GRPC_WEB, origin: "http://app.example" }, envelope(proto({ key: "w", op: Op.GET }))],
+  ["gRPC-Web empty body from an allowed browser origin", { ...GRPC_WEB, origin: "http://app.example" }, new Uint8Array(0)],
+  ["Connect JSON from an origin not on the list", { ...CONNECT_JSON, origin: "http://evil.example" }, json({ key: "a", op: "GET" })],
 ];
 
 describe("the HTTP/2 lane answers as the Connect adapter does", () => {

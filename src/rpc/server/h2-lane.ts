@@ -1,7 +1,7 @@
 // The HTTP/2 fast lane: unary calls in Connect (binary, JSON), gRPC and gRPC-Web served on the raw
 // node:http2 stream, through the same invokeUnary as the HTTP/1.1 lane, skipping the compat layer
 // (Http2ServerRequest/Response) and the universal handler. Headers decide at once: anything not
-// plain (compressed requests, CORS, GET, text encodings, bad timeouts) reaches the Connect adapter
+// plain (compressed requests, preflights, GET, text encodings, bad timeouts) reaches the adapter
 // untouched; a body that is not exactly one plain message goes to the library's handler as bytes.
 // Why: that path costs ~300-450 µs of server CPU per call under Bun (see bench/README.md).
 
@@ -35,6 +35,8 @@ export interface H2Call {
   timeoutMs: number | undefined;
   /** Response compression negotiated from the client's accept header. */
   compression: Compression | null;
+  /** CORS headers of the answer (a browser's call from an allowed origin); null: none. */
+  cors: Record<string, string> | null;
 }
 
 const GRPC_TYPES = new Map<string, boolean>([
@@ -54,13 +56,15 @@ function header(headers: http2.IncomingHttpHeaders, name: string): string | unde
 }
 
 /** The call the lane serves for these request headers, or null: the Connect adapter's. */
-export function h2CallOf(headers: http2.IncomingHttpHeaders, routes: UnaryRoutes): H2Call | null {
+export function h2CallOf(headers: http2.IncomingHttpHeaders, routes: UnaryRoutes, cors: (origin: string) => Record<string, string> | null): H2Call | null {
   if (headers[":method"] !== "POST") return null;
   const path = headers[":path"];
   const route = typeof path === "string" ? routes.get(path) : undefined;
   if (route === undefined) return null;
-  // Browsers' calls carry Origin: CORS answers belong to the server's adapter path.
-  if (headers.origin !== undefined) return null;
+  // A browser's call: the answer carries the server's CORS headers (preflights are OPTIONS: not here).
+  const origin = headers.origin;
+  if (origin !== undefined && typeof origin !== "string") return null;
+  const corsHeaders = origin === undefined ? null : cors(origin);
   const type = header(headers, "content-type");
   if (type === undefined) return null;
   const length = header(headers, "content-length");
@@ -73,7 +77,7 @@ export function h2CallOf(headers: http2.IncomingHttpHeaders, routes: UnaryRoutes
     if (version !== undefined && version !== "1") return null;
     const timeout = parseConnectTimeout(header(headers, "connect-timeout-ms") ?? null, Number.MAX_SAFE_INTEGER);
     if (timeout.error !== undefined) return null;
-    return { route, protocol: "connect", binary: connect === "proto", timeoutMs: timeout.timeoutMs, compression: responseCompression(header(headers, "accept-encoding")) };
+    return { route, protocol: "connect", binary: connect === "proto", timeoutMs: timeout.timeoutMs, compression: responseCompression(header(headers, "accept-encoding")), cors: corsHeaders };
   }
   const lower = type.length <= 40 ? type.toLowerCase() : "";
   const grpc = GRPC_TYPES.get(lower);
@@ -89,11 +93,14 @@ export function h2CallOf(headers: http2.IncomingHttpHeaders, routes: UnaryRoutes
     binary: (grpc ?? grpcWeb)!,
     timeoutMs: timeout.timeoutMs,
     compression: responseCompression(header(headers, "grpc-accept-encoding")),
+    cors: corsHeaders,
   };
 }
 
 export interface H2LaneHost {
   shutdownSignal: AbortSignal;
+  /** The CORS headers of a call from `origin`, or null when the origin is not allowed. */
+  cors(origin: string): Record<string, string> | null;
   stats: { h2Calls: number; h2LibraryCalls: number };
 }
 
@@ -194,7 +201,7 @@ function addHeaders(out: http2.OutgoingHttpHeaders, headers: Headers | null): vo
 async function respondConnect(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): Promise<void> {
   const answer = connectAnswer(call.route, call.binary, outcome);
   let body = answer.body;
-  const out: http2.OutgoingHttpHeaders = { ":status": answer.status };
+  const out: http2.OutgoingHttpHeaders = { ":status": answer.status, ...call.cors };
   addHeaders(out, answer.headers);
   out["content-type"] = answer.contentType;
   if (call.compression !== null && body.byteLength >= COMPRESS_MIN_BYTES) {
@@ -208,7 +215,7 @@ async function respondConnect(stream: http2.ServerHttp2Stream, call: H2Call, out
 }
 
 function respondGrpc(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): void {
-  const out: http2.OutgoingHttpHeaders = { ":status": 200 };
+  const out: http2.OutgoingHttpHeaders = { ":status": 200, ...call.cors };
   addHeaders(out, outcome.header);
   const web = call.protocol === "grpc_web";
   out["content-type"] = `${web ? "application/grpc-web" : "application/grpc"}${call.binary ? "+proto" : "+json"}`;
@@ -281,7 +288,7 @@ async function serveByLibrary(stream: http2.ServerHttp2Stream, headers: http2.In
     for await (const chunk of response.body as AsyncIterable<Uint8Array>) parts.push(chunk);
   } else if (response.body instanceof Uint8Array) parts.push(response.body);
   if (!alive(stream)) return;
-  const out: http2.OutgoingHttpHeaders = { ":status": response.status };
+  const out: http2.OutgoingHttpHeaders = { ":status": response.status, ...call.cors };
   const hdrs = response.header === undefined ? null : new Headers(response.header);
   hdrs?.forEach((value, name) => {
     out[name] = value;

@@ -186,7 +186,19 @@ export class RpcServer {
     });
     const h2 = http2.createServer({ settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 256 } }, handle);
     const stats = { laneCalls: 0, laneHandovers: 0, h2Calls: 0, h2LibraryCalls: 0, refusedTls: 0, refusedCleartext: 0 };
-    if (options.fastLane !== false) routeStreams(h2, frames, unary, { shutdownSignal: shutdown.signal, stats });
+    // The headers handle() sets for a call from an allowed origin, for the HTTP/2 lane to send alike.
+    const corsHeaders = new Map<string, Record<string, string> | null>();
+    const cors = (origin: string): Record<string, string> | null => {
+      if (!(allowed.has("*") || allowed.has(origin))) return null;
+      let headers = corsHeaders.get(origin);
+      if (headers === undefined) {
+        headers = { "access-control-allow-origin": origin, vary: "Origin", "access-control-expose-headers": EXPOSE_HEADERS };
+        // Bounded: with "*" any origin may come; past the bound each call builds its own.
+        if (corsHeaders.size < 256) corsHeaders.set(origin, headers);
+      }
+      return headers;
+    };
+    if (options.fastLane !== false) routeStreams(h2, frames, unary, { shutdownSignal: shutdown.signal, stats, cors });
     const tcp = net.createServer();
     tcp.maxConnections = options.maxConnections ?? 4096;
 
@@ -361,7 +373,7 @@ function routeStreams(h2: http2.Http2Server, frames: FrameRoutes, unary: UnaryRo
       serveFrameStream(stream, headers, route, host.shutdownSignal);
       return;
     }
-    const call = h2CallOf(headers, unary);
+    const call = h2CallOf(headers, unary, host.cors);
     if (call !== null) {
       serveH2Unary(stream, headers, call, host);
       return;
