@@ -243,7 +243,8 @@ async function main(argv: string[]): Promise<number> {
             log.fatal(`kvserver: node ${id} FATAL: ${error.message}`, { error });
             process.exit(3);
           },
-          log: (line) => log.warn(`kvserver: node ${id}: ${line}`),
+          // Lines from before the Raft node runs (opening storage) have no term yet: 0, as a new node's.
+          log: (line) => log.warn(`kvserver: node ${id}: ${line}`, { term: 0 }),
         }),
     });
   } catch (error) {

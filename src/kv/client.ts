@@ -199,6 +199,8 @@ export class Clerk {
   /** RegisterSession calls in flight, and the operations waiting to start one. */
   private registering = 0;
   private readonly registrationQueue: (() => void)[] = [];
+  /** A registration succeeded: `leader` has pointed at a leader once, so the rest need not search for it. */
+  private leaderFound = false;
   private readonly options: Required<Omit<ClerkOptions, "clientId" | "addrs" | "transport" | "maxConcurrency" | "batch">>;
 
   constructor(options: ClerkOptions) {
@@ -431,10 +433,18 @@ export class Clerk {
   }
 
   /** Asks the leader for a session id (RegisterSession), with the same retries as a command. */
+  /**
+   * Registrations at once: one until the first finds the leader (a burst of first writes would
+   * otherwise each ask a follower first), then MAX_CONCURRENT_REGISTRATIONS.
+   */
+  private registrationLimit(): number {
+    return this.leaderFound ? MAX_CONCURRENT_REGISTRATIONS : 1;
+  }
+
   private async register(session: Session, name: string | (() => string), deadline: number): Promise<void> {
     // A burst of new sessions (thousands of concurrent first writes) registers a few at a time:
     // each is a Raft entry, and a flood of them would only time out in the streams' queue.
-    if (this.registering >= MAX_CONCURRENT_REGISTRATIONS) await new Promise<void>((resolve) => this.registrationQueue.push(resolve));
+    while (this.registering >= this.registrationLimit()) await new Promise<void>((resolve) => this.registrationQueue.push(resolve));
     this.registering++;
     try {
       const what = () => `${typeof name === "string" ? name : name()}: RegisterSession`;
@@ -443,9 +453,10 @@ export class Clerk {
       );
       session.id = response.clientId;
       session.nextCommandId = 1n;
+      this.leaderFound = true;
     } finally {
       this.registering--;
-      this.registrationQueue.shift()?.();
+      for (let free = this.registrationLimit() - this.registering; free > 0 && this.registrationQueue.length > 0; free--) this.registrationQueue.shift()!();
     }
   }
 

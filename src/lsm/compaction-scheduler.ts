@@ -89,6 +89,8 @@ export class CompactionScheduler {
   private compacting: Promise<void> | null = null;
   private compactionLock: Promise<void> = Promise.resolve();
   private progressWaiters: (() => void)[] = [];
+  /** Slowdown delay owed by writes that did not sleep yet (see waitForRoom). */
+  private slowdownDebtMs = 0;
   /** Build tables off the event loop (null when options.backgroundThread is false). */
   private readonly flushWorker: TableWorker | null;
   private readonly compactionWorker: TableWorker | null;
@@ -158,14 +160,14 @@ export class CompactionScheduler {
   }
 
   /**
-   * Delay of one write while L0 is at or past the slowdown trigger: proportional to the batch's
-   * bytes (a fixed 1 ms per write, LevelDB's rule, barely slows writers of 1000-key batches) and
-   * to how far L0 is past the trigger, so writers yield more of the machine to compaction the
-   * further it falls behind instead of running into the hard stop. At least 1 ms.
+   * Delay owed by one write while L0 is at or past the slowdown trigger: proportional to the
+   * batch's bytes (a fixed 1 ms per write, LevelDB's rule, barely slows writers of 1000-key
+   * batches) and to how far L0 is past the trigger, so writers yield more of the machine to
+   * compaction the further it falls behind instead of running into the hard stop.
    */
   private slowdownMs(bytes: number): number {
     const over = this.host.versions.current.levels[0].length - this.host.opts.l0SlowdownTrigger + 1;
-    return Math.max(1, Math.min(SLOWDOWN_MAX_MS, (over * bytes) / SLOWDOWN_BYTES_PER_MS));
+    return Math.min(SLOWDOWN_MAX_MS, (over * bytes) / SLOWDOWN_BYTES_PER_MS);
   }
 
   /** Waits until a write of `bytes` may go ahead; `checkOpen` throws once the database closes. */
@@ -184,10 +186,18 @@ export class CompactionScheduler {
         continue;
       }
       if (!slowed && this.shouldSlowDown()) {
-        // Spread the cost of a growing L0 over many writes instead of one long stop later.
+        // Spread the cost of a growing L0 over many writes instead of one long stop later. Small
+        // writes add to a debt paid in sleeps of at least 1 ms (a timer's grain): a sleep per
+        // write capped single-key writers at ~1,000 per second (LevelDB sleeps once per group
+        // of writers its queue merges; writers here are not merged).
         slowed = true;
         this.host.counters.writeSlowdowns++;
-        await new Promise((r) => setTimeout(r, this.slowdownMs(bytes)));
+        this.slowdownDebtMs += this.slowdownMs(bytes);
+        if (this.slowdownDebtMs >= 1) {
+          const ms = Math.min(SLOWDOWN_MAX_MS, this.slowdownDebtMs);
+          this.slowdownDebtMs = 0;
+          await new Promise((r) => setTimeout(r, ms));
+        }
         continue;
       }
       return;

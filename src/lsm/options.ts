@@ -40,8 +40,9 @@ export interface DBOptions {
   /** L0 table count that starts a compaction. Default 4. */
   l0CompactionTrigger?: number;
   /**
-   * L0 table count at which each write is delayed: 1 ms per 64 KiB of the batch per L0 table at or
-   * past this count (at least 1 ms, at most 50 ms). Default 8.
+   * L0 table count at which writes are delayed: 1 ms per 64 KiB of the batch per L0 table at or
+   * past this count (at most 50 ms; small writes' delays add up and are slept in 1 ms steps).
+   * Default 8.
    */
   l0SlowdownTrigger?: number;
   /** L0 table count at which writes wait for compaction. Default 12. */

@@ -1,6 +1,6 @@
 // The SSTable format (layout in FORMAT.md): TableBuilder writes data blocks, a bloom filter
-// block, an index block and a fixed footer; TableReader opens one, verifies blocks and serves gets
-// and two-level iteration. Block encoding is in block.ts, the filter in bloom.ts.
+// block, an index block and a fixed footer; TableReader opens one, verifies and decodes blocks
+// and serves gets. Iteration is in table-iterator.ts, blocks in block.ts, the filter in bloom.ts.
 import * as fs from "node:fs";
 import { crc32cUpdate, maskCrc, unmaskCrc } from "../util/crc32c.ts";
 import { BlockBuilder, BlockIterator } from "./block.ts";
@@ -12,7 +12,7 @@ import {
   type Compression,
 } from "./compression.ts";
 import { corruption, ioError } from "./errors.ts";
-import type { InternalIterator } from "./iterator.ts";
+import { TableIterator } from "./table-iterator.ts";
 
 // ---- writing ---------------------------------------------------------------------------------
 
@@ -280,6 +280,8 @@ export class TableReader implements Releasable {
   private readonly indexIter: BlockIterator;
   private readonly dataIter = new BlockIterator();
   private readonly allocBlock = (n: number): Uint8Array => this.cache.allocBlock(n);
+  /** Where a compressed block read from the mapping is copied to be verified and decoded. */
+  private scratch = new Uint8Array(0);
   bloomSkips = 0;
 
   private constructor(
@@ -406,8 +408,10 @@ export class TableReader implements Releasable {
     // A mapped block is copied before its CRC is checked: a view of the mapping would change with
     // the file (bit rot paged back in, a stray write) after being verified once, and then be read
     // from the cache unverified forever — a corrupt value served.
+    // A compressed block is copied into a scratch buffer instead (its decoded copy is what stays).
     const raw = this.pread(offset, size + BLOCK_TRAILER);
-    const buf = this.map !== null ? raw.slice() : raw;
+    const inScratch = this.map !== null && raw[size] !== BLOCK_RAW;
+    const buf = this.map === null ? raw : inScratch ? this.copyToScratch(raw) : raw.slice();
     const expected = unmaskCrc(readU32(buf, size + 1));
     if (crc32cUpdate(0, buf, 0, size + 1) !== expected) {
       throw corruption(this.name, offset, "block checksum mismatch");
@@ -417,7 +421,8 @@ export class TableReader implements Releasable {
     // A decoded block lives in a recycled buffer (no garbage per miss).
     const recyclable = fillCache && type === BLOCK_LZ4;
     if (type === BLOCK_RAW) {
-      block = buf.subarray(0, size);
+      // (In the scratch only if the file changed between the two reads of its type byte.)
+      block = inScratch ? buf.slice(0, size) : buf.subarray(0, size);
     } else {
       try {
         // Not cached: a one-pass reader decodes into its own scratch buffer (no garbage per block).
@@ -429,6 +434,13 @@ export class TableReader implements Releasable {
     }
     if (fillCache) this.cache.insert(this.blocks, offset, block, recyclable);
     return block;
+  }
+
+  /** A copy of `src` in this table's scratch buffer (valid until the next call). */
+  private copyToScratch(src: Uint8Array): Uint8Array {
+    if (this.scratch.length < src.length) this.scratch = new Uint8Array(Math.ceil(src.length * 1.25));
+    this.scratch.set(src);
+    return this.scratch.subarray(0, src.length);
   }
 
   /** Pins the cached block at `offset` for an iterator (null if it is not cached). */
@@ -489,108 +501,5 @@ function mapFile(path: string, fileSize: number): Uint8Array | null {
     return m.length === fileSize ? m : null;
   } catch {
     return null;
-  }
-}
-
-/** Two-level iteration: the index block picks a data block, the data block iterator walks it. */
-export class TableIterator implements InternalIterator {
-  private data: BlockIterator | null = null;
-  private dataOffset = -1;
-  private readonly blockIter = new BlockIterator();
-  private closed = false;
-  private pinned: BlockEntry | null = null;
-  /** Where blocks read without the cache are decoded: this iterator is done with one before the next. */
-  private scratch: Uint8Array | null = null;
-  private readonly decodeInto = (n: number): Uint8Array => {
-    if (this.scratch === null || this.scratch.length < n) this.scratch = new Uint8Array(Math.ceil(n * 1.25));
-    return this.scratch.subarray(0, n);
-  };
-
-  constructor(
-    private readonly table: TableReader,
-    private readonly index: BlockIterator,
-    private readonly fillCache: boolean,
-  ) {}
-
-  private loadBlock(): boolean {
-    if (!this.index.valid()) {
-      this.data = null;
-      return false;
-    }
-    const index = this.index;
-    index.decodeHandle();
-    const offset = index.handleOffset;
-    if (offset !== this.dataOffset || this.data === null) {
-      this.blockIter.reset(this.table.readBlock(offset, index.handleSize, this.fillCache, this.decodeInto), this.table.name, offset);
-      // The cached block stays this iterator's until it moves to another (see BlockCache.pin).
-      if (this.pinned !== null) this.table.unpinBlock(this.pinned);
-      this.pinned = this.fillCache ? this.table.pinBlock(offset) : null;
-      this.dataOffset = offset;
-    }
-    this.data = this.blockIter;
-    return true;
-  }
-  private skipForward(): void {
-    while (this.data !== null && !this.data.valid()) {
-      this.index.next();
-      if (!this.loadBlock()) return;
-      this.data!.seekToFirst();
-    }
-  }
-  private skipBackward(): void {
-    while (this.data !== null && !this.data.valid()) {
-      this.index.prev();
-      if (!this.loadBlock()) return;
-      this.data!.seekToLast();
-    }
-  }
-  valid(): boolean {
-    return this.data !== null && this.data.valid();
-  }
-  seekToFirst(): void {
-    this.index.seekToFirst();
-    if (this.loadBlock()) this.data!.seekToFirst();
-    this.skipForward();
-  }
-  seekToLast(): void {
-    this.index.seekToLast();
-    if (this.loadBlock()) this.data!.seekToLast();
-    this.skipBackward();
-  }
-  seek(key: Uint8Array, seq: number): void {
-    this.index.seek(key, seq);
-    if (this.loadBlock()) this.data!.seek(key, seq);
-    this.skipForward();
-  }
-  next(): void {
-    this.data!.next();
-    this.skipForward();
-  }
-  prev(): void {
-    this.data!.prev();
-    this.skipBackward();
-  }
-  key(): Uint8Array {
-    return this.data!.key();
-  }
-  seq(): number {
-    return this.data!.seq();
-  }
-  kind(): number {
-    return this.data!.kind();
-  }
-  value(): Uint8Array {
-    return this.data!.value();
-  }
-  valueCopy(): Uint8Array {
-    return this.data!.valueCopy();
-  }
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.data = null;
-    if (this.pinned !== null) this.table.unpinBlock(this.pinned);
-    this.pinned = null;
-    this.table.release();
   }
 }

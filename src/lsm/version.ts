@@ -5,7 +5,8 @@ import {
 } from "./coding.ts";
 import { corruption } from "./errors.ts";
 import type { InternalIterator } from "./iterator.ts";
-import type { TableGetResult, TableIterator, TableReader } from "./sstable.ts";
+import type { TableGetResult, TableReader } from "./sstable.ts";
+import type { TableIterator } from "./table-iterator.ts";
 
 export const NUM_LEVELS = 7;
 

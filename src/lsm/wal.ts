@@ -134,10 +134,12 @@ export class LogWriter {
     this.writeScheduled = true;
     queueMicrotask(() => {
       this.writeScheduled = false;
-      // A small stage with nothing in flight goes to the OS right here: a page-cache copy of a
+      // One small write with nothing in flight goes to the OS right here: a page-cache copy of a
       // few µs, where a thread-pool write costs a round trip of tens of µs that a serial writer
-      // waits for on every write. Large stages still go off the event loop.
-      if (!this.writing && !this.gated && this.staged > 0 && this.staged <= INLINE_WRITE_BYTES && !this.failure) this.writeNow();
+      // waits for on every write. A group of writers (or a large stage) still goes off the event
+      // loop: measured, 64 writers in flight ran ~30 % slower with the write on the loop.
+      const single = this.writeWaiters.length <= 1 && this.syncWaiters.length === 0;
+      if (single && !this.writing && !this.gated && this.staged > 0 && this.staged <= INLINE_WRITE_BYTES && !this.failure) this.writeNow();
       else this.startWrite();
     });
   }

@@ -119,7 +119,7 @@ export class TestCluster {
         pending = lines.pop()!;
         for (const line of lines) {
           output.push(line);
-          if (output.length > 200) output.shift();
+          if (output.length > 2000) output.shift();
           if (line.includes("serving on")) markServing();
         }
       }

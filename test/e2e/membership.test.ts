@@ -4,6 +4,8 @@
 // linearizable, and the cluster then survives losing one of its original nodes.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { checkHistory } from "../../src/sim/check/index.ts";
 import type { NodeStatus } from "../../src/kv/client.ts";
 import { TestCluster, freePorts, kvclient } from "./harness.ts";
@@ -131,6 +133,32 @@ describe("membership with real processes", () => {
     // The new node reports the configuration with addresses and roles.
     const s = await statusOf(3);
     expect(s.online).toBe(true);
+  });
+
+  test("with a client token: membership calls need it, and a node joins with it (no --insecure-admin)", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-token-"));
+    const tokenFile = `${dir}/token`;
+    fs.writeFileSync(tokenFile, "membership-token-0123456789\n");
+    const c = await TestCluster.start({ size: 2, extraArgs: ["--client-token-file", tokenFile] });
+    try {
+      await c.waitForLeader().catch(() => undefined);
+      const [port] = await freePorts(1);
+      const joiner = `127.0.0.1:${port}`;
+      const addrs = [...c.addrs, joiner].join(",");
+      const without = await kvclient(["member", "list", "-addrs", c.addrs.join(","), "-timeout", "5000"]);
+      expect(without.code).toBe(1);
+      expect(without.stderr).toContain("Unauthenticated");
+      await c.restart(2, ["--join", c.addrs.join(","), "-addr", joiner]);
+      const added = await kvclient(["member", "add", "-id", "2", "-address", joiner, "-addrs", addrs, "--token-file", tokenFile, "-timeout", "20000"]);
+      expect(added.stdout + added.stderr).toContain("added as a learner");
+      const promoted = await kvclient(["member", "promote", "-id", "2", "-addrs", addrs, "--token-file", tokenFile, "-timeout", "20000"]);
+      expect(promoted.stdout + promoted.stderr).toContain("node 2 is a voter");
+      const listed = await kvclient(["member", "list", "-addrs", addrs, "--token-file", tokenFile]);
+      expect(listed.stdout).toMatch(/^2 .*\| voter/m);
+    } finally {
+      await c.destroy();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("nonsense is refused with the reason; a node without client authorization refuses membership calls", async () => {

@@ -176,6 +176,33 @@ describe("compressed tables", () => {
     await db.close();
   });
 
+  test("a merge on the main thread keeps the cached blocks it reads while point reads evict them", async () => {
+    const d = dir("recycle-merge");
+    // No worker: the merge reads tables through the shared cache, in slices between reads.
+    const db = await DB.open(d, { backgroundThread: false, blockSize: 1024, blockCacheBytes: 64 * 1024, memtableBytes: 64 * 1024 });
+    const value = (i: number, round: number): Uint8Array => bytes(`value ${i} ${round} `.repeat(8));
+    const r = rng(13);
+    for (let round = 0; round < 2; round++) {
+      const ops = [];
+      for (let i = 0; i < 3000; i++) ops.push({ type: "put" as const, key: key(i), value: value(i, round) });
+      await db.write(ops);
+      // Warm the cache with every table's blocks, so the merge finds them there.
+      for (let i = 0; i < 3000; i += 3) db.getSync(key(i));
+    }
+    let reading = true;
+    const reader = (async () => {
+      while (reading) {
+        for (let g = 0; g < 200; g++) db.getSync(key(Math.floor(r() * 3000)));
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    })();
+    await db.compactRange();
+    reading = false;
+    await reader;
+    for (let i = 0; i < 3000; i++) expect(db.getSync(key(i))).toEqual(value(i, 1));
+    await db.close();
+  });
+
   test("a database written before block compression opens, reads and compacts", async () => {
     const d = dir("old-format");
     const fixture = path.join(import.meta.dir, "fixtures", "uncompressed-db");

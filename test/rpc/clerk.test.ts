@@ -101,6 +101,15 @@ describe("Clerk", () => {
     expect(data.get("s")).toBe("4");
   });
 
+  test("a burst of first writes registers each session once at the leader: only the first looks for it", async () => {
+    leader = 2;
+    hint = true;
+    calls.length = 0;
+    const clerk = new Clerk({ addrs, transport, maxConcurrency: 8, batch: false });
+    await Promise.all(Array.from({ length: 8 }, (_, i) => clerk.put(`burst${i}`, "v")));
+    expect(calls.filter((c) => c.op === "Register").map((c) => c.node)).toEqual([0, 2, 2, 2, 2, 2, 2, 2, 2]);
+  });
+
   test("put/append/get/delete, following the leader hint", async () => {
     leader = 2;
     hint = true;

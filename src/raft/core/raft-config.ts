@@ -26,6 +26,18 @@ export interface RaftConfig {
   maxLearnerLag?: number;
 }
 
+/** The configuration checked, with every default filled in. */
+export function resolveConfig(c: RaftConfig): Required<RaftConfig> {
+  validateConfig(c);
+  return {
+    maxPendingProposals: 10_000,
+    maxPendingReads: 10_000,
+    maxCommittedBytesPerReady: 16 * 1024 * 1024,
+    maxLearnerLag: 1000,
+    ...c,
+  };
+}
+
 export function validateConfig(c: RaftConfig): void {
   const positive = (name: string, v: number) => {
     if (!Number.isInteger(v) || v < 1) throw new RangeError(`RaftConfig.${name} must be a positive integer, got ${v}`);

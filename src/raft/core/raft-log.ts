@@ -113,7 +113,11 @@ export class RaftLog {
     return lastTerm > ourTerm || (lastTerm === ourTerm && lastIndex >= this.lastIndex());
   }
 
-  /** The leader's append: new entries at the end. */
+  /**
+   * The leader's append: new entries at the end. They do not count toward commit yet: the driver
+   * may send them to followers before its own write is durable (thesis §10.2.1), so the leader's
+   * matchIndex advances only when advance() reports them stable (Replication.leaderPersisted).
+   */
   append(entries: Entry[]): void {
     for (const e of entries) {
       if (e.index !== this.lastIndex() + 1) throw new Error(`invariant: appending entry ${e.index} after last index ${this.lastIndex()}`);

@@ -12,10 +12,10 @@ import { RaftLog, type RaftLogView } from "./raft-log.ts";
 import { ReadOnly } from "./read-only.ts";
 import { Recovery } from "./recovery.ts";
 import { Outbox, type SoftState } from "./ready.ts";
-import { type RaftConfig, validateConfig } from "./raft-config.ts";
+import { type RaftConfig, resolveConfig } from "./raft-config.ts";
 import type { ConfChangeResult, ProposeResult, RaftInitialState, RaftStatus, ReadIndexResult } from "./interface.ts";
 import { Replication } from "./replication.ts";
-import { EntryType, NONE, type Entry, type HardState, type Message, type NodeId, type RaftRole, type Ready, type SnapshotMeta } from "../types.ts";
+import { EntryType, NONE, type HardState, type Message, type NodeId, type RaftRole, type Ready, type SnapshotMeta } from "../types.ts";
 
 export type { ConfChange, ConfChangeRefusal } from "./config-change.ts";
 export type { ConfChangeResult, ProgressStatus, ProposeResult, RaftInitialState, RaftStatus, ReadIndexResult } from "./interface.ts";
@@ -53,14 +53,7 @@ export class Raft {
   private readonly outbox: Outbox;
 
   constructor(config: RaftConfig, initial: RaftInitialState) {
-    validateConfig(config);
-    this.config = {
-      maxPendingProposals: 10_000,
-      maxPendingReads: 10_000,
-      maxCommittedBytesPerReady: 16 * 1024 * 1024,
-      maxLearnerLag: 1000,
-      ...config,
-    };
+    this.config = resolveConfig(config);
     this.id = config.id;
     const hs = initial.hardState;
     this.log = new RaftLog(initial.snapshot, initial.entries, hs.commitIndex, initial.appliedIndex);
@@ -90,7 +83,7 @@ export class Raft {
     const uncommitted = this.log.lastIndex() - this.log.commitIndex;
     if (uncommitted + data.length > this.config.maxPendingProposals) return { ok: false, leaderId: this.id, reason: "backpressure" };
     const first = this.log.lastIndex() + 1;
-    this.appendEntries(data.map((d, i) => ({ index: first + i, term: this.term, type: EntryType.Normal, data: d })));
+    this.log.append(data.map((d, i) => ({ index: first + i, term: this.term, type: EntryType.Normal, data: d })));
     // Sent on the next ready(): proposals arriving together leave in one AppendEntries.
     this.appendBroadcastPending = true;
     return { ok: true, index: first, term: this.term };
@@ -132,7 +125,7 @@ export class Raft {
     });
     if (!checked.ok) return { ...checked, leaderId: this.id };
     const index = this.log.lastIndex() + 1;
-    this.appendEntries([{ index, term: this.term, type: EntryType.ConfChange, data: encodeMembership(checked.next) }]);
+    this.log.append([{ index, term: this.term, type: EntryType.ConfChange, data: encodeMembership(checked.next) }]);
     this.appendBroadcastPending = true;
     this.afterInput();
     return { ok: true, index, term: this.term, membership: checked.next };
@@ -346,7 +339,7 @@ export class Raft {
     });
     this.replication = replication;
     // The no-op commits every earlier-term entry this leader holds (§5.4.2, §8).
-    this.appendEntries([{ index: last + 1, term: this.term, type: EntryType.Noop, data: new Uint8Array(0) }]);
+    this.log.append([{ index: last + 1, term: this.term, type: EntryType.Noop, data: new Uint8Array(0) }]);
     replication.broadcastAppend();
   }
 
@@ -471,15 +464,6 @@ export class Raft {
   private leader(): Replication {
     if (this.replication === null) throw new Error(`invariant: node ${this.id} is ${this.role}, not the leader`);
     return this.replication;
-  }
-
-  /**
-   * The leader's own append. It does not count toward commit yet: the driver may send these
-   * entries to followers before its own write is durable (thesis §10.2.1), so the leader's
-   * matchIndex advances only when advance() reports them stable (Replication.leaderPersisted).
-   */
-  private appendEntries(entries: Entry[]): void {
-    this.log.append(entries);
   }
 
   /** commitIndex advanced: reads held back until this term committed an entry may now go ahead. */
