@@ -97,7 +97,9 @@ try {
       console.log(`  answered ErrTimeout (not applied within the server's command timeout; the Clerk retries): ${timedOut}`);
       const flushes = delta(after[i]!, before[i]!, "kvraft_lsm_flushes_total");
       const compactions = delta(after[i]!, before[i]!, "kvraft_lsm_compactions_total");
-      console.log(`  LSM memtable flushes ${flushes}, compactions ${compactions} during the window`);
+      const stalls = delta(after[i]!, before[i]!, "kvraft_lsm_write_stalls_total");
+      const slowdowns = delta(after[i]!, before[i]!, "kvraft_lsm_write_slowdowns_total");
+      console.log(`  LSM memtable flushes ${flushes}, compactions ${compactions}, write stalls ${stalls}, slowdowns ${slowdowns} during the window`);
     }
   }
 } finally {
