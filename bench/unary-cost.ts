@@ -9,6 +9,7 @@ import * as path from "node:path";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { KVService, Op } from "../src/gen/kvraftpb/kvraft_pb.ts";
+import { Clerk } from "../src/kv/client.ts";
 import type { KVServiceBackend } from "../src/kv/service.ts";
 import { registerKVService } from "../src/kv/service.ts";
 import { RpcServer } from "../src/rpc/server/server.ts";
@@ -97,6 +98,14 @@ async function main(): Promise<void> {
     ["HTTP/2 Connect JSON", () => shared(createConnectTransport({ ...h2, useBinaryFormat: false }))],
     ["HTTP/2 gRPC", () => shared(createGrpcTransport(h2))],
     ["HTTP/2 gRPC-Web", () => shared(createGrpcWebTransport({ ...h2, useBinaryFormat: true }))],
+    [
+      "Clerk, HTTP/2 binary (batched)",
+      () => {
+        // One Clerk for every slot, as an application shares one; unregistered: no RegisterSession.
+        const clerk = new Clerk({ addrs: [base], transport: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true }), maxConcurrency: o.concurrency });
+        return async () => (i: number) => clerk.put(`k${i % 1000}`, VALUE);
+      },
+    ],
   ];
   console.log(`server pid ${child.pid}, ${o.calls} Put calls per path, ${o.concurrency} in flight, fast lane ${o.fastLane ? "on" : "off"}`);
   for (const [name, make] of paths) {
