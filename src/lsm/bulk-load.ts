@@ -17,9 +17,14 @@ const BOTTOM = NUM_LEVELS - 1;
 
 interface Written {
   number: number;
-  builder: TableBuilder;
+  smallest: Uint8Array;
+  largest: Uint8Array;
+  /** The table's size once synced. */
   done: Promise<BuiltTable>;
 }
+
+/** Tables past this many waiting for their fdatasync make `settle()` wait: each holds its buffers. */
+const MAX_SYNCING = 2;
 
 /**
  * Builds a database from entries given in runs of strictly ascending keys whose key ranges do not
@@ -33,6 +38,7 @@ export class BulkLoader {
   private lastLength = 0;
   private readonly written: Written[] = [];
   private failure: unknown = null;
+  private syncing = new Set<Promise<unknown>>();
   private closed = false;
   entries = 0;
 
@@ -89,13 +95,33 @@ export class BulkLoader {
     this.entries++;
   }
 
+  /** Ends the current run: the next key starts a new table even if it sorts after the last. */
+  endRun(): void {
+    if (this.closed) throw new LsmError("CLOSED", "bulk load already finished or aborted");
+    if (this.builder !== null) this.finishTable();
+  }
+
   private finishTable(): void {
     const builder = this.builder!;
     this.builder = null;
     // finish() writes synchronously and then waits for fdatasync: tables sync while the next fills.
     const done = builder.finish();
-    done.catch((e) => (this.failure ??= e));
-    this.written.push({ number: this.number, builder, done });
+    // Only the bounds are kept: the builder and its buffers go once the table is synced.
+    this.written.push({ number: this.number, smallest: builder.smallest!, largest: builder.largest!, done });
+    const settled = done.then(
+      () => {},
+      (e) => {
+        this.failure ??= e;
+      },
+    );
+    this.syncing.add(settled);
+    void settled.then(() => this.syncing.delete(settled));
+  }
+
+  /** Waits while more than a couple of finished tables are still syncing (bounds memory); call between adds. */
+  async settle(): Promise<void> {
+    while (this.syncing.size > MAX_SYNCING) await Promise.race(this.syncing);
+    if (this.failure !== null) throw this.failure;
   }
 
   /** Syncs every table, records them in the manifest, and opens the database. */
@@ -107,7 +133,7 @@ export class BulkLoader {
       const files: FileMeta[] = [];
       for (const w of this.written) {
         const built = await w.done;
-        files.push(fileMeta(w.number, built.fileSize, w.builder.smallest!, w.builder.largest!));
+        files.push(fileMeta(w.number, built.fileSize, w.smallest, w.largest));
       }
       files.sort((a, b) => compareBytes(a.smallestUser, b.smallestUser));
       for (let i = 1; i < files.length; i++) {
