@@ -73,7 +73,7 @@ options
   --vs-etcd          cluster: also run a 3-member etcd (needs \`etcd\` on PATH) and compare
   --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
   --big-keys N       the same with N keys
-  --cpu-prof DIR     catchup: bun --cpu-prof of the restarted follower in the last run, into DIR
+  --cpu-prof DIR     catchup: bun --cpu-prof of every kvserver (the follower: its last run), into DIR
   --json FILE        write every result, the machine and the versions to FILE
   --results-dir DIR  where SVG charts go (default bench/results)
   -h, --help         this text

@@ -34,17 +34,17 @@ export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: numb
     const members = membersRecord ? decodeMembers(membersRecord) : [...fallbackMembers];
     const meta: SnapshotMeta = { index, term, members };
     const header = { version: SNAPSHOT_FORMAT_VERSION, index, term, logTime, members };
-    async function* sessions(): AsyncGenerator<Session> {
-      for await (const [key, value] of scan(db, { gte: SESSION_PREFIX, lt: SESSION_END, snapshot: snap })) {
+    function* sessions(): Generator<Session> {
+      for (const [key, value] of scan(db, { gte: SESSION_PREFIX, lt: SESSION_END, snapshot: snap })) {
         yield decodeSession(clientIdOfSessionKey(key), value);
       }
     }
-    async function* pairs(): AsyncGenerator<[Uint8Array, Uint8Array]> {
-      for await (const [key, value] of scan(db, { gte: USER_START, lt: USER_END, snapshot: snap })) {
+    function* pairs(): Generator<[Uint8Array, Uint8Array]> {
+      for (const [key, value] of scan(db, { gte: USER_START, lt: USER_END, snapshot: snap })) {
         yield [key.subarray(1), value];
       }
     }
-    async function* records(): AsyncGenerator<[Uint8Array, Uint8Array]> {
+    function* records(): Generator<[Uint8Array, Uint8Array]> {
       yield* scan(db, { gte: RESPONSE_PREFIX, lt: RESPONSE_END, snapshot: snap });
     }
     handedOver = true;
@@ -137,7 +137,7 @@ export function snapshotMetadata(meta: SnapshotMeta, logTime: number, keys: numb
 /** Counts the user keys of `db` (once, for a state written before the key count was kept). */
 export async function countUserKeys(db: DB): Promise<number> {
   let keys = 0;
-  for await (const _ of scan(db, { gte: USER_START, lt: USER_END })) keys++;
+  for (const _ of scan(db, { gte: USER_START, lt: USER_END })) keys++;
   return keys;
 }
 
@@ -191,7 +191,7 @@ function releasingStream(inner: AsyncGenerator<Uint8Array>, release: () => void)
  * Entries of a range one at a time. (The LSM iterator's `for await` reads ahead a batch of
  * entries; with large values that batch, not the chunk size, would bound a snapshot's memory.)
  */
-async function* scan(db: DB, options: DBIteratorOptions): AsyncGenerator<[Uint8Array, Uint8Array]> {
+function* scan(db: DB, options: DBIteratorOptions): Generator<[Uint8Array, Uint8Array]> {
   const iterator = db.iterator(options);
   try {
     for (let entry = iterator.read(); entry !== undefined; entry = iterator.read()) yield entry;

@@ -45,11 +45,11 @@ export type SnapshotRecord =
  */
 export async function* encodeSnapshot(
   header: SnapshotHeader,
-  sessions: AsyncIterable<Session>,
-  pairs: AsyncIterable<[Uint8Array, Uint8Array]>,
+  sessions: Source<Session>,
+  pairs: Source<[Uint8Array, Uint8Array]>,
   chunkBytes: number,
   /** Further metadata records (full LSM keys): each session's last Txn answer. */
-  records: AsyncIterable<[Uint8Array, Uint8Array]> = empty(),
+  records: Source<[Uint8Array, Uint8Array]> = [],
 ): AsyncGenerator<Uint8Array> {
   if (!(chunkBytes >= 64)) throw new RangeError(`snapshot chunk size ${chunkBytes} is below the 64-byte minimum`);
   const chunker = new Chunker(chunkBytes);
@@ -62,47 +62,62 @@ export async function* encodeSnapshot(
   let sessionCount = 0;
   let frame = new FrameBuilder(FRAME_SESSIONS, chunkBytes);
   let inFrame = 0;
-  for await (const s of sessions) {
-    const record = encodeSession(s);
-    frame.i64(s.clientId).bytes(record);
+  const addSession = (s: Session): Uint8Array | null => {
+    frame.i64(s.clientId).bytes(encodeSession(s));
     sessionCount++;
-    if (++inFrame * (8 + SESSION_RECORD_BYTES) >= chunkBytes) {
-      yield* chunker.push(frame.finishCounted(inFrame));
-      frame = new FrameBuilder(FRAME_SESSIONS, chunkBytes);
-      inFrame = 0;
+    if (++inFrame * (8 + SESSION_RECORD_BYTES) < chunkBytes) return null;
+    const full = frame.finishCounted(inFrame);
+    frame = new FrameBuilder(FRAME_SESSIONS, chunkBytes);
+    inFrame = 0;
+    return full;
+  };
+  if (isSync(sessions)) {
+    for (const s of sessions) {
+      const full = addSession(s);
+      if (full !== null) yield* chunker.push(full);
+    }
+  } else {
+    for await (const s of sessions) {
+      const full = addSession(s);
+      if (full !== null) yield* chunker.push(full);
     }
   }
   if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
 
-  let recordCount = 0;
-  frame = new FrameBuilder(FRAME_RECORDS, chunkBytes);
-  inFrame = 0;
-  for await (const [key, value] of records) {
-    frame.u32(key.length).bytes(key).u32(value.length).bytes(value);
-    recordCount++;
-    inFrame++;
-    if (frame.length >= chunkBytes) {
-      yield* chunker.push(frame.finishCounted(inFrame));
-      frame = new FrameBuilder(FRAME_RECORDS, chunkBytes);
+  // Records, then pairs: the same frame layout, each its own frame type and count.
+  const counts = { records: 0, pairs: 0 };
+  for (const [type, source] of [[FRAME_RECORDS, records], [FRAME_PAIRS, pairs]] as const) {
+    frame = new FrameBuilder(type, chunkBytes);
+    inFrame = 0;
+    let count = 0;
+    const add = (key: Uint8Array, value: Uint8Array): Uint8Array | null => {
+      frame.u32(key.length).bytes(key).u32(value.length).bytes(value);
+      count++;
+      inFrame++;
+      if (frame.length < chunkBytes) return null;
+      const full = frame.finishCounted(inFrame);
+      frame = new FrameBuilder(type, chunkBytes);
       inFrame = 0;
+      return full;
+    };
+    // A synchronous source is read without an await per entry: most of the cost of a large state.
+    if (isSync(source)) {
+      for (const [key, value] of source) {
+        const full = add(key, value);
+        if (full !== null) yield* chunker.push(full);
+      }
+    } else {
+      for await (const [key, value] of source) {
+        const full = add(key, value);
+        if (full !== null) yield* chunker.push(full);
+      }
     }
+    if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
+    if (type === FRAME_PAIRS) counts.pairs = count;
+    else counts.records = count;
   }
-  if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
-
-  let pairCount = 0;
-  frame = new FrameBuilder(FRAME_PAIRS, chunkBytes);
-  inFrame = 0;
-  for await (const [key, value] of pairs) {
-    frame.u32(key.length).bytes(key).u32(value.length).bytes(value);
-    pairCount++;
-    inFrame++;
-    if (frame.length >= chunkBytes) {
-      yield* chunker.push(frame.finishCounted(inFrame));
-      frame = new FrameBuilder(FRAME_PAIRS, chunkBytes);
-      inFrame = 0;
-    }
-  }
-  if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
+  const pairCount = counts.pairs;
+  const recordCount = counts.records;
 
   const trailer = new FrameBuilder(FRAME_TRAILER, 24);
   trailer.u64(sessionCount).u64(pairCount).u64(recordCount);
@@ -153,7 +168,12 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
   }
 }
 
-async function* empty(): AsyncGenerator<[Uint8Array, Uint8Array]> {}
+/** What the encoder reads from: a synchronous source (an LSM scan) or an asynchronous one. */
+export type Source<T> = Iterable<T> | AsyncIterable<T>;
+
+function isSync<T>(source: Source<T>): source is Iterable<T> {
+  return typeof (source as Iterable<T>)[Symbol.iterator] === "function";
+}
 
 function parseFrame(payload: Uint8Array): SnapshotRecord {
   const r = new ByteReader(payload);
