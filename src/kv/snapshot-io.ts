@@ -1,7 +1,7 @@
 // Moving a snapshot between an LSM and a chunk stream: reading one out of a consistent LSM snapshot
 // (released exactly once), and loading one into a fresh LSM as sorted runs (BulkLoader).
 import type { BulkLoader } from "../lsm/bulk-load.ts";
-import type { BatchOp, DB, DBIteratorOptions } from "../lsm/index.ts";
+import type { BatchOp, DB, DBIteratorOptions, LsmIterator } from "../lsm/index.ts";
 import { encodeMembership, membershipOfMeta, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { KVCorruptionError } from "./errors.ts";
 import {
@@ -21,7 +21,10 @@ import {
 } from "./keys.ts";
 import { RESPONSE_END, RESPONSE_PREFIX } from "./session-responses.ts";
 import { decodeSession, encodeSession, type Session } from "./sessions.ts";
-import { SNAPSHOT_FORMAT_VERSION, decodeSnapshot, encodeSnapshot } from "./snapshot-stream.ts";
+import { SNAPSHOT_FORMAT_VERSION, decodeSnapshot, encodeSnapshot, type EntryPump } from "./snapshot-stream.ts";
+
+/** Entries per call into the LSM iterator while streaming pairs (it stops earlier at each full frame). */
+const PUMP_ENTRIES = 4096;
 
 /** The state of `db` as one snapshot stream; everything, the applied index included, from one LSM snapshot. */
 export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: number): { meta: SnapshotMeta; chunks: AsyncIterable<Uint8Array> } {
@@ -39,16 +42,21 @@ export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: numb
         yield decodeSession(clientIdOfSessionKey(key), value);
       }
     }
-    function* pairs(): Generator<[Uint8Array, Uint8Array]> {
-      for (const [key, value] of scan(db, { gte: USER_START, lt: USER_END, snapshot: snap })) {
-        yield [key.subarray(1), value];
-      }
-    }
+    // The bulk of the state: entries handed to the encoder as views (no copy per key or value),
+    // full LSM keys whose one-byte user prefix the encoder drops as it copies them.
+    let pairIterator: LsmIterator | null = null;
+    const pairs: EntryPump = (visit) => {
+      pairIterator ??= db.iterator({ gte: USER_START, lt: USER_END, snapshot: snap });
+      return pairIterator.nextViews(PUMP_ENTRIES, visit);
+    };
     function* records(): Generator<[Uint8Array, Uint8Array]> {
       yield* scan(db, { gte: RESPONSE_PREFIX, lt: RESPONSE_END, snapshot: snap });
     }
     handedOver = true;
-    return { meta, chunks: releasingStream(encodeSnapshot(header, sessions(), pairs(), chunkBytes, records()), () => snap.release()) };
+    return { meta, chunks: releasingStream(encodeSnapshot(header, sessions(), pairs, chunkBytes, records(), USER_START.length), () => {
+        pairIterator?.close();
+        snap.release();
+      }) };
   } finally {
     // The stream owns the LSM snapshot from here; it releases it when finished or abandoned.
     if (!handedOver) snap.release();

@@ -46,10 +46,12 @@ export type SnapshotRecord =
 export async function* encodeSnapshot(
   header: SnapshotHeader,
   sessions: Source<Session>,
-  pairs: Source<[Uint8Array, Uint8Array]>,
+  pairs: Source<[Uint8Array, Uint8Array]> | EntryPump,
   chunkBytes: number,
   /** Further metadata records (full LSM keys): each session's last Txn answer. */
   records: Source<[Uint8Array, Uint8Array]> = [],
+  /** Bytes to drop from the front of each pair's key (an LSM key's prefix), sparing a view per pair. */
+  pairKeySkip = 0,
 ): AsyncGenerator<Uint8Array> {
   if (!(chunkBytes >= 64)) throw new RangeError(`snapshot chunk size ${chunkBytes} is below the 64-byte minimum`);
   const chunker = new Chunker(chunkBytes);
@@ -90,18 +92,35 @@ export async function* encodeSnapshot(
     frame = new FrameBuilder(type, chunkBytes);
     inFrame = 0;
     let count = 0;
+    const skip = type === FRAME_PAIRS ? pairKeySkip : 0;
     const add = (key: Uint8Array, value: Uint8Array): Uint8Array | null => {
-      frame.u32(key.length).bytes(key).u32(value.length).bytes(value);
+      // A frame is cut before an entry that would not fit, so its buffer never grows (but for one huge entry).
+      let full: Uint8Array | null = null;
+      if (inFrame > 0 && !frame.fits(8 + key.length - skip + value.length)) {
+        full = frame.finishCounted(inFrame);
+        frame = new FrameBuilder(type, chunkBytes);
+        inFrame = 0;
+      }
+      frame.entry(key, skip, value);
       count++;
       inFrame++;
-      if (frame.length < chunkBytes) return null;
-      const full = frame.finishCounted(inFrame);
-      frame = new FrameBuilder(type, chunkBytes);
-      inFrame = 0;
       return full;
     };
-    // A synchronous source is read without an await per entry: most of the cost of a large state.
-    if (isSync(source)) {
+    if (typeof source === "function") {
+      // A pump stops at each entry that completes a frame, so at most one frame waits here.
+      const ready: Uint8Array[] = [];
+      const visit = (key: Uint8Array, value: Uint8Array): boolean => {
+        const full = add(key, value);
+        if (full === null) return true;
+        ready.push(full);
+        return false;
+      };
+      while (source(visit) > 0) {
+        for (const full of ready) yield* chunker.push(full);
+        ready.length = 0;
+      }
+    } else if (isSync(source)) {
+      // A synchronous source is read without an await per entry: most of the cost of a large state.
       for (const [key, value] of source) {
         const full = add(key, value);
         if (full !== null) yield* chunker.push(full);
@@ -170,6 +189,12 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
 
 /** What the encoder reads from: a synchronous source (an LSM scan) or an asynchronous one. */
 export type Source<T> = Iterable<T> | AsyncIterable<T>;
+
+/**
+ * Entries pushed as views: hands entries to `visit` (which copies them at once) until it returns
+ * false or a batch ends; returns how many it handed over, 0 at the end.
+ */
+export type EntryPump = (visit: (key: Uint8Array, value: Uint8Array) => boolean) => number;
 
 function isSync<T>(source: Source<T>): source is Iterable<T> {
   return typeof (source as Iterable<T>)[Symbol.iterator] === "function";
@@ -288,6 +313,28 @@ class FrameBuilder {
     this.buf.set(b, this.length);
     this.length += b.length;
     return this;
+  }
+
+  /** Whether `n` more bytes fit without growing the buffer. */
+  fits(n: number): boolean {
+    return this.length + n <= this.buf.length;
+  }
+
+  /** One length-prefixed key (from `keyStart`) and length-prefixed value. */
+  entry(key: Uint8Array, keyStart: number, value: Uint8Array): void {
+    const k = key.length - keyStart;
+    this.reserve(8 + k + value.length);
+    const buf = this.buf;
+    let at = this.length;
+    this.view.setUint32(at, k, true);
+    at += 4;
+    if (k <= 32) for (let i = 0; i < k; i++) buf[at + i] = key[keyStart + i];
+    else buf.set(key.subarray(keyStart), at);
+    at += k;
+    this.view.setUint32(at, value.length, true);
+    at += 4;
+    buf.set(value, at);
+    this.length = at + value.length;
   }
 
   /** The whole frame (prefix + payload) for a batch frame holding `count` records. */
