@@ -3,10 +3,9 @@
 // a follower's refusal names it; a change refused "for now" (another pending, learner catching up)
 // is retried until the deadline.
 
-import * as fs from "node:fs";
-import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import { ClusterService, type Member } from "../gen/kvraftpb/kvraft_pb.ts";
+import { clientConnection } from "./client-credentials.ts";
 import { UsageError, parseAddrs, parseFlags, splitHostPort } from "./flags.ts";
 
 export const ADMIN_USAGE = `usage: bun run kvclient member list [-addrs host:port,...]
@@ -195,34 +194,5 @@ export function adminConnection(values: Record<string, string | undefined>): Adm
   const addrs = parseAddrs(values.addrs!);
   const timeoutMs = Number(values.timeout ?? "15000");
   if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new UsageError("-timeout must be a positive number of milliseconds");
-  const read = (flag: string) => {
-    const file = values[flag];
-    if (file === undefined) return undefined;
-    try {
-      return fs.readFileSync(file);
-    } catch (error) {
-      throw new UsageError(`--${flag} ${file}: ${(error as Error).message}`);
-    }
-  };
-  const ca = read("cacert");
-  const cert = read("cert");
-  const key = read("key-file");
-  if ((cert === undefined) !== (key === undefined)) throw new UsageError("--cert and --key-file go together");
-  const tls = ca !== undefined || cert !== undefined ? { ...(ca ? { ca } : {}), ...(cert ? { cert, key } : {}) } : null;
-  const interceptors: Interceptor[] = [];
-  const token = read("token-file")?.toString("utf8").trim();
-  if (token !== undefined) {
-    if (token === "" || /\s/.test(token)) throw new UsageError("--token-file must hold one token without spaces");
-    interceptors.push((next) => (request) => {
-      request.header.set("Authorization", `Bearer ${token}`);
-      return next(request);
-    });
-  }
-  return {
-    addrs,
-    timeoutMs,
-    https: tls !== null,
-    transport: (baseUrl) =>
-      createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: true, interceptors, ...(tls !== null ? { nodeOptions: tls } : {}) }),
-  };
+  return { addrs, timeoutMs, ...clientConnection(values) };
 }

@@ -2,10 +2,8 @@
 //   bun run kvclient -addrs localhost:5001,localhost:5002,localhost:5003 -op put -key k -value v
 // Exit status: 0 success, 1 the operation failed, 2 bad usage.
 
-import * as fs from "node:fs";
-import type { Interceptor } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk, ClerkError, type NodeStatus } from "../kv/client.ts";
+import { clientConnection, type ClientConnection } from "./client-credentials.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { API_OPS, API_SWITCHES, API_USAGE, API_VALUE_FLAGS, checkApiFlags, runApiOp } from "./kvclient-api.ts";
 import { runAdmin } from "./cluster-admin.ts";
@@ -126,31 +124,9 @@ async function main(argv: string[]): Promise<number> {
     throw error;
   }
 
-  let tls: { ca?: Buffer; cert?: Buffer; key?: Buffer } | null = null;
-  const interceptors: Interceptor[] = [];
+  let connection: ClientConnection;
   try {
-    const read = (flag: string) => {
-      const file = flags.values[flag];
-      if (file === undefined) return undefined;
-      try {
-        return fs.readFileSync(file);
-      } catch (error) {
-        throw new UsageError(`--${flag} ${file}: ${(error as Error).message}`);
-      }
-    };
-    const ca = read("cacert");
-    const cert = read("cert");
-    const key = read("key-file");
-    if ((cert === undefined) !== (key === undefined)) throw new UsageError("--cert and --key-file go together");
-    if (ca !== undefined || cert !== undefined) tls = { ...(ca ? { ca } : {}), ...(cert ? { cert, key } : {}) };
-    const token = read("token-file")?.toString("utf8").trim();
-    if (token !== undefined) {
-      if (token === "" || /\s/.test(token)) throw new UsageError("--token-file must hold one token without spaces");
-      interceptors.push((next) => (request) => {
-        request.header.set("Authorization", `Bearer ${token}`);
-        return next(request);
-      });
-    }
+    connection = clientConnection(flags.values);
   } catch (error) {
     if (error instanceof UsageError) {
       console.error(`kvclient: ${error.message}`);
@@ -160,9 +136,8 @@ async function main(argv: string[]): Promise<number> {
   }
   const clerk = new Clerk({
     // With TLS the same host:port addresses are reached over https.
-    addrs: tls === null ? addrs : addrs.map((a) => `https://${a}`),
-    transport: (baseUrl) =>
-      createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: true, interceptors, ...(tls !== null ? { nodeOptions: tls } : {}) }),
+    addrs: connection.https ? addrs.map((a) => `https://${a}`) : addrs,
+    transport: connection.transport,
     operationTimeoutMs: timeoutMs,
     // One operation per process: a registered session would cost a log entry and hold a session
     // slot for the whole TTL. An unregistered random id (eRaft's way) still deduplicates this

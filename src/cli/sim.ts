@@ -75,7 +75,7 @@ export function parseSimArgs(argv: string[]): SimCliOptions {
 
 async function runKv(options: SimCliOptions): Promise<number> {
   // Loaded on demand: the core simulator's runs need none of the KV stack.
-  const { runKvSim } = await import("../sim/kv/cluster.ts");
+  const { runKvSim } = await import("../sim/kv/run.ts");
   const { line, ok } = await runKvSim(options);
   if (ok) {
     console.log(line);

@@ -5,7 +5,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { Event_EventType, WatchRequest_FilterType } from "../gen/kvraftpb/kvraft_pb.ts";
 import { bytes, prefixRangeEnd, toClerkKV, type ClerkKV, type ClerkParts } from "./clerk-txn.ts";
-import { ClerkError, RETRYABLE } from "./client.ts";
+import { ClerkError, RETRYABLE } from "./clerk-outcomes.ts";
 
 export interface WatchOptions {
   /** Exclusive end of the watched range ("\0": every key >= key). */

@@ -3,8 +3,8 @@
 // is applied once. Concurrent operations each take a session of their own and are coalesced into
 // Batch RPCs (clerk-batch.ts). No node-only imports: the caller supplies the Connect transport.
 
-import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
-import { KVService, Op, type CommandResponse, type RegisterSessionResponse, type ResponseHeader, type TxnResponse } from "../gen/kvraftpb/kvraft_pb.ts";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { KVService, Op, type CommandResponse, type ResponseHeader, type TxnResponse } from "../gen/kvraftpb/kvraft_pb.ts";
 import {
   casAnswer,
   casRequest,
@@ -21,102 +21,30 @@ import {
   type RangeOptions,
 } from "./clerk-txn.ts";
 import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
-import { CommandBatcher, type BatchOptions } from "./clerk-batch.ts";
+import { CommandBatcher } from "./clerk-batch.ts";
+import type { ClerkOptions, NodeStatus } from "./clerk-options.ts";
+import {
+  BACK_OFF_ON_SAME_NODE,
+  ClerkError,
+  RETRYABLE,
+  SESSION_GONE,
+  SessionGone,
+  commandAttempt,
+  describe,
+  headerAttempt,
+  leaderOf,
+  registerAttempt,
+  type Attempt,
+} from "./clerk-outcomes.ts";
 
-export interface ClerkOptions {
-  /** Every node's address, in node-id order: "localhost:5001" or "http://host:port". */
-  addrs: readonly string[];
-  /** Makes a Connect transport for one base URL (createConnectTransport from connect-node or -web). */
-  transport: (baseUrl: string) => Transport;
-  /** Deadline of one RPC to one node. */
-  callTimeoutMs?: number;
-  /** Total time one operation may take across all retries before it fails. */
-  operationTimeoutMs?: number;
-  /** Upper bound on RPCs per operation. */
-  maxAttempts?: number;
-  /** First backoff after a failed round; doubles up to maxBackoffMs. */
-  backoffMs?: number;
-  maxBackoffMs?: number;
-  /** Deadline of each node's answer in getStatus(). */
-  statusTimeoutMs?: number;
-  /**
-   * Use this unregistered session id instead of registering one (eRaft's way: exactly-once only
-   * within the server's window for unregistered clients). By default the Clerk registers.
-   */
-  clientId?: bigint;
-  /**
-   * Largest key + value this Clerk sends (default 4 MiB, the server's request limit): a bigger
-   * one fails at once instead of being refused by every node in turn.
-   */
-  maxRequestBytes?: number;
-  /**
-   * Operations this Clerk runs at once (default 256). The server's session keeps one reply per
-   * session, so each concurrent operation uses a session of its own, registered when first needed
-   * (a Raft entry each) and kept for reuse; beyond this many, operations wait their turn. 1 runs
-   * operations one at a time, in call order. With `clientId` it is always 1.
-   */
-  maxConcurrency?: number;
-  /**
-   * Coalesce concurrent Get/Put/Append/Delete operations to a node into Batch RPCs (default on);
-   * false sends one Command RPC per operation.
-   */
-  batch?: BatchOptions | false;
-}
+export type { ClerkOptions, NodeStatus } from "./clerk-options.ts";
+export { ClerkError, RETRYABLE } from "./clerk-outcomes.ts";
 
 /** RegisterSession calls one Clerk has in flight at most. */
 const MAX_CONCURRENT_REGISTRATIONS = 32;
 
 /** Operations waiting for a free session, at most: a bound on what a runaway caller can queue. */
 const MAX_WAITING_OPERATIONS = 1_000_000;
-
-/**
- * An operation failed. `code` is a Connect code: the one a node refused the request with (nothing
- * was applied), InvalidArgument for a request the Clerk refused itself, or DeadlineExceeded when
- * no node completed it in time. `outcomeUnknown` says a write may or may not have been applied.
- */
-export class ClerkError extends Error {
-  override readonly name = "ClerkError";
-  constructor(
-    readonly code: Code,
-    message: string,
-    readonly outcomeUnknown = false,
-  ) {
-    super(message);
-  }
-}
-
-export type NodeStatus =
-  | {
-      online: true;
-      id: number;
-      address: string;
-      /** Leader, Follower or Candidate. */
-      state: string;
-      term: bigint;
-      lastApplied: bigint;
-      commitIndex: bigint;
-      storageSize: bigint;
-      leaderId?: bigint;
-      members: bigint[];
-      snapshotIndex: bigint;
-      keyCount: bigint;
-      /** Storage conditions ("" when healthy): low disk space, recovering lost state, repair. */
-      storageHealth: string;
-    }
-  | { online: false; id: number; address: string; state: "Offline"; error: string };
-
-/** Connect codes that mean "this node could not answer now": try another node. */
-export const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Aborted, Code.Canceled, Code.Internal]);
-/** Connect codes that mean "this node is busy": ask it again after a backoff. */
-const BACK_OFF_ON_SAME_NODE = new Set<Code>([Code.ResourceExhausted]);
-
-/** What each eRaft reply `err` means to the Clerk: the operation is done, or where to retry. */
-const REPLY_OUTCOMES = new Map<string, "done" | "wrong-leader" | "timeout">([
-  ["OK", "done"],
-  ["ErrNoKey", "done"],
-  ["ErrWrongLeader", "wrong-leader"],
-  ["ErrTimeout", "timeout"],
-]);
 
 /** Bytes of `text` in UTF-8, counted without encoding it. */
 function utf8Length(text: string): number {
@@ -135,42 +63,6 @@ function utf8Length(text: string): number {
 
 export function toBaseUrl(address: string): string {
   return /^https?:\/\//.test(address) ? address.replace(/\/+$/, "") : `http://${address}`;
-}
-
-/** What one RPC to one node came to: done, or where to try next. */
-type Attempt<T> =
-  | { done: T }
-  | { retry: "next" | "stay"; problem: string }
-  | { wrongLeader: bigint | undefined; problem: string };
-
-function commandAttempt(response: CommandResponse, node: number): Attempt<CommandResponse> {
-  return classify(response, node, "committing the command");
-}
-
-/** An answer of Range, DeleteRange or Txn: its header's err decides, as Command's err does. */
-function headerAttempt<T extends { header?: ResponseHeader }>(response: T, node: number): Attempt<T> {
-  const hint = response.header?.leaderId;
-  const leader = hint === undefined ? { case: undefined } : { case: "leaderId" as const, value: hint };
-  const outcome = classify({ err: response.header?.err ?? "", leader }, node, "the request");
-  return "done" in outcome ? { done: response } : outcome;
-}
-
-function registerAttempt(response: RegisterSessionResponse, node: number): Attempt<RegisterSessionResponse> {
-  return classify(response, node, "registering the session");
-}
-
-/** An answer's `err` (eRaft's vocabulary): done, not the leader (maybe with a hint), or timed out. */
-function classify<T extends { err: string; leader: { case: "leaderId"; value: bigint } | { case: undefined } }>(response: T, node: number, what: string): Attempt<T> {
-  const outcome = REPLY_OUTCOMES.get(response.err);
-  if (outcome === undefined) throw new ClerkError(Code.Internal, `node ${node} answered with unknown err "${response.err}"`);
-  if (outcome === "done") return { done: response };
-  if (outcome === "wrong-leader") return { wrongLeader: leaderOf(response), problem: `node ${node} is not the leader` };
-  return { retry: "next", problem: `node ${node} timed out ${what}` };
-}
-
-/** The leader hint of an answer (a one-field oneof in kvraft.proto, so older protoc can compile it). */
-function leaderOf(response: { leader: { case: "leaderId"; value: bigint } | { case: undefined } }): bigint | undefined {
-  return response.leader.case === "leaderId" ? response.leader.value : undefined;
 }
 
 /** One server session: its id (0n until registered) and the next commandId it will use. */
@@ -525,14 +417,3 @@ export class Clerk {
     return true;
   }
 }
-
-/** "PUT(\"key\")": how errors name an operation (made only when one is reported). */
-function describe(op: Op, key: string): string {
-  return `${Op[op] ?? String(op)}(${JSON.stringify(key)})`;
-}
-
-/** A registered session that the server no longer has (failed_precondition): internal to the Clerk. */
-class SessionGone extends Error {}
-
-/** Connect codes that mean "your session is gone": register again. */
-const SESSION_GONE = new Set<Code>([Code.FailedPrecondition]);

@@ -1,165 +1,30 @@
-// KVServer: one replica of the KV service. Validates commands, answers retried writes from the
-// session table, proposes writes to Raft and waits for them to apply, serves Gets by ReadIndex.
-import {
-  FileLogStore,
-  NONE,
-  RaftNode,
-  RealClock,
-  type Clock,
-  type LogStore,
-  type Membership,
-  type NodeId,
-  type LogStoreStats,
-  type RaftNodeStatus,
-  type RaftObserver,
-  type Transport,
-} from "../raft/index.ts";
-import type { DBStats } from "../lsm/index.ts";
-import { commandFingerprint, decodeCommand, encodeCommand, type WriteCommand } from "./command.ts";
+// KVServer: one replica of the KV service. Opens its replica and rebuilds it on corruption (self-repair),
+// sends writes down the write path (write-path.ts) and Gets to ReadIndex, fail-stops on fatal errors.
+import { NONE, RaftNode, RealClock, type Clock, type LogStore, type NodeId } from "../raft/index.ts";
 import { DeadlineQueue } from "./deadlines.ts";
-import { DiskWatch, type DiskWatchOptions } from "./disk-watch.ts";
+import { DiskWatch } from "./disk-watch.ts";
 import { type FatalError, isStateMachineCorruption, toFatal } from "./fail-stop.ts";
-import { InvalidArgumentError, OverloadedError, SessionExpiredError, UnavailableError } from "./errors.ts";
-import { PendingWrites, isApplied, type WriteOutcome } from "./pending-writes.ts";
+import { OverloadedError, UnavailableError } from "./errors.ts";
+import { PendingWrites, isApplied } from "./pending-writes.ts";
 import { ReadBatcher } from "./reads.ts";
-import { NO_KEY, OK, WRONG_LEADER, refusal, type CommandArgs, type CommandReply, type RegisterReply } from "./replies.ts";
-import {
-  RESULT_COMMAND_REUSED,
-  RESULT_NO_KEY,
-  RESULT_OK,
-  RESULT_SESSION_EXPIRED,
-  RESULT_STALE_COMMAND,
-  RESULT_TABLE_FULL,
-  RESULT_VALUE_TOO_LARGE,
-  type ResultCode,
-} from "./sessions.ts";
+import { NO_KEY, WRONG_LEADER, type CommandArgs, type CommandReply, type RegisterReply } from "./replies.ts";
+import { RESULT_TABLE_FULL } from "./sessions.ts";
 import { applyLoop } from "./apply-loop.ts";
 import { RelayTransport, discardReplica, handOverLeadership, openStorageRepaired, readMarker, removeMarker, writeMarker, type OpenedStorage } from "./repair.ts";
+import type { KVServerOptions } from "./server-options.ts";
+import { replicaDiagnostics, replicaStatus, type KVDiagnostics, type KVStatus, type ReplicaParts } from "./server-status.ts";
 import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
 import { TxnServer } from "./txn-server.ts";
-import type { TxnLimits } from "./txn.ts";
-import { WatchHub, type WatchLimits } from "./watch-hub.ts";
+import { WatchHub } from "./watch-hub.ts";
+import { proposeWrite, validateCommand, writeCommand, type WriteReplica } from "./write-path.ts";
 
 export type { CommandArgs, CommandReply, KVErr, KVOp, RegisterReply } from "./replies.ts";
-
-export interface KVStatus {
-  id: NodeId;
-  state: "Leader" | "Follower" | "Candidate";
-  term: number;
-  lastApplied: number;
-  commitIndex: number;
-  /** LSM bytes on disk plus Raft log bytes. */
-  storageSize: number;
-  leaderId: NodeId;
-  /** The voters of the configuration this node uses. */
-  members: NodeId[];
-  /** Its learners (non-voting members). */
-  learners: NodeId[];
-  /** Address per member id, as stored with the configuration. */
-  addresses: Record<NodeId, string>;
-  snapshotIndex: number;
-  /** User keys in this replica's applied state. */
-  keyCount: number;
-  /** Live client sessions (duplicate-detection records). */
-  sessions: number;
-  /** Snapshots this node has installed from a leader since it started. */
-  snapshotsInstalled: number;
-  /** ReadIndex rounds this node has asked for since it started (Gets share rounds). */
-  readIndexRounds: number;
-  /** Storage conditions an operator should see ("" when healthy): repair, recovery, low disk space, an unwritable directory. */
-  storageHealth: string;
-}
-
-export interface KVDiagnostics {
-  raft: RaftNodeStatus;
-  /** Null once closed. */
-  lsm: DBStats | null;
-  /** The file log's counters (null when the caller passed its own log store). */
-  log: LogStoreStats | null;
-  sessions: number;
-  readIndexRounds: number;
-  pendingCommands: number;
-}
-
-export interface KVLimits {
-  /** Default 4 KiB. */
-  maxKeyBytes?: number;
-  /** Default 1 MiB. */
-  maxValueBytes?: number;
-  /** Commands in flight on this node before new ones fail fast with resource_exhausted. Default 10,000. */
-  maxPendingCommands?: number;
-  /** How long a command waits for commit/apply (or a read for its ReadIndex). Default 500 ms. */
-  commandTimeoutMs?: number;
-}
-
-export interface KVRaftOptions {
-  tickMs?: number;
-  electionTicks?: number;
-  heartbeatTicks?: number;
-  seed?: number;
-  snapshotThreshold?: number;
-  snapshotChunkBytes?: number;
-  maxPendingProposals?: number;
-  /** Addresses of the bootstrap members (stored with the bootstrap configuration). */
-  addresses?: Record<NodeId, string>;
-  /** Called when the configuration in the log changes (e.g. to tell the transport who the peers are). */
-  onMembershipChange?: (membership: Membership) => void;
-  maxLearnerLag?: number;
-  /** Metrics hooks (src/obs). */
-  observer?: RaftObserver;
-}
-
-export interface KVStateOptions {
-  memtableBytes?: number;
-  blockCacheBytes?: number;
-  /** Further LSM options (see DBOptions). */
-  lsm?: KVStateMachineOptions["lsm"];
-  /** A session idle this long (log time, from leader timestamps) expires. Default 1 hour. */
-  sessionTtlMs?: number;
-  /** Registered sessions at most (registrations beyond are refused). Default 100,000. */
-  maxSessions?: number;
-  /** Unregistered (eRaft-style) sessions at most (least recently used dropped beyond). Default 100,000. */
-  maxUnregisteredSessions?: number;
-  syncEveryEntries?: number;
-}
-
-export interface KVServerOptions {
-  id: NodeId;
-  peers: NodeId[];
-  /** Creates `<dir>/raft` (the Raft log, unless `logStore` is given) and `<dir>/state` (the LSM). */
-  dir: string;
-  transport: Transport;
-  clock?: Clock;
-  /** A log store to use instead of `<dir>/raft` (e.g. a MemoryLogStore in simulations). */
-  logStore?: LogStore;
-  raft?: KVRaftOptions;
-  state?: KVStateOptions;
-  limits?: KVLimits;
-  /** Bounds of Range, DeleteRange and Txn (txn.ts, range.ts). */
-  txnLimits?: TxnLimits;
-  /** Bounds of Watch (watch-hub.ts). */
-  watchLimits?: WatchLimits;
-  /**
-   * Called once when the node meets an error it cannot recover from (storage I/O, a broken
-   * invariant). The server already refuses everything; the process should log the message and exit.
-   */
-  onFatal?: (error: FatalError) => void;
-  /** Watch the data directory (deleted, unwritable, low on space); off unless given. */
-  diskWatch?: Omit<DiskWatchOptions, "dir">;
-  /**
-   * This node may have lost durable state (e.g. its data directory was created anew while its
-   * cluster may exist): it starts recovering, granting no vote until it has caught up.
-   */
-  lostState?: string;
-  /** Where repairs and recovery are reported (default: stderr). */
-  log?: (line: string) => void;
-}
+export type { KVLimits, KVRaftOptions, KVServerOptions, KVStateOptions } from "./server-options.ts";
+export type { KVDiagnostics, KVStatus } from "./server-status.ts";
 
 /** More self-repairs than this within REPAIR_WINDOW_MS is a disk that keeps corrupting: stop instead. */
 const MAX_REPAIRS = 3;
 const REPAIR_WINDOW_MS = 10 * 60_000;
-
-const OPS = new Set<string>(["Get", "Put", "Append", "Delete"]);
 
 export class KVServer {
   private closed = false;
@@ -196,6 +61,8 @@ export class KVServer {
   private reads!: ReadBatcher;
   /** Closed by close() only when this server opened it (not when the caller passed one in). */
   private ownedLogStore: LogStore | null = null;
+  /** This server as the write path sees it (write-path.ts). */
+  private readonly writePath: WriteReplica;
 
   private constructor(
     readonly id: NodeId,
@@ -212,6 +79,25 @@ export class KVServer {
     this.relay = new RelayTransport(options.transport);
     this.log = options.log ?? ((line) => console.error(`kvraft: node ${options.id}: ${line}`));
     this.onFatal = options.onFatal ?? null;
+    const server = this;
+    this.writePath = {
+      id,
+      clock,
+      maxKeyBytes: this.maxKeyBytes,
+      maxValueBytes: this.maxValueBytes,
+      // Getters: a self-repair replaces the replica while a write may be waiting on Raft.
+      get node() {
+        return server.node;
+      },
+      get machine() {
+        return server.machine;
+      },
+      get writes() {
+        return server.writes;
+      },
+      nonce: () => this.nonce(),
+      writeRefusal: () => this.diskWatch?.writeRefusal(),
+    };
   }
 
   static async open(options: KVServerOptions): Promise<KVServer> {
@@ -306,7 +192,7 @@ export class KVServer {
 
   /** Executes one client command. Throws KVError for bad input or overload; all else is a reply. */
   async command(args: CommandArgs): Promise<CommandReply> {
-    this.validate(args);
+    validateCommand(args, this.writePath);
     if (this.fatalError !== null) throw this.stoppedError();
     // Closing, or rebuilding its replica: the client tries another node.
     if (this.closed || this.repairing !== null) return WRONG_LEADER;
@@ -315,7 +201,7 @@ export class KVServer {
     }
     this.pending++;
     try {
-      return args.op === "Get" ? await this.reads.get(args.key) : await this.write(args);
+      return args.op === "Get" ? await this.reads.get(args.key) : await writeCommand(this.writePath, args);
     } finally {
       this.pending--;
     }
@@ -329,38 +215,25 @@ export class KVServer {
   async getStatus(): Promise<KVStatus> {
     // A stopped node does not pretend to be a follower: status fails like everything else.
     if (this.fatalError !== null) throw this.stoppedError();
-    const status = this.node.status();
-    return {
-      id: this.id,
-      state: status.role === "PreCandidate" ? "Candidate" : status.role,
-      term: status.term,
-      lastApplied: this.machine.lastApplied(),
-      commitIndex: status.commitIndex,
-      storageSize: (this.closed ? 0 : this.machine.diskBytes()) + status.logBytes,
-      leaderId: status.leaderId,
-      members: [...status.members],
-      learners: [...status.learners],
-      addresses: { ...status.addresses },
-      snapshotIndex: status.snapshotIndex,
-      keyCount: this.machine.userKeyCount,
-      sessions: this.machine.sessionCount,
-      snapshotsInstalled: status.snapshotsReceived,
-      readIndexRounds: this.reads.roundsStarted,
-      storageHealth: [this.repairing === null ? "" : `repairing: ${this.repairing}`, status.recovering, this.diskWatch?.health() ?? ""]
-        .filter((s) => s !== "")
-        .join("; "),
-    };
+    return replicaStatus(this.parts());
   }
 
   /** Live views for metrics and health (src/obs), read when scraped: no copies kept, no hooks. */
   diagnostics(): KVDiagnostics {
+    return replicaDiagnostics(this.parts());
+  }
+
+  private parts(): ReplicaParts {
     return {
-      raft: this.node.status(),
-      lsm: this.closed ? null : this.machine.lsmStats(),
-      log: this.ownedLogStore instanceof FileLogStore ? this.ownedLogStore.stats() : null,
-      sessions: this.machine.sessionCount,
-      readIndexRounds: this.reads.roundsStarted,
-      pendingCommands: this.pending,
+      id: this.id,
+      node: this.node,
+      machine: this.machine,
+      reads: this.reads,
+      closed: this.closed,
+      repairing: this.repairing,
+      diskWatch: this.diskWatch,
+      ownedLogStore: this.ownedLogStore,
+      pending: this.pending,
     };
   }
 
@@ -402,98 +275,12 @@ export class KVServer {
   async registerSession(): Promise<RegisterReply> {
     if (this.fatalError !== null) throw this.stoppedError();
     if (this.closed || this.repairing !== null) return { err: "ErrWrongLeader", value: "" };
-    const outcome = await this.propose({ op: "Register", clientId: 0n, commandId: this.nonce(), key: "", value: "" });
+    const outcome = await proposeWrite(this.writePath, { op: "Register", clientId: 0n, commandId: this.nonce(), key: "", value: "" });
     if (!isApplied(outcome)) return outcome as RegisterReply;
     if (outcome.result === RESULT_TABLE_FULL) {
       throw new OverloadedError(`node ${this.id}: the session table is full (every registered session is live); retry later`);
     }
     return { err: "OK", clientId: BigInt(outcome.index) };
-  }
-
-  private validate(args: CommandArgs): void {
-    if (typeof args.op !== "string" || !OPS.has(args.op)) {
-      throw new InvalidArgumentError(`unknown op ${JSON.stringify(args.op)}: expected Get, Put, Append or Delete`);
-    }
-    if (typeof args.key !== "string") throw new InvalidArgumentError("the key must be a string");
-    // A UTF-16 code unit is at most 3 UTF-8 bytes: short strings need no byte count.
-    const keyBytes = args.key.length * 3 <= this.maxKeyBytes ? 0 : Buffer.byteLength(args.key, "utf8");
-    if (keyBytes > this.maxKeyBytes) {
-      throw new InvalidArgumentError(`the key is ${keyBytes} bytes; keys are limited to ${this.maxKeyBytes} bytes`);
-    }
-    if (typeof args.value !== "string") throw new InvalidArgumentError("the value must be a string");
-    const valueBytes = args.value.length * 3 <= this.maxValueBytes ? 0 : Buffer.byteLength(args.value, "utf8");
-    if (valueBytes > this.maxValueBytes) {
-      throw new InvalidArgumentError(
-        `the value of key ${JSON.stringify(args.key.slice(0, 64))} is ${valueBytes} bytes; values are limited to ${this.maxValueBytes} bytes`,
-      );
-    }
-    if (typeof args.clientId !== "bigint" || typeof args.commandId !== "bigint") {
-      throw new InvalidArgumentError("clientId and commandId must be 64-bit integers");
-    }
-    if (args.clientId !== 0n && args.commandId < 0n) {
-      throw new InvalidArgumentError(`commandId ${args.commandId} is negative: a session's command ids start at 0 or 1 and increase`);
-    }
-    if (args.registered === true && args.clientId === 0n) {
-      throw new InvalidArgumentError("a registered session needs its clientId (from RegisterSession); 0 means no session");
-    }
-  }
-
-  /**
-   * A write: answered from the session table when it already applied; otherwise registered as
-   * waiting, then proposed; the apply loop answers it (see PendingWrites).
-   */
-  private async write(args: CommandArgs): Promise<CommandReply> {
-    const command: WriteCommand = {
-      op: args.op as "Put" | "Append" | "Delete",
-      clientId: args.clientId,
-      // Without a session the client's commandId means nothing; a nonce lets the apply find the waiter.
-      commandId: args.clientId === 0n ? this.nonce() : args.commandId,
-      key: args.key,
-      value: args.value,
-      registered: args.registered === true,
-    };
-    const known = this.answerFromSession(command);
-    if (known !== null) return replyForResult(known, args);
-    const lowSpace = this.diskWatch?.writeRefusal();
-    if (lowSpace) throw lowSpace;
-    const outcome = await this.propose(command);
-    return isApplied(outcome) ? replyForResult(outcome.result, args) : outcome;
-  }
-
-  /** Proposes a command stamped with this leader's time and value limit; resolves with how it ended. */
-  private async propose(command: WriteCommand): Promise<WriteOutcome> {
-    const data = encodeCommand({ ...command, timestamp: this.clock.now(), maxValueBytes: this.maxValueBytes });
-    const { waiter, outcome } = this.writes.open(command.clientId, command.commandId);
-    try {
-      const { index, term } = await this.node.propose(data);
-      this.writes.place(waiter, index, term);
-    } catch (error) {
-      let refused: CommandReply;
-      try {
-        refused = refusal(error, this.id);
-      } catch (typed) {
-        this.writes.answer(waiter, WRONG_LEADER);
-        throw typed;
-      }
-      this.writes.answer(waiter, refused);
-    }
-    return outcome;
-  }
-
-  /**
-   * The result of a write the session table answers without a new entry: a retry of the session's
-   * last command, or a stale or reused commandId; null when the write must be proposed.
-   */
-  private answerFromSession(command: WriteCommand): ResultCode | null {
-    if (command.clientId === 0n) return null;
-    const session = this.machine.session(command.clientId);
-    // Gone or never registered: the apply decides (a registration may be on its way to this state).
-    if (session === undefined || (command.registered === true && !session.registered)) return null;
-    if (command.commandId > session.commandId) return null;
-    if (command.commandId < session.commandId) return RESULT_STALE_COMMAND;
-    const fingerprint = commandFingerprint(decodeCommand(encodeCommand(command), 0));
-    if (session.fingerprint !== 0 && session.fingerprint !== fingerprint) return RESULT_COMMAND_REUSED;
-    return session.result;
   }
 
   /** A Get's value from the applied state; a storage error there is never served. */
@@ -597,43 +384,6 @@ export class KVServer {
     this.nextNonce = this.nextNonce === (1n << 63n) - 1n ? 1n : this.nextNonce + 1n;
     return this.nextNonce;
   }
-}
-
-/** A write's reply for its apply result, or the typed refusal the result stands for. */
-function replyForResult(result: ResultCode, args: CommandArgs): CommandReply {
-  const key = JSON.stringify(args.key.slice(0, 64));
-  switch (result) {
-    case RESULT_OK:
-      return OK;
-    case RESULT_NO_KEY:
-      return NO_KEY;
-    case RESULT_VALUE_TOO_LARGE:
-      return refuse(new InvalidArgumentError(`${args.op} of key ${key} would make its value larger than the value limit; it was not applied`));
-    case RESULT_SESSION_EXPIRED:
-      return refuse(
-        new SessionExpiredError(
-          `session ${args.clientId} has expired (or was never registered): register a new session; this write was not applied`,
-        ),
-      );
-    case RESULT_STALE_COMMAND:
-      return refuse(
-        new InvalidArgumentError(
-          `commandId ${args.commandId} is older than session ${args.clientId}'s last command: command ids must increase; this write was not applied`,
-        ),
-      );
-    case RESULT_COMMAND_REUSED:
-      return refuse(
-        new InvalidArgumentError(
-          `commandId ${args.commandId} of session ${args.clientId} was already used for a different command: use a new commandId; this write was not applied`,
-        ),
-      );
-    case RESULT_TABLE_FULL:
-      throw new Error(`invariant: a write was answered with a registration's result`);
-  }
-}
-
-function refuse(error: Error): never {
-  throw error;
 }
 
 const decoder = new TextDecoder();

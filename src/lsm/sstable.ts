@@ -280,6 +280,8 @@ export class TableReader implements Releasable {
   private readonly indexIter: BlockIterator;
   private readonly dataIter = new BlockIterator();
   private readonly allocBlock = (n: number): Uint8Array => this.cache.allocBlock(n);
+  /** Where a compressed block read from the mapping is copied to be verified and decoded. */
+  private scratch = new Uint8Array(0);
   bloomSkips = 0;
 
   private constructor(
@@ -406,8 +408,10 @@ export class TableReader implements Releasable {
     // A mapped block is copied before its CRC is checked: a view of the mapping would change with
     // the file (bit rot paged back in, a stray write) after being verified once, and then be read
     // from the cache unverified forever — a corrupt value served.
+    // A compressed block is copied into a scratch buffer instead (its decoded copy is what stays).
     const raw = this.pread(offset, size + BLOCK_TRAILER);
-    const buf = this.map !== null ? raw.slice() : raw;
+    const inScratch = this.map !== null && raw[size] !== BLOCK_RAW;
+    const buf = this.map === null ? raw : inScratch ? this.copyToScratch(raw) : raw.slice();
     const expected = unmaskCrc(readU32(buf, size + 1));
     if (crc32cUpdate(0, buf, 0, size + 1) !== expected) {
       throw corruption(this.name, offset, "block checksum mismatch");
@@ -417,7 +421,8 @@ export class TableReader implements Releasable {
     // A decoded block lives in a recycled buffer (no garbage per miss).
     const recyclable = fillCache && type === BLOCK_LZ4;
     if (type === BLOCK_RAW) {
-      block = buf.subarray(0, size);
+      // (In the scratch only if the file changed between the two reads of its type byte.)
+      block = inScratch ? buf.slice(0, size) : buf.subarray(0, size);
     } else {
       try {
         // Not cached: a one-pass reader decodes into its own scratch buffer (no garbage per block).
@@ -429,6 +434,13 @@ export class TableReader implements Releasable {
     }
     if (fillCache) this.cache.insert(this.blocks, offset, block, recyclable);
     return block;
+  }
+
+  /** A copy of `src` in this table's scratch buffer (valid until the next call). */
+  private copyToScratch(src: Uint8Array): Uint8Array {
+    if (this.scratch.length < src.length) this.scratch = new Uint8Array(Math.ceil(src.length * 1.25));
+    this.scratch.set(src);
+    return this.scratch.subarray(0, src.length);
   }
 
   /** Pins the cached block at `offset` for an iterator (null if it is not cached). */

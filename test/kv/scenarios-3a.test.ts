@@ -3,7 +3,9 @@
 // duplication and order (checkClntAppends).
 import { describe, expect, test } from "bun:test";
 import { checkHistory, type Operation } from "../../src/sim/check/index.ts";
-import { KvSimClerk, KvSimCluster, checkClientAppends } from "../../src/sim/kv/cluster.ts";
+import { KvSimClerk } from "../../src/sim/kv/clerk.ts";
+import { KvSimCluster } from "../../src/sim/kv/cluster.ts";
+import { checkClientAppends } from "../../src/sim/kv/workload.ts";
 import { TIMEOUT, generic } from "./workload.ts";
 
 describe("kvraft 3A", () => {

@@ -2,7 +2,8 @@
 // applied index, lagging followers catch up by streamed snapshots, and the log stays bounded.
 import { describe, expect, test } from "bun:test";
 import { checkHistory, type Operation } from "../../src/sim/check/index.ts";
-import { KvSimClerk, KvSimCluster } from "../../src/sim/kv/cluster.ts";
+import { KvSimClerk } from "../../src/sim/kv/clerk.ts";
+import { KvSimCluster } from "../../src/sim/kv/cluster.ts";
 import { TIMEOUT, generic } from "./workload.ts";
 
 /** 6.824's maxraftstate, in our terms: log entries kept past the durable applied index. */

@@ -1,7 +1,8 @@
 // Replay of the KV simulator: one seed gives one byte-identical summary line (hash included), in
 // process and through `bun run sim --kv`, although every server does real LSM file I/O.
 import { describe, expect, test } from "bun:test";
-import { runKvSim, runWorkload } from "../../src/sim/kv/cluster.ts";
+import { runKvSim } from "../../src/sim/kv/run.ts";
+import { runWorkload } from "../../src/sim/kv/workload.ts";
 import { type Message } from "../../src/raft/index.ts";
 import { SimClock, NodeSimNetwork } from "../../src/sim/raft-node/index.ts";
 import { Rng } from "../../src/util/rng.ts";

@@ -2,7 +2,8 @@
 // lagging follower with bounded memory: live heap during the install stays well under the data size.
 import { expect, test } from "bun:test";
 import type { Operation } from "../../src/sim/check/index.ts";
-import { KvSimClerk, KvSimCluster } from "../../src/sim/kv/cluster.ts";
+import { KvSimClerk } from "../../src/sim/kv/clerk.ts";
+import { KvSimCluster } from "../../src/sim/kv/cluster.ts";
 import { TIMEOUT } from "./workload.ts";
 
 const KEYS = 2048;

@@ -1,6 +1,6 @@
 // Shared by the scenario files: the 6.824 GenericTest run with its checks turned into assertions.
 import { expect } from "bun:test";
-import { runWorkload, type WorkloadOptions } from "../../src/sim/kv/cluster.ts";
+import { runWorkload, type WorkloadOptions } from "../../src/sim/kv/workload.ts";
 
 /** Per-test limit: scenarios take a few seconds; this only stops a hung one. */
 export const TIMEOUT = 60_000;

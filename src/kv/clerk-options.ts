@@ -1,0 +1,63 @@
+// What a Clerk is opened with (ClerkOptions) and what its getStatus() reports per node (NodeStatus).
+import type { Transport } from "@connectrpc/connect";
+import type { BatchOptions } from "./clerk-batch.ts";
+
+export interface ClerkOptions {
+  /** Every node's address, in node-id order: "localhost:5001" or "http://host:port". */
+  addrs: readonly string[];
+  /** Makes a Connect transport for one base URL (createConnectTransport from connect-node or -web). */
+  transport: (baseUrl: string) => Transport;
+  /** Deadline of one RPC to one node. */
+  callTimeoutMs?: number;
+  /** Total time one operation may take across all retries before it fails. */
+  operationTimeoutMs?: number;
+  /** Upper bound on RPCs per operation. */
+  maxAttempts?: number;
+  /** First backoff after a failed round; doubles up to maxBackoffMs. */
+  backoffMs?: number;
+  maxBackoffMs?: number;
+  /** Deadline of each node's answer in getStatus(). */
+  statusTimeoutMs?: number;
+  /**
+   * Use this unregistered session id instead of registering one (eRaft's way: exactly-once only
+   * within the server's window for unregistered clients). By default the Clerk registers.
+   */
+  clientId?: bigint;
+  /**
+   * Largest key + value this Clerk sends (default 4 MiB, the server's request limit): a bigger
+   * one fails at once instead of being refused by every node in turn.
+   */
+  maxRequestBytes?: number;
+  /**
+   * Operations this Clerk runs at once (default 256). The server's session keeps one reply per
+   * session, so each concurrent operation uses a session of its own, registered when first needed
+   * (a Raft entry each) and kept for reuse; beyond this many, operations wait their turn. 1 runs
+   * operations one at a time, in call order. With `clientId` it is always 1.
+   */
+  maxConcurrency?: number;
+  /**
+   * Coalesce concurrent Get/Put/Append/Delete operations to a node into Batch RPCs (default on);
+   * false sends one Command RPC per operation.
+   */
+  batch?: BatchOptions | false;
+}
+
+export type NodeStatus =
+  | {
+      online: true;
+      id: number;
+      address: string;
+      /** Leader, Follower or Candidate. */
+      state: string;
+      term: bigint;
+      lastApplied: bigint;
+      commitIndex: bigint;
+      storageSize: bigint;
+      leaderId?: bigint;
+      members: bigint[];
+      snapshotIndex: bigint;
+      keyCount: bigint;
+      /** Storage conditions ("" when healthy): low disk space, recovering lost state, repair. */
+      storageHealth: string;
+    }
+  | { online: false; id: number; address: string; state: "Offline"; error: string };
