@@ -3,7 +3,7 @@
 
 import { CLIENT_PATHS, type ClientPath } from "./native-clients.ts";
 
-export const SUITES = ["lsm", "raft", "cluster", "metrics"] as const;
+export const SUITES = ["lsm", "raft", "cluster", "metrics", "catchup"] as const;
 export type SuiteName = (typeof SUITES)[number];
 
 export interface BenchOptions {
@@ -29,6 +29,8 @@ export interface BenchOptions {
   clients: number[] | null;
   /** cluster: workloads to run (null: put, get, mix). */
   workloads: ("put" | "get" | "mix")[] | null;
+  /** catchup: write a CPU profile of every process started in the last run into this directory. */
+  cpuProf: string | null;
   help: boolean;
 }
 
@@ -51,11 +53,13 @@ suites (default: all)
   raft       proposals committed per second on 3 and 5 in-process Raft nodes with real log stores
   cluster    three kvserver processes on 127.0.0.1 under a closed-loop load generator
   metrics    cost of recording one metric on the hot path: our recorders vs prom-client's
+  catchup    a follower behind the compacted log catching up by streamed InstallSnapshot: MB/s, RSS
 
 options
   --quick            a small version of every chosen suite (about a minute in all)
   --runs N           runs per side of each comparison (default 3, 1 with --quick)
-  --keys N           LSM key count (default 1,000,000; 50,000 with --quick)
+  --keys N           LSM key count (default 1,000,000; 50,000 with --quick); catchup: keys in the
+                     cluster's state (default 300,000; 30,000 with --quick)
   --seconds S        seconds per cluster load point (default 10; 2 with --quick)
   --no-fast-lane     cluster: kvserver without its fast lanes (HTTP/1.1 unary lane and the
                      HTTP/2 peer frame lane), to measure what they gain against a run without
@@ -69,6 +73,7 @@ options
   --vs-etcd          cluster: also run a 3-member etcd (needs \`etcd\` on PATH) and compare
   --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
   --big-keys N       the same with N keys
+  --cpu-prof DIR     catchup: bun --cpu-prof of every kvserver (the follower: its last run), into DIR
   --json FILE        write every result, the machine and the versions to FILE
   --results-dir DIR  where SVG charts go (default bench/results)
   -h, --help         this text
@@ -99,6 +104,7 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
     paths: null,
     clients: null,
     workloads: null,
+    cpuProf: null,
     help: false,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -146,6 +152,12 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
         o.json = file;
         break;
       }
+      case "--cpu-prof": {
+        const dir = value();
+        if (!dir || dir.startsWith("-")) throw new UsageError("--cpu-prof needs a directory");
+        o.cpuProf = dir;
+        break;
+      }
       case "--results-dir": {
         const dir = value();
         if (!dir || dir.startsWith("-")) throw new UsageError("--results-dir needs a directory");
@@ -179,6 +191,7 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
   if (o.runs === 0) o.runs = o.quick ? 1 : 3;
   if (o.vsEtcd && !o.suites.includes("cluster")) throw new UsageError("--vs-etcd applies to the cluster suite; add `cluster`");
   if (o.noFastLane && !o.suites.includes("cluster")) throw new UsageError("--no-fast-lane applies to the cluster suite; add `cluster`");
+  if (o.cpuProf && !o.suites.includes("catchup")) throw new UsageError("--cpu-prof applies to the catchup suite; add `catchup`");
   if (o.big && !o.suites.includes("lsm")) throw new UsageError("--big applies to the lsm suite; add `lsm`");
   return o;
 }

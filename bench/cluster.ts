@@ -51,7 +51,7 @@ export interface PointRun {
 
 let tagCounter = 0;
 
-async function runGenerator(config: LoadConfig): Promise<LoadResult> {
+export async function runGenerator(config: LoadConfig): Promise<LoadResult> {
   const child = spawnTracked([process.execPath, LOADGEN, JSON.stringify(config)], { stdout: "pipe", output: "inherit" });
   const stdout = await new Response(child.stdout as ReadableStream<Uint8Array>).text();
   const code = await child.exited;

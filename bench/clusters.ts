@@ -11,8 +11,8 @@ import { freePorts, makeTempDir, memoryOf, removeTempDir, spawnTracked, stopChil
 
 const HOST = "127.0.0.1";
 const START_TIMEOUT_MS = 30_000;
-const ROOT = path.resolve(import.meta.dir, "..");
-const KVSERVER = path.join(ROOT, "src/cli/kvserver.ts");
+export const ROOT = path.resolve(import.meta.dir, "..");
+export const KVSERVER = path.join(ROOT, "src/cli/kvserver.ts");
 
 export interface Member {
   id: number;
@@ -179,7 +179,7 @@ interface KvStatus {
   commitIndex: number;
 }
 
-async function kvStatus(port: number): Promise<KvStatus> {
+export async function kvStatus(port: number): Promise<KvStatus> {
   const r = await postJson(port, "/kvraftpb.KVService/GetStatus", {}, "Connect-Protocol-Version: 1\r\n");
   if (r.status !== 200) throw new Error(`GetStatus on port ${port}: HTTP ${r.status}`);
   return {

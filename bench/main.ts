@@ -21,6 +21,8 @@ async function runSuite(name: SuiteName, o: BenchOptions, progress: Progress): P
       return (await import("./cluster.ts")).runClusterSuite(o, progress);
     case "metrics":
       return (await import("./metrics.ts")).runMetricsSuite(o);
+    case "catchup":
+      return (await import("./catchup.ts")).runCatchupSuite(o, progress);
   }
 }
 

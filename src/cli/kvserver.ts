@@ -16,7 +16,7 @@ import { serveNode, type JoinOptions, type ServingNode } from "./serve-node.ts";
 import { SECURITY_SWITCHES, SECURITY_USAGE, SECURITY_VALUE_FLAGS, loadSecurity, type NodeSecurity } from "./security-flags.ts";
 import { log, parseLogLevel, type LogLevel } from "../obs/log.ts";
 
-const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
+const SNAPSHOT_CHUNK_BYTES = 64 * 1024;
 const SHUTDOWN_LIMIT_MS = 20_000;
 
 const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] [--cors-origin ORIGIN,...]

@@ -45,11 +45,13 @@ export type SnapshotRecord =
  */
 export async function* encodeSnapshot(
   header: SnapshotHeader,
-  sessions: AsyncIterable<Session>,
-  pairs: AsyncIterable<[Uint8Array, Uint8Array]>,
+  sessions: Source<Session>,
+  pairs: Source<[Uint8Array, Uint8Array]> | EntryPump,
   chunkBytes: number,
   /** Further metadata records (full LSM keys): each session's last Txn answer. */
-  records: AsyncIterable<[Uint8Array, Uint8Array]> = empty(),
+  records: Source<[Uint8Array, Uint8Array]> = [],
+  /** Bytes to drop from the front of each pair's key (an LSM key's prefix), sparing a view per pair. */
+  pairKeySkip = 0,
 ): AsyncGenerator<Uint8Array> {
   if (!(chunkBytes >= 64)) throw new RangeError(`snapshot chunk size ${chunkBytes} is below the 64-byte minimum`);
   const chunker = new Chunker(chunkBytes);
@@ -62,47 +64,79 @@ export async function* encodeSnapshot(
   let sessionCount = 0;
   let frame = new FrameBuilder(FRAME_SESSIONS, chunkBytes);
   let inFrame = 0;
-  for await (const s of sessions) {
-    const record = encodeSession(s);
-    frame.i64(s.clientId).bytes(record);
+  const addSession = (s: Session): Uint8Array | null => {
+    frame.i64(s.clientId).bytes(encodeSession(s));
     sessionCount++;
-    if (++inFrame * (8 + SESSION_RECORD_BYTES) >= chunkBytes) {
-      yield* chunker.push(frame.finishCounted(inFrame));
-      frame = new FrameBuilder(FRAME_SESSIONS, chunkBytes);
-      inFrame = 0;
+    if (++inFrame * (8 + SESSION_RECORD_BYTES) < chunkBytes) return null;
+    const full = frame.finishCounted(inFrame);
+    frame = new FrameBuilder(FRAME_SESSIONS, chunkBytes);
+    inFrame = 0;
+    return full;
+  };
+  if (isSync(sessions)) {
+    for (const s of sessions) {
+      const full = addSession(s);
+      if (full !== null) yield* chunker.push(full);
+    }
+  } else {
+    for await (const s of sessions) {
+      const full = addSession(s);
+      if (full !== null) yield* chunker.push(full);
     }
   }
   if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
 
-  let recordCount = 0;
-  frame = new FrameBuilder(FRAME_RECORDS, chunkBytes);
-  inFrame = 0;
-  for await (const [key, value] of records) {
-    frame.u32(key.length).bytes(key).u32(value.length).bytes(value);
-    recordCount++;
-    inFrame++;
-    if (frame.length >= chunkBytes) {
-      yield* chunker.push(frame.finishCounted(inFrame));
-      frame = new FrameBuilder(FRAME_RECORDS, chunkBytes);
-      inFrame = 0;
+  // Records, then pairs: the same frame layout, each its own frame type and count.
+  const counts = { records: 0, pairs: 0 };
+  for (const [type, source] of [[FRAME_RECORDS, records], [FRAME_PAIRS, pairs]] as const) {
+    frame = new FrameBuilder(type, chunkBytes);
+    inFrame = 0;
+    let count = 0;
+    const skip = type === FRAME_PAIRS ? pairKeySkip : 0;
+    const add = (key: Uint8Array, value: Uint8Array): Uint8Array | null => {
+      // A frame is cut before an entry that would not fit, so its buffer never grows (but for one huge entry).
+      let full: Uint8Array | null = null;
+      if (inFrame > 0 && !frame.fits(8 + key.length - skip + value.length)) {
+        full = frame.finishCounted(inFrame);
+        frame = new FrameBuilder(type, chunkBytes);
+        inFrame = 0;
+      }
+      frame.entry(key, skip, value);
+      count++;
+      inFrame++;
+      return full;
+    };
+    if (typeof source === "function") {
+      // A pump stops at each entry that completes a frame, so at most one frame waits here.
+      const ready: Uint8Array[] = [];
+      const visit = (key: Uint8Array, value: Uint8Array): boolean => {
+        const full = add(key, value);
+        if (full === null) return true;
+        ready.push(full);
+        return false;
+      };
+      while (source(visit) > 0) {
+        for (const full of ready) yield* chunker.push(full);
+        ready.length = 0;
+      }
+    } else if (isSync(source)) {
+      // A synchronous source is read without an await per entry: most of the cost of a large state.
+      for (const [key, value] of source) {
+        const full = add(key, value);
+        if (full !== null) yield* chunker.push(full);
+      }
+    } else {
+      for await (const [key, value] of source) {
+        const full = add(key, value);
+        if (full !== null) yield* chunker.push(full);
+      }
     }
+    if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
+    if (type === FRAME_PAIRS) counts.pairs = count;
+    else counts.records = count;
   }
-  if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
-
-  let pairCount = 0;
-  frame = new FrameBuilder(FRAME_PAIRS, chunkBytes);
-  inFrame = 0;
-  for await (const [key, value] of pairs) {
-    frame.u32(key.length).bytes(key).u32(value.length).bytes(value);
-    pairCount++;
-    inFrame++;
-    if (frame.length >= chunkBytes) {
-      yield* chunker.push(frame.finishCounted(inFrame));
-      frame = new FrameBuilder(FRAME_PAIRS, chunkBytes);
-      inFrame = 0;
-    }
-  }
-  if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
+  const pairCount = counts.pairs;
+  const recordCount = counts.records;
 
   const trailer = new FrameBuilder(FRAME_TRAILER, 24);
   trailer.u64(sessionCount).u64(pairCount).u64(recordCount);
@@ -153,7 +187,18 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
   }
 }
 
-async function* empty(): AsyncGenerator<[Uint8Array, Uint8Array]> {}
+/** What the encoder reads from: a synchronous source (an LSM scan) or an asynchronous one. */
+export type Source<T> = Iterable<T> | AsyncIterable<T>;
+
+/**
+ * Entries pushed as views: hands entries to `visit` (which copies them at once) until it returns
+ * false or a batch ends; returns how many it handed over, 0 at the end.
+ */
+export type EntryPump = (visit: (key: Uint8Array, value: Uint8Array) => boolean) => number;
+
+function isSync<T>(source: Source<T>): source is Iterable<T> {
+  return typeof (source as Iterable<T>)[Symbol.iterator] === "function";
+}
 
 function parseFrame(payload: Uint8Array): SnapshotRecord {
   const r = new ByteReader(payload);
@@ -268,6 +313,28 @@ class FrameBuilder {
     this.buf.set(b, this.length);
     this.length += b.length;
     return this;
+  }
+
+  /** Whether `n` more bytes fit without growing the buffer. */
+  fits(n: number): boolean {
+    return this.length + n <= this.buf.length;
+  }
+
+  /** One length-prefixed key (from `keyStart`) and length-prefixed value. */
+  entry(key: Uint8Array, keyStart: number, value: Uint8Array): void {
+    const k = key.length - keyStart;
+    this.reserve(8 + k + value.length);
+    const buf = this.buf;
+    let at = this.length;
+    this.view.setUint32(at, k, true);
+    at += 4;
+    if (k <= 32) for (let i = 0; i < k; i++) buf[at + i] = key[keyStart + i];
+    else buf.set(key.subarray(keyStart), at);
+    at += k;
+    this.view.setUint32(at, value.length, true);
+    at += 4;
+    buf.set(value, at);
+    this.length = at + value.length;
   }
 
   /** The whole frame (prefix + payload) for a batch frame holding `count` records. */

@@ -2,6 +2,7 @@
 // Applies committed entries as atomic LSM batches without fsync (the Raft log is the WAL),
 // streams snapshots from an LSM snapshot, and installs them into a fresh LSM switched atomically.
 import * as fs from "node:fs";
+import { BulkLoader } from "../lsm/bulk-load.ts";
 import { DB, type DBOptions, type DBStats } from "../lsm/index.ts";
 import { EntryType, decodeMembership, metaWith, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { ApplyBatch } from "./apply-batch.ts";
@@ -35,7 +36,7 @@ import {
   type Session,
   SessionTable,
 } from "./sessions.ts";
-import { countUserKeys, fillFromSnapshot, loadSessions, readSnapshot } from "./snapshot-io.ts";
+import { countUserKeys, loadFromSnapshot, loadSessions, readSnapshot, snapshotMetadata } from "./snapshot-io.ts";
 import { readPointer, removeStaleStates, stateDir, writePointer } from "./state-dir.ts";
 import { HISTORY_START_KEY, decodeHistoryStart, encodeHistoryStart, trimOps } from "./history.ts";
 import { LAYOUT_KEY, OldLayoutError, VALUE_LAYOUT, decodeLayout, encodeLayout, storedUserValue } from "./revisions.ts";
@@ -399,13 +400,15 @@ export class KVStateMachine {
     const generation = this.generation + 1;
     const dir = stateDir(this.options.dir, generation);
     fs.rmSync(dir, { recursive: true, force: true });
-    const db = await DB.open(dir, lsmOptions(this.options));
+    // The stream is in key order: tables are built from it directly, no WAL or memtable on the way.
+    const loader = await BulkLoader.create(dir, lsmOptions(this.options));
+    let db: DB | null = null;
     try {
-      // Batches of about one chunk: the install holds O(chunk) bytes, whatever the state's size.
-      const batchBytes = Math.min(this.options.maxBatchBytes, this.options.snapshotChunkBytes);
-      await fillFromSnapshot(db, meta, chunks, batchBytes, () => this.closing);
+      const { logTime, keys } = await loadFromSnapshot(loader, meta, chunks, () => this.closing);
+      db = await loader.finish();
       // A fresh history: events before the snapshot are not in the stream.
       await db.write([
+        ...snapshotMetadata(meta, logTime, keys),
         { type: "put", key: LAYOUT_KEY, value: encodeLayout() },
         { type: "put", key: HISTORY_START_KEY, value: encodeHistoryStart(meta.index + 1) },
       ]);
@@ -413,7 +416,8 @@ export class KVStateMachine {
       // The switch: after this rename the new state is the state, crash or not.
       writePointer(this.options.dir, generation);
     } catch (error) {
-      await db.close().catch(() => {});
+      if (db !== null) await db.close().catch(() => {});
+      else await loader.abort();
       fs.rmSync(dir, { recursive: true, force: true });
       throw error;
     }

@@ -313,6 +313,29 @@ export class LsmIterator implements AsyncIterable<[Uint8Array, Uint8Array]> {
     return out;
   }
 
+  /**
+   * Hands entries from the current position onward to `visit` as views (valid only during the
+   * call, no copy of the value), moving past each, until `visit` returns false, `n` entries were
+   * visited, or the range ends. Returns how many were visited. For streaming a range out.
+   */
+  nextViews(n: number, visit: (key: Uint8Array, value: Uint8Array) => boolean): number {
+    this.check();
+    const c = this.cursor;
+    const reverse = this.reverse;
+    let count = 0;
+    while (count < n && this.remaining > 0 && c.valid()) {
+      const k = c.key();
+      if (!this.aboveLower(k) || !this.belowUpper(k)) break;
+      const more = visit(k, c.value());
+      count++;
+      this.remaining--;
+      if (reverse) c.prev();
+      else c.next();
+      if (!more) break;
+    }
+    return count;
+  }
+
   /** The current entry (copied) and a move to the next, or undefined at the end. */
   read(): [Uint8Array, Uint8Array] | undefined {
     const e = this.nextv(1);

@@ -93,6 +93,8 @@ export interface RaftNodeStatus {
   pendingReads: number;
   snapshotsSent: number;
   snapshotsReceived: number;
+  /** Bytes of snapshot streams read as a follower (what catch-up by InstallSnapshot moved). */
+  snapshotBytesReceived: number;
   /** The leader's view of each follower (leaders only). */
   progress?: RaftStatus["progress"];
   stopped: boolean;

@@ -71,6 +71,11 @@ export async function* rechunk(source: AsyncIterable<Uint8Array>, max: number): 
     return out;
   };
   for await (let chunk of source) {
+    // Whole chunks pass through without a copy (the source hands over fresh buffers).
+    while (size === 0 && chunk.length >= max) {
+      yield chunk.subarray(0, max);
+      chunk = chunk.subarray(max);
+    }
     while (chunk.length > 0) {
       const take = Math.min(max - size, chunk.length);
       parts.push(chunk.subarray(0, take));

@@ -53,6 +53,8 @@ export class RaftNode {
   private stopped = false;
   private fatal: Error | null = null;
   private snapshotsReceived = 0;
+  /** Bytes of snapshot streams read by this node as a follower (installed or not). */
+  private snapshotBytesReceived = 0;
 
   private constructor(options: RaftNodeOptions, raft: Raft) {
     this.id = options.id;
@@ -232,6 +234,7 @@ export class RaftNode {
       pendingReads: this.reads.size,
       snapshotsSent: this.snapshotSender.sent,
       snapshotsReceived: this.snapshotsReceived,
+      snapshotBytesReceived: this.snapshotBytesReceived,
       stopped: this.stopped,
       fatal: this.fatal ? this.fatal.message : null,
       recovering: s.recovering,
@@ -364,6 +367,14 @@ export class RaftNode {
     this.kick();
   }
 
+  /** The stream as given, each chunk's size added to snapshotBytesReceived as it is read. */
+  private async *countingBytes(chunks: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+    for await (const chunk of chunks) {
+      this.snapshotBytesReceived += chunk.length;
+      yield chunk;
+    }
+  }
+
   /** Follower side: check, restore the state machine from the stream, then let the core install it. */
   private async receiveSnapshot(message: InstallSnapshot, chunks: AsyncIterable<Uint8Array>): Promise<InstallSnapshotResponse> {
     const refuse = (): InstallSnapshotResponse => ({
@@ -381,7 +392,7 @@ export class RaftNode {
       if (this.stopped) return refuse();
       if (this.raft.acceptSnapshot(message)) {
         try {
-          await this.sm.restore(message.snapshot, chunks);
+          await this.sm.restore(message.snapshot, this.countingBytes(chunks));
         } catch {
           return refuse(); // a failed stream leaves the machine as it was; the leader retries
         }

@@ -200,7 +200,8 @@ export interface StateMachine {
   sync(): Promise<number>;
   /**
    * A consistent point-in-time image of the applied state as a stream of chunks. `meta.index` is
-   * the applied index it captures. The stream must be readable while writes continue.
+   * the applied index it captures. The stream must be readable while writes continue. A chunk
+   * once handed out is never reused by the machine: the sender passes chunks on without a copy.
    */
   snapshot(): Promise<{ meta: SnapshotMeta; chunks: AsyncIterable<Uint8Array> }>;
   /** Replaces the whole state with the snapshot read from `chunks`; atomic across crashes. */

@@ -174,7 +174,7 @@ describe("args", () => {
   const dir = "/tmp/results";
   test("defaults run every suite three times", () => {
     const o = parseArgs([], dir);
-    expect(o.suites).toEqual(["lsm", "raft", "cluster", "metrics"]);
+    expect(o.suites).toEqual(["lsm", "raft", "cluster", "metrics", "catchup"]);
     expect(o.runs).toBe(3);
     expect(o.quick).toBe(false);
   });
