@@ -27,6 +27,7 @@ const NUDGE_KEYS = 4 * SNAPSHOT_THRESHOLD;
 /** Puts per Txn while loading (the server's default maxTxnOps is 128), and Txns in flight. */
 const LOAD_TXN_PUTS = 128;
 const LOAD_IN_FLIGHT = 16;
+const LOAD_ATTEMPTS = 5;
 const START_TIMEOUT_MS = 30_000;
 const CATCHUP_TIMEOUT_MS = 300_000;
 const POLL_MS = 50;
@@ -80,7 +81,16 @@ async function load(ports: number[], count: number): Promise<number> {
       next = Math.min(count, next + LOAD_TXN_PUTS);
       const success = [];
       for (let i = from; i < next; i++) success.push({ request: { case: "requestPut" as const, value: { key: encoder.encode(preloadKey(i)), value } } });
-      await clerk.txn({ success });
+      // A loaded machine may change leaders mid-load; the puts are idempotent, so a Txn the Clerk
+      // gave up on is sent again, a bounded number of times.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await clerk.txn({ success });
+          break;
+        } catch (error) {
+          if (attempt >= LOAD_ATTEMPTS) throw error;
+        }
+      }
     }
   };
   const t0 = performance.now();

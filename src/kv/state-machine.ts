@@ -407,11 +407,8 @@ export class KVStateMachine {
       const { logTime, keys } = await loadFromSnapshot(loader, meta, chunks, () => this.closing);
       db = await loader.finish();
       // A fresh history: events before the snapshot are not in the stream.
-      await db.write([
-        ...snapshotMetadata(meta, logTime, keys),
-        { type: "put", key: LAYOUT_KEY, value: encodeLayout() },
-        { type: "put", key: HISTORY_START_KEY, value: encodeHistoryStart(meta.index + 1) },
-      ]);
+      const history = { type: "put" as const, key: HISTORY_START_KEY, value: encodeHistoryStart(meta.index + 1) };
+      await db.write([...snapshotMetadata(meta, logTime, keys), { type: "put", key: LAYOUT_KEY, value: encodeLayout() }, history]);
       await db.sync();
       // The switch: after this rename the new state is the state, crash or not.
       writePointer(this.options.dir, generation);
