@@ -43,7 +43,9 @@ describe("membership with real processes", () => {
     let finish!: () => void;
     const stop = new Promise<void>((resolve) => (finish = resolve));
     const progress = { acked: 0 };
-    const work = runWorkload({ clerks, keys: KEYS, stop, maxOpsPerClient: 400, progress });
+    // Paced, so the op budget outlasts every phase however slow the machine is (an unpaced
+    // workload could spend it before the last phases and leave them waiting for appends).
+    const work = runWorkload({ clerks, keys: KEYS, stop, maxOpsPerClient: 2000, pauseMs: 20, progress });
     let workFailed: unknown = null;
     work.catch((error: unknown) => (workFailed = error ?? new Error("workload failed")));
     const waitForAcks = async (more: number, phase: string) => {

@@ -21,6 +21,8 @@ export async function runWorkload(options: {
   keys: string[];
   stop: Promise<void>;
   maxOpsPerClient: number;
+  /** A pause after each operation: paces a long-running workload so its op budget lasts. */
+  pauseMs?: number;
   /** Counts acknowledged appends as they happen, so a test can wait for progress. */
   progress?: { acked: number };
 }): Promise<WorkloadResult> {
@@ -68,6 +70,7 @@ export async function runWorkload(options: {
           });
           if (!isRead) push(result.unknown, key, token);
         }
+        if (options.pauseMs) await Bun.sleep(options.pauseMs);
       }
     }),
   );
