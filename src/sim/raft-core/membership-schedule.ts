@@ -5,14 +5,11 @@
 
 import { mix, hex } from "./checker.ts";
 import { CoreSimCluster } from "./cluster.ts";
-import { RELIABLE, type NetworkOptions } from "./network.ts";
+import { CRASH_POINTS, FAULTY, healEverything, injectNetworkFaults } from "./faults.ts";
 import type { ScheduleOptions, ScheduleResult } from "./schedule.ts";
-import type { CrashPoint } from "./sim-node.ts";
 import type { ConfChange } from "../../raft/core/raft.ts";
 import type { NodeId } from "../../raft/types.ts";
 
-const FAULTY: NetworkOptions = { minDelay: 1, maxDelay: 4, lossRate: 0.08, duplicateRate: 0.03 };
-const CRASH_POINTS: readonly (CrashPoint | "now")[] = ["now", "before-persist", "after-persist", "after-send"];
 const HEAL_TICKS = 1500;
 
 export function membershipReplayCommand(o: ScheduleOptions): string {
@@ -83,27 +80,14 @@ export function runMembershipSchedule(o: ScheduleOptions): ScheduleResult {
     const down = c.nodes.filter((x) => !x.alive).map((x) => x.id);
     if (down.length < maxDown && rng.chance(0.006)) c.crashAt(rng.int(n), rng.pick(CRASH_POINTS));
     if (down.length > 0 && rng.chance(0.03)) c.restart(rng.pick(down));
-    if (rng.chance(0.006)) {
-      const side = c.nodes.map(() => rng.chance(0.5));
-      c.partition([c.nodes.filter((_, i) => side[i]).map((x) => x.id), c.nodes.filter((_, i) => !side[i]).map((x) => x.id)]);
-    }
-    if (rng.chance(0.003)) {
-      const from = rng.int(n);
-      c.blockOneWay(from, (from + 1 + rng.int(n - 1)) % n);
-    }
-    if (rng.chance(0.01)) c.heal();
+    injectNetworkFaults(c);
     c.tick();
   }
 
   // Healing: every node up on a reliable network. A leader must commit a fresh entry and every
   // member of its configuration (voters and learners) must apply the same history up to it;
   // removed nodes keep a prefix of it (the oracle checks every apply).
-  c.heal();
-  c.setNetwork(RELIABLE);
-  for (const x of c.nodes) {
-    x.armedCrash = null;
-    c.restart(x.id);
-  }
+  healEverything(c);
   let finalIndex = -1;
   let members: NodeId[] = [];
   const converged = c.runUntil(() => {

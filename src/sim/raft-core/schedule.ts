@@ -4,8 +4,8 @@
 
 import { mix, hex } from "./checker.ts";
 import { CoreSimCluster } from "./cluster.ts";
-import { RELIABLE, type NetworkOptions } from "./network.ts";
-import type { CrashPoint, DiskFault } from "./sim-node.ts";
+import { CRASH_POINTS, FAULTY, healEverything, injectNetworkFaults } from "./faults.ts";
+import type { DiskFault } from "./sim-node.ts";
 
 export interface ScheduleOptions {
   seed: number;
@@ -26,8 +26,6 @@ export interface ScheduleResult {
   cluster: CoreSimCluster;
 }
 
-const FAULTY: NetworkOptions = { minDelay: 1, maxDelay: 4, lossRate: 0.08, duplicateRate: 0.03 };
-const CRASH_POINTS: readonly (CrashPoint | "now")[] = ["now", "before-persist", "after-persist", "after-send"];
 const DISK_FAULTS: readonly DiskFault[] = ["wipe", "truncate", "discard-state"];
 /** Ticks the healed cluster gets to converge before that counts as a liveness failure. */
 const HEAL_TICKS = 1000;
@@ -83,26 +81,13 @@ export function runRandomSchedule(o: ScheduleOptions): ScheduleResult {
       if (!c.nodes[victim]!.disk.recovering) c.loseDisk(victim, rng.pick(DISK_FAULTS), 1 + rng.int(40));
     }
     if (down.length > 0 && rng.chance(0.03)) c.restart(rng.pick(down));
-    if (rng.chance(0.006)) {
-      const side = c.nodes.map(() => rng.chance(0.5));
-      c.partition([c.nodes.filter((_, i) => side[i]).map((x) => x.id), c.nodes.filter((_, i) => !side[i]).map((x) => x.id)]);
-    }
-    if (n > 1 && rng.chance(0.003)) {
-      const from = rng.int(n);
-      c.blockOneWay(from, (from + 1 + rng.int(n - 1)) % n);
-    }
-    if (rng.chance(0.01)) c.heal();
+    injectNetworkFaults(c);
     c.tick();
   }
 
   // Healing: every node up, a reliable network; the cluster must elect a leader, commit a fresh
   // entry and bring every state machine to the same applied index.
-  c.heal();
-  c.setNetwork(RELIABLE);
-  for (const x of c.nodes) {
-    x.armedCrash = null;
-    c.restart(x.id);
-  }
+  healEverything(c);
   let finalIndex = -1;
   const converged = c.runUntil(() => {
     const leader = c.leader();
