@@ -45,6 +45,10 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        recently used is dropped beyond (default 100000)
   --max-pending N      client commands in flight on this node at most; beyond it a command is
                        refused at once with resource_exhausted (default: the KV server's own)
+  --max-in-flight N    KV calls (Command, Batch, Txn, Range, ...; not GetStatus) in flight on this
+                       node at most; one more is refused before it is parsed, with resource_exhausted
+                       and a retry-after-ms hint (default 1024)
+  --max-in-flight-mb N request bytes of those calls at most (default 64)
   --log-level          debug, info, warn, error or fatal (default info)
   --log-format         json (one object per line), human, or auto: human on a terminal (default)
   --max-watches        watches this node serves at once; one more is refused (default 1000)
@@ -71,6 +75,7 @@ interface Config {
   fastLane: boolean;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
   maxPendingCommands?: number;
+  admission: { maxCalls?: number; maxBytes?: number };
   security: NodeSecurity;
   join?: { address: string; members: string[] };
   insecureAdmin: boolean;
@@ -95,6 +100,8 @@ function parseConfig(argv: string[]): Config | "help" {
       "max-sessions": undefined,
       "max-unregistered-sessions": undefined,
       "max-pending": undefined,
+      "max-in-flight": undefined,
+      "max-in-flight-mb": undefined,
       "log-level": "info",
       "log-format": "auto",
       "max-watches": undefined,
@@ -166,6 +173,10 @@ function parseConfig(argv: string[]): Config | "help" {
     fastLane: !flags.switches.has("no-fast-lane"),
     sessions,
     maxPendingCommands: positive("max-pending"),
+    admission: {
+      ...(flags.values["max-in-flight"] !== undefined ? { maxCalls: positive("max-in-flight") } : {}),
+      ...(flags.values["max-in-flight-mb"] !== undefined ? { maxBytes: positive("max-in-flight-mb")! * 1024 * 1024 } : {}),
+    },
     security,
     logLevel,
     logFormat,
@@ -219,6 +230,7 @@ async function main(argv: string[]): Promise<number> {
       addrs,
       ...(join !== undefined ? { join } : {}),
       insecureAdmin: config.insecureAdmin,
+      admission: config.admission,
       dir: db,
       corsOrigins: config.corsOrigins,
       fastLane: config.fastLane,

@@ -3,7 +3,7 @@
 // authenticated Connect transport, and shuts down in the safe order.
 
 import { ConnectTransport } from "../rpc/peers/connect-transport.ts";
-import { registerKVService, type KVServiceBackend } from "../kv/service.ts";
+import { admittedKVMethod, eRaftOverloadAnswers, registerKVService, type KVServiceBackend } from "../kv/service.ts";
 import { registerClusterService } from "../kv/cluster-service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
 import type { Membership, NodeId, Transport } from "../raft/types.ts";
@@ -50,6 +50,8 @@ export interface ServeNodeOptions {
   join?: JoinOptions;
   /** Serve ClusterService although no client authorization guards the port (--insecure-admin). */
   insecureAdmin?: boolean;
+  /** Admission control of KV calls (src/rpc/server/admission.ts); defaults: 1024 calls, 64 MiB. */
+  admission?: { maxCalls?: number; maxBytes?: number };
   /**
    * Opens the KV server (KVServer.open in production, a stand-in in tests). `addresses` are the
    * bootstrap members' addresses; `onMembershipChange` keeps the transport's peers in step with
@@ -131,6 +133,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
       ...(security.tls !== undefined ? { tls: security.tls } : {}),
       ...(security.gate !== undefined ? { gate: security.gate } : {}),
       httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: memberUrls })] }),
+      admission: { ...options.admission, covers: admittedKVMethod, grpcAnswers: eRaftOverloadAnswers() },
       routes: (router) => {
         const counted = instrumentRouter(router, metrics);
         registerKVService(counted, () => served);
@@ -147,6 +150,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     await transport.close();
     throw error;
   }
+  metrics.admission = server.admission;
   try {
     kv = await options.open({
       id,

@@ -3,7 +3,7 @@
 // keys, values and sessions belongs to KVServer.
 
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { KVError, type KVErrorCode } from "./errors.ts";
 import { refuseUnparsableBodies } from "./parse-refusal.ts";
 import type { KVOp } from "./replies.ts";
@@ -179,7 +179,22 @@ function isERaftShaped(request: CommandRequest, context: HandlerContext): boolea
 /** Refusals to eRaft's Clerk held back at once at most (each a timer); beyond it, answered at once. */
 const MAX_HELD_REFUSALS = 1000;
 /** How long an overload refusal to eRaft's Clerk is held: its pause before it tries the next server. */
-const OVERLOAD_PAUSE_MS = 50;
+export const ERAFT_OVERLOAD_PAUSE_MS = 50;
+
+/**
+ * What the RPC server's admission control answers a gRPC Command it refuses (before parsing, so
+ * before it can tell eRaft's Clerk from kvraft's): ErrTimeout after the pause, as below; kvraft's
+ * Clerk reads ErrTimeout as "retry", so one answer serves both.
+ */
+export function eRaftOverloadAnswers(): Map<string, { message: Uint8Array; holdMs: number }> {
+  const message = toBinary(CommandResponseSchema, BARE_RESPONSES.get("ErrTimeout")!);
+  return new Map([[`/${KVService.typeName}/${KVService.method.command.name}`, { message, holdMs: ERAFT_OVERLOAD_PAUSE_MS }]]);
+}
+
+/** The KV methods admission control counts: all but GetStatus (what operators and tests poll under load). */
+export function admittedKVMethod(path: string): boolean {
+  return path.startsWith(`/${KVService.typeName}/`) && path !== `/${KVService.typeName}/${KVService.method.getStatus.name}`;
+}
 let heldRefusals = 0;
 
 /**
@@ -191,7 +206,7 @@ async function answerERaft(refusal: ConnectError): Promise<CommandResponse> {
   if (BACK_OFF_CODES.has(refusal.code)) {
     if (heldRefusals < MAX_HELD_REFUSALS) {
       heldRefusals++;
-      await new Promise((resolve) => setTimeout(resolve, OVERLOAD_PAUSE_MS)).finally(() => heldRefusals--);
+      await new Promise((resolve) => setTimeout(resolve, ERAFT_OVERLOAD_PAUSE_MS)).finally(() => heldRefusals--);
     }
     return BARE_RESPONSES.get("ErrTimeout")!;
   }

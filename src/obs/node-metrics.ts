@@ -29,6 +29,13 @@ export interface NodeEvent {
 
 const MAX_EVENTS = 64;
 
+/** What the metrics read of the RPC server's admission control (src/rpc/server/admission.ts). */
+export interface AdmissionView {
+  readonly stats: { readonly admitted: number; readonly refusedCalls: number; readonly refusedBytes: number };
+  readonly inFlightCalls: number;
+  readonly inFlightBytes: number;
+}
+
 export class NodeMetrics {
   readonly registry = new Registry();
   /** Recent leader changes and errors, oldest first, at most MAX_EVENTS. */
@@ -52,6 +59,8 @@ export class NodeMetrics {
   readonly rpcRequests = new CounterFamily("kvraft_rpc_requests_total", "RPCs answered, by method, protocol (connect, grpc, grpc-web) and code.", ["method", "protocol", "code"]);
   readonly rpcLatency = new HistogramFamily("kvraft_rpc_duration_seconds", "RPC handling time by method.", ["method"], LATENCY_BOUNDS);
   rpcInFlight = 0;
+  /** The RPC server's admission control (set once the port is bound; null: none configured). */
+  admission: AdmissionView | null = null;
 
   readonly raftObserver: RaftObserver = {
     proposed: (count) => {
@@ -252,6 +261,13 @@ export class NodeMetrics {
       this.rpcRequests.metric(),
       this.rpcLatency.metric(),
       scraped("kvraft_rpc_in_flight", "RPCs being handled now.", "gauge", () => [{ value: this.rpcInFlight }]),
+      scraped("kvraft_rpc_admission_refused_total", "Client calls refused at once with resource_exhausted by admission control, by the limit hit (calls, bytes).", "counter", () => {
+        const a = this.admission;
+        return a === null ? [] : [{ labels: { limit: "calls" }, value: a.stats.refusedCalls }, { labels: { limit: "bytes" }, value: a.stats.refusedBytes }];
+      }),
+      scraped("kvraft_rpc_admitted_total", "Client calls admission control let in.", "counter", () => (this.admission === null ? [] : [{ value: this.admission.stats.admitted }])),
+      scraped("kvraft_rpc_admitted_in_flight_calls", "Admitted client calls not yet answered.", "gauge", () => (this.admission === null ? [] : [{ value: this.admission.inFlightCalls }])),
+      scraped("kvraft_rpc_admitted_in_flight_bytes", "Request bytes of the admitted calls not yet answered.", "gauge", () => (this.admission === null ? [] : [{ value: this.admission.inFlightBytes }])),
     ];
   }
 }

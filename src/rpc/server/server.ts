@@ -8,13 +8,14 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import type * as tls from "node:tls";
-import { cors, createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { ConnectError, cors, createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { FrameRoutes, isPlainConnectStream, serveFrameStream } from "./frame-lane.ts";
 import { Http1Lane, type LaneHost } from "./http1-lane.ts";
 import { h2CallOf, serveH2Unary, type H2LaneHost } from "./h2-lane.ts";
 import { ACCEPT_COMPRESSION, COMPRESS_MIN_BYTES, UnaryRoutes } from "./unary-routes.ts";
 import { connectionKey, connectionOf, type CallGate } from "./connection.ts";
+import { Admission, type AdmissionOptions } from "./admission.ts";
 import { TLS_HANDSHAKE_BYTE, refuseCleartext, refuseTls, secureContextOf, startTls, type TlsOptions } from "./tls-port.ts";
 import { log } from "../../obs/log.ts";
 
@@ -61,6 +62,8 @@ export interface RpcServerOptions {
   httpRoutes?: (request: NodeRequest, response: NodeResponse) => boolean;
   /** Client authorization of every call (Connect adapter and fast lane alike); none: every call runs. */
   gate?: CallGate;
+  /** Admission control of client calls (admission.ts); none: calls are never refused for load. */
+  admission?: AdmissionOptions;
 }
 
 /** The port could not be bound; `code` says why ("port_in_use", "permission_denied", "listen_failed"). */
@@ -99,6 +102,8 @@ export class RpcServer {
     private readonly options: RpcServerOptions,
     private readonly shutdown: AbortController,
     unary: UnaryRoutes,
+    /** Admission control of client calls, when configured (its counters go to /metrics). */
+    readonly admission: Admission | null,
     /** Calls the fast lanes answered (HTTP/1.1, HTTP/2), connections handed to node:http, refusals. */
     readonly stats: { laneCalls: number; laneHandovers: number; h2Calls: number; h2LibraryCalls: number; refusedTls: number; refusedCleartext: number },
   ) {
@@ -114,9 +119,23 @@ export class RpcServer {
     // A misspelled field or enum name must fail loudly: ignoring it would turn {"op":"TRUNCATE"}
     // into the default op, PUT.
     const jsonOptions = { ignoreUnknownFields: false };
-    const unary = new UnaryRoutes({ readMaxBytes, jsonOptions, gate: options.gate });
+    const admission = options.admission === undefined ? null : new Admission(options.admission);
+    const unary = new UnaryRoutes({ readMaxBytes, jsonOptions, gate: options.gate, ...(admission !== null ? { admission } : {}) });
     const gate = options.gate;
     const interceptors: Interceptor[] = [];
+    if (admission !== null) {
+      // The adapter's unary calls (compressed, GET, the --no-fast-lane server) count as the lanes' do.
+      interceptors.push((next) => async (request) => {
+        if (request.stream || !admission.covers(`/${request.service.typeName}/${request.method.name}`)) return next(request);
+        const ticket = admission.admit(0);
+        if (ticket instanceof ConnectError) throw ticket;
+        try {
+          return await next(request);
+        } finally {
+          admission.release(ticket);
+        }
+      });
+    }
     if (gate !== undefined) {
       interceptors.push((next) => async (request) => {
         const denied = gate({
@@ -218,7 +237,7 @@ export class RpcServer {
 
     const address = tcp.address();
     const port = typeof address === "object" && address !== null ? address.port : options.port;
-    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary, stats);
+    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary, admission, stats);
     server.wire();
     return server;
   }

@@ -22,6 +22,7 @@ import { codeToHttpStatus, errorToJsonBytes, trailerMux } from "@connectrpc/conn
 import { flatBinary, type FlatBinary } from "./flat-binary.ts";
 import { flatJson, type FlatJson } from "./flat-json.ts";
 import { connectionKey, type CallGate, type ConnectionInfo } from "./connection.ts";
+import type { Admission } from "./admission.ts";
 
 type JsonWriteOptions = NonNullable<UniversalHandlerOptions["jsonOptions"]>;
 
@@ -41,6 +42,8 @@ export interface UnaryRoute {
   readonly impl: (request: unknown, context: HandlerContext) => unknown;
   /** Client authorization, checked before impl (as the adapter's interceptor does). */
   readonly gate: CallGate | undefined;
+  /** The node's admission control when this method is counted by it; null: never refused for load. */
+  readonly admission: Admission | null;
   /** The library's handler of this method (all protocols): the lanes' fallback for odd bodies. */
   library(): UniversalHandler;
 }
@@ -117,7 +120,7 @@ export class UnaryRoutes {
   private readonly routes = new Map<string, UnaryRoute>();
   private router: ConnectRouter | null = null;
 
-  constructor(private readonly defaults: { readMaxBytes: number; jsonOptions?: JsonWriteOptions; gate?: CallGate }) {}
+  constructor(private readonly defaults: { readMaxBytes: number; jsonOptions?: JsonWriteOptions; gate?: CallGate; admission?: Admission }) {}
 
   get(path: string): UnaryRoute | undefined {
     return this.routes.get(path);
@@ -173,6 +176,7 @@ export class UnaryRoutes {
       flatOutput: Object.keys(jsonOptions ?? {}).every((k) => k === "ignoreUnknownFields") ? flatJson(method.output) : null,
       impl,
       gate: this.defaults.gate,
+      admission: this.defaults.admission?.covers(path) ? this.defaults.admission : null,
       library: () => {
         library ??= this.router?.handlers.find((h) => h.requestPath === path);
         if (library === undefined) throw new Error(`no library handler for ${path}`);
@@ -209,6 +213,27 @@ function parseInput(route: UnaryRoute, binary: boolean, body: Uint8Array): unkno
  * outcome's error, as the library would report it.
  */
 export async function invokeUnary(route: UnaryRoute, protocol: UnaryProtocol, binary: boolean, body: Uint8Array, source: CallSource): Promise<UnaryOutcome> {
+  const admission = route.admission;
+  if (admission === null) return runUnary(route, protocol, binary, body, source);
+  // Before parsing: an overloaded node spends on a refusal only its framing.
+  const ticket = admission.admit(body.byteLength);
+  if (ticket instanceof ConnectError) return refused(admission, route, protocol === "grpc" && binary, ticket);
+  try {
+    return await runUnary(route, protocol, binary, body, source);
+  } finally {
+    admission.release(ticket);
+  }
+}
+
+/** The outcome of a call admission refused: the error, or for gRPC the route's held answer. */
+async function refused(admission: Admission, route: UnaryRoute, grpcBinary: boolean, error: ConnectError): Promise<UnaryOutcome> {
+  const answer = grpcBinary ? admission.grpcAnswer(route.path) : undefined;
+  if (answer === undefined) return { message: null, error, header: null, trailer: null };
+  await admission.hold(answer.holdMs);
+  return { message: answer.message, error: null, header: null, trailer: null };
+}
+
+async function runUnary(route: UnaryRoute, protocol: UnaryProtocol, binary: boolean, body: Uint8Array, source: CallSource): Promise<UnaryOutcome> {
   const context = new LaneContext(route, source, protocol);
   try {
     const denied = route.gate?.({
