@@ -166,7 +166,13 @@ function call(session: http2.ClientHttp2Session, key: string, value: string, han
       clearTimeout(timer);
       const bytes = Buffer.concat(chunks);
       if (status === 200) {
-        const err = fromBinary(CommandResponseSchema, bytes).err;
+        let err: string;
+        try {
+          err = fromBinary(CommandResponseSchema, bytes).err;
+        } catch {
+          resolve({ kind: "other", what: `HTTP 200 with a body that is no CommandResponse (${bytes.length} bytes)` });
+          return;
+        }
         if (err === "OK") resolve({ kind: "ok" });
         else if (err === "ErrTimeout") resolve({ kind: "timeout" });
         else if (err === "ErrWrongLeader") resolve({ kind: "wrong-leader" });

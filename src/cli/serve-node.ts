@@ -134,6 +134,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
       ...(security.gate !== undefined ? { gate: security.gate } : {}),
       httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: memberUrls })] }),
       admission: { ...options.admission, covers: admittedKVMethod, grpcAnswers: eRaftOverloadAnswers() },
+      pulse: () => kv?.raft?.pulse(),
       routes: (router) => {
         const counted = instrumentRouter(router, metrics);
         registerKVService(counted, () => served);

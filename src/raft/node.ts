@@ -37,6 +37,8 @@ export class RaftNode {
   private readonly transport: Transport;
 
   private tickTimer: TimerHandle | null = null;
+  /** When the last tick ran or pulse() sent heartbeats (clock ms). */
+  private lastBeatAt = 0;
   /** The running persist → send → apply loop, if any. */
   private cycle: Promise<void> | null = null;
   private cycleQueued = false;
@@ -208,8 +210,28 @@ export class RaftNode {
     this.kick();
   }
 
+  /**
+   * Heartbeats now, if this node leads and its last tick is a heartbeat interval old: for code
+   * paths that may keep the thread busy past a tick (the RPC lanes call it per client call). A
+   * burst of client calls runs for hundreds of ms without yielding to timers; without this the
+   * followers' election timers run out meanwhile and they depose a leader that is only busy. It
+   * moves no clock of the core: a leader cut off from its quorum still steps down on real ticks.
+   */
+  pulse(): void {
+    if (this.stopped || this.restoring) return;
+    const now = this.clock.now();
+    if (now - this.lastBeatAt < this.opts.heartbeatTicks * this.opts.tickMs) return;
+    this.lastBeatAt = now;
+    let beats: Message[] = [];
+    this.guard(() => {
+      beats = this.raft.heartbeatsNow();
+    });
+    if (beats.length > 0) this.transport.send(beats);
+  }
+
   /** One logical clock tick; the clock calls it every tickMs. */
   tick(): void {
+    this.lastBeatAt = this.clock.now();
     if (this.stopped || this.restoring) return;
     this.guard(() => this.raft.tick());
     this.kick();

@@ -76,6 +76,18 @@ export class Raft {
     this.afterInput();
   }
 
+  /**
+   * A leader's heartbeats to send at once, outside the Ready cycle (empty unless leading). For a
+   * driver whose tick is overdue because its thread is busy with client work: they claim nothing
+   * about this node's disk, so they need no ordering against its writes, and they advance no
+   * clock here (checkQuorum and the election timeout still count real ticks only).
+   */
+  heartbeatsNow(): Message[] {
+    if (this.role !== "Leader" || this.replication === null) return [];
+    this.heartbeatElapsed = 0;
+    return this.replication.heartbeats(this.readOnly.currentRound());
+  }
+
   propose(data: Uint8Array[]): ProposeResult {
     if (data.length === 0) throw new RangeError("propose needs at least one command");
     if (this.role !== "Leader") return { ok: false, leaderId: this.leaderId, reason: "not-leader" };

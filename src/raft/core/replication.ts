@@ -174,11 +174,18 @@ export class Replication {
   }
 
   broadcastHeartbeat(readContext: number): void {
+    for (const m of this.heartbeats(readContext)) this.ctx.send(m);
+  }
+
+  /** A heartbeat to every peer (commit capped at what each is known to hold, as etcd does). */
+  heartbeats(readContext: number): Message[] {
     const { id: from, term, log } = this.ctx;
+    const out: Message[] = [];
     for (const id of this.peers) {
       const commitIndex = Math.min(this.progressOf(id).matchIndex, log.commitIndex);
-      this.ctx.send({ type: "Heartbeat", from, to: id, term, commitIndex, readContext });
+      out.push({ type: "Heartbeat", from, to: id, term, commitIndex, readContext });
     }
+    return out;
   }
 
   /** Sends the follower what it needs next; false if nothing was sent. */

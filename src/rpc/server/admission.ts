@@ -1,6 +1,9 @@
 // Admission control of client calls: a node-wide bound on calls and request bytes in flight, checked
 // before a call is parsed; one more is refused at once with resource_exhausted and a retry hint
 // (the `retry-after-ms` header or trailer), so an overload costs the node a refusal, not a backlog.
+// The bound on calls follows what the node answers: about TARGET_QUEUE_MS worth of its measured
+// answer rate (Little's law), between MIN_CALLS and maxCalls, so admitted calls finish well inside
+// the KV command timeout however slow the machine is.
 
 import { Code, ConnectError } from "@connectrpc/connect";
 
@@ -26,9 +29,21 @@ export const RETRY_AFTER_HEADER = "retry-after-ms";
 const MIN_HINT_MS = 10;
 const MAX_HINT_MS = 1000;
 /** Completions are counted over windows of this length to estimate how fast the node drains. */
-const RATE_WINDOW_MS = 250;
+const RATE_WINDOW_MS = 100;
+/** How long an admitted call should wait behind the others at most (the KV command timeout is 500 ms). */
+const TARGET_QUEUE_MS = 200;
+/** The bound on calls never drops below this (or maxCalls, if smaller): a cold node still serves. */
+const MIN_CALLS = 64;
 /** Refused gRPC answers held back at once at most (each a timer); beyond it, answered at once. */
 const MAX_HELD = 1000;
+
+/** A ready-made refusal for the count: its hint, its message and its Connect JSON error body. */
+export interface RefusalAnswer {
+  readonly limit: number;
+  readonly retryAfterMs: number;
+  readonly message: string;
+  readonly json: Uint8Array;
+}
 
 /** One admitted call: give it back with `release` when answered. */
 export interface Ticket {
@@ -44,14 +59,33 @@ export class Admission {
   readonly stats = { admitted: 0, refusedCalls: 0, refusedBytes: 0 };
   private windowStart = Date.now();
   private windowDone = 0;
-  /** Calls completed per ms in the last full window (0 until one is measured). */
+  /** Calls completed per ms, smoothed over the last windows (0 until one is measured). */
   private rate = 0;
+  /** The bound on calls in force now (see the header). */
+  private limit: number;
   private held = 0;
+  private answer: RefusalAnswer | null = null;
   private readonly covered = new Map<string, boolean>();
 
   constructor(private readonly options: AdmissionOptions) {
     this.maxCalls = positive("maxCalls", options.maxCalls ?? DEFAULT_MAX_CALLS);
     this.maxBytes = positive("maxBytes", options.maxBytes ?? DEFAULT_MAX_BYTES);
+    this.limit = Math.min(this.maxCalls, MIN_CALLS);
+  }
+
+  /** The bound on calls in flight in force now (adapts between MIN_CALLS and maxCalls). */
+  get callLimit(): number {
+    return this.limit;
+  }
+
+  /** True when one more call would be refused for the count alone (the lanes' early check). */
+  get full(): boolean {
+    return this.calls >= this.limit;
+  }
+
+  /** Counts a refusal a lane answered itself (from full), without a ticket. */
+  refusedEarly(): void {
+    this.stats.refusedCalls++;
   }
 
   get inFlightCalls(): number {
@@ -74,9 +108,10 @@ export class Admission {
 
   /** A ticket for a call of `bytes` request bytes, or the refusal to answer it with. */
   admit(bytes: number): Ticket | ConnectError {
-    if (this.calls >= this.maxCalls) {
+    if (this.calls >= this.limit) {
       this.stats.refusedCalls++;
-      return this.refusal(`${this.calls} calls in flight (limit ${this.maxCalls})`);
+      const answer = this.refusalAnswer();
+      return new ConnectError(answer.message, Code.ResourceExhausted, { [RETRY_AFTER_HEADER]: String(answer.retryAfterMs) });
     }
     if (this.calls > 0 && this.bytes + bytes > this.maxBytes) {
       this.stats.refusedBytes++;
@@ -94,16 +129,35 @@ export class Admission {
     this.windowDone++;
     const now = Date.now();
     if (now - this.windowStart >= RATE_WINDOW_MS) {
-      this.rate = this.windowDone / (now - this.windowStart);
+      const measured = this.windowDone / (now - this.windowStart);
+      this.rate = this.rate === 0 ? measured : (this.rate + measured) / 2;
+      this.limit = Math.round(Math.min(this.maxCalls, Math.max(MIN_CALLS, this.rate * TARGET_QUEUE_MS)));
       this.windowStart = now;
       this.windowDone = 0;
     }
   }
 
-  /** How long a refused client should wait: about the time the node needs to drain half its calls. */
+  /**
+   * How long a refused client should wait: about the time the node needs to drain half its calls
+   * (clients add jitter). Changes at most once per rate window, so lanes may cache answers by it.
+   */
   retryAfterMs(): number {
     const drainMs = this.rate > 0 ? this.calls / 2 / this.rate : MAX_HINT_MS / 4;
-    return Math.round(Math.min(MAX_HINT_MS, Math.max(MIN_HINT_MS, drainMs)));
+    // In steps of 10 ms: a handful of distinct answers, each made once (see refusalAnswer).
+    return Math.round(Math.min(MAX_HINT_MS, Math.max(MIN_HINT_MS, drainMs)) / 10) * 10;
+  }
+
+  /**
+   * The refusal of a call for the count, ready to send: what the lanes answer from a stream's
+   * headers alone, made once per (limit, hint) and reused (a flood is answered from this).
+   */
+  refusalAnswer(): RefusalAnswer {
+    const hint = this.retryAfterMs();
+    const cached = this.answer;
+    if (cached !== null && cached.retryAfterMs === hint && cached.limit === this.limit) return cached;
+    const message = `this node is overloaded: ${this.limit} calls in flight, its limit now (at most ${this.maxCalls}); retry after ${hint} ms`;
+    this.answer = { limit: this.limit, retryAfterMs: hint, message, json: new TextEncoder().encode(JSON.stringify({ code: "resource_exhausted", message })) };
+    return this.answer;
   }
 
   /** The successful answer a refused gRPC call of `path` gets instead of the error, if any. */

@@ -29,6 +29,8 @@ export interface LaneHost {
   closing(): boolean;
   /** Counters the server exposes: calls the lane answered, connections it gave to node:http. */
   stats: { laneCalls: number; laneHandovers: number };
+  /** Called as each request starts (RpcServerOptions.pulse). */
+  pulse(): void;
 }
 
 /** A request the lane parsed and will answer. */
@@ -132,6 +134,7 @@ export class Http1Lane {
       this.buffer = parsed.total === this.buffer.length ? null : this.buffer.subarray(parsed.total);
       this.busy = true;
       this.host.stats.laneCalls++;
+      this.host.pulse();
       callUnary(route, parsed.format, body, this.source(parsed)).then(
         (answer) => this.answer(answer, parsed.close),
         (error) => {

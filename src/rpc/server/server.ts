@@ -64,6 +64,11 @@ export interface RpcServerOptions {
   gate?: CallGate;
   /** Admission control of client calls (admission.ts); none: calls are never refused for load. */
   admission?: AdmissionOptions;
+  /**
+   * Called as each request starts, before anything else is done with it: the Raft node's pulse(),
+   * which sends a busy leader's overdue heartbeats (a flood of calls holds the thread for long).
+   */
+  pulse?: () => void;
 }
 
 /** The port could not be bound; `code` says why ("port_in_use", "permission_denied", "listen_failed"). */
@@ -107,7 +112,7 @@ export class RpcServer {
     /** Calls the fast lanes answered (HTTP/1.1, HTTP/2), connections handed to node:http, refusals. */
     readonly stats: { laneCalls: number; laneHandovers: number; h2Calls: number; h2LibraryCalls: number; refusedTls: number; refusedCleartext: number },
   ) {
-    this.laneHost = { routes: unary, fallback: h1, shutdownSignal: shutdown.signal, closing: () => this.closing !== null, stats: this.stats };
+    this.laneHost = { routes: unary, fallback: h1, shutdownSignal: shutdown.signal, closing: () => this.closing !== null, stats: this.stats, pulse: options.pulse ?? (() => {}) };
     this.secureContext = options.tls === undefined ? null : secureContextOf(options.tls);
   }
 
@@ -168,7 +173,9 @@ export class RpcServer {
     const maxAge = String(options.corsMaxAgeSeconds ?? 7200);
     let server: RpcServer | null = null;
 
+    const pulse = options.pulse ?? (() => {});
     const handle = (request: NodeRequest, nodeResponse: NodeResponse): void => {
+      pulse();
       // http and http2 responses share the calls used here; TS cannot call through their union.
       const response = nodeResponse as http.ServerResponse;
       const origin = request.headers.origin;
@@ -217,7 +224,7 @@ export class RpcServer {
       }
       return headers;
     };
-    if (options.fastLane !== false) routeStreams(h2, frames, unary, { shutdownSignal: shutdown.signal, stats, cors });
+    if (options.fastLane !== false) routeStreams(h2, frames, unary, { shutdownSignal: shutdown.signal, stats, cors, pulse });
     const tcp = net.createServer();
     tcp.maxConnections = options.maxConnections ?? 4096;
 
@@ -386,6 +393,7 @@ function routeStreams(h2: http2.Http2Server, frames: FrameRoutes, unary: UnaryRo
   const compat = h2.listeners("stream") as ((...args: unknown[]) => void)[];
   h2.removeAllListeners("stream");
   h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => {
+    host.pulse();
     const path = headers[":path"];
     const route = frames.size > 0 && typeof path === "string" ? frames.get(path) : undefined;
     if (route !== undefined && isPlainConnectStream(headers)) {
