@@ -1,6 +1,6 @@
 // How the Clerk reads the result of one RPC: ClerkError, which Connect codes mean try another node,
 // back off or register again, and what each eRaft reply `err` means (done, wrong leader, timeout).
-import { Code } from "@connectrpc/connect";
+import { Code, type ConnectError } from "@connectrpc/connect";
 import { Op, type CommandResponse, type RegisterSessionResponse, type ResponseHeader } from "../gen/kvraftpb/kvraft_pb.ts";
 
 /**
@@ -24,6 +24,20 @@ export const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded,
 /** Connect codes that mean "this node is busy": ask it again after a backoff. */
 export const BACK_OFF_ON_SAME_NODE = new Set<Code>([Code.ResourceExhausted]);
 
+/** The longest wait a server's hint may impose on the Clerk. */
+const MAX_RETRY_HINT_MS = 5_000;
+
+/**
+ * The wait an overloaded node asked for (the `retry-after-ms` header or trailer of its
+ * resource_exhausted refusal), or undefined when it gave none or an unusable one.
+ */
+export function retryHint(error: ConnectError): number | undefined {
+  const raw = error.metadata.get("retry-after-ms");
+  if (raw === null) return undefined;
+  const ms = Number(raw);
+  return Number.isFinite(ms) && ms >= 0 ? Math.min(ms, MAX_RETRY_HINT_MS) : undefined;
+}
+
 /** What each eRaft reply `err` means to the Clerk: the operation is done, or where to retry. */
 const REPLY_OUTCOMES = new Map<string, "done" | "wrong-leader" | "timeout">([
   ["OK", "done"],
@@ -35,7 +49,7 @@ const REPLY_OUTCOMES = new Map<string, "done" | "wrong-leader" | "timeout">([
 /** What one RPC to one node came to: done, or where to try next. */
 export type Attempt<T> =
   | { done: T }
-  | { retry: "next" | "stay"; problem: string }
+  | { retry: "next" | "stay"; problem: string; retryAfterMs?: number }
   | { wrongLeader: bigint | undefined; problem: string };
 
 export function commandAttempt(response: CommandResponse, node: number): Attempt<CommandResponse> {

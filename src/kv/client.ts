@@ -34,6 +34,7 @@ import {
   headerAttempt,
   leaderOf,
   registerAttempt,
+  retryHint,
   type Attempt,
 } from "./clerk-outcomes.ts";
 
@@ -382,7 +383,7 @@ export class Clerk {
         if (SESSION_GONE.has(connectError.code)) throw new SessionGone(connectError.rawMessage);
         const problem = `node ${node} (${this.addrs[node]}): ${connectError.message}`;
         // Backpressure (too many commands in flight, a full session table): ask the same node again.
-        if (BACK_OFF_ON_SAME_NODE.has(connectError.code)) outcome = { retry: "stay", problem };
+        if (BACK_OFF_ON_SAME_NODE.has(connectError.code)) outcome = { retry: "stay", problem, retryAfterMs: retryHint(connectError) };
         else if (RETRYABLE.has(connectError.code)) outcome = { retry: "next", problem };
         else throw new ClerkError(connectError.code, `node ${node} (${this.addrs[node]}) refused: ${connectError.rawMessage}`);
       }
@@ -396,7 +397,11 @@ export class Clerk {
       // stale hints and a leaderless cluster cannot spin through the attempts.
       if (stay || ++failedInRound >= n) {
         failedInRound = 0;
-        const pause = Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now()));
+        // An overloaded node's hint first (jittered upward, so refused callers do not return in
+        // step); without one, the Clerk's own exponential backoff.
+        const hint = "retryAfterMs" in outcome ? outcome.retryAfterMs : undefined;
+        const wait = hint !== undefined ? hint * (1 + Math.random()) : backoff * (0.5 + Math.random());
+        const pause = Math.min(wait, Math.max(0, deadline - Date.now()));
         await new Promise((resolve) => setTimeout(resolve, pause));
         backoff = Math.min(backoff * 2, this.options.maxBackoffMs);
       }

@@ -18,10 +18,19 @@ export class InvalidArgumentError extends KVError {
   readonly code = "invalid_argument";
 }
 
+/** The wait suggested with a refusal for commands or proposals in flight (a burst drains in about this). */
+export const OVERLOADED_RETRY_AFTER_MS = 100;
+
 /** This node has too much in flight: retry after a backoff (on this node, it is the leader). */
 export class OverloadedError extends KVError {
   override readonly name = "OverloadedError";
   readonly code = "resource_exhausted";
+  /** The wait to suggest to the client (sent as retry-after-ms); none: the client's own backoff. */
+  readonly retryAfterMs: number | undefined;
+  constructor(message: string, options?: { cause?: unknown; retryAfterMs?: number }) {
+    super(message, options);
+    this.retryAfterMs = options?.retryAfterMs;
+  }
 }
 
 /** This node cannot serve now (closed, starting, not able to take commands): try another node. */

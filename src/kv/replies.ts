@@ -9,7 +9,7 @@ import {
   NONE,
   type NodeId,
 } from "../raft/index.ts";
-import { InvalidArgumentError, KVError, OverloadedError, UnavailableError } from "./errors.ts";
+import { InvalidArgumentError, KVError, OVERLOADED_RETRY_AFTER_MS, OverloadedError, UnavailableError } from "./errors.ts";
 
 export type KVOp = "Get" | "Put" | "Append" | "Delete";
 export type KVErr = "OK" | "ErrNoKey" | "ErrWrongLeader" | "ErrTimeout";
@@ -56,7 +56,7 @@ export function refusal(error: unknown, nodeId: NodeId): CommandReply {
   // ReadIndex not confirmed in time (lost quorum?).
   if (error instanceof ReadIndexTimeoutError) return TIMEOUT;
   const message = error instanceof Error ? error.message : String(error);
-  if (error instanceof BackpressureError) throw new OverloadedError(`node ${nodeId}: ${message}`, { cause: error });
+  if (error instanceof BackpressureError) throw new OverloadedError(`node ${nodeId}: ${message}`, { cause: error, retryAfterMs: OVERLOADED_RETRY_AFTER_MS });
   if (error instanceof EntryTooLargeError) throw new InvalidArgumentError(`node ${nodeId}: ${message}`, { cause: error });
   throw new UnavailableError(`node ${nodeId} could not take the command: ${message}`, { cause: error });
 }

@@ -4,7 +4,7 @@ import { NONE, RaftNode, RealClock, type Clock, type LogStore, type NodeId } fro
 import { DeadlineQueue } from "./deadlines.ts";
 import { DiskWatch } from "./disk-watch.ts";
 import { type FatalError, isStateMachineCorruption, toFatal } from "./fail-stop.ts";
-import { OverloadedError, UnavailableError } from "./errors.ts";
+import { OVERLOADED_RETRY_AFTER_MS, OverloadedError, UnavailableError } from "./errors.ts";
 import { PendingWrites, isApplied } from "./pending-writes.ts";
 import { ReadBatcher } from "./reads.ts";
 import { NO_KEY, WRONG_LEADER, type CommandArgs, type CommandReply, type RegisterReply } from "./replies.ts";
@@ -197,7 +197,7 @@ export class KVServer {
     // Closing, or rebuilding its replica: the client tries another node.
     if (this.closed || this.repairing !== null) return WRONG_LEADER;
     if (this.pending >= this.maxPending) {
-      throw new OverloadedError(`node ${this.id} has ${this.pending} commands in flight (limit ${this.maxPending}); retry with backoff`);
+      throw new OverloadedError(`node ${this.id} has ${this.pending} commands in flight (limit ${this.maxPending}); retry with backoff`, { retryAfterMs: OVERLOADED_RETRY_AFTER_MS });
     }
     this.pending++;
     try {

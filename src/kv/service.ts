@@ -4,7 +4,7 @@
 
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { KVError, type KVErrorCode } from "./errors.ts";
+import { KVError, OverloadedError, type KVErrorCode } from "./errors.ts";
 import { refuseUnparsableBodies } from "./parse-refusal.ts";
 import type { KVOp } from "./replies.ts";
 import type { KVServer } from "./server.ts";
@@ -220,6 +220,10 @@ const TRY_ANOTHER_NODE_CODES = new Set<Code>([Code.Unavailable]);
 /** KVError → ConnectError with its code and the same advice; anything else is internal (and logged). */
 export function toConnectError(error: unknown): ConnectError {
   if (error instanceof ConnectError) return error;
+  // An overloaded node's own refusals carry the same retry hint as admission control's.
+  if (error instanceof OverloadedError && error.retryAfterMs !== undefined) {
+    return new ConnectError(error.message, Code.ResourceExhausted, { "retry-after-ms": String(error.retryAfterMs) });
+  }
   if (error instanceof KVError) return new ConnectError(error.message, CONNECT_CODES[error.code]);
   if (error instanceof Error) {
     log.error(`kvraft rpc: internal error: ${error.message}`, { error });
