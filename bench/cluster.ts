@@ -9,6 +9,7 @@ import type { BenchOptions } from "./args.ts";
 import { kvserverMissing, rssOf, startEtcd, startKvraft, type Cluster } from "./clusters.ts";
 import type { LoadConfig, LoadResult, Workload } from "./loadgen.ts";
 import { PATH_LABEL, PATH_SYSTEM, type ClientPath } from "./native-clients.ts";
+import { runOverloadPoint, type OverloadResult } from "./overload.ts";
 import { etcdBinary } from "./machine.ts";
 import { cpuSeconds, sleep, spawnTracked } from "./proc.ts";
 import type { Progress } from "./progress.ts";
@@ -164,7 +165,7 @@ function summaryOf(points: PointRun[], pick: (p: PointRun) => number | null): Su
 
 export async function runClusterSuite(o: BenchOptions, progress: Progress): Promise<SuiteResult> {
   const plan: Plan = {
-    workloads: o.workloads ?? WORKLOADS,
+    workloads: o.workloads === null ? WORKLOADS : o.workloads.filter((w): w is Exclude<Workload, "preload"> => w !== "overload"),
     paths: o.paths ?? DEFAULT_PATHS,
     seconds: o.seconds ?? (o.quick ? 2 : 10),
     clients: o.clients ?? (o.quick ? [1, 64] : [1, 16, 64, 256]),
@@ -177,6 +178,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
   const restarts: Record<string, number> = {};
   const idle: Record<string, number[]> = {};
   const memory: Record<string, { rss: number; peakRss: number }[]> = {};
+  let overload: OverloadResult | null = null;
   try {
     const missing = kvserverMissing();
     if (missing) notes.push(`kvraft: skipped — ${missing}`);
@@ -211,6 +213,16 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
             notes.push(`${c.label} ${path} ${workload} ×${clients}: point failed: ${message}`);
           }
         });
+      }
+    }
+    const ours = clusters.find((c) => c.system === "ours");
+    if (ours !== undefined && (o.workloads === null || o.workloads.includes("overload"))) {
+      try {
+        overload = await runOverloadPoint(ours, o.quick ? 3 : Math.min(plan.seconds, 5), progress);
+      } catch (e) {
+        const message = (e instanceof Error ? e.message : String(e)).split("\n")[0];
+        progress.finish(`failed: ${message}`);
+        notes.push(`kvraft overload point failed: ${message}`);
       }
     }
     for (const c of clusters) memory[c.system] = rssOf(c.members);
@@ -331,6 +343,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
         ),
     );
   }
+  if (overload !== null) tables.push(overload.table);
   for (const s of systems) {
     const mem = memory[s] ?? [];
     if (idle[s]) notes.push(`${labelOf(s)}: idle CPU per member with no load ${idle[s].map((x) => x.toFixed(3)).join(" + ")} cores`);
@@ -377,7 +390,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
     tables,
     notes,
     charts,
-    data: { plan, points, restartsMs: restarts, memory, idleCores: idle },
+    data: { plan, points, restartsMs: restarts, memory, idleCores: idle, overload: overload?.runs ?? null },
   };
 }
 

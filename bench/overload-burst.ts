@@ -24,6 +24,12 @@ export interface BurstConfig {
    * answered); 0: one call per slot, connections × streams in all.
    */
   durationMs?: number;
+  /**
+   * Retry a refused (resource_exhausted) or timed-out write as the Clerk does: after the node's
+   * retry-after-ms hint (50 ms without one) times 1 + random, the same key again, until it is
+   * acknowledged or the duration is over. Latencies of OK writes then count from the first try.
+   */
+  retry?: boolean;
 }
 
 export interface BurstResult {
@@ -36,6 +42,8 @@ export interface BurstResult {
   /** Answered ErrTimeout (the entry may or may not apply later). */
   timeouts: number;
   wrongLeader: number;
+  /** Calls that were a retry of a refused or timed-out write (retry mode). */
+  retried: number;
   /** Any other answer, with a few samples. */
   other: number;
   otherSamples: string[];
@@ -47,6 +55,11 @@ export interface BurstResult {
   /** Latency of the OK calls only, ms. */
   okLatenciesMs: number[];
   seconds: number;
+  /**
+   * With a duration: acknowledged writes per second in the steady part of the run (from a quarter
+   * of the duration to its end; calls still running at the end are not counted). 0 without one.
+   */
+  goodput: number;
 }
 
 const MAX_CONNECTIONS = 512;
@@ -63,6 +76,7 @@ export async function runBurst(config: BurstConfig): Promise<BurstResult> {
     retryAfterMs: null,
     timeouts: 0,
     wrongLeader: 0,
+    retried: 0,
     other: 0,
     otherSamples: [],
     hung: 0,
@@ -70,6 +84,7 @@ export async function runBurst(config: BurstConfig): Promise<BurstResult> {
     latenciesMs: [],
     okLatenciesMs: [],
     seconds: 0,
+    goodput: 0,
   };
   const sessions: http2.ClientHttp2Session[] = [];
   for (let c = 0; c < config.connections; c++) {
@@ -80,18 +95,33 @@ export async function runBurst(config: BurstConfig): Promise<BurstResult> {
   await Promise.all(sessions.map((s) => new Promise<void>((resolve, reject) => (s.once("connect", () => resolve()), s.once("error", reject)))));
   const started = performance.now();
   const until = config.durationMs ? started + config.durationMs : 0;
+  const steadyFrom = config.durationMs ? started + config.durationMs / 4 : 0;
+  let steadyOk = 0;
   let next = 0;
   const slot = async (session: http2.ClientHttp2Session): Promise<void> => {
     do {
       const key = `${config.keyPrefix}-${next++}`;
-      result.sent++;
-      const sentAt = performance.now();
-      const answer = await call(session, key, value, config.hangAfterMs);
-      const ms = performance.now() - sentAt;
+      const firstSentAt = performance.now();
+      let answer: Answer;
+      let sentAt: number;
+      for (;;) {
+        result.sent++;
+        sentAt = performance.now();
+        answer = await call(session, key, value, config.hangAfterMs);
+        if (!config.retry || !(answer.kind === "exhausted" || answer.kind === "timeout") || performance.now() >= until) break;
+        result.retried++;
+        const hint = answer.kind === "exhausted" && answer.retryAfterMs !== null ? answer.retryAfterMs : 50;
+        await new Promise((resolve) => setTimeout(resolve, hint * (1 + Math.random())));
+      }
+      const ms = performance.now() - (answer.kind === "ok" ? firstSentAt : sentAt);
       if (answer.kind !== "hung") result.latenciesMs.push(ms);
       switch (answer.kind) {
         case "ok":
           result.ok++;
+          if (until > 0) {
+            const now = performance.now();
+            if (now >= steadyFrom && now <= until) steadyOk++;
+          }
           result.acked.push(key);
           result.okLatenciesMs.push(ms);
           break;
@@ -121,6 +151,7 @@ export async function runBurst(config: BurstConfig): Promise<BurstResult> {
   for (const session of sessions) for (let s = 0; s < config.streams; s++) slots.push(slot(session));
   await Promise.all(slots);
   result.seconds = (performance.now() - started) / 1000;
+  if (until > 0) result.goodput = steadyOk / ((until - steadyFrom) / 1000);
   for (const session of sessions) session.destroy();
   return result;
 }
@@ -197,4 +228,44 @@ export function percentile(values: readonly number[], p: number): number {
   if (values.length === 0) return 0;
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+/** What the cluster suite's overload point reads back from a burst run in its own process. */
+export interface BurstSummary {
+  sent: number;
+  ok: number;
+  exhausted: number;
+  timeouts: number;
+  wrongLeader: number;
+  retried: number;
+  other: number;
+  otherSamples: string[];
+  hung: number;
+  seconds: number;
+  goodput: number;
+  okP50Ms: number;
+  okP99Ms: number;
+}
+
+// Usage: bun bench/overload-burst.ts '<BurstConfig JSON>'  → one BurstSummary JSON line on stdout.
+if (import.meta.main) {
+  const config = JSON.parse(process.argv[2] ?? "{}") as BurstConfig;
+  const r = await runBurst(config);
+  const summary: BurstSummary = {
+    sent: r.sent,
+    ok: r.ok,
+    exhausted: r.exhausted,
+    timeouts: r.timeouts,
+    wrongLeader: r.wrongLeader,
+    retried: r.retried,
+    other: r.other,
+    otherSamples: r.otherSamples,
+    hung: r.hung,
+    seconds: r.seconds,
+    goodput: r.goodput,
+    okP50Ms: percentile(r.okLatenciesMs, 50),
+    okP99Ms: percentile(r.okLatenciesMs, 99),
+  };
+  console.log(JSON.stringify(summary));
+  process.exit(0);
 }

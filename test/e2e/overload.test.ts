@@ -27,7 +27,7 @@ interface Leadership {
 async function leadership(): Promise<Leadership> {
   const leader = await cluster.waitForLeader();
   const status = await cluster.clerk({ statusTimeoutMs: 2_000 }).getStatus();
-  const terms = new Set(status.filter((s) => s.online).map((s) => s.term));
+  const terms = new Set(status.filter((s) => s.online).map((s) => Number(s.term)));
   expect(terms.size).toBe(1);
   const changes: number[] = [];
   for (const addr of cluster.addrs) {
@@ -75,7 +75,7 @@ async function flood(connections: number, prefix: string): Promise<void> {
   expect(r.exhausted).toBeGreaterThan(0);
   expect(r.retryAfterMs).not.toBeNull();
   expect(r.retryAfterMs!.min).toBeGreaterThanOrEqual(10);
-  expect(r.retryAfterMs!.max).toBeLessThanOrEqual(1000);
+  expect(r.retryAfterMs!.max).toBeLessThanOrEqual(2000);
   expect((await refusalsOf(before.leader)) - refusedBefore).toBe(r.exhausted);
   // The leader held: the same leader in the same term, and no node saw a leader change.
   const after = await leadership();

@@ -3,7 +3,8 @@
 // (the `retry-after-ms` header or trailer), so an overload costs the node a refusal, not a backlog.
 // The bound on calls follows what the node answers: about TARGET_QUEUE_MS worth of its measured
 // answer rate (Little's law), between MIN_CALLS and maxCalls, so admitted calls finish well inside
-// the KV command timeout however slow the machine is.
+// the KV command timeout however slow the machine is. The hint grows while refused clients come
+// back faster than MAX_REFUSALS_PER_ANSWER per answered call, and shrinks once they stop.
 
 import { Code, ConnectError } from "@connectrpc/connect";
 
@@ -27,11 +28,17 @@ export const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
 export const RETRY_AFTER_HEADER = "retry-after-ms";
 /** Bounds of the hint: a node never tells a client to come back at once, nor to go away for long. */
 const MIN_HINT_MS = 10;
-const MAX_HINT_MS = 1000;
+const MAX_HINT_MS = 2000;
+/**
+ * Refusals per answered call a node accepts before it lengthens its hint: refused clients come
+ * back, and each refusal costs about half an answered call's CPU, so a short hint under a flood
+ * of retrying clients would spend the node on refusals (goodput collapse).
+ */
+const MAX_REFUSALS_PER_ANSWER = 0.25;
 /** Completions are counted over windows of this length to estimate how fast the node drains. */
 const RATE_WINDOW_MS = 100;
 /** How long an admitted call should wait behind the others at most (the KV command timeout is 500 ms). */
-const TARGET_QUEUE_MS = 200;
+const TARGET_QUEUE_MS = 100;
 /** The bound on calls never drops below this (or maxCalls, if smaller): a cold node still serves. */
 const MIN_CALLS = 64;
 /** Refused gRPC answers held back at once at most (each a timer); beyond it, answered at once. */
@@ -64,6 +71,10 @@ export class Admission {
   /** The bound on calls in force now (see the header). */
   private limit: number;
   private held = 0;
+  /** Refusals counted when the current rate window began. */
+  private refusedAtWindowStart = 0;
+  /** The hint's lower bound, raised while refusals outnumber answers (see MAX_REFUSALS_PER_ANSWER). */
+  private hintFloor = 0;
   private answer: RefusalAnswer | null = null;
   private readonly covered = new Map<string, boolean>();
 
@@ -132,6 +143,11 @@ export class Admission {
       const measured = this.windowDone / (now - this.windowStart);
       this.rate = this.rate === 0 ? measured : (this.rate + measured) / 2;
       this.limit = Math.round(Math.min(this.maxCalls, Math.max(MIN_CALLS, this.rate * TARGET_QUEUE_MS)));
+      const refusals = this.stats.refusedCalls + this.stats.refusedBytes;
+      const refused = refusals - this.refusedAtWindowStart;
+      if (refused > this.windowDone * MAX_REFUSALS_PER_ANSWER) this.hintFloor = Math.min(MAX_HINT_MS, Math.max(this.retryAfterMs(), this.hintFloor * 1.5));
+      else if (refused === 0) this.hintFloor = this.hintFloor < MIN_HINT_MS ? 0 : this.hintFloor * 0.7;
+      this.refusedAtWindowStart = refusals;
       this.windowStart = now;
       this.windowDone = 0;
     }
@@ -142,9 +158,9 @@ export class Admission {
    * (clients add jitter). Changes at most once per rate window, so lanes may cache answers by it.
    */
   retryAfterMs(): number {
-    const drainMs = this.rate > 0 ? this.calls / 2 / this.rate : MAX_HINT_MS / 4;
+    const drainMs = this.rate > 0 ? this.calls / 2 / this.rate : 250;
     // In steps of 10 ms: a handful of distinct answers, each made once (see refusalAnswer).
-    return Math.round(Math.min(MAX_HINT_MS, Math.max(MIN_HINT_MS, drainMs)) / 10) * 10;
+    return Math.round(Math.min(MAX_HINT_MS, Math.max(MIN_HINT_MS, drainMs, this.hintFloor)) / 10) * 10;
   }
 
   /**
