@@ -182,13 +182,13 @@ const MAX_HELD_REFUSALS = 1000;
 export const ERAFT_OVERLOAD_PAUSE_MS = 50;
 
 /**
- * What the RPC server's admission control answers a gRPC Command it refuses (before parsing, so
- * before it can tell eRaft's Clerk from kvraft's): ErrTimeout after the pause, as below; kvraft's
- * Clerk reads ErrTimeout as "retry", so one answer serves both.
+ * What the RPC server's admission control answers an eRaft-shaped Command it refuses: ErrTimeout
+ * after the pause, as answerERaft does below (other requests get resource_exhausted).
  */
-export function eRaftOverloadAnswers(): Map<string, { message: Uint8Array; holdMs: number }> {
+export function eRaftOverloadAnswers(): Map<string, { message: Uint8Array; holdMs: number; applies(request: unknown): boolean }> {
   const message = toBinary(CommandResponseSchema, BARE_RESPONSES.get("ErrTimeout")!);
-  return new Map([[`/${KVService.typeName}/${KVService.method.command.name}`, { message, holdMs: ERAFT_OVERLOAD_PAUSE_MS }]]);
+  const applies = (request: unknown) => !(request as Partial<CommandRequest>).registered;
+  return new Map([[`/${KVService.typeName}/${KVService.method.command.name}`, { message, holdMs: ERAFT_OVERLOAD_PAUSE_MS, applies }]]);
 }
 
 /** The KV methods admission control counts: all but GetStatus (what operators and tests poll under load). */

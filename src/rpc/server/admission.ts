@@ -18,8 +18,16 @@ export interface AdmissionOptions {
   /**
    * A successful answer for a refused gRPC call of this path instead of the error, held for
    * `holdMs` first: what a client that retries every RPC error on the next node at once stops on.
+   * `applies` decides from the decoded request (absent: always).
    */
-  grpcAnswers?: ReadonlyMap<string, { message: Uint8Array; holdMs: number }>;
+  grpcAnswers?: ReadonlyMap<string, GrpcAnswer>;
+}
+
+/** See AdmissionOptions.grpcAnswers. */
+export interface GrpcAnswer {
+  readonly message: Uint8Array;
+  readonly holdMs: number;
+  applies?(request: unknown): boolean;
 }
 
 export const DEFAULT_MAX_CALLS = 1024;
@@ -177,7 +185,7 @@ export class Admission {
   }
 
   /** The successful answer a refused gRPC call of `path` gets instead of the error, if any. */
-  grpcAnswer(path: string): { message: Uint8Array; holdMs: number } | undefined {
+  grpcAnswer(path: string): GrpcAnswer | undefined {
     return this.options.grpcAnswers?.get(path);
   }
 

@@ -217,7 +217,7 @@ export async function invokeUnary(route: UnaryRoute, protocol: UnaryProtocol, bi
   if (admission === null) return runUnary(route, protocol, binary, body, source);
   // Before parsing: an overloaded node spends on a refusal only its framing.
   const ticket = admission.admit(body.byteLength);
-  if (ticket instanceof ConnectError) return refused(admission, route, protocol === "grpc" && binary, ticket);
+  if (ticket instanceof ConnectError) return refused(admission, route, protocol === "grpc" && binary, body, ticket);
   try {
     return await runUnary(route, protocol, binary, body, source);
   } finally {
@@ -226,11 +226,20 @@ export async function invokeUnary(route: UnaryRoute, protocol: UnaryProtocol, bi
 }
 
 /** The outcome of a call admission refused: the error, or for gRPC the route's held answer. */
-async function refused(admission: Admission, route: UnaryRoute, grpcBinary: boolean, error: ConnectError): Promise<UnaryOutcome> {
+async function refused(admission: Admission, route: UnaryRoute, grpcBinary: boolean, body: Uint8Array, error: ConnectError): Promise<UnaryOutcome> {
   const answer = grpcBinary ? admission.grpcAnswer(route.path) : undefined;
-  if (answer === undefined) return { message: null, error, header: null, trailer: null };
+  if (answer === undefined || (answer.applies !== undefined && !appliesTo(answer.applies, route, body))) return { message: null, error, header: null, trailer: null };
   await admission.hold(answer.holdMs);
   return { message: answer.message, error: null, header: null, trailer: null };
+}
+
+/** Whether a held answer applies to this request body (one that does not parse: no). */
+function appliesTo(applies: (request: unknown) => boolean, route: UnaryRoute, body: Uint8Array): boolean {
+  try {
+    return applies(parseInput(route, true, body));
+  } catch {
+    return false;
+  }
 }
 
 async function runUnary(route: UnaryRoute, protocol: UnaryProtocol, binary: boolean, body: Uint8Array, source: CallSource): Promise<UnaryOutcome> {
