@@ -4,13 +4,15 @@
 // must be answered (OK, resource_exhausted with a retry hint, or ErrTimeout; none hanging), every
 // acknowledged write must read back, and the Clerk must get everything through.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as path from "node:path";
 import { runBurst, type BurstResult } from "../../bench/overload-burst.ts";
 import { TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
 
 beforeAll(async () => {
-  cluster = await TestCluster.start();
+  // The defaults, spelled out: the flags are parsed and passed through.
+  cluster = await TestCluster.start({ extraArgs: ["--max-in-flight", "1024", "--max-in-flight-mb", "64"] });
 });
 
 afterAll(async () => {
@@ -91,6 +93,15 @@ describe("overload", () => {
   test("20,000 concurrent writes: the leader holds, every call is answered, acknowledged writes read back", async () => {
     await flood(80, "twenty");
   }, 90_000);
+
+  test("a bad --max-in-flight is a usage error (exit 2)", async () => {
+    const proc = Bun.spawn(["bun", path.join(import.meta.dir, "../../src/cli/kvserver.ts"), "--insecure-peers", "--max-in-flight", "0"], { stdout: "pipe", stderr: "pipe" });
+    const timer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    clearTimeout(timer);
+    expect(code).toBe(2);
+    expect(stderr).toContain('--max-in-flight must be a positive integer, got "0"');
+  }, 30_000);
 
   test("a Clerk writing through a flood follows the retry hints and gets every write through", async () => {
     const before = await leadership();
