@@ -58,6 +58,8 @@ export interface RefusalAnswer {
   readonly retryAfterMs: number;
   readonly message: string;
   readonly json: Uint8Array;
+  /** The same refusal as an error, for the paths that answer through invokeUnary or the adapter. */
+  readonly error: ConnectError;
 }
 
 /** One admitted call: give it back with `release` when answered. */
@@ -129,8 +131,9 @@ export class Admission {
   admit(bytes: number): Ticket | ConnectError {
     if (this.calls >= this.limit) {
       this.stats.refusedCalls++;
-      const answer = this.refusalAnswer();
-      return new ConnectError(answer.message, Code.ResourceExhausted, { [RETRY_AFTER_HEADER]: String(answer.retryAfterMs) });
+      // Shared by every refusal of the moment: an error object (and its stack) per refused call
+      // was a visible part of an overloaded node's CPU.
+      return this.refusalAnswer().error;
     }
     if (this.calls > 0 && this.bytes + bytes > this.maxBytes) {
       this.stats.refusedBytes++;
@@ -180,7 +183,13 @@ export class Admission {
     const cached = this.answer;
     if (cached !== null && cached.retryAfterMs === hint && cached.limit === this.limit) return cached;
     const message = `this node is overloaded: ${this.limit} calls in flight, its limit now (at most ${this.maxCalls}); retry after ${hint} ms`;
-    this.answer = { limit: this.limit, retryAfterMs: hint, message, json: new TextEncoder().encode(JSON.stringify({ code: "resource_exhausted", message })) };
+    this.answer = {
+      limit: this.limit,
+      retryAfterMs: hint,
+      message,
+      json: new TextEncoder().encode(JSON.stringify({ code: "resource_exhausted", message })),
+      error: new ConnectError(message, Code.ResourceExhausted, { [RETRY_AFTER_HEADER]: String(hint) }),
+    };
     return this.answer;
   }
 
