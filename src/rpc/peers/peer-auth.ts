@@ -138,7 +138,6 @@ export class PeerGate {
       }
     }
     state.peer = state.from;
-    widenWindows(session);
   }
 
   /** The authenticated peer of a connection; throws unauthenticated for any other caller. */
@@ -188,28 +187,5 @@ export class PeerGate {
     if (this.lastLog.size > 1000) this.lastLog.clear();
     this.lastLog.set(key, now);
     console.error(`kvraft peers: node ${this.self}: ${text}`);
-  }
-}
-
-/** HTTP/2 receive window of each stream of an authenticated peer's connection (default 64 KiB). */
-export const PEER_STREAM_WINDOW_BYTES = 4 * 1024 * 1024;
-/** The same for the whole connection. */
-export const PEER_SESSION_WINDOW_BYTES = 16 * 1024 * 1024;
-
-/**
- * Lets an authenticated peer send megabytes before it must read this node's WINDOW_UPDATEs. With
- * the default 64 KiB, a leader whose thread is busy (a flood of client calls) cannot send past
- * the first 64 KiB of a batch of entries until it gets back to reading its sockets, and its
- * heartbeats (RaftNode.pulse) would wait behind them. Measured under Bun: 1 MiB written to a
- * stream whose reader's thread was blocked for 500 ms flushed after 510 ms with the default
- * window, after 1 ms with these. Only authenticated peers: a client cannot make this node buffer.
- */
-function widenWindows(session: http2.Http2Session): void {
-  try {
-    session.settings({ initialWindowSize: PEER_STREAM_WINDOW_BYTES });
-    session.setLocalWindowSize(PEER_SESSION_WINDOW_BYTES);
-  } catch (error) {
-    // A session that closed meanwhile: nothing to widen.
-    if (!session.destroyed && !session.closed) throw error;
   }
 }
