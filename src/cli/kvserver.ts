@@ -48,7 +48,7 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
   --max-in-flight N    KV calls (Command, Batch, Txn, Range, ...; not GetStatus) in flight on this
                        node at most; one more is refused before it is parsed, with resource_exhausted
                        and a retry-after-ms hint. The bound in force follows the node's answer rate
-                       (100 ms worth, at least 64) up to N (default 1024)
+                       (250 ms worth, at least 128) up to N (default 1024)
   --max-in-flight-mb N request bytes of those calls at most (default 64)
   --log-level          debug, info, warn, error or fatal (default info)
   --log-format         json (one object per line), human, or auto: human on a terminal (default)

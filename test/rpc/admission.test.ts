@@ -199,15 +199,15 @@ describe("Admission", () => {
 
   test("the bound on calls starts low and follows the answer rate up to maxCalls", async () => {
     const a = new Admission({ maxCalls: 10_000, covers });
-    expect(a.callLimit).toBe(64);
-    // Answer 64 calls every few ms for a while: the measured rate raises the bound.
+    expect(a.callLimit).toBe(128);
+    // Answer 128 calls every few ms for a while: the measured rate raises the bound.
     const until = Date.now() + 400;
     while (Date.now() < until) {
-      const tickets = Array.from({ length: 64 }, () => a.admit(1));
+      const tickets = Array.from({ length: 128 }, () => a.admit(1));
       await Bun.sleep(2);
       for (const t of tickets) if (!(t instanceof ConnectError)) a.release(t);
     }
-    expect(a.callLimit).toBeGreaterThan(64);
+    expect(a.callLimit).toBeGreaterThan(128);
     expect(a.callLimit).toBeLessThanOrEqual(10_000);
   });
 
