@@ -31,6 +31,8 @@ export interface OverloadRun {
   other: number;
   otherSamples: string[];
   hung: number;
+  /** Answered ErrWrongLeader: the node the writers were sent to stopped leading. */
+  wrongLeader: number;
   leaderChanges: number;
   /** Cores the leader used during the run (CPU seconds / wall seconds). */
   leaderCores: number;
@@ -92,6 +94,7 @@ async function run(cluster: Cluster, clients: number, factor: number | null, sec
     other: r.other,
     otherSamples: r.otherSamples,
     hung: r.hung,
+    wrongLeader: r.wrongLeader,
     leaderChanges: changes,
     leaderCores,
   };
@@ -112,7 +115,7 @@ export async function runOverloadPoint(cluster: Cluster, seconds: number, progre
     formatMillis(r.okP99Ms),
     formatCount(r.refused),
     formatCount(r.timeouts),
-    String(r.other + r.hung),
+    String(r.other + r.hung + r.wrongLeader),
     String(r.leaderChanges),
     r.leaderCores.toFixed(2),
   ]);
@@ -127,7 +130,7 @@ export async function runOverloadPoint(cluster: Cluster, seconds: number, progre
         { header: "p99 ms", align: "right" },
         { header: "refused", align: "right" },
         { header: "timed out", align: "right" },
-        { header: "errors", align: "right" },
+        { header: "errors (incl. wrong leader)", align: "right" },
         { header: "leader changes", align: "right" },
         { header: "leader cores", align: "right" },
       ],
