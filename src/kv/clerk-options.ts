@@ -61,3 +61,9 @@ export type NodeStatus =
       storageHealth: string;
     }
   | { online: false; id: number; address: string; state: "Offline"; error: string };
+
+/** How putMany / appendMany run. */
+export interface BulkOptions {
+  /** Writes in flight at once (default and at most: the Clerk's maxConcurrency, one session each). */
+  concurrency?: number;
+}

@@ -22,9 +22,10 @@ import {
 } from "./clerk-txn.ts";
 import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
 import { CommandBatcher } from "./clerk-batch.ts";
-import type { ClerkOptions, NodeStatus } from "./clerk-options.ts";
+import type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
 import {
   BACK_OFF_ON_SAME_NODE,
+  BulkWriteError,
   ClerkError,
   RETRYABLE,
   SESSION_GONE,
@@ -37,8 +38,8 @@ import {
   type Attempt,
 } from "./clerk-outcomes.ts";
 
-export type { ClerkOptions, NodeStatus } from "./clerk-options.ts";
-export { ClerkError, RETRYABLE } from "./clerk-outcomes.ts";
+export type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
+export { BulkWriteError, ClerkError, RETRYABLE } from "./clerk-outcomes.ts";
 
 /** RegisterSession calls one Clerk has in flight at most. */
 const MAX_CONCURRENT_REGISTRATIONS = 32;
@@ -140,6 +141,45 @@ export class Clerk {
   /** Removes `key`; true when it existed. */
   async delete(key: string): Promise<boolean> {
     return (await this.command(Op.DELETE, key, "")).err === "OK";
+  }
+
+  /**
+   * Bulk load: writes every pair, at most `concurrency` at once (default: this Clerk's
+   * maxConcurrency), each exactly once through a session of its own. Concurrent writes leave as
+   * Batch RPCs (clerk-batch.ts), which the leader puts into its log as a few batch entries.
+   * Resolves with the number written. On the first failure it takes no more pairs, waits for the
+   * writes in flight, and rejects with that failure (a BulkWriteError: how many were written).
+   */
+  putMany(pairs: Iterable<readonly [string, string]>, options?: BulkOptions): Promise<number> {
+    return this.writeMany(Op.PUT, pairs, options);
+  }
+
+  /** appendMany: as putMany, with Append (each suffix appended exactly once). */
+  appendMany(pairs: Iterable<readonly [string, string]>, options?: BulkOptions): Promise<number> {
+    return this.writeMany(Op.APPEND, pairs, options);
+  }
+
+  private async writeMany(op: Op, pairs: Iterable<readonly [string, string]>, options: BulkOptions = {}): Promise<number> {
+    const concurrency = Math.max(1, Math.min(Math.floor(options.concurrency ?? this.maxConcurrency), this.maxConcurrency));
+    const source = pairs[Symbol.iterator]();
+    let written = 0;
+    let failure: unknown = null;
+    const worker = async () => {
+      while (failure === null) {
+        const next = source.next();
+        if (next.done === true) return;
+        const [key, value] = next.value;
+        try {
+          await this.command(op, key, value);
+          written++;
+        } catch (error) {
+          failure ??= error;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency }, worker));
+    if (failure !== null) throw new BulkWriteError(written, failure);
+    return written;
   }
 
   /** Keys in [key, end) with their revisions ("\0" as end: every key >= key); see clerk-txn.ts. */
