@@ -66,4 +66,6 @@ export type NodeStatus =
 export interface BulkOptions {
   /** Writes in flight at once (default and at most: the Clerk's maxConcurrency, one session each). */
   concurrency?: number;
+  /** Called once per acknowledged write (applied exactly once), in acknowledgement order: progress, checkpoints. */
+  onWritten?: (key: string, value: string) => void;
 }

@@ -172,6 +172,7 @@ export class Clerk {
         try {
           await this.command(op, key, value);
           written++;
+          options.onWritten?.(key, value);
         } catch (error) {
           failure ??= error;
         }
