@@ -3,7 +3,7 @@
 // batch's own earlier writes. Every user value is stored with its revisions (revisions.ts), and
 // every change is also recorded in the watch history (history.ts).
 import type { BatchOp, DB } from "../lsm/index.ts";
-import { EVENT_DELETE, EVENT_PUT, encodeEvent, eventKey } from "./history.ts";
+import { EVENT_DELETE, EVENT_PUT, encodeEvent, eventKeyAt } from "./history.ts";
 import { ByteKeyMap } from "./byte-map.ts";
 import { APPLIED_KEY, KEY_COUNT_KEY, encodeApplied, encodeKeyCount, sessionKey } from "./keys.ts";
 import { encodeStored, nextMeta, REVISION_HEADER_BYTES } from "./revisions.ts";
@@ -144,7 +144,7 @@ export class ApplyBatch {
     if (!this.history) return;
     const event = encodeEvent(type, old, stored);
     // key[0] is the 0x01 user prefix; the history names the user key.
-    this.ops.push({ type: "put", key: eventKey(this.index, key.subarray(1)), value: event });
+    this.ops.push({ type: "put", key: eventKeyAt(this.index, key, 1), value: event });
     this.bytes += key.length + event.length + 10;
   }
 }

@@ -55,7 +55,8 @@ export function applyWrite(command: DecodedCommand, batch: ApplyBatch, index: nu
   switch (command.op) {
     case OP_PUT:
       if (command.value.length > limit) return RESULT_VALUE_TOO_LARGE;
-      batch.put(key, command.value.slice());
+      // put() copies the value into the stored record: no copy of its own.
+      batch.put(key, command.value);
       return RESULT_OK;
     case OP_APPEND:
       return batch.append(key, command.value, limit) ? RESULT_OK : RESULT_VALUE_TOO_LARGE;
