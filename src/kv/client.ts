@@ -22,6 +22,7 @@ import {
 } from "./clerk-txn.ts";
 import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
 import { CommandBatcher } from "./clerk-batch.ts";
+import { runBulk, type BulkHost } from "./clerk-bulk.ts";
 import type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
 import {
   BACK_OFF_ON_SAME_NODE,
@@ -77,6 +78,8 @@ export class Clerk {
   private readonly clients: Client<typeof KVService>[];
   /** One coalescer per node, or null when batching is off. */
   private readonly batchers: CommandBatcher[] | null;
+  /** Writes per Batch RPC of putMany / appendMany. */
+  private readonly bulkBatchCommands: number;
   /** Sessions no operation uses now; registered ones on top, to be reused first. */
   private readonly idle: Session[] = [];
   /** Sessions in existence (idle or in use). */
@@ -105,6 +108,7 @@ export class Clerk {
     this.maxConcurrency = this.registered ? Math.max(1, Math.floor(options.maxConcurrency ?? 256)) : 1;
     const batch = options.batch ?? {};
     this.batchers = batch === false || this.maxConcurrency === 1 ? null : this.clients.map((client) => new CommandBatcher(client, batch));
+    this.bulkBatchCommands = batch === false ? 1 : Math.max(1, Math.min(4096, batch.maxCommands ?? 1024));
     this.last = { id: options.clientId ?? 0n, nextCommandId: 1n };
     this.idle.push(this.last);
     this.sessions = 1;
@@ -159,9 +163,15 @@ export class Clerk {
     return this.writeMany(Op.APPEND, pairs, options);
   }
 
-  private async writeMany(op: Op, pairs: Iterable<readonly [string, string]>, options: BulkOptions = {}): Promise<number> {
+  private async writeMany(op: Op.PUT | Op.APPEND, pairs: Iterable<readonly [string, string]>, options: BulkOptions = {}): Promise<number> {
     const concurrency = Math.max(1, Math.min(Math.floor(options.concurrency ?? this.maxConcurrency), this.maxConcurrency));
     const source = pairs[Symbol.iterator]();
+    if (this.registered && this.batchers !== null) {
+      // The lean path: pairs straight into Batch RPCs (clerk-bulk.ts).
+      const { written, failure } = await runBulk(this.bulkHost(), { op, concurrency, batchCommands: this.bulkBatchCommands, maxRpcs: 4, onWritten: options.onWritten }, source);
+      if (failure !== null) throw new BulkWriteError(written, failure);
+      return written;
+    }
     let written = 0;
     let failure: unknown = null;
     const worker = async () => {
@@ -181,6 +191,40 @@ export class Clerk {
     await Promise.all(Array.from({ length: concurrency }, worker));
     if (failure !== null) throw new BulkWriteError(written, failure);
     return written;
+  }
+
+  /** This Clerk as the bulk writer sees it: its nodes, its leader guess, its session pool. */
+  private bulkHost(): BulkHost {
+    const clerk = this;
+    return {
+      clients: this.clients,
+      addrs: this.addrs,
+      get leader() {
+        return clerk.leader;
+      },
+      set leader(node: number) {
+        clerk.leader = node;
+      },
+      acquire: async (deadline) => {
+        const session = this.idle.pop() ?? (await this.newOrWaitingSession());
+        try {
+          if (session.id === 0n) await this.register(session, "bulk write", deadline);
+        } catch (error) {
+          this.release(session);
+          throw error;
+        }
+        this.last = session;
+        return session;
+      },
+      release: (session) => this.release(session),
+      reregister: (session, deadline) => this.register(session, "bulk write", deadline),
+      registered: this.registered,
+      callTimeoutMs: this.options.callTimeoutMs,
+      operationTimeoutMs: this.options.operationTimeoutMs,
+      backoffMs: this.options.backoffMs,
+      maxBackoffMs: this.options.maxBackoffMs,
+      maxRequestBytes: this.options.maxRequestBytes,
+    };
   }
 
   /** Keys in [key, end) with their revisions ("\0" as end: every key >= key); see clerk-txn.ts. */
