@@ -204,7 +204,6 @@ export async function runBulk(host: BulkHost, run: BulkRun, source: Iterator<rea
     const delay = backoff * (0.5 + Math.random());
     backoff = Math.min(backoff * 2, host.maxBackoffMs);
     pausedUntil = Date.now() + delay;
-    setTimeout(poke, delay);
   };
 
   const send = (batch: Item[]) => {
@@ -269,6 +268,10 @@ export async function runBulk(host: BulkHost, run: BulkRun, source: Iterator<rea
     }
     const idle = rpcs === 0 && acquiring === 0;
     if ((failure !== null || (exhausted && active === 0)) && idle) break;
+    // Paused with writes to send: wake at the pause's end (a timer may fire a little before
+    // Date.now() reaches it, so the loop sets its own rather than trust the pause's).
+    const pauseLeft = pausedUntil - Date.now();
+    if (failure === null && queue.length > 0 && rpcs < run.maxRpcs && pauseLeft > 0) setTimeout(poke, pauseLeft + 1);
     // Writes waiting on a re-registration are counted in `active` and wake the loop when requeued.
     await new Promise<void>((resolve) => (wake = resolve));
   }

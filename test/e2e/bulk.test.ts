@@ -2,6 +2,8 @@
 // RPCs, which the leader logs as batch entries) on three real kvserver processes, with the leader
 // killed by SIGKILL in the middle: every acknowledged append is there exactly once, none twice.
 import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
+import { Code, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { BulkWriteError } from "../../src/kv/client.ts";
 import { TestCluster } from "./harness.ts";
 
@@ -17,6 +19,43 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await cluster?.destroy();
+});
+
+test("putMany writes every pair once through few Batch RPCs; a refused pair stops the load with how many were written", async () => {
+  let batches = 0;
+  let commands = 0;
+  const counter: Interceptor = (next) => async (request) => {
+    if (request.method.name === "Batch") {
+      batches++;
+      commands += (request.message as unknown as { commands: unknown[] }).commands.length;
+    }
+    return next(request);
+  };
+  const clerk = cluster.clerk({
+    maxConcurrency: 300,
+    transport: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true, interceptors: [counter] }),
+  });
+  const seen: string[] = [];
+  const written = await clerk.putMany(
+    Array.from({ length: 1000 }, (_, i) => [`pm${i}`, `v${i}`] as [string, string]),
+    { onWritten: (key) => seen.push(key) },
+  );
+  expect(written).toBe(1000);
+  expect(new Set(seen).size).toBe(1000);
+  expect(commands).toBe(1000); // no write sent twice on a healthy cluster
+  expect(batches).toBeLessThan(40);
+  const reader = cluster.clerk();
+  for (const i of [0, 499, 999]) expect(await reader.get(`pm${i}`)).toBe(`v${i}`);
+  // A pair over the Clerk's request limit: refused before it is sent; the pairs after it are not taken.
+  const pairs = [["ok1", "1"], ["big", "x".repeat(2000)], ["never", "2"]] as [string, string][];
+  const failure = await cluster.clerk({ maxRequestBytes: 1000 }).putMany(pairs, { concurrency: 1 }).then(
+    () => null,
+    (error: unknown) => error,
+  );
+  expect(failure).toBeInstanceOf(BulkWriteError);
+  expect((failure as BulkWriteError).written).toBe(1);
+  expect((failure as BulkWriteError).code).toBe(Code.InvalidArgument);
+  expect(await reader.get("never")).toBeNull();
 });
 
 test("a bulk load survives kill -9 of the leader: every acknowledged append exactly once, no append twice", async () => {
