@@ -278,3 +278,30 @@ export async function runBulk(host: BulkHost, run: BulkRun, source: Iterator<rea
   for (const session of owned) host.release(session);
   return { written, failure };
 }
+
+/** The plain way: each pair through `write` (the Clerk's own operation path), `concurrency` at a time. */
+export async function runEach(
+  source: Iterator<readonly [string, string]>,
+  concurrency: number,
+  write: (key: string, value: string) => Promise<unknown>,
+  onWritten?: (key: string, value: string) => void,
+): Promise<{ written: number; failure: unknown }> {
+  let written = 0;
+  let failure: unknown = null;
+  const worker = async () => {
+    while (failure === null) {
+      const next = source.next();
+      if (next.done === true) return;
+      const [key, value] = next.value;
+      try {
+        await write(key, value);
+        written++;
+        onWritten?.(key, value);
+      } catch (error) {
+        failure ??= error;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return { written, failure };
+}

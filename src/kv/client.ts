@@ -22,7 +22,7 @@ import {
 } from "./clerk-txn.ts";
 import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
 import { CommandBatcher } from "./clerk-batch.ts";
-import { runBulk, type BulkHost } from "./clerk-bulk.ts";
+import { runBulk, runEach, type BulkHost } from "./clerk-bulk.ts";
 import type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
 import {
   BACK_OFF_ON_SAME_NODE,
@@ -172,23 +172,8 @@ export class Clerk {
       if (failure !== null) throw new BulkWriteError(written, failure);
       return written;
     }
-    let written = 0;
-    let failure: unknown = null;
-    const worker = async () => {
-      while (failure === null) {
-        const next = source.next();
-        if (next.done === true) return;
-        const [key, value] = next.value;
-        try {
-          await this.command(op, key, value);
-          written++;
-          options.onWritten?.(key, value);
-        } catch (error) {
-          failure ??= error;
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: concurrency }, worker));
+    // Unregistered or unbatched: each write through put()'s path, `concurrency` at a time.
+    const { written, failure } = await runEach(source, concurrency, (key, value) => this.command(op, key, value), options.onWritten);
     if (failure !== null) throw new BulkWriteError(written, failure);
     return written;
   }

@@ -46,6 +46,9 @@ test("putMany writes every pair once through few Batch RPCs; a refused pair stop
   expect(batches).toBeLessThan(40);
   const reader = cluster.clerk();
   for (const i of [0, 499, 999]) expect(await reader.get(`pm${i}`)).toBe(`v${i}`);
+  // Without batching (or with an unregistered clientId) each pair goes through put()'s own path.
+  expect(await cluster.clerk({ batch: false }).putMany([["plain1", "a"], ["plain2", "b"]])).toBe(2);
+  expect(await reader.get("plain2")).toBe("b");
   // A pair over the Clerk's request limit: refused before it is sent; the pairs after it are not taken.
   const pairs = [["ok1", "1"], ["big", "x".repeat(2000)], ["never", "2"]] as [string, string][];
   const failure = await cluster.clerk({ maxRequestBytes: 1000 }).putMany(pairs, { concurrency: 1 }).then(
