@@ -80,7 +80,8 @@ export class KVServer {
     this.maxKeyBytes = limits.maxKeyBytes ?? 4096;
     this.maxValueBytes = limits.maxValueBytes ?? 1 << 20;
     this.maxPending = limits.maxPendingCommands ?? 10_000;
-    this.batchLimits = { maxEntryBytes: limits.maxBatchEntryBytes ?? 1 << 20, maxEntryCommands: MAX_BATCH_ENTRY_COMMANDS };
+    // Never past the Raft entry limit (8 MiB by default): a larger entry would be refused whole.
+    this.batchLimits = { maxEntryBytes: Math.min(limits.maxBatchEntryBytes ?? 1 << 20, 8 << 20), maxEntryCommands: MAX_BATCH_ENTRY_COMMANDS };
     this.deadlines = new DeadlineQueue(clock);
     this.relay = new RelayTransport(options.transport);
     this.log = options.log ?? ((line) => console.error(`kvraft: node ${options.id}: ${line}`));
