@@ -5,7 +5,10 @@ import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import { Code, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { BulkWriteError } from "../../src/kv/client.ts";
-import { TestCluster } from "./harness.ts";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { TestCluster, kvclient } from "./harness.ts";
 
 setDefaultTimeout(120_000);
 
@@ -59,6 +62,30 @@ test("putMany writes every pair once through few Batch RPCs; a refused pair stop
   expect((failure as BulkWriteError).written).toBe(1);
   expect((failure as BulkWriteError).code).toBe(Code.InvalidArgument);
   expect(await reader.get("never")).toBeNull();
+});
+
+test("kvclient load: a file of key<TAB>value lines, checked whole first, loaded once", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-load-"));
+  try {
+    const file = path.join(dir, "pairs.tsv");
+    const lines = Array.from({ length: 3000 }, (_, i) => `load${i}\tvalue ${i}`);
+    lines.push("", "tabbed\tx\ty", "empty\t", "crlf\tz\r");
+    fs.writeFileSync(file, lines.join("\n"));
+    const ok = await kvclient(["load", "-addrs", cluster.addrs.join(","), "-file", file, "-concurrency", "256"]);
+    expect({ code: ok.code, stderr: ok.stderr }).toEqual({ code: 0, stderr: "" });
+    expect(ok.stdout).toMatch(/^loaded 3003 of 3003 pairs in /);
+    const reader = cluster.clerk();
+    expect(await reader.get("load2999")).toBe("value 2999");
+    expect([await reader.get("tabbed"), await reader.get("empty"), await reader.get("crlf")]).toEqual(["x\ty", "", "z"]);
+    // A bad line anywhere: nothing is written, exit 2 naming the line.
+    fs.writeFileSync(file, "first\t1\nno tab here\n");
+    const bad = await kvclient(["load", "-addrs", cluster.addrs.join(","), "-file", file]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("line 2 has no TAB");
+    expect(await reader.get("first")).toBeNull();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("a bulk load survives kill -9 of the leader: every acknowledged append exactly once, no append twice", async () => {
