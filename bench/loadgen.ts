@@ -157,7 +157,10 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
   const connections = native !== null ? Array.from({ length: c.clients }, () => null) : await Promise.all(Array.from({ length: c.clients }, () => HttpConnection.open(c.host, c.port)));
   if (native !== null) {
     // Outside the window: the Clerk registers its sessions and finds the leader, etcd3 connects.
-    await Promise.all(Array.from({ length: c.clients }, (_, i) => native.put(uniqueKey(`${c.tag}w`.slice(0, 6), i), value.slice(0, c.valueBytes))));
+    // Thousands of first writes register as many sessions, a few at a time: on a loaded machine
+    // one may outlast its deadline. Tried again once; a session still missing registers in the window.
+    const warm = (i: number) => native.put(uniqueKey(`${c.tag}w`.slice(0, 6), i), value.slice(0, c.valueBytes));
+    await Promise.all(Array.from({ length: c.clients }, (_, i) => warm(i).catch(() => warm(i)).catch(() => {})));
   }
 
   const cpuStart = Object.fromEntries(c.watchPids.map((pid) => [pid, procCpu(pid)]));
