@@ -49,6 +49,8 @@ export interface ConnectionStats {
   bodyTimeouts: number;
   /** Idle connections closed (HTTP/1.1 keep-alive, HTTP/2 GOAWAY). */
   idleClosed: number;
+  /** HTTP/2 streams answered before their request ended, then reset with NO_ERROR. */
+  streamsCut: number;
   /** Sweeps skipped because the process had been stopped or starved (deadlines re-checked next sweep). */
   sweepsSkipped: number;
 }
@@ -112,6 +114,7 @@ export class ConnectionGuard {
     headerTimeouts: 0,
     bodyTimeouts: 0,
     idleClosed: 0,
+    streamsCut: 0,
     sweepsSkipped: 0,
   };
   private readonly connections = new Set<GuardedConnection>();
@@ -225,9 +228,23 @@ export class ConnectionGuard {
     const streaming = typeof path === "string" && this.streamingPaths().has(path);
     if (!streaming && !stream.readableEnded && !(stream as { endAfterHeaders?: boolean }).endAfterHeaders) connection.bodies.set(stream, Date.now());
     else this.markServed(connection);
+    let requestEnded = false;
     stream.once("end", () => {
+      requestEnded = true;
       connection.bodies.delete(stream);
       this.markServed(connection);
+    });
+    // A complete answer (an error, say a message over the limit) while the request is still
+    // coming: RST_STREAM(NO_ERROR) tells the client to stop sending and take the answer
+    // (RFC 9113 §8.1). Without it a client blocked on flow control waits for a deadline.
+    stream.once("finish", () => {
+      if (requestEnded || stream.readableEnded) return;
+      setImmediate(() => {
+        if (!requestEnded && !stream.destroyed && !stream.closed) {
+          this.stats.streamsCut++;
+          stream.close(http2.constants.NGHTTP2_NO_ERROR);
+        }
+      });
     });
     stream.once("close", () => {
       connection.bodies.delete(stream);
