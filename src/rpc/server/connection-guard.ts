@@ -127,6 +127,8 @@ export class ConnectionGuard {
   private handingOver: GuardedConnection | null = null;
   private timer: ReturnType<typeof setInterval> | null = null;
   private lastSweep = Date.now();
+  /** After a stop, no connection is judged before this time (ms). */
+  private quietUntil = 0;
   readonly sweepIntervalMs: number;
 
   constructor(
@@ -334,12 +336,14 @@ export class ConnectionGuard {
   sweep(now: number): void {
     // A sweep far later than scheduled means the process was stopped (SIGSTOP) or starved: bytes
     // that arrived meanwhile still wait unread in the sockets, so judge nobody until they are read.
+    // Judging resumes one whole interval later (a runtime may also run missed ticks back to back).
     const late = now - this.lastSweep > 3 * this.sweepIntervalMs + 250;
     this.lastSweep = now;
     if (late) {
       this.stats.sweepsSkipped++;
-      return;
+      this.quietUntil = now + this.sweepIntervalMs;
     }
+    if (now < this.quietUntil) return;
     const limits = this.limits;
     for (const connection of this.connections) {
       const socket = connection.socket;
