@@ -158,7 +158,7 @@ describe("stalled TLS handshakes", () => {
     const cluster = await TestCluster.start({
       size: 1,
       nodeArgs: () => ["--cert-file", certs.nodes[0]!.cert, "--key-file", certs.nodes[0]!.key],
-      extraArgs: ["--handshake-timeout", "2000", "--max-connections", "100"],
+      extraArgs: ["--handshake-timeout", "2000", "--max-connections", "100", "--keepalive-timeout", "1000", "--header-timeout", "1000", "--body-timeout", "1000"],
     });
     try {
       const port = portOf(cluster);
@@ -183,6 +183,25 @@ describe("stalled TLS handshakes", () => {
       });
       expect(answer).toMatch(/^HTTP\/1\.1 200[\s\S]*"value":"served"/);
       await waitFor("the stalled handshakes to be closed", () => stillOpen(stalled) === 0, 8_000);
+      // A browser's Watch over https and HTTP/1.1 (node:http behind TLS) outlives 1 s timeouts.
+      const watcher = createClient(KVService, createConnectTransport({ baseUrl: url, httpVersion: "1.1", nodeOptions: { ca } }));
+      const abort = new AbortController();
+      const seen: string[] = [];
+      const watching = (async () => {
+        try {
+          for await (const response of watcher.watch({ key: new TextEncoder().encode("tls-quiet") }, { signal: abort.signal })) {
+            for (const event of response.events) seen.push(new TextDecoder().decode(event.kv?.value));
+          }
+          return "ended";
+        } catch (error) {
+          return abort.signal.aborted ? "aborted" : `failed: ${(error as Error).message}`;
+        }
+      })();
+      await Bun.sleep(2_500);
+      await clerk.put("tls-quiet", "still-watched");
+      await waitFor("the watch event", () => seen.includes("still-watched"), 5_000);
+      abort.abort();
+      expect(await watching).toBe("aborted");
     } finally {
       await cluster.destroy();
       fs.rmSync(scratch, { recursive: true, force: true });

@@ -121,8 +121,12 @@ export class ConnectionGuard {
   /** Every connection that never completed a request, oldest first (insertion order). */
   private readonly unserved = new Set<GuardedConnection>();
   private readonly byAddress = new Map<string, AddressEntry>();
-  /** node:http hands requests a socket object of its own: found again by remote address and port. */
+  /**
+   * node:http hands requests a socket object of its own (cleartext, under Bun): found again by
+   * remote address and port; a TLS socket handed over is found as itself.
+   */
   private readonly byPeerKey = new Map<string, GuardedConnection>();
+  private readonly bySocket = new WeakMap<object, GuardedConnection>();
   private readonly sessionIndex = new WeakMap<http2.Http2Session, GuardedConnection>();
   private handingOver: GuardedConnection | null = null;
   private timer: ReturnType<typeof setInterval> | null = null;
@@ -198,8 +202,9 @@ export class ConnectionGuard {
   }
 
   /** Runs `emit` (which hands the socket to node:http or node:http2) bound to this connection. */
-  handOver(connection: GuardedConnection, protocol: "h1" | "h2", emit: () => void): void {
+  handOver(connection: GuardedConnection, protocol: "h1" | "h2", emit: () => void, socket: object = connection.socket): void {
     connection.stage = protocol;
+    this.bySocket.set(socket, connection);
     connection.idleSince = Date.now();
     // node:http2 emits "session" synchronously inside emit("connection"): see sessionStarted.
     this.handingOver = connection;
@@ -258,7 +263,7 @@ export class ConnectionGuard {
   /** node:http's "request" event (the handover path: TLS, --no-fast-lane, calls the lane does not take). */
   requestStarted(request: http.IncomingMessage, response: http.ServerResponse): void {
     const key = peerKey(request.socket);
-    const connection = key === null ? undefined : this.byPeerKey.get(key);
+    const connection = (key === null ? undefined : this.byPeerKey.get(key)) ?? this.bySocket.get(request.socket);
     if (connection === undefined || connection.released) return;
     connection.h1Requests++;
     if (connection.h1BodySince === 0) connection.h1BodySince = Date.now();

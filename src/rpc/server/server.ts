@@ -326,7 +326,7 @@ export class RpcServer {
         return;
       }
       const h2 = secure.alpnProtocol === "h2";
-      this.guard.handOver(guarded, h2 ? "h2" : "h1", () => (h2 ? this.h2 : this.h1).emit("connection", secure));
+      this.guard.handOver(guarded, h2 ? "h2" : "h1", () => (h2 ? this.h2 : this.h1).emit("connection", secure), secure);
     });
     socket.resume();
   }
