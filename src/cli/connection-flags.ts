@@ -40,7 +40,9 @@ export const CONNECTION_USAGE = `  --handshake-timeout MS    a connection's firs
   --max-connections N       open connections at most; past it the oldest connection that never
                             completed a request is closed to make room, and only when there is none
                             is the new one refused (default ${d.maxConnections})
-  --max-connections-per-ip N  the same rule per remote address (default ${d.maxConnectionsPerAddress})`;
+  --max-connections-per-ip N
+                            the same rule per remote address (default ${d.maxConnectionsPerAddress}); a
+                            benchmark opening more connections from one address needs more`;
 
 /** The limits the flags set (unset ones are left out: the server's defaults apply). */
 export function connectionLimitsFrom(flags: ParsedFlags): Partial<ConnectionLimits> {

@@ -378,3 +378,14 @@ describe("oversized gRPC messages and stopped nodes", () => {
     await waitFor("the idle connections to close", () => closed.has(kept) && closed.has(fresh), 5_000);
   });
 });
+
+describe("flags", () => {
+  test("a bad connection flag is a usage error (exit 2) that names the flag", async () => {
+    for (const args of [["--max-connections", "0"], ["--header-timeout", "soon"], ["--max-connections-per-ip", "1.5"]]) {
+      const proc = Bun.spawn(["bun", path.join(import.meta.dir, "../../src/cli/kvserver.ts"), "--insecure-peers", ...args], { stdout: "pipe", stderr: "pipe" });
+      const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+      expect(code).toBe(2);
+      expect(stderr).toContain(`${args[0]} must be a positive integer`);
+    }
+  });
+});

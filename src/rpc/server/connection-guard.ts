@@ -33,7 +33,7 @@ export const DEFAULT_CONNECTION_LIMITS: Readonly<ConnectionLimits> = {
   keepAliveTimeoutMs: 5_000,
   idleTimeoutMs: 300_000,
   maxConnections: 4096,
-  maxConnectionsPerAddress: 1024,
+  maxConnectionsPerAddress: 2048,
 };
 
 /** Counters and the open-connection gauge for /metrics. */
