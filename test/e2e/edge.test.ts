@@ -214,7 +214,7 @@ describe("long-lived streams and short timeouts", () => {
   beforeAll(async () => {
     cluster = await TestCluster.start({
       size: 3,
-      extraArgs: ["--idle-timeout", "1000", "--keepalive-timeout", "1000", "--body-timeout", "1000", "--header-timeout", "1000"],
+      extraArgs: ["--idle-timeout", "1000", "--keepalive-timeout", "1000", "--body-timeout", "1000", "--header-timeout", "1000", "--handshake-timeout", "1000"],
     });
     await cluster.waitForLeader();
   });

@@ -152,3 +152,16 @@ describe("HTTP/2", () => {
     expect(server.connectionStats.handshakeTimeouts).toBe(before + 1);
   });
 });
+
+describe("clients that never close", () => {
+  test("a half-open client (it never sends FIN) does not keep a timed-out socket on the server", async () => {
+    const before = server.connectionStats.open;
+    const socket = net.connect({ port: server.port, host: "127.0.0.1", allowHalfOpen: true });
+    socket.on("error", () => {});
+    socket.resume();
+    await new Promise((resolve) => socket.once("connect", resolve));
+    socket.write(head());
+    while (server.connectionStats.open > before) await Bun.sleep(50);
+    socket.destroy();
+  });
+});

@@ -363,6 +363,11 @@ export class ConnectionGuard {
         case "h1-lane": {
           const lane = connection.lane;
           if (lane === null) break;
+          if (lane.finished) {
+            // The lane closed its side; a client that never closes its own must not hold the socket.
+            if (now - lane.lastActive > limits.keepAliveTimeoutMs) socket.destroy();
+            break;
+          }
           const waiting = lane.waiting;
           if (waiting === "head" && now - lane.waitingSince > limits.headerTimeoutMs) {
             this.stats.headerTimeouts++;
@@ -393,8 +398,9 @@ export class ConnectionGuard {
 
   private sweepSession(connection: GuardedConnection, now: number): void {
     const session = connection.session;
-    if (connection.trusted) return;
-    if (session === null || !connection.settingsSeen) {
+    // No session bound (node:http2 did not announce it during the handover): nothing to judge by.
+    if (session === null || connection.trusted) return;
+    if (!connection.settingsSeen) {
       if (now - connection.acceptedAt > this.limits.handshakeTimeoutMs) this.drop(connection, "handshake");
       return;
     }

@@ -101,6 +101,11 @@ export class Http1Lane {
     this.receive(first);
   }
 
+  /** The lane has closed its side (answered with Connection: close, or closed idle). */
+  get finished(): boolean {
+    return this.ended && !this.handedOver;
+  }
+
   /** Idle (no call running, no partial request): may be closed without losing an answer. */
   get idle(): boolean {
     return !this.busy && (this.buffer === null || this.buffer.length === 0);
