@@ -214,7 +214,10 @@ describe("long-lived streams and short timeouts", () => {
   beforeAll(async () => {
     cluster = await TestCluster.start({
       size: 3,
-      extraArgs: ["--idle-timeout", "1000", "--keepalive-timeout", "1000", "--body-timeout", "1000", "--header-timeout", "1000", "--handshake-timeout", "1000"],
+      extraArgs: [
+        ...["--idle-timeout", "1000", "--keepalive-timeout", "1000", "--body-timeout", "1000", "--header-timeout", "1000", "--handshake-timeout", "1000"],
+        ...["--max-connections", "64"],
+      ],
     });
     await cluster.waitForLeader();
   });
@@ -264,6 +267,21 @@ describe("long-lived streams and short timeouts", () => {
     // Peer links are authenticated: no idle or body timeout touched them (no election happened).
     expect(await metric(portOf(cluster, leader), "kvraft_raft_leader_changes_total")).toBe(changesBefore);
     idle.destroy();
+  });
+
+  test("a flood of stalled sockets at a full port never evicts the authenticated peer links", async () => {
+    const leader = await cluster.waitForLeader();
+    const port = portOf(cluster, leader);
+    const changesBefore = await metric(port, "kvraft_raft_leader_changes_total");
+    const evictedBefore = await metric(port, "kvraft_rpc_connections_evicted_total");
+    const clerk = cluster.clerk({ operationTimeoutMs: 10_000 });
+    const flood = await openSockets(port, 300, HALF_HEAD, 100);
+    for (let i = 0; i < 5; i++) await clerk.put(`flood-${i}`, "ok");
+    expect(await clerk.get("flood-4")).toBe("ok");
+    expect(await metric(port, "kvraft_rpc_connections_evicted_total")).toBeGreaterThan(evictedBefore + 200);
+    // The two peers' inbound links (authenticated) were never among the evicted: no election.
+    expect(await metric(port, "kvraft_raft_leader_changes_total")).toBe(changesBefore);
+    for (const socket of flood) socket.destroy();
   });
 });
 
