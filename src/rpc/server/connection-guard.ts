@@ -233,8 +233,9 @@ export class ConnectionGuard {
     connection.openStreams++;
     const path = headers[":path"];
     const streaming = typeof path === "string" && this.streamingPaths().has(path);
+    // A streaming upload (the peer Stream) has no body deadline; it does not count as a completed
+    // request either: peers complete Challenge and Authenticate first.
     if (!streaming && !stream.readableEnded && !(stream as { endAfterHeaders?: boolean }).endAfterHeaders) connection.bodies.set(stream, Date.now());
-    else this.markServed(connection);
     let requestEnded = false;
     stream.once("end", () => {
       requestEnded = true;
