@@ -385,19 +385,36 @@ describe("oversized gRPC messages and stopped nodes", () => {
       socket.on("error", () => {});
       await new Promise((resolve) => socket.once("connect", resolve));
     }
+    // And an HTTP/2 connection that has served one call (idle timeout 1 s).
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    session.on("error", () => {});
+    const h2Call = () =>
+      new Promise<string>((resolve) => {
+        const stream = session.request({ ":method": "POST", ":path": "/kvraftpb.KVService/Command", "content-type": "application/json" });
+        let text = "";
+        stream.on("data", (chunk) => (text += String(chunk)));
+        stream.on("close", () => resolve(text || `closed (rst ${stream.rstCode})`));
+        stream.on("error", () => {});
+        stream.end(body);
+      });
+    expect(await h2Call()).toContain("ErrNoKey");
     kept.write(request);
     await waitFor("the first answer", () => answers.get(kept)!.includes("ErrNoKey"), 5_000);
     answers.set(kept, "");
     await Bun.sleep(200);
     process.kill(pid, "SIGSTOP");
+    let h2Answer: Promise<string>;
     try {
       kept.write(request);
       fresh.write(request);
-      await Bun.sleep(3_000); // three times the keep-alive and handshake timeouts
+      h2Answer = h2Call();
+      await Bun.sleep(3_000); // three times the keep-alive, idle and handshake timeouts
     } finally {
       process.kill(pid, "SIGCONT");
     }
     await waitFor("both answers", () => answers.get(kept)!.includes("ErrNoKey") && answers.get(fresh)!.includes("ErrNoKey"), 5_000);
+    expect(await h2Answer).toContain("ErrNoKey");
+    session.destroy();
     expect(answers.get(kept)).toMatch(/^HTTP\/1\.1 200/);
     expect(answers.get(fresh)).toMatch(/^HTTP\/1\.1 200/);
     // And once quiet again, the keep-alive timeout still closes them.
