@@ -11,7 +11,7 @@ export const LOAD_USAGE = `usage: bun run kvclient load -file F [-addrs host:por
 
   -file         pairs to put, one per line: the key, a TAB, the value (the rest of the line);
                 empty lines are skipped. UTF-8. Checked whole before the first write.
-  -concurrency  writes in flight (default 2048; one registered session each)
+  -concurrency  writes in flight, 1..4096 (default 2048; one registered session each)
   -addrs, -timeout, --cacert, --cert, --key-file, --token-file   as for the other operations
 
 Prints how many pairs were written and the rate. Exit status: 0 all written, 1 the load stopped
@@ -79,7 +79,7 @@ export async function runLoad(argv: readonly string[]): Promise<number> {
     if (flags.values.file === undefined) throw new UsageError("load needs -file");
     file = flags.values.file;
     concurrency = Number(flags.values.concurrency);
-    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 16384) throw new UsageError("-concurrency must be an integer in 1..16384");
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 4096) throw new UsageError("-concurrency must be an integer in 1..4096");
     timeoutMs = Number(flags.values.timeout);
     if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new UsageError("-timeout must be a positive number of milliseconds");
     if (!fs.existsSync(file)) throw new UsageError(`${file}: no such file`);
