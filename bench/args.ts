@@ -27,8 +27,8 @@ export interface BenchOptions {
   paths: ClientPath[] | null;
   /** cluster: concurrent clients per point (null: the default levels). */
   clients: number[] | null;
-  /** cluster: workloads to run (null: put, get, mix and the overload point). */
-  workloads: ("put" | "get" | "mix" | "overload")[] | null;
+  /** cluster: workloads to run (null: put, get, mix and the overload point; bulk only when named). */
+  workloads: ("put" | "get" | "mix" | "bulk" | "overload")[] | null;
   /** catchup: write a CPU profile of every process started in the last run into this directory. */
   cpuProf: string | null;
   help: boolean;
@@ -69,10 +69,11 @@ options
                      clerk-h2-unbatched (one RPC per operation), etcd3 (etcd's npm client over gRPC);
                      default http1,clerk-h2,clerk-grpc,etcd3
   --clients LIST     cluster: concurrent clients per point (default 1,16,64,256; 1,64 with --quick)
-  --workloads LIST   cluster: put, get, mix, overload (default all four); overload: raw HTTP/2
-                     writers retrying refusals after the node's hint, at 32, 128 and 512 to find
-                     the saturating concurrency, then at 4x and 16x it: goodput against the peak,
-                     p99, refusals, leader changes (at most 5 s per run)
+  --workloads LIST   cluster: put, get, mix, overload (default these four), and bulk: the Clerk's
+                     putMany with --clients writes in flight (Clerk paths only; e.g. --clients 2048).
+                     overload: raw HTTP/2 writers retrying refusals after the node's hint, at 32,
+                     128 and 512 to find the saturating concurrency, then at 4x and 16x it: goodput
+                     against the peak, p99, refusals, leader changes (at most 5 s per run)
   --vs-etcd          cluster: also run a 3-member etcd (needs \`etcd\` on PATH) and compare
   --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
   --big-keys N       the same with N keys
@@ -145,8 +146,8 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
       }
       case "--workloads": {
         const list = (value() ?? "").split(",").filter(Boolean);
-        if (list.length === 0 || list.some((w) => !["put", "get", "mix", "overload"].includes(w))) throw new UsageError("--workloads takes a comma-separated list from put, get, mix, overload");
-        o.workloads = list as ("put" | "get" | "mix" | "overload")[];
+        if (list.length === 0 || list.some((w) => !["put", "get", "mix", "bulk", "overload"].includes(w))) throw new UsageError("--workloads takes a comma-separated list from put, get, mix, bulk, overload");
+        o.workloads = list as ("put" | "get" | "mix" | "bulk" | "overload")[];
         break;
       }
       case "--json": {

@@ -22,9 +22,11 @@ import {
 } from "./clerk-txn.ts";
 import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
 import { CommandBatcher } from "./clerk-batch.ts";
-import type { ClerkOptions, NodeStatus } from "./clerk-options.ts";
+import { runBulk, runEach, type BulkHost } from "./clerk-bulk.ts";
+import type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
 import {
   BACK_OFF_ON_SAME_NODE,
+  BulkWriteError,
   ClerkError,
   RETRYABLE,
   SESSION_GONE,
@@ -38,8 +40,8 @@ import {
   type Attempt,
 } from "./clerk-outcomes.ts";
 
-export type { ClerkOptions, NodeStatus } from "./clerk-options.ts";
-export { ClerkError, RETRYABLE } from "./clerk-outcomes.ts";
+export type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
+export { BulkWriteError, ClerkError, RETRYABLE } from "./clerk-outcomes.ts";
 
 /** RegisterSession calls one Clerk has in flight at most. */
 const MAX_CONCURRENT_REGISTRATIONS = 32;
@@ -77,6 +79,8 @@ export class Clerk {
   private readonly clients: Client<typeof KVService>[];
   /** One coalescer per node, or null when batching is off. */
   private readonly batchers: CommandBatcher[] | null;
+  /** Writes per Batch RPC of putMany / appendMany. */
+  private readonly bulkBatchCommands: number;
   /** Sessions no operation uses now; registered ones on top, to be reused first. */
   private readonly idle: Session[] = [];
   /** Sessions in existence (idle or in use). */
@@ -105,6 +109,7 @@ export class Clerk {
     this.maxConcurrency = this.registered ? Math.max(1, Math.floor(options.maxConcurrency ?? 256)) : 1;
     const batch = options.batch ?? {};
     this.batchers = batch === false || this.maxConcurrency === 1 ? null : this.clients.map((client) => new CommandBatcher(client, batch));
+    this.bulkBatchCommands = batch === false ? 1 : Math.max(1, Math.min(4096, batch.maxCommands ?? 1024));
     this.last = { id: options.clientId ?? 0n, nextCommandId: 1n };
     this.idle.push(this.last);
     this.sessions = 1;
@@ -141,6 +146,71 @@ export class Clerk {
   /** Removes `key`; true when it existed. */
   async delete(key: string): Promise<boolean> {
     return (await this.command(Op.DELETE, key, "")).err === "OK";
+  }
+
+  /**
+   * Bulk load: writes every pair, at most `concurrency` at once (default: this Clerk's
+   * maxConcurrency), each exactly once through a session of its own. Concurrent writes leave as
+   * Batch RPCs (clerk-batch.ts), which the leader puts into its log as a few batch entries.
+   * Resolves with the number written. On the first failure it takes no more pairs, waits for the
+   * writes in flight, and rejects with that failure (a BulkWriteError: how many were written).
+   */
+  putMany(pairs: Iterable<readonly [string, string]>, options?: BulkOptions): Promise<number> {
+    return this.writeMany(Op.PUT, pairs, options);
+  }
+
+  /** appendMany: as putMany, with Append (each suffix appended exactly once). */
+  appendMany(pairs: Iterable<readonly [string, string]>, options?: BulkOptions): Promise<number> {
+    return this.writeMany(Op.APPEND, pairs, options);
+  }
+
+  private async writeMany(op: Op.PUT | Op.APPEND, pairs: Iterable<readonly [string, string]>, options: BulkOptions = {}): Promise<number> {
+    const concurrency = Math.max(1, Math.min(Math.floor(options.concurrency ?? this.maxConcurrency), this.maxConcurrency));
+    const source = pairs[Symbol.iterator]();
+    if (this.registered && this.batchers !== null) {
+      // The lean path: pairs straight into Batch RPCs (clerk-bulk.ts).
+      const { written, failure } = await runBulk(this.bulkHost(), { op, concurrency, batchCommands: this.bulkBatchCommands, maxRpcs: 4, onWritten: options.onWritten }, source);
+      if (failure !== null) throw new BulkWriteError(written, failure);
+      return written;
+    }
+    // Unregistered or unbatched: each write through put()'s path, `concurrency` at a time.
+    const { written, failure } = await runEach(source, concurrency, (key, value) => this.command(op, key, value), options.onWritten);
+    if (failure !== null) throw new BulkWriteError(written, failure);
+    return written;
+  }
+
+  /** This Clerk as the bulk writer sees it: its nodes, its leader guess, its session pool. */
+  private bulkHost(): BulkHost {
+    const clerk = this;
+    return {
+      clients: this.clients,
+      addrs: this.addrs,
+      get leader() {
+        return clerk.leader;
+      },
+      set leader(node: number) {
+        clerk.leader = node;
+      },
+      acquire: async (deadline) => {
+        const session = this.idle.pop() ?? (await this.newOrWaitingSession());
+        try {
+          if (session.id === 0n) await this.register(session, "bulk write", deadline);
+        } catch (error) {
+          this.release(session);
+          throw error;
+        }
+        this.last = session;
+        return session;
+      },
+      release: (session) => this.release(session),
+      reregister: (session, deadline) => this.register(session, "bulk write", deadline),
+      registered: this.registered,
+      callTimeoutMs: this.options.callTimeoutMs,
+      operationTimeoutMs: this.options.operationTimeoutMs,
+      backoffMs: this.options.backoffMs,
+      maxBackoffMs: this.options.maxBackoffMs,
+      maxRequestBytes: this.options.maxRequestBytes,
+    };
   }
 
   /** Keys in [key, end) with their revisions ("\0" as end: every key >= key); see clerk-txn.ts. */
@@ -205,12 +275,18 @@ export class Clerk {
     this.last = session;
     const commandId = session.nextCommandId++;
     let sent = 0;
+    const ids = { clientId: session.id, commandId, registered: this.registered && session.id !== 0n };
     try {
-      return await this.retrying(name, deadline, true, (client, timeoutMs, node) => {
-        sent++;
-        const ids = { clientId: session.id, commandId, registered: this.registered && session.id !== 0n };
-        return send(ids, client, timeoutMs).then((response) => headerAttempt(response, node));
-      });
+      return await this.retrying(
+        name,
+        deadline,
+        true,
+        (client, timeoutMs, node) => {
+          sent++;
+          return send(ids, client, timeoutMs).then((response) => headerAttempt(response, node));
+        },
+        ids.registered,
+      );
     } catch (error) {
       if (!(error instanceof SessionGone)) throw error;
       session.id = 0n;
@@ -306,7 +382,7 @@ export class Clerk {
         sent++;
         const answer = this.batchers === null ? client.command(request, { timeoutMs }) : this.batchers[node]!.command(request, timeoutMs);
         return answer.then((response) => commandAttempt(response, node));
-      });
+      }, request.registered);
     } catch (error) {
       if (!(error instanceof SessionGone)) throw error;
       // The session expired (idle longer than the server's TTL). Register again for what follows.
@@ -363,6 +439,8 @@ export class Clerk {
     deadline: number,
     write: boolean,
     rpc: (client: Client<typeof KVService>, timeoutMs: number, node: number) => Promise<Attempt<T>>,
+    /** The request names a registered session: failed_precondition then means it expired. */
+    sessionBound = false,
   ): Promise<T> {
     const started = Date.now();
     const n = this.clients.length;
@@ -380,7 +458,9 @@ export class Clerk {
       } catch (error) {
         if (error instanceof ClerkError) throw error;
         const connectError = ConnectError.from(error);
-        if (SESSION_GONE.has(connectError.code)) throw new SessionGone(connectError.rawMessage);
+        // Without a registered session failed_precondition is a plain refusal (e.g. "this port
+        // speaks TLS only"): registering again would only loop until the deadline.
+        if (sessionBound && SESSION_GONE.has(connectError.code)) throw new SessionGone(connectError.rawMessage);
         const problem = `node ${node} (${this.addrs[node]}): ${connectError.message}`;
         // Backpressure (too many commands in flight, a full session table): ask the same node again.
         if (BACK_OFF_ON_SAME_NODE.has(connectError.code)) outcome = { retry: "stay", problem, retryAfterMs: retryHint(connectError) };
