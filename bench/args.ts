@@ -72,8 +72,8 @@ options
   --workloads LIST   cluster: put, get, mix, overload (default these four), and bulk: the Clerk's
                      putMany with --clients writes in flight (Clerk paths only; e.g. --clients 2048).
                      overload: raw HTTP/2 writers retrying refusals after the node's hint, at 32,
-                     128 and 512 to find the saturating concurrency, then at 4x and 16x it: goodput
-                     against the peak, p99, refusals, leader changes (at most 5 s per run)
+                     128, 512 and 2048 to find the saturating concurrency, then at 4x and 16x it:
+                     goodput against the peak, p99, refusals, leader changes (at most 5 s per run)
   --vs-etcd          cluster: also run a 3-member etcd (needs \`etcd\` on PATH) and compare
   --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
   --big-keys N       the same with N keys
