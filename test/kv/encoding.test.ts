@@ -5,7 +5,7 @@ import { commandFingerprint, decodeCommand, encodeCommand, OP_APPEND, OP_PUT } f
 import { KVCorruptionError } from "../../src/kv/errors.ts";
 import { decodeApplied, encodeApplied, sessionKey } from "../../src/kv/keys.ts";
 import { RESULT_NO_KEY, RESULT_OK, SessionTable, decodeSession, encodeSession, type Session } from "../../src/kv/sessions.ts";
-import { SNAPSHOT_FORMAT_VERSION, decodeSnapshot, encodeSnapshot, type SnapshotRecord } from "../../src/kv/snapshot-stream.ts";
+import { SNAPSHOT_PAIRS_VERSION, decodeSnapshot, encodeSnapshot, type SnapshotRecord } from "../../src/kv/snapshot-stream.ts";
 
 const text = new TextDecoder();
 const bytes = (s: string) => new TextEncoder().encode(s);
@@ -165,7 +165,7 @@ function samplePairs(n: number): [Uint8Array, Uint8Array][] {
   return Array.from({ length: n }, (_, i) => [bytes(`key-${String(i).padStart(5, "0")}`), bytes("v".repeat(i % 300))]);
 }
 
-const header = { version: SNAPSHOT_FORMAT_VERSION, index: 99, term: 7, logTime: 5_000, members: [0, 1, 2] };
+const header = { version: SNAPSHOT_PAIRS_VERSION, index: 99, term: 7, logTime: 5_000, members: [0, 1, 2] };
 const sessions: Session[] = [
   { clientId: -1n, commandId: 5n, lastIndex: 90, lastTime: 4_000, result: RESULT_OK, registered: false, fingerprint: 7 },
   { clientId: 12n, commandId: 1n, lastIndex: 95, lastTime: 4_500, result: RESULT_NO_KEY, registered: true, fingerprint: 0 },
