@@ -20,6 +20,8 @@ import { formatBytes, formatSummary, renderTable } from "./table.ts";
 
 const HOST = "127.0.0.1";
 const VALUE_BYTES = 100;
+/** Per pair in a version-3 stream beyond key and value: two u32 lengths and the 24-byte revision header. */
+const PAIR_OVERHEAD_BYTES = 8 + 24;
 /** Entries past the compaction point before the leader compacts: low, so the follower falls behind. */
 const SNAPSHOT_THRESHOLD = 1_000;
 /** Puts (one entry each) written while the follower is down before every timed restart. */
@@ -36,6 +38,8 @@ export interface CatchupRun {
   keys: number;
   /** Bytes of snapshot stream the follower read in this catch-up. */
   snapshotBytes: number;
+  /** The state's logical size: what it takes as pairs (a version-3 stream), whatever the wire carried. */
+  stateBytes: number;
   /** From spawning the follower to applied ≥ the leader's commit index. */
   totalMs: number;
   /** From the first snapshot byte seen (polled) to caught up: the transfer and install alone. */
@@ -45,8 +49,10 @@ export interface CatchupRun {
   /** Receiver's peak RSS (VmHWM) over its whole life, and its RSS once caught up. */
   peakRss: number;
   rssAfter: number;
-  /** MB/s (10^6 bytes) of snapshot over the transfer window and over the whole catch-up. */
+  /** MB/s (10^6 bytes) of state over the transfer window and over the whole catch-up. */
   transferMBps: number;
+  /** MB/s of snapshot stream (wire bytes) over the transfer window. */
+  wireMBps: number;
   totalMBps: number;
   keysPerSec: number;
 }
@@ -71,8 +77,19 @@ async function load(ports: number[], count: number): Promise<number> {
     transport: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true }),
     maxConcurrency: LOAD_IN_FLIGHT,
   });
-  const value = new Uint8Array(VALUE_BYTES);
-  for (let i = 0; i < VALUE_BYTES; i++) value[i] = i < VALUE_BYTES / 2 ? 97 + (i % 26) : (i * 7919) & 0xff;
+  // Half text, half bytes of a per-key generator: as compressible as ordinary data, no more (one
+  // value repeated for every key would let the tables' LZ4 shrink the files several times over).
+  const valueOf = (key: number): Uint8Array => {
+    const value = new Uint8Array(VALUE_BYTES);
+    let x = (key + 1) * 0x9e3779b1;
+    for (let i = 0; i < VALUE_BYTES; i++) {
+      x = (x ^ (x << 13)) >>> 0;
+      x = (x ^ (x >>> 17)) >>> 0;
+      x = (x ^ (x << 5)) >>> 0;
+      value[i] = i < VALUE_BYTES / 2 ? 97 + (x % 26) : x & 0xff;
+    }
+    return value;
+  };
   const encoder = new TextEncoder();
   let next = 0;
   const worker = async () => {
@@ -80,7 +97,7 @@ async function load(ports: number[], count: number): Promise<number> {
       const from = next;
       next = Math.min(count, next + LOAD_TXN_PUTS);
       const success = [];
-      for (let i = from; i < next; i++) success.push({ request: { case: "requestPut" as const, value: { key: encoder.encode(preloadKey(i)), value } } });
+      for (let i = from; i < next; i++) success.push({ request: { case: "requestPut" as const, value: { key: encoder.encode(preloadKey(i)), value: valueOf(i) } } });
       // A loaded machine may change leaders mid-load; the puts are idempotent, so a Txn the Clerk
       // gave up on is sent again, a bounded number of times.
       for (let attempt = 1; ; attempt++) {
@@ -195,22 +212,25 @@ export async function runCatchupSuite(o: BenchOptions, progress: Progress): Prom
       const mem = memoryOf(target.process!.pid);
       const snapshotBytes = (await metric(target.port, "kvraft_raft_snapshot_received_bytes_total")) - bytesBefore;
       if (snapshotBytes === 0) throw new Error("the follower caught up without a snapshot: the leader did not compact past it");
+      const stateBytes = keys * (PAIR_OVERHEAD_BYTES + 16 + VALUE_BYTES);
       const totalMs = doneAt - t0;
       const transferMs = doneAt - (firstByteAt || t0);
       const r: CatchupRun = {
         keys: keys + NUDGE_KEYS,
         streamMs: (lastByteAt || doneAt) - (firstByteAt || t0),
         snapshotBytes,
+        stateBytes,
         totalMs,
         transferMs,
         peakRss: Math.max(peak, mem?.peakRss ?? 0),
         rssAfter: mem?.rss ?? 0,
-        transferMBps: snapshotBytes / 1e6 / (transferMs / 1000),
-        totalMBps: snapshotBytes / 1e6 / (totalMs / 1000),
+        transferMBps: stateBytes / 1e6 / (transferMs / 1000),
+        wireMBps: snapshotBytes / 1e6 / (transferMs / 1000),
+        totalMBps: stateBytes / 1e6 / (totalMs / 1000),
         keysPerSec: keys / (transferMs / 1000),
       };
       results.push(r);
-      progress.finish(`${formatBytes(snapshotBytes)} in ${(transferMs / 1000).toFixed(2)} s (stream ${(r.streamMs / 1000).toFixed(2)} s) (${r.transferMBps.toFixed(1)} MB/s), peak RSS ${formatBytes(r.peakRss)}`);
+      progress.finish(`${formatBytes(stateBytes)} of state (${formatBytes(snapshotBytes)} streamed) in ${(transferMs / 1000).toFixed(2)} s (stream ${(r.streamMs / 1000).toFixed(2)} s) (${r.transferMBps.toFixed(1)} MB/s), peak RSS ${formatBytes(r.peakRss)}`);
     }
   } finally {
     await Promise.all(nodes.map((n) => (n.process ? stopChild(n.process) : Promise.resolve())));
@@ -222,9 +242,11 @@ export async function runCatchupSuite(o: BenchOptions, progress: Progress): Prom
   const table = renderTable(
     [{ header: "measure" }, { header: `median of ${results.length} (min–max)`, align: "right" }],
     [
-      ["snapshot bytes", formatSummary(s((r) => r.snapshotBytes), formatBytes)],
+      ["snapshot bytes (the wire)", formatSummary(s((r) => r.snapshotBytes), formatBytes)],
+      ["state bytes (as pairs)", formatSummary(s((r) => r.stateBytes), formatBytes)],
       ["transfer + install (first byte → caught up)", formatSummary(s((r) => r.transferMs / 1000), (n) => `${n.toFixed(2)} s`)],
       ["MB/s of state, transfer + install", formatSummary(s((r) => r.transferMBps), fixed1)],
+      ["MB/s of snapshot stream, transfer + install", formatSummary(s((r) => r.wireMBps), fixed1)],
       ["of which the stream (first → last byte seen)", formatSummary(s((r) => r.streamMs / 1000), (n) => `${n.toFixed(2)} s`)],
       ["restart → caught up", formatSummary(s((r) => r.totalMs / 1000), (n) => `${n.toFixed(2)} s`)],
       ["MB/s of state, restart → caught up", formatSummary(s((r) => r.totalMBps), fixed1)],
@@ -240,7 +262,7 @@ export async function runCatchupSuite(o: BenchOptions, progress: Progress): Prom
     notes: [
       "the issue's target: ≥ 100 MB/s of state transferred and installed, receiver RSS ≤ 256 MB",
       `--snapshot-threshold ${SNAPSHOT_THRESHOLD}; before each run ${NUDGE_KEYS} single-entry puts while the follower is down, so the leader's log is compacted past it`,
-      "MB is 10^6 bytes of the snapshot stream as the receiver read it; the first-byte time is polled every ~50 ms",
+      `MB is 10^6 bytes. State: the keys as pairs, ${PAIR_OVERHEAD_BYTES + 16 + VALUE_BYTES} bytes each (lengths, key, revision header, value), the size of a version-3 stream; stream: the bytes the receiver read (version 4 ships the LZ4-compressed table files). The first-byte time is polled every ~50 ms`,
       ...(o.cpuProf ? [`CPU profiles of every kvserver (the follower: its last run) written to ${o.cpuProf}`] : []),
     ],
     charts: [],

@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import type { Checkpoint } from "../lsm/index.ts";
 import { KVCorruptionError } from "./errors.ts";
-import { type ByteReader, Chunker, FRAME_PREFIX_BYTES, FrameBuilder, headerFrame, sealFrame, type SnapshotHeader } from "./snapshot-frames.ts";
+import { type ByteReader, Chunker, CRC32, FRAME_PREFIX_BYTES, FrameBuilder, headerFrame, sealFrame, type SnapshotHeader } from "./snapshot-frames.ts";
 
 export const FRAME_FILE = 6;
 export const FRAME_FILE_DATA = 7;
@@ -51,17 +51,17 @@ export async function* encodeFileSnapshot(header: SnapshotHeader, checkpoint: Ch
   for (const file of checkpoint.files) {
     const head = new FrameBuilder(FRAME_FILE, 29 + file.smallest.length + file.largest.length);
     head.u8(file.level).u64(file.number).u64(file.size).u32(file.smallest.length).bytes(file.smallest).u32(file.largest.length).bytes(file.largest);
-    yield* chunker.push(head.finish());
+    yield* chunker.push(head.finish(CRC32));
     const fd = fs.openSync(file.path, "r");
     try {
       for (let offset = 0; offset < file.size; ) {
         const n = Math.min(FILE_DATA_BYTES, file.size - offset);
-        // A fresh buffer per frame: the chunker copies out of it, the read fills it in place.
+        // A fresh buffer per frame, filled in place by the read and passed on without a copy.
         const frame = new Uint8Array(FRAME_PREFIX_BYTES + 1 + n);
         frame[FRAME_PREFIX_BYTES] = FRAME_FILE_DATA;
         const read = await readAt(fd, frame, FRAME_PREFIX_BYTES + 1, n, offset);
         if (read !== n) throw new Error(`snapshot: table file ${file.path} ended at ${offset + read} of its ${file.size} bytes`);
-        yield* chunker.push(sealFrame(frame, 1 + n));
+        yield* chunker.pushWhole(sealFrame(frame, 1 + n, CRC32));
         offset += n;
       }
     } finally {
@@ -77,7 +77,7 @@ export async function* encodeFileSnapshot(header: SnapshotHeader, checkpoint: Ch
   const visit = (key: Uint8Array, seq: number, kind: number, value: Uint8Array): boolean => {
     let full = false;
     if (inFrame > 0 && !frame.fits(17 + key.length + value.length)) {
-      ready.push(frame.finishCounted(inFrame));
+      ready.push(frame.finishCounted(inFrame, CRC32));
       frame = new FrameBuilder(FRAME_ENTRIES, chunkBytes, true);
       inFrame = 0;
       full = true;
@@ -92,11 +92,11 @@ export async function* encodeFileSnapshot(header: SnapshotHeader, checkpoint: Ch
     ready.length = 0;
   }
   for (const full of ready) yield* chunker.push(full);
-  if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame));
+  if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame, CRC32));
 
   const trailer = new FrameBuilder(FRAME_FILES_TRAILER, 32);
   trailer.u64(checkpoint.files.length).u64(fileBytes).u64(entries).u64(checkpoint.seq);
-  yield* chunker.push(trailer.finish());
+  yield* chunker.push(trailer.finish(CRC32));
   const last = chunker.flush();
   if (last !== null) yield last;
 }

@@ -38,11 +38,21 @@ export function headerFrame(header: SnapshotHeader): Uint8Array {
   return head.finish();
 }
 
+/** The checksum a frame carries over its payload, stored masked. */
+export type FrameChecksum = (data: Uint8Array, start: number, end: number) => number;
+/** CRC-32C: every frame of versions 1-3 and the header of every version. */
+export const CRC32C: FrameChecksum = crc32c;
+/**
+ * CRC-32 (IEEE 802.3, zlib's): the frames after a version-4 header. Bun computes it natively at
+ * ~40 GB/s against ~1.4 GB/s for our CRC-32C in JS, which was a tenth of a catch-up's CPU.
+ */
+export const CRC32: FrameChecksum = (data, start, end) => Bun.hash.crc32(data.subarray(start, end));
+
 /** Writes the prefix of a frame whose payload is buf[FRAME_PREFIX_BYTES, FRAME_PREFIX_BYTES + length). */
-export function sealFrame(buf: Uint8Array, length: number): Uint8Array {
+export function sealFrame(buf: Uint8Array, length: number, checksum: FrameChecksum = CRC32C): Uint8Array {
   const view = new DataView(buf.buffer, buf.byteOffset, FRAME_PREFIX_BYTES);
   view.setUint32(0, length, true);
-  view.setUint32(4, maskCrc(crc32c(buf, FRAME_PREFIX_BYTES, FRAME_PREFIX_BYTES + length)), true);
+  view.setUint32(4, maskCrc(checksum(buf, FRAME_PREFIX_BYTES, FRAME_PREFIX_BYTES + length)), true);
   return buf.subarray(0, FRAME_PREFIX_BYTES + length);
 }
 
@@ -121,20 +131,20 @@ export class FrameBuilder {
   }
 
   /** The whole frame (prefix + payload) for a batch frame holding `count` records. */
-  finishCounted(count: number): Uint8Array {
+  finishCounted(count: number, checksum: FrameChecksum = CRC32C): Uint8Array {
     this.view.setUint32(FRAME_PREFIX_BYTES + 1, count, true);
-    return this.finish();
+    return this.finish(checksum);
   }
 
-  finish(): Uint8Array {
+  finish(checksum: FrameChecksum = CRC32C): Uint8Array {
     const payloadLength = this.length - FRAME_PREFIX_BYTES;
     this.view.setUint32(0, payloadLength, true);
-    this.view.setUint32(4, maskCrc(crc32c(this.buf, FRAME_PREFIX_BYTES, this.length)), true);
+    this.view.setUint32(4, maskCrc(checksum(this.buf, FRAME_PREFIX_BYTES, this.length)), true);
     return this.buf.subarray(0, this.length);
   }
 }
 
-/** Cuts a byte stream into chunks of exactly `size` bytes. */
+/** Cuts a byte stream into chunks of `size` bytes (shorter only before a pushWhole and at the end). */
 export class Chunker {
   private chunk: Uint8Array;
   private used = 0;
@@ -159,6 +169,19 @@ export class Chunker {
     }
   }
 
+  /**
+   * Passes a large buffer on without copying it: the chunk filled so far goes first (short), then
+   * `bytes` in views of at most `size`. The caller hands `bytes` over for good.
+   */
+  *pushWhole(bytes: Uint8Array): Generator<Uint8Array> {
+    if (this.used > 0) {
+      yield this.chunk.subarray(0, this.used);
+      this.chunk = new Uint8Array(this.size);
+      this.used = 0;
+    }
+    for (let offset = 0; offset < bytes.length; offset += this.size) yield bytes.subarray(offset, offset + this.size);
+  }
+
   flush(): Uint8Array | null {
     if (this.used === 0) return null;
     const last = this.chunk.subarray(0, this.used);
@@ -169,6 +192,8 @@ export class Chunker {
 
 /** Reassembles frames from chunks; holds at most one partial frame plus one chunk. */
 export class FrameReader {
+  /** What frames are checked with from here on (a version-4 header switches it to CRC-32). */
+  checksum: FrameChecksum = CRC32C;
   private buf = new Uint8Array(0);
   private start = 0;
   private end = 0;
@@ -205,7 +230,7 @@ export class FrameReader {
     if (this.end - this.start < FRAME_PREFIX_BYTES + length) return null;
     const payloadStart = this.start + FRAME_PREFIX_BYTES;
     const expected = unmaskCrc(view.getUint32(4, true));
-    const actual = crc32c(this.buf, payloadStart, payloadStart + length);
+    const actual = this.checksum(this.buf, payloadStart, payloadStart + length);
     if (expected !== actual) throw new KVCorruptionError(`snapshot stream frame checksum mismatch (expected ${expected}, got ${actual})`);
     // A copy: the frame's records outlive the reader's buffer, which is reused.
     const payload = this.buf.slice(payloadStart, payloadStart + length);

@@ -4,7 +4,7 @@
 import { KVCorruptionError } from "./errors.ts";
 import { type Session, SESSION_RECORD_BYTES, decodeSession, encodeSession } from "./sessions.ts";
 import {
-  ByteReader, Chunker, FRAME_HEADER, FrameBuilder, FrameReader, SNAPSHOT_FILES_VERSION, SNAPSHOT_PAIRS_VERSION, headerFrame, type SnapshotHeader,
+  ByteReader, Chunker, CRC32, FRAME_HEADER, FrameBuilder, FrameReader, SNAPSHOT_FILES_VERSION, SNAPSHOT_PAIRS_VERSION, headerFrame, type SnapshotHeader,
 } from "./snapshot-frames.ts";
 import { FileStreamChecker, parseFileFrame, type FileSnapshotRecord } from "./snapshot-files.ts";
 
@@ -149,6 +149,7 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
         case "header":
           if (version !== 0) throw new KVCorruptionError("snapshot stream has a second header");
           version = record.header.version;
+          if (version === SNAPSHOT_FILES_VERSION) reader.checksum = CRC32;
           break;
         case "sessions":
           sessions += record.sessions.length;

@@ -13,6 +13,8 @@ import { emptyEdit, fileMeta, NUM_LEVELS, type FileMeta } from "./version.ts";
 
 /** Files past this many waiting for their fdatasync make `settle()` wait. */
 const MAX_SYNCING = 4;
+/** Bytes handed to writes still running past which `settle()` waits (each write holds its buffer). */
+const MAX_WRITING_BYTES = 8 << 20;
 /** A shipped table larger than this is refused (the largest target file size is 1 GiB). */
 const MAX_FILE_BYTES = 2 ** 31;
 /** Bytes of a trailer (8) plus at least one key byte: the shortest internal key. */
@@ -30,7 +32,9 @@ interface OpenFile {
   meta: FileMeta;
   level: number;
   fd: number;
+  /** Bytes given so far (the writes may still be running). */
   written: number;
+  writes: Promise<void>[];
 }
 
 /**
@@ -47,6 +51,8 @@ export class TableImporter {
   private lastKeyLength = -1;
   private highestSeq = 0;
   private readonly syncing = new Set<Promise<void>>();
+  private writingBytes = 0;
+  private writeDrained: (() => void) | null = null;
   private failure: unknown = null;
   private closed = false;
   /** Bytes of table files written and entries of the memtable part added. */
@@ -93,23 +99,39 @@ export class TableImporter {
     } catch (e) {
       throw new LsmError("IO", `table import: cannot create ${name}: ${(e as Error).message}`);
     }
-    this.current = { meta: fileMeta(file.number, file.size, file.smallest.slice(), file.largest.slice()), level: file.level, fd, written: 0 };
+    this.current = { meta: fileMeta(file.number, file.size, file.smallest.slice(), file.largest.slice()), level: file.level, fd, written: 0, writes: [] };
   }
 
-  /** Appends bytes to the table begun last. */
+  /**
+   * Appends bytes to the table begun last. The write runs off the event loop: `bytes` must not
+   * change until settle() or finish() has waited for it.
+   */
   writeFile(bytes: Uint8Array): void {
     this.checkUsable();
     const f = this.current;
     if (f === null) throw corrupt("table bytes outside a table");
     if (f.written + bytes.length > f.meta.size) throw corrupt(`table ${f.meta.number} is longer than its ${f.meta.size} bytes`);
-    let at = 0;
-    try {
-      while (at < bytes.length) at += fs.writeSync(f.fd, bytes, at, bytes.length - at);
-    } catch (e) {
-      throw new LsmError("IO", `table import: writing ${tableFileName(f.meta.number)}: ${(e as Error).message}`);
-    }
+    const name = tableFileName(f.meta.number);
+    const position = f.written;
+    this.writingBytes += bytes.length;
+    f.writes.push(
+      writeAll(f.fd, bytes, position).then(
+        () => this.wrote(bytes.length),
+        (e) => {
+          this.wrote(bytes.length);
+          this.failure ??= new LsmError("IO", `table import: writing ${name}: ${(e as Error).message}`);
+        },
+      ),
+    );
     f.written += bytes.length;
     this.fileBytes += bytes.length;
+  }
+
+  private wrote(bytes: number): void {
+    this.writingBytes -= bytes;
+    const drained = this.writeDrained;
+    this.writeDrained = null;
+    drained?.();
   }
 
   /** Ends the table begun last: it must hold exactly its announced size. Its fdatasync runs behind. */
@@ -121,12 +143,15 @@ export class TableImporter {
     this.current = null;
     this.files.push([f.level, f.meta]);
     const name = tableFileName(f.meta.number);
-    const synced = new Promise<void>((resolve) =>
-      fs.fdatasync(f.fd, (err) => {
-        fs.close(f.fd, () => {});
-        if (err) this.failure ??= new LsmError("IO", `table import: fdatasync of ${name}: ${err.message}`);
-        resolve();
-      }),
+    const synced = Promise.all(f.writes).then(
+      () =>
+        new Promise<void>((resolve) =>
+          fs.fdatasync(f.fd, (err) => {
+            fs.close(f.fd, () => {});
+            if (err) this.failure ??= new LsmError("IO", `table import: fdatasync of ${name}: ${err.message}`);
+            resolve();
+          }),
+        ),
     );
     this.syncing.add(synced);
     void synced.then(() => this.syncing.delete(synced));
@@ -163,8 +188,9 @@ export class TableImporter {
     this.entries++;
   }
 
-  /** Waits while more than a few finished files are still syncing; call between writes. */
+  /** Waits while too many bytes are being written or files synced (bounds memory); call between writes. */
   async settle(): Promise<void> {
+    while (this.writingBytes > MAX_WRITING_BYTES) await new Promise<void>((resolve) => (this.writeDrained = resolve));
     while (this.syncing.size > MAX_SYNCING) await Promise.race(this.syncing);
     if (this.failure !== null) throw this.failure;
   }
@@ -205,7 +231,10 @@ export class TableImporter {
   async abort(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.current !== null) fs.closeSync(this.current.fd);
+    if (this.current !== null) {
+      await Promise.all(this.current.writes);
+      fs.closeSync(this.current.fd);
+    }
     this.current = null;
     this.builder?.abandon();
     this.builder = null;
@@ -234,4 +263,14 @@ function checkLevels(files: [number, FileMeta][]): void {
 
 function corrupt(message: string): LsmError {
   return new LsmError("CORRUPTION", `table import: ${message}`);
+}
+
+/** pwrite of all of `bytes` at `position`, off the event loop. */
+async function writeAll(fd: number, bytes: Uint8Array, position: number): Promise<void> {
+  for (let at = 0; at < bytes.length; ) {
+    const n = await new Promise<number>((resolve, reject) =>
+      fs.write(fd, bytes, at, bytes.length - at, position + at, (err, written) => (err ? reject(err) : resolve(written))),
+    );
+    at += n;
+  }
 }
