@@ -3,6 +3,7 @@
 // version (snapshot-frames.ts); layout in FORMAT.md. The receiver installs it with TableImporter.
 import * as fs from "node:fs";
 import type { Checkpoint } from "../lsm/index.ts";
+import { compareBytes } from "./range.ts";
 import { KVCorruptionError } from "./errors.ts";
 import { type ByteReader, Chunker, CRC32, FRAME_PREFIX_BYTES, FrameBuilder, headerFrame, sealFrame, type SnapshotHeader } from "./snapshot-frames.ts";
 
@@ -43,12 +44,22 @@ export type FileSnapshotRecord =
  * bytes in data frames, then the memtable entries, then the trailer. Reads each file as it goes:
  * one data frame and one chunk in memory at a time. The caller releases the checkpoint.
  */
-export async function* encodeFileSnapshot(header: SnapshotHeader, checkpoint: Checkpoint, chunkBytes: number): AsyncGenerator<Uint8Array> {
+export async function* encodeFileSnapshot(
+  header: SnapshotHeader,
+  checkpoint: Checkpoint,
+  chunkBytes: number,
+  /** User-key ranges [start, end) not worth shipping: tables wholly inside one, and such entries, are left out. */
+  leaveOut: readonly (readonly [Uint8Array, Uint8Array])[] = [],
+): AsyncGenerator<Uint8Array> {
   if (!(chunkBytes >= 64)) throw new RangeError(`snapshot chunk size ${chunkBytes} is below the 64-byte minimum`);
   const chunker = new Chunker(chunkBytes);
   yield* chunker.push(headerFrame(header));
+  const outside = (key: Uint8Array) => !leaveOut.some(([start, end]) => compareBytes(key, start) >= 0 && compareBytes(key, end) < 0);
+  const within = (smallest: Uint8Array, largest: Uint8Array) =>
+    leaveOut.some(([start, end]) => compareBytes(smallest, start) >= 0 && compareBytes(largest, end) < 0);
+  const files = checkpoint.files.filter((f) => !within(f.smallestUser, f.largestUser));
   let fileBytes = 0;
-  for (const file of checkpoint.files) {
+  for (const file of files) {
     const head = new FrameBuilder(FRAME_FILE, 29 + file.smallest.length + file.largest.length);
     head.u8(file.level).u64(file.number).u64(file.size).u32(file.smallest.length).bytes(file.smallest).u32(file.largest.length).bytes(file.largest);
     yield* chunker.push(head.finish(CRC32));
@@ -75,6 +86,7 @@ export async function* encodeFileSnapshot(header: SnapshotHeader, checkpoint: Ch
   let inFrame = 0;
   const ready: Uint8Array[] = [];
   const visit = (key: Uint8Array, seq: number, kind: number, value: Uint8Array): boolean => {
+    if (!outside(key)) return true;
     let full = false;
     if (inFrame > 0 && !frame.fits(17 + key.length + value.length)) {
       ready.push(frame.finishCounted(inFrame, CRC32));
@@ -95,7 +107,7 @@ export async function* encodeFileSnapshot(header: SnapshotHeader, checkpoint: Ch
   if (inFrame > 0) yield* chunker.push(frame.finishCounted(inFrame, CRC32));
 
   const trailer = new FrameBuilder(FRAME_FILES_TRAILER, 32);
-  trailer.u64(checkpoint.files.length).u64(fileBytes).u64(entries).u64(checkpoint.seq);
+  trailer.u64(files.length).u64(fileBytes).u64(entries).u64(checkpoint.seq);
   yield* chunker.push(trailer.finish(CRC32));
   const last = chunker.flush();
   if (last !== null) yield last;

@@ -16,6 +16,9 @@ export interface CheckpointFile {
   size: number;
   smallest: Uint8Array;
   largest: Uint8Array;
+  /** Views of the user keys of smallest and largest. */
+  smallestUser: Uint8Array;
+  largestUser: Uint8Array;
   /** The file's path in the source database directory. */
   path: string;
 }
@@ -45,7 +48,16 @@ export class Checkpoint {
     this.files = [];
     levels.forEach((files, level) => {
       for (const f of files) {
-        this.files.push({ level, number: f.number, size: f.size, smallest: f.smallest, largest: f.largest, path: path.join(dir, tableFileName(f.number)) });
+        this.files.push({
+          level,
+          number: f.number,
+          size: f.size,
+          smallest: f.smallest,
+          largest: f.largest,
+          smallestUser: f.smallestUser,
+          largestUser: f.largestUser,
+          path: path.join(dir, tableFileName(f.number)),
+        });
       }
     });
   }
