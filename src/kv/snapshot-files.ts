@@ -2,7 +2,8 @@
 // as entries, from one checkpoint (src/lsm/checkpoint.ts). Frames and their CRCs as in every
 // version (snapshot-frames.ts); layout in FORMAT.md. The receiver installs it with TableImporter.
 import * as fs from "node:fs";
-import type { Checkpoint } from "../lsm/index.ts";
+import * as path from "node:path";
+import { TableStreamVerifier, type Checkpoint } from "../lsm/index.ts";
 import { compareBytes } from "./range.ts";
 import { KVCorruptionError } from "./errors.ts";
 import { type ByteReader, Chunker, CRC32, FRAME_PREFIX_BYTES, FrameBuilder, headerFrame, sealFrame, type SnapshotHeader } from "./snapshot-frames.ts";
@@ -63,6 +64,9 @@ export async function* encodeFileSnapshot(
     const head = new FrameBuilder(FRAME_FILE, 29 + file.smallest.length + file.largest.length);
     head.u8(file.level).u64(file.number).u64(file.size).u32(file.smallest.length).bytes(file.smallest).u32(file.largest.length).bytes(file.largest);
     yield* chunker.push(head.finish(CRC32));
+    // Every block's CRC is checked on the way out: a table gone bad here is this replica's
+    // corruption (reported, repaired), never something a follower installs.
+    const verifier = TableStreamVerifier.open(file.path, path.basename(file.path), file.size);
     const fd = fs.openSync(file.path, "r");
     try {
       for (let offset = 0; offset < file.size; ) {
@@ -72,9 +76,11 @@ export async function* encodeFileSnapshot(
         frame[FRAME_PREFIX_BYTES] = FRAME_FILE_DATA;
         const read = await readAt(fd, frame, FRAME_PREFIX_BYTES + 1, n, offset);
         if (read !== n) throw new Error(`snapshot: table file ${file.path} ended at ${offset + read} of its ${file.size} bytes`);
+        verifier.update(frame.subarray(FRAME_PREFIX_BYTES + 1));
         yield* chunker.pushWhole(sealFrame(frame, 1 + n, CRC32));
         offset += n;
       }
+      verifier.finish();
     } finally {
       fs.closeSync(fd);
     }

@@ -8,7 +8,8 @@ import { DB } from "./db.ts";
 import { LsmError } from "./errors.ts";
 import { fsyncDir, tableFileName, VersionSet } from "./manifest.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
-import { TableBuilder } from "./sstable.ts";
+import { BlockCache } from "./cache.ts";
+import { TableBuilder, TableReader } from "./sstable.ts";
 import { emptyEdit, fileMeta, NUM_LEVELS, type FileMeta } from "./version.ts";
 
 /** Files past this many waiting for their fdatasync make `settle()` wait. */
@@ -145,13 +146,20 @@ export class TableImporter {
     const name = tableFileName(f.meta.number);
     const synced = Promise.all(f.writes).then(
       () =>
-        new Promise<void>((resolve) =>
+        new Promise<void>((resolve) => {
+          // The table must open: footer, index and filter present and matching their CRCs (the
+          // sender checked every block; the stream's own checksums covered the way here).
+          try {
+            TableReader.open(path.join(this.dir, name), name, f.meta.number, f.meta.size, new BlockCache(0), { mmap: false }).release();
+          } catch (e) {
+            this.failure ??= e;
+          }
           fs.fdatasync(f.fd, (err) => {
             fs.close(f.fd, () => {});
             if (err) this.failure ??= new LsmError("IO", `table import: fdatasync of ${name}: ${err.message}`);
             resolve();
-          }),
-        ),
+          });
+        }),
     );
     this.syncing.add(synced);
     void synced.then(() => this.syncing.delete(synced));
@@ -211,9 +219,9 @@ export class TableImporter {
         const built = await builder.finish();
         this.files.push([0, fileMeta(this.builderNumber, built.fileSize, builder.smallest!, builder.largest!)]);
       }
+      checkLevels(this.files);
       await Promise.all(this.syncing);
       if (this.failure !== null) throw this.failure;
-      checkLevels(this.files);
       const edit = emptyEdit();
       edit.logNumber = 0;
       for (const [level, f] of this.files) edit.added.push([level, f]);

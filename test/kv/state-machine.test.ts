@@ -18,6 +18,7 @@ import {
 import { EntryType, type Entry } from "../../src/raft/index.ts";
 import { DB } from "../../src/lsm/index.ts";
 import { KEY_COUNT_KEY } from "../../src/kv/keys.ts";
+import { isStateMachineCorruption } from "../../src/kv/fail-stop.ts";
 
 const dirs: string[] = [];
 const machines: KVStateMachine[] = [];
@@ -419,4 +420,27 @@ test("an abandoned snapshot stream releases its LSM snapshot, even if never read
   const whole = await m.snapshot();
   await collect(whole.chunks);
   expect(db.stats().liveSnapshots).toBe(0);
+});
+
+test("a table gone bad on the sending replica fails its snapshot stream as state-machine corruption, never shipped", async () => {
+  const dir = tempDir();
+  let m = await open(dir, { snapshotFormat: "files" });
+  const value = "v".repeat(200);
+  for (let start = 1; start <= 2000; start += 100) {
+    const cmds = Array.from({ length: 100 }, (_, i) => ({ op: "Put", key: `key-${start + i}`, value, clientId: BigInt(start + i), commandId: 1n }) as const);
+    await m.apply(entries(m.lastApplied() + 1, 2, cmds));
+  }
+  await m.sync();
+  m = await reopen(m, dir, { snapshotFormat: "files" });
+  // Flip a byte in the middle of the largest table (a data block): the replica does not read it until it ships it.
+  const state = path.join(dir, fs.readFileSync(path.join(dir, "CURRENT"), "utf8").trim());
+  const tables = fs.readdirSync(state).filter((n) => n.endsWith(".sst")).map((n) => path.join(state, n));
+  const largest = tables.sort((a, b) => fs.statSync(b).size - fs.statSync(a).size)[0]!;
+  const bytes = fs.readFileSync(largest);
+  bytes[Math.floor(bytes.length / 3)]! ^= 0x20;
+  fs.writeFileSync(largest, bytes);
+  const { chunks } = await m.snapshot();
+  const error = await collect(chunks).then(() => null, (e: unknown) => e);
+  expect(isStateMachineCorruption(error)).toBe(true);
+  expect(String(error)).toMatch(/checksum mismatch/);
 });

@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { type Checkpoint, DB, LsmError, TableImporter } from "../../src/lsm/index.ts";
+import { type Checkpoint, DB, LsmError, TableImporter, TableStreamVerifier } from "../../src/lsm/index.ts";
 import { bytes, key, removeDir, tempDir, text } from "./helpers.ts";
 
 const dirs: string[] = [];
@@ -94,6 +94,39 @@ describe("checkpoint and import", () => {
     } finally {
       await source.close();
     }
+  });
+
+  test("a table gone bad at the source is caught by the sender's check, block by block, and a junk table by the importer", async () => {
+    const source = await DB.open(path.join(dir(), "src"), small);
+    try {
+      for (let i = 0; i < 2000; i++) await source.put(key(i), bytes(`value-${i}`.repeat(3)));
+      await source.compactRange(null, null);
+      const checkpoint = source.checkpoint();
+      try {
+        const file = checkpoint.files[0]!;
+        const verify = (data: Uint8Array) => {
+          const verifier = TableStreamVerifier.open(file.path, "t.sst", file.size);
+          for (let at = 0; at < data.length; at += 777) verifier.update(data.subarray(at, at + 777));
+          verifier.finish();
+        };
+        const good = new Uint8Array(fs.readFileSync(file.path));
+        verify(good);
+        for (const at of [10, Math.floor(good.length / 3), good.length - 100, good.length - 20]) {
+          const bad = good.slice();
+          bad[at]! ^= 0x10;
+          expect(() => verify(bad)).toThrow(/checksum mismatch/);
+        }
+      } finally {
+        checkpoint.release();
+      }
+    } finally {
+      await source.close();
+    }
+    const junk = await TableImporter.create(path.join(dir(), "junk"), small);
+    junk.beginFile({ level: 1, number: 9, size: 100, smallest: internal("a"), largest: internal("b") });
+    junk.writeFile(new Uint8Array(100));
+    junk.endFile();
+    await expect(junk.finish(10)).rejects.toThrow(/magic|corrupt/i);
   });
 
   test("refuses a table shorter or longer than announced, entries out of order, and overlapping tables of a level", async () => {
