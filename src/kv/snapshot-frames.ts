@@ -8,6 +8,8 @@ import { KVCorruptionError } from "./errors.ts";
 export const FRAME_PREFIX_BYTES = 8;
 /** A frame longer than this is corruption, not data (a pair is at most a few MiB by the limits). */
 export const MAX_FRAME_BYTES = 64 << 20;
+/** A frame at least this long that spans chunks is gathered into a buffer of its own. */
+const BIG_FRAME_BYTES = 64 << 10;
 
 /**
  * Version 2 added the log time to the header and 30-byte session records (version 1: 17).
@@ -197,12 +199,22 @@ export class FrameReader {
   private buf = new Uint8Array(0);
   private start = 0;
   private end = 0;
+  /** A large frame still arriving, gathered into a buffer of its own (handed out without a copy). */
+  private big: Uint8Array | null = null;
+  private bigFill = 0;
 
   get buffered(): number {
-    return this.end - this.start;
+    return this.end - this.start + this.bigFill;
   }
 
   push(chunk: Uint8Array): void {
+    if (this.big !== null) {
+      const n = Math.min(chunk.length, this.big.length - this.bigFill);
+      this.big.set(chunk.subarray(0, n), this.bigFill);
+      this.bigFill += n;
+      if (n === chunk.length) return;
+      chunk = chunk.subarray(n);
+    }
     const pending = this.end - this.start;
     if (this.end + chunk.length > this.buf.length) {
       if (pending + chunk.length <= this.buf.length) {
@@ -221,22 +233,45 @@ export class FrameReader {
 
   /** The next complete frame's payload (verified), or null until more bytes arrive. */
   next(): Uint8Array | null {
+    if (this.big !== null) {
+      if (this.bigFill < this.big.length) return null;
+      const frame = this.big;
+      this.big = null;
+      this.bigFill = 0;
+      this.verify(frame, 0, frame.length - FRAME_PREFIX_BYTES);
+      return frame.subarray(FRAME_PREFIX_BYTES);
+    }
     if (this.end - this.start < FRAME_PREFIX_BYTES) return null;
     const view = new DataView(this.buf.buffer, this.buf.byteOffset + this.start, FRAME_PREFIX_BYTES);
     const length = view.getUint32(0, true);
     if (length === 0 || length > MAX_FRAME_BYTES) {
       throw new KVCorruptionError(`snapshot stream has a frame of ${length} bytes (limit ${MAX_FRAME_BYTES}): corrupt length`);
     }
-    if (this.end - this.start < FRAME_PREFIX_BYTES + length) return null;
+    if (this.end - this.start < FRAME_PREFIX_BYTES + length) {
+      if (length >= BIG_FRAME_BYTES) {
+        // Gathered apart from here on: one copy of its bytes, not one into the buffer and one out.
+        this.big = new Uint8Array(FRAME_PREFIX_BYTES + length);
+        this.big.set(this.buf.subarray(this.start, this.end));
+        this.bigFill = this.end - this.start;
+        this.start = this.end = 0;
+      }
+      return null;
+    }
+    this.verify(this.buf, this.start, length);
     const payloadStart = this.start + FRAME_PREFIX_BYTES;
-    const expected = unmaskCrc(view.getUint32(4, true));
-    const actual = this.checksum(this.buf, payloadStart, payloadStart + length);
-    if (expected !== actual) throw new KVCorruptionError(`snapshot stream frame checksum mismatch (expected ${expected}, got ${actual})`);
     // A copy: the frame's records outlive the reader's buffer, which is reused.
     const payload = this.buf.slice(payloadStart, payloadStart + length);
     this.start = payloadStart + length;
     if (this.start === this.end) this.start = this.end = 0;
     return payload;
+  }
+
+  /** Checks the frame at buf[at] (prefix, then `length` bytes of payload) against its checksum. */
+  private verify(buf: Uint8Array, at: number, length: number): void {
+    const stored = new DataView(buf.buffer, buf.byteOffset + at, FRAME_PREFIX_BYTES).getUint32(4, true);
+    const expected = unmaskCrc(stored);
+    const actual = this.checksum(buf, at + FRAME_PREFIX_BYTES, at + FRAME_PREFIX_BYTES + length);
+    if (expected !== actual) throw new KVCorruptionError(`snapshot stream frame checksum mismatch (expected ${expected}, got ${actual})`);
   }
 }
 
