@@ -72,10 +72,22 @@ interface Session {
 }
 
 export class Clerk {
-  private readonly addrs: string[];
-  private readonly clients: Client<typeof KVService>[];
+  /**
+   * Node ids known, ascending, and by id (arrays indexed by node id) each one's address, client
+   * and coalescer. Seeded from `addrs` by position; replaced by the members' ids and addresses
+   * from a node's GetStatus once a leader hint names an unknown id or a round of nodes all failed.
+   */
+  private ids: number[];
+  private readonly addrs: string[] = [];
+  private readonly clients: Client<typeof KVService>[] = [];
   /** One coalescer per node, or null when batching is off. */
   private readonly batchers: CommandBatcher[] | null;
+  private readonly transport: ClerkOptions["transport"];
+  private readonly batchOptions: Exclude<ClerkOptions["batch"], false | undefined>;
+  /** The scheme given addresses used ("https://" when all did): learned host:port addresses take it. */
+  private readonly scheme: string;
+  /** When members were last learned (ms), so failing rounds do not ask on every round. */
+  private learnedAt = 0;
   /** Sessions no operation uses now; registered ones on top, to be reused first. */
   private readonly idle: Session[] = [];
   /** Sessions in existence (idle or in use). */
@@ -97,13 +109,15 @@ export class Clerk {
 
   constructor(options: ClerkOptions) {
     if (options.addrs.length === 0) throw new ClerkError(Code.InvalidArgument, "Clerk needs at least one node address");
-    this.addrs = [...options.addrs];
-    this.clients = this.addrs.map((address) => createClient(KVService, options.transport(toBaseUrl(address))));
+    this.transport = options.transport;
+    this.scheme = options.addrs.every((a) => a.startsWith("https://")) ? "https://" : "http://";
     this.registered = options.clientId === undefined;
     // An unregistered id (eRaft's way) is one session: its operations must run one at a time.
     this.maxConcurrency = this.registered ? Math.max(1, Math.floor(options.maxConcurrency ?? 256)) : 1;
     const batch = options.batch ?? {};
-    this.batchers = batch === false || this.maxConcurrency === 1 ? null : this.clients.map((client) => new CommandBatcher(client, batch));
+    this.batchOptions = batch === false ? {} : batch;
+    this.batchers = batch === false || this.maxConcurrency === 1 ? null : [];
+    this.ids = options.addrs.map((address, id) => (this.addNode(id, address), id));
     this.last = { id: options.clientId ?? 0n, nextCommandId: 1n };
     this.idle.push(this.last);
     this.sessions = 1;
@@ -178,7 +192,12 @@ export class Clerk {
    */
   watch(key: string, options?: WatchOptions): AsyncGenerator<WatchBatch> {
     // Its own node index: a watch moving between nodes does not move the writes' leader.
-    return clerkWatch({ clients: this.clients, addrs: this.addrs, leader: this.leader, ...this.options }, key, options);
+    const ids = this.ids;
+    return clerkWatch(
+      { clients: ids.map((id) => this.clients[id]!), addrs: ids.map((id) => this.addrs[id]!), leader: Math.max(0, ids.indexOf(this.leader)), ...this.options },
+      key,
+      options,
+    );
   }
 
   /** A write carried by a session like Command's writes: once, on a session no other operation uses now. */
@@ -223,7 +242,8 @@ export class Clerk {
   /** Every node's status, asked concurrently; unreachable nodes are "Offline". Never throws. */
   async getStatus(): Promise<NodeStatus[]> {
     return Promise.all(
-      this.clients.map(async (client, id): Promise<NodeStatus> => {
+      this.ids.map(async (id): Promise<NodeStatus> => {
+        const client = this.clients[id]!;
         const address = this.addrs[id]!;
         try {
           const s = await client.getStatus({}, { timeoutMs: this.options.statusTimeoutMs });
@@ -364,7 +384,6 @@ export class Clerk {
     rpc: (client: Client<typeof KVService>, timeoutMs: number, node: number) => Promise<Attempt<T>>,
   ): Promise<T> {
     const started = Date.now();
-    const n = this.clients.length;
     let backoff = this.options.backoffMs;
     /** Unsuccessful RPCs since the last pause: after a full round of them, back off. */
     let failedInRound = 0;
@@ -372,6 +391,7 @@ export class Clerk {
     for (let attempt = 1; attempt <= this.options.maxAttempts; attempt++) {
       const remaining = deadline - Date.now();
       if (remaining <= 0) break;
+      if (this.clients[this.leader] === undefined) this.leader = this.ids[0]!;
       const node = this.leader;
       let outcome: Attempt<T>;
       try {
@@ -391,11 +411,14 @@ export class Clerk {
       // Follow a leader hint at once (a stale hint, to a dead node, costs one RPC of the round);
       // without one, try the next node.
       const stay = "retry" in outcome && outcome.retry === "stay";
-      if (!stay && !("wrongLeader" in outcome && this.follow(outcome.wrongLeader, node))) this.leader = (node + 1) % n;
+      if (!stay && "wrongLeader" in outcome && this.unknown(outcome.wrongLeader)) await this.learnMembers([node]);
+      if (!stay && !("wrongLeader" in outcome && this.follow(outcome.wrongLeader, node))) this.leader = this.after(node);
       // Back off once per round of n failures, not after each: one dead node costs one RPC, while
       // stale hints and a leaderless cluster cannot spin through the attempts.
-      if (stay || ++failedInRound >= n) {
+      if (stay || ++failedInRound >= this.ids.length) {
         failedInRound = 0;
+        // A whole round failed: the members may have moved (new ids, new ports); ask who they are.
+        if (!stay && Date.now() - this.learnedAt >= this.options.backoffMs * 8) await this.learnMembers(this.ids);
         const pause = Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now()));
         await new Promise((resolve) => setTimeout(resolve, pause));
         backoff = Math.min(backoff * 2, this.options.maxBackoffMs);
@@ -412,8 +435,58 @@ export class Clerk {
   /** Where the leader hint of a refusal points, if anywhere new: moves `leader` there. */
   private follow(hint: bigint | undefined, node: number): boolean {
     const target = hint === undefined ? -1 : Number(hint);
-    if (target < 0 || target >= this.clients.length || target === node) return false;
+    if (target < 0 || this.clients[target] === undefined || target === node) return false;
     this.leader = target;
     return true;
+  }
+
+  /** A hint naming a node this Clerk has no address for. */
+  private unknown(hint: bigint | undefined): boolean {
+    return hint !== undefined && hint >= 0n && hint <= 0xffff_ffffn && this.clients[Number(hint)] === undefined;
+  }
+
+  /** The known node after `node` in id order (wrapping). */
+  private after(node: number): number {
+    const ids = this.ids;
+    for (const id of ids) if (id > node) return id;
+    return ids[0]!;
+  }
+
+  private addNode(id: number, address: string): void {
+    const client = createClient(KVService, this.transport(toBaseUrl(address)));
+    this.addrs[id] = address;
+    this.clients[id] = client;
+    if (this.batchers !== null) this.batchers[id] = new CommandBatcher(client, this.batchOptions);
+  }
+
+  /**
+   * Asks `from` (in turn) for the configuration and takes its members' ids and addresses as the
+   * nodes to talk to: a node on a new port is found, one removed is no longer asked, and an
+   * address given by position under a wrong id is put under its real one. Never throws.
+   */
+  private async learnMembers(from: readonly number[]): Promise<void> {
+    this.learnedAt = Date.now();
+    for (const id of from) {
+      const client = this.clients[id];
+      if (client === undefined) continue;
+      let members: { id: bigint; address: string }[];
+      try {
+        members = (await client.getStatus({}, { timeoutMs: this.options.statusTimeoutMs })).memberDetails;
+      } catch {
+        continue;
+      }
+      const known = members.filter((m) => m.address !== "" && m.id >= 0n && m.id <= 0xffff_ffffn);
+      if (known.length === 0) continue;
+      const next = new Map(known.map((m) => [Number(m.id), /^https?:\/\//.test(m.address) || this.scheme === "http://" ? m.address : this.scheme + m.address]));
+      for (const old of this.ids) {
+        if (next.get(old) === this.addrs[old]) continue;
+        delete this.addrs[old];
+        delete this.clients[old];
+        if (this.batchers !== null) delete this.batchers[old];
+      }
+      for (const [member, address] of next) if (this.clients[member] === undefined) this.addNode(member, address);
+      this.ids = [...next.keys()].sort((a, b) => a - b);
+      return;
+    }
   }
 }

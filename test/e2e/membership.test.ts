@@ -94,6 +94,12 @@ describe("membership with real processes", () => {
       const led = await statusOf(3);
       expect(led.online && led.state).toBe("Leader");
       await waitForAcks(20, "with node 3 leading");
+      // A client given one live address (a follower, which it takes for node 0) learns the members'
+      // ids and addresses from the configuration and finds the leader on its new port.
+      const solo = cluster.clerk({ addrs: [all[survivors[1]!]!], operationTimeoutMs: 20_000 });
+      await solo.put("solo", "found");
+      expect(await solo.get("solo")).toBe("found");
+      expect((await solo.getStatus()).map((n) => `${n.id}@${n.address}`).sort()).toEqual([...survivors, 3].map((id) => `${id}@${all[id]}`).sort());
 
       // Three voters again: one of the original survivors may fail and writes go on.
       const down = survivors[0]!;
