@@ -100,6 +100,18 @@ describe("membership with real processes", () => {
       await solo.put("solo", "found");
       expect(await solo.get("solo")).toBe("found");
       expect((await solo.getStatus()).map((n) => `${n.id}@${n.address}`).sort()).toEqual([...survivors, 3].map((id) => `${id}@${all[id]}`).sort());
+      // The status page any member serves lists the configuration's members, not the bootstrap list.
+      for (const id of [survivors[0]!, 3]) {
+        const page = await (await fetch(`http://${all[id]}/`)).text();
+        expect(page).toContain(`"url":"http://${all[3]}"`);
+        expect(page).not.toContain(`"url":"http://${all[victim]}"`);
+      }
+      // And the new member's origin may call the others from a browser (CORS follows the members).
+      const preflight = await fetch(`http://${all[survivors[0]!]}/kvraftpb.KVService/GetStatus`, {
+        method: "OPTIONS",
+        headers: { Origin: `http://${all[3]}`, "Access-Control-Request-Method": "POST" },
+      });
+      expect(preflight.headers.get("access-control-allow-origin")).toBe(`http://${all[3]}`);
 
       // Three voters again: one of the original survivors may fail and writes go on.
       const down = survivors[0]!;
