@@ -10,9 +10,11 @@ import { KVServer } from "../kv/index.ts";
 import { adminConnection, callLeader } from "./cluster-admin.ts";
 import { CLUSTER_ID_FILE } from "./cluster-id.ts";
 import { ListenError } from "../rpc/server/server.ts";
+import type { ConnectionLimits } from "../rpc/server/connection-guard.ts";
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { DataDirError } from "./identity.ts";
 import { serveNode, type JoinOptions, type ServingNode } from "./serve-node.ts";
+import { CONNECTION_USAGE, CONNECTION_VALUE_FLAGS, connectionLimitsFrom } from "./connection-flags.ts";
 import { SECURITY_SWITCHES, SECURITY_USAGE, SECURITY_VALUE_FLAGS, loadSecurity, type NodeSecurity } from "./security-flags.ts";
 import { log, parseLogLevel, type LogLevel } from "../obs/log.ts";
 
@@ -58,6 +60,9 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
 security (a node of a multi-node cluster needs peer authentication, or --insecure-peers):
 ${SECURITY_USAGE}
 
+connections (times in milliseconds):
+${CONNECTION_USAGE}
+
 Serves Connect (JSON and binary), gRPC and gRPC-Web on HTTP/1.1 and HTTP/2 (h2c, or TLS), and the
 Raft peer service, all on the node's own address, with GET /metrics (Prometheus), /livez, /readyz,
 a status page at /, grpc.health.v1 and server reflection beside them. Flags may also be written
@@ -73,6 +78,7 @@ interface Config {
   minFreeDiskBytes: number;
   maxWatches?: number;
   fastLane: boolean;
+  connections: Partial<ConnectionLimits>;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
   maxPendingCommands?: number;
   security: NodeSecurity;
@@ -104,6 +110,7 @@ function parseConfig(argv: string[]): Config | "help" {
       "log-format": "auto",
       "max-watches": undefined,
       ...SECURITY_VALUE_FLAGS,
+      ...CONNECTION_VALUE_FLAGS,
     },
     switches: ["help", "h", "no-fast-lane", "insecure-admin", ...SECURITY_SWITCHES],
   });
@@ -174,6 +181,7 @@ function parseConfig(argv: string[]): Config | "help" {
     minFreeDiskBytes: Math.round(minFreeMb * 1024 * 1024),
     maxWatches,
     fastLane: !flags.switches.has("no-fast-lane"),
+    connections: connectionLimitsFrom(flags),
     sessions,
     maxPendingCommands: positive("max-pending"),
     security,
@@ -232,6 +240,7 @@ async function main(argv: string[]): Promise<number> {
       dir: db,
       corsOrigins: config.corsOrigins,
       fastLane: config.fastLane,
+      connections: config.connections,
       security: config.security,
       open: ({ addresses, onMembershipChange, ...args }) =>
         KVServer.open({

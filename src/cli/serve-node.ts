@@ -6,6 +6,7 @@ import { ConnectTransport } from "../rpc/peers/connect-transport.ts";
 import { registerKVService, type KVServiceBackend } from "../kv/service.ts";
 import { registerClusterService } from "../kv/cluster-service.ts";
 import { RpcServer } from "../rpc/server/server.ts";
+import type { ConnectionLimits } from "../rpc/server/connection-guard.ts";
 import type { Membership, NodeId, Transport } from "../raft/types.ts";
 import type { KVServer } from "../kv/server.ts";
 import type { KVDiagnostics } from "../kv/index.ts";
@@ -44,6 +45,8 @@ export interface ServeNodeOptions {
   corsOrigins?: readonly string[];
   /** RpcServerOptions.fastLane (default true). */
   fastLane?: boolean;
+  /** Deadlines and connection limits of the port (kvserver's connection flags); unset: the defaults. */
+  connections?: Partial<ConnectionLimits>;
   /** TLS, peer authentication, client gate (see security-flags.ts); default: cleartext, peers unauthenticated. */
   security?: NodeSecurity;
   /** Join a running cluster (kvserver --join): no bootstrap members, it waits to be added. */
@@ -134,6 +137,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
       port,
       corsOrigins: corsAllowed,
       fastLane: options.fastLane,
+      ...(options.connections !== undefined ? { connections: options.connections } : {}),
       ...(security.tls !== undefined ? { tls: security.tls } : {}),
       ...(security.gate !== undefined ? { gate: security.gate } : {}),
       httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: () => members })] }),
@@ -153,6 +157,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     await transport.close();
     throw error;
   }
+  metrics.connections = () => server.connectionStats;
   try {
     kv = await options.open({
       id,

@@ -223,12 +223,18 @@ export class Clerk {
     this.last = session;
     const commandId = session.nextCommandId++;
     let sent = 0;
+    const ids = { clientId: session.id, commandId, registered: this.registered && session.id !== 0n };
     try {
-      return await this.retrying(name, deadline, true, (client, timeoutMs, node) => {
-        sent++;
-        const ids = { clientId: session.id, commandId, registered: this.registered && session.id !== 0n };
-        return send(ids, client, timeoutMs).then((response) => headerAttempt(response, node));
-      });
+      return await this.retrying(
+        name,
+        deadline,
+        true,
+        (client, timeoutMs, node) => {
+          sent++;
+          return send(ids, client, timeoutMs).then((response) => headerAttempt(response, node));
+        },
+        ids.registered,
+      );
     } catch (error) {
       if (!(error instanceof SessionGone)) throw error;
       session.id = 0n;
@@ -325,7 +331,7 @@ export class Clerk {
         sent++;
         const answer = this.batchers === null ? client.command(request, { timeoutMs }) : this.batchers[node]!.command(request, timeoutMs);
         return answer.then((response) => commandAttempt(response, node));
-      });
+      }, request.registered);
     } catch (error) {
       if (!(error instanceof SessionGone)) throw error;
       // The session expired (idle longer than the server's TTL). Register again for what follows.
@@ -382,6 +388,8 @@ export class Clerk {
     deadline: number,
     write: boolean,
     rpc: (client: Client<typeof KVService>, timeoutMs: number, node: number) => Promise<Attempt<T>>,
+    /** The request names a registered session: failed_precondition then means it expired. */
+    sessionBound = false,
   ): Promise<T> {
     const started = Date.now();
     let backoff = this.options.backoffMs;
@@ -399,7 +407,9 @@ export class Clerk {
       } catch (error) {
         if (error instanceof ClerkError) throw error;
         const connectError = ConnectError.from(error);
-        if (SESSION_GONE.has(connectError.code)) throw new SessionGone(connectError.rawMessage);
+        // Without a registered session failed_precondition is a plain refusal (e.g. "this port
+        // speaks TLS only"): registering again would only loop until the deadline.
+        if (sessionBound && SESSION_GONE.has(connectError.code)) throw new SessionGone(connectError.rawMessage);
         const problem = `node ${node} (${this.addrs[node]}): ${connectError.message}`;
         // Backpressure (too many commands in flight, a full session table): ask the same node again.
         if (BACK_OFF_ON_SAME_NODE.has(connectError.code)) outcome = { retry: "stay", problem };

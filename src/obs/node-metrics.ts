@@ -6,6 +6,7 @@ import { Registry, collectDefaultMetrics } from "prom-client";
 import type { KVDiagnostics } from "../kv/index.ts";
 import { NONE, type Entry, type Message, type RaftObserver } from "../raft/index.ts";
 import { log } from "./log.ts";
+import type { ConnectionStats } from "../rpc/server/connection-guard.ts";
 import { BucketHistogram, CounterFamily, HistogramFamily, register, scraped, type ScrapedMetric } from "./recorders.ts";
 
 /** Seconds: 50 µs .. 5 s, for fsync, request and RPC latencies. */
@@ -52,6 +53,8 @@ export class NodeMetrics {
   readonly rpcRequests = new CounterFamily("kvraft_rpc_requests_total", "RPCs answered, by method, protocol (connect, grpc, grpc-web) and code.", ["method", "protocol", "code"]);
   readonly rpcLatency = new HistogramFamily("kvraft_rpc_duration_seconds", "RPC handling time by method.", ["method"], LATENCY_BOUNDS);
   rpcInFlight = 0;
+  /** The port's connection counters (RpcServer.connectionStats), once the port is bound. */
+  connections: (() => Readonly<ConnectionStats>) | null = null;
 
   readonly raftObserver: RaftObserver = {
     proposed: (count) => {
@@ -252,6 +255,30 @@ export class NodeMetrics {
       this.rpcRequests.metric(),
       this.rpcLatency.metric(),
       scraped("kvraft_rpc_in_flight", "RPCs being handled now.", "gauge", () => [{ value: this.rpcInFlight }]),
+      ...this.connectionMetrics(),
+    ];
+  }
+
+  private connectionMetrics(): ScrapedMetric[] {
+    const read = (pick: (s: Readonly<ConnectionStats>) => number) => () => {
+      const stats = this.connections?.();
+      return stats === undefined ? [] : [{ value: pick(stats) }];
+    };
+    return [
+      scraped("kvraft_rpc_connections", "Connections open on the node's port.", "gauge", read((s) => s.open)),
+      scraped("kvraft_rpc_connections_accepted_total", "Connections accepted.", "counter", read((s) => s.accepted)),
+      scraped("kvraft_rpc_connections_evicted_total", "Connections that never completed a request, closed to make room at a connection limit.", "counter", read((s) => s.evicted)),
+      scraped("kvraft_rpc_connections_refused_total", "New connections closed at once: at a limit with no connection to evict.", "counter", read((s) => s.refused)),
+      scraped("kvraft_rpc_connection_timeouts_total", "Connections or streams closed by a deadline, by stage (handshake, header, body, idle).", "counter", () => {
+        const stats = this.connections?.();
+        if (stats === undefined) return [];
+        return [
+          { labels: { stage: "handshake" }, value: stats.handshakeTimeouts },
+          { labels: { stage: "header" }, value: stats.headerTimeouts },
+          { labels: { stage: "body" }, value: stats.bodyTimeouts },
+          { labels: { stage: "idle" }, value: stats.idleClosed },
+        ];
+      }),
     ];
   }
 }

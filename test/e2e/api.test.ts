@@ -344,7 +344,10 @@ describe("compare-and-swap under faults", () => {
     const clients = [0, 1, 2, 3].map(async (c) => {
       const clerk = cluster.clerk({ operationTimeoutMs: 10_000 });
       const seen = new Map<string, string | null>();
-      for (let i = 0; i < 60 && !stop; i++) {
+      // Runs until the fault phases are over (bounded by count), paced so that it cannot finish
+      // its budget before the last phase on a fast machine.
+      for (let i = 0; i < 400 && !stop; i++) {
+        if (i > 0) await Bun.sleep(10);
         const key = keys[(c + i) % keys.length]!;
         const call = performance.now();
         try {

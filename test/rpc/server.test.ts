@@ -272,27 +272,41 @@ describe("lifecycle", () => {
 });
 
 describe("connection limits", () => {
-  test("connections over maxConnections are refused; the server keeps serving the others", async () => {
+  test("at maxConnections the oldest connection that never completed a request makes room; served ones are kept", async () => {
     const local = await RpcServer.start({ port: 0, routes: (router) => registerKVService(router, fakeBackend()), maxConnections: 2 });
     const held: net.Socket[] = [];
-    try {
-      for (let i = 0; i < 2; i++) {
-        const socket = net.connect(local.port, "127.0.0.1");
-        await new Promise((resolve) => socket.once("connect", resolve));
-        held.push(socket);
-      }
-      await Bun.sleep(50);
-      const third = await new Promise<string>((resolve) => {
-        const socket = net.connect(local.port, "127.0.0.1", () => socket.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
-        socket.on("data", () => resolve("answered"));
-        socket.on("close", () => resolve("closed"));
-        socket.on("error", () => resolve("closed"));
+    const closed = new Set<net.Socket>();
+    const open = async (): Promise<net.Socket> => {
+      const socket = net.connect(local.port, "127.0.0.1");
+      socket.on("close", () => closed.add(socket));
+      socket.on("error", () => {});
+      await new Promise((resolve) => socket.once("connect", resolve));
+      held.push(socket);
+      return socket;
+    };
+    const ask = (socket: net.Socket) =>
+      new Promise<string>((resolve) => {
+        const body = JSON.stringify({ key: "a", op: "GET" });
+        socket.write(`POST /kvraftpb.KVService/Command HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+        socket.once("data", (data) => resolve(String(data)));
+        socket.once("close", () => resolve("closed"));
       });
-      expect(third).toBe("closed");
-      held.pop()!.destroy();
+    try {
+      // Two silent sockets fill the port; a third client evicts the oldest and is served.
+      const silent = await open();
+      await open();
       await Bun.sleep(50);
-      const response = await fetch(`${local.url}/kvraftpb.KVService/Command`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ key: "a", op: "GET" }) });
-      expect(await response.json()).toEqual({ err: "ErrNoKey" });
+      const third = await open();
+      expect(await ask(third)).toContain("ErrNoKey");
+      await Bun.sleep(50);
+      expect(closed.has(silent)).toBe(true);
+      expect(local.connectionStats.evicted).toBe(1);
+      // Both open connections have now completed a request (the second one asks too): nothing to evict.
+      expect(await ask(held[1]!)).toContain("ErrNoKey");
+      const fourth = await open();
+      expect(await ask(fourth)).toBe("closed");
+      expect(local.connectionStats.refused).toBe(1);
+      expect(closed.has(third)).toBe(false);
     } finally {
       for (const socket of held) socket.destroy();
       await local.close();

@@ -7,6 +7,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type * as http2 from "node:http2";
 import type { NodeId } from "../../raft/types.ts";
 import type { ConnectionInfo } from "../server/connection.ts";
+import { trustSession } from "../server/connection-guard.ts";
 
 /** How peers prove who they are. At least one of secret and peerCa, unless insecure is chosen by name. */
 export interface PeerSecurity {
@@ -138,6 +139,8 @@ export class PeerGate {
       }
     }
     state.peer = state.from;
+    // An authenticated member's connection is never evicted or idle-closed by the port's guard.
+    trustSession(session);
   }
 
   /** The authenticated peer of a connection; throws unauthenticated for any other caller. */

@@ -116,7 +116,8 @@ export function serveFrameStream(stream: http2.ServerHttp2Stream, headers: http2
       if (error === null) stream.end(OK_BODY);
       else {
         const end = endStreamToJson(new Headers(), error, undefined);
-        // The client may still be sending: once the answer is out, tell it to stop (RST NO_ERROR).
+        // The client may still be sending: once the answer is out the connection guard resets the
+        // stream with NO_ERROR (connection-guard.ts), so the client stops and takes the answer.
         stream.end(envelopes([[FLAG_END_STREAM, utf8.encode(JSON.stringify(end))]]));
       }
     } catch {

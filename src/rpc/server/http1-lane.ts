@@ -75,6 +75,11 @@ export class Http1Lane {
   private ended = false;
   /** Last time bytes arrived or an answer left (ms); the server's sweep closes idle lanes. */
   lastActive = Date.now();
+  /** What the lane waits for of a request it has begun to read (null: nothing), and since when. */
+  waiting: "head" | "body" | null = null;
+  waitingSince = 0;
+  /** Called when the lane takes a complete request (the connection guard stops counting it as stalled). */
+  onRequest: (() => void) | null = null;
   private socketAbort: AbortController | null = null;
   private readonly onData = (chunk: Buffer) => this.receive(chunk);
   private readonly onDrain = () => this.pump();
@@ -94,6 +99,11 @@ export class Http1Lane {
       this.onRelease(this);
     });
     this.receive(first);
+  }
+
+  /** The lane has closed its side (answered with Connection: close, or closed idle). */
+  get finished(): boolean {
+    return this.ended && !this.handedOver;
   }
 
   /** Idle (no call running, no partial request): may be closed without losing an answer. */
@@ -122,11 +132,22 @@ export class Http1Lane {
         return;
       }
       const parsed = this.parse(this.buffer);
-      if (parsed === "fallback") return this.handOver();
-      if (parsed === "more") {
+      if (parsed === "fallback") {
+        this.waiting = null;
+        return this.handOver();
+      }
+      if (parsed === "more" || parsed === "more-body") {
+        const waiting = parsed === "more" ? "head" : "body";
+        // The deadline of a head runs from its first byte; a body's from the end of its head.
+        if (this.waiting !== waiting) {
+          this.waiting = waiting;
+          this.waitingSince = Date.now();
+        }
         if (this.socket.isPaused()) this.socket.resume();
         return;
       }
+      this.waiting = null;
+      this.onRequest?.();
       const route = this.host.routes.get(parsed.path)!;
       const body = this.buffer.subarray(parsed.headEnd, parsed.total);
       this.buffer = parsed.total === this.buffer.length ? null : this.buffer.subarray(parsed.total);
@@ -174,7 +195,7 @@ export class Http1Lane {
    * Parses the request at the front of `buffer`: a request the lane answers, "more" when it is not
    * complete yet, or "fallback" when node:http must take the connection.
    */
-  private parse(buffer: Buffer): Parsed | "more" | "fallback" {
+  private parse(buffer: Buffer): Parsed | "more" | "more-body" | "fallback" {
     const headEnd = buffer.indexOf(CRLFCRLF);
     if (headEnd < 0) return buffer.length > MAX_HEAD_BYTES ? "fallback" : "more";
     if (headEnd > MAX_HEAD_BYTES) return "fallback";
@@ -233,7 +254,7 @@ export class Http1Lane {
     const route = this.host.routes.get(path)!;
     if (contentLength > route.readMaxBytes) return "fallback"; // the standard path's limit error
     const total = headEnd + 4 + contentLength;
-    if (buffer.length < total) return "more";
+    if (buffer.length < total) return "more-body";
     return { headEnd: headEnd + 4, total, path, format, close, head };
   }
 
@@ -254,6 +275,18 @@ export class Http1Lane {
         return this.socketAbort.signal;
       },
     };
+  }
+
+  /**
+   * A request head or body past its deadline (the connection guard decides): answers 408 and
+   * closes, unless a call is running (then nothing is stalled).
+   */
+  timeOut(): void {
+    if (this.busy || this.handedOver || this.ended) return;
+    this.ended = true;
+    this.buffer = null;
+    this.socket.end("HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    this.socket.destroySoon?.();
   }
 
   /** Gives the connection and every unanswered byte to node:http; the lane is done with it. */

@@ -15,6 +15,7 @@ import { Http1Lane, type LaneHost } from "./http1-lane.ts";
 import { h2CallOf, serveH2Unary, type H2LaneHost } from "./h2-lane.ts";
 import { ACCEPT_COMPRESSION, COMPRESS_MIN_BYTES, UnaryRoutes } from "./unary-routes.ts";
 import { connectionKey, connectionOf, type CallGate } from "./connection.ts";
+import { ConnectionGuard, DEFAULT_CONNECTION_LIMITS, type ConnectionLimits, type ConnectionStats, type GuardedConnection } from "./connection-guard.ts";
 import { TLS_HANDSHAKE_BYTE, refuseCleartext, refuseTls, secureContextOf, startTls, type TlsOptions } from "./tls-port.ts";
 import { log } from "../../obs/log.ts";
 
@@ -37,11 +38,16 @@ export interface RpcServerOptions {
   corsMaxAgeSeconds?: number;
   /** Per-message request limit for routes that set none of their own. */
   readMaxBytes?: number;
+  /**
+   * Deadlines and connection limits (connection-guard.ts); unset fields take DEFAULT_CONNECTION_LIMITS.
+   * The three fields below are older names for some of them and win when given.
+   */
+  connections?: Partial<ConnectionLimits>;
   /** A socket that has not sent its first bytes (or finished its TLS handshake) within this time is closed. */
   firstBytesTimeoutMs?: number;
   /** How long close() lets in-flight calls finish before cutting connections. */
   shutdownGraceMs?: number;
-  /** Open connections before new ones are refused. */
+  /** Open connections at most: past it the oldest that never completed a request is evicted (else the new one refused). */
   maxConnections?: number;
   /** Concurrent calls per HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS). */
   maxStreamsPerConnection?: number;
@@ -87,7 +93,7 @@ export class RpcServer {
   private readonly lanes = new Set<Http1Lane>();
   private readonly laneHost: LaneHost;
   private readonly secureContext: tls.SecureContext | null;
-  private sweeper: ReturnType<typeof setInterval> | null = null;
+  private readonly guard: ConnectionGuard;
   private closing: Promise<void> | null = null;
 
   private constructor(
@@ -101,13 +107,23 @@ export class RpcServer {
     unary: UnaryRoutes,
     /** Calls the fast lanes answered (HTTP/1.1, HTTP/2), connections handed to node:http, refusals. */
     readonly stats: { laneCalls: number; laneHandovers: number; h2Calls: number; h2LibraryCalls: number; refusedTls: number; refusedCleartext: number },
+    limits: ConnectionLimits,
+    streamingPaths: ReadonlySet<string>,
   ) {
     this.laneHost = { routes: unary, fallback: h1, shutdownSignal: shutdown.signal, closing: () => this.closing !== null, stats: this.stats };
     this.secureContext = options.tls === undefined ? null : secureContextOf(options.tls);
+    this.guard = new ConnectionGuard(limits, () => streamingPaths);
+  }
+
+  /** Connection counters and the open-connection gauge (for /metrics). */
+  get connectionStats(): Readonly<ConnectionStats> {
+    return this.guard.stats;
   }
 
   /** Binds the port and starts serving. Rejects with ListenError when the port cannot be bound. */
   static async start(options: RpcServerOptions): Promise<RpcServer> {
+    const limits = connectionLimitsOf(options);
+    let registered: ConnectRouter | null = null;
     const host = options.host ?? "127.0.0.1";
     const shutdown = new AbortController();
     const readMaxBytes = options.readMaxBytes ?? DEFAULT_READ_MAX_BYTES;
@@ -132,7 +148,10 @@ export class RpcServer {
     const adapter = connectNodeAdapter({
       // The fast lane answers the unary methods registered here, the frame lane the frame routes
       // registered through frameRoutesOf(router); everything else runs through the adapter.
-      routes: (router) => options.routes(frames.exposeOn(unary.recording(router))),
+      routes: (router) => {
+        registered = router;
+        options.routes(frames.exposeOn(unary.recording(router)));
+      },
       readMaxBytes,
       shutdownSignal: shutdown.signal,
       jsonOptions,
@@ -200,8 +219,8 @@ export class RpcServer {
       return headers;
     };
     if (options.fastLane !== false) routeStreams(h2, frames, unary, { shutdownSignal: shutdown.signal, stats, cors });
+    // No tcp.maxConnections: the guard admits past the limit by evicting a stalled connection.
     const tcp = net.createServer();
-    tcp.maxConnections = options.maxConnections ?? 4096;
 
     await new Promise<void>((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException) => {
@@ -219,7 +238,7 @@ export class RpcServer {
 
     const address = tcp.address();
     const port = typeof address === "object" && address !== null ? address.port : options.port;
-    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary, stats);
+    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary, stats, limits, streamingPathsOf(registered));
     server.wire();
     return server;
   }
@@ -228,19 +247,16 @@ export class RpcServer {
     this.tcp.on("connection", (socket) => this.accept(socket));
     this.tcp.on("error", (error) => log.error(`kvraft rpc: listener error: ${error.message}`));
     this.h2.on("session", (session) => {
+      this.guard.sessionStarted(session);
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
       if (this.closing) session.close();
     });
-    if (this.options.fastLane !== false) {
-      const keepAlive = this.options.keepAliveTimeoutMs ?? 5_000;
-      // One coarse sweep instead of a timer per connection.
-      this.sweeper = setInterval(() => {
-        const now = Date.now();
-        for (const lane of this.lanes) if (now - lane.lastActive > keepAlive) lane.closeIfIdle();
-      }, Math.min(1_000, keepAlive));
-      this.sweeper.unref?.();
-    }
+    // Before any route: the guard counts the stream and starts its body deadline.
+    this.h2.prependListener("stream", (stream, headers) => this.guard.streamStarted(stream as http2.ServerHttp2Stream, headers));
+    this.h1.prependListener("request", (request, response) => this.guard.requestStarted(request, response));
+    // One coarse sweep of every connection's deadlines instead of a timer per connection.
+    this.guard.start();
   }
 
   /** Reads just enough of a new connection to tell HTTP/2 from HTTP/1.1, then hands it over. */
@@ -249,45 +265,48 @@ export class RpcServer {
       socket.destroy();
       return;
     }
+    socket.on("error", () => socket.destroy());
+    // At a connection limit this evicts a stalled connection, or refuses this one.
+    const guarded = this.guard.admit(socket);
+    if (guarded === null) return;
     this.sockets.add(socket);
     socket.once("close", () => this.sockets.delete(socket));
-    socket.on("error", () => socket.destroy());
+    // The sniffing stage's deadline (first bytes, the whole HTTP/2 preface) is the guard's.
     let seen: Buffer = Buffer.alloc(0);
-    const timer = setTimeout(() => socket.destroy(), this.options.firstBytesTimeoutMs ?? 10_000);
     const onData = (chunk: Buffer) => {
       seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
       if (seen[0] === TLS_HANDSHAKE_BYTE || this.secureContext !== null) {
-        clearTimeout(timer);
         socket.off("data", onData);
-        socket.off("close", onClose);
         socket.pause();
-        this.acceptTls(socket, seen);
+        this.guard.startedTls(guarded);
+        this.acceptTls(socket, seen, guarded);
         return;
       }
       const n = Math.min(seen.length, HTTP2_PREFACE.length);
       const isHttp2 = seen.subarray(0, n).equals(HTTP2_PREFACE.subarray(0, n));
       if (isHttp2 && seen.length < HTTP2_PREFACE.length) return; // a prefix so far: read on
-      clearTimeout(timer);
       socket.off("data", onData);
-      socket.off("close", onClose);
-      if (!isHttp2 && this.sweeper !== null) {
-        const lane = new Http1Lane(socket, this.laneHost, (done) => this.lanes.delete(done));
+      if (!isHttp2 && this.options.fastLane !== false) {
+        const lane = new Http1Lane(socket, this.laneHost, (done) => {
+          this.lanes.delete(done);
+          if (!socket.destroyed) this.guard.leftLane(guarded);
+        });
+        lane.onRequest = () => this.guard.markServed(guarded);
         this.lanes.add(lane);
+        this.guard.startedLane(guarded, lane);
         lane.start(seen);
         return;
       }
       socket.pause();
       socket.unshift(seen);
-      (isHttp2 ? this.h2 : this.h1).emit("connection", socket);
+      this.guard.handOver(guarded, isHttp2 ? "h2" : "h1", () => (isHttp2 ? this.h2 : this.h1).emit("connection", socket));
       socket.resume();
     };
-    const onClose = () => clearTimeout(timer);
     socket.on("data", onData);
-    socket.once("close", onClose);
   }
 
   /** A connection whose first bytes are TLS, or any connection when the port speaks TLS. */
-  private acceptTls(socket: net.Socket, seen: Buffer): void {
+  private acceptTls(socket: net.Socket, seen: Buffer, guarded: GuardedConnection): void {
     const context = this.secureContext;
     const isTls = seen[0] === TLS_HANDSHAKE_BYTE;
     if (context === null || !isTls) {
@@ -301,12 +320,14 @@ export class RpcServer {
       }
       return;
     }
-    startTls(socket, seen, context, this.options.tls!.ca.length > 0, this.options.firstBytesTimeoutMs ?? 10_000, (secure) => {
+    // The handshake's deadline is the guard's (it runs from the accept, as the sniffing stage's).
+    startTls(socket, seen, context, this.options.tls!.ca.length > 0, 0, (secure) => {
       if (this.closing) {
         secure.destroy();
         return;
       }
-      (secure.alpnProtocol === "h2" ? this.h2 : this.h1).emit("connection", secure);
+      const h2 = secure.alpnProtocol === "h2";
+      this.guard.handOver(guarded, h2 ? "h2" : "h1", () => (h2 ? this.h2 : this.h1).emit("connection", secure), secure);
     });
     socket.resume();
   }
@@ -329,7 +350,7 @@ export class RpcServer {
 
   private async doClose(): Promise<void> {
     const listenerClosed = new Promise<void>((resolve) => this.tcp.close(() => resolve()));
-    if (this.sweeper !== null) clearInterval(this.sweeper);
+    this.guard.stop();
     for (const session of this.sessions) session.close();
     for (const lane of this.lanes) lane.closeIfIdle();
     this.h1.closeIdleConnections();
@@ -381,6 +402,24 @@ function routeStreams(h2: http2.Http2Server, frames: FrameRoutes, unary: UnaryRo
     }
     for (const listener of compat) listener.call(h2, stream, headers, ...rest);
   });
+}
+
+/** The guard's limits: the options' fields over the defaults. */
+function connectionLimitsOf(options: RpcServerOptions): ConnectionLimits {
+  const limits: ConnectionLimits = { ...DEFAULT_CONNECTION_LIMITS, ...options.connections };
+  if (options.firstBytesTimeoutMs !== undefined) limits.handshakeTimeoutMs = options.firstBytesTimeoutMs;
+  if (options.keepAliveTimeoutMs !== undefined) limits.keepAliveTimeoutMs = options.keepAliveTimeoutMs;
+  if (options.maxConnections !== undefined) limits.maxConnections = options.maxConnections;
+  return limits;
+}
+
+/** Paths of the client- and bidi-streaming methods registered: their request bodies never need to end. */
+function streamingPathsOf(router: ConnectRouter | null): ReadonlySet<string> {
+  const paths = new Set<string>();
+  for (const handler of router?.handlers ?? []) {
+    if (handler.method.methodKind === "client_streaming" || handler.method.methodKind === "bidi_streaming") paths.add(handler.requestPath);
+  }
+  return paths;
 }
 
 function listenError(error: NodeJS.ErrnoException, host: string, port: number): ListenError {

@@ -62,11 +62,14 @@ export function startTls(
     rejectUnauthorized: false,
     ALPNProtocols: ["h2", "http/1.1"],
   });
-  // A client that starts a handshake and stalls must not hold the socket.
-  const timer = setTimeout(() => {
-    secure.destroy();
-    socket.destroy();
-  }, handshakeTimeoutMs);
+  // A client that starts a handshake and stalls must not hold the socket (0: the caller enforces it).
+  const timer =
+    handshakeTimeoutMs > 0
+      ? setTimeout(() => {
+          secure.destroy();
+          socket.destroy();
+        }, handshakeTimeoutMs)
+      : undefined;
   secure.once("secure", () => {
     clearTimeout(timer);
     onSecure(secure);
