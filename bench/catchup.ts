@@ -9,7 +9,6 @@ import type { Subprocess } from "bun";
 import type { BenchOptions } from "./args.ts";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Clerk } from "../src/kv/client.ts";
-import { runGenerator } from "./cluster.ts";
 import { KVSERVER, ROOT, kvStatus, kvserverMissing } from "./clusters.ts";
 import { preloadKey } from "./loadgen.ts";
 import { cpuSeconds, freePorts, makeTempDir, memoryOf, removeTempDir, sleep, spawnTracked, stopChild, waitFor } from "./proc.ts";
@@ -146,22 +145,20 @@ export async function runCatchupSuite(o: BenchOptions, progress: Progress): Prom
       }
       return null;
     });
-  const nudge = async (leader: Node, count: number) => {
-    const r = await runGenerator({
-      protocol: "kvraft",
-      host: HOST,
-      port: leader.port,
-      workload: "preload",
-      clients: 64,
-      durationMs: 600_000,
-      keyCount: count,
-      tag: "nudge",
-      valueBytes: VALUE_BYTES,
-      watchPids: [],
-      path: "http1",
+  // Single-entry puts through a Clerk, which follows a leader change (a loaded machine has them).
+  const nudge = async (count: number) => {
+    const clerk = new Clerk({
+      addrs: nodes.filter((n) => n.process !== null).map((n) => `${HOST}:${n.port}`),
+      transport: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true }),
+      maxConcurrency: 64,
+      batch: false,
     });
-    if (r.ops < count) throw new Error(`catchup: wrote ${r.ops} of ${count} keys (${r.errors} errors: ${r.errorSamples.join("; ")})`);
-    return r;
+    const value = "n".repeat(VALUE_BYTES);
+    let next = 0;
+    const worker = async () => {
+      while (next < count) await clerk.put(preloadKey(next++), value);
+    };
+    await Promise.all(Array.from({ length: 64 }, worker));
   };
 
   const results: CatchupRun[] = [];
@@ -184,9 +181,9 @@ export async function runCatchupSuite(o: BenchOptions, progress: Progress): Prom
         await stopChild(follower.process!);
         follower.process = null;
       }
-      leader = await leaderOf();
       // Single-entry puts so the log moves well past the threshold and the leader compacts.
-      await nudge(leader, NUDGE_KEYS);
+      await nudge(NUDGE_KEYS);
+      leader = await leaderOf();
       const before = await kvStatus(leader.port);
       await waitFor("the leader to compact its log", START_TIMEOUT_MS, async () => ((await metric(leader.port, "kvraft_raft_snapshot_index")) > behind ? true : null));
       const bytesBefore = 0; // a fresh process: its counter starts at 0
