@@ -28,7 +28,7 @@ export interface BenchOptions {
   /** cluster: concurrent clients per point (null: the default levels). */
   clients: number[] | null;
   /** cluster: workloads to run (null: put, get, mix). */
-  workloads: ("put" | "get" | "mix")[] | null;
+  workloads: ("put" | "get" | "mix" | "bulk")[] | null;
   /** catchup: write a CPU profile of every process started in the last run into this directory. */
   cpuProf: string | null;
   /** catchup: the kvservers' --snapshot-format (null: their default, files). */
@@ -71,7 +71,8 @@ options
                      clerk-h2-unbatched (one RPC per operation), etcd3 (etcd's npm client over gRPC);
                      default http1,clerk-h2,clerk-grpc,etcd3
   --clients LIST     cluster: concurrent clients per point (default 1,16,64,256; 1,64 with --quick)
-  --workloads LIST   cluster: put, get, mix (default all three)
+  --workloads LIST   cluster: put, get, mix (default all three), and bulk: the Clerk's putMany
+                     with --clients writes in flight (Clerk paths only; e.g. --clients 2048)
   --vs-etcd          cluster: also run a 3-member etcd (needs \`etcd\` on PATH) and compare
   --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
   --big-keys N       the same with N keys
@@ -147,8 +148,8 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
       }
       case "--workloads": {
         const list = (value() ?? "").split(",").filter(Boolean);
-        if (list.length === 0 || list.some((w) => !["put", "get", "mix"].includes(w))) throw new UsageError("--workloads takes a comma-separated list from put, get, mix");
-        o.workloads = list as ("put" | "get" | "mix")[];
+        if (list.length === 0 || list.some((w) => !["put", "get", "mix", "bulk"].includes(w))) throw new UsageError("--workloads takes a comma-separated list from put, get, mix, bulk");
+        o.workloads = list as ("put" | "get" | "mix" | "bulk")[];
         break;
       }
       case "--json": {

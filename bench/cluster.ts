@@ -19,6 +19,8 @@ import { formatBytes, formatCount, formatMillis, formatRatio, formatSummary, ren
 
 const LOADGEN = path.resolve(import.meta.dir, "loadgen.ts");
 const WORKLOADS: Exclude<Workload, "preload">[] = ["put", "get", "mix"];
+/** Workloads only a Clerk path runs (the bulk API is the Clerk's). */
+const CLERK_ONLY = new Set<string>(["bulk"]);
 const DEFAULT_PATHS: ClientPath[] = ["http1", "clerk-h2", "clerk-grpc", "etcd3"];
 const VALUE_BYTES = 100;
 
@@ -200,7 +202,8 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
     const units = clusters.flatMap((c) => plan.paths.filter((p) => PATH_SYSTEM[p] === "both" || PATH_SYSTEM[p] === c.system).map((path) => ({ c, path })));
     for (const workload of plan.workloads) {
       for (const clients of plan.clients) {
-        await alternate(units, plan.runs, async ({ c, path }) => {
+        const applicable = CLERK_ONLY.has(workload) ? units.filter((u) => u.path.startsWith("clerk")) : units;
+        await alternate(applicable, plan.runs, async ({ c, path }) => {
           try {
             points.push(await runPoint(c, path, workload, clients, plan, progress));
           } catch (e) {

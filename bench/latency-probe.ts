@@ -67,7 +67,7 @@ try {
     protocol: "kvraft",
     host: "127.0.0.1",
     port: leader.clientPort,
-    workload: "put",
+    workload: (process.env.PROBE_WORKLOAD ?? "put") as LoadConfig["workload"],
     clients,
     durationMs: seconds * 1000,
     keyCount: 0,

@@ -31,6 +31,8 @@ export interface NativeClient {
   put(key: string, value: string): Promise<void>;
   /** Throws when the key does not exist (the suite reads only preloaded keys). */
   get(key: string): Promise<void>;
+  /** The bulk API (the Clerk's putMany), `concurrency` writes in flight; resolves with the count. */
+  putMany?(pairs: Iterable<[string, string]>, concurrency: number): Promise<number>;
   close(): void;
 }
 
@@ -63,6 +65,7 @@ export async function openNativeClient(path: Exclude<ClientPath, "http1">, ports
   });
   return {
     put: (key, value) => clerk.put(key, value),
+    putMany: (pairs, concurrency) => clerk.putMany(pairs, { concurrency }),
     async get(key) {
       if ((await clerk.get(key)) === null) throw new Error(`kvraft: key ${key} not found`);
     },

@@ -7,6 +7,7 @@ import { clientConnection, type ClientConnection } from "./client-credentials.ts
 import { UsageError, parseAddrs, parseFlags } from "./flags.ts";
 import { API_OPS, API_SWITCHES, API_USAGE, API_VALUE_FLAGS, checkApiFlags, runApiOp } from "./kvclient-api.ts";
 import { runAdmin } from "./cluster-admin.ts";
+import { runLoad } from "./kvclient-load.ts";
 
 const USAGE = `usage: bun run kvclient [-addrs host:port,...] -op get|put|append|delete|status|range|scan|cas|watch [-key K] [-value V] [-w table|json]
 
@@ -28,6 +29,8 @@ ${API_USAGE}
 
 Membership: kvclient member list|add|promote|remove, kvclient transfer-leader -to ID
 (kvclient member -help for their flags).
+
+Bulk load: kvclient load -file F (lines "key<TAB>value"; kvclient load -help).
 
 Flags may also be written --name value or -name=value.`;
 
@@ -80,6 +83,7 @@ function statusTable(rows: NodeStatus[]): string {
 
 async function main(argv: string[]): Promise<number> {
   if (argv[0] === "member" || argv[0] === "transfer-leader") return runAdmin(argv);
+  if (argv[0] === "load") return runLoad(argv.slice(1));
   let flags;
   let addrs: string[];
   let timeoutMs: number;

@@ -3,7 +3,8 @@
 // batch's own earlier writes. Every user value is stored with its revisions (revisions.ts), and
 // every change is also recorded in the watch history (history.ts).
 import type { BatchOp, DB } from "../lsm/index.ts";
-import { EVENT_DELETE, EVENT_PUT, encodeEvent, eventKey } from "./history.ts";
+import { EVENT_DELETE, EVENT_PUT, encodeEvent, eventKeyAt } from "./history.ts";
+import { ByteKeyMap } from "./byte-map.ts";
 import { APPLIED_KEY, KEY_COUNT_KEY, encodeApplied, encodeKeyCount, sessionKey } from "./keys.ts";
 import { encodeStored, nextMeta, REVISION_HEADER_BYTES } from "./revisions.ts";
 import { responseKey } from "./session-responses.ts";
@@ -17,13 +18,13 @@ export class ApplyBatch {
   bytes = 0;
   /** Keys created minus keys deleted by this batch. */
   keyCountDelta = 0;
-  /** Stored values written earlier in this batch, by internal key (latin1 string of its bytes); null = deleted. */
-  private readonly written = new Map<string, Uint8Array | null>();
+  /** Stored values written earlier in this batch, by internal key; null = deleted. */
+  private readonly written = new ByteKeyMap<Uint8Array | null>();
   /** Session changes: the new record, or null for a deletion. */
   private readonly sessionChanges = new Map<bigint, Session | null>();
   /** Extra metadata records (e.g. a session's last Txn response), written with the batch. */
   private readonly metaOps: BatchOp[] = [];
-  private readonly metaWritten = new Map<string, Uint8Array | null>();
+  private readonly metaWritten = new ByteKeyMap<Uint8Array | null>();
 
   constructor(
     private readonly db: DB,
@@ -38,7 +39,7 @@ export class ApplyBatch {
 
   /** The stored value (revision header + user bytes) of an internal user key as of this point of the batch. */
   current(key: Uint8Array): Uint8Array | null {
-    const pending = this.written.get(latin1(key));
+    const pending = this.written.get(key);
     if (pending !== undefined) return pending;
     return this.db.getSync(key) ?? null;
   }
@@ -50,7 +51,7 @@ export class ApplyBatch {
 
   /** A metadata record as of this point of the batch. */
   meta(key: Uint8Array): Uint8Array | null {
-    const pending = this.metaWritten.get(latin1(key));
+    const pending = this.metaWritten.get(key);
     if (pending !== undefined) return pending;
     return this.db.getSync(key) ?? null;
   }
@@ -58,12 +59,11 @@ export class ApplyBatch {
   /** Keys this batch wrote or deleted in [start, end) (internal keys), in byte order. */
   writtenIn(start: Uint8Array, end: Uint8Array | null): [Uint8Array, Uint8Array | null][] {
     if (this.written.size === 0) return [];
-    const lo = latin1(start);
-    const hi = end === null ? null : latin1(end);
-    const out: [string, Uint8Array | null][] = [];
-    for (const [key, value] of this.written) if (key >= lo && (hi === null || key < hi)) out.push([key, value]);
-    out.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-    return out.map(([key, value]) => [Uint8Array.from(Buffer.from(key, "latin1")), value]);
+    const out: [Uint8Array, Uint8Array | null][] = [];
+    for (const [key, value] of this.written.entries()) {
+      if (Buffer.compare(key, start) >= 0 && (end === null || Buffer.compare(key, end) < 0)) out.push([key, value]);
+    }
+    return out.sort((a, b) => Buffer.compare(a[0], b[0]));
   }
 
   /** Sets `key` to `value` at this batch's revision; returns the previous stored value. */
@@ -98,7 +98,7 @@ export class ApplyBatch {
     if (old === null) return null;
     this.keyCountDelta--;
     this.ops.push({ type: "del", key });
-    this.written.set(latin1(key), null);
+    this.written.set(key, null);
     this.bytes += key.length;
     this.record(EVENT_DELETE, key, old, null);
     return old;
@@ -111,7 +111,7 @@ export class ApplyBatch {
   /** Writes (or with null deletes) a metadata record with this batch. */
   setMeta(key: Uint8Array, value: Uint8Array | null): void {
     this.metaOps.push(value === null ? { type: "del", key } : { type: "put", key, value });
-    this.metaWritten.set(latin1(key), value);
+    this.metaWritten.set(key, value);
     if (value !== null) this.bytes += key.length + value.length;
   }
 
@@ -135,7 +135,7 @@ export class ApplyBatch {
 
   private set(key: Uint8Array, stored: Uint8Array, old: Uint8Array | null): void {
     this.ops.push({ type: "put", key, value: stored });
-    this.written.set(latin1(key), stored);
+    this.written.set(key, stored);
     this.bytes += key.length + stored.length;
     this.record(EVENT_PUT, key, old, stored);
   }
@@ -144,11 +144,7 @@ export class ApplyBatch {
     if (!this.history) return;
     const event = encodeEvent(type, old, stored);
     // key[0] is the 0x01 user prefix; the history names the user key.
-    this.ops.push({ type: "put", key: eventKey(this.index, key.subarray(1)), value: event });
+    this.ops.push({ type: "put", key: eventKeyAt(this.index, key, 1), value: event });
     this.bytes += key.length + event.length + 10;
   }
-}
-
-function latin1(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1");
 }

@@ -9,7 +9,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { CommandRequestSchema, type CommandResponse, type KVService } from "../gen/kvraftpb/kvraft_pb.ts";
 
 export interface BatchOptions {
-  /** Commands per Batch RPC (default 256). */
+  /** Commands per Batch RPC (default 1024; the server takes up to 4096). */
   maxCommands?: number;
   /** Batch RPCs outstanding per node before new commands wait for one to return (default 4). */
   maxInFlight?: number;
@@ -50,7 +50,7 @@ export class CommandBatcher {
     private readonly client: Client<typeof KVService>,
     options: BatchOptions = {},
   ) {
-    this.maxCommands = Math.max(1, options.maxCommands ?? 256);
+    this.maxCommands = Math.max(1, options.maxCommands ?? 1024);
     this.maxInFlight = Math.max(1, options.maxInFlight ?? 4);
     this.maxDelayMs = Math.max(0, options.maxDelayMs ?? 5);
   }

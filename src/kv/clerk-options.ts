@@ -66,3 +66,15 @@ export type NodeStatus =
       storageHealth: string;
     }
   | { online: false; id: number; address: string; state: "Offline"; error: string };
+
+/** How putMany / appendMany run. */
+export interface BulkOptions {
+  /**
+   * Writes in flight at once (default and at most: the Clerk's maxConcurrency, one session each).
+   * They travel as up to 4 Batch RPCs of up to `batch.maxCommands` (1,024) writes: more than
+   * 4,096 only wait in the Clerk. For a bulk load, open the Clerk with maxConcurrency 2048-4096.
+   */
+  concurrency?: number;
+  /** Called once per acknowledged write (applied exactly once), in acknowledgement order: progress, checkpoints. */
+  onWritten?: (key: string, value: string) => void;
+}

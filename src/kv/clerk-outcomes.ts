@@ -9,13 +9,29 @@ import { Op, type CommandResponse, type RegisterSessionResponse, type ResponseHe
  * no node completed it in time. `outcomeUnknown` says a write may or may not have been applied.
  */
 export class ClerkError extends Error {
-  override readonly name = "ClerkError";
+  override readonly name: string = "ClerkError";
   constructor(
     readonly code: Code,
     message: string,
     readonly outcomeUnknown = false,
   ) {
     super(message);
+  }
+}
+
+/**
+ * A bulk write (putMany, appendMany) stopped at a failure: `written` writes were acknowledged
+ * (each applied exactly once); the pairs not taken were not sent. The failed write itself may or
+ * may not have been applied when `cause` says its outcome is unknown.
+ */
+export class BulkWriteError extends ClerkError {
+  override readonly name = "BulkWriteError";
+  constructor(
+    readonly written: number,
+    override readonly cause: unknown,
+  ) {
+    const inner = cause instanceof ClerkError ? cause : null;
+    super(inner?.code ?? Code.Unknown, `bulk write stopped after ${written} acknowledged writes: ${cause instanceof Error ? cause.message : String(cause)}`, inner?.outcomeUnknown ?? true);
   }
 }
 

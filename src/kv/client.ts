@@ -22,9 +22,11 @@ import {
 } from "./clerk-txn.ts";
 import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
 import { CommandBatcher } from "./clerk-batch.ts";
-import type { ClerkOptions, NodeStatus } from "./clerk-options.ts";
+import { runBulk, runEach, type BulkHost } from "./clerk-bulk.ts";
+import type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
 import {
   BACK_OFF_ON_SAME_NODE,
+  BulkWriteError,
   ClerkError,
   RETRYABLE,
   SESSION_GONE,
@@ -37,8 +39,8 @@ import {
   type Attempt,
 } from "./clerk-outcomes.ts";
 
-export type { ClerkOptions, NodeStatus } from "./clerk-options.ts";
-export { ClerkError, RETRYABLE } from "./clerk-outcomes.ts";
+export type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
+export { BulkWriteError, ClerkError, RETRYABLE } from "./clerk-outcomes.ts";
 
 /** RegisterSession calls one Clerk has in flight at most. */
 const MAX_CONCURRENT_REGISTRATIONS = 32;
@@ -88,6 +90,8 @@ export class Clerk {
   private readonly scheme: string;
   /** When members were last learned (ms), so failing rounds do not ask on every round. */
   private learnedAt = 0;
+  /** Writes per Batch RPC of putMany / appendMany. */
+  private readonly bulkBatchCommands: number;
   /** Sessions no operation uses now; registered ones on top, to be reused first. */
   private readonly idle: Session[] = [];
   /** Sessions in existence (idle or in use). */
@@ -117,6 +121,7 @@ export class Clerk {
     const batch = options.batch ?? {};
     this.batchOptions = batch === false ? {} : batch;
     this.batchers = batch === false || this.maxConcurrency === 1 ? null : [];
+    this.bulkBatchCommands = batch === false ? 1 : Math.max(1, Math.min(4096, batch.maxCommands ?? 1024));
     this.ids = options.addrs.map((address, id) => (this.addNode(id, address), id));
     this.last = { id: options.clientId ?? 0n, nextCommandId: 1n };
     this.idle.push(this.last);
@@ -154,6 +159,73 @@ export class Clerk {
   /** Removes `key`; true when it existed. */
   async delete(key: string): Promise<boolean> {
     return (await this.command(Op.DELETE, key, "")).err === "OK";
+  }
+
+  /**
+   * Bulk load: writes every pair, at most `concurrency` at once (default: this Clerk's
+   * maxConcurrency), each exactly once through a session of its own. Concurrent writes leave as
+   * Batch RPCs (clerk-batch.ts), which the leader puts into its log as a few batch entries.
+   * Resolves with the number written. On the first failure it takes no more pairs, waits for the
+   * writes in flight, and rejects with that failure (a BulkWriteError: how many were written).
+   */
+  putMany(pairs: Iterable<readonly [string, string]>, options?: BulkOptions): Promise<number> {
+    return this.writeMany(Op.PUT, pairs, options);
+  }
+
+  /** appendMany: as putMany, with Append (each suffix appended exactly once). */
+  appendMany(pairs: Iterable<readonly [string, string]>, options?: BulkOptions): Promise<number> {
+    return this.writeMany(Op.APPEND, pairs, options);
+  }
+
+  private async writeMany(op: Op.PUT | Op.APPEND, pairs: Iterable<readonly [string, string]>, options: BulkOptions = {}): Promise<number> {
+    const concurrency = Math.max(1, Math.min(Math.floor(options.concurrency ?? this.maxConcurrency), this.maxConcurrency));
+    const source = pairs[Symbol.iterator]();
+    if (this.registered && this.batchers !== null) {
+      // The lean path: pairs straight into Batch RPCs (clerk-bulk.ts).
+      const { written, failure } = await runBulk(this.bulkHost(), { op, concurrency, batchCommands: this.bulkBatchCommands, maxRpcs: 4, onWritten: options.onWritten }, source);
+      if (failure !== null) throw new BulkWriteError(written, failure);
+      return written;
+    }
+    // Unregistered or unbatched: each write through put()'s path, `concurrency` at a time.
+    const { written, failure } = await runEach(source, concurrency, (key, value) => this.command(op, key, value), options.onWritten);
+    if (failure !== null) throw new BulkWriteError(written, failure);
+    return written;
+  }
+
+  /** This Clerk as the bulk writer sees it: its nodes, its leader guess, its session pool. */
+  private bulkHost(): BulkHost {
+    const clerk = this;
+    // The nodes known now, numbered densely (they are the node ids unless members were learned).
+    const ids = this.ids;
+    return {
+      clients: ids.map((id) => this.clients[id]!),
+      addrs: ids.map((id) => this.addrs[id]!),
+      get leader() {
+        return Math.max(0, ids.indexOf(clerk.leader));
+      },
+      set leader(slot: number) {
+        clerk.leader = ids[slot] ?? ids[0]!;
+      },
+      acquire: async (deadline) => {
+        const session = this.idle.pop() ?? (await this.newOrWaitingSession());
+        try {
+          if (session.id === 0n) await this.register(session, "bulk write", deadline);
+        } catch (error) {
+          this.release(session);
+          throw error;
+        }
+        this.last = session;
+        return session;
+      },
+      release: (session) => this.release(session),
+      reregister: (session, deadline) => this.register(session, "bulk write", deadline),
+      registered: this.registered,
+      callTimeoutMs: this.options.callTimeoutMs,
+      operationTimeoutMs: this.options.operationTimeoutMs,
+      backoffMs: this.options.backoffMs,
+      maxBackoffMs: this.options.maxBackoffMs,
+      maxRequestBytes: this.options.maxRequestBytes,
+    };
   }
 
   /** Keys in [key, end) with their revisions ("\0" as end: every key >= key); see clerk-txn.ts. */

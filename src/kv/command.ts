@@ -15,6 +15,8 @@ export const OP_DELETE = 3;
 export const OP_TXN = 4;
 /** RegisterSession: the new session's id is this entry's index. */
 export const OP_REGISTER = 5;
+/** Many client writes in one entry: key empty, value = the commands (batch-command.ts). */
+export const OP_BATCH = 6;
 
 export type WriteOpName = "Put" | "Append" | "Delete" | "Register";
 
@@ -75,7 +77,7 @@ export function encodeCommand(command: WriteCommand): Uint8Array {
 }
 
 /** Writes `text` (`bytes` long in UTF-8) at `offset`: ASCII by a plain loop, anything else by encodeInto. */
-function writeString(out: Uint8Array, offset: number, text: string, bytes: number): void {
+export function writeString(out: Uint8Array, offset: number, text: string, bytes: number): void {
   if (bytes === text.length) {
     // As many bytes as code units: every character is ASCII.
     for (let i = 0; i < bytes; i++) out[offset + i] = text.charCodeAt(i);
@@ -94,7 +96,7 @@ export function decodeCommand(data: Uint8Array, index: number): DecodedCommand {
     throw new KVCorruptionError(`log entry ${index}: command is ${data.length} bytes, shorter than its ${headerBytes}-byte header`);
   }
   const op = data[1];
-  if (op !== OP_PUT && op !== OP_APPEND && op !== OP_DELETE && ((op !== OP_REGISTER && op !== OP_TXN) || version === 1)) {
+  if (op !== OP_PUT && op !== OP_APPEND && op !== OP_DELETE && ((op !== OP_REGISTER && op !== OP_TXN && op !== OP_BATCH) || version === 1)) {
     throw new KVCorruptionError(`log entry ${index}: unknown op code ${op}`);
   }
   const keyLength = readUint32LE(data, headerBytes - 4);
@@ -122,7 +124,7 @@ const FINGERPRINT_EDGE_BYTES = 32;
  * at a cost that does not grow with the value.
  */
 export function commandFingerprint(command: Pick<DecodedCommand, "op" | "key" | "value">): number {
-  const head = new Uint8Array(9);
+  const head = FINGERPRINT_HEAD;
   head[0] = command.op;
   writeUint32LE(head, 1, command.key.length);
   writeUint32LE(head, 5, command.value.length);
@@ -130,6 +132,10 @@ export function commandFingerprint(command: Pick<DecodedCommand, "op" | "key" | 
   crc = crc32cUpdate(crc, command.key);
   const value = command.value;
   if (value.length <= 2 * FINGERPRINT_EDGE_BYTES) return crc32cUpdate(crc, value) >>> 0;
-  crc = crc32cUpdate(crc, value.subarray(0, FINGERPRINT_EDGE_BYTES));
-  return crc32cUpdate(crc, value.subarray(value.length - FINGERPRINT_EDGE_BYTES)) >>> 0;
+  // Ranges, not subarrays: no view objects per command on the apply path.
+  crc = crc32cUpdate(crc, value, 0, FINGERPRINT_EDGE_BYTES);
+  return crc32cUpdate(crc, value, value.length - FINGERPRINT_EDGE_BYTES, value.length) >>> 0;
 }
+
+/** Scratch for the fingerprint's fixed head (op, key length, value length): filled and read at once. */
+const FINGERPRINT_HEAD = new Uint8Array(9);

@@ -31,10 +31,17 @@ export interface KeyEvent {
 }
 
 export function eventKey(revision: number, userKey: Uint8Array): Uint8Array {
-  const out = new Uint8Array(EVENT_PREFIX.length + 8 + userKey.length);
-  out.set(EVENT_PREFIX, 0);
+  return eventKeyAt(revision, userKey, 0);
+}
+
+/** eventKey of the user key at `key[from..]` (an internal key: from 1, past its 0x01 prefix); no view made. */
+export function eventKeyAt(revision: number, key: Uint8Array, from: number): Uint8Array {
+  const base = EVENT_PREFIX.length + 8;
+  const out = new Uint8Array(base + key.length - from);
+  out[0] = EVENT_PREFIX[0]!;
+  out[1] = EVENT_PREFIX[1]!;
   writeRevisionBE(out, EVENT_PREFIX.length, revision);
-  out.set(userKey, EVENT_PREFIX.length + 8);
+  for (let i = from; i < key.length; i++) out[base + i - from] = key[i]!;
   return out;
 }
 
@@ -56,7 +63,7 @@ export function encodeEvent(type: number, prev: Uint8Array | null, next: Uint8Ar
   out[0] = type;
   if (prev !== null) {
     out[1] = 1;
-    out.set(prev.subarray(0, REVISION_HEADER_BYTES), 2);
+    for (let i = 0; i < REVISION_HEADER_BYTES; i++) out[2 + i] = prev[i]!;
   }
   out.set(body, 2 + REVISION_HEADER_BYTES);
   return out;

@@ -16,6 +16,8 @@ export interface AppliedCommand {
   result: ResultCode;
   /** A Txn's (or DeleteRange's) answer; absent on a retry whose answer is no longer kept. */
   txn?: TxnResult;
+  /** A batch entry's result code of each command, in entry order. */
+  batch?: Uint8Array;
 }
 
 /** How a proposed write ended: its entry applied (with its result), or a reply without one. */

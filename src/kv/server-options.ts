@@ -16,6 +16,12 @@ export interface KVLimits {
   maxPendingCommands?: number;
   /** How long a command waits for commit/apply (or a read for its ReadIndex). Default 500 ms. */
   commandTimeoutMs?: number;
+  /**
+   * Bytes of one batch entry (a Batch call's writes in one Raft entry) at most; a Batch with more
+   * is split over several entries. Default 1 MiB (the Raft AppendEntries byte budget). A single
+   * larger command gets an entry of its own (the Raft entry limit, 8 MiB, still applies).
+   */
+  maxBatchEntryBytes?: number;
 }
 
 export interface KVRaftOptions {

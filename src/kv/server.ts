@@ -17,13 +17,17 @@ import { KVStateMachine, type KVStateMachineOptions } from "./state-machine.ts";
 import { TxnServer } from "./txn-server.ts";
 import { WatchHub } from "./watch-hub.ts";
 import { proposeWrite, validateCommand, writeCommand, type WriteReplica } from "./write-path.ts";
+import { writeBatch, type BatchAnswer, type BatchEntryLimits } from "./batch-path.ts";
 
 export type { CommandArgs, CommandReply, KVErr, KVOp, RegisterReply } from "./replies.ts";
+export type { BatchAnswer } from "./batch-path.ts";
 export type { KVLimits, KVRaftOptions, KVServerOptions, KVStateOptions } from "./server-options.ts";
 export type { KVDiagnostics, KVStatus } from "./server-status.ts";
 
 /** More self-repairs than this within REPAIR_WINDOW_MS is a disk that keeps corrupting: stop instead. */
 const MAX_REPAIRS = 3;
+/** Commands in one batch entry at most (a Batch call carries at most 4096). */
+const MAX_BATCH_ENTRY_COMMANDS = 4096;
 const REPAIR_WINDOW_MS = 10 * 60_000;
 
 export class KVServer {
@@ -33,6 +37,7 @@ export class KVServer {
   private readonly maxKeyBytes: number;
   private readonly maxValueBytes: number;
   private readonly maxPending: number;
+  private readonly batchLimits: BatchEntryLimits;
   /** Range, DeleteRange and Txn (txn-server.ts). */
   api!: TxnServer;
   /** Watches served by this node (watch-hub.ts). */
@@ -75,6 +80,8 @@ export class KVServer {
     this.maxKeyBytes = limits.maxKeyBytes ?? 4096;
     this.maxValueBytes = limits.maxValueBytes ?? 1 << 20;
     this.maxPending = limits.maxPendingCommands ?? 10_000;
+    // Never past the Raft entry limit (8 MiB by default): a larger entry would be refused whole.
+    this.batchLimits = { maxEntryBytes: Math.min(limits.maxBatchEntryBytes ?? 1 << 20, 8 << 20), maxEntryCommands: MAX_BATCH_ENTRY_COMMANDS };
     this.deadlines = new DeadlineQueue(clock);
     this.relay = new RelayTransport(options.transport);
     this.log = options.log ?? ((line) => console.error(`kvraft: node ${options.id}: ${line}`));
@@ -204,6 +211,56 @@ export class KVServer {
       return args.op === "Get" ? await this.reads.get(args.key) : await writeCommand(this.writePath, args);
     } finally {
       this.pending--;
+    }
+  }
+
+  /**
+   * Many commands at once (the Batch RPC): its writes go into the log as a few batch entries
+   * (batch-path.ts), its Gets each through ReadIndex as Command's do. One answer per command, in
+   * order: a reply, or the typed error a Command call of it would have thrown.
+   */
+  async batch(commands: readonly CommandArgs[]): Promise<BatchAnswer[]> {
+    if (this.fatalError !== null) throw this.stoppedError();
+    if (this.closed || this.repairing !== null) return commands.map(() => WRONG_LEADER);
+    if (this.pending + commands.length > this.maxPending) {
+      throw new OverloadedError(`node ${this.id} has ${this.pending} commands in flight (limit ${this.maxPending}); a batch of ${commands.length} does not fit: retry with backoff`);
+    }
+    const answers = new Array<BatchAnswer | Promise<BatchAnswer>>(commands.length);
+    const writes: CommandArgs[] = [];
+    const writeAt: number[] = [];
+    for (let i = 0; i < commands.length; i++) {
+      const args = commands[i]!;
+      try {
+        validateCommand(args, this.writePath);
+      } catch (error) {
+        answers[i] = error as Error;
+        continue;
+      }
+      if (args.op === "Get") {
+        answers[i] = this.reads.get(args.key).catch((error: unknown) => error as Error);
+      } else {
+        writes.push(args);
+        writeAt.push(i);
+      }
+    }
+    this.pending += commands.length;
+    try {
+      if (writes.length > 0) {
+        let written: BatchAnswer[];
+        try {
+          written = await writeBatch(this.writePath, writes, this.batchLimits);
+        } catch (error) {
+          written = writes.map(() => error as Error);
+        }
+        for (let j = 0; j < written.length; j++) answers[writeAt[j]!] = written[j]!;
+      }
+      for (let i = 0; i < answers.length; i++) {
+        const answer = answers[i];
+        if (answer instanceof Promise) answers[i] = await answer;
+      }
+      return answers as BatchAnswer[];
+    } finally {
+      this.pending -= commands.length;
     }
   }
 

@@ -6,8 +6,8 @@ import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@co
 import { create } from "@bufbuild/protobuf";
 import { KVError, type KVErrorCode } from "./errors.ts";
 import { refuseUnparsableBodies } from "./parse-refusal.ts";
-import type { KVOp } from "./replies.ts";
-import type { KVServer } from "./server.ts";
+import type { CommandArgs, CommandReply, KVOp } from "./replies.ts";
+import type { BatchAnswer, KVServer } from "./server.ts";
 import { txnHandlers, type TxnBackend } from "./service-txn.ts";
 import { watchHandlers, type WatchBackend } from "./service-watch.ts";
 import { memberList } from "./cluster-service.ts";
@@ -30,7 +30,7 @@ import {
 import { log } from "../obs/log.ts";
 
 /** What the handlers use of a KVServer (tests may pass a stand-in of this exact shape). */
-export type KVServiceBackend = Pick<KVServer, "command" | "getStatus" | "registerSession"> & Partial<TxnBackend> & Partial<WatchBackend>;
+export type KVServiceBackend = Pick<KVServer, "command" | "getStatus" | "registerSession"> & Partial<Pick<KVServer, "batch">> & Partial<TxnBackend> & Partial<WatchBackend>;
 
 /** Commands one Batch call may carry; more is refused (invalid_argument) before any runs. */
 export const MAX_BATCH_COMMANDS = 4096;
@@ -92,18 +92,33 @@ export function registerKVService(
         throw new ConnectError(`a batch carries ${commands.length} commands; the limit is ${MAX_BATCH_COMMANDS}: split it`, Code.InvalidArgument);
       }
       const kv = current();
-      // Every command on its own, concurrently: Raft's group commit puts their entries in one append.
-      const results = await Promise.all(
-        commands.map((command) =>
-          runCommand(kv, command).then(
-            (response) => BARE_RESULTS.get(response) ?? create(BatchResultSchema, { response }),
-            (error) => {
-              const refusal = toConnectError(error);
-              return create(BatchResultSchema, { code: refusal.code, message: refusal.rawMessage });
-            },
-          ),
-        ),
-      );
+      if (kv.batch === undefined) {
+        // A backend without batches: every command on its own, concurrently.
+        const results = await Promise.all(commands.map((command) => runCommand(kv, command).then(batchResult, batchRefusal)));
+        return create(BatchResponseSchema, { results });
+      }
+      // The writes go into the log as a few batch entries; each command is answered on its own.
+      const results = new Array<BatchResult>(commands.length);
+      const args: CommandArgs[] = [];
+      const at: number[] = [];
+      commands.forEach((command, i) => {
+        const op = OPS[command.op];
+        if (op === undefined) results[i] = batchRefusal(unknownOp(command.op));
+        else {
+          args.push({ key: command.key, value: command.value, op, clientId: command.clientId, commandId: command.commandId, registered: command.registered });
+          at.push(i);
+        }
+      });
+      let answers: BatchAnswer[];
+      try {
+        answers = await kv.batch(args);
+      } catch (error) {
+        throw toConnectError(error);
+      }
+      for (let j = 0; j < answers.length; j++) {
+        const answer = answers[j]!;
+        results[at[j]!] = answer instanceof Error ? batchRefusal(answer) : batchResult(toResponse(answer));
+      }
       return create(BatchResponseSchema, { results });
     },
     async registerSession(): Promise<RegisterSessionResponse> {
@@ -143,20 +158,35 @@ export function registerKVService(
   refuseUnparsableBodies(router, KVService.typeName);
 }
 
-/** One command, as Command and each entry of Batch run it; refusals are thrown. */
+function batchResult(response: CommandResponse): BatchResult {
+  return BARE_RESULTS.get(response) ?? create(BatchResultSchema, { response });
+}
+
+function batchRefusal(error: unknown): BatchResult {
+  const refusal = toConnectError(error);
+  return create(BatchResultSchema, { code: refusal.code, message: refusal.rawMessage });
+}
+
+function unknownOp(op: number): ConnectError {
+  return new ConnectError(`unknown op ${op}: expected PUT (0), APPEND (1), GET (2) or DELETE (3)`, Code.InvalidArgument);
+}
+
+/** One command, as Command runs it; refusals are thrown. */
 async function runCommand(kv: KVServiceBackend, request: CommandRequest): Promise<CommandResponse> {
   const op = OPS[request.op];
-  if (op === undefined) {
-    throw new ConnectError(`unknown op ${request.op}: expected PUT (0), APPEND (1), GET (2) or DELETE (3)`, Code.InvalidArgument);
-  }
-  const result = await kv.command({
+  if (op === undefined) throw unknownOp(request.op);
+  return toResponse(await kv.command({
     key: request.key,
     value: request.value,
     op,
     clientId: request.clientId,
     commandId: request.commandId,
     registered: request.registered,
-  });
+  }));
+}
+
+/** A reply as the wire's CommandResponse: the frozen bare answers where they fit. */
+function toResponse(result: CommandReply): CommandResponse {
   const hinted = result.err === "ErrWrongLeader" && result.leaderId !== undefined && result.leaderId >= 0;
   if (result.value === "" && !hinted) {
     const bare = BARE_RESPONSES.get(result.err);

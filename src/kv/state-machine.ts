@@ -5,7 +5,9 @@ import * as fs from "node:fs";
 import { DB, type DBOptions, type DBStats } from "../lsm/index.ts";
 import { EntryType, decodeMembership, metaWith, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { ApplyBatch } from "./apply-batch.ts";
-import { OP_APPEND, OP_DELETE, OP_PUT, OP_REGISTER, commandFingerprint, decodeCommand, type DecodedCommand } from "./command.ts";
+import { applyClientWrite, recordSession } from "./apply-command.ts";
+import { decodeBatchCommands } from "./batch-command.ts";
+import { OP_BATCH, OP_REGISTER, commandFingerprint, decodeCommand } from "./command.ts";
 import { KVCorruptionError } from "./errors.ts";
 import {
   APPLIED_KEY,
@@ -18,20 +20,16 @@ import {
   membersRecordMembership,
   sessionKey,
   userKey,
-  userKeyFromBytes,
 } from "./keys.ts";
 import type { AppliedCommand } from "./pending-writes.ts";
 import {
   NO_COMMAND,
   RESULT_COMMAND_REUSED,
-  RESULT_NO_KEY,
   RESULT_OK,
   RESULT_SESSION_EXPIRED,
   RESULT_STALE_COMMAND,
   RESULT_TABLE_FULL,
-  RESULT_VALUE_TOO_LARGE,
   type ResultCode,
-  type StoredResult,
   type Session,
   SessionTable,
 } from "./sessions.ts";
@@ -313,9 +311,8 @@ export class KVStateMachine {
   }
 
   /**
-   * One entry: a Noop, a session registration, a write without a session (clientId 0: applied, not
-   * deduplicated), or a session's write: refused if its registered session is gone or its commandId
-   * is stale or reused, answered from the session if it is a retry, else applied and recorded.
+   * One entry: a Noop, a session registration, a batch of client writes, a Txn, or one client
+   * write (apply-command.ts: exactly-once through its session).
    */
   private applyEntry(entry: Entry, batch: ApplyBatch): AppliedCommand {
     const { index, term } = entry;
@@ -325,30 +322,30 @@ export class KVStateMachine {
     const done = (result: ResultCode): AppliedCommand => ({ index, term, clientId, commandId, result });
     this.advanceLogTime(command.timestamp, batch);
     if (command.op === OP_REGISTER) return done(this.register(index, batch));
-    if (command.op === OP_TXN && clientId === 0n) return { ...done(RESULT_OK), txn: applyTxn(command, batch, index, this.options.txnLimits) };
-    if (clientId === 0n) return done(applyWrite(command, batch, index));
+    if (command.op === OP_BATCH) {
+      // Each command in order, each exactly-once through its own session; one result each.
+      const commands = decodeBatchCommands(command, index);
+      const results = new Uint8Array(commands.length);
+      for (let i = 0; i < commands.length; i++) results[i] = applyClientWrite(this.sessions, commands[i]!, batch, index);
+      return { ...done(RESULT_OK), batch: results };
+    }
+    if (command.op !== OP_TXN) return done(applyClientWrite(this.sessions, command, batch, index));
+    if (clientId === 0n) return { ...done(RESULT_OK), txn: applyTxn(command, batch, index, this.options.txnLimits) };
     const session = this.sessions.get(clientId);
     if (command.registered && session?.registered !== true) return done(RESULT_SESSION_EXPIRED);
     const fingerprint = commandFingerprint(command);
     if (session !== undefined && commandId <= session.commandId) {
       if (commandId < session.commandId) return done(RESULT_STALE_COMMAND);
       if (session.fingerprint !== 0 && session.fingerprint !== fingerprint) return done(RESULT_COMMAND_REUSED);
-      // A retry of a write already applied: answer it, change nothing but the session's age.
-      this.recordSession({ ...session, lastIndex: index, lastTime: batch.logTime }, batch);
-      if (command.op === OP_TXN) return { ...done(session.result), txn: retriedTxn(batch, clientId, commandId) };
-      return done(session.result);
+      // A retry of a Txn already applied: answer it, change nothing but the session's age.
+      recordSession(this.sessions, { ...session, lastIndex: index, lastTime: batch.logTime }, batch);
+      return { ...done(session.result), txn: retriedTxn(batch, clientId, commandId) };
     }
-    if (command.op === OP_TXN) {
-      // A Txn's answer does not fit a result code: it is kept beside the session for a retry.
-      const txn = applyTxn(command, batch, index, this.options.txnLimits);
-      this.recordSession({ clientId, commandId, lastIndex: index, lastTime: batch.logTime, result: RESULT_OK, registered: session?.registered ?? false, fingerprint }, batch);
-      rememberTxn(batch, clientId, commandId, txn);
-      return { ...done(RESULT_OK), txn };
-    }
-    const result = applyWrite(command, batch, index);
-    const registered = session?.registered ?? false;
-    this.recordSession({ clientId, commandId, lastIndex: index, lastTime: batch.logTime, result, registered, fingerprint }, batch);
-    return done(result);
+    // A Txn's answer does not fit a result code: it is kept beside the session for a retry.
+    const txn = applyTxn(command, batch, index, this.options.txnLimits);
+    recordSession(this.sessions, { clientId, commandId, lastIndex: index, lastTime: batch.logTime, result: RESULT_OK, registered: session?.registered ?? false, fingerprint }, batch);
+    rememberTxn(batch, clientId, commandId, txn);
+    return { ...done(RESULT_OK), txn };
   }
 
   /** A leader timestamp moves the log's time forward (never back) and expires idle sessions. */
@@ -362,7 +359,7 @@ export class KVStateMachine {
   private register(index: number, batch: ApplyBatch): ResultCode {
     if (!this.sessions.canRegister()) return RESULT_TABLE_FULL;
     const session: Session = { clientId: BigInt(index), commandId: NO_COMMAND, lastIndex: index, lastTime: batch.logTime, result: RESULT_OK, registered: true, fingerprint: 0 };
-    this.recordSession(session, batch);
+    recordSession(this.sessions, session, batch);
     return RESULT_OK;
   }
 
@@ -393,11 +390,6 @@ export class KVStateMachine {
       .finally(() => {
         this.syncing = null;
       });
-  }
-
-  private recordSession(session: Session, batch: ApplyBatch): void {
-    batch.setSession(session.clientId, session);
-    for (const evicted of this.sessions.record(session)) batch.setSession(evicted.clientId, null);
   }
 
   private async restoreNow(meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>): Promise<void> {
@@ -459,24 +451,6 @@ export class KVStateMachine {
       // A table written under a larger maxSessions: trim it the same way on every replica.
       await this.db.write(dropped.map((s) => ({ type: "del" as const, key: sessionKey(s.clientId) })));
     }
-  }
-}
-
-/** One client write's change to the batch; its result is the same on every replica. */
-function applyWrite(command: DecodedCommand, batch: ApplyBatch, index: number): StoredResult {
-  const key = userKeyFromBytes(command.key);
-  const limit = command.maxValueBytes === 0 ? Infinity : command.maxValueBytes;
-  switch (command.op) {
-    case OP_PUT:
-      if (command.value.length > limit) return RESULT_VALUE_TOO_LARGE;
-      batch.put(key, command.value.slice());
-      return RESULT_OK;
-    case OP_APPEND:
-      return batch.append(key, command.value, limit) ? RESULT_OK : RESULT_VALUE_TOO_LARGE;
-    case OP_DELETE:
-      return batch.delete(key) ? RESULT_OK : RESULT_NO_KEY;
-    default:
-      throw new KVCorruptionError(`log entry ${index}: op code ${command.op} cannot be applied`);
   }
 }
 

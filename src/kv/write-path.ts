@@ -112,7 +112,7 @@ export async function proposeWrite(r: WriteReplica, command: WriteCommand): Prom
  * The result of a write the session table answers without a new entry: a retry of the session's
  * last command, or a stale or reused commandId; null when the write must be proposed.
  */
-function answerFromSession(machine: KVStateMachine, command: WriteCommand): ResultCode | null {
+export function answerFromSession(machine: KVStateMachine, command: WriteCommand): ResultCode | null {
   if (command.clientId === 0n) return null;
   const session = machine.session(command.clientId);
   // Gone or never registered: the apply decides (a registration may be on its way to this state).
@@ -125,7 +125,7 @@ function answerFromSession(machine: KVStateMachine, command: WriteCommand): Resu
 }
 
 /** A write's reply for its apply result, or the typed refusal the result stands for. */
-function replyForResult(result: ResultCode, args: CommandArgs): CommandReply {
+export function replyForResult(result: ResultCode, args: CommandArgs): CommandReply {
   const key = JSON.stringify(args.key.slice(0, 64));
   switch (result) {
     case RESULT_OK:

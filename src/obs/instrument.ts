@@ -34,10 +34,24 @@ export function instrumentKV<B extends KVServiceBackend>(backend: B, metrics: No
       histogramOf(op).observe((performance.now() - started) / 1000);
     }
   };
+  // A batch is timed once; each of its commands is counted and observed with the batch's time.
+  const batch: KVServiceBackend["batch"] = async (commands) => {
+    const started = performance.now();
+    const answers = await backend.batch!(commands);
+    const seconds = (performance.now() - started) / 1000;
+    for (let i = 0; i < answers.length; i++) {
+      const answer = answers[i]!;
+      const op = String(commands[i]!.op);
+      metrics.kvRequests.inc(op, answer instanceof Error ? errorLabel(answer) : answer.err);
+      histogramOf(op).observe(seconds);
+    }
+    return answers;
+  };
   // Every other member is the backend's own, called on the backend itself.
   return new Proxy(backend, {
     get(target, property) {
       if (property === "command") return command;
+      if (property === "batch" && backend.batch !== undefined) return batch;
       const value = Reflect.get(target, property, target);
       return typeof value === "function" ? value.bind(target) : value;
     },

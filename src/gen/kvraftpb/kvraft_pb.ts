@@ -186,6 +186,8 @@ export const RegisterSessionResponseSchema: GenMessage<RegisterSessionResponse> 
  * Each command is handled exactly as if it came alone in a Command call (kvraft's Clerk gives each
  * its own session, so each is exactly-once through its own client_id and command_id); commands
  * of one batch run concurrently, in no promised order among themselves. At most 4096 commands.
+ * The writes are logged together as a few batch entries: writes in one entry share its revision
+ * (as a Txn's operations do), and a key appears at most once per entry.
  *
  * @generated from message kvraftpb.BatchRequest
  */
