@@ -3,7 +3,7 @@
 // is applied once. Concurrent operations each take a session of their own and are coalesced into
 // Batch RPCs (clerk-batch.ts). No node-only imports: the caller supplies the Connect transport.
 
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { KVService, Op, type CommandResponse, type ResponseHeader, type TxnResponse } from "../gen/kvraftpb/kvraft_pb.ts";
 import {
   casAnswer,
@@ -21,7 +21,7 @@ import {
   type RangeOptions,
 } from "./clerk-txn.ts";
 import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
-import { CommandBatcher } from "./clerk-batch.ts";
+import { ClerkNodes } from "./clerk-nodes.ts";
 import { runBulk, runEach, type BulkHost } from "./clerk-bulk.ts";
 import type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
 import {
@@ -63,9 +63,7 @@ function utf8Length(text: string): number {
   return bytes;
 }
 
-export function toBaseUrl(address: string): string {
-  return /^https?:\/\//.test(address) ? address.replace(/\/+$/, "") : `http://${address}`;
-}
+export { toBaseUrl } from "./clerk-nodes.ts";
 
 /** One server session: its id (0n until registered) and the next commandId it will use. */
 interface Session {
@@ -74,22 +72,8 @@ interface Session {
 }
 
 export class Clerk {
-  /**
-   * Node ids known, ascending, and by id (arrays indexed by node id) each one's address, client
-   * and coalescer. Seeded from `addrs` by position; replaced by the members' ids and addresses
-   * from a node's GetStatus once a leader hint names an unknown id or a round of nodes all failed.
-   */
-  private ids: number[];
-  private readonly addrs: string[] = [];
-  private readonly clients: Client<typeof KVService>[] = [];
-  /** One coalescer per node, or null when batching is off. */
-  private readonly batchers: CommandBatcher[] | null;
-  private readonly transport: ClerkOptions["transport"];
-  private readonly batchOptions: Exclude<ClerkOptions["batch"], false | undefined>;
-  /** The scheme given addresses used ("https://" when all did): learned host:port addresses take it. */
-  private readonly scheme: string;
-  /** When members were last learned (ms), so failing rounds do not ask on every round. */
-  private learnedAt = 0;
+  /** The nodes by id (clerk-nodes.ts): seeded from `addrs`, then the configuration's members. */
+  private readonly nodes: ClerkNodes;
   /** Writes per Batch RPC of putMany / appendMany. */
   private readonly bulkBatchCommands: number;
   /** Sessions no operation uses now; registered ones on top, to be reused first. */
@@ -113,16 +97,12 @@ export class Clerk {
 
   constructor(options: ClerkOptions) {
     if (options.addrs.length === 0) throw new ClerkError(Code.InvalidArgument, "Clerk needs at least one node address");
-    this.transport = options.transport;
-    this.scheme = options.addrs.every((a) => a.startsWith("https://")) ? "https://" : "http://";
     this.registered = options.clientId === undefined;
     // An unregistered id (eRaft's way) is one session: its operations must run one at a time.
     this.maxConcurrency = this.registered ? Math.max(1, Math.floor(options.maxConcurrency ?? 256)) : 1;
     const batch = options.batch ?? {};
-    this.batchOptions = batch === false ? {} : batch;
-    this.batchers = batch === false || this.maxConcurrency === 1 ? null : [];
+    this.nodes = new ClerkNodes(options.addrs, options.transport, batch === false || this.maxConcurrency === 1 ? null : batch);
     this.bulkBatchCommands = batch === false ? 1 : Math.max(1, Math.min(4096, batch.maxCommands ?? 1024));
-    this.ids = options.addrs.map((address, id) => (this.addNode(id, address), id));
     this.last = { id: options.clientId ?? 0n, nextCommandId: 1n };
     this.idle.push(this.last);
     this.sessions = 1;
@@ -180,7 +160,7 @@ export class Clerk {
   private async writeMany(op: Op.PUT | Op.APPEND, pairs: Iterable<readonly [string, string]>, options: BulkOptions = {}): Promise<number> {
     const concurrency = Math.max(1, Math.min(Math.floor(options.concurrency ?? this.maxConcurrency), this.maxConcurrency));
     const source = pairs[Symbol.iterator]();
-    if (this.registered && this.batchers !== null) {
+    if (this.registered && this.nodes.batchers !== null) {
       // The lean path: pairs straight into Batch RPCs (clerk-bulk.ts).
       const { written, failure } = await runBulk(this.bulkHost(), { op, concurrency, batchCommands: this.bulkBatchCommands, maxRpcs: 4, onWritten: options.onWritten }, source);
       if (failure !== null) throw new BulkWriteError(written, failure);
@@ -196,10 +176,10 @@ export class Clerk {
   private bulkHost(): BulkHost {
     const clerk = this;
     // The nodes known now, numbered densely (they are the node ids unless members were learned).
-    const ids = this.ids;
+    const ids = this.nodes.ids;
     return {
-      clients: ids.map((id) => this.clients[id]!),
-      addrs: ids.map((id) => this.addrs[id]!),
+      clients: ids.map((id) => this.nodes.clients[id]!),
+      addrs: ids.map((id) => this.nodes.addrs[id]!),
       get leader() {
         return Math.max(0, ids.indexOf(clerk.leader));
       },
@@ -264,9 +244,9 @@ export class Clerk {
    */
   watch(key: string, options?: WatchOptions): AsyncGenerator<WatchBatch> {
     // Its own node index: a watch moving between nodes does not move the writes' leader.
-    const ids = this.ids;
+    const ids = this.nodes.ids;
     return clerkWatch(
-      { clients: ids.map((id) => this.clients[id]!), addrs: ids.map((id) => this.addrs[id]!), leader: Math.max(0, ids.indexOf(this.leader)), ...this.options },
+      { clients: ids.map((id) => this.nodes.clients[id]!), addrs: ids.map((id) => this.nodes.addrs[id]!), leader: Math.max(0, ids.indexOf(this.leader)), ...this.options },
       key,
       options,
     );
@@ -320,9 +300,9 @@ export class Clerk {
   /** Every node's status, asked concurrently; unreachable nodes are "Offline". Never throws. */
   async getStatus(): Promise<NodeStatus[]> {
     return Promise.all(
-      this.ids.map(async (id): Promise<NodeStatus> => {
-        const client = this.clients[id]!;
-        const address = this.addrs[id]!;
+      this.nodes.ids.map(async (id): Promise<NodeStatus> => {
+        const client = this.nodes.clients[id]!;
+        const address = this.nodes.addrs[id]!;
         try {
           const s = await client.getStatus({}, { timeoutMs: this.options.statusTimeoutMs });
           return {
@@ -401,7 +381,7 @@ export class Clerk {
     try {
       return await this.retrying(() => describe(op, key), deadline, write, (client, timeoutMs, node) => {
         sent++;
-        const answer = this.batchers === null ? client.command(request, { timeoutMs }) : this.batchers[node]!.command(request, timeoutMs);
+        const answer = this.nodes.batchers === null ? client.command(request, { timeoutMs }) : this.nodes.batchers[node]!.command(request, timeoutMs);
         return answer.then((response) => commandAttempt(response, node));
       }, request.registered);
     } catch (error) {
@@ -471,36 +451,36 @@ export class Clerk {
     for (let attempt = 1; attempt <= this.options.maxAttempts; attempt++) {
       const remaining = deadline - Date.now();
       if (remaining <= 0) break;
-      if (this.clients[this.leader] === undefined) this.leader = this.ids[0]!;
+      if (!this.nodes.has(this.leader)) this.leader = this.nodes.ids[0]!;
       const node = this.leader;
       let outcome: Attempt<T>;
       try {
-        outcome = await rpc(this.clients[node]!, remaining < this.options.callTimeoutMs ? Math.max(1, remaining) : this.options.callTimeoutMs, node);
+        outcome = await rpc(this.nodes.clients[node]!, remaining < this.options.callTimeoutMs ? Math.max(1, remaining) : this.options.callTimeoutMs, node);
       } catch (error) {
         if (error instanceof ClerkError) throw error;
         const connectError = ConnectError.from(error);
         // Without a registered session failed_precondition is a plain refusal (e.g. "this port
         // speaks TLS only"): registering again would only loop until the deadline.
         if (sessionBound && SESSION_GONE.has(connectError.code)) throw new SessionGone(connectError.rawMessage);
-        const problem = `node ${node} (${this.addrs[node]}): ${connectError.message}`;
+        const problem = `node ${node} (${this.nodes.addrs[node]}): ${connectError.message}`;
         // Backpressure (too many commands in flight, a full session table): ask the same node again.
         if (BACK_OFF_ON_SAME_NODE.has(connectError.code)) outcome = { retry: "stay", problem };
         else if (RETRYABLE.has(connectError.code)) outcome = { retry: "next", problem };
-        else throw new ClerkError(connectError.code, `node ${node} (${this.addrs[node]}) refused: ${connectError.rawMessage}`);
+        else throw new ClerkError(connectError.code, `node ${node} (${this.nodes.addrs[node]}) refused: ${connectError.rawMessage}`);
       }
       if ("done" in outcome) return outcome.done;
       lastProblem = outcome.problem;
       // Follow a leader hint at once (a stale hint, to a dead node, costs one RPC of the round);
       // without one, try the next node.
       const stay = "retry" in outcome && outcome.retry === "stay";
-      if (!stay && "wrongLeader" in outcome && this.unknown(outcome.wrongLeader)) await this.learnMembers([node]);
-      if (!stay && !("wrongLeader" in outcome && this.follow(outcome.wrongLeader, node))) this.leader = this.after(node);
+      if (!stay && "wrongLeader" in outcome && this.nodes.unknown(outcome.wrongLeader)) await this.nodes.learn([node], this.options.statusTimeoutMs);
+      if (!stay && !("wrongLeader" in outcome && this.follow(outcome.wrongLeader, node))) this.leader = this.nodes.after(node);
       // Back off once per round of n failures, not after each: one dead node costs one RPC, while
       // stale hints and a leaderless cluster cannot spin through the attempts.
-      if (stay || ++failedInRound >= this.ids.length) {
+      if (stay || ++failedInRound >= this.nodes.ids.length) {
         failedInRound = 0;
         // A whole round failed: the members may have moved (new ids, new ports); ask who they are.
-        if (!stay && Date.now() - this.learnedAt >= this.options.backoffMs * 8) await this.learnMembers(this.ids);
+        if (!stay && Date.now() - this.nodes.learnedAt >= this.options.backoffMs * 8) await this.nodes.learn(this.nodes.ids, this.options.statusTimeoutMs);
         const pause = Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now()));
         await new Promise((resolve) => setTimeout(resolve, pause));
         backoff = Math.min(backoff * 2, this.options.maxBackoffMs);
@@ -517,58 +497,8 @@ export class Clerk {
   /** Where the leader hint of a refusal points, if anywhere new: moves `leader` there. */
   private follow(hint: bigint | undefined, node: number): boolean {
     const target = hint === undefined ? -1 : Number(hint);
-    if (target < 0 || this.clients[target] === undefined || target === node) return false;
+    if (target < 0 || !this.nodes.has(target) || target === node) return false;
     this.leader = target;
     return true;
-  }
-
-  /** A hint naming a node this Clerk has no address for. */
-  private unknown(hint: bigint | undefined): boolean {
-    return hint !== undefined && hint >= 0n && hint <= 0xffff_ffffn && this.clients[Number(hint)] === undefined;
-  }
-
-  /** The known node after `node` in id order (wrapping). */
-  private after(node: number): number {
-    const ids = this.ids;
-    for (const id of ids) if (id > node) return id;
-    return ids[0]!;
-  }
-
-  private addNode(id: number, address: string): void {
-    const client = createClient(KVService, this.transport(toBaseUrl(address)));
-    this.addrs[id] = address;
-    this.clients[id] = client;
-    if (this.batchers !== null) this.batchers[id] = new CommandBatcher(client, this.batchOptions);
-  }
-
-  /**
-   * Asks `from` (in turn) for the configuration and takes its members' ids and addresses as the
-   * nodes to talk to: a node on a new port is found, one removed is no longer asked, and an
-   * address given by position under a wrong id is put under its real one. Never throws.
-   */
-  private async learnMembers(from: readonly number[]): Promise<void> {
-    this.learnedAt = Date.now();
-    for (const id of from) {
-      const client = this.clients[id];
-      if (client === undefined) continue;
-      let members: { id: bigint; address: string }[];
-      try {
-        members = (await client.getStatus({}, { timeoutMs: this.options.statusTimeoutMs })).memberDetails;
-      } catch {
-        continue;
-      }
-      const known = members.filter((m) => m.address !== "" && m.id >= 0n && m.id <= 0xffff_ffffn);
-      if (known.length === 0) continue;
-      const next = new Map(known.map((m) => [Number(m.id), /^https?:\/\//.test(m.address) || this.scheme === "http://" ? m.address : this.scheme + m.address]));
-      for (const old of this.ids) {
-        if (next.get(old) === this.addrs[old]) continue;
-        delete this.addrs[old];
-        delete this.clients[old];
-        if (this.batchers !== null) delete this.batchers[old];
-      }
-      for (const [member, address] of next) if (this.clients[member] === undefined) this.addNode(member, address);
-      this.ids = [...next.keys()].sort((a, b) => a - b);
-      return;
-    }
   }
 }
