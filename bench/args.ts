@@ -31,6 +31,8 @@ export interface BenchOptions {
   workloads: ("put" | "get" | "mix" | "bulk" | "overload")[] | null;
   /** catchup: write a CPU profile of every process started in the last run into this directory. */
   cpuProf: string | null;
+  /** catchup: the kvservers' --snapshot-format (null: their default, files). */
+  snapshotFormat: "files" | "pairs" | null;
   help: boolean;
 }
 
@@ -78,6 +80,8 @@ options
   --big              lsm: add a 10,000,000-key fillrandom of our engine with peak RSS
   --big-keys N       the same with N keys
   --cpu-prof DIR     catchup: bun --cpu-prof of every kvserver (the follower: its last run), into DIR
+  --snapshot-format files|pairs
+                     catchup: what the leader sends (kvserver --snapshot-format; default files)
   --json FILE        write every result, the machine and the versions to FILE
   --results-dir DIR  where SVG charts go (default bench/results)
   -h, --help         this text
@@ -109,6 +113,7 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
     clients: null,
     workloads: null,
     cpuProf: null,
+    snapshotFormat: null,
     help: false,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -154,6 +159,12 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
         const file = value();
         if (!file || file.startsWith("-")) throw new UsageError("--json needs a file name, e.g. --json bench/results/run.json");
         o.json = file;
+        break;
+      }
+      case "--snapshot-format": {
+        const format = value();
+        if (format !== "files" && format !== "pairs") throw new UsageError("--snapshot-format is files or pairs");
+        o.snapshotFormat = format;
         break;
       }
       case "--cpu-prof": {

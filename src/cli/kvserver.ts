@@ -38,6 +38,9 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        lane and the HTTP/2 peer frame lane; for measuring what they gain)
   --snapshot-threshold compact the Raft log once this many entries are applied past the last
                        snapshot (default: the KV server's own)
+  --snapshot-format    what this node sends a follower that needs a snapshot: files (its LSM table
+                       files, the default) or pairs (every key and value: the stream older builds
+                       read, for a cluster part-way through an upgrade); both are installed
   --session-ttl MS     a client session idle this long (by the leaders' clocks) expires
                        (default 3600000, one hour); give every node the same value
   --max-sessions N     registered client sessions at most; registrations beyond are refused
@@ -76,6 +79,7 @@ interface Config {
   db: string;
   corsOrigins: string[];
   snapshotThreshold?: number;
+  snapshotFormat?: "files" | "pairs";
   minFreeDiskBytes: number;
   maxWatches?: number;
   fastLane: boolean;
@@ -100,6 +104,7 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      "snapshot-format": undefined,
       "min-free-disk-mb": "128",
       join: undefined,
       addr: undefined,
@@ -142,6 +147,10 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
+  const snapshotFormat = flags.values["snapshot-format"];
+  if (snapshotFormat !== undefined && snapshotFormat !== "files" && snapshotFormat !== "pairs") {
+    throw new UsageError(`--snapshot-format "${snapshotFormat}" is not one of files, pairs`);
+  }
   const minFreeMb = Number(flags.values["min-free-disk-mb"]);
   if (!/^\d+(\.\d+)?$/.test(flags.values["min-free-disk-mb"]!) || !Number.isFinite(minFreeMb)) {
     throw new UsageError(`--min-free-disk-mb must be a number of MiB (0 or more)`);
@@ -176,6 +185,7 @@ function parseConfig(argv: string[]): Config | "help" {
     db: flags.values.db!,
     corsOrigins,
     snapshotThreshold,
+    ...(snapshotFormat === undefined ? {} : { snapshotFormat }),
     minFreeDiskBytes: Math.round(minFreeMb * 1024 * 1024),
     maxWatches,
     fastLane: !flags.switches.has("no-fast-lane"),
@@ -256,7 +266,7 @@ async function main(argv: string[]): Promise<number> {
             observer: args.observer,
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
           },
-          state: config.sessions,
+          state: { ...config.sessions, ...(config.snapshotFormat === undefined ? {} : { snapshotFormat: config.snapshotFormat }) },
           ...(config.maxPendingCommands === undefined ? {} : { limits: { maxPendingCommands: config.maxPendingCommands } }),
           ...(config.maxWatches === undefined ? {} : { watchLimits: { maxWatches: config.maxWatches } }),
           diskWatch: { minFreeBytes: config.minFreeDiskBytes },

@@ -99,6 +99,12 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     peers: new Map(initialPeers.map(([i, a]) => [i, url(a)])),
     security: { ...security.peer, clusterId },
   });
+  // The status page served by any member calls every member: their origins are allowed too. Both
+  // follow the configuration: a member added on a new port appears, and may call the others.
+  const scheme = security.tls !== undefined ? "https" : "http";
+  const corsAllowed = new Set([...(options.corsOrigins ?? []), ...addrs.map((a) => `${scheme}://${a}`)]);
+  let members = initialPeers.map(([i, a]) => ({ id: i, url: `${scheme}://${a}` })).sort((a, b) => a.id - b.id);
+  for (const m of members) corsAllowed.add(m.url);
   // After bootstrap the configuration in the log names the peers: follow it (members without an
   // address keep the one the transport has).
   let wasMember = false;
@@ -118,25 +124,25 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
     }
     if (!peers.has(id)) peers.set(id, url(join?.address ?? addrs[id]!));
     transport.setPeers(peers);
+    members = [...peers.keys()].sort((a, b) => a - b).map((member) => ({ id: member, url: peers.get(member)!.replace(/^[a-z]+:/, `${scheme}:`) }));
+    for (const m of members) corsAllowed.add(m.url);
   };
   let kv: KVNode | undefined;
   let served: KVNode | undefined;
   const state = () => kv?.diagnostics?.();
   const metrics = new NodeMetrics(id, state);
-  // The status page served by any member calls every member: their origins are allowed too.
-  const memberUrls = addrs.map((a) => `${security.tls !== undefined ? "https" : "http"}://${a}`);
   const { host, port } = splitHostPort(join?.address ?? addrs[id]!);
   let server: RpcServer;
   try {
     server = await RpcServer.start({
       host,
       port,
-      corsOrigins: [...(options.corsOrigins ?? []), ...memberUrls],
+      corsOrigins: corsAllowed,
       fastLane: options.fastLane,
       ...(options.connections !== undefined ? { connections: options.connections } : {}),
       ...(security.tls !== undefined ? { tls: security.tls } : {}),
       ...(security.gate !== undefined ? { gate: security.gate } : {}),
-      httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: memberUrls })] }),
+      httpRoutes: obsRoutes({ metrics, state, extra: [statusPageRoute({ self: id, members: () => members })] }),
       admission: { ...options.admission, covers: admittedKVMethod, grpcAnswers: eRaftOverloadAnswers() },
       pulse: () => kv?.raft?.pulse(),
       routes: (router) => {

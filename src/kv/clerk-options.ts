@@ -3,7 +3,12 @@ import type { Transport } from "@connectrpc/connect";
 import type { BatchOptions } from "./clerk-batch.ts";
 
 export interface ClerkOptions {
-  /** Every node's address, in node-id order: "localhost:5001" or "http://host:port". */
+  /**
+   * Nodes' addresses, taken to be nodes 0, 1, … in order: "localhost:5001" or "http://host:port".
+   * Only a start: the Clerk learns the members' real ids and addresses from the configuration
+   * (GetStatus) when a leader hint names a node it does not know or every node it knows failed,
+   * so one live address of a cluster whose members moved is enough.
+   */
   addrs: readonly string[];
   /** Makes a Connect transport for one base URL (createConnectTransport from connect-node or -web). */
   transport: (baseUrl: string) => Transport;

@@ -3,7 +3,7 @@
 // is applied once. Concurrent operations each take a session of their own and are coalesced into
 // Batch RPCs (clerk-batch.ts). No node-only imports: the caller supplies the Connect transport.
 
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { KVService, Op, type CommandResponse, type ResponseHeader, type TxnResponse } from "../gen/kvraftpb/kvraft_pb.ts";
 import {
   casAnswer,
@@ -21,7 +21,7 @@ import {
   type RangeOptions,
 } from "./clerk-txn.ts";
 import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
-import { CommandBatcher } from "./clerk-batch.ts";
+import { ClerkNodes } from "./clerk-nodes.ts";
 import { runBulk, runEach, type BulkHost } from "./clerk-bulk.ts";
 import type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
 import {
@@ -64,9 +64,7 @@ function utf8Length(text: string): number {
   return bytes;
 }
 
-export function toBaseUrl(address: string): string {
-  return /^https?:\/\//.test(address) ? address.replace(/\/+$/, "") : `http://${address}`;
-}
+export { toBaseUrl } from "./clerk-nodes.ts";
 
 /** One server session: its id (0n until registered) and the next commandId it will use. */
 interface Session {
@@ -75,10 +73,8 @@ interface Session {
 }
 
 export class Clerk {
-  private readonly addrs: string[];
-  private readonly clients: Client<typeof KVService>[];
-  /** One coalescer per node, or null when batching is off. */
-  private readonly batchers: CommandBatcher[] | null;
+  /** The nodes by id (clerk-nodes.ts): seeded from `addrs`, then the configuration's members. */
+  private readonly nodes: ClerkNodes;
   /** Writes per Batch RPC of putMany / appendMany. */
   private readonly bulkBatchCommands: number;
   /** Sessions no operation uses now; registered ones on top, to be reused first. */
@@ -102,13 +98,11 @@ export class Clerk {
 
   constructor(options: ClerkOptions) {
     if (options.addrs.length === 0) throw new ClerkError(Code.InvalidArgument, "Clerk needs at least one node address");
-    this.addrs = [...options.addrs];
-    this.clients = this.addrs.map((address) => createClient(KVService, options.transport(toBaseUrl(address))));
     this.registered = options.clientId === undefined;
     // An unregistered id (eRaft's way) is one session: its operations must run one at a time.
     this.maxConcurrency = this.registered ? Math.max(1, Math.floor(options.maxConcurrency ?? 256)) : 1;
     const batch = options.batch ?? {};
-    this.batchers = batch === false || this.maxConcurrency === 1 ? null : this.clients.map((client) => new CommandBatcher(client, batch));
+    this.nodes = new ClerkNodes(options.addrs, options.transport, batch === false || this.maxConcurrency === 1 ? null : batch);
     this.bulkBatchCommands = batch === false ? 1 : Math.max(1, Math.min(4096, batch.maxCommands ?? 1024));
     this.last = { id: options.clientId ?? 0n, nextCommandId: 1n };
     this.idle.push(this.last);
@@ -167,7 +161,7 @@ export class Clerk {
   private async writeMany(op: Op.PUT | Op.APPEND, pairs: Iterable<readonly [string, string]>, options: BulkOptions = {}): Promise<number> {
     const concurrency = Math.max(1, Math.min(Math.floor(options.concurrency ?? this.maxConcurrency), this.maxConcurrency));
     const source = pairs[Symbol.iterator]();
-    if (this.registered && this.batchers !== null) {
+    if (this.registered && this.nodes.batchers !== null) {
       // The lean path: pairs straight into Batch RPCs (clerk-bulk.ts).
       const { written, failure } = await runBulk(this.bulkHost(), { op, concurrency, batchCommands: this.bulkBatchCommands, maxRpcs: 4, onWritten: options.onWritten }, source);
       if (failure !== null) throw new BulkWriteError(written, failure);
@@ -182,14 +176,16 @@ export class Clerk {
   /** This Clerk as the bulk writer sees it: its nodes, its leader guess, its session pool. */
   private bulkHost(): BulkHost {
     const clerk = this;
+    // The nodes known now, numbered densely (they are the node ids unless members were learned).
+    const ids = this.nodes.ids;
     return {
-      clients: this.clients,
-      addrs: this.addrs,
+      clients: ids.map((id) => this.nodes.clients[id]!),
+      addrs: ids.map((id) => this.nodes.addrs[id]!),
       get leader() {
-        return clerk.leader;
+        return Math.max(0, ids.indexOf(clerk.leader));
       },
-      set leader(node: number) {
-        clerk.leader = node;
+      set leader(slot: number) {
+        clerk.leader = ids[slot] ?? ids[0]!;
       },
       acquire: async (deadline) => {
         const session = this.idle.pop() ?? (await this.newOrWaitingSession());
@@ -249,7 +245,12 @@ export class Clerk {
    */
   watch(key: string, options?: WatchOptions): AsyncGenerator<WatchBatch> {
     // Its own node index: a watch moving between nodes does not move the writes' leader.
-    return clerkWatch({ clients: this.clients, addrs: this.addrs, leader: this.leader, ...this.options }, key, options);
+    const ids = this.nodes.ids;
+    return clerkWatch(
+      { clients: ids.map((id) => this.nodes.clients[id]!), addrs: ids.map((id) => this.nodes.addrs[id]!), leader: Math.max(0, ids.indexOf(this.leader)), ...this.options },
+      key,
+      options,
+    );
   }
 
   /** A write carried by a session like Command's writes: once, on a session no other operation uses now. */
@@ -300,8 +301,9 @@ export class Clerk {
   /** Every node's status, asked concurrently; unreachable nodes are "Offline". Never throws. */
   async getStatus(): Promise<NodeStatus[]> {
     return Promise.all(
-      this.clients.map(async (client, id): Promise<NodeStatus> => {
-        const address = this.addrs[id]!;
+      this.nodes.ids.map(async (id): Promise<NodeStatus> => {
+        const client = this.nodes.clients[id]!;
+        const address = this.nodes.addrs[id]!;
         try {
           const s = await client.getStatus({}, { timeoutMs: this.options.statusTimeoutMs });
           return {
@@ -380,7 +382,7 @@ export class Clerk {
     try {
       return await this.retrying(() => describe(op, key), deadline, write, (client, timeoutMs, node) => {
         sent++;
-        const answer = this.batchers === null ? client.command(request, { timeoutMs }) : this.batchers[node]!.command(request, timeoutMs);
+        const answer = this.nodes.batchers === null ? client.command(request, { timeoutMs }) : this.nodes.batchers[node]!.command(request, timeoutMs);
         return answer.then((response) => commandAttempt(response, node));
       }, request.registered);
     } catch (error) {
@@ -443,7 +445,6 @@ export class Clerk {
     sessionBound = false,
   ): Promise<T> {
     const started = Date.now();
-    const n = this.clients.length;
     let backoff = this.options.backoffMs;
     /** Unsuccessful RPCs since the last pause: after a full round of them, back off. */
     let failedInRound = 0;
@@ -451,32 +452,36 @@ export class Clerk {
     for (let attempt = 1; attempt <= this.options.maxAttempts; attempt++) {
       const remaining = deadline - Date.now();
       if (remaining <= 0) break;
+      if (!this.nodes.has(this.leader)) this.leader = this.nodes.ids[0]!;
       const node = this.leader;
       let outcome: Attempt<T>;
       try {
-        outcome = await rpc(this.clients[node]!, remaining < this.options.callTimeoutMs ? Math.max(1, remaining) : this.options.callTimeoutMs, node);
+        outcome = await rpc(this.nodes.clients[node]!, remaining < this.options.callTimeoutMs ? Math.max(1, remaining) : this.options.callTimeoutMs, node);
       } catch (error) {
         if (error instanceof ClerkError) throw error;
         const connectError = ConnectError.from(error);
         // Without a registered session failed_precondition is a plain refusal (e.g. "this port
         // speaks TLS only"): registering again would only loop until the deadline.
         if (sessionBound && SESSION_GONE.has(connectError.code)) throw new SessionGone(connectError.rawMessage);
-        const problem = `node ${node} (${this.addrs[node]}): ${connectError.message}`;
+        const problem = `node ${node} (${this.nodes.addrs[node]}): ${connectError.message}`;
         // Backpressure (too many commands in flight, a full session table): ask the same node again.
         if (BACK_OFF_ON_SAME_NODE.has(connectError.code)) outcome = { retry: "stay", problem, retryAfterMs: retryHint(connectError) };
         else if (RETRYABLE.has(connectError.code)) outcome = { retry: "next", problem };
-        else throw new ClerkError(connectError.code, `node ${node} (${this.addrs[node]}) refused: ${connectError.rawMessage}`);
+        else throw new ClerkError(connectError.code, `node ${node} (${this.nodes.addrs[node]}) refused: ${connectError.rawMessage}`);
       }
       if ("done" in outcome) return outcome.done;
       lastProblem = outcome.problem;
       // Follow a leader hint at once (a stale hint, to a dead node, costs one RPC of the round);
       // without one, try the next node.
       const stay = "retry" in outcome && outcome.retry === "stay";
-      if (!stay && !("wrongLeader" in outcome && this.follow(outcome.wrongLeader, node))) this.leader = (node + 1) % n;
+      if (!stay && "wrongLeader" in outcome && this.nodes.unknown(outcome.wrongLeader)) await this.nodes.learn([node], this.options.statusTimeoutMs);
+      if (!stay && !("wrongLeader" in outcome && this.follow(outcome.wrongLeader, node))) this.leader = this.nodes.after(node);
       // Back off once per round of n failures, not after each: one dead node costs one RPC, while
       // stale hints and a leaderless cluster cannot spin through the attempts.
-      if (stay || ++failedInRound >= n) {
+      if (stay || ++failedInRound >= this.nodes.ids.length) {
         failedInRound = 0;
+        // A whole round failed: the members may have moved (new ids, new ports); ask who they are.
+        if (!stay && Date.now() - this.nodes.learnedAt >= this.options.backoffMs * 8) await this.nodes.learn(this.nodes.ids, this.options.statusTimeoutMs);
         // An overloaded node's hint first (jittered upward, so refused callers do not return in
         // step); without one, the Clerk's own exponential backoff.
         const hint = "retryAfterMs" in outcome ? outcome.retryAfterMs : undefined;
@@ -497,7 +502,7 @@ export class Clerk {
   /** Where the leader hint of a refusal points, if anywhere new: moves `leader` there. */
   private follow(hint: bigint | undefined, node: number): boolean {
     const target = hint === undefined ? -1 : Number(hint);
-    if (target < 0 || target >= this.clients.length || target === node) return false;
+    if (target < 0 || !this.nodes.has(target) || target === node) return false;
     this.leader = target;
     return true;
   }

@@ -53,6 +53,8 @@ export interface KVStateOptions {
   /** Unregistered (eRaft-style) sessions at most (least recently used dropped beyond). Default 100,000. */
   maxUnregisteredSessions?: number;
   syncEveryEntries?: number;
+  /** What snapshots this node sends: "files" (its LSM table files, the default) or "pairs" (readable by older builds). */
+  snapshotFormat?: KVStateMachineOptions["snapshotFormat"];
 }
 
 export interface KVServerOptions {

@@ -1,7 +1,8 @@
 // Moving a snapshot between an LSM and a chunk stream: reading one out of a consistent LSM snapshot
-// (released exactly once), and loading one into a fresh LSM as sorted runs (BulkLoader).
-import type { BulkLoader } from "../lsm/bulk-load.ts";
-import type { BatchOp, DB, DBIteratorOptions, LsmIterator } from "../lsm/index.ts";
+// or checkpoint (released exactly once), and installing one into a fresh LSM: version 4 as shipped
+// table files (TableImporter), version 3 as sorted runs of pairs (BulkLoader).
+import { BulkLoader } from "../lsm/bulk-load.ts";
+import { TableImporter, type BatchOp, type DB, type DBIteratorOptions, type DBOptions, type LsmIterator } from "../lsm/index.ts";
 import { encodeMembership, membershipOfMeta, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { KVCorruptionError } from "./errors.ts";
 import {
@@ -21,14 +22,27 @@ import {
 } from "./keys.ts";
 import { RESPONSE_END, RESPONSE_PREFIX } from "./session-responses.ts";
 import { decodeSession, encodeSession, type Session } from "./sessions.ts";
-import { SNAPSHOT_FORMAT_VERSION, decodeSnapshot, encodeSnapshot, type EntryPump } from "./snapshot-stream.ts";
+import { EVENT_END, EVENT_PREFIX } from "./history.ts";
+import { encodeFileSnapshot } from "./snapshot-files.ts";
+import { SNAPSHOT_FILES_VERSION, SNAPSHOT_PAIRS_VERSION, decodeSnapshot, encodeSnapshot, type EntryPump, type SnapshotRecord } from "./snapshot-stream.ts";
+
+/** What a leader sends: the LSM's table files (version 4, the default) or every pair (version 3, for receivers of older builds). */
+export type SnapshotFormat = "files" | "pairs";
 
 /** Entries per call into the LSM iterator while streaming pairs (it stops earlier at each full frame). */
 const PUMP_ENTRIES = 4096;
 
 /** The state of `db` as one snapshot stream; everything, the applied index included, from one LSM snapshot. */
-export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: number): { meta: SnapshotMeta; chunks: AsyncIterable<Uint8Array> } {
-  const snap = db.snapshot();
+export function readSnapshot(
+  db: DB,
+  fallbackMembers: NodeId[],
+  chunkBytes: number,
+  format: SnapshotFormat = "files",
+): { meta: SnapshotMeta; chunks: AsyncIterable<Uint8Array> } {
+  // A checkpoint pins the files of this moment and takes the snapshot the metadata is read at.
+  const checkpoint = format === "files" ? db.checkpoint() : null;
+  const snap = checkpoint?.snapshot ?? db.snapshot();
+  const release = () => (checkpoint !== null ? checkpoint.release() : snap.release());
   let handedOver = false;
   try {
     const appliedRecord = db.getSync(APPLIED_KEY, { snapshot: snap });
@@ -36,7 +50,15 @@ export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: numb
     const membersRecord = db.getSync(MEMBERS_KEY, { snapshot: snap });
     const members = membersRecord ? decodeMembers(membersRecord) : [...fallbackMembers];
     const meta: SnapshotMeta = { index, term, members };
-    const header = { version: SNAPSHOT_FORMAT_VERSION, index, term, logTime, members };
+    if (checkpoint !== null) {
+      const header = { version: SNAPSHOT_FILES_VERSION, index, term, logTime, members };
+      handedOver = true;
+      // The watch history is node-local: tables holding nothing else stay home (the receiver's
+      // history starts after the snapshot; history records in the tables it gets lie below that).
+      const history = [[EVENT_PREFIX, EVENT_END]] as const;
+      return { meta, chunks: releasingStream(encodeFileSnapshot(header, checkpoint, chunkBytes, history), release) };
+    }
+    const header = { version: SNAPSHOT_PAIRS_VERSION, index, term, logTime, members };
     function* sessions(): Generator<Session> {
       for (const [key, value] of scan(db, { gte: SESSION_PREFIX, lt: SESSION_END, snapshot: snap })) {
         yield decodeSession(clientIdOfSessionKey(key), value);
@@ -55,28 +77,115 @@ export function readSnapshot(db: DB, fallbackMembers: NodeId[], chunkBytes: numb
     handedOver = true;
     return { meta, chunks: releasingStream(encodeSnapshot(header, sessions(), pairs, chunkBytes, records(), USER_START.length), () => {
         pairIterator?.close();
-        snap.release();
+        release();
       }) };
   } finally {
     // The stream owns the LSM snapshot from here; it releases it when finished or abandoned.
-    if (!handedOver) snap.release();
+    if (!handedOver) release();
   }
 }
 
 /**
- * Loads a snapshot stream into a bulk loader: the stream comes in key order within each kind of
+ * Installs a snapshot stream of either version into the empty directory `dir` and opens it. On
+ * any defect it throws, having closed what it opened (the caller removes `dir`). Returns the
+ * database and what the metadata needs (the key count only when the stream counted pairs).
+ */
+export async function installSnapshot(
+  dir: string,
+  lsm: DBOptions,
+  meta: SnapshotMeta,
+  chunks: AsyncIterable<Uint8Array>,
+  closing: () => boolean,
+): Promise<{ db: DB; logTime: number; keys: number | null }> {
+  const records = decodeSnapshot(chunks);
+  try {
+    const first = await records.next();
+    if (first.done || first.value.type !== "header") throw new KVCorruptionError("snapshot stream has no header");
+    const header = first.value.header;
+    if (header.index !== meta.index || header.term !== meta.term) {
+      throw new KVCorruptionError(
+        `snapshot stream is of index ${header.index} term ${header.term}, but the install asked for index ${meta.index} term ${meta.term}`,
+      );
+    }
+    if (header.version === SNAPSHOT_FILES_VERSION) {
+      const importer = await TableImporter.create(dir, lsm);
+      let db: DB;
+      try {
+        db = await importFiles(importer, records, closing);
+      } catch (error) {
+        await importer.abort();
+        throw error;
+      }
+      try {
+        // The shipped state must stand at the index the stream claims.
+        const applied = db.getSync(APPLIED_KEY);
+        const index = applied ? decodeApplied(applied).index : 0;
+        if (index !== meta.index) throw new KVCorruptionError(`snapshot files hold applied index ${index}, but the stream is of index ${meta.index}`);
+      } catch (error) {
+        await db.close().catch(() => {});
+        throw error;
+      }
+      return { db, logTime: header.logTime, keys: null };
+    }
+    const loader = await BulkLoader.create(dir, lsm);
+    try {
+      const { logTime, keys } = await loadFromSnapshot(loader, header.logTime, records, closing);
+      return { db: await loader.finish(), logTime, keys };
+    } catch (error) {
+      await loader.abort();
+      throw error;
+    }
+  } finally {
+    await records.return(undefined);
+  }
+}
+
+/** Writes a version-4 stream's files and entries through `importer`; returns the opened database. */
+async function importFiles(importer: TableImporter, records: AsyncIterable<SnapshotRecord>, closing: () => boolean): Promise<DB> {
+  let remaining = 0;
+  let lastSequence = -1;
+  for await (const record of records) {
+    if (closing()) throw new Error("snapshot install abandoned: the state machine is closing");
+    switch (record.type) {
+      case "file":
+        importer.beginFile(record.file);
+        remaining = record.file.size;
+        break;
+      case "fileData":
+        importer.writeFile(record.bytes);
+        remaining -= record.bytes.length;
+        if (remaining === 0) importer.endFile();
+        await importer.settle();
+        break;
+      case "entries":
+        for (const e of record.entries) importer.addEntry(e.key, e.seq, e.kind, e.value);
+        break;
+      case "filesTrailer":
+        // Read on to the end: the decoder refuses anything after the trailer.
+        lastSequence = record.lastSequence;
+        break;
+      default:
+        throw new KVCorruptionError(`snapshot stream of version ${SNAPSHOT_FILES_VERSION} holds a ${record.type} frame`);
+    }
+  }
+  if (lastSequence < 0) throw new KVCorruptionError("snapshot stream ended without a trailer");
+  return importer.finish(lastSequence);
+}
+
+/**
+ * Loads a version-3 stream (after its header) into a bulk loader: the stream comes in key order within each kind of
  * record (sessions, Txn answers, pairs), so each kind is one sorted run written straight into
  * tables. Throws on any defect (the caller aborts the load). Returns what the metadata needs.
  */
-export async function loadFromSnapshot(
+async function loadFromSnapshot(
   loader: BulkLoader,
-  meta: SnapshotMeta,
-  chunks: AsyncIterable<Uint8Array>,
+  headerLogTime: number,
+  records: AsyncIterable<SnapshotRecord>,
   closing: () => boolean,
 ): Promise<{ logTime: number; keys: number }> {
   let complete = false;
   let keys = 0;
-  let logTime = 0;
+  let logTime = headerLogTime;
   let run = "";
   const startRun = (kind: string) => {
     if (run !== kind) loader.endRun();
@@ -84,17 +193,9 @@ export async function loadFromSnapshot(
   };
   // One reusable buffer for user keys (the 0x01 prefix + the stream's key): the loader copies.
   let userKey = new Uint8Array(256);
-  for await (const record of decodeSnapshot(chunks)) {
+  for await (const record of records) {
     if (closing()) throw new Error("snapshot install abandoned: the state machine is closing");
     switch (record.type) {
-      case "header":
-        if (record.header.index !== meta.index || record.header.term !== meta.term) {
-          throw new KVCorruptionError(
-            `snapshot stream is of index ${record.header.index} term ${record.header.term}, but the install asked for index ${meta.index} term ${meta.term}`,
-          );
-        }
-        logTime = record.header.logTime;
-        break;
       case "sessions":
         startRun("sessions");
         for (const s of record.sessions) {
@@ -125,6 +226,8 @@ export async function loadFromSnapshot(
       case "trailer":
         complete = true;
         break;
+      default:
+        throw new KVCorruptionError(`snapshot stream of version ${SNAPSHOT_PAIRS_VERSION} holds a ${record.type} frame`);
     }
     await loader.settle();
   }
@@ -132,13 +235,13 @@ export async function loadFromSnapshot(
   return { logTime, keys };
 }
 
-/** The metadata records written over a loaded snapshot: applied index, configuration, key count. */
-export function snapshotMetadata(meta: SnapshotMeta, logTime: number, keys: number): BatchOp[] {
+/** The metadata records written over a loaded snapshot: applied index, configuration, key count (when counted). */
+export function snapshotMetadata(meta: SnapshotMeta, logTime: number, keys: number | null): BatchOp[] {
   const extras = (meta.learners?.length ?? 0) > 0 || Object.keys(meta.addresses ?? {}).length > 0;
   return [
     { type: "put", key: APPLIED_KEY, value: encodeApplied(meta.index, meta.term, logTime) },
     { type: "put", key: MEMBERS_KEY, value: encodeMembers(meta.members, extras ? encodeMembership(membershipOfMeta(meta)) : undefined) },
-    { type: "put", key: KEY_COUNT_KEY, value: encodeKeyCount(keys) },
+    ...(keys === null ? [] : [{ type: "put" as const, key: KEY_COUNT_KEY, value: encodeKeyCount(keys) }]),
   ];
 }
 

@@ -2,7 +2,6 @@
 // Applies committed entries as atomic LSM batches without fsync (the Raft log is the WAL),
 // streams snapshots from an LSM snapshot, and installs them into a fresh LSM switched atomically.
 import * as fs from "node:fs";
-import { BulkLoader } from "../lsm/bulk-load.ts";
 import { DB, type DBOptions, type DBStats } from "../lsm/index.ts";
 import { EntryType, decodeMembership, metaWith, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { ApplyBatch } from "./apply-batch.ts";
@@ -34,7 +33,7 @@ import {
   type Session,
   SessionTable,
 } from "./sessions.ts";
-import { countUserKeys, loadFromSnapshot, loadSessions, readSnapshot, snapshotMetadata } from "./snapshot-io.ts";
+import { countUserKeys, installSnapshot, loadSessions, readSnapshot, snapshotMetadata, type SnapshotFormat } from "./snapshot-io.ts";
 import { readPointer, removeStaleStates, stateDir, writePointer } from "./state-dir.ts";
 import { HISTORY_START_KEY, decodeHistoryStart, encodeHistoryStart, trimOps } from "./history.ts";
 import { LAYOUT_KEY, OldLayoutError, VALUE_LAYOUT, decodeLayout, encodeLayout, storedUserValue } from "./revisions.ts";
@@ -57,6 +56,11 @@ export interface KVStateMachineOptions {
   maxUnregisteredSessions?: number;
   /** Snapshot chunk size. Default 1 MiB. */
   snapshotChunkBytes?: number;
+  /**
+   * What snapshots this machine sends: "files" (version 4: its table files, the default) or
+   * "pairs" (version 3, which receivers of older builds read). Both are installed on receipt.
+   */
+  snapshotFormat?: SnapshotFormat;
   /** Applied entries not yet synced before a background `db.sync()` starts. Default 10,000. */
   syncEveryEntries?: number;
   /** Bytes of data changes per LSM batch; a larger apply is split at entry boundaries. Default 4 MiB. */
@@ -111,6 +115,7 @@ export class KVStateMachine {
       maxSessions: 100_000,
       maxUnregisteredSessions: 100_000,
       snapshotChunkBytes: 1 << 20,
+      snapshotFormat: "files",
       syncEveryEntries: 10_000,
       maxBatchBytes: 4 << 20,
       watchHistory: true,
@@ -237,7 +242,7 @@ export class KVStateMachine {
 
   async snapshot(): Promise<{ meta: SnapshotMeta; chunks: AsyncIterable<Uint8Array> }> {
     this.checkUsable();
-    return readSnapshot(this.db, this.members, this.options.snapshotChunkBytes);
+    return readSnapshot(this.db, this.members, this.options.snapshotChunkBytes, this.options.snapshotFormat);
   }
 
   restore(meta: SnapshotMeta, chunks: AsyncIterable<Uint8Array>): Promise<void> {
@@ -392,21 +397,21 @@ export class KVStateMachine {
     const generation = this.generation + 1;
     const dir = stateDir(this.options.dir, generation);
     fs.rmSync(dir, { recursive: true, force: true });
-    // The stream is in key order: tables are built from it directly, no WAL or memtable on the way.
-    const loader = await BulkLoader.create(dir, lsmOptions(this.options));
+    // Version 4 ships the leader's table files; version 3 streams pairs in key order, built into
+    // tables directly. Either way no WAL or memtable on the way.
     let db: DB | null = null;
     try {
-      const { logTime, keys } = await loadFromSnapshot(loader, meta, chunks, () => this.closing);
-      db = await loader.finish();
-      // A fresh history: events before the snapshot are not in the stream.
+      const installed = await installSnapshot(dir, lsmOptions(this.options), meta, chunks, () => this.closing);
+      db = installed.db;
+      // A fresh history: events before the snapshot are not in the stream (shipped files may hold
+      // the sender's; they lie below the floor and are trimmed with the log).
       const history = { type: "put" as const, key: HISTORY_START_KEY, value: encodeHistoryStart(meta.index + 1) };
-      await db.write([...snapshotMetadata(meta, logTime, keys), { type: "put", key: LAYOUT_KEY, value: encodeLayout() }, history]);
+      await db.write([...snapshotMetadata(meta, installed.logTime, installed.keys), { type: "put", key: LAYOUT_KEY, value: encodeLayout() }, history]);
       await db.sync();
       // The switch: after this rename the new state is the state, crash or not.
       writePointer(this.options.dir, generation);
     } catch (error) {
       if (db !== null) await db.close().catch(() => {});
-      else await loader.abort();
       fs.rmSync(dir, { recursive: true, force: true });
       throw error;
     }

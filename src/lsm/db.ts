@@ -6,6 +6,7 @@ import * as path from "node:path";
 import { BATCH_HEADER, checkKey, encodeOps, setBatchSeq, type BatchOp } from "./batch.ts";
 import { bloomHash } from "./bloom.ts";
 import { BlockCache, TableCache } from "./cache.ts";
+import { Checkpoint } from "./checkpoint.ts";
 import { compareBytes, KIND_PUT } from "./coding.ts";
 import { setupCompaction, type CompactionContext } from "./compaction.ts";
 import { CompactionScheduler, newCounters } from "./compaction-scheduler.ts";
@@ -315,6 +316,20 @@ export class DB {
     const s = new Snapshot(this.lastSeq, (x) => this.snapshots.delete(x));
     this.snapshots.add(s);
     return s;
+  }
+
+  /**
+   * The database now as files plus memtable entries (checkpoint.ts): the files stay on disk and
+   * the snapshot live until the checkpoint is released.
+   */
+  checkpoint(): Checkpoint {
+    const snapshot = this.snapshot();
+    const version = this.versions.current;
+    this.versions.ref(version);
+    return new Checkpoint(this.dir, snapshot, version.levels, [this.mem, ...this.imms], () => {
+      snapshot.release();
+      if (this.versions.unref(version) && !this.closed) this.deleteObsoleteFiles();
+    });
   }
 
   // ---- background work -----------------------------------------------------------------------

@@ -1,6 +1,9 @@
 // Public surface of the LSM engine; other layers import only from here.
 export { DB } from "./db.ts";
 export { Snapshot } from "./snapshot.ts";
+export { Checkpoint, type CheckpointFile } from "./checkpoint.ts";
+export { TableImporter, type ImportedFile } from "./table-import.ts";
+export { TableStreamVerifier } from "./table-verify.ts";
 export type { DBIteratorOptions, ReadOptions, WriteOptions } from "./db.ts";
 export type { DBStats, LevelStats } from "./stats.ts";
 export type { Compression } from "./compression.ts";

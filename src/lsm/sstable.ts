@@ -278,6 +278,8 @@ export class TableReader implements Releasable {
   private readonly index: Uint8Array;
   private readonly filter: Uint8Array;
   private readonly indexIter: BlockIterator;
+  /** Offset and stored size of the filter and index blocks. */
+  private readonly metaHandles: [number, number][];
   private readonly dataIter = new BlockIterator();
   private readonly allocBlock = (n: number): Uint8Array => this.cache.allocBlock(n);
   /** Where a compressed block read from the mapping is copied to be verified and decoded. */
@@ -312,6 +314,10 @@ export class TableReader implements Releasable {
     const filterSize = r.u32();
     this.index = this.readBlock(indexOffset, indexSize, false);
     this.filter = this.readBlock(filterOffset, filterSize, false);
+    this.metaHandles = [
+      [filterOffset, filterSize],
+      [indexOffset, indexSize],
+    ];
     this.indexIter = new BlockIterator(this.index, name, indexOffset);
     // Only now: index and filter live as long as the table, so they are not views of a chunk.
     this.readahead = mode.readaheadBytes ?? 0;
@@ -474,6 +480,17 @@ export class TableReader implements Releasable {
     out.kind = data.kind();
     out.value = out.kind === KIND_PUT ? data.valueCopy() : EMPTY;
     return true;
+  }
+
+  /** Offset and stored size (trailer excluded) of every block: data blocks in order, then filter and index. */
+  blockHandles(): [number, number][] {
+    const handles: [number, number][] = [];
+    const idx = new BlockIterator(this.index, this.name, 0);
+    for (idx.seekToFirst(); idx.valid(); idx.next()) {
+      idx.decodeHandle();
+      handles.push([idx.handleOffset, idx.handleSize]);
+    }
+    return [...handles, ...this.metaHandles];
   }
 
   /** File offset where `key` would be: the start of its data block (for approximateSize). */

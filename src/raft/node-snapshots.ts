@@ -71,7 +71,9 @@ export async function* rechunk(source: AsyncIterable<Uint8Array>, max: number): 
     return out;
   };
   for await (let chunk of source) {
-    // Whole chunks pass through without a copy (the source hands over fresh buffers).
+    // Before a chunk of the full size, what waits goes as a short chunk: the big one and those
+    // after it then pass through without a copy (the source hands over fresh buffers).
+    if (size > 0 && chunk.length >= max) yield flush();
     while (size === 0 && chunk.length >= max) {
       yield chunk.subarray(0, max);
       chunk = chunk.subarray(max);

@@ -94,6 +94,24 @@ describe("membership with real processes", () => {
       const led = await statusOf(3);
       expect(led.online && led.state).toBe("Leader");
       await waitForAcks(20, "with node 3 leading");
+      // A client given one live address (a follower, which it takes for node 0) learns the members'
+      // ids and addresses from the configuration and finds the leader on its new port.
+      const solo = cluster.clerk({ addrs: [all[survivors[1]!]!], operationTimeoutMs: 20_000 });
+      await solo.put("solo", "found");
+      expect(await solo.get("solo")).toBe("found");
+      expect((await solo.getStatus()).map((n) => `${n.id}@${n.address}`).sort()).toEqual([...survivors, 3].map((id) => `${id}@${all[id]}`).sort());
+      // The status page any member serves lists the configuration's members, not the bootstrap list.
+      for (const id of [survivors[0]!, 3]) {
+        const page = await (await fetch(`http://${all[id]}/`)).text();
+        expect(page).toContain(`"url":"http://${all[3]}"`);
+        expect(page).not.toContain(`"url":"http://${all[victim]}"`);
+      }
+      // And the new member's origin may call the others from a browser (CORS follows the members).
+      const preflight = await fetch(`http://${all[survivors[0]!]}/kvraftpb.KVService/GetStatus`, {
+        method: "OPTIONS",
+        headers: { Origin: `http://${all[3]}`, "Access-Control-Request-Method": "POST" },
+      });
+      expect(preflight.headers.get("access-control-allow-origin")).toBe(`http://${all[3]}`);
 
       // Three voters again: one of the original survivors may fail and writes go on.
       const down = survivors[0]!;

@@ -5,7 +5,8 @@ import { commandFingerprint, decodeCommand, encodeCommand, OP_APPEND, OP_PUT } f
 import { KVCorruptionError } from "../../src/kv/errors.ts";
 import { decodeApplied, encodeApplied, sessionKey } from "../../src/kv/keys.ts";
 import { RESULT_NO_KEY, RESULT_OK, SessionTable, decodeSession, encodeSession, type Session } from "../../src/kv/sessions.ts";
-import { SNAPSHOT_FORMAT_VERSION, decodeSnapshot, encodeSnapshot, type SnapshotRecord } from "../../src/kv/snapshot-stream.ts";
+import { CRC32, CRC32C, FRAME_PREFIX_BYTES, FrameReader, sealFrame } from "../../src/kv/snapshot-frames.ts";
+import { SNAPSHOT_PAIRS_VERSION, decodeSnapshot, encodeSnapshot, type SnapshotRecord } from "../../src/kv/snapshot-stream.ts";
 
 const text = new TextDecoder();
 const bytes = (s: string) => new TextEncoder().encode(s);
@@ -165,7 +166,7 @@ function samplePairs(n: number): [Uint8Array, Uint8Array][] {
   return Array.from({ length: n }, (_, i) => [bytes(`key-${String(i).padStart(5, "0")}`), bytes("v".repeat(i % 300))]);
 }
 
-const header = { version: SNAPSHOT_FORMAT_VERSION, index: 99, term: 7, logTime: 5_000, members: [0, 1, 2] };
+const header = { version: SNAPSHOT_PAIRS_VERSION, index: 99, term: 7, logTime: 5_000, members: [0, 1, 2] };
 const sessions: Session[] = [
   { clientId: -1n, commandId: 5n, lastIndex: 90, lastTime: 4_000, result: RESULT_OK, registered: false, fingerprint: 7 },
   { clientId: 12n, commandId: 1n, lastIndex: 95, lastTime: 4_500, result: RESULT_NO_KEY, registered: true, fingerprint: 0 },
@@ -226,5 +227,51 @@ describe("snapshot stream", () => {
   test("data after the trailer is rejected", async () => {
     const chunks = await collect(encodeSnapshot(header, fromArray([]), fromArray(samplePairs(3)), 4096));
     await expect(collect(decodeSnapshot(fromArray([...chunks, ...chunks])))).rejects.toThrow(/after its trailer|second header/);
+  });
+});
+
+describe("snapshot frames", () => {
+  test("large frames gathered across chunks come out whole and verified, small ones around them too", () => {
+    const sizes = [10, 200_000, 3, 70_000, 65_536, 1];
+    const frames = sizes.map((n, i) => {
+      const buf = new Uint8Array(FRAME_PREFIX_BYTES + n);
+      for (let j = 0; j < n; j++) buf[FRAME_PREFIX_BYTES + j] = (i * 31 + j) & 0xff;
+      return sealFrame(buf, n, i % 2 === 0 ? CRC32 : CRC32C);
+    });
+    const stream = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
+    let at = 0;
+    for (const f of frames) {
+      stream.set(f, at);
+      at += f.length;
+    }
+    for (const piece of [7_000, 1, 300_000]) {
+      for (const flip of [-1, FRAME_PREFIX_BYTES + 10 + 150_000]) {
+        const data = stream.slice();
+        if (flip >= 0) data[flip]! ^= 1;
+        const reader = new FrameReader();
+        const out: Uint8Array[] = [];
+        const read = () => {
+          for (let frame = reader.next(); frame !== null; frame = reader.next()) {
+            out.push(frame);
+            reader.checksum = out.length % 2 === 0 ? CRC32 : CRC32C;
+          }
+        };
+        reader.checksum = CRC32;
+        const run = () => {
+          for (let i = 0; i < data.length; i += piece) {
+            reader.push(data.subarray(i, i + piece));
+            read();
+          }
+        };
+        if (flip >= 0) {
+          expect(run).toThrow(/checksum mismatch/);
+          continue;
+        }
+        run();
+        expect(out.map((f) => f.length)).toEqual(sizes);
+        out.forEach((f, i) => expect(Buffer.compare(f, frames[i]!.subarray(FRAME_PREFIX_BYTES))).toBe(0));
+        expect(reader.buffered).toBe(0);
+      }
+    }
   });
 });

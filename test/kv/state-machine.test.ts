@@ -18,6 +18,7 @@ import {
 import { EntryType, type Entry } from "../../src/raft/index.ts";
 import { DB } from "../../src/lsm/index.ts";
 import { KEY_COUNT_KEY } from "../../src/kv/keys.ts";
+import { isStateMachineCorruption } from "../../src/kv/fail-stop.ts";
 
 const dirs: string[] = [];
 const machines: KVStateMachine[] = [];
@@ -273,7 +274,8 @@ describe("key count", () => {
   });
 });
 
-describe("snapshot and restore", () => {
+// Every snapshot test runs with both formats a leader can send: table files (version 4) and pairs (version 3).
+for (const snapshotFormat of ["files", "pairs"] as const) describe(`snapshot and restore (${snapshotFormat})`, () => {
   async function fill(m: KVStateMachine, n: number, valueBytes: number): Promise<void> {
     const value = "v".repeat(valueBytes);
     for (let start = 1; start <= n; start += 100) {
@@ -283,7 +285,7 @@ describe("snapshot and restore", () => {
   }
 
   test("a restored snapshot's configuration (learners, addresses) is kept and survives a reopen", async () => {
-    const source = await open(tempDir());
+    const source = await open(tempDir(), { snapshotFormat });
     await fill(source, 20, 10);
     const { meta, chunks } = await source.snapshot();
     const collected = await collect(chunks);
@@ -300,7 +302,7 @@ describe("snapshot and restore", () => {
   });
 
   test("a snapshot taken before more writes restores exactly the state at its index", async () => {
-    const source = await open(tempDir(), { snapshotChunkBytes: 4096 });
+    const source = await open(tempDir(), { snapshotChunkBytes: 4096, snapshotFormat });
     await fill(source, 500, 100);
     const { meta, chunks } = await source.snapshot();
     expect(meta).toEqual({ index: 500, term: 2, members: [0, 1, 2] });
@@ -334,7 +336,7 @@ describe("snapshot and restore", () => {
   });
 
   test("a stream that fails midway leaves the old state intact, in memory and on disk", async () => {
-    const source = await open(tempDir(), { snapshotChunkBytes: 2048 });
+    const source = await open(tempDir(), { snapshotChunkBytes: 2048, snapshotFormat });
     await fill(source, 300, 50);
     const { meta, chunks } = await source.snapshot();
     const collected = await collect(chunks);
@@ -376,6 +378,31 @@ describe("snapshot and restore", () => {
     expect(fs.existsSync(path.join(dir, "state-2"))).toBe(false);
     expect(fs.existsSync(path.join(dir, "CURRENT.tmp"))).toBe(false);
   });
+  test("a flipped byte in any chunk is refused and the old state kept; the untouched stream then installs", async () => {
+    const source = await open(tempDir(), { snapshotChunkBytes: 4096, snapshotFormat });
+    await fill(source, 400, 60);
+    // Deletions too: in the files format they travel as memtable entries over values in tables.
+    await source.apply(entries(401, 2, [{ op: "Delete", key: "key-7", clientId: 7n, commandId: 2n }]));
+    const { meta, chunks } = await source.snapshot();
+    const collected = await collect(chunks);
+    const targetDir = tempDir();
+    const target = await open(targetDir);
+    await target.apply(entries(1, 1, [{ op: "Put", key: "mine", value: "kept", clientId: 4n, commandId: 3n }]));
+    for (const at of [0, 1, Math.floor(collected.length / 2), collected.length - 1]) {
+      const damaged = collected.map((c) => c.slice());
+      const chunk = damaged[at]!;
+      chunk[Math.floor(chunk.length / 2)]! ^= 0x40;
+      await expect(target.restore(meta, replay(damaged))).rejects.toThrow(/checksum|corrupt|length|frame/i);
+      expect(read(target, "mine")).toBe("kept");
+      expect(target.lastApplied()).toBe(1);
+      expect(fs.readdirSync(targetDir).filter((n) => n.startsWith("state-"))).toEqual(["state-1"]);
+    }
+    await target.restore(meta, replay(collected));
+    expect(target.lastApplied()).toBe(401);
+    expect(read(target, "key-7")).toBeNull();
+    expect(read(target, "key-8")).toBe("v".repeat(60));
+    expect(target.userKeyCount).toBe(399);
+  });
 });
 
 test("an abandoned snapshot stream releases its LSM snapshot, even if never read", async () => {
@@ -393,4 +420,27 @@ test("an abandoned snapshot stream releases its LSM snapshot, even if never read
   const whole = await m.snapshot();
   await collect(whole.chunks);
   expect(db.stats().liveSnapshots).toBe(0);
+});
+
+test("a table gone bad on the sending replica fails its snapshot stream as state-machine corruption, never shipped", async () => {
+  const dir = tempDir();
+  let m = await open(dir, { snapshotFormat: "files" });
+  const value = "v".repeat(200);
+  for (let start = 1; start <= 2000; start += 100) {
+    const cmds = Array.from({ length: 100 }, (_, i) => ({ op: "Put", key: `key-${start + i}`, value, clientId: BigInt(start + i), commandId: 1n }) as const);
+    await m.apply(entries(m.lastApplied() + 1, 2, cmds));
+  }
+  await m.sync();
+  m = await reopen(m, dir, { snapshotFormat: "files" });
+  // Flip a byte in the middle of the largest table (a data block): the replica does not read it until it ships it.
+  const state = path.join(dir, fs.readFileSync(path.join(dir, "CURRENT"), "utf8").trim());
+  const tables = fs.readdirSync(state).filter((n) => n.endsWith(".sst")).map((n) => path.join(state, n));
+  const largest = tables.sort((a, b) => fs.statSync(b).size - fs.statSync(a).size)[0]!;
+  const bytes = fs.readFileSync(largest);
+  bytes[Math.floor(bytes.length / 3)]! ^= 0x20;
+  fs.writeFileSync(largest, bytes);
+  const { chunks } = await m.snapshot();
+  const error = await collect(chunks).then(() => null, (e: unknown) => e);
+  expect(isStateMachineCorruption(error)).toBe(true);
+  expect(String(error)).toMatch(/checksum mismatch/);
 });

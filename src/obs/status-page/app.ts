@@ -14,9 +14,16 @@ const EVENTS_EVERY = 3;
 const HISTORY_POINTS = 300;
 const CALL_TIMEOUT_MS = 900;
 
+interface Member {
+  id: number;
+  /** Base URL, e.g. "http://127.0.0.1:5001". */
+  url: string;
+}
+
 interface Config {
   self: number;
-  members: string[];
+  /** The configuration's members when the page was served; replaced by what members report. */
+  members: Member[];
   /** A bearer token for nodes started with --client-token-file, from the URL's #token=... */
   token: string | null;
 }
@@ -35,7 +42,7 @@ function readConfig(): Config {
   config.token = new URLSearchParams(browser.location.hash.slice(1)).get("token");
   // ?members=http://a:1,http://b:2 points a page served elsewhere at a cluster.
   const override = new URLSearchParams(browser.location.search).get("members");
-  if (override) config.members = override.split(",").map((m) => (m.includes("://") ? m : `http://${m}`));
+  if (override) config.members = override.split(",").map((m, id) => ({ id, url: m.includes("://") ? m : `http://${m}` }));
   return config;
 }
 
@@ -54,13 +61,18 @@ function main(): void {
     if (token !== null) request.header.set("Authorization", `Bearer ${token}`);
     return next(request);
   };
-  const clients = config.members.map((baseUrl) => createClient(KVService, createConnectTransport({ baseUrl, interceptors: [withToken] })));
+  const clients = new Map<string, ReturnType<typeof createClient<typeof KVService>>>();
+  const clientFor = (baseUrl: string) => {
+    let client = clients.get(baseUrl);
+    if (client === undefined) clients.set(baseUrl, (client = createClient(KVService, createConnectTransport({ baseUrl, interceptors: [withToken] }))));
+    return client;
+  };
   const previous = new Map<number, Previous>();
   const state: PageState = {
     ticks: 0,
     self: config.self,
     leader: null,
-    members: config.members.map((address, id) => ({ id, address, online: false, state: "Offline" }) as MemberView),
+    members: config.members.map(({ id, url }) => ({ id, address: url, online: false, state: "Offline" }) as MemberView),
     followers: [],
     levels: [],
     events: [],
@@ -72,11 +84,16 @@ function main(): void {
 
   const poll = async (): Promise<void> => {
     const now = Date.now() / 1000;
-    const results = await Promise.all(config.members.map((address, id) => pollMember(id, address, clients[id]!)));
+    const results = await Promise.all(config.members.map(({ id, url }) => pollMember(id, url, clientFor(url))));
     state.members = results.map((r) => r.view);
     const leaders = state.members.filter((m) => m.online && m.state === "Leader");
     state.leader = leaders.length === 1 ? leaders[0]!.id : null;
-    const leaderMetrics = state.leader === null ? null : results[state.leader]!.metrics;
+    const leaderResult = results.find((r) => r.view.id === state.leader);
+    const leaderMetrics = leaderResult?.metrics ?? null;
+    // The configuration changes (members added on new ports, removed): follow what the leader (or
+    // else any member) reports from the next poll on.
+    const reported = (leaderResult ?? results.find((r) => r.members.length > 0))?.members ?? [];
+    if (reported.length > 0) config.members = reported;
     state.followers = leaderMetrics === null ? [] : followersOf(leaderMetrics);
     for (const m of state.members) {
       const f = state.followers.find((x) => x.id === m.id);
@@ -85,7 +102,7 @@ function main(): void {
     }
     state.levels = results.map((r) => (r.metrics === null ? null : levelsOf(r.metrics)));
     recordRates(state, results, previous, now);
-    if (state.ticks % EVENTS_EVERY === 0) state.events = await collectEvents(config.members);
+    if (state.ticks % EVENTS_EVERY === 0) state.events = await collectEvents(config.members.map((m) => m.url));
     state.ticks++;
     render(state);
   };
@@ -106,7 +123,7 @@ async function pollMember(
   id: number,
   address: string,
   client: ReturnType<typeof createClient<typeof KVService>>,
-): Promise<{ view: MemberView; metrics: PromSample[] | null }> {
+): Promise<{ view: MemberView; metrics: PromSample[] | null; members: Member[] }> {
   const signal = () => AbortSignal.timeout(CALL_TIMEOUT_MS);
   const [status, metrics, ready] = await Promise.allSettled([
     client.getStatus({}, { signal: signal() }),
@@ -114,7 +131,7 @@ async function pollMember(
     fetch(`${address}/readyz`, { signal: signal() }).then((r) => r.status === 200),
   ]);
   if (status.status === "rejected") {
-    return { view: { id, address, online: false, state: "Offline", error: String(status.reason) }, metrics: null };
+    return { view: { id, address, online: false, state: "Offline", error: String(status.reason) }, metrics: null, members: [] };
   }
   const s = status.value;
   return {
@@ -133,6 +150,11 @@ async function pollMember(
       ready: ready.status === "fulfilled" ? ready.value : null,
     },
     metrics: metrics.status === "fulfilled" ? parsePromText(metrics.value) : null,
+    // Its view of the configuration, addresses in this page's scheme (members record host:port).
+    members: s.memberDetails
+      .filter((m) => m.address !== "")
+      .map((m) => ({ id: Number(m.id), url: m.address.includes("://") ? m.address : `${address.startsWith("https:") ? "https" : "http"}://${m.address}` }))
+      .sort((a, b) => a.id - b.id),
   };
 }
 
@@ -160,11 +182,12 @@ function levelsOf(metrics: PromSample[]): { level: number; files: number; bytes:
 const WRITE_OPS = new Set(["Put", "Append", "Delete"]);
 
 /** Adds one point to the throughput and latency series from the counters' growth since last poll. */
-function recordRates(state: PageState, results: { metrics: PromSample[] | null }[], previous: Map<number, Previous>, now: number): void {
+function recordRates(state: PageState, results: { view: MemberView; metrics: PromSample[] | null }[], previous: Map<number, Previous>, now: number): void {
   let writes = 0;
   let reads = 0;
   const merged = new Map<number, number>();
-  results.forEach((r, id) => {
+  results.forEach((r) => {
+    const id = r.view.id;
     if (r.metrics === null) return;
     let w = 0;
     let g = 0;

@@ -10,8 +10,8 @@ import { send } from "../http-routes.ts";
 export interface StatusPageOptions {
   /** This node's id. */
   self: number;
-  /** Every member's base URL, by id (e.g. "http://127.0.0.1:5001"). */
-  members: readonly string[];
+  /** Every member of the current configuration: its id and base URL (e.g. "http://127.0.0.1:5001"). */
+  members: () => readonly { id: number; url: string }[];
 }
 
 let bundle: Promise<string> | null = null;
@@ -34,14 +34,15 @@ function uplotCss(): string {
 }
 
 export function statusPageRoute(options: StatusPageOptions): ExtraRoute {
-  const config = JSON.stringify({ self: options.self, members: options.members }).replace(/</g, "\\u003c");
-  const html = pageHtml(config, options.self);
   return (request, response, url) => {
     const head = request.method === "HEAD";
     switch (url.pathname) {
-      case "/":
-        send(response, 200, "text/html; charset=utf-8", html, head);
+      case "/": {
+        // Built per request: the members are the configuration's now, not the bootstrap list.
+        const config = JSON.stringify({ self: options.self, members: options.members() }).replace(/</g, "\\u003c");
+        send(response, 200, "text/html; charset=utf-8", pageHtml(config, options.self), head);
         return true;
+      }
       case "/status/app.js":
         appScript().then(
           (script) => send(response, 200, "text/javascript; charset=utf-8", script, head),

@@ -124,7 +124,8 @@ export function render(state: PageState): void {
   doc.querySelector("#levels thead")!.innerHTML =
     `<tr><th class="text">node</th>${Array.from({ length: depth }, (_, i) => `<th>L${i}</th>`).join("")}</tr>`;
   doc.querySelector("#levels tbody")!.innerHTML = state.levels
-    .map((levels, id) =>
+    .map((levels, i) => [levels, state.members[i]?.id ?? i] as const)
+    .map(([levels, id]) =>
       levels === null
         ? `<tr><td>${id}</td><td colspan="${Math.max(1, depth)}" class="text muted">no metrics</td></tr>`
         : `<tr><td>${id}</td>${levels.slice(0, depth).map((l) => `<td>${l.files} · ${bytes(l.bytes)}</td>`).join("")}</tr>`,

@@ -4,10 +4,8 @@
 // is bounded per peer: a message that cannot go out now is dropped (Raft retransmits), never queued
 // without limit. Also serves the receiving side (raftpb.RaftService), behind PeerGate (peer-auth.ts).
 
-import { Code, ConnectError, createClient, type Client, type ConnectRouter } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
-import { create } from "@bufbuild/protobuf";
-import { RaftService, SnapshotChunkSchema, type Message as WireMessage, type SnapshotChunk } from "../../gen/raftpb/raft_pb.ts";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { RaftService } from "../../gen/raftpb/raft_pb.ts";
 import type { Message, NodeId, Transport, TransportHandler } from "../../raft/types.ts";
 import { RaftCodecError, batchFieldBytes, decodeBatchBytes, decodeMessage, encodeBatchBytes, encodeMessage, encodeMessageBytes } from "./raft-codec.ts";
 import { PeerLink, PeerLinkError } from "./peer-link.ts";
@@ -15,6 +13,7 @@ import { frameRoutesOf } from "../server/frame-lane.ts";
 import { connectionKey } from "../server/connection.ts";
 import { PeerGate, type PeerGateStats, type PeerSecurity } from "./peer-auth.ts";
 import { PeerSessionManager, dialPeer } from "./peer-session.ts";
+import { sendSnapshotStream } from "./snapshot-sender.ts";
 
 type InstallSnapshot = Extract<Message, { type: "InstallSnapshot" }>;
 type InstallSnapshotResponse = Extract<Message, { type: "InstallSnapshotResponse" }>;
@@ -44,14 +43,15 @@ export const DEFAULT_RAFT_READ_MAX_BYTES = 64 * 1024 * 1024;
 interface Peer {
   id: NodeId;
   url: string;
+  /** The snapshot connection (snapshot-sender.ts writes InstallSnapshot streams on it). */
   session: PeerSessionManager;
-  client: Client<typeof RaftService>;
   /** The message stream. */
   link: PeerLink;
   lastError: string | null;
 }
 
 const STREAM_PATH = `/${RaftService.typeName}/${RaftService.method.stream.name}`;
+const INSTALL_SNAPSHOT_PATH = `/${RaftService.typeName}/${RaftService.method.installSnapshot.name}`;
 
 /** Counters for observability and tests. */
 export interface TransportStats {
@@ -124,16 +124,7 @@ export class ConnectTransport implements Transport {
     // Snapshots go on a connection of their own (authenticated the same way): bulk data never
     // waits behind, or delays, the message stream.
     const session = new PeerSessionManager(dial);
-    const transport = createConnectTransport({
-      baseUrl: url,
-      httpVersion: "2",
-      useBinaryFormat: true,
-      sessionManager: session,
-      readMaxBytes: this.readMaxBytes,
-      writeMaxBytes: this.readMaxBytes,
-      acceptCompression: [],
-    });
-    const peer: Peer = { id, url, session, client: createClient(RaftService, transport), link: null!, lastError: null };
+    const peer: Peer = { id, url, session, link: null!, lastError: null };
     peer.link = new PeerLink({
       url,
       path: STREAM_PATH,
@@ -232,20 +223,9 @@ export class ConnectTransport implements Transport {
     if (this.closed) throw new Error("transport is closed");
     const peer = this.peers.get(message.to);
     if (peer === undefined) throw new Error(`no address for node ${message.to}`);
-    const header = encodeMessage(message);
-    const chunkBytes = this.chunkBytes;
-    async function* stream(): AsyncIterable<SnapshotChunk> {
-      // The header rides on the first message; empty chunks are skipped, oversized ones split.
-      let pending: WireMessage | undefined = header;
-      for await (const data of chunks) {
-        for (let offset = 0; offset < data.length; offset += chunkBytes) {
-          yield create(SnapshotChunkSchema, { header: pending, data: data.subarray(offset, offset + chunkBytes) });
-          pending = undefined;
-        }
-      }
-      if (pending !== undefined) yield create(SnapshotChunkSchema, { header: pending });
-    }
-    const wire = await peer.client.installSnapshot(stream(), { signal: this.abort.signal });
+    // Straight onto an HTTP/2 stream of the snapshot connection (snapshot-sender.ts), not through
+    // connect-es: the receiver serves it with its ordinary Connect handler.
+    const wire = await sendSnapshotStream(peer.session, INSTALL_SNAPSHOT_PATH, encodeMessageBytes(message), chunks, this.chunkBytes, this.abort.signal);
     const response = decodeMessage(wire);
     if (response.type !== "InstallSnapshotResponse") {
       throw new RaftCodecError(`peer ${peer.id} answered InstallSnapshot with ${response.type}`);

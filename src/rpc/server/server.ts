@@ -34,7 +34,7 @@ export interface RpcServerOptions {
   /** Connect routes, shared by the HTTP/1.1 and the HTTP/2 side. */
   routes: (router: ConnectRouter) => void;
   /** Browser origins allowed by CORS, e.g. "http://localhost:8080"; "*" allows any. Empty: no CORS. */
-  corsOrigins?: readonly string[];
+  corsOrigins?: readonly string[] | ReadonlySet<string>;
   /** How long browsers may cache a preflight answer. */
   corsMaxAgeSeconds?: number;
   /** Per-message request limit for routes that set none of their own. */
@@ -188,7 +188,8 @@ export class RpcServer {
         return createContextValues().set(connectionKey, connectionOf(request.socket, session));
       },
     });
-    const allowed = new Set(options.corsOrigins ?? []);
+    // A set given is used as it is: its owner may allow more origins later (new cluster members).
+    const allowed: ReadonlySet<string> = options.corsOrigins instanceof Set ? options.corsOrigins : new Set(options.corsOrigins ?? []);
     const maxAge = String(options.corsMaxAgeSeconds ?? 7200);
     let server: RpcServer | null = null;
 
