@@ -3,7 +3,7 @@
 
 /** One cached block; `owner` is the per-table map it is indexed in. */
 export interface BlockEntry {
-  owner: Map<number, BlockEntry>;
+  owner: Map<number, BlockEntry> | null;
   offset: number;
   block: Uint8Array;
   /**
@@ -18,6 +18,7 @@ export interface BlockEntry {
   next: BlockEntry | null;
 }
 
+const EMPTY = new Uint8Array(0);
 /** Decoded-block buffers come in sizes rounded up to this (blocks of one table vary slightly). */
 const POOL_GRAIN = 512;
 /** Most buffers kept for reuse: a miss evicts about one block, so a few suffice. */
@@ -39,6 +40,10 @@ export class BlockCache {
   /** Bytes of the buffers in the pool, at most poolCapacity (memory beside `bytes`). */
   poolBytes = 0;
   readonly poolCapacity: number;
+  /** The whole buffer behind the last allocBlock() view (insert() records it in the entry). */
+  private lastBuffer: Uint8Array | null = null;
+  /** Entry objects of retired blocks, reused by insert() (a miss allocates no entry). */
+  private readonly freeEntries: BlockEntry[] = [];
 
   constructor(readonly capacity: number) {
     this.poolCapacity = Math.floor(capacity / 16);
@@ -51,10 +56,13 @@ export class BlockCache {
   allocBlock(n: number): Uint8Array {
     const cap = Math.ceil(n / POOL_GRAIN) * POOL_GRAIN;
     const free = this.pool.get(cap);
-    const buf = free !== undefined && free.length > 0 ? free.pop()! : null;
-    if (buf === null) return new Uint8Array(cap).subarray(0, n);
-    this.pooled--;
-    this.poolBytes -= cap;
+    let buf = free !== undefined && free.length > 0 ? free.pop()! : null;
+    if (buf === null) buf = new Uint8Array(cap);
+    else {
+      this.pooled--;
+      this.poolBytes -= cap;
+    }
+    this.lastBuffer = buf;
     return buf.subarray(0, n);
   }
 
@@ -95,8 +103,9 @@ export class BlockCache {
     return e;
   }
 
+  /** The caller drops its reference to `e` (it may be reused for another block). */
   unpin(e: BlockEntry): void {
-    if (--e.pins === 0 && e.evicted) this.recycle(e);
+    if (--e.pins === 0 && e.evicted) this.free(e);
   }
 
   /**
@@ -106,8 +115,18 @@ export class BlockCache {
    */
   insert(owner: Map<number, BlockEntry>, offset: number, block: Uint8Array, recyclable = false): void {
     if (this.capacity <= 0 || block.length > this.capacity || owner.has(offset)) return;
-    const buffer = recyclable ? new Uint8Array(block.buffer, block.byteOffset, Math.ceil(block.length / POOL_GRAIN) * POOL_GRAIN) : null;
-    const e: BlockEntry = { owner, offset, block, buffer, pins: 0, evicted: false, prev: null, next: null };
+    const last = this.lastBuffer;
+    this.lastBuffer = null;
+    const buffer = recyclable && last !== null && last.buffer === block.buffer ? last : null;
+    let e = this.freeEntries.pop();
+    if (e === undefined) e = { owner, offset, block, buffer, pins: 0, evicted: false, prev: null, next: null };
+    else {
+      e.owner = owner;
+      e.offset = offset;
+      e.block = block;
+      e.buffer = buffer;
+      e.evicted = false;
+    }
     owner.set(offset, e);
     this.pushFront(e);
     this.bytes += block.length;
@@ -126,7 +145,7 @@ export class BlockCache {
 
   private remove(e: BlockEntry): void {
     this.unlink(e);
-    e.owner.delete(e.offset);
+    e.owner!.delete(e.offset);
     this.bytes -= e.block.length;
     this.retire(e);
   }
@@ -134,7 +153,16 @@ export class BlockCache {
   /** An entry leaves the cache: its buffer is reused now, or when its last iterator moves on. */
   private retire(e: BlockEntry): void {
     if (e.pins > 0) e.evicted = true;
-    else this.recycle(e);
+    else this.free(e);
+  }
+
+  /** A retired entry nothing refers to: its buffer to the pool, the entry object to the free list. */
+  private free(e: BlockEntry): void {
+    this.recycle(e);
+    e.owner = null;
+    e.block = EMPTY;
+    e.buffer = null;
+    if (this.freeEntries.length < POOL_MAX_BUFFERS) this.freeEntries.push(e);
   }
   private unlink(e: BlockEntry): void {
     if (e.prev) e.prev.next = e.next;

@@ -244,6 +244,8 @@ export class TableBuilder {
 // ---- reading ---------------------------------------------------------------------------------
 
 const EMPTY = new Uint8Array(0);
+/** Buffer's native copy, called on plain Uint8Arrays: copies a range without a subarray view. */
+const copyBytes = Buffer.prototype.copy as (this: Uint8Array, target: Uint8Array, targetStart: number, sourceStart: number, sourceEnd: number) => number;
 
 export interface TableGetResult {
   kind: number;
@@ -282,7 +284,7 @@ export class TableReader implements Releasable {
   private readonly metaHandles: [number, number][];
   private readonly dataIter = new BlockIterator();
   private readonly allocBlock = (n: number): Uint8Array => this.cache.allocBlock(n);
-  /** Where a compressed block read from the mapping is copied to be verified and decoded. */
+  /** Where a stored block is staged to be verified and decoded (see readBlock). */
   private scratch = new Uint8Array(0);
   bloomSkips = 0;
 
@@ -367,25 +369,25 @@ export class TableReader implements Releasable {
 
   private pread(offset: number, size: number): Uint8Array {
     if (offset + size > this.fileSize) throw corruption(this.name, offset, `block of ${size} bytes runs past end of file`);
-    // A mapped table is read without a system call or copy; the CRC check below still runs.
+    // The footer only (blocks are staged by readBlock); its CRC is checked by the caller.
     if (this.map !== null) return this.map.subarray(offset, offset + size);
-    if (this.readahead > 0) return this.readAhead(offset, size);
     return this.readExact(offset, size);
   }
 
-  /** Serves [offset, offset+size) from the current chunk, reading a new chunk when it is not there. */
+  /**
+   * The chunk holding [offset, offset+size) (at offset - chunkOffset), reading a new chunk when
+   * the current one does not hold it.
+   */
   private readAhead(offset: number, size: number): Uint8Array {
     const c = this.chunk;
-    if (c !== null && offset >= this.chunkOffset && offset + size <= this.chunkOffset + c.length) {
-      return c.subarray(offset - this.chunkOffset, offset - this.chunkOffset + size);
-    }
+    if (c !== null && offset >= this.chunkOffset && offset + size <= this.chunkOffset + c.length) return c;
     // One buffer for every chunk: a sequential reader (a merge input, the only user of readahead
     // and of its table) is done with a block before it reads the next, and copies what it keeps.
     const len = Math.min(this.fileSize - offset, Math.max(size, this.readahead));
     if (this.chunkBuf === null || this.chunkBuf.length < len) this.chunkBuf = new Uint8Array(Math.max(len, this.readahead));
     this.chunk = this.readExact(offset, len, this.chunkBuf.subarray(0, len));
     this.chunkOffset = offset;
-    return this.chunk.subarray(0, size);
+    return this.chunk;
   }
 
   private readExact(offset: number, size: number, buf: Uint8Array = new Uint8Array(size)): Uint8Array {
@@ -411,42 +413,52 @@ export class TableReader implements Releasable {
   readBlock(offset: number, size: number, fillCache: boolean, scratch?: (n: number) => Uint8Array): Uint8Array {
     const cached = this.cache.get(this.blocks, offset);
     if (cached !== undefined) return cached;
-    // A mapped block is copied before its CRC is checked: a view of the mapping would change with
-    // the file (bit rot paged back in, a stray write) after being verified once, and then be read
-    // from the cache unverified forever — a corrupt value served.
-    // A compressed block is copied into a scratch buffer instead (its decoded copy is what stays).
-    const raw = this.pread(offset, size + BLOCK_TRAILER);
-    const inScratch = this.map !== null && raw[size] !== BLOCK_RAW;
-    const buf = this.map === null ? raw : inScratch ? this.copyToScratch(raw) : raw.slice();
-    const expected = unmaskCrc(readU32(buf, size + 1));
-    if (crc32cUpdate(0, buf, 0, size + 1) !== expected) {
+    const stored = size + BLOCK_TRAILER;
+    if (offset + stored > this.fileSize) throw corruption(this.name, offset, `block of ${size} bytes runs past end of file`);
+    // The stored block is staged in this table's scratch buffer (no allocation per read; see
+    // DESIGN-memory.md). A mapped block is copied before its CRC is checked: a view of the
+    // mapping would change with the file (bit rot paged back in, a stray write) after being
+    // verified once, and then be read from the cache unverified forever — a corrupt value served.
+    let src: Uint8Array;
+    let at = 0;
+    if (this.map !== null) {
+      src = this.stage(stored);
+      copyBytes.call(this.map, src, 0, offset, offset + stored);
+    } else if (this.readahead > 0) {
+      src = this.readAhead(offset, stored);
+      at = offset - this.chunkOffset;
+    } else {
+      src = this.readExact(offset, stored, this.stage(stored));
+    }
+    const expected = unmaskCrc(readU32(src, at + size + 1));
+    if (crc32cUpdate(0, src, at, at + size + 1) !== expected) {
       throw corruption(this.name, offset, "block checksum mismatch");
     }
-    const type = buf[size];
+    const type = src[at + size];
+    // A block the cache keeps lives in a buffer the cache recycles once it is evicted and no
+    // iterator is on it; a one-pass reader's block lives in that reader's scratch buffer.
+    const alloc = fillCache ? this.allocBlock : scratch;
     let block: Uint8Array;
-    // A decoded block lives in a recycled buffer (no garbage per miss).
-    const recyclable = fillCache && type === BLOCK_LZ4;
     if (type === BLOCK_RAW) {
-      // (In the scratch only if the file changed between the two reads of its type byte.)
-      block = inScratch ? buf.slice(0, size) : buf.subarray(0, size);
+      block = alloc !== undefined ? alloc(size) : new Uint8Array(size);
+      copyBytes.call(src, block, 0, at, at + size);
     } else {
       try {
-        // Not cached: a one-pass reader decodes into its own scratch buffer (no garbage per block).
-        block = decompressBlock(type, buf, 0, size, recyclable ? this.allocBlock : fillCache ? undefined : scratch);
+        block = decompressBlock(type, src, at, at + size, alloc);
       } catch (e) {
         if (e instanceof BadCompressedBlock) throw corruption(this.name, offset, `block does not decompress (type ${type}): ${e.message}`);
         throw e;
       }
     }
-    if (fillCache) this.cache.insert(this.blocks, offset, block, recyclable);
+    // zstd decodes into a buffer of its own, not one from allocBlock.
+    if (fillCache) this.cache.insert(this.blocks, offset, block, type !== BLOCK_ZSTD);
     return block;
   }
 
-  /** A copy of `src` in this table's scratch buffer (valid until the next call). */
-  private copyToScratch(src: Uint8Array): Uint8Array {
-    if (this.scratch.length < src.length) this.scratch = new Uint8Array(Math.ceil(src.length * 1.25));
-    this.scratch.set(src);
-    return this.scratch.subarray(0, src.length);
+  /** This table's staging buffer with room for n bytes (valid until the next block read). */
+  private stage(n: number): Uint8Array {
+    if (this.scratch.length < n) this.scratch = new Uint8Array(Math.ceil(n * 1.25));
+    return this.scratch;
   }
 
   /** Pins the cached block at `offset` for an iterator (null if it is not cached). */
