@@ -94,9 +94,11 @@ export class BlockBuilder {
   }
 }
 
+const NO_DATA = new Uint8Array(0);
+
 /** Cursor over one block. A malformed block throws CORRUPTION naming the file and block offset. */
 export class BlockIterator implements InternalIterator {
-  private data: Uint8Array = new Uint8Array(0);
+  private data: Uint8Array = NO_DATA;
   private restartsOffset = 0;
   private numRestarts = 0;
   private cur = -1; // offset of current entry; -1 when invalid

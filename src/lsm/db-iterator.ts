@@ -338,8 +338,18 @@ export class LsmIterator implements AsyncIterable<[Uint8Array, Uint8Array]> {
 
   /** The current entry (copied) and a move to the next, or undefined at the end. */
   read(): [Uint8Array, Uint8Array] | undefined {
-    const e = this.nextv(1);
-    return e.length === 0 ? undefined : e[0];
+    this.check();
+    const c = this.cursor;
+    // nextv(1) without its outer array (one entry, one pair allocated).
+    if (this.remaining <= 0 || !c.valid()) return undefined;
+    const k = c.key();
+    if (!this.aboveLower(k) || !this.belowUpper(k)) return undefined;
+    const key = k.slice();
+    const entry: [Uint8Array, Uint8Array] = [key, c.valueCopy()];
+    this.remaining--;
+    if (this.reverse) c.prev();
+    else c.next(key);
+    return entry;
   }
 
   close(): void {

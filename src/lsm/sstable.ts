@@ -514,10 +514,11 @@ export class TableReader implements Releasable {
     return idx.handleOffset;
   }
 
-  /** An iterator that holds a reference to this table until closed. */
-  iterator(fillCache = true): TableIterator {
+  /** An iterator that holds a reference to this table until closed (`reuse`: a closed one to rebind). */
+  iterator(fillCache = true, reuse: TableIterator | null = null): TableIterator {
     this.ref();
-    return new TableIterator(this, new BlockIterator(this.index, this.name, 0), fillCache);
+    if (reuse !== null && reuse.rebind(this, this.index, fillCache)) return reuse;
+    return new TableIterator(this, this.index, fillCache);
   }
 }
 

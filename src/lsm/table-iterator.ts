@@ -10,6 +10,7 @@ export class TableIterator implements InternalIterator {
   private data: BlockIterator | null = null;
   private dataOffset = -1;
   private readonly blockIter = new BlockIterator();
+  private readonly index = new BlockIterator();
   private closed = false;
   private pinned: BlockEntry | null = null;
   /** Where blocks read without the cache are decoded: this iterator is done with one before the next. */
@@ -19,11 +20,28 @@ export class TableIterator implements InternalIterator {
     return this.scratch.subarray(0, n);
   };
 
+  /** Made by TableReader.iterator(), which holds a table reference for it until close(). */
   constructor(
-    private readonly table: TableReader,
-    private readonly index: BlockIterator,
+    private table: TableReader,
+    indexBlock: Uint8Array,
     private readonly fillCache: boolean,
-  ) {}
+  ) {
+    this.index.reset(indexBlock, table.name, 0);
+  }
+
+  /**
+   * Reuses this closed iterator for another table (a level iterator moving between files, so a
+   * seek that changes tables allocates no iterator). The caller has taken a reference on `table`.
+   */
+  rebind(table: TableReader, indexBlock: Uint8Array, fillCache: boolean): boolean {
+    if (!this.closed || fillCache !== this.fillCache) return false;
+    this.table = table;
+    this.index.reset(indexBlock, table.name, 0);
+    this.data = null;
+    this.dataOffset = -1;
+    this.closed = false;
+    return true;
+  }
 
   private loadBlock(): boolean {
     if (!this.index.valid()) {

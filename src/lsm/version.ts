@@ -191,16 +191,23 @@ export function findFile(files: FileMeta[], key: Uint8Array, seq: number): numbe
 export class LevelIterator implements InternalIterator {
   private index = -1;
   private table: TableIterator | null = null;
+  /** The closed iterator of the previous file, rebound to the next one. */
+  private spare: TableIterator | null = null;
 
   constructor(private readonly files: FileMeta[], private readonly open: TableOpener, private readonly fillCache: boolean) {}
 
   private setFile(i: number): boolean {
     if (this.table !== null && i === this.index) return true;
-    this.table?.close();
-    this.table = null;
+    // The closed table iterator is rebound to the next file (no allocation per file change).
+    if (this.table !== null) {
+      this.table.close();
+      this.spare = this.table;
+      this.table = null;
+    }
     this.index = i;
     if (i < 0 || i >= this.files.length) return false;
-    this.table = this.open(this.files[i]).iterator(this.fillCache);
+    this.table = this.open(this.files[i]).iterator(this.fillCache, this.spare);
+    this.spare = null;
     return true;
   }
   private skipForward(): void {
@@ -256,5 +263,6 @@ export class LevelIterator implements InternalIterator {
   close(): void {
     this.table?.close();
     this.table = null;
+    this.spare = null;
   }
 }
