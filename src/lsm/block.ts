@@ -120,13 +120,14 @@ export class BlockIterator implements InternalIterator {
     if (data) this.reset(data, file, blockOffset);
   }
 
-  reset(data: Uint8Array, file = "block", blockOffset = 0): void {
+  /** Positions nowhere in the block data[0, length) (`data` may be a longer, pooled buffer). */
+  reset(data: Uint8Array, file = "block", blockOffset = 0, length = data.length): void {
     this.file = file;
     this.blockOffset = blockOffset;
-    if (data.length < 4) throw this.fail("block too short");
+    if (length < 4 || length > data.length) throw this.fail("block too short");
     this.data = data;
-    this.numRestarts = readU32(data, data.length - 4);
-    this.restartsOffset = data.length - 4 - this.numRestarts * 4;
+    this.numRestarts = readU32(data, length - 4);
+    this.restartsOffset = length - 4 - this.numRestarts * 4;
     if (this.numRestarts === 0 || this.restartsOffset < 0) throw this.fail("bad restart array");
     this.cur = -1;
   }

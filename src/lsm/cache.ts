@@ -5,10 +5,12 @@
 export interface BlockEntry {
   owner: Map<number, BlockEntry> | null;
   offset: number;
+  /** The block is block[0, length): a buffer from allocBlock() is longer than the block. */
   block: Uint8Array;
+  length: number;
   /**
-   * The buffer `block` views when it came from allocBlock(): once the entry is evicted and no
-   * iterator is on it, the buffer goes back to the pool. Null for views of mapped files.
+   * `block` when it came from allocBlock(): once the entry is evicted and no iterator is on it,
+   * the buffer goes back to the pool. Null for a buffer the pool did not make (zstd's).
    */
   buffer: Uint8Array | null;
   /** Iterators positioned in this block: its buffer is not reused while any is. */
@@ -40,8 +42,6 @@ export class BlockCache {
   /** Bytes of the buffers in the pool, at most poolCapacity (memory beside `bytes`). */
   poolBytes = 0;
   readonly poolCapacity: number;
-  /** The whole buffer behind the last allocBlock() view (insert() records it in the entry). */
-  private lastBuffer: Uint8Array | null = null;
   /** Entry objects of retired blocks, reused by insert() (a miss allocates no entry). */
   private readonly freeEntries: BlockEntry[] = [];
 
@@ -50,8 +50,9 @@ export class BlockCache {
   }
 
   /**
-   * A block of n bytes to decode into: a recycled buffer when one fits, else a new one.
-   * Pass the result to insert() with recyclable = true.
+   * A buffer of at least n bytes (n rounded up to POOL_GRAIN) to decode a block into: a recycled
+   * one when one fits, else a new one. No view is made: the block is its first n bytes. Pass it
+   * to insert() with recyclable = true.
    */
   allocBlock(n: number): Uint8Array {
     const cap = Math.ceil(n / POOL_GRAIN) * POOL_GRAIN;
@@ -62,8 +63,7 @@ export class BlockCache {
       this.pooled--;
       this.poolBytes -= cap;
     }
-    this.lastBuffer = buf;
-    return buf.subarray(0, n);
+    return buf;
   }
 
   private recycle(e: BlockEntry): void {
@@ -77,8 +77,8 @@ export class BlockCache {
     this.poolBytes += buf.length;
   }
 
-  /** The cached block at `offset`, or undefined. */
-  get(owner: Map<number, BlockEntry>, offset: number): Uint8Array | undefined {
+  /** The cached block at `offset` (its entry: block[0, length)), or undefined. */
+  get(owner: Map<number, BlockEntry>, offset: number): BlockEntry | undefined {
     const e = owner.get(offset);
     if (e === undefined) {
       this.misses++;
@@ -89,7 +89,7 @@ export class BlockCache {
       this.unlink(e);
       this.pushFront(e);
     }
-    return e.block;
+    return e;
   }
 
   /**
@@ -113,23 +113,22 @@ export class BlockCache {
    * the entry is evicted and unpinned (callers keep views of a block only while pinned, or
    * within one synchronous read).
    */
-  insert(owner: Map<number, BlockEntry>, offset: number, block: Uint8Array, recyclable = false): void {
-    if (this.capacity <= 0 || block.length > this.capacity || owner.has(offset)) return;
-    const last = this.lastBuffer;
-    this.lastBuffer = null;
-    const buffer = recyclable && last !== null && last.buffer === block.buffer ? last : null;
+  insert(owner: Map<number, BlockEntry>, offset: number, block: Uint8Array, length: number, recyclable = false): void {
+    if (this.capacity <= 0 || length > this.capacity || owner.has(offset)) return;
+    const buffer = recyclable ? block : null;
     let e = this.freeEntries.pop();
-    if (e === undefined) e = { owner, offset, block, buffer, pins: 0, evicted: false, prev: null, next: null };
+    if (e === undefined) e = { owner, offset, block, length, buffer, pins: 0, evicted: false, prev: null, next: null };
     else {
       e.owner = owner;
       e.offset = offset;
       e.block = block;
+      e.length = length;
       e.buffer = buffer;
       e.evicted = false;
     }
     owner.set(offset, e);
     this.pushFront(e);
-    this.bytes += block.length;
+    this.bytes += length;
     while (this.bytes > this.capacity && this.tail) this.remove(this.tail);
   }
 
@@ -137,7 +136,7 @@ export class BlockCache {
   dropOwner(owner: Map<number, BlockEntry>): void {
     for (const e of owner.values()) {
       this.unlink(e);
-      this.bytes -= e.block.length;
+      this.bytes -= e.length;
       this.retire(e);
     }
     owner.clear();
@@ -146,7 +145,7 @@ export class BlockCache {
   private remove(e: BlockEntry): void {
     this.unlink(e);
     e.owner!.delete(e.offset);
-    this.bytes -= e.block.length;
+    this.bytes -= e.length;
     this.retire(e);
   }
 

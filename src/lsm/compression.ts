@@ -113,7 +113,7 @@ export function lz4Compress(src: Uint8Array, start: number, end: number, out: Ui
 
 /**
  * Decodes `varint length | LZ4 block` from src[start, end) into `alloc(length)` (default a new
- * array), which must return exactly that many bytes.
+ * array), which must return at least that many bytes; the block is the first `length` of them.
  */
 export function lz4Decompress(src: Uint8Array, start: number, end: number, alloc?: (n: number) => Uint8Array): Uint8Array {
   let p = start;

@@ -284,6 +284,18 @@ export class TableReader implements Releasable {
   private readonly metaHandles: [number, number][];
   private readonly dataIter = new BlockIterator();
   private readonly allocBlock = (n: number): Uint8Array => this.cache.allocBlock(n);
+  /**
+   * Length of the block the last readBlock() returned: the buffer is longer when it is pooled
+   * (a view per block read would be garbage per cache miss).
+   */
+  blockLength = 0;
+  /** Where the decoder of the current readBlock() writes (see decodeInto). */
+  private decodeTarget: ((n: number) => Uint8Array) | undefined = undefined;
+  private readonly decodeInto = (n: number): Uint8Array => {
+    this.blockLength = n;
+    const target = this.decodeTarget;
+    return target === undefined ? new Uint8Array(n) : target(n);
+  };
   /** Where a stored block is staged to be verified and decoded (see readBlock). */
   private scratch = new Uint8Array(0);
   bloomSkips = 0;
@@ -406,13 +418,17 @@ export class TableReader implements Releasable {
   }
 
   /**
-   * Reads and verifies the block at `offset` (contents `size` bytes plus trailer). A cached block
-   * is valid for this synchronous call only, unless pinned (pinBlock): an evicted block's
-   * buffer is reused for the next block read.
+   * Reads and verifies the block at `offset` (contents `size` bytes plus trailer); the decoded
+   * block is the returned buffer's first `blockLength` bytes. A cached block is valid for this
+   * synchronous call only, unless pinned (pinBlock): an evicted block's buffer is reused for
+   * the next block read. `scratch` (when not filling the cache) returns a buffer of at least n bytes.
    */
   readBlock(offset: number, size: number, fillCache: boolean, scratch?: (n: number) => Uint8Array): Uint8Array {
     const cached = this.cache.get(this.blocks, offset);
-    if (cached !== undefined) return cached;
+    if (cached !== undefined) {
+      this.blockLength = cached.length;
+      return cached.block;
+    }
     const stored = size + BLOCK_TRAILER;
     if (offset + stored > this.fileSize) throw corruption(this.name, offset, `block of ${size} bytes runs past end of file`);
     // The stored block is staged in this table's scratch buffer (no allocation per read; see
@@ -442,16 +458,22 @@ export class TableReader implements Releasable {
     if (type === BLOCK_RAW) {
       block = alloc !== undefined ? alloc(size) : new Uint8Array(size);
       copyBytes.call(src, block, 0, at, at + size);
+      this.blockLength = size;
     } else {
+      this.blockLength = -1;
+      this.decodeTarget = alloc;
       try {
-        block = decompressBlock(type, src, at, at + size, alloc);
+        block = decompressBlock(type, src, at, at + size, this.decodeInto);
       } catch (e) {
         if (e instanceof BadCompressedBlock) throw corruption(this.name, offset, `block does not decompress (type ${type}): ${e.message}`);
         throw e;
+      } finally {
+        this.decodeTarget = undefined;
       }
+      // zstd decodes into a buffer of its own (exactly the block), not one from `alloc`.
+      if (this.blockLength < 0) this.blockLength = block.length;
     }
-    // zstd decodes into a buffer of its own, not one from allocBlock.
-    if (fillCache) this.cache.insert(this.blocks, offset, block, type !== BLOCK_ZSTD);
+    if (fillCache) this.cache.insert(this.blocks, offset, block, this.blockLength, type !== BLOCK_ZSTD);
     return block;
   }
 
@@ -486,7 +508,7 @@ export class TableReader implements Releasable {
     const offset = idx.handleOffset;
     const data = this.dataIter;
     // Not pinned: the value is copied here, before anything else reads a block.
-    data.reset(this.readBlock(offset, idx.handleSize, true), this.name, offset);
+    data.reset(this.readBlock(offset, idx.handleSize, true), this.name, offset, this.blockLength);
     data.seek(key, seq);
     if (!data.valid() || compareBytes(data.key(), key) !== 0) return false;
     out.kind = data.kind();

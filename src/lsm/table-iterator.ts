@@ -17,7 +17,7 @@ export class TableIterator implements InternalIterator {
   private scratch: Uint8Array | null = null;
   private readonly decodeInto = (n: number): Uint8Array => {
     if (this.scratch === null || this.scratch.length < n) this.scratch = new Uint8Array(Math.ceil(n * 1.25));
-    return this.scratch.subarray(0, n);
+    return this.scratch;
   };
 
   /** Made by TableReader.iterator(), which holds a table reference for it until close(). */
@@ -52,7 +52,8 @@ export class TableIterator implements InternalIterator {
     index.decodeHandle();
     const offset = index.handleOffset;
     if (offset !== this.dataOffset || this.data === null) {
-      this.blockIter.reset(this.table.readBlock(offset, index.handleSize, this.fillCache, this.decodeInto), this.table.name, offset);
+      const block = this.table.readBlock(offset, index.handleSize, this.fillCache, this.decodeInto);
+      this.blockIter.reset(block, this.table.name, offset, this.table.blockLength);
       // The cached block stays this iterator's until it moves to another (see BlockCache.pin).
       if (this.pinned !== null) this.table.unpinBlock(this.pinned);
       this.pinned = this.table.pinBlock(offset); // null when the block is not cached (a scratch decode or a view)
