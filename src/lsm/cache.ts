@@ -45,8 +45,18 @@ export class BlockCache {
   /** Entry objects of retired blocks, reused by insert() (a miss allocates no entry). */
   private readonly freeEntries: BlockEntry[] = [];
 
-  constructor(readonly capacity: number) {
+  /**
+   * Capacity of the buffer every block up to that size gets: one size class for nearly all
+   * blocks, so an evicted block's buffer always fits the next miss (with classes by exact size,
+   * the pool of one class ran dry while another overflowed: a fresh buffer per ~20 misses, and
+   * dropped ones, garbage outside the JS heap that the collector is slow to see).
+   */
+  private readonly standardBuffer: number;
+
+  constructor(readonly capacity: number, blockSize = 4096) {
     this.poolCapacity = Math.floor(capacity / 16);
+    // A block closes at the first entry past blockSize: blockSize plus one entry and restarts.
+    this.standardBuffer = Math.ceil((blockSize * 9) / 8 / POOL_GRAIN) * POOL_GRAIN;
   }
 
   /**
@@ -55,7 +65,7 @@ export class BlockCache {
    * to insert() with recyclable = true.
    */
   allocBlock(n: number): Uint8Array {
-    const cap = Math.ceil(n / POOL_GRAIN) * POOL_GRAIN;
+    const cap = n <= this.standardBuffer ? this.standardBuffer : Math.ceil(n / POOL_GRAIN) * POOL_GRAIN;
     const free = this.pool.get(cap);
     let buf = free !== undefined && free.length > 0 ? free.pop()! : null;
     if (buf === null) buf = new Uint8Array(cap);
@@ -114,7 +124,7 @@ export class BlockCache {
    * within one synchronous read).
    */
   insert(owner: Map<number, BlockEntry>, offset: number, block: Uint8Array, length: number, recyclable = false): void {
-    if (this.capacity <= 0 || length > this.capacity || owner.has(offset)) return;
+    if (this.capacity <= 0 || block.length > this.capacity || owner.has(offset)) return;
     const buffer = recyclable ? block : null;
     let e = this.freeEntries.pop();
     if (e === undefined) e = { owner, offset, block, length, buffer, pins: 0, evicted: false, prev: null, next: null };
@@ -128,7 +138,7 @@ export class BlockCache {
     }
     owner.set(offset, e);
     this.pushFront(e);
-    this.bytes += length;
+    this.bytes += block.length; // the buffer's whole capacity: that is the memory it holds
     while (this.bytes > this.capacity && this.tail) this.remove(this.tail);
   }
 
@@ -136,7 +146,7 @@ export class BlockCache {
   dropOwner(owner: Map<number, BlockEntry>): void {
     for (const e of owner.values()) {
       this.unlink(e);
-      this.bytes -= e.length;
+      this.bytes -= e.block.length;
       this.retire(e);
     }
     owner.clear();
@@ -145,7 +155,7 @@ export class BlockCache {
   private remove(e: BlockEntry): void {
     this.unlink(e);
     e.owner!.delete(e.offset);
-    this.bytes -= e.length;
+    this.bytes -= e.block.length;
     this.retire(e);
   }
 

@@ -68,7 +68,7 @@ export class DB {
 
   private constructor(readonly dir: string, private readonly opts: ResolvedOptions, private readonly lock: DirLock) {
     this.versions = new VersionSet(dir, opts.logger);
-    this.blockCache = new BlockCache(opts.blockCacheBytes);
+    this.blockCache = new BlockCache(opts.blockCacheBytes, opts.blockSize);
     this.tableCache = new TableCache(opts.maxOpenFiles, opts.tableCacheBytes);
     this.ctx = {
       dir,
