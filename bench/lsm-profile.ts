@@ -2,7 +2,7 @@
 // selected db_bench workloads, engines alternating run by run, median of runs and ratio.
 //
 //   bun bench/lsm-profile.ts [--n 200000] [--runs 3] [--warmup 50000] [--only readseq-nextv,seekrandom-nextv10]
-//                            [--engines ours,leveldb] [--sync-ops 1000]
+//                            [--engines ours,leveldb] [--sync-ops 1000] [--opt name=value]...
 //   bun --cpu-prof --cpu-prof-dir=/tmp/prof bench/lsm-profile.ts --engines ours --only readseq
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -144,7 +144,14 @@ function fmt(x: number): string {
 
 async function main(): Promise<void> {
   const engines: BenchEngine[] = [];
-  for (const name of engineNames) engines.push(name === "ours" ? await ourEngine() : await leveldbEngine());
+  // --opt name=value (repeatable): a DB option for our engine, e.g. --opt mmapTables=false.
+  const options: Record<string, unknown> = {};
+  process.argv.forEach((a, i) => {
+    if (a !== "--opt" || i + 1 >= process.argv.length) return;
+    const [k, v] = process.argv[i + 1].split("=");
+    options[k] = v === "true" ? true : v === "false" ? false : /^\d+$/.test(v) ? Number(v) : v;
+  });
+  for (const name of engineNames) engines.push(name === "ours" ? await ourEngine(options) : await leveldbEngine());
   const results = new Map<string, Map<Workload, number[]>>();
   for (const e of engines) results.set(e.system, new Map());
   if (WARMUP > 0) {
