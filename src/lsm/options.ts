@@ -9,9 +9,8 @@ export interface DBOptions {
   /** Frozen memtables waiting for flush before writers wait. Default 2. */
   maxImmutableMemtables?: number;
   /**
-   * Bytes of checksum-verified blocks kept for reuse (a miss reads and CRC-checks the block).
-   * With mmapTables the cached blocks are views of the mapped file (page cache, not heap), so a
-   * larger cache costs little memory of its own. Default 32 MiB.
+   * Bytes of checksum-verified, decoded blocks kept for reuse (a miss reads and CRC-checks the
+   * block), counted at their buffers' capacity; evicted buffers are reused. Default 32 MiB.
    */
   blockCacheBytes?: number;
   /** Open table files kept in the table cache. Default 500. */
@@ -47,7 +46,12 @@ export interface DBOptions {
   l0SlowdownTrigger?: number;
   /** L0 table count at which writes wait for compaction. Default 12. */
   l0StopTrigger?: number;
-  /** Read tables through a read-only memory map (Bun.mmap) instead of pread. Default true. */
+  /**
+   * Read tables through a read-only memory map (Bun.mmap) instead of pread. Default false: a
+   * block is copied out of the mapping to be verified anyway, Bun reports the whole mapping to
+   * the collector as external memory (which lets garbage grow by as much before a collection),
+   * and touched pages add to RSS; pread measured as fast (FORMAT.md, "Memory budget").
+   */
   mmapTables?: boolean;
   /**
    * Most bytes of table files mapped at once (mapped pages that reads touch count in RSS);
@@ -88,7 +92,7 @@ export function resolveOptions(o: DBOptions = {}): ResolvedOptions {
     l0CompactionTrigger: o.l0CompactionTrigger ?? 4,
     l0SlowdownTrigger: o.l0SlowdownTrigger ?? 8,
     l0StopTrigger: o.l0StopTrigger ?? 12,
-    mmapTables: o.mmapTables ?? true,
+    mmapTables: o.mmapTables ?? false,
     maxMappedBytes: o.maxMappedBytes ?? 64 * MiB,
     backgroundThread: o.backgroundThread ?? true,
     maxKeyBytes: o.maxKeyBytes ?? 64 * KiB,

@@ -33,7 +33,7 @@ describe("corruption", () => {
     await db.write(ops);
     await db.compactRange();
     await db.close();
-    db = await DB.open(dir); // tables are memory-mapped by default
+    db = await DB.open(dir, { mmapTables: true });
     try {
       expect(text(db.getSync(key(0)))).toBe(`value-0-${"z".repeat(50)}`); // verified and cached
       const sst = fs.readdirSync(dir).find((n) => n.endsWith(".sst"))!;

@@ -264,7 +264,7 @@ describe("DB", () => {
   test("tables are mapped only within maxMappedBytes; the rest are read with pread", async () => {
     dir = tempDir("db");
     const budget = 150 * 1024;
-    db = await DB.open(dir, { ...small, maxMappedBytes: budget, compression: "none" });
+    db = await DB.open(dir, { ...small, mmapTables: true, maxMappedBytes: budget, compression: "none" });
     for (let b = 0; b < 6000; b += 100) {
       const ops = [];
       for (let i = b; i < b + 100; i++) ops.push({ type: "put" as const, key: key(i), value: new Uint8Array(100).fill(i & 0xff) });

@@ -19,6 +19,7 @@ test("every cache and buffer stays within the budget stats() reports for it", as
     level1MaxBytes: 128 * 1024,
     blockCacheBytes: 64 * 1024,
     tableCacheBytes: 64 * 1024,
+    mmapTables: true,
     maxMappedBytes: 96 * 1024,
   };
   const db = await DB.open(dir, opts);
