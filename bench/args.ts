@@ -20,6 +20,8 @@ export interface BenchOptions {
   lsmKeys: number | null;
   /** Seconds per cluster load point. */
   seconds: number | null;
+  /** Unmeasured seconds of the same load before each cluster point's window (null: the default). */
+  warmupSeconds: number | null;
   resultsDir: string;
   /** cluster: start kvserver with --no-fast-lane (every call through connectNodeAdapter). */
   noFastLane: boolean;
@@ -63,6 +65,8 @@ options
   --keys N           LSM key count (default 1,000,000; 50,000 with --quick); catchup: keys in the
                      cluster's state (default 300,000; 30,000 with --quick)
   --seconds S        seconds per cluster load point (default 10; 2 with --quick)
+  --warmup S         cluster: unmeasured seconds of the same load before each point (default 3;
+                     1 with --quick; 0 for none): the JIT's warm-up is not what a point measures
   --no-fast-lane     cluster: kvserver without its fast lanes (HTTP/1.1 unary lane and the
                      HTTP/2 peer frame lane), to measure what they gain against a run without
   --paths LIST       cluster: how the generator reaches the systems, comma-separated from
@@ -107,6 +111,7 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
     runs: 0,
     lsmKeys: null,
     seconds: null,
+    warmupSeconds: null,
     resultsDir: defaultResultsDir,
     noFastLane: false,
     paths: null,
@@ -192,6 +197,11 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
       case "--seconds":
         o.seconds = positiveInt("--seconds", value(), 3600);
         break;
+      case "--warmup": {
+        const raw = value();
+        o.warmupSeconds = raw === "0" ? 0 : positiveInt("--warmup", raw, 600);
+        break;
+      }
       default:
         if ((SUITES as readonly string[]).includes(arg)) {
           if (!o.suites.includes(arg as SuiteName)) o.suites.push(arg as SuiteName);

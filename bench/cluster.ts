@@ -29,6 +29,8 @@ interface Plan {
   workloads: Exclude<Workload, "preload">[];
   paths: ClientPath[];
   seconds: number;
+  /** Unmeasured seconds of the same load before each window. */
+  warmupSeconds: number;
   clients: number[];
   runs: number;
   preloadKeys: number;
@@ -86,7 +88,7 @@ async function runPoint(cluster: Cluster, path: ClientPath, workload: Workload, 
   const leader = await cluster.leader();
   const pids = cluster.members.map((m) => m.process.pid);
   const label = `[cluster] ${cluster.label} ${path} ${workload} ×${clients}`;
-  progress.start(label, plan.seconds * 1000, "ms");
+  progress.start(label, (plan.warmupSeconds + plan.seconds) * 1000, "ms");
   const started = performance.now();
   const ticker = setInterval(() => progress.tick(performance.now() - started), 200);
   let r: LoadResult;
@@ -98,6 +100,7 @@ async function runPoint(cluster: Cluster, path: ClientPath, workload: Workload, 
       workload,
       clients,
       durationMs: plan.seconds * 1000,
+      warmupMs: plan.warmupSeconds * 1000,
       keyCount: plan.preloadKeys,
       tag: `${cluster.system[0]}${(tagCounter++).toString(36)}`,
       valueBytes: VALUE_BYTES,
@@ -170,6 +173,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
     workloads: o.workloads === null ? WORKLOADS : o.workloads.filter((w): w is Exclude<Workload, "preload"> => w !== "overload"),
     paths: o.paths ?? DEFAULT_PATHS,
     seconds: o.seconds ?? (o.quick ? 2 : 10),
+    warmupSeconds: o.warmupSeconds ?? (o.quick ? 1 : 3),
     clients: o.clients ?? (o.quick ? [1, 64] : [1, 16, 64, 256]),
     runs: o.runs,
     preloadKeys: o.quick ? 1_000 : 10_000,
@@ -193,7 +197,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
       notes.push("nothing to run: no kvserver yet, and etcd not requested (--vs-etcd) or absent");
       return { suite: "cluster", title: "Cluster: nothing measured", tables: [], notes, charts: [], data: { plan, points } };
     }
-    progress.log(`[cluster] ${clusters.map((c) => c.label).join(" / ")}, 3 members each, ${plan.seconds} s per point, clients ${plan.clients.join(", ")}, ${plan.runs} run(s)`);
+    progress.log(`[cluster] ${clusters.map((c) => c.label).join(" / ")}, 3 members each, ${plan.seconds} s per point after ${plan.warmupSeconds} s of warm-up, clients ${plan.clients.join(", ")}, ${plan.runs} run(s)`);
     for (const c of clusters) await preload(c, plan.preloadKeys, progress);
     for (const c of clusters) {
       progress.start(`[cluster] ${c.label} idle CPU`, 0, "ms");
@@ -366,7 +370,7 @@ export async function runClusterSuite(o: BenchOptions, progress: Progress): Prom
         })),
       ),
     );
-  const subtitle = `3 members on 127.0.0.1, fsync on, ${plan.seconds} s per point, median of ${plan.runs} run(s)`;
+  const subtitle = `3 members on 127.0.0.1, fsync on, ${plan.seconds} s per point (after ${plan.warmupSeconds} s unmeasured), median of ${plan.runs} run(s)`;
   const charts = [
     {
       file: "cluster-throughput.svg",

@@ -8,7 +8,12 @@ const USAGE =
   "usage: bun run sim --seed S [--nodes N (1..15, default 5)] [--steps K (default 2000)] [--disk-faults] [--kv | --membership]\n" +
   "  --disk-faults: the schedule also wipes, truncates or discards the disks of down nodes\n" +
   "  --membership: the schedule also adds learners, promotes and removes members (the leader too);\n" +
-  "                N-2 nodes start as voters, the rest wait to be added (N >= 2)";
+  "                N-2 nodes start as voters, the rest wait to be added (N >= 2)\n" +
+  "  --kv families: --sessions (a 3-slot session table), --api (compare-and-swap and Range),\n" +
+  "                --batch (Batch RPCs logged as batch entries)";
+
+/** The KV simulator's families (flags passed through to it). */
+const KV_FAMILIES = ["--sessions", "--api", "--batch"];
 
 export interface SimCliOptions {
   seed: number;
@@ -62,7 +67,7 @@ export function parseSimArgs(argv: string[]): SimCliOptions {
       case "--help":
         throw new UsageError("help");
       default:
-        if (out.kv || argv.includes("--kv")) out.extra.push(arg);
+        if ((out.kv || argv.includes("--kv")) && KV_FAMILIES.includes(arg)) out.extra.push(arg);
         else throw new UsageError(`unknown flag ${JSON.stringify(arg)}`);
     }
   }

@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { compareBytes, KIND_PUT } from "./coding.ts";
 import { DB } from "./db.ts";
 import { LsmError } from "./errors.ts";
-import { fsyncDir, tableFileName, VersionSet } from "./manifest.ts";
+import { freshVersionSet, fsyncDir, tableFileName, type VersionSet } from "./manifest.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
 import { TableBuilder, type BuiltTable, type TableOptions } from "./sstable.ts";
 import { emptyEdit, fileMeta, NUM_LEVELS, type FileMeta } from "./version.ts";
@@ -53,15 +53,7 @@ export class BulkLoader {
   /** Starts loading into `dir`, which must not exist or be empty. */
   static async create(dir: string, options: DBOptions = {}): Promise<BulkLoader> {
     const opts = resolveOptions(options);
-    try {
-      fs.mkdirSync(dir, { recursive: true });
-    } catch (e) {
-      throw new LsmError("IO", `bulk load: cannot create ${dir}: ${(e as Error).message}`);
-    }
-    if (fs.readdirSync(dir).length > 0) throw new LsmError("INVALID_ARGUMENT", `bulk load needs an empty directory; ${dir} is not empty`);
-    const versions = new VersionSet(dir, opts.logger);
-    // An empty manifest first: table numbers come from the same counter as the manifest's.
-    await versions.recover();
+    const versions = await freshVersionSet(dir, opts.logger, "bulk load");
     const table: TableOptions = {
       blockSize: opts.blockSize,
       restartInterval: opts.blockRestartInterval,

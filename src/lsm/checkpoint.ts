@@ -10,15 +10,8 @@ import type { Snapshot } from "./snapshot.ts";
 import type { FileMeta } from "./version.ts";
 
 /** One table file of the checkpoint: where it sits in the version and its bounds (internal keys). */
-export interface CheckpointFile {
+export interface CheckpointFile extends FileMeta {
   level: number;
-  number: number;
-  size: number;
-  smallest: Uint8Array;
-  largest: Uint8Array;
-  /** Views of the user keys of smallest and largest. */
-  smallestUser: Uint8Array;
-  largestUser: Uint8Array;
   /** The file's path in the source database directory. */
   path: string;
 }

@@ -34,6 +34,23 @@ export function fsyncDir(dir: string): void {
 
 export type Logger = (message: string) => void;
 
+/**
+ * A fresh manifest in `dir`, which must not exist or be empty: the start of a database built from
+ * outside the write path (bulk load, table import). `what` names the builder in errors.
+ */
+export async function freshVersionSet(dir: string, logger: Logger, what: string): Promise<VersionSet> {
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    throw new LsmError("IO", `${what}: cannot create ${dir}: ${(e as Error).message}`);
+  }
+  if (fs.readdirSync(dir).length > 0) throw new LsmError("INVALID_ARGUMENT", `${what} needs an empty directory; ${dir} is not empty`);
+  const versions = new VersionSet(dir, logger);
+  // An empty manifest first: table numbers come from the same counter as the manifest's.
+  await versions.recover();
+  return versions;
+}
+
 export class VersionSet {
   current: Version = Version.empty();
   nextFileNumber = 2;

@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { compareBytes, compareEncodedInternalKeys, internalUserKey, KIND_DEL, KIND_PUT } from "./coding.ts";
 import { DB } from "./db.ts";
 import { LsmError } from "./errors.ts";
-import { fsyncDir, tableFileName, VersionSet } from "./manifest.ts";
+import { freshVersionSet, fsyncDir, tableFileName, type VersionSet } from "./manifest.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
 import { BlockCache } from "./cache.ts";
 import { TableBuilder, TableReader } from "./sstable.ts";
@@ -70,14 +70,7 @@ export class TableImporter {
   /** Starts importing into `dir`, which must not exist or be empty. */
   static async create(dir: string, options: DBOptions = {}): Promise<TableImporter> {
     const opts = resolveOptions(options);
-    try {
-      fs.mkdirSync(dir, { recursive: true });
-    } catch (e) {
-      throw new LsmError("IO", `table import: cannot create ${dir}: ${(e as Error).message}`);
-    }
-    if (fs.readdirSync(dir).length > 0) throw new LsmError("INVALID_ARGUMENT", `table import needs an empty directory; ${dir} is not empty`);
-    const versions = new VersionSet(dir, opts.logger);
-    await versions.recover();
+    const versions = await freshVersionSet(dir, opts.logger, "table import");
     return new TableImporter(dir, options, opts, versions);
   }
 

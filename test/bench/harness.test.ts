@@ -187,6 +187,10 @@ describe("args", () => {
     expect(o.json).toBe("out.json");
     expect(o.seconds).toBe(4);
     expect(parseArgs(["lsm", "--keys", "200_000", "--runs", "5"], dir)).toMatchObject({ lsmKeys: 200_000, runs: 5 });
+    expect(parseArgs(["cluster", "--warmup", "0"], dir).warmupSeconds).toBe(0);
+    expect(parseArgs(["cluster", "--warmup", "5"], dir).warmupSeconds).toBe(5);
+    expect(parseArgs(["cluster"], dir).warmupSeconds).toBeNull();
+    expect(() => parseArgs(["cluster", "--warmup", "-1"], dir)).toThrow(/--warmup/);
     expect(parseArgs(["cluster", "--no-fast-lane"], dir).noFastLane).toBe(true);
   });
 

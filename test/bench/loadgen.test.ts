@@ -2,7 +2,7 @@
 // JSON API and etcd's gateway: requests are well-formed, answers are checked, errors counted.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { runLoad, type LoadConfig } from "../../bench/loadgen.ts";
+import { runLoad, validateConfig, type LoadConfig } from "../../bench/loadgen.ts";
 import { Histogram } from "../../bench/stats.ts";
 
 interface Seen {
@@ -85,6 +85,19 @@ describe("load generator", () => {
     expect(byClient.size).toBe(4);
     for (const ids of byClient.values()) expect(ids).toEqual(ids.map((_, i) => i + 1));
     expect(r.cpu[process.pid]).toBeGreaterThanOrEqual(0);
+  });
+
+  test("a warm-up runs the same load unmeasured before the window: the server sees more than is counted", async () => {
+    seen.etcdPuts.length = 0;
+    const t0 = performance.now();
+    const r = await runLoad(config({ protocol: "etcd", tag: "w3", clients: 1, durationMs: 200, warmupMs: 300 }));
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(500);
+    expect(r.errors).toBe(0);
+    expect(r.seconds).toBeLessThan(0.45);
+    expect(Histogram.fromJSON(r.histogram).count).toBe(r.ops);
+    // Warm-up puts reached the server but are not in the result.
+    expect(seen.etcdPuts.length).toBeGreaterThan(r.ops);
+    expect(() => validateConfig(config({ warmupMs: -1 }))).toThrow(/warmupMs/);
   });
 
   test("etcd mix: base64 puts and ranges over the preloaded keys", async () => {

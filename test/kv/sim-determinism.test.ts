@@ -117,6 +117,23 @@ describe("KV simulator replay", () => {
   );
 
   test(
+    "the batch family (--batch): Batch RPCs logged as batch entries under every fault are linearizable, exactly once, and replay",
+    async () => {
+      for (const seed of [1, 3]) {
+        const first = await runKvSim({ seed, nodes: 5, steps: 120, extra: ["--batch"] });
+        if (!first.ok) console.error(first.line);
+        expect(first.ok).toBe(true);
+        expect(first.line).not.toContain("NOT REPLAYABLE");
+        // Batched appends were audited (each token at most once), so the family ran what it is for.
+        const [, audited] = /(\d+) appends audited/.exec(first.line) ?? [];
+        expect(Number(audited)).toBeGreaterThan(20);
+        expect((await runKvSim({ seed, nodes: 5, steps: 120, extra: ["--batch"] })).line).toBe(first.line);
+      }
+    },
+    TIMEOUT,
+  );
+
+  test(
     "the session family (--sessions): a 3-slot table for 5 registered clients under faults refuses, expires, never applies twice, and replays",
     async () => {
       for (const seed of [1, 4]) {

@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { MemoryLogStore, SimClock, NodeSimNetwork } from "../raft-node/index.ts";
 import { Rng } from "../../util/rng.ts";
 import { InvalidArgumentError, KVError, OverloadedError, SessionExpiredError } from "../../kv/errors.ts";
-import { KVServer, type CommandArgs, type CommandReply, type KVLimits, type KVStateOptions, type RegisterReply } from "../../kv/server.ts";
+import { KVServer, type BatchAnswer, type CommandArgs, type CommandReply, type KVLimits, type KVStateOptions, type RegisterReply } from "../../kv/server.ts";
 
 /** How long a simulated client waits for a lost request or reply before trying again. */
 const RPC_TIMEOUT_MS = 100;
@@ -280,6 +280,11 @@ export class KvSimCluster {
         }),
       rng,
     );
+  }
+
+  /** One Batch RPC to server `i` (null: no answer), with the same delays and losses as call(). */
+  batchCall(i: number, commands: CommandArgs[], clientId: bigint, rng: Rng = this.rng): Promise<BatchAnswer[] | null> {
+    return this.rpc(i, clientId, (server) => server.batch(commands), rng);
   }
 
   /** Any call of a KVServer (Range, Txn), with the same delays and losses as call(). */

@@ -1,5 +1,5 @@
 // runKvSim, the `sim --kv` entry: the randomized workload under every fault, with its families
-// (--sessions, --api), summed up in one replayable line ending `ok hash=<hex>` or `FAIL …`.
+// (--sessions, --api, --batch), summed up in one replayable line ending `ok hash=<hex>` or `FAIL …`.
 import { runWorkload } from "./workload.ts";
 
 export interface KvSimOptions {
@@ -11,6 +11,8 @@ export interface KvSimOptions {
    * Extra flags: `--sessions` runs the session family: every client writes under a registered
    * session, the table holds 3 sessions for 5 clients and sessions expire after 300 ms of log
    * time, so registrations are refused, sessions expire mid-retry and clients register again.
+   * `--batch`: clients also send Batch RPCs of 2-6 appends and Gets (batch entries in the log,
+   * cut at repeated keys), every command exactly once through its own session slot.
    */
   extra?: string[];
 }
@@ -24,6 +26,7 @@ export async function runKvSim(options: KvSimOptions): Promise<{ line: string; o
   const iterations = 3;
   const sessions = options.extra?.includes("--sessions") ?? false;
   const apiOps = options.extra?.includes("--api") ?? false;
+  const batch = options.extra?.includes("--batch") ?? false;
   const result = await runWorkload({
     seed: options.seed,
     servers: options.nodes,
@@ -38,10 +41,11 @@ export async function runKvSim(options: KvSimOptions): Promise<{ line: string; o
     snapshotThreshold: 50,
     ...(sessions ? { registered: true, state: { sessionTtlMs: 300, maxSessions: 3 }, idle: { chance: 0.2, ms: 400 } } : {}),
     ...(apiOps ? { api: true } : {}),
+    ...(batch ? { batch: true } : {}),
   });
   const ok = result.failures.length === 0;
   const summary =
-    `kv ${sessions ? "sessions " : ""}${apiOps ? "api " : ""}${options.nodes} nodes, ${result.operations} ops, ${result.crashes} crashes, ${result.partitions} partitions, ` +
+    `kv ${sessions ? "sessions " : ""}${apiOps ? "api " : ""}${batch ? "batch " : ""}${options.nodes} nodes, ${result.operations} ops, ${result.crashes} crashes, ${result.partitions} partitions, ` +
     (sessions
       ? `${result.sessionEvents.registrationsRefused} registrations refused, ${result.sessionEvents.expiredRefusals} writes refused as session-expired ` +
         `(${result.sessionEvents.uncertainWrites} outcomes unknown), `

@@ -1,6 +1,7 @@
 // MIT 6.824's kvraft workload (GenericTest) on a KvSimCluster: clients, crashes, partitions and an
 // unreliable network, the per-client append audit, the linearizability check and the history hash.
 import { KvSimApiClerk } from "./api-clerk.ts";
+import { KvSimBatchClerk, type BatchOp } from "./batch-clerk.ts";
 import { KvSimClerk } from "./clerk.ts";
 import { KvSimCluster } from "./cluster.ts";
 import { checkHistory, type CheckResult, type Operation } from "../check/index.ts";
@@ -56,6 +57,8 @@ export interface WorkloadOptions {
   idle?: { chance: number; ms: number };
   /** randomKeys runs also use compare-and-swap (Txn) and Range (issue 14). */
   api?: boolean;
+  /** Clients also send Batch RPCs (several writes and Gets, logged as batch entries); appends are audited once each. */
+  batch?: boolean;
 }
 
 export interface WorkloadResult {
@@ -107,6 +110,8 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
         let appended = 0;
         // The etcd-style client has its own session id (commandIds increase per session).
         const api = o.api ? new KvSimApiClerk(cluster, BigInt(iteration * 1000 + client + 501), history) : null;
+        // The Batch client's commands each run under a session slot of their own (ids ×100 + slot).
+        const batcher = o.batch ? new KvSimBatchClerk(cluster, BigInt(iteration * 1000 + client + 701), history) : null;
         /** What this client last saw of each key: the value a Cas expects. */
         const seen = new Map<string, string | null>();
         if (!o.randomKeys) await clerk.put(ownKey, "");
@@ -115,9 +120,18 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
           const key = o.randomKeys ? String(rng.int(o.clients)) : ownKey;
           const r = rng.next();
           // With the API mix, fewer Appends: a value that keeps growing leaves a Cas little to win.
-          if (r < (api === null ? 0.5 : 0.25)) {
+          if (batcher !== null && r < 0.3) {
+            // A batch of 2..6 commands on random keys: repeated keys cut it into several entries.
+            const ops: BatchOp[] = [];
+            for (let n = rng.range(2, 6); ops.length < n; ) {
+              const k = String(rng.int(o.clients));
+              if (rng.chance(0.2)) ops.push({ op: "Get", key: k, value: "" });
+              else ops.push({ op: "Append", key: k, value: `x ${iteration}.${client}.b ${appended++} r` });
+            }
+            await batcher.batch(ops);
+          } else if (r < (api === null ? 0.5 : 0.25)) {
             // Registered runs audit that no token appears twice: tokens name the iteration too.
-            const writer = o.registered ? `${iteration}.${client}` : client;
+            const writer = o.registered || o.batch ? `${iteration}.${client}` : client;
             const token = o.randomKeys ? `x ${writer} ${appended} r` : `x ${client} ${appended} y`;
             await clerk.append(key, token);
             last += token;
@@ -160,7 +174,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
           failures.push(...checkClientAppends(client, reply.value, result.appended));
           appendsAudited += result.appended;
         }
-      } else if (o.registered) {
+      } else if (o.registered || o.batch) {
         // Exactly once, audited directly: every append token is unique, so none may appear twice.
         for (let key = 0; key < o.clients; key++) {
           const reply = await cluster.until(results[0]!.clerk.get(String(key)));
