@@ -10,7 +10,8 @@ export interface DBOptions {
   maxImmutableMemtables?: number;
   /**
    * Bytes of checksum-verified, decoded blocks kept for reuse (a miss reads and CRC-checks the
-   * block), counted at their buffers' capacity; evicted buffers are reused. Default 32 MiB.
+   * block), counted by block length (their pooled buffers are up to 1/8 larger); evicted buffers
+   * are reused. Default 32 MiB.
    */
   blockCacheBytes?: number;
   /** Open table files kept in the table cache. Default 500. */
