@@ -15,9 +15,11 @@ export interface BulkSession {
 
 /** What the bulk writer uses of its Clerk. */
 export interface BulkHost {
+  /** The node id of each slot of clients and addrs. */
+  readonly ids: readonly number[];
   readonly clients: readonly Client<typeof KVService>[];
   readonly addrs: readonly string[];
-  /** The node believed to lead (shared with the Clerk's other operations). */
+  /** The slot of the node believed to lead (shared with the Clerk's other operations). */
   leader: number;
   /** A registered session no other operation uses; resolves once registered. */
   acquire(deadline: number): Promise<BulkSession>;
@@ -146,7 +148,7 @@ export async function runBulk(host: BulkHost, run: BulkRun, source: Iterator<rea
       const item = batch[i]!;
       const result = response.results[i];
       if (result === undefined) {
-        requeue(item, `node ${node} answered ${response.results.length} results for ${batch.length} writes`);
+        requeue(item, `node ${host.ids[node]} answered ${response.results.length} results for ${batch.length} writes`);
         continue;
       }
       if (result.code === 0) {
@@ -154,15 +156,16 @@ export async function runBulk(host: BulkHost, run: BulkRun, source: Iterator<rea
         if (err === "OK" || err === "ErrNoKey") settle(item);
         else {
           // ErrWrongLeader (maybe with a hint) or ErrTimeout: resend, to the leader it names.
-          const hint = result.response?.leader.case === "leaderId" ? Number(result.response.leader.value) : -1;
-          const useful = hint >= 0 && hint < host.clients.length && hint !== node;
+          // The hint is a node id: its slot, if the Clerk knows the node.
+          const hint = result.response?.leader.case === "leaderId" ? host.ids.indexOf(Number(result.response.leader.value)) : -1;
+          const useful = hint >= 0 && hint !== node;
           if (!moved && err === "ErrWrongLeader") {
             host.leader = useful ? hint : (node + 1) % host.clients.length;
             moved = true;
           }
           // Without a leader to follow (an election, a timeout), resend after a pause, not at once.
           if (!useful) stay = true;
-          requeue(item, `node ${node}: ${err}`);
+          requeue(item, `node ${host.ids[node]}: ${err}`);
         }
         continue;
       }
@@ -190,9 +193,9 @@ export async function runBulk(host: BulkHost, run: BulkRun, source: Iterator<rea
         );
       } else if (BACK_OFF_ON_SAME_NODE.has(code) || RETRYABLE.has(code)) {
         stay = true;
-        requeue(item, `node ${node}: ${result.message}`);
+        requeue(item, `node ${host.ids[node]}: ${result.message}`);
       } else {
-        fail(new ClerkError(code, `node ${node} (${host.addrs[node]}) refused the write of ${JSON.stringify(item.key.slice(0, 64))}: ${result.message}`));
+        fail(new ClerkError(code, `node ${host.ids[node]} (${host.addrs[node]}) refused the write of ${JSON.stringify(item.key.slice(0, 64))}: ${result.message}`));
         active--;
       }
     }
@@ -221,18 +224,18 @@ export async function runBulk(host: BulkHost, run: BulkRun, source: Iterator<rea
       (error: unknown) => {
         const connectError = ConnectError.from(error);
         if (connectError.code === Code.Unimplemented) {
-          fail(new ClerkError(Code.Unimplemented, `node ${node} (${host.addrs[node]}) has no Batch RPC: putMany and appendMany need a kvraft server with Batch`));
+          fail(new ClerkError(Code.Unimplemented, `node ${host.ids[node]} (${host.addrs[node]}) has no Batch RPC: putMany and appendMany need a kvraft server with Batch`));
           active -= batch.length;
           return;
         }
         if (!RETRYABLE.has(connectError.code) && !BACK_OFF_ON_SAME_NODE.has(connectError.code)) {
           // A refusal of the whole call (e.g. a request over the server's size limit): nothing applied.
-          fail(new ClerkError(connectError.code, `node ${node} (${host.addrs[node]}) refused a batch of ${batch.length} writes: ${connectError.rawMessage}`));
+          fail(new ClerkError(connectError.code, `node ${host.ids[node]} (${host.addrs[node]}) refused a batch of ${batch.length} writes: ${connectError.rawMessage}`));
           active -= batch.length;
           return;
         }
         if (!BACK_OFF_ON_SAME_NODE.has(connectError.code) && host.leader === node) host.leader = (node + 1) % host.clients.length;
-        for (const item of batch) requeue(item, `node ${node} (${host.addrs[node]}): ${connectError.message}`);
+        for (const item of batch) requeue(item, `node ${host.ids[node]} (${host.addrs[node]}): ${connectError.message}`);
         pause();
       },
     ).finally(() => {

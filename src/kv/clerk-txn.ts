@@ -19,8 +19,11 @@ const decoder = new TextDecoder();
 
 /** What a watch needs of a Clerk (its own copy of the node to ask). */
 export interface ClerkParts {
+  /** The node id of each slot below (the known members, ascending). */
+  ids: readonly number[];
   clients: Client<typeof KVService>[];
   addrs: string[];
+  /** A slot of the arrays, not a node id. */
   leader: number;
   operationTimeoutMs: number;
   backoffMs: number;

@@ -91,7 +91,7 @@ export async function* clerkWatch(parts: ClerkParts, key: string, options: Watch
               );
             }
           }
-          lastProblem = `node ${node}: ${response.cancelReason}`;
+          lastProblem = `node ${parts.ids[node]}: ${response.cancelReason}`;
           break;
         }
         // A resumed stream never repeats a revision already delivered (defence in depth).
@@ -106,14 +106,14 @@ export async function* clerkWatch(parts: ClerkParts, key: string, options: Watch
         if (events.length > 0 || options.progressNotify) yield { revision, events };
       }
       if (abort.signal.aborted) return;
-      lastProblem = `node ${node} ended the watch`;
+      lastProblem = `node ${parts.ids[node]} ended the watch`;
     } catch (error) {
       if (error instanceof ClerkError || error instanceof WatchCompactedError) throw error;
       if (options.signal?.aborted) return;
       const connectError = ConnectError.from(error);
-      lastProblem = `node ${node} (${parts.addrs[node]}): ${connectError.message}`;
+      lastProblem = `node ${parts.ids[node]} (${parts.addrs[node]}): ${connectError.message}`;
       if (!RETRYABLE.has(connectError.code) && connectError.code !== Code.ResourceExhausted) {
-        throw new ClerkError(connectError.code, `node ${node} (${parts.addrs[node]}) refused the watch: ${connectError.rawMessage}`);
+        throw new ClerkError(connectError.code, `node ${parts.ids[node]} (${parts.addrs[node]}) refused the watch: ${connectError.rawMessage}`);
       }
     } finally {
       options.signal?.removeEventListener("abort", stop);

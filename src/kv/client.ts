@@ -176,9 +176,10 @@ export class Clerk {
   /** This Clerk as the bulk writer sees it: its nodes, its leader guess, its session pool. */
   private bulkHost(): BulkHost {
     const clerk = this;
-    // The nodes known now, numbered densely (they are the node ids unless members were learned).
+    // The nodes known now, in slots (ids[slot] is the node id: they differ once members were learned).
     const ids = this.nodes.ids;
     return {
+      ids,
       clients: ids.map((id) => this.nodes.clients[id]!),
       addrs: ids.map((id) => this.nodes.addrs[id]!),
       get leader() {
@@ -247,7 +248,7 @@ export class Clerk {
     // Its own node index: a watch moving between nodes does not move the writes' leader.
     const ids = this.nodes.ids;
     return clerkWatch(
-      { clients: ids.map((id) => this.nodes.clients[id]!), addrs: ids.map((id) => this.nodes.addrs[id]!), leader: Math.max(0, ids.indexOf(this.leader)), ...this.options },
+      { ids, clients: ids.map((id) => this.nodes.clients[id]!), addrs: ids.map((id) => this.nodes.addrs[id]!), leader: Math.max(0, ids.indexOf(this.leader)), ...this.options },
       key,
       options,
     );

@@ -1,0 +1,54 @@
+// The bulk writer against fake nodes: a leader hint is a node id, and once the Clerk has learned
+// members whose ids are not 0..n-1 (a node removed, another added) the hint still leads to the
+// right node, in one hop.
+import { describe, expect, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import type { Client } from "@connectrpc/connect";
+import { runBulk, type BulkHost, type BulkSession } from "../../src/kv/clerk-bulk.ts";
+import { BatchResponseSchema, BatchResultSchema, CommandResponseSchema, KVService, Op, type BatchRequest } from "../../src/gen/kvraftpb/kvraft_pb.ts";
+
+/** A node answering every Batch: as the leader (OK each) or as a follower naming `leaderId`. */
+function fakeNode(calls: number[], slot: number, leaderId: number | null): Client<typeof KVService> {
+  return {
+    batch: async (request: BatchRequest) => {
+      calls[slot]!++;
+      const response =
+        leaderId === null
+          ? create(CommandResponseSchema, { err: "OK" })
+          : create(CommandResponseSchema, { err: "ErrWrongLeader", leader: { case: "leaderId", value: BigInt(leaderId) } });
+      return create(BatchResponseSchema, { results: request.commands.map(() => create(BatchResultSchema, { response })) });
+    },
+  } as unknown as Client<typeof KVService>;
+}
+
+describe("bulk writer", () => {
+  test("follows a leader hint by node id when the known ids are not dense (0, 1, 4)", async () => {
+    const ids = [0, 1, 4];
+    const calls = [0, 0, 0];
+    // Slot 0 (node 0) and slot 1 (node 1) follow node 4, which sits in slot 2.
+    const clients = [fakeNode(calls, 0, 4), fakeNode(calls, 1, 4), fakeNode(calls, 2, null)];
+    let next = 1n;
+    const host: BulkHost = {
+      ids,
+      clients,
+      addrs: ["a:1", "b:2", "e:5"],
+      leader: 0,
+      acquire: async (): Promise<BulkSession> => ({ id: next++, nextCommandId: 1n }),
+      release: () => {},
+      reregister: async () => {},
+      registered: true,
+      callTimeoutMs: 1000,
+      operationTimeoutMs: 5000,
+      backoffMs: 1,
+      maxBackoffMs: 5,
+      maxRequestBytes: 1 << 20,
+    };
+    const pairs: [string, string][] = Array.from({ length: 50 }, (_, i) => [`k${i}`, `v${i}`]);
+    const result = await runBulk(host, { op: Op.PUT, concurrency: 10, batchCommands: 10, maxRpcs: 1 }, pairs[Symbol.iterator]());
+    expect(result.failure).toBeNull();
+    expect(result.written).toBe(50);
+    // One refused call at node 0, then straight to node 4's slot: node 1 is never asked.
+    expect(calls).toEqual([1, 0, 5]);
+    expect(host.leader).toBe(2);
+  });
+});
