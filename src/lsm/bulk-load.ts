@@ -6,10 +6,10 @@ import * as path from "node:path";
 import { compareBytes, KIND_PUT } from "./coding.ts";
 import { DB } from "./db.ts";
 import { LsmError } from "./errors.ts";
-import { freshVersionSet, fsyncDir, tableFileName, type VersionSet } from "./manifest.ts";
+import { commitFreshVersion, freshVersionSet, tableFileName, type VersionSet } from "./manifest.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
 import { TableBuilder, type BuiltTable, type TableOptions } from "./sstable.ts";
-import { emptyEdit, fileMeta, NUM_LEVELS, type FileMeta } from "./version.ts";
+import { fileMeta, NUM_LEVELS, type FileMeta } from "./version.ts";
 
 /** Every loaded entry has this sequence; writes after the open get higher ones and win. */
 const LOADED_SEQ = 1;
@@ -133,12 +133,7 @@ export class BulkLoader {
           throw new LsmError("INVALID_ARGUMENT", `bulk load: runs overlap (tables ${files[i - 1].number} and ${files[i].number}); each key may appear once`);
         }
       }
-      const edit = emptyEdit();
-      edit.logNumber = 0;
-      for (const f of files) edit.added.push([BOTTOM, f]);
-      await this.versions.logAndApply(edit, LOADED_SEQ);
-      await this.versions.close();
-      fsyncDir(this.dir);
+      await commitFreshVersion(this.versions, this.dir, files.map((f) => [BOTTOM, f] as const), LOADED_SEQ);
     } catch (e) {
       await this.versions.close().catch(() => {});
       throw e;

@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { LsmError, corruption, ioError } from "./errors.ts";
-import { emptyEdit, decodeEdit, encodeEdit, NUM_LEVELS, Version, type VersionEdit } from "./version.ts";
+import { emptyEdit, decodeEdit, encodeEdit, NUM_LEVELS, Version, type FileMeta, type VersionEdit } from "./version.ts";
 import { LogWriter, readLog } from "./wal.ts";
 
 /** A manifest larger than this is rewritten as one snapshot edit into a new manifest file. */
@@ -49,6 +49,19 @@ export async function freshVersionSet(dir: string, logger: Logger, what: string)
   // An empty manifest first: table numbers come from the same counter as the manifest's.
   await versions.recover();
   return versions;
+}
+
+/**
+ * Ends a database built by freshVersionSet: one manifest edit adding every table at its level,
+ * the manifest closed and the directory synced, so DB.open finds it whole.
+ */
+export async function commitFreshVersion(versions: VersionSet, dir: string, tables: readonly (readonly [number, FileMeta])[], lastSequence: number): Promise<void> {
+  const edit = emptyEdit();
+  edit.logNumber = 0;
+  for (const [level, f] of tables) edit.added.push([level, f]);
+  await versions.logAndApply(edit, lastSequence);
+  await versions.close();
+  fsyncDir(dir);
 }
 
 export class VersionSet {

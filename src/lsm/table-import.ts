@@ -6,11 +6,11 @@ import * as path from "node:path";
 import { compareBytes, compareEncodedInternalKeys, internalUserKey, KIND_DEL, KIND_PUT } from "./coding.ts";
 import { DB } from "./db.ts";
 import { LsmError } from "./errors.ts";
-import { freshVersionSet, fsyncDir, tableFileName, type VersionSet } from "./manifest.ts";
+import { commitFreshVersion, freshVersionSet, tableFileName, type VersionSet } from "./manifest.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
 import { BlockCache } from "./cache.ts";
 import { TableBuilder, TableReader } from "./sstable.ts";
-import { emptyEdit, fileMeta, NUM_LEVELS, type FileMeta } from "./version.ts";
+import { fileMeta, NUM_LEVELS, type FileMeta } from "./version.ts";
 
 /** Files past this many waiting for their fdatasync make `settle()` wait. */
 const MAX_SYNCING = 4;
@@ -215,12 +215,7 @@ export class TableImporter {
       checkLevels(this.files);
       await Promise.all(this.syncing);
       if (this.failure !== null) throw this.failure;
-      const edit = emptyEdit();
-      edit.logNumber = 0;
-      for (const [level, f] of this.files) edit.added.push([level, f]);
-      await this.versions.logAndApply(edit, lastSequence);
-      await this.versions.close();
-      fsyncDir(this.dir);
+      await commitFreshVersion(this.versions, this.dir, this.files, lastSequence);
     } catch (e) {
       await this.versions.close().catch(() => {});
       throw e;
