@@ -1,10 +1,8 @@
 // Batch entries (many client writes in one Raft entry) on a real LSM: each command exactly-once
 // through its own session with its own result, refused and applied commands side by side, one
 // revision per entry in the data and the watch history, and the same state after a restart.
-import { afterEach, describe, expect, test } from "bun:test";
-import * as fs from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
+import { describe, expect, test } from "bun:test";
+import { machineFixture } from "./machine-fixture.ts";
 import { batchItem, decodeBatchCommands, encodeBatchCommand, type BatchItem } from "../../src/kv/batch-command.ts";
 import { decodeCommand, encodeCommand } from "../../src/kv/command.ts";
 import { KVCorruptionError } from "../../src/kv/errors.ts";
@@ -22,23 +20,11 @@ import {
 } from "../../src/kv/sessions.ts";
 import { EntryType, type Entry } from "../../src/raft/index.ts";
 
-const dirs: string[] = [];
-const machines: KVStateMachine[] = [];
-afterEach(async () => {
-  for (const m of machines.splice(0)) await m.close().catch(() => {});
-  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-});
+const machine = machineFixture("kvraft-batch-");
+const close = machine.close;
 
-async function open(dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-batch-"))): Promise<{ m: KVStateMachine; dir: string }> {
-  if (!dirs.includes(dir)) dirs.push(dir);
-  const m = await KVStateMachine.open({ dir, members: [0, 1, 2], memtableBytes: 64 << 10, blockCacheBytes: 64 << 10 });
-  machines.push(m);
-  return { m, dir };
-}
-
-async function close(m: KVStateMachine): Promise<void> {
-  machines.splice(machines.indexOf(m), 1);
-  await m.close();
+async function open(dir = machine.tempDir()): Promise<{ m: KVStateMachine; dir: string }> {
+  return { m: await machine.open(dir), dir };
 }
 
 type Op = "Put" | "Append" | "Delete";

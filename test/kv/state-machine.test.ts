@@ -1,8 +1,8 @@
 // KVStateMachine on a real LSM: apply semantics, exactly-once sessions, restart from the LSM,
 // snapshot streams taken while writes continue, and atomic install that survives a broken stream.
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
+import { machineFixture } from "./machine-fixture.ts";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { encodeCommand, type WriteCommand } from "../../src/kv/command.ts";
 import { KVStateMachine } from "../../src/kv/state-machine.ts";
@@ -20,30 +20,7 @@ import { DB } from "../../src/lsm/index.ts";
 import { KEY_COUNT_KEY } from "../../src/kv/keys.ts";
 import { isStateMachineCorruption } from "../../src/kv/fail-stop.ts";
 
-const dirs: string[] = [];
-const machines: KVStateMachine[] = [];
-afterEach(async () => {
-  for (const m of machines.splice(0)) await m.close().catch(() => {});
-  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-sm-"));
-  dirs.push(dir);
-  return dir;
-}
-
-async function open(dir: string, extra: Partial<Parameters<typeof KVStateMachine.open>[0]> = {}): Promise<KVStateMachine> {
-  const m = await KVStateMachine.open({ dir, members: [0, 1, 2], memtableBytes: 64 << 10, blockCacheBytes: 64 << 10, ...extra });
-  machines.push(m);
-  return m;
-}
-
-async function reopen(m: KVStateMachine, dir: string, extra: Partial<Parameters<typeof KVStateMachine.open>[0]> = {}): Promise<KVStateMachine> {
-  await m.close();
-  machines.splice(machines.indexOf(m), 1);
-  return open(dir, extra);
-}
+const { tempDir, open, reopen, close } = machineFixture("kvraft-sm-");
 
 const text = new TextDecoder();
 const read = (m: KVStateMachine, key: string) => {
@@ -263,8 +240,7 @@ describe("key count", () => {
     const dir = tempDir();
     let m = await open(dir);
     await m.apply(entries(1, 1, [{ op: "Put", key: "a", commandId: 1n }, { op: "Put", key: "b", commandId: 2n }, { op: "Put", key: "c", commandId: 3n }]));
-    await m.close();
-    machines.splice(machines.indexOf(m), 1);
+    await close(m);
     // Remove the count record, as a state from an older build would lack it.
     const db = await DB.open(path.join(dir, "state-1"));
     await db.del(KEY_COUNT_KEY);
@@ -367,8 +343,7 @@ for (const snapshotFormat of ["files", "pairs"] as const) describe(`snapshot and
     const dir = tempDir();
     let m = await open(dir);
     await m.apply(entries(1, 1, [{ op: "Put", key: "a", value: "1" }]));
-    await m.close();
-    machines.splice(machines.indexOf(m), 1);
+    await close(m);
     // A crash after building state-2 but before the pointer switch.
     fs.mkdirSync(path.join(dir, "state-2"));
     fs.writeFileSync(path.join(dir, "state-2", "junk"), "partial");

@@ -1,9 +1,9 @@
 // Revisions, Range, DeleteRange and Txn on a real LSM through KVStateMachine: every write stamped
 // with its entry's index, compares and operations atomic at one revision, a retried Txn answered
 // from its session, the revisions carried by a snapshot, and a state of the old layout refused.
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
+import { machineFixture } from "./machine-fixture.ts";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { encodeCommand, type WriteCommand } from "../../src/kv/command.ts";
 import { KVStateMachine } from "../../src/kv/state-machine.ts";
@@ -16,24 +16,7 @@ import { validateTxn, txnLimits } from "../../src/kv/txn.ts";
 import { readEvents } from "../../src/kv/history.ts";
 import { InvalidArgumentError } from "../../src/kv/errors.ts";
 
-const dirs: string[] = [];
-const machines: KVStateMachine[] = [];
-afterEach(async () => {
-  for (const m of machines.splice(0)) await m.close().catch(() => {});
-  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-txn-"));
-  dirs.push(dir);
-  return dir;
-}
-
-async function open(dir: string): Promise<KVStateMachine> {
-  const m = await KVStateMachine.open({ dir, members: [0, 1, 2], memtableBytes: 64 << 10, blockCacheBytes: 64 << 10 });
-  machines.push(m);
-  return m;
-}
+const { tempDir, open } = machineFixture("kvraft-txn-");
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
