@@ -1,0 +1,560 @@
+// One HTTP/2 server connection of the engine (RFC 9113): reads frames off a socket, keeps the
+// stream states, both directions of flow control, SETTINGS, PING and GOAWAY, hands each new stream
+// to its handler and frames the answers, batching a turn's frames into one socket write. Protocol
+// errors end the stream (RST_STREAM) or the connection (GOAWAY) with the RFC's code, never a throw.
+
+import type { Duplex } from "node:stream";
+import type { IncomingHttpHeaders } from "node:http2";
+import {
+  CLIENT_PREFACE,
+  ConnectionError,
+  DEFAULT_MAX_FRAME_SIZE,
+  DEFAULT_WINDOW,
+  ErrorCode,
+  FLAG_ACK,
+  FLAG_END_HEADERS,
+  FLAG_END_STREAM,
+  FLAG_PADDED,
+  FLAG_PRIORITY,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  MAX_MAX_FRAME_SIZE,
+  MAX_WINDOW,
+  SETTINGS_ACK,
+  Setting,
+  dataFrame,
+  goaway,
+  headersFrames,
+  pingAck,
+  rstStream,
+  settingsFrame,
+  windowUpdate,
+} from "./frames.ts";
+import { HpackDecoder, HpackError, type HeaderList } from "./hpack-decoder.ts";
+import { requestHeaders, trailerFields } from "./request-headers.ts";
+import { H2Stream, HIGH_WATER_MARK, type StreamOwner } from "./stream.ts";
+
+export interface H2ConnectionOptions {
+  /** SETTINGS_MAX_CONCURRENT_STREAMS: streams past it are refused (REFUSED_STREAM). */
+  maxConcurrentStreams: number;
+  /** SETTINGS_MAX_HEADER_LIST_SIZE; a larger request gets 431. */
+  maxHeaderListSize: number;
+  /** The window each stream gives the client for its request body (SETTINGS_INITIAL_WINDOW_SIZE). */
+  streamWindow: number;
+  /** The connection-wide window for request bodies. */
+  connectionWindow: number;
+  /** A new stream with its request headers; set its callbacks synchronously. */
+  onStream(stream: H2Stream): void;
+  /** A request whose headers exceed maxHeaderListSize: answered by the handler (431). */
+  onOversizeHeaders(stream: H2Stream): void;
+}
+
+export const DEFAULT_ENGINE_OPTIONS = {
+  maxConcurrentStreams: 256,
+  maxHeaderListSize: 64 * 1024,
+  streamWindow: 1024 * 1024,
+  connectionWindow: 8 * 1024 * 1024,
+};
+
+/** Bytes the socket may hold unsent before the client counts as not reading (its windows allow less). */
+const MAX_UNSENT_BYTES = 32 * 1024 * 1024;
+
+type Phase = "preface" | "settings" | "open" | "closed";
+
+export class H2Connection implements StreamOwner {
+  private phase: Phase = "preface";
+  private buffered: Buffer | null = null;
+  private readonly streams = new Map<number, H2Stream>();
+  private readonly decoder: HpackDecoder;
+  /** Highest client stream id seen (GOAWAY's last stream). */
+  private lastStreamId = 0;
+  /** A header block in progress (HEADERS without END_HEADERS, then CONTINUATION). */
+  private continuing: { streamId: number; endStream: boolean; parts: Buffer[]; size: number } | null = null;
+  // Flow control, our side: what the client may still send on the connection, and what was consumed.
+  private receiveWindow: number;
+  private unacked = 0;
+  // Their side.
+  private sendWindow = DEFAULT_WINDOW;
+  private peerInitialWindow = DEFAULT_WINDOW;
+  maxFrameSize = DEFAULT_MAX_FRAME_SIZE;
+  private readonly blocked = new Set<H2Stream>();
+  // Output of this turn, written as one buffer.
+  private out: Buffer[] = [];
+  private outBytes = 0;
+  private flushScheduled = false;
+  private receiving = false;
+  /** GOAWAY sent: no new streams; the socket ends when the last stream closes. */
+  private goingAway = false;
+  /** The client's SETTINGS arrived (the guard's handshake stage is over). */
+  settingsSeen = false;
+  /** Streams open now. */
+  get openStreams(): number {
+    return this.streams.size;
+  }
+  /** Called once when the connection is finished (socket closed). */
+  onClose: (() => void) | null = null;
+  /** Called as each stream closes (the guard counts open streams and body deadlines). */
+  onStreamClosed: ((stream: H2Stream) => void) | null = null;
+
+  constructor(
+    readonly socket: Duplex,
+    private readonly options: H2ConnectionOptions,
+  ) {
+    this.decoder = new HpackDecoder(4096);
+    this.receiveWindow = DEFAULT_WINDOW;
+    socket.on("data", (chunk: Buffer) => this.receive(chunk));
+    socket.on("error", () => socket.destroy());
+    socket.once("close", () => this.closed());
+  }
+
+  /** Starts with the bytes already read off the socket (the preface or part of it). */
+  start(initial: Buffer): void {
+    const settings: [Setting, number][] = [
+      [Setting.MAX_CONCURRENT_STREAMS, this.options.maxConcurrentStreams],
+      [Setting.ENABLE_PUSH, 0],
+      [Setting.INITIAL_WINDOW_SIZE, this.options.streamWindow],
+      [Setting.MAX_HEADER_LIST_SIZE, this.options.maxHeaderListSize],
+    ];
+    this.queue(settingsFrame(settings));
+    if (this.options.connectionWindow > DEFAULT_WINDOW) {
+      this.queue(windowUpdate(0, this.options.connectionWindow - DEFAULT_WINDOW));
+      this.receiveWindow = this.options.connectionWindow;
+    }
+    this.flush();
+    if (initial.length > 0) this.receive(initial);
+  }
+
+  /** Graceful end: GOAWAY(NO_ERROR); streams in progress finish, then the socket ends. */
+  close(): void {
+    if (this.goingAway || this.phase === "closed") return;
+    this.goingAway = true;
+    this.queue(goaway(this.lastStreamId, ErrorCode.NO_ERROR, ""));
+    this.flush();
+    if (this.streams.size === 0) this.socket.end();
+  }
+
+  /** Ends the connection now: every stream is lost. */
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  private receive(chunk: Buffer): void {
+    if (this.phase === "closed") return;
+    let data = this.buffered === null ? chunk : Buffer.concat([this.buffered, chunk]);
+    this.buffered = null;
+    this.receiving = true;
+    try {
+      let pos = 0;
+      if (this.phase === "preface") {
+        const n = Math.min(data.length, CLIENT_PREFACE.length);
+        if (!data.subarray(0, n).equals(CLIENT_PREFACE.subarray(0, n))) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "not an HTTP/2 client preface");
+        if (data.length < CLIENT_PREFACE.length) {
+          this.buffered = data;
+          return;
+        }
+        pos = CLIENT_PREFACE.length;
+        this.phase = "settings";
+      }
+      while (data.length - pos >= FRAME_HEADER_BYTES) {
+        const length = (data[pos]! << 16) | (data[pos + 1]! << 8) | data[pos + 2]!;
+        if (length > DEFAULT_MAX_FRAME_SIZE) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, `a frame of ${length} bytes exceeds SETTINGS_MAX_FRAME_SIZE`);
+        if (data.length - pos < FRAME_HEADER_BYTES + length) break;
+        const type = data[pos + 3]!;
+        const flags = data[pos + 4]!;
+        const streamId = data.readUInt32BE(pos + 5) & 0x7fffffff;
+        const payload = data.subarray(pos + FRAME_HEADER_BYTES, pos + FRAME_HEADER_BYTES + length);
+        pos += FRAME_HEADER_BYTES + length;
+        this.frame(type, flags, streamId, payload);
+        if ((this.phase as Phase) === "closed") return;
+      }
+      if (pos < data.length) this.buffered = Buffer.from(data.subarray(pos));
+    } catch (error) {
+      if (error instanceof ConnectionError) this.fail(error.code, error.message);
+      else {
+        this.fail(ErrorCode.INTERNAL_ERROR, "internal error");
+        throw error;
+      }
+    } finally {
+      this.receiving = false;
+      // Flushed after this turn's other reads: one write answers what several reads asked.
+      if ((this.phase as Phase) !== "closed" && this.outBytes > 0) this.scheduleFlush();
+    }
+  }
+
+  private frame(type: number, flags: number, streamId: number, payload: Buffer): void {
+    if (this.continuing !== null && type !== FrameType.CONTINUATION) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "a header block was interrupted by another frame");
+    if (this.phase === "settings") {
+      if (type !== FrameType.SETTINGS || flags & FLAG_ACK) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "the first frame must be SETTINGS");
+      this.phase = "open";
+    }
+    switch (type) {
+      case FrameType.DATA:
+        return this.onData(flags, streamId, payload);
+      case FrameType.HEADERS:
+        return this.onHeaders(flags, streamId, payload);
+      case FrameType.CONTINUATION:
+        return this.onContinuation(flags, streamId, payload);
+      case FrameType.PRIORITY:
+        if (streamId === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0");
+        if (payload.length !== 5) this.streamError(streamId, ErrorCode.FRAME_SIZE_ERROR);
+        return; // priorities are ignored (RFC 9113 §5.3.2 deprecates them)
+      case FrameType.RST_STREAM:
+        return this.onReset(streamId, payload);
+      case FrameType.SETTINGS:
+        return this.onSettings(flags, streamId, payload);
+      case FrameType.PUSH_PROMISE:
+        throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "a client may not push");
+      case FrameType.PING:
+        if (streamId !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "PING on a stream");
+        if (payload.length !== 8) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "PING of the wrong size");
+        if (!(flags & FLAG_ACK)) this.queue(pingAck(payload));
+        return;
+      case FrameType.GOAWAY:
+        if (streamId !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream");
+        // The client leaves: answer what it sent, open nothing new.
+        this.goingAway = true;
+        if (this.streams.size === 0) this.socket.end();
+        return;
+      case FrameType.WINDOW_UPDATE:
+        return this.onWindowUpdate(streamId, payload);
+      default:
+        return; // unknown frame types are ignored (RFC 9113 §5.5)
+    }
+  }
+
+  private onSettings(flags: number, streamId: number, payload: Buffer): void {
+    if (streamId !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream");
+    if (flags & FLAG_ACK) {
+      if (payload.length !== 0) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload");
+      return;
+    }
+    if (payload.length % 6 !== 0) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of the wrong size");
+    for (let pos = 0; pos < payload.length; pos += 6) {
+      const id = payload.readUInt16BE(pos);
+      const value = payload.readUInt32BE(pos + 2);
+      if (id === Setting.ENABLE_PUSH && value > 1) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH above 1");
+      if (id === Setting.INITIAL_WINDOW_SIZE) {
+        if (value > MAX_WINDOW) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1");
+        const delta = value - this.peerInitialWindow;
+        this.peerInitialWindow = value;
+        for (const stream of this.streams.values()) {
+          stream.sendWindow += delta;
+          if (stream.sendWindow > MAX_WINDOW) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "a stream window above 2^31-1");
+        }
+      } else if (id === Setting.MAX_FRAME_SIZE) {
+        if (value < DEFAULT_MAX_FRAME_SIZE || value > MAX_MAX_FRAME_SIZE) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range");
+        // Frames this size are plenty; a larger setting changes nothing here.
+        this.maxFrameSize = Math.min(value, 64 * 1024);
+      }
+      // HEADER_TABLE_SIZE: the encoder uses no dynamic table. MAX_CONCURRENT_STREAMS: no pushes.
+    }
+    this.settingsSeen = true;
+    this.queue(SETTINGS_ACK);
+    if (this.streams.size > 0) for (const stream of this.streams.values()) this.pump(stream);
+  }
+
+  private onWindowUpdate(streamId: number, payload: Buffer): void {
+    if (payload.length !== 4) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size");
+    const increment = payload.readUInt32BE(0) & 0x7fffffff;
+    if (streamId === 0) {
+      if (increment === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0");
+      this.sendWindow += increment;
+      if (this.sendWindow > MAX_WINDOW) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "the connection window above 2^31-1");
+      if (this.blocked.size > 0) {
+        const waiting = [...this.blocked];
+        this.blocked.clear();
+        for (const stream of waiting) {
+          stream.blocked = false;
+          this.pump(stream);
+        }
+      }
+      return;
+    }
+    this.checkKnown(streamId);
+    const stream = this.streams.get(streamId);
+    if (stream === undefined) return; // closed: frames in flight are ignored
+    if (increment === 0) return this.streamError(streamId, ErrorCode.PROTOCOL_ERROR);
+    stream.sendWindow += increment;
+    if (stream.sendWindow > MAX_WINDOW) return this.streamError(streamId, ErrorCode.FLOW_CONTROL_ERROR);
+    this.pump(stream);
+  }
+
+  private onReset(streamId: number, payload: Buffer): void {
+    if (streamId === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0");
+    if (payload.length !== 4) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of the wrong size");
+    this.checkKnown(streamId);
+    const stream = this.streams.get(streamId);
+    if (stream !== undefined) this.finishStream(stream, payload.readUInt32BE(0) as ErrorCode);
+  }
+
+  /** A frame for a stream the client never opened: a connection error (RFC 9113 §5.1, idle). */
+  private checkKnown(streamId: number): void {
+    if (streamId > this.lastStreamId) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `a frame for idle stream ${streamId}`);
+  }
+
+  private onData(flags: number, streamId: number, payload: Buffer): void {
+    if (streamId === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0");
+    this.checkKnown(streamId);
+    // Flow control counts the whole payload, padding included.
+    if (payload.length > this.receiveWindow) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the connection window");
+    this.receiveWindow -= payload.length;
+    const data = unpad(flags, payload);
+    const stream = this.streams.get(streamId);
+    if (stream === undefined || stream.remoteEnded) {
+      this.refill(payload.length);
+      // After a reset, DATA in flight is expected: ignored. On a half-closed stream: STREAM_CLOSED.
+      if (stream !== undefined) this.streamError(streamId, ErrorCode.STREAM_CLOSED);
+      return;
+    }
+    if (payload.length > stream.receiveWindow) return this.streamError(streamId, ErrorCode.FLOW_CONTROL_ERROR);
+    stream.receiveWindow -= payload.length;
+    stream.receivedLength += data.length;
+    const padding = payload.length - data.length;
+    if (stream.declaredLength >= 0 && stream.receivedLength > stream.declaredLength) return this.streamError(streamId, ErrorCode.PROTOCOL_ERROR);
+    const end = (flags & FLAG_END_STREAM) !== 0;
+    if (end && stream.declaredLength >= 0 && stream.receivedLength !== stream.declaredLength) return this.streamError(streamId, ErrorCode.PROTOCOL_ERROR);
+    if (padding > 0) this.consumed(stream, padding);
+    if (data.length > 0) {
+      if (stream.onData !== null) stream.onData(data);
+      if (!stream.manualFlow || stream.onData === null) this.consumed(stream, data.length);
+    }
+    if (end) this.remoteEnd(stream);
+  }
+
+  private onHeaders(flags: number, streamId: number, payload: Buffer): void {
+    if (streamId === 0 || streamId % 2 === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS on stream ${streamId}`);
+    let block = unpad(flags, payload);
+    if (flags & FLAG_PRIORITY) {
+      if (block.length < 5) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "HEADERS too short for its priority");
+      block = block.subarray(5);
+    }
+    const endStream = (flags & FLAG_END_STREAM) !== 0;
+    if (!(flags & FLAG_END_HEADERS)) {
+      this.continuing = { streamId, endStream, parts: [Buffer.from(block)], size: block.length };
+      return;
+    }
+    this.headerBlock(streamId, endStream, block);
+  }
+
+  private onContinuation(flags: number, streamId: number, payload: Buffer): void {
+    const pending = this.continuing;
+    if (pending === null || pending.streamId !== streamId) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "CONTINUATION without its HEADERS");
+    pending.size += payload.length;
+    // Bounded: a block may be at most twice the advertised list size (HPACK rarely expands).
+    if (pending.size > 2 * this.options.maxHeaderListSize + 16_384) throw new ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "a header block too large");
+    pending.parts.push(Buffer.from(payload));
+    if (!(flags & FLAG_END_HEADERS)) return;
+    this.continuing = null;
+    this.headerBlock(streamId, pending.endStream, Buffer.concat(pending.parts));
+  }
+
+  /** A complete header block: a new stream's request headers, or trailers of an open one. */
+  private headerBlock(streamId: number, endStream: boolean, block: Uint8Array): void {
+    let decoded: { headers: HeaderList; oversize: boolean };
+    try {
+      decoded = this.decoder.decode(block, this.options.maxHeaderListSize);
+    } catch (error) {
+      if (error instanceof HpackError) throw new ConnectionError(ErrorCode.COMPRESSION_ERROR, error.message);
+      throw error;
+    }
+    if (streamId <= this.lastStreamId) {
+      const stream = this.streams.get(streamId);
+      if (stream === undefined) return; // trailers of a stream already answered and closed
+      if (stream.remoteEnded) return this.streamError(streamId, ErrorCode.STREAM_CLOSED);
+      if (!endStream || trailerFields(decoded.headers) === null) return this.streamError(streamId, ErrorCode.PROTOCOL_ERROR);
+      stream.onTrailers?.(decoded.headers);
+      this.remoteEnd(stream);
+      return;
+    }
+    this.lastStreamId = streamId;
+    if (this.goingAway) return this.queue(rstStream(streamId, ErrorCode.REFUSED_STREAM));
+    if (this.streams.size >= this.options.maxConcurrentStreams) return this.queue(rstStream(streamId, ErrorCode.REFUSED_STREAM));
+    const headers: IncomingHttpHeaders | null = decoded.oversize ? {} : requestHeaders(decoded.headers);
+    if (headers === null) {
+      // Malformed (RFC 9113 §8.1.1): a stream error; the body, if any, is refused with it.
+      return this.queue(rstStream(streamId, ErrorCode.PROTOCOL_ERROR));
+    }
+    const stream = new H2Stream(streamId, this, headers, endStream, this.peerInitialWindow, this.options.streamWindow);
+    const length = headers["content-length"];
+    if (typeof length === "string") {
+      const n = Number(length);
+      if (!(Number.isSafeInteger(n) && n >= 0 && /^\d+$/.test(length))) return this.queue(rstStream(streamId, ErrorCode.PROTOCOL_ERROR));
+      if (endStream && n !== 0) return this.queue(rstStream(streamId, ErrorCode.PROTOCOL_ERROR));
+      stream.declaredLength = n;
+    }
+    this.streams.set(streamId, stream);
+    if (decoded.oversize) this.options.onOversizeHeaders(stream);
+    else this.options.onStream(stream);
+    if (endStream && !stream.closed) stream.onEnd?.();
+  }
+
+  private remoteEnd(stream: H2Stream): void {
+    stream.remoteEnded = true;
+    stream.onEnd?.();
+    if (stream.localEnded) this.finishStream(stream, null);
+  }
+
+  consumed(stream: H2Stream, bytes: number): void {
+    this.refill(bytes);
+    if (stream.remoteEnded || stream.closed) return;
+    const granted = this.options.streamWindow;
+    // Refill in steps of a quarter window: fewer frames than one per DATA.
+    const deficit = granted - stream.receiveWindow;
+    if (deficit >= granted / 4) {
+      stream.receiveWindow = granted;
+      this.queue(windowUpdate(stream.id, deficit));
+      this.scheduleFlush();
+    }
+  }
+
+  private refill(bytes: number): void {
+    this.unacked += bytes;
+    const granted = this.options.connectionWindow;
+    if (this.unacked >= granted / 4 || (this.receiveWindow < granted / 2 && this.unacked > 0)) {
+      this.receiveWindow += this.unacked;
+      this.queue(windowUpdate(0, this.unacked));
+      this.unacked = 0;
+      this.scheduleFlush();
+    }
+  }
+
+  /** Frames what `stream` has pending, within the windows; called on every change. */
+  pump(stream: H2Stream): void {
+    if (stream.closed) return;
+    if (stream.pendingHeaders !== null) {
+      const block = stream.pendingHeaders;
+      stream.pendingHeaders = null;
+      const endNow = stream.pendingHeadersEnd;
+      this.queue(headersFrames(stream.id, block, endNow, this.maxFrameSize));
+      if (endNow) return this.localEnd(stream);
+    }
+    while (stream.pendingDataBytes > 0) {
+      const allowed = Math.min(stream.sendWindow, this.sendWindow, this.maxFrameSize);
+      if (allowed <= 0) {
+        if (!stream.blocked) {
+          stream.blocked = true;
+          this.blocked.add(stream);
+        }
+        return;
+      }
+      const head = stream.pendingData[0]!;
+      const take = Math.min(allowed, head.length);
+      const piece = take === head.length ? head : head.subarray(0, take);
+      if (take === head.length) stream.pendingData.shift();
+      else stream.pendingData[0] = head.subarray(take);
+      stream.pendingDataBytes -= take;
+      stream.sendWindow -= take;
+      this.sendWindow -= take;
+      const last = stream.pendingDataBytes === 0 && stream.ending && stream.pendingTrailers === null;
+      this.queue(dataFrame(stream.id, piece, last));
+      if (last) return this.localEnd(stream);
+      if (stream.pendingDataBytes < HIGH_WATER_MARK && stream.pendingDataBytes + take >= HIGH_WATER_MARK) stream.onDrain?.();
+    }
+    if (!stream.ending || stream.localEnded) return;
+    if (stream.pendingTrailers !== null) this.queue(headersFrames(stream.id, stream.pendingTrailers, true, this.maxFrameSize));
+    else this.queue(dataFrame(stream.id, EMPTY, true));
+    this.localEnd(stream);
+  }
+
+  private localEnd(stream: H2Stream): void {
+    stream.localEnded = true;
+    stream.pendingTrailers = null;
+    if (stream.remoteEnded) this.finishStream(stream, null);
+    else {
+      // Answered before the request ended (RFC 9113 §8.1): the client may stop sending.
+      this.queue(rstStream(stream.id, ErrorCode.NO_ERROR));
+      this.finishStream(stream, null);
+    }
+    this.scheduleFlush();
+  }
+
+  reset(stream: H2Stream, code: ErrorCode): void {
+    this.queue(rstStream(stream.id, code));
+    this.scheduleFlush();
+    this.finishStream(stream, code);
+  }
+
+  private streamError(streamId: number, code: ErrorCode): void {
+    const stream = this.streams.get(streamId);
+    this.queue(rstStream(streamId, code));
+    if (stream !== undefined) this.finishStream(stream, code);
+  }
+
+  private finishStream(stream: H2Stream, code: ErrorCode | null): void {
+    if (stream.closed) return;
+    stream.closed = true;
+    if (stream.blocked) {
+      stream.blocked = false;
+      this.blocked.delete(stream);
+    }
+    // Unconsumed window of a stream that ends is the connection's again.
+    this.streams.delete(stream.id);
+    stream.pendingData.length = 0;
+    stream.pendingDataBytes = 0;
+    this.onStreamClosed?.(stream);
+    stream.onClose?.(code);
+    if (this.goingAway && this.streams.size === 0 && this.phase !== "closed") {
+      this.flush();
+      this.socket.end();
+    }
+  }
+
+  /** A connection error: GOAWAY with the code, then the socket ends. */
+  private fail(code: ErrorCode, message: string): void {
+    if (this.phase === "closed") return;
+    this.queue(goaway(this.lastStreamId, code, message));
+    this.flush();
+    this.phase = "closed";
+    this.buffered = null;
+    this.socket.end();
+    // A client that never closes its side must not hold the socket.
+    setTimeout(() => this.socket.destroy(), 1_000).unref?.();
+    for (const stream of [...this.streams.values()]) this.finishStream(stream, ErrorCode.CANCEL);
+  }
+
+  private closed(): void {
+    this.phase = "closed";
+    this.buffered = null;
+    for (const stream of [...this.streams.values()]) this.finishStream(stream, ErrorCode.CANCEL);
+    this.out = [];
+    this.outBytes = 0;
+    this.onClose?.();
+  }
+
+  private queue(frame: Buffer): void {
+    this.out.push(frame);
+    this.outBytes += frame.length;
+    if (!this.receiving) this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.receiving) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  /** Writes this turn's frames in one socket write. */
+  private flush(): void {
+    if (this.outBytes === 0) return;
+    const bytes = this.out.length === 1 ? this.out[0]! : Buffer.concat(this.out, this.outBytes);
+    this.out = [];
+    this.outBytes = 0;
+    if (this.socket.destroyed) return;
+    this.socket.write(bytes);
+    if (this.socket.writableLength > MAX_UNSENT_BYTES) this.socket.destroy();
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** The payload without its padding (PADDED flag): a pad length past the payload is a PROTOCOL_ERROR. */
+function unpad(flags: number, payload: Buffer): Buffer {
+  if (!(flags & FLAG_PADDED)) return payload;
+  if (payload.length < 1) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "a padded frame without its pad length");
+  const pad = payload[0]!;
+  if (pad >= payload.length) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame");
+  return payload.subarray(1, payload.length - pad);
+}
