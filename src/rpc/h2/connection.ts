@@ -93,6 +93,10 @@ export class H2Connection implements StreamOwner {
   }
   /** Called once when the connection is finished (socket closed). */
   onClose: (() => void) | null = null;
+  /** Called as each request ends (END_STREAM from the client): the guard's body deadline is met. */
+  onRequestEnded: ((stream: H2Stream) => void) | null = null;
+  /** Called when a stream is answered before its request ended and reset with NO_ERROR. */
+  onStreamCut: ((stream: H2Stream) => void) | null = null;
   /** Called as each stream closes (the guard counts open streams and body deadlines). */
   onStreamClosed: ((stream: H2Stream) => void) | null = null;
 
@@ -122,6 +126,11 @@ export class H2Connection implements StreamOwner {
     }
     this.flush();
     if (initial.length > 0) this.receive(initial);
+  }
+
+  /** GOAWAY was sent or received: the connection takes no new streams. */
+  get closing(): boolean {
+    return this.goingAway || this.phase === "closed";
   }
 
   /** Graceful end: GOAWAY(NO_ERROR); streams in progress finish, then the socket ends. */
@@ -385,11 +394,15 @@ export class H2Connection implements StreamOwner {
     this.streams.set(streamId, stream);
     if (decoded.oversize) this.options.onOversizeHeaders(stream);
     else this.options.onStream(stream);
-    if (endStream && !stream.closed) stream.onEnd?.();
+    if (endStream && !stream.closed) {
+      this.onRequestEnded?.(stream);
+      stream.onEnd?.();
+    }
   }
 
   private remoteEnd(stream: H2Stream): void {
     stream.remoteEnded = true;
+    this.onRequestEnded?.(stream);
     stream.onEnd?.();
     if (stream.localEnded) this.finishStream(stream, null);
   }
@@ -463,6 +476,7 @@ export class H2Connection implements StreamOwner {
     else {
       // Answered before the request ended (RFC 9113 §8.1): the client may stop sending.
       this.queue(rstStream(stream.id, ErrorCode.NO_ERROR));
+      this.onStreamCut?.(stream);
       this.finishStream(stream, null);
     }
     this.scheduleFlush();

@@ -7,14 +7,17 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import { duplexPair } from "node:stream";
 import type * as tls from "node:tls";
 import { ConnectError, cors, createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { FrameRoutes, isPlainConnectStream, serveFrameStream } from "./frame-lane.ts";
 import { Http1Lane, type LaneHost } from "./http1-lane.ts";
 import { h2CallOf, serveH2Unary, type H2LaneHost } from "./h2-lane.ts";
+import { EngineLane, type EngineHost } from "./h2-engine-lane.ts";
+import { PEER_TAG, tagPrefix } from "./peer-tag.ts";
 import { ACCEPT_COMPRESSION, COMPRESS_MIN_BYTES, UnaryRoutes } from "./unary-routes.ts";
-import { connectionKey, connectionOf, type CallGate } from "./connection.ts";
+import { bindSession, connectionKey, connectionOf, type CallGate } from "./connection.ts";
 import { Admission, type AdmissionOptions } from "./admission.ts";
 import { ConnectionGuard, DEFAULT_CONNECTION_LIMITS, type ConnectionLimits, type ConnectionStats, type GuardedConnection } from "./connection-guard.ts";
 import { TLS_HANDSHAKE_BYTE, refuseCleartext, refuseTls, secureContextOf, startTls, type TlsOptions } from "./tls-port.ts";
@@ -60,6 +63,12 @@ export interface RpcServerOptions {
    * adapter (kvserver --no-fast-lane; `bun bench cluster --no-fast-lane` measures the difference).
    */
   fastLane?: boolean;
+  /**
+   * Client HTTP/2 connections (h2c and TLS with ALPN h2) are framed by the node's own HTTP/2 engine
+   * (src/rpc/h2, h2-engine-lane.ts) instead of node:http2 (default: with fastLane). Peer connections
+   * (they send PEER_TAG first) always reach node:http2.
+   */
+  h2Engine?: boolean;
   /** An HTTP/1.1 connection of the fast lane with no call running is closed after this long quiet. */
   keepAliveTimeoutMs?: number;
   /** Serve TLS only (HTTP/2 by ALPN and HTTP/1.1); cleartext connections get a 400 saying so. */
@@ -75,6 +84,21 @@ export interface RpcServerOptions {
    * which sends a busy leader's overdue heartbeats (a flood of calls holds the thread for long).
    */
   pulse?: () => void;
+}
+
+/** Counters of the server's paths (for tests and /metrics). */
+export interface RpcServerStats {
+  /** Calls the HTTP/1.1 lane answered, and connections it handed to node:http. */
+  laneCalls: number;
+  laneHandovers: number;
+  /** Unary calls answered on the HTTP/2 fast path (node:http2's raw stream or the engine). */
+  h2Calls: number;
+  h2LibraryCalls: number;
+  /** Client HTTP/2 connections served by the engine, and streams it relayed to node:http2 (closed connections). */
+  h2EngineConnections: number;
+  h2Relayed: number;
+  refusedTls: number;
+  refusedCleartext: number;
 }
 
 /** The port could not be bound; `code` says why ("port_in_use", "permission_denied", "listen_failed"). */
@@ -99,7 +123,9 @@ export class RpcServer {
   private readonly sockets = new Set<net.Socket>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly lanes = new Set<Http1Lane>();
+  private readonly engines = new Set<EngineLane>();
   private readonly laneHost: LaneHost;
+  private readonly engineHost: EngineHost | null;
   private readonly secureContext: tls.SecureContext | null;
   private readonly guard: ConnectionGuard;
   private closing: Promise<void> | null = null;
@@ -116,11 +142,13 @@ export class RpcServer {
     /** Admission control of client calls, when configured (its counters go to /metrics). */
     readonly admission: Admission | null,
     /** Calls the fast lanes answered (HTTP/1.1, HTTP/2), connections handed to node:http, refusals. */
-    readonly stats: { laneCalls: number; laneHandovers: number; h2Calls: number; h2LibraryCalls: number; refusedTls: number; refusedCleartext: number },
+    readonly stats: RpcServerStats,
     limits: ConnectionLimits,
     streamingPaths: ReadonlySet<string>,
+    engineHost: Omit<EngineHost, "openInternal"> | null,
   ) {
     this.laneHost = { routes: unary, fallback: h1, shutdownSignal: shutdown.signal, closing: () => this.closing !== null, stats: this.stats, pulse: options.pulse ?? (() => {}) };
+    this.engineHost = engineHost === null ? null : { ...engineHost, openInternal: (socket) => this.openInternal(socket) };
     this.secureContext = options.tls === undefined ? null : secureContextOf(options.tls);
     this.guard = new ConnectionGuard(limits, () => streamingPaths);
   }
@@ -231,7 +259,7 @@ export class RpcServer {
       socket.destroy();
     });
     const h2 = http2.createServer({ settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 256 } }, handle);
-    const stats = { laneCalls: 0, laneHandovers: 0, h2Calls: 0, h2LibraryCalls: 0, refusedTls: 0, refusedCleartext: 0 };
+    const stats: RpcServerStats = { laneCalls: 0, laneHandovers: 0, h2Calls: 0, h2LibraryCalls: 0, h2EngineConnections: 0, h2Relayed: 0, refusedTls: 0, refusedCleartext: 0 };
     // The headers handle() sets for a call from an allowed origin, for the HTTP/2 lane to send alike.
     const corsHeaders = new Map<string, Record<string, string> | null>();
     const cors = (origin: string): Record<string, string> | null => {
@@ -264,7 +292,11 @@ export class RpcServer {
 
     const address = tcp.address();
     const port = typeof address === "object" && address !== null ? address.port : options.port;
-    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary, admission, stats, limits, streamingPathsOf(registered));
+    const engineHost =
+      options.fastLane !== false && options.h2Engine !== false
+        ? { unary, maxConcurrentStreams: options.maxStreamsPerConnection ?? 256, shutdownSignal: shutdown.signal, stats, cors, pulse }
+        : null;
+    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary, admission, stats, limits, streamingPathsOf(registered), engineHost);
     server.wire();
     return server;
   }
@@ -299,20 +331,32 @@ export class RpcServer {
     socket.once("close", () => this.sockets.delete(socket));
     // The sniffing stage's deadline (first bytes, the whole HTTP/2 preface) is the guard's.
     let seen: Buffer = Buffer.alloc(0);
+    let tagged = false;
     const onData = (chunk: Buffer) => {
       seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
-      if (seen[0] === TLS_HANDSHAKE_BYTE || this.secureContext !== null) {
+      if (!tagged && (seen[0] === TLS_HANDSHAKE_BYTE || this.secureContext !== null)) {
         socket.off("data", onData);
         socket.pause();
         this.guard.startedTls(guarded);
         this.acceptTls(socket, seen, guarded);
         return;
       }
+      // A peer's connection: its tag first, then the HTTP/2 preface, for node:http2.
+      if (!tagged && tagPrefix(seen)) {
+        if (seen.length < PEER_TAG.length) return;
+        tagged = true;
+        seen = seen.subarray(PEER_TAG.length);
+        if (seen.length === 0) return;
+      }
       const n = Math.min(seen.length, HTTP2_PREFACE.length);
       const isHttp2 = seen.subarray(0, n).equals(HTTP2_PREFACE.subarray(0, n));
       if (isHttp2 && seen.length < HTTP2_PREFACE.length) return; // a prefix so far: read on
       socket.off("data", onData);
-      if (!isHttp2 && this.options.fastLane !== false) {
+      if (isHttp2 && !tagged && this.engineHost !== null) {
+        this.startEngine(socket, seen, guarded);
+        return;
+      }
+      if (!isHttp2 && !tagged && this.options.fastLane !== false) {
         const lane = new Http1Lane(socket, this.laneHost, (done) => {
           this.lanes.delete(done);
           if (!socket.destroyed) this.guard.leftLane(guarded);
@@ -325,10 +369,56 @@ export class RpcServer {
       }
       socket.pause();
       socket.unshift(seen);
-      this.guard.handOver(guarded, isHttp2 ? "h2" : "h1", () => (isHttp2 ? this.h2 : this.h1).emit("connection", socket));
+      this.guard.handOver(guarded, isHttp2 || tagged ? "h2" : "h1", () => (isHttp2 || tagged ? this.h2 : this.h1).emit("connection", socket));
       socket.resume();
     };
     socket.on("data", onData);
+  }
+
+  /** Serves a client HTTP/2 connection with the engine; `seen`: the bytes read so far (the preface). */
+  private startEngine(socket: net.Socket, seen: Buffer, guarded: GuardedConnection): void {
+    const lane = new EngineLane(socket, this.engineHost!);
+    const connection = lane.connection;
+    this.stats.h2EngineConnections++;
+    this.engines.add(lane);
+    socket.once("close", () => {
+      this.engines.delete(lane);
+      this.stats.h2Relayed += lane.relayed;
+    });
+    this.guard.startedEngine(guarded, connection);
+    connection.onRequestEnded = (stream) => this.guard.engineRequestEnded(guarded, stream);
+    connection.onStreamClosed = (stream) => this.guard.engineStreamClosed(guarded, stream, connection.openStreams);
+    connection.onStreamCut = () => this.guard.engineStreamCut();
+    lane.onStreamStarted = (stream) => this.guard.engineStreamStarted(guarded, stream);
+    lane.start(seen);
+    if (this.closing) connection.close();
+  }
+
+  /**
+   * An in-memory connection into the node:http2 server for streams an engine connection relays;
+   * calls on it see `socket`'s ConnectionInfo.
+   */
+  private openInternal(socket: net.Socket): http2.ClientHttp2Session {
+    const [inner, outer] = duplexPair();
+    // Address facts the compat layer and handlers may ask of their socket.
+    for (const name of ["remoteAddress", "remotePort", "remoteFamily", "localAddress", "localPort", "encrypted"] as const) {
+      Object.defineProperty(inner, name, { get: () => (socket as unknown as Record<string, unknown>)[name] });
+    }
+    let session: http2.ServerHttp2Session | null = null;
+    const capture = (s: http2.ServerHttp2Session) => {
+      session = s;
+    };
+    this.h2.prependOnceListener("session", capture);
+    this.h2.emit("connection", inner);
+    this.h2.off("session", capture);
+    if (session !== null) bindSession(session, socket);
+    const client = http2.connect("http://kvraft.internal", { createConnection: () => outer as unknown as net.Socket });
+    client.on("error", () => {});
+    socket.once("close", () => {
+      client.destroy();
+      inner.destroy();
+    });
+    return client;
   }
 
   /** A connection whose first bytes are TLS, or any connection when the port speaks TLS. */
@@ -353,9 +443,33 @@ export class RpcServer {
         return;
       }
       const h2 = secure.alpnProtocol === "h2";
+      if (h2 && this.engineHost !== null) {
+        this.sniffSecure(secure, guarded);
+        return;
+      }
       this.guard.handOver(guarded, h2 ? "h2" : "h1", () => (h2 ? this.h2 : this.h1).emit("connection", secure), secure);
     });
     socket.resume();
+  }
+
+  /** A TLS connection that chose h2: a peer's (tagged) goes to node:http2, a client's to the engine. */
+  private sniffSecure(secure: tls.TLSSocket, guarded: GuardedConnection): void {
+    let seen: Buffer = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
+      const maybeTag = tagPrefix(seen);
+      if (maybeTag && seen.length < PEER_TAG.length) return;
+      secure.off("data", onData);
+      if (maybeTag) {
+        secure.pause();
+        secure.unshift(seen.subarray(PEER_TAG.length));
+        this.guard.handOver(guarded, "h2", () => this.h2.emit("connection", secure), secure);
+        secure.resume();
+        return;
+      }
+      this.startEngine(secure as unknown as net.Socket, seen, guarded);
+    };
+    secure.on("data", onData);
   }
 
   /** The URL clients use to reach this server, e.g. "http://127.0.0.1:5001" or "https://...". */
@@ -378,6 +492,7 @@ export class RpcServer {
     const listenerClosed = new Promise<void>((resolve) => this.tcp.close(() => resolve()));
     this.guard.stop();
     for (const session of this.sessions) session.close();
+    for (const engine of this.engines) engine.connection.close();
     for (const lane of this.lanes) lane.closeIfIdle();
     this.h1.closeIdleConnections();
     const drained = this.waitForSockets();
