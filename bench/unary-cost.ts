@@ -1,14 +1,17 @@
 // Server CPU per unary call by protocol, with no Raft or storage behind the handlers: an RpcServer
 // in its own process whose KV backend answers at once, driven by connect-node clients (Connect
 // binary/JSON over HTTP/2, gRPC, gRPC-Web) and the HTTP/1.1 JSON client of the cluster suite.
-// Usage: bun bench/unary-cost.ts [--calls N] [--concurrency C] [--no-fast-lane] [--cpu-prof DIR]
+// Usage: bun bench/unary-cost.ts [--calls N] [--concurrency C] [--no-fast-lane] [--no-h2-engine] [--cpu-prof DIR]
+// (--no-h2-engine: HTTP/2 through node:http2 and the raw-stream lane, as before the engine)
 // (a tool for profiling the RPC layer; `serve` is the child's mode).
 
 import * as fs from "node:fs";
+import * as http2 from "node:http2";
 import * as path from "node:path";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
-import { KVService, Op } from "../src/gen/kvraftpb/kvraft_pb.ts";
+import { CommandRequestSchema, KVService, Op } from "../src/gen/kvraftpb/kvraft_pb.ts";
 import { Clerk } from "../src/kv/client.ts";
 import type { KVServiceBackend } from "../src/kv/service.ts";
 import { registerKVService } from "../src/kv/service.ts";
@@ -31,8 +34,8 @@ function instantBackend(): KVServiceBackend {
   } as KVServiceBackend;
 }
 
-async function serve(fastLane: boolean): Promise<void> {
-  const server = await RpcServer.start({ port: 0, fastLane, routes: (router) => registerKVService(router, instantBackend()) });
+async function serve(fastLane: boolean, h2Engine: boolean): Promise<void> {
+  const server = await RpcServer.start({ port: 0, fastLane, h2Engine, routes: (router) => registerKVService(router, instantBackend()) });
   process.stdout.write(`${server.port}\n`);
   process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));
 }
@@ -41,16 +44,18 @@ interface Options {
   calls: number;
   concurrency: number;
   fastLane: boolean;
+  h2Engine: boolean;
   cpuProf: string | null;
 }
 
 function parse(argv: string[]): Options {
-  const o: Options = { calls: 20_000, concurrency: 16, fastLane: true, cpuProf: null };
+  const o: Options = { calls: 20_000, concurrency: 16, fastLane: true, h2Engine: true, cpuProf: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--calls") o.calls = Math.max(100, Math.min(1_000_000, Number(argv[++i])));
     else if (a === "--concurrency") o.concurrency = Math.max(1, Math.min(1024, Number(argv[++i])));
     else if (a === "--no-fast-lane") o.fastLane = false;
+    else if (a === "--no-h2-engine") o.h2Engine = false;
     else if (a === "--cpu-prof") o.cpuProf = path.resolve(argv[++i] ?? "prof");
     else throw new Error(`unknown argument ${a}`);
   }
@@ -70,9 +75,39 @@ async function runCalls(calls: number, concurrency: number, slot: () => Promise<
   );
 }
 
+/** Put calls on one shared node:http2 session, in Connect binary or gRPC, with nothing else around them. */
+function raw(base: string, grpc: boolean): () => Promise<(i: number) => Promise<unknown>> {
+  const session = http2.connect(base);
+  const headers = grpc
+    ? { ":method": "POST", ":path": "/kvraftpb.KVService/Command", "content-type": "application/grpc+proto", te: "trailers" }
+    : { ":method": "POST", ":path": "/kvraftpb.KVService/Command", "content-type": "application/proto", "connect-protocol-version": "1" };
+  const call = (i: number) =>
+    new Promise<void>((resolve, reject) => {
+      const message = toBinary(CommandRequestSchema, create(CommandRequestSchema, { key: `k${i % 1000}`, value: VALUE, op: Op.PUT, clientId: 1n, commandId: BigInt(i + 1) }));
+      let body: Uint8Array = message;
+      if (grpc) {
+        const envelope = Buffer.allocUnsafe(5 + message.length);
+        envelope[0] = 0;
+        envelope.writeUInt32BE(message.length, 1);
+        envelope.set(message, 5);
+        body = envelope;
+      }
+      const stream = session.request(headers);
+      let status = 0;
+      stream.on("response", (h) => {
+        status = Number(h[":status"]);
+      });
+      stream.on("data", () => {});
+      stream.on("error", reject);
+      stream.on("close", () => (status === 200 ? resolve() : reject(new Error(`HTTP ${status}`))));
+      stream.end(body);
+    });
+  return async () => call;
+}
+
 async function main(): Promise<void> {
   const o = parse(process.argv.slice(2));
-  const args = [process.execPath, ...(o.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${o.cpuProf}`] : []), import.meta.path, "serve", o.fastLane ? "fast" : "slow"];
+  const args = [process.execPath, ...(o.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${o.cpuProf}`] : []), import.meta.path, "serve", o.fastLane ? "fast" : "slow", o.h2Engine ? "engine" : "node"];
   const child = spawnTracked(args, { stdout: "pipe", output: "inherit" });
   const reader = (child.stdout as ReadableStream<Uint8Array>).getReader();
   const { value } = await reader.read();
@@ -94,6 +129,10 @@ async function main(): Promise<void> {
         return (i) => conn.post("/kvraftpb.KVService/Command", JSON.stringify({ key: `k${i % 1000}`, value: VALUE, op: "PUT", clientId: 1, commandId: i + 1 }), "Connect-Protocol-Version: 1\r\n");
       },
     ],
+    // A lean client (node:http2 streams, bodies encoded once per call): the server's cost at the
+    // rate a cheap client drives it, as the HTTP/1.1 path's hand-made client does.
+    ["HTTP/2 Connect binary, raw", () => raw(base, false)],
+    ["HTTP/2 gRPC, raw", () => raw(base, true)],
     ["HTTP/2 Connect binary", () => shared(createConnectTransport({ ...h2, useBinaryFormat: true }))],
     ["HTTP/2 Connect JSON", () => shared(createConnectTransport({ ...h2, useBinaryFormat: false }))],
     ["HTTP/2 gRPC", () => shared(createGrpcTransport(h2))],
@@ -107,7 +146,7 @@ async function main(): Promise<void> {
       },
     ],
   ];
-  console.log(`server pid ${child.pid}, ${o.calls} Put calls per path, ${o.concurrency} in flight, fast lane ${o.fastLane ? "on" : "off"}`);
+  console.log(`server pid ${child.pid}, ${o.calls} Put calls per path, ${o.concurrency} in flight, fast lane ${o.fastLane ? "on" : "off"}, HTTP/2 ${o.fastLane && o.h2Engine ? "engine" : "node:http2"}`);
   for (const [name, make] of paths) {
     const slot = make();
     await runCalls(Math.min(2000, o.calls), o.concurrency, slot); // warm-up: JIT, connections
@@ -128,5 +167,5 @@ async function main(): Promise<void> {
   process.exit(0);
 }
 
-if (process.argv[2] === "serve") await serve(process.argv[3] !== "slow");
+if (process.argv[2] === "serve") await serve(process.argv[3] !== "slow", process.argv[4] !== "node");
 else await main();
