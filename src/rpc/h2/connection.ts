@@ -56,6 +56,9 @@ export const DEFAULT_ENGINE_OPTIONS = {
   connectionWindow: 8 * 1024 * 1024,
 };
 
+/** Streams a client may open before it acknowledged our SETTINGS (and so our stream limit). */
+const UNACKED_STREAM_LIMIT = 1024;
+
 /** Bytes the socket may hold unsent before the client counts as not reading (its windows allow less). */
 const MAX_UNSENT_BYTES = 32 * 1024 * 1024;
 
@@ -87,6 +90,8 @@ export class H2Connection implements StreamOwner {
   private goingAway = false;
   /** The client's SETTINGS arrived (the guard's handshake stage is over). */
   settingsSeen = false;
+  /** The client acknowledged our SETTINGS: our stream limit binds it from now on. */
+  private settingsAcked = false;
   /** Streams open now. */
   get openStreams(): number {
     return this.streams.size;
@@ -235,6 +240,7 @@ export class H2Connection implements StreamOwner {
     if (streamId !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream");
     if (flags & FLAG_ACK) {
       if (payload.length !== 0) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload");
+      this.settingsAcked = true;
       return;
     }
     if (payload.length % 6 !== 0) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of the wrong size");
@@ -377,7 +383,10 @@ export class H2Connection implements StreamOwner {
     }
     this.lastStreamId = streamId;
     if (this.goingAway) return this.queue(rstStream(streamId, ErrorCode.REFUSED_STREAM));
-    if (this.streams.size >= this.options.maxConcurrentStreams) return this.queue(rstStream(streamId, ErrorCode.REFUSED_STREAM));
+    // Until the client has our SETTINGS it may open more than our limit (it assumes none): a
+    // bounded allowance, so a client opening many streams at once is not refused for it.
+    const limit = this.settingsAcked ? this.options.maxConcurrentStreams : Math.max(this.options.maxConcurrentStreams, UNACKED_STREAM_LIMIT);
+    if (this.streams.size >= limit) return this.queue(rstStream(streamId, ErrorCode.REFUSED_STREAM));
     const headers: IncomingHttpHeaders | null = decoded.oversize ? {} : requestHeaders(decoded.headers);
     if (headers === null) {
       // Malformed (RFC 9113 §8.1.1): a stream error; the body, if any, is refused with it.

@@ -1,0 +1,308 @@
+// The node's HTTP/2 engine on real sockets: real clients (connect-node, node:http2, curl) get their
+// answers; answers larger than the client's windows wait for its WINDOW_UPDATEs; many streams in
+// flight; streams the engine does not serve (odd requests, plain HTTP routes) are relayed to
+// node:http2; peers' tagged connections land on node:http2; and malformed frames, prefaces and
+// header blocks end in GOAWAY or RST_STREAM with the RFC's code while the server serves on.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { CommandRequestSchema, CommandResponseSchema, KVService, Op } from "../../src/gen/kvraftpb/kvraft_pb.ts";
+import { registerKVService, type KVServiceBackend } from "../../src/kv/service.ts";
+import { RpcServer } from "../../src/rpc/server/server.ts";
+import { PEER_TAG } from "../../src/rpc/server/peer-tag.ts";
+import { CLIENT_PREFACE, ErrorCode, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FrameType, dataFrame, frameHeader, settingsFrame } from "../../src/rpc/h2/frames.ts";
+import { encodeHeaders } from "../../src/rpc/h2/hpack-encoder.ts";
+import { statusDouble } from "./kv-double.ts";
+
+const HUGE = "h".repeat(300_000);
+const PAGE = "p".repeat(200_000);
+
+function backend(): KVServiceBackend {
+  const data = new Map<string, string>([["huge", HUGE]]);
+  return {
+    async command(args) {
+      if (args.op === "Get") return data.has(args.key) ? { err: "OK", value: data.get(args.key)! } : { err: "ErrNoKey", value: "" };
+      data.set(args.key, args.value);
+      return { err: "OK", value: "" };
+    },
+    async registerSession() {
+      return { err: "OK" as const, clientId: 1n };
+    },
+    async getStatus() {
+      return statusDouble();
+    },
+  };
+}
+
+let server: RpcServer;
+beforeAll(async () => {
+  server = await RpcServer.start({
+    port: 0,
+    routes: (router) => registerKVService(router, backend()),
+    httpRoutes: (request, response) => {
+      if (request.url !== "/page") return false;
+      (response as unknown as { writeHead(s: number, h: object): void; end(b: string): void }).writeHead(200, { "content-type": "text/plain" });
+      (response as unknown as { end(b: string): void }).end(PAGE);
+      return true;
+    },
+  });
+});
+afterAll(async () => {
+  await server.close();
+});
+
+const CONNECT_PROTO = { "content-type": "application/proto", "connect-protocol-version": "1" };
+const getHuge = () => toBinary(CommandRequestSchema, create(CommandRequestSchema, { key: "huge", op: Op.GET }));
+
+/** One request on a node:http2 session: status, body, and the stream's close code. */
+function request(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, body?: Uint8Array): Promise<{ status: number; body: Buffer; rstCode: number }> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ":method": "POST", ":path": "/kvraftpb.KVService/Command", ...headers });
+    let status = 0;
+    const chunks: Buffer[] = [];
+    stream.on("response", (h) => {
+      status = Number(h[":status"]);
+    });
+    stream.on("data", (c: Buffer) => chunks.push(c));
+    stream.on("error", reject);
+    stream.on("close", () => resolve({ status, body: Buffer.concat(chunks), rstCode: stream.rstCode ?? 0 }));
+    stream.end(body);
+  });
+}
+
+describe("real clients", () => {
+  test("connect-node over the engine; the connection is the engine's", async () => {
+    const before = server.stats.h2Calls;
+    const client = createClient(KVService, createConnectTransport({ baseUrl: server.url, httpVersion: "2", useBinaryFormat: true }));
+    expect((await client.command({ key: "a", value: "1", op: Op.PUT })).err).toBe("OK");
+    expect((await client.command({ key: "a", op: Op.GET })).value).toBe("1");
+    expect(server.stats.h2Calls).toBe(before + 2);
+    expect(server.stats.h2EngineConnections).toBeGreaterThan(0);
+  });
+
+  test("curl --http2-prior-knowledge: a Connect JSON call", async () => {
+    // Asynchronous: the server answers from this very process.
+    const child = Bun.spawn([
+      "curl", "-sS", "--http2-prior-knowledge", "-H", "content-type: application/json", "-H", "connect-protocol-version: 1",
+      "--data", JSON.stringify({ key: "a", op: "GET" }), `${server.url}/kvraftpb.KVService/Command`, "-w", "\\n%{http_version} %{http_code}",
+    ], { stdout: "pipe" });
+    const out = await new Response(child.stdout).text();
+    await child.exited;
+    const [body, status] = out.split("\n");
+    expect(JSON.parse(body!)).toMatchObject({ err: "OK", value: "1" });
+    expect(status).toBe("2 200");
+  });
+
+  test("an answer larger than the client's windows arrives whole (engine and relayed)", async () => {
+    // 16 KiB stream window: the 300 KB answer needs ~18 WINDOW_UPDATEs from the client.
+    const session = http2.connect(server.url, { settings: { initialWindowSize: 16_384 } });
+    try {
+      const calls = await Promise.all([request(session, CONNECT_PROTO, getHuge()), request(session, CONNECT_PROTO, getHuge())]);
+      for (const call of calls) {
+        expect(call.status).toBe(200);
+        expect(fromBinary(CommandResponseSchema, call.body).value).toBe(HUGE);
+      }
+      const page = await new Promise<Buffer>((resolve, reject) => {
+        const stream = session.request({ ":method": "GET", ":path": "/page" });
+        const chunks: Buffer[] = [];
+        stream.on("data", (c: Buffer) => chunks.push(c));
+        stream.on("end", () => resolve(Buffer.concat(chunks)));
+        stream.on("error", reject);
+      });
+      expect(page.toString()).toBe(PAGE);
+    } finally {
+      session.close();
+    }
+  });
+
+  test("300 calls at once on one connection, before the client has our SETTINGS: none refused", async () => {
+    const session = http2.connect(server.url);
+    try {
+      const calls = await Promise.all(
+        Array.from({ length: 300 }, (_, i) => request(session, CONNECT_PROTO, toBinary(CommandRequestSchema, create(CommandRequestSchema, { key: `k${i}`, value: String(i), op: Op.PUT })))),
+      );
+      expect(calls.every((c) => c.status === 200)).toBe(true);
+    } finally {
+      session.close();
+    }
+  });
+
+  test("a compressed request is relayed to node:http2 and answered there", async () => {
+    const session = http2.connect(server.url);
+    try {
+      const gz = Bun.gzipSync(new TextEncoder().encode(JSON.stringify({ key: "a", op: "GET" })));
+      const before = server.stats.h2Calls;
+      const call = await request(session, { "content-type": "application/json", "connect-protocol-version": "1", "content-encoding": "gzip" }, gz);
+      expect(call.status).toBe(200);
+      expect(JSON.parse(call.body.toString())).toMatchObject({ value: "1" });
+      expect(server.stats.h2Calls).toBe(before);
+    } finally {
+      session.close();
+    }
+  });
+
+  test("a peer's tagged connection is served by node:http2, not the engine", async () => {
+    const engines = server.stats.h2EngineConnections;
+    const session = http2.connect(server.url, {
+      createConnection: () => {
+        const socket = net.connect({ host: "127.0.0.1", port: server.port });
+        socket.write(PEER_TAG);
+        return socket;
+      },
+    });
+    try {
+      const call = await request(session, CONNECT_PROTO, toBinary(CommandRequestSchema, create(CommandRequestSchema, { key: "a", op: Op.GET })));
+      expect(call.status).toBe(200);
+      expect(server.stats.h2EngineConnections).toBe(engines);
+    } finally {
+      session.close();
+    }
+  });
+});
+
+interface Frame {
+  type: number;
+  flags: number;
+  streamId: number;
+  payload: Buffer;
+}
+
+/** A hand-driven HTTP/2 client connection: writes raw bytes, collects the server's frames. */
+async function rawConnection(): Promise<{ socket: net.Socket; frames: Frame[]; closed: Promise<void>; until(p: (f: Frame) => boolean): Promise<Frame> }> {
+  const socket = net.connect({ host: "127.0.0.1", port: server.port });
+  await new Promise<void>((resolve) => socket.once("connect", resolve));
+  const frames: Frame[] = [];
+  const waiters: [(f: Frame) => boolean, (f: Frame) => void][] = [];
+  let buffered = Buffer.alloc(0);
+  socket.on("data", (chunk: Buffer) => {
+    buffered = Buffer.concat([buffered, chunk]);
+    while (buffered.length >= 9) {
+      const length = buffered.readUIntBE(0, 3);
+      if (buffered.length < 9 + length) break;
+      const frame = { type: buffered[3]!, flags: buffered[4]!, streamId: buffered.readUInt32BE(5) & 0x7fffffff, payload: buffered.subarray(9, 9 + length) };
+      buffered = buffered.subarray(9 + length);
+      frames.push(frame);
+      for (const [p, resolve] of waiters) if (p(frame)) resolve(frame);
+    }
+  });
+  socket.on("error", () => {});
+  const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+  const until = (p: (f: Frame) => boolean) =>
+    new Promise<Frame>((resolve, reject) => {
+      const found = frames.find(p);
+      if (found) return resolve(found);
+      waiters.push([p, resolve]);
+      setTimeout(() => reject(new Error(`no such frame; got ${frames.map((f) => f.type).join(",")}`)), 3000);
+    });
+  return { socket, frames, closed, until };
+}
+
+function frame(type: number, flags: number, streamId: number, payload: Uint8Array): Buffer {
+  const out = Buffer.alloc(9 + payload.length);
+  frameHeader(out, 0, payload.length, type, flags, streamId);
+  out.set(payload, 9);
+  return out;
+}
+
+const requestBlock = (extra: [string, string][] = []) =>
+  encodeHeaders([
+    [":method", "POST"],
+    [":scheme", "http"],
+    [":path", "/kvraftpb.KVService/Command"],
+    [":authority", "localhost"],
+    ["content-type", "application/json"],
+    ...extra,
+  ]);
+const BODY = new TextEncoder().encode(JSON.stringify({ key: "a", op: "GET" }));
+const isGoaway = (f: Frame) => f.type === FrameType.GOAWAY;
+const goawayCode = (f: Frame) => f.payload.readUInt32BE(4);
+
+describe("raw frames", () => {
+  test("CONTINUATION, padding and PING are understood", async () => {
+    const c = await rawConnection();
+    const block = requestBlock();
+    const padded = Buffer.concat([Buffer.from([3]), BODY, Buffer.alloc(3)]);
+    c.socket.write(
+      Buffer.concat([
+        CLIENT_PREFACE,
+        settingsFrame([]),
+        frame(FrameType.PING, 0, 0, Buffer.from("12345678")),
+        frame(FrameType.HEADERS, 0, 1, block.subarray(0, 10)),
+        frame(FrameType.CONTINUATION, FLAG_END_HEADERS, 1, block.subarray(10)),
+        frame(FrameType.DATA, FLAG_END_STREAM | FLAG_PADDED, 1, padded),
+      ]),
+    );
+    const ping = await c.until((f) => f.type === FrameType.PING);
+    expect(ping.payload.toString()).toBe("12345678");
+    const data = await c.until((f) => f.type === FrameType.DATA && f.streamId === 1 && f.payload.length > 0);
+    expect(JSON.parse(data.payload.toString())).toMatchObject({ err: "OK" });
+    c.socket.destroy();
+  });
+
+  for (const [name, bytes, code] of [
+    ["the first frame not SETTINGS", () => Buffer.concat([CLIENT_PREFACE, frame(FrameType.PING, 0, 0, Buffer.alloc(8))]), ErrorCode.PROTOCOL_ERROR],
+    ["HEADERS on stream 0", () => Buffer.concat([CLIENT_PREFACE, settingsFrame([]), frame(FrameType.HEADERS, FLAG_END_HEADERS, 0, requestBlock())]), ErrorCode.PROTOCOL_ERROR],
+    ["a header block that is not HPACK", () => Buffer.concat([CLIENT_PREFACE, settingsFrame([]), frame(FrameType.HEADERS, FLAG_END_HEADERS, 1, Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]))]), ErrorCode.COMPRESSION_ERROR],
+    ["a frame over the maximum size", () => Buffer.concat([CLIENT_PREFACE, settingsFrame([]), frame(FrameType.DATA, 0, 1, Buffer.alloc(20_000))]), ErrorCode.FRAME_SIZE_ERROR],
+    ["DATA on a stream never opened", () => Buffer.concat([CLIENT_PREFACE, settingsFrame([]), dataFrame(7, Buffer.from("x"), true)]), ErrorCode.PROTOCOL_ERROR],
+    ["CONTINUATION without HEADERS", () => Buffer.concat([CLIENT_PREFACE, settingsFrame([]), frame(FrameType.CONTINUATION, FLAG_END_HEADERS, 1, requestBlock())]), ErrorCode.PROTOCOL_ERROR],
+    ["padding longer than the frame", () => Buffer.concat([CLIENT_PREFACE, settingsFrame([]), frame(FrameType.HEADERS, FLAG_END_HEADERS | FLAG_PADDED, 1, Buffer.from([200, 1, 2]))]), ErrorCode.PROTOCOL_ERROR],
+    ["a window update past 2^31-1", () => Buffer.concat([CLIENT_PREFACE, settingsFrame([]), frame(FrameType.WINDOW_UPDATE, 0, 0, Buffer.from([0x7f, 0xff, 0xff, 0xff]))]), ErrorCode.FLOW_CONTROL_ERROR],
+  ] as const) {
+    test(`${name}: GOAWAY(${code}) and the connection ends; the server serves on`, async () => {
+      const c = await rawConnection();
+      c.socket.write(bytes());
+      expect(goawayCode(await c.until(isGoaway))).toBe(code);
+      await c.closed;
+      const session = http2.connect(server.url);
+      try {
+        expect((await request(session, CONNECT_PROTO, getHuge())).status).toBe(200);
+      } finally {
+        session.close();
+      }
+    });
+  }
+
+  test("a malformed request (upper-case name, missing :path) is RST_STREAM(PROTOCOL_ERROR); the connection serves on", async () => {
+    const c = await rawConnection();
+    const upper = encodeHeaders([[":method", "POST"], [":scheme", "http"], [":path", "/x"], ["Bad-Name", "1"]]);
+    const noPath = encodeHeaders([[":method", "POST"], [":scheme", "http"]]);
+    c.socket.write(
+      Buffer.concat([
+        CLIENT_PREFACE,
+        settingsFrame([]),
+        frame(FrameType.HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 1, upper),
+        frame(FrameType.HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 3, noPath),
+        frame(FrameType.HEADERS, FLAG_END_HEADERS, 5, requestBlock()),
+        dataFrame(5, BODY, true),
+      ]),
+    );
+    for (const id of [1, 3]) {
+      const reset = await c.until((f) => f.type === FrameType.RST_STREAM && f.streamId === id);
+      expect(reset.payload.readUInt32BE(0)).toBe(ErrorCode.PROTOCOL_ERROR);
+    }
+    await c.until((f) => f.type === FrameType.DATA && f.streamId === 5);
+    expect(c.frames.some(isGoaway)).toBe(false);
+    c.socket.destroy();
+  });
+
+  test("once the client acknowledged our SETTINGS, the 257th open stream is REFUSED_STREAM", async () => {
+    const c = await rawConnection();
+    const opens = Array.from({ length: 257 }, (_, i) => frame(FrameType.HEADERS, FLAG_END_HEADERS, 2 * i + 1, requestBlock()));
+    c.socket.write(Buffer.concat([CLIENT_PREFACE, settingsFrame([]), frame(FrameType.SETTINGS, 0x1, 0, Buffer.alloc(0)), ...opens]));
+    const reset = await c.until((f) => f.type === FrameType.RST_STREAM);
+    expect([reset.streamId, reset.payload.readUInt32BE(0)]).toEqual([2 * 256 + 1, ErrorCode.REFUSED_STREAM]);
+    c.socket.destroy();
+  });
+
+  test("a body longer than its content-length is RST_STREAM(PROTOCOL_ERROR)", async () => {
+    const c = await rawConnection();
+    c.socket.write(Buffer.concat([CLIENT_PREFACE, settingsFrame([]), frame(FrameType.HEADERS, FLAG_END_HEADERS, 1, requestBlock([["content-length", "2"]])), dataFrame(1, BODY, true)]));
+    const reset = await c.until((f) => f.type === FrameType.RST_STREAM && f.streamId === 1);
+    expect(reset.payload.readUInt32BE(0)).toBe(ErrorCode.PROTOCOL_ERROR);
+    c.socket.destroy();
+  });
+});
