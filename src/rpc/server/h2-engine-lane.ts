@@ -203,11 +203,19 @@ export class EngineLane {
       if (!ended && !stream.closed) stream.reset(request.rstCode === http2.constants.NGHTTP2_NO_ERROR ? ErrorCode.CANCEL : ((request.rstCode as ErrorCode | undefined) ?? ErrorCode.CANCEL));
     });
     stream.onDrain = () => request.resume();
-    // The client may send as fast as node:http2 takes the bytes: the window refills on each write's callback.
+    // The client may send as fast as node:http2 takes the bytes: while the relayed stream's buffer
+    // is full, the client's window is not refilled (bounded by the window we granted).
     stream.manualFlow = true;
+    let held = 0;
+    request.on("drain", () => {
+      const bytes = held;
+      held = 0;
+      if (bytes > 0) stream.consumed(bytes);
+    });
     stream.onData = (chunk) => {
       if (request.destroyed) return stream.consumed(chunk.length);
-      request.write(chunk, () => stream.consumed(chunk.length));
+      if (request.write(chunk) && held === 0) stream.consumed(chunk.length);
+      else held += chunk.length;
     };
     stream.onEnd = () => {
       if (!request.destroyed) request.end();

@@ -300,14 +300,19 @@ export function grpcReply(call: H2Call, outcome: UnaryOutcome): Reply | Promise<
   const web = call.protocol === "grpc_web";
   out["content-type"] = `${web ? "application/grpc-web" : "application/grpc"}${call.binary ? "+proto" : "+json"}`;
   if (call.compression !== null) out["grpc-encoding"] = call.compression.name;
+  // The common answer, a success without trailers of its own: its trailers are a constant.
+  const plain = outcome.trailer === null && outcome.error === null;
   const trailer = outcome.trailer ?? new Headers();
-  if (!trailer.has("grpc-status")) trailer.set("grpc-status", grpcStatusOk);
-  if (outcome.error !== null) setTrailerStatus(trailer, outcome.error);
+  if (!plain) {
+    if (!trailer.has("grpc-status")) trailer.set("grpc-status", grpcStatusOk);
+    if (outcome.error !== null) setTrailerStatus(trailer, outcome.error);
+  }
   const parts: [number, Uint8Array][] = [];
   if (outcome.message !== null) parts.push([0, outcome.message]);
-  if (web) parts.push([trailerFlag, trailerSerialize(trailer)]);
+  if (web) parts.push([trailerFlag, plain ? GRPC_WEB_OK_TRAILER : trailerSerialize(trailer)]);
   const reply = (body: Uint8Array): Reply => {
     if (web) return { headers: out, body, trailers: null };
+    if (plain) return { headers: out, body, trailers: { "grpc-status": grpcStatusOk } };
     const t: http2.OutgoingHttpHeaders = {};
     addHeaders(t, trailer);
     return { headers: out, body, trailers: t };
@@ -321,6 +326,9 @@ export function grpcReply(call: H2Call, outcome: UnaryOutcome): Reply | Promise<
   }
   return reply(envelopes(parts));
 }
+
+/** The gRPC-Web trailer block of a plain success, as trailerSerialize writes it. */
+const GRPC_WEB_OK_TRAILER = trailerSerialize(new Headers({ "grpc-status": grpcStatusOk }));
 
 function respondGrpc(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): void {
   const reply = grpcReply(call, outcome);
