@@ -33,6 +33,7 @@ import {
 import { HpackDecoder, HpackError, type HeaderList } from "./hpack-decoder.ts";
 import { requestHeaders, trailerFields } from "./request-headers.ts";
 import { H2Stream, HIGH_WATER_MARK, type StreamOwner } from "./stream.ts";
+import { log } from "../../obs/log.ts";
 
 export interface H2ConnectionOptions {
   /** SETTINGS_MAX_CONCURRENT_STREAMS: streams past it are refused (REFUSED_STREAM). */
@@ -185,8 +186,9 @@ export class H2Connection implements StreamOwner {
     } catch (error) {
       if (error instanceof ConnectionError) this.fail(error.code, error.message);
       else {
+        // A bug here or in a handler: this connection ends, the process serves on.
+        log.error(`kvraft rpc: http/2 engine connection failed: ${(error as Error).stack ?? error}`);
         this.fail(ErrorCode.INTERNAL_ERROR, "internal error");
-        throw error;
       }
     } finally {
       this.receiving = false;
