@@ -13,6 +13,7 @@ import { CommandRequestSchema, CommandResponseSchema, KVService, Op } from "../.
 import { registerKVService, type KVServiceBackend } from "../../src/kv/service.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
 import { PEER_TAG } from "../../src/rpc/server/peer-tag.ts";
+import { dialPeer } from "../../src/rpc/peers/peer-session.ts";
 import { CLIENT_PREFACE, ErrorCode, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FrameType, dataFrame, frameHeader, settingsFrame } from "../../src/rpc/h2/frames.ts";
 import { encodeHeaders } from "../../src/rpc/h2/hpack-encoder.ts";
 import { statusDouble } from "./kv-double.ts";
@@ -159,6 +160,40 @@ describe("real clients", () => {
       expect(server.stats.h2EngineConnections).toBe(engines);
     } finally {
       session.close();
+    }
+  });
+});
+
+describe("peers", () => {
+  test("dialing a node of an older build (no tag handling): the tagged dial breaks, the untagged one binds", async () => {
+    // The old node: every socket straight to node:http2; every call answered 200 with an empty message.
+    const old = http2.createServer();
+    old.on("stream", (stream) => {
+      stream.resume();
+      stream.on("end", () => {
+        stream.respond({ ":status": 200, "content-type": "application/proto" });
+        stream.end();
+      });
+    });
+    old.on("sessionError", () => {});
+    const firstBytes: string[] = [];
+    const tcp = net.createServer((socket) => {
+      socket.once("data", (chunk: Buffer) => {
+        firstBytes.push(chunk.subarray(0, 3).toString("latin1"));
+        socket.pause();
+        socket.unshift(chunk);
+        old.emit("connection", socket);
+        socket.resume();
+      });
+    });
+    await new Promise<void>((resolve) => tcp.listen(0, "127.0.0.1", resolve));
+    try {
+      const url = `http://127.0.0.1:${(tcp.address() as net.AddressInfo).port}`;
+      const session = await dialPeer({ url, self: 1, peer: 2, security: { clusterId: "c", secret: null, peerCa: null }, timeoutMs: 3000 });
+      session.close();
+      expect(firstBytes).toEqual(["KVR", "PRI"]);
+    } finally {
+      tcp.close();
     }
   });
 });

@@ -555,7 +555,7 @@ export class H2Connection implements StreamOwner {
   private scheduleFlush(): void {
     if (this.flushScheduled || this.receiving) return;
     this.flushScheduled = true;
-    setImmediate(() => {
+    queueMicrotask(() => {
       this.flushScheduled = false;
       this.flush();
     });
