@@ -168,7 +168,7 @@ describe("peers", () => {
   test("dialing a node of an older build (no tag handling): the tagged dial breaks, the untagged one binds", async () => {
     // The old node: every socket straight to node:http2; every call answered 200 with an empty message.
     const old = http2.createServer();
-    old.on("stream", (stream) => {
+    old.on("stream", (stream: http2.ServerHttp2Stream) => {
       stream.resume();
       stream.on("end", () => {
         stream.respond({ ":status": 200, "content-type": "application/proto" });
