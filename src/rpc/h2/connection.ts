@@ -14,7 +14,6 @@ import {
   FLAG_ACK,
   FLAG_END_HEADERS,
   FLAG_END_STREAM,
-  FLAG_PADDED,
   FLAG_PRIORITY,
   FRAME_HEADER_BYTES,
   FrameType,
@@ -22,17 +21,18 @@ import {
   MAX_WINDOW,
   SETTINGS_ACK,
   Setting,
-  dataFrame,
   goaway,
-  headersFrames,
   pingAck,
   rstStream,
   settingsFrame,
+  unpad,
   windowUpdate,
 } from "./frames.ts";
 import { HpackDecoder, HpackError, type HeaderList } from "./hpack-decoder.ts";
 import { requestHeaders, trailerFields } from "./request-headers.ts";
-import { H2Stream, HIGH_WATER_MARK, type StreamOwner } from "./stream.ts";
+import { H2Stream, type StreamOwner } from "./stream.ts";
+import { Sender } from "./sender.ts";
+import { FrameWriter } from "./writer.ts";
 import { log } from "../../obs/log.ts";
 
 export interface H2ConnectionOptions {
@@ -60,9 +60,6 @@ export const DEFAULT_ENGINE_OPTIONS = {
 /** Streams a client may open before it acknowledged our SETTINGS (and so our stream limit). */
 const UNACKED_STREAM_LIMIT = 1024;
 
-/** Bytes the socket may hold unsent before the client counts as not reading (its windows allow less). */
-const MAX_UNSENT_BYTES = 32 * 1024 * 1024;
-
 type Phase = "preface" | "settings" | "open" | "closed";
 
 export class H2Connection implements StreamOwner {
@@ -77,16 +74,9 @@ export class H2Connection implements StreamOwner {
   // Flow control, our side: what the client may still send on the connection, and what was consumed.
   private receiveWindow: number;
   private unacked = 0;
-  // Their side.
-  private sendWindow = DEFAULT_WINDOW;
-  private peerInitialWindow = DEFAULT_WINDOW;
-  maxFrameSize = DEFAULT_MAX_FRAME_SIZE;
-  private readonly blocked = new Set<H2Stream>();
-  // Output of this turn, written as one buffer.
-  private out: Buffer[] = [];
-  private outBytes = 0;
-  private flushScheduled = false;
-  private receiving = false;
+  // Their side, and the output.
+  private readonly writer: FrameWriter;
+  private readonly sender: Sender;
   /** GOAWAY sent: no new streams; the socket ends when the last stream closes. */
   private goingAway = false;
   /** The client's SETTINGS arrived (the guard's handshake stage is over). */
@@ -97,8 +87,6 @@ export class H2Connection implements StreamOwner {
   get openStreams(): number {
     return this.streams.size;
   }
-  /** Called once when the connection is finished (socket closed). */
-  onClose: (() => void) | null = null;
   /** Called as each request ends (END_STREAM from the client): the guard's body deadline is met. */
   onRequestEnded: ((stream: H2Stream) => void) | null = null;
   /** Called when a stream is answered before its request ended and reset with NO_ERROR. */
@@ -111,6 +99,8 @@ export class H2Connection implements StreamOwner {
     private readonly options: H2ConnectionOptions,
   ) {
     this.decoder = new HpackDecoder(4096);
+    this.writer = new FrameWriter(socket);
+    this.sender = new Sender(this.writer, (stream) => this.localEnd(stream));
     this.receiveWindow = DEFAULT_WINDOW;
     socket.on("data", (chunk: Buffer) => this.receive(chunk));
     socket.on("error", () => socket.destroy());
@@ -130,7 +120,7 @@ export class H2Connection implements StreamOwner {
       this.queue(windowUpdate(0, this.options.connectionWindow - DEFAULT_WINDOW));
       this.receiveWindow = this.options.connectionWindow;
     }
-    this.flush();
+    this.writer.flush();
     if (initial.length > 0) this.receive(initial);
   }
 
@@ -144,7 +134,7 @@ export class H2Connection implements StreamOwner {
     if (this.goingAway || this.phase === "closed") return;
     this.goingAway = true;
     this.queue(goaway(this.lastStreamId, ErrorCode.NO_ERROR, ""));
-    this.flush();
+    this.writer.flush();
     if (this.streams.size === 0) this.socket.end();
   }
 
@@ -157,7 +147,7 @@ export class H2Connection implements StreamOwner {
     if (this.phase === "closed") return;
     let data = this.buffered === null ? chunk : Buffer.concat([this.buffered, chunk]);
     this.buffered = null;
-    this.receiving = true;
+    this.writer.holding = true;
     try {
       let pos = 0;
       if (this.phase === "preface") {
@@ -191,9 +181,8 @@ export class H2Connection implements StreamOwner {
         this.fail(ErrorCode.INTERNAL_ERROR, "internal error");
       }
     } finally {
-      this.receiving = false;
-      // Flushed after this turn's other reads: one write answers what several reads asked.
-      if ((this.phase as Phase) !== "closed" && this.outBytes > 0) this.scheduleFlush();
+      this.writer.holding = false;
+      if ((this.phase as Phase) !== "closed" && this.writer.pending > 0) this.writer.schedule();
     }
   }
 
@@ -252,8 +241,8 @@ export class H2Connection implements StreamOwner {
       if (id === Setting.ENABLE_PUSH && value > 1) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH above 1");
       if (id === Setting.INITIAL_WINDOW_SIZE) {
         if (value > MAX_WINDOW) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1");
-        const delta = value - this.peerInitialWindow;
-        this.peerInitialWindow = value;
+        const delta = value - this.sender.initialWindow;
+        this.sender.initialWindow = value;
         for (const stream of this.streams.values()) {
           stream.sendWindow += delta;
           if (stream.sendWindow > MAX_WINDOW) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "a stream window above 2^31-1");
@@ -261,7 +250,7 @@ export class H2Connection implements StreamOwner {
       } else if (id === Setting.MAX_FRAME_SIZE) {
         if (value < DEFAULT_MAX_FRAME_SIZE || value > MAX_MAX_FRAME_SIZE) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range");
         // Frames this size are plenty; a larger setting changes nothing here.
-        this.maxFrameSize = Math.min(value, 64 * 1024);
+        this.sender.maxFrameSize = Math.min(value, 64 * 1024);
       }
       // HEADER_TABLE_SIZE: the encoder uses no dynamic table. MAX_CONCURRENT_STREAMS: no pushes.
     }
@@ -275,16 +264,8 @@ export class H2Connection implements StreamOwner {
     const increment = payload.readUInt32BE(0) & 0x7fffffff;
     if (streamId === 0) {
       if (increment === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0");
-      this.sendWindow += increment;
-      if (this.sendWindow > MAX_WINDOW) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "the connection window above 2^31-1");
-      if (this.blocked.size > 0) {
-        const waiting = [...this.blocked];
-        this.blocked.clear();
-        for (const stream of waiting) {
-          stream.blocked = false;
-          this.pump(stream);
-        }
-      }
+      if (this.sender.window + increment > MAX_WINDOW) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "the connection window above 2^31-1");
+      this.sender.connectionWindowUpdate(increment);
       return;
     }
     this.checkKnown(streamId);
@@ -394,7 +375,7 @@ export class H2Connection implements StreamOwner {
       // Malformed (RFC 9113 §8.1.1): a stream error; the body, if any, is refused with it.
       return this.queue(rstStream(streamId, ErrorCode.PROTOCOL_ERROR));
     }
-    const stream = new H2Stream(streamId, this, headers, endStream, this.peerInitialWindow, this.options.streamWindow);
+    const stream = new H2Stream(streamId, this, headers, endStream, this.sender.initialWindow, this.options.streamWindow);
     const length = headers["content-length"];
     if (typeof length === "string") {
       const n = Number(length);
@@ -427,7 +408,7 @@ export class H2Connection implements StreamOwner {
     if (deficit >= granted / 4) {
       stream.receiveWindow = granted;
       this.queue(windowUpdate(stream.id, deficit));
-      this.scheduleFlush();
+      this.writer.schedule();
     }
   }
 
@@ -438,46 +419,16 @@ export class H2Connection implements StreamOwner {
       this.receiveWindow += this.unacked;
       this.queue(windowUpdate(0, this.unacked));
       this.unacked = 0;
-      this.scheduleFlush();
+      this.writer.schedule();
     }
   }
 
-  /** Frames what `stream` has pending, within the windows; called on every change. */
   pump(stream: H2Stream): void {
-    if (stream.closed) return;
-    if (stream.pendingHeaders !== null) {
-      const block = stream.pendingHeaders;
-      stream.pendingHeaders = null;
-      const endNow = stream.pendingHeadersEnd;
-      this.queue(headersFrames(stream.id, block, endNow, this.maxFrameSize));
-      if (endNow) return this.localEnd(stream);
-    }
-    while (stream.pendingDataBytes > 0) {
-      const allowed = Math.min(stream.sendWindow, this.sendWindow, this.maxFrameSize);
-      if (allowed <= 0) {
-        if (!stream.blocked) {
-          stream.blocked = true;
-          this.blocked.add(stream);
-        }
-        return;
-      }
-      const head = stream.pendingData[0]!;
-      const take = Math.min(allowed, head.length);
-      const piece = take === head.length ? head : head.subarray(0, take);
-      if (take === head.length) stream.pendingData.shift();
-      else stream.pendingData[0] = head.subarray(take);
-      stream.pendingDataBytes -= take;
-      stream.sendWindow -= take;
-      this.sendWindow -= take;
-      const last = stream.pendingDataBytes === 0 && stream.ending && stream.pendingTrailers === null;
-      this.queue(dataFrame(stream.id, piece, last));
-      if (last) return this.localEnd(stream);
-      if (stream.pendingDataBytes < HIGH_WATER_MARK && stream.pendingDataBytes + take >= HIGH_WATER_MARK) stream.onDrain?.();
-    }
-    if (!stream.ending || stream.localEnded) return;
-    if (stream.pendingTrailers !== null) this.queue(headersFrames(stream.id, stream.pendingTrailers, true, this.maxFrameSize));
-    else this.queue(dataFrame(stream.id, EMPTY, true));
-    this.localEnd(stream);
+    this.sender.pump(stream);
+  }
+
+  get maxFrameSize(): number {
+    return this.sender.maxFrameSize;
   }
 
   private localEnd(stream: H2Stream): void {
@@ -490,12 +441,12 @@ export class H2Connection implements StreamOwner {
       this.onStreamCut?.(stream);
       this.finishStream(stream, null);
     }
-    this.scheduleFlush();
+    this.writer.schedule();
   }
 
   reset(stream: H2Stream, code: ErrorCode): void {
     this.queue(rstStream(stream.id, code));
-    this.scheduleFlush();
+    this.writer.schedule();
     this.finishStream(stream, code);
   }
 
@@ -508,10 +459,7 @@ export class H2Connection implements StreamOwner {
   private finishStream(stream: H2Stream, code: ErrorCode | null): void {
     if (stream.closed) return;
     stream.closed = true;
-    if (stream.blocked) {
-      stream.blocked = false;
-      this.blocked.delete(stream);
-    }
+    this.sender.forget(stream);
     // Unconsumed window of a stream that ends is the connection's again.
     this.streams.delete(stream.id);
     stream.pendingData.length = 0;
@@ -519,7 +467,7 @@ export class H2Connection implements StreamOwner {
     this.onStreamClosed?.(stream);
     stream.onClose?.(code);
     if (this.goingAway && this.streams.size === 0 && this.phase !== "closed") {
-      this.flush();
+      this.writer.flush();
       this.socket.end();
     }
   }
@@ -528,7 +476,7 @@ export class H2Connection implements StreamOwner {
   private fail(code: ErrorCode, message: string): void {
     if (this.phase === "closed") return;
     this.queue(goaway(this.lastStreamId, code, message));
-    this.flush();
+    this.writer.flush();
     this.phase = "closed";
     this.buffered = null;
     this.socket.end();
@@ -541,45 +489,10 @@ export class H2Connection implements StreamOwner {
     this.phase = "closed";
     this.buffered = null;
     for (const stream of [...this.streams.values()]) this.finishStream(stream, ErrorCode.CANCEL);
-    this.out = [];
-    this.outBytes = 0;
-    this.onClose?.();
+    this.writer.clear();
   }
 
   private queue(frame: Buffer): void {
-    this.out.push(frame);
-    this.outBytes += frame.length;
-    if (!this.receiving) this.scheduleFlush();
+    this.writer.queue(frame);
   }
-
-  private scheduleFlush(): void {
-    if (this.flushScheduled || this.receiving) return;
-    this.flushScheduled = true;
-    queueMicrotask(() => {
-      this.flushScheduled = false;
-      this.flush();
-    });
-  }
-
-  /** Writes this turn's frames in one socket write. */
-  private flush(): void {
-    if (this.outBytes === 0) return;
-    const bytes = this.out.length === 1 ? this.out[0]! : Buffer.concat(this.out, this.outBytes);
-    this.out = [];
-    this.outBytes = 0;
-    if (this.socket.destroyed) return;
-    this.socket.write(bytes);
-    if (this.socket.writableLength > MAX_UNSENT_BYTES) this.socket.destroy();
-  }
-}
-
-const EMPTY = new Uint8Array(0);
-
-/** The payload without its padding (PADDED flag): a pad length past the payload is a PROTOCOL_ERROR. */
-function unpad(flags: number, payload: Buffer): Buffer {
-  if (!(flags & FLAG_PADDED)) return payload;
-  if (payload.length < 1) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "a padded frame without its pad length");
-  const pad = payload[0]!;
-  if (pad >= payload.length) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame");
-  return payload.subarray(1, payload.length - pad);
 }

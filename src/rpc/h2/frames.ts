@@ -165,3 +165,12 @@ export function dataFrame(streamId: number, data: Uint8Array, endStream: boolean
   out.set(data, FRAME_HEADER_BYTES);
   return out;
 }
+
+/** The payload without its padding (PADDED flag): a pad length past the payload is a PROTOCOL_ERROR. */
+export function unpad(flags: number, payload: Buffer): Buffer {
+  if (!(flags & FLAG_PADDED)) return payload;
+  if (payload.length < 1) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "a padded frame without its pad length");
+  const pad = payload[0]!;
+  if (pad >= payload.length) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame");
+  return payload.subarray(1, payload.length - pad);
+}

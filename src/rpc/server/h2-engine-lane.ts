@@ -7,12 +7,13 @@
 
 import * as http2 from "node:http2";
 import type * as net from "node:net";
+import { duplexPair } from "node:stream";
 import { H2Connection, DEFAULT_ENGINE_OPTIONS } from "../h2/connection.ts";
 import { ErrorCode } from "../h2/frames.ts";
 import { encodeHeaders } from "../h2/hpack-encoder.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { log } from "../../obs/log.ts";
-import { connectionOf, type ConnectionInfo } from "./connection.ts";
+import { bindSession, connectionOf, type ConnectionInfo } from "./connection.ts";
 import { connectReply, earlyRefusal, grpcReply, h2CallOf, libraryReply, singleEnvelope, requestPairs, type H2Call, type H2LaneHost, type Reply } from "./h2-lane.ts";
 import { invokeUnary, type CallSource, type UnaryRoutes } from "./unary-routes.ts";
 
@@ -257,4 +258,32 @@ function relayHeaders(headers: http2.IncomingHttpHeaders): http2.OutgoingHttpHea
     if (value !== undefined) out[name] = value;
   }
   return out;
+}
+
+/**
+ * An in-memory connection into the node:http2 server `h2` for the streams an engine connection
+ * relays; calls on it see `socket`'s ConnectionInfo (TLS, client certificate, address).
+ */
+export function openInternalSession(h2: http2.Http2Server, socket: net.Socket): http2.ClientHttp2Session {
+  const [inner, outer] = duplexPair();
+  // Address facts the compat layer and handlers may ask of their socket.
+  for (const name of ["remoteAddress", "remotePort", "remoteFamily", "localAddress", "localPort", "encrypted"] as const) {
+    Object.defineProperty(inner, name, { get: () => (socket as unknown as Record<string, unknown>)[name] });
+  }
+  let session: http2.ServerHttp2Session | null = null;
+  const capture = (s: http2.ServerHttp2Session) => {
+    session = s;
+  };
+  // node:http2 announces the session synchronously inside emit("connection").
+  h2.prependOnceListener("session", capture);
+  h2.emit("connection", inner);
+  h2.off("session", capture);
+  if (session !== null) bindSession(session, socket);
+  const client = http2.connect("http://kvraft.internal", { createConnection: () => outer as unknown as net.Socket });
+  client.on("error", () => {});
+  socket.once("close", () => {
+    client.destroy();
+    inner.destroy();
+  });
+  return client;
 }

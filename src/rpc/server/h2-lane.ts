@@ -6,6 +6,7 @@
 // Why: that path costs ~300-450 µs of server CPU per call under Bun (see bench/README.md).
 
 import type * as http2 from "node:http2";
+import { isPlainConnectStream, serveFrameStream, type FrameRoutes } from "./frame-lane.ts";
 import type * as net from "node:net";
 import { createContextValues } from "@connectrpc/connect";
 import { createAsyncIterable, type Compression } from "@connectrpc/connect/protocol";
@@ -392,4 +393,29 @@ export async function libraryReply(headers: http2.IncomingHttpHeaders, call: H2C
 async function serveByLibrary(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, call: H2Call, body: Uint8Array, source: CallSource, host: H2LaneHost): Promise<void> {
   const reply = await libraryReply(headers, call, body, source, host);
   if (alive(stream)) writeReply(stream, reply);
+}
+
+/**
+ * Puts the HTTP/2 fast lanes in front of node:http2's request handler: a plain Connect stream to a
+ * frame route is served on the raw stream, so is a plain unary call in any protocol (h2-lane.ts);
+ * every other stream reaches the compat layer and the Connect adapter as before.
+ */
+export function routeStreams(h2: http2.Http2Server, frames: FrameRoutes, unary: UnaryRoutes, host: H2LaneHost): void {
+  const compat = h2.listeners("stream") as ((...args: unknown[]) => void)[];
+  h2.removeAllListeners("stream");
+  h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => {
+    host.pulse();
+    const path = headers[":path"];
+    const route = frames.size > 0 && typeof path === "string" ? frames.get(path) : undefined;
+    if (route !== undefined && isPlainConnectStream(headers)) {
+      serveFrameStream(stream, headers, route, host.shutdownSignal);
+      return;
+    }
+    const call = h2CallOf(headers, unary, host.cors);
+    if (call !== null) {
+      serveH2Unary(stream, headers, call, host);
+      return;
+    }
+    for (const listener of compat) listener.call(h2, stream, headers, ...rest);
+  });
 }

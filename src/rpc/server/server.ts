@@ -7,21 +7,23 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
-import { duplexPair } from "node:stream";
 import type * as tls from "node:tls";
 import { ConnectError, cors, createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { FrameRoutes, isPlainConnectStream, serveFrameStream } from "./frame-lane.ts";
+import { FrameRoutes } from "./frame-lane.ts";
 import { Http1Lane, type LaneHost } from "./http1-lane.ts";
-import { h2CallOf, serveH2Unary, type H2LaneHost } from "./h2-lane.ts";
-import { EngineLane, type EngineHost } from "./h2-engine-lane.ts";
+import { routeStreams } from "./h2-lane.ts";
+import { EngineLane, openInternalSession, type EngineHost } from "./h2-engine-lane.ts";
 import { PEER_TAG, tagPrefix } from "./peer-tag.ts";
-import { ACCEPT_COMPRESSION, COMPRESS_MIN_BYTES, UnaryRoutes } from "./unary-routes.ts";
-import { bindSession, connectionKey, connectionOf, type CallGate } from "./connection.ts";
+import { ACCEPT_COMPRESSION, COMPRESS_MIN_BYTES, UnaryRoutes, streamingPathsOf } from "./unary-routes.ts";
+import { connectionKey, connectionOf, type CallGate } from "./connection.ts";
 import { Admission, type AdmissionOptions } from "./admission.ts";
 import { ConnectionGuard, DEFAULT_CONNECTION_LIMITS, type ConnectionLimits, type ConnectionStats, type GuardedConnection } from "./connection-guard.ts";
 import { TLS_HANDSHAKE_BYTE, refuseCleartext, refuseTls, secureContextOf, startTls, type TlsOptions } from "./tls-port.ts";
 import { log } from "../../obs/log.ts";
+import { ListenError, listenError } from "./listen-error.ts";
+
+export { ListenError };
 
 /** The bytes every HTTP/2 client sends first (RFC 9113 §3.4). */
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -101,17 +103,6 @@ export interface RpcServerStats {
   refusedCleartext: number;
 }
 
-/** The port could not be bound; `code` says why ("port_in_use", "permission_denied", "listen_failed"). */
-export class ListenError extends Error {
-  constructor(
-    readonly code: "port_in_use" | "permission_denied" | "listen_failed",
-    message: string,
-  ) {
-    super(message);
-    this.name = "ListenError";
-  }
-}
-
 const ALLOW_METHODS = cors.allowedMethods.join(", ");
 const ALLOW_HEADERS = [...cors.allowedHeaders, "Authorization"].join(", ");
 const EXPOSE_HEADERS = cors.exposedHeaders.join(", ");
@@ -148,7 +139,7 @@ export class RpcServer {
     engineHost: Omit<EngineHost, "openInternal"> | null,
   ) {
     this.laneHost = { routes: unary, fallback: h1, shutdownSignal: shutdown.signal, closing: () => this.closing !== null, stats: this.stats, pulse: options.pulse ?? (() => {}) };
-    this.engineHost = engineHost === null ? null : { ...engineHost, openInternal: (socket) => this.openInternal(socket) };
+    this.engineHost = engineHost === null ? null : { ...engineHost, openInternal: (socket) => openInternalSession(this.h2, socket) };
     this.secureContext = options.tls === undefined ? null : secureContextOf(options.tls);
     this.guard = new ConnectionGuard(limits, () => streamingPaths);
   }
@@ -394,33 +385,6 @@ export class RpcServer {
     if (this.closing) connection.close();
   }
 
-  /**
-   * An in-memory connection into the node:http2 server for streams an engine connection relays;
-   * calls on it see `socket`'s ConnectionInfo.
-   */
-  private openInternal(socket: net.Socket): http2.ClientHttp2Session {
-    const [inner, outer] = duplexPair();
-    // Address facts the compat layer and handlers may ask of their socket.
-    for (const name of ["remoteAddress", "remotePort", "remoteFamily", "localAddress", "localPort", "encrypted"] as const) {
-      Object.defineProperty(inner, name, { get: () => (socket as unknown as Record<string, unknown>)[name] });
-    }
-    let session: http2.ServerHttp2Session | null = null;
-    const capture = (s: http2.ServerHttp2Session) => {
-      session = s;
-    };
-    this.h2.prependOnceListener("session", capture);
-    this.h2.emit("connection", inner);
-    this.h2.off("session", capture);
-    if (session !== null) bindSession(session, socket);
-    const client = http2.connect("http://kvraft.internal", { createConnection: () => outer as unknown as net.Socket });
-    client.on("error", () => {});
-    socket.once("close", () => {
-      client.destroy();
-      inner.destroy();
-    });
-    return client;
-  }
-
   /** A connection whose first bytes are TLS, or any connection when the port speaks TLS. */
   private acceptTls(socket: net.Socket, seen: Buffer, guarded: GuardedConnection): void {
     const context = this.secureContext;
@@ -521,31 +485,6 @@ export class RpcServer {
   }
 }
 
-/**
- * Puts the HTTP/2 fast lanes in front of node:http2's request handler: a plain Connect stream to a
- * frame route is served on the raw stream, so is a plain unary call in any protocol (h2-lane.ts);
- * every other stream reaches the compat layer and the Connect adapter as before.
- */
-function routeStreams(h2: http2.Http2Server, frames: FrameRoutes, unary: UnaryRoutes, host: H2LaneHost): void {
-  const compat = h2.listeners("stream") as ((...args: unknown[]) => void)[];
-  h2.removeAllListeners("stream");
-  h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => {
-    host.pulse();
-    const path = headers[":path"];
-    const route = frames.size > 0 && typeof path === "string" ? frames.get(path) : undefined;
-    if (route !== undefined && isPlainConnectStream(headers)) {
-      serveFrameStream(stream, headers, route, host.shutdownSignal);
-      return;
-    }
-    const call = h2CallOf(headers, unary, host.cors);
-    if (call !== null) {
-      serveH2Unary(stream, headers, call, host);
-      return;
-    }
-    for (const listener of compat) listener.call(h2, stream, headers, ...rest);
-  });
-}
-
 /** The guard's limits: the options' fields over the defaults. */
 function connectionLimitsOf(options: RpcServerOptions): ConnectionLimits {
   const limits: ConnectionLimits = { ...DEFAULT_CONNECTION_LIMITS, ...options.connections };
@@ -553,25 +492,4 @@ function connectionLimitsOf(options: RpcServerOptions): ConnectionLimits {
   if (options.keepAliveTimeoutMs !== undefined) limits.keepAliveTimeoutMs = options.keepAliveTimeoutMs;
   if (options.maxConnections !== undefined) limits.maxConnections = options.maxConnections;
   return limits;
-}
-
-/** Paths of the client- and bidi-streaming methods registered: their request bodies never need to end. */
-function streamingPathsOf(router: ConnectRouter | null): ReadonlySet<string> {
-  const paths = new Set<string>();
-  for (const handler of router?.handlers ?? []) {
-    if (handler.method.methodKind === "client_streaming" || handler.method.methodKind === "bidi_streaming") paths.add(handler.requestPath);
-  }
-  return paths;
-}
-
-function listenError(error: NodeJS.ErrnoException, host: string, port: number): ListenError {
-  const where = `${host}:${port}`;
-  switch (error.code) {
-    case "EADDRINUSE":
-      return new ListenError("port_in_use", `cannot listen on ${where}: the port is already in use (another kvserver running?)`);
-    case "EACCES":
-      return new ListenError("permission_denied", `cannot listen on ${where}: permission denied (ports below 1024 need privileges)`);
-    default:
-      return new ListenError("listen_failed", `cannot listen on ${where}: ${error.message}`);
-  }
 }

@@ -403,3 +403,12 @@ class LaneContext implements HandlerContext {
     this.abort?.abort();
   }
 }
+
+/** Paths of the client- and bidi-streaming methods registered: their request bodies never need to end. */
+export function streamingPathsOf(router: ConnectRouter | null): ReadonlySet<string> {
+  const paths = new Set<string>();
+  for (const handler of router?.handlers ?? []) {
+    if (handler.method.methodKind === "client_streaming" || handler.method.methodKind === "bidi_streaming") paths.add(handler.requestPath);
+  }
+  return paths;
+}
