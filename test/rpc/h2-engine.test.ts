@@ -333,6 +333,34 @@ describe("raw frames", () => {
     c.socket.destroy();
   });
 
+  test("random frames after a valid start (a seeded fuzz, 150 connections) never take the server down", async () => {
+    let seed = 12345;
+    const random = () => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed / 0x7fffffff;
+    };
+    for (let i = 0; i < 150; i++) {
+      const c = await rawConnection();
+      const parts: Buffer[] = [CLIENT_PREFACE, settingsFrame([])];
+      for (let f = 0; f < 4; f++) {
+        // A plausible header (type 0-9, small length, odd stream id), then bytes that may or may not fit.
+        const length = Math.floor(random() * 40);
+        const payload = Buffer.from(Array.from({ length }, () => Math.floor(random() * 256)));
+        if (random() < 0.3) payload.set(requestBlock().subarray(0, Math.min(length, 20)));
+        parts.push(frame(Math.floor(random() * 10), Math.floor(random() * 256), random() < 0.2 ? 0 : 1 + 2 * Math.floor(random() * 3), payload));
+      }
+      c.socket.write(Buffer.concat(parts));
+      await Promise.race([c.closed, Bun.sleep(20)]);
+      c.socket.destroy();
+    }
+    const session = http2.connect(server.url);
+    try {
+      expect((await request(session, CONNECT_PROTO, getHuge())).status).toBe(200);
+    } finally {
+      session.close();
+    }
+  });
+
   test("a body longer than its content-length is RST_STREAM(PROTOCOL_ERROR)", async () => {
     const c = await rawConnection();
     c.socket.write(Buffer.concat([CLIENT_PREFACE, settingsFrame([]), frame(FrameType.HEADERS, FLAG_END_HEADERS, 1, requestBlock([["content-length", "2"]])), dataFrame(1, BODY, true)]));
