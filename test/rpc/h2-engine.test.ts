@@ -145,21 +145,28 @@ describe("real clients", () => {
     }
   });
 
-  test("a peer's tagged connection is served by node:http2, not the engine", async () => {
-    const engines = server.stats.h2EngineConnections;
-    const session = http2.connect(server.url, {
-      createConnection: () => {
-        const socket = net.connect({ host: "127.0.0.1", port: server.port });
-        socket.write(PEER_TAG);
-        return socket;
-      },
-    });
+  test("a peer's tagged connection is served by node:http2, not the engine (with and without the fast lanes)", async () => {
+    const slow = await RpcServer.start({ port: 0, fastLane: false, routes: (router) => registerKVService(router, backend()) });
     try {
-      const call = await request(session, CONNECT_PROTO, toBinary(CommandRequestSchema, create(CommandRequestSchema, { key: "a", op: Op.GET })));
-      expect(call.status).toBe(200);
-      expect(server.stats.h2EngineConnections).toBe(engines);
+      for (const target of [server, slow]) {
+        const engines = target.stats.h2EngineConnections;
+        const session = http2.connect(target.url, {
+          createConnection: () => {
+            const socket = net.connect({ host: "127.0.0.1", port: target.port });
+            socket.write(PEER_TAG);
+            return socket;
+          },
+        });
+        try {
+          const call = await request(session, CONNECT_PROTO, toBinary(CommandRequestSchema, create(CommandRequestSchema, { key: "huge", op: Op.GET })));
+          expect(call.status).toBe(200);
+          expect(target.stats.h2EngineConnections).toBe(engines);
+        } finally {
+          session.close();
+        }
+      }
     } finally {
-      session.close();
+      await slow.close();
     }
   });
 });
