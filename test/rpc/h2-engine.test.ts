@@ -17,6 +17,12 @@ import { dialPeer } from "../../src/rpc/peers/peer-session.ts";
 import { CLIENT_PREFACE, ErrorCode, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FrameType, dataFrame, frameHeader, settingsFrame } from "../../src/rpc/h2/frames.ts";
 import { encodeHeaders } from "../../src/rpc/h2/hpack-encoder.ts";
 import { statusDouble } from "./kv-double.ts";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { X509Certificate } from "node:crypto";
+import { makeDevCertificates } from "../../src/cli/dev-certs.ts";
+import { clientGate } from "../../src/rpc/server/client-auth.ts";
 
 const HUGE = "h".repeat(300_000);
 const PAGE = "p".repeat(200_000);
@@ -167,6 +173,41 @@ describe("real clients", () => {
       }
     } finally {
       await slow.close();
+    }
+  });
+});
+
+describe("over TLS with client certificates", () => {
+  test("served and relayed calls both see the connection's verified certificate", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvraft-h2engine-"));
+    try {
+      const certs = await makeDevCertificates(dir, 1);
+      const ca = fs.readFileSync(certs.ca);
+      const tls = { cert: fs.readFileSync(certs.nodes[0]!.cert), key: fs.readFileSync(certs.nodes[0]!.key), ca: [ca] };
+      const gate = clientGate({ trustedCa: [new X509Certificate(ca)], token: null });
+      const secure = await RpcServer.start({ port: 0, host: "localhost", tls, gate, routes: (router) => registerKVService(router, backend()) });
+      try {
+        const outcomes = async (withCertificate: boolean) => {
+          const session = http2.connect(secure.url, { ca, ...(withCertificate ? { cert: fs.readFileSync(certs.client.cert), key: fs.readFileSync(certs.client.key) } : {}) });
+          try {
+            const served = await request(session, CONNECT_PROTO, getHuge());
+            const gz = Bun.gzipSync(new TextEncoder().encode(JSON.stringify({ key: "huge", op: "GET" })));
+            const relayed = await request(session, { "content-type": "application/json", "connect-protocol-version": "1", "content-encoding": "gzip" }, gz);
+            return [served.status, relayed.status];
+          } finally {
+            session.close();
+          }
+        };
+        const before = secure.stats.h2Calls;
+        expect(await outcomes(true)).toEqual([200, 200]);
+        expect(await outcomes(false)).toEqual([401, 401]);
+        expect(secure.stats.h2Calls).toBe(before + 2);
+        expect(secure.stats.h2EngineConnections).toBe(2);
+      } finally {
+        await secure.close();
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });
