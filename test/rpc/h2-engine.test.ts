@@ -417,3 +417,21 @@ describe("raw frames", () => {
     c.socket.destroy();
   });
 });
+
+describe("answers", () => {
+  test("the engine's answers carry a date, as node:http2's do", async () => {
+    const session = http2.connect(server.url);
+    try {
+      const date = await new Promise<string | undefined>((resolve, reject) => {
+        const stream = session.request({ ":method": "POST", ":path": "/kvraftpb.KVService/Command", ...CONNECT_PROTO });
+        stream.on("response", (h) => resolve(h.date as string | undefined));
+        stream.on("error", reject);
+        stream.resume();
+        stream.end(getHuge());
+      });
+      expect(Math.abs(Date.parse(date ?? "") - Date.now())).toBeLessThan(5_000);
+    } finally {
+      session.close();
+    }
+  });
+});

@@ -11,14 +11,18 @@ const FIELD_CACHE_LIMIT = 1024;
 /** Values longer than this are not cached (they are per-call: lengths, messages). */
 const CACHED_VALUE_MAX = 64;
 
-/** Encodes one header list (names lower-case) as an HPACK block. */
-export function encodeHeaders(fields: readonly (readonly [string, string])[]): Uint8Array {
+/** Encodes one header list (names lower-case) as an HPACK block; `tail`: fields already encoded. */
+export function encodeHeaders(fields: readonly (readonly [string, string])[], tail?: Uint8Array): Uint8Array {
   const parts: Uint8Array[] = [];
   let size = 0;
   for (const [name, value] of fields) {
     const part = encodeField(name, value);
     parts.push(part);
     size += part.length;
+  }
+  if (tail !== undefined) {
+    parts.push(tail);
+    size += tail.length;
   }
   if (parts.length === 1) return parts[0]!;
   const out = new Uint8Array(size);
@@ -40,6 +44,20 @@ export function encodeField(name: string, value: string): Uint8Array {
   const encoded = encodeUncached(name, value, key);
   if (cacheable && fieldCache.size < FIELD_CACHE_LIMIT) fieldCache.set(key, encoded);
   return encoded;
+}
+
+let dateSecond = -1;
+let dateEncoded: Uint8Array = new Uint8Array(0);
+
+/** The `date` field of an answer now (RFC 9110 §6.6.1), encoded once per second and never cached. */
+export function dateField(): Uint8Array {
+  const now = Date.now();
+  const second = Math.floor(now / 1000);
+  if (second !== dateSecond) {
+    dateSecond = second;
+    dateEncoded = encodeUncached("date", new Date(now).toUTCString(), "");
+  }
+  return dateEncoded;
 }
 
 function encodeUncached(name: string, value: string, key: string): Uint8Array {

@@ -10,7 +10,7 @@ import type * as net from "node:net";
 import { duplexPair } from "node:stream";
 import { H2Connection, DEFAULT_ENGINE_OPTIONS } from "../h2/connection.ts";
 import { ErrorCode } from "../h2/frames.ts";
-import { encodeHeaders } from "../h2/hpack-encoder.ts";
+import { dateField, encodeHeaders } from "../h2/hpack-encoder.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { log } from "../../obs/log.ts";
 import { bindSession, connectionOf, type ConnectionInfo } from "./connection.ts";
@@ -230,7 +230,8 @@ export class EngineLane {
 
 /** Writes a Reply (h2-lane.ts) on an engine stream: one socket write when the windows allow. */
 function writeReply(stream: H2Stream, reply: Reply): void {
-  const head = encodeHeaders(responseFields(reply.headers));
+  // With a date, as node:http2 and the HTTP/1.1 lane answer.
+  const head = encodeHeaders(responseFields(reply.headers), dateField());
   if (reply.body === null && reply.trailers === null) return stream.sendHeaders(head, true);
   stream.respond(head, reply.body, reply.trailers === null ? null : encodeHeaders(responseFields(reply.trailers)));
 }
