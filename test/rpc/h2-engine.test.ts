@@ -409,6 +409,16 @@ describe("raw frames", () => {
     }
   });
 
+  test("opening and resetting streams at once past 1000 a second ends the connection (rapid reset)", async () => {
+    const c = await rawConnection();
+    const frames: Buffer[] = [CLIENT_PREFACE, settingsFrame([])];
+    const rst = Buffer.from([0, 0, 0, ErrorCode.CANCEL]);
+    for (let i = 0; i < 1100; i++) frames.push(frame(FrameType.HEADERS, FLAG_END_HEADERS, 2 * i + 1, requestBlock()), frame(FrameType.RST_STREAM, 0, 2 * i + 1, rst));
+    c.socket.write(Buffer.concat(frames));
+    expect(goawayCode(await c.until(isGoaway))).toBe(ErrorCode.ENHANCE_YOUR_CALM);
+    c.socket.destroy();
+  });
+
   test("a body longer than its content-length is RST_STREAM(PROTOCOL_ERROR)", async () => {
     const c = await rawConnection();
     c.socket.write(Buffer.concat([CLIENT_PREFACE, settingsFrame([]), frame(FrameType.HEADERS, FLAG_END_HEADERS, 1, requestBlock([["content-length", "2"]])), dataFrame(1, BODY, true)]));

@@ -29,7 +29,7 @@ import {
   windowUpdate,
 } from "./frames.ts";
 import { HpackDecoder, HpackError, type HeaderList } from "./hpack-decoder.ts";
-import { requestHeaders, trailerFields } from "./request-headers.ts";
+import { RateBudget, declaredLength, requestHeaders, trailerFields } from "./request-headers.ts";
 import { H2Stream, type StreamOwner } from "./stream.ts";
 import { Sender } from "./sender.ts";
 import { FrameWriter } from "./writer.ts";
@@ -57,6 +57,9 @@ export const DEFAULT_ENGINE_OPTIONS = {
   connectionWindow: 8 * 1024 * 1024,
 };
 
+/** Open streams a client may reset per second before the connection ends (ENHANCE_YOUR_CALM). */
+const MAX_RESETS_PER_SECOND = 1000;
+
 /** Streams a client may open before it acknowledged our SETTINGS (and so our stream limit). */
 const UNACKED_STREAM_LIMIT = 1024;
 
@@ -83,6 +86,8 @@ export class H2Connection implements StreamOwner {
   settingsSeen = false;
   /** The client acknowledged our SETTINGS: our stream limit binds it from now on. */
   private settingsAcked = false;
+  /** Open streams the client may still reset this second. */
+  private readonly resets = new RateBudget(MAX_RESETS_PER_SECOND, 1_000);
   /** Streams open now. */
   get openStreams(): number {
     return this.streams.size;
@@ -136,11 +141,6 @@ export class H2Connection implements StreamOwner {
     this.queue(goaway(this.lastStreamId, ErrorCode.NO_ERROR, ""));
     this.writer.flush();
     if (this.streams.size === 0) this.socket.end();
-  }
-
-  /** Ends the connection now: every stream is lost. */
-  destroy(): void {
-    this.socket.destroy();
   }
 
   private receive(chunk: Buffer): void {
@@ -282,7 +282,11 @@ export class H2Connection implements StreamOwner {
     if (payload.length !== 4) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of the wrong size");
     this.checkKnown(streamId);
     const stream = this.streams.get(streamId);
-    if (stream !== undefined) this.finishStream(stream, payload.readUInt32BE(0) as ErrorCode);
+    if (stream === undefined) return;
+    // Opening streams and cancelling them at once costs us work the stream limit does not bound
+    // (the "rapid reset" attack): past a rate no client needs, the connection ends.
+    if (!this.resets.take(Date.now())) throw new ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "too many streams reset by the client");
+    this.finishStream(stream, payload.readUInt32BE(0) as ErrorCode);
   }
 
   /** A frame for a stream the client never opened: a connection error (RFC 9113 §5.1, idle). */
@@ -376,13 +380,9 @@ export class H2Connection implements StreamOwner {
       return this.queue(rstStream(streamId, ErrorCode.PROTOCOL_ERROR));
     }
     const stream = new H2Stream(streamId, this, headers, endStream, this.sender.initialWindow, this.options.streamWindow);
-    const length = headers["content-length"];
-    if (typeof length === "string") {
-      const n = Number(length);
-      if (!(Number.isSafeInteger(n) && n >= 0 && /^\d+$/.test(length))) return this.queue(rstStream(streamId, ErrorCode.PROTOCOL_ERROR));
-      if (endStream && n !== 0) return this.queue(rstStream(streamId, ErrorCode.PROTOCOL_ERROR));
-      stream.declaredLength = n;
-    }
+    const length = declaredLength(headers);
+    if (length === null || (endStream && length > 0)) return this.queue(rstStream(streamId, ErrorCode.PROTOCOL_ERROR));
+    stream.declaredLength = length;
     this.streams.set(streamId, stream);
     if (decoded.oversize) this.options.onOversizeHeaders(stream);
     else this.options.onStream(stream);

@@ -1,5 +1,6 @@
 // A request's decoded header list checked as RFC 9113 §8.2-8.3 asks (lower-case names, pseudo-headers
-// first and known, no connection-specific fields) and shaped as node:http2 hands headers to handlers.
+// first and known, no connection-specific fields, a valid content-length) and shaped as node:http2
+// hands headers to handlers; and the budget that bounds how fast a client may cancel requests.
 
 import type { IncomingHttpHeaders } from "node:http2";
 import type { HeaderList } from "./hpack-decoder.ts";
@@ -31,6 +32,33 @@ export function requestHeaders(list: HeaderList): IncomingHttpHeaders | null {
   if (method === undefined) return null;
   if (method !== "CONNECT" && (headers[":scheme"] === undefined || !headers[":path"])) return null;
   return headers as IncomingHttpHeaders;
+}
+
+/** The declared content-length: -1 when none, null when it is not a valid length. */
+export function declaredLength(headers: IncomingHttpHeaders): number | null {
+  const length = headers["content-length"];
+  if (length === undefined) return -1;
+  if (typeof length !== "string" || !/^\d{1,15}$/.test(length)) return null;
+  return Number(length);
+}
+
+/** At most `limit` events per `windowMs` (a fixed window): take() is false past it. */
+export class RateBudget {
+  private start = 0;
+  private count = 0;
+
+  constructor(
+    private readonly limit: number,
+    private readonly windowMs: number,
+  ) {}
+
+  take(now: number): boolean {
+    if (now - this.start > this.windowMs) {
+      this.start = now;
+      this.count = 0;
+    }
+    return ++this.count <= this.limit;
+  }
 }
 
 /** Trailers: regular fields only; null when malformed. */
