@@ -19,6 +19,7 @@ import { invokeUnary, type CallSource, type UnaryRoutes } from "./unary-routes.t
 
 export interface EngineHost extends H2LaneHost {
   unary: UnaryRoutes;
+  stats: { h2Calls: number; h2LibraryCalls: number; h2Relayed: number };
   maxConcurrentStreams: number;
   /**
    * Opens an in-memory connection to the node:http2 server for `socket`'s other streams; calls
@@ -34,8 +35,6 @@ export class EngineLane {
   readonly connection: H2Connection;
   private internal: http2.ClientHttp2Session | null = null;
   private info: ConnectionInfo | null = null;
-  /** Streams relayed to node:http2 (for the stats). */
-  relayed = 0;
   /** Each new stream, before it is served (the connection guard's deadlines). */
   onStreamStarted: ((stream: H2Stream) => void) | null = null;
 
@@ -171,7 +170,7 @@ export class EngineLane {
 
   /** Relays one stream to node:http2 and its answer back, with flow control both ways. */
   private relay(stream: H2Stream): void {
-    this.relayed++;
+    this.host.stats.h2Relayed++;
     let request: http2.ClientHttp2Stream;
     try {
       request = this.internalSession().request(relayHeaders(stream.headers));

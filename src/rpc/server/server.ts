@@ -96,7 +96,7 @@ export interface RpcServerStats {
   /** Unary calls answered on the HTTP/2 fast path (node:http2's raw stream or the engine). */
   h2Calls: number;
   h2LibraryCalls: number;
-  /** Client HTTP/2 connections served by the engine, and streams it relayed to node:http2 (closed connections). */
+  /** Client HTTP/2 connections served by the engine, and streams it relayed to node:http2. */
   h2EngineConnections: number;
   h2Relayed: number;
   refusedTls: number;
@@ -372,10 +372,7 @@ export class RpcServer {
     const connection = lane.connection;
     this.stats.h2EngineConnections++;
     this.engines.add(lane);
-    socket.once("close", () => {
-      this.engines.delete(lane);
-      this.stats.h2Relayed += lane.relayed;
-    });
+    socket.once("close", () => this.engines.delete(lane));
     this.guard.startedEngine(guarded, connection);
     connection.onRequestEnded = (stream) => this.guard.engineRequestEnded(guarded, stream);
     connection.onStreamClosed = (stream) => this.guard.engineStreamClosed(guarded, stream, connection.openStreams);
