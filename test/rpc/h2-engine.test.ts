@@ -14,6 +14,7 @@ import { registerKVService, type KVServiceBackend } from "../../src/kv/service.t
 import { RpcServer } from "../../src/rpc/server/server.ts";
 import { PEER_TAG } from "../../src/rpc/server/peer-tag.ts";
 import { dialPeer } from "../../src/rpc/peers/peer-session.ts";
+import { ConnectTransport } from "../../src/rpc/peers/connect-transport.ts";
 import { CLIENT_PREFACE, ErrorCode, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FrameType, dataFrame, frameHeader, settingsFrame } from "../../src/rpc/h2/frames.ts";
 import { encodeHeaders } from "../../src/rpc/h2/hpack-encoder.ts";
 import { statusDouble } from "./kv-double.ts";
@@ -213,6 +214,35 @@ describe("over TLS with client certificates", () => {
 });
 
 describe("peers", () => {
+  test("a peer of an older build (no tag) still completes the handshake: the engine relays it to node:http2", async () => {
+    const security = { clusterId: "c", secret: new TextEncoder().encode("a test secret of some length"), peerCa: null };
+    const port = await new Promise<number>((resolve) => {
+      const probe = net.createServer().listen(0, "127.0.0.1", () => {
+        const p = (probe.address() as net.AddressInfo).port;
+        probe.close(() => resolve(p));
+      });
+    });
+    const peers = new Map([
+      [0, `http://127.0.0.1:${port}`],
+      [1, "http://127.0.0.1:1"],
+    ]);
+    const transport = new ConnectTransport({ security, id: 0, peers });
+    transport.listen({ onMessages() {}, async onSnapshot() { throw new Error("not here"); } });
+    const node = await RpcServer.start({ port, routes: (router) => transport.registerRoutes(router) });
+    try {
+      for (const tagged of [false, true]) {
+        const [engines, relayed] = [node.stats.h2EngineConnections, node.stats.h2Relayed];
+        const session = await dialPeer({ url: `http://127.0.0.1:${port}`, self: 1, peer: 0, security, timeoutMs: 3000, tagged });
+        session.close();
+        // Untagged: the engine's connection, Challenge and Authenticate relayed; tagged: node:http2's.
+        expect([node.stats.h2EngineConnections - engines, node.stats.h2Relayed - relayed]).toEqual(tagged ? [0, 0] : [1, 2]);
+      }
+    } finally {
+      await transport.close();
+      await node.close();
+    }
+  });
+
   test("dialing a node of an older build (no tag handling): the tagged dial breaks, the untagged one binds", async () => {
     // The old node: every socket straight to node:http2; every call answered 200 with an empty message.
     const old = http2.createServer();

@@ -21,6 +21,8 @@ export interface DialOptions {
   security: PeerSecurity;
   /** Bound on connecting plus the handshake. */
   timeoutMs: number;
+  /** false: dial without PEER_TAG, as nodes of older builds do (default true). */
+  tagged?: boolean;
 }
 
 const CHALLENGE_PATH = `/${RaftService.typeName}/${RaftService.method.challenge.name}`;
@@ -30,6 +32,7 @@ const MAX_ANSWER_BYTES = 64 * 1024;
 /** An authenticated HTTP/2 connection to `options.peer`, or a PeerLinkError saying why not. */
 export async function dialPeer(options: DialOptions): Promise<http2.ClientHttp2Session> {
   const reached = { value: false };
+  if (options.tagged === false) return dialOnce(options, false, reached);
   try {
     return await dialOnce(options, true, reached);
   } catch (error) {
