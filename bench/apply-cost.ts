@@ -42,7 +42,8 @@ slices.sort((a, b) => a - b);
 const q = (p: number) => (slices[Math.floor(p * (slices.length - 1))]! * 1000).toFixed(2);
 console.log(
   `${puts} puts in entries of ${batch}: ${((ms * 1000) / puts).toFixed(2)} µs/put wall, ${((cpu.user + cpu.system) / puts).toFixed(2)} µs/put CPU (all threads), ` +
-    `slices of 20 applies: fastest ${q(0)}, p25 ${q(0.25)}, median ${q(0.5)} µs/put`,
+    `slices of 20 applies: fastest ${q(0)}, p25 ${q(0.25)}, median ${q(0.5)} µs/put; ` +
+    `LSM: ${(machine.lsmStats().walBytesWritten / puts).toFixed(0)} WAL bytes/put`,
 );
 await machine.close();
 fs.rmSync(dir, { recursive: true, force: true });

@@ -290,7 +290,7 @@ export class KVStateMachine {
   private async applyNow(entries: Entry[]): Promise<AppliedCommand[]> {
     this.checkUsable();
     const results: AppliedCommand[] = [];
-    let batch = new ApplyBatch(this.db, this.applied, this.appliedTerm, this.logTime, this.options.watchHistory);
+    let batch = new ApplyBatch(this.db, this.applied, this.appliedTerm, this.logTime, this.options.watchHistory, this.historyFloor);
     for (const entry of entries) {
       // Entries at or below the applied index were applied before a restart: never twice.
       if (entry.index <= batch.index) continue;
@@ -302,7 +302,7 @@ export class KVStateMachine {
       results.push(this.applyEntry(entry, batch));
       if (batch.bytes >= this.options.maxBatchBytes) {
         await this.commit(batch);
-        batch = new ApplyBatch(this.db, batch.index, batch.term, batch.logTime, this.options.watchHistory);
+        batch = new ApplyBatch(this.db, batch.index, batch.term, batch.logTime, this.options.watchHistory, this.historyFloor);
       }
     }
     await this.commit(batch);
