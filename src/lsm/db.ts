@@ -532,12 +532,13 @@ export class DB {
 
   /**
    * Stops background work, makes the WAL durable (and flushes writes made without it) and releases
-   * the directory. Idempotent.
+   * the directory. Idempotent. `discardUnlogged` leaves what a crash would: writes without the WAL
+   * that no flush has put in a table are lost (for tests and simulators of a crash).
    */
-  async close(): Promise<void> {
+  async close(options?: { discardUnlogged?: boolean }): Promise<void> {
     if (this.closed) return;
     let failure: unknown = null;
-    if (this.holdsUnlogged() && !this.background.error) await this.flush().catch((e) => (failure = e));
+    if (options?.discardUnlogged !== true && this.holdsUnlogged() && !this.background.error) await this.flush().catch((e) => (failure = e));
     if (this.closed) return;
     this.closed = true;
     this.closing = true;
