@@ -62,7 +62,11 @@ export interface KVStateMachineOptions {
    * "pairs" (version 3, which receivers of older builds read). Both are installed on receipt.
    */
   snapshotFormat?: SnapshotFormat;
-  /** Applied entries not yet durable before a background flush of the LSM starts. Default 10,000. */
+  /**
+   * Applied entries not yet durable before a background flush of the LSM starts. Default 5,000:
+   * half the Raft driver's default snapshot threshold, so the durable index has moved by the time
+   * log compaction asks (else the driver forces a flush inline and its cycle waits for the table).
+   */
   syncEveryEntries?: number;
   /** Bytes of data changes per LSM batch; a larger apply is split at entry boundaries. Default 4 MiB. */
   maxBatchBytes?: number;
@@ -125,7 +129,7 @@ export class KVStateMachine {
       maxUnregisteredSessions: 100_000,
       snapshotChunkBytes: 1 << 20,
       snapshotFormat: "files",
-      syncEveryEntries: 10_000,
+      syncEveryEntries: 5_000,
       maxBatchBytes: 4 << 20,
       watchHistory: true,
       txnLimits: {},
