@@ -64,6 +64,8 @@ export class DB {
   private readonly snapshots = new Set<Snapshot>();
   private readonly pendingOutputs = new Set<number>();
   private closed = false;
+  /** close() has begun (it may be flushing): no more writes. */
+  private closeStarted = false;
   private closing = false;
   private writeTail: Promise<void> = Promise.resolve();
   private queuedWriters = 0;
@@ -166,7 +168,7 @@ export class DB {
     const sync = opts?.sync === true;
     const logged = opts?.wal !== false;
     try {
-      this.checkOpen();
+      this.checkWritable();
       if (sync && !logged) throw new LsmError("INVALID_ARGUMENT", "a write without the WAL cannot be synced; call flush() to make it durable");
       encoded = encodeOps(ops, this.opts);
     } catch (e) {
@@ -183,7 +185,7 @@ export class DB {
     // Writers that must wait for room queue in order, so a later write never overtakes one.
     this.queuedWriters++;
     const step = this.writeTail.then(async () => {
-      await this.background.waitForRoom(encoded.length, () => this.checkOpen());
+      await this.background.waitForRoom(encoded.length, () => this.checkWritable());
       return { done: this.commit(encoded, ops.length, sync, logged) };
     });
     this.writeTail = step.then(
@@ -204,7 +206,7 @@ export class DB {
 
   /** Assigns sequence numbers, appends to the WAL (unless `logged` is false) and inserts into the memtable. */
   private commit(encoded: Uint8Array, count: number, sync: boolean, logged: boolean): Promise<void> {
-    this.checkOpen();
+    this.checkWritable();
     if (this.background.error) throw this.background.failure();
     if (this.mem.bytes >= this.opts.memtableBytes) this.rotateMemtable();
     const seq = this.lastSeq + 1;
@@ -526,6 +528,11 @@ export class DB {
     if (this.closed) throw new LsmError("CLOSED", `database ${this.dir} is closed`);
   }
 
+  /** Writes end when close() starts (its flush must see every write made without the WAL). */
+  private checkWritable(): void {
+    if (this.closed || this.closeStarted) throw new LsmError("CLOSED", `database ${this.dir} is closed`);
+  }
+
   get isOpen(): boolean {
     return !this.closed;
   }
@@ -536,10 +543,11 @@ export class DB {
    * that no flush has put in a table are lost (for tests and simulators of a crash).
    */
   async close(options?: { discardUnlogged?: boolean }): Promise<void> {
-    if (this.closed) return;
+    if (this.closed || this.closeStarted) return;
+    // From here writes are refused (as after close), so the flush below leaves nothing behind.
+    this.closeStarted = true;
     let failure: unknown = null;
     if (options?.discardUnlogged !== true && this.holdsUnlogged() && !this.background.error) await this.flush().catch((e) => (failure = e));
-    if (this.closed) return;
     this.closed = true;
     this.closing = true;
     this.background.stop();

@@ -255,8 +255,12 @@ describe("DB", () => {
     await db.sync(); // with writes outside the WAL in the memtable: a flush
     expect(db.flushedSequence).toBe(3);
     await db.write([{ type: "del", key: key(1) }], { wal: false });
-    await db.close(); // flushes what no WAL holds
+    const closing = db.close(); // flushes what no WAL holds
+    // A write after close() began is refused, never left behind unflushed.
+    await expectCode(db.write([{ type: "put", key: key(4), value: bytes("d") }], { wal: false }), "CLOSED");
+    await closing;
     db = await DB.open(dir, small);
+    expect(db.getSync(key(4))).toBeUndefined();
     expect([db.getSync(key(1)), text(db.getSync(key(2))), text(db.getSync(key(3)))]).toEqual([undefined, "b", "c"]);
     expect(db.flushedSequence).toBe(4);
   });
