@@ -12,10 +12,7 @@ import {
   encodeBatchBytes,
   encodeMessage,
   encodeMessageBytes,
-  fromFlat,
-  toFlat,
 } from "../../src/rpc/peers/raft-codec.ts";
-import { readFlatBatch, writeFlat } from "../../src/rpc/peers/raft-wire.ts";
 import { Rng } from "../../src/util/rng.ts";
 import { encodeMembership } from "../../src/raft/index.ts";
 
@@ -187,43 +184,5 @@ describe("raft batch bytes (the peer stream's frames)", () => {
     expect(() => decodeBatchBytes(encodeBatchBytes([farTerm]))).toThrow(/term/);
     expect(() => decodeBatchBytes(new Uint8Array([0x0a, 0x02, 0x08, 0x0a]))).toThrow(/unknown type 10/);
     expect(() => encodeMessageBytes({ type: "TimeoutNow", from: 0, to: 1, term: 2 ** 60 })).toThrow(RaftCodecError);
-  });
-});
-
-describe("the hand-written path for the common messages (raft-wire.ts)", () => {
-  test("writes exactly protobuf-es's bytes and reads them back; leaves snapshots and large or negative numbers to protobuf-es", () => {
-    const rng = new Rng(11);
-    const recovering: Message = { type: "RequestVote", from: 1, to: 2, term: 9, lastLogIndex: 300, lastLogTerm: 8, preVote: false, recovering: true };
-    const all = [recovering, ...samples, ...Array.from({ length: 2000 }, () => randomMessage(rng))];
-    let fast = 0;
-    for (const message of all) {
-      const theirs = toBinary(MessageSchema, encodeMessage(message));
-      const ours = writeFlat(toFlat(message));
-      const flat = toFlat(message);
-      const numbers = [flat.from, flat.to, flat.term, flat.logIndex, flat.logTerm, flat.commit, flat.matchIndex, flat.conflictTerm, flat.conflictIndex, flat.readContext];
-      for (const e of flat.entries) numbers.push(e.index, e.term);
-      const expectFast = flat.snapshot === undefined && numbers.every((n) => n >= 0 && n < 2 ** 49);
-      expect(ours !== null).toBe(expectFast);
-      if (ours === null) continue;
-      fast++;
-      expect(Buffer.compare(ours, theirs)).toBe(0);
-      const read = readFlatBatch(encodeBatchBytes([ours]));
-      expect(read).not.toBeNull();
-      expect(read!.map(fromFlat)).toEqual([message]);
-    }
-    expect(fast).toBeGreaterThan(500);
-    // protobuf-es's bytes of the slow cases are read by protobuf-es.
-    expect(readFlatBatch(encodeBatchBytes([encodeMessageBytes(samples.find((m) => m.type === "InstallSnapshot")!)]))).toBeNull();
-    expect(readFlatBatch(encodeBatchBytes([encodeMessageBytes(samples.find((m) => m.type === "AppendEntriesResponse" && m.conflictTerm === -1)!)]))).toBeNull();
-  });
-
-  test("an unknown field sends the batch to protobuf-es, which skips it", () => {
-    const message: Message = { type: "Heartbeat", from: 0, to: 2, term: 5, commitIndex: 100, readContext: 17 };
-    const bytes = encodeMessageBytes(message);
-    // Field 30, varint 1, appended: a newer sender's field.
-    const extended = new Uint8Array([...bytes, 0xf0, 0x01, 0x01]);
-    const batch = encodeBatchBytes([extended]);
-    expect(readFlatBatch(batch)).toBeNull();
-    expect(decodeBatchBytes(batch)).toEqual([message]);
   });
 });

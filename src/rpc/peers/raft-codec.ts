@@ -21,7 +21,6 @@ import {
 } from "../../gen/raftpb/raft_pb.ts";
 import { decodeMembership, encodeMembership, membershipOfMeta, metaWith } from "../../raft/index.ts";
 import { EntryType, type Entry, type Membership, type Message, type SnapshotMeta } from "../../raft/types.ts";
-import { readFlatBatch, writeFlat } from "./raft-wire.ts";
 
 /** A peer sent a message this node cannot interpret (unknown type, number out of range). */
 export class RaftCodecError extends Error {
@@ -312,8 +311,7 @@ export function decodeMessage(wire: WireMessage): Message {
 
 /** Core message → raftpb.Message bytes. Throws RaftCodecError only for numbers that are not safe integers. */
 export function encodeMessageBytes(message: Message): Uint8Array {
-  // The common messages by hand (raft-wire.ts), the same bytes; the rest through protobuf-es.
-  return writeFlat(toFlat(message)) ?? toBinary(MessageSchema, encodeMessage(message));
+  return toBinary(MessageSchema, encodeMessage(message));
 }
 
 /**
@@ -342,8 +340,6 @@ function varintBytes(n: number): number {
 
 /** raftpb.MessageBatch bytes → core messages. Throws RaftCodecError for bytes that are not a valid batch. */
 export function decodeBatchBytes(bytes: Uint8Array): Message[] {
-  const flat = readFlatBatch(bytes);
-  if (flat !== null) return flat.map(fromFlat);
   let batch;
   try {
     batch = fromBinary(MessageBatchSchema, bytes);
