@@ -256,16 +256,7 @@ export class CompactionScheduler {
     const number = h.versions.newFileNumber();
     h.pendingOutputs.add(number);
     try {
-      let total = 0;
-      for (const b of imm.batches) total += b.length;
-      const batches = new Uint8Array(total);
-      const batchEnds: number[] = [];
-      let end = 0;
-      for (const b of imm.batches) {
-        batches.set(b, end);
-        end += b.length;
-        batchEnds.push(end);
-      }
+      const { batches, batchEnds } = imm.batchesForFlush();
       // The memtable's order spares the worker a sort (it checks the order in one pass).
       const order = imm.sortedBatchPositions() ?? undefined;
       const r = await this.flushWorker.flush({ type: "flush", dir: h.dir, number, batches, batchEnds, order, table: h.ctx.table });
