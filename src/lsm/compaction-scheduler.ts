@@ -85,6 +85,8 @@ export interface SchedulerHost {
 
 export class CompactionScheduler {
   private bgError: Error | null = null;
+  /** The last flush's batches buffer, handed back by the worker: the next flush fills it instead of a fresh buffer the memtable's size. */
+  private spareFlushBuffer: Uint8Array | null = null;
   private flushing: Promise<void> | null = null;
   private compacting: Promise<void> | null = null;
   private compactionLock: Promise<void> = Promise.resolve();
@@ -256,11 +258,13 @@ export class CompactionScheduler {
     const number = h.versions.newFileNumber();
     h.pendingOutputs.add(number);
     try {
-      const { batches, batchEnds } = imm.batchesForFlush();
+      const { batches, batchEnds } = imm.batchesForFlush(this.spareFlushBuffer);
+      this.spareFlushBuffer = null; // transferred with the job; the worker hands it back
       // The memtable's order spares the worker a sort (it checks the order in one pass).
       const order = imm.sortedBatchPositions() ?? undefined;
       const r = await this.flushWorker.flush({ type: "flush", dir: h.dir, number, batches, batchEnds, order, table: h.ctx.table });
       addWrites(h.counters.writes, r.writes);
+      if (r.batches !== undefined) this.spareFlushBuffer = r.batches;
       if (r.file === null) h.pendingOutputs.delete(number);
       return r.file === null ? null : fromWire(r.file);
     } catch (e) {

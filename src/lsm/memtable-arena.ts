@@ -89,9 +89,16 @@ export class EntryArena {
   }
   private readonly stored = { chunk: 0, base: 0 };
 
-  /** The stored batches concatenated (a fresh buffer, for the flush worker to own). */
-  concatenatedBatches(): Uint8Array {
-    const out = new Uint8Array(this.batchBytes);
+  /**
+   * The stored batches concatenated, in `reuse`'s buffer if it is large enough (the previous
+   * flush's, handed back by the worker), else in a fresh one with 1/8 to spare for the next.
+   */
+  concatenatedBatches(reuse: Uint8Array | null): Uint8Array {
+    const n = this.batchBytes;
+    const out =
+      reuse !== null && reuse.buffer.byteLength >= n
+        ? new Uint8Array(reuse.buffer as ArrayBuffer, 0, n)
+        : new Uint8Array(new ArrayBuffer(n + (n >>> 3)), 0, n);
     const segs = this.segments;
     let at = 0;
     for (let i = 0; i < segs.length; i += 3) {

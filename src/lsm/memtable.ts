@@ -318,9 +318,12 @@ export class Memtable {
     return this.batchOps === this.count;
   }
 
-  /** The batches concatenated in sequence order (a fresh buffer) and each batch's end in it. */
-  batchesForFlush(): { batches: Uint8Array; batchEnds: number[] } {
-    return { batches: this.arena.concatenatedBatches(), batchEnds: this.arena.batchEnds.slice() };
+  /**
+   * The batches concatenated in sequence order (into `reuse`'s buffer when it is large enough)
+   * and each batch's end in it.
+   */
+  batchesForFlush(reuse: Uint8Array | null = null): { batches: Uint8Array; batchEnds: number[] } {
+    return { batches: this.arena.concatenatedBatches(reuse), batchEnds: this.arena.batchEnds.slice() };
   }
 
   /**
