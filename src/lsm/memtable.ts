@@ -173,16 +173,13 @@ export class Memtable {
   add(key: Uint8Array, seq: number, kind: number, value: Uint8Array): void {
     const { chunk, base } = this.arena.storeEntry(key, value);
     const keyEnd = base + key.length;
-    this.insert(this.arena.push(chunk, base, keyEnd, keyEnd, keyEnd + value.length, seq, kind));
+    this.insert(this.arena.push(chunk, base, keyEnd, keyEnd, keyEnd + value.length, seq, kind), key, 0, key.length, seq);
     this.bytes += key.length + value.length + ENTRY_OVERHEAD;
   }
 
-  private insert(id: number): void {
+  /** Places entry `id`, whose key is buf[ks, ke) (the arena's bytes or the same bytes elsewhere). */
+  private insert(id: number, buf: Uint8Array, ks: number, ke: number, seq: number): void {
     const arena = this.arena;
-    const buf = arena.bufOf(id);
-    const ks = arena.keyStartOf(id);
-    const ke = arena.keyEndOf(id);
-    const seq = arena.seqOf(id);
     const t0 = word(buf, ks, ke);
     const t1 = word(buf, ks + 6, ke);
     const t2 = word(buf, ks + 12, ke);
@@ -289,7 +286,8 @@ export class Memtable {
           shift *= 128;
         }
       }
-      this.insert(arena.push(chunk, base + keyStart, base + keyEnd, base + p, base + p + len, seq + i, kind));
+      // The key is compared in the caller's batch: the same bytes, no chunk lookup.
+      this.insert(arena.push(chunk, base + keyStart, base + keyEnd, base + p, base + p + len, seq + i, kind), b, keyStart, keyEnd, seq + i);
       bytes += keyEnd - keyStart + len + ENTRY_OVERHEAD;
       p += len;
     }
