@@ -1,20 +1,25 @@
 // Server CPU per unary call by protocol, with no Raft or storage behind the handlers: an RpcServer
 // in its own process whose KV backend answers at once, driven by connect-node clients (Connect
 // binary/JSON over HTTP/2, gRPC, gRPC-Web) and the HTTP/1.1 JSON client of the cluster suite.
-// Usage: bun bench/unary-cost.ts [--calls N] [--concurrency C] [--no-fast-lane] [--cpu-prof DIR]
+// Usage: bun bench/unary-cost.ts [--calls N] [--concurrency C] [--no-fast-lane] [--no-h2-engine] [--tls] [--cpu-prof DIR]
+// (--no-h2-engine: HTTP/2 through node:http2 and the raw-stream lane, as before the engine;
+// --tls: the server speaks TLS (dev certificates), HTTP/2 by ALPN; the HTTP/1.1 lane is left out)
 // (a tool for profiling the RPC layer; `serve` is the child's mode).
 
 import * as fs from "node:fs";
+import * as http2 from "node:http2";
 import * as path from "node:path";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
-import { KVService, Op } from "../src/gen/kvraftpb/kvraft_pb.ts";
+import { CommandRequestSchema, KVService, Op } from "../src/gen/kvraftpb/kvraft_pb.ts";
 import { Clerk } from "../src/kv/client.ts";
 import type { KVServiceBackend } from "../src/kv/service.ts";
 import { registerKVService } from "../src/kv/service.ts";
 import { RpcServer } from "../src/rpc/server/server.ts";
 import { HttpConnection } from "./http1.ts";
-import { cpuSeconds, spawnTracked, stopChild } from "./proc.ts";
+import { cpuSeconds, makeTempDir, removeTempDir, spawnTracked, stopChild } from "./proc.ts";
+import { makeDevCertificates } from "../src/cli/dev-certs.ts";
 
 /** A backend that answers every call at once: what is left is the RPC layer's own cost. */
 function instantBackend(): KVServiceBackend {
@@ -31,8 +36,9 @@ function instantBackend(): KVServiceBackend {
   } as KVServiceBackend;
 }
 
-async function serve(fastLane: boolean): Promise<void> {
-  const server = await RpcServer.start({ port: 0, fastLane, routes: (router) => registerKVService(router, instantBackend()) });
+async function serve(fastLane: boolean, h2Engine: boolean, certDir: string | undefined): Promise<void> {
+  const tls = certDir === undefined ? undefined : { cert: fs.readFileSync(path.join(certDir, "node-0.crt")), key: fs.readFileSync(path.join(certDir, "node-0.key")), ca: [] };
+  const server = await RpcServer.start({ port: 0, host: tls === undefined ? "127.0.0.1" : "localhost", fastLane, h2Engine, ...(tls === undefined ? {} : { tls }), routes: (router) => registerKVService(router, instantBackend()) });
   process.stdout.write(`${server.port}\n`);
   process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));
 }
@@ -41,16 +47,20 @@ interface Options {
   calls: number;
   concurrency: number;
   fastLane: boolean;
+  h2Engine: boolean;
+  tls: boolean;
   cpuProf: string | null;
 }
 
 function parse(argv: string[]): Options {
-  const o: Options = { calls: 20_000, concurrency: 16, fastLane: true, cpuProf: null };
+  const o: Options = { calls: 20_000, concurrency: 16, fastLane: true, h2Engine: true, tls: false, cpuProf: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--calls") o.calls = Math.max(100, Math.min(1_000_000, Number(argv[++i])));
     else if (a === "--concurrency") o.concurrency = Math.max(1, Math.min(1024, Number(argv[++i])));
     else if (a === "--no-fast-lane") o.fastLane = false;
+    else if (a === "--no-h2-engine") o.h2Engine = false;
+    else if (a === "--tls") o.tls = true;
     else if (a === "--cpu-prof") o.cpuProf = path.resolve(argv[++i] ?? "prof");
     else throw new Error(`unknown argument ${a}`);
   }
@@ -70,22 +80,70 @@ async function runCalls(calls: number, concurrency: number, slot: () => Promise<
   );
 }
 
+/**
+ * Put calls on one shared node:http2 session, in Connect binary or gRPC (or gzip-compressed Connect
+ * JSON), with nothing else around them.
+ */
+function raw(base: string, ca: Buffer | undefined, grpc: boolean, gzip = false): () => Promise<(i: number) => Promise<unknown>> {
+  const session = http2.connect(base, ca === undefined ? {} : { ca });
+  const headers = grpc
+    ? { ":method": "POST", ":path": "/kvraftpb.KVService/Command", "content-type": "application/grpc+proto", te: "trailers" }
+    : gzip
+      ? { ":method": "POST", ":path": "/kvraftpb.KVService/Command", "content-type": "application/json", "connect-protocol-version": "1", "content-encoding": "gzip" }
+      : { ":method": "POST", ":path": "/kvraftpb.KVService/Command", "content-type": "application/proto", "connect-protocol-version": "1" };
+  const call = (i: number) =>
+    new Promise<void>((resolve, reject) => {
+      const message = gzip
+        ? Bun.gzipSync(JSON.stringify({ key: `k${i % 1000}`, value: VALUE, op: "PUT", clientId: 1, commandId: i + 1 }))
+        : toBinary(CommandRequestSchema, create(CommandRequestSchema, { key: `k${i % 1000}`, value: VALUE, op: Op.PUT, clientId: 1n, commandId: BigInt(i + 1) }));
+      let body: Uint8Array = message;
+      if (grpc) {
+        const envelope = Buffer.allocUnsafe(5 + message.length);
+        envelope[0] = 0;
+        envelope.writeUInt32BE(message.length, 1);
+        envelope.set(message, 5);
+        body = envelope;
+      }
+      const stream = session.request(headers);
+      let status = 0;
+      stream.on("response", (h) => {
+        status = Number(h[":status"]);
+      });
+      stream.on("data", () => {});
+      stream.on("error", reject);
+      stream.on("close", () => (status === 200 ? resolve() : reject(new Error(`HTTP ${status}`))));
+      stream.end(body);
+    });
+  return async () => call;
+}
+
 async function main(): Promise<void> {
   const o = parse(process.argv.slice(2));
-  const args = [process.execPath, ...(o.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${o.cpuProf}`] : []), import.meta.path, "serve", o.fastLane ? "fast" : "slow"];
+  let certDir: string | undefined;
+  let ca: Buffer | undefined;
+  if (o.tls) {
+    certDir = makeTempDir("kvraft-unary-cost-");
+    const files = await makeDevCertificates(certDir, 1);
+    // The child reads them by fixed names.
+    fs.copyFileSync(files.nodes[0]!.cert, path.join(certDir, "node-0.crt"));
+    fs.copyFileSync(files.nodes[0]!.key, path.join(certDir, "node-0.key"));
+    ca = fs.readFileSync(files.ca);
+  }
+  const args = [process.execPath, ...(o.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${o.cpuProf}`] : []), import.meta.path, "serve", o.fastLane ? "fast" : "slow", o.h2Engine ? "engine" : "node", ...(certDir === undefined ? [] : [certDir])];
   const child = spawnTracked(args, { stdout: "pipe", output: "inherit" });
   const reader = (child.stdout as ReadableStream<Uint8Array>).getReader();
   const { value } = await reader.read();
   const port = Number(new TextDecoder().decode(value).trim());
-  const base = `http://127.0.0.1:${port}`;
-  const h2 = { httpVersion: "2" as const, baseUrl: base };
+  const base = ca === undefined ? `http://127.0.0.1:${port}` : `https://localhost:${port}`;
+  const nodeOptions = ca === undefined ? {} : { nodeOptions: { ca } };
+  const h2 = { httpVersion: "2" as const, baseUrl: base, ...nodeOptions };
   // One transport (one HTTP/2 connection) shared by every slot, as the Clerk's users share one.
   const shared = (t: Transport) => {
     const client = createClient(KVService, t);
     const call = (i: number) => client.command({ key: `k${i % 1000}`, value: VALUE, op: Op.PUT, clientId: 1n, commandId: BigInt(i + 1) });
     return async () => call;
   };
-  const paths: [string, () => () => Promise<(i: number) => Promise<unknown>>][] = [
+  const all: [string, () => () => Promise<(i: number) => Promise<unknown>>][] = [
     [
       "HTTP/1.1 Connect JSON (lane)",
       () => async () => {
@@ -94,6 +152,12 @@ async function main(): Promise<void> {
         return (i) => conn.post("/kvraftpb.KVService/Command", JSON.stringify({ key: `k${i % 1000}`, value: VALUE, op: "PUT", clientId: 1, commandId: i + 1 }), "Connect-Protocol-Version: 1\r\n");
       },
     ],
+    // A lean client (node:http2 streams, bodies encoded once per call): the server's cost at the
+    // rate a cheap client drives it, as the HTTP/1.1 path's hand-made client does.
+    ["HTTP/2 Connect binary, raw", () => raw(base, ca, false)],
+    ["HTTP/2 gRPC, raw", () => raw(base, ca, true)],
+    // Not a plain call (a compressed request): the engine relays it to node:http2.
+    ["HTTP/2 Connect JSON gzip, raw", () => raw(base, ca, false, true)],
     ["HTTP/2 Connect binary", () => shared(createConnectTransport({ ...h2, useBinaryFormat: true }))],
     ["HTTP/2 Connect JSON", () => shared(createConnectTransport({ ...h2, useBinaryFormat: false }))],
     ["HTTP/2 gRPC", () => shared(createGrpcTransport(h2))],
@@ -102,12 +166,14 @@ async function main(): Promise<void> {
       "Clerk, HTTP/2 binary (batched)",
       () => {
         // One Clerk for every slot, as an application shares one; unregistered: no RegisterSession.
-        const clerk = new Clerk({ addrs: [base], transport: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true }), maxConcurrency: o.concurrency });
+        const clerk = new Clerk({ addrs: [base], transport: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true, ...nodeOptions }), maxConcurrency: o.concurrency });
         return async () => (i: number) => clerk.put(`k${i % 1000}`, VALUE);
       },
     ],
   ];
-  console.log(`server pid ${child.pid}, ${o.calls} Put calls per path, ${o.concurrency} in flight, fast lane ${o.fastLane ? "on" : "off"}`);
+  // Over TLS the HTTP/1.1 lane does not run (cleartext only): its path is left out.
+  const paths = o.tls ? all.slice(1) : all;
+  console.log(`server pid ${child.pid}, ${o.calls} Put calls per path, ${o.concurrency} in flight, fast lane ${o.fastLane ? "on" : "off"}, HTTP/2 ${o.fastLane && o.h2Engine ? "engine" : "node:http2"}${o.tls ? ", TLS" : ""}`);
   for (const [name, make] of paths) {
     const slot = make();
     await runCalls(Math.min(2000, o.calls), o.concurrency, slot); // warm-up: JIT, connections
@@ -124,9 +190,10 @@ async function main(): Promise<void> {
     );
   }
   await stopChild(child);
+  if (certDir !== undefined) removeTempDir(certDir);
   if (o.cpuProf) console.log(`server profile written under ${o.cpuProf} (${fs.existsSync(o.cpuProf) ? fs.readdirSync(o.cpuProf).join(", ") : "none"})`);
   process.exit(0);
 }
 
-if (process.argv[2] === "serve") await serve(process.argv[3] !== "slow");
+if (process.argv[2] === "serve") await serve(process.argv[3] !== "slow", process.argv[4] !== "node", process.argv[5]);
 else await main();

@@ -35,7 +35,10 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
   -db                  data directory: Raft log and LSM (default "kvserver-data"); one per node
   --cors-origin        browser origins allowed to call this node, comma separated ("*" for any)
   --no-fast-lane       serve every call through the Connect adapter (turns off the HTTP/1.1 unary
-                       lane and the HTTP/2 peer frame lane; for measuring what they gain)
+                       lane, the HTTP/2 engine and lanes, the peer frame lane; for measuring what
+                       they gain)
+  --no-h2-engine       serve HTTP/2 client connections with node:http2 instead of the node's own
+                       HTTP/2 engine (the unary lane still runs on node:http2's streams)
   --snapshot-threshold compact the Raft log once this many entries are applied past the last
                        snapshot (default: the KV server's own)
   --snapshot-format    what this node sends a follower that needs a snapshot: files (its LSM table
@@ -83,6 +86,7 @@ interface Config {
   minFreeDiskBytes: number;
   maxWatches?: number;
   fastLane: boolean;
+  h2Engine: boolean;
   connections: Partial<ConnectionLimits>;
   sessions: { sessionTtlMs?: number; maxSessions?: number; maxUnregisteredSessions?: number };
   maxPendingCommands?: number;
@@ -120,7 +124,7 @@ function parseConfig(argv: string[]): Config | "help" {
       ...SECURITY_VALUE_FLAGS,
       ...CONNECTION_VALUE_FLAGS,
     },
-    switches: ["help", "h", "no-fast-lane", "insecure-admin", ...SECURITY_SWITCHES],
+    switches: ["help", "h", "no-fast-lane", "no-h2-engine", "insecure-admin", ...SECURITY_SWITCHES],
   });
   if (flags.switches.has("help") || flags.switches.has("h")) return "help";
   const joining = flags.values.join !== undefined;
@@ -189,6 +193,7 @@ function parseConfig(argv: string[]): Config | "help" {
     minFreeDiskBytes: Math.round(minFreeMb * 1024 * 1024),
     maxWatches,
     fastLane: !flags.switches.has("no-fast-lane"),
+    h2Engine: !flags.switches.has("no-h2-engine"),
     connections: connectionLimitsFrom(flags),
     sessions,
     maxPendingCommands: positive("max-pending"),
@@ -253,6 +258,7 @@ async function main(argv: string[]): Promise<number> {
       dir: db,
       corsOrigins: config.corsOrigins,
       fastLane: config.fastLane,
+      h2Engine: config.h2Engine,
       connections: config.connections,
       security: config.security,
       open: ({ addresses, onMembershipChange, ...args }) =>

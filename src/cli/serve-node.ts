@@ -45,6 +45,8 @@ export interface ServeNodeOptions {
   corsOrigins?: readonly string[];
   /** RpcServerOptions.fastLane (default true). */
   fastLane?: boolean;
+  /** RpcServerOptions.h2Engine (default true). */
+  h2Engine?: boolean;
   /** Deadlines and connection limits of the port (kvserver's connection flags); unset: the defaults. */
   connections?: Partial<ConnectionLimits>;
   /** TLS, peer authentication, client gate (see security-flags.ts); default: cleartext, peers unauthenticated. */
@@ -139,6 +141,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
       port,
       corsOrigins: corsAllowed,
       fastLane: options.fastLane,
+      ...(options.h2Engine !== undefined ? { h2Engine: options.h2Engine } : {}),
       ...(options.connections !== undefined ? { connections: options.connections } : {}),
       ...(security.tls !== undefined ? { tls: security.tls } : {}),
       ...(security.gate !== undefined ? { gate: security.gate } : {}),

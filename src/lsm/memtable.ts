@@ -114,6 +114,10 @@ export class Memtable {
   private seqsContiguous = true;
   /** Approximate bytes held: key + value + per-entry overhead (the flush trigger). */
   bytes = 0;
+  /** Sequence number of the last write added by the database (0: none). */
+  lastSeq = 0;
+  /** Some write here is in no WAL (WriteOptions.wal false): only a flush makes it durable. */
+  unlogged = false;
   /**
    * @param walNumber number of the WAL file holding this memtable's writes
    * @param chunkBytes size of the arena's shared chunks (chunkBytesFor(memtableBytes))

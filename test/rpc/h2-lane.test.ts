@@ -1,7 +1,8 @@
 // The HTTP/2 fast lane answers exactly what the standard path (node:http2 compat + connect-node's
 // adapter) answers: the same status, headers, body bytes and trailers, for successes and every
-// error, in Connect (binary, JSON), gRPC and gRPC-Web; connect-node and @grpc/grpc-js clients see
-// the same results; calls the lane does not take still work through the adapter.
+// error, in Connect (binary, JSON), gRPC and gRPC-Web, both on the node's HTTP/2 engine and on
+// node:http2's raw stream (h2Engine: false, and the peers' path); connect-node and @grpc/grpc-js
+// clients see the same results; calls the lane does not take still work through the adapter.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as http2 from "node:http2";
@@ -42,16 +43,18 @@ function backend(): KVServiceBackend {
 }
 
 let fast: RpcServer;
+let fastNode: RpcServer;
 let standard: RpcServer;
 
 beforeAll(async () => {
   const routes = (router: Parameters<typeof registerKVService>[0]) => registerKVService(router, backend());
   const corsOrigins = ["http://app.example"];
   fast = await RpcServer.start({ port: 0, routes, readMaxBytes: 16 * 1024, corsOrigins });
+  fastNode = await RpcServer.start({ port: 0, routes, readMaxBytes: 16 * 1024, corsOrigins, h2Engine: false });
   standard = await RpcServer.start({ port: 0, routes, readMaxBytes: 16 * 1024, corsOrigins, fastLane: false });
 });
 afterAll(async () => {
-  await Promise.all([fast.close(), standard.close()]);
+  await Promise.all([fast.close(), fastNode.close(), standard.close()]);
 });
 
 interface Raw {
@@ -149,13 +152,18 @@ const cases: [string, Record<string, string>, Uint8Array | string][] = [
 ];
 
 describe("the HTTP/2 lane answers as the Connect adapter does", () => {
-  for (const [name, headers, body] of cases) {
-    test(name, async () => {
-      const before = fast.stats.h2Calls;
-      const [a, b] = [await raw(fast.url, headers, body), await raw(standard.url, headers, body)];
-      expect(a).toEqual(b);
-      expect(fast.stats.h2Calls).toBe(before + 1);
-    });
+  for (const [lane, server] of [
+    ["engine", () => fast],
+    ["node:http2", () => fastNode],
+  ] as const) {
+    for (const [name, headers, body] of cases) {
+      test(`${lane}: ${name}`, async () => {
+        const before = server().stats.h2Calls;
+        const [a, b] = [await raw(server().url, headers, body), await raw(standard.url, headers, body)];
+        expect(a).toEqual(b);
+        expect(server().stats.h2Calls).toBe(before + 1);
+      });
+    }
   }
 
   test("calls it does not take (compressed requests, GET) reach the adapter and are answered", async () => {

@@ -3,6 +3,8 @@
 // a connect-node session manager over such connections, for the InstallSnapshot client.
 
 import * as http2 from "node:http2";
+import * as net from "node:net";
+import * as tls from "node:tls";
 import { randomBytes } from "node:crypto";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { NodeHttpClientOptions } from "@connectrpc/connect-node";
@@ -10,6 +12,7 @@ import { AuthenticateRequestSchema, ChallengeRequestSchema, ChallengeResponseSch
 import type { NodeId } from "../../raft/types.ts";
 import { NONCE_BYTES, handshakeProof, sameProof, type PeerSecurity } from "./peer-auth.ts";
 import { PeerLinkError } from "./peer-link.ts";
+import { PEER_TAG } from "../server/peer-tag.ts";
 
 export interface DialOptions {
   url: string;
@@ -18,6 +21,8 @@ export interface DialOptions {
   security: PeerSecurity;
   /** Bound on connecting plus the handshake. */
   timeoutMs: number;
+  /** false: dial without PEER_TAG, as nodes of older builds do (default true). */
+  tagged?: boolean;
 }
 
 const CHALLENGE_PATH = `/${RaftService.typeName}/${RaftService.method.challenge.name}`;
@@ -26,10 +31,23 @@ const MAX_ANSWER_BYTES = 64 * 1024;
 
 /** An authenticated HTTP/2 connection to `options.peer`, or a PeerLinkError saying why not. */
 export async function dialPeer(options: DialOptions): Promise<http2.ClientHttp2Session> {
+  const reached = { value: false };
+  if (options.tagged === false) return dialOnce(options, false, reached);
+  try {
+    return await dialOnce(options, true, reached);
+  } catch (error) {
+    // A node of an older build reads the tag as a broken request and drops the connection: the
+    // same dial without it reaches its node:http2 (and on a newer node, the engine relays it).
+    if (!(error instanceof PeerLinkError && error.code === "unavailable" && reached.value)) throw error;
+    return dialOnce(options, false, { value: false });
+  }
+}
+
+async function dialOnce(options: DialOptions, tagged: boolean, reached: { value: boolean }): Promise<http2.ClientHttp2Session> {
   const { url, self, peer, security } = options;
   let session: http2.ClientHttp2Session;
   try {
-    session = http2.connect(url, url.startsWith("https:") ? { ...security.dial, ALPNProtocols: ["h2"] } : {});
+    session = http2.connect(url, { createConnection: () => dialTagged(url, security, tagged, reached) });
   } catch (error) {
     throw new PeerLinkError("unavailable", `connecting to ${url}: ${(error as Error).message}`);
   }
@@ -55,6 +73,31 @@ export async function dialPeer(options: DialOptions): Promise<http2.ClientHttp2S
     session.off("error", onError);
   }
   return session;
+}
+
+/**
+ * The connection under a peer session: TCP (or TLS with ALPN h2 and this node's certificate) that
+ * starts with PEER_TAG, so the receiving port serves it with node:http2, where peer sessions bind.
+ * `reached` is set once the connection (and TLS) is up.
+ */
+function dialTagged(url: string, security: PeerSecurity, tagged: boolean, reached: { value: boolean }): net.Socket {
+  const { hostname, port } = new URL(url);
+  const host = hostname.startsWith("[") ? hostname.slice(1, -1) : hostname;
+  if (!url.startsWith("https:")) {
+    const socket = net.connect({ host, port: Number(port || 80) });
+    socket.once("connect", () => {
+      reached.value = true;
+    });
+    if (tagged) socket.write(PEER_TAG);
+    return socket;
+  }
+  const socket = tls.connect({ ...security.dial, host, port: Number(port || 443), ALPNProtocols: ["h2"], ...(net.isIP(host) === 0 ? { servername: host } : {}) });
+  // Inside TLS: written once the handshake is done, ahead of the HTTP/2 preface.
+  socket.once("secureConnect", () => {
+    reached.value = true;
+    if (tagged) socket.write(PEER_TAG);
+  });
+  return socket;
 }
 
 async function handshake(session: http2.ClientHttp2Session, url: string, self: NodeId, peer: NodeId, security: PeerSecurity): Promise<void> {

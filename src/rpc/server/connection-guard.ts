@@ -8,6 +8,17 @@ import * as http2 from "node:http2";
 import type * as http from "node:http";
 import type * as net from "node:net";
 import type { Http1Lane } from "./http1-lane.ts";
+import type { H2Stream } from "../h2/stream.ts";
+import { ErrorCode } from "../h2/frames.ts";
+
+/** What the guard needs of a connection served by the HTTP/2 engine (h2-engine-lane.ts). */
+export interface GuardedEngine {
+  readonly settingsSeen: boolean;
+  readonly openStreams: number;
+  readonly closing: boolean;
+  /** GOAWAY: no new streams, the connection ends when the last one does. */
+  close(): void;
+}
 
 export interface ConnectionLimits {
   /** First bytes, the HTTP/2 preface and SETTINGS, and a TLS handshake must arrive within this (ms). */
@@ -65,7 +76,7 @@ export function trustSession(session: http2.Http2Session): void {
   trustedSessions.add(session);
 }
 
-type Stage = "sniff" | "tls" | "h1-lane" | "h1" | "h2";
+type Stage = "sniff" | "tls" | "h1-lane" | "h1" | "h2" | "h2-engine";
 
 /** One accepted socket and what the guard knows about it. */
 export class GuardedConnection {
@@ -74,6 +85,9 @@ export class GuardedConnection {
   served = false;
   lane: Http1Lane | null = null;
   session: http2.Http2Session | null = null;
+  engine: GuardedEngine | null = null;
+  /** Engine streams whose request body counts, and when each began. */
+  readonly engineBodies = new Map<H2Stream, number>();
   settingsSeen = false;
   /** HTTP/2 streams open now; and, of those whose request body counts, when each began. */
   openStreams = 0;
@@ -215,6 +229,36 @@ export class ConnectionGuard {
     }
   }
 
+  /** The connection is served by the HTTP/2 engine from now on. */
+  startedEngine(connection: GuardedConnection, engine: GuardedEngine): void {
+    connection.stage = "h2-engine";
+    connection.engine = engine;
+    connection.idleSince = Date.now();
+  }
+
+  /** A new stream on an engine connection: its body deadline starts unless it streams uploads. */
+  engineStreamStarted(connection: GuardedConnection, stream: H2Stream): void {
+    const path = stream.headers[":path"];
+    if (stream.endAfterHeaders || (typeof path === "string" && this.streamingPaths().has(path))) return;
+    connection.engineBodies.set(stream, Date.now());
+  }
+
+  /** An engine stream's request ended: its body is in, and the connection is a real client's. */
+  engineRequestEnded(connection: GuardedConnection, stream: H2Stream): void {
+    connection.engineBodies.delete(stream);
+    this.markServed(connection);
+  }
+
+  engineStreamClosed(connection: GuardedConnection, stream: H2Stream, openStreams: number): void {
+    connection.engineBodies.delete(stream);
+    if (openStreams === 0) connection.idleSince = Date.now();
+  }
+
+  /** An engine stream was answered before its request ended, and reset with NO_ERROR. */
+  engineStreamCut(): void {
+    this.stats.streamsCut++;
+  }
+
   /** node:http2's "session" event: binds the session to the connection being handed over. */
   sessionStarted(session: http2.ServerHttp2Session): void {
     const connection = this.handingOver;
@@ -310,6 +354,7 @@ export class ConnectionGuard {
     const key = peerKey(connection.socket);
     if (key !== null && this.byPeerKey.get(key) === connection) this.byPeerKey.delete(key);
     connection.bodies.clear();
+    connection.engineBodies.clear();
     this.stats.open = this.connections.size;
   }
 
@@ -393,6 +438,9 @@ export class ConnectionGuard {
         case "h2":
           this.sweepSession(connection, now);
           break;
+        case "h2-engine":
+          this.sweepEngine(connection, now);
+          break;
       }
     }
   }
@@ -414,6 +462,25 @@ export class ConnectionGuard {
     if (connection.openStreams === 0 && now - connection.idleSince > this.limits.idleTimeoutMs && !session.closed) {
       this.stats.idleClosed++;
       session.close();
+    }
+  }
+
+  private sweepEngine(connection: GuardedConnection, now: number): void {
+    const engine = connection.engine;
+    if (engine === null) return;
+    if (!engine.settingsSeen) {
+      if (now - connection.acceptedAt > this.limits.handshakeTimeoutMs) this.drop(connection, "handshake");
+      return;
+    }
+    for (const [stream, since] of connection.engineBodies) {
+      if (now - since <= this.limits.bodyTimeoutMs) continue;
+      connection.engineBodies.delete(stream);
+      this.stats.bodyTimeouts++;
+      stream.reset(ErrorCode.CANCEL);
+    }
+    if (engine.openStreams === 0 && !engine.closing && now - connection.idleSince > this.limits.idleTimeoutMs) {
+      this.stats.idleClosed++;
+      engine.close();
     }
   }
 

@@ -36,6 +36,14 @@ export function connectionOf(socket: net.Socket, session: http2.Http2Session | n
 
 const bySession = new WeakMap<http2.Http2Session, ConnectionInfo>();
 
+/**
+ * Calls on `session` see `socket`'s connection: the HTTP/2 engine relays streams it does not serve
+ * to node:http2 over an in-memory connection, whose own socket knows no TLS or address.
+ */
+export function bindSession(session: http2.Http2Session, socket: net.Socket): void {
+  bySession.set(session, makeInfo(socket, session));
+}
+
 function sessionConnection(session: http2.Http2Session, socket: net.Socket): ConnectionInfo {
   let info = bySession.get(session);
   if (info === undefined) {

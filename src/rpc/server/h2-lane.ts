@@ -6,6 +6,7 @@
 // Why: that path costs ~300-450 µs of server CPU per call under Bun (see bench/README.md).
 
 import type * as http2 from "node:http2";
+import { isPlainConnectStream, serveFrameStream, type FrameRoutes } from "./frame-lane.ts";
 import type * as net from "node:net";
 import { createContextValues } from "@connectrpc/connect";
 import { createAsyncIterable, type Compression } from "@connectrpc/connect/protocol";
@@ -175,28 +176,26 @@ export function serveH2Unary(stream: http2.ServerHttp2Stream, headers: http2.Inc
 }
 
 /**
- * Refuses a call from its headers alone when admission control is full: a ready-made answer, no
- * body read, no parse, no context (an overloaded node must spend on a refusal as little as it can:
- * node:http2 under Bun already costs ~50 µs per stream). False: the call takes the ordinary path
- * (gRPC-Web, and gRPC calls whose refusal is a held answer), where invokeUnary refuses it.
+ * The answer to a call refused from its headers alone when admission control is full: ready-made,
+ * no body read, no parse, no context (an overloaded node must spend on a refusal as little as it
+ * can: node:http2 under Bun already costs ~50 µs per stream). Null: the call takes the ordinary
+ * path (gRPC-Web, and gRPC calls whose refusal is a held answer), where invokeUnary refuses it.
  */
-function refuseEarly(stream: http2.ServerHttp2Stream, call: H2Call, admission: Admission): boolean {
-  if (call.protocol === "grpc_web") return false;
-  if (call.protocol === "grpc" && call.binary && admission.grpcAnswer(call.route.path) !== undefined) return false;
+export function earlyRefusal(call: H2Call, admission: Admission): Reply | null {
+  if (call.protocol === "grpc_web") return null;
+  if (call.protocol === "grpc" && call.binary && admission.grpcAnswer(call.route.path) !== undefined) return null;
   const answer = admission.refusalAnswer();
   admission.refusedEarly();
-  stream.on("error", () => {});
-  // The body, if any, is not wanted: read and dropped so the stream's window stays open.
-  stream.resume();
-  if (!alive(stream)) return true;
   if (call.protocol === "connect") {
-    stream.respond({ ":status": 429, "content-type": "application/json", "content-length": answer.json.byteLength, [RETRY_AFTER_HEADER]: String(answer.retryAfterMs), ...call.cors });
-    stream.end(answer.json);
-    return true;
+    return {
+      headers: { ":status": 429, "content-type": "application/json", "content-length": answer.json.byteLength, [RETRY_AFTER_HEADER]: String(answer.retryAfterMs), ...call.cors },
+      body: answer.json,
+      trailers: null,
+    };
   }
   // gRPC: a trailers-only answer (status in the one HEADERS frame).
-  stream.respond(
-    {
+  return {
+    headers: {
       ":status": 200,
       "content-type": call.binary ? "application/grpc+proto" : "application/grpc+json",
       "grpc-status": String(Code.ResourceExhausted),
@@ -204,19 +203,55 @@ function refuseEarly(stream: http2.ServerHttp2Stream, call: H2Call, admission: A
       [RETRY_AFTER_HEADER]: String(answer.retryAfterMs),
       ...call.cors,
     },
-    { endStream: true },
-  );
+    body: null,
+    trailers: null,
+  };
+}
+
+function refuseEarly(stream: http2.ServerHttp2Stream, call: H2Call, admission: Admission): boolean {
+  const reply = earlyRefusal(call, admission);
+  if (reply === null) return false;
+  stream.on("error", () => {});
+  // The body, if any, is not wanted: read and dropped so the stream's window stays open.
+  stream.resume();
+  if (alive(stream)) writeReply(stream, reply);
   return true;
 }
 
+/**
+ * One complete answer, protocol framing done: the HEADERS (":status" first), the body (null: a
+ * trailers-only or empty answer, END_STREAM on the headers) and the trailers (gRPC).
+ */
+export interface Reply {
+  headers: http2.OutgoingHttpHeaders;
+  body: Uint8Array | null;
+  trailers: http2.OutgoingHttpHeaders | null;
+}
+
+/** Writes a Reply on a node:http2 stream (trailers go out from its wantTrailers event). */
+function writeReply(stream: http2.ServerHttp2Stream, reply: Reply): void {
+  if (reply.trailers === null) {
+    if (reply.body === null) stream.respond(reply.headers, { endStream: true });
+    else {
+      stream.respond(reply.headers);
+      stream.end(reply.body);
+    }
+    return;
+  }
+  const trailers = reply.trailers;
+  stream.respond(reply.headers, { waitForTrailers: true });
+  stream.once("wantTrailers", () => stream.sendTrailers(trailers));
+  stream.end(reply.body ?? undefined);
+}
+
 /** The payload of a body that is exactly one uncompressed envelope, else null. */
-function singleEnvelope(body: Buffer): Uint8Array | null {
+export function singleEnvelope(body: Buffer): Uint8Array | null {
   if (body.length < 5 || body[0] !== 0) return null;
   const length = body.readUInt32BE(1);
   return length === body.length - 5 ? body.subarray(5) : null;
 }
 
-function requestPairs(headers: http2.IncomingHttpHeaders): [string, string][] {
+export function requestPairs(headers: http2.IncomingHttpHeaders): [string, string][] {
   const pairs: [string, string][] = [];
   for (const name in headers) {
     if (name.startsWith(":")) continue;
@@ -239,7 +274,8 @@ function addHeaders(out: http2.OutgoingHttpHeaders, headers: Headers | null): vo
   });
 }
 
-async function respondConnect(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): Promise<void> {
+/** The Connect unary answer of an outcome (compressed when negotiated and large enough). */
+export async function connectReply(call: H2Call, outcome: UnaryOutcome): Promise<Reply> {
   const answer = connectAnswer(call.route, call.binary, outcome);
   let body = answer.body;
   const out: http2.OutgoingHttpHeaders = { ":status": answer.status, ...call.cors };
@@ -250,47 +286,58 @@ async function respondConnect(stream: http2.ServerHttp2Stream, call: H2Call, out
     out["content-encoding"] = call.compression.name;
   }
   out["content-length"] = body.byteLength;
-  if (!alive(stream)) return;
-  stream.respond(out);
-  stream.end(body);
+  return { headers: out, body, trailers: null };
 }
 
-function respondGrpc(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): void {
+async function respondConnect(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): Promise<void> {
+  const reply = await connectReply(call, outcome);
+  if (alive(stream)) writeReply(stream, reply);
+}
+
+/** The gRPC or gRPC-Web answer of an outcome: a Reply, or a promise of one when compressing. */
+export function grpcReply(call: H2Call, outcome: UnaryOutcome): Reply | Promise<Reply> {
   const out: http2.OutgoingHttpHeaders = { ":status": 200, ...call.cors };
   addHeaders(out, outcome.header);
   const web = call.protocol === "grpc_web";
   out["content-type"] = `${web ? "application/grpc-web" : "application/grpc"}${call.binary ? "+proto" : "+json"}`;
   if (call.compression !== null) out["grpc-encoding"] = call.compression.name;
+  // The common answer, a success without trailers of its own: its trailers are a constant.
+  const plain = outcome.trailer === null && outcome.error === null;
   const trailer = outcome.trailer ?? new Headers();
-  if (!trailer.has("grpc-status")) trailer.set("grpc-status", grpcStatusOk);
-  if (outcome.error !== null) setTrailerStatus(trailer, outcome.error);
+  if (!plain) {
+    if (!trailer.has("grpc-status")) trailer.set("grpc-status", grpcStatusOk);
+    if (outcome.error !== null) setTrailerStatus(trailer, outcome.error);
+  }
   const parts: [number, Uint8Array][] = [];
   if (outcome.message !== null) parts.push([0, outcome.message]);
-  if (web) parts.push([trailerFlag, trailerSerialize(trailer)]);
-  const finishWrite = (body: Uint8Array) => {
-    if (!alive(stream)) return;
-    if (web) {
-      stream.respond(out);
-      stream.end(body);
-      return;
-    }
-    stream.respond(out, { waitForTrailers: true });
-    stream.once("wantTrailers", () => {
-      const t: http2.OutgoingHttpHeaders = {};
-      addHeaders(t, trailer);
-      stream.sendTrailers(t);
-    });
-    stream.end(body);
+  if (web) parts.push([trailerFlag, plain ? GRPC_WEB_OK_TRAILER : trailerSerialize(trailer)]);
+  const reply = (body: Uint8Array): Reply => {
+    if (web) return { headers: out, body, trailers: null };
+    if (plain) return { headers: out, body, trailers: { "grpc-status": grpcStatusOk } };
+    const t: http2.OutgoingHttpHeaders = {};
+    addHeaders(t, trailer);
+    return { headers: out, body, trailers: t };
   };
   // An envelope past the threshold is compressed, as the library does (rare: large values).
   if (call.compression !== null && parts.some(([, p]) => p.byteLength >= COMPRESS_MIN_BYTES)) {
     const compression = call.compression;
-    void Promise.all(parts.map(async ([flags, p]) => (p.byteLength >= COMPRESS_MIN_BYTES ? ([flags | 1, await compression.compress(p)] as [number, Uint8Array]) : ([flags, p] as [number, Uint8Array]))))
-      .then((compressed) => finishWrite(envelopes(compressed)))
-      .catch(() => stream.destroy());
+    return Promise.all(parts.map(async ([flags, p]) => (p.byteLength >= COMPRESS_MIN_BYTES ? ([flags | 1, await compression.compress(p)] as [number, Uint8Array]) : ([flags, p] as [number, Uint8Array])))).then(
+      (compressed) => reply(envelopes(compressed)),
+    );
+  }
+  return reply(envelopes(parts));
+}
+
+/** The gRPC-Web trailer block of a plain success, as trailerSerialize writes it. */
+const GRPC_WEB_OK_TRAILER = trailerSerialize(new Headers({ "grpc-status": grpcStatusOk }));
+
+function respondGrpc(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): void {
+  const reply = grpcReply(call, outcome);
+  if (!(reply instanceof Promise)) {
+    if (alive(stream)) writeReply(stream, reply);
     return;
   }
-  finishWrite(envelopes(parts));
+  reply.then((r) => alive(stream) && writeReply(stream, r)).catch(() => stream.destroy());
 }
 
 function envelopes(parts: [number, Uint8Array][]): Uint8Array {
@@ -311,7 +358,7 @@ function envelopes(parts: [number, Uint8Array][]): Uint8Array {
  * A body that is not one plain message (none, two, compressed, over the limit): the library's own
  * handler of the method judges it from the bytes, so its errors are the library's errors.
  */
-async function serveByLibrary(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, call: H2Call, body: Uint8Array, source: CallSource, host: H2LaneHost): Promise<void> {
+export async function libraryReply(headers: http2.IncomingHttpHeaders, call: H2Call, body: Uint8Array, source: CallSource, host: H2LaneHost): Promise<Reply> {
   host.stats.h2LibraryCalls++;
   const header = new Headers();
   for (const [name, value] of requestPairs(headers)) header.append(name, value);
@@ -328,7 +375,6 @@ async function serveByLibrary(stream: http2.ServerHttp2Stream, headers: http2.In
   if (response.body !== undefined && Symbol.asyncIterator in (response.body as object)) {
     for await (const chunk of response.body as AsyncIterable<Uint8Array>) parts.push(chunk);
   } else if (response.body instanceof Uint8Array) parts.push(response.body);
-  if (!alive(stream)) return;
   const out: http2.OutgoingHttpHeaders = { ":status": response.status, ...call.cors };
   const hdrs = response.header === undefined ? null : new Headers(response.header);
   hdrs?.forEach((value, name) => {
@@ -336,19 +382,40 @@ async function serveByLibrary(stream: http2.ServerHttp2Stream, headers: http2.In
   });
   const bytes = Buffer.concat(parts);
   const trailer = response.trailer === undefined ? null : new Headers(response.trailer);
-  if (trailer === null) {
-    stream.respond(out);
-    stream.end(bytes);
-    return;
-  }
-  stream.respond(out, { waitForTrailers: true });
-  stream.once("wantTrailers", () => {
-    const t: http2.OutgoingHttpHeaders = {};
-    trailer.forEach((value, name) => {
-      t[name] = value;
-    });
-    stream.sendTrailers(t);
+  if (trailer === null) return { headers: out, body: bytes, trailers: null };
+  const t: http2.OutgoingHttpHeaders = {};
+  trailer.forEach((value, name) => {
+    t[name] = value;
   });
-  stream.end(bytes);
+  return { headers: out, body: bytes, trailers: t };
 }
 
+async function serveByLibrary(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, call: H2Call, body: Uint8Array, source: CallSource, host: H2LaneHost): Promise<void> {
+  const reply = await libraryReply(headers, call, body, source, host);
+  if (alive(stream)) writeReply(stream, reply);
+}
+
+/**
+ * Puts the HTTP/2 fast lanes in front of node:http2's request handler: a plain Connect stream to a
+ * frame route is served on the raw stream, so is a plain unary call in any protocol (h2-lane.ts);
+ * every other stream reaches the compat layer and the Connect adapter as before.
+ */
+export function routeStreams(h2: http2.Http2Server, frames: FrameRoutes, unary: UnaryRoutes, host: H2LaneHost): void {
+  const compat = h2.listeners("stream") as ((...args: unknown[]) => void)[];
+  h2.removeAllListeners("stream");
+  h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => {
+    host.pulse();
+    const path = headers[":path"];
+    const route = frames.size > 0 && typeof path === "string" ? frames.get(path) : undefined;
+    if (route !== undefined && isPlainConnectStream(headers)) {
+      serveFrameStream(stream, headers, route, host.shutdownSignal);
+      return;
+    }
+    const call = h2CallOf(headers, unary, host.cors);
+    if (call !== null) {
+      serveH2Unary(stream, headers, call, host);
+      return;
+    }
+    for (const listener of compat) listener.call(h2, stream, headers, ...rest);
+  });
+}

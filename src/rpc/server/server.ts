@@ -10,15 +10,20 @@ import * as net from "node:net";
 import type * as tls from "node:tls";
 import { ConnectError, cors, createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { FrameRoutes, isPlainConnectStream, serveFrameStream } from "./frame-lane.ts";
+import { FrameRoutes } from "./frame-lane.ts";
 import { Http1Lane, type LaneHost } from "./http1-lane.ts";
-import { h2CallOf, serveH2Unary, type H2LaneHost } from "./h2-lane.ts";
-import { ACCEPT_COMPRESSION, COMPRESS_MIN_BYTES, UnaryRoutes } from "./unary-routes.ts";
+import { routeStreams } from "./h2-lane.ts";
+import { EngineLane, openInternalSession, type EngineHost } from "./h2-engine-lane.ts";
+import { PEER_TAG, tagPrefix } from "./peer-tag.ts";
+import { ACCEPT_COMPRESSION, COMPRESS_MIN_BYTES, UnaryRoutes, streamingPathsOf } from "./unary-routes.ts";
 import { connectionKey, connectionOf, type CallGate } from "./connection.ts";
 import { Admission, type AdmissionOptions } from "./admission.ts";
 import { ConnectionGuard, DEFAULT_CONNECTION_LIMITS, type ConnectionLimits, type ConnectionStats, type GuardedConnection } from "./connection-guard.ts";
 import { TLS_HANDSHAKE_BYTE, refuseCleartext, refuseTls, secureContextOf, startTls, type TlsOptions } from "./tls-port.ts";
 import { log } from "../../obs/log.ts";
+import { ListenError, listenError } from "./listen-error.ts";
+
+export { ListenError };
 
 /** The bytes every HTTP/2 client sends first (RFC 9113 §3.4). */
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -60,6 +65,12 @@ export interface RpcServerOptions {
    * adapter (kvserver --no-fast-lane; `bun bench cluster --no-fast-lane` measures the difference).
    */
   fastLane?: boolean;
+  /**
+   * Client HTTP/2 connections (h2c and TLS with ALPN h2) are framed by the node's own HTTP/2 engine
+   * (src/rpc/h2, h2-engine-lane.ts) instead of node:http2 (default: with fastLane). Peer connections
+   * (they send PEER_TAG first) always reach node:http2.
+   */
+  h2Engine?: boolean;
   /** An HTTP/1.1 connection of the fast lane with no call running is closed after this long quiet. */
   keepAliveTimeoutMs?: number;
   /** Serve TLS only (HTTP/2 by ALPN and HTTP/1.1); cleartext connections get a 400 saying so. */
@@ -77,15 +88,19 @@ export interface RpcServerOptions {
   pulse?: () => void;
 }
 
-/** The port could not be bound; `code` says why ("port_in_use", "permission_denied", "listen_failed"). */
-export class ListenError extends Error {
-  constructor(
-    readonly code: "port_in_use" | "permission_denied" | "listen_failed",
-    message: string,
-  ) {
-    super(message);
-    this.name = "ListenError";
-  }
+/** Counters of the server's paths (for tests and /metrics). */
+export interface RpcServerStats {
+  /** Calls the HTTP/1.1 lane answered, and connections it handed to node:http. */
+  laneCalls: number;
+  laneHandovers: number;
+  /** Unary calls answered on the HTTP/2 fast path (node:http2's raw stream or the engine). */
+  h2Calls: number;
+  h2LibraryCalls: number;
+  /** Client HTTP/2 connections served by the engine, and streams it relayed to node:http2. */
+  h2EngineConnections: number;
+  h2Relayed: number;
+  refusedTls: number;
+  refusedCleartext: number;
 }
 
 const ALLOW_METHODS = cors.allowedMethods.join(", ");
@@ -99,7 +114,9 @@ export class RpcServer {
   private readonly sockets = new Set<net.Socket>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly lanes = new Set<Http1Lane>();
+  private readonly engines = new Set<EngineLane>();
   private readonly laneHost: LaneHost;
+  private readonly engineHost: EngineHost | null;
   private readonly secureContext: tls.SecureContext | null;
   private readonly guard: ConnectionGuard;
   private closing: Promise<void> | null = null;
@@ -116,11 +133,13 @@ export class RpcServer {
     /** Admission control of client calls, when configured (its counters go to /metrics). */
     readonly admission: Admission | null,
     /** Calls the fast lanes answered (HTTP/1.1, HTTP/2), connections handed to node:http, refusals. */
-    readonly stats: { laneCalls: number; laneHandovers: number; h2Calls: number; h2LibraryCalls: number; refusedTls: number; refusedCleartext: number },
+    readonly stats: RpcServerStats,
     limits: ConnectionLimits,
     streamingPaths: ReadonlySet<string>,
+    engineHost: Omit<EngineHost, "openInternal"> | null,
   ) {
     this.laneHost = { routes: unary, fallback: h1, shutdownSignal: shutdown.signal, closing: () => this.closing !== null, stats: this.stats, pulse: options.pulse ?? (() => {}) };
+    this.engineHost = engineHost === null ? null : { ...engineHost, openInternal: (socket) => openInternalSession(this.h2, socket) };
     this.secureContext = options.tls === undefined ? null : secureContextOf(options.tls);
     this.guard = new ConnectionGuard(limits, () => streamingPaths);
   }
@@ -231,7 +250,7 @@ export class RpcServer {
       socket.destroy();
     });
     const h2 = http2.createServer({ settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 256 } }, handle);
-    const stats = { laneCalls: 0, laneHandovers: 0, h2Calls: 0, h2LibraryCalls: 0, refusedTls: 0, refusedCleartext: 0 };
+    const stats: RpcServerStats = { laneCalls: 0, laneHandovers: 0, h2Calls: 0, h2LibraryCalls: 0, h2EngineConnections: 0, h2Relayed: 0, refusedTls: 0, refusedCleartext: 0 };
     // The headers handle() sets for a call from an allowed origin, for the HTTP/2 lane to send alike.
     const corsHeaders = new Map<string, Record<string, string> | null>();
     const cors = (origin: string): Record<string, string> | null => {
@@ -264,7 +283,11 @@ export class RpcServer {
 
     const address = tcp.address();
     const port = typeof address === "object" && address !== null ? address.port : options.port;
-    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary, admission, stats, limits, streamingPathsOf(registered));
+    const engineHost =
+      options.fastLane !== false && options.h2Engine !== false
+        ? { unary, maxConcurrentStreams: options.maxStreamsPerConnection ?? 256, shutdownSignal: shutdown.signal, stats, cors, pulse }
+        : null;
+    server = new RpcServer(tcp, h1, h2, host, port, options, shutdown, unary, admission, stats, limits, streamingPathsOf(registered), engineHost);
     server.wire();
     return server;
   }
@@ -299,20 +322,32 @@ export class RpcServer {
     socket.once("close", () => this.sockets.delete(socket));
     // The sniffing stage's deadline (first bytes, the whole HTTP/2 preface) is the guard's.
     let seen: Buffer = Buffer.alloc(0);
+    let tagged = false;
     const onData = (chunk: Buffer) => {
       seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
-      if (seen[0] === TLS_HANDSHAKE_BYTE || this.secureContext !== null) {
+      if (!tagged && (seen[0] === TLS_HANDSHAKE_BYTE || this.secureContext !== null)) {
         socket.off("data", onData);
         socket.pause();
         this.guard.startedTls(guarded);
         this.acceptTls(socket, seen, guarded);
         return;
       }
+      // A peer's connection: its tag first, then the HTTP/2 preface, for node:http2.
+      if (!tagged && tagPrefix(seen)) {
+        if (seen.length < PEER_TAG.length) return;
+        tagged = true;
+        seen = seen.subarray(PEER_TAG.length);
+        if (seen.length === 0) return;
+      }
       const n = Math.min(seen.length, HTTP2_PREFACE.length);
       const isHttp2 = seen.subarray(0, n).equals(HTTP2_PREFACE.subarray(0, n));
       if (isHttp2 && seen.length < HTTP2_PREFACE.length) return; // a prefix so far: read on
       socket.off("data", onData);
-      if (!isHttp2 && this.options.fastLane !== false) {
+      if (isHttp2 && !tagged && this.engineHost !== null) {
+        this.startEngine(socket, seen, guarded);
+        return;
+      }
+      if (!isHttp2 && !tagged && this.options.fastLane !== false) {
         const lane = new Http1Lane(socket, this.laneHost, (done) => {
           this.lanes.delete(done);
           if (!socket.destroyed) this.guard.leftLane(guarded);
@@ -325,10 +360,26 @@ export class RpcServer {
       }
       socket.pause();
       socket.unshift(seen);
-      this.guard.handOver(guarded, isHttp2 ? "h2" : "h1", () => (isHttp2 ? this.h2 : this.h1).emit("connection", socket));
+      this.guard.handOver(guarded, isHttp2 || tagged ? "h2" : "h1", () => (isHttp2 || tagged ? this.h2 : this.h1).emit("connection", socket));
       socket.resume();
     };
     socket.on("data", onData);
+  }
+
+  /** Serves a client HTTP/2 connection with the engine; `seen`: the bytes read so far (the preface). */
+  private startEngine(socket: net.Socket, seen: Buffer, guarded: GuardedConnection): void {
+    const lane = new EngineLane(socket, this.engineHost!);
+    const connection = lane.connection;
+    this.stats.h2EngineConnections++;
+    this.engines.add(lane);
+    socket.once("close", () => this.engines.delete(lane));
+    this.guard.startedEngine(guarded, connection);
+    connection.onRequestEnded = (stream) => this.guard.engineRequestEnded(guarded, stream);
+    connection.onStreamClosed = (stream) => this.guard.engineStreamClosed(guarded, stream, connection.openStreams);
+    connection.onStreamCut = () => this.guard.engineStreamCut();
+    lane.onStreamStarted = (stream) => this.guard.engineStreamStarted(guarded, stream);
+    lane.start(seen);
+    if (this.closing) connection.close();
   }
 
   /** A connection whose first bytes are TLS, or any connection when the port speaks TLS. */
@@ -353,9 +404,33 @@ export class RpcServer {
         return;
       }
       const h2 = secure.alpnProtocol === "h2";
+      if (h2 && this.engineHost !== null) {
+        this.sniffSecure(secure, guarded);
+        return;
+      }
       this.guard.handOver(guarded, h2 ? "h2" : "h1", () => (h2 ? this.h2 : this.h1).emit("connection", secure), secure);
     });
     socket.resume();
+  }
+
+  /** A TLS connection that chose h2: a peer's (tagged) goes to node:http2, a client's to the engine. */
+  private sniffSecure(secure: tls.TLSSocket, guarded: GuardedConnection): void {
+    let seen: Buffer = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
+      const maybeTag = tagPrefix(seen);
+      if (maybeTag && seen.length < PEER_TAG.length) return;
+      secure.off("data", onData);
+      if (maybeTag) {
+        secure.pause();
+        secure.unshift(seen.subarray(PEER_TAG.length));
+        this.guard.handOver(guarded, "h2", () => this.h2.emit("connection", secure), secure);
+        secure.resume();
+        return;
+      }
+      this.startEngine(secure as unknown as net.Socket, seen, guarded);
+    };
+    secure.on("data", onData);
   }
 
   /** The URL clients use to reach this server, e.g. "http://127.0.0.1:5001" or "https://...". */
@@ -378,6 +453,7 @@ export class RpcServer {
     const listenerClosed = new Promise<void>((resolve) => this.tcp.close(() => resolve()));
     this.guard.stop();
     for (const session of this.sessions) session.close();
+    for (const engine of this.engines) engine.connection.close();
     for (const lane of this.lanes) lane.closeIfIdle();
     this.h1.closeIdleConnections();
     const drained = this.waitForSockets();
@@ -406,31 +482,6 @@ export class RpcServer {
   }
 }
 
-/**
- * Puts the HTTP/2 fast lanes in front of node:http2's request handler: a plain Connect stream to a
- * frame route is served on the raw stream, so is a plain unary call in any protocol (h2-lane.ts);
- * every other stream reaches the compat layer and the Connect adapter as before.
- */
-function routeStreams(h2: http2.Http2Server, frames: FrameRoutes, unary: UnaryRoutes, host: H2LaneHost): void {
-  const compat = h2.listeners("stream") as ((...args: unknown[]) => void)[];
-  h2.removeAllListeners("stream");
-  h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => {
-    host.pulse();
-    const path = headers[":path"];
-    const route = frames.size > 0 && typeof path === "string" ? frames.get(path) : undefined;
-    if (route !== undefined && isPlainConnectStream(headers)) {
-      serveFrameStream(stream, headers, route, host.shutdownSignal);
-      return;
-    }
-    const call = h2CallOf(headers, unary, host.cors);
-    if (call !== null) {
-      serveH2Unary(stream, headers, call, host);
-      return;
-    }
-    for (const listener of compat) listener.call(h2, stream, headers, ...rest);
-  });
-}
-
 /** The guard's limits: the options' fields over the defaults. */
 function connectionLimitsOf(options: RpcServerOptions): ConnectionLimits {
   const limits: ConnectionLimits = { ...DEFAULT_CONNECTION_LIMITS, ...options.connections };
@@ -438,25 +489,4 @@ function connectionLimitsOf(options: RpcServerOptions): ConnectionLimits {
   if (options.keepAliveTimeoutMs !== undefined) limits.keepAliveTimeoutMs = options.keepAliveTimeoutMs;
   if (options.maxConnections !== undefined) limits.maxConnections = options.maxConnections;
   return limits;
-}
-
-/** Paths of the client- and bidi-streaming methods registered: their request bodies never need to end. */
-function streamingPathsOf(router: ConnectRouter | null): ReadonlySet<string> {
-  const paths = new Set<string>();
-  for (const handler of router?.handlers ?? []) {
-    if (handler.method.methodKind === "client_streaming" || handler.method.methodKind === "bidi_streaming") paths.add(handler.requestPath);
-  }
-  return paths;
-}
-
-function listenError(error: NodeJS.ErrnoException, host: string, port: number): ListenError {
-  const where = `${host}:${port}`;
-  switch (error.code) {
-    case "EADDRINUSE":
-      return new ListenError("port_in_use", `cannot listen on ${where}: the port is already in use (another kvserver running?)`);
-    case "EACCES":
-      return new ListenError("permission_denied", `cannot listen on ${where}: permission denied (ports below 1024 need privileges)`);
-    default:
-      return new ListenError("listen_failed", `cannot listen on ${where}: ${error.message}`);
-  }
 }
