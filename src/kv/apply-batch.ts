@@ -3,10 +3,11 @@
 // batch's own earlier writes. Every user value is stored with its revisions (revisions.ts), and
 // every change is also recorded in the watch history (history.ts).
 import type { BatchOp, DB } from "../lsm/index.ts";
-import { EVENT_DELETE, EVENT_PUT, encodeEvent, eventKeyAt } from "./history.ts";
+import { EVENT_DELETE, EVENT_VALUE_PREFIX, encodeEvent, encodePutByReference, eventKeyAt } from "./history.ts";
 import { ByteKeyMap } from "./byte-map.ts";
 import { APPLIED_KEY, KEY_COUNT_KEY, encodeApplied, encodeKeyCount, sessionKey } from "./keys.ts";
 import { encodeStored, nextMeta, REVISION_HEADER_BYTES } from "./revisions.ts";
+import { readUint64LE } from "./keys.ts";
 import { responseKey } from "./session-responses.ts";
 import { encodeSession, type Session } from "./sessions.ts";
 
@@ -35,6 +36,8 @@ export class ApplyBatch {
     public logTime: number,
     /** Record every change in the watch history. */
     private readonly history = true,
+    /** The oldest revision the watch history holds: older events need no value kept for them. */
+    private readonly historyFloor = 1,
   ) {}
 
   /** The stored value (revision header + user bytes) of an internal user key as of this point of the batch. */
@@ -137,14 +140,27 @@ export class ApplyBatch {
     this.ops.push({ type: "put", key, value: stored });
     this.written.set(key, stored);
     this.bytes += key.length + stored.length;
-    this.record(EVENT_PUT, key, old, stored);
+    this.record(EVENT_PUT_BY_REFERENCE, key, old, stored);
   }
 
+  /**
+   * The change's event. A put's event refers to the value its key now holds (history.ts); the
+   * value the key held until now, if its own event is still in the history, moves to an event-value
+   * record in this same batch, so every event keeps its value whatever the key does next.
+   */
   private record(type: number, key: Uint8Array, old: Uint8Array | null, stored: Uint8Array | null): void {
     if (!this.history) return;
-    const event = encodeEvent(type, old, stored);
+    const event = type === EVENT_PUT_BY_REFERENCE ? encodePutByReference(old) : encodeEvent(type, old, stored);
     // key[0] is the 0x01 user prefix; the history names the user key.
     this.ops.push({ type: "put", key: eventKeyAt(this.index, key, 1), value: event });
     this.bytes += key.length + event.length + 10;
+    if (old === null) return;
+    const oldRevision = readUint64LE(old, 8);
+    if (oldRevision < this.historyFloor || oldRevision === this.index) return;
+    this.ops.push({ type: "put", key: eventKeyAt(oldRevision, key, 1, EVENT_VALUE_PREFIX), value: old });
+    this.bytes += key.length + old.length + 10;
   }
 }
+
+/** record()'s marker for a put (its event is written by reference). */
+const EVENT_PUT_BY_REFERENCE = -1;

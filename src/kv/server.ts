@@ -310,8 +310,11 @@ export class KVServer {
     return value === null ? null : decoder.decode(value);
   }
 
-  /** Stops Raft, answers every waiting command with ErrWrongLeader, closes storage. */
-  async close(): Promise<void> {
+  /**
+   * Stops Raft, answers every waiting command with ErrWrongLeader, closes storage. `asCrash`
+   * leaves the state machine as a crash would (applies not yet flushed lost): for simulators.
+   */
+  async close(options?: { asCrash?: boolean }): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.diskWatch?.stop();
@@ -321,7 +324,7 @@ export class KVServer {
     this.watches?.close();
     this.deadlines.clear();
     await this.node.stop();
-    await this.machine.close();
+    await this.machine.close(options);
     await this.ownedLogStore?.close();
   }
 

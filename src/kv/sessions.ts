@@ -161,6 +161,9 @@ function expireFront(map: Map<bigint, Session>, cutoff: number): Session[] {
 }
 
 function overflow(map: Map<bigint, Session>, limit: number): Session[] {
+  // Checked before iterating: a Map whose entries are deleted and re-added (every record() of a
+  // session moves it to the end) starts with deleted slots that a new iterator walks past first.
+  if (map.size <= limit) return [];
   const dropped: Session[] = [];
   for (const s of map.values()) {
     if (map.size - dropped.length <= limit) break;

@@ -22,7 +22,7 @@ import {
 } from "./keys.ts";
 import { RESPONSE_END, RESPONSE_PREFIX } from "./session-responses.ts";
 import { decodeSession, encodeSession, type Session } from "./sessions.ts";
-import { EVENT_END, EVENT_PREFIX } from "./history.ts";
+import { EVENT_END, HISTORY_RANGE_START } from "./history.ts";
 import { encodeFileSnapshot } from "./snapshot-files.ts";
 import { SNAPSHOT_FILES_VERSION, SNAPSHOT_PAIRS_VERSION, decodeSnapshot, encodeSnapshot, type EntryPump, type SnapshotRecord } from "./snapshot-stream.ts";
 
@@ -55,7 +55,7 @@ export function readSnapshot(
       handedOver = true;
       // The watch history is node-local: tables holding nothing else stay home (the receiver's
       // history starts after the snapshot; history records in the tables it gets lie below that).
-      const history = [[EVENT_PREFIX, EVENT_END]] as const;
+      const history = [[HISTORY_RANGE_START, EVENT_END]] as const;
       return { meta, chunks: releasingStream(encodeFileSnapshot(header, checkpoint, chunkBytes, history), release) };
     }
     const header = { version: SNAPSHOT_PAIRS_VERSION, index, term, logTime, members };

@@ -1,6 +1,7 @@
 // KVStateMachine: the replicated state (user data, client sessions, applied index) in the LSM.
-// Applies committed entries as atomic LSM batches without fsync (the Raft log is the WAL),
-// streams snapshots from an LSM snapshot, and installs them into a fresh LSM switched atomically.
+// Applies committed entries as atomic LSM batches without the LSM's WAL (the Raft log is the WAL:
+// they are durable once flushed to tables), streams snapshots from an LSM snapshot, and installs
+// them into a fresh LSM switched atomically.
 import * as fs from "node:fs";
 import { DB, type DBOptions, type DBStats } from "../lsm/index.ts";
 import { EntryType, decodeMembership, metaWith, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
@@ -61,7 +62,11 @@ export interface KVStateMachineOptions {
    * "pairs" (version 3, which receivers of older builds read). Both are installed on receipt.
    */
   snapshotFormat?: SnapshotFormat;
-  /** Applied entries not yet synced before a background `db.sync()` starts. Default 10,000. */
+  /**
+   * Applied entries not yet durable before a background flush of the LSM starts. Default 5,000:
+   * half the Raft driver's default snapshot threshold, so the durable index has moved by the time
+   * log compaction asks (else the driver forces a flush inline and its cycle waits for the table).
+   */
   syncEveryEntries?: number;
   /** Bytes of data changes per LSM batch; a larger apply is split at entry boundaries. Default 4 MiB. */
   maxBatchBytes?: number;
@@ -70,6 +75,14 @@ export interface KVStateMachineOptions {
   /** Bounds of a Txn (and DeleteRange) at apply; the same on every replica. */
   txnLimits?: TxnLimits;
 }
+
+/**
+ * The machine's writes after open skip the LSM's WAL: the Raft log already holds every entry, and
+ * a restart replays it from the applied index the LSM's tables hold. So what a crash keeps is a
+ * prefix of the applies (the LSM flushes memtables in order), and the durable applied index moves
+ * only with a flush (`sync()`), which is what the driver compacts the log through.
+ */
+const UNLOGGED = { wal: false } as const;
 
 /**
  * Not the Raft driver's StateMachine itself: apply() returns per-entry results, which the KV
@@ -116,7 +129,7 @@ export class KVStateMachine {
       maxUnregisteredSessions: 100_000,
       snapshotChunkBytes: 1 << 20,
       snapshotFormat: "files",
-      syncEveryEntries: 10_000,
+      syncEveryEntries: 5_000,
       maxBatchBytes: 4 << 20,
       watchHistory: true,
       txnLimits: {},
@@ -208,7 +221,7 @@ export class KVStateMachine {
       for (;;) {
         const { ops, more } = trimOps(this.db, target, 10_000);
         if (!more) ops.push({ type: "put", key: HISTORY_START_KEY, value: encodeHistoryStart(target) });
-        if (ops.length > 0) await this.db.write(ops);
+        if (ops.length > 0) await this.db.write(ops, UNLOGGED);
         if (!more) break;
       }
       this.historyFloor = target;
@@ -230,11 +243,12 @@ export class KVStateMachine {
     return this.serialize(() => this.applyNow(entries));
   }
 
+  /** Makes the applied state durable (a flush of the LSM's memtables) and returns the durable applied index. */
   async sync(): Promise<number> {
     this.checkUsable();
     const index = this.applied;
     const db = this.db;
-    await db.sync();
+    await db.flush();
     // A restore may have swapped the database meanwhile; it set `durable` itself.
     if (db === this.db && index > this.durable) this.durable = index;
     return this.durable;
@@ -261,13 +275,17 @@ export class KVStateMachine {
     return metaWith(this.applied, this.appliedTerm, decodeMembership(membership));
   }
 
-  close(): Promise<void> {
+  /**
+   * Closes the LSM, flushing the applied state. `asCrash` leaves what a crash would (the applies
+   * no flush has written are lost; the Raft log replays them): for simulators.
+   */
+  close(options?: { asCrash?: boolean }): Promise<void> {
     this.closing = true;
     return this.serialize(async () => {
       if (this.closed) return;
       this.closed = true;
       await this.syncing?.catch(() => {});
-      await this.db.close();
+      await this.db.close({ discardUnlogged: options?.asCrash === true });
     });
   }
 
@@ -290,7 +308,7 @@ export class KVStateMachine {
   private async applyNow(entries: Entry[]): Promise<AppliedCommand[]> {
     this.checkUsable();
     const results: AppliedCommand[] = [];
-    let batch = new ApplyBatch(this.db, this.applied, this.appliedTerm, this.logTime, this.options.watchHistory);
+    let batch = new ApplyBatch(this.db, this.applied, this.appliedTerm, this.logTime, this.options.watchHistory, this.historyFloor);
     for (const entry of entries) {
       // Entries at or below the applied index were applied before a restart: never twice.
       if (entry.index <= batch.index) continue;
@@ -302,7 +320,7 @@ export class KVStateMachine {
       results.push(this.applyEntry(entry, batch));
       if (batch.bytes >= this.options.maxBatchBytes) {
         await this.commit(batch);
-        batch = new ApplyBatch(this.db, batch.index, batch.term, batch.logTime, this.options.watchHistory);
+        batch = new ApplyBatch(this.db, batch.index, batch.term, batch.logTime, this.options.watchHistory, this.historyFloor);
       }
     }
     await this.commit(batch);
@@ -368,7 +386,7 @@ export class KVStateMachine {
     if (batch.isEmptySince(this.applied)) return;
     const keyCount = this.keyCount + batch.keyCountDelta;
     try {
-      await this.db.write(batch.finish(keyCount));
+      await this.db.write(batch.finish(keyCount), UNLOGGED);
     } catch (error) {
       // The in-memory session table already moved on; only a restart can reconcile it.
       this.failure = error;
@@ -380,7 +398,7 @@ export class KVStateMachine {
     this.keyCount = keyCount;
   }
 
-  /** Every syncEveryEntries applied entries, a background db.sync() moves the durable applied index. */
+  /** Every syncEveryEntries applied entries, a background flush moves the durable applied index. */
   private startBackgroundSync(): void {
     if (this.applied - this.durable < this.options.syncEveryEntries || this.syncing !== null) return;
     this.syncing = this.sync()
@@ -421,7 +439,8 @@ export class KVStateMachine {
     this.generation = generation;
     await this.loadFromDb();
     this.durable = this.applied;
-    await old.close().catch(() => {});
+    // Its directory goes next: nothing of it needs flushing.
+    await old.close({ discardUnlogged: true }).catch(() => {});
     fs.rmSync(oldDir, { recursive: true, force: true });
   }
 

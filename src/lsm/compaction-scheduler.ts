@@ -77,6 +77,8 @@ export interface SchedulerHost {
   /** The live memtable (its bytes and WAL number). */
   mem(): Memtable;
   lastSeq(): number;
+  /** A flush's table is in the manifest: every write through `seq` is in a table. */
+  flushedThrough(seq: number): void;
   smallestSnapshot(): number;
   closing(): boolean;
   deleteObsoleteFiles(): void;
@@ -232,6 +234,7 @@ export class CompactionScheduler {
         await h.versions.logAndApply(edit, h.lastSeq());
         if (f) h.pendingOutputs.delete(f.number);
         h.imms.shift();
+        h.flushedThrough(imm.lastSeq);
         h.counters.flushes++;
         h.walClosing.delete(imm.walNumber);
         h.unlinkQuietly(logFileName(imm.walNumber));

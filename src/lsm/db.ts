@@ -30,6 +30,13 @@ const EMPTY = new Uint8Array(0);
 export interface WriteOptions {
   /** Resolve only once the write is on stable storage (fsync). Default false. */
   sync?: boolean;
+  /**
+   * Log the write in the WAL first. Default true. false: the write goes to the memtable only, for
+   * a caller that keeps its own log (a replicated state machine whose Raft log replays it): a crash
+   * loses it until a flush has written its memtable to a table (`flushedSequence` says how far
+   * that is; `flush()` forces it). Not with `sync`.
+   */
+  wal?: boolean;
 }
 export interface ReadOptions {
   snapshot?: Snapshot;
@@ -52,9 +59,13 @@ export class DB {
   private wal!: LogWriter;
   private readonly walClosing = new Map<number, Promise<void>>();
   private lastSeq = 0;
+  /** Every write with a sequence number at or below this is in a table the manifest names. */
+  private flushedSeq = 0;
   private readonly snapshots = new Set<Snapshot>();
   private readonly pendingOutputs = new Set<number>();
   private closed = false;
+  /** close() has begun (it may be flushing): no more writes. */
+  private closeStarted = false;
   private closing = false;
   private writeTail: Promise<void> = Promise.resolve();
   private queuedWriters = 0;
@@ -98,6 +109,7 @@ export class DB {
       counters: this.counters,
       mem: () => this.mem,
       lastSeq: () => this.lastSeq,
+      flushedThrough: (seq) => this.flushedThrough(seq),
       smallestSnapshot: () => this.smallestSnapshot(),
       closing: () => this.closing,
       deleteObsoleteFiles: () => this.deleteObsoleteFiles(),
@@ -131,6 +143,8 @@ export class DB {
   private async recover(): Promise<void> {
     const r = await recover(this.dir, this.opts, this.versions, this.ctx);
     this.lastSeq = r.lastSeq;
+    // Recovery wrote every replayed log to tables: all that survived is in a table.
+    this.flushedSeq = r.lastSeq;
     this.wal = r.wal;
     this.mem = r.mem;
     this.counters.levelWritten[0] += r.tableBytes;
@@ -152,8 +166,10 @@ export class DB {
   write(ops: readonly BatchOp[], opts?: WriteOptions): Promise<void> {
     let encoded: Uint8Array;
     const sync = opts?.sync === true;
+    const logged = opts?.wal !== false;
     try {
-      this.checkOpen();
+      this.checkWritable();
+      if (sync && !logged) throw new LsmError("INVALID_ARGUMENT", "a write without the WAL cannot be synced; call flush() to make it durable");
       encoded = encodeOps(ops, this.opts);
     } catch (e) {
       return Promise.reject(e);
@@ -161,7 +177,7 @@ export class DB {
     if (ops.length === 0) return sync ? this.sync() : Promise.resolve();
     if (this.queuedWriters === 0 && !this.background.mustWait() && !this.background.shouldSlowDown()) {
       try {
-        return this.commit(encoded, ops.length, sync);
+        return this.commit(encoded, ops.length, sync, logged);
       } catch (e) {
         return Promise.reject(e);
       }
@@ -169,8 +185,8 @@ export class DB {
     // Writers that must wait for room queue in order, so a later write never overtakes one.
     this.queuedWriters++;
     const step = this.writeTail.then(async () => {
-      await this.background.waitForRoom(encoded.length, () => this.checkOpen());
-      return { done: this.commit(encoded, ops.length, sync) };
+      await this.background.waitForRoom(encoded.length, () => this.checkWritable());
+      return { done: this.commit(encoded, ops.length, sync, logged) };
     });
     this.writeTail = step.then(
       () => {},
@@ -188,22 +204,28 @@ export class DB {
     );
   }
 
-  /** Assigns sequence numbers, appends to the WAL and inserts into the memtable. */
-  private commit(encoded: Uint8Array, count: number, sync: boolean): Promise<void> {
-    this.checkOpen();
+  /** Assigns sequence numbers, appends to the WAL (unless `logged` is false) and inserts into the memtable. */
+  private commit(encoded: Uint8Array, count: number, sync: boolean, logged: boolean): Promise<void> {
+    this.checkWritable();
     if (this.background.error) throw this.background.failure();
     if (this.mem.bytes >= this.opts.memtableBytes) this.rotateMemtable();
     const seq = this.lastSeq + 1;
     setBatchSeq(encoded, seq);
-    try {
-      this.wal.add(encoded);
-    } catch (e) {
-      this.background.setError(e);
-      throw e;
+    if (logged) {
+      try {
+        this.wal.add(encoded);
+      } catch (e) {
+        this.background.setError(e);
+        throw e;
+      }
+    } else {
+      this.mem.unlogged = true;
     }
     this.mem.addBatch(encoded, seq, count, BATCH_HEADER);
     this.lastSeq = seq + count - 1;
+    this.mem.lastSeq = this.lastSeq;
     this.counters.userBytes += encoded.length - BATCH_HEADER;
+    if (!logged) return Promise.resolve();
     if (!sync) return this.wal.flushed();
     // Durable only with every earlier write: older logs still closing are fsynced by close().
     const synced = this.wal.sync();
@@ -231,10 +253,47 @@ export class DB {
     this.background.scheduleFlush();
   }
 
-  /** Makes every write so far durable (fsync of the WALs that hold them). */
+  /**
+   * Makes every write so far durable: fsync of the WALs that hold them, or a flush when writes
+   * without the WAL are still only in memtables.
+   */
   async sync(): Promise<void> {
     this.checkOpen();
+    if (this.holdsUnlogged()) return this.flush();
     await Promise.all([...this.walClosing.values(), this.wal.sync()]);
+  }
+
+  /** The sequence number of the last write (every write so far is at or below it). */
+  get lastSequence(): number {
+    return this.lastSeq;
+  }
+
+  /** Every write at or below this sequence number is in a table: it survives a crash without its WAL. */
+  get flushedSequence(): number {
+    return this.flushedSeq;
+  }
+
+  /** Writes every memtable to a table (the current one frozen first); resolves once they are in the manifest. */
+  async flush(): Promise<void> {
+    this.checkOpen();
+    const target = this.lastSeq;
+    if (this.mem.count > 0) this.rotateMemtable();
+    while (this.flushedSeq < target) {
+      if (this.background.error) throw this.background.failure();
+      this.checkOpen();
+      const progress = this.background.waitForProgress();
+      this.background.scheduleFlush();
+      await progress;
+    }
+  }
+
+  /** A flush put a frozen memtable's writes in a table (called in flush order). */
+  private flushedThrough(seq: number): void {
+    if (seq > this.flushedSeq) this.flushedSeq = seq;
+  }
+
+  private holdsUnlogged(): boolean {
+    return this.mem.unlogged || this.imms.some((m) => m.unlogged);
   }
 
   // ---- reads ---------------------------------------------------------------------------------
@@ -469,19 +528,31 @@ export class DB {
     if (this.closed) throw new LsmError("CLOSED", `database ${this.dir} is closed`);
   }
 
+  /** Writes end when close() starts (its flush must see every write made without the WAL). */
+  private checkWritable(): void {
+    if (this.closed || this.closeStarted) throw new LsmError("CLOSED", `database ${this.dir} is closed`);
+  }
+
   get isOpen(): boolean {
     return !this.closed;
   }
 
-  /** Stops background work, makes the WAL durable and releases the directory. Idempotent. */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  /**
+   * Stops background work, makes the WAL durable (and flushes writes made without it) and releases
+   * the directory. Idempotent. `discardUnlogged` leaves what a crash would: writes without the WAL
+   * that no flush has put in a table are lost (for tests and simulators of a crash).
+   */
+  async close(options?: { discardUnlogged?: boolean }): Promise<void> {
+    if (this.closed || this.closeStarted) return;
+    // From here writes are refused (as after close), so the flush below leaves nothing behind.
+    this.closeStarted = true;
+    let failure: unknown = null;
+    if (options?.discardUnlogged !== true && this.holdsUnlogged() && !this.background.error) await this.flush().catch((e) => (failure = e));
     this.closed = true;
     this.closing = true;
     this.background.stop();
     await this.writeTail;
     await this.background.idle();
-    let failure: unknown = null;
     try {
       await this.wal.close(true);
     } catch (e) {

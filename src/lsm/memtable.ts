@@ -141,6 +141,10 @@ export class Memtable {
   /** Approximate bytes held: key + value + per-entry overhead. */
   bytes = 0;
   count = 0;
+  /** Sequence number of the last write added by the database (0: none). */
+  lastSeq = 0;
+  /** Some write here is in no WAL (WriteOptions.wal false): only a flush makes it durable. */
+  unlogged = false;
   /** Number of the WAL file holding this memtable's writes. */
   constructor(readonly walNumber: number) {}
 

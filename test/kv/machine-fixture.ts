@@ -31,6 +31,11 @@ export function machineFixture(prefix: string) {
       machines.splice(machines.indexOf(m), 1);
       await m.close();
     },
+    /** Closes `m` as a crash would (applies no flush has written are lost). */
+    async crash(m: KVStateMachine): Promise<void> {
+      machines.splice(machines.indexOf(m), 1);
+      await m.close({ asCrash: true });
+    },
     async reopen(m: KVStateMachine, dir: string, extra: MachineOptions = {}): Promise<KVStateMachine> {
       await fixture.close(m);
       return fixture.open(dir, extra);

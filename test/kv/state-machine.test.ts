@@ -20,7 +20,7 @@ import { DB } from "../../src/lsm/index.ts";
 import { KEY_COUNT_KEY } from "../../src/kv/keys.ts";
 import { isStateMachineCorruption } from "../../src/kv/fail-stop.ts";
 
-const { tempDir, open, reopen, close } = machineFixture("kvraft-sm-");
+const { tempDir, open, reopen, close, crash } = machineFixture("kvraft-sm-");
 
 const text = new TextDecoder();
 const read = (m: KVStateMachine, key: string) => {
@@ -116,6 +116,33 @@ describe("apply", () => {
     // The driver replays from the log: nothing at or below 2 is applied twice.
     await m.apply(entries(1, 3, [{ op: "Append", key: "a", value: "v", clientId: 6n, commandId: 1n }, "noop", { op: "Append", key: "a", value: "w", clientId: 6n, commandId: 2n }]));
     expect(read(m, "a")).toBe("vw");
+  });
+
+  test("a crash keeps the applies up to the last flush; replaying the log from there gives the same state", async () => {
+    const log = entries(1, 2, [
+      { op: "Put", key: "a", value: "1", clientId: 5n, commandId: 1n },
+      { op: "Append", key: "a", value: "2", clientId: 5n, commandId: 2n },
+      { op: "Put", key: "b", value: "x", clientId: 6n, commandId: 1n },
+      { op: "Append", key: "a", value: "3", clientId: 5n, commandId: 3n },
+      { op: "Delete", key: "b", clientId: 6n, commandId: 2n },
+    ]);
+    const dir = tempDir();
+    let m = await open(dir);
+    await m.apply(log.slice(0, 2));
+    expect(await m.sync()).toBe(2); // a flush: what a crash keeps
+    await m.apply(log.slice(2));
+    expect(m.durableAppliedIndex()).toBe(2);
+    // kill -9: the state machine writes no LSM WAL, so applies 3..5 are gone with the memtable.
+    await crash(m);
+    m = await open(dir);
+    expect(m.lastApplied()).toBe(2);
+    expect([read(m, "a"), read(m, "b")]).toEqual(["12", null]);
+    expect(m.session(5n)).toMatchObject({ commandId: 2n });
+    // The driver hands the log again from the start: 1..2 are skipped, 3..5 applied once each.
+    const results = await m.apply(log);
+    expect(results.map((r) => r.index)).toEqual([3, 4, 5]);
+    expect([read(m, "a"), read(m, "b")]).toEqual(["123", null]);
+    expect(m.session(5n)).toMatchObject({ commandId: 3n });
   });
 
   test("sessions expire by log time (leader timestamps) and unregistered ones by LRU, identically after restart", async () => {

@@ -13,10 +13,18 @@ import { APPLIED_KEY, encodeApplied, userKey } from "../../src/kv/keys.ts";
 import { encodeTxnCommand, type TxnOp, type TxnRequest, type TxnResult } from "../../src/kv/txn-types.ts";
 import { prefixEnd, scanRange, type RangeSpec } from "../../src/kv/range.ts";
 import { validateTxn, txnLimits } from "../../src/kv/txn.ts";
-import { readEvents } from "../../src/kv/history.ts";
+import { EVENT_PREFIX, EVENT_PUT, EVENT_VALUE_PREFIX, encodeEvent, eventKey, prevValue, readEvents } from "../../src/kv/history.ts";
 import { InvalidArgumentError } from "../../src/kv/errors.ts";
 
-const { tempDir, open } = machineFixture("kvraft-txn-");
+const { tempDir, open, reopen } = machineFixture("kvraft-txn-");
+
+function scan(db: DB, gte: Uint8Array, lt: Uint8Array): Uint8Array[] {
+  const keys: Uint8Array[] = [];
+  const it = db.iterator({ gte, lt });
+  for (let e = it.read(); e !== undefined; e = it.read()) keys.push(e[0]);
+  it.close();
+  return keys;
+}
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -79,6 +87,47 @@ describe("revisions", () => {
     await m.trimHistory(3);
     expect(m.historyStart).toBe(3);
     expect(readEvents(m.store, 1, 3, 1 << 20, () => true).events.map((e) => e.revision)).toEqual([3]);
+  });
+
+  test("a put's event keeps its value after the key changes again, across applies and a restart; trimming drops the moved values", async () => {
+    nextIndex = 1;
+    const dir = tempDir();
+    let m = await open(dir);
+    await m.apply([put("k", "1")]);
+    await m.apply([put("k", "2"), put("j", "1")]);
+    await m.apply([txn({ success: [delOp("k", "", true)] })]);
+    m = await reopen(m, dir);
+    await m.apply([put("k", "3")]);
+    const values = () =>
+      readEvents(m.store, 1, 5, 1 << 20, () => true).events.map((e) => [e.revision, e.event.type, s(e.event.key), s(e.event.value), e.event.meta.version]);
+    expect(values()).toEqual([
+      [1, 0, "k", "1", 1],
+      [2, 0, "k", "2", 2],
+      [3, 0, "j", "1", 1],
+      [4, 1, "k", "", 0],
+      [5, 0, "k", "3", 1],
+    ]);
+    // A watch with prev_kv reads the value before each change from the earlier event.
+    const events = readEvents(m.store, 1, 5, 1 << 20, () => true).events;
+    expect(events.map((e) => (e.event.prev === null ? null : s(prevValue(m.store, e.event) ?? b("?"))))).toEqual([null, "1", null, "2", null]);
+    // Values moved out of the key's record (revisions 1 and 2) are history: trimmed with it.
+    const moved = () => scan(m.store, EVENT_VALUE_PREFIX, EVENT_PREFIX).length;
+    expect(moved()).toBe(2);
+    // (A restarted machine's history starts after its applied index: trimming goes past that.)
+    await m.trimHistory(6);
+    expect(moved()).toBe(0);
+    expect(values()).toEqual([]);
+  });
+
+  test("a put event written inline by an older build is still read", async () => {
+    const m = await open(tempDir());
+    const stored = new Uint8Array(24 + 1);
+    stored.set([7], 0); // create 7
+    stored.set([7], 8); // mod 7
+    stored.set([1], 16); // version 1
+    stored[24] = 0x78;
+    await m.store.write([{ type: "put", key: eventKey(7, b("old")), value: encodeEvent(EVENT_PUT, null, stored) }]);
+    expect(readEvents(m.store, 7, 7, 1 << 20, () => true).events.map((e) => [s(e.event.key), s(e.event.value), e.event.meta.modRevision])).toEqual([["old", "x", 7]]);
   });
 
   test("a snapshot carries revisions and Txn answers; the receiver's history starts after it", async () => {

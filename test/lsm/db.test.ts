@@ -239,6 +239,32 @@ describe("DB", () => {
     expect(text(db.getSync(bytes("k")))).toBe("v");
   });
 
+  test("writes without the WAL: durable through flush(), sync() or close(); flushedSequence says how far", async () => {
+    dir = tempDir("unlogged");
+    db = await DB.open(dir, small);
+    expect(db.flushedSequence).toBe(db.lastSequence);
+    await db.write([{ type: "put", key: key(1), value: bytes("a") }], { wal: false });
+    await db.write([{ type: "put", key: key(2), value: bytes("b") }]);
+    expect(db.lastSequence).toBe(2);
+    expect(db.flushedSequence).toBe(0);
+    await expectCode(db.write([{ type: "put", key: key(3), value: bytes("c") }], { wal: false, sync: true }), "INVALID_ARGUMENT");
+    await db.flush();
+    expect(db.flushedSequence).toBe(2);
+    expect(text(db.getSync(key(1)))).toBe("a");
+    await db.write([{ type: "put", key: key(3), value: bytes("c") }], { wal: false });
+    await db.sync(); // with writes outside the WAL in the memtable: a flush
+    expect(db.flushedSequence).toBe(3);
+    await db.write([{ type: "del", key: key(1) }], { wal: false });
+    const closing = db.close(); // flushes what no WAL holds
+    // A write after close() began is refused, never left behind unflushed.
+    await expectCode(db.write([{ type: "put", key: key(4), value: bytes("d") }], { wal: false }), "CLOSED");
+    await closing;
+    db = await DB.open(dir, small);
+    expect(db.getSync(key(4))).toBeUndefined();
+    expect([db.getSync(key(1)), text(db.getSync(key(2))), text(db.getSync(key(3)))]).toEqual([undefined, "b", "c"]);
+    expect(db.flushedSequence).toBe(4);
+  });
+
   test("stats, approximateSize and sync", async () => {
     dir = tempDir("db");
     // Sizes below are of raw data: these values would compress to almost nothing.

@@ -17,7 +17,8 @@ import {
   type UniversalHandler,
   type UniversalHandlerOptions,
 } from "@connectrpc/connect/protocol";
-import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
+import { compressionBrotli } from "@connectrpc/connect-node";
+import { gzipLevel1 } from "./gzip-level1.ts";
 import { codeToHttpStatus, errorToJsonBytes, trailerMux } from "@connectrpc/connect/protocol-connect";
 import { flatBinary, type FlatBinary } from "./flat-binary.ts";
 import { flatJson, type FlatJson } from "./flat-json.ts";
@@ -52,10 +53,11 @@ export interface UnaryRoute {
 export type UnaryProtocol = "connect" | "grpc" | "grpc_web";
 
 /**
- * Response compression the server offers (connectNodeAdapter's default set, passed to it
- * explicitly so that the lanes and the adapter negotiate alike), and the smallest body compressed.
+ * Response compression the server offers (connectNodeAdapter's default set, gzip at level 1:
+ * gzip-level1.ts; passed to it explicitly so that the lanes and the adapter negotiate and compress
+ * alike), and the smallest body compressed.
  */
-export const ACCEPT_COMPRESSION: readonly Compression[] = [compressionGzip, compressionBrotli];
+export const ACCEPT_COMPRESSION: readonly Compression[] = [gzipLevel1, compressionBrotli];
 export const COMPRESS_MIN_BYTES = 1024;
 
 /** What the implementation made of one call, before any protocol framing. */

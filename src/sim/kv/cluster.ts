@@ -114,7 +114,10 @@ export class KvSimCluster {
     });
   }
 
-  /** The process dies: unsynced Raft log writes are lost; the LSM keeps what it wrote. */
+  /**
+   * The process dies: unsynced Raft log writes are lost; the LSM keeps what its flushes wrote (the
+   * state machine writes no LSM WAL), so a restart replays the log from an older applied index.
+   */
   async crash(i: number): Promise<void> {
     const server = this.servers[i];
     if (server === null) return;
@@ -124,7 +127,7 @@ export class KvSimCluster {
     // Off the network at once: snapshot hops to or from it fail now, so closing needs no simulated time.
     this.net.down(i);
     this.stores[i].crash();
-    await server.close();
+    await server.close({ asCrash: true });
     this.stores[i] = this.stores[i].reopen();
   }
 

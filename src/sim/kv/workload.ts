@@ -75,9 +75,9 @@ export interface WorkloadResult {
    * the same hash: the real LSM I/O of a simulated millisecond finishes before the next one
    * starts, and every input of a millisecond (timers, network deliveries, client calls) reaches
    * the servers in an order fixed by the seed, not by which I/O finished first.
-   * One gap: the state machine's background `db.sync()` (every `syncEveryEntries` applied entries,
-   * default 10 000) is not part of KVServer.isIdle(), so when it fires its finish time moves the
-   * log compaction point. runKvSim's snapshot threshold forces syncs long before that.
+   * One gap: the state machine's background flush (every `syncEveryEntries` applied entries,
+   * default 5 000) moves the durable index when it finishes, and so the log compaction point.
+   * runKvSim's snapshot threshold forces flushes (awaited) long before that.
    */
   hash: string;
   /** KvSimCluster.replayBreaks: 0 means the run depended on the seed alone. */
