@@ -72,8 +72,9 @@ export interface BulkOptions {
   /**
    * Writes in flight at once (default and at most: the Clerk's maxConcurrency, one session each).
    * They travel as Batch RPCs of up to `batch.maxCommands` (1,024) writes, `batches` of them at
-   * once. For a bulk load, open the Clerk with maxConcurrency 4096-8192: the leader's throughput
-   * is writes in flight over a batch's latency (src/kv/DESIGN.md, "Where a batch's time goes").
+   * once. For a bulk load, open the Clerk with maxConcurrency 4096-8192: throughput is writes in
+   * flight over a batch's latency until the CPU is full; 4,096 fill two cores, more helps on a
+   * machine shared with other work (src/kv/DESIGN.md, "Where a batch's time goes").
    */
   concurrency?: number;
   /**
