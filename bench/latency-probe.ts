@@ -2,8 +2,10 @@
 // few seconds, then the nodes' own histograms (/metrics) beside the client's percentiles: log
 // fsync, save (write + fsync), the KV request time on the leader (arrival → answer), RPC time.
 // Usage: bun bench/latency-probe.ts [--seconds S] [--path http1|clerk-h2|clerk-grpc] [--clients N]
-// [--cpu-prof DIR] (profiles of every member, written when they stop). A tool, not a suite.
+// [--cpu-prof DIR] (profiles of every member, written when they stop). Also each node's event-loop
+// thread's time on a CPU and runnable but waiting for one, per Put (/proc/PID/schedstat). A tool, not a suite.
 
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { startKvraft } from "./clusters.ts";
 import type { LoadConfig, LoadResult } from "./loadgen.ts";
@@ -58,11 +60,22 @@ function histogram(after: Samples, before: Samples, base: string, labels = ""): 
   return `n ${count}, mean ${((sum / count) * 1000).toFixed(2)} ms, p50 ≤ ${(q(0.5) * 1000).toFixed(1)} ms, p99 ≤ ${(q(0.99) * 1000).toFixed(1)} ms`;
 }
 
+/** A main thread's time on a CPU and waiting for one (ns, /proc/PID/schedstat), or null. */
+function schedstat(pid: number): [number, number] | null {
+  try {
+    const [run, wait] = fs.readFileSync(`/proc/${pid}/schedstat`, "utf8").split(" ").map(Number);
+    return [run!, wait!];
+  } catch {
+    return null;
+  }
+}
+
 const cluster = await startKvraft(3, { cpuProfDir });
 try {
   const leader = await cluster.leader();
   const ports = cluster.members.map((m) => m.clientPort);
   const before = await Promise.all(ports.map(scrape));
+  const schedBefore = cluster.members.map((m) => schedstat(m.process.pid));
   const config: LoadConfig = {
     protocol: "kvraft",
     host: "127.0.0.1",
@@ -81,6 +94,7 @@ try {
   const stdout = await new Response(child.stdout as ReadableStream<Uint8Array>).text();
   const r = JSON.parse(stdout.trim().split("\n").at(-1)!) as LoadResult;
   const after = await Promise.all(ports.map(scrape));
+  const schedAfter = cluster.members.map((m) => schedstat(m.process.pid));
   const lat = latencyMillis(Histogram.fromJSON(r.histogram));
   const leaderCpu = r.cpu[leader.process.pid];
   console.log(`leader CPU ${leaderCpu !== undefined ? ((leaderCpu * 1e6) / r.ops).toFixed(0) : "?"} µs/Put, generator ${((r.generatorCpu * 1e6) / r.ops).toFixed(0)} µs/Put`);
@@ -91,6 +105,9 @@ try {
     const fsyncSeconds = delta(after[i]!, before[i]!, "kvraft_raft_log_fsync_seconds_sum");
     console.log(`node ${m.id} (${role}): log fsync n ${fsyncs}, mean ${fsyncs > 0 ? ((fsyncSeconds / fsyncs) * 1000).toFixed(2) : "-"} ms`);
     console.log(`  log save (write + fsync): ${histogram(after[i]!, before[i]!, "kvraft_raft_log_save_seconds")}`);
+    const [s0, s1] = [schedBefore[i], schedAfter[i]];
+    // Time the event-loop thread was runnable but not running: what a loaded machine adds to each hop.
+    if (s0 && s1) console.log(`  main thread per Put: on a CPU ${((s1[0] - s0[0]) / 1e3 / r.ops).toFixed(0)} µs, waiting for a CPU ${((s1[1] - s0[1]) / 1e3 / r.ops).toFixed(0)} µs`);
     if (m === leader) {
       console.log(`  KV Put, arrival → answer: ${histogram(after[i]!, before[i]!, "kvraft_kv_request_duration_seconds", 'op="Put"')}`);
       const timedOut = delta(after[i]!, before[i]!, "kvraft_kv_requests_total", 'result="ErrTimeout"');

@@ -37,6 +37,8 @@ export interface SpawnOptions {
   /** Where the child's output goes: "ignore", "inherit", or a file path (appended). */
   output?: "ignore" | "inherit" | string;
   stdout?: "pipe";
+  /** "pipe": the parent writes the child's stdin (default: none). */
+  stdin?: "pipe";
 }
 
 /** Spawns a tracked child; it is killed by PID when the bench exits, whatever the reason. */
@@ -47,7 +49,7 @@ export function spawnTracked(cmd: string[], options: SpawnOptions = {}): Subproc
   const child = Bun.spawn(cmd, {
     cwd: options.cwd,
     env: options.env ? { ...process.env, ...options.env } : process.env,
-    stdin: "ignore",
+    stdin: options.stdin ?? "ignore",
     stdout: options.stdout ?? out,
     stderr: out,
   });

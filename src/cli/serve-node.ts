@@ -166,6 +166,7 @@ export async function serveNode(options: ServeNodeOptions): Promise<ServingNode>
   }
   metrics.admission = server.admission;
   metrics.connections = () => server.connectionStats;
+  metrics.engine = server.stats;
   try {
     kv = await options.open({
       id,

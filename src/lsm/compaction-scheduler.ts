@@ -87,6 +87,8 @@ export interface SchedulerHost {
 
 export class CompactionScheduler {
   private bgError: Error | null = null;
+  /** The last flush's batches buffer, handed back by the worker: the next flush fills it instead of a fresh buffer the memtable's size. */
+  private spareFlushBuffer: Uint8Array | null = null;
   private flushing: Promise<void> | null = null;
   private compacting: Promise<void> | null = null;
   private compactionLock: Promise<void> = Promise.resolve();
@@ -259,20 +261,13 @@ export class CompactionScheduler {
     const number = h.versions.newFileNumber();
     h.pendingOutputs.add(number);
     try {
-      let total = 0;
-      for (const b of imm.batches) total += b.length;
-      const batches = new Uint8Array(total);
-      const batchEnds: number[] = [];
-      let end = 0;
-      for (const b of imm.batches) {
-        batches.set(b, end);
-        end += b.length;
-        batchEnds.push(end);
-      }
+      const { batches, batchEnds } = imm.batchesForFlush(this.spareFlushBuffer);
+      this.spareFlushBuffer = null; // transferred with the job; the worker hands it back
       // The memtable's order spares the worker a sort (it checks the order in one pass).
       const order = imm.sortedBatchPositions() ?? undefined;
       const r = await this.flushWorker.flush({ type: "flush", dir: h.dir, number, batches, batchEnds, order, table: h.ctx.table });
       addWrites(h.counters.writes, r.writes);
+      if (r.batches !== undefined) this.spareFlushBuffer = r.batches;
       if (r.file === null) h.pendingOutputs.delete(number);
       return r.file === null ? null : fromWire(r.file);
     } catch (e) {

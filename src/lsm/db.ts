@@ -15,7 +15,7 @@ import { LsmError, ioError } from "./errors.ts";
 import { MergingIterator, type InternalIterator } from "./iterator.ts";
 import { DirLock } from "./lock.ts";
 import { logFileName, tableFileName, VersionSet } from "./manifest.ts";
-import { Memtable } from "./memtable.ts";
+import { type Memtable, newMemtable } from "./memtable.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
 import { Snapshot } from "./snapshot.ts";
 import { compressionStats, levelStats, walBufferBudget, type DBStats } from "./stats.ts";
@@ -249,7 +249,7 @@ export class DB {
     closing.catch((e) => this.background.setError(e));
     this.wal = next;
     this.imms.push(this.mem);
-    this.mem = new Memtable(number);
+    this.mem = newMemtable(number, this.opts.memtableBytes);
     this.background.scheduleFlush();
   }
 
@@ -312,9 +312,10 @@ export class DB {
     checkKey(key, this.opts);
     const seq = this.snapshotSeq(opts);
     const hash = bloomHash(key);
-    let r = this.mem.get(key, seq, hash);
-    for (let i = this.imms.length - 1; r === undefined && i >= 0; i--) r = this.imms[i].get(key, seq, hash);
-    if (r !== undefined) return r.kind === KIND_PUT ? r.valueCopy() : undefined;
+    let mem = this.mem;
+    let id = mem.find(key, seq, hash);
+    for (let i = this.imms.length - 1; id < 0 && i >= 0; i--) id = (mem = this.imms[i]).find(key, seq, hash);
+    if (id >= 0) return mem.kindOf(id) === KIND_PUT ? mem.valueCopyOf(id) : undefined;
     const out = this.readResult;
     if (!this.versions.current.get(key, seq, this.ctx.open, hash, out)) return undefined;
     const value = out.value;
@@ -472,7 +473,11 @@ export class DB {
     const levels = levelStats(v, this.counters);
     const walNow = this.counters.walBytesBase + this.wal.size;
     let memBytes = this.mem.bytes;
-    for (const m of this.imms) memBytes += m.bytes;
+    let memAllocated = this.mem.allocatedBytes;
+    for (const m of this.imms) {
+      memBytes += m.bytes;
+      memAllocated += m.allocatedBytes;
+    }
     const user = this.counters.userBytes;
     return {
       diskBytes: levels.reduce((a, l) => a + l.bytes, 0) + this.wal.size,
@@ -490,7 +495,7 @@ export class DB {
       mappedTableBytes: this.mappedBytes,
       liveSnapshots: this.snapshots.size,
       memory: {
-        memtables: { bytes: memBytes, budget: this.opts.memtableBytes * (1 + this.opts.maxImmutableMemtables) },
+        memtables: { bytes: memAllocated, budget: this.opts.memtableBytes * (1 + this.opts.maxImmutableMemtables) },
         blockCache: { bytes: this.blockCache.bytes + this.blockCache.poolBytes, budget: this.blockCache.capacity + this.blockCache.poolCapacity },
         tableCache: { bytes: this.tableCache.bytes, budget: this.opts.tableCacheBytes },
         mappedTables: { bytes: this.mappedBytes, budget: this.opts.maxMappedBytes },

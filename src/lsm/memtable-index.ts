@@ -1,51 +1,57 @@
 // The memtable's point-read index: an open-addressing hash table from user key to the newest
-// entry of that key, so a read of the newest version needs no search of the sorted leaves.
+// entry of that key (an entry id), so a read of the newest version needs no search of the leaves.
 
-/** An entry as the index sees it: its key's bytes and its sequence number. */
-export interface IndexedEntry {
-  readonly buf: Uint8Array;
-  readonly keyStart: number;
-  readonly keyEnd: number;
-  readonly seq: number;
-  /** Is this entry's key equal to t[tStart, tEnd)? */
-  keyEquals(t: Uint8Array, tStart?: number, tEnd?: number): boolean;
+/** Where the index finds an entry's key and sequence number (the memtable's entry records). */
+export interface IndexedEntries {
+  /** Is entry `id`'s key equal to t[tStart, tEnd)? */
+  keyEquals(id: number, t: Uint8Array, tStart: number, tEnd: number): boolean;
+  seqOf(id: number): number;
 }
 
 /**
- * Open-addressing hash table from user key to its newest node (linear probing, load ≤ 1/2).
- * Entries are never removed: a memtable only grows until it is frozen and dropped.
+ * Open-addressing hash table from user key to its newest entry id (linear probing, load ≤ 1/2),
+ * in two typed arrays: no object per entry. Entries are never removed: a memtable only grows
+ * until it is frozen and dropped.
  */
-export class KeyIndex<T extends IndexedEntry> {
-  private slots: (T | undefined)[] = new Array<T | undefined>(1024);
+export class KeyIndex {
+  /** Entry id + 1; 0 marks an empty slot. */
+  private slots = new Int32Array(1024);
   private hashes = new Int32Array(1024);
   private mask = 1023;
   private size = 0;
 
-  /** The newest node of `key`, or undefined. */
-  get(key: Uint8Array, hash: number): T | undefined {
+  constructor(private readonly entries: IndexedEntries) {}
+
+  /** Bytes of the two tables. */
+  get bytes(): number {
+    return this.slots.byteLength + this.hashes.byteLength;
+  }
+
+  /** The newest entry id of `key`, or -1. */
+  get(key: Uint8Array, hash: number): number {
     const h = hash | 0;
     const slots = this.slots;
     for (let i = h & this.mask; ; i = (i + 1) & this.mask) {
-      const n = slots[i];
-      if (n === undefined) return undefined;
-      if (this.hashes[i] === h && n.keyEquals(key)) return n;
+      const s = slots[i];
+      if (s === 0) return -1;
+      if (this.hashes[i] === h && this.entries.keyEquals(s - 1, key, 0, key.length)) return s - 1;
     }
   }
 
-  /** Makes `node` the indexed node of its key if it is newer than the one there. */
-  put(node: T, hash: number): void {
+  /** Makes entry `id` (key t[tStart, tEnd)) the indexed entry of its key if it is newer. */
+  put(id: number, hash: number, t: Uint8Array, tStart: number, tEnd: number): void {
     const h = hash | 0;
     const slots = this.slots;
     let i = h & this.mask;
     for (; ; i = (i + 1) & this.mask) {
-      const n = slots[i];
-      if (n === undefined) break;
-      if (this.hashes[i] === h && n.keyEquals(node.buf, node.keyStart, node.keyEnd)) {
-        if (node.seq > n.seq) slots[i] = node;
+      const s = slots[i];
+      if (s === 0) break;
+      if (this.hashes[i] === h && this.entries.keyEquals(s - 1, t, tStart, tEnd)) {
+        if (this.entries.seqOf(id) > this.entries.seqOf(s - 1)) slots[i] = id + 1;
         return;
       }
     }
-    slots[i] = node;
+    slots[i] = id + 1;
     this.hashes[i] = h;
     if (++this.size * 2 > slots.length) this.grow();
   }
@@ -54,15 +60,15 @@ export class KeyIndex<T extends IndexedEntry> {
     const oldSlots = this.slots;
     const oldHashes = this.hashes;
     const cap = oldSlots.length * 2;
-    this.slots = new Array<T | undefined>(cap);
+    this.slots = new Int32Array(cap);
     this.hashes = new Int32Array(cap);
     this.mask = cap - 1;
     for (let j = 0; j < oldSlots.length; j++) {
-      const n = oldSlots[j];
-      if (n === undefined) continue;
+      const s = oldSlots[j];
+      if (s === 0) continue;
       let i = oldHashes[j] & this.mask;
-      while (this.slots[i] !== undefined) i = (i + 1) & this.mask;
-      this.slots[i] = n;
+      while (this.slots[i] !== 0) i = (i + 1) & this.mask;
+      this.slots[i] = s;
       this.hashes[i] = oldHashes[j];
     }
   }

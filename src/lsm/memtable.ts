@@ -1,56 +1,23 @@
 // The memtable: entries (user key, seq, kind, value) in internal key order, kept in sorted
-// leaves of up to 64 entries whose first 18 key bytes sit as numbers in typed arrays (a search
+// leaves of up to 64 entry ids whose first 18 key bytes sit as numbers in typed arrays (a search
 // compares numbers in a few cache lines instead of chasing a pointer per step, as a skiplist
-// does); a hash index (memtable-index.ts) from user key to its newest entry for point reads
-// (caught up by the first read after inserts, so write-only memtables never build it); byte
-// accounting so the DB knows when to freeze and flush it.
+// does); entry bytes and records live in an arena (memtable-arena.ts), not in objects per entry;
+// a hash index (memtable-index.ts) from user key to its newest entry for point reads (caught up
+// by the first read after inserts, so write-only memtables never build it); byte accounting so
+// the DB knows when to freeze and flush it.
 import { bloomHash } from "./bloom.ts";
-import { bytesEqual, KIND_PUT } from "./coding.ts";
+import { KIND_PUT } from "./coding.ts";
 import type { InternalIterator } from "./iterator.ts";
+import { chunkBytesFor, EntryArena } from "./memtable-arena.ts";
 import { KeyIndex } from "./memtable-index.ts";
 
 /** Entries per leaf; a full leaf splits in two halves. */
 const LEAF_MAX = 64;
-/** Bookkeeping per entry beyond key and value bytes: node object, views, leaf and index slots. */
-const ENTRY_OVERHEAD = 128;
-
 /**
- * One entry. Key and value live in a write batch buffer at [keyStart, keyEnd) and
- * [valStart, valEnd); views of them are made on first use only (most entries are never read
- * before the memtable is flushed, and a view costs an allocation).
+ * Bytes counted per entry beyond key and value bytes (the flush trigger): its record, leaf and
+ * index slots and batch framing take less (~100), so the count is conservative.
  */
-class Node {
-  private keyView: Uint8Array | null = null;
-  private valueView: Uint8Array | null = null;
-  constructor(
-    readonly buf: Uint8Array,
-    readonly keyStart: number,
-    readonly keyEnd: number,
-    readonly valBuf: Uint8Array,
-    readonly valStart: number,
-    readonly valEnd: number,
-    readonly seq: number,
-    readonly kind: number,
-  ) {}
-  get key(): Uint8Array {
-    return (this.keyView ??= this.buf.subarray(this.keyStart, this.keyEnd));
-  }
-  get value(): Uint8Array {
-    return (this.valueView ??= this.valBuf.subarray(this.valStart, this.valEnd));
-  }
-  valueCopy(): Uint8Array {
-    return this.valBuf.slice(this.valStart, this.valEnd);
-  }
-  /** Is this node's key equal to t[tStart, tEnd)? */
-  keyEquals(t: Uint8Array, tStart = 0, tEnd = t.length): boolean {
-    const b = this.buf;
-    const start = this.keyStart;
-    const n = tEnd - tStart;
-    if (this.keyEnd - start !== n) return false;
-    for (let i = 0; i < n; i++) if (b[start + i] !== t[tStart + i]) return false;
-    return true;
-  }
-}
+const ENTRY_OVERHEAD = 128;
 
 /** Key bytes [start, start + 6) as a big-endian integer, zero-padded past the key's end n. */
 function word(key: Uint8Array, start: number, n = key.length): number {
@@ -65,40 +32,44 @@ function word(key: Uint8Array, start: number, n = key.length): number {
   return v;
 }
 
-/** Key bytes held as three 48-bit numbers per entry (see compareAt()). */
+/** Key bytes held as three 48-bit numbers per entry (see compareEntry()). */
 const WORDS_BYTES = 18;
 
-/** Up to LEAF_MAX consecutive entries and their key words. */
+/** Up to LEAF_MAX consecutive entries (ids into the arena) and their key words. */
 class Leaf {
   count = 0;
   readonly w0 = new Float64Array(LEAF_MAX);
   readonly w1 = new Float64Array(LEAF_MAX);
   readonly w2 = new Float64Array(LEAF_MAX);
-  readonly nodes: Node[] = [];
+  readonly ids = new Int32Array(LEAF_MAX);
 }
 
+/** Bytes of one leaf's typed arrays. */
+const LEAF_BYTES = LEAF_MAX * (3 * 8 + 4);
+
 /**
- * Compares the entry with words (a0, a1, a2) and node n against the target (tKey, tSeq) with
+ * Compares the entry with words (a0, a1, a2) and id `id` against the target (tKey, tSeq) with
  * words t0..t2, in internal order: negative if the entry comes first. Equal words mean equal
  * zero-padded first 18 bytes: the rest of the bytes then decide, and if one key ends within
  * them it is a prefix of the other (its padding matches zeros) and sorts first. Newer seq first.
  */
 function compareEntry(
-  a0: number, a1: number, a2: number, n: Node,
+  arena: EntryArena, a0: number, a1: number, a2: number, id: number,
   tBuf: Uint8Array, tStart: number, tLen: number, tSeq: number, t0: number, t1: number, t2: number,
 ): number {
   if (a0 !== t0) return a0 < t0 ? -1 : 1;
   if (a1 !== t1) return a1 < t1 ? -1 : 1;
   if (a2 !== t2) return a2 < t2 ? -1 : 1;
-  const a = n.buf;
-  const start = n.keyStart;
-  const aLen = n.keyEnd - start;
+  const a = arena.bufOf(id);
+  const start = arena.keyStartOf(id);
+  const aLen = arena.keyEndOf(id) - start;
   const len = aLen < tLen ? aLen : tLen;
   for (let i = WORDS_BYTES; i < len; i++) {
     if (a[start + i] !== tBuf[tStart + i]) return a[start + i] - tBuf[tStart + i];
   }
   if (aLen !== tLen) return aLen - tLen;
-  return n.seq === tSeq ? 0 : n.seq > tSeq ? -1 : 1;
+  const seq = arena.seqOf(id);
+  return seq === tSeq ? 0 : seq > tSeq ? -1 : 1;
 }
 
 export interface MemGetResult {
@@ -108,7 +79,14 @@ export interface MemGetResult {
   valueCopy(): Uint8Array;
 }
 
+/** An empty memtable sized for the options' memtableBytes. */
+export function newMemtable(walNumber: number, memtableBytes: number): Memtable {
+  return new Memtable(walNumber, chunkBytesFor(memtableBytes));
+}
+
 export class Memtable {
+  /** Entry bytes and records; entry ids are positions in insertion (sequence) order. */
+  private readonly arena: EntryArena;
   /** Sorted, non-empty (except a lone first leaf), each leaf's entries before the next leaf's. */
   private leaves: Leaf[] = [new Leaf()];
   /** Key words of each leaf's first entry, for the search that picks a leaf. */
@@ -118,36 +96,40 @@ export class Memtable {
   /** Bumped by every insert: iterators positioned before it find their place again. */
   modifications = 0;
   /**
-   * User key → its newest node. A point read for the newest version needs no search; inserts
-   * come in sequence order, so the node indexed for a key is its newest.
+   * User key → its newest entry. A point read for the newest version needs no search; inserts
+   * come in sequence order, so the entry indexed for a key is its newest.
    */
-  private readonly index = new KeyIndex<Node>();
+  private readonly index: KeyIndex;
   /**
-   * Nodes inserted since the index last caught up, in insertion (sequence) order. The index is
-   * brought up to date by the first read after them: a memtable filled by writes alone (the
-   * usual fate of one that is frozen and flushed) never pays for hashing and probing.
+   * Entries [indexed, count) were inserted since the index last caught up. The index is brought
+   * up to date by the first read after them: a memtable filled by writes alone (the usual fate of
+   * one that is frozen and flushed) never pays for hashing and probing.
    */
-  private unindexed: Node[] = [];
-  /**
-   * The write batches inserted with addBatch, in sequence order: the table worker rebuilds the
-   * memtable's contents from them. Complete only when every entry came that way.
-   */
-  readonly batches: Uint8Array[] = [];
+  private indexed = 0;
+  private batchCount = 0;
   private batchOps = 0;
   /** Sequence of the first batch's first op, and whether the batches' sequences run gap-free. */
   private firstSeq = 0;
   private nextSeq = 0;
   private seqsContiguous = true;
-  /** Approximate bytes held: key + value + per-entry overhead. */
+  /** Approximate bytes held: key + value + per-entry overhead (the flush trigger). */
   bytes = 0;
-  count = 0;
   /** Sequence number of the last write added by the database (0: none). */
   lastSeq = 0;
   /** Some write here is in no WAL (WriteOptions.wal false): only a flush makes it durable. */
   unlogged = false;
-  /** Number of the WAL file holding this memtable's writes. */
-  constructor(readonly walNumber: number) {}
+  /**
+   * @param walNumber number of the WAL file holding this memtable's writes
+   * @param chunkBytes size of the arena's shared chunks (chunkBytesFor(memtableBytes))
+   */
+  constructor(readonly walNumber: number, chunkBytes = 256 * 1024) {
+    this.arena = new EntryArena(chunkBytes);
+    this.index = new KeyIndex(this.arena);
+  }
 
+  get count(): number {
+    return this.arena.count;
+  }
   get leafCount(): number {
     return this.leaves.length;
   }
@@ -155,14 +137,20 @@ export class Memtable {
     return this.leaves[i];
   }
 
+  /** Memory the memtable holds now: chunks, records, leaves and index. */
+  get allocatedBytes(): number {
+    return this.arena.allocated + this.arena.recordBytes + this.leaves.length * LEAF_BYTES + this.index.bytes;
+  }
+
   /** Index of the last leaf whose first entry is at or before the target (0 if none is). */
   private findLeaf(tBuf: Uint8Array, tStart: number, tLen: number, tSeq: number, t0: number, t1: number, t2: number): number {
     const leaves = this.leaves;
+    const arena = this.arena;
     let lo = 0;
     let hi = leaves.length - 1;
     while (lo < hi) {
       const mid = (lo + hi + 1) >>> 1;
-      if (compareEntry(this.f0[mid], this.f1[mid], this.f2[mid], leaves[mid].nodes[0], tBuf, tStart, tLen, tSeq, t0, t1, t2) <= 0) lo = mid;
+      if (compareEntry(arena, this.f0[mid], this.f1[mid], this.f2[mid], leaves[mid].ids[0], tBuf, tStart, tLen, tSeq, t0, t1, t2) <= 0) lo = mid;
       else hi = mid - 1;
     }
     return lo;
@@ -172,10 +160,11 @@ export class Memtable {
   private lowerBound(leaf: Leaf, tBuf: Uint8Array, tStart: number, tLen: number, tSeq: number, t0: number, t1: number, t2: number): number {
     let lo = 0;
     let hi = leaf.count;
-    const { w0, w1, w2, nodes } = leaf;
+    const { w0, w1, w2, ids } = leaf;
+    const arena = this.arena;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (compareEntry(w0[mid], w1[mid], w2[mid], nodes[mid], tBuf, tStart, tLen, tSeq, t0, t1, t2) < 0) lo = mid + 1;
+      if (compareEntry(arena, w0[mid], w1[mid], w2[mid], ids[mid], tBuf, tStart, tLen, tSeq, t0, t1, t2) < 0) lo = mid + 1;
       else hi = mid;
     }
     return lo;
@@ -183,17 +172,18 @@ export class Memtable {
 
   /**
    * Inserts an entry; (key, seq) must be new and seq above every seq already held for key.
-   * Key and value are kept by reference.
+   * Key and value are copied into the memtable's chunks.
    */
   add(key: Uint8Array, seq: number, kind: number, value: Uint8Array): void {
-    this.insert(new Node(key, 0, key.length, value, 0, value.length, seq, kind));
+    const { chunk, base } = this.arena.storeEntry(key, value);
+    const keyEnd = base + key.length;
+    this.insert(this.arena.push(chunk, base, keyEnd, keyEnd, keyEnd + value.length, seq, kind), key, 0, key.length, seq);
+    this.bytes += key.length + value.length + ENTRY_OVERHEAD;
   }
 
-  private insert(node: Node): void {
-    const buf = node.buf;
-    const ks = node.keyStart;
-    const ke = node.keyEnd;
-    const seq = node.seq;
+  /** Places entry `id`, whose key is buf[ks, ke) (the arena's bytes or the same bytes elsewhere). */
+  private insert(id: number, buf: Uint8Array, ks: number, ke: number, seq: number): void {
+    const arena = this.arena;
     const t0 = word(buf, ks, ke);
     const t1 = word(buf, ks + 6, ke);
     const t2 = word(buf, ks + 12, ke);
@@ -202,7 +192,7 @@ export class Memtable {
     let leaf = this.leaves[li];
     let at = leaf.count;
     const e = at - 1;
-    if (e < 0 || compareEntry(leaf.w0[e], leaf.w1[e], leaf.w2[e], leaf.nodes[e], buf, ks, ke - ks, seq, t0, t1, t2) > 0) {
+    if (e < 0 || compareEntry(arena, leaf.w0[e], leaf.w1[e], leaf.w2[e], leaf.ids[e], buf, ks, ke - ks, seq, t0, t1, t2) > 0) {
       li = this.findLeaf(buf, ks, ke - ks, seq, t0, t1, t2);
       leaf = this.leaves[li];
       at = this.lowerBound(leaf, buf, ks, ke - ks, seq, t0, t1, t2);
@@ -212,20 +202,16 @@ export class Memtable {
       leaf.w0.copyWithin(at + 1, at, n);
       leaf.w1.copyWithin(at + 1, at, n);
       leaf.w2.copyWithin(at + 1, at, n);
-      leaf.nodes.splice(at, 0, node);
-    } else {
-      leaf.nodes.push(node);
+      leaf.ids.copyWithin(at + 1, at, n);
     }
     leaf.w0[at] = t0;
     leaf.w1[at] = t1;
     leaf.w2[at] = t2;
+    leaf.ids[at] = id;
     leaf.count = n + 1;
     if (at === 0) this.setFirst(li, leaf);
     if (leaf.count === LEAF_MAX) this.split(li, at === LEAF_MAX - 1 && li === this.leaves.length - 1);
-    this.unindexed.push(node);
     this.modifications++;
-    this.bytes += ke - ks + node.valEnd - node.valStart + ENTRY_OVERHEAD;
-    this.count++;
   }
 
   private setFirst(li: number, leaf: Leaf): void {
@@ -245,9 +231,8 @@ export class Memtable {
     right.w0.set(left.w0.subarray(half, LEAF_MAX));
     right.w1.set(left.w1.subarray(half, LEAF_MAX));
     right.w2.set(left.w2.subarray(half, LEAF_MAX));
-    for (let i = half; i < LEAF_MAX; i++) right.nodes.push(left.nodes[i]);
+    right.ids.set(left.ids.subarray(half, LEAF_MAX));
     right.count = LEAF_MAX - half;
-    left.nodes.length = half;
     left.count = half;
     const n = this.leaves.length;
     if (n === this.f0.length) {
@@ -268,16 +253,20 @@ export class Memtable {
   }
 
   /**
-   * Decodes a write batch (encoded by this process, so well-formed: see batch.ts) and inserts
-   * each op as offsets into the batch buffer (no views, no callback or reader per op).
+   * Keeps a write batch (encoded by this process, so well-formed: see batch.ts) and inserts each
+   * op as offsets into the arena's copy of it (no views, no callback or reader per op).
    */
-  addBatch(b: Uint8Array, seq: number, count: number, start: number): void {
-    if (this.batches.length === 0) this.firstSeq = seq;
+  addBatch(batch: Uint8Array, seq: number, count: number, start: number): void {
+    if (this.batchCount === 0) this.firstSeq = seq;
     else if (seq !== this.nextSeq) this.seqsContiguous = false;
     this.nextSeq = seq + count;
-    this.batches.push(b);
+    this.batchCount++;
     this.batchOps += count;
+    const arena = this.arena;
+    const { chunk, base } = arena.storeBatch(batch);
+    const b = batch; // decoded from the caller's buffer; offsets are shifted to the arena's copy
     let p = start;
+    let bytes = 0;
     for (let i = 0; i < count; i++) {
       const kind = b[p++];
       let len = 0;
@@ -301,30 +290,42 @@ export class Memtable {
           shift *= 128;
         }
       }
-      this.insert(new Node(b, keyStart, keyEnd, b, p, p + len, seq + i, kind));
+      // The key is compared in the caller's batch: the same bytes, no chunk lookup.
+      this.insert(arena.push(chunk, base + keyStart, base + keyEnd, base + p, base + p + len, seq + i, kind), b, keyStart, keyEnd, seq + i);
+      bytes += keyEnd - keyStart + len + ENTRY_OVERHEAD;
       p += len;
     }
-    if (p !== b.length) throw new Error(`memtable: write batch decoded to ${p} of ${b.length} bytes`);
+    this.bytes += bytes;
+    if (p !== batch.length) throw new Error(`memtable: write batch decoded to ${p} of ${batch.length} bytes`);
   }
 
   /**
-   * For each entry in internal order, its position among the ops of `batches` (0 = the first
+   * For each entry in internal order, its position among the ops of the batches (0 = the first
    * batch's first op); null unless the batches hold every entry with gap-free sequences.
    */
   sortedBatchPositions(): Int32Array | null {
     if (!this.batchesComplete || !this.seqsContiguous) return null;
     const out = new Int32Array(this.count);
+    const arena = this.arena;
     let k = 0;
     for (const leaf of this.leaves) {
-      const nodes = leaf.nodes;
-      for (let i = 0; i < leaf.count; i++) out[k++] = nodes[i].seq - this.firstSeq;
+      const ids = leaf.ids;
+      for (let i = 0; i < leaf.count; i++) out[k++] = arena.seqOf(ids[i]) - this.firstSeq;
     }
     return out;
   }
 
-  /** True when `batches` holds every entry (none was added one by one). */
+  /** True when the batches hold every entry (none was added one by one). */
   get batchesComplete(): boolean {
     return this.batchOps === this.count;
+  }
+
+  /**
+   * The batches concatenated in sequence order (into `reuse`'s buffer when it is large enough)
+   * and each batch's end in it.
+   */
+  batchesForFlush(reuse: Uint8Array | null = null): { batches: Uint8Array; batchEnds: number[] } {
+    return { batches: this.arena.concatenatedBatches(reuse), batchEnds: this.arena.batchEnds.slice() };
   }
 
   /**
@@ -332,84 +333,132 @@ export class Memtable {
    * entry index; leaf index === leafCount when there is none.
    */
   seekPosition(key: Uint8Array, seq: number): [number, number] {
-    const t0 = word(key, 0);
-    const t1 = word(key, 6);
-    const t2 = word(key, 12);
-    const li = this.findLeaf(key, 0, key.length, seq, t0, t1, t2);
+    return this.seekRange(key, 0, key.length, seq);
+  }
+
+  private seekRange(buf: Uint8Array, start: number, end: number, seq: number): [number, number] {
+    const t0 = word(buf, start, end);
+    const t1 = word(buf, start + 6, end);
+    const t2 = word(buf, start + 12, end);
+    const li = this.findLeaf(buf, start, end - start, seq, t0, t1, t2);
     const leaf = this.leaves[li];
-    const at = this.lowerBound(leaf, key, 0, key.length, seq, t0, t1, t2);
+    const at = this.lowerBound(leaf, buf, start, end - start, seq, t0, t1, t2);
     if (at < leaf.count) return [li, at];
     return li + 1 < this.leaves.length ? [li + 1, 0] : [this.leaves.length, 0];
   }
 
+  /** Where the entry `id` sits now (inserts move entries between leaves). */
+  positionOf(id: number): [number, number] {
+    const a = this.arena;
+    return this.seekRange(a.bufOf(id), a.keyStartOf(id), a.keyEndOf(id), a.seqOf(id));
+  }
+
   /**
-   * Newest entry for `key` visible at `seq`, or undefined if the memtable has none.
+   * Id of the newest entry for `key` visible at `seq`, or -1 if the memtable has none.
    * `hash` is bloomHash(key), computed once per read for every memtable and table.
    */
-  get(key: Uint8Array, seq: number, hash = bloomHash(key)): MemGetResult | undefined {
-    if (this.unindexed.length > 0) this.catchUpIndex();
+  find(key: Uint8Array, seq: number, hash = bloomHash(key)): number {
+    if (this.indexed < this.arena.count) this.catchUpIndex();
     const newest = this.index.get(key, hash);
-    if (newest === undefined) return undefined;
-    if (newest.seq <= seq) return newest;
+    if (newest < 0) return -1;
+    if (this.arena.seqOf(newest) <= seq) return newest;
     // Versions newer than the snapshot: search for the newest at or below seq.
     const [li, at] = this.seekPosition(key, seq);
-    if (li === this.leaves.length) return undefined;
-    const n = this.leaves[li].nodes[at];
-    return n.keyEquals(key) ? n : undefined;
+    if (li === this.leaves.length) return -1;
+    const id = this.leaves[li].ids[at];
+    return this.arena.keyEquals(id, key, 0, key.length) ? id : -1;
+  }
+
+  kindOf(id: number): number {
+    return this.arena.kindOf(id);
+  }
+  seqOf(id: number): number {
+    return this.arena.seqOf(id);
+  }
+  /** A view of entry `id`'s key (made on each call). */
+  keyOf(id: number): Uint8Array {
+    return this.arena.keyView(id);
+  }
+  /** A view of entry `id`'s value (made on each call). */
+  valueOf(id: number): Uint8Array {
+    return this.arena.valueView(id);
+  }
+  /** A copy of entry `id`'s value. */
+  valueCopyOf(id: number): Uint8Array {
+    return this.arena.valueCopy(id);
+  }
+
+  /** find() as an object (kind, value view, copy): a convenience that allocates; reads use find(). */
+  get(key: Uint8Array, seq: number, hash = bloomHash(key)): MemGetResult | undefined {
+    const id = this.find(key, seq, hash);
+    if (id < 0) return undefined;
+    const arena = this.arena;
+    return { kind: arena.kindOf(id), value: arena.valueView(id), valueCopy: () => arena.valueCopy(id) };
   }
 
   iterator(): MemtableIterator {
     return new MemtableIterator(this);
   }
 
-  /** Indexes the nodes inserted since the last read, oldest first (so the newest wins). */
+  /** Indexes the entries inserted since the last read, oldest first (so the newest wins). */
   private catchUpIndex(): void {
-    const nodes = this.unindexed;
-    this.unindexed = [];
-    for (const n of nodes) this.index.put(n, bloomHash(n.buf, n.keyStart, n.keyEnd));
+    const arena = this.arena;
+    for (let id = this.indexed; id < arena.count; id++) {
+      const buf = arena.bufOf(id);
+      const ks = arena.keyStartOf(id);
+      const ke = arena.keyEndOf(id);
+      this.index.put(id, bloomHash(buf, ks, ke), buf, ks, ke);
+    }
+    this.indexed = arena.count;
   }
 }
-
-const EMPTY = new Uint8Array(0);
 
 /**
  * Cursor over a memtable, which may still take inserts: inserts shift entries within and
  * between leaves, so after one the cursor finds its entry again (entries are never removed).
+ * Views of the current key and value are made on first use at each position.
  */
 export class MemtableIterator implements InternalIterator {
-  private node: Node | null = null;
+  private id = -1;
   private leafIndex = 0;
   private entry = 0;
   private seen = 0;
+  private keyView: Uint8Array | null = null;
+  private valueView: Uint8Array | null = null;
   constructor(private readonly table: Memtable) {}
 
   private load(leafIndex: number, entry: number): void {
     const t = this.table;
+    this.keyView = null;
+    this.valueView = null;
     if (leafIndex >= t.leafCount || leafIndex < 0) {
-      this.node = null;
+      this.id = -1;
       return;
     }
     const leaf = t.leaf(leafIndex);
     if (entry >= leaf.count || entry < 0) {
-      this.node = null;
+      this.id = -1;
       return;
     }
     this.leafIndex = leafIndex;
     this.entry = entry;
-    this.node = leaf.nodes[entry];
+    this.id = leaf.ids[entry];
     this.seen = t.modifications;
   }
 
   /** Re-finds the current entry if the memtable changed since it was found. */
   private settle(): void {
     if (this.seen === this.table.modifications) return;
-    const n = this.node!;
-    const [li, at] = this.table.seekPosition(n.key, n.seq); // the key view is made once per node
+    const [li, at] = this.table.positionOf(this.id);
+    const key = this.keyView;
+    const value = this.valueView;
     this.load(li, at);
+    this.keyView = key; // same entry: its views stay right
+    this.valueView = value;
   }
 
   valid(): boolean {
-    return this.node !== null;
+    return this.id >= 0;
   }
   seekToFirst(): void {
     this.load(0, 0);
@@ -432,24 +481,26 @@ export class MemtableIterator implements InternalIterator {
     this.settle();
     if (this.entry > 0) this.load(this.leafIndex, this.entry - 1);
     else if (this.leafIndex > 0) this.load(this.leafIndex - 1, this.table.leaf(this.leafIndex - 1).count - 1);
-    else this.node = null;
+    else this.load(-1, 0);
   }
   key(): Uint8Array {
-    return this.node!.key;
+    return (this.keyView ??= this.table.keyOf(this.id));
   }
   seq(): number {
-    return this.node!.seq;
+    return this.table.seqOf(this.id);
   }
   kind(): number {
-    return this.node!.kind;
+    return this.table.kindOf(this.id);
   }
   value(): Uint8Array {
-    return this.node!.value;
+    return (this.valueView ??= this.table.valueOf(this.id));
   }
   valueCopy(): Uint8Array {
-    return this.node!.valueCopy();
+    return this.table.valueCopyOf(this.id);
   }
   close(): void {
-    this.node = null;
+    this.id = -1;
+    this.keyView = null;
+    this.valueView = null;
   }
 }

@@ -6,7 +6,7 @@ import { forEachBatchOp } from "./batch.ts";
 import { writeTable, type CompactionContext } from "./compaction.ts";
 import { ioError } from "./errors.ts";
 import { fsyncDir, logFileName, type VersionSet } from "./manifest.ts";
-import { Memtable } from "./memtable.ts";
+import { type Memtable, newMemtable } from "./memtable.ts";
 import type { ResolvedOptions } from "./options.ts";
 import { emptyEdit, type VersionEdit } from "./version.ts";
 import { LogWriter, readLog } from "./wal.ts";
@@ -55,7 +55,7 @@ export async function recover(dir: string, opts: ResolvedOptions, versions: Vers
   for (const [, f] of edit.added) ctx.pendingOutputs.delete(f.number);
   let tableBytes = 0;
   for (const [, f] of edit.added) tableBytes += f.size;
-  return { lastSeq: state.lastSeq, wal, mem: new Memtable(walNumber), tableBytes, obsoleteLogs: logs.filter((n) => n < walNumber) };
+  return { lastSeq: state.lastSeq, wal, mem: newMemtable(walNumber, opts.memtableBytes), tableBytes, obsoleteLogs: logs.filter((n) => n < walNumber) };
 }
 
 /** Replays one WAL file into memtables, writing each full memtable (and the rest) to L0. */
@@ -70,14 +70,14 @@ async function replayLog(
   } catch (e) {
     throw ioError(name, "read", e);
   }
-  let mem = new Memtable(number);
+  let mem = newMemtable(number, opts.memtableBytes);
   const flush = async (): Promise<void> => {
     if (mem.count === 0) return;
     const iter = mem.iterator();
     iter.seekToFirst();
     const f = await writeTable(ctx, iter);
     if (f) edit.added.push([0, f]);
-    mem = new Memtable(number);
+    mem = newMemtable(number, opts.memtableBytes);
   };
   const batches: { payload: Uint8Array; offset: number }[] = [];
   const result = readLog(data, name, (payload, offset) => batches.push({ payload, offset }));

@@ -86,6 +86,8 @@ export function countTable(w: TableWrites, t: BuiltTable): void {
 export interface FlushResult {
   file: WireFile | null;
   writes: TableWrites;
+  /** The job's batches buffer, handed back (transferred) for the next flush to fill. */
+  batches?: Uint8Array;
 }
 export interface CompactResult {
   added: WireFile[];
@@ -132,16 +134,53 @@ export async function flushBatches(job: FlushJob): Promise<FlushResult> {
     total += readU32(buf, start + 8);
     start = end;
   }
-  if (total === 0) return { file: null, writes: noWrites() };
-  const keyStart = new Int32Array(total);
-  const keyEnd = new Int32Array(total);
-  const valStart = new Int32Array(total);
-  const valEnd = new Int32Array(total);
-  const seqs = new Float64Array(total);
-  const kinds = new Uint8Array(total);
-  const w0 = new Float64Array(total);
-  const w1 = new Float64Array(total);
-  const w2 = new Float64Array(total);
+  if (total === 0) return { file: null, writes: noWrites(), batches: job.batches };
+  const scratch = takeScratch(total);
+  try {
+    return await flushWith(job, total, scratch);
+  } finally {
+    if (scratchPool.length < 2) scratchPool.push(scratch);
+  }
+}
+
+/** One flush's decoded entries: offsets, sequences, kinds, key words and the order. */
+interface FlushScratch {
+  keyStart: Int32Array;
+  keyEnd: Int32Array;
+  valStart: Int32Array;
+  valEnd: Int32Array;
+  seqs: Float64Array;
+  kinds: Uint8Array;
+  w0: Float64Array;
+  w1: Float64Array;
+  w2: Float64Array;
+  order: number[];
+}
+
+/**
+ * Scratch arrays kept between flushes (a thread flushes memtables of about one size over and
+ * over: fresh arrays each time were ~1 MiB of garbage per 4 MiB memtable). A pool, not one set:
+ * flushes of two databases may interleave in the worker.
+ */
+const scratchPool: FlushScratch[] = [];
+
+function takeScratch(total: number): FlushScratch {
+  let s = scratchPool.pop();
+  if (s === undefined || s.seqs.length < total) {
+    const cap = Math.max(total + (total >>> 3), 1024);
+    s = {
+      keyStart: new Int32Array(cap), keyEnd: new Int32Array(cap), valStart: new Int32Array(cap), valEnd: new Int32Array(cap),
+      seqs: new Float64Array(cap), kinds: new Uint8Array(cap), w0: new Float64Array(cap), w1: new Float64Array(cap), w2: new Float64Array(cap),
+      order: [],
+    };
+  }
+  return s;
+}
+
+async function flushWith(job: FlushJob, total: number, scratch: FlushScratch): Promise<FlushResult> {
+  const buf = job.batches;
+  const { keyStart, keyEnd, valStart, valEnd, seqs, kinds, w0, w1, w2 } = scratch;
+  let start = 0;
   let n = 0;
   start = 0;
   // One pass decodes every op as offsets, checking each stays inside its batch.
@@ -183,7 +222,8 @@ export async function flushBatches(job: FlushJob): Promise<FlushResult> {
     if (p !== end) throw corruption("memtable batch", start, "bytes left after the last op");
     start = end;
   }
-  const order: number[] = new Array<number>(total);
+  const order = scratch.order;
+  order.length = total;
   const given = job.order !== undefined && job.order.length === total ? givenOrder(job.order) : null;
   for (let i = 0; i < total; i++) order[i] = given === null ? i : given[i];
   // Most comparisons end on the first 18 key bytes held as numbers.
@@ -214,6 +254,7 @@ export async function flushBatches(job: FlushJob): Promise<FlushResult> {
     return {
       file: { number: job.number, size: built.fileSize, smallest: builder.smallest!, largest: builder.largest! },
       writes: { tableBytes: built.fileSize, rawDataBytes: built.rawDataBytes, storedDataBytes: built.storedDataBytes },
+      batches: buf,
     };
   } catch (e) {
     builder.abandon();

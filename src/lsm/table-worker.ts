@@ -4,7 +4,7 @@ import type { LsmError } from "./errors.ts";
 import { compactTables, flushBatches, type FromWorker, type ToWorker } from "./table-jobs.ts";
 
 declare const self: {
-  postMessage(m: FromWorker): void;
+  postMessage(m: FromWorker, transfer?: ArrayBuffer[]): void;
   onmessage: ((e: MessageEvent<ToWorker>) => void) | null;
 };
 
@@ -29,7 +29,11 @@ self.onmessage = (e) => {
           }),
         );
   run.then(
-    (result) => send({ type: "done", id: m.id, result }),
+    (result) => {
+      // A flush hands its batches buffer back for the next flush to reuse.
+      const batches = "batches" in result ? result.batches : undefined;
+      self.postMessage({ type: "done", id: m.id, result }, batches ? [batches.buffer as ArrayBuffer] : []);
+    },
     (err: unknown) => {
       const x = err as Partial<LsmError> | null;
       send({

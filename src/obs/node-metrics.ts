@@ -30,6 +30,16 @@ export interface NodeEvent {
 
 const MAX_EVENTS = 64;
 
+/** What the metrics read of the RPC server's HTTP/2 engine (RpcServer.stats). */
+export interface EngineView {
+  readonly h2EngineConnections: number;
+  readonly h2Relayed: number;
+  readonly h2Engine: { readonly goAways: readonly number[]; readonly rapidResets: number };
+}
+
+/** HTTP/2 error code names (RFC 9113 §7), the GOAWAY counter's label values. */
+const H2_CODES = ["NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT", "STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR", "CONNECT_ERROR", "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED"];
+
 /** What the metrics read of the RPC server's admission control (src/rpc/server/admission.ts). */
 export interface AdmissionView {
   readonly stats: { readonly admitted: number; readonly refusedCalls: number; readonly refusedBytes: number };
@@ -64,6 +74,8 @@ export class NodeMetrics {
   admission: AdmissionView | null = null;
   /** The port's connection counters (RpcServer.connectionStats), once the port is bound. */
   connections: (() => Readonly<ConnectionStats>) | null = null;
+  /** The RPC server's path counters (RpcServer.stats), once the port is bound. */
+  engine: EngineView | null = null;
 
   readonly raftObserver: RaftObserver = {
     proposed: (count) => {
@@ -272,6 +284,21 @@ export class NodeMetrics {
       scraped("kvraft_rpc_admitted_in_flight_calls", "Admitted client calls not yet answered.", "gauge", () => (this.admission === null ? [] : [{ value: this.admission.inFlightCalls }])),
       scraped("kvraft_rpc_admitted_in_flight_bytes", "Request bytes of the admitted calls not yet answered.", "gauge", () => (this.admission === null ? [] : [{ value: this.admission.inFlightBytes }])),
       ...this.connectionMetrics(),
+      ...this.engineMetrics(),
+    ];
+  }
+
+  private engineMetrics(): ScrapedMetric[] {
+    const read = (pick: (s: EngineView) => number) => () => (this.engine === null ? [] : [{ value: pick(this.engine) }]);
+    return [
+      scraped("kvraft_rpc_h2_engine_connections_total", "Client HTTP/2 connections served by the node's own HTTP/2 engine.", "counter", read((s) => s.h2EngineConnections)),
+      scraped("kvraft_rpc_h2_engine_relayed_streams_total", "Engine streams relayed to node:http2 (streaming calls, plain HTTP routes, odd requests).", "counter", read((s) => s.h2Relayed)),
+      scraped("kvraft_rpc_h2_engine_goaways_total", "GOAWAY frames the engine sent, by HTTP/2 error code (NO_ERROR: graceful close).", "counter", () => {
+        const e = this.engine;
+        // Codes never sent are left out: a dozen zero series on every node say nothing.
+        return e === null ? [] : e.h2Engine.goAways.flatMap((value, code) => (value > 0 || code === 0 ? [{ labels: { code: H2_CODES[code]! }, value }] : []));
+      }),
+      scraped("kvraft_rpc_h2_engine_rapid_reset_refusals_total", "Engine connections ended (GOAWAY ENHANCE_YOUR_CALM) for resetting streams faster than 1,000 a second.", "counter", read((s) => s.h2Engine.rapidResets)),
     ];
   }
 

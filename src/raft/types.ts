@@ -287,7 +287,9 @@ export interface ReadState {
  *    own AppendEntries, Heartbeat and InstallSnapshot may leave before or during step 1 (thesis
  *    §10.2.1): the core counts the leader's entries toward commit only once advance() reports them,
  *    durable,
- * 3. apply `committedEntries` to the state machine, serve `readStates` once applied,
+ * 3. apply `committedEntries` to the state machine, serve `readStates` once applied (entries this
+ *    node's log already held durably before step 1 may be applied while step 1 runs: they are
+ *    committed and on this disk, so nothing about them waits for this write),
  * 4. call `advance(ready)`.
  */
 export interface Ready {

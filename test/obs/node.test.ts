@@ -8,6 +8,10 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.ts";
 import { parsePromText, sumOf, type PromSample } from "../../src/obs/prom-text.ts";
 import { TestCluster, kvclient } from "../e2e/harness.ts";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import { CLIENT_PREFACE, ErrorCode, FLAG_END_HEADERS, FrameType, frameHeader, settingsFrame } from "../../src/rpc/h2/frames.ts";
+import { encodeHeaders } from "../../src/rpc/h2/hpack-encoder.ts";
 
 setDefaultTimeout(60_000);
 
@@ -131,6 +135,74 @@ describe("metrics", () => {
     expect(sumOf(l, "process_resident_memory_bytes")).toBeGreaterThan(1_000_000);
     expect(l.some((s) => s.name === "nodejs_eventloop_lag_seconds")).toBe(true);
     expect(l.every((s) => s.labels.node === String(leader))).toBe(true);
+  });
+});
+
+/** One frame's bytes. */
+function h2Frame(type: number, flags: number, streamId: number, payload: Uint8Array): Buffer {
+  const out = Buffer.alloc(9 + payload.length);
+  frameHeader(out, 0, payload.length, type, flags, streamId);
+  out.set(payload, 9);
+  return out;
+}
+
+describe("HTTP/2 engine metrics", () => {
+  test("engine connections, relayed streams, GOAWAYs by code and rapid-reset refusals are scraped", async () => {
+    const id = 0;
+    const before = await scrape(id);
+    // A stream the engine relays to node:http2 (a plain HTTP route).
+    const session = http2.connect(`http://${cluster.addrs[id]}`);
+    session.on("error", () => {});
+    const status = await new Promise<number>((resolve, reject) => {
+      const stream = session.request({ ":method": "GET", ":path": "/livez" });
+      let code = 0;
+      stream.on("response", (h) => (code = Number(h[":status"])));
+      stream.on("error", reject);
+      stream.resume();
+      stream.on("close", () => resolve(code));
+    });
+    expect(status).toBe(200);
+    session.close();
+
+    // A rapid-reset flood: 1,100 streams opened and reset at once ends the connection.
+    const [host, port] = cluster.addrs[id]!.split(":");
+    const socket = net.connect({ host, port: Number(port) });
+    socket.on("error", () => {});
+    let received = Buffer.alloc(0);
+    socket.on("data", (chunk: Buffer) => (received = Buffer.concat([received, chunk])));
+    const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+    const block = encodeHeaders([
+      [":method", "POST"],
+      [":scheme", "http"],
+      [":path", "/kvraftpb.KVService/Command"],
+      [":authority", "localhost"],
+      ["content-type", "application/json"],
+    ]);
+    const rst = Buffer.from([0, 0, 0, ErrorCode.CANCEL]);
+    const frames: Buffer[] = [CLIENT_PREFACE, settingsFrame([])];
+    for (let i = 0; i < 1100; i++) frames.push(h2Frame(FrameType.HEADERS, FLAG_END_HEADERS, 2 * i + 1, block), h2Frame(FrameType.RST_STREAM, 0, 2 * i + 1, rst));
+    socket.write(Buffer.concat(frames));
+    await Promise.race([closed, Bun.sleep(10_000)]);
+    socket.destroy();
+    // The last frame the engine sent is GOAWAY(ENHANCE_YOUR_CALM).
+    let last = { type: -1, payload: Buffer.alloc(0) };
+    for (let pos = 0; pos + 9 <= received.length; ) {
+      const length = received.readUIntBE(pos, 3);
+      last = { type: received[pos + 3]!, payload: received.subarray(pos + 9, pos + 9 + length) };
+      pos += 9 + length;
+    }
+    expect(last.type).toBe(FrameType.GOAWAY);
+    expect(last.payload.readUInt32BE(4)).toBe(ErrorCode.ENHANCE_YOUR_CALM);
+
+    const after = await scrape(id);
+    const delta = (name: string, where: Record<string, string> = {}) => sumOf(after, name, where) - sumOf(before, name, where);
+    expect(delta("kvraft_rpc_h2_engine_connections_total")).toBeGreaterThanOrEqual(2);
+    expect(delta("kvraft_rpc_h2_engine_relayed_streams_total")).toBeGreaterThanOrEqual(1);
+    expect(delta("kvraft_rpc_h2_engine_goaways_total", { code: "ENHANCE_YOUR_CALM" })).toBe(1);
+    expect(delta("kvraft_rpc_h2_engine_rapid_reset_refusals_total")).toBe(1);
+    // The graceful code is always reported, even at zero.
+    expect(after.some((s) => s.name === "kvraft_rpc_h2_engine_goaways_total" && s.labels.code === "NO_ERROR")).toBe(true);
   });
 });
 

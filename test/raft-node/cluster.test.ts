@@ -173,6 +173,37 @@ describe("RaftNode cluster (simulated)", () => {
     expectConsistent(c);
   });
 
+  test("a follower applies committed entries it already holds while its next write is still syncing", async () => {
+    const c = cluster(3, 4);
+    await c.start();
+    const leader = await c.waitForLeader();
+    await proposeAll(c, commands("ok", 10));
+    await c.runUntil(() => appliedEverywhere(c, 10), 10_000, "first 10 applied");
+    const follower = [...c.nodes.keys()].find((id) => id !== leader.id)!;
+    const store = c.logs.get(follower) as MemoryLogStore;
+    const machine = c.machines.get(follower)!;
+    // The follower holds "a" durably; its commit reaches it with the AppendEntries of "b", whose write
+    // never completes while syncs are held. "a" must be applied anyway: it is on this disk already.
+    // (Appends and heartbeats from the leader are cut once the follower holds "a", so no commit-only
+    // message tells it about "a" before "b" arrives.)
+    const seen: number[] = [];
+    machine.onApply = () => seen.push(store.pendingWrites);
+    const a = await leader.propose(enc.encode("a"));
+    await c.runUntil(() => c.node(follower).status().lastIndex >= a.index, 1_000, "a held by the follower");
+    c.network.blockOneWay(leader.id, follower);
+    await c.runUntil(() => leader.status().commitIndex >= a.index, 1_000, "a committed");
+    expect(machine.commands).not.toContain("a");
+    store.holdSyncs(true);
+    c.network.heal();
+    await leader.propose(enc.encode("b"));
+    await c.runUntil(() => machine.commands.includes("a"), 1_000, "a applied during the follower's held write of b");
+    expect(seen.at(-1)).toBeGreaterThan(0); // its apply ran while the write of "b" was pending
+    expect(machine.commands).not.toContain("b");
+    store.holdSyncs(false);
+    await c.runUntil(() => appliedEverywhere(c, 12), 10_000, "all 12 applied");
+    expectConsistent(c);
+  });
+
   test("a partitioned leader is replaced; after healing its uncommitted entries are dropped", async () => {
     const c = cluster(5, 5);
     await c.start();

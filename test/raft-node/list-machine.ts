@@ -39,7 +39,11 @@ export class ListMachine implements StateMachine {
     return this.state.commands;
   }
 
+  /** Called at the start of every apply (tests look at what else is going on at that moment). */
+  onApply: ((entries: Entry[]) => void) | null = null;
+
   async apply(entries: Entry[]): Promise<void> {
+    this.onApply?.(entries);
     for (const e of entries) {
       if (e.index !== this.state.index + 1) {
         this.violations.push(`entry ${e.index} applied after ${this.state.index}`);

@@ -48,6 +48,20 @@ export interface H2ConnectionOptions {
   onStream(stream: H2Stream): void;
   /** A request whose headers exceed maxHeaderListSize: answered by the handler (431). */
   onOversizeHeaders(stream: H2Stream): void;
+  /** Counters shared by every connection of a server (for /metrics); none: not counted. */
+  counters?: EngineCounters;
+}
+
+/** What the engine's connections count as it happens. */
+export interface EngineCounters {
+  /** GOAWAY frames sent, indexed by error code (RFC 9113 §7; 0..13). */
+  goAways: number[];
+  /** Connections ended because the client reset streams faster than MAX_RESETS_PER_SECOND. */
+  rapidResets: number;
+}
+
+export function engineCounters(): EngineCounters {
+  return { goAways: new Array<number>(14).fill(0), rapidResets: 0 };
 }
 
 export const DEFAULT_ENGINE_OPTIONS = {
@@ -138,6 +152,7 @@ export class H2Connection implements StreamOwner {
   close(): void {
     if (this.goingAway || this.phase === "closed") return;
     this.goingAway = true;
+    this.countGoAway(ErrorCode.NO_ERROR);
     this.queue(goaway(this.lastStreamId, ErrorCode.NO_ERROR, ""));
     this.writer.flush();
     if (this.streams.size === 0) this.socket.end();
@@ -285,7 +300,10 @@ export class H2Connection implements StreamOwner {
     if (stream === undefined) return;
     // Opening streams and cancelling them at once costs us work the stream limit does not bound
     // (the "rapid reset" attack): past a rate no client needs, the connection ends.
-    if (!this.resets.take(Date.now())) throw new ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "too many streams reset by the client");
+    if (!this.resets.take(Date.now())) {
+      if (this.options.counters !== undefined) this.options.counters.rapidResets++;
+      throw new ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "too many streams reset by the client");
+    }
     this.finishStream(stream, payload.readUInt32BE(0) as ErrorCode);
   }
 
@@ -475,6 +493,7 @@ export class H2Connection implements StreamOwner {
   /** A connection error: GOAWAY with the code, then the socket ends. */
   private fail(code: ErrorCode, message: string): void {
     if (this.phase === "closed") return;
+    this.countGoAway(code);
     this.queue(goaway(this.lastStreamId, code, message));
     this.writer.flush();
     this.phase = "closed";
@@ -490,6 +509,11 @@ export class H2Connection implements StreamOwner {
     this.buffered = null;
     for (const stream of [...this.streams.values()]) this.finishStream(stream, ErrorCode.CANCEL);
     this.writer.clear();
+  }
+
+  private countGoAway(code: ErrorCode): void {
+    const counts = this.options.counters?.goAways;
+    if (counts !== undefined && code < counts.length) counts[code]!++;
   }
 
   private queue(frame: Buffer): void {

@@ -8,7 +8,7 @@
 import * as http2 from "node:http2";
 import type * as net from "node:net";
 import { duplexPair } from "node:stream";
-import { H2Connection, DEFAULT_ENGINE_OPTIONS } from "../h2/connection.ts";
+import { H2Connection, DEFAULT_ENGINE_OPTIONS, type EngineCounters } from "../h2/connection.ts";
 import { ErrorCode } from "../h2/frames.ts";
 import { dateField, encodeHeaders } from "../h2/hpack-encoder.ts";
 import type { H2Stream } from "../h2/stream.ts";
@@ -19,7 +19,7 @@ import { invokeUnary, type CallSource, type UnaryRoutes } from "./unary-routes.t
 
 export interface EngineHost extends H2LaneHost {
   unary: UnaryRoutes;
-  stats: { h2Calls: number; h2LibraryCalls: number; h2Relayed: number };
+  stats: { h2Calls: number; h2LibraryCalls: number; h2Relayed: number; h2Engine: EngineCounters };
   maxConcurrentStreams: number;
   /**
    * Opens an in-memory connection to the node:http2 server for `socket`'s other streams; calls
@@ -45,6 +45,7 @@ export class EngineLane {
     this.connection = new H2Connection(socket, {
       ...DEFAULT_ENGINE_OPTIONS,
       maxConcurrentStreams: host.maxConcurrentStreams,
+      counters: host.stats.h2Engine,
       onStream: (stream) => this.onStream(stream),
       onOversizeHeaders: (stream) => stream.sendHeaders(encodeHeaders([[":status", "431"]]), true),
     });

@@ -14,6 +14,7 @@ import { FrameRoutes } from "./frame-lane.ts";
 import { Http1Lane, type LaneHost } from "./http1-lane.ts";
 import { routeStreams } from "./h2-lane.ts";
 import { EngineLane, openInternalSession, type EngineHost } from "./h2-engine-lane.ts";
+import { engineCounters, type EngineCounters } from "../h2/connection.ts";
 import { PEER_TAG, tagPrefix } from "./peer-tag.ts";
 import { ACCEPT_COMPRESSION, COMPRESS_MIN_BYTES, UnaryRoutes, streamingPathsOf } from "./unary-routes.ts";
 import { connectionKey, connectionOf, type CallGate } from "./connection.ts";
@@ -99,6 +100,8 @@ export interface RpcServerStats {
   /** Client HTTP/2 connections served by the engine, and streams it relayed to node:http2. */
   h2EngineConnections: number;
   h2Relayed: number;
+  /** The engine's GOAWAYs by code and rapid-reset refusals. */
+  h2Engine: EngineCounters;
   refusedTls: number;
   refusedCleartext: number;
 }
@@ -250,7 +253,7 @@ export class RpcServer {
       socket.destroy();
     });
     const h2 = http2.createServer({ settings: { maxConcurrentStreams: options.maxStreamsPerConnection ?? 256 } }, handle);
-    const stats: RpcServerStats = { laneCalls: 0, laneHandovers: 0, h2Calls: 0, h2LibraryCalls: 0, h2EngineConnections: 0, h2Relayed: 0, refusedTls: 0, refusedCleartext: 0 };
+    const stats: RpcServerStats = { laneCalls: 0, laneHandovers: 0, h2Calls: 0, h2LibraryCalls: 0, h2EngineConnections: 0, h2Relayed: 0, h2Engine: engineCounters(), refusedTls: 0, refusedCleartext: 0 };
     // The headers handle() sets for a call from an allowed origin, for the HTTP/2 lane to send alike.
     const corsHeaders = new Map<string, Record<string, string> | null>();
     const cors = (origin: string): Record<string, string> | null => {

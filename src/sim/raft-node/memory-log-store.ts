@@ -148,6 +148,11 @@ export class MemoryLogStore implements LogStore {
     return this.held;
   }
 
+  /** Writes whose callers still wait for their sync (held, or not yet flushed this turn). */
+  get pendingWrites(): number {
+    return this.waiters.length;
+  }
+
   /** While held, writes stay unsynced (their promises pending) until release or crash. */
   holdSyncs(hold: boolean): void {
     this.held = hold;
