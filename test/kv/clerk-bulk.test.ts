@@ -8,6 +8,23 @@ import { MAX_BULK_BATCHES, bulkBatches, runBulk, type BulkHost, type BulkSession
 import { BatchResponseSchema, BatchResultSchema, CommandResponseSchema, KVService, Op, type BatchRequest } from "../../src/gen/kvraftpb/kvraft_pb.ts";
 
 /** A node answering every Batch: as the leader (OK each) or as a follower naming `leaderId`. */
+/** A BulkHost over the given nodes: fresh sessions on demand, short timeouts. */
+function fakeHost(nodes: Pick<BulkHost, "ids" | "clients" | "addrs" | "leader">): BulkHost {
+  let next = 1n;
+  return {
+    ...nodes,
+    acquire: async (): Promise<BulkSession> => ({ id: next++, nextCommandId: 1n }),
+    release: () => {},
+    reregister: async () => {},
+    registered: true,
+    callTimeoutMs: 1000,
+    operationTimeoutMs: 5000,
+    backoffMs: 1,
+    maxBackoffMs: 5,
+    maxRequestBytes: 1 << 20,
+  };
+}
+
 function fakeNode(calls: number[], slot: number, leaderId: number | null): Client<typeof KVService> {
   return {
     batch: async (request: BatchRequest) => {
@@ -27,22 +44,7 @@ describe("bulk writer", () => {
     const calls = [0, 0, 0];
     // Slot 0 (node 0) and slot 1 (node 1) follow node 4, which sits in slot 2.
     const clients = [fakeNode(calls, 0, 4), fakeNode(calls, 1, 4), fakeNode(calls, 2, null)];
-    let next = 1n;
-    const host: BulkHost = {
-      ids,
-      clients,
-      addrs: ["a:1", "b:2", "e:5"],
-      leader: 0,
-      acquire: async (): Promise<BulkSession> => ({ id: next++, nextCommandId: 1n }),
-      release: () => {},
-      reregister: async () => {},
-      registered: true,
-      callTimeoutMs: 1000,
-      operationTimeoutMs: 5000,
-      backoffMs: 1,
-      maxBackoffMs: 5,
-      maxRequestBytes: 1 << 20,
-    };
+    const host = fakeHost({ ids, clients, addrs: ["a:1", "b:2", "e:5"], leader: 0 });
     const pairs: [string, string][] = Array.from({ length: 50 }, (_, i) => [`k${i}`, `v${i}`]);
     const result = await runBulk(host, { op: Op.PUT, concurrency: 10, batchCommands: 10, maxRpcs: 1 }, pairs[Symbol.iterator]());
     expect(result.failure).toBeNull();
@@ -86,22 +88,7 @@ describe("bulk writer", () => {
         return create(BatchResponseSchema, { results: request.commands.map(() => create(BatchResultSchema, { response })) });
       },
     } as unknown as Client<typeof KVService>;
-    let next = 1n;
-    const host: BulkHost = {
-      ids: [0],
-      clients: [slow],
-      addrs: ["a:1"],
-      leader: 0,
-      acquire: async (): Promise<BulkSession> => ({ id: next++, nextCommandId: 1n }),
-      release: () => {},
-      reregister: async () => {},
-      registered: true,
-      callTimeoutMs: 1000,
-      operationTimeoutMs: 5000,
-      backoffMs: 1,
-      maxBackoffMs: 5,
-      maxRequestBytes: 1 << 20,
-    };
+    const host = fakeHost({ ids: [0], clients: [slow], addrs: ["a:1"], leader: 0 });
     const pairs: [string, string][] = Array.from({ length: 2000 }, (_, i) => [`k${i}`, `v${i}`]);
     const result = await runBulk(host, { op: Op.PUT, concurrency: 256, batchCommands: 32, maxRpcs: 3 }, pairs[Symbol.iterator]());
     expect(result.failure).toBeNull();
