@@ -74,9 +74,11 @@ options
                      Clerk over HTTP/2 binary Connect / gRPC, batching concurrent operations),
                      clerk-h2-unbatched (one RPC per operation), etcd3 (etcd's npm client over gRPC);
                      default http1,clerk-h2,clerk-grpc,etcd3
-  --clients LIST     cluster: concurrent clients per point (default 1,16,64,256; 1,64 with --quick)
+  --clients LIST     cluster: concurrent clients per point (default 1,16,64,256; 1,64 with --quick;
+                     at most 4096, or 65536 writes in flight for bulk)
   --workloads LIST   cluster: put, get, mix, overload (default these four), and bulk: the Clerk's
-                     putMany with --clients writes in flight (Clerk paths only; e.g. --clients 2048).
+                     putMany with --clients writes in flight (Clerk paths only; e.g. --clients 4096,8192:
+                     Batch RPCs of 1,024, as many as that takes, at least 4).
                      overload: raw HTTP/2 writers retrying refusals after the node's hint, at 32,
                      128, 512 and 2048 to find the saturating concurrency, then at 4x and 16x it:
                      goodput against the peak, p99, refusals, leader changes (at most 5 s per run)
@@ -151,7 +153,7 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
       }
       case "--clients": {
         const raw = value();
-        o.clients = (raw ?? "").split(",").map((n) => positiveInt("--clients", n, 4096));
+        o.clients = (raw ?? "").split(",").map((n) => positiveInt("--clients", n, 65536));
         break;
       }
       case "--workloads": {
@@ -218,5 +220,9 @@ export function parseArgs(argv: readonly string[], defaultResultsDir: string): B
   if (o.noFastLane && !o.suites.includes("cluster")) throw new UsageError("--no-fast-lane applies to the cluster suite; add `cluster`");
   if (o.cpuProf && !o.suites.includes("catchup")) throw new UsageError("--cpu-prof applies to the catchup suite; add `catchup`");
   if (o.big && !o.suites.includes("lsm")) throw new UsageError("--big applies to the lsm suite; add `lsm`");
+  // Beyond 4,096 only bulk makes sense: its clients are writes in flight through one Clerk, not connections.
+  if ((o.clients ?? []).some((n) => n > 4096) && (o.workloads === null || o.workloads.some((w) => w !== "bulk"))) {
+    throw new UsageError("--clients above 4096 is for --workloads bulk only (writes in flight through one Clerk)");
+  }
   return o;
 }

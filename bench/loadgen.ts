@@ -53,6 +53,8 @@ export interface LoadResult {
 }
 
 const MAX_CLIENTS = 4096;
+/** bulk: writes in flight through one Clerk (sessions, not connections), so more are allowed. */
+const MAX_BULK_IN_FLIGHT = 65_536;
 const MAX_ERROR_SAMPLES = 5;
 /** A run never outlasts its duration by more than this, whatever the servers do. */
 const HARD_EXTRA_MS = 30_000;
@@ -64,7 +66,8 @@ export function validateConfig(c: LoadConfig): LoadConfig {
   if (c.protocol !== "kvraft" && c.protocol !== "etcd") bad(`protocol must be kvraft or etcd, got ${c.protocol}`);
   if (!["put", "get", "mix", "preload", "bulk"].includes(c.workload)) bad(`unknown workload ${c.workload}`);
   if (c.workload === "bulk" && !(c.path ?? "").startsWith("clerk")) bad("workload bulk runs through a Clerk path (putMany)");
-  if (!Number.isInteger(c.clients) || c.clients < 1 || c.clients > MAX_CLIENTS) bad(`clients must be 1..${MAX_CLIENTS}`);
+  const maxClients = c.workload === "bulk" ? MAX_BULK_IN_FLIGHT : MAX_CLIENTS;
+  if (!Number.isInteger(c.clients) || c.clients < 1 || c.clients > maxClients) bad(`clients must be 1..${maxClients}${c.workload === "bulk" ? " for bulk" : ""}`);
   if (!Number.isInteger(c.port) || c.port < 1 || c.port > 65535) bad(`bad port ${c.port}`);
   if (c.host !== "127.0.0.1") bad("the generator only talks to 127.0.0.1");
   if (!(c.durationMs > 0 && c.durationMs <= 3_600_000)) bad("durationMs must be in (0, 1 h]");

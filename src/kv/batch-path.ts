@@ -60,7 +60,7 @@ export async function writeBatch(r: WriteReplica, writes: readonly CommandArgs[]
   const waiting = entries.map((entry) => {
     const nonce = r.nonce();
     const data = encodeBatchCommand(entry.items, { nonce, timestamp, maxValueBytes: r.maxValueBytes });
-    return { entry, data, ...r.writes.open(0n, nonce) };
+    return { entry, data, ...r.writes.open(0n, nonce, true) };
   });
   try {
     // One proposal: the entries take consecutive indexes in one append.

@@ -55,6 +55,25 @@ interface Item {
   sends: number;
 }
 
+/** Batch RPCs a bulk load keeps in flight at least by default: a small load still overlaps a few. */
+export const MIN_BULK_BATCHES = 4;
+/**
+ * Batch RPCs one bulk load keeps in flight at most, whatever it asks for: with 1,024 writes each,
+ * 64 RPCs are 65,536 writes, beyond what one leader holds pending (10,000 commands by default).
+ */
+export const MAX_BULK_BATCHES = 64;
+
+/**
+ * Batch RPCs in flight for a load of `concurrency` writes at up to `batchCommands` per RPC: as
+ * asked (`requested`), or by default as many as carry every write in flight (so `concurrency` is
+ * what reaches the leader, not what waits in the Clerk), at least MIN_BULK_BATCHES; never more
+ * than MAX_BULK_BATCHES.
+ */
+export function bulkBatches(concurrency: number, batchCommands: number, requested?: number): number {
+  const wanted = requested !== undefined && Number.isFinite(requested) ? Math.floor(requested) : Math.max(MIN_BULK_BATCHES, Math.ceil(concurrency / Math.max(1, batchCommands)));
+  return Math.max(1, Math.min(MAX_BULK_BATCHES, wanted));
+}
+
 /** Sessions the writer starts with; it doubles them while the load needs more, up to its concurrency. */
 const REGISTER_CHUNK = 32;
 

@@ -71,10 +71,18 @@ export type NodeStatus =
 export interface BulkOptions {
   /**
    * Writes in flight at once (default and at most: the Clerk's maxConcurrency, one session each).
-   * They travel as up to 4 Batch RPCs of up to `batch.maxCommands` (1,024) writes: more than
-   * 4,096 only wait in the Clerk. For a bulk load, open the Clerk with maxConcurrency 2048-4096.
+   * They travel as Batch RPCs of up to `batch.maxCommands` (1,024) writes, `batches` of them at
+   * once. For a bulk load, open the Clerk with maxConcurrency 4096-8192: throughput is writes in
+   * flight over a batch's latency until the CPU is full; 4,096 fill two cores, more helps on a
+   * machine shared with other work (src/kv/DESIGN.md, "Where a batch's time goes").
    */
   concurrency?: number;
+  /**
+   * Batch RPCs in flight at most (1..64). Default: enough to carry `concurrency` writes at
+   * `batch.maxCommands` each, at least 4 (so 4,096 writes go as 4 RPCs of 1,024, 8,192 as 8).
+   * More RPCs of fewer writes each smooth the pipeline; fewer cost less per write.
+   */
+  batches?: number;
   /** Called once per acknowledged write (applied exactly once), in acknowledgement order: progress, checkpoints. */
   onWritten?: (key: string, value: string) => void;
 }

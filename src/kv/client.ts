@@ -22,7 +22,7 @@ import {
 } from "./clerk-txn.ts";
 import { clerkWatch, type WatchBatch, type WatchOptions } from "./clerk-watch.ts";
 import { ClerkNodes } from "./clerk-nodes.ts";
-import { runBulk, runEach, type BulkHost } from "./clerk-bulk.ts";
+import { bulkBatches, runBulk, runEach, type BulkHost } from "./clerk-bulk.ts";
 import type { BulkOptions, ClerkOptions, NodeStatus } from "./clerk-options.ts";
 import {
   BACK_OFF_ON_SAME_NODE,
@@ -163,7 +163,7 @@ export class Clerk {
     const source = pairs[Symbol.iterator]();
     if (this.registered && this.nodes.batchers !== null) {
       // The lean path: pairs straight into Batch RPCs (clerk-bulk.ts).
-      const { written, failure } = await runBulk(this.bulkHost(), { op, concurrency, batchCommands: this.bulkBatchCommands, maxRpcs: 4, onWritten: options.onWritten }, source);
+      const { written, failure } = await runBulk(this.bulkHost(), { op, concurrency, batchCommands: this.bulkBatchCommands, maxRpcs: bulkBatches(concurrency, this.bulkBatchCommands, options.batches), onWritten: options.onWritten }, source);
       if (failure !== null) throw new BulkWriteError(written, failure);
       return written;
     }

@@ -67,6 +67,11 @@ export class PendingWrites {
     private readonly deadlines: DeadlineQueue,
     private readonly timeoutMs: number,
     appliedIndex: number,
+    /**
+     * Batch entries' writes wait on their own queue and timeout (each queue keeps one timeout, so
+     * its FIFO stays in deadline order); without it they share the commands' own.
+     */
+    private readonly batchWait?: { deadlines: DeadlineQueue; timeoutMs: number },
   ) {
     this.appliedThrough = appliedIndex;
   }
@@ -75,14 +80,19 @@ export class PendingWrites {
     return this.unplaced.size + this.placed.size;
   }
 
-  /** Registers a write about to be proposed; `outcome` settles exactly once. */
-  open(clientId: bigint, commandId: bigint): { waiter: PendingWrite; outcome: Promise<WriteOutcome> } {
+  /**
+   * Registers a write about to be proposed; `outcome` settles exactly once. `batch`: the write is a
+   * batch entry (the Batch RPC's path), which waits the batch timeout.
+   */
+  open(clientId: bigint, commandId: bigint, batch = false): { waiter: PendingWrite; outcome: Promise<WriteOutcome> } {
+    const long = batch && this.batchWait !== undefined;
+    const timeoutMs = long ? this.batchWait!.timeoutMs : this.timeoutMs;
     let waiter!: WriteWaiter;
     const outcome = new Promise<WriteOutcome>((resolve) => {
-      waiter = new WriteWaiter(clientId, commandId, this.clock.now() + this.timeoutMs, this, resolve);
+      waiter = new WriteWaiter(clientId, commandId, this.clock.now() + timeoutMs, this, resolve);
     });
     this.unplaced.add(waiter);
-    this.deadlines.add(waiter);
+    (long ? this.batchWait!.deadlines : this.deadlines).add(waiter);
     return { waiter, outcome };
   }
 

@@ -17,6 +17,15 @@ export interface KVLimits {
   /** How long a command waits for commit/apply (or a read for its ReadIndex). Default 500 ms. */
   commandTimeoutMs?: number;
   /**
+   * How long a Batch call's writes wait for commit/apply before ErrTimeout. Default 1,500 ms,
+   * under the Clerk's 2 s call timeout: a bulk load keeps thousands of writes in flight, so a batch
+   * waits behind the others (writes in flight / throughput); one answered ErrTimeout is resent and,
+   * not applied yet, proposed again: a second copy through the log and every apply, more load on a
+   * cluster that was already behind (8,192 writes in flight on a loaded 2-core machine: 13% of the
+   * writes timed out at 500 ms). At most commandTimeoutMs × 100, at least commandTimeoutMs.
+   */
+  batchTimeoutMs?: number;
+  /**
    * Bytes of one batch entry (a Batch call's writes in one Raft entry) at most; a Batch with more
    * is split over several entries. Default 1 MiB (the Raft AppendEntries byte budget). A single
    * larger command gets an entry of its own (the Raft entry limit, 8 MiB, still applies).

@@ -28,6 +28,8 @@ export type { KVDiagnostics, KVStatus } from "./server-status.ts";
 const MAX_REPAIRS = 3;
 /** Commands in one batch entry at most (a Batch call carries at most 4096). */
 const MAX_BATCH_ENTRY_COMMANDS = 4096;
+/** How long a Batch call's writes wait for commit/apply by default (KVLimits.batchTimeoutMs says why). */
+export const DEFAULT_BATCH_TIMEOUT_MS = 1_500;
 const REPAIR_WINDOW_MS = 10 * 60_000;
 
 export class KVServer {
@@ -57,6 +59,8 @@ export class KVServer {
   /** The RECOVERING marker exists: it is removed once Raft reports the node caught up. */
   private markerPresent = false;
   private readonly deadlines: DeadlineQueue;
+  /** The Batch path's write waiters (a longer timeout than a command's; pending-writes.ts). */
+  private readonly batchDeadlines: DeadlineQueue;
   private readonly relay: RelayTransport;
   private readonly log: (line: string) => void;
   // The replica, replaced as a whole by a self-repair (see repair()).
@@ -83,6 +87,7 @@ export class KVServer {
     // Never past the Raft entry limit (8 MiB by default): a larger entry would be refused whole.
     this.batchLimits = { maxEntryBytes: Math.min(limits.maxBatchEntryBytes ?? 1 << 20, 8 << 20), maxEntryCommands: MAX_BATCH_ENTRY_COMMANDS };
     this.deadlines = new DeadlineQueue(clock);
+    this.batchDeadlines = new DeadlineQueue(clock);
     this.relay = new RelayTransport(options.transport);
     this.log = options.log ?? ((line) => console.error(`kvraft: node ${options.id}: ${line}`));
     this.onFatal = options.onFatal ?? null;
@@ -138,7 +143,8 @@ export class KVServer {
     const o = this.options;
     const timeoutMs = o.limits?.commandTimeoutMs ?? 500;
     const { machine } = storage;
-    const writes = new PendingWrites(this.clock, this.deadlines, timeoutMs, machine.lastApplied());
+    const batchTimeoutMs = Math.min(Math.max(o.limits?.batchTimeoutMs ?? DEFAULT_BATCH_TIMEOUT_MS, timeoutMs), timeoutMs * 100);
+    const writes = new PendingWrites(this.clock, this.deadlines, timeoutMs, machine.lastApplied(), { deadlines: this.batchDeadlines, timeoutMs: batchTimeoutMs });
     let node: RaftNode;
     // Bound once the node exists; applies before that have no watcher to wake.
     let hub: WatchHub | null = null;
@@ -323,6 +329,7 @@ export class KVServer {
     this.reads.close();
     this.watches?.close();
     this.deadlines.clear();
+    this.batchDeadlines.clear();
     await this.node.stop();
     await this.machine.close(options);
     await this.ownedLogStore?.close();

@@ -196,6 +196,9 @@ describe("args", () => {
 
   test("bad input is a UsageError that says what to do", () => {
     expect(() => parseArgs(["--fast"], dir)).toThrow(UsageError);
+    expect(() => parseArgs(["cluster", "--clients", "8192"], dir)).toThrow(/bulk only/);
+    expect(() => parseArgs(["cluster", "--workloads", "put,bulk", "--clients", "8192"], dir)).toThrow(/bulk only/);
+    expect(parseArgs(["cluster", "--workloads", "bulk", "--clients", "4096,8192"], dir).clients).toEqual([4096, 8192]);
     expect(() => parseArgs(["lsmx"], dir)).toThrow(/unknown suite/);
     expect(() => parseArgs(["--runs", "0"], dir)).toThrow(/whole number/);
     expect(() => parseArgs(["--json"], dir)).toThrow(/file name/);
@@ -255,6 +258,11 @@ describe("load generator config", () => {
     expect(validateConfig(base)).toBe(base);
     expect(() => validateConfig({ ...base, host: "10.0.0.1" })).toThrow(/127.0.0.1/);
     expect(() => validateConfig({ ...base, clients: 0 })).toThrow(/clients/);
+    // Bulk clients are writes in flight through one Clerk: up to 65,536; anything else up to 4,096.
+    expect(() => validateConfig({ ...base, clients: 8192 })).toThrow(/1\.\.4096/);
+    const bulk: LoadConfig = { ...base, protocol: "kvraft", workload: "bulk", path: "clerk-grpc", clients: 8192 };
+    expect(validateConfig(bulk)).toBe(bulk);
+    expect(() => validateConfig({ ...bulk, clients: 70_000 })).toThrow(/65536 for bulk/);
     expect(() => validateConfig({ ...base, tag: "TOO-LONG-TAG" })).toThrow(/tag/);
   });
 });

@@ -76,4 +76,25 @@ describe("PendingWrites", () => {
     writes.close({ err: "ErrWrongLeader", value: "" });
     expect(await b.outcome).toMatchObject({ err: "ErrWrongLeader" });
   });
+
+  test("a batch entry waits the batch timeout, on its own queue; a command beside it still times out at its own", async () => {
+    const clock = new SimClock();
+    const writes = new PendingWrites(clock, new DeadlineQueue(clock), 500, 0, { deadlines: new DeadlineQueue(clock), timeoutMs: 1500 });
+    const entry = writes.open(0n, 1n, true);
+    writes.place(entry.waiter, 1, 1);
+    const command = writes.open(7n, 1n);
+    writes.place(command.waiter, 2, 1);
+    clock.advance(500);
+    expect(await command.outcome).toMatchObject({ err: "ErrTimeout" });
+    expect(await settledWith(entry.outcome)).toBe("pending");
+    clock.advance(999);
+    expect(await settledWith(entry.outcome)).toBe("pending");
+    clock.advance(1);
+    expect(await entry.outcome).toMatchObject({ err: "ErrTimeout" });
+    // Without a batch queue, a batch entry takes the commands' timeout.
+    const plain = table();
+    const lone = plain.writes.open(0n, 1n, true);
+    plain.clock.advance(500);
+    expect(await lone.outcome).toMatchObject({ err: "ErrTimeout" });
+  });
 });

@@ -14,7 +14,7 @@ import { dateField, encodeHeaders } from "../h2/hpack-encoder.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { log } from "../../obs/log.ts";
 import { bindSession, connectionOf, type ConnectionInfo } from "./connection.ts";
-import { connectReply, earlyRefusal, grpcReply, h2CallOf, libraryReply, singleEnvelope, requestPairs, type H2Call, type H2LaneHost, type Reply } from "./h2-lane.ts";
+import { callAbort, clientClosed, connectReply, earlyRefusal, grpcReply, h2CallOf, libraryReply, singleEnvelope, requestPairs, type H2Call, type H2LaneHost, type Reply } from "./h2-lane.ts";
 import { invokeUnary, type CallSource, type UnaryRoutes } from "./unary-routes.ts";
 
 export interface EngineHost extends H2LaneHost {
@@ -104,14 +104,7 @@ export class EngineLane {
       headers: () => requestPairs(stream.headers),
       connection: () => this.connectionInfo(),
       signal: () => {
-        if (abort === null) {
-          abort = new AbortController();
-          const a = abort;
-          const shutdown = host.shutdownSignal;
-          if (stream.closed) a.abort(new Error("the client closed the stream"));
-          if (shutdown.aborted) a.abort(shutdown.reason);
-          else shutdown.addEventListener("abort", () => a.abort(shutdown.reason), { once: true });
-        }
+        abort ??= callAbort(stream.closed, host.shutdownSignal);
         return abort.signal;
       },
       timeoutMs: call.timeoutMs,
@@ -152,7 +145,7 @@ export class EngineLane {
     stream.onClose = (code) => {
       if (code !== null) {
         answered = true;
-        abort?.abort(new Error("the client closed the stream"));
+        abort?.abort(clientClosed());
       }
     };
   }

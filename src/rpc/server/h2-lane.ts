@@ -139,13 +139,8 @@ export function serveH2Unary(stream: http2.ServerHttp2Stream, headers: http2.Inc
     connection: () => connectionOf(stream.session!.socket as unknown as net.Socket, stream.session!),
     signal: () => {
       if (abort === null) {
-        abort = new AbortController();
-        const a = abort;
-        const shutdown = host.shutdownSignal;
-        if (stream.closed || stream.destroyed) a.abort(new Error("the client closed the stream"));
-        else stream.once("close", () => a.abort(new Error("the client closed the stream")));
-        if (shutdown.aborted) a.abort(shutdown.reason);
-        else shutdown.addEventListener("abort", () => a.abort(shutdown.reason), { once: true });
+        const a = (abort = callAbort(stream.closed || stream.destroyed, host.shutdownSignal));
+        if (!a.signal.aborted) stream.once("close", () => a.abort(clientClosed()));
       }
       return abort.signal;
     },
@@ -418,4 +413,24 @@ export function routeStreams(h2: http2.Http2Server, frames: FrameRoutes, unary: 
     }
     for (const listener of compat) listener.call(h2, stream, headers, ...rest);
   });
+}
+
+const CLIENT_CLOSED = "the client closed the stream";
+
+/**
+ * The AbortController of one call's lazily made signal, already aborted if the stream is gone or
+ * the server is shutting down, and aborted when the server shuts down; the lane aborts it when
+ * its stream closes (the framing's own close event).
+ */
+export function callAbort(streamGone: boolean, shutdown: AbortSignal): AbortController {
+  const a = new AbortController();
+  if (streamGone) a.abort(new Error(CLIENT_CLOSED));
+  if (shutdown.aborted) a.abort(shutdown.reason);
+  else shutdown.addEventListener("abort", () => a.abort(shutdown.reason), { once: true });
+  return a;
+}
+
+/** Why a call's signal aborts when its client goes away. */
+export function clientClosed(): Error {
+  return new Error(CLIENT_CLOSED);
 }
