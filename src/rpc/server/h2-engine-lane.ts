@@ -14,8 +14,8 @@ import { dateField, encodeHeaders } from "../h2/hpack-encoder.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import { log } from "../../obs/log.ts";
 import { bindSession, connectionOf, type ConnectionInfo } from "./connection.ts";
-import { callAbort, clientClosed, connectReply, earlyRefusal, grpcReply, h2CallOf, libraryReply, singleEnvelope, requestPairs, type H2Call, type H2LaneHost, type Reply } from "./h2-lane.ts";
-import { invokeUnary, type CallSource, type UnaryRoutes } from "./unary-routes.ts";
+import { callAbort, clientClosed, earlyRefusal, h2CallOf, requestPairs, unaryReply, UnaryBody, type H2Call, type H2LaneHost, type Reply } from "./h2-lane.ts";
+import type { CallSource, UnaryRoutes } from "./unary-routes.ts";
 
 export interface EngineHost extends H2LaneHost {
   unary: UnaryRoutes;
@@ -93,10 +93,7 @@ export class EngineLane {
         return;
       }
     }
-    const cap = call.route.readMaxBytes + (call.protocol === "connect" ? 1 : 6);
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let over = false;
+    const body = new UnaryBody(call);
     let answered = false;
     let abort: AbortController | null = null;
     const source: CallSource = {
@@ -113,16 +110,8 @@ export class EngineLane {
       if (answered) return;
       answered = true;
       stream.onData = null;
-      const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
       try {
-        let reply: Reply;
-        if (over) reply = await libraryReply(stream.headers, call, body, source, host);
-        else if (call.protocol === "connect") reply = await connectReply(call, await invokeUnary(call.route, "connect", call.binary, body, source));
-        else {
-          const message = singleEnvelope(body);
-          if (message === null) reply = await libraryReply(stream.headers, call, body, source, host);
-          else reply = await grpcReply(call, await invokeUnary(call.route, call.protocol, call.binary, message, source));
-        }
+        const reply = await unaryReply(stream.headers, call, body, source, host);
         writeReply(stream, reply);
       } catch (error) {
         stream.reset(ErrorCode.INTERNAL_ERROR);
@@ -130,16 +119,7 @@ export class EngineLane {
       }
     };
     stream.onData = (chunk) => {
-      if (over) return;
-      size += chunk.length;
-      if (size > cap) {
-        // Keep only what the library needs to see to refuse; the rest is dropped as it comes.
-        over = true;
-        chunks.push(chunk.subarray(0, chunk.length - (size - cap)));
-        void finish();
-        return;
-      }
-      chunks.push(chunk);
+      if (body.add(chunk)) void finish();
     };
     stream.onEnd = () => void finish();
     stream.onClose = (code) => {

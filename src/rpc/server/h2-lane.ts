@@ -114,24 +114,11 @@ export function serveH2Unary(stream: http2.ServerHttp2Stream, headers: http2.Inc
   host.stats.h2Calls++;
   const admission = call.route.admission;
   if (admission !== null && admission.full && refuseEarly(stream, call, admission)) return;
-  // An envelope adds 5 bytes; one byte past the limit is enough for the library to refuse.
-  const cap = call.route.readMaxBytes + (call.protocol === "connect" ? 1 : 6);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  let over = false;
+  const body = new UnaryBody(call);
   let abort: AbortController | null = null;
   let answered = false;
   const onData = (chunk: Buffer) => {
-    if (over) return;
-    size += chunk.length;
-    if (size > cap) {
-      // Keep only what the library needs to see to refuse; the rest is dropped as it comes.
-      over = true;
-      chunks.push(chunk.subarray(0, chunk.length - (size - cap)));
-      void finish();
-      return;
-    }
-    chunks.push(chunk);
+    if (body.add(chunk)) void finish();
   };
   const source: CallSource = {
     url: () => `${(stream.session?.socket as { encrypted?: boolean } | undefined)?.encrypted ? "https" : "http"}://${header(headers, ":authority") ?? "localhost"}${headers[":path"]}`,
@@ -150,13 +137,9 @@ export function serveH2Unary(stream: http2.ServerHttp2Stream, headers: http2.Inc
     if (answered) return;
     answered = true;
     stream.off("data", onData);
-    const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
     try {
-      if (over) return await serveByLibrary(stream, headers, call, body, source, host);
-      if (call.protocol === "connect") return await respondConnect(stream, call, await invokeUnary(call.route, "connect", call.binary, body, source));
-      const message = singleEnvelope(body);
-      if (message === null) return await serveByLibrary(stream, headers, call, body, source, host);
-      respondGrpc(stream, call, await invokeUnary(call.route, call.protocol, call.binary, message, source));
+      const reply = await unaryReply(headers, call, body, source, host);
+      if (alive(stream)) writeReply(stream, reply);
     } catch (error) {
       // The stream went away while answering: nobody is left to tell.
       if (!stream.destroyed) stream.destroy();
@@ -284,11 +267,6 @@ export async function connectReply(call: H2Call, outcome: UnaryOutcome): Promise
   return { headers: out, body, trailers: null };
 }
 
-async function respondConnect(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): Promise<void> {
-  const reply = await connectReply(call, outcome);
-  if (alive(stream)) writeReply(stream, reply);
-}
-
 /** The gRPC or gRPC-Web answer of an outcome: a Reply, or a promise of one when compressing. */
 export function grpcReply(call: H2Call, outcome: UnaryOutcome): Reply | Promise<Reply> {
   const out: http2.OutgoingHttpHeaders = { ":status": 200, ...call.cors };
@@ -325,15 +303,6 @@ export function grpcReply(call: H2Call, outcome: UnaryOutcome): Reply | Promise<
 
 /** The gRPC-Web trailer block of a plain success, as trailerSerialize writes it. */
 const GRPC_WEB_OK_TRAILER = trailerSerialize(new Headers({ "grpc-status": grpcStatusOk }));
-
-function respondGrpc(stream: http2.ServerHttp2Stream, call: H2Call, outcome: UnaryOutcome): void {
-  const reply = grpcReply(call, outcome);
-  if (!(reply instanceof Promise)) {
-    if (alive(stream)) writeReply(stream, reply);
-    return;
-  }
-  reply.then((r) => alive(stream) && writeReply(stream, r)).catch(() => stream.destroy());
-}
 
 function envelopes(parts: [number, Uint8Array][]): Uint8Array {
   let size = 0;
@@ -385,9 +354,51 @@ export async function libraryReply(headers: http2.IncomingHttpHeaders, call: H2C
   return { headers: out, body: bytes, trailers: t };
 }
 
-async function serveByLibrary(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, call: H2Call, body: Uint8Array, source: CallSource, host: H2LaneHost): Promise<void> {
-  const reply = await libraryReply(headers, call, body, source, host);
-  if (alive(stream)) writeReply(stream, reply);
+/**
+ * A unary call's request body as it arrives, kept up to the route's limit: an envelope adds 5
+ * bytes, and one byte past the limit is enough for the library to refuse; the rest is dropped.
+ */
+export class UnaryBody {
+  private readonly chunks: Buffer[] = [];
+  private readonly cap: number;
+  private size = 0;
+  /** The body went past the limit (the call is answered by the library's refusal). */
+  over = false;
+
+  constructor(call: H2Call) {
+    this.cap = call.route.readMaxBytes + (call.protocol === "connect" ? 1 : 6);
+  }
+
+  /** Takes a chunk; true when this one went past the limit (answer now, without the rest). */
+  add(chunk: Buffer): boolean {
+    if (this.over) return false;
+    this.size += chunk.length;
+    if (this.size > this.cap) {
+      this.over = true;
+      this.chunks.push(chunk.subarray(0, chunk.length - (this.size - this.cap)));
+      return true;
+    }
+    this.chunks.push(chunk);
+    return false;
+  }
+
+  bytes(): Buffer {
+    return this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
+  }
+}
+
+/**
+ * The answer to a unary call whose body has arrived, whatever framing carries it: one plain
+ * message runs through invokeUnary; anything else (over the limit, not exactly one uncompressed
+ * envelope) goes to the library's own handler, so its errors are the library's.
+ */
+export async function unaryReply(headers: http2.IncomingHttpHeaders, call: H2Call, body: UnaryBody, source: CallSource, host: H2LaneHost): Promise<Reply> {
+  const bytes = body.bytes();
+  if (body.over) return libraryReply(headers, call, bytes, source, host);
+  if (call.protocol === "connect") return connectReply(call, await invokeUnary(call.route, "connect", call.binary, bytes, source));
+  const message = singleEnvelope(bytes);
+  if (message === null) return libraryReply(headers, call, bytes, source, host);
+  return grpcReply(call, await invokeUnary(call.route, call.protocol, call.binary, message, source));
 }
 
 /**
