@@ -231,16 +231,7 @@ export function percentile(values: readonly number[], p: number): number {
 }
 
 /** What the cluster suite's overload point reads back from a burst run in its own process. */
-export interface BurstSummary {
-  sent: number;
-  ok: number;
-  exhausted: number;
-  timeouts: number;
-  wrongLeader: number;
-  retried: number;
-  other: number;
-  otherSamples: string[];
-  hung: number;
+export interface BurstSummary extends Pick<BurstResult, "sent" | "ok" | "exhausted" | "timeouts" | "wrongLeader" | "retried" | "other" | "otherSamples" | "hung"> {
   seconds: number;
   goodput: number;
   okP50Ms: number;
