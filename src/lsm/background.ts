@@ -4,6 +4,7 @@
 // merges), so threads and their warmed-up code outlive any one database; a worker is
 // unreferenced while idle, so it never keeps a process alive.
 import { LsmError, type LsmErrorCode } from "./errors.ts";
+import { traceSpan, tracing, wallNow } from "../util/trace.ts";
 import type { CompactJob, CompactResult, FlushJob, FlushResult, FromWorker, WireError } from "./table-jobs.ts";
 
 type JobBody<T> = T extends { id: number } ? Omit<T, "id"> : never;
@@ -63,8 +64,15 @@ export class TableWorker {
 
   private run<T>(job: JobBody<FlushJob> | JobBody<CompactJob>, newFileNumber: () => number): Promise<T> {
     const id = this.nextId++;
+    const traced = tracing ? wallNow() : 0;
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, newFileNumber });
+      const done = tracing
+        ? (r: unknown) => {
+            traceSpan(`lsm-${job.type}`, traced);
+            (resolve as (r: unknown) => void)(r);
+          }
+        : (resolve as (r: unknown) => void);
+      this.pending.set(id, { resolve: done, reject, newFileNumber });
       const w = this.start();
       w.ref();
       // A flush's batch buffer is handed over, not copied: the caller built it for this job.

@@ -8,6 +8,7 @@ import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { KVError } from "../kv/index.ts";
 import type { KVServiceBackend } from "../kv/service.ts";
 import type { NodeMetrics } from "./node-metrics.ts";
+import { traceSpan, tracing, wallNow } from "../util/trace.ts";
 
 /** The same backend, with each command counted by op and result and timed by op. */
 export function instrumentKV<B extends KVServiceBackend>(backend: B, metrics: NodeMetrics): B {
@@ -22,6 +23,7 @@ export function instrumentKV<B extends KVServiceBackend>(backend: B, metrics: No
   };
   const command: KVServiceBackend["command"] = async (args) => {
     const started = performance.now();
+    const traced = tracing ? wallNow() : 0;
     const op = String(args.op);
     try {
       const reply = await backend.command(args);
@@ -32,12 +34,15 @@ export function instrumentKV<B extends KVServiceBackend>(backend: B, metrics: No
       throw error;
     } finally {
       histogramOf(op).observe((performance.now() - started) / 1000);
+      if (tracing) traceSpan("kv", traced, op);
     }
   };
   // A batch is timed once; each of its commands is counted and observed with the batch's time.
   const batch: KVServiceBackend["batch"] = async (commands) => {
     const started = performance.now();
+    const traced = tracing ? wallNow() : 0;
     const answers = await backend.batch!(commands);
+    if (tracing) traceSpan("kv-batch", traced, commands.length);
     const seconds = (performance.now() - started) / 1000;
     for (let i = 0; i < answers.length; i++) {
       const answer = answers[i]!;

@@ -3,6 +3,7 @@
 
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { traceSpan, tracing, wallNow } from "../../util/trace.ts";
 import {
   decodeMeta,
   HARD_STATE_RECORD_BYTES,
@@ -99,11 +100,13 @@ export async function writeAll(
   if (buf.length <= SYNC_WRITE_BYTES) {
     // Copying a small batch into the page cache takes microseconds: cheaper on the event loop
     // than a trip through the thread pool. The fsync that follows stays asynchronous.
+    const traced = tracing ? wallNow() : 0;
     while (done < buf.length) {
       const written = fs.writeSync(handle.fd, buf, done, buf.length - done, position + done);
       if (written <= 0) throw new Error(`short write to ${file}`);
       done += written;
     }
+    if (tracing && wallNow() - traced > 1) traceSpan("write-sync", traced, buf.length);
   } else {
     while (done < buf.length) {
       const { bytesWritten } = await handle.write(buf, done, buf.length - done, position + done);

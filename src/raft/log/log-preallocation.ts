@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { ioError } from "./log-error.ts";
+import { traceSpan, tracing, wallNow } from "../../util/trace.ts";
 import { fillZeros, type LogCounters, PREALLOCATE_STEP, type Segment, SPARE_FILE } from "./log-files.ts";
 
 /** A zero-filled, synced file waiting to become the next segment. */
@@ -109,8 +110,12 @@ export class SegmentPreallocator {
   private extend(segment: Segment, handle: fs.promises.FileHandle, end: number): Promise<void> {
     const target = Math.min(this.segmentBytes, Math.ceil(end / this.step) * this.step);
     const run = async () => {
+      const traced = tracing ? wallNow() : 0;
       await fillZeros(handle, segment.allocated, target, this.dir, this.counters);
+      if (tracing) traceSpan("zerofill", traced, target - segment.allocated);
+      const synced = tracing ? wallNow() : 0;
       await handle.sync();
+      if (tracing) traceSpan("zerofill-sync", synced);
       this.counters.fsyncs++;
       segment.allocated = target;
     };
@@ -127,8 +132,10 @@ export class SegmentPreallocator {
     const run = async () => {
       const handle = await fs.promises.open(path.join(this.dir, SPARE_FILE), "w+");
       try {
+        const traced = tracing ? wallNow() : 0;
         await fillZeros(handle, 0, this.step, this.dir, this.counters);
         await handle.sync();
+        if (tracing) traceSpan("spare", traced, this.step);
         this.counters.fsyncs++;
       } catch (err) {
         await handle.close().catch(() => {});

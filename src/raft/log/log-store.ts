@@ -32,6 +32,7 @@ import { entriesIn, termAt } from "./log-window.ts";
 import { recoverLog, type RecoveryReport } from "./log-recovery.ts";
 import { type Entry, type HardState, type LogStore, NONE, type SnapshotMeta } from "../types.ts";
 import { cloneSnapshotMeta } from "../core/membership.ts";
+import { traceSpan, tracing, wallNow } from "../../util/trace.ts";
 
 export { LogStoreError, type LogStoreErrorCode } from "./log-error.ts";
 export type { RecoveryReport } from "./log-recovery.ts";
@@ -374,7 +375,9 @@ export class FileLogStore implements LogStore {
 
   private async syncActive(): Promise<void> {
     const started = performance.now();
+    const traced = tracing ? wallNow() : 0;
     await this.active.datasync();
+    if (tracing) traceSpan("fsync", traced);
     this.counters.fsyncs++;
     this.counters.appendSyncs++;
     this.counters.appendSyncSeconds += (performance.now() - started) / 1000;
@@ -385,6 +388,12 @@ export class FileLogStore implements LogStore {
    * and, for resetToSnapshot, the Reset record. Durable (file and directory) before it returns.
    */
   private async startSegment(reset: SnapshotMeta | null): Promise<void> {
+    const traced = tracing ? wallNow() : 0;
+    await this.startSegmentNow(reset);
+    if (tracing) traceSpan("rollover", traced);
+  }
+
+  private async startSegmentNow(reset: SnapshotMeta | null): Promise<void> {
     const previous = this.segments.length > 0 ? this.activeSegment() : null;
     if (previous) {
       await this.space.settleExtension();
