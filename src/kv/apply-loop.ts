@@ -32,6 +32,7 @@ export function applyLoop(machine: KVStateMachine, writes: PendingWrites, hooks:
     lastAppliedTerm: () => machine.lastAppliedTerm(),
     durableAppliedIndex: () => machine.durableAppliedIndex(),
     sync: () => machine.sync(),
+    limitDurableApplied: (index) => machine.limitDurableApplied(index),
     snapshot: async () => {
       const image = await machine.snapshot();
       return { meta: image.meta, chunks: watchCorruption(image.chunks, hooks.corrupt) };

@@ -3,6 +3,7 @@
 // they are durable once flushed to tables), streams snapshots from an LSM snapshot, and installs
 // them into a fresh LSM switched atomically.
 import * as fs from "node:fs";
+import { traceSpan, tracing, wallNow } from "../util/trace.ts";
 import { DB, type DBOptions, type DBStats } from "../lsm/index.ts";
 import { EntryType, decodeMembership, metaWith, type Entry, type NodeId, type SnapshotMeta } from "../raft/index.ts";
 import { ApplyBatch } from "./apply-batch.ts";
@@ -99,6 +100,8 @@ export class KVStateMachine {
   private historyFloor = 1;
   private durable = 0;
   private syncing: Promise<unknown> | null = null;
+  /** Set while the Raft node applied beyond its durable log: no applied index above it may become durable. */
+  private durableLimit: number | null = null;
 
   /** True while a background sync of the LSM is running (simulations wait for it). */
   get syncInFlight(): boolean {
@@ -243,10 +246,21 @@ export class KVStateMachine {
     return this.serialize(() => this.applyNow(entries));
   }
 
+  /**
+   * The Raft node applied entries its own log does not hold durably yet (RaftNode's early apply):
+   * until called with null, no applied index above `index` may become durable.
+   */
+  limitDurableApplied(index: number | null): void {
+    this.durableLimit = index;
+  }
+
   /** Makes the applied state durable (a flush of the LSM's memtables) and returns the durable applied index. */
   async sync(): Promise<number> {
     this.checkUsable();
     const index = this.applied;
+    if (this.durableLimit !== null && index > this.durableLimit) {
+      throw new Error(`invariant: flushing applied index ${index} while the Raft log is durable only through ${this.durableLimit}`);
+    }
     const db = this.db;
     await db.flush();
     // A restore may have swapped the database meanwhile; it set `durable` itself.
@@ -285,7 +299,9 @@ export class KVStateMachine {
       if (this.closed) return;
       this.closed = true;
       await this.syncing?.catch(() => {});
-      await this.db.close({ discardUnlogged: options?.asCrash === true });
+      // Applies above the durable log (the node stopped during its write) must not be flushed.
+      const ahead = this.durableLimit !== null && this.applied > this.durableLimit;
+      await this.db.close({ discardUnlogged: options?.asCrash === true || ahead });
     });
   }
 
@@ -401,7 +417,15 @@ export class KVStateMachine {
   /** Every syncEveryEntries applied entries, a background flush moves the durable applied index. */
   private startBackgroundSync(): void {
     if (this.applied - this.durable < this.options.syncEveryEntries || this.syncing !== null) return;
+    // Applied ahead of the node's durable log: flushing now could leave the machine ahead of the
+    // log after a crash. The next apply after the log write tries again.
+    if (this.durableLimit !== null && this.applied > this.durableLimit) return;
+    const traced = tracing ? wallNow() : 0;
     this.syncing = this.sync()
+      .then((durable) => {
+        if (tracing) traceSpan("sm-flush", traced, durable);
+        return durable;
+      })
       .catch((error) => {
         this.failure ??= error;
       })

@@ -170,6 +170,7 @@ export class NodeMetrics {
       scraped("kvraft_raft_snapshots_sent_total", "Snapshots streamed to followers.", "counter", raft((d) => d.raft.snapshotsSent)),
       scraped("kvraft_raft_snapshots_received_total", "Snapshots installed from a leader.", "counter", raft((d) => d.raft.snapshotsReceived)),
       scraped("kvraft_raft_snapshot_received_bytes_total", "Bytes of snapshot streams read from a leader.", "counter", raft((d) => d.raft.snapshotBytesReceived)),
+      scraped("kvraft_raft_applied_before_own_sync_total", "Entries the leader applied (and answered) before its own log write of them was durable.", "counter", raft((d) => d.raft.appliedBeforeOwnSync)),
       scraped("kvraft_raft_leader_changes_total", "Leader changes this node has seen.", "counter", () => [{ value: this.leaderChanges }]),
       scraped("kvraft_raft_proposals_total", "Commands this node proposed as leader.", "counter", () => [{ value: this.proposals }]),
       scraped("kvraft_raft_append_entries_sent_total", "AppendEntries messages sent to followers.", "counter", () => [{ value: this.appendsSent }]),

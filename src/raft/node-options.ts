@@ -59,6 +59,11 @@ export interface RaftNodeOptions {
   onFatal?: (error: Error) => void;
   /** This node may have lost durable state it acknowledged: it votes only once caught up (core/recovery.ts). */
   recovering?: boolean;
+  /**
+   * Default true: a leader applies (and answers) entries a majority of the other voters holds
+   * durably while its own log write still runs (thesis §10.2.1). False waits for its own write.
+   */
+  applyBeforeLeaderSync?: boolean;
   /** Metrics hooks (src/obs); absent in simulations. */
   observer?: RaftObserver;
 }
@@ -95,6 +100,8 @@ export interface RaftNodeStatus {
   snapshotsReceived: number;
   /** Bytes of snapshot streams read as a follower (what catch-up by InstallSnapshot moved). */
   snapshotBytesReceived: number;
+  /** Entries this node applied as leader before its own log write of them was durable. */
+  appliedBeforeOwnSync: number;
   /** The leader's view of each follower (leaders only). */
   progress?: RaftStatus["progress"];
   stopped: boolean;
@@ -114,6 +121,7 @@ export const DEFAULTS = {
   maxEntryBytes: 8 * 1024 * 1024,
   snapshotThreshold: 10_000,
   snapshotChunkBytes: 1024 * 1024,
+  applyBeforeLeaderSync: true,
 };
 
 /** The options with every default filled in. */

@@ -3,6 +3,7 @@
 // node-reads.ts, snapshot sending in node-snapshots.ts, log compaction in node-compaction.ts.
 
 import { Rng } from "../util/rng.ts";
+import { traceSpan, tracing, wallNow } from "../util/trace.ts";
 import { type Clock, RealClock, type TimerHandle } from "./clock.ts";
 import { Raft } from "./core/raft.ts";
 import type { ConfChange } from "./core/config-change.ts";
@@ -62,6 +63,20 @@ export class RaftNode {
   private snapshotsReceived = 0;
   /** Bytes of snapshot streams read by this node as a follower (installed or not). */
   private snapshotBytesReceived = 0;
+  private appliedBeforeOwnSync = 0;
+  /**
+   * While the leader's log write runs: the last index it writes. Entries through it that commit
+   * meanwhile (on the followers' disks) are applied without waiting for it (thesis §10.2.1).
+   */
+  private savingThrough = 0;
+  /** The last index handed to the apply queue (the machine may not have reached it yet). */
+  private queuedThrough = 0;
+  /** Applies run one at a time in log order: the overlapped, early and post-write ones share it. */
+  private applyTail: Promise<void> = Promise.resolve();
+  /** This node's log end before the running write (what is durable while it runs). */
+  private durableBefore = 0;
+  /** An early apply ran in this cycle: the machine holds entries this node's disk may not. */
+  private appliedAhead = false;
 
   private constructor(options: RaftNodeOptions, raft: Raft) {
     this.id = options.id;
@@ -123,6 +138,7 @@ export class RaftNode {
       },
     );
     const node = new RaftNode(options, raft);
+    node.queuedThrough = applied;
     node.transport.listen({
       onMessages: (messages) => node.receive(messages),
       onSnapshot: (message, chunks) => node.receiveSnapshot(message, chunks),
@@ -262,6 +278,7 @@ export class RaftNode {
       snapshotsSent: this.snapshotSender.sent,
       snapshotsReceived: this.snapshotsReceived,
       snapshotBytesReceived: this.snapshotBytesReceived,
+      appliedBeforeOwnSync: this.appliedBeforeOwnSync,
       stopped: this.stopped,
       fatal: this.fatal ? this.fatal.message : null,
       recovering: s.recovering,
@@ -348,37 +365,55 @@ export class RaftNode {
     // Committed entries this node already holds durably are applied while the write below runs.
     let applied = 0;
     let applying: Promise<unknown> | null = null;
+    let appliedEarly = false;
     if (rd.hardState || rd.entries.length > 0) {
       // Let the AppendEntries just dispatched leave before this turn spends time encoding and writing.
       if (rd.entries.length > 0) await this.flushTurn();
       const started = this.opts.observer && rd.entries.length > 0 ? performance.now() : 0;
-      applied = rd.snapshot ? 0 : durablePrefix(rd, this.log.lastIndex());
+      const durableBefore = this.log.lastIndex();
+      applied = rd.snapshot ? 0 : durablePrefix(rd, durableBefore);
+      const traced = tracing ? wallNow() : 0;
       const saving = this.log.save(rd.hardState, rd.entries);
+      if (tracing) void saving.then(() => traceSpan("save", traced, rd.entries.length), () => {});
       if (applied > 0) applying = this.applyDuringSave(rd.committedEntries.slice(0, applied));
+      if (this.opts.applyBeforeLeaderSync && rd.entries.length > 0 && !rd.snapshot && this.raft.isLeader) {
+        this.savingThrough = rd.entries[rd.entries.length - 1].index;
+        this.durableBefore = durableBefore;
+        this.applyEarly(); // entries committed before this Ready's write started
+      }
       try {
         await saving;
       } catch (err) {
-        // Never leave the apply running unobserved; the failed write is what halts the node.
-        await applying?.catch(() => {});
+        this.savingThrough = 0;
+        // Never leave an apply running unobserved; the failed write is what halts the node (the
+        // machine keeps its limit: nothing above the old durable end may become durable).
+        await this.applyTail;
         throw err;
+      }
+      this.savingThrough = 0;
+      if (this.appliedAhead) {
+        this.appliedAhead = false;
+        appliedEarly = true;
+        this.sm.limitDurableApplied?.(null);
       }
       if (started > 0) this.opts.observer?.saved(rd.entries, (performance.now() - started) / 1000);
     }
     if (this.stopped) {
-      await applying;
+      await this.applyTail;
       return;
     }
     // Answers that claim the write go out as soon as it is durable, before the overlapped apply ends.
     if (late !== null) this.dispatch(late);
     // The core answers an installed snapshot in the first Ready after step(); none means no answer.
     this.settleSnapshotAnswers();
-    if (applying !== null) await applying;
+    // The overlapped and early applies end before the rest (and before advance).
+    if (applying !== null || appliedEarly) await this.applyTail;
     // 3. Apply (what the write above did not overlap), then serve reads.
     if (rd.committedEntries.length > 0) {
       if (applied < rd.committedEntries.length) {
         // A follower's acknowledgement goes out before the apply: it is what the leader waits for.
         await this.flushTurn();
-        await this.sm.apply(withoutConfChanges(applied > 0 ? rd.committedEntries.slice(applied) : rd.committedEntries));
+        await this.applyInOrder(applied > 0 ? rd.committedEntries.slice(applied) : rd.committedEntries, "apply");
       }
       this.confChanges.committed(rd.committedEntries);
     }
@@ -397,9 +432,65 @@ export class RaftNode {
    */
   private applyDuringSave(entries: Entry[]): Promise<unknown> {
     // If the write finished first and its answers went out meanwhile, they leave before the apply.
-    return new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => this.flushTurn())
-      .then(() => this.sm.apply(withoutConfChanges(entries)));
+    return this.applyInOrder(entries, "apply-overlap", async () => {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      await this.flushTurn();
+    });
+  }
+
+  /**
+   * Leader only, while its own log write runs: applies the entries of that write (and earlier) that
+   * have committed meanwhile, i.e. that a majority holds durably without counting this node (the
+   * core counts the leader's own entries only once advance() reports them durable). Their clients
+   * are answered before this node's fdatasync returns, as etcd's leader does: the entry survives a
+   * crash of this node on the followers' disks. The state machine is told not to make anything
+   * above the old durable end durable until the write completes, so a crash can never leave it
+   * ahead of this node's log.
+   */
+  private applyEarly(): void {
+    if (this.savingThrough === 0 || this.stopped) return;
+    const log = this.raft.raftLog;
+    const through = Math.min(log.commitIndex, this.savingThrough);
+    const from = Math.max(this.queuedThrough, this.raft.appliedIndex) + 1;
+    if (through < from) return;
+    const entries: Entry[] = [];
+    for (let i = from; i <= through; i++) entries.push(log.entry(i)!);
+    this.appliedBeforeOwnSync += entries.length;
+    if (!this.appliedAhead) {
+      this.appliedAhead = true;
+      this.sm.limitDurableApplied?.(this.durableBefore);
+    }
+    void this.applyInOrder(entries, "apply-early").then(
+      () => {
+        if (this.stopped) return;
+        // Writes answered (and reads now covered) leave when this macrotask ends.
+        this.unflushed = true;
+        this.reads.serve(this.sm.lastApplied());
+      },
+      (err) => this.halt(err as Error),
+    );
+  }
+
+  /**
+   * Queues an apply behind every earlier one; entries the machine already holds (applied early)
+   * are skipped. `before` runs first, in the queue (the overlapped apply's turn ending).
+   */
+  private applyInOrder(entries: Entry[], kind: string, before?: () => Promise<void>): Promise<void> {
+    if (entries.length === 0) return this.applyTail;
+    const last = entries[entries.length - 1].index;
+    if (last > this.queuedThrough) this.queuedThrough = last;
+    const run = this.applyTail.then(async () => {
+      if (before) await before();
+      if (this.stopped) return; // a stopped node applies nothing more; a restart replays the log
+      const done = this.sm.lastApplied();
+      const fresh = entries[0].index > done ? entries : entries.filter((e) => e.index > done);
+      if (fresh.length === 0) return;
+      const traced = tracing ? wallNow() : 0;
+      await this.sm.apply(withoutConfChanges(fresh));
+      if (tracing) traceSpan(kind, traced, fresh.length);
+    });
+    this.applyTail = run.catch(() => {});
+    return run;
   }
 
   /**
@@ -441,6 +532,7 @@ export class RaftNode {
     this.guard(() => {
       for (const m of messages) if (m.to === this.id) this.raft.step(m);
     });
+    if (this.savingThrough > 0) this.applyEarly();
     this.kick();
   }
 

@@ -199,6 +199,15 @@ export interface StateMachine {
   /** Forces the applied state to disk; returns the now-durable applied index. */
   sync(): Promise<number>;
   /**
+   * While not null, the node's log is durable only through `index` and the machine may hold
+   * applied entries above it (a leader applies committed entries before its own write syncs):
+   * a machine that makes its applied state durable on its own (a background flush, a flush at
+   * close) must not make an applied index above `index` durable, or a crash would leave it ahead
+   * of the log. A machine whose durable state only moves with sync() may ignore this (the driver
+   * never calls sync() while a limit is set).
+   */
+  limitDurableApplied?(index: number | null): void;
+  /**
    * A consistent point-in-time image of the applied state as a stream of chunks. `meta.index` is
    * the applied index it captures. The stream must be readable while writes continue. A chunk
    * once handed out is never reused by the machine: the sender passes chunks on without a copy.

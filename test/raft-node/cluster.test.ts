@@ -163,8 +163,11 @@ describe("RaftNode cluster (simulated)", () => {
     (c.logs.get(leader.id) as MemoryLogStore).holdSyncs(true);
     const { index } = await leader.propose(enc.encode("parallel"));
     await c.runUntil(() => leader.status().commitIndex >= index, 1_000, "commit by the two followers' disks");
-    // The leader never applies before its own write completes (apply follows the cycle's save).
-    expect(c.machines.get(leader.id)!.commands).not.toContain("parallel");
+    // Committed on the followers' disks: the leader applies it (and would answer its client) while
+    // its own write is still held, and tells its machine not to make that apply durable.
+    await c.runUntil(() => c.machines.get(leader.id)!.commands.includes("parallel"), 1_000, "the leader applying before its own sync");
+    expect((c.logs.get(leader.id) as MemoryLogStore).pendingWrites).toBeGreaterThan(0);
+    expect(c.machines.get(leader.id)!.durableLimit).toBe(10 + 1); // its log is durable through the no-op and the 10
     // It was on a majority of disks, so it survives losing the leader's unsynced write.
     await c.crash(leader.id);
     await c.restart(leader.id);

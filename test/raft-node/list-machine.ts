@@ -39,6 +39,13 @@ export class ListMachine implements StateMachine {
     return this.state.commands;
   }
 
+  /** Set by the driver while it applied beyond its durable log (see StateMachine.limitDurableApplied). */
+  durableLimit: number | null = null;
+
+  limitDurableApplied(index: number | null): void {
+    this.durableLimit = index;
+  }
+
   /** Called at the start of every apply (tests look at what else is going on at that moment). */
   onApply: ((entries: Entry[]) => void) | null = null;
 
@@ -52,7 +59,8 @@ export class ListMachine implements StateMachine {
       if (e.type === EntryType.Normal) this.state.commands.push(decoder.decode(e.data));
       this.state.index = e.index;
       this.state.term = e.term;
-      if (this.flushEvery > 0 && this.state.index - this.durable.index >= this.flushEvery) this.durable = copy(this.state);
+      const mayFlush = this.durableLimit === null || this.state.index <= this.durableLimit;
+      if (this.flushEvery > 0 && mayFlush && this.state.index - this.durable.index >= this.flushEvery) this.durable = copy(this.state);
     }
   }
 
@@ -66,6 +74,9 @@ export class ListMachine implements StateMachine {
     return this.durable.index;
   }
   async sync(): Promise<number> {
+    if (this.durableLimit !== null && this.state.index > this.durableLimit) {
+      this.violations.push(`sync at applied ${this.state.index} while the log is durable only through ${this.durableLimit}`);
+    }
     this.durable = copy(this.state);
     return this.durable.index;
   }

@@ -276,6 +276,10 @@ export class Raft {
     return s;
   }
 
+  get isLeader(): boolean {
+    return this.role === "Leader";
+  }
+
   /** True while recovering lost durable state (no votes, no campaigns; see recovery.ts). */
   get recovering(): boolean {
     return this.recovery.active;

@@ -47,6 +47,10 @@ export class KvSimCluster {
   private readonly stores: MemoryLogStore[];
   private unreliable = false;
   crashes = 0;
+  /** Crashes of a leader whose disk held its syncs (runLaggingLeader in workload.ts). */
+  laggingLeaderCrashes = 0;
+  /** Entries those leaders applied (and answered) whose own write the crash then lost. */
+  appliedThenLost = 0;
   partitions = 0;
   /** Registered-session runs: registrations refused (a full table), writes refused as session-expired, and of those the ones whose outcome stayed unknown. */
   readonly sessionEvents = { registrationsRefused: 0, expiredRefusals: 0, uncertainWrites: 0 };
@@ -131,6 +135,19 @@ export class KvSimCluster {
     this.stores[i] = this.stores[i].reopen();
   }
 
+  /** The server that leads now (by its own account), or -1. */
+  leaderIndex(): number {
+    return this.servers.findIndex((server) => server !== null && server.raft.status().role === "Leader");
+  }
+
+  /**
+   * Server `i`'s disk stops completing syncs (its writes stay pending) until it crashes: a leader
+   * whose own fdatasync lags while its followers' acknowledgements commit its entries.
+   */
+  holdSyncs(i: number): void {
+    this.stores[i].holdSyncs(true);
+  }
+
   async crashAll(): Promise<void> {
     for (let i = 0; i < this.size; i++) await this.crash(i);
   }
@@ -184,7 +201,8 @@ export class KvSimCluster {
   }
 
   private isIdle(): boolean {
-    return this.net.isIdle() && this.servers.every((server) => server === null || server.isIdle());
+    // A server whose syncs are held waits on its disk by design, not on this millisecond's I/O.
+    return this.net.isIdle() && this.servers.every((server, i) => server === null || this.stores[i].holdingSyncs || server.isIdle());
   }
 
   private deliverCalls(): void {

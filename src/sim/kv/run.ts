@@ -45,7 +45,7 @@ export async function runKvSim(options: KvSimOptions): Promise<{ line: string; o
   });
   const ok = result.failures.length === 0;
   const summary =
-    `kv ${sessions ? "sessions " : ""}${apiOps ? "api " : ""}${batch ? "batch " : ""}${options.nodes} nodes, ${result.operations} ops, ${result.crashes} crashes, ${result.partitions} partitions, ` +
+    `kv ${sessions ? "sessions " : ""}${apiOps ? "api " : ""}${batch ? "batch " : ""}${options.nodes} nodes, ${result.operations} ops, ${result.crashes} crashes (${result.laggingLeaderCrashes} of a leader with unsynced applied entries: ${result.appliedThenLost}), ${result.partitions} partitions, ` +
     (sessions
       ? `${result.sessionEvents.registrationsRefused} registrations refused, ${result.sessionEvents.expiredRefusals} writes refused as session-expired ` +
         `(${result.sessionEvents.uncertainWrites} outcomes unknown), `

@@ -68,6 +68,9 @@ export interface WorkloadResult {
   operations: number;
   appendsAudited: number;
   crashes: number;
+  /** Leaders crashed while their disk held syncs, and the entries they had applied early then lost locally. */
+  laggingLeaderCrashes: number;
+  appliedThenLost: number;
   partitions: number;
   snapshotsInstalled: number;
   /**
@@ -156,10 +159,12 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
         return { clerk, key: ownKey, appended };
       });
       const partitioner = o.partitions ? runPartitioner(cluster, done, new Rng((o.seed * 131 + iteration * 7 + 5) % Number.MAX_SAFE_INTEGER)) : Promise.resolve();
+      const lagger = o.crash ? runLaggingLeader(cluster, done, new Rng((o.seed * 173 + iteration * 11 + 3) % Number.MAX_SAFE_INTEGER)) : Promise.resolve();
       const end = cluster.clock.now() + o.iterationMs;
       while (cluster.clock.now() < end && (o.opsPerIteration === undefined || completed < o.opsPerIteration)) await cluster.run(10);
       done.value = true;
       await cluster.until(partitioner);
+      await cluster.until(lagger);
       cluster.heal();
       if (o.crash) {
         // Simulated time stands still while servers close and open (real fsyncs): crash() takes a
@@ -209,6 +214,8 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     operations: history.length,
     appendsAudited,
     crashes: cluster.crashes,
+    laggingLeaderCrashes: cluster.laggingLeaderCrashes,
+    appliedThenLost: cluster.appliedThenLost,
     partitions: cluster.partitions,
     snapshotsInstalled,
     replayBreaks: cluster.replayBreaks,
@@ -221,6 +228,30 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
  * Every 100-300 ms, a fresh random split of the servers into two groups (6.824's partitioner).
  * Runs inside clock timer callbacks, so a split happens before any I/O of that millisecond.
  */
+/**
+ * Now and then the leader's disk stops completing syncs for a few ms while clients keep writing:
+ * its followers' acknowledgements commit its entries, it applies and answers them before its own
+ * write is durable (RaftNode's early apply), and then it crashes, losing that write. Every answer
+ * it gave must survive on the followers (the linearizability check sees the history).
+ */
+function runLaggingLeader(cluster: KvSimCluster, done: { value: boolean }, rng: Rng): Promise<void> {
+  return (async () => {
+    while (!done.value) {
+      await cluster.sleep(rng.range(300, 900));
+      const leader = cluster.leaderIndex();
+      if (done.value || leader < 0) continue;
+      cluster.holdSyncs(leader);
+      const before = cluster.servers[leader]!.raft.status().appliedBeforeOwnSync;
+      await cluster.sleep(rng.range(10, 60));
+      const server = cluster.servers[leader];
+      if (server) cluster.appliedThenLost += server.raft.status().appliedBeforeOwnSync - before;
+      await cluster.still(cluster.crash(leader));
+      cluster.laggingLeaderCrashes++;
+      await cluster.still(cluster.startServer(leader));
+    }
+  })();
+}
+
 function runPartitioner(cluster: KvSimCluster, done: { value: boolean }, rng: Rng): Promise<void> {
   return new Promise<void>((resolve) => {
     const split = (): void => {
