@@ -446,3 +446,38 @@ test("a table gone bad on the sending replica fails its snapshot stream as state
   expect(isStateMachineCorruption(error)).toBe(true);
   expect(String(error)).toMatch(/checksum mismatch/);
 });
+
+describe("applied ahead of the Raft log (a leader's early apply)", () => {
+  test("no background flush and no flush at close makes an applied index above the limit durable", async () => {
+    const dir = tempDir();
+    const m = await open(dir, { syncEveryEntries: 2 });
+    await m.apply(entries(1, 1, [{ key: "a", value: "1" }, { key: "b", value: "2" }]));
+    while (m.syncInFlight) await Bun.sleep(1);
+    expect(m.durableAppliedIndex()).toBe(2);
+    // The node's log is durable through 2; entries 3..6 are committed elsewhere but not on its disk.
+    m.limitDurableApplied(2);
+    await m.apply(entries(3, 1, [{ key: "c", value: "3" }, { key: "d", value: "4" }, { key: "e", value: "5" }, { key: "f", value: "6" }]));
+    expect(m.syncInFlight).toBe(false);
+    expect(m.durableAppliedIndex()).toBe(2);
+    await expect(m.sync()).rejects.toThrow(/durable only through 2/);
+    // The node stops during its write: what the close keeps must not be ahead of the log.
+    const again = await reopen(m, dir);
+    expect(again.lastApplied()).toBe(2);
+    expect(read(again, "c")).toBeNull();
+    expect(read(again, "b")).toBe("2");
+  });
+
+  test("once the limit is lifted the next apply flushes as usual", async () => {
+    const dir = tempDir();
+    const m = await open(dir, { syncEveryEntries: 2 });
+    m.limitDurableApplied(0);
+    await m.apply(entries(1, 1, [{ key: "a", value: "1" }, { key: "b", value: "2" }, { key: "c", value: "3" }]));
+    expect(m.syncInFlight).toBe(false);
+    m.limitDurableApplied(null);
+    await m.apply(entries(4, 1, [{ key: "d", value: "4" }]));
+    while (m.syncInFlight) await Bun.sleep(1);
+    expect(m.durableAppliedIndex()).toBe(4);
+    const again = await reopen(m, dir);
+    expect(again.lastApplied()).toBe(4);
+  });
+});
