@@ -306,6 +306,11 @@ export class KVServer {
     return this.node.isIdle() && !this.machine.syncInFlight;
   }
 
+  /** Idle but for a Raft log write in flight (a simulator holding this node's syncs). */
+  waitsOnlyForLog(): boolean {
+    return this.node.waitsOnlyForLog() && !this.machine.syncInFlight;
+  }
+
   /**
    * This replica's applied value of `key`, without ReadIndex: possibly stale, never
    * linearizable. For diagnostics and tests that inspect one replica; clients use command().

@@ -75,6 +75,10 @@ export class RaftNode {
   private applyTail: Promise<void> = Promise.resolve();
   /** This node's log end before the running write (what is durable while it runs). */
   private durableBefore = 0;
+  /** A log write is in flight (the cycle waits for it). */
+  private saveInFlight = false;
+  /** Applies queued or running. */
+  private appliesPending = 0;
   /** An early apply ran in this cycle: the machine holds entries this node's disk may not. */
   private appliedAhead = false;
 
@@ -296,6 +300,14 @@ export class RaftNode {
     return this.restoring || !this.raft.hasReady();
   }
 
+  /**
+   * True when the node waits only for its log write (no apply running or queued): for simulators
+   * that hold a disk's syncs on purpose and must still know when everything else has settled.
+   */
+  waitsOnlyForLog(): boolean {
+    return this.stopped || (this.saveInFlight && this.appliesPending === 0 && !this.cycleQueued);
+  }
+
   /** Stops ticking and receiving, drains the running cycle; closes nothing it did not open. */
   async stop(): Promise<void> {
     if (this.stopped) {
@@ -381,15 +393,18 @@ export class RaftNode {
         this.durableBefore = durableBefore;
         this.applyEarly(); // entries committed before this Ready's write started
       }
+      this.saveInFlight = true;
       try {
         await saving;
       } catch (err) {
+        this.saveInFlight = false;
         this.savingThrough = 0;
         // Never leave an apply running unobserved; the failed write is what halts the node (the
         // machine keeps its limit: nothing above the old durable end may become durable).
         await this.applyTail;
         throw err;
       }
+      this.saveInFlight = false;
       this.savingThrough = 0;
       if (this.appliedAhead) {
         this.appliedAhead = false;
@@ -479,6 +494,7 @@ export class RaftNode {
     if (entries.length === 0) return this.applyTail;
     const last = entries[entries.length - 1].index;
     if (last > this.queuedThrough) this.queuedThrough = last;
+    this.appliesPending++;
     const run = this.applyTail.then(async () => {
       if (before) await before();
       if (this.stopped) return; // a stopped node applies nothing more; a restart replays the log
@@ -489,7 +505,9 @@ export class RaftNode {
       await this.sm.apply(withoutConfChanges(fresh));
       if (tracing) traceSpan(kind, traced, fresh.length);
     });
-    this.applyTail = run.catch(() => {});
+    this.applyTail = run.catch(() => {}).finally(() => {
+      this.appliesPending--;
+    });
     return run;
   }
 

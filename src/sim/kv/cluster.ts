@@ -202,7 +202,10 @@ export class KvSimCluster {
 
   private isIdle(): boolean {
     // A server whose syncs are held waits on its disk by design, not on this millisecond's I/O.
-    return this.net.isIdle() && this.servers.every((server, i) => server === null || this.stores[i].holdingSyncs || server.isIdle());
+    return (
+      this.net.isIdle() &&
+      this.servers.every((server, i) => server === null || server.isIdle() || (this.stores[i].holdingSyncs && server.waitsOnlyForLog()))
+    );
   }
 
   private deliverCalls(): void {

@@ -159,14 +159,33 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
         return { clerk, key: ownKey, appended };
       });
       const partitioner = o.partitions ? runPartitioner(cluster, done, new Rng((o.seed * 131 + iteration * 7 + 5) % Number.MAX_SAFE_INTEGER)) : Promise.resolve();
-      const lagger = o.crash ? runLaggingLeader(cluster, done, new Rng((o.seed * 173 + iteration * 11 + 3) % Number.MAX_SAFE_INTEGER)) : Promise.resolve();
       const end = cluster.clock.now() + o.iterationMs;
-      while (cluster.clock.now() < end && (o.opsPerIteration === undefined || completed < o.opsPerIteration)) await cluster.run(10);
+      // Late in the iteration the leader's disk stops completing syncs, until the crash that ends
+      // the iteration: its followers' acknowledgements commit its last write, it applies and
+      // answers those entries before its own write is durable (RaftNode's early apply), and the
+      // crash then loses that write on its disk. Every answer must survive on the followers.
+      const lagRng = new Rng((o.seed * 173 + iteration * 11 + 3) % Number.MAX_SAFE_INTEGER);
+      const lagAt = o.opsPerIteration !== undefined ? Math.floor(o.opsPerIteration * (0.6 + 0.3 * lagRng.next())) : Infinity;
+      let lagging: { server: number; applied: number } | null = null;
+      while (cluster.clock.now() < end && (o.opsPerIteration === undefined || completed < o.opsPerIteration)) {
+        await cluster.run(10);
+        if (o.crash && lagging === null && completed >= lagAt) {
+          const leader = cluster.leaderIndex();
+          if (leader >= 0) {
+            cluster.holdSyncs(leader);
+            lagging = { server: leader, applied: cluster.servers[leader]!.raft.status().appliedBeforeOwnSync };
+          }
+        }
+      }
       done.value = true;
       await cluster.until(partitioner);
-      await cluster.until(lagger);
       cluster.heal();
       if (o.crash) {
+        const lagged = lagging === null ? null : cluster.servers[lagging.server];
+        if (lagging !== null && lagged) {
+          cluster.laggingLeaderCrashes++;
+          cluster.appliedThenLost += lagged.raft.status().appliedBeforeOwnSync - lagging.applied;
+        }
         // Simulated time stands still while servers close and open (real fsyncs): crash() takes a
         // server off the network first, so no close waits on a network hop.
         await cluster.still(cluster.crashAll());
@@ -228,30 +247,6 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
  * Every 100-300 ms, a fresh random split of the servers into two groups (6.824's partitioner).
  * Runs inside clock timer callbacks, so a split happens before any I/O of that millisecond.
  */
-/**
- * Now and then the leader's disk stops completing syncs for a few ms while clients keep writing:
- * its followers' acknowledgements commit its entries, it applies and answers them before its own
- * write is durable (RaftNode's early apply), and then it crashes, losing that write. Every answer
- * it gave must survive on the followers (the linearizability check sees the history).
- */
-function runLaggingLeader(cluster: KvSimCluster, done: { value: boolean }, rng: Rng): Promise<void> {
-  return (async () => {
-    while (!done.value) {
-      await cluster.sleep(rng.range(300, 900));
-      const leader = cluster.leaderIndex();
-      if (done.value || leader < 0) continue;
-      cluster.holdSyncs(leader);
-      const before = cluster.servers[leader]!.raft.status().appliedBeforeOwnSync;
-      await cluster.sleep(rng.range(10, 60));
-      const server = cluster.servers[leader];
-      if (server) cluster.appliedThenLost += server.raft.status().appliedBeforeOwnSync - before;
-      await cluster.still(cluster.crash(leader));
-      cluster.laggingLeaderCrashes++;
-      await cluster.still(cluster.startServer(leader));
-    }
-  })();
-}
-
 function runPartitioner(cluster: KvSimCluster, done: { value: boolean }, rng: Rng): Promise<void> {
   return new Promise<void>((resolve) => {
     const split = (): void => {
