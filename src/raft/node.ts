@@ -75,6 +75,8 @@ export class RaftNode {
   private applyTail: Promise<void> = Promise.resolve();
   /** This node's log end before the running write (what is durable while it runs). */
   private durableBefore = 0;
+  /** The first failed apply: every later one is refused with it, and the cycle halts the node. */
+  private applyFailure: Error | null = null;
   /** A log write is in flight (the cycle waits for it). */
   private saveInFlight = false;
   /** Applies queued or running. */
@@ -421,8 +423,12 @@ export class RaftNode {
     if (late !== null) this.dispatch(late);
     // The core answers an installed snapshot in the first Ready after step(); none means no answer.
     this.settleSnapshotAnswers();
-    // The overlapped and early applies end before the rest (and before advance).
-    if (applying !== null || appliedEarly) await this.applyTail;
+    // The overlapped and early applies end before the rest (and before advance); a failed one
+    // halts the node here, before advance() could count its entries as applied.
+    if (applying !== null || appliedEarly) {
+      await this.applyTail;
+      if (this.applyFailure !== null) throw this.applyFailure;
+    }
     // 3. Apply (what the write above did not overlap), then serve reads.
     if (rd.committedEntries.length > 0) {
       if (applied < rd.committedEntries.length) {
@@ -497,12 +503,18 @@ export class RaftNode {
     this.appliesPending++;
     const run = this.applyTail.then(async () => {
       if (before) await before();
+      if (this.applyFailure !== null) throw this.applyFailure;
       if (this.stopped) return; // a stopped node applies nothing more; a restart replays the log
       const done = this.sm.lastApplied();
       const fresh = entries[0].index > done ? entries : entries.filter((e) => e.index > done);
       if (fresh.length === 0) return;
       const traced = tracing ? wallNow() : 0;
-      await this.sm.apply(withoutConfChanges(fresh));
+      try {
+        await this.sm.apply(withoutConfChanges(fresh));
+      } catch (err) {
+        this.applyFailure ??= err as Error;
+        throw err;
+      }
       if (tracing) traceSpan(kind, traced, fresh.length);
     });
     this.applyTail = run.catch(() => {}).finally(() => {

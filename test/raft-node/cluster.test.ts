@@ -207,6 +207,37 @@ describe("RaftNode cluster (simulated)", () => {
     expectConsistent(c);
   });
 
+  test("an apply that fails while the follower's next write syncs stops the node; nothing is applied after the gap", async () => {
+    const c = cluster(3, 4);
+    await c.start();
+    const leader = await c.waitForLeader();
+    await proposeAll(c, commands("ok", 10));
+    await c.runUntil(() => appliedEverywhere(c, 10), 10_000, "first 10 applied");
+    const follower = [...c.nodes.keys()].find((id) => id !== leader.id)!;
+    const store = c.logs.get(follower) as MemoryLogStore;
+    const machine = c.machines.get(follower)!;
+    const node = c.node(follower);
+    // As above: "a" is applied in the overlap with the write of "b"; here that apply fails.
+    machine.onApply = (entries) => {
+      if (entries.some((e) => new TextDecoder().decode(e.data) === "a")) throw new Error("the machine's disk says no");
+    };
+    const a = await leader.propose(enc.encode("a"));
+    await c.runUntil(() => node.status().lastIndex >= a.index, 1_000, "a held by the follower");
+    c.network.blockOneWay(leader.id, follower);
+    await c.runUntil(() => leader.status().commitIndex >= a.index, 1_000, "a committed");
+    store.holdSyncs(true);
+    c.network.heal();
+    await leader.propose(enc.encode("b"));
+    await c.runUntil(() => store.pendingWrites > 0, 1_000, "the write of b pending");
+    store.holdSyncs(false);
+    await c.runUntil(() => node.status().stopped, 1_000, "the follower stopping on the failed apply");
+    expect(node.status().fatal).toContain("the machine's disk says no");
+    await proposeAll(c, commands("after", 3));
+    await c.runFor(200);
+    expect(machine.commands).not.toContain("b");
+    expect(machine.violations).toEqual([]);
+  });
+
   test("a partitioned leader is replaced; after healing its uncommitted entries are dropped", async () => {
     const c = cluster(5, 5);
     await c.start();
