@@ -68,6 +68,12 @@ export interface KVStateMachineOptions {
    * log compaction asks (else the driver forces a flush inline and its cycle waits for the table).
    */
   syncEveryEntries?: number;
+  /**
+   * Entry bytes applied since the last flush before a background flush starts, whatever the entry
+   * count. Default 32 MiB: half the driver's default byte threshold for log compaction, for the same
+   * reason (big Batch entries reach it long before 5,000 entries).
+   */
+  syncEveryBytes?: number;
   /** Bytes of data changes per LSM batch; a larger apply is split at entry boundaries. Default 4 MiB. */
   maxBatchBytes?: number;
   /** Record every change in the watch history (history.ts). Default true. */
@@ -98,6 +104,8 @@ export class KVStateMachine {
   /** The oldest revision whose watch-history events this node still holds. */
   private historyFloor = 1;
   private durable = 0;
+  /** Entry bytes applied since the last sync started (syncEveryBytes). */
+  private unsyncedBytes = 0;
   private syncing: Promise<unknown> | null = null;
 
   /** True while a background sync of the LSM is running (simulations wait for it). */
@@ -130,6 +138,7 @@ export class KVStateMachine {
       snapshotChunkBytes: 1 << 20,
       snapshotFormat: "files",
       syncEveryEntries: 5_000,
+      syncEveryBytes: 32 << 20,
       maxBatchBytes: 4 << 20,
       watchHistory: true,
       txnLimits: {},
@@ -248,6 +257,7 @@ export class KVStateMachine {
     this.checkUsable();
     const index = this.applied;
     const db = this.db;
+    this.unsyncedBytes = 0;
     await db.flush();
     // A restore may have swapped the database meanwhile; it set `durable` itself.
     if (db === this.db && index > this.durable) this.durable = index;
@@ -317,6 +327,7 @@ export class KVStateMachine {
       }
       batch.index = entry.index;
       batch.term = entry.term;
+      this.unsyncedBytes += entry.data.length;
       results.push(this.applyEntry(entry, batch));
       if (batch.bytes >= this.options.maxBatchBytes) {
         await this.commit(batch);
@@ -398,9 +409,10 @@ export class KVStateMachine {
     this.keyCount = keyCount;
   }
 
-  /** Every syncEveryEntries applied entries, a background flush moves the durable applied index. */
+  /** Every syncEveryEntries applied entries or syncEveryBytes of them, a background flush moves the durable applied index. */
   private startBackgroundSync(): void {
-    if (this.applied - this.durable < this.options.syncEveryEntries || this.syncing !== null) return;
+    if (this.syncing !== null) return;
+    if (this.applied - this.durable < this.options.syncEveryEntries && this.unsyncedBytes < this.options.syncEveryBytes) return;
     this.syncing = this.sync()
       .catch((error) => {
         this.failure ??= error;
@@ -453,6 +465,7 @@ export class KVStateMachine {
     this.logTime = logTime;
     // Callers sync before loading (open) or loaded a synced database (restore).
     this.durable = index;
+    this.unsyncedBytes = 0;
     const membersRecord = this.db.getSync(MEMBERS_KEY);
     if (membersRecord) this.members = decodeMembers(membersRecord);
     const keyCountRecord = this.db.getSync(KEY_COUNT_KEY);
