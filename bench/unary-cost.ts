@@ -1,7 +1,9 @@
 // Server CPU per unary call by protocol, with no Raft or storage behind the handlers: an RpcServer
 // in its own process whose KV backend answers at once, driven by connect-node clients (Connect
 // binary/JSON over HTTP/2, gRPC, gRPC-Web) and the HTTP/1.1 JSON client of the cluster suite.
-// Usage: bun bench/unary-cost.ts [--calls N] [--concurrency C] [--no-fast-lane] [--no-h2-engine] [--tls] [--cpu-prof DIR]
+// Usage: bun bench/unary-cost.ts [--calls N] [--concurrency C] [--rate R] [--no-fast-lane] [--no-h2-engine] [--tls] [--cpu-prof DIR]
+// (--rate R: every path offers the same R calls/s, so server CPU per call compares at one load: a server
+// spends less per call the faster it is driven, and connect-node's clients drive it slower than the lane's)
 // (--no-h2-engine: HTTP/2 through node:http2 and the raw-stream lane, as before the engine;
 // --tls: the server speaks TLS (dev certificates), HTTP/2 by ALPN; the HTTP/1.1 lane is left out)
 // (a tool for profiling the RPC layer; `serve` is the child's mode).
@@ -50,14 +52,17 @@ interface Options {
   h2Engine: boolean;
   tls: boolean;
   cpuProf: string | null;
+  /** Calls per second offered on every path (0: as fast as the clients go). */
+  rate: number;
 }
 
 function parse(argv: string[]): Options {
-  const o: Options = { calls: 20_000, concurrency: 16, fastLane: true, h2Engine: true, tls: false, cpuProf: null };
+  const o: Options = { calls: 20_000, concurrency: 16, fastLane: true, h2Engine: true, tls: false, cpuProf: null, rate: 0 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--calls") o.calls = Math.max(100, Math.min(1_000_000, Number(argv[++i])));
     else if (a === "--concurrency") o.concurrency = Math.max(1, Math.min(1024, Number(argv[++i])));
+    else if (a === "--rate") o.rate = Math.max(0, Math.min(1_000_000, Number(argv[++i]) || 0));
     else if (a === "--no-fast-lane") o.fastLane = false;
     else if (a === "--no-h2-engine") o.h2Engine = false;
     else if (a === "--tls") o.tls = true;
@@ -69,13 +74,23 @@ function parse(argv: string[]): Options {
 
 const VALUE = "x".repeat(100);
 
-/** Runs `calls` calls, `concurrency` at a time; each slot gets its own caller from `slot()`. */
-async function runCalls(calls: number, concurrency: number, slot: () => Promise<(i: number) => Promise<unknown>>): Promise<void> {
+/**
+ * Runs `calls` calls, `concurrency` at a time; each slot gets its own caller from `slot()`. With a
+ * rate, call i starts no earlier than i/rate seconds after the first (a slot sleeps until then).
+ */
+async function runCalls(calls: number, concurrency: number, callers: ((i: number) => Promise<unknown>)[], rate = 0): Promise<void> {
   let next = 0;
-  const callers = await Promise.all(Array.from({ length: concurrency }, slot));
+  const start = performance.now();
   await Promise.all(
-    callers.map(async (one) => {
-      while (next < calls) await one(next++);
+    callers.slice(0, concurrency).map(async (one) => {
+      while (next < calls) {
+        const i = next++;
+        if (rate > 0) {
+          const wait = start + (i * 1000) / rate - performance.now();
+          if (wait > 0) await Bun.sleep(wait);
+        }
+        await one(i);
+      }
     }),
   );
 }
@@ -173,14 +188,15 @@ async function main(): Promise<void> {
   ];
   // Over TLS the HTTP/1.1 lane does not run (cleartext only): its path is left out.
   const paths = o.tls ? all.slice(1) : all;
-  console.log(`server pid ${child.pid}, ${o.calls} Put calls per path, ${o.concurrency} in flight, fast lane ${o.fastLane ? "on" : "off"}, HTTP/2 ${o.fastLane && o.h2Engine ? "engine" : "node:http2"}${o.tls ? ", TLS" : ""}`);
+  console.log(`server pid ${child.pid}, ${o.calls} Put calls per path, ${o.concurrency} in flight, ${o.rate > 0 ? `offered at ${o.rate} calls/s, ` : ""}fast lane ${o.fastLane ? "on" : "off"}, HTTP/2 ${o.fastLane && o.h2Engine ? "engine" : "node:http2"}${o.tls ? ", TLS" : ""}`);
   for (const [name, make] of paths) {
     const slot = make();
-    await runCalls(Math.min(2000, o.calls), o.concurrency, slot); // warm-up: JIT, connections
+    const callers = await Promise.all(Array.from({ length: o.concurrency }, slot));
+    await runCalls(Math.min(2000, o.calls), o.concurrency, callers); // warm-up: JIT, connections
     const cpu0 = cpuSeconds(child.pid)!;
     const self0 = process.cpuUsage();
     const t0 = performance.now();
-    await runCalls(o.calls, o.concurrency, slot);
+    await runCalls(o.calls, o.concurrency, callers, o.rate);
     const wall = (performance.now() - t0) / 1000;
     const server = cpuSeconds(child.pid)! - cpu0;
     const self = process.cpuUsage(self0);

@@ -41,6 +41,9 @@ const USAGE = `usage: bun run kvserver [-id N] [-addrs host:port,...] [-db DIR] 
                        HTTP/2 engine (the unary lane still runs on node:http2's streams)
   --snapshot-threshold compact the Raft log once this many entries are applied past the last
                        snapshot (default: the KV server's own)
+  --snapshot-threshold-mb
+                       compact it also once the entries it holds in memory pass this many MiB
+                       (default 64; the state machine flushes every half of it)
   --snapshot-format    what this node sends a follower that needs a snapshot: files (its LSM table
                        files, the default) or pairs (every key and value: the stream older builds
                        read, for a cluster part-way through an upgrade); both are installed
@@ -82,6 +85,7 @@ interface Config {
   db: string;
   corsOrigins: string[];
   snapshotThreshold?: number;
+  snapshotThresholdBytes?: number;
   snapshotFormat?: "files" | "pairs";
   minFreeDiskBytes: number;
   maxWatches?: number;
@@ -108,6 +112,7 @@ function parseConfig(argv: string[]): Config | "help" {
       db: "kvserver-data",
       "cors-origin": "",
       "snapshot-threshold": undefined,
+      "snapshot-threshold-mb": undefined,
       "snapshot-format": undefined,
       "min-free-disk-mb": "128",
       join: undefined,
@@ -151,6 +156,12 @@ function parseConfig(argv: string[]): Config | "help" {
       throw new UsageError(`--snapshot-threshold must be a positive integer`);
     }
   }
+  let snapshotThresholdBytes: number | undefined;
+  if (flags.values["snapshot-threshold-mb"] !== undefined) {
+    const mb = Number(flags.values["snapshot-threshold-mb"]);
+    if (!Number.isInteger(mb) || mb < 1 || mb > 65_536) throw new UsageError(`--snapshot-threshold-mb must be a whole number of MiB from 1 to 65536`);
+    snapshotThresholdBytes = mb * 1024 * 1024;
+  }
   const snapshotFormat = flags.values["snapshot-format"];
   if (snapshotFormat !== undefined && snapshotFormat !== "files" && snapshotFormat !== "pairs") {
     throw new UsageError(`--snapshot-format "${snapshotFormat}" is not one of files, pairs`);
@@ -189,6 +200,7 @@ function parseConfig(argv: string[]): Config | "help" {
     db: flags.values.db!,
     corsOrigins,
     snapshotThreshold,
+    snapshotThresholdBytes,
     ...(snapshotFormat === undefined ? {} : { snapshotFormat }),
     minFreeDiskBytes: Math.round(minFreeMb * 1024 * 1024),
     maxWatches,
@@ -271,6 +283,7 @@ async function main(argv: string[]): Promise<number> {
             snapshotChunkBytes: SNAPSHOT_CHUNK_BYTES,
             observer: args.observer,
             ...(config.snapshotThreshold === undefined ? {} : { snapshotThreshold: config.snapshotThreshold }),
+            ...(config.snapshotThresholdBytes === undefined ? {} : { snapshotThresholdBytes: config.snapshotThresholdBytes }),
           },
           state: { ...config.sessions, ...(config.snapshotFormat === undefined ? {} : { snapshotFormat: config.snapshotFormat }) },
           ...(config.maxPendingCommands === undefined ? {} : { limits: { maxPendingCommands: config.maxPendingCommands } }),

@@ -39,6 +39,8 @@ export interface KVRaftOptions {
   heartbeatTicks?: number;
   seed?: number;
   snapshotThreshold?: number;
+  /** Compact the Raft log also once the entries it holds in memory pass this many bytes (default 64 MiB). */
+  snapshotThresholdBytes?: number;
   snapshotChunkBytes?: number;
   maxPendingProposals?: number;
   /** Addresses of the bootstrap members (stored with the bootstrap configuration). */
@@ -62,6 +64,7 @@ export interface KVStateOptions {
   /** Unregistered (eRaft-style) sessions at most (least recently used dropped beyond). Default 100,000. */
   maxUnregisteredSessions?: number;
   syncEveryEntries?: number;
+  syncEveryBytes?: number;
   /** What snapshots this node sends: "files" (its LSM table files, the default) or "pairs" (readable by older builds). */
   snapshotFormat?: KVStateMachineOptions["snapshotFormat"];
 }

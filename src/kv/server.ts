@@ -132,6 +132,8 @@ export class KVServer {
     const machineOptions = {
       members: o.peers,
       snapshotChunkBytes: o.raft?.snapshotChunkBytes,
+      // Flush at half the log's byte threshold, so compaction finds the durable index moved.
+      syncEveryBytes: o.raft?.snapshotThresholdBytes === undefined ? undefined : Math.max(1, Math.floor(o.raft.snapshotThresholdBytes / 2)),
       txnLimits: o.txnLimits,
       ...definedOnly(o.state ?? {}),
     } as Omit<KVStateMachineOptions, "dir">;

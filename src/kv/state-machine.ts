@@ -69,6 +69,12 @@ export interface KVStateMachineOptions {
    * log compaction asks (else the driver forces a flush inline and its cycle waits for the table).
    */
   syncEveryEntries?: number;
+  /**
+   * Entry bytes applied since the last flush before a background flush starts, whatever the entry
+   * count. Default 32 MiB: half the driver's default byte threshold for log compaction, for the same
+   * reason (big Batch entries reach it long before 5,000 entries).
+   */
+  syncEveryBytes?: number;
   /** Bytes of data changes per LSM batch; a larger apply is split at entry boundaries. Default 4 MiB. */
   maxBatchBytes?: number;
   /** Record every change in the watch history (history.ts). Default true. */
@@ -99,6 +105,8 @@ export class KVStateMachine {
   /** The oldest revision whose watch-history events this node still holds. */
   private historyFloor = 1;
   private durable = 0;
+  /** Entry bytes applied since the last sync started (syncEveryBytes). */
+  private unsyncedBytes = 0;
   private syncing: Promise<unknown> | null = null;
   /** Set while the Raft node applied beyond its durable log: no applied index above it may become durable. */
   private durableLimit: number | null = null;
@@ -133,6 +141,7 @@ export class KVStateMachine {
       snapshotChunkBytes: 1 << 20,
       snapshotFormat: "files",
       syncEveryEntries: 5_000,
+      syncEveryBytes: 32 << 20,
       maxBatchBytes: 4 << 20,
       watchHistory: true,
       txnLimits: {},
@@ -262,6 +271,7 @@ export class KVStateMachine {
       throw new Error(`invariant: flushing applied index ${index} while the Raft log is durable only through ${this.durableLimit}`);
     }
     const db = this.db;
+    this.unsyncedBytes = 0;
     await db.flush();
     // A restore may have swapped the database meanwhile; it set `durable` itself.
     if (db === this.db && index > this.durable) this.durable = index;
@@ -333,6 +343,7 @@ export class KVStateMachine {
       }
       batch.index = entry.index;
       batch.term = entry.term;
+      this.unsyncedBytes += entry.data.length;
       results.push(this.applyEntry(entry, batch));
       if (batch.bytes >= this.options.maxBatchBytes) {
         await this.commit(batch);
@@ -414,9 +425,10 @@ export class KVStateMachine {
     this.keyCount = keyCount;
   }
 
-  /** Every syncEveryEntries applied entries, a background flush moves the durable applied index. */
+  /** Every syncEveryEntries applied entries or syncEveryBytes of them, a background flush moves the durable applied index. */
   private startBackgroundSync(): void {
-    if (this.applied - this.durable < this.options.syncEveryEntries || this.syncing !== null) return;
+    if (this.syncing !== null) return;
+    if (this.applied - this.durable < this.options.syncEveryEntries && this.unsyncedBytes < this.options.syncEveryBytes) return;
     // Applied ahead of the node's durable log: flushing now could leave the machine ahead of the
     // log after a crash. The next apply after the log write tries again.
     if (this.durableLimit !== null && this.applied > this.durableLimit) return;
@@ -477,6 +489,7 @@ export class KVStateMachine {
     this.logTime = logTime;
     // Callers sync before loading (open) or loaded a synced database (restore).
     this.durable = index;
+    this.unsyncedBytes = 0;
     const membersRecord = this.db.getSync(MEMBERS_KEY);
     if (membersRecord) this.members = decodeMembers(membersRecord);
     const keyCountRecord = this.db.getSync(KEY_COUNT_KEY);

@@ -5,17 +5,30 @@ import type { Raft } from "./core/raft.ts";
 import { metaWith } from "./core/membership.ts";
 import type { LogStore, StateMachine } from "./types.ts";
 
+/** When the log is compacted: entries applied past the compaction point, or payload bytes held in memory. */
+export interface CompactionLimits {
+  entries: number;
+  bytes: number;
+}
+
 /**
  * Compacts the log through what the state machine has made durable, once that is more than
- * `threshold` entries past the compaction point; forces a sync at twice the threshold.
+ * `limits.entries` entries past the compaction point, or as soon as it is past it at all while the
+ * log holds more than `limits.bytes` (the durable index moves only with the state machine's
+ * flushes, so this compacts at most once a flush). At twice either limit, with applied entries the
+ * state machine has not made durable, it forces a sync.
  */
-export async function maybeCompact(raft: Raft, log: LogStore, sm: StateMachine, threshold: number): Promise<void> {
+export async function maybeCompact(raft: Raft, log: LogStore, sm: StateMachine, limits: CompactionLimits): Promise<void> {
   const point = log.firstIndex() - 1;
   const applied = raft.appliedIndex;
-  if (applied - point <= threshold) return;
+  const held = raft.raftLog.heldBytes;
+  const bytesOver = held > limits.bytes;
+  if (applied - point <= limits.entries && !bytesOver) return;
+  const worthIt = (through: number) => through - point > limits.entries || (bytesOver && through > point);
   let durable = Math.min(sm.durableAppliedIndex(), applied);
-  if (durable - point <= threshold) {
-    if (applied - point <= 2 * threshold) return;
+  if (!worthIt(durable)) {
+    const urgent = applied - point > 2 * limits.entries || held > 2 * limits.bytes;
+    if (!urgent || durable >= applied) return;
     durable = Math.min(await sm.sync(), applied);
     if (durable <= point) return;
   }

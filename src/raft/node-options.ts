@@ -47,6 +47,12 @@ export interface RaftNodeOptions {
   maxEntryBytes?: number;
   /** Compact the log when (durable applied index − compaction point) exceeds this (default 10 000). */
   snapshotThreshold?: number;
+  /**
+   * Compact the log also when the entries it holds in memory pass this many payload bytes (default
+   * 64 MiB): big entries (a Batch of 1,024 puts is ~130 KB) would otherwise hold gigabytes before
+   * the entry count is reached.
+   */
+  snapshotThresholdBytes?: number;
   /** Default 1 MiB. */
   snapshotChunkBytes?: number;
   /** A readIndex() not served within this rejects with ReadIndexTimeoutError (default 3 election timeouts). */
@@ -120,6 +126,7 @@ export const DEFAULTS = {
   maxPendingProposals: 10_000,
   maxEntryBytes: 8 * 1024 * 1024,
   snapshotThreshold: 10_000,
+  snapshotThresholdBytes: 64 * 1024 * 1024,
   snapshotChunkBytes: 1024 * 1024,
   applyBeforeLeaderSync: true,
 };

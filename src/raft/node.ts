@@ -347,8 +347,8 @@ export class RaftNode {
         this.raft.advance(ready);
         this.reportMembership();
         // Checked synchronously: most cycles have nothing to compact and should not pay an await.
-        if (this.raft.appliedIndex - (this.log.firstIndex() - 1) > this.opts.snapshotThreshold) {
-          await maybeCompact(this.raft, this.log, this.sm, this.opts.snapshotThreshold);
+        if (this.raft.appliedIndex - (this.log.firstIndex() - 1) > this.opts.snapshotThreshold || this.raft.raftLog.heldBytes > this.opts.snapshotThresholdBytes) {
+          await maybeCompact(this.raft, this.log, this.sm, { entries: this.opts.snapshotThreshold, bytes: this.opts.snapshotThresholdBytes });
         }
       }
     } catch (err) {

@@ -118,6 +118,17 @@ describe("apply", () => {
     expect(read(m, "a")).toBe("vw");
   });
 
+  test("big entries start a background flush by bytes applied, long before the entry count", async () => {
+    const m = await open(tempDir(), { syncEveryEntries: 1_000_000, syncEveryBytes: 16 << 10 });
+    const value = "v".repeat(2000);
+    for (let i = 1; i <= 20; i++) {
+      await m.apply(entries(i, 1, [{ op: "Put", key: `k${i}`, value, clientId: 1n, commandId: BigInt(i) }]));
+      while (m.syncInFlight) await Bun.sleep(1);
+    }
+    // ~2 KB an entry: a flush every 8 entries or so moves the durable index.
+    expect(m.durableAppliedIndex()).toBeGreaterThanOrEqual(8);
+  });
+
   test("a crash keeps the applies up to the last flush; replaying the log from there gives the same state", async () => {
     const log = entries(1, 2, [
       { op: "Put", key: "a", value: "1", clientId: 5n, commandId: 1n },

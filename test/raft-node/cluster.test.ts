@@ -302,6 +302,32 @@ describe("RaftNode cluster (simulated)", () => {
     expectConsistent(c);
   });
 
+  test("big entries: the log is compacted by the bytes it holds long before the entry count is reached", async () => {
+    for (const flushEvery of [5, 0]) {
+      // flushEvery 0: the machine never flushes on its own, so compaction must force its sync.
+      const c = cluster(3, 17 + flushEvery, {
+        stateMachine: (_id, previous) => previous?.recover() ?? new ListMachine(undefined, flushEvery),
+        node: { snapshotThreshold: 10_000, snapshotThresholdBytes: 8 * 1024 },
+      });
+      await c.start();
+      const big = (i: number) => `${"x".repeat(1000)}-${i}`;
+      let mostHeld = 0;
+      for (let i = 0; i < 60; i++) {
+        await proposeAll(c, [big(i)]);
+        for (const id of c.nodes.keys()) {
+          const log = c.logs.get(id)!;
+          mostHeld = Math.max(mostHeld, log.lastIndex() - log.firstIndex() + 1);
+        }
+      }
+      await c.runUntil(() => appliedEverywhere(c, 60), 20_000, "60 big entries applied");
+      for (const id of c.nodes.keys()) expect(c.node(id).status().snapshotIndex).toBeGreaterThan(0);
+      // 8 KiB of ~1 KB entries, twice over before a forced sync, and what is in flight meanwhile.
+      expect(mostHeld).toBeLessThanOrEqual(30);
+      expectConsistent(c);
+      await c.stop();
+    }
+  });
+
   test("a follower that crashes after restoring a snapshot but before resetting its log recovers", async () => {
     const c = cluster(3, 8, {
       stateMachine: (_id, previous) => previous?.recover() ?? new ListMachine(undefined, 5),

@@ -13,7 +13,7 @@ interface ConfigEntry {
 /** What the simulators and the driver may read of the core's log. */
 export type RaftLogView = Pick<
   RaftLog,
-  "snapshot" | "term" | "entry" | "firstIndex" | "lastIndex" | "commitIndex" | "heldEntries" | "membership" | "membershipAt" | "lastConfigIndex" | "membershipVersion"
+  "snapshot" | "term" | "entry" | "firstIndex" | "lastIndex" | "commitIndex" | "heldEntries" | "heldBytes" | "membership" | "membershipAt" | "lastConfigIndex" | "membershipVersion"
 >;
 
 export class RaftLog {
@@ -21,6 +21,8 @@ export class RaftLog {
   snapshot: SnapshotMeta;
   /** entries[i].index === snapshot.index + 1 + i. */
   private entries: Entry[];
+  /** Payload bytes of `entries`: what the log holds in memory, bounded by the driver's compaction. */
+  heldBytes = 0;
   /** Last index known durable on this node's disk (reported through advance). */
   stableIndex: number;
   commitIndex: number;
@@ -46,7 +48,10 @@ export class RaftLog {
       if (e.term < prevTerm) throw new RangeError(`initial entry ${e.index} has term ${e.term} below its predecessor's ${prevTerm}`);
     }
     this.entries = entries.slice();
-    for (const e of this.entries) this.noteConfig(e);
+    for (const e of this.entries) {
+      this.noteConfig(e);
+      this.heldBytes += e.data.length;
+    }
     this.stableIndex = this.lastIndex();
     if (appliedIndex < snapshot.index) {
       throw new RangeError(`appliedIndex ${appliedIndex} is below the log's compaction point ${snapshot.index}: the state machine must hold at least the snapshot`);
@@ -122,6 +127,7 @@ export class RaftLog {
     for (const e of entries) {
       if (e.index !== this.lastIndex() + 1) throw new Error(`invariant: appending entry ${e.index} after last index ${this.lastIndex()}`);
       this.entries.push(e);
+      this.heldBytes += e.data.length;
       this.noteConfig(e);
     }
   }
@@ -162,6 +168,12 @@ export class RaftLog {
     return this.snapshotMembership;
   }
 
+  /** Truncates the held entries to their first `keep`. */
+  private dropEntriesFrom(keep: number): void {
+    for (let i = keep; i < this.entries.length; i++) this.heldBytes -= (this.entries[i] as Entry).data.length;
+    this.entries.length = keep;
+  }
+
   /** Forgets configurations from entries at or after `index` (they were truncated). */
   private dropConfigsFrom(index: number): void {
     let n = this.configs.length;
@@ -189,7 +201,7 @@ export class RaftLog {
         if (e.index <= this.commitIndex) {
           throw new Error(`invariant: leader's entry ${e.index} (term ${e.term}) conflicts with committed entry of term ${ours}`);
         }
-        this.entries.length = e.index - this.snapshot.index - 1;
+        this.dropEntriesFrom(e.index - this.snapshot.index - 1);
         this.dropConfigsFrom(e.index);
         if (this.stableIndex >= e.index) this.stableIndex = e.index - 1;
         break;
@@ -229,7 +241,9 @@ export class RaftLog {
     if (!sameMembership(membership, membershipOfMeta(meta))) {
       throw new RangeError(`compact: the snapshot meta's configuration differs from the log's at index ${meta.index}`);
     }
-    this.entries = this.entries.slice(meta.index - this.snapshot.index);
+    const dropped = meta.index - this.snapshot.index;
+    for (let i = 0; i < dropped; i++) this.heldBytes -= (this.entries[i] as Entry).data.length;
+    this.entries = this.entries.slice(dropped);
     this.snapshot = metaWith(meta.index, meta.term, membership);
     this.snapshotMembership = membership;
     this.configs = this.configs.filter((c) => c.index > meta.index);
@@ -239,6 +253,7 @@ export class RaftLog {
   restore(meta: SnapshotMeta): void {
     if (meta.index < this.commitIndex) throw new Error(`invariant: restoring snapshot ${meta.index} below commitIndex ${this.commitIndex}`);
     this.entries = [];
+    this.heldBytes = 0;
     this.snapshot = cloneSnapshotMeta(meta);
     this.snapshotMembership = membershipOfMeta(meta);
     this.configs = [];
