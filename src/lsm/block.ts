@@ -225,6 +225,33 @@ export class BlockIterator implements InternalIterator {
     }
   }
 
+  /** Restart points of the block (entries, in an index block: its restart interval is 1). */
+  get restarts(): number {
+    return this.restartsOffset === 0 ? 0 : this.numRestarts;
+  }
+
+  /** Positions at the entry of restart point i (invalid past the last). */
+  seekToRestart(i: number): void {
+    if (i >= this.restarts) {
+      this.cur = -1;
+      return;
+    }
+    this.keyLen = 0;
+    this.parse(this.restartPoint(i));
+  }
+
+  /** The key of restart point i compared with (key, seq), the iterator not moved. */
+  compareRestart(i: number, key: Uint8Array, seq: number): number {
+    const d = this.data;
+    let p = this.restartPoint(i) + 1; // shared is 0 at a restart point
+    let nonShared = d[p++];
+    if (nonShared >= 0x80) ({ v: nonShared, p } = varintSlow(d, p - 1));
+    const vl = d[p++];
+    if (vl >= 0x80) p = varintSlow(d, p - 1).p;
+    if (p + nonShared > this.restartsOffset || nonShared < 8) throw this.fail(`bad entry at restart ${i}`);
+    return compareEncodedInternal(d, p, p + nonShared, key, seq, 1);
+  }
+
   next(): void {
     if (this.nextOff >= this.restartsOffset) this.cur = -1;
     else this.parse(this.nextOff);

@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import { crc32cUpdate, maskCrc, unmaskCrc } from "../util/crc32c.ts";
 import { BLOCK_CODEC_MASK, BLOCK_CRC32, blockChecksumMatches, blockTrailerCrc, type BlockChecksum } from "./block-checksum.ts";
 import { BlockBuilder, BlockIterator } from "./block.ts";
+import { IndexSearch } from "./index-search.ts";
 import { bloomHash, bloomMayContain, buildBloom } from "./bloom.ts";
 import type { BlockCache, BlockEntry, BlockMap, Releasable } from "./cache.ts";
 import { ByteReader, ByteWriter, compareBytes, KIND_PUT, readU32, writeU32 } from "./coding.ts";
@@ -286,6 +287,8 @@ export class TableReader implements Releasable {
   private readonly index: Uint8Array;
   private readonly filter: Uint8Array;
   private readonly indexIter: BlockIterator;
+  /** Point reads' search of the index (null: a block shape it does not know; plain seek). */
+  private readonly indexSearch: IndexSearch | null;
   /** Offset and stored size of the filter and index blocks. */
   private readonly metaHandles: [number, number][];
   private readonly dataIter = new BlockIterator();
@@ -339,6 +342,7 @@ export class TableReader implements Releasable {
       [indexOffset, indexSize],
     ];
     this.indexIter = new BlockIterator(this.index, name, indexOffset);
+    this.indexSearch = IndexSearch.build(this.indexIter);
     // Only now: index and filter live as long as the table, so they are not views of a chunk.
     this.readahead = mode.readaheadBytes ?? 0;
   }
@@ -361,7 +365,7 @@ export class TableReader implements Releasable {
 
   /** Bytes kept while the table is open: its index and filter blocks. */
   get metadataBytes(): number {
-    return this.index.length + this.filter.length;
+    return this.index.length + this.filter.length + (this.indexSearch?.bytes ?? 0);
   }
 
   /** Whether the file is read through a memory map (false if mapping was not asked or failed). */
@@ -505,7 +509,8 @@ export class TableReader implements Releasable {
       return false;
     }
     const idx = this.indexIter;
-    idx.seek(key, seq);
+    if (this.indexSearch !== null) this.indexSearch.seek(idx, key, seq);
+    else idx.seek(key, seq);
     if (!idx.valid()) return false;
     idx.decodeHandle();
     const offset = idx.handleOffset;
