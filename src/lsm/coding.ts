@@ -10,7 +10,12 @@ export const MAX_SEQ = Number.MAX_SAFE_INTEGER;
 
 /** Unsigned lexicographic byte comparison, the key order of the whole engine. */
 export function compareBytes(a: Uint8Array, b: Uint8Array): number {
-  return compareRange(a, 0, a.length, b);
+  const n = a.length < b.length ? a.length : b.length;
+  for (let i = 0; i < n; i++) {
+    const d = a[i] - b[i];
+    if (d !== 0) return d;
+  }
+  return a.length - b.length;
 }
 
 /**
