@@ -24,18 +24,21 @@ export class IndexSearch {
   static build(it: BlockIterator): IndexSearch | null {
     const n = it.restarts;
     if (n === 0) return null;
-    const keys: Uint8Array[] = [];
-    for (it.seekToFirst(); it.valid(); it.next()) keys.push(it.key().slice());
-    if (keys.length !== n) return null;
-    let common = keys[0]!.length;
-    const first = keys[0]!;
-    for (const k of keys) {
+    // Two passes over views of the iterator's key (no copy per entry): the shared prefix, then the numbers.
+    it.seekToFirst();
+    const first = it.key().slice();
+    let common = first.length;
+    let count = 0;
+    for (; it.valid(); it.next(), count++) {
+      const k = it.key();
       let i = 0;
       while (i < common && i < k.length && k[i] === first[i]) i++;
       common = i;
     }
+    if (count !== n) return null;
     const words = new Float64Array(n);
-    for (let i = 0; i < n; i++) words[i] = wordAt(keys[i]!, common);
+    let i = 0;
+    for (it.seekToFirst(); it.valid(); it.next()) words[i++] = wordAt(it.key(), common);
     return new IndexSearch(first.slice(0, common), words);
   }
 
