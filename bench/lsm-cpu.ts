@@ -1,6 +1,8 @@
 // Process CPU per operation for a few lsm-suite read variants, both engines in one process,
 // alternating A/B rounds: on a shared machine CPU time is steadier than wall-clock ratios.
 // Usage: bun bench/lsm-cpu.ts [keys=300000] [rounds=3]
+//   ONLY=getSync,readseq  runs the variants whose names contain one of these
+//   OURS='{"mmapTables":true}'  options for our engine's DB.open (defaults otherwise)
 
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -78,7 +80,7 @@ const variants: Variant[] = [
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "lsm-cpu-"));
 try {
-  const engines = [await ourEngine(), await leveldbEngine()];
+  const engines = [await ourEngine(JSON.parse(process.env.OURS ?? "{}")), await leveldbEngine()];
   const dbs: BenchDb[] = [];
   for (const e of engines) {
     const db = await e.open(path.join(root, e.system));

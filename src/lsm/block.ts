@@ -107,6 +107,8 @@ export class BlockIterator implements InternalIterator {
   private keyLen = 0;
   private valStart = 0;
   private valLen = 0;
+  /** Key bytes the current entry shares with the one before it (0 at a restart point). */
+  private shared = 0;
   // Decoded lazily: a seek parses many entries but reads the key of one. The user key view
   // stays valid while keyBuf and the key's length stay the same (keyBuf is rewritten in place),
   // so a scan over equal-length keys makes one view per block iterator, not one per entry.
@@ -169,6 +171,7 @@ export class BlockIterator implements InternalIterator {
     else kb.set(d.subarray(p, p + nonShared), shared);
     if (this.userKey !== null && this.userKey.length !== klen - 8) this.userKey = null;
     this.keyLen = klen;
+    this.shared = shared;
     this.valStart = p + nonShared;
     this.valLen = valLen;
     this.cur = off;
@@ -215,14 +218,56 @@ export class BlockIterator implements InternalIterator {
     }
     this.keyLen = 0;
     this.parse(this.restartPoint(lo));
+    // Scanning from the restart point: once an entry is known to sort before the target at user
+    // key byte m (equal before it), the next entry's `shared` decides without a compare: more
+    // than m shared means the same byte at m (still before), fewer means it rose at an earlier
+    // byte where the target equals the previous key (after the target; checked on that byte, so
+    // a writer that shared less than it could is still read right). -1: compare.
+    let m = -1;
     for (;;) {
-      if (compareEncodedInternal(this.keyBuf, 0, this.keyLen, key, seq, 1) >= 0) return;
+      if (m < 0) {
+        if (compareEncodedInternal(this.keyBuf, 0, this.keyLen, key, seq, 1) >= 0) return;
+        m = firstDifference(this.keyBuf, this.keyLen - 8, key);
+      }
       if (this.nextOff >= this.restartsOffset) {
         this.cur = -1;
         return;
       }
       this.parse(this.nextOff);
+      if (m >= 0) {
+        const sh = this.shared;
+        if (sh > m) continue;
+        if (sh < m && sh < this.keyLen - 8 && this.keyBuf[sh] > key[sh]) return;
+        m = -1;
+      }
     }
+  }
+
+  /** Restart points of the block (entries, in an index block: its restart interval is 1). */
+  get restarts(): number {
+    return this.restartsOffset === 0 ? 0 : this.numRestarts;
+  }
+
+  /** Positions at the entry of restart point i (invalid past the last). */
+  seekToRestart(i: number): void {
+    if (i >= this.restarts) {
+      this.cur = -1;
+      return;
+    }
+    this.keyLen = 0;
+    this.parse(this.restartPoint(i));
+  }
+
+  /** The key of restart point i compared with (key, seq), the iterator not moved. */
+  compareRestart(i: number, key: Uint8Array, seq: number): number {
+    const d = this.data;
+    let p = this.restartPoint(i) + 1; // shared is 0 at a restart point
+    let nonShared = d[p++];
+    if (nonShared >= 0x80) ({ v: nonShared, p } = varintSlow(d, p - 1));
+    const vl = d[p++];
+    if (vl >= 0x80) p = varintSlow(d, p - 1).p;
+    if (p + nonShared > this.restartsOffset || nonShared < 8) throw this.fail(`bad entry at restart ${i}`);
+    return compareEncodedInternal(d, p, p + nonShared, key, seq, 1);
   }
 
   next(): void {
@@ -288,6 +333,13 @@ export class BlockIterator implements InternalIterator {
   close(): void {
     this.cur = -1;
   }
+}
+
+/** The first index below both lengths where a[0, aLen) and b differ, or -1 (one is a prefix of the other). */
+function firstDifference(a: Uint8Array, aLen: number, b: Uint8Array): number {
+  const n = aLen < b.length ? aLen : b.length;
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return -1;
 }
 
 function varintSlow(d: Uint8Array, p: number): { v: number; p: number } {

@@ -3,7 +3,9 @@
 // and serves gets. Iteration is in table-iterator.ts, blocks in block.ts, the filter in bloom.ts.
 import * as fs from "node:fs";
 import { crc32cUpdate, maskCrc, unmaskCrc } from "../util/crc32c.ts";
+import { BLOCK_CODEC_MASK, BLOCK_CRC32, blockChecksumMatches, blockTrailerCrc, type BlockChecksum } from "./block-checksum.ts";
 import { BlockBuilder, BlockIterator } from "./block.ts";
+import { IndexSearch } from "./index-search.ts";
 import { bloomHash, bloomMayContain, buildBloom } from "./bloom.ts";
 import type { BlockCache, BlockEntry, BlockMap, Releasable } from "./cache.ts";
 import { ByteReader, ByteWriter, compareBytes, KIND_PUT, readU32, writeU32 } from "./coding.ts";
@@ -19,7 +21,7 @@ import { TableIterator } from "./table-iterator.ts";
 export const TABLE_MAGIC_LO = 0x4c534d54; // "TMSL" little-endian: kvraft LSM table
 export const TABLE_MAGIC_HI = 0x76726b31; // "1krv"
 export const FOOTER_SIZE = 40;
-export const BLOCK_TRAILER = 5; // type byte + masked CRC32C
+export const BLOCK_TRAILER = 5; // type byte + masked CRC (CRC-32, or CRC-32C in older tables)
 const WRITE_CHUNK = 256 * 1024;
 
 export interface TableOptions {
@@ -28,6 +30,8 @@ export interface TableOptions {
   bloomBitsPerKey: number;
   /** Codec of data blocks (index and filter blocks are stored raw). */
   compression: Compression;
+  /** Block trailer checksum; default "crc32". "crc32c" writes the older format (tests only). */
+  checksum?: BlockChecksum;
 }
 
 export interface BuiltTable {
@@ -55,6 +59,8 @@ export class TableBuilder {
   private pendingHandle = new ByteWriter(16);
   /** Type byte the data blocks are compressed with (BLOCK_RAW: not at all). */
   private readonly blockType: number;
+  /** BLOCK_CRC32, or 0 for CRC-32C trailers (the older format). */
+  private readonly checksumFlag: number;
   /** A finished data block before compression. */
   private readonly raw = new ByteWriter(8192);
   private rawDataBytes = 0;
@@ -71,6 +77,7 @@ export class TableBuilder {
     }
     this.data = new BlockBuilder(opts.restartInterval);
     this.blockType = blockTypeOf(opts.compression);
+    this.checksumFlag = opts.checksum === "crc32c" ? 0 : BLOCK_CRC32;
   }
 
   /** Bytes the table would occupy if finished now (close enough for splitting outputs). */
@@ -176,11 +183,11 @@ export class TableBuilder {
   }
 
   /** Appends the type byte and masked CRC over the block that starts at file offset `offset`. */
-  private writeTrailer(offset: number, type = BLOCK_RAW): void {
+  private writeTrailer(offset: number, codec = BLOCK_RAW): void {
     const start = offset - this.offset;
+    const type = codec | this.checksumFlag;
     this.out.u8(type);
-    const crc = crc32cUpdate(0, this.out.buf, start, this.out.pos);
-    this.out.u32(maskCrc(crc));
+    this.out.u32(blockTrailerCrc(type, this.out.buf, start, this.out.pos));
   }
 
   private writeOut(): void {
@@ -280,6 +287,8 @@ export class TableReader implements Releasable {
   private readonly index: Uint8Array;
   private readonly filter: Uint8Array;
   private readonly indexIter: BlockIterator;
+  /** Point reads' search of the index (null: a block shape it does not know; plain seek). */
+  private readonly indexSearch: IndexSearch | null;
   /** Offset and stored size of the filter and index blocks. */
   private readonly metaHandles: [number, number][];
   private readonly dataIter = new BlockIterator();
@@ -333,6 +342,7 @@ export class TableReader implements Releasable {
       [indexOffset, indexSize],
     ];
     this.indexIter = new BlockIterator(this.index, name, indexOffset);
+    this.indexSearch = IndexSearch.build(this.indexIter);
     // Only now: index and filter live as long as the table, so they are not views of a chunk.
     this.readahead = mode.readaheadBytes ?? 0;
   }
@@ -355,7 +365,7 @@ export class TableReader implements Releasable {
 
   /** Bytes kept while the table is open: its index and filter blocks. */
   get metadataBytes(): number {
-    return this.index.length + this.filter.length;
+    return this.index.length + this.filter.length + (this.indexSearch?.bytes ?? 0);
   }
 
   /** Whether the file is read through a memory map (false if mapping was not asked or failed). */
@@ -446,11 +456,8 @@ export class TableReader implements Releasable {
     } else {
       src = this.readExact(offset, stored, this.stage(stored));
     }
-    const expected = unmaskCrc(readU32(src, at + size + 1));
-    if (crc32cUpdate(0, src, at, at + size + 1) !== expected) {
-      throw corruption(this.name, offset, "block checksum mismatch");
-    }
-    const type = src[at + size];
+    if (!blockChecksumMatches(src, at, size)) throw corruption(this.name, offset, "block checksum mismatch");
+    const type = src[at + size] & BLOCK_CODEC_MASK;
     // A block the cache keeps lives in a buffer the cache recycles once it is evicted and no
     // iterator is on it; a one-pass reader's block lives in that reader's scratch buffer.
     const alloc = fillCache ? this.allocBlock : scratch;
@@ -502,7 +509,8 @@ export class TableReader implements Releasable {
       return false;
     }
     const idx = this.indexIter;
-    idx.seek(key, seq);
+    if (this.indexSearch !== null) this.indexSearch.seek(idx, key, seq);
+    else idx.seek(key, seq);
     if (!idx.valid()) return false;
     idx.decodeHandle();
     const offset = idx.handleOffset;

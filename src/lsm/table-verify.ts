@@ -1,19 +1,23 @@
-// Checking a table file's integrity as its bytes stream past: every block's CRC-32C and the
-// footer's, and that the blocks tile the file. What a snapshot sender runs over the tables it
+// Checking a table file's integrity as its bytes stream past: every block's CRC (CRC-32, or
+// CRC-32C in older tables: the block's type byte says which) and the footer's, and that the blocks tile the file. What a snapshot sender runs over the tables it
 // ships, so a table gone bad on its disk is found there (and repaired) instead of copied.
 import { BlockCache } from "./cache.ts";
 import { corruption } from "./errors.ts";
 import { readU32 } from "./coding.ts";
 import { BLOCK_TRAILER, FOOTER_SIZE, TableReader } from "./sstable.ts";
+import { blockChecksumMatches } from "./block-checksum.ts";
 import { crc32cUpdate, unmaskCrc } from "../util/crc32c.ts";
 
 export class TableStreamVerifier {
   /** Where the next streamed byte lies in the file. */
   private position = 0;
-  /** The block being checked (an index into `blocks`), its CRC so far and its stored CRC's bytes. */
+  /** The block being checked (an index into `blocks`). */
   private block = 0;
-  private crc = 0;
-  private readonly stored = new Uint8Array(4);
+  /**
+   * The current block's bytes with its trailer, gathered whole: which checksum covers them is
+   * in the type byte, which comes after the bytes it covers. As large as the largest block.
+   */
+  private readonly staged: Uint8Array;
   private readonly footer = new Uint8Array(FOOTER_SIZE);
 
   private constructor(
@@ -21,7 +25,11 @@ export class TableStreamVerifier {
     private readonly size: number,
     /** [offset, stored size] in file order, tiling the file up to the footer. */
     private readonly blocks: [number, number][],
-  ) {}
+  ) {
+    let largest = 0;
+    for (const [, stored] of blocks) largest = Math.max(largest, stored);
+    this.staged = new Uint8Array(largest + BLOCK_TRAILER);
+  }
 
   /** Reads the table's footer and index (verified) from `path` to learn where its blocks lie. */
   static open(path: string, name: string, size: number): TableStreamVerifier {
@@ -55,24 +63,14 @@ export class TableStreamVerifier {
         continue;
       }
       const [offset, stored] = this.blocks[this.block]!;
-      const checkedEnd = offset + stored + 1; // contents and type byte
-      if (this.position < checkedEnd) {
-        const n = Math.min(bytes.length - at, checkedEnd - this.position);
-        this.crc = crc32cUpdate(this.crc, bytes, at, at + n);
-        this.position += n;
-        at += n;
-        continue;
-      }
       const blockEnd = offset + stored + BLOCK_TRAILER;
       const n = Math.min(bytes.length - at, blockEnd - this.position);
-      this.stored.set(bytes.subarray(at, at + n), this.position - checkedEnd);
+      this.staged.set(bytes.subarray(at, at + n), this.position - offset);
       this.position += n;
       at += n;
       if (this.position === blockEnd) {
-        const expected = unmaskCrc(readU32(this.stored, 0));
-        if (this.crc !== expected) throw corruption(this.name, offset, "block checksum mismatch");
+        if (!blockChecksumMatches(this.staged, 0, stored)) throw corruption(this.name, offset, "block checksum mismatch");
         this.block++;
-        this.crc = 0;
       }
     }
   }

@@ -3,9 +3,9 @@
 import { describe, expect, test } from "bun:test";
 import { BlockBuilder, BlockIterator } from "../../src/lsm/block.ts";
 import { bloomHash, bloomMayContain, buildBloom } from "../../src/lsm/bloom.ts";
-import { ByteWriter, KIND_DEL, KIND_PUT } from "../../src/lsm/coding.ts";
+import { ByteWriter, compareBytes, KIND_DEL, KIND_PUT } from "../../src/lsm/coding.ts";
 import { LsmError } from "../../src/lsm/errors.ts";
-import { bytes, key, text } from "./helpers.ts";
+import { bytes, key, rng, text } from "./helpers.ts";
 
 function buildBlock(n: number, interval: number): Uint8Array {
   const b = new BlockBuilder(interval);
@@ -20,6 +20,37 @@ function buildBlock(n: number, interval: number): Uint8Array {
 }
 
 describe("block", () => {
+  test("seek skips entries by their shared prefix and lands where a compare of every entry does", () => {
+    const r = rng(42);
+    // Keys sharing prefixes of every length with their neighbours, some user keys at two sequences.
+    const alphabet = "ab\u00ff";
+    const keys = new Map<string, Uint8Array>();
+    for (let i = 0; i < 600; i++) {
+      const len = 1 + Math.floor(r() * 7);
+      const k = Uint8Array.from({ length: len }, () => alphabet.charCodeAt(Math.floor(r() * 3)) & 0xff);
+      keys.set(k.join(","), k);
+    }
+    const sorted = [...keys.values()].sort(compareBytes);
+    const entries: [Uint8Array, number][] = sorted.flatMap((k, i): [Uint8Array, number][] => (i % 5 === 0 ? [[k, 8], [k, 3]] : [[k, 5]]));
+    const order = (a: [Uint8Array, number], k: Uint8Array, seq: number) => compareBytes(a[0], k) || seq - a[1];
+    for (const interval of [1, 4, 16]) {
+      const b = new BlockBuilder(interval);
+      for (const [k, seq] of entries) b.add(k, seq, KIND_PUT, bytes("v"));
+      const w = new ByteWriter();
+      b.finishInto(w);
+      const it = new BlockIterator(w.finish());
+      const targets = [...sorted, ...Array.from({ length: 300 }, () => Uint8Array.from({ length: Math.floor(r() * 8) }, () => Math.floor(r() * 256)))];
+      for (const t of targets) {
+        for (const seq of [Number.MAX_SAFE_INTEGER, 8, 5, 3, 1]) {
+          const want = entries.findIndex((e) => order(e, t, seq) >= 0);
+          it.seek(t, seq);
+          const got = it.valid() ? `${[...it.key()].join(",")}@${it.seq()}` : "end";
+          expect(got).toBe(want < 0 ? "end" : `${[...entries[want]![0]].join(",")}@${entries[want]![1]}`);
+        }
+      }
+    }
+  });
+
   test("round trip forward and backward across restart points", () => {
     const data = buildBlock(100, 16);
     const it = new BlockIterator(data);

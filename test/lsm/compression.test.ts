@@ -8,7 +8,7 @@ import { BlockIterator } from "../../src/lsm/block.ts";
 import { readU32 } from "../../src/lsm/coding.ts";
 import { BLOCK_LZ4, BLOCK_RAW, BLOCK_ZSTD, lz4Compress, lz4Decompress, maxCompressedLength } from "../../src/lsm/compression.ts";
 import { DB, LsmError } from "../../src/lsm/index.ts";
-import { crc32cUpdate, maskCrc } from "../../src/util/crc32c.ts";
+import { BLOCK_CODEC_MASK, BLOCK_CRC32, blockTrailerCrc } from "../../src/lsm/block-checksum.ts";
 import { bytes, key, removeDir, rng, tempDir, text } from "./helpers.ts";
 
 let dirs: string[] = [];
@@ -31,17 +31,18 @@ function roundTrip(src: Uint8Array): number {
   return end - 7;
 }
 
-/** The data blocks of a table file: [offset, size, type] from its index block. */
-function dataBlocks(file: string): [number, number, number][] {
+/** The data blocks of a table file: [offset, size, codec, CRC-32 trailer?] from its index block. */
+function dataBlocks(file: string): [number, number, number, boolean][] {
   const data = new Uint8Array(fs.readFileSync(file));
   const footer = data.length - 40;
   const indexOffset = readU32(data, footer);
   const indexSize = readU32(data, footer + 8);
   const it = new BlockIterator(data.subarray(indexOffset, indexOffset + indexSize));
-  const out: [number, number, number][] = [];
+  const out: [number, number, number, boolean][] = [];
   for (it.seekToFirst(); it.valid(); it.next()) {
     it.decodeHandle();
-    out.push([it.handleOffset, it.handleSize, data[it.handleOffset + it.handleSize]]);
+    const type = data[it.handleOffset + it.handleSize];
+    out.push([it.handleOffset, it.handleSize, type & BLOCK_CODEC_MASK, (type & BLOCK_CRC32) !== 0]);
   }
   return out;
 }
@@ -246,15 +247,22 @@ describe("compressed tables", () => {
     const d = dir("old-format");
     const fixture = path.join(import.meta.dir, "fixtures", "uncompressed-db");
     for (const f of fs.readdirSync(fixture)) fs.copyFileSync(path.join(fixture, f), path.join(d, f));
-    for (const f of ssts(d)) for (const [, , type] of dataBlocks(path.join(d, f))) expect(type).toBe(BLOCK_RAW);
+    // Written before compression and before CRC-32 trailers: raw blocks under CRC-32C.
+    for (const f of ssts(d)) {
+      for (const [, , type, crc32] of dataBlocks(path.join(d, f))) {
+        expect(type).toBe(BLOCK_RAW);
+        expect(crc32).toBe(false);
+      }
+    }
     const value = (i: number): string => `value ${i} `.repeat(6);
     const name = (i: number): Uint8Array => bytes(`key${String(i).padStart(5, "0")}`);
     const db = await DB.open(d);
     for (let i = 0; i < 300; i++) expect(text(db.getSync(name(i)))).toBe(i === 7 ? undefined : value(i));
     await db.put(name(150), bytes("new"));
     await db.compactRange(); // merges into the old table's range: rewritten with compressed blocks
-    const types = new Set(ssts(d).flatMap((f) => dataBlocks(path.join(d, f)).map(([, , t]) => t)));
-    expect(types.has(BLOCK_LZ4)).toBe(true);
+    const blocks = ssts(d).flatMap((f) => dataBlocks(path.join(d, f)));
+    expect(blocks.some(([, , t]) => t === BLOCK_LZ4)).toBe(true);
+    expect(blocks.every(([, , , crc32]) => crc32)).toBe(true); // rewritten tables: CRC-32 trailers
     for (let i = 0; i < 300; i++) expect(text(db.getSync(name(i)))).toBe(i === 7 ? undefined : i === 150 ? "new" : value(i));
     await db.close();
   });
@@ -312,8 +320,7 @@ describe("compressed tables", () => {
     const data = new Uint8Array(fs.readFileSync(file));
     data[offset + 1] = 0xff; // the first token: 15+ literals and a long match, past the block
     data[offset + 2] = 0xff;
-    const crc = crc32cUpdate(0, data, offset, offset + size + 1);
-    const masked = maskCrc(crc);
+    const masked = blockTrailerCrc(data[offset + size]!, data, offset, offset + size + 1);
     data[offset + size + 1] = masked & 0xff;
     data[offset + size + 2] = (masked >>> 8) & 0xff;
     data[offset + size + 3] = (masked >>> 16) & 0xff;
