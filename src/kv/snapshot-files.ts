@@ -1,4 +1,4 @@
-// Snapshot stream version 4: the LSM's table files shipped byte for byte, then the memtables' part
+// Snapshot stream versions 4 and 5: the LSM's table files shipped byte for byte, then the memtables' part
 // as entries, from one checkpoint (src/lsm/checkpoint.ts). Frames and their CRCs as in every
 // version (snapshot-frames.ts); layout in FORMAT.md. The receiver installs it with TableImporter.
 import * as fs from "node:fs";
@@ -158,7 +158,7 @@ export function parseFileFrame(type: number, r: ByteReader): FileSnapshotRecord 
       return { type: "filesTrailer", files, fileBytes, entries, lastSequence };
     }
     default:
-      throw new KVCorruptionError(`snapshot stream (version 4) has a frame of unknown type ${type}`);
+      throw new KVCorruptionError(`snapshot stream of table files has a frame of unknown type ${type}`);
   }
 }
 

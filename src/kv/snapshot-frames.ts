@@ -17,8 +17,20 @@ const BIG_FRAME_BYTES = 64 << 10;
  * frames; the trailer counts them. Versions 1 and 2 (values without revisions) are refused.
  */
 export const SNAPSHOT_PAIRS_VERSION = 3;
-/** Version 4: the LSM's table files and memtable entries (snapshot-files.ts). Version 3 is still read. */
-export const SNAPSHOT_FILES_VERSION = 4;
+/**
+ * Version 4: the LSM's table files and memtable entries (snapshot-files.ts). Version 5: the same
+ * frames, but the tables' blocks may carry CRC-32 trailers (src/lsm/FORMAT.md), which builds that
+ * read only version 4 cannot check: they refuse a version-5 stream at its header instead of
+ * installing tables they would then find corrupt. Versions 3 and 4 are still read.
+ */
+export const SNAPSHOT_FILES_VERSION = 5;
+/** The first table-files version, still installed (its tables carry CRC-32C trailers). */
+export const SNAPSHOT_FILES_VERSION_4 = 4;
+
+/** True for a stream of table files (versions 4 and 5). */
+export function isFilesVersion(version: number): boolean {
+  return version === SNAPSHOT_FILES_VERSION || version === SNAPSHOT_FILES_VERSION_4;
+}
 
 /** Frame type 1 in every version: the header. */
 export const FRAME_HEADER = 1;

@@ -1,5 +1,5 @@
 // Moving a snapshot between an LSM and a chunk stream: reading one out of a consistent LSM snapshot
-// or checkpoint (released exactly once), and installing one into a fresh LSM: version 4 as shipped
+// or checkpoint (released exactly once), and installing one into a fresh LSM: versions 4 and 5 as shipped
 // table files (TableImporter), version 3 as sorted runs of pairs (BulkLoader).
 import { BulkLoader } from "../lsm/bulk-load.ts";
 import { TableImporter, type BatchOp, type DB, type DBIteratorOptions, type DBOptions, type LsmIterator } from "../lsm/index.ts";
@@ -24,9 +24,9 @@ import { RESPONSE_END, RESPONSE_PREFIX } from "./session-responses.ts";
 import { decodeSession, encodeSession, type Session } from "./sessions.ts";
 import { EVENT_END, HISTORY_RANGE_START } from "./history.ts";
 import { encodeFileSnapshot } from "./snapshot-files.ts";
-import { SNAPSHOT_FILES_VERSION, SNAPSHOT_PAIRS_VERSION, decodeSnapshot, encodeSnapshot, type EntryPump, type SnapshotRecord } from "./snapshot-stream.ts";
+import { SNAPSHOT_FILES_VERSION, SNAPSHOT_PAIRS_VERSION, decodeSnapshot, isFilesVersion, encodeSnapshot, type EntryPump, type SnapshotRecord } from "./snapshot-stream.ts";
 
-/** What a leader sends: the LSM's table files (version 4, the default) or every pair (version 3, for receivers of older builds). */
+/** What a leader sends: the LSM's table files (version 5, the default) or every pair (version 3, for receivers of older builds). */
 export type SnapshotFormat = "files" | "pairs";
 
 /** Entries per call into the LSM iterator while streaming pairs (it stops earlier at each full frame). */
@@ -107,7 +107,7 @@ export async function installSnapshot(
         `snapshot stream is of index ${header.index} term ${header.term}, but the install asked for index ${meta.index} term ${meta.term}`,
       );
     }
-    if (header.version === SNAPSHOT_FILES_VERSION) {
+    if (isFilesVersion(header.version)) {
       const importer = await TableImporter.create(dir, lsm);
       let db: DB;
       try {
@@ -165,7 +165,7 @@ async function importFiles(importer: TableImporter, records: AsyncIterable<Snaps
         lastSequence = record.lastSequence;
         break;
       default:
-        throw new KVCorruptionError(`snapshot stream of version ${SNAPSHOT_FILES_VERSION} holds a ${record.type} frame`);
+        throw new KVCorruptionError(`snapshot stream of table files holds a ${record.type} frame`);
     }
   }
   if (lastSequence < 0) throw new KVCorruptionError("snapshot stream ended without a trailer");

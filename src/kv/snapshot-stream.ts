@@ -4,11 +4,11 @@
 import { KVCorruptionError } from "./errors.ts";
 import { type Session, SESSION_RECORD_BYTES, decodeSession, encodeSession } from "./sessions.ts";
 import {
-  ByteReader, Chunker, CRC32, FRAME_HEADER, FrameBuilder, FrameReader, SNAPSHOT_FILES_VERSION, SNAPSHOT_PAIRS_VERSION, headerFrame, type SnapshotHeader,
+  ByteReader, Chunker, CRC32, FRAME_HEADER, FrameBuilder, FrameReader, SNAPSHOT_FILES_VERSION, SNAPSHOT_PAIRS_VERSION, headerFrame, isFilesVersion, type SnapshotHeader,
 } from "./snapshot-frames.ts";
 import { FileStreamChecker, parseFileFrame, type FileSnapshotRecord } from "./snapshot-files.ts";
 
-export { SNAPSHOT_FILES_VERSION, SNAPSHOT_PAIRS_VERSION, type SnapshotHeader } from "./snapshot-frames.ts";
+export { SNAPSHOT_FILES_VERSION, SNAPSHOT_PAIRS_VERSION, isFilesVersion, type SnapshotHeader } from "./snapshot-frames.ts";
 
 export const FRAME_SESSIONS = 2;
 export const FRAME_PAIRS = 3;
@@ -129,7 +129,7 @@ export async function* encodeSnapshot(
 /**
  * Decodes a snapshot stream into records, checking every frame's length and CRC and that the
  * stream ends exactly after a trailer whose counts match what came before. Reads version 3
- * (pairs) and version 4 (table files, checked by snapshot-files.ts) alike.
+ * (pairs) and versions 4 and 5 (table files, checked by snapshot-files.ts) alike.
  */
 export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncGenerator<SnapshotRecord> {
   const reader = new FrameReader();
@@ -149,7 +149,7 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
         case "header":
           if (version !== 0) throw new KVCorruptionError("snapshot stream has a second header");
           version = record.header.version;
-          if (version === SNAPSHOT_FILES_VERSION) reader.checksum = CRC32;
+          if (isFilesVersion(version)) reader.checksum = CRC32;
           break;
         case "sessions":
           sessions += record.sessions.length;
@@ -176,7 +176,7 @@ export async function* decodeSnapshot(chunks: AsyncIterable<Uint8Array>): AsyncG
     }
   }
   if (!sawTrailer) {
-    const held = version === SNAPSHOT_FILES_VERSION ? files.describe() : `${sessions} sessions and ${pairs} pairs`;
+    const held = isFilesVersion(version) ? files.describe() : `${sessions} sessions and ${pairs} pairs`;
     throw new KVCorruptionError(
       `snapshot stream is truncated: it ended after ${held} without a trailer` +
         (reader.buffered > 0 ? ` (${reader.buffered} bytes of a partial frame)` : ""),
@@ -202,13 +202,13 @@ function isSync<T>(source: Source<T>): source is Iterable<T> {
 function parseFrame(payload: Uint8Array, streamVersion: number): SnapshotRecord {
   const r = new ByteReader(payload);
   const type = r.u8();
-  if (type !== FRAME_HEADER && streamVersion === SNAPSHOT_FILES_VERSION) return parseFileFrame(type, r);
+  if (type !== FRAME_HEADER && isFilesVersion(streamVersion)) return parseFileFrame(type, r);
   switch (type) {
     case FRAME_HEADER: {
       const version = r.u8();
-      if (version !== SNAPSHOT_PAIRS_VERSION && version !== SNAPSHOT_FILES_VERSION) {
+      if (version !== SNAPSHOT_PAIRS_VERSION && !isFilesVersion(version)) {
         throw new KVCorruptionError(
-          `snapshot format version ${version} is not supported (this build reads ${SNAPSHOT_PAIRS_VERSION} and ${SNAPSHOT_FILES_VERSION})` +
+          `snapshot format version ${version} is not supported (this build reads ${SNAPSHOT_PAIRS_VERSION} to ${SNAPSHOT_FILES_VERSION})` +
             (version < SNAPSHOT_PAIRS_VERSION
               ? ": it comes from a node of a build before per-key revisions; run one build across the cluster"
               : ": it comes from a newer build; upgrade this node"),

@@ -19,6 +19,7 @@ import { EntryType, type Entry } from "../../src/raft/index.ts";
 import { DB } from "../../src/lsm/index.ts";
 import { KEY_COUNT_KEY } from "../../src/kv/keys.ts";
 import { isStateMachineCorruption } from "../../src/kv/fail-stop.ts";
+import { FRAME_PREFIX_BYTES, SNAPSHOT_FILES_VERSION, sealFrame } from "../../src/kv/snapshot-frames.ts";
 
 const { tempDir, open, reopen, close, crash } = machineFixture("kvraft-sm-");
 
@@ -288,7 +289,37 @@ describe("key count", () => {
   });
 });
 
-// Every snapshot test runs with both formats a leader can send: table files (version 4) and pairs (version 3).
+describe("snapshot stream versions", () => {
+  /** The stream with its header frame's version byte set to `version` (header resealed). */
+  function withVersion(chunks: Uint8Array[], version: number): Uint8Array[] {
+    const first = new Uint8Array(chunks[0]!);
+    const length = new DataView(first.buffer).getUint32(0, true);
+    expect(first[FRAME_PREFIX_BYTES]).toBe(1); // the header frame's type
+    first[FRAME_PREFIX_BYTES + 1] = version;
+    sealFrame(first, length);
+    return [first, ...chunks.slice(1)];
+  }
+
+  test("a leader sends table files as version 5; version 4 (older leaders) still installs; a newer version is refused by name", async () => {
+    const source = await open(tempDir(), { snapshotFormat: "files" });
+    await source.apply(entries(1, 2, [{ op: "Put", key: "a", value: "1", clientId: 7n, commandId: 1n }]));
+    const { meta, chunks } = await source.snapshot();
+    const collected = await collect(chunks);
+    expect(collected[0]![FRAME_PREFIX_BYTES + 1]).toBe(SNAPSHOT_FILES_VERSION);
+    expect(SNAPSHOT_FILES_VERSION).toBe(5);
+
+    const fromOlder = await open(tempDir());
+    await fromOlder.restore(meta, replay(withVersion(collected, 4)));
+    expect(read(fromOlder, "a")).toBe("1");
+
+    const target = await open(tempDir());
+    await target.apply(entries(1, 1, [{ op: "Put", key: "kept", value: "x", clientId: 1n, commandId: 1n }]));
+    await expect(target.restore(meta, replay(withVersion(collected, 6)))).rejects.toThrow(/version 6 is not supported.*newer build; upgrade this node/);
+    expect(read(target, "kept")).toBe("x");
+  });
+});
+
+// Every snapshot test runs with both formats a leader can send: table files (version 5) and pairs (version 3).
 for (const snapshotFormat of ["files", "pairs"] as const) describe(`snapshot and restore (${snapshotFormat})`, () => {
   async function fill(m: KVStateMachine, n: number, valueBytes: number): Promise<void> {
     const value = "v".repeat(valueBytes);
