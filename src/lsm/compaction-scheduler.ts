@@ -92,10 +92,6 @@ export class CompactionScheduler {
   private spareFlushBuffer: Uint8Array | null = null;
   private flushing: Promise<void> | null = null;
 
-  /** Bytes of the kept flush buffer (0 while a flush has it). */
-  get flushBufferBytes(): number {
-    return this.spareFlushBuffer?.buffer.byteLength ?? 0;
-  }
   private compacting: Promise<void> | null = null;
   private compactionLock: Promise<void> = Promise.resolve();
   private progressWaiters: (() => void)[] = [];
@@ -114,6 +110,11 @@ export class CompactionScheduler {
   }
 
   // ---- errors and progress -------------------------------------------------------------------
+
+  /** Bytes of the kept flush buffer (0 while a flush has it). */
+  get flushBufferBytes(): number {
+    return this.spareFlushBuffer?.buffer.byteLength ?? 0;
+  }
 
   /** The failure that turned the database read-only, if any. */
   get error(): Error | null {
