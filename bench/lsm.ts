@@ -55,7 +55,10 @@ export function lsmPlan(o: BenchOptions): LsmPlan {
 
 /** What one system did over all its runs, beyond throughput. */
 interface SideFacts {
+  /** Highest RSS of the whole process sampled during this engine's sequences (see Runner.sample). */
   peakRss: number;
+  /** Highest RSS sampled during each measured loop ("readseq stepwise"), over all runs. */
+  peakRssByLoop: Record<string, number>;
   diskBytes: number[];
   stats: Record<string, unknown>[];
   capped: string[];
@@ -64,10 +67,18 @@ interface SideFacts {
 class Runner {
   readonly comparisons: Comparison[] = [];
   readonly facts = new Map<string, SideFacts>();
+  /**
+   * Peak RSS of this process: both engines run in it, one after the other, so an engine's peak
+   * also holds what the other left behind (allocator pages, our idle workers' heaps). Sampled
+   * every 4,096 operations of a loop (every batch of a batch loop); reset after a full collection
+   * at the start of each sequence.
+   */
   private rssPeak = 0;
+  private loopPeak = 0;
   private readonly sample = () => {
     const rss = process.memoryUsage.rss();
     if (rss > this.rssPeak) this.rssPeak = rss;
+    if (rss > this.loopPeak) this.loopPeak = rss;
   };
 
   constructor(
@@ -77,11 +88,16 @@ class Runner {
 
   private bounds(label: string, count: number): LoopBounds {
     this.progress.start(label, count);
+    this.loopPeak = 0;
     return { count, maxMs: this.plan.maxMs, progress: this.progress, sample: this.sample };
   }
 
   private record(engine: BenchEngine, workload: string, variant: string, r: LoopResult, expected: number): void {
     const rate = r.seconds > 0 ? r.ops / r.seconds : 0;
+    this.sample();
+    const loop = `${workload} ${variant}`;
+    const peaks = this.factsOf(engine).peakRssByLoop;
+    peaks[loop] = Math.max(peaks[loop] ?? 0, this.loopPeak);
     recordRun(this.comparisons, workload, variant, "ops/s", engine.system, rate);
     if (r.capped || r.ops < expected) {
       this.factsOf(engine).capped.push(`${workload} ${variant}: ${r.ops.toLocaleString("en-US")} of ${expected.toLocaleString("en-US")}`);
@@ -91,7 +107,7 @@ class Runner {
 
   factsOf(engine: BenchEngine): SideFacts {
     let f = this.facts.get(engine.system);
-    if (!f) this.facts.set(engine.system, (f = { peakRss: 0, diskBytes: [], stats: [], capped: [] }));
+    if (!f) this.facts.set(engine.system, (f = { peakRss: 0, peakRssByLoop: {}, diskBytes: [], stats: [], capped: [] }));
     return f;
   }
 
@@ -335,7 +351,9 @@ export async function runLsmSuite(o: BenchOptions, progress: Progress): Promise<
   for (const e of engines) {
     const f = runner.factsOf(e);
     const disk = f.diskBytes.length ? formatBytes(summarize(f.diskBytes).median) : "?";
-    notes.push(`${e.label}: peak RSS during its runs ${formatBytes(f.peakRss)}; database after fill+overwrite+deletes ${disk} on disk`);
+    const top = Object.entries(f.peakRssByLoop).sort((a, b) => b[1] - a[1]).slice(0, 3);
+    const where = top.length ? ` (highest loops: ${top.map(([loop, rss]) => `${loop} ${formatBytes(rss)}`).join(", ")})` : "";
+    notes.push(`${e.label}: peak RSS of the process during its runs ${formatBytes(f.peakRss)}${where}; database after fill+overwrite+deletes ${disk} on disk`);
     if (f.capped.length > 4) notes.push(`${e.label}: ${f.capped.length} loops stopped by the ${plan.maxMs / 1000} s cap (rates are over what ran; the list is in --json)`);
     else if (f.capped.length) notes.push(`${e.label}: stopped by the ${plan.maxMs / 1000} s cap (rate over what ran): ${f.capped.join("; ")}`);
     const wa = f.stats.map(writeAmplification).filter((x): x is number => x !== null);

@@ -8,6 +8,7 @@ import { LsmError } from "./errors.ts";
 import { logFileName, type VersionSet } from "./manifest.ts";
 import type { Memtable } from "./memtable.ts";
 import type { ResolvedOptions } from "./options.ts";
+import { flushBufferBudget } from "./stats.ts";
 import { fromWire, noWrites, toWire, type TableWrites } from "./table-jobs.ts";
 import { emptyEdit, NUM_LEVELS, type FileMeta, type Version, type VersionEdit } from "./version.ts";
 
@@ -90,6 +91,7 @@ export class CompactionScheduler {
   /** The last flush's batches buffer, handed back by the worker: the next flush fills it instead of a fresh buffer the memtable's size. */
   private spareFlushBuffer: Uint8Array | null = null;
   private flushing: Promise<void> | null = null;
+
   private compacting: Promise<void> | null = null;
   private compactionLock: Promise<void> = Promise.resolve();
   private progressWaiters: (() => void)[] = [];
@@ -108,6 +110,11 @@ export class CompactionScheduler {
   }
 
   // ---- errors and progress -------------------------------------------------------------------
+
+  /** Bytes of the kept flush buffer (0 while a flush has it). */
+  get flushBufferBytes(): number {
+    return this.spareFlushBuffer?.buffer.byteLength ?? 0;
+  }
 
   /** The failure that turned the database read-only, if any. */
   get error(): Error | null {
@@ -267,7 +274,9 @@ export class CompactionScheduler {
       const order = imm.sortedBatchPositions() ?? undefined;
       const r = await this.flushWorker.flush({ type: "flush", dir: h.dir, number, batches, batchEnds, order, table: h.ctx.table });
       addWrites(h.counters.writes, r.writes);
-      if (r.batches !== undefined) this.spareFlushBuffer = r.batches;
+      // Kept only up to the budget stats() reports: a memtable that one huge batch filled
+      // would otherwise leave a buffer of that batch's size behind for good.
+      if (r.batches !== undefined && r.batches.buffer.byteLength <= flushBufferBudget(h.opts)) this.spareFlushBuffer = r.batches;
       if (r.file === null) h.pendingOutputs.delete(number);
       return r.file === null ? null : fromWire(r.file);
     } catch (e) {

@@ -18,7 +18,7 @@ import { logFileName, tableFileName, VersionSet } from "./manifest.ts";
 import { type Memtable, newMemtable } from "./memtable.ts";
 import { resolveOptions, type DBOptions, type ResolvedOptions } from "./options.ts";
 import { Snapshot } from "./snapshot.ts";
-import { compressionStats, levelStats, walBufferBudget, type DBStats } from "./stats.ts";
+import { compressionStats, flushBufferBudget, levelStats, walBufferBudget, type DBStats } from "./stats.ts";
 import { recover } from "./recovery.ts";
 import { TableReader, type TableGetResult } from "./sstable.ts";
 import { countTable } from "./table-jobs.ts";
@@ -500,6 +500,7 @@ export class DB {
         tableCache: { bytes: this.tableCache.bytes, budget: this.opts.tableCacheBytes },
         mappedTables: { bytes: this.mappedBytes, budget: this.opts.maxMappedBytes },
         walBuffers: { bytes: this.wal.bufferBytes, budget: walBufferBudget(this.opts) },
+        flushBuffer: { bytes: this.background.flushBufferBytes, budget: flushBufferBudget(this.opts) },
       },
       compactions: this.counters.compactions,
       trivialMoves: this.counters.trivialMoves,

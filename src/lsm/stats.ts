@@ -45,7 +45,8 @@ export interface DBStats {
    * may pass memtableBytes by the batch that fills it); blockCache: decoded blocks and
    * the evicted buffers kept for reuse; tableCache: index and filter blocks of open tables;
    * mappedTables: table files mapped (their touched pages count in RSS); walBuffers: the write
-   * stage of the WAL.
+   * stage of the WAL; flushBuffer: the copy of a memtable's batches handed to the flush worker,
+   * kept for the next flush.
    */
   memory: {
     memtables: MemoryUse;
@@ -53,6 +54,7 @@ export interface DBStats {
     tableCache: MemoryUse;
     mappedTables: MemoryUse;
     walBuffers: MemoryUse;
+    flushBuffer: MemoryUse;
   };
   compactions: number;
   /** Compactions that moved a table down a level without rewriting it. */
@@ -63,6 +65,15 @@ export interface DBStats {
   /** Writes delayed by the L0 slowdown. */
   writeSlowdowns: number;
   backgroundError?: string;
+}
+
+/**
+ * The buffer a memtable's batches are copied into for the flush worker, kept for the next flush:
+ * the memtable's size plus 1/8 to spare. A larger one (a memtable one huge batch overfilled) is
+ * not kept.
+ */
+export function flushBufferBudget(o: ResolvedOptions): number {
+  return o.memtableBytes + (o.memtableBytes >>> 3);
 }
 
 /**

@@ -57,4 +57,27 @@ test("every cache and buffer stays within the budget stats() reports for it", as
   expect(s.compression.ratio).toBeLessThan(1);
   expect(s.compression.ratio).toBeGreaterThan(0.3);
   await db.close();
+}, 60_000);
+
+test("the flush buffer is kept for the next flush only within its budget", async () => {
+  const dir = tempDir("stats-flushbuf");
+  dirs.push(dir);
+  const db = await DB.open(dir, { memtableBytes: 64 * 1024 });
+  const value = new Uint8Array(100).fill(7);
+  // Small batches: the buffer handed to the flush worker comes back and is kept.
+  for (let b = 0; b < 1000; b += 100) {
+    await db.write(Array.from({ length: 100 }, (_, i) => ({ type: "put" as const, key: key(b + i), value })));
+  }
+  await db.flush();
+  let m = db.stats().memory.flushBuffer;
+  expect(m.budget).toBe(64 * 1024 + 8 * 1024);
+  expect(m.bytes).toBeGreaterThan(0);
+  expect(m.bytes).toBeLessThanOrEqual(m.budget);
+  // One batch of ~1.1 MiB overfills the memtable: its flush buffer is too large to keep.
+  await db.write(Array.from({ length: 10_000 }, (_, i) => ({ type: "put" as const, key: key(1000 + i), value })));
+  await db.flush();
+  m = db.stats().memory.flushBuffer;
+  expect(m.bytes).toBeLessThanOrEqual(m.budget);
+  expect(await db.get(key(10_999))).toEqual(value);
+  await db.close();
 });
