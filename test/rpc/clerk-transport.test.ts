@@ -243,6 +243,15 @@ describe("the lean transport's own connection handling", () => {
     }
   });
 
+  test("an idle session does not keep the process alive", async () => {
+    const child = Bun.spawn([process.execPath, path.join(import.meta.dir, "clerk-transport-child.ts"), `http://127.0.0.1:${plain.port}`], { stdout: "pipe", stderr: "inherit" });
+    // Bounded: a session that kept the child alive is killed here and the test fails.
+    const guard = setTimeout(() => child.kill("SIGKILL"), 15_000);
+    const code = await child.exited;
+    clearTimeout(guard);
+    expect([code, (await new Response(child.stdout).text()).trim()]).toEqual([0, "PUT k=child"]);
+  }, 20_000);
+
   test("close(): later calls fail with Unavailable", async () => {
     const transport = createClerkTransport({ baseUrl: `http://127.0.0.1:${plain.port}` });
     const client = createClient(KVService, transport);
