@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { X509Certificate } from "node:crypto";
 import * as fs from "node:fs";
 import * as http2 from "node:http2";
+import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -13,6 +14,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { CommandResponseSchema, KVService, Op, WatchResponseSchema } from "../../src/gen/kvraftpb/kvraft_pb.ts";
 import { makeDevCertificates, type DevCertFiles } from "../../src/cli/dev-certs.ts";
 import { createClerkTransport, type ClerkTransportOptions } from "../../src/rpc/client/clerk-transport.ts";
+import { CLIENT_PREFACE, ErrorCode, SETTINGS_ACK, goaway, rstStream, settingsFrame } from "../../src/rpc/h2/frames.ts";
 import { clientGate } from "../../src/rpc/server/client-auth.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
 
@@ -102,6 +104,51 @@ async function same(options: ClerkTransportOptions, run: (client: ReturnType<typ
 
 const put = (key: string, value = "v") => ({ key, value, op: Op.PUT });
 
+/**
+ * A bare HTTP/2 server on a socket: SETTINGS, SETTINGS ACK, and for each request's HEADERS the
+ * bytes `answer(streamId)` gives (a RST_STREAM, a GOAWAY): what node:http2's server cannot be made to send.
+ */
+async function frameStub(answer: (streamId: number) => Buffer): Promise<{ port: number; connections(): number; close(): void }> {
+  let connections = 0;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    connections++;
+    sockets.add(socket);
+    socket.on("error", () => {});
+    socket.on("close", () => sockets.delete(socket));
+    socket.write(settingsFrame([]));
+    let pending = Buffer.alloc(0);
+    let prefaceSeen = false;
+    socket.on("data", (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      if (!prefaceSeen) {
+        if (pending.length < CLIENT_PREFACE.length) return;
+        pending = pending.subarray(CLIENT_PREFACE.length);
+        prefaceSeen = true;
+      }
+      while (pending.length >= 9) {
+        const length = pending.readUIntBE(0, 3);
+        if (pending.length < 9 + length) return;
+        const type = pending[3]!;
+        const flags = pending[4]!;
+        const streamId = pending.readUInt32BE(5) & 0x7fffffff;
+        pending = pending.subarray(9 + length);
+        if (type === 4 /* SETTINGS */ && (flags & 1) === 0) socket.write(SETTINGS_ACK);
+        if (type === 1 /* HEADERS */) socket.write(answer(streamId));
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    connections: () => connections,
+    close() {
+      for (const socket of sockets) socket.destroy();
+      server.close();
+    },
+  };
+}
+
 describe("the Clerk's lean transport, beside connect-node's", () => {
   test("an answer, with its response header and trailer", async () => {
     const baseUrl = `http://127.0.0.1:${plain.port}`;
@@ -182,6 +229,32 @@ describe("the Clerk's lean transport, beside connect-node's", () => {
     const baseUrl = `http://127.0.0.1:${(stub.address() as { port: number }).port}`;
     try {
       expect(await same({ baseUrl }, (client) => client.command(put("k")))).toMatchObject({ code: "Unavailable", message: "HTTP 503" });
+    } finally {
+      stub.close();
+    }
+  });
+
+  // connect-node under Bun reports each of these as Internal (Bun's stream error comes before the
+  // close that carries the code); the lean transport maps the code as connect-node means to.
+  test("a stream reset by the server: REFUSED_STREAM Unavailable, CANCEL Canceled, ENHANCE_YOUR_CALM ResourceExhausted", async () => {
+    for (const [rstCode, code] of [[ErrorCode.REFUSED_STREAM, "Unavailable"], [ErrorCode.CANCEL, "Canceled"], [ErrorCode.ENHANCE_YOUR_CALM, "ResourceExhausted"], [ErrorCode.INTERNAL_ERROR, "Internal"]] as const) {
+      const stub = await frameStub((streamId) => rstStream(streamId, rstCode));
+      try {
+        const client = createClient(KVService, createClerkTransport({ baseUrl: `http://127.0.0.1:${stub.port}` }));
+        expect(await outcome(client.command(put("k"), { timeoutMs: 5_000 }))).toMatchObject({ code });
+      } finally {
+        stub.close();
+      }
+    }
+  });
+
+  test("GOAWAY before the answer (the stream past its last stream id): Unavailable; the next call opens a new connection", async () => {
+    const stub = await frameStub(() => goaway(0, ErrorCode.NO_ERROR, "going away"));
+    try {
+      const client = createClient(KVService, createClerkTransport({ baseUrl: `http://127.0.0.1:${stub.port}` }));
+      expect(await outcome(client.command(put("k"), { timeoutMs: 5_000 }))).toMatchObject({ code: "Unavailable" });
+      expect(await outcome(client.command(put("k"), { timeoutMs: 5_000 }))).toMatchObject({ code: "Unavailable" });
+      expect(stub.connections()).toBe(2);
     } finally {
       stub.close();
     }

@@ -7,7 +7,7 @@ import { Code, ConnectError, createContextValues, type ContextValues, type Inter
 import { runUnaryCall } from "@connectrpc/connect/protocol";
 import { errorFromJsonBytes, trailerDemux, validateResponse } from "@connectrpc/connect/protocol-connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { H2Connection, type H2SessionOptions, type LiveSession, type StreamWaiter } from "./h2-connection.ts";
+import { H2Connection, type H2SessionOptions, type LiveSession, type OpenStream, type StreamWaiter } from "./h2-connection.ts";
 
 export interface ClerkTransportOptions {
   /** "http://host:port" or "https://host:port" (a path prefix is kept). */
@@ -175,6 +175,13 @@ export function createClerkTransport(options: ClerkTransportOptions): ClerkTrans
             return finish(new ConnectError(`${connection.authority}: ${(error as Error).message}`, Code.Unavailable, undefined, undefined, error));
           }
           stream = s;
+          const open: OpenStream = {
+            get streamId() {
+              return s.id ?? 0;
+            },
+            unprocessed: (reason) => finish(new ConnectError(`${connection.authority}: ${reason} before answering`, Code.Unavailable)),
+          };
+          live.streams.add(open);
           s.on("response", (h) => {
             responseHeaders = h;
             status = Number(h[":status"]);
@@ -193,9 +200,12 @@ export function createClerkTransport(options: ClerkTransportOptions): ClerkTrans
             if (!settled && responseHeaders !== null) complete();
           });
           s.on("error", (error: Error) => {
+            // A RST_STREAM from the server arrives as an error: its code says more than the error does.
+            if (s.rstCode !== undefined && s.rstCode !== 0 && live.usable) return finish(resetError(connection.authority, s.rstCode));
             finish(new ConnectError(`${connection.authority}: ${error.message}`, Code.Unavailable, undefined, undefined, error));
           });
           s.on("close", () => {
+            live.streams.delete(open);
             connection.release(live);
             if (settled) return;
             if (!live.usable || s.rstCode === 0) {

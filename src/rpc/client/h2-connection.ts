@@ -16,9 +16,19 @@ export interface StreamWaiter {
   fail(error: ConnectError): void;
 }
 
+/** A stream open on a session, as GOAWAY needs to see it. */
+export interface OpenStream {
+  /** Its stream id (0 before node:http2 assigned one). */
+  readonly streamId: number;
+  /** The server went away without processing it. */
+  unprocessed(reason: string): void;
+}
+
 /** One session and the streams open on it. `usable` turns false for good at GOAWAY, error or close. */
 export class LiveSession {
   active = 0;
+  /** Streams open now (what a GOAWAY's last stream id is checked against). */
+  readonly streams = new Set<OpenStream>();
   limit = INITIAL_STREAM_LIMIT;
   usable = true;
   /** Why the session stopped being usable (for the calls it fails). */
@@ -128,8 +138,11 @@ export class H2Connection {
       live.limit = Math.max(1, settings.maxConcurrentStreams ?? INITIAL_STREAM_LIMIT);
       this.drain();
     });
-    session.on("goaway", (errorCode: number) => {
-      retire(`the server sent GOAWAY (${errorCode})`);
+    session.on("goaway", (errorCode: number, lastStreamId: number) => {
+      const reason = `the server sent GOAWAY (error code ${errorCode}, last stream ${lastStreamId})`;
+      retire(reason);
+      // Streams past the last one the server says it processes will get no answer (RFC 9113 §6.8).
+      for (const open of [...live.streams]) if (open.streamId > lastStreamId) open.unprocessed(reason);
       // Streams the server will still answer finish; the session ends with the last of them.
       if (live.active === 0) session.close();
     });
