@@ -73,7 +73,8 @@ options
                      http1 (hand-made HTTP/1.1 JSON, both systems), clerk-h2 and clerk-grpc (kvraft's
                      Clerk over HTTP/2 binary Connect with its lean transport / gRPC, batching
                      concurrent operations), clerk-h2-connect (the Clerk on connect-node's Connect
-                     transport), clerk-h2-unbatched (one RPC per operation), etcd3 (etcd's npm client);
+                     transport), clerk-grpc-lean (the Clerk on its lean transport in gRPC),
+                     clerk-h2-unbatched (one RPC per operation), etcd3 (etcd's npm client);
                      default http1,clerk-h2,clerk-grpc,etcd3
   --clients LIST     cluster: concurrent clients per point (default 1,16,64,256; 1,64 with --quick;
                      at most 4096, or 65536 writes in flight for bulk)

@@ -10,8 +10,8 @@ import { Clerk } from "../src/kv/client.ts";
 import { createClerkTransport } from "../src/rpc/index.ts";
 
 /** How the generator reaches the cluster. */
-export type ClientPath = "http1" | "clerk-h2" | "clerk-h2-connect" | "clerk-grpc" | "clerk-h2-unbatched" | "etcd3";
-export const CLIENT_PATHS: readonly ClientPath[] = ["http1", "clerk-h2", "clerk-h2-connect", "clerk-grpc", "clerk-h2-unbatched", "etcd3"];
+export type ClientPath = "http1" | "clerk-h2" | "clerk-h2-connect" | "clerk-grpc" | "clerk-grpc-lean" | "clerk-h2-unbatched" | "etcd3";
+export const CLIENT_PATHS: readonly ClientPath[] = ["http1", "clerk-h2", "clerk-h2-connect", "clerk-grpc", "clerk-grpc-lean", "clerk-h2-unbatched", "etcd3"];
 
 /** Which system each path talks to. */
 export const PATH_SYSTEM: Record<ClientPath, "ours" | "etcd" | "both"> = {
@@ -19,6 +19,7 @@ export const PATH_SYSTEM: Record<ClientPath, "ours" | "etcd" | "both"> = {
   "clerk-h2": "ours",
   "clerk-h2-connect": "ours",
   "clerk-grpc": "ours",
+  "clerk-grpc-lean": "ours",
   "clerk-h2-unbatched": "ours",
   etcd3: "etcd",
 };
@@ -27,7 +28,8 @@ export const PATH_LABEL: Record<ClientPath, string> = {
   http1: "HTTP/1.1 JSON",
   "clerk-h2": "Clerk, HTTP/2 binary Connect (lean transport), batched",
   "clerk-h2-connect": "Clerk, HTTP/2 binary Connect (connect-node), batched",
-  "clerk-grpc": "Clerk, gRPC, batched",
+  "clerk-grpc": "Clerk, gRPC (connect-node), batched",
+  "clerk-grpc-lean": "Clerk, gRPC (lean transport), batched",
   "clerk-h2-unbatched": "Clerk, HTTP/2 binary Connect, one RPC per op",
   etcd3: "etcd3 npm client, gRPC",
 };
@@ -66,7 +68,9 @@ export async function openNativeClient(path: Exclude<ClientPath, "http1">, ports
       ? (baseUrl) => createGrpcTransport({ baseUrl })
       : path === "clerk-h2-connect"
         ? (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true })
-        : (baseUrl) => createClerkTransport({ baseUrl });
+        : path === "clerk-grpc-lean"
+          ? (baseUrl) => createClerkTransport({ baseUrl, protocol: "grpc" })
+          : (baseUrl) => createClerkTransport({ baseUrl });
   // Leader first in the address list is not needed: the Clerk follows the first refusal's hint.
   const clerk = new Clerk({
     addrs: ports.map((p) => `127.0.0.1:${p}`),

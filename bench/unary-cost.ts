@@ -180,6 +180,7 @@ async function main(): Promise<void> {
     // Not a plain call (a compressed request): the engine relays it to node:http2.
     ["HTTP/2 Connect JSON gzip, raw", () => raw(base, ca, false, true)],
     ["HTTP/2 Connect binary, lean", () => shared(createClerkTransport({ baseUrl: base, ...nodeOptions }))],
+    ["HTTP/2 gRPC, lean", () => shared(createClerkTransport({ baseUrl: base, protocol: "grpc", ...nodeOptions }))],
     ["HTTP/2 Connect binary", () => shared(createConnectTransport({ ...h2, useBinaryFormat: true }))],
     ["HTTP/2 Connect JSON", () => shared(createConnectTransport({ ...h2, useBinaryFormat: false }))],
     ["HTTP/2 gRPC", () => shared(createGrpcTransport(h2))],

@@ -10,7 +10,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { CommandResponseSchema, KVService, Op, WatchResponseSchema } from "../../src/gen/kvraftpb/kvraft_pb.ts";
 import { makeDevCertificates, type DevCertFiles } from "../../src/cli/dev-certs.ts";
 import { createClerkTransport, type ClerkTransportOptions } from "../../src/rpc/client/clerk-transport.ts";
@@ -79,10 +79,18 @@ afterAll(async () => {
 });
 
 type Make = (options: ClerkTransportOptions) => Transport;
-const TRANSPORTS: [string, Make][] = [
-  ["lean", (o) => createClerkTransport(o)],
-  ["connect-node", (o) => createConnectTransport({ ...o, httpVersion: "2", useBinaryFormat: true })],
-];
+/** Per protocol: the lean transport, then connect-node's transport of that protocol. */
+const PAIRS: Record<"connect" | "grpc", [string, Make][]> = {
+  connect: [
+    ["lean", (o) => createClerkTransport(o)],
+    ["connect-node", (o) => createConnectTransport({ ...o, httpVersion: "2", useBinaryFormat: true })],
+  ],
+  grpc: [
+    ["lean gRPC", (o) => createClerkTransport({ ...o, protocol: "grpc" })],
+    ["connect-node gRPC", (o) => createGrpcTransport(o)],
+  ],
+};
+let TRANSPORTS: [string, Make][] = PAIRS.connect;
 
 /** What a call came to, in a form both transports must agree on. */
 async function outcome(promise: Promise<unknown>): Promise<unknown> {
@@ -149,7 +157,12 @@ async function frameStub(answer: (streamId: number) => Buffer): Promise<{ port: 
   };
 }
 
-describe("the Clerk's lean transport, beside connect-node's", () => {
+for (const protocol of ["connect", "grpc"] as const)
+describe(`the Clerk's lean transport, beside connect-node's (${protocol})`, () => {
+  beforeAll(() => {
+    TRANSPORTS = PAIRS[protocol];
+  });
+
   test("an answer, with its response header and trailer", async () => {
     const baseUrl = `http://127.0.0.1:${plain.port}`;
     for (const [name, make] of TRANSPORTS) {
@@ -207,7 +220,7 @@ describe("the Clerk's lean transport, beside connect-node's", () => {
     expect(await same({ baseUrl, nodeOptions: withCert }, (client) => client.command(put("k", "tls")))).toMatchObject({ ok: { value: "PUT k=tls" } });
     expect(await same({ baseUrl, nodeOptions: { ca } }, (client) => client.command(put("k")))).toMatchObject({ code: "Unauthenticated" });
     // A server certificate from no CA the client trusts: the connection fails, a node to skip.
-    const lean = await outcome(createClient(KVService, createClerkTransport({ baseUrl })).command(put("k")));
+    const lean = await outcome(createClient(KVService, createClerkTransport({ baseUrl, protocol })).command(put("k")));
     expect(lean).toMatchObject({ code: "Unavailable" });
   });
 
@@ -240,7 +253,7 @@ describe("the Clerk's lean transport, beside connect-node's", () => {
     for (const [rstCode, code] of [[ErrorCode.REFUSED_STREAM, "Unavailable"], [ErrorCode.CANCEL, "Canceled"], [ErrorCode.ENHANCE_YOUR_CALM, "ResourceExhausted"], [ErrorCode.INTERNAL_ERROR, "Internal"]] as const) {
       const stub = await frameStub((streamId) => rstStream(streamId, rstCode));
       try {
-        const client = createClient(KVService, createClerkTransport({ baseUrl: `http://127.0.0.1:${stub.port}` }));
+        const client = createClient(KVService, createClerkTransport({ baseUrl: `http://127.0.0.1:${stub.port}`, protocol }));
         expect(await outcome(client.command(put("k"), { timeoutMs: 5_000 }))).toMatchObject({ code });
       } finally {
         stub.close();
@@ -261,7 +274,7 @@ describe("the Clerk's lean transport, beside connect-node's", () => {
   });
 
   test("a Watch goes through the delegated stream", async () => {
-    const transport = createClerkTransport({ baseUrl: `http://127.0.0.1:${plain.port}` });
+    const transport = createClerkTransport({ baseUrl: `http://127.0.0.1:${plain.port}`, protocol });
     const seen: string[] = [];
     for await (const response of createClient(KVService, transport).watch({ key: new TextEncoder().encode("w") }, { timeoutMs: 5_000 })) seen.push(response.cancelReason);
     expect(seen).toEqual(["w 1", "w 2", "w 3"]);

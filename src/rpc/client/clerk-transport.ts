@@ -1,17 +1,19 @@
-// The Clerk's transport for Bun and Node: unary calls in the Connect protocol (binary protobuf)
-// straight over one node:http2 session per base URL, without connect-node's per-call machinery;
-// streaming calls (Watch) through connect-node's Connect transport made with the same options.
+// The Clerk's transport for Bun and Node: unary calls in binary Connect (or gRPC) straight over one
+// node:http2 session per base URL, without connect-node's per-call machinery; streaming calls
+// (Watch) through connect-node's transport of the same protocol, made with the same options.
 import type * as http2 from "node:http2";
 import { create, fromBinary, isMessage, toBinary, type DescMessage, type DescMethodUnary, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextValues, type ContextValues, type Interceptor, type Transport, type UnaryRequest, type UnaryResponse } from "@connectrpc/connect";
 import { runUnaryCall } from "@connectrpc/connect/protocol";
-import { errorFromJsonBytes, trailerDemux, validateResponse } from "@connectrpc/connect/protocol-connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { H2Connection, type H2SessionOptions, type LiveSession, type OpenStream, type StreamWaiter } from "./h2-connection.ts";
+import { UNARY_PROTOCOLS, type ProtocolName, type UnaryProtocol } from "./unary-protocols.ts";
 
 export interface ClerkTransportOptions {
   /** "http://host:port" or "https://host:port" (a path prefix is kept). */
   baseUrl: string;
+  /** "connect" (default: binary Connect) or "grpc". */
+  protocol?: ProtocolName;
   /** TLS (ca, cert, key for mTLS, servername, ...) and socket options of node:http2's connect. */
   nodeOptions?: H2SessionOptions;
   /** Run around every call, as connect-node's (e.g. one that adds `Authorization`). */
@@ -30,36 +32,25 @@ export interface ClerkTransport extends Transport {
 }
 
 const DEFAULT_READ_MAX_BYTES = 64 * 1024 * 1024;
-const USER_AGENT = "kvraft-clerk";
 
-/** A Connect unary answer whose header and trailer Headers are built only when read. */
+/** A unary answer whose header and trailer Headers are built only when read. */
 class LazyResponse<I extends DescMessage, O extends DescMessage> implements UnaryResponse<I, O> {
   readonly stream = false;
-  private demuxed: [Headers, Headers] | null = null;
+  private built: [Headers, Headers] | null = null;
   constructor(
     readonly service: DescMethodUnary<I, O>["parent"],
     readonly method: DescMethodUnary<I, O>,
     readonly message: MessageShape<O>,
-    private readonly raw: http2.IncomingHttpHeaders,
+    private readonly protocol: UnaryProtocol,
+    private readonly headers: http2.IncomingHttpHeaders,
+    private readonly trailers: http2.IncomingHttpHeaders | null,
   ) {}
   get header(): Headers {
-    return (this.demuxed ??= trailerDemux(webHeaders(this.raw)))[0];
+    return (this.built ??= this.protocol.metadata(this.headers, this.trailers))[0];
   }
   get trailer(): Headers {
-    return (this.demuxed ??= trailerDemux(webHeaders(this.raw)))[1];
+    return (this.built ??= this.protocol.metadata(this.headers, this.trailers))[1];
   }
-}
-
-/** node:http2's response headers as fetch Headers (pseudo-headers left out). */
-function webHeaders(raw: http2.IncomingHttpHeaders): Headers {
-  const headers = new Headers();
-  for (const name in raw) {
-    if (name.charCodeAt(0) === 58 /* ':' */) continue;
-    const value = raw[name];
-    if (Array.isArray(value)) for (const v of value) headers.append(name, v);
-    else if (value !== undefined) headers.append(name, String(value));
-  }
-  return headers;
 }
 
 /** A request's Headers as node:http2's header object. */
@@ -102,6 +93,7 @@ export function createClerkTransport(options: ClerkTransportOptions): ClerkTrans
   const prefix = url.pathname.replace(/\/+$/, "");
   const readMaxBytes = options.readMaxBytes ?? DEFAULT_READ_MAX_BYTES;
   const interceptors = options.interceptors ?? [];
+  const protocol = UNARY_PROTOCOLS[options.protocol ?? "connect"];
   const connection = new H2Connection(url.origin, options.nodeOptions ?? {}, options.maxWaitingCalls ?? 4096);
   const paths = new WeakMap<object, string>();
   let streaming: Transport | null = null;
@@ -147,20 +139,16 @@ export function createClerkTransport(options: ClerkTransportOptions): ClerkTrans
       const onDeadline = () => finish(new ConnectError("the operation timed out", Code.DeadlineExceeded));
 
       const complete = () => {
-        const raw = trailers === null ? responseHeaders! : { ...responseHeaders!, ...trailers };
         const bytes = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, received);
-        const plain = status === 200 && raw["content-type"] === "application/proto" && raw["content-encoding"] === undefined;
-        const error = plain ? null : refusal(status, raw, bytes);
-        if (error === null) {
-          let message: MessageShape<O>;
-          try {
-            message = fromBinary(method.output, bytes);
-          } catch (error) {
-            return finish(new ConnectError(`parse binary: ${error instanceof Error ? error.message : String(error)}`, Code.Internal));
-          }
-          return finish(null, new LazyResponse(method.parent, method, message, raw));
+        const read = protocol.read(status, responseHeaders!, trailers, bytes);
+        if (read instanceof ConnectError) return finish(read);
+        let message: MessageShape<O>;
+        try {
+          message = fromBinary(method.output, read);
+        } catch (error) {
+          return finish(new ConnectError(`parse binary: ${error instanceof Error ? error.message : String(error)}`, Code.Internal));
         }
-        finish(error);
+        finish(null, new LazyResponse(method.parent, method, message, protocol, responseHeaders!, trailers));
       };
 
       const waiter: StreamWaiter = {
@@ -239,27 +227,19 @@ export function createClerkTransport(options: ClerkTransportOptions): ClerkTrans
         // The common case: no Headers, no AbortController, no interceptor chain.
         let body: Uint8Array;
         try {
-          body = toBinary(method.input, isMessage(input, method.input) ? input : create(method.input, input));
+          body = protocol.frame(toBinary(method.input, isMessage(input, method.input) ? input : create(method.input, input)));
         } catch (error) {
           return Promise.reject(ConnectError.from(error, Code.Internal));
         }
-        const headers: http2.OutgoingHttpHeaders = {
-          ":method": "POST",
-          ":path": pathOf(method),
-          "content-type": "application/proto",
-          "connect-protocol-version": "1",
-          "user-agent": USER_AGENT,
-        };
-        if (deadline !== undefined) headers["connect-timeout-ms"] = String(deadline);
+        const headers: http2.OutgoingHttpHeaders = { ":method": "POST", ":path": pathOf(method), ...protocol.headers };
+        if (deadline !== undefined) headers[protocol.timeoutHeader] = protocol.timeoutValue(deadline);
         return call(method, headers, body, signal, deadline);
       }
       // Interceptors see the request connect-node's transport would show them; connect-es runs
       // them and links the caller's signal with the deadline into `request.signal`.
       const requestHeader = new Headers(header);
-      if (deadline !== undefined) requestHeader.set("connect-timeout-ms", String(deadline));
-      requestHeader.set("content-type", "application/proto");
-      requestHeader.set("connect-protocol-version", "1");
-      if (!requestHeader.has("user-agent")) requestHeader.set("user-agent", USER_AGENT);
+      if (deadline !== undefined) requestHeader.set(protocol.timeoutHeader, protocol.timeoutValue(deadline));
+      for (const [name, value] of Object.entries(protocol.headers)) if (name !== "user-agent" || !requestHeader.has(name)) requestHeader.set(name, value);
       const defaultUrl = url.origin + pathOf(method);
       return runUnaryCall<I, O>({
         interceptors,
@@ -277,21 +257,20 @@ export function createClerkTransport(options: ClerkTransportOptions): ClerkTrans
         },
         next: (request: UnaryRequest<I, O>) => {
           const path = request.url === defaultUrl ? pathOf(method) : new URL(request.url).pathname;
-          return call(method, nodeHeaders(path, request.header), toBinary(method.input, request.message), request.signal, undefined);
+          return call(method, nodeHeaders(path, request.header), protocol.frame(toBinary(method.input, request.message)), request.signal, undefined);
         },
       });
     },
 
     stream(method, signal, timeoutMs, header, input, contextValues) {
-      streaming ??= createConnectTransport({
+      const same = {
         baseUrl: options.baseUrl,
-        httpVersion: "2",
-        useBinaryFormat: true,
         interceptors,
         readMaxBytes,
         ...(options.defaultTimeoutMs !== undefined ? { defaultTimeoutMs: options.defaultTimeoutMs } : {}),
         ...(options.nodeOptions !== undefined ? { nodeOptions: options.nodeOptions } : {}),
-      });
+      };
+      streaming ??= options.protocol === "grpc" ? createGrpcTransport(same) : createConnectTransport({ ...same, httpVersion: "2", useBinaryFormat: true });
       return streaming.stream(method, signal, timeoutMs, header, input, contextValues);
     },
 
@@ -303,26 +282,4 @@ export function createClerkTransport(options: ClerkTransportOptions): ClerkTrans
 
 function tooLarge(readMaxBytes: number): ConnectError {
   return new ConnectError(`message size is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted);
-}
-
-/**
- * The error of an answer that is not plainly a binary message (null if it is one after all):
- * connect-es's own reading of it (status, content type, the Connect error JSON with its details),
- * so codes and metadata are what connect-node's transport reports.
- */
-function refusal(status: number, raw: http2.IncomingHttpHeaders, body: Uint8Array): ConnectError | null {
-  const all = webHeaders(raw);
-  try {
-    const encoding = all.get("content-encoding");
-    if (encoding !== null && encoding.toLowerCase() !== "identity") {
-      return new ConnectError(`unsupported response encoding "${encoding}"`, Code.Internal, all);
-    }
-    const { isUnaryError, unaryError } = validateResponse("unary", true, status, all);
-    if (!isUnaryError) return null; // a 200 with a binary unary content type after all
-    const [header, trailer] = trailerDemux(all);
-    trailer.forEach((value, name) => header.append(name, value));
-    return errorFromJsonBytes(body, header, unaryError!);
-  } catch (error) {
-    return ConnectError.from(error);
-  }
 }
