@@ -71,8 +71,10 @@ options
                      HTTP/2 peer frame lane), to measure what they gain against a run without
   --paths LIST       cluster: how the generator reaches the systems, comma-separated from
                      http1 (hand-made HTTP/1.1 JSON, both systems), clerk-h2 and clerk-grpc (kvraft's
-                     Clerk over HTTP/2 binary Connect / gRPC, batching concurrent operations),
-                     clerk-h2-unbatched (one RPC per operation), etcd3 (etcd's npm client over gRPC);
+                     Clerk over HTTP/2 binary Connect with its lean transport / gRPC, batching
+                     concurrent operations), clerk-h2-connect (the Clerk on connect-node's Connect
+                     transport), clerk-grpc-lean (the Clerk on its lean transport in gRPC),
+                     clerk-h2-unbatched (one RPC per operation), etcd3 (etcd's npm client);
                      default http1,clerk-h2,clerk-grpc,etcd3
   --clients LIST     cluster: concurrent clients per point (default 1,16,64,256; 1,64 with --quick;
                      at most 4096, or 65536 writes in flight for bulk)

@@ -1,7 +1,9 @@
 // Server CPU per unary call by protocol, with no Raft or storage behind the handlers: an RpcServer
 // in its own process whose KV backend answers at once, driven by connect-node clients (Connect
-// binary/JSON over HTTP/2, gRPC, gRPC-Web) and the HTTP/1.1 JSON client of the cluster suite.
-// Usage: bun bench/unary-cost.ts [--calls N] [--concurrency C] [--rate R] [--no-fast-lane] [--no-h2-engine] [--tls] [--cpu-prof DIR]
+// binary/JSON over HTTP/2, gRPC, gRPC-Web), the Clerk's lean transport (createClerkTransport) and
+// the HTTP/1.1 JSON client of the cluster suite; client CPU per call beside it.
+// Usage: bun bench/unary-cost.ts [--calls N] [--concurrency C] [--rate R] [--no-fast-lane] [--no-h2-engine] [--tls] [--cpu-prof DIR] [--only A,B]
+// (--only A,B: just the paths whose name contains A or B, e.g. --only "binary,lean")
 // (--rate R: every path offers the same R calls/s, so server CPU per call compares at one load: a server
 // spends less per call the faster it is driven, and connect-node's clients drive it slower than the lane's)
 // (--no-h2-engine: HTTP/2 through node:http2 and the raw-stream lane, as before the engine;
@@ -19,6 +21,7 @@ import { Clerk } from "../src/kv/client.ts";
 import type { KVServiceBackend } from "../src/kv/service.ts";
 import { registerKVService } from "../src/kv/service.ts";
 import { RpcServer } from "../src/rpc/server/server.ts";
+import { createClerkTransport } from "../src/rpc/client/clerk-transport.ts";
 import { HttpConnection } from "./http1.ts";
 import { cpuSeconds, makeTempDir, removeTempDir, spawnTracked, stopChild } from "./proc.ts";
 import { makeDevCertificates } from "../src/cli/dev-certs.ts";
@@ -54,10 +57,12 @@ interface Options {
   cpuProf: string | null;
   /** Calls per second offered on every path (0: as fast as the clients go). */
   rate: number;
+  /** Run only paths whose name contains one of these (empty: all). */
+  only: string[];
 }
 
 function parse(argv: string[]): Options {
-  const o: Options = { calls: 20_000, concurrency: 16, fastLane: true, h2Engine: true, tls: false, cpuProf: null, rate: 0 };
+  const o: Options = { calls: 20_000, concurrency: 16, fastLane: true, h2Engine: true, tls: false, cpuProf: null, rate: 0, only: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--calls") o.calls = Math.max(100, Math.min(1_000_000, Number(argv[++i])));
@@ -66,6 +71,7 @@ function parse(argv: string[]): Options {
     else if (a === "--no-fast-lane") o.fastLane = false;
     else if (a === "--no-h2-engine") o.h2Engine = false;
     else if (a === "--tls") o.tls = true;
+    else if (a === "--only") o.only = (argv[++i] ?? "").split(",").filter((w) => w !== "");
     else if (a === "--cpu-prof") o.cpuProf = path.resolve(argv[++i] ?? "prof");
     else throw new Error(`unknown argument ${a}`);
   }
@@ -173,6 +179,8 @@ async function main(): Promise<void> {
     ["HTTP/2 gRPC, raw", () => raw(base, ca, true)],
     // Not a plain call (a compressed request): the engine relays it to node:http2.
     ["HTTP/2 Connect JSON gzip, raw", () => raw(base, ca, false, true)],
+    ["HTTP/2 Connect binary, lean", () => shared(createClerkTransport({ baseUrl: base, ...nodeOptions }))],
+    ["HTTP/2 gRPC, lean", () => shared(createClerkTransport({ baseUrl: base, protocol: "grpc", ...nodeOptions }))],
     ["HTTP/2 Connect binary", () => shared(createConnectTransport({ ...h2, useBinaryFormat: true }))],
     ["HTTP/2 Connect JSON", () => shared(createConnectTransport({ ...h2, useBinaryFormat: false }))],
     ["HTTP/2 gRPC", () => shared(createGrpcTransport(h2))],
@@ -185,9 +193,16 @@ async function main(): Promise<void> {
         return async () => (i: number) => clerk.put(`k${i % 1000}`, VALUE);
       },
     ],
+    [
+      "Clerk, lean transport (batched)",
+      () => {
+        const clerk = new Clerk({ addrs: [base], transport: (baseUrl) => createClerkTransport({ baseUrl, ...nodeOptions }), maxConcurrency: o.concurrency });
+        return async () => (i: number) => clerk.put(`k${i % 1000}`, VALUE);
+      },
+    ],
   ];
   // Over TLS the HTTP/1.1 lane does not run (cleartext only): its path is left out.
-  const paths = o.tls ? all.slice(1) : all;
+  const paths = (o.tls ? all.slice(1) : all).filter(([name]) => o.only.length === 0 || o.only.some((w) => name.includes(w)));
   console.log(`server pid ${child.pid}, ${o.calls} Put calls per path, ${o.concurrency} in flight, ${o.rate > 0 ? `offered at ${o.rate} calls/s, ` : ""}fast lane ${o.fastLane ? "on" : "off"}, HTTP/2 ${o.fastLane && o.h2Engine ? "engine" : "node:http2"}${o.tls ? ", TLS" : ""}`);
   for (const [name, make] of paths) {
     const slot = make();

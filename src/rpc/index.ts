@@ -1,5 +1,6 @@
 // Public surface of the RPC layer: the multi-protocol server (TLS, client gate), the KVService
-// handlers, and the Connect-based Raft transport with its peer authentication.
+// handlers, the Connect-based Raft transport with its peer authentication, and the Clerk's lean
+// client transport.
 export { DEFAULT_READ_MAX_BYTES, ListenError, RpcServer, type RpcServerOptions } from "./server/server.ts";
 export { registerKVService, toConnectError, type KVServiceBackend } from "../kv/service.ts";
 export {
@@ -13,3 +14,4 @@ export { PeerGate, type PeerSecurity } from "./peers/peer-auth.ts";
 export { clientGate, type ClientAuthOptions } from "./server/client-auth.ts";
 export { connectionKey, type CallGate, type ConnectionInfo } from "./server/connection.ts";
 export type { TlsOptions } from "./server/tls-port.ts";
+export { createClerkTransport, type ClerkTransport, type ClerkTransportOptions } from "./client/clerk-transport.ts";

@@ -6,6 +6,7 @@ import { Code, type ConnectRouter, type Interceptor } from "@connectrpc/connect"
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { KVService } from "../../src/gen/kvraftpb/kvraft_pb.ts";
 import { Clerk, ClerkError } from "../../src/kv/client.ts";
+import { createClerkTransport } from "../../src/rpc/client/clerk-transport.ts";
 import { InvalidArgumentError, OverloadedError } from "../../src/kv/errors.ts";
 import { registerKVService, type KVServiceBackend } from "../../src/kv/service.ts";
 import { RpcServer } from "../../src/rpc/server/server.ts";
@@ -51,6 +52,9 @@ afterAll(async () => {
   await Promise.all([withBatch.close(), withoutBatch.close()]);
 });
 
+/** The scenarios run on connect-node's transport, then on the Clerk's lean one. */
+let lean = false;
+
 function clerkOn(server: RpcServer, methods: string[]): Clerk {
   const counting: Interceptor = (next) => (request) => {
     methods.push(request.method.name);
@@ -58,13 +62,18 @@ function clerkOn(server: RpcServer, methods: string[]): Clerk {
   };
   return new Clerk({
     addrs: [server.url],
-    transport: (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true, interceptors: [counting] }),
+    transport: (baseUrl) => (lean ? createClerkTransport({ baseUrl, interceptors: [counting] }) : createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true, interceptors: [counting] })),
     maxConcurrency: 32,
     backoffMs: 1,
   });
 }
 
-describe("Clerk coalescing", () => {
+for (const transport of ["connect-node", "lean"])
+describe(`Clerk coalescing (${transport} transport)`, () => {
+  beforeAll(() => {
+    lean = transport === "lean";
+    data.clear(); // the double's writes append: each transport starts from nothing
+  });
   test("a refused command fails alone; a busy one is retried; the rest complete in batches", async () => {
     busyOnce = new Set(["k7"]);
     const methods: string[] = [];
