@@ -155,6 +155,13 @@ export function trivialMoveEdit(c: Compaction): VersionEdit {
   return e;
 }
 
+/** Is `key` equal to b[0, n)? */
+function sameBytes(key: Uint8Array, b: Uint8Array, n: number): boolean {
+  if (key.length !== n) return false;
+  for (let i = n - 1; i >= 0; i--) if (key[i] !== b[i]) return false;
+  return true;
+}
+
 /**
  * Merges the inputs into tables at level+1. A version is dropped when a newer version of the same
  * key is visible to every live snapshot; a tombstone is dropped when, in addition, no deeper
@@ -189,7 +196,9 @@ export async function runCompaction(
     ctx.onTableWritten(built);
     outputs.push(fileMeta(builderNumber, built.fileSize, b.smallest!, b.largest!));
   };
-  let currentKey = new Uint8Array(0);
+  // The current user key, copied into a reused buffer (a copy per entry was ~4% of a merge).
+  let currentKey = new Uint8Array(64);
+  let currentLen = 0;
   let hasCurrent = false;
   let lastSeqForKey = MAX_SEQ;
   const pacer = new Pacer(ctx.sliceMs);
@@ -198,10 +207,13 @@ export async function runCompaction(
       const key = iter.key();
       const seq = iter.seq();
       const kind = iter.kind();
-      if (!hasCurrent || compareBytes(key, currentKey) !== 0) {
+      if (!hasCurrent || !sameBytes(key, currentKey, currentLen)) {
         // Outputs split only between user keys, so tables of one level never share a user key.
         if (builder !== null && (builder as TableBuilder).estimatedSize >= ctx.targetFileSize) await finishOutput();
-        currentKey = key.slice();
+        if (currentKey.length < key.length) currentKey = new Uint8Array(key.length * 2);
+        if (key.length <= 32) for (let i = 0; i < key.length; i++) currentKey[i] = key[i];
+        else currentKey.set(key);
+        currentLen = key.length;
         hasCurrent = true;
         lastSeqForKey = MAX_SEQ;
       }
