@@ -24,9 +24,7 @@ const LAST_LITERALS = 5;
 const MATCH_LIMIT = 12;
 const MAX_OFFSET = 65535;
 
-/** Position + tableBase of the last 4-byte sequence seen per hash; 0 (below any base) is empty. */
 const hashTable = new Int32Array(1 << HASH_BITS);
-let tableBase = 1;
 
 /** Worst-case compressed size of n input bytes (varint length prefix included). */
 export function maxCompressedLength(n: number): number {
@@ -73,31 +71,21 @@ export function lz4Compress(src: Uint8Array, start: number, end: number, out: Ui
   const n = end - start;
   o = putVarint(out, o, n);
   const table = hashTable;
-  // Positions are stored offset by `base`, which moves past every earlier call's values: a slot
-  // below it is empty, so the table needs no clearing per block (a 16 KiB fill per 4 KiB block).
-  if (tableBase > 0x3fffffff) {
-    table.fill(0);
-    tableBase = 1;
-  }
-  const base = tableBase - start;
-  tableBase += n + MAX_OFFSET + 1;
-  const floor = base + start;
-  const dv = viewOf(src);
+  table.fill(-1);
   let anchor = start;
   const matchEnd = end - MATCH_LIMIT;
-  const limit = end - LAST_LITERALS;
   let i = start;
-  let seq = i < matchEnd ? dv.getInt32(i, true) : 0;
+  let seq = i < matchEnd ? u32(src, i) : 0;
   while (i < matchEnd) {
     const h = Math.imul(seq, 2654435761) >>> (32 - HASH_BITS);
-    const cand = table[h] - base;
-    table[h] = i + base;
-    if (cand + base < floor || i - cand > MAX_OFFSET || dv.getInt32(cand, true) !== seq) {
+    const cand = table[h];
+    table[h] = i;
+    if (cand < 0 || i - cand > MAX_OFFSET || u32(src, cand) !== seq) {
       // Step further the longer nothing matched (incompressible data costs less to skip).
       const step = 1 + ((i - anchor) >>> 6);
       i += step;
       // One step: the next four bytes are these shifted by one (one load, not four).
-      seq = step === 1 ? (seq >>> 8) | (src[i + 3] << 24) : dv.getInt32(i, true);
+      seq = step === 1 ? (seq >>> 8) | (src[i + 3] << 24) : u32(src, i);
       continue;
     }
     let s = i;
@@ -108,11 +96,7 @@ export function lz4Compress(src: Uint8Array, start: number, end: number, out: Ui
     }
     let e = i + MIN_MATCH;
     let ce = cand + MIN_MATCH;
-    // Four bytes a step while they all match and fit, then byte by byte.
-    while (e + 4 <= limit && dv.getInt32(e, true) === dv.getInt32(ce, true)) {
-      e += 4;
-      ce += 4;
-    }
+    const limit = end - LAST_LITERALS;
     while (e < limit && src[e] === src[ce]) {
       e++;
       ce++;
@@ -120,9 +104,9 @@ export function lz4Compress(src: Uint8Array, start: number, end: number, out: Ui
     o = putSequence(out, o, src, anchor, s, s - c, e - s);
     anchor = e;
     i = e;
-    if (i < matchEnd) seq = dv.getInt32(i, true);
+    if (i < matchEnd) seq = u32(src, i);
     // Index a position inside the match so the next one can refer back to it.
-    if (e - 2 > start && e - 2 < matchEnd) table[Math.imul(dv.getInt32(e - 2, true), 2654435761) >>> (32 - HASH_BITS)] = e - 2 + base;
+    if (e - 2 > start && e - 2 < matchEnd) table[Math.imul(u32(src, e - 2), 2654435761) >>> (32 - HASH_BITS)] = e - 2;
   }
   return putSequence(out, o, src, anchor, end, 0, 0);
 }

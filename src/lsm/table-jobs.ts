@@ -55,6 +55,9 @@ export interface CompactJob {
   table: TableOptions;
   /** Int32Array over a SharedArrayBuffer: [0] !== 0 asks the job to stop (database closing). */
   abort: Int32Array;
+  /** Merge only user keys in [begin, end) (null or absent: unbounded); see splitCompaction(). */
+  begin?: Uint8Array | null;
+  end?: Uint8Array | null;
 }
 
 export interface FileNumberReply {
@@ -321,7 +324,7 @@ export async function compactTables(job: CompactJob, newFileNumber: () => Promis
   try {
     const version = new Version(job.levels.map((l) => l.map(fromWire)));
     const c: Compaction = { level: job.level, inputs: [job.inputs[0].map(fromWire), job.inputs[1].map(fromWire)], grandparentBytes: 0 };
-    const edit = await runCompaction(ctx, version, c, job.smallestSnapshot);
+    const edit = await runCompaction(ctx, version, c, job.smallestSnapshot, { begin: job.begin ?? null, end: job.end ?? null });
     return { added: edit.added.map(([, f]) => toWire(f)), compactPointer: edit.compactPointers[0][1], writes };
   } finally {
     tables.clear();
