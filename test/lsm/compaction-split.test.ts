@@ -44,7 +44,11 @@ test("a merge splits at a boundary between lower-level files, near half of their
 
 test("split merges keep every key's newest version, tombstones and snapshots (reopened too)", async () => {
   dir = tempDir("split");
-  const opts = { memtableBytes: 64 * 1024, targetFileSize: 16 * 1024, level1MaxBytes: 128 * 1024, blockCacheBytes: 256 * 1024 };
+  // Writes stop at L0 = 4: merges run split only after writers waited for one.
+  const opts = {
+    memtableBytes: 64 * 1024, targetFileSize: 16 * 1024, level1MaxBytes: 128 * 1024, blockCacheBytes: 256 * 1024,
+    l0SlowdownTrigger: 4, l0StopTrigger: 4,
+  };
   db = await DB.open(dir, opts);
   const r = rng(9);
   const model = new Map<number, string>();
