@@ -58,6 +58,12 @@ export interface CompactJob {
   /** Merge only user keys in [begin, end) (null or absent: unbounded); see splitCompaction(). */
   begin?: Uint8Array | null;
   end?: Uint8Array | null;
+  /**
+   * How long the merge runs between yields to the worker's event loop (default 50 ms). A half
+   * merge in the flush worker yields often, or a flush's table writes would wait a slice per
+   * await behind it and writers would stall on full memtables.
+   */
+  sliceMs?: number;
 }
 
 export interface FileNumberReply {
@@ -319,7 +325,7 @@ export async function compactTables(job: CompactJob, newFileNumber: () => Promis
     aborted: () => Atomics.load(job.abort, 0) !== 0,
     onTableWritten: (t) => countTable(writes, t),
     // A thread of its own: yield only now and then, to receive file numbers and aborts.
-    sliceMs: 50,
+    sliceMs: job.sliceMs ?? 50,
   };
   try {
     const version = new Version(job.levels.map((l) => l.map(fromWire)));
