@@ -504,6 +504,7 @@ export class DB {
       },
       compactions: this.counters.compactions,
       trivialMoves: this.counters.trivialMoves,
+      splitCompactions: this.counters.splitCompactions,
       flushes: this.counters.flushes,
       writeStalls: this.counters.writeStalls,
       writeSlowdowns: this.counters.writeSlowdowns,

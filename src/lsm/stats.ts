@@ -59,6 +59,8 @@ export interface DBStats {
   compactions: number;
   /** Compactions that moved a table down a level without rewriting it. */
   trivialMoves: number;
+  /** Merges run as two halves on two threads at once (large merges, with backgroundThread). */
+  splitCompactions: number;
   flushes: number;
   /** Writes that waited for a flush or compaction (memtables full or L0 at its stop trigger). */
   writeStalls: number;

@@ -55,6 +55,15 @@ export interface CompactJob {
   table: TableOptions;
   /** Int32Array over a SharedArrayBuffer: [0] !== 0 asks the job to stop (database closing). */
   abort: Int32Array;
+  /** Merge only user keys in [begin, end) (null or absent: unbounded); see splitCompaction(). */
+  begin?: Uint8Array | null;
+  end?: Uint8Array | null;
+  /**
+   * How long the merge runs between yields to the worker's event loop (default 50 ms). A half
+   * merge in the flush worker yields often, or a flush's table writes would wait a slice per
+   * await behind it and writers would stall on full memtables.
+   */
+  sliceMs?: number;
 }
 
 export interface FileNumberReply {
@@ -316,12 +325,12 @@ export async function compactTables(job: CompactJob, newFileNumber: () => Promis
     aborted: () => Atomics.load(job.abort, 0) !== 0,
     onTableWritten: (t) => countTable(writes, t),
     // A thread of its own: yield only now and then, to receive file numbers and aborts.
-    sliceMs: 50,
+    sliceMs: job.sliceMs ?? 50,
   };
   try {
     const version = new Version(job.levels.map((l) => l.map(fromWire)));
     const c: Compaction = { level: job.level, inputs: [job.inputs[0].map(fromWire), job.inputs[1].map(fromWire)], grandparentBytes: 0 };
-    const edit = await runCompaction(ctx, version, c, job.smallestSnapshot);
+    const edit = await runCompaction(ctx, version, c, job.smallestSnapshot, { begin: job.begin ?? null, end: job.end ?? null });
     return { added: edit.added.map(([, f]) => toWire(f)), compactPointer: edit.compactPointers[0][1], writes };
   } finally {
     tables.clear();
